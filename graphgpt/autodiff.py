@@ -1,0 +1,46 @@
+"""Reverse-mode differentiation of a graph, driven by the registry's VJP rules.
+
+Walk the nodes backwards from the loss; each node that lies on a path from a requested input to
+the loss hands its accumulated cotangent to its op's VJP rule, which emits new graph nodes for the
+cotangents of its inputs. The result is more graph, not numbers: later passes simplify, fuse and
+schedule the backward exactly like the forward.
+"""
+from __future__ import annotations
+
+from .errors import UserError
+from .ir import Graph, Value
+from .ops import REGISTRY
+
+
+def grad(graph: Graph, loss: Value, wrt: list[int]) -> dict[int, Value]:
+    """Add the gradient of scalar `loss` with respect to each node in `wrt`; return them by id."""
+    assert loss.shape == (), "the loss must be a scalar"
+    on_path = _depends_on(graph, set(wrt))
+    cotangent: dict[int, Value] = {loss.id: graph.const(1.0)}
+    order = [n for n in graph.nodes.values() if n.id <= loss.id]
+    for node in reversed(order):
+        g = cotangent.get(node.id)
+        if g is None or node.op in ("param", "state", "input", "const"):
+            continue
+        op = REGISTRY[node.op]
+        if op.vjp is None:
+            raise UserError(f"{node.where}: cannot differentiate '{node.op}': {op.nondiff}")
+        graph.locate = lambda where=node.where: where  # backward nodes point at their forward line
+        inputs = [graph.value(i) for i in node.inputs]
+        for i, gi in zip(node.inputs, op.vjp(node.attr, g, graph.value(node.id), *inputs)):
+            if gi is not None and i in on_path:
+                cotangent[i] = cotangent[i] + gi if i in cotangent else gi
+    graph.locate = None
+    missing = [graph.nodes[i].name or str(i) for i in wrt if i not in cotangent]
+    if missing:
+        raise UserError(f"the loss does not depend on: {', '.join(missing)}")
+    return {i: cotangent[i] for i in wrt}
+
+
+def _depends_on(graph: Graph, roots: set[int]) -> set[int]:
+    """Nodes whose value depends on any of `roots` (the only ones worth differentiating)."""
+    hit = set(roots)
+    for n in graph.nodes.values():
+        if any(i in hit for i in n.inputs):
+            hit.add(n.id)
+    return hit

@@ -1,0 +1,53 @@
+"""Batched matrix product with transpose flags, as cuBLAS takes it.
+
+matmul(a, b, ta, tb) = op(a) @ op(b) where op transposes the last two axes when its flag is set.
+`b` is either batched like `a` or a plain matrix shared by every batch entry (a weight); the
+flags let the backward use the operands in place instead of materialising transposes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import Op, Spec, float_spec, register, require
+
+
+def _mk(x, t):
+    return (x[-1], x[-2]) if t else (x[-2], x[-1])
+
+
+def _infer(attrs, a, b):
+    float_spec(a), float_spec(b)
+    require(len(a.shape) >= 2 and len(b.shape) >= 2, "needs operands of rank >= 2")
+    (m, k), (k2, n) = _mk(a.shape, attrs["ta"]), _mk(b.shape, attrs["tb"])
+    require(k == k2, f"inner dimensions differ: {k} vs {k2}")
+    if len(b.shape) == 2:
+        require(not attrs["ta"] or len(a.shape) == 2, "a shared right operand needs ta=False")
+    else:
+        require(a.shape[:-2] == b.shape[:-2], f"batch dimensions differ: {a.shape[:-2]} vs {b.shape[:-2]}")
+    return Spec(a.shape[:-2] + (m, n), a.dtype)
+
+
+def _ref(attrs, a, b):
+    if attrs["tb"]:
+        b = np.swapaxes(b, -1, -2)
+    if b.ndim == 2 and a.ndim > 2:  # one large GEMM instead of a loop over the batch
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+    if attrs["ta"]:
+        a = np.swapaxes(a, -1, -2)
+    return np.matmul(a, b)
+
+
+def _vjp(attrs, g, out, a, b):
+    ta, tb = attrs["ta"], attrs["tb"]
+    mm = g.graph.add
+    da = mm("matmul", (b, g), ta=tb, tb=True) if ta else mm("matmul", (g, b), ta=False, tb=not tb)
+    if b.ndim == 2 and a.ndim > 2:  # the shared operand's gradient sums over the batch
+        a2 = a.reshape(-1, a.shape[-1])
+        g2 = g.reshape(-1, g.shape[-1])
+        db = mm("matmul", (g2, a2), ta=True, tb=False) if tb else mm("matmul", (a2, g2), ta=True, tb=False)
+    else:
+        db = mm("matmul", (g, a), ta=True, tb=ta) if tb else mm("matmul", (a, g), ta=not ta, tb=False)
+    return da, db
+
+
+register(Op("matmul", "matmul", _infer, ref=_ref, vjp=_vjp))

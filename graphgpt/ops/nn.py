@@ -1,0 +1,142 @@
+"""The neural-network primitives of GPT-2 and their backward-only partners.
+
+Each forward op keeps its derivative as one dedicated op (`*_grad`) instead of a chain of
+elementwise nodes: the backward stays readable in the graph dumps and a backend can give it a
+single kernel. Backward-only ops are never differentiated again, so they carry no VJP.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .registry import Op, Spec, float_spec, register, require
+
+GELU_C = math.sqrt(2.0 / math.pi)
+BACKWARD_ONLY = "backward-only: emitted by a VJP rule, checked through its forward op's gradient test"
+
+
+def _same(attrs, x, *rest):
+    float_spec(x)
+    for r in rest:
+        require(r.shape == x.shape and r.dtype == x.dtype, f"operands differ: {x.shape} vs {r.shape}")
+    return x
+
+
+# ---- GELU, tanh approximation ------------------------------------------------------------------
+def _gelu(x):
+    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + 0.044715 * x * x * x)))
+
+
+def _gelu_grad(x, g):
+    t = np.tanh(GELU_C * (x + 0.044715 * x * x * x))
+    return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * x * x))
+
+
+register(Op("gelu", "elementwise", _same, ref=lambda a, x: _gelu(x),
+            vjp=lambda a, g, out, x: (g.graph.add("gelu_grad", (x, g)),)))
+register(Op("gelu_grad", "elementwise", _same, ref=lambda a, x, g: _gelu_grad(x, g), nondiff=BACKWARD_ONLY))
+
+
+# ---- normalize: LayerNorm without its affine part (that is plain mul/add in the model) -------
+def _normalize(x, eps):
+    mu = x.mean(-1, keepdims=True)
+    xc = x - mu
+    return xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + eps)
+
+
+def _normalize_grad(x, g, eps):
+    mu = x.mean(-1, keepdims=True)
+    xc = x - mu
+    rstd = 1.0 / np.sqrt((xc * xc).mean(-1, keepdims=True) + eps)
+    xhat = xc * rstd
+    return rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+
+
+register(Op("normalize", "nn", _same, ref=lambda a, x: _normalize(x, a["eps"]),
+            vjp=lambda a, g, out, x: (g.graph.add("normalize_grad", (x, g), eps=a["eps"]),)))
+register(Op("normalize_grad", "nn", _same, ref=lambda a, x, g: _normalize_grad(x, g, a["eps"]),
+            nondiff=BACKWARD_ONLY))
+
+
+# ---- causal softmax: softmax(scale * x) over the last axis, key j > query i masked out --------
+def _square(attrs, x, *rest):
+    _same(attrs, x, *rest)
+    require(len(x.shape) >= 2 and x.shape[-1] == x.shape[-2], f"needs (..., T, T) scores, got {x.shape}")
+    return x
+
+
+def _causal_softmax(x, scale):
+    t = x.shape[-1]
+    s = np.where(np.tri(t, dtype=bool), x * scale, -np.inf)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+register(Op("causal_softmax", "nn", _square, ref=lambda a, x: _causal_softmax(x, a["scale"]),
+            vjp=lambda a, g, out, x: (g.graph.add("causal_softmax_grad", (out, g), scale=a["scale"]),)))
+register(Op("causal_softmax_grad", "nn", _square,
+            ref=lambda a, y, g: a["scale"] * y * (g - (g * y).sum(-1, keepdims=True)),
+            nondiff=BACKWARD_ONLY))
+
+
+# ---- cross-entropy: mean over all positions of -log softmax(logits)[target] -----------------
+def _ce_infer(attrs, logits, targets):
+    float_spec(logits)
+    require(targets.dtype == "i32", f"targets must be i32, got {targets.dtype}")
+    require(logits.shape[:-1] == targets.shape, f"logits {logits.shape} do not match targets {targets.shape}")
+    return Spec((), logits.dtype)
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _ce(logits, targets):
+    lp = np.take_along_axis(_log_softmax(logits), targets[..., None].astype(np.int64), -1)
+    return np.asarray(-lp.mean(), logits.dtype)
+
+
+def _ce_grad_infer(attrs, logits, targets, g):
+    _ce_infer(attrs, logits, targets)
+    require(g.shape == (), "the incoming gradient must be a scalar")
+    return logits
+
+
+def _ce_grad(logits, targets, g):
+    p = np.exp(_log_softmax(logits))
+    np.put_along_axis(p, targets[..., None].astype(np.int64),
+                      np.take_along_axis(p, targets[..., None].astype(np.int64), -1) - 1.0, -1)
+    return p * (g / targets.size)
+
+
+register(Op("cross_entropy", "nn", _ce_infer, ref=lambda a, z, t: _ce(z, t),
+            vjp=lambda a, g, out, z, t: (g.graph.add("cross_entropy_grad", (z, t, g)), None)))
+register(Op("cross_entropy_grad", "nn", _ce_grad_infer, ref=lambda a, z, t, g: _ce_grad(z, t, g),
+            nondiff=BACKWARD_ONLY))
+
+
+# ---- embedding: rows of a table gathered by integer ids -------------------------------------
+def _emb_infer(attrs, table, ids):
+    float_spec(table)
+    require(len(table.shape) == 2, f"the table must be 2-D, got {table.shape}")
+    require(ids.dtype == "i32", f"ids must be i32, got {ids.dtype}")
+    return Spec(ids.shape + table.shape[1:], table.dtype)
+
+
+def _emb_grad_infer(attrs, ids, g):
+    require(ids.dtype == "i32" and g.shape[:-1] == ids.shape, f"ids {ids.shape} do not match {g.shape}")
+    return Spec((attrs["rows"], g.shape[-1]), g.dtype)
+
+
+def _emb_grad(rows, ids, g):
+    out = np.zeros((rows, g.shape[-1]), g.dtype)
+    np.add.at(out, ids.reshape(-1), g.reshape(-1, g.shape[-1]))
+    return out
+
+
+register(Op("embedding", "nn", _emb_infer, ref=lambda a, w, ids: w[ids],
+            vjp=lambda a, g, out, w, ids: (g.graph.add("embedding_grad", (ids, g), rows=w.shape[0]), None)))
+register(Op("embedding_grad", "nn", _emb_grad_infer, ref=lambda a, ids, g: _emb_grad(a["rows"], ids, g),
+            nondiff=BACKWARD_ONLY))

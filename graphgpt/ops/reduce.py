@@ -1,0 +1,26 @@
+"""Reductions over chosen axes."""
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import Op, Spec, float_spec, register, require
+
+
+def _sum_infer(attrs, x):
+    float_spec(x)
+    axes = tuple(attrs["axes"])
+    require(all(0 <= a < len(x.shape) for a in axes) and len(set(axes)) == len(axes),
+            f"bad axes {axes} for rank {len(x.shape)}")
+    if attrs["keepdims"]:
+        return Spec(tuple(1 if i in axes else d for i, d in enumerate(x.shape)), x.dtype)
+    return Spec(tuple(d for i, d in enumerate(x.shape) if i not in axes), x.dtype)
+
+
+def _sum_vjp(a, g, out, x):
+    kept = tuple(1 if i in a["axes"] else d for i, d in enumerate(x.shape))
+    return (g.reshape(kept).broadcast_to(x.shape),)
+
+
+register(Op("sum", "reduction", _sum_infer,
+            ref=lambda a, x: np.asarray(np.sum(x, axis=tuple(a["axes"]), keepdims=a["keepdims"]), x.dtype),
+            vjp=_sum_vjp))

@@ -1,0 +1,102 @@
+"""Data movement without arithmetic: reshape, transpose, broadcast, slice, pad, copy."""
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import Op, Spec, ShapeMismatch, prod, register, require
+
+
+def unbroadcast(g, shape: tuple[int, ...]):
+    """Sum a gradient of a broadcast result back down to the operand's shape."""
+    if g.shape == tuple(shape):
+        return g
+    lead = len(g.shape) - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1)
+    return g.sum(axes).reshape(shape)
+
+
+def _reshape_infer(attrs, x):
+    shape = tuple(attrs["shape"])
+    require(all(d >= 0 for d in shape) and prod(shape) == prod(x.shape),
+            f"cannot reshape {x.shape} ({prod(x.shape)} elements) to {shape}")
+    return Spec(shape, x.dtype)
+
+
+register(Op("reshape", "shape", _reshape_infer,
+            ref=lambda a, x: x.reshape(a["shape"]),
+            vjp=lambda a, g, out, x: (g.reshape(x.shape),)))
+
+
+def _transpose_infer(attrs, x):
+    perm = tuple(attrs["perm"])
+    require(sorted(perm) == list(range(len(x.shape))), f"bad permutation {perm} for rank {len(x.shape)}")
+    return Spec(tuple(x.shape[p] for p in perm), x.dtype)
+
+
+register(Op("transpose", "shape", _transpose_infer,
+            ref=lambda a, x: np.transpose(x, a["perm"]),
+            vjp=lambda a, g, out, x: (g.transpose(tuple(np.argsort(a["perm"]).tolist())),)))
+
+
+def _broadcast_infer(attrs, x):
+    shape = tuple(attrs["shape"])
+    try:
+        ok = np.broadcast_shapes(x.shape, shape) == shape
+    except ValueError:
+        ok = False
+    require(ok, f"cannot broadcast {x.shape} to {shape}")
+    return Spec(shape, x.dtype)
+
+
+register(Op("broadcast_to", "shape", _broadcast_infer,
+            ref=lambda a, x: np.broadcast_to(x, a["shape"]),
+            vjp=lambda a, g, out, x: (unbroadcast(g, x.shape),)))
+
+
+def _slice_infer(attrs, x):
+    axis, start, stop = attrs["axis"], attrs["start"], attrs["stop"]
+    require(0 <= axis < len(x.shape) and 0 <= start < stop <= x.shape[axis],
+            f"slice [{start}:{stop}] on axis {axis} is out of range")
+    return Spec(x.shape[:axis] + (stop - start,) + x.shape[axis + 1:], x.dtype)
+
+
+def _slice_ref(a, x):
+    index = [slice(None)] * x.ndim
+    index[a["axis"]] = slice(a["start"], a["stop"])
+    return x[tuple(index)]
+
+
+def _slice_vjp(a, g, out, x):
+    return (g.graph.add("pad", (g,), axis=a["axis"], before=a["start"],
+                        after=x.shape[a["axis"]] - a["stop"]),)
+
+
+register(Op("slice", "shape", _slice_infer, ref=_slice_ref, vjp=_slice_vjp))
+
+
+def _pad_infer(attrs, x):
+    axis = attrs["axis"]
+    require(0 <= axis < len(x.shape) and attrs["before"] >= 0 and attrs["after"] >= 0,
+            f"bad pad {attrs}")
+    return Spec(x.shape[:axis] + (attrs["before"] + x.shape[axis] + attrs["after"],) + x.shape[axis + 1:],
+                x.dtype)
+
+
+def _pad_ref(a, x):
+    widths = [(0, 0)] * x.ndim
+    widths[a["axis"]] = (a["before"], a["after"])
+    return np.pad(x, widths)
+
+
+def _pad_vjp(a, g, out, x):
+    start = a["before"]
+    return (g.graph.add("slice", (g,), axis=a["axis"], start=start, stop=start + x.shape[a["axis"]]),)
+
+
+register(Op("pad", "shape", _pad_infer, ref=_pad_ref, vjp=_pad_vjp))
+
+register(Op("copy", "shape", lambda a, x: x, ref=lambda a, x: x.copy(),
+            vjp=lambda a, g, out, x: (g,)))
+
+__all__ = ["unbroadcast", "ShapeMismatch"]

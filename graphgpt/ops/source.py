@@ -1,0 +1,21 @@
+"""Graph sources: trainable parameters, optimizer state, per-step inputs and constants.
+
+Their values come from outside the op (the backend's arenas), so they have no reference and no VJP
+of their own; autodiff stops at them.
+"""
+from __future__ import annotations
+
+from .registry import Op, Spec, register, require
+
+
+def _declared(attrs, *inputs) -> Spec:
+    require(not inputs, "a source takes no inputs")
+    require(attrs.get("dtype", "f32") in ("f32", "i32"), f"unknown dtype {attrs.get('dtype')}")
+    return Spec(tuple(attrs["shape"]), attrs.get("dtype", "f32"))
+
+
+for _name in ("param", "state", "input"):
+    register(Op(_name, "source", _declared, nondiff="a source: its value is fed, not computed"))
+
+register(Op("const", "source", lambda attrs: Spec((), "f32"),
+            nondiff="a constant: nothing to differentiate"))
