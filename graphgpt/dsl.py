@@ -1,0 +1,106 @@
+"""The tracing frontend: what a model file imports.
+
+A model file defines `CONFIG` (a dict of defaults) and `forward(idx, cfg)`, written with the
+functions below and ordinary Python. Tracing calls `forward` once on symbolic `Value`s; every
+operation appends a node that records the model file's line, so a shape error reads
+"model.py:57: matmul: inner dimensions differ: 384 vs 256 (inputs ...)".
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from .errors import UserError
+from .ir import FLOAT, INT, Graph, GraphError, Value
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_active: "Tracer | None" = None
+
+
+class Tracer:
+    """Builds one graph from one call of a model's `forward`."""
+
+    def __init__(self):
+        self.graph = Graph(locate=user_line)
+        self.params: dict[str, Value] = {}
+
+    def param(self, name: str, shape, init: str, std: float) -> Value:
+        if name in self.params:
+            raise GraphError(f"{user_line()}: parameter '{name}' is declared twice")
+        if init not in ("normal", "zeros", "ones"):
+            raise GraphError(f"{user_line()}: parameter '{name}': unknown init '{init}'")
+        v = self.graph.add("param", name=name, shape=tuple(int(d) for d in shape), dtype=FLOAT,
+                           init=init, std=float(std) if init == "normal" else 0.0)
+        self.params[name] = v
+        return v
+
+    def input(self, name: str, shape, dtype: str = FLOAT) -> Value:
+        return self.graph.add("input", name=name, shape=tuple(shape), dtype=dtype)
+
+
+def user_line() -> str | None:
+    """file:line of the innermost stack frame outside graphgpt: the model author's line."""
+    f = sys._getframe(1)
+    while f is not None:
+        path = f.f_code.co_filename
+        if not os.path.abspath(path).startswith(_PACKAGE_DIR) and not path.startswith("<frozen"):
+            return f"{os.path.basename(path)}:{f.f_lineno}"
+        f = f.f_back
+    return None
+
+
+def trace(build: Callable[[Tracer], None]) -> Tracer:
+    """Run `build(tracer)` with the DSL functions recording into a fresh graph."""
+    global _active
+    tracer, previous = Tracer(), _active
+    _active = tracer
+    try:
+        build(tracer)
+    finally:
+        _active = previous
+    return tracer
+
+
+def _tracer() -> Tracer:
+    if _active is None:
+        raise UserError("graphgpt.dsl functions only work while a model is being traced")
+    return _active
+
+
+# ---- the functions a model file uses ----------------------------------------------------------
+def param(name: str, shape, init: str = "normal", std: float = 0.02) -> Value:
+    """A trainable tensor: init 'normal' (N(0, std)), 'zeros' or 'ones'."""
+    return _tracer().param(name, shape, init, std)
+
+
+def layer_norm(x: Value, weight: Value, bias: Value, eps: float = 1e-5) -> Value:
+    return x.graph.add("normalize", (x,), eps=float(eps)) * weight + bias
+
+
+def gelu(x: Value) -> Value:
+    """GELU, tanh approximation (GPT-2's)."""
+    return x.graph.add("gelu", (x,))
+
+
+def causal_softmax(scores: Value, scale: float) -> Value:
+    """softmax(scale * scores) over the last axis with future positions masked out."""
+    return scores.graph.add("causal_softmax", (scores,), scale=float(scale))
+
+
+def matmul(a: Value, b: Value, ta: bool = False, tb: bool = False) -> Value:
+    """op(a) @ op(b), op transposing the last two axes when its flag is set."""
+    return a.graph.add("matmul", (a, b), ta=bool(ta), tb=bool(tb))
+
+
+def embedding(table: Value, ids: Value) -> Value:
+    return table.graph.add("embedding", (table, ids))
+
+
+def cross_entropy(logits: Value, targets: Value) -> Value:
+    """Mean over all positions of -log softmax(logits)[target]."""
+    return logits.graph.add("cross_entropy", (logits, targets))
+
+
+__all__ = ["param", "layer_norm", "gelu", "causal_softmax", "matmul", "embedding", "cross_entropy",
+           "Value", "FLOAT", "INT", "trace", "Tracer"]

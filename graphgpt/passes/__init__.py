@@ -1,0 +1,1 @@
+"""Graph-to-graph and graph-to-plan passes, run in order by the compiler."""

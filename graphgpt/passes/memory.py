@@ -1,0 +1,221 @@
+"""Static memory plan: every tensor gets a fixed offset in one float arena (or the int arena).
+
+The float arena is laid out as   [params | grads | optimizer state | constants | work].
+Parameters, their gradients and the optimizer state have fixed slots in the same order (so the
+gradients form one flat buffer, and an allreduce or a multi-tensor optimizer can treat them as a
+single array). The work region is shared by every program of a plan and planned per program by
+simulating a heap over the schedule: each buffer is allocated when its node runs and freed after
+its last reader, at the best-fitting free offset (XLA's heap simulator does the same).
+
+Two kinds of sharing remove copies:
+- views: a reshape, or a slice of contiguous memory, reads its input's buffer at an offset;
+- in-place updates: a parameter's or optimizer state's new value is written over the old one when
+  it is an elementwise op that reads the old value last; otherwise a copy runs at the end.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from ..ir import Graph, Node
+from ..ops import REGISTRY
+from ..ops.registry import prod
+
+ALIGN = 64  # elements: 256-byte alignment for float32, enough for any vector width
+
+
+def aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+@dataclass
+class Layout:
+    """The persistent part of the float arena, shared by all programs of one plan."""
+    tensors: dict[str, int] = field(default_factory=dict)   # param/state name -> offset
+    grads: dict[str, int] = field(default_factory=dict)     # param name -> offset of its gradient
+    consts: dict[float, int] = field(default_factory=dict)
+    regions: dict[str, list[int]] = field(default_factory=dict)  # name -> [start, size]
+
+    @property
+    def work_base(self) -> int:
+        start, size = self.regions["consts"]
+        return aligned(start + size)
+
+
+def persistent_layout(train: Graph, *others: Graph) -> Layout:
+    lay, top = Layout(), 0
+
+    def region(name: str, items: list[tuple[str, int]], table: dict) -> None:
+        nonlocal top
+        start = top
+        for key, size in items:
+            table[key] = top
+            top += aligned(size)
+        lay.regions[name] = [start, top - start]
+
+    params = [(n.name, n.size) for n in train.of_op("param")]
+    region("params", params, lay.tensors)
+    region("grads", params, lay.grads)
+    region("state", [(n.name, n.size) for n in train.of_op("state")], lay.tensors)
+    values = sorted({n.attr["value"] for g in (train, *others) for n in g.of_op("const")})
+    start = top
+    lay.consts = {v: start + i for i, v in enumerate(values)}
+    top += len(values)
+    lay.regions["consts"] = [start, len(values)]
+    return lay
+
+
+@dataclass
+class ProgramMemory:
+    offsets: dict[int, tuple[str, int]]      # node id -> (arena 'f' | 'i', element offset)
+    launches: list[int]                      # node ids that run, in order (views do not)
+    copies: list[tuple[int, int]]            # (value node, state node) copied after the last launch
+    work_size: int                           # elements of the work region this program needs
+    int_size: int
+    work_sum: int                            # sum of all work buffer sizes (no reuse at all)
+    lower_bound: int                         # most elements live at any one time
+
+
+def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemory:
+    nodes = graph.nodes
+    pos = {nid: i for i, nid in enumerate(order)}
+    end = len(order)
+    readers = graph.users()
+    pinned = set(graph.grads.values()) | set(graph.updates.values())  # must own their memory
+
+    # 1. views: a node that only reinterprets its input's memory shares the input's buffer
+    view: dict[int, tuple[int, int]] = {}   # node -> (root node, element offset in root)
+    for nid in order:
+        n = nodes[nid]
+        shift = _view_shift(n, nodes)
+        if shift is not None and nid not in pinned:
+            root, off = view.get(n.inputs[0], (n.inputs[0], 0))
+            view[nid] = (root, off + shift)
+    root_of = {nid: view.get(nid, (nid, 0))[0] for nid in nodes}
+    members: dict[int, list[int]] = {}
+    for nid, root in root_of.items():
+        members.setdefault(root, []).append(nid)
+    last_read: dict[int, int] = {}
+    for nid in nodes:
+        for r in readers[nid]:
+            if r in pos:
+                root = root_of[nid]
+                last_read[root] = max(last_read.get(root, -1), pos[r])
+
+    # 2. fixed slots: sources, gradients, and updates written in place
+    fixed: dict[int, tuple[str, int]] = {}
+    int_top = 0
+    for n in nodes.values():
+        if n.op in ("param", "state"):
+            fixed[n.id] = ("f", layout.tensors[n.name])
+        elif n.op == "const":
+            fixed[n.id] = ("f", layout.consts[n.attr["value"]])
+        elif n.op == "input" and n.dtype == "i32":
+            fixed[n.id] = ("i", int_top)
+            int_top += aligned(n.size)
+    for p, g in graph.grads.items():
+        assert g not in fixed and nodes[g].op not in ("param", "state", "input", "const"), \
+            f"gradient of {nodes[p].name} has no memory of its own"
+        fixed[g] = ("f", layout.grads[nodes[p].name])
+    copies = []
+    for state, new in graph.updates.items():
+        if _in_place(nodes[new], state, pos, readers, members) and new not in fixed:
+            fixed[new] = fixed[state]
+        else:
+            copies.append((new, state))
+    keep_alive = set(graph.outputs.values()) | {new for new, _ in copies}
+
+    # 3. the work region: a heap simulated over the schedule
+    roots = [nid for nid in nodes if nid not in fixed and nid not in view]
+    born = {r: (pos[r] if r in pos else -1) for r in roots}  # float inputs exist before step 0
+    dies = {r: (end if any(root_of[k] == r for k in keep_alive) else last_read.get(r, born[r]))
+            for r in roots}
+    heap = _Heap()
+    offsets: dict[int, tuple[str, int]] = dict(fixed)
+    live = lower = 0
+    by_time: dict[int, list[int]] = {}
+    frees: dict[int, list[int]] = {}
+    for r in roots:
+        by_time.setdefault(born[r], []).append(r)
+        frees.setdefault(dies[r], []).append(r)
+    for t in range(-1, end + 1):
+        for r in sorted(by_time.get(t, ())):
+            size = aligned(nodes[r].size)
+            offsets[r] = ("f", layout.work_base + heap.alloc(size))
+            live += size
+        lower = max(lower, live)
+        for r in sorted(frees.get(t, ())):
+            size = aligned(nodes[r].size)
+            heap.free(offsets[r][1] - layout.work_base, size)
+            live -= size
+    for nid, (root, shift) in view.items():
+        arena, off = offsets[root]
+        offsets[nid] = (arena, off + shift)
+    return ProgramMemory(
+        offsets=offsets,
+        launches=[nid for nid in order if nid not in view],
+        copies=copies,
+        work_size=heap.peak,
+        int_size=int_top,
+        work_sum=sum(aligned(nodes[r].size) for r in roots),
+        lower_bound=lower,
+    )
+
+
+def _view_shift(n: Node, nodes: dict[int, Node]) -> int | None:
+    """Element offset into the input if `n` is a view of its input's memory, else None."""
+    if n.op == "reshape":
+        return 0
+    if n.op == "slice":
+        shape = nodes[n.inputs[0]].shape
+        axis = n.attr["axis"]
+        if prod(shape[:axis]) == 1:  # a contiguous run of the input
+            return n.attr["start"] * prod(shape[axis + 1:])
+    return None
+
+
+def _in_place(new: Node, state: int, pos, readers, members) -> bool:
+    """Can `new` overwrite `state`'s memory? Elementwise, reads it directly, and reads it last."""
+    if REGISTRY[new.op].kind != "elementwise" or state not in new.inputs:
+        return False
+    others = [r for k in members[state] for r in readers[k] if r != new.id]
+    return all(pos[r] < pos[new.id] for r in others if r in pos)
+
+
+class _Heap:
+    """Best-fit allocator over a growing region; tracks the peak size."""
+
+    def __init__(self):
+        self.free_blocks: list[tuple[int, int]] = []  # (start, size), sorted by start
+        self.top = 0
+        self.peak = 0
+
+    def alloc(self, size: int) -> int:
+        fits = [(s, start) for start, s in self.free_blocks if s >= size]
+        if fits:
+            s, start = min(fits)
+            i = bisect.bisect_left(self.free_blocks, (start, s))
+            del self.free_blocks[i]
+            if s > size:
+                bisect.insort(self.free_blocks, (start + size, s - size))
+            return start
+        if self.free_blocks and sum(self.free_blocks[-1]) == self.top:  # grow the last hole
+            start, _ = self.free_blocks.pop()
+        else:
+            start = self.top
+        self.top = start + size
+        self.peak = max(self.peak, self.top)
+        return start
+
+    def free(self, start: int, size: int) -> None:
+        i = bisect.bisect_left(self.free_blocks, (start, size))
+        self.free_blocks.insert(i, (start, size))
+        # merge with the neighbours on both sides
+        if i + 1 < len(self.free_blocks) and start + size == self.free_blocks[i + 1][0]:
+            size += self.free_blocks.pop(i + 1)[1]
+            self.free_blocks[i] = (start, size)
+        if i > 0 and sum(self.free_blocks[i - 1]) == start:
+            prev_start, prev_size = self.free_blocks.pop(i - 1)
+            self.free_blocks[i - 1] = (prev_start, prev_size + size)
+        if self.free_blocks and sum(self.free_blocks[-1]) == self.top:
+            self.top = self.free_blocks.pop()[0]

@@ -1,0 +1,70 @@
+"""Simplify: drop no-op nodes, merge identical computations (CSE), remove dead nodes (DCE).
+
+Node ids are kept, so a node in the simplified graph dump is the same node as in the raw one.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..ir import Graph, Node
+
+
+def simplify(graph: Graph) -> Graph:
+    out = Graph()
+    canonical: dict[int, int] = {}   # old id -> id of the node that now computes it
+    seen: dict[tuple, int] = {}      # (op, inputs, attrs) -> id, for CSE
+    for n in graph.nodes.values():
+        n = replace(n, inputs=tuple(canonical[i] for i in n.inputs))
+        same = _noop_input(out, n)
+        if same is not None:
+            canonical[n.id] = same
+            continue
+        n = _fold(out, n)
+        key = (n.op, n.inputs, n.attrs)
+        if key in seen:
+            canonical[n.id] = seen[key]
+            continue
+        seen[key] = canonical[n.id] = n.id
+        out.nodes[n.id] = n
+    out.outputs = {k: canonical[v] for k, v in graph.outputs.items()}
+    out.updates = {canonical[k]: canonical[v] for k, v in graph.updates.items()}
+    out.grads = {canonical[k]: canonical[v] for k, v in graph.grads.items()}
+    out._next_id = graph._next_id
+    return dead_code_elimination(out)
+
+
+def _noop_input(g: Graph, n: Node) -> int | None:
+    """The input a node merely passes through, if it is a no-op."""
+    a = n.attr
+    x = g.nodes[n.inputs[0]] if n.inputs else None
+    if n.op in ("reshape", "broadcast_to") and x.shape == n.shape:
+        return x.id
+    if n.op == "transpose" and list(a["perm"]) == list(range(len(n.shape))):
+        return x.id
+    if n.op == "slice" and a["start"] == 0 and a["stop"] == x.shape[a["axis"]]:
+        return x.id
+    if n.op == "sum" and not a["axes"]:
+        return x.id
+    if n.op == "mul":
+        for keep, other in ((0, 1), (1, 0)):
+            o = g.nodes[n.inputs[other]]
+            if o.op == "const" and o.attr["value"] == 1.0 and g.nodes[n.inputs[keep]].shape == n.shape:
+                return n.inputs[keep]
+    return None
+
+
+def _fold(g: Graph, n: Node) -> Node:
+    """reshape(reshape(x)) -> reshape(x)."""
+    if n.op == "reshape" and g.nodes[n.inputs[0]].op == "reshape":
+        return replace(n, inputs=g.nodes[n.inputs[0]].inputs)
+    return n
+
+
+def dead_code_elimination(graph: Graph) -> Graph:
+    live = set(graph.outputs.values()) | set(graph.updates) | set(graph.updates.values())
+    live |= set(graph.grads.values())
+    for n in reversed(list(graph.nodes.values())):
+        if n.id in live:
+            live.update(n.inputs)
+    graph.nodes = {i: n for i, n in graph.nodes.items() if i in live}
+    return graph
