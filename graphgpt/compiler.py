@@ -1,0 +1,273 @@
+"""The compile driver: model file -> traced graphs -> joint graph -> passes -> plan on disk.
+
+Two programs are compiled from one model: "train" (forward at batch_size x block_size, loss,
+backward, clipping, optimizer update) and "generate" (forward at 1 x block_size, logits). They
+share the persistent arena (parameters, gradients, optimizer state, constants) and the work region.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import dsl, optim, viz
+from .errors import UserError
+from .ir import INT, Graph
+from .passes.memory import Layout, ProgramMemory, persistent_layout, plan_program
+from .passes.schedule import schedule
+from .passes.simplify import simplify
+from .plan import SCHEMA_VERSION, save
+from .tokenizer import Tokenizer, build_tokenizer
+
+BYTES = 4  # float32: the arena's element size on the GPU and in reports
+
+
+@dataclass
+class Compiled:
+    data: dict                                   # plan.json
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    report: str = ""
+
+
+def load_model(path: Path):
+    """Import a model file; errors name the file and line."""
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"graphgpt_model_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"{path.name}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:  # the model's own code failed: point at its line
+        raise UserError(f"{_user_frame(e, path)}: {type(e).__name__}: {e}") from None
+    for attr in ("CONFIG", "forward"):
+        if not hasattr(module, attr):
+            raise UserError(f"{path.name} defines no {attr} (a model file needs CONFIG and forward)")
+    return module
+
+
+def _user_frame(e: BaseException, path: Path) -> str:
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+    return f"{path.name}:{frames[-1].lineno}" if frames else path.name
+
+
+def parse_overrides(pairs: list[str], defaults: dict) -> dict:
+    """--set key=value, typed like the default it replaces."""
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise UserError(f"--set expects key=value, got '{pair}'")
+        if key not in defaults:
+            raise UserError(f"unknown --set key '{key}'; known keys: {', '.join(sorted(defaults))}")
+        kind = type(defaults[key])
+        try:
+            out[key] = kind(float(text)) if kind in (int, float) else text
+        except ValueError:
+            raise UserError(f"--set {key}: '{text}' is not a {kind.__name__}") from None
+        if kind is int and float(text) != int(float(text)):
+            raise UserError(f"--set {key}: '{text}' is not an integer")
+    return out
+
+
+def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path | None = None,
+                  tokenizer_kind: str | None = None, log=print) -> Compiled:
+    t0 = time.perf_counter()
+    model_path = Path(model_path)
+    module = load_model(model_path)
+    model_cfg, opt_cfg = dict(module.CONFIG), dict(optim.DEFAULTS)
+    chosen = parse_overrides(list(overrides), {**model_cfg, **opt_cfg})
+    model_cfg.update({k: v for k, v in chosen.items() if k in model_cfg})
+    opt_cfg.update({k: v for k, v in chosen.items() if k in opt_cfg})
+    optim.check(opt_cfg)
+
+    tokenizer = _tokenizer(data_path, tokenizer_kind)
+    if model_cfg.get("vocab_size", 0) == 0:
+        model_cfg["vocab_size"] = len(tokenizer.vocab)
+    elif model_cfg["vocab_size"] < len(tokenizer.vocab):
+        raise UserError(f"vocab_size {model_cfg['vocab_size']} is smaller than the tokenizer's "
+                        f"{len(tokenizer.vocab)} tokens")
+    for key in ("batch_size", "block_size"):
+        if model_cfg.get(key, 0) <= 0:
+            raise UserError(f"{key} must be positive (CONFIG of {model_path.name})")
+    log(f"compiling {model_path.name}: " + " ".join(f"{k}={v}" for k, v in model_cfg.items()))
+    log(f"  tokenizer  {tokenizer.kind}, {len(tokenizer.vocab)} tokens"
+        + (f" from {data_path.name}" if data_path else " (fixed character set)"))
+
+    B, T = model_cfg["batch_size"], model_cfg["block_size"]
+    train = _trace(module, model_cfg, B, T, with_loss=True)
+    forward_dump = train.summary("forward")
+    optim.add_training(train, train.value(train.outputs["loss"]), opt_cfg)
+    joint_dump = train.summary("joint")
+    generate = _trace(module, model_cfg, 1, T, with_loss=False)
+    log(f"  trace      forward {len(forward_dump['nodes'])} nodes, joint {len(train.nodes)} nodes")
+
+    train, generate = simplify(train), simplify(generate)
+    train.verify(), generate.verify()
+    log(f"  simplify   joint {len(train.nodes)} nodes, generate {len(generate.nodes)} nodes")
+
+    layout = persistent_layout(train, generate)
+    programs = {}
+    for name, graph in (("train", train), ("generate", generate)):
+        order = schedule(graph)
+        programs[name] = (graph, order, plan_program(graph, order, layout))
+    data = _plan_data(model_path, model_cfg, opt_cfg, tokenizer, layout, programs)
+    files = {}
+    for dump in (forward_dump, joint_dump, train.summary("optimized")):
+        files[f"graphs/{dump['title']}.dot"] = viz.render_dot(dump)
+        files[f"graphs/{dump['title']}.html"] = viz.render_html(dump)
+    report = _report(data, programs)
+    files["report.txt"] = report
+    log(f"  plan       {sum(len(p[2].launches) + len(p[2].copies) for p in programs.values())} launches, "
+        f"{time.perf_counter() - t0:.1f} s")
+    return Compiled(data, files, report)
+
+
+def _tokenizer(data_path: Path | None, kind: str | None) -> Tokenizer:
+    if data_path is None:
+        if kind == "word":
+            raise UserError("the word tokenizer builds its vocabulary from data: pass --data FILE")
+        return build_tokenizer("char", None)
+    from .data import read_corpus
+    return build_tokenizer(kind or "word", read_corpus(data_path))
+
+
+def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool) -> Graph:
+    def build(tracer: dsl.Tracer) -> None:
+        idx = tracer.input("tokens", (batch, seq), INT)
+        logits = module.forward(idx, dict(cfg))
+        if not isinstance(logits, dsl.Value) or logits.shape != (batch, seq, cfg["vocab_size"]):
+            got = logits.shape if isinstance(logits, dsl.Value) else type(logits).__name__
+            raise UserError(f"forward must return logits of shape {(batch, seq, cfg['vocab_size'])}, got {got}")
+        if with_loss:
+            targets = tracer.input("targets", (batch, seq), INT)
+            tracer.graph.outputs["loss"] = dsl.cross_entropy(logits, targets).id
+        else:
+            tracer.graph.outputs["logits"] = logits.id
+    try:
+        return dsl.trace(build).graph
+    except UserError:
+        raise
+    except Exception as e:
+        path = Path(module.__file__)
+        raise UserError(f"{_user_frame(e, path)}: {type(e).__name__}: {e}") from None
+
+
+def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Tokenizer, layout: Layout,
+               programs: dict[str, tuple[Graph, list[int], ProgramMemory]]) -> dict:
+    train = programs["train"][0]
+    tensors = []
+    for n in train.nodes.values():
+        if n.op in ("param", "state"):
+            a = n.attr
+            t = {"name": n.name, "kind": n.op, "shape": list(n.shape), "offset": layout.tensors[n.name],
+                 "init": a.get("init", "zeros"), "std": a.get("std", 0.0)}
+            if n.op == "param":
+                t["grad"] = layout.grads[n.name]
+            tensors.append(t)
+    tensors.sort(key=lambda t: t["offset"])
+    work = max(m.work_size for _, _, m in programs.values())
+    layout.regions["work"] = [layout.work_base, work]
+    identity = {"model": model_path.read_text(), "config": model_cfg, "optimizer": opt_cfg,
+                "tokenizer": tokenizer.to_json()}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(),
+        "model_file": model_path.name,
+        "config": model_cfg,
+        "optimizer": opt_cfg,
+        "arena": {"float": layout.work_base + work,
+                  "int": max(m.int_size for _, _, m in programs.values()),
+                  "regions": layout.regions},
+        "tensors": tensors,
+        "consts": [[off, value] for value, off in sorted(layout.consts.items(), key=lambda kv: kv[1])],
+        "programs": {name: _program(g, mem) for name, (g, _, mem) in programs.items()},
+        "tokenizer": tokenizer.to_json(),
+    }
+
+
+def _program(graph: Graph, mem: ProgramMemory) -> dict:
+    def buf(nid: int) -> list:
+        arena, off = mem.offsets[nid]
+        return [arena, off, list(graph.nodes[nid].shape)]
+
+    launches = []
+    for nid in mem.launches:
+        n = graph.nodes[nid]
+        launches.append({"op": n.op, "out": buf(nid), "in": [buf(i) for i in n.inputs],
+                         "attrs": {k: v for k, v in n.attrs}, "node": nid, "where": n.where})
+    for new, state in mem.copies:
+        launches.append({"op": "copy", "out": buf(state), "in": [buf(new)], "attrs": {},
+                         "node": new, "where": "update of " + graph.nodes[state].name})
+    inputs = {n.name: buf(n.id) for n in graph.of_op("input")}
+    return {
+        "inputs": dict(sorted(inputs.items())),
+        "outputs": {k: buf(v) for k, v in graph.outputs.items()},
+        "launches": launches,
+        "memory": {"work_peak": mem.work_size, "work_sum": mem.work_sum, "work_lower_bound": mem.lower_bound},
+    }
+
+
+def _report(data: dict, programs) -> str:
+    def mib(elements: int) -> str:
+        return f"{elements * BYTES / 2**20:9.2f} MiB"
+
+    regions = data["arena"]["regions"]
+    n_params = sum(_numel(t["shape"]) for t in data["tensors"] if t["kind"] == "param")
+    lines = [f"graphgpt compile report ({data['model_file']}, float32 sizes)",
+             f"parameters            {n_params:,}",
+             f"float arena           {mib(data['arena']['float'])}"]
+    for name in ("params", "grads", "state", "consts", "work"):
+        lines.append(f"  {name:<19} {mib(regions[name][1])}")
+    for name, (graph, _, mem) in programs.items():
+        flops = sum(_matmul_flops(graph, n) for n in graph.nodes.values() if n.op == "matmul")
+        lines += [f"program {name}",
+                  f"  launches            {len(mem.launches) + len(mem.copies)}",
+                  f"  matmul FLOPs        {flops / 1e9:.2f} GFLOP",
+                  f"  work peak           {mib(mem.work_size)}",
+                  f"  work lower bound    {mib(mem.lower_bound)}  (most bytes live at once)",
+                  f"  sum of buffers      {mib(mem.work_sum)}  (no reuse)"]
+    return "\n".join(lines) + "\n"
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _matmul_flops(graph: Graph, n) -> int:
+    a = graph.nodes[n.inputs[0]]
+    k = a.shape[-2] if n.attr["ta"] else a.shape[-1]
+    return 2 * _numel(n.shape) * k
+
+
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="tools/compile.py", description=(
+        "Compile a GPT-2 model file into a training plan: trace, autodiff, optimizer, passes, "
+        "memory plan, graph dumps."))
+    p.add_argument("model", type=Path, help="the model file (CONFIG + forward), e.g. model.py")
+    p.add_argument("--out", type=Path, default=Path("compiled"), help="plan directory (default: compiled/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a CONFIG or optimizer key, e.g. --set n_layer=2 (repeatable)")
+    p.add_argument("--data", type=Path, help="build the tokenizer's vocabulary from this text file")
+    p.add_argument("--tokenizer", choices=("word", "char"),
+                   help="word (the seed's; default with --data) or char (default without)")
+    args = p.parse_args(argv)
+    try:
+        compiled = compile_model(args.model, args.overrides, args.data, args.tokenizer)
+        save(compiled.data, args.out, compiled.files)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(compiled.report, end="")
+    print(f"wrote {args.out}/")
+    return 0

@@ -1,0 +1,1 @@
+"""Backends that execute a plan: NumPy (the reference) and CUDA."""
