@@ -14,7 +14,8 @@ from typing import Callable
 from .errors import UserError
 from .ir import FLOAT, INT, Graph, GraphError, Value
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_DRIVER = os.path.join(_PACKAGE_DIR, "compiler.py")
 _active: "Tracer | None" = None
 
 
@@ -40,11 +41,17 @@ class Tracer:
 
 
 def user_line() -> str | None:
-    """file:line of the innermost stack frame outside graphgpt: the model author's line."""
+    """file:line of the innermost stack frame outside graphgpt: the model author's line.
+
+    The walk stops at the compile driver: nodes it creates itself (the token inputs, the loss)
+    belong to no line of the model file.
+    """
     f = sys._getframe(1)
     while f is not None:
-        path = f.f_code.co_filename
-        if not os.path.abspath(path).startswith(_PACKAGE_DIR) and not path.startswith("<frozen"):
+        path = os.path.abspath(f.f_code.co_filename)
+        if path == _DRIVER:
+            return None
+        if not path.startswith(_PACKAGE_DIR) and not f.f_code.co_filename.startswith("<frozen"):
             return f"{os.path.basename(path)}:{f.f_lineno}"
         f = f.f_back
     return None
