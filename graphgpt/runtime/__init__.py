@@ -1,1 +1,34 @@
-"""Backends that execute a plan: NumPy (the reference) and CUDA."""
+"""Backends that execute a plan: NumPy (the reference, anywhere) and CUDA (NVIDIA GPUs)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+from ..plan import Plan
+
+
+def cuda_available() -> bool:
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device: all mean "no"
+        return False
+
+
+def make_backend(name: str, plan: Plan, dtype=np.float32, **options):
+    """'auto' takes the GPU when CuPy sees one, else NumPy."""
+    if name == "auto":
+        name = "cuda" if cuda_available() else "numpy"
+    if name == "numpy":
+        from .numpy_backend import NumpyBackend
+        return NumpyBackend(plan, dtype)
+    if name == "cuda":
+        if not cuda_available():
+            raise UserError("--backend cuda needs CuPy and an NVIDIA GPU (pip install -e '.[cuda13]'); "
+                            "use --backend numpy")
+        try:
+            from .cuda_backend import CudaBackend
+        except ImportError:
+            raise UserError("this graphgpt has no CUDA backend yet; use --backend numpy") from None
+        return CudaBackend(plan, **options)
+    raise UserError(f"unknown backend '{name}' (auto, numpy or cuda)")

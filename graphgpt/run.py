@@ -1,0 +1,100 @@
+"""python -m graphgpt.run --plan compiled/ : train a compiled plan, save it, generate text."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import plan as plan_io
+from .data import DataLoader, default_corpus, read_corpus
+from .errors import UserError
+from .runtime import make_backend
+from .sample import generate
+from .tokenizer import Tokenizer
+from .train import MetricsLog, Progress, Trainer, save_weights
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m graphgpt.run", description=(
+        "Train a compiled GPT-2 plan, then save its weights and generate text."))
+    p.add_argument("--plan", type=Path, default=Path("compiled"), help="plan directory (default: compiled/)")
+    p.add_argument("--data", type=Path, help="training text (default: graphgpt's own source files)")
+    p.add_argument("--steps", type=int, default=50, help="optimizer steps (default: 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and sampling")
+    p.add_argument("--log", type=Path, metavar="FILE", help="write one JSON object per step here")
+    p.add_argument("--save", type=Path, metavar="DIR",
+                   help="save model.safetensors and the seed's trained_weights.bin here")
+    p.add_argument("--generate", type=int, default=30, metavar="N", help="tokens to generate after training")
+    p.add_argument("--prompt", help="generation prompt (default: the first block of the training data)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as the seed")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
+    args = p.parse_args(argv)
+    for name in ("steps", "generate", "top_k"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must not be negative")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def run(args) -> int:
+    plan = plan_io.load(args.plan)
+    tokenizer = Tokenizer.from_json(plan.tokenizer)
+    cfg = plan.config
+    B, T = cfg["batch_size"], cfg["block_size"]
+    if args.data:
+        text, source = read_corpus(args.data), str(args.data)
+    else:
+        text, source = default_corpus()
+    tokens = tokenizer.encode(text)
+    if tokenizer.pad_id is not None:  # the plan was compiled from data shorter than a batch
+        tokens = tokenizer.pad_to(tokens, B * T + 1)
+    loader = DataLoader(tokens, B, T)
+    backend = make_backend(args.backend, plan)
+    n_params = sum(int(np.prod(t["shape"])) for t in plan.params)
+    print(f"plan {args.plan} ({n_params / 1e6:.2f}M parameters, batch {B} x {T}), backend {backend.name}, "
+          f"data {source} ({len(tokens):,} tokens, vocabulary {len(tokenizer.vocab)})")
+
+    trainer = Trainer(plan, backend, loader, seed=args.seed)
+    progress, log = Progress(args.steps), MetricsLog(args.log)
+    start, losses = time.perf_counter(), []
+    try:
+        for _ in range(args.steps):
+            m = trainer.step()
+            losses.append(m["loss"])
+            progress.update(m)
+            log.write(m)
+    finally:
+        log.close()
+    if losses:
+        print(f"trained {len(losses)} steps in {time.perf_counter() - start:.1f} s: "
+              f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    if args.save:
+        for path in save_weights(args.save, trainer.weights(), plan):
+            print(f"saved {path}")
+    if args.generate:
+        prompt = (tokenizer.encode(args.prompt, eos=False) if args.prompt is not None
+                  else tokens[:min(256, len(tokens), T)])
+        start = time.perf_counter()
+        new = generate(backend, list(map(int, prompt)), args.generate, T, len(tokenizer.vocab),
+                       tokenizer.eos_id, args.temperature, args.top_k, np.random.default_rng(args.seed))
+        print(f"sample ({len(new)} tokens, {time.perf_counter() - start:.1f} s): {tokenizer.decode(new)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

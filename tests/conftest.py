@@ -1,0 +1,34 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_CORPUS = ROOT.parent / "shared" / "data" / "dummy.txt"
+TINY = ["n_layer=2", "n_head=2", "n_embd=16", "block_size=8", "batch_size=2"]
+
+
+def pytest_collection_modifyitems(config, items):
+    from graphgpt.runtime import cuda_available
+    if cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CuPy")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def seed_corpus() -> Path:
+    if not SEED_CORPUS.is_file():
+        pytest.skip(f"{SEED_CORPUS} is not present")
+    return SEED_CORPUS
+
+
+def run_cli(*args, cwd=ROOT, timeout=300):
+    """Run a command-line entry point as a user would; returns the CompletedProcess."""
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

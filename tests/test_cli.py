@@ -1,0 +1,117 @@
+"""The command-line tools as a user meets them: bad input is one line and exit code 2."""
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from graphgpt.checkpoint import load_safetensors, load_seed_weights
+from tests.conftest import ROOT, TINY, run_cli
+
+COMPILE = str(ROOT / "tools" / "compile.py")
+
+
+def sets(pairs):
+    return [a for p in pairs for a in ("--set", p)]
+
+
+def assert_user_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_plan(tmp_path_factory, corpus):
+    out = tmp_path_factory.mktemp("plan") / "tiny"
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(out), "--data", str(corpus), *sets(TINY + ["lr=1e-2"]))
+    assert proc.returncode == 0, proc.stderr
+    assert "launches" in proc.stdout and (out / "plan.json").is_file()
+    return out
+
+
+def test_unknown_set_key(tmp_path):
+    assert_user_error(run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "p"), "--set", "n_layers=2"),
+                      "unknown --set key 'n_layers'")
+
+
+def test_bad_set_value(tmp_path):
+    assert_user_error(run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "p"), "--set", "n_layer=two"),
+                      "n_layer")
+
+
+def test_missing_model_file(tmp_path):
+    assert_user_error(run_cli(COMPILE, str(tmp_path / "nope.py"), "--out", str(tmp_path / "p")), "nope.py")
+
+
+def test_shape_error_names_the_model_line(tmp_path):
+    model = (ROOT / "model.py").read_text().replace("return x @ weight + bias", "return x @ weight.transpose(1, 0) + bias")
+    path = tmp_path / "broken.py"
+    path.write_text(model)
+    line = next(i for i, l in enumerate(model.splitlines(), 1) if "weight.transpose(1, 0)" in l)
+    proc = run_cli(COMPILE, str(path), "--out", str(tmp_path / "p"), *sets(TINY))
+    assert_user_error(proc, f"broken.py:{line}", "matmul", "inner dimensions differ")
+
+
+def test_model_that_fails_to_trace(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text(textwrap.dedent("""\
+        CONFIG = dict(batch_size=2, block_size=4, vocab_size=0)
+
+        def forward(idx, cfg):
+            return undefined_name
+        """))
+    assert_user_error(run_cli(COMPILE, str(path), "--out", str(tmp_path / "p")), "bad.py:4", "NameError")
+
+
+def test_failed_compile_keeps_the_old_plan(tmp_path, tiny_plan):
+    out = tmp_path / "keep"
+    out.mkdir()
+    (out / "plan.json").write_text("precious")
+    run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(out), "--set", "bogus=1")
+    assert (out / "plan.json").read_text() == "precious"
+
+
+def test_run_bad_inputs(tmp_path, tiny_plan, corpus):
+    run = ["-m", "graphgpt.run", "--steps", "1", "--backend", "numpy"]
+    assert_user_error(run_cli(*run, "--plan", str(tmp_path / "missing")), "does not exist")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    assert_user_error(run_cli(*run, "--plan", str(tiny_plan), "--data", str(empty)), "empty.txt")
+    assert_user_error(run_cli(*run, "--plan", str(tiny_plan), "--data", str(tmp_path / "absent.txt")), "absent.txt")
+    short = tmp_path / "short.txt"
+    short.write_text("the quick fox")
+    assert_user_error(run_cli(*run, "--plan", str(tiny_plan), "--data", str(short)), "tokens")
+    old = tmp_path / "old"
+    old.mkdir()
+    data = json.loads((tiny_plan / "plan.json").read_text())
+    data["schema_version"] = 0
+    (old / "plan.json").write_text(json.dumps(data))
+    assert_user_error(run_cli(*run, "--plan", str(old)), "schema version 0")
+
+
+def test_train_save_generate(tmp_path, tiny_plan, corpus):
+    log, save = tmp_path / "m.jsonl", tmp_path / "weights"
+    proc = run_cli("-m", "graphgpt.run", "--plan", str(tiny_plan), "--data", str(corpus), "--steps", "40",
+                   "--backend", "numpy", "--log", str(log), "--save", str(save), "--generate", "5")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(l) for l in log.read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 41))
+    assert {"step", "loss", "lr", "grad_norm", "ms"} <= set(records[0])
+    assert records[-1]["loss"] < 0.5 * records[0]["loss"]
+    assert "sample (" in proc.stdout and "loss" in proc.stdout
+    named = load_safetensors(save / "model.safetensors")
+    ordered = load_seed_weights(save / "trained_weights.bin")
+    assert list(named)[:2] == ["wte", "wpe"] and list(named)[-1] == "lm_head.weight"
+    for a, b in zip(named.values(), ordered):
+        np.testing.assert_array_equal(a, b)

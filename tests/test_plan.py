@@ -1,0 +1,53 @@
+"""Plans are deterministic, the committed plan is current, and the memory plan is sound."""
+import json
+
+import pytest
+
+from graphgpt import plan as plan_io
+from graphgpt.compiler import compile_model
+from graphgpt.errors import UserError
+from tests.conftest import ROOT, TINY
+
+
+def compile_files(overrides=()):
+    c = compile_model(ROOT / "model.py", list(overrides), log=lambda *a: None)
+    return {"plan.json": plan_io.to_text(c.data), **c.files}
+
+
+def test_compiling_twice_gives_the_same_bytes():
+    assert compile_files() == compile_files()
+
+
+def test_committed_plan_is_current():
+    fresh = compile_files()
+    committed = ROOT / "compiled"
+    on_disk = {str(p.relative_to(committed)) for p in committed.rglob("*") if p.is_file()}
+    assert on_disk == set(fresh), "compiled/ is stale: run python tools/compile.py model.py"
+    for rel, content in fresh.items():
+        data = content.encode() if isinstance(content, str) else content
+        assert (committed / rel).read_bytes() == data, f"compiled/{rel} is stale: run python tools/compile.py model.py"
+
+
+def test_memory_plan_is_consistent():
+    data = json.loads(compile_files(TINY)["plan.json"])
+    regions = data["arena"]["regions"]
+    params = [t for t in data["tensors"] if t["kind"] == "param"]
+    assert [t["grad"] - t["offset"] for t in params] == [regions["grads"][0] - regions["params"][0]] * len(params)
+    for prog in data["programs"].values():
+        mem = prog["memory"]
+        assert mem["work_lower_bound"] <= mem["work_peak"] <= mem["work_sum"]
+        for launch in prog["launches"]:
+            for arena, off, shape in [launch["out"], *launch["in"]]:
+                size = 1
+                for d in shape:
+                    size *= d
+                limit = data["arena"]["float"] if arena == "f" else data["arena"]["int"]
+                assert 0 <= off and off + size <= limit
+
+
+def test_load_rejects_bad_plans(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        plan_io.load(tmp_path / "nope")
+    (tmp_path / "plan.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        plan_io.load(tmp_path)
