@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
@@ -24,6 +24,7 @@ PLAN_FILE = "plan.json"
 class Plan:
     data: dict
     digest: str  # sha256 of plan.json's bytes: equal plans, equal digests
+    kernels: dict[str, str] = field(default_factory=dict)  # "kernels/<family>.cu" -> CUDA source
 
     @property
     def config(self) -> dict:
@@ -99,4 +100,5 @@ def load(plan_dir) -> Plan:
     if version != SCHEMA_VERSION:
         raise UserError(f"{path} has schema version {version}; this graphgpt reads version "
                         f"{SCHEMA_VERSION}: recompile it with tools/compile.py")
-    return Plan(data, hashlib.sha256(raw).hexdigest())
+    kernels = {f"kernels/{p.name}": p.read_text() for p in sorted((plan_dir / "kernels").glob("*.cu"))}
+    return Plan(data, hashlib.sha256(raw).hexdigest(), kernels)

@@ -32,6 +32,9 @@ def parse_args(argv):
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as the seed")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
     p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
+    p.add_argument("--no-graph", action="store_true",
+                   help="CUDA: run launches one by one instead of replaying a CUDA graph (debugging)")
+    p.add_argument("--tf32", action="store_true", help="CUDA: TF32 tensor cores for the GEMMs")
     args = p.parse_args(argv)
     for name in ("steps", "generate", "top_k"):
         if getattr(args, name) < 0:
@@ -64,7 +67,7 @@ def run(args) -> int:
     if tokenizer.pad_id is not None:  # the plan was compiled from data shorter than a batch
         tokens = tokenizer.pad_to(tokens, B * T + 1)
     loader = DataLoader(tokens, B, T)
-    backend = make_backend(args.backend, plan)
+    backend = make_backend(args.backend, plan, graph=not args.no_graph, tf32=args.tf32)
     n_params = sum(int(np.prod(t["shape"])) for t in plan.params)
     print(f"plan {args.plan} ({n_params / 1e6:.2f}M parameters, batch {B} x {T}), backend {backend.name}, "
           f"data {source} ({len(tokens):,} tokens, vocabulary {len(tokenizer.vocab)})")
@@ -73,8 +76,7 @@ def run(args) -> int:
     progress, log = Progress(args.steps), MetricsLog(args.log)
     start, losses = time.perf_counter(), []
     try:
-        for _ in range(args.steps):
-            m = trainer.step()
+        for m in trainer.steps(args.steps):
             losses.append(m["loss"])
             progress.update(m)
             log.write(m)

@@ -34,17 +34,30 @@ class Trainer:
             backend.set_tensor(name, value)
         self.updates_done = 0
 
-    def step(self) -> dict:
-        x, y = self.loader.next_batch()
-        scalars = optim.step_scalars(self.plan.optimizer, self.updates_done)
-        feeds = {"tokens": x, "targets": y, **{k: v for k, v in scalars.items() if k != "lr"}}
-        start = time.perf_counter()
-        out = self.backend.run("train", feeds)
-        ms = (time.perf_counter() - start) * 1e3
-        self.updates_done += 1
-        return {"step": self.updates_done, "loss": float(out["loss"]), "lr": scalars["lr"],
-                "grad_norm": float(out["grad_norm"]), "ms": ms,
-                "tokens_per_s": x.size / (ms / 1e3)}
+    def steps(self, n: int):
+        """Run n steps, yielding each one's metrics. On an asynchronous backend step t+1 is
+        already queued when step t's loss is read, so the GPU never waits for the host."""
+        queued: list[tuple] = []
+        last = time.perf_counter()
+        for _ in range(n):
+            x, y = self.loader.next_batch()
+            scalars = optim.step_scalars(self.plan.optimizer, self.updates_done)
+            feeds = {"tokens": x, "targets": y, **{k: v for k, v in scalars.items() if k != "lr"}}
+            self.updates_done += 1
+            queued.append((self.backend.enqueue("train", feeds), self.updates_done, scalars["lr"], x.size))
+            while len(queued) > self.backend.pipeline_depth:
+                yield self._collect(*queued.pop(0), last)
+                last = time.perf_counter()
+        while queued:
+            yield self._collect(*queued.pop(0), last)
+            last = time.perf_counter()
+
+    @staticmethod
+    def _collect(pending, step: int, lr: float, tokens: int, since: float) -> dict:
+        out = pending.result()
+        ms = (time.perf_counter() - since) * 1e3
+        return {"step": step, "loss": float(out["loss"]), "lr": lr, "grad_norm": float(out["grad_norm"]),
+                "ms": ms, "tokens_per_s": tokens / (ms / 1e3)}
 
     def weights(self) -> dict[str, np.ndarray]:
         return {t["name"]: self.backend.get_tensor(t["name"]).astype(np.float32) for t in self.plan.params}

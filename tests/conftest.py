@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED_CORPUS = ROOT.parent / "shared" / "data" / "dummy.txt"
+# The seed's corpus lives beside the checkout; GRAPHGPT_SEED_CORPUS points elsewhere (a GPU machine).
+SEED_CORPUS = Path(os.environ.get("GRAPHGPT_SEED_CORPUS", ROOT.parent / "shared" / "data" / "dummy.txt"))
 TINY = ["n_layer=2", "n_head=2", "n_embd=16", "block_size=8", "batch_size=2"]
 
 

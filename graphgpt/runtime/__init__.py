@@ -15,8 +15,8 @@ def cuda_available() -> bool:
         return False
 
 
-def make_backend(name: str, plan: Plan, dtype=np.float32, **options):
-    """'auto' takes the GPU when CuPy sees one, else NumPy."""
+def make_backend(name: str, plan: Plan, dtype=np.float32, graph: bool = True, tf32: bool = False):
+    """'auto' takes the GPU when CuPy sees one, else NumPy. `graph` and `tf32` apply to CUDA."""
     if name == "auto":
         name = "cuda" if cuda_available() else "numpy"
     if name == "numpy":
@@ -30,5 +30,5 @@ def make_backend(name: str, plan: Plan, dtype=np.float32, **options):
             from .cuda_backend import CudaBackend
         except ImportError:
             raise UserError("this graphgpt has no CUDA backend yet; use --backend numpy") from None
-        return CudaBackend(plan, **options)
+        return CudaBackend(plan, graph=graph, tf32=tf32)
     raise UserError(f"unknown backend '{name}' (auto, numpy or cuda)")
