@@ -1,0 +1,27 @@
+"""Lower a matmul launch to one cuBLAS strided-batched GEMM call, at compile time.
+
+cuBLAS is column-major; our buffers are row-major. A row-major (M, N) matrix is the same bytes as
+a column-major (N, M) one, so C = op(A) @ op(B) is computed as C^T = op(B)^T @ op(A)^T: the
+operands swap places and every leading dimension is the stored row length.
+"""
+from __future__ import annotations
+
+from .ops.registry import prod
+
+
+def lower_matmul(launch: dict) -> dict:
+    (_, _, a_shape), (_, _, b_shape) = launch["in"]
+    ta, tb = launch["attrs"]["ta"], launch["attrs"]["tb"]
+    m, k = (a_shape[-1], a_shape[-2]) if ta else (a_shape[-2], a_shape[-1])
+    n = b_shape[-2] if tb else b_shape[-1]
+    batch = prod(a_shape[:-2])
+    if len(b_shape) == 2 and not ta:  # a shared weight: fold the batch into the rows, one GEMM
+        m, batch = m * batch, 1
+    return {"gemm": {
+        "transa": int(tb), "transb": int(ta),  # the swapped operands' flags
+        "m": n, "n": m, "k": k,
+        "a": launch["in"][1], "lda": b_shape[-1], "stride_a": 0 if len(b_shape) == 2 else n * k,
+        "b": launch["in"][0], "ldb": a_shape[-1], "stride_b": m * k if batch > 1 else 0,
+        "c": launch["out"], "ldc": n, "stride_c": m * n if batch > 1 else 0,
+        "batch": batch,
+    }}
