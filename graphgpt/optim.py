@@ -49,6 +49,8 @@ def add_training(graph: Graph, loss: Value, cfg: dict) -> None:
     grads = autodiff.grad(graph, loss, [p.id for p in params])
     graph.locate = lambda: "optimizer"
     graph.grads = {p: g.id for p, g in grads.items()}
+    # Data-parallel ranks average their gradients here; in one process this is a no-op.
+    grads = {p: graph.add("allreduce_mean", (g,)) for p, g in grads.items()}
     square_sums = [(g * g).sum() for g in grads.values()]
     norm = square_sums[0]
     for s in square_sums[1:]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from . import plan as plan_io
 from .data import DataLoader, default_corpus, read_corpus
 from .errors import UserError
 from .runtime import make_backend
+from .runtime.dist import check_same_plan, current_world
 from .sample import generate
 from .tokenizer import Tokenizer
 from .train import MetricsLog, Progress, Trainer, save_weights
@@ -44,18 +46,25 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    world = current_world()
     try:
-        return run(args)
+        return run(args, world)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        prefix = f"rank {world.rank}: " if world.size > 1 else ""
+        print(f"error: {prefix}{e}", file=sys.stderr, flush=True)
+        if world.size > 1:
+            world.abort(2)  # the other ranks would wait for this one forever
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
 
 
-def run(args) -> int:
+def run(args, world) -> int:
     plan = plan_io.load(args.plan)
+    check_same_plan(world, plan.digest)
+    lead = world.rank == 0  # only rank 0 prints, logs, saves and generates
+    say = print if lead else (lambda *a, **k: None)
     tokenizer = Tokenizer.from_json(plan.tokenizer)
     cfg = plan.config
     B, T = cfg["batch_size"], cfg["block_size"]
@@ -65,30 +74,35 @@ def run(args) -> int:
         text, source = default_corpus()
     tokens = tokenizer.encode(text)
     if tokenizer.pad_id is not None:  # the plan was compiled from data shorter than a batch
-        tokens = tokenizer.pad_to(tokens, B * T + 1)
-    loader = DataLoader(tokens, B, T)
-    backend = make_backend(args.backend, plan, graph=not args.no_graph, tf32=args.tf32)
+        tokens = tokenizer.pad_to(tokens, B * T * world.size + 1)
+    loader = DataLoader(tokens, B, T, world.rank, world.size)
+    backend = make_backend(args.backend, plan, graph=not args.no_graph, tf32=args.tf32, world=world)
     n_params = sum(int(np.prod(t["shape"])) for t in plan.params)
-    print(f"plan {args.plan} ({n_params / 1e6:.2f}M parameters, batch {B} x {T}), backend {backend.name}, "
-          f"data {source} ({len(tokens):,} tokens, vocabulary {len(tokenizer.vocab)})")
+    ranks = f", {world.size} ranks: global batch {B * world.size} x {T}" if world.size > 1 else ""
+    if world.size > 1:  # launchers report a dead process by pid: this names its rank
+        pids = world.gather(os.getpid())
+        say("ranks: " + ", ".join(f"{r}=pid {p}" for r, p in enumerate(pids)), flush=True)
+    say(f"plan {args.plan} ({n_params / 1e6:.2f}M parameters, batch {B} x {T}{ranks}), backend {backend.name}, "
+        f"data {source} ({len(tokens):,} tokens, vocabulary {len(tokenizer.vocab)})")
 
-    trainer = Trainer(plan, backend, loader, seed=args.seed)
-    progress, log = Progress(args.steps), MetricsLog(args.log)
+    trainer = Trainer(plan, backend, loader, seed=args.seed, world=world)
+    progress, log = Progress(args.steps), MetricsLog(args.log if lead else None)
     start, losses = time.perf_counter(), []
     try:
         for m in trainer.steps(args.steps):
             losses.append(m["loss"])
-            progress.update(m)
+            if lead:
+                progress.update(m)
             log.write(m)
     finally:
         log.close()
     if losses:
-        print(f"trained {len(losses)} steps in {time.perf_counter() - start:.1f} s: "
-              f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
-    if args.save:
+        say(f"trained {len(losses)} steps in {time.perf_counter() - start:.1f} s: "
+            f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    if args.save and lead:
         for path in save_weights(args.save, trainer.weights(), plan):
             print(f"saved {path}")
-    if args.generate:
+    if args.generate and lead:
         prompt = (tokenizer.encode(args.prompt, eos=False) if args.prompt is not None
                   else tokens[:min(256, len(tokens), T)])
         start = time.perf_counter()

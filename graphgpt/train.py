@@ -13,6 +13,7 @@ from . import optim
 from .checkpoint import save_safetensors, save_seed_weights
 from .data import DataLoader
 from .plan import Plan
+from .runtime.dist import SingleWorld
 
 
 def init_params(plan: Plan, seed: int) -> dict[str, np.ndarray]:
@@ -28,10 +29,13 @@ def init_params(plan: Plan, seed: int) -> dict[str, np.ndarray]:
 
 
 class Trainer:
-    def __init__(self, plan: Plan, backend, loader: DataLoader, seed: int = 0):
+    def __init__(self, plan: Plan, backend, loader: DataLoader, seed: int = 0, world=None):
         self.plan, self.backend, self.loader = plan, backend, loader
+        self.world = world or SingleWorld()
         for name, value in init_params(plan, seed).items():
             backend.set_tensor(name, value)
+        if self.world.size > 1:  # every rank starts from rank 0's weights, as the seed does
+            backend.broadcast_region("params")
         self.updates_done = 0
 
     def steps(self, n: int):
@@ -52,12 +56,12 @@ class Trainer:
             yield self._collect(*queued.pop(0), last)
             last = time.perf_counter()
 
-    @staticmethod
-    def _collect(pending, step: int, lr: float, tokens: int, since: float) -> dict:
+    def _collect(self, pending, step: int, lr: float, tokens: int, since: float) -> dict:
         out = pending.result()
         ms = (time.perf_counter() - since) * 1e3
-        return {"step": step, "loss": float(out["loss"]), "lr": lr, "grad_norm": float(out["grad_norm"]),
-                "ms": ms, "tokens_per_s": tokens / (ms / 1e3)}
+        tokens *= self.world.size
+        return {"step": step, "loss": self.world.mean(float(out["loss"])), "lr": lr,
+                "grad_norm": float(out["grad_norm"]), "ms": ms, "tokens_per_s": tokens / (ms / 1e3)}
 
     def weights(self) -> dict[str, np.ndarray]:
         return {t["name"]: self.backend.get_tensor(t["name"]).astype(np.float32) for t in self.plan.params}

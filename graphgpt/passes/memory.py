@@ -8,7 +8,8 @@ simulating a heap over the schedule: each buffer is allocated when its node runs
 its last reader, at the best-fitting free offset (XLA's heap simulator does the same).
 
 Two kinds of sharing remove copies:
-- views: a reshape, or a slice of contiguous memory, reads its input's buffer at an offset;
+- views: a reshape, or a slice of contiguous memory, reads its input's buffer at an offset; a
+  collective (the gradient allreduce) works in place, so it shares its input's buffer too but runs;
 - in-place updates: a parameter's or optimizer state's new value is written over the old one when
   it is an elementwise op that reads the old value last; otherwise a copy runs at the end.
 """
@@ -88,6 +89,8 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     for nid in order:
         n = nodes[nid]
         shift = _view_shift(n, nodes)
+        if _in_place_op(n):  # overwriting its input is only legal when nothing reads that later
+            assert all(pos.get(r, -1) <= pos[nid] for r in readers[n.inputs[0]]), f"node {nid} cannot run in place"
         if shift is not None and nid not in pinned:
             root, off = view.get(n.inputs[0], (n.inputs[0], 0))
             view[nid] = (root, off + shift)
@@ -153,7 +156,7 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
         offsets[nid] = (arena, off + shift)
     return ProgramMemory(
         offsets=offsets,
-        launches=[nid for nid in order if nid not in view],
+        launches=[nid for nid in order if nid not in view or _in_place_op(nodes[nid])],
         copies=copies,
         work_size=heap.peak,
         int_size=int_top,
@@ -162,9 +165,13 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     )
 
 
+def _in_place_op(n: Node) -> bool:
+    return REGISTRY[n.op].kind == "collective"
+
+
 def _view_shift(n: Node, nodes: dict[int, Node]) -> int | None:
-    """Element offset into the input if `n` is a view of its input's memory, else None."""
-    if n.op == "reshape":
+    """Element offset into the input if `n` shares its input's memory, else None."""
+    if n.op == "reshape" or _in_place_op(n):
         return 0
     if n.op == "slice":
         shape = nodes[n.inputs[0]].shape

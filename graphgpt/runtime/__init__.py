@@ -15,13 +15,14 @@ def cuda_available() -> bool:
         return False
 
 
-def make_backend(name: str, plan: Plan, dtype=np.float32, graph: bool = True, tf32: bool = False):
-    """'auto' takes the GPU when CuPy sees one, else NumPy. `graph` and `tf32` apply to CUDA."""
+def make_backend(name: str, plan: Plan, dtype=np.float32, graph: bool = True, tf32: bool = False, world=None):
+    """'auto' takes the GPU when CuPy sees one, else NumPy. `graph` and `tf32` apply to CUDA;
+    rank r of a data-parallel world uses GPU r % device_count."""
     if name == "auto":
         name = "cuda" if cuda_available() else "numpy"
     if name == "numpy":
         from .numpy_backend import NumpyBackend
-        return NumpyBackend(plan, dtype)
+        return NumpyBackend(plan, dtype, world)
     if name == "cuda":
         if not cuda_available():
             raise UserError("--backend cuda needs CuPy and an NVIDIA GPU (pip install -e '.[cuda13]'); "
@@ -30,5 +31,5 @@ def make_backend(name: str, plan: Plan, dtype=np.float32, graph: bool = True, tf
             from .cuda_backend import CudaBackend
         except ImportError:
             raise UserError("this graphgpt has no CUDA backend yet; use --backend numpy") from None
-        return CudaBackend(plan, graph=graph, tf32=tf32)
+        return CudaBackend(plan, graph=graph, tf32=tf32, world=world)
     raise UserError(f"unknown backend '{name}' (auto, numpy or cuda)")

@@ -9,7 +9,21 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import REGISTRY
+from ..passes.memory import aligned
 from ..plan import Plan
+from .dist import SingleWorld
+
+
+def _extend(bucket: list | None, off: int, n: int) -> list:
+    """Grow a bucket [offset, size] by an adjacent slot (backwards order is the usual one).
+    Slots are padded to the arena's alignment; the padding is reduced along, harmlessly."""
+    if bucket is not None and off + n == bucket[0]:
+        bucket[0], bucket[1] = off, bucket[1] + n
+        return bucket
+    if bucket is not None and bucket[0] + bucket[1] == off:
+        bucket[1] += n
+        return bucket
+    return [off, n]
 
 
 class Finished:
@@ -26,8 +40,8 @@ class NumpyBackend:
     name = "numpy"
     pipeline_depth = 0  # synchronous: nothing to overlap
 
-    def __init__(self, plan: Plan, dtype=np.float32):
-        self.plan, self.dtype = plan, np.dtype(dtype)
+    def __init__(self, plan: Plan, dtype=np.float32, world=None):
+        self.plan, self.dtype, self.world = plan, np.dtype(dtype), world or SingleWorld()
         arena = plan.data["arena"]
         self.arenas = {"f": np.zeros(arena["float"], self.dtype), "i": np.zeros(max(arena["int"], 1), np.int32)}
         for off, value in plan.data["consts"]:
@@ -40,9 +54,17 @@ class NumpyBackend:
         return self.arenas[arena][off:off + n].reshape(shape)
 
     def _bind(self, prog: dict):
-        steps = []
+        steps, bucket = [], None  # bucket: [offset, size] of adjacent gradients reduced together
         for launch in prog["launches"]:
             op = REGISTRY[launch["op"]]
+            if op.kind == "collective":
+                if self.world.size == 1:
+                    continue  # one process: the mean over ranks is the identity
+                _, off, shape = launch["out"]
+                bucket = _extend(bucket if steps and steps[-1] is bucket else None, off, aligned(int(np.prod(shape))))
+                if not steps or steps[-1] is not bucket:
+                    steps.append(bucket)
+                continue
             steps.append((op.ref, launch["attrs"], [self.view(b) for b in launch["in"]], self.view(launch["out"])))
         inputs = {k: self.view(b) for k, b in prog["inputs"].items()}
         outputs = {k: self.view(b) for k, b in prog["outputs"].items()}
@@ -60,6 +82,10 @@ class NumpyBackend:
     def get_tensor(self, name: str, grad: bool = False) -> np.ndarray:
         return self.tensor(name, grad).copy()
 
+    def broadcast_region(self, name: str) -> None:
+        """Rank 0's copy of an arena region (the parameters) to every rank."""
+        self.world.bcast(self.region(name))
+
     def region(self, name: str) -> np.ndarray:
         start, size = self.plan.data["arena"]["regions"][name]
         return self.arenas["f"][start:start + size]
@@ -68,8 +94,13 @@ class NumpyBackend:
         steps, inputs, outputs = self._programs[program]
         for name, view in inputs.items():
             view[...] = feeds[name]
-        for ref, attrs, ins, out in steps:
-            out[...] = ref(attrs, *ins)
+        for step in steps:
+            if isinstance(step, list):  # a bucket of gradients to average over the ranks
+                off, n = step
+                self.world.allreduce_mean(self.arenas["f"][off:off + n])
+            else:
+                ref, attrs, ins, out = step
+                out[...] = ref(attrs, *ins)
         return {k: v.copy() for k, v in outputs.items()}
 
     def enqueue(self, program: str, feeds: dict) -> Finished:

@@ -1,0 +1,77 @@
+"""Data-parallel processes: who we are, and the few collectives the trainer needs.
+
+A run started by `mpiexec -n N` (MPICH or Open MPI) gets an `MpiWorld`; a plain run gets the
+`SingleWorld`, which does nothing, without importing MPI at all. GPU gradients travel over NCCL,
+which the CUDA backend bootstraps from this world's communicator.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import UserError
+
+# Variables the common launchers set in every process they start.
+_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+
+
+class SingleWorld:
+    rank, size = 0, 1
+
+    def bcast(self, array: np.ndarray) -> None:
+        pass
+
+    def allreduce_mean(self, array: np.ndarray) -> None:
+        pass
+
+    def mean(self, value: float) -> float:
+        return value
+
+    def gather(self, value) -> list:
+        return [value]
+
+    def abort(self, code: int) -> None:
+        raise SystemExit(code)
+
+
+class MpiWorld:
+    def __init__(self):
+        from mpi4py import MPI
+        self.MPI, self.comm = MPI, MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+
+    def bcast(self, array: np.ndarray) -> None:
+        """Rank 0's contents into every rank's `array`, in place."""
+        self.comm.Bcast(array, root=0)
+
+    def allreduce_mean(self, array: np.ndarray) -> None:
+        self.comm.Allreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM)
+        array *= 1.0 / self.size
+
+    def mean(self, value: float) -> float:
+        return self.comm.allreduce(value, op=self.MPI.SUM) / self.size
+
+    def gather(self, value) -> list:
+        return self.comm.allgather(value)
+
+    def abort(self, code: int) -> None:
+        """End every rank: one failing rank must not leave the others waiting in a collective."""
+        self.comm.Abort(code)
+
+
+def current_world():
+    size = next((int(os.environ[v]) for v in _SIZE_VARIABLES if v in os.environ), 1)
+    if size <= 1:
+        return SingleWorld()
+    try:
+        return MpiWorld()
+    except ImportError:
+        raise UserError("started by an MPI launcher but mpi4py is missing: pip install -e '.[mpi]'") from None
+
+
+def check_same_plan(world, digest: str) -> None:
+    digests = world.gather(digest)
+    odd = [r for r, d in enumerate(digests) if d != digests[0]]
+    if odd:
+        raise UserError(f"ranks {', '.join(map(str, odd))} loaded a different plan than rank 0")

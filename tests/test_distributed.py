@@ -1,0 +1,96 @@
+"""Data-parallel training across real MPI processes on the NumPy backend."""
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, TINY, run_cli
+
+pytestmark = pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec (pip install mpich)")
+B = 2
+
+
+def compile_tiny(out, batch):
+    overrides = [s for s in TINY if not s.startswith("batch_size")] + [f"batch_size={batch}"]
+    args = [a for s in overrides for a in ("--set", s)]
+    proc = run_cli(str(ROOT / "tools" / "compile.py"), str(ROOT / "model.py"), "--out", str(out), *args)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def mpiexec(n, *args, timeout=120):
+    return subprocess.run(["mpiexec", "-n", str(n), sys.executable, "-m", "mpi4py", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 99, 2000).astype(np.int32)
+    np.save(tmp_path / "tokens.npy", tokens)
+    worker = str(ROOT / "tests" / "dist_worker.py")
+    runs = {}
+    for ranks, batch in ((2, B), (1, 2 * B)):
+        plan = compile_tiny(tmp_path / f"plan{batch}", batch)
+        proc = mpiexec(ranks, worker, str(plan), str(tmp_path / "tokens.npy"), "5", str(tmp_path / f"r{ranks}"))
+        assert proc.returncode == 0, proc.stderr
+        runs[ranks] = [dict(np.load(tmp_path / f"r{ranks}.{r}.npz")) for r in range(ranks)]
+    single = runs[1][0]
+    for rank in runs[2]:
+        for name, value in single.items():
+            np.testing.assert_allclose(rank[name], value, rtol=1e-9, atol=1e-12, err_msg=name)
+    for name in single:  # every rank holds exactly the same parameters
+        np.testing.assert_array_equal(runs[2][0][name], runs[2][1][name])
+
+
+@pytest.fixture(scope="module")
+def plan_and_data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    (tmp / "data.txt").write_text("graphgpt trains on several ranks at once. " * 200)
+    return compile_tiny(tmp / "plan", B), tmp / "data.txt"
+
+
+def test_cli_under_mpiexec(plan_and_data):
+    plan, data = plan_and_data
+    proc = mpiexec(2, "-m", "graphgpt.run", "--plan", str(plan), "--data", str(data), "--steps", "3",
+                   "--backend", "numpy", "--generate", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("trained 3 steps") == 1  # rank 0 alone reports
+    assert "2 ranks: global batch 4 x 8" in proc.stdout
+
+
+def test_mismatched_plans_fail_fast(plan_and_data, tmp_path):
+    plan, data = plan_and_data
+    other = compile_tiny(tmp_path / "other", 1)
+    run = [sys.executable, "-m", "mpi4py", "-m", "graphgpt.run", "--data", str(data), "--steps", "2",
+           "--backend", "numpy"]
+    proc = subprocess.run(["mpiexec", "-n", "1", *run, "--plan", str(plan), ":", "-n", "1", *run, "--plan", str(other)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "loaded a different plan than rank 0" in proc.stderr
+
+
+def test_a_killed_rank_ends_the_run(plan_and_data):
+    plan, data = plan_and_data
+    proc = subprocess.Popen(["mpiexec", "-n", "2", sys.executable, "-m", "mpi4py", "-m", "graphgpt.run",
+                             "--plan", str(plan), "--data", str(data), "--steps", "100000", "--backend", "numpy"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(8)
+        ranks = subprocess.run(["pgrep", "-f", f"graphgpt.run --plan {plan}"], capture_output=True, text=True)
+        pids = [int(p) for p in ranks.stdout.split() if int(p) != proc.pid]
+        victims = [p for p in pids if "mpiexec" not in open(f"/proc/{p}/cmdline").read()]
+        assert victims, "no rank process found"
+        subprocess.run(["kill", "-9", str(victims[-1])])
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        assert time.monotonic() - start < 60
+        assert proc.returncode != 0
+        victim = victims[-1]
+        assert f"=pid {victim}" in out, "the start-up line maps ranks to pids"
+        assert f"PID {victim}" in out + err, "the launcher names the dead process"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
