@@ -9,12 +9,16 @@ with events: the host never waits inside a step, only when it reads a result.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..ops import REGISTRY
+from ..passes.memory import aligned
 from ..plan import Plan
 from .cublas import WORKSPACE_BYTES, Cublas
+from .dist import SingleWorld
 
 SLOTS = 2  # pinned buffers per input/output: one being filled while the other is in flight
 
@@ -45,11 +49,12 @@ class CudaBackend:
     name = "cuda"
     pipeline_depth = 1  # step t+1 is queued before step t's loss is read
 
-    def __init__(self, plan: Plan, graph: bool = True, tf32: bool = False, device: int = 0):
+    def __init__(self, plan: Plan, graph: bool = True, tf32: bool = False, world=None):
         import cupy as cp
         import cupyx
         self.cp, self.plan, self.use_graph = cp, plan, graph
-        cp.cuda.Device(device).use()
+        self.world = world or SingleWorld()
+        cp.cuda.Device(self.world.rank % cp.cuda.runtime.getDeviceCount()).use()
         arena = plan.data["arena"]
         self.arenas = {"f": cp.zeros(arena["float"], cp.float32), "i": cp.zeros(max(arena["int"], 1), cp.int32)}
         self.workspace = cp.empty(WORKSPACE_BYTES, cp.uint8)
@@ -58,6 +63,14 @@ class CudaBackend:
         self.arenas["f"][cp.asarray(consts[:, 0].astype(np.int64))] = cp.asarray(consts[:, 1], cp.float32)
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.blas = Cublas(self.stream.ptr, self.workspace.data.ptr, tf32)
+        self.collective = None
+        if self.world.size > 1:
+            # NCCL refuses two ranks on one GPU; those fall back to MPI through host memory,
+            # which cannot be captured, so they run without CUDA graphs.
+            where = self.world.gather((os.uname().nodename, cp.cuda.Device().id))
+            shared = len(set(where)) < len(where)
+            self.collective = _HostReduce(self.world) if shared else _Nccl(self.world)
+            self.use_graph = self.use_graph and not shared
         self.modules = {path: cp.RawModule(code=src, options=("--std=c++17",))
                         for path, src in sorted(plan.kernels.items())}
         self._pinned = cupyx.empty_pinned
@@ -75,7 +88,20 @@ class CudaBackend:
         return self.arenas[arena].data.ptr + off * self.arenas[arena].itemsize
 
     def _bind(self, prog: dict) -> _Program:
-        launches = [self._bind_launch(launch) for launch in prog["launches"]]
+        launches, pending = [], []  # pending: gradient buckets still being reduced
+        grads_start, grads_size = self.plan.data["arena"]["regions"]["grads"]
+        for launch in prog["launches"]:
+            if REGISTRY[launch["op"]].kind == "collective":
+                if self.collective:  # one process: the mean over ranks is the identity
+                    _, off, shape = launch["out"]
+                    self.collective.add_to_bucket(launches, pending, off, aligned(int(np.prod(shape))), self)
+                continue
+            if pending and any(b[0] == "f" and grads_start <= b[1] < grads_start + grads_size for b in launch["in"]):
+                launches.append(self.collective.join(pending, self))
+                pending = []
+            launches.append(self._bind_launch(launch))
+        if pending:
+            launches.append(self.collective.join(pending, self))
 
         def staged(buffers):
             return {name: (self.view(b), [self._pinned(tuple(b[2]), np.float32 if b[0] == "f" else np.int32)
@@ -146,6 +172,82 @@ class CudaBackend:
         self.sync()
         return self.cp.asnumpy(self.tensor(name, grad), stream=self.stream, blocking=True)
 
+    def broadcast_region(self, name: str) -> None:
+        """Rank 0's copy of an arena region (the parameters) to every rank, through the host."""
+        self.sync()
+        host = self.cp.asnumpy(self.region(name))
+        self.world.bcast(host)
+        self.region(name).set(host)
+        self.sync()
+
     def region(self, name: str):
         start, size = self.plan.data["arena"]["regions"][name]
         return self.arenas["f"][start:start + size]
+
+
+class _Nccl:
+    """Gradient averaging over NCCL on a second stream, overlapping the rest of the backward.
+
+    Adjacent gradient slots reduced one after another form a bucket: one allreduce call. The main
+    stream forks to the communication stream when a bucket's gradients are final and joins it
+    just before the first launch that reads a reduced gradient. Both edges are events, so the
+    whole pattern is captured into the step's CUDA graph.
+    """
+
+    def __init__(self, world):
+        import cupy as cp
+        from cupy.cuda import nccl
+        self.cp, self.lib = cp, nccl
+        uid = nccl.get_unique_id() if world.rank == 0 else None
+        uid = world.comm.bcast(uid, root=0)
+        self.comm = nccl.NcclCommunicator(world.size, uid, world.rank)
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.avg = getattr(nccl, "NCCL_AVG", 4)  # ncclAvg, NCCL >= 2.10
+
+    def add_to_bucket(self, launches: list, pending: list, off: int, n: int, backend) -> None:
+        last = launches[-1] if launches else None
+        if pending and last is pending[-1] and (off + n == last.offset or last.offset + last.count == off):
+            last.offset, last.count = min(off, last.offset), last.count + n
+            return
+        bucket = _Bucket(self, backend, off, n)
+        launches.append(bucket)
+        pending.append(bucket)
+
+    def join(self, pending: list, backend):
+        events = [b.done for b in pending]
+        return lambda: [backend.stream.wait_event(e) for e in events]
+
+    def reduce(self, backend, bucket) -> None:
+        main, comm = backend.stream, self.stream
+        bucket.ready.record(main)
+        comm.wait_event(bucket.ready)
+        ptr = backend.arenas["f"].data.ptr + bucket.offset * 4
+        self.comm.allReduce(ptr, ptr, bucket.count, self.lib.NCCL_FLOAT32, self.avg, comm.ptr)
+        bucket.done.record(comm)
+
+
+class _HostReduce(_Nccl):
+    """Ranks sharing a GPU: average through host memory with MPI, synchronously."""
+
+    def __init__(self, world):
+        import cupy as cp
+        self.cp, self.world = cp, world
+
+    def join(self, pending: list, backend):
+        return lambda: None
+
+    def reduce(self, backend, bucket) -> None:
+        view = backend.arenas["f"][bucket.offset:bucket.offset + bucket.count]
+        host = self.cp.asnumpy(view, stream=backend.stream, blocking=True)
+        self.world.allreduce_mean(host)
+        view.set(host, stream=backend.stream)
+
+
+class _Bucket:
+    def __init__(self, reducer: _Nccl, backend, offset: int, count: int):
+        self.reducer, self.backend, self.offset, self.count = reducer, backend, offset, count
+        self.ready = reducer.cp.cuda.Event(disable_timing=True)
+        self.done = reducer.cp.cuda.Event(disable_timing=True)
+
+    def __call__(self) -> None:
+        self.reducer.reduce(self.backend, self)
