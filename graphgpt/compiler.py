@@ -18,6 +18,7 @@ from pathlib import Path
 from . import dsl, optim, viz
 from .errors import UserError
 from .ir import INT, Graph
+from .passes.fuse import fuse
 from .passes.memory import Layout, ProgramMemory, persistent_layout, plan_program
 from .passes.schedule import schedule
 from .passes.simplify import simplify
@@ -77,7 +78,7 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
 
 
 def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path | None = None,
-                  tokenizer_kind: str | None = None, log=print) -> Compiled:
+                  tokenizer_kind: str | None = None, fusion: bool = True, log=print) -> Compiled:
     t0 = time.perf_counter()
     model_path = Path(model_path)
     module = load_model(model_path)
@@ -109,8 +110,11 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     log(f"  trace      forward {len(forward_dump['nodes'])} nodes, joint {len(train.nodes)} nodes")
 
     train, generate = simplify(train), simplify(generate)
-    train.verify(), generate.verify()
     log(f"  simplify   joint {len(train.nodes)} nodes, generate {len(generate.nodes)} nodes")
+    if fusion:
+        train, generate = fuse(train), fuse(generate)
+        log(f"  fuse       joint {len(train.nodes)} nodes, generate {len(generate.nodes)} nodes")
+    train.verify(), generate.verify()
 
     layout = persistent_layout(train, generate)
     programs = {}
@@ -261,9 +265,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, help="build the tokenizer's vocabulary from this text file")
     p.add_argument("--tokenizer", choices=("word", "char"),
                    help="word (the seed's; default with --data) or char (default without)")
+    p.add_argument("--no-fuse", action="store_true", help="one kernel per op: no fusion pass")
     args = p.parse_args(argv)
     try:
-        compiled = compile_model(args.model, args.overrides, args.data, args.tokenizer)
+        compiled = compile_model(args.model, args.overrides, args.data, args.tokenizer, fusion=not args.no_fuse)
         save(compiled.data, args.out, compiled.files)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,29 @@
+"""A chain of pointwise ops run as one: what the fusion pass makes of elementwise subgraphs.
+
+attrs["program"] is a tuple of steps (op, attrs, args); an arg k >= 0 names the result of step
+k, an arg -1 - i names external input i. The last step is the result. Its shape rule, reference
+and (on the GPU) code are those of its steps, in order, so a fused node computes bit for bit what
+the nodes it replaces computed.
+"""
+from __future__ import annotations
+
+from .registry import REGISTRY, Op, Spec, register
+
+
+def _run(program, inputs, step):
+    values = []
+    for op, attrs, args in program:
+        values.append(step(op, dict(attrs), [values[a] if a >= 0 else inputs[-1 - a] for a in args]))
+    return values[-1]
+
+
+def _infer(attrs, *specs: Spec) -> Spec:
+    return _run(attrs["program"], specs, lambda op, a, ins: REGISTRY[op].infer(a, *ins))
+
+
+def _ref(attrs, *arrays):
+    return _run(attrs["program"], arrays, lambda op, a, ins: REGISTRY[op].ref(a, *ins))
+
+
+register(Op("fused", "elementwise", _infer, ref=_ref,
+            nondiff="made by the fusion pass, which runs after autodiff"))
