@@ -18,6 +18,7 @@ from pathlib import Path
 from . import dsl, optim, viz
 from .errors import UserError
 from .ir import INT, Graph
+from .ops import REGISTRY
 from .passes.fuse import fuse
 from .passes.memory import Layout, ProgramMemory, persistent_layout, plan_program
 from .passes.schedule import schedule
@@ -111,6 +112,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
 
     train, generate = simplify(train), simplify(generate)
     log(f"  simplify   joint {len(train.nodes)} nodes, generate {len(generate.nodes)} nodes")
+    unfused = train
     if fusion:
         train, generate = fuse(train), fuse(generate)
         log(f"  fuse       joint {len(train.nodes)} nodes, generate {len(generate.nodes)} nodes")
@@ -126,7 +128,11 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     for dump in (forward_dump, joint_dump, train.summary("optimized")):
         files[f"graphs/{dump['title']}.dot"] = viz.render_dot(dump)
         files[f"graphs/{dump['title']}.html"] = viz.render_html(dump)
-    report = _report(data, programs)
+    baseline = None
+    if fusion:  # what fusion saved, measured on the same plan machinery
+        order = schedule(unfused)
+        baseline = _stats(unfused, plan_program(unfused, order, persistent_layout(unfused, generate)))
+    report = _report(data, programs, baseline)
     files["report.txt"] = report
     log(f"  plan       {sum(len(p[2].launches) + len(p[2].copies) for p in programs.values())} launches, "
         f"{time.perf_counter() - t0:.1f} s")
@@ -218,7 +224,20 @@ def _program(graph: Graph, mem: ProgramMemory) -> dict:
     }
 
 
-def _report(data: dict, programs) -> str:
+def _stats(graph: Graph, mem: ProgramMemory) -> dict:
+    """Launches, FLOPs and an estimate of the bytes a step moves (each launch reads its inputs
+    and writes its output once; views move nothing)."""
+    moved = 0
+    for nid in mem.launches:
+        n = graph.nodes[nid]
+        if REGISTRY[n.op].kind != "collective":
+            moved += n.size + sum(graph.nodes[i].size for i in set(n.inputs))
+    moved += sum(graph.nodes[new].size * 2 for new, _ in mem.copies)
+    flops = sum(_matmul_flops(graph, n) for n in graph.nodes.values() if n.op == "matmul")
+    return {"launches": len(mem.launches) + len(mem.copies), "bytes": moved * BYTES, "flops": flops}
+
+
+def _report(data: dict, programs, unfused: dict | None) -> str:
     def mib(elements: int) -> str:
         return f"{elements * BYTES / 2**20:9.2f} MiB"
 
@@ -230,13 +249,19 @@ def _report(data: dict, programs) -> str:
     for name in ("params", "grads", "state", "consts", "work"):
         lines.append(f"  {name:<19} {mib(regions[name][1])}")
     for name, (graph, _, mem) in programs.items():
-        flops = sum(_matmul_flops(graph, n) for n in graph.nodes.values() if n.op == "matmul")
+        st = _stats(graph, mem)
         lines += [f"program {name}",
-                  f"  launches            {len(mem.launches) + len(mem.copies)}",
-                  f"  matmul FLOPs        {flops / 1e9:.2f} GFLOP",
+                  f"  launches            {st['launches']}",
+                  f"  bytes moved (est.)  {st['bytes'] / 1e9:9.2f} GB",
+                  f"  matmul FLOPs        {st['flops'] / 1e9:9.2f} GFLOP",
                   f"  work peak           {mib(mem.work_size)}",
                   f"  work lower bound    {mib(mem.lower_bound)}  (most bytes live at once)",
                   f"  sum of buffers      {mib(mem.work_sum)}  (no reuse)"]
+        if name == "train" and unfused:
+            lines += [f"  without fusion      {unfused['launches']} launches, "
+                      f"{unfused['bytes'] / 1e9:.2f} GB moved "
+                      f"({st['launches'] / unfused['launches']:.2f}x launches, "
+                      f"{st['bytes'] / unfused['bytes']:.2f}x bytes)"]
     return "\n".join(lines) + "\n"
 
 
