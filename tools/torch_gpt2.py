@@ -1,0 +1,228 @@
+"""GPT-2 and its training step in PyTorch, computing what a plan compiled from model.py computes.
+
+The reference point for graphgpt: tests check it against the NumPy backend in float64, and
+tools/bench.py times it beside the CUDA backend. Everything mirrors model.py and graphgpt/optim.py:
+pre-LN blocks, LayerNorm eps 1e-5, one fused qkv projection split as (B, T, 3, H, D), causal
+attention scaled by 1/sqrt(D), a 4x tanh-GELU MLP, learned positions, an untied lm_head without
+bias, weights stored (in, out) so y = x @ W + b, and parameter names equal to the plan's. The
+loss is the mean cross-entropy; the step clips the global gradient norm and applies Adam.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphgpt import optim
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+OPTIMIZERS = ("exact", "torch")
+
+
+class Linear(nn.Module):
+    """y = x @ W + b with W stored (in, out), as model.py and the seed's checkpoints store it."""
+
+    def __init__(self, n_in: int, n_out: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out).normal_(0.0, 0.02))
+        self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.weight
+        return y if self.bias is None else y + self.bias
+
+
+class Attention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.c_attn = Linear(n_embd, 3 * n_embd)
+        self.c_proj = Linear(n_embd, n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        D = C // self.n_head
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+        # scaled_dot_product_attention's default scale is 1/sqrt(D), model.py's; it picks the
+        # fastest kernel (flash, memory-efficient or plain math), as an idiomatic baseline would.
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.c_fc = Linear(n_embd, 4 * n_embd)
+        self.c_proj = Linear(4 * n_embd, n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int):
+        super().__init__()
+        # Registered in model.py's declaration order, so parameters() follows the plan's order.
+        self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5)
+        self.attn = Attention(n_embd, n_head)
+        self.mlp = MLP(n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    def __init__(self, n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
+        self.wte = nn.Parameter(torch.empty(vocab_size, n_embd).normal_(0.0, 0.02))
+        self.wpe = nn.Parameter(torch.empty(block_size, n_embd).normal_(0.0, 0.02))
+        self.h = nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, eps=1e-5)
+        self.lm_head = Linear(n_embd, vocab_size, bias=False)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> GPT2:
+        """The model of a plan's config (model.py's CONFIG keys; batch_size is not the model's)."""
+        return cls(*(cfg[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")))
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, V), or the mean cross-entropy when targets are given.
+
+        The loss lives inside forward so that torch.compile fuses it with the lm_head.
+        """
+        x = F.embedding(idx, self.wte) + self.wpe[: idx.shape[1]]
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module itself; torch.compile's wrapper prefixes every parameter name with _orig_mod."""
+    return getattr(model, "_orig_mod", model)
+
+
+def load_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
+    """Copy graphgpt's weights (plan names, (in, out) layout) into the model, in its dtype."""
+    params = dict(unwrap(model).named_parameters())
+    if params.keys() != weights.keys():
+        missing, extra = sorted(params.keys() - weights.keys()), sorted(weights.keys() - params.keys())
+        raise ValueError(f"weight names differ from the model's: missing {missing}, unexpected {extra}")
+    with torch.no_grad():
+        for name, p in params.items():
+            value = torch.from_numpy(np.asarray(weights[name]))
+            if tuple(value.shape) != tuple(p.shape):
+                raise ValueError(f"{name}: shape {tuple(value.shape)}, the model's is {tuple(p.shape)}")
+            p.copy_(value)
+
+
+def use_precision(precision: str) -> torch.dtype | None:
+    """Set the float32 matmul mode of `precision`; return its autocast dtype (None: no autocast).
+
+    fp32 and bf16 keep full-precision float32 matmuls (bf16 autocasts the matmuls themselves);
+    tf32 lets float32 matmuls run on tensor cores.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not '{precision}'")
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+class ExactAdam:
+    """graphgpt's update (optim.add_training) on all parameters at once with torch._foreach_* ops.
+
+    g = grad * clip / max(norm, clip); m += (g - m)(1 - b1); v += (g² - v)(1 - b2);
+    p -= step_size * m / (sqrt(v) + eps), step_size from graphgpt's own schedule. eps is added to
+    the uncorrected sqrt(v), the seed's rule; torch.optim.Adam adds it after bias correction.
+    """
+
+    def __init__(self, params, cfg: dict):
+        if cfg["optimizer"] != "adam":
+            raise ValueError(f"ExactAdam implements optimizer=adam, not {cfg['optimizer']}")
+        self.params, self.cfg = list(params), cfg
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.updates_done = 0
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        """Clip, update, count; returns the gradient norm before clipping, without a host sync."""
+        cfg, grads = self.cfg, [p.grad for p in self.params]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if cfg["grad_clip"] > 0:
+            grads = torch._foreach_mul(grads, cfg["grad_clip"] / torch.clamp(norm, min=cfg["grad_clip"]))
+        torch._foreach_lerp_(self.m, grads, 1.0 - cfg["beta1"])  # m + (g - m) * (1 - b1)
+        torch._foreach_lerp_(self.v, torch._foreach_mul(grads, grads), 1.0 - cfg["beta2"])
+        denom = torch._foreach_sqrt(self.v)
+        torch._foreach_add_(denom, cfg["eps"])
+        step_size = optim.step_scalars(cfg, self.updates_done)["step_size"]
+        torch._foreach_addcdiv_(self.params, self.m, denom, value=-step_size)
+        self.updates_done += 1
+        return norm
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+class TorchAdam:
+    """The idiomatic baseline: clip_grad_norm_ and torch.optim.Adam (foreach), graphgpt's schedule.
+
+    Not bit-for-bit graphgpt's: eps enters after bias correction, and the clip divides by
+    norm + 1e-6. Both shift updates by far less than float32 training noise.
+    """
+
+    def __init__(self, params, cfg: dict):
+        if cfg["optimizer"] != "adam":
+            raise ValueError(f"TorchAdam implements optimizer=adam, not {cfg['optimizer']}")
+        self.params, self.cfg = list(params), cfg
+        self.adam = torch.optim.Adam(self.params, lr=optim.lr_at(cfg, 0), betas=(cfg["beta1"], cfg["beta2"]),
+                                     eps=cfg["eps"], foreach=True)
+        self.updates_done = 0
+
+    def step(self) -> torch.Tensor:
+        if self.cfg["grad_clip"] > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg["grad_clip"], foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params], foreach=True)
+        self.adam.param_groups[0]["lr"] = optim.lr_at(self.cfg, self.updates_done)
+        self.adam.step()
+        self.updates_done += 1
+        return norm
+
+    def zero_grad(self) -> None:
+        self.adam.zero_grad(set_to_none=True)
+
+
+def make_optimizer(model: nn.Module, kind: str, cfg: dict | None = None) -> ExactAdam | TorchAdam:
+    """kind 'exact' (graphgpt's formula) or 'torch' (torch.optim.Adam); cfg: a plan's optimizer
+    config (default: graphgpt's, the seed's Adam 0.9/0.95/1e-8, clipping at 1.0)."""
+    cfg = dict(optim.DEFAULTS) if cfg is None else cfg
+    params = unwrap(model).parameters()
+    if kind == "exact":
+        return ExactAdam(params, cfg)
+    if kind == "torch":
+        return TorchAdam(params, cfg)
+    raise ValueError(f"optimizer kind must be one of {', '.join(OPTIMIZERS)}, not '{kind}'")
+
+
+def train_step(model: nn.Module, optimizer: ExactAdam | TorchAdam, tokens: torch.Tensor,
+               targets: torch.Tensor, autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step: loss, backward, clip, update. Returns (loss, grad norm) as tensors: no host sync."""
+    with torch.autocast(device_type=tokens.device.type, dtype=autocast, enabled=autocast is not None):
+        loss = model(tokens, targets)
+    loss.backward()
+    norm = optimizer.step()
+    optimizer.zero_grad()
+    return loss.detach(), norm
+
+
+__all__ = ["GPT2", "load_weights", "make_optimizer", "train_step", "use_precision", "unwrap",
+           "ExactAdam", "TorchAdam", "PRECISIONS", "OPTIMIZERS"]
