@@ -1,0 +1,195 @@
+"""tools/bench.py without a GPU: its command line, its pure parts, and its torch runner on the CPU.
+
+The GPU timings themselves need CuPy and a GPU. Here: bad input is one line and exit status 2
+(a machine without a GPU says so), the timing loop and the table are checked with a host clock,
+and the torch runner trains the same model as graphgpt's NumPy backend.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from graphgpt import optim
+from graphgpt.compiler import compile_model
+from graphgpt.plan import Plan, save
+from graphgpt.runtime import cuda_available
+from graphgpt.runtime.numpy_backend import NumpyBackend
+from graphgpt.train import init_params
+from tests.conftest import ROOT, TINY
+from tools import bench
+
+BENCH = str(ROOT / "tools" / "bench.py")
+
+
+def run_bench(*args, torch_stub=None):
+    """torch_stub: a directory put first on the path to stand in for the installed torch."""
+    path = [str(p) for p in (torch_stub, ROOT) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    return subprocess.run([sys.executable, BENCH, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def torch_stubs(tmp_path_factory) -> dict:
+    """'broken': `import torch` fails; 'empty': it succeeds with nothing inside. Both sides of the
+    torch checks are reached whether or not torch is installed."""
+    stubs = {}
+    for kind, body in (("broken", "raise ImportError('no torch here')\n"), ("empty", "")):
+        stubs[kind] = tmp_path_factory.mktemp(f"torch_{kind}")
+        (stubs[kind] / "torch").mkdir()
+        (stubs[kind] / "torch" / "__init__.py").write_text(body)
+    return stubs
+
+
+def assert_user_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def tiny_compiled(extra=()):
+    return compile_model(ROOT / "model.py", TINY + list(extra), log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def plan_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    compiled = tiny_compiled()
+    save(compiled.data, out, compiled.files)
+    return out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ([], "required: --plan"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--repeat", "0"], "--repeat must be at least 1"),
+    (["--warmup", "1"], "--warmup must be at least 2"),
+    (["--warmup", "x"], "invalid int value: 'x'"),
+    (["--optimizer", "sgd"], "invalid choice: 'sgd'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_arguments(plan_dir, args, fragment):
+    assert_user_error(run_bench(*(["--plan", str(plan_dir)] if args else []), *args), fragment)
+
+
+def test_json_into_a_directory(plan_dir, tmp_path):
+    assert_user_error(run_bench("--plan", str(plan_dir), "--json", str(tmp_path)), "is a directory")
+
+
+def test_missing_or_foreign_plan(tmp_path):
+    assert_user_error(run_bench("--plan", str(tmp_path / "nope")), "does not exist")
+    assert_user_error(run_bench("--plan", str(tmp_path)), "no plan.json")
+
+
+def test_torch_required_but_not_importable(plan_dir, torch_stubs):
+    assert_user_error(run_bench("--plan", str(plan_dir), "--torch", torch_stub=torch_stubs["broken"]),
+                      "--torch needs PyTorch")
+
+
+def test_torch_rows_need_adam(tmp_path, torch_stubs):
+    compiled = tiny_compiled(["optimizer=adamw"])
+    save(compiled.data, tmp_path / "adamw", compiled.files)
+    assert_user_error(run_bench("--plan", str(tmp_path / "adamw"), torch_stub=torch_stubs["empty"]),
+                      "optimizer=adam", "adamw", "--no-torch")
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("torch_flag", ["--no-torch", None])
+def test_without_a_gpu_it_says_so(plan_dir, torch_flag, torch_stubs):
+    proc = run_bench("--plan", str(plan_dir), *([torch_flag] if torch_flag else []), torch_stub=torch_stubs["broken"])
+    assert_user_error(proc, "no NVIDIA GPU")
+
+
+# ---- the pure parts ---------------------------------------------------------------------------
+class HostClock:
+    """Stands in for GPU events: a mark is a timestamp, taken when all queued work is done."""
+
+    def mark(self):
+        return time.perf_counter()
+
+    def elapsed_ms(self, start, end) -> float:
+        return (end - start) * 1e3
+
+    def sync(self) -> None:
+        pass
+
+
+def test_measure_times_blocks_after_warmup():
+    calls = []
+
+    def step():
+        calls.append(time.perf_counter())
+        time.sleep(0.002)
+
+    ms = bench.measure(step, HostClock(), steps=3, warmup=2, repeat=4)
+    assert len(calls) == 2 + 3 * 4 and len(ms) == 4
+    assert all(2.0 <= m < 50.0 for m in ms), ms  # per step, not per block
+
+
+def test_summary_table_and_report(plan_dir):
+    rows = [bench.Row("graphgpt graph", [2.0, 1.0, 3.0], 3 * 2**20, "arena_bytes", 4.5),
+            bench.Row("torch eager", [4.0, 4.0, 5.0], 2**20, "torch", 4.5)]
+    bench.summarize(rows, tokens_per_step=1000)
+    assert rows[0].derived == {"ms_per_step": 2.0, "tokens_per_s": 500_000.0, "vs_torch_eager": 2.0}
+    assert rows[1].derived["vs_torch_eager"] == 1.0
+    table = bench.format_table(rows).splitlines()
+    assert table[1].split() == ["graphgpt", "graph", "2.000", "500,000", "2.00x", "3.0", "4.5000"]
+
+    alone = bench.summarize([bench.Row("graphgpt graph", [1.0], 0, "arena_bytes", 1.0)], 10)
+    assert alone[0].derived["vs_torch_eager"] is None and " - " in bench.format_table(alone)
+
+    args = bench.parse_args(["--plan", str(plan_dir), "--tf32", "--steps", "7"])
+    plan = Plan(tiny_compiled().data, "t")
+    data = json.loads(json.dumps(bench.report(args, ["--plan", "x y", "--tf32"], plan, "GPU 0", {}, rows)))
+    assert data["command"] == "python tools/bench.py --plan 'x y' --tf32"
+    assert data["precision"] == "tf32" and data["steps"] == 7 and data["device"] == "GPU 0"
+    assert data["tokens_per_step"] == 2 * 8 and data["date"]
+    assert [r["name"] for r in data["rows"]] == ["graphgpt graph", "torch eager"]
+    assert data["rows"][0]["ms_per_step_blocks"] == [2.0, 1.0, 3.0] and data["rows"][0]["tokens_per_s"] == 500_000.0
+
+
+def test_rows_in_table_order():
+    assert [n for n, _ in bench.methods(False, False)] == ["graphgpt graph", "graphgpt no-graph"]
+    rows = bench.methods(True, True)
+    assert [n for n, _ in rows] == ["graphgpt graph", "graphgpt no-graph", "torch eager", "torch.compile",
+                                    "torch.compile bf16"]
+    assert [o.get("precision") for _, o in rows] == [None, None, "tf32", "tf32", "bf16"]
+
+
+def test_synthetic_batch_targets_are_the_next_tokens():
+    cfg = dict(batch_size=3, block_size=5, vocab_size=11)
+    tokens, targets = bench.synthetic_batch(cfg)
+    assert tokens.shape == targets.shape == (3, 5) and tokens.dtype == np.int32
+    assert (tokens[:, 1:] == targets[:, :-1]).all() and tokens.max() < 11
+
+
+# ---- the torch runner, on the CPU ---------------------------------------------------------------
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_torch_runner_trains_what_graphgpt_trains(compiled):
+    """The runner's steps (float32) end at the NumPy backend's loss after as many updates."""
+    pytest.importorskip("torch", exc_type=ImportError)
+    plan = Plan(tiny_compiled(["lr=1e-2"]).data, "t")
+    weights, batch = init_params(plan, seed=0), bench.synthetic_batch(plan.config)
+    runner = bench.TorchRunner(plan, weights, batch, compiled=compiled, precision="fp32", optimizer="exact",
+                               device="cpu")
+    ms = bench.measure(runner.step, HostClock(), steps=2, warmup=2, repeat=2)
+    loss = runner.final_loss()
+    runner.close()
+    assert len(ms) == 2 and runner.peak_bytes() == 0
+
+    be = NumpyBackend(plan)
+    for name, value in weights.items():
+        be.set_tensor(name, value)
+    for t in range(2 + 2 * 2 + 1):
+        out = be.run("train", {"tokens": batch[0], "targets": batch[1],
+                               "step_size": optim.step_scalars(plan.optimizer, t)["step_size"]})
+    assert abs(loss - float(out["loss"])) < 1e-4 * abs(loss)
