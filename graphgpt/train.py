@@ -46,7 +46,7 @@ class Trainer:
         for _ in range(n):
             x, y = self.loader.next_batch()
             scalars = optim.step_scalars(self.plan.optimizer, self.updates_done)
-            feeds = {"tokens": x, "targets": y, **{k: v for k, v in scalars.items() if k != "lr"}}
+            feeds = {"tokens": x, "targets": y, **{k: scalars[k] for k in optim.scalar_inputs(self.plan.optimizer)}}
             self.updates_done += 1
             queued.append((self.backend.enqueue("train", feeds), self.updates_done, scalars["lr"], x.size))
             while len(queued) > self.backend.pipeline_depth:

@@ -82,6 +82,19 @@ def test_failed_compile_keeps_the_old_plan(tmp_path, tiny_plan):
     assert (out / "plan.json").read_text() == "precious"
 
 
+def test_adamw_with_cosine_schedule_trains(tmp_path, corpus):
+    out, log = tmp_path / "adamw", tmp_path / "m.jsonl"
+    opts = TINY + ["optimizer=adamw", "lr_schedule=cosine", "warmup_steps=5", "weight_decay=0.1", "lr=1e-2"]
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(out), "--data", str(corpus), *sets(opts))
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("-m", "graphgpt.run", "--plan", str(out), "--data", str(corpus), "--steps", "20",
+                   "--backend", "numpy", "--log", str(log), "--generate", "0")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[0]["lr"] == pytest.approx(1e-2 / 5)  # warmup
+    assert records[-1]["loss"] < 0.5 * records[0]["loss"]
+
+
 def test_run_bad_inputs(tmp_path, tiny_plan, corpus):
     run = ["-m", "graphgpt.run", "--steps", "1", "--backend", "numpy"]
     assert_user_error(run_cli(*run, "--plan", str(tmp_path / "missing")), "does not exist")
