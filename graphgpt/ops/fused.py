@@ -26,4 +26,4 @@ def _ref(attrs, *arrays):
 
 
 register(Op("fused", "elementwise", _infer, ref=_ref,
-            nondiff="made by the fusion pass, which runs after autodiff"))
+            nondiff="made by the fusion pass, which runs after autodiff", template="elementwise"))

@@ -33,9 +33,15 @@ def _gelu_grad(x, g):
     return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * x * x))
 
 
+# The same formulas in CUDA C; the repeated tanh is one call after the compiler's CSE.
+_TANH = f"tanhf({GELU_C!r}f * (a + 0.044715f * a * a * a))"
 register(Op("gelu", "elementwise", _same, ref=lambda a, x: _gelu(x),
-            vjp=lambda a, g, out, x: (g.graph.add("gelu_grad", (x, g)),)))
-register(Op("gelu_grad", "elementwise", _same, ref=lambda a, x, g: _gelu_grad(x, g), nondiff=BACKWARD_ONLY))
+            vjp=lambda a, g, out, x: (g.graph.add("gelu_grad", (x, g)),),
+            template="elementwise", expr=f"0.5f * a * (1.0f + {_TANH})"))
+register(Op("gelu_grad", "elementwise", _same, ref=lambda a, x, g: _gelu_grad(x, g), nondiff=BACKWARD_ONLY,
+            template="elementwise",
+            expr=f"b * (0.5f * (1.0f + {_TANH}) + 0.5f * a * (1.0f - {_TANH} * {_TANH}) * {GELU_C!r}f"
+                 f" * (1.0f + 3.0f * 0.044715f * a * a))"))
 
 
 # ---- normalize: LayerNorm without its affine part (that is plain mul/add in the model) -------
@@ -54,9 +60,10 @@ def _normalize_grad(x, g, eps):
 
 
 register(Op("normalize", "nn", _same, ref=lambda a, x: _normalize(x, a["eps"]),
-            vjp=lambda a, g, out, x: (g.graph.add("normalize_grad", (x, g), eps=a["eps"]),)))
+            vjp=lambda a, g, out, x: (g.graph.add("normalize_grad", (x, g), eps=a["eps"]),),
+            template="layernorm"))
 register(Op("normalize_grad", "nn", _same, ref=lambda a, x, g: _normalize_grad(x, g, a["eps"]),
-            nondiff=BACKWARD_ONLY))
+            nondiff=BACKWARD_ONLY, template="layernorm"))
 
 
 # ---- causal softmax: softmax(scale * x) over the last axis, key j > query i masked out --------
@@ -74,10 +81,11 @@ def _causal_softmax(x, scale):
 
 
 register(Op("causal_softmax", "nn", _square, ref=lambda a, x: _causal_softmax(x, a["scale"]),
-            vjp=lambda a, g, out, x: (g.graph.add("causal_softmax_grad", (out, g), scale=a["scale"]),)))
+            vjp=lambda a, g, out, x: (g.graph.add("causal_softmax_grad", (out, g), scale=a["scale"]),),
+            template="softmax"))
 register(Op("causal_softmax_grad", "nn", _square,
             ref=lambda a, y, g: a["scale"] * y * (g - (g * y).sum(-1, keepdims=True)),
-            nondiff=BACKWARD_ONLY))
+            nondiff=BACKWARD_ONLY, template="softmax"))
 
 
 # ---- cross-entropy: mean over all positions of -log softmax(logits)[target] -----------------
@@ -112,9 +120,10 @@ def _ce_grad(logits, targets, g):
 
 
 register(Op("cross_entropy", "nn", _ce_infer, ref=lambda a, z, t: _ce(z, t),
-            vjp=lambda a, g, out, z, t: (g.graph.add("cross_entropy_grad", (z, t, g)), None)))
+            vjp=lambda a, g, out, z, t: (g.graph.add("cross_entropy_grad", (z, t, g)), None),
+            template="cross_entropy"))
 register(Op("cross_entropy_grad", "nn", _ce_grad_infer, ref=lambda a, z, t, g: _ce_grad(z, t, g),
-            nondiff=BACKWARD_ONLY))
+            nondiff=BACKWARD_ONLY, template="cross_entropy"))
 
 
 # ---- embedding: rows of a table gathered by integer ids -------------------------------------
@@ -137,6 +146,7 @@ def _emb_grad(rows, ids, g):
 
 
 register(Op("embedding", "nn", _emb_infer, ref=lambda a, w, ids: w[ids],
-            vjp=lambda a, g, out, w, ids: (g.graph.add("embedding_grad", (ids, g), rows=w.shape[0]), None)))
+            vjp=lambda a, g, out, w, ids: (g.graph.add("embedding_grad", (ids, g), rows=w.shape[0]), None),
+            template="embedding"))
 register(Op("embedding_grad", "nn", _emb_grad_infer, ref=lambda a, ids, g: _emb_grad(a["rows"], ids, g),
-            nondiff=BACKWARD_ONLY))
+            nondiff=BACKWARD_ONLY, template="embedding"))

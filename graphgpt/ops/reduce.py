@@ -23,4 +23,4 @@ def _sum_vjp(a, g, out, x):
 
 register(Op("sum", "reduction", _sum_infer,
             ref=lambda a, x: np.asarray(np.sum(x, axis=tuple(a["axes"]), keepdims=a["keepdims"]), x.dtype),
-            vjp=_sum_vjp))
+            vjp=_sum_vjp, template="reduce"))

@@ -6,6 +6,10 @@ An `Op` carries, in one place, everything the compiler and the backends need to 
   vjp(attrs, g, out, *inputs)         the reverse-mode rule; it builds graph nodes through `Value`
                                       handles (never numbers), so the backward is itself a graph
   nondiff                             why an op has no VJP (sources, backward-only, optimizer ops)
+  template                            the CUDA kernel family rendering it (templates/<template>.cu.j2);
+                                      None for sources and for matmul (cuBLAS)
+  expr                                pointwise ops: the CUDA C float expression of one element, with
+                                      the operands named a and b
 A new op registers here and gets its gradient test, its NumPy execution and its dumps for free.
 """
 from __future__ import annotations
@@ -31,6 +35,8 @@ class Op:
     ref: Callable | None = None
     vjp: Callable | None = None
     nondiff: str | None = None
+    template: str | None = None
+    expr: str | None = None
 
 
 REGISTRY: dict[str, Op] = {}

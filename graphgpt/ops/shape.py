@@ -25,7 +25,7 @@ def _reshape_infer(attrs, x):
 
 register(Op("reshape", "shape", _reshape_infer,
             ref=lambda a, x: x.reshape(a["shape"]),
-            vjp=lambda a, g, out, x: (g.reshape(x.shape),)))
+            vjp=lambda a, g, out, x: (g.reshape(x.shape),), template="shape"))
 
 
 def _transpose_infer(attrs, x):
@@ -36,7 +36,7 @@ def _transpose_infer(attrs, x):
 
 register(Op("transpose", "shape", _transpose_infer,
             ref=lambda a, x: np.transpose(x, a["perm"]),
-            vjp=lambda a, g, out, x: (g.transpose(tuple(np.argsort(a["perm"]).tolist())),)))
+            vjp=lambda a, g, out, x: (g.transpose(tuple(np.argsort(a["perm"]).tolist())),), template="shape"))
 
 
 def _broadcast_infer(attrs, x):
@@ -51,7 +51,7 @@ def _broadcast_infer(attrs, x):
 
 register(Op("broadcast_to", "shape", _broadcast_infer,
             ref=lambda a, x: np.broadcast_to(x, a["shape"]),
-            vjp=lambda a, g, out, x: (unbroadcast(g, x.shape),)))
+            vjp=lambda a, g, out, x: (unbroadcast(g, x.shape),), template="shape"))
 
 
 def _slice_infer(attrs, x):
@@ -72,7 +72,7 @@ def _slice_vjp(a, g, out, x):
                         after=x.shape[a["axis"]] - a["stop"]),)
 
 
-register(Op("slice", "shape", _slice_infer, ref=_slice_ref, vjp=_slice_vjp))
+register(Op("slice", "shape", _slice_infer, ref=_slice_ref, vjp=_slice_vjp, template="shape"))
 
 
 def _pad_infer(attrs, x):
@@ -94,9 +94,9 @@ def _pad_vjp(a, g, out, x):
     return (g.graph.add("slice", (g,), axis=a["axis"], start=start, stop=start + x.shape[a["axis"]]),)
 
 
-register(Op("pad", "shape", _pad_infer, ref=_pad_ref, vjp=_pad_vjp))
+register(Op("pad", "shape", _pad_infer, ref=_pad_ref, vjp=_pad_vjp, template="shape"))
 
 register(Op("copy", "shape", lambda a, x: x, ref=lambda a, x: x.copy(),
-            vjp=lambda a, g, out, x: (g,)))
+            vjp=lambda a, g, out, x: (g,), template="shape"))
 
 __all__ = ["unbroadcast", "ShapeMismatch"]

@@ -1,0 +1,159 @@
+"""Every launch of whole plans gets a CUDA kernel, and every kernel file compiles with NVRTC (no GPU).
+
+NVRTC comes with the dev extra (cuda-bindings + the NVRTC wheel); without it these tests fail.
+"""
+import copy
+import json
+import re
+
+import pytest
+
+from graphgpt.codegen import LIBRARY_KINDS, compile_cuda, lower_plan
+from graphgpt.compiler import compile_model
+from graphgpt.ops import REGISTRY
+from graphgpt.ops.registry import Spec
+from tests.conftest import ROOT, TINY
+
+PLANS = {"tiny": TINY, "default": [],
+         "gpt2-124M": ["n_layer=1", "n_head=12", "n_embd=768", "block_size=1024", "batch_size=2", "vocab_size=50304"]}
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+def _f(shape, offset=0):
+    return ["f", offset, list(shape)]
+
+
+def _launch(op, *inputs, out_offset=0, **attrs):
+    specs = [Spec(tuple(b[2]), "f32" if b[0] == "f" else "i32") for b in inputs]
+    out = REGISTRY[op].infer(attrs, *specs)
+    return {"op": op, "out": ["f", out_offset, list(out.shape)], "in": list(inputs), "attrs": attrs,
+            "node": 0, "where": "synthetic"}
+
+
+def synthetic_plan() -> dict:
+    """Launches GPT-2's plans do not make but another model may: every kernel mode, odd widths,
+    offsets that rule out 16-byte accesses."""
+    launches = [
+        # shape: tiled transposes (the contiguous axis moves), gathers, windows, copies
+        _launch("transpose", _f((64, 48)), perm=[1, 0]),
+        _launch("transpose", _f((3, 40, 37)), perm=[0, 2, 1]),
+        _launch("transpose", _f((5, 33, 7)), perm=[2, 1, 0]),
+        _launch("transpose", _f((4, 6, 8)), perm=[1, 0, 2]),
+        _launch("broadcast_to", _f((384,)), shape=[4, 384]),
+        _launch("broadcast_to", _f((5, 1, 3)), shape=[2, 5, 7, 3]),
+        _launch("broadcast_to", _f(()), shape=[10]),
+        _launch("slice", _f((4, 10, 6)), axis=1, start=2, stop=7),
+        _launch("slice", _f((10, 8)), axis=0, start=3, stop=9),
+        _launch("pad", _f((4, 5, 6)), axis=1, before=2, after=3),
+        _launch("pad", _f((4, 8, 4)), axis=2, before=4, after=0),
+        _launch("copy", _f((7, 5), 1), out_offset=2),
+        _launch("copy", _f((64,), 4), out_offset=8),
+        _launch("reshape", _f((6, 4)), shape=[4, 6]),
+        # reduce: every mode, splits, keepdims, misaligned
+        _launch("sum", _f((6, 50, 40)), axes=[1], keepdims=False),
+        _launch("sum", _f((6, 50, 40)), axes=[0, 2], keepdims=True),
+        _launch("sum", _f((300, 5000)), axes=[1], keepdims=False),
+        _launch("sum", _f((3, 100_000)), axes=[1], keepdims=False),
+        _launch("sum", _f((10_000_000,)), axes=[0], keepdims=False),
+        _launch("sum", _f((1001,), 3), axes=[0], keepdims=False),
+        _launch("sum", _f((4, 1, 5)), axes=[], keepdims=False),
+        # pointwise: broadcasting in the middle, splats, misaligned operands, every op
+        _launch("add", _f((4, 1, 8)), _f((4, 5, 8))),
+        _launch("mul", _f((4, 1, 6)), _f((4, 5, 6))),
+        _launch("sub", _f((6, 1)), _f((6, 8))),
+        _launch("div", _f((8, 16), 2), _f((8, 16))),
+        _launch("maximum", _f((33,)), _f(())),
+        *(_launch(op, _f((64,))) for op in ("neg", "exp", "log", "sqrt", "tanh", "gelu")),
+        _launch("gelu_grad", _f((3, 7)), _f((3, 7))),
+        _launch("fused", _f((6, 8)), _f((8,)), _f((6, 1)), program=[
+            ["exp", [], [-1]], ["log", [], [0]], ["tanh", [], [1]], ["neg", [], [2]],
+            ["maximum", [], [3, -2]], ["sqrt", [], [-3]], ["div", [], [4, 5]]]),
+        # row ops: uncached and partial LayerNorm rows, odd widths
+        _launch("normalize", _f((16, 3000)), eps=1e-5),
+        _launch("normalize_grad", _f((16, 3000)), _f((16, 3000)), eps=1e-5),
+        _launch("normalize_grad", _f((8, 1536)), _f((8, 1536)), eps=1e-5),
+        _launch("normalize", _f((10, 100)), eps=1e-5),
+        _launch("normalize_grad", _f((7, 50)), _f((7, 50)), eps=1e-5),
+        _launch("causal_softmax", _f((3, 5, 5)), scale=0.7),
+        _launch("causal_softmax_grad", _f((3, 5, 5)), _f((3, 5, 5)), scale=0.7),
+        _launch("cross_entropy", _f((37, 1000)), ["i", 0, [37]]),
+        _launch("cross_entropy_grad", _f((37, 1000)), ["i", 0, [37]], _f(())),
+        _launch("cross_entropy", _f((5, 3001)), ["i", 0, [5]]),
+        _launch("cross_entropy_grad", _f((3, 3000)), ["i", 0, [3]], _f(()), out_offset=2),
+        _launch("embedding", _f((40, 6)), ["i", 0, [3, 11]]),
+        _launch("embedding_grad", ["i", 0, [300]], _f((300, 50)), rows=7),
+        _launch("embedding_grad", ["i", 0, [1000]], _f((1000, 2048)), rows=500),
+    ]
+    return {"programs": {"synthetic": {"launches": launches}}}
+
+
+def plan_data(name: str) -> dict:
+    """The plan's launches as the passes leave them: the compiler's own kernel lowering taken out."""
+    if name == "synthetic":
+        return synthetic_plan()
+    data = compile_model(ROOT / "model.py", PLANS[name], log=lambda *a: None).data
+    for program in data["programs"].values():
+        for launch in program["launches"]:
+            if REGISTRY[launch["op"]].kind not in LIBRARY_KINDS:
+                launch.pop("cuda", None)
+    return data
+
+
+@pytest.fixture(scope="module", params=["tiny", "default", "synthetic"])
+def lowered(request):
+    data = plan_data(request.param)
+    before = copy.deepcopy(data)
+    return before, data, lower_plan(data)
+
+
+def test_every_kernel_file_compiles_for_sm90(lowered):
+    _, _, files = lowered
+    assert files
+    for path, source in files.items():
+        assert path.startswith("kernels/") and path.endswith(".cu")
+        assert not re.search(r"^\s*#\s*include", source, re.M), f"{path} includes a header"
+        assert len(compile_cuda(source, "sm_90")) > 0, path
+
+
+def test_every_launch_names_a_kernel_of_its_file(lowered):
+    before, data, files = lowered
+    for name, program in data["programs"].items():
+        for old, launch in zip(before["programs"][name]["launches"], program["launches"]):
+            if REGISTRY[launch["op"]].kind in LIBRARY_KINDS:
+                assert launch == old, "matmul and collective launches are left as they are"
+                continue
+            cuda = launch["cuda"]
+            assert {k: v for k, v in launch.items() if k != "cuda"} == old
+            source = files[cuda["file"]]
+            params = re.search(rf'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?{cuda["kernel"]}\((.*)\)',
+                               source)
+            assert params, f"{cuda['kernel']} is not defined in {cuda['file']}"
+            assert cuda["args"] == [launch["out"], *launch["in"]]
+            assert params.group(1).count(",") + 1 == len(cuda["args"])
+            assert all(1 <= g <= m for g, m in zip(cuda["grid"], MAX_GRID)), cuda
+            x, y, z = cuda["block"]
+            assert 1 <= x * y * z <= 1024 and z <= 64, cuda
+            assert cuda["smem"] == 0
+
+
+def test_kernel_names_are_unique_and_defined_once(lowered):
+    _, _, files = lowered
+    for source in files.values():
+        names = re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(', source)
+        assert len(names) == len(set(names))
+
+
+def test_lowering_is_deterministic():
+    for name in ("tiny", "synthetic"):
+        runs = []
+        for _ in range(2):
+            data = plan_data(name)
+            files = lower_plan(data)
+            runs.append((json.dumps(data, sort_keys=True), files))
+        assert runs[0] == runs[1]
+
+
+def test_an_nvrtc_error_carries_its_log():
+    from graphgpt.codegen import CudaCompileError
+    with pytest.raises(CudaCompileError, match="undefined_thing"):
+        compile_cuda('extern "C" __global__ void k(float* o) { o[0] = undefined_thing; }')
