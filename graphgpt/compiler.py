@@ -15,7 +15,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dsl, optim, viz
+from . import codegen, dsl, optim, viz
+from .gemm import lower_matmul
 from .errors import UserError
 from .ir import INT, Graph
 from .ops import REGISTRY
@@ -124,7 +125,11 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
         order = schedule(graph)
         programs[name] = (graph, order, plan_program(graph, order, layout))
     data = _plan_data(model_path, model_cfg, opt_cfg, tokenizer, layout, programs)
-    files = {}
+    for program in data["programs"].values():
+        for launch in program["launches"]:
+            if launch["op"] == "matmul":
+                launch["cuda"] = lower_matmul(launch)
+    files = codegen.lower_plan(data)
     for dump in (forward_dump, joint_dump, train.summary("optimized")):
         files[f"graphs/{dump['title']}.dot"] = viz.render_dot(dump)
         files[f"graphs/{dump['title']}.html"] = viz.render_html(dump)

@@ -28,6 +28,21 @@ def train(backend, plan, steps=3):
     return losses, {t["name"]: backend.get_tensor(t["name"]) for t in plan.params}
 
 
+def informative(plan) -> dict[str, np.ndarray]:
+    """Per parameter, the elements whose gradient is not zero in exact arithmetic.
+
+    The key part of c_attn's bias never gets a gradient (softmax ignores a constant added to all of
+    a query's scores): in float32 it gets rounding noise, which Adam scales up to about lr per step,
+    in NumPy and CUDA alike. Comparing it would compare noise.
+    """
+    backend = NumpyBackend(plan, np.float64)
+    Trainer(plan, backend, DataLoader(np.zeros(1000, np.int32), 4, 64))
+    tokens = np.random.default_rng(0).integers(0, plan.config["vocab_size"], (4, 64))
+    backend.run("train", {"tokens": tokens, "targets": tokens, "step_size": 0.0})
+    grads = {t["name"]: np.abs(backend.get_tensor(t["name"], grad=True)) for t in plan.params}
+    return {name: g > 1e-9 * g.max() for name, g in grads.items()}
+
+
 @pytest.mark.parametrize("graph", [True, False], ids=["graph", "no-graph"])
 def test_three_steps_match_numpy(graph):
     from graphgpt.runtime.cuda_backend import CudaBackend
@@ -35,8 +50,9 @@ def test_three_steps_match_numpy(graph):
     ref_losses, ref_params = train(NumpyBackend(plan), plan)
     losses, params = train(CudaBackend(plan, graph=graph), plan)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
-    for name, ref in ref_params.items():
-        err = np.linalg.norm(params[name] - ref) / np.linalg.norm(ref)
+    for name, keep in informative(plan).items():
+        ref, got = ref_params[name][keep], params[name][keep]
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
         assert err <= 1e-4, f"{name}: relative error {err:.2e}"
 
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One GPU session: the GPU test suite, then the benchmarks, logs under $OUT (default ./runs).
+# usage: bash tools/device_check.sh [tests|bench|all]   (run from the repository root)
+set -uo pipefail
+OUT=${OUT:-runs}
+mkdir -p "$OUT"
+export PYTHONPATH=. PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+what=${1:-all}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+if [[ $what == tests || $what == all ]]; then
+  python3 -m pytest -m gpu -q -p no:cacheprovider -rf --durations=15 2>&1 | tee "$OUT/gpu_tests.log"
+fi
+if [[ $what == bench || $what == all ]]; then
+  corpus=${GRAPHGPT_SEED_CORPUS:-../shared/data/dummy.txt}
+  python3 tools/compile.py model.py --data "$corpus" --out /tmp/seed >/dev/null
+  python3 tools/bench.py --plan /tmp/seed --json "$OUT/bench_seed_fp32.json" 2>&1 | tee "$OUT/bench_seed_fp32.log"
+  python3 tools/bench.py --plan /tmp/seed --tf32 --json "$OUT/bench_seed_tf32.json" 2>&1 | tee "$OUT/bench_seed_tf32.log"
+  python3 tools/compile.py model.py --out /tmp/gpt2 --set n_layer=12 --set n_head=12 --set n_embd=768 \
+    --set block_size=1024 --set vocab_size=50304 --set batch_size=16 >/dev/null
+  python3 tools/bench.py --plan /tmp/gpt2 --tf32 --json "$OUT/bench_124m_tf32.json" 2>&1 | tee "$OUT/bench_124m_tf32.log"
+fi
