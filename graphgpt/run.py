@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import optim
 from . import plan as plan_io
 from .data import DataLoader, default_corpus, read_corpus
 from .errors import UserError
@@ -37,6 +38,8 @@ def parse_args(argv):
     p.add_argument("--no-graph", action="store_true",
                    help="CUDA: run launches one by one instead of replaying a CUDA graph (debugging)")
     p.add_argument("--tf32", action="store_true", help="CUDA: TF32 tensor cores for the GEMMs")
+    p.add_argument("--profile", action="store_true",
+                   help="CUDA: after training, print each kernel's time per step against the device's ceilings")
     args = p.parse_args(argv)
     for name in ("steps", "generate", "top_k"):
         if getattr(args, name) < 0:
@@ -77,6 +80,8 @@ def run(args, world) -> int:
         tokens = tokenizer.pad_to(tokens, B * T * world.size + 1)
     loader = DataLoader(tokens, B, T, world.rank, world.size)
     backend = make_backend(args.backend, plan, graph=not args.no_graph, tf32=args.tf32, world=world)
+    if args.profile and backend.name != "cuda":
+        raise UserError("--profile times CUDA kernels: it needs the CUDA backend (--backend cuda)")
     n_params = sum(int(np.prod(t["shape"])) for t in plan.params)
     ranks = f", {world.size} ranks: global batch {B * world.size} x {T}" if world.size > 1 else ""
     if world.size > 1:  # launchers report a dead process by pid: this names its rank
@@ -99,6 +104,11 @@ def run(args, world) -> int:
     if losses:
         say(f"trained {len(losses)} steps in {time.perf_counter() - start:.1f} s: "
             f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    if args.profile and lead:
+        from .runtime.profile import ceilings, format_profile, profile
+        x, y = loader.next_batch()
+        feeds = {"tokens": x, "targets": y, **{k: 0.0 for k in optim.scalar_inputs(plan.optimizer)}}
+        print(format_profile(profile(backend, "train", feeds), ceilings(backend)))
     if args.save and lead:
         for path in save_weights(args.save, trainer.weights(), plan):
             print(f"saved {path}")

@@ -1,7 +1,8 @@
 """One rank of a data-parallel run for tests/test_distributed.py (started by mpiexec).
 
-usage: dist_worker.py PLAN_DIR TOKENS.npy STEPS OUT_PREFIX [numpy|cuda] — trains (NumPy: in float64)
-and saves this rank's losses and final parameters to OUT_PREFIX.<rank>.npz.
+usage: dist_worker.py PLAN_DIR TOKENS.npy STEPS OUT_PREFIX [numpy|cuda|cuda-nccl] — trains (NumPy: in
+float64) and saves this rank's losses and final parameters to OUT_PREFIX.<rank>.npz. cuda-nccl runs
+the gradient allreduce through NCCL even in a world of one rank.
 """
 import sys
 from pathlib import Path
@@ -13,11 +14,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.data import DataLoader  # noqa: E402
 from graphgpt.runtime import make_backend  # noqa: E402
-from graphgpt.runtime.dist import current_world  # noqa: E402
+from graphgpt.runtime.dist import MpiWorld, current_world  # noqa: E402
 from graphgpt.train import Trainer  # noqa: E402
 
 plan_dir, tokens_path, steps, out, backend_name = (sys.argv[1:] + ["numpy"])[:5]
-world = current_world()
+if backend_name == "cuda-nccl":
+    world = MpiWorld()
+    backend_name, world.force_collectives = "cuda", True
+else:
+    world = current_world()
 plan = plan_io.load(plan_dir)
 loader = DataLoader(np.load(tokens_path), plan.config["batch_size"], plan.config["block_size"], world.rank, world.size)
 backend = make_backend(backend_name, plan, np.float64, world=world)

@@ -56,6 +56,23 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path):
 
 
 @pytest.mark.gpu
+def test_nccl_allreduce_inside_the_captured_step(tmp_path):
+    """One GPU cannot host two NCCL ranks; a one-rank communicator still runs the whole path:
+    buckets on the second stream, events, capture. Averaging over one rank changes nothing."""
+    tokens = np.random.default_rng(0).integers(0, 99, 5000).astype(np.int32)
+    np.save(tmp_path / "tokens.npy", tokens)
+    plan = compile_tiny(tmp_path / "plan", B)
+    runs = {}
+    for mode in ("cuda", "cuda-nccl"):
+        proc = mpiexec(1, str(ROOT / "tests" / "dist_worker.py"), str(plan), str(tmp_path / "tokens.npy"), "5",
+                       str(tmp_path / mode), mode, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        runs[mode] = dict(np.load(tmp_path / f"{mode}.0.npz"))
+    for name, value in runs["cuda"].items():
+        np.testing.assert_array_equal(runs["cuda-nccl"][name], value, err_msg=name)
+
+
+@pytest.mark.gpu
 def test_two_ranks_sharing_one_gpu(tmp_path):
     two, one = two_ranks_and_one(tmp_path, "cuda", steps=20)
     np.testing.assert_allclose(two["losses"], one["losses"], atol=1e-3)

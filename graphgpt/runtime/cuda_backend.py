@@ -64,7 +64,7 @@ class CudaBackend:
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.blas = Cublas(self.stream.ptr, self.workspace.data.ptr, tf32)
         self.collective = None
-        if self.world.size > 1:
+        if self.world.size > 1 or self.world.force_collectives:
             # NCCL refuses two ranks on one GPU; those fall back to MPI through host memory,
             # which cannot be captured, so they run without CUDA graphs.
             where = self.world.gather((os.uname().nodename, cp.cuda.Device().id))
@@ -115,11 +115,18 @@ class CudaBackend:
         if "gemm" in cuda:
             g = cuda["gemm"]
             a, b, c = self._pointer(g["a"]), self._pointer(g["b"]), self._pointer(g["c"])
-            return lambda: self.blas.gemm(g, a, b, c)
-        fn = self.modules[cuda["file"]].get_function(cuda["kernel"])
-        grid, block, smem = tuple(cuda["grid"]), tuple(cuda["block"]), cuda["smem"]
-        args = tuple(self.view(b) for b in cuda["args"])
-        return lambda: fn(grid, block, args, shared_mem=smem)
+
+            def run():
+                self.blas.gemm(g, a, b, c)
+        else:
+            fn = self.modules[cuda["file"]].get_function(cuda["kernel"])
+            grid, block, smem = tuple(cuda["grid"]), tuple(cuda["block"]), cuda["smem"]
+            args = tuple(self.view(b) for b in cuda["args"])
+
+            def run():
+                fn(grid, block, args, shared_mem=smem)
+        run.launch = launch  # for the profiler
+        return run
 
     # ---- running ---------------------------------------------------------------------------------
     def enqueue(self, program: str, feeds: dict) -> Pending:

@@ -18,6 +18,7 @@ _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNR
 
 class SingleWorld:
     rank, size = 0, 1
+    force_collectives = False
 
     def bcast(self, array: np.ndarray) -> None:
         pass
@@ -36,6 +37,10 @@ class SingleWorld:
 
 
 class MpiWorld:
+    # True runs the collectives even in a world of one: the only way a single GPU can exercise the
+    # NCCL path (NCCL refuses two ranks on one device). Tests set it.
+    force_collectives = False
+
     def __init__(self):
         from mpi4py import MPI
         self.MPI, self.comm = MPI, MPI.COMM_WORLD

@@ -1,0 +1,97 @@
+"""Per-kernel time of one program on the CUDA backend, against the device's measured ceilings.
+
+The program runs eagerly with an event between every two launches (a CUDA graph would hide
+them); each launch's time is the median over several runs. Every row shows what its launch
+achieved of the copy bandwidth (GB/s, for kernels) or of the GEMM rate (TFLOP/s, for cuBLAS),
+both measured here first, so the next bottleneck is the row furthest from its ceiling.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from ..ops.registry import prod
+
+
+def ceilings(backend) -> dict[str, float]:
+    """Device-to-device copy bandwidth (bytes read + written) and the GEMM rate of this backend."""
+    cp = backend.cp
+    src, dst = cp.ones(1 << 28, cp.float32), cp.empty(1 << 28, cp.float32)  # 1 GiB each
+    n = 4096
+    a, b, c = cp.ones((n, n), cp.float32), cp.ones((n, n), cp.float32), cp.empty((n, n), cp.float32)
+    g = {"transa": 0, "transb": 0, "m": n, "n": n, "k": n, "lda": n, "ldb": n, "ldc": n,
+         "stride_a": 0, "stride_b": 0, "stride_c": 0, "batch": 1}
+    copy = _median_ms(backend, lambda: cp.copyto(dst, src))
+    gemm = _median_ms(backend, lambda: backend.blas.gemm(g, a.data.ptr, b.data.ptr, c.data.ptr))
+    return {"bandwidth": 2 * src.nbytes / (copy / 1e3), "flops": 2 * n ** 3 / (gemm / 1e3)}
+
+
+def _median_ms(backend, fn, repeats: int = 10) -> float:
+    cp = backend.cp
+    with backend.stream:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start, end = cp.cuda.Event(), cp.cuda.Event()
+            start.record(backend.stream)
+            fn()
+            end.record(backend.stream)
+            end.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, end))
+    return float(np.median(times))
+
+
+def profile(backend, program: str, feeds: dict, repeats: int = 5) -> list[dict]:
+    """Rows per kernel (or GEMM shape): calls per run, ms per run, bytes and FLOPs per run."""
+    cp = backend.cp
+    backend.run(program, feeds)  # inputs in place, modules loaded
+    launches = backend.programs[program].launches
+    samples = np.zeros((repeats, len(launches)))
+    with backend.stream:
+        for r in range(repeats):
+            events = [cp.cuda.Event() for _ in range(len(launches) + 1)]
+            events[0].record(backend.stream)
+            for i, launch in enumerate(launches):
+                launch()
+                events[i + 1].record(backend.stream)
+            events[-1].synchronize()
+            samples[r] = [cp.cuda.get_elapsed_time(events[i], events[i + 1]) for i in range(len(launches))]
+    per_launch = np.median(samples, axis=0)
+    rows: dict[str, dict] = defaultdict(lambda: {"calls": 0, "ms": 0.0, "bytes": 0, "flops": 0})
+    for fn, ms in zip(launches, per_launch):
+        launch = getattr(fn, "launch", None)
+        name, nbytes, flops = _describe(launch)
+        row = rows[name]
+        row["calls"] += 1
+        row["ms"] += float(ms)
+        row["bytes"] += nbytes
+        row["flops"] += flops
+    return sorted(({"name": k, **v} for k, v in rows.items()), key=lambda r: -r["ms"])
+
+
+def _describe(launch: dict | None) -> tuple[str, int, int]:
+    if launch is None:
+        return "allreduce (join)", 0, 0
+    if "gemm" in launch["cuda"]:
+        g = launch["cuda"]["gemm"]
+        name = f"gemm {g['m']}x{g['n']}x{g['k']}" + (f" x{g['batch']}" if g["batch"] > 1 else "")
+        return name, 4 * sum(prod(b[2]) for b in [launch["out"], *launch["in"]]), 2 * g["m"] * g["n"] * g["k"] * g["batch"]
+    buffers = {(b[0], b[1], tuple(b[2])) for b in [launch["out"], *launch["in"]]}
+    return f"{launch['cuda']['kernel']} ({launch['op']})", 4 * sum(prod(b[2]) for b in buffers), 0
+
+
+def format_profile(rows: list[dict], ceiling: dict[str, float], top: int = 25) -> str:
+    total = sum(r["ms"] for r in rows)
+    lines = [f"measured ceilings: copy {ceiling['bandwidth'] / 1e9:,.0f} GB/s, GEMM {ceiling['flops'] / 1e12:,.1f} TFLOP/s",
+             f"{'kernel':58s} {'calls':>5s} {'ms/step':>8s} {'share':>6s}  achieved"]
+    for r in rows[:top]:
+        if r["flops"]:
+            rate = r["flops"] / (r["ms"] / 1e3)
+            achieved = f"{rate / 1e12:7.1f} TFLOP/s ({rate / ceiling['flops']:4.0%})"
+        else:
+            rate = r["bytes"] / (r["ms"] / 1e3) if r["ms"] else 0.0
+            achieved = f"{rate / 1e9:7.0f} GB/s    ({rate / ceiling['bandwidth']:4.0%})"
+        lines.append(f"{r['name'][:58]:58s} {r['calls']:5d} {r['ms']:8.3f} {r['ms'] / total:6.1%}  {achieved}")
+    lines.append(f"{'total':58s} {sum(r['calls'] for r in rows):5d} {total:8.3f}")
+    return "\n".join(lines)
