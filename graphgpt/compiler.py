@@ -22,6 +22,7 @@ from .ir import INT, Graph
 from .ops import REGISTRY
 from .passes.fuse import fuse
 from .passes.memory import Layout, ProgramMemory, persistent_layout, plan_program
+from .passes.remat import rematerialize
 from .passes.schedule import schedule
 from .passes.simplify import simplify
 from .plan import SCHEMA_VERSION, save
@@ -80,7 +81,8 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
 
 
 def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path | None = None,
-                  tokenizer_kind: str | None = None, fusion: bool = True, log=print) -> Compiled:
+                  tokenizer_kind: str | None = None, fusion: bool = True, remat: bool = False,
+                  log=print) -> Compiled:
     t0 = time.perf_counter()
     model_path = Path(model_path)
     module = load_model(model_path)
@@ -117,6 +119,12 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     if fusion:
         train, generate = fuse(train), fuse(generate)
         log(f"  fuse       joint {len(train.nodes)} nodes, generate {len(generate.nodes)} nodes")
+    kept = train  # the other side of the --remat comparison in the report
+    if remat:
+        train = rematerialize(train)
+        log(f"  remat      {len(train.late)} activations recomputed in the backward")
+    else:
+        kept = rematerialize(train)
     train.verify(), generate.verify()
 
     layout = persistent_layout(train, generate)
@@ -137,7 +145,8 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     if fusion:  # what fusion saved, measured on the same plan machinery
         order = schedule(unfused)
         baseline = _stats(unfused, plan_program(unfused, order, persistent_layout(unfused, generate)))
-    report = _report(data, programs, baseline)
+    other = plan_program(kept, schedule(kept), layout)
+    report = _report(data, programs, baseline, ("without" if remat else "with") + " --remat", other)
     files["report.txt"] = report
     log(f"  plan       {sum(len(p[2].launches) + len(p[2].copies) for p in programs.values())} launches, "
         f"{time.perf_counter() - t0:.1f} s")
@@ -242,7 +251,7 @@ def _stats(graph: Graph, mem: ProgramMemory) -> dict:
     return {"launches": len(mem.launches) + len(mem.copies), "bytes": moved * BYTES, "flops": flops}
 
 
-def _report(data: dict, programs, unfused: dict | None) -> str:
+def _report(data: dict, programs, unfused: dict | None, other_name: str, other: ProgramMemory) -> str:
     def mib(elements: int) -> str:
         return f"{elements * BYTES / 2**20:9.2f} MiB"
 
@@ -262,6 +271,8 @@ def _report(data: dict, programs, unfused: dict | None) -> str:
                   f"  work peak           {mib(mem.work_size)}",
                   f"  work lower bound    {mib(mem.lower_bound)}  (most bytes live at once)",
                   f"  sum of buffers      {mib(mem.work_sum)}  (no reuse)"]
+        if name == "train":
+            lines += [f"  work peak {other_name:<9} {mib(other.work_size)}  (lower bound {mib(other.lower_bound).strip()})"]
         if name == "train" and unfused:
             lines += [f"  without fusion      {unfused['launches']} launches, "
                       f"{unfused['bytes'] / 1e9:.2f} GB moved "
@@ -296,9 +307,12 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", choices=("word", "char"),
                    help="word (the seed's; default with --data) or char (default without)")
     p.add_argument("--no-fuse", action="store_true", help="one kernel per op: no fusion pass")
+    p.add_argument("--remat", action="store_true",
+                   help="recompute LayerNorm and GELU outputs in the backward instead of keeping them")
     args = p.parse_args(argv)
     try:
-        compiled = compile_model(args.model, args.overrides, args.data, args.tokenizer, fusion=not args.no_fuse)
+        compiled = compile_model(args.model, args.overrides, args.data, args.tokenizer, fusion=not args.no_fuse,
+                                 remat=args.remat)
         save(compiled.data, args.out, compiled.files)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -60,6 +60,7 @@ class Graph:
     outputs: dict[str, int] = field(default_factory=dict)
     updates: dict[int, int] = field(default_factory=dict)
     grads: dict[int, int] = field(default_factory=dict)
+    late: dict[int, int] = field(default_factory=dict)  # recomputed node -> the reader it runs just before
     locate: Callable[[], str | None] | None = None  # gives `where` for new nodes
     _next_id: int = 0
     _consts: dict[tuple, int] = field(default_factory=dict)
