@@ -1,21 +1,26 @@
-"""Rematerialisation: recompute cheap activations in the backward instead of keeping them.
+"""Rematerialisation: recompute activations in the backward instead of keeping them.
 
 Policy: a forward node is recomputed for its backward readers when
-  - it is cheap: pointwise (a fused chain included) or a LayerNorm normalisation, a few flops per
-    element and no GEMM;
-  - recomputing adds no memory: every input is a source or is read in the backward anyway (the
-    residual stream a LayerNorm reads is kept for its gradient; the pre-activation a GELU reads
-    is kept for GELU's gradient), so only the node's own output stops living across the step.
-The clone is scheduled just before its first backward reader ("compute late"), so the original
-dies after its last forward reader. LayerNorm and GELU outputs of every layer qualify; attention
-probabilities do not (their input is a GEMM output nothing else keeps).
+  - it is cheap: pointwise (a fused chain included), a LayerNorm normalisation, or a causal
+    softmax -- together with the producers that feed only it (the attention scores' GEMM);
+  - recomputing adds no memory: the inputs at the edge of what is recomputed are sources or are
+    read in the backward anyway (the residual stream a LayerNorm reads is kept for its gradient,
+    the pre-activation of GELU for GELU's gradient, q and k for their own gradients), so only
+    the recomputed outputs stop living across the step.
+Each clone is scheduled just before the first backward reader ("compute late"), so the original
+dies after its last forward reader. For GPT-2 that is every LayerNorm and GELU output and the
+attention probabilities, the largest activation of all, at the price of one more (T x T x D)
+GEMM per layer.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import SOURCE_OPS, Graph
+from ..ir import SOURCE_OPS, Graph, Node
 from ..ops import REGISTRY
+
+ROOTS = ("normalize", "causal_softmax")  # besides pointwise ops
+FEEDERS = ("matmul",)                    # recomputed only as the private input of a root
 
 
 def rematerialize(graph: Graph) -> Graph:
@@ -28,26 +33,58 @@ def rematerialize(graph: Graph) -> Graph:
     def late_readers(i: int) -> list[int]:
         return [u for u in users[i] if u > boundary]
 
-    clones: dict[int, int] = {}  # original -> clone id
+    def chain(n: Node) -> list[int] | None:
+        """n and the private producers to recompute with it, inputs first; None if it would
+        keep something alive that is not kept anyway."""
+        part = []
+        for i in n.inputs:
+            x = graph.nodes[i]
+            if x.op in SOURCE_OPS or late_readers(i):
+                continue
+            if x.op in FEEDERS and users[i] == [n.id] and x.id not in pinned:
+                sub = chain(x)
+                if sub is None:
+                    return None
+                part += sub
+                continue
+            return None
+        return part + [n.id]
+
+    plans: dict[int, list[int]] = {}  # root -> nodes to recompute, inputs first
     for n in graph.nodes.values():
-        cheap = REGISTRY[n.op].kind == "elementwise" or n.op == "normalize"
-        if (not cheap or n.id in pinned or n.id > boundary or not late_readers(n.id)
-                or len(late_readers(n.id)) == len(users[n.id])):
-            continue
-        if all(graph.nodes[i].op in SOURCE_OPS or late_readers(i) for i in n.inputs):
-            clones[n.id] = graph._next_id
-            graph._next_id += 1
-    if not clones:
+        cheap = REGISTRY[n.op].kind == "elementwise" or n.op in ROOTS
+        late = late_readers(n.id)
+        if cheap and n.id not in pinned and n.id < boundary and late and len(late) < len(users[n.id]):
+            plan = chain(n)
+            if plan is not None:
+                plans[n.id] = plan
+    if not plans:
         return graph
-    first_late = {orig: min(late_readers(orig)) for orig in clones}
+    clone_of: dict[int, int] = {}
+    for root, plan in plans.items():
+        for orig in plan:
+            clone_of.setdefault(orig, None)
+    first_late: dict[int, int] = {}
+    for root, plan in plans.items():
+        for orig in plan:
+            first_late[orig] = min(first_late.get(orig, 1 << 62), min(late_readers(root)))
+    for orig in sorted(clone_of, reverse=True):  # a clone's inputs must be recomputed before it
+        for i in graph.nodes[orig].inputs:
+            if i in clone_of:
+                first_late[i] = min(first_late[i], first_late[orig])
+    for orig in sorted(clone_of):
+        clone_of[orig] = graph._next_id
+        graph._next_id += 1
     out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
     out._next_id = graph._next_id
-    out.late = {clone: first_late[orig] for orig, clone in clones.items()}
+    out.late = {clone_of[o]: first_late[o] for o in clone_of}
+    pending = sorted(clone_of, key=lambda o: (first_late[o], o))
     for n in graph.nodes.values():
-        for orig, clone in clones.items():  # a clone enters the order just before its first reader
-            if first_late[orig] == n.id:
-                out.nodes[clone] = replace(graph.nodes[orig], id=clone, where=graph.nodes[orig].where)
+        while pending and first_late[pending[0]] == n.id:  # clones enter just before their reader
+            orig = graph.nodes[pending.pop(0)]
+            out.nodes[clone_of[orig.id]] = replace(orig, id=clone_of[orig.id],
+                                                   inputs=tuple(clone_of.get(i, i) for i in orig.inputs))
         if n.id > boundary:
-            n = replace(n, inputs=tuple(clones.get(i, i) for i in n.inputs))
+            n = replace(n, inputs=tuple(clone_of.get(i, i) if i in plans else i for i in n.inputs))
         out.nodes[n.id] = n
     return out
