@@ -22,7 +22,7 @@ from .ir import INT, Graph
 from .ops import REGISTRY
 from .passes.fuse import fuse
 from .passes.memory import Layout, ProgramMemory, persistent_layout, plan_program
-from .passes.remat import rematerialize
+from .passes.remat import POLICIES, rematerialize
 from .passes.schedule import schedule
 from .passes.simplify import simplify
 from .plan import SCHEMA_VERSION, save
@@ -81,7 +81,7 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
 
 
 def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path | None = None,
-                  tokenizer_kind: str | None = None, fusion: bool = True, remat: bool = False,
+                  tokenizer_kind: str | None = None, fusion: bool = True, remat: str = "attention",
                   log=print) -> Compiled:
     t0 = time.perf_counter()
     model_path = Path(model_path)
@@ -119,12 +119,9 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     if fusion:
         train, generate = fuse(train), fuse(generate)
         log(f"  fuse       joint {len(train.nodes)} nodes, generate {len(generate.nodes)} nodes")
-    kept = train  # the other side of the --remat comparison in the report
-    if remat:
-        train = rematerialize(train)
-        log(f"  remat      {len(train.late)} activations recomputed in the backward")
-    else:
-        kept = rematerialize(train)
+    variants = {policy: rematerialize(train, policy) for policy in POLICIES}  # for the report
+    train = variants[remat]
+    log(f"  remat      {remat}: {len(train.late)} activations recomputed in the backward")
     train.verify(), generate.verify()
 
     layout = persistent_layout(train, generate)
@@ -145,8 +142,8 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     if fusion:  # what fusion saved, measured on the same plan machinery
         order = schedule(unfused)
         baseline = _stats(unfused, plan_program(unfused, order, persistent_layout(unfused, generate)))
-    other = plan_program(kept, schedule(kept), layout)
-    report = _report(data, programs, baseline, ("without" if remat else "with") + " --remat", other)
+    peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}
+    report = _report(data, programs, baseline, peaks)
     files["report.txt"] = report
     log(f"  plan       {sum(len(p[2].launches) + len(p[2].copies) for p in programs.values())} launches, "
         f"{time.perf_counter() - t0:.1f} s")
@@ -251,7 +248,7 @@ def _stats(graph: Graph, mem: ProgramMemory) -> dict:
     return {"launches": len(mem.launches) + len(mem.copies), "bytes": moved * BYTES, "flops": flops}
 
 
-def _report(data: dict, programs, unfused: dict | None, other_name: str, other: ProgramMemory) -> str:
+def _report(data: dict, programs, unfused: dict | None, remat: dict[str, ProgramMemory]) -> str:
     def mib(elements: int) -> str:
         return f"{elements * BYTES / 2**20:9.2f} MiB"
 
@@ -272,7 +269,8 @@ def _report(data: dict, programs, unfused: dict | None, other_name: str, other: 
                   f"  work lower bound    {mib(mem.lower_bound)}  (most bytes live at once)",
                   f"  sum of buffers      {mib(mem.work_sum)}  (no reuse)"]
         if name == "train":
-            lines += [f"  work peak {other_name:<9} {mib(other.work_size)}  (lower bound {mib(other.lower_bound).strip()})"]
+            lines += [f"  --remat {policy:<11}{mib(m.work_size)}  (work peak; lower bound {mib(m.lower_bound).strip()})"
+                      for policy, m in remat.items()]
         if name == "train" and unfused:
             lines += [f"  without fusion      {unfused['launches']} launches, "
                       f"{unfused['bytes'] / 1e9:.2f} GB moved "
@@ -307,8 +305,9 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", choices=("word", "char"),
                    help="word (the seed's; default with --data) or char (default without)")
     p.add_argument("--no-fuse", action="store_true", help="one kernel per op: no fusion pass")
-    p.add_argument("--remat", action="store_true",
-                   help="recompute LayerNorm and GELU outputs in the backward instead of keeping them")
+    p.add_argument("--remat", choices=POLICIES, default="attention",
+                   help="activations recomputed in the backward instead of kept: none, attention (the "
+                        "attention probabilities; default) or all (also LayerNorm and GELU outputs)")
     args = p.parse_args(argv)
     try:
         compiled = compile_model(args.model, args.overrides, args.data, args.tokenizer, fusion=not args.no_fuse,

@@ -1,16 +1,17 @@
 """Rematerialisation: recompute activations in the backward instead of keeping them.
 
 Policy: a forward node is recomputed for its backward readers when
-  - it is cheap: pointwise (a fused chain included), a LayerNorm normalisation, or a causal
-    softmax -- together with the producers that feed only it (the attention scores' GEMM);
+  - it is one of the policy's roots -- "attention": causal softmax; "all": also pointwise ops (a
+    fused chain included) and LayerNorm normalisations -- together with the producers that feed
+    only it (the attention scores' GEMM);
   - recomputing adds no memory: the inputs at the edge of what is recomputed are sources or are
     read in the backward anyway (the residual stream a LayerNorm reads is kept for its gradient,
     the pre-activation of GELU for GELU's gradient, q and k for their own gradients), so only
     the recomputed outputs stop living across the step.
 Each clone is scheduled just before the first backward reader ("compute late"), so the original
-dies after its last forward reader. For GPT-2 that is every LayerNorm and GELU output and the
-attention probabilities, the largest activation of all, at the price of one more (T x T x D)
-GEMM per layer.
+dies after its last forward reader. "attention" (the default) drops the largest activation of
+all, the (T x T) attention probabilities, at the price of one more (T x T x D) GEMM per layer --
+the trade FlashAttention makes; "all" also drops every LayerNorm and GELU output.
 """
 from __future__ import annotations
 
@@ -19,13 +20,19 @@ from dataclasses import replace
 from ..ir import SOURCE_OPS, Graph, Node
 from ..ops import REGISTRY
 
-ROOTS = ("normalize", "causal_softmax")  # besides pointwise ops
-FEEDERS = ("matmul",)                    # recomputed only as the private input of a root
+POLICIES = ("none", "attention", "all")
+FEEDERS = ("matmul",)  # recomputed only as the private input of a root
 
 
-def rematerialize(graph: Graph) -> Graph:
-    if "loss" not in graph.outputs:
+def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
+    if "loss" not in graph.outputs or policy == "none":
         return graph
+
+    def root(n: Node) -> bool:
+        if policy == "all" and (REGISTRY[n.op].kind == "elementwise" or n.op == "normalize"):
+            return True
+        return n.op == "causal_softmax"
+
     boundary = graph.outputs["loss"]  # autodiff emits every backward node after the loss
     users = graph.users()
     pinned = set(graph.outputs.values()) | set(graph.updates.values()) | set(graph.grads.values())
@@ -52,9 +59,8 @@ def rematerialize(graph: Graph) -> Graph:
 
     plans: dict[int, list[int]] = {}  # root -> nodes to recompute, inputs first
     for n in graph.nodes.values():
-        cheap = REGISTRY[n.op].kind == "elementwise" or n.op in ROOTS
         late = late_readers(n.id)
-        if cheap and n.id not in pinned and n.id < boundary and late and len(late) < len(users[n.id]):
+        if root(n) and n.id not in pinned and n.id < boundary and late and len(late) < len(users[n.id]):
             plan = chain(n)
             if plan is not None:
                 plans[n.id] = plan
