@@ -118,6 +118,13 @@ def _collapse(extents, *strides) -> tuple[list[int], list[list[int]]]:
     return [e for e, _ in merged], [[st[i] for _, st in merged] for i in range(len(strides))]
 
 
+def _broadcast_shape(*shapes) -> list[int]:
+    """NumPy's broadcast of shapes (a fused chain's shape from its operands')."""
+    rank = max(len(s) for s in shapes)
+    padded = [[1] * (rank - len(s)) + list(s) for s in shapes]
+    return [max(dims) for dims in zip(*padded)]
+
+
 def _itype(*shapes) -> str:
     """32-bit index arithmetic (cheaper division by constants) unless a buffer needs more."""
     return "unsigned int" if max(prod(s) for s in shapes) < 2**31 else "unsigned long long"
@@ -176,7 +183,7 @@ def _elementwise(launch) -> Kernel:
 
 def _steps(launch) -> list[dict]:
     """The op's C expressions in evaluation order; an argument is operand "x<i>" or step "s<k>"."""
-    program = launch["attrs"]["program"] if launch["op"] == "fused" else \
+    program = launch["attrs"]["program"] if "program" in launch["attrs"] else \
         [[launch["op"], [], [-1 - i for i in range(len(launch["in"]))]]]
     steps = []
     for op, _, args in program:
@@ -246,8 +253,12 @@ def _reduce(launch) -> Kernel:
             32 neighbouring columns per warp so that every load coalesces.
     Too few outputs for the GPU split the reduced range over several blocks; the last block to
     finish adds their partial sums in a fixed order, so results do not depend on timing."""
-    out, (src,) = launch["out"], launch["in"]
-    shape, axes = src[2], set(launch["attrs"]["axes"])
+    out, srcs = launch["out"], launch["in"]
+    shape, axes = _broadcast_shape(*(b[2] for b in srcs)), set(launch["attrs"]["axes"])
+    full = [b for b in srcs if prod(b[2]) == prod(shape)]  # the others are scalars (see fuse.py)
+    prologue = {"steps": _steps(launch) if launch["op"] == "fused_sum" else [],
+                "operands": ["full" if b in full else "scalar" for b in srcs]}
+    stem = "fused_sum" if prologue["steps"] else "sum"
     strides = _strides(shape)
     runs: list[list] = []   # [reduced, extent, stride], outermost first
     for i, e in enumerate(shape):
@@ -261,24 +272,24 @@ def _reduce(launch) -> Kernel:
     kept = [[e, s] for r, e, s in runs if not r]
     reduced = [[e, s] for r, e, s in runs if r]
     n_out, n_red = prod(e for e, _ in kept), prod(e for e, _ in reduced)
-    common = {"itype": _itype(shape), "n_out": n_out, "n_red": n_red, "kept": kept, "reduced": reduced}
+    common = {"itype": _itype(shape), "n_out": n_out, "n_red": n_red, "kept": kept, "reduced": reduced, **prologue}
     if kept and (not runs or not runs[-1][0]):
-        vec = VEC if kept[-1][0] % VEC == 0 and _aligned(out, src) else 1
+        vec = VEC if kept[-1][0] % VEC == 0 and _aligned(out, *full) else 1
         x_blocks = _cdiv(n_out // vec, 32)
         splits = max(1, min(_cdiv(WAVE, x_blocks), _cdiv(n_red, 64), MAX_SPLITS))
         chunk = _cdiv(n_red, splits)
         splits = _cdiv(n_red, chunk)
-        return Kernel("sum_cols", dict(common, mode="cols", vec=vec, splits=splits, chunk=chunk),
+        return Kernel(f"{stem}_cols", dict(common, mode="cols", vec=vec, splits=splits, chunk=chunk),
                       (x_blocks, splits, 1), (32, WARPS, 1))
-    vec = VEC if reduced and reduced[-1][0] % VEC == 0 and _aligned(src) else 1
+    vec = VEC if reduced and reduced[-1][0] % VEC == 0 and _aligned(*full) else 1
     n_vec = n_red // vec
     if n_vec <= 32 * 16:  # a warp per output
-        return Kernel("sum_rows", dict(common, mode="warp", vec=vec, splits=1, chunk=n_vec),
+        return Kernel(f"{stem}_rows", dict(common, mode="warp", vec=vec, splits=1, chunk=n_vec),
                       (_cdiv(n_out, WARPS), 1, 1), (THREADS, 1, 1))
     splits = 1 if n_out >= WAVE // 2 else max(1, min(_cdiv(WAVE, n_out), _cdiv(n_vec, THREADS * 8), MAX_SPLITS))
     chunk = _cdiv(n_vec, splits)
     splits = _cdiv(n_vec, chunk)
-    return Kernel("sum_rows", dict(common, mode="block", vec=vec, splits=splits, chunk=chunk),
+    return Kernel(f"{stem}_rows", dict(common, mode="block", vec=vec, splits=splits, chunk=chunk),
                   (n_out, splits, 1), (THREADS, 1, 1))
 
 

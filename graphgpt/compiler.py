@@ -139,9 +139,9 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
         files[f"graphs/{dump['title']}.dot"] = viz.render_dot(dump)
         files[f"graphs/{dump['title']}.html"] = viz.render_html(dump)
     baseline = None
-    if fusion:  # what fusion saved, measured on the same plan machinery
-        order = schedule(unfused)
-        baseline = _stats(unfused, plan_program(unfused, order, persistent_layout(unfused, generate)))
+    if fusion:  # what fusion saved: the --no-fuse plan, measured on the same plan machinery
+        unfused = rematerialize(unfused, remat)
+        baseline = _stats(unfused, plan_program(unfused, schedule(unfused), persistent_layout(unfused, generate)))
     peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}
     report = _report(data, programs, baseline, peaks)
     files["report.txt"] = report

@@ -32,6 +32,7 @@ CASES = {
     "broadcast_to": ([((3, 1), F)], {"shape": (2, 3, 4)}),
     "slice": ([((5, 3), F)], {"axis": 0, "start": 1, "stop": 4}),
     "pad": ([((2, 3), F)], {"axis": 1, "before": 1, "after": 2}),
+    "concat": ([((2, 1, 3), F), ((2, 2, 3), F), ((2, 1, 3), F)], {"axis": 1}),
     "copy": ([((2, 3), F)], {}),
     "normalize": ([((3, 6), F)], {"eps": 1e-5}),
     "causal_softmax": ([((2, 4, 4), F)], {"scale": 0.7}),

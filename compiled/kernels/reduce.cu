@@ -48,11 +48,11 @@ __device__ __forceinline__ bool last_block(unsigned int* ticket, unsigned int bl
 }
 
 
-__device__ alignas(16) float sum_cols_c2d69e5c97_partial[24576];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_c2d69e5c97_ticket[3];
+__device__ alignas(16) float sum_cols_4e5c41369b_partial[24576];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_4e5c41369b_ticket[3];
 // sum: 384 outputs of 4096 elements, kept (extent, stride) [[384, 1]], reduced [[4096, 384]];
 // cols mode, VEC = 4, 64 split(s) of 64
-extern "C" __global__ void __launch_bounds__(256) sum_cols_c2d69e5c97(float* __restrict__ out, const float* __restrict__ in)
+extern "C" __global__ void __launch_bounds__(256) sum_cols_4e5c41369b(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -68,6 +68,10 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_c2d69e5c97(float* __r
         (void)rest;
         return at;
     };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        return load<VEC>(in0 + at);
+    };
     // Thread x owns VEC neighbouring outputs; the 8 warps' rows y stride over the reduced range.
     __shared__ Vec<VEC> part[WARPS][32];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -76,9 +80,9 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_c2d69e5c97(float* __r
     const idx begin = blockIdx.y * 64, end = begin + 64 < 4096 ? begin + 64 : 4096;
     Vec<VEC> acc = splat<VEC>(0.0f);
     if (active) {
-        const float* col = in + base(o);
+        const idx col = base(o);
         for (idx r = begin + ty; r < end; r += WARPS) {
-            const Vec<VEC> x = load<VEC>(col + offset(r));
+            const Vec<VEC> x = element(col + offset(r));
 #pragma unroll
             for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
         }
@@ -94,9 +98,9 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_c2d69e5c97(float* __r
         return total;
     };
     acc = combine(acc);
-    float* partial = sum_cols_c2d69e5c97_partial;
+    float* partial = sum_cols_4e5c41369b_partial;
     if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 384 + o, acc);
-    if (!last_block(&sum_cols_c2d69e5c97_ticket[blockIdx.x], 64)) return;
+    if (!last_block(&sum_cols_4e5c41369b_ticket[blockIdx.x], 64)) return;
     acc = splat<VEC>(0.0f);
     if (active)
         for (idx s = ty; s < 64; s += WARPS)
@@ -107,11 +111,84 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_c2d69e5c97(float* __r
     if (ty == 0 && active) store<VEC>(out + o, acc);
 }
 
-__device__ alignas(16) float sum_cols_6010c11142_partial[67584];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_6010c11142_ticket[12];
+__device__ alignas(16) float fused_sum_cols_228601b15f_partial[24576];  // read and written as Vec<VEC>
+__device__ unsigned int fused_sum_cols_228601b15f_ticket[3];
+// sum: 384 outputs of 4096 elements, kept (extent, stride) [[384, 1]], reduced [[4096, 384]];
+// cols mode, VEC = 4, 64 split(s) of 64
+// of the prologue s0 = mul(x0, x1); x = s0
+extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_228601b15f(float* __restrict__ out, const float* __restrict__ in0, const float* __restrict__ in1)
+{
+    constexpr int VEC = 4, WARPS = 8;
+    using idx = unsigned int;
+    auto base = [](const idx flat) -> idx {
+        idx rest = flat, at = 0;
+        at += rest;
+        (void)rest;
+        return at;
+    };
+    auto offset = [](const idx flat) -> idx {
+        idx rest = flat, at = 0;
+        at += rest * 384;
+        (void)rest;
+        return at;
+    };
+    auto op0 = [](const float a, const float b) { return a * b; };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        const Vec<VEC> x0 = load<VEC>(in0 + at);
+        const Vec<VEC> x1 = load<VEC>(in1 + at);
+        Vec<VEC> y;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) {
+            const float s0 = op0(x0.v[c], x1.v[c]);
+            y.v[c] = s0;
+        }
+        return y;
+    };
+    // Thread x owns VEC neighbouring outputs; the 8 warps' rows y stride over the reduced range.
+    __shared__ Vec<VEC> part[WARPS][32];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
+    const bool active = o < 384;
+    const idx begin = blockIdx.y * 64, end = begin + 64 < 4096 ? begin + 64 : 4096;
+    Vec<VEC> acc = splat<VEC>(0.0f);
+    if (active) {
+        const idx col = base(o);
+        for (idx r = begin + ty; r < end; r += WARPS) {
+            const Vec<VEC> x = element(col + offset(r));
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+        }
+    }
+    // The warps' sums, added by warp 0 in warp order.
+    auto combine = [&](Vec<VEC> mine) {
+        part[ty][tx] = mine;
+        __syncthreads();
+        Vec<VEC> total = part[0][tx];
+        for (int w = 1; w < WARPS; ++w)
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) total.v[c] += part[w][tx].v[c];
+        return total;
+    };
+    acc = combine(acc);
+    float* partial = fused_sum_cols_228601b15f_partial;
+    if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 384 + o, acc);
+    if (!last_block(&fused_sum_cols_228601b15f_ticket[blockIdx.x], 64)) return;
+    acc = splat<VEC>(0.0f);
+    if (active)
+        for (idx s = ty; s < 64; s += WARPS)
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 384 + o + c);
+    __syncthreads();  // part[] is about to be reused
+    acc = combine(acc);
+    if (ty == 0 && active) store<VEC>(out + o, acc);
+}
+
+__device__ alignas(16) float sum_cols_3d6c2dbd46_partial[67584];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_3d6c2dbd46_ticket[12];
 // sum: 1536 outputs of 4096 elements, kept (extent, stride) [[1536, 1]], reduced [[4096, 1536]];
 // cols mode, VEC = 4, 44 split(s) of 94
-extern "C" __global__ void __launch_bounds__(256) sum_cols_6010c11142(float* __restrict__ out, const float* __restrict__ in)
+extern "C" __global__ void __launch_bounds__(256) sum_cols_3d6c2dbd46(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -127,6 +204,10 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_6010c11142(float* __r
         (void)rest;
         return at;
     };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        return load<VEC>(in0 + at);
+    };
     // Thread x owns VEC neighbouring outputs; the 8 warps' rows y stride over the reduced range.
     __shared__ Vec<VEC> part[WARPS][32];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -135,9 +216,9 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_6010c11142(float* __r
     const idx begin = blockIdx.y * 94, end = begin + 94 < 4096 ? begin + 94 : 4096;
     Vec<VEC> acc = splat<VEC>(0.0f);
     if (active) {
-        const float* col = in + base(o);
+        const idx col = base(o);
         for (idx r = begin + ty; r < end; r += WARPS) {
-            const Vec<VEC> x = load<VEC>(col + offset(r));
+            const Vec<VEC> x = element(col + offset(r));
 #pragma unroll
             for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
         }
@@ -153,9 +234,9 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_6010c11142(float* __r
         return total;
     };
     acc = combine(acc);
-    float* partial = sum_cols_6010c11142_partial;
+    float* partial = sum_cols_3d6c2dbd46_partial;
     if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 1536 + o, acc);
-    if (!last_block(&sum_cols_6010c11142_ticket[blockIdx.x], 44)) return;
+    if (!last_block(&sum_cols_3d6c2dbd46_ticket[blockIdx.x], 44)) return;
     acc = splat<VEC>(0.0f);
     if (active)
         for (idx s = ty; s < 44; s += WARPS)
@@ -166,11 +247,11 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_6010c11142(float* __r
     if (ty == 0 && active) store<VEC>(out + o, acc);
 }
 
-__device__ alignas(16) float sum_cols_a3d658de57_partial[67968];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_a3d658de57_ticket[9];
+__device__ alignas(16) float sum_cols_19f69c8f00_partial[67968];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_19f69c8f00_ticket[9];
 // sum: 1152 outputs of 4096 elements, kept (extent, stride) [[1152, 1]], reduced [[4096, 1152]];
 // cols mode, VEC = 4, 59 split(s) of 70
-extern "C" __global__ void __launch_bounds__(256) sum_cols_a3d658de57(float* __restrict__ out, const float* __restrict__ in)
+extern "C" __global__ void __launch_bounds__(256) sum_cols_19f69c8f00(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -186,6 +267,10 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_a3d658de57(float* __r
         (void)rest;
         return at;
     };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        return load<VEC>(in0 + at);
+    };
     // Thread x owns VEC neighbouring outputs; the 8 warps' rows y stride over the reduced range.
     __shared__ Vec<VEC> part[WARPS][32];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -194,9 +279,9 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_a3d658de57(float* __r
     const idx begin = blockIdx.y * 70, end = begin + 70 < 4096 ? begin + 70 : 4096;
     Vec<VEC> acc = splat<VEC>(0.0f);
     if (active) {
-        const float* col = in + base(o);
+        const idx col = base(o);
         for (idx r = begin + ty; r < end; r += WARPS) {
-            const Vec<VEC> x = load<VEC>(col + offset(r));
+            const Vec<VEC> x = element(col + offset(r));
 #pragma unroll
             for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
         }
@@ -212,9 +297,9 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_a3d658de57(float* __r
         return total;
     };
     acc = combine(acc);
-    float* partial = sum_cols_a3d658de57_partial;
+    float* partial = sum_cols_19f69c8f00_partial;
     if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 1152 + o, acc);
-    if (!last_block(&sum_cols_a3d658de57_ticket[blockIdx.x], 59)) return;
+    if (!last_block(&sum_cols_19f69c8f00_ticket[blockIdx.x], 59)) return;
     acc = splat<VEC>(0.0f);
     if (active)
         for (idx s = ty; s < 59; s += WARPS)
@@ -227,7 +312,7 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_a3d658de57(float* __r
 
 // sum: 98304 outputs of 16 elements, kept (extent, stride) [[98304, 1]], reduced [[16, 98304]];
 // cols mode, VEC = 4, 1 split(s) of 16
-extern "C" __global__ void __launch_bounds__(256) sum_cols_0910ee7109(float* __restrict__ out, const float* __restrict__ in)
+extern "C" __global__ void __launch_bounds__(256) sum_cols_488abcd3a6(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -243,6 +328,10 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_0910ee7109(float* __r
         (void)rest;
         return at;
     };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        return load<VEC>(in0 + at);
+    };
     // Thread x owns VEC neighbouring outputs; the 8 warps' rows y stride over the reduced range.
     __shared__ Vec<VEC> part[WARPS][32];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -251,9 +340,9 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_0910ee7109(float* __r
     const idx begin = blockIdx.y * 16, end = begin + 16 < 16 ? begin + 16 : 16;
     Vec<VEC> acc = splat<VEC>(0.0f);
     if (active) {
-        const float* col = in + base(o);
+        const idx col = base(o);
         for (idx r = begin + ty; r < end; r += WARPS) {
-            const Vec<VEC> x = load<VEC>(col + offset(r));
+            const Vec<VEC> x = element(col + offset(r));
 #pragma unroll
             for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
         }
@@ -272,11 +361,12 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_0910ee7109(float* __r
     if (ty == 0 && active) store<VEC>(out + o, acc);
 }
 
-__device__ alignas(16) float sum_rows_542ac58bf5_partial[5];  // read and written as Vec<VEC>
-__device__ unsigned int sum_rows_542ac58bf5_ticket[1];
+__device__ alignas(16) float fused_sum_rows_dc5193ae8d_partial[5];  // read and written as Vec<VEC>
+__device__ unsigned int fused_sum_rows_dc5193ae8d_ticket[1];
 // sum: 1 outputs of 38016 elements, kept (extent, stride) [], reduced [[38016, 1]];
 // block mode, VEC = 4, 5 split(s) of 1901
-extern "C" __global__ void __launch_bounds__(256) sum_rows_542ac58bf5(float* __restrict__ out, const float* __restrict__ in)
+// of the prologue s0 = mul(x0, x0); x = s0
+extern "C" __global__ void __launch_bounds__(256) fused_sum_rows_dc5193ae8d(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -291,32 +381,45 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_542ac58bf5(float* __r
         (void)rest;
         return at;
     };
+    auto op0 = [](const float a, const float b) { return a * b; };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        const Vec<VEC> x0 = load<VEC>(in0 + at);
+        Vec<VEC> y;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) {
+            const float s0 = op0(x0.v[c], x0.v[c]);
+            y.v[c] = s0;
+        }
+        return y;
+    };
     // Threads of a block share one output and walk its elements, VEC at a time.
     const idx o = blockIdx.x;
-    const float* row = in + base(o);
+    const idx row = base(o);
     const idx begin = blockIdx.y * 1901;
     const idx end = begin + 1901 < 9504 ? begin + 1901 : 9504;
     float acc = 0.0f;
     for (idx u = begin + threadIdx.x; u < end; u += 256) {
-        const Vec<VEC> x = load<VEC>(row + offset(u * VEC));
+        const Vec<VEC> x = element(row + offset(u * VEC));
 #pragma unroll
         for (int c = 0; c < VEC; ++c) acc += x.v[c];
     }
     acc = block_sum<WARPS>(acc);
-    float* partial = sum_rows_542ac58bf5_partial + o * 5;
+    float* partial = fused_sum_rows_dc5193ae8d_partial + o * 5;
     if (threadIdx.x == 0) partial[blockIdx.y] = acc;
-    if (!last_block(&sum_rows_542ac58bf5_ticket[o], 5)) return;
+    if (!last_block(&fused_sum_rows_dc5193ae8d_ticket[o], 5)) return;
     float total = 0.0f;
     for (idx s = threadIdx.x; s < 5; s += 256) total += __ldcg(partial + s);
     total = block_sum<WARPS>(total);
     if (threadIdx.x == 0) out[o] = total;
 }
 
-__device__ alignas(16) float sum_rows_2ae8ae39e8_partial[12];  // read and written as Vec<VEC>
-__device__ unsigned int sum_rows_2ae8ae39e8_ticket[1];
+__device__ alignas(16) float fused_sum_rows_ce61e2cb17_partial[12];  // read and written as Vec<VEC>
+__device__ unsigned int fused_sum_rows_ce61e2cb17_ticket[1];
 // sum: 1 outputs of 98304 elements, kept (extent, stride) [], reduced [[98304, 1]];
 // block mode, VEC = 4, 12 split(s) of 2048
-extern "C" __global__ void __launch_bounds__(256) sum_rows_2ae8ae39e8(float* __restrict__ out, const float* __restrict__ in)
+// of the prologue s0 = mul(x0, x0); x = s0
+extern "C" __global__ void __launch_bounds__(256) fused_sum_rows_ce61e2cb17(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -331,21 +434,33 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_2ae8ae39e8(float* __r
         (void)rest;
         return at;
     };
+    auto op0 = [](const float a, const float b) { return a * b; };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        const Vec<VEC> x0 = load<VEC>(in0 + at);
+        Vec<VEC> y;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) {
+            const float s0 = op0(x0.v[c], x0.v[c]);
+            y.v[c] = s0;
+        }
+        return y;
+    };
     // Threads of a block share one output and walk its elements, VEC at a time.
     const idx o = blockIdx.x;
-    const float* row = in + base(o);
+    const idx row = base(o);
     const idx begin = blockIdx.y * 2048;
     const idx end = begin + 2048 < 24576 ? begin + 2048 : 24576;
     float acc = 0.0f;
     for (idx u = begin + threadIdx.x; u < end; u += 256) {
-        const Vec<VEC> x = load<VEC>(row + offset(u * VEC));
+        const Vec<VEC> x = element(row + offset(u * VEC));
 #pragma unroll
         for (int c = 0; c < VEC; ++c) acc += x.v[c];
     }
     acc = block_sum<WARPS>(acc);
-    float* partial = sum_rows_2ae8ae39e8_partial + o * 12;
+    float* partial = fused_sum_rows_ce61e2cb17_partial + o * 12;
     if (threadIdx.x == 0) partial[blockIdx.y] = acc;
-    if (!last_block(&sum_rows_2ae8ae39e8_ticket[o], 12)) return;
+    if (!last_block(&fused_sum_rows_ce61e2cb17_ticket[o], 12)) return;
     float total = 0.0f;
     for (idx s = threadIdx.x; s < 12; s += 256) total += __ldcg(partial + s);
     total = block_sum<WARPS>(total);
@@ -354,7 +469,8 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_2ae8ae39e8(float* __r
 
 // sum: 1 outputs of 384 elements, kept (extent, stride) [], reduced [[384, 1]];
 // warp mode, VEC = 4, 1 split(s) of 96
-extern "C" __global__ void __launch_bounds__(256) sum_rows_54e3fa3198(float* __restrict__ out, const float* __restrict__ in)
+// of the prologue s0 = mul(x0, x0); x = s0
+extern "C" __global__ void __launch_bounds__(256) fused_sum_rows_b3432d5f73(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -369,14 +485,26 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_54e3fa3198(float* __r
         (void)rest;
         return at;
     };
+    auto op0 = [](const float a, const float b) { return a * b; };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        const Vec<VEC> x0 = load<VEC>(in0 + at);
+        Vec<VEC> y;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) {
+            const float s0 = op0(x0.v[c], x0.v[c]);
+            y.v[c] = s0;
+        }
+        return y;
+    };
     // Threads of a warp share one output and walk its elements, VEC at a time.
     const idx o = static_cast<idx>(blockIdx.x) * WARPS + threadIdx.x / 32;
     if (o >= 1) return;  // a whole warp leaves together
     const int lane = threadIdx.x % 32;
-    const float* row = in + base(o);
+    const idx row = base(o);
     float acc = 0.0f;
     for (idx u = lane; u < 96; u += 32) {
-        const Vec<VEC> x = load<VEC>(row + offset(u * VEC));
+        const Vec<VEC> x = element(row + offset(u * VEC));
 #pragma unroll
         for (int c = 0; c < VEC; ++c) acc += x.v[c];
     }
@@ -384,11 +512,12 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_54e3fa3198(float* __r
     if (lane == 0) out[o] = acc;
 }
 
-__device__ alignas(16) float sum_rows_05dbeb5904_partial[54];  // read and written as Vec<VEC>
-__device__ unsigned int sum_rows_05dbeb5904_ticket[1];
+__device__ alignas(16) float fused_sum_rows_f72ba72af3_partial[54];  // read and written as Vec<VEC>
+__device__ unsigned int fused_sum_rows_f72ba72af3_ticket[1];
 // sum: 1 outputs of 442368 elements, kept (extent, stride) [], reduced [[442368, 1]];
 // block mode, VEC = 4, 54 split(s) of 2048
-extern "C" __global__ void __launch_bounds__(256) sum_rows_05dbeb5904(float* __restrict__ out, const float* __restrict__ in)
+// of the prologue s0 = mul(x0, x0); x = s0
+extern "C" __global__ void __launch_bounds__(256) fused_sum_rows_f72ba72af3(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -403,21 +532,33 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_05dbeb5904(float* __r
         (void)rest;
         return at;
     };
+    auto op0 = [](const float a, const float b) { return a * b; };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        const Vec<VEC> x0 = load<VEC>(in0 + at);
+        Vec<VEC> y;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) {
+            const float s0 = op0(x0.v[c], x0.v[c]);
+            y.v[c] = s0;
+        }
+        return y;
+    };
     // Threads of a block share one output and walk its elements, VEC at a time.
     const idx o = blockIdx.x;
-    const float* row = in + base(o);
+    const idx row = base(o);
     const idx begin = blockIdx.y * 2048;
     const idx end = begin + 2048 < 110592 ? begin + 2048 : 110592;
     float acc = 0.0f;
     for (idx u = begin + threadIdx.x; u < end; u += 256) {
-        const Vec<VEC> x = load<VEC>(row + offset(u * VEC));
+        const Vec<VEC> x = element(row + offset(u * VEC));
 #pragma unroll
         for (int c = 0; c < VEC; ++c) acc += x.v[c];
     }
     acc = block_sum<WARPS>(acc);
-    float* partial = sum_rows_05dbeb5904_partial + o * 54;
+    float* partial = fused_sum_rows_f72ba72af3_partial + o * 54;
     if (threadIdx.x == 0) partial[blockIdx.y] = acc;
-    if (!last_block(&sum_rows_05dbeb5904_ticket[o], 54)) return;
+    if (!last_block(&fused_sum_rows_f72ba72af3_ticket[o], 54)) return;
     float total = 0.0f;
     for (idx s = threadIdx.x; s < 54; s += 256) total += __ldcg(partial + s);
     total = block_sum<WARPS>(total);
@@ -426,7 +567,8 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_05dbeb5904(float* __r
 
 // sum: 1 outputs of 1152 elements, kept (extent, stride) [], reduced [[1152, 1]];
 // warp mode, VEC = 4, 1 split(s) of 288
-extern "C" __global__ void __launch_bounds__(256) sum_rows_ce6adb6c8e(float* __restrict__ out, const float* __restrict__ in)
+// of the prologue s0 = mul(x0, x0); x = s0
+extern "C" __global__ void __launch_bounds__(256) fused_sum_rows_eabb30d6af(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -441,14 +583,26 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_ce6adb6c8e(float* __r
         (void)rest;
         return at;
     };
+    auto op0 = [](const float a, const float b) { return a * b; };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        const Vec<VEC> x0 = load<VEC>(in0 + at);
+        Vec<VEC> y;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) {
+            const float s0 = op0(x0.v[c], x0.v[c]);
+            y.v[c] = s0;
+        }
+        return y;
+    };
     // Threads of a warp share one output and walk its elements, VEC at a time.
     const idx o = static_cast<idx>(blockIdx.x) * WARPS + threadIdx.x / 32;
     if (o >= 1) return;  // a whole warp leaves together
     const int lane = threadIdx.x % 32;
-    const float* row = in + base(o);
+    const idx row = base(o);
     float acc = 0.0f;
     for (idx u = lane; u < 288; u += 32) {
-        const Vec<VEC> x = load<VEC>(row + offset(u * VEC));
+        const Vec<VEC> x = element(row + offset(u * VEC));
 #pragma unroll
         for (int c = 0; c < VEC; ++c) acc += x.v[c];
     }
@@ -456,11 +610,12 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_ce6adb6c8e(float* __r
     if (lane == 0) out[o] = acc;
 }
 
-__device__ alignas(16) float sum_rows_6543964aa6_partial[18];  // read and written as Vec<VEC>
-__device__ unsigned int sum_rows_6543964aa6_ticket[1];
+__device__ alignas(16) float fused_sum_rows_cc56a2bf71_partial[18];  // read and written as Vec<VEC>
+__device__ unsigned int fused_sum_rows_cc56a2bf71_ticket[1];
 // sum: 1 outputs of 147456 elements, kept (extent, stride) [], reduced [[147456, 1]];
 // block mode, VEC = 4, 18 split(s) of 2048
-extern "C" __global__ void __launch_bounds__(256) sum_rows_6543964aa6(float* __restrict__ out, const float* __restrict__ in)
+// of the prologue s0 = mul(x0, x0); x = s0
+extern "C" __global__ void __launch_bounds__(256) fused_sum_rows_cc56a2bf71(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -475,32 +630,45 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_6543964aa6(float* __r
         (void)rest;
         return at;
     };
+    auto op0 = [](const float a, const float b) { return a * b; };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        const Vec<VEC> x0 = load<VEC>(in0 + at);
+        Vec<VEC> y;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) {
+            const float s0 = op0(x0.v[c], x0.v[c]);
+            y.v[c] = s0;
+        }
+        return y;
+    };
     // Threads of a block share one output and walk its elements, VEC at a time.
     const idx o = blockIdx.x;
-    const float* row = in + base(o);
+    const idx row = base(o);
     const idx begin = blockIdx.y * 2048;
     const idx end = begin + 2048 < 36864 ? begin + 2048 : 36864;
     float acc = 0.0f;
     for (idx u = begin + threadIdx.x; u < end; u += 256) {
-        const Vec<VEC> x = load<VEC>(row + offset(u * VEC));
+        const Vec<VEC> x = element(row + offset(u * VEC));
 #pragma unroll
         for (int c = 0; c < VEC; ++c) acc += x.v[c];
     }
     acc = block_sum<WARPS>(acc);
-    float* partial = sum_rows_6543964aa6_partial + o * 18;
+    float* partial = fused_sum_rows_cc56a2bf71_partial + o * 18;
     if (threadIdx.x == 0) partial[blockIdx.y] = acc;
-    if (!last_block(&sum_rows_6543964aa6_ticket[o], 18)) return;
+    if (!last_block(&fused_sum_rows_cc56a2bf71_ticket[o], 18)) return;
     float total = 0.0f;
     for (idx s = threadIdx.x; s < 18; s += 256) total += __ldcg(partial + s);
     total = block_sum<WARPS>(total);
     if (threadIdx.x == 0) out[o] = total;
 }
 
-__device__ alignas(16) float sum_rows_fa12b1dbdf_partial[72];  // read and written as Vec<VEC>
-__device__ unsigned int sum_rows_fa12b1dbdf_ticket[1];
+__device__ alignas(16) float fused_sum_rows_ff06a279a3_partial[72];  // read and written as Vec<VEC>
+__device__ unsigned int fused_sum_rows_ff06a279a3_ticket[1];
 // sum: 1 outputs of 589824 elements, kept (extent, stride) [], reduced [[589824, 1]];
 // block mode, VEC = 4, 72 split(s) of 2048
-extern "C" __global__ void __launch_bounds__(256) sum_rows_fa12b1dbdf(float* __restrict__ out, const float* __restrict__ in)
+// of the prologue s0 = mul(x0, x0); x = s0
+extern "C" __global__ void __launch_bounds__(256) fused_sum_rows_ff06a279a3(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -515,21 +683,33 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_fa12b1dbdf(float* __r
         (void)rest;
         return at;
     };
+    auto op0 = [](const float a, const float b) { return a * b; };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        const Vec<VEC> x0 = load<VEC>(in0 + at);
+        Vec<VEC> y;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) {
+            const float s0 = op0(x0.v[c], x0.v[c]);
+            y.v[c] = s0;
+        }
+        return y;
+    };
     // Threads of a block share one output and walk its elements, VEC at a time.
     const idx o = blockIdx.x;
-    const float* row = in + base(o);
+    const idx row = base(o);
     const idx begin = blockIdx.y * 2048;
     const idx end = begin + 2048 < 147456 ? begin + 2048 : 147456;
     float acc = 0.0f;
     for (idx u = begin + threadIdx.x; u < end; u += 256) {
-        const Vec<VEC> x = load<VEC>(row + offset(u * VEC));
+        const Vec<VEC> x = element(row + offset(u * VEC));
 #pragma unroll
         for (int c = 0; c < VEC; ++c) acc += x.v[c];
     }
     acc = block_sum<WARPS>(acc);
-    float* partial = sum_rows_fa12b1dbdf_partial + o * 72;
+    float* partial = fused_sum_rows_ff06a279a3_partial + o * 72;
     if (threadIdx.x == 0) partial[blockIdx.y] = acc;
-    if (!last_block(&sum_rows_fa12b1dbdf_ticket[o], 72)) return;
+    if (!last_block(&fused_sum_rows_ff06a279a3_ticket[o], 72)) return;
     float total = 0.0f;
     for (idx s = threadIdx.x; s < 72; s += 256) total += __ldcg(partial + s);
     total = block_sum<WARPS>(total);
@@ -538,7 +718,8 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_fa12b1dbdf(float* __r
 
 // sum: 1 outputs of 1536 elements, kept (extent, stride) [], reduced [[1536, 1]];
 // warp mode, VEC = 4, 1 split(s) of 384
-extern "C" __global__ void __launch_bounds__(256) sum_rows_a8c91f269c(float* __restrict__ out, const float* __restrict__ in)
+// of the prologue s0 = mul(x0, x0); x = s0
+extern "C" __global__ void __launch_bounds__(256) fused_sum_rows_c0b3c9f741(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -553,14 +734,26 @@ extern "C" __global__ void __launch_bounds__(256) sum_rows_a8c91f269c(float* __r
         (void)rest;
         return at;
     };
+    auto op0 = [](const float a, const float b) { return a * b; };
+    // The VEC summed elements from `at` on.
+    auto element = [&](const idx at) -> Vec<VEC> {
+        const Vec<VEC> x0 = load<VEC>(in0 + at);
+        Vec<VEC> y;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) {
+            const float s0 = op0(x0.v[c], x0.v[c]);
+            y.v[c] = s0;
+        }
+        return y;
+    };
     // Threads of a warp share one output and walk its elements, VEC at a time.
     const idx o = static_cast<idx>(blockIdx.x) * WARPS + threadIdx.x / 32;
     if (o >= 1) return;  // a whole warp leaves together
     const int lane = threadIdx.x % 32;
-    const float* row = in + base(o);
+    const idx row = base(o);
     float acc = 0.0f;
     for (idx u = lane; u < 384; u += 32) {
-        const Vec<VEC> x = load<VEC>(row + offset(u * VEC));
+        const Vec<VEC> x = element(row + offset(u * VEC));
 #pragma unroll
         for (int c = 0; c < VEC; ++c) acc += x.v[c];
     }

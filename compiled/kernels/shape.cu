@@ -85,42 +85,6 @@ extern "C" __global__ void __launch_bounds__(256) gather_ba1da5807d(float* __res
     store<VEC>(out + i, x);
 }
 
-// out[r, j] = in[r, j - 3145728] where 0 <= j - 3145728 < 1572864, else 0; rows of 4718592, VEC = 4
-extern "C" __global__ void __launch_bounds__(256) window_8cc763227c(float* __restrict__ out, const float* __restrict__ in)
-{
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 4718592) return;
-    const idx r = i / 4718592;
-    const long long j = static_cast<long long>(i % 4718592) - 3145728;
-    store<VEC>(out + i, j >= 0 && j < 1572864 ? load<VEC>(in + r * 1572864 + j) : splat<VEC>(0.0f));
-}
-
-// out[r, j] = in[r, j - 1572864] where 0 <= j - 1572864 < 1572864, else 0; rows of 4718592, VEC = 4
-extern "C" __global__ void __launch_bounds__(256) window_bd2ce01a36(float* __restrict__ out, const float* __restrict__ in)
-{
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 4718592) return;
-    const idx r = i / 4718592;
-    const long long j = static_cast<long long>(i % 4718592) - 1572864;
-    store<VEC>(out + i, j >= 0 && j < 1572864 ? load<VEC>(in + r * 1572864 + j) : splat<VEC>(0.0f));
-}
-
-// out[r, j] = in[r, j - 0] where 0 <= j - 0 < 1572864, else 0; rows of 4718592, VEC = 4
-extern "C" __global__ void __launch_bounds__(256) window_b0d3148587(float* __restrict__ out, const float* __restrict__ in)
-{
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 4718592) return;
-    const idx r = i / 4718592;
-    const long long j = static_cast<long long>(i % 4718592) - 0;
-    store<VEC>(out + i, j >= 0 && j < 1572864 ? load<VEC>(in + r * 1572864 + j) : splat<VEC>(0.0f));
-}
-
 // out[i] = in[index(i)], (extent, stride) = [[16, 98304], [256, 64], [3, 1572864], [6, 16384], [64, 1]]: 4718592 elements, VEC = 4
 extern "C" __global__ void __launch_bounds__(256) gather_013791a95c(float* __restrict__ out, const float* __restrict__ in)
 {

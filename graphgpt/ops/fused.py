@@ -4,6 +4,10 @@ attrs["program"] is a tuple of steps (op, attrs, args); an arg k >= 0 names the 
 k, an arg -1 - i names external input i. The last step is the result. Its shape rule, reference
 and (on the GPU) code are those of its steps, in order, so a fused node computes bit for bit what
 the nodes it replaces computed.
+
+`fused_sum` is a `sum` whose input is such a chain (its "prologue"): the kernel evaluates the
+program per element where a `sum` loads its input, so the pointwise result never goes to memory.
+attrs: the program, and the `axes` and `keepdims` of the sum.
 """
 from __future__ import annotations
 
@@ -27,3 +31,15 @@ def _ref(attrs, *arrays):
 
 register(Op("fused", "elementwise", _infer, ref=_ref,
             nondiff="made by the fusion pass, which runs after autodiff", template="elementwise"))
+
+
+def _sum_infer(attrs, *specs: Spec) -> Spec:
+    return REGISTRY["sum"].infer(attrs, _infer(attrs, *specs))
+
+
+def _sum_ref(attrs, *arrays):
+    return REGISTRY["sum"].ref(attrs, _ref(attrs, *arrays))
+
+
+register(Op("fused_sum", "reduction", _sum_infer, ref=_sum_ref,
+            nondiff="made by the fusion pass, which runs after autodiff", template="reduce"))

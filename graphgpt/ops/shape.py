@@ -1,4 +1,4 @@
-"""Data movement without arithmetic: reshape, transpose, broadcast, slice, pad, copy."""
+"""Data movement without arithmetic: reshape, transpose, broadcast, slice, pad, concat, copy."""
 from __future__ import annotations
 
 import numpy as np
@@ -95,6 +95,31 @@ def _pad_vjp(a, g, out, x):
 
 
 register(Op("pad", "shape", _pad_infer, ref=_pad_ref, vjp=_pad_vjp, template="shape"))
+
+def _concat_infer(attrs, *xs):
+    axis = attrs["axis"]
+    require(len(xs) > 0, "needs at least one input")
+    first = xs[0]
+    require(0 <= axis < len(first.shape), f"axis {axis} is out of range for rank {len(first.shape)}")
+    rest = first.shape[:axis], first.shape[axis + 1:]
+    require(all((x.shape[:axis], x.shape[axis + 1:]) == rest and x.dtype == first.dtype for x in xs),
+            f"inputs differ outside axis {axis}")
+    return Spec(rest[0] + (sum(x.shape[axis] for x in xs),) + rest[1], first.dtype)
+
+
+def _concat_vjp(a, g, out, *xs):
+    axis, start, grads = a["axis"], 0, []
+    for x in xs:
+        stop = start + x.shape[axis]
+        grads.append(g.graph.add("slice", (g,), axis=axis, start=start, stop=stop))
+        start = stop
+    return tuple(grads)
+
+
+# No CUDA template: the memory plan builds a concat in place (each input is computed into its slice
+# of the output), so it never launches; the plan refuses a concat it cannot build that way.
+register(Op("concat", "shape", _concat_infer,
+            ref=lambda a, *xs: np.concatenate(xs, axis=a["axis"]), vjp=_concat_vjp))
 
 register(Op("copy", "shape", lambda a, x: x, ref=lambda a, x: x.copy(),
             vjp=lambda a, g, out, x: (g,), template="shape"))

@@ -7,9 +7,11 @@ single array). The work region is shared by every program of a plan and planned 
 simulating a heap over the schedule: each buffer is allocated when its node runs and freed after
 its last reader, at the best-fitting free offset (XLA's heap simulator does the same).
 
-Two kinds of sharing remove copies:
+Three kinds of sharing remove copies:
 - views: a reshape, or a slice of contiguous memory, reads its input's buffer at an offset; a
   collective (the gradient allreduce) works in place, so it shares its input's buffer too but runs;
+- concats built in place, views in reverse: a concat of contiguous pieces owns a buffer and each
+  input is computed directly into its slice of it, so the concat itself runs nothing;
 - in-place updates: a parameter's or optimizer state's new value is written over the old one when
   it is an elementwise op that reads the old value last; otherwise a copy runs at the end.
 """
@@ -18,7 +20,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from ..ir import Graph, Node
+from ..errors import UserError
+from ..ir import SOURCE_OPS, Graph, Node
 from ..ops import REGISTRY
 from ..ops.registry import prod
 
@@ -84,16 +87,39 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     readers = graph.users()
     pinned = set(graph.grads.values()) | set(graph.updates.values())  # must own their memory
 
-    # 1. views: a node that only reinterprets its input's memory shares the input's buffer
-    view: dict[int, tuple[int, int]] = {}   # node -> (root node, element offset in root)
+    # 1. views: a node that only reinterprets its input's memory shares the input's buffer, and the
+    #    inputs of a concat built in place share the concat's
+    parent: dict[int, tuple[int, int]] = {}  # node -> (node whose buffer it lies in, element offset)
+
+    def resolve(nid: int) -> tuple[int, int]:
+        """(root node, element offset in root): where a node's memory is."""
+        off = 0
+        while nid in parent:
+            nid, shift = parent[nid]
+            off += shift
+        return nid, off
+
+    unplaceable = pinned | set(graph.outputs.values()) | {n.id for n in nodes.values() if n.op in SOURCE_OPS}
+    in_place_concats, placed = set(), set()  # concats built in place; the pieces computed into them
     for nid in order:
         n = nodes[nid]
         shift = _view_shift(n, nodes)
         if _in_place_op(n):  # overwriting its input is only legal when nothing reads that later
             assert all(pos.get(r, -1) <= pos[nid] for r in readers[n.inputs[0]]), f"node {nid} cannot run in place"
         if shift is not None and nid not in pinned:
-            root, off = view.get(n.inputs[0], (n.inputs[0], 0))
-            view[nid] = (root, off + shift)
+            parent[nid] = (n.inputs[0], shift)
+        elif n.op == "concat":
+            pieces = _concat_pieces(n, nodes, resolve, unplaceable)
+            if isinstance(pieces, str):
+                if REGISTRY["concat"].template is None:
+                    raise UserError(f"{n.where}: concat (node {nid}) cannot be built in place ({pieces}), "
+                                    "and op concat has no CUDA template to run it")
+                continue
+            for root, off in pieces:  # a piece's views move along with it
+                parent[root] = (nid, off)
+                placed.add(root)
+            in_place_concats.add(nid)
+    view = {nid: resolve(nid) for nid in parent}
     root_of = {nid: view.get(nid, (nid, 0))[0] for nid in nodes}
     members: dict[int, list[int]] = {}
     for nid, root in root_of.items():
@@ -130,7 +156,9 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
 
     # 3. the work region: a heap simulated over the schedule
     roots = [nid for nid in nodes if nid not in fixed and nid not in view]
-    born = {r: (pos[r] if r in pos else -1) for r in roots}  # float inputs exist before step 0
+    # born when its first member is computed (a concat built in place: its first piece); float
+    # inputs exist before step 0
+    born = {r: min(pos.get(k, -1) for k in members[r]) for r in roots}
     dies = {r: (end if any(root_of[k] == r for k in keep_alive) else last_read.get(r, born[r]))
             for r in roots}
     heap = _Heap()
@@ -156,7 +184,8 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
         offsets[nid] = (arena, off + shift)
     return ProgramMemory(
         offsets=offsets,
-        launches=[nid for nid in order if nid not in view or _in_place_op(nodes[nid])],
+        launches=[nid for nid in order
+                  if (nid not in view or nid in placed or _in_place_op(nodes[nid])) and nid not in in_place_concats],
         copies=copies,
         work_size=heap.peak,
         int_size=int_top,
@@ -179,6 +208,26 @@ def _view_shift(n: Node, nodes: dict[int, Node]) -> int | None:
         if prod(shape[:axis]) == 1:  # a contiguous run of the input
             return n.attr["start"] * prod(shape[axis + 1:])
     return None
+
+
+def _concat_pieces(n: Node, nodes: dict[int, Node], resolve, unplaceable: set[int]) -> list[tuple[int, int]] | str:
+    """(root, element offset in the concat) of each input's buffer, if every input can be computed
+    directly into its slice of the concat; otherwise why not."""
+    axis = n.attr["axis"]
+    if prod(n.shape[:axis]) != 1:
+        return f"its pieces are not contiguous along axis {axis}"
+    inner, start, pieces = prod(n.shape[axis + 1:]), 0, []
+    for i in n.inputs:
+        root, shift = resolve(i)
+        if shift or nodes[root].size != nodes[i].size:
+            return f"input {i} is part of another buffer"
+        if root in unplaceable:
+            return f"input {i} is a gradient, update, output or source"
+        if any(root == r for r, _ in pieces):
+            return f"input {i} is given twice"
+        pieces.append((root, start * inner))
+        start += nodes[i].shape[axis]
+    return pieces
 
 
 def _in_place(new: Node, state: int, pos, readers, members) -> bool:
