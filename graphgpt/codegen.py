@@ -118,6 +118,37 @@ def _collapse(extents, *strides) -> tuple[list[int], list[list[int]]]:
     return [e for e, _ in merged], [[st[i] for _, st in merged] for i in range(len(strides))]
 
 
+def _reshaped_strides(shape, strides, new_shape) -> list[int]:
+    """Strides that read the same elements as (shape, strides) in the order of `new_shape` (same size).
+    Axes are grouped into the shortest runs of equal size on both sides; within a run the operand
+    must be contiguous (one stride per element) or broadcast (stride 0) for that to exist."""
+    shape, new_shape, out = list(shape), list(new_shape), []
+    i = j = 0
+    while j < len(new_shape):
+        old_run, new_run, a, b = [i], [j], shape[i] if i < len(shape) else 1, new_shape[j]
+        i, j = i + 1, j + 1
+        while a != b:
+            if a < b:
+                a *= shape[i]
+                old_run.append(i)
+                i += 1
+            else:
+                b *= new_shape[j]
+                new_run.append(j)
+                j += 1
+        old_run = [k for k in old_run if k < len(shape) and shape[k] != 1]
+        inner = strides[old_run[-1]] if old_run else 0
+        for k, nxt in zip(old_run, old_run[1:]):
+            if strides[k] != strides[nxt] * shape[nxt]:
+                raise ValueError(f"strides {strides} of {shape} cannot be read as {new_shape}")
+        step, run = inner, []
+        for k in reversed(new_run):
+            run.append(step)
+            step *= new_shape[k]
+        out += run[::-1]
+    return out
+
+
 def _broadcast_shape(*shapes) -> list[int]:
     """NumPy's broadcast of shapes (a fused chain's shape from its operands')."""
     rank = max(len(s) for s in shapes)
@@ -171,7 +202,14 @@ def _elementwise(launch) -> Kernel:
     """A pointwise op, or a fused chain of them: every step is evaluated per element in registers."""
     out = launch["out"]
     shape = out[2]
-    extents, strides = _collapse(shape, *(_broadcast_strides(b[2], shape) for b in launch["in"]))
+    perm = launch["attrs"].get("perm")
+    if perm is None:
+        extents, strides = _collapse(shape, *(_broadcast_strides(b[2], shape) for b in launch["in"]))
+    else:  # the chain's result is written reshaped and transposed: operand strides in the output's order
+        chain = _broadcast_shape(*(b[2] for b in launch["in"]))
+        view = launch["attrs"].get("shape", chain)
+        operand_strides = [_reshaped_strides(chain, _broadcast_strides(b[2], chain), view) for b in launch["in"]]
+        extents, strides = _collapse(shape, *([st[p] for p in perm] for st in operand_strides))
     n = prod(shape)
     vec = VEC if n % VEC == 0 and _aligned(out) and (not extents or extents[-1] % VEC == 0) else 1
     grid, block = _streaming(n // vec)
@@ -303,8 +341,10 @@ def _layernorm(launch) -> Kernel:
     *lead, c = launch["out"][2]
     rows, vec = prod(lead), _row_vec(c, launch["out"], *launch["in"])
     per_lane = _cdiv(c // vec, 32)
+    attrs = launch["attrs"]
     return Kernel(launch["op"], {"op": launch["op"], "rows": rows, "c": c, "vec": vec, "per_lane": per_lane,
-                                 "cached": per_lane <= CACHED_ROW, "eps": _float(launch["attrs"]["eps"]),
+                                 "scaled": attrs.get("scaled", False), "accumulate": attrs.get("accumulate", False),
+                                 "cached": per_lane <= CACHED_ROW, "eps": _float(attrs["eps"]),
                                  "itype": _itype(launch["out"][2])},
                   (_cdiv(rows, WARPS), 1, 1), (THREADS, 1, 1))
 

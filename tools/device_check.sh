@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session: the GPU test suite, then the benchmarks, logs under $OUT (default ./runs).
-# usage: bash tools/device_check.sh [tests|bench|all]   (run from the repository root)
+# usage: bash tools/device_check.sh [tests|seed|gpt2|all]   (run from the repository root)
+#   seed: the seed workload, fp32 and TF32, fused against --no-fuse
+#   gpt2: GPT-2 124M shapes: TF32 throughput, fp32 peak memory with each --remat policy
 set -uo pipefail
 OUT=${OUT:-runs}
 mkdir -p "$OUT"
@@ -10,12 +12,26 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv |
 if [[ $what == tests || $what == all ]]; then
   python3 -m pytest -m gpu -q -p no:cacheprovider -rf --durations=15 2>&1 | tee "$OUT/gpu_tests.log"
 fi
-if [[ $what == bench || $what == all ]]; then
+if [[ $what == seed || $what == all ]]; then
   corpus=${GRAPHGPT_SEED_CORPUS:-../shared/data/dummy.txt}
   python3 tools/compile.py model.py --data "$corpus" --out /tmp/seed >/dev/null
+  python3 tools/compile.py model.py --data "$corpus" --out /tmp/seed_nofuse --no-fuse >/dev/null
   python3 tools/bench.py --plan /tmp/seed --json "$OUT/bench_seed_fp32.json" 2>&1 | tee "$OUT/bench_seed_fp32.log"
+  python3 tools/bench.py --plan /tmp/seed_nofuse --no-torch --json "$OUT/bench_seed_fp32_nofuse.json" 2>&1 \
+    | tee "$OUT/bench_seed_fp32_nofuse.log"
   python3 tools/bench.py --plan /tmp/seed --tf32 --json "$OUT/bench_seed_tf32.json" 2>&1 | tee "$OUT/bench_seed_tf32.log"
-  python3 tools/compile.py model.py --out /tmp/gpt2 --set n_layer=12 --set n_head=12 --set n_embd=768 \
-    --set block_size=1024 --set vocab_size=50304 --set batch_size=16 >/dev/null
-  python3 tools/bench.py --plan /tmp/gpt2 --tf32 --json "$OUT/bench_124m_tf32.json" 2>&1 | tee "$OUT/bench_124m_tf32.log"
+fi
+if [[ $what == gpt2 || $what == all ]]; then
+  gpt2=(--set n_layer=12 --set n_head=12 --set n_embd=768 --set block_size=1024 --set vocab_size=50304 --set batch_size=16)
+  for remat in none attention all; do
+    python3 tools/compile.py model.py --out "/tmp/gpt2_$remat" --remat "$remat" "${gpt2[@]}" >/dev/null
+  done
+  python3 tools/bench.py --plan /tmp/gpt2_attention --tf32 --steps 10 --repeat 3 --json "$OUT/bench_124m_tf32.json" 2>&1 \
+    | tee "$OUT/bench_124m_tf32.log"
+  python3 tools/bench.py --plan /tmp/gpt2_attention --steps 3 --repeat 3 --json "$OUT/bench_124m_fp32.json" 2>&1 \
+    | tee "$OUT/bench_124m_fp32.log"
+  for remat in none all; do
+    python3 tools/bench.py --plan "/tmp/gpt2_$remat" --no-torch --steps 3 --repeat 3 \
+      --json "$OUT/bench_124m_fp32_remat_$remat.json" 2>&1 | tee "$OUT/bench_124m_fp32_remat_$remat.log"
+  done
 fi

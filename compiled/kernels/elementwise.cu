@@ -82,18 +82,37 @@ extern "C" __global__ void __launch_bounds__(256) fused_caa34c0148(float* out, c
 
 // s0 = add(x0, x1); out = s0
 // 4718592 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) add_0b447dcdb7(float* out, const float* in0, const float* in1)
+extern "C" __global__ void __launch_bounds__(256) fused_6d9a33f788(float* out, const float* in0, const float* in1)
 {
     // No __restrict__: an optimizer update may write its result over one of its operands.
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
     if (i >= 4718592) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
+    auto index_x0 = [](const idx flat) -> idx {
+        idx rest = flat, at = 0;
+        at += rest % 64;
+        rest /= 64;
+        at += rest % 256 * 1152;
+        rest /= 256;
+        at += rest % 6 * 64;
+        rest /= 6;
+        at += rest % 16 * 294912;
+        rest /= 16;
+        at += rest * 384;
+        (void)rest;
+        return at;
+    };
+    const Vec<VEC> x0 = load<VEC>(in0 + index_x0(i));
     auto index_x1 = [](const idx flat) -> idx {
         idx rest = flat, at = 0;
-        at += rest % 1152;
-        rest /= 1152;
+        at += rest % 64;
+        rest /= 64;
+        rest /= 256;
+        at += rest % 6 * 64;
+        rest /= 6;
+        rest /= 16;
+        at += rest * 384;
         (void)rest;
         return at;
     };
@@ -169,34 +188,6 @@ extern "C" __global__ void __launch_bounds__(256) fused_2c66a0ca1d(float* out, c
     store<VEC>(out + i, y);
 }
 
-// s0 = mul(x0, x1); out = s0
-// 1572864 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) mul_8315733078(float* out, const float* in0, const float* in1)
-{
-    // No __restrict__: an optimizer update may write its result over one of its operands.
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 1572864) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
-    auto index_x1 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 384;
-        rest /= 384;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x1 = load<VEC>(in1 + index_x1(i));
-    auto op0 = [](const float a, const float b) { return a * b; };
-    Vec<VEC> y;
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x0.v[c], x1.v[c]);
-        y.v[c] = s0;
-    }
-    store<VEC>(out + i, y);
-}
-
 // s0 = add(x0, x1); s1 = gelu_grad(s0, x2); out = s1
 // 6291456 elements, VEC = 4, operands read as vec, vec, vec
 extern "C" __global__ void __launch_bounds__(256) fused_607727603a(float* out, const float* in0, const float* in1, const float* in2)
@@ -224,27 +215,6 @@ extern "C" __global__ void __launch_bounds__(256) fused_607727603a(float* out, c
         const float s0 = op0(x0.v[c], x1.v[c]);
         const float s1 = op1(s0, x2.v[c]);
         y.v[c] = s1;
-    }
-    store<VEC>(out + i, y);
-}
-
-// s0 = add(x0, x1); out = s0
-// 1572864 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) add_86e763a716(float* out, const float* in0, const float* in1)
-{
-    // No __restrict__: an optimizer update may write its result over one of its operands.
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 1572864) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
-    const Vec<VEC> x1 = load<VEC>(in1 + i);
-    auto op0 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x0.v[c], x1.v[c]);
-        y.v[c] = s0;
     }
     store<VEC>(out + i, y);
 }
@@ -1557,18 +1527,30 @@ extern "C" __global__ void __launch_bounds__(256) fused_1106a7b7fc(float* out, c
 
 // s0 = add(x0, x1); out = s0
 // 294912 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) add_60e8f43cea(float* out, const float* in0, const float* in1)
+extern "C" __global__ void __launch_bounds__(256) fused_4240d1d149(float* out, const float* in0, const float* in1)
 {
     // No __restrict__: an optimizer update may write its result over one of its operands.
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
     if (i >= 294912) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
+    auto index_x0 = [](const idx flat) -> idx {
+        idx rest = flat, at = 0;
+        at += rest % 64;
+        rest /= 64;
+        at += rest % 256 * 1152;
+        rest /= 256;
+        at += rest * 64;
+        (void)rest;
+        return at;
+    };
+    const Vec<VEC> x0 = load<VEC>(in0 + index_x0(i));
     auto index_x1 = [](const idx flat) -> idx {
         idx rest = flat, at = 0;
-        at += rest % 1152;
-        rest /= 1152;
+        at += rest % 64;
+        rest /= 64;
+        rest /= 256;
+        at += rest * 64;
         (void)rest;
         return at;
     };

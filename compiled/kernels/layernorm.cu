@@ -49,7 +49,7 @@ __device__ __forceinline__ bool last_block(unsigned int* ticket, unsigned int bl
 
 
 // normalize: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) normalize_c06c1dfd11(float* __restrict__ out, const float* __restrict__ x)
+extern "C" __global__ void __launch_bounds__(256) normalize_b97601ad42(float* __restrict__ out, const float* __restrict__ x)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -60,9 +60,10 @@ extern "C" __global__ void __launch_bounds__(256) normalize_c06c1dfd11(float* __
     auto at = [&](int it) { return (lane + 32 * it) * VEC; };
     auto in_row = [&](int it) { return C % (32 * VEC) == 0 || at(it) < C; };
     const float* x_row = x + row * C;
+    auto x_load = [&](int it) { return load<VEC>(x_row + at(it)); };
     Vec<VEC> x_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) x_reg[it] = in_row(it) ? load<VEC>(x_row + at(it)) : splat<VEC>(0.0f);
+    for (int it = 0; it < ITEMS; ++it) x_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
     auto X = [&](int it) { return x_reg[it]; };
     float sum = 0.0f;
 #pragma unroll
@@ -92,8 +93,8 @@ extern "C" __global__ void __launch_bounds__(256) normalize_c06c1dfd11(float* __
         }
 }
 
-// normalize_grad: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) normalize_grad_9c551d7422(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ g)
+// fused_normalize_grad: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
+extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_f8b46bbcf7(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ gamma)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -104,14 +105,22 @@ extern "C" __global__ void __launch_bounds__(256) normalize_grad_9c551d7422(floa
     auto at = [&](int it) { return (lane + 32 * it) * VEC; };
     auto in_row = [&](int it) { return C % (32 * VEC) == 0 || at(it) < C; };
     const float* x_row = x + row * C;
+    auto x_load = [&](int it) { return load<VEC>(x_row + at(it)); };
     Vec<VEC> x_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) x_reg[it] = in_row(it) ? load<VEC>(x_row + at(it)) : splat<VEC>(0.0f);
+    for (int it = 0; it < ITEMS; ++it) x_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
     auto X = [&](int it) { return x_reg[it]; };
     const float* g_row = g + row * C;
+    auto g_load = [&](int it) {
+        Vec<VEC> v = load<VEC>(g_row + at(it));
+        const Vec<VEC> s = load<VEC>(gamma + at(it));
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) v.v[c] *= s.v[c];
+        return v;
+    };
     Vec<VEC> g_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) g_reg[it] = in_row(it) ? load<VEC>(g_row + at(it)) : splat<VEC>(0.0f);
+    for (int it = 0; it < ITEMS; ++it) g_reg[it] = in_row(it) ? g_load(it) : splat<VEC>(0.0f);
     auto G = [&](int it) { return g_reg[it]; };
     float sum = 0.0f;
 #pragma unroll
@@ -153,8 +162,80 @@ extern "C" __global__ void __launch_bounds__(256) normalize_grad_9c551d7422(floa
         }
 }
 
+// fused_normalize_grad: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
+extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_9efa6a185c(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ gamma, const float* __restrict__ residual)
+{
+    constexpr int VEC = 4, ITEMS = 3, C = 384;
+    using idx = unsigned int;
+    const idx row = static_cast<idx>(blockIdx.x) * 8 + threadIdx.x / 32;
+    if (row >= 4096) return;  // a whole warp leaves together
+    const int lane = threadIdx.x % 32;
+    // A lane's it-th vector starts at column at(it); the row's last vectors may lie past its end.
+    auto at = [&](int it) { return (lane + 32 * it) * VEC; };
+    auto in_row = [&](int it) { return C % (32 * VEC) == 0 || at(it) < C; };
+    const float* x_row = x + row * C;
+    auto x_load = [&](int it) { return load<VEC>(x_row + at(it)); };
+    Vec<VEC> x_reg[ITEMS];
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it) x_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
+    auto X = [&](int it) { return x_reg[it]; };
+    const float* g_row = g + row * C;
+    auto g_load = [&](int it) {
+        Vec<VEC> v = load<VEC>(g_row + at(it));
+        const Vec<VEC> s = load<VEC>(gamma + at(it));
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) v.v[c] *= s.v[c];
+        return v;
+    };
+    Vec<VEC> g_reg[ITEMS];
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it) g_reg[it] = in_row(it) ? g_load(it) : splat<VEC>(0.0f);
+    auto G = [&](int it) { return g_reg[it]; };
+    float sum = 0.0f;
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (in_row(it))
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) sum += X(it).v[c];
+    const float mean = warp_sum(sum) / C;
+    float var = 0.0f;
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (in_row(it))
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) {
+                const float d = X(it).v[c] - mean;
+                var += d * d;
+            }
+    const float rstd = rsqrtf(warp_sum(var) / C + 1e-05f);
+    float* out_row = out + row * C;
+    // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * rstd
+    float g_sum = 0.0f, gx_sum = 0.0f;
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (in_row(it))
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) {
+                g_sum += G(it).v[c];
+                gx_sum += G(it).v[c] * ((X(it).v[c] - mean) * rstd);
+            }
+    const float g_mean = warp_sum(g_sum) / C, gx_mean = warp_sum(gx_sum) / C;
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (in_row(it)) {
+            const Vec<VEC> xv = X(it), gv = G(it);
+            Vec<VEC> y;
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) y.v[c] = rstd * (gv.v[c] - g_mean - (xv.v[c] - mean) * rstd * gx_mean);
+            const Vec<VEC> r = load<VEC>(residual + row * C + at(it));
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) y.v[c] += r.v[c];
+            store<VEC>(out_row + at(it), y);
+        }
+}
+
 // normalize: 256 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) normalize_2f66995dd7(float* __restrict__ out, const float* __restrict__ x)
+extern "C" __global__ void __launch_bounds__(256) normalize_9276f22c1a(float* __restrict__ out, const float* __restrict__ x)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -165,9 +246,10 @@ extern "C" __global__ void __launch_bounds__(256) normalize_2f66995dd7(float* __
     auto at = [&](int it) { return (lane + 32 * it) * VEC; };
     auto in_row = [&](int it) { return C % (32 * VEC) == 0 || at(it) < C; };
     const float* x_row = x + row * C;
+    auto x_load = [&](int it) { return load<VEC>(x_row + at(it)); };
     Vec<VEC> x_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) x_reg[it] = in_row(it) ? load<VEC>(x_row + at(it)) : splat<VEC>(0.0f);
+    for (int it = 0; it < ITEMS; ++it) x_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
     auto X = [&](int it) { return x_reg[it]; };
     float sum = 0.0f;
 #pragma unroll

@@ -3,7 +3,10 @@
 attrs["program"] is a tuple of steps (op, attrs, args); an arg k >= 0 names the result of step
 k, an arg -1 - i names external input i. The last step is the result. Its shape rule, reference
 and (on the GPU) code are those of its steps, in order, so a fused node computes bit for bit what
-the nodes it replaces computed.
+the nodes it replaces computed. With attrs["perm"] the chain's result is written transposed (a
+transpose that read the chain, possibly through a reshape to attrs["shape"], is folded into it):
+the kernel reads its operands in the output's order, so the chain's result is never written in
+its own layout.
 
 `fused_sum` is a `sum` whose input is such a chain (its "prologue"): the kernel evaluates the
 program per element where a `sum` loads its input, so the pointwise result never goes to memory.
@@ -22,11 +25,19 @@ def _run(program, inputs, step):
 
 
 def _infer(attrs, *specs: Spec) -> Spec:
-    return _run(attrs["program"], specs, lambda op, a, ins: REGISTRY[op].infer(a, *ins))
+    spec = _run(attrs["program"], specs, lambda op, a, ins: REGISTRY[op].infer(a, *ins))
+    if "shape" in attrs:
+        spec = REGISTRY["reshape"].infer({"shape": attrs["shape"]}, spec)
+    if "perm" in attrs:
+        spec = REGISTRY["transpose"].infer({"perm": attrs["perm"]}, spec)
+    return spec
 
 
 def _ref(attrs, *arrays):
-    return _run(attrs["program"], arrays, lambda op, a, ins: REGISTRY[op].ref(a, *ins))
+    out = _run(attrs["program"], arrays, lambda op, a, ins: REGISTRY[op].ref(a, *ins))
+    if "shape" in attrs:
+        out = out.reshape(attrs["shape"])
+    return out.transpose(attrs["perm"]) if "perm" in attrs else out
 
 
 register(Op("fused", "elementwise", _infer, ref=_ref,

@@ -66,6 +66,34 @@ register(Op("normalize_grad", "nn", _same, ref=lambda a, x, g: _normalize_grad(x
             nondiff=BACKWARD_ONLY, template="layernorm"))
 
 
+# LayerNorm's backward as llm.c writes it, made by the fusion pass: the incoming gradient is scaled
+# by the per-column gamma as the row is loaded (attrs["scaled"]: input gamma follows g) and the
+# result is added to the residual stream's gradient as it is stored (attrs["accumulate"]: input
+# residual comes last), so neither g * gamma nor the unaccumulated dx goes to memory.
+def _fused_normalize_grad_infer(attrs, x, g, *rest):
+    _same(attrs, x, g)
+    rest = list(rest)
+    if attrs["scaled"]:
+        gamma = rest.pop(0)
+        require(gamma.shape == x.shape[-1:], f"gamma {gamma.shape} is not one value per column of {x.shape}")
+    if attrs["accumulate"]:
+        _same(attrs, x, rest.pop(0))
+    require(not rest, "too many inputs")
+    return x
+
+
+def _fused_normalize_grad(attrs, x, g, *rest):
+    rest = list(rest)
+    if attrs["scaled"]:
+        g = g * rest.pop(0)
+    dx = _normalize_grad(x, g, attrs["eps"])
+    return dx + rest.pop(0) if attrs["accumulate"] else dx
+
+
+register(Op("fused_normalize_grad", "nn", _fused_normalize_grad_infer, ref=_fused_normalize_grad,
+            nondiff="made by the fusion pass, which runs after autodiff", template="layernorm"))
+
+
 # ---- causal softmax: softmax(scale * x) over the last axis, key j > query i masked out --------
 def _square(attrs, x, *rest):
     _same(attrs, x, *rest)

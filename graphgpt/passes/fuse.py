@@ -12,6 +12,13 @@ g * g, LayerNorm's sum(g * xhat)) is folded into it as a `fused_sum`, whose kern
 chain where it would load its input. Its operands must be of the chain's size or scalars: the
 reduction kernels walk all of them with the input's indexing.
 
+The same holds for a transpose of a pointwise chain (seen through a reshape, as where attention
+splits its heads): the chain is computed in the transpose's output order (attrs "shape" and
+"perm" of the fused node), reading its operands through reshaped and permuted strides.
+
+LayerNorm's backward takes in its neighbours: the gradient's scaling by gamma before it, the
+residual stream's gradient accumulation after it (fused_normalize_grad).
+
 Before all that, a sum of pads that tile one axis becomes a concat, which the memory plan builds in
 place: each piece is computed straight into its slice, so neither the pads nor the adds run.
 """
@@ -35,7 +42,7 @@ def fuse(graph: Graph) -> Graph:
     inlined = {n.id for n in graph.nodes.values()
                if pointwise(n) and n.id not in needed and users[n.id]
                and all(pointwise(graph.nodes[u]) and graph.nodes[u].shape == n.shape for u in users[n.id])}
-    prologues = {}  # sum id -> its input as a fused node
+    prologues = {}  # sum or transpose id -> its input as a fused node
     for n in graph.of_op("sum"):
         src = graph.nodes[n.inputs[0]]
         if pointwise(src) and src.id not in needed and users[src.id] == [n.id]:
@@ -43,19 +50,60 @@ def fuse(graph: Graph) -> Graph:
             if all(graph.nodes[i].size in (1, src.size) for i in chain.inputs):
                 prologues[n.id] = chain
     folded = {graph.nodes[s].inputs[0] for s in prologues}
+    for n in graph.of_op("transpose"):
+        src, reshaped = graph.nodes[n.inputs[0]], {}
+        if src.op == "reshape" and src.id not in needed and users[src.id] == [n.id]:
+            reshaped, src = {"shape": src.shape}, graph.nodes[src.inputs[0]]
+        if pointwise(src) and src.id not in needed and len(users[src.id]) == 1:
+            chain = _fused_node(graph, src, inlined)
+            prologues[n.id] = replace(chain, attrs=_freeze({**dict(chain.attrs), **reshaped}))
+            folded |= {src.id, n.inputs[0]}
+    rows, absorbed = _normalize_grads(graph, users, needed, inlined | folded)
+    folded |= absorbed
     out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
     out._next_id = graph._next_id
     for n in graph.nodes.values():
+        if n.id in rows:
+            out.nodes[n.id] = rows[n.id]
+            continue
         if n.id in inlined or n.id in folded:
             continue
         if n.id in prologues:
             chain = prologues[n.id]
-            n = replace(n, op="fused_sum", inputs=chain.inputs,
+            n = replace(n, op="fused_sum" if n.op == "sum" else "fused", inputs=chain.inputs,
                         attrs=_freeze({**dict(n.attrs), **dict(chain.attrs)}))
+            assert REGISTRY[n.op].infer(n.attr, *(graph.nodes[i] for i in n.inputs)).shape == n.shape
         elif pointwise(n) and any(i in inlined for i in n.inputs):
             n = _fused_node(graph, n, inlined)
         out.nodes[n.id] = n
     return out
+
+
+def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> tuple[dict[int, Node], set[int]]:
+    """LayerNorm backward: normalize_grad(x, dy * gamma), added to the residual's gradient, becomes one
+    fused_normalize_grad (see ops/nn.py). Returns the new nodes by the id they replace, and the ids
+    they absorb."""
+    rows, absorbed = {}, set()
+    for n in graph.of_op("normalize_grad"):
+        x, g = n.inputs
+        inputs, attrs, eaten, at = [x, g], {"eps": n.attr["eps"], "scaled": False, "accumulate": False}, set(), n.id
+        m = graph.nodes[g]
+        if m.op == "mul" and m.id not in needed and users[m.id] == [n.id]:
+            for dy, gamma in (m.inputs, m.inputs[::-1]):
+                if graph.nodes[dy].shape == n.shape and graph.nodes[gamma].shape == n.shape[-1:]:
+                    inputs, attrs["scaled"] = [x, dy, gamma], True
+                    eaten.add(m.id)
+                    break
+        a = graph.nodes[users[n.id][0]] if len(users[n.id]) == 1 else None
+        if (a is not None and a.op == "add" and n.id not in needed and a.id not in taken
+                and len(set(a.inputs)) == 2 and all(graph.nodes[i].shape == n.shape for i in a.inputs)):
+            inputs.append(next(i for i in a.inputs if i != n.id))
+            attrs["accumulate"], at = True, a.id
+            eaten.add(n.id)
+        if (attrs["scaled"] or attrs["accumulate"]) and not (set(inputs) & (taken | absorbed | eaten)):
+            rows[at] = replace(n, id=at, op="fused_normalize_grad", inputs=tuple(inputs), attrs=_freeze(attrs))
+            absorbed |= eaten
+    return rows, absorbed
 
 
 def _concats(graph: Graph) -> Graph:
