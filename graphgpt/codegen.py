@@ -385,11 +385,14 @@ def _embedding(launch) -> Kernel:
     rows, c = out[2]
     vec = VEC if c % VEC == 0 and _aligned(out, g) else 1
     threads = min(THREADS, _cdiv(c // vec, 32) * 32)
-    block_rows = max(1, min(32, 8192 // (threads * vec)))  # table rows a block owns: <= 32 KiB of sums
+    col_blocks = _cdiv(c, threads * vec)
+    # table rows a block owns: <= 32 KiB of sums, and few enough that the blocks fill the GPU (every
+    # block scans all ids, so a small table is better spread one row per block)
+    block_rows = max(1, min(32, 8192 // (threads * vec), rows * col_blocks // WAVE))
     return Kernel("embedding_grad", {"op": "embedding_grad", "rows": rows, "c": c, "n": prod(ids[2]),
                                      "vec": vec, "threads": threads, "block_rows": block_rows,
                                      "itype": _itype(out[2], g[2])},
-                  (_cdiv(rows, block_rows), _cdiv(c, threads * vec), 1), (threads, 1, 1))
+                  (_cdiv(rows, block_rows), col_blocks, 1), (threads, 1, 1))
 
 
 LOWER = {"elementwise": _elementwise, "shape": _shape, "reduce": _reduce, "layernorm": _layernorm,

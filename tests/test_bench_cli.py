@@ -162,6 +162,8 @@ def test_rows_in_table_order():
     assert [n for n, _ in rows] == ["graphgpt graph", "graphgpt no-graph", "torch eager", "torch.compile",
                                     "torch.compile bf16"]
     assert [o.get("precision") for _, o in rows] == [None, None, "tf32", "tf32", "bf16"]
+    assert [n for n, _ in bench.methods(True, False, eager_only=True)] == ["graphgpt graph", "graphgpt no-graph",
+                                                                          "torch eager"]
 
 
 def test_synthetic_batch_targets_are_the_next_tokens():

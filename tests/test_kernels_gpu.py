@@ -41,7 +41,7 @@ def _int_range(launch: dict) -> int:
 def _inputs(launch: dict, rng) -> list[np.ndarray]:
     """Valid random inputs for a launch."""
     op = launch["op"]
-    steps = [s[0] for s in launch["attrs"]["program"]] if op == "fused" else [op]
+    steps = [s[0] for s in launch["attrs"]["program"]] if "program" in launch["attrs"] else [op]
     positive = "log" in steps or "sqrt" in steps
     values = []
     for arena, _, shape in launch["in"]:
@@ -53,7 +53,7 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
             values.append(rng.standard_normal(shape, dtype=np.float32))
     if op == "causal_softmax_grad":  # y must be a causal softmax: zero above the diagonal
         values[0] = REGISTRY["causal_softmax"].ref({"scale": 1.0}, 3 * values[0]).astype(np.float32)
-    elif op in ("normalize", "normalize_grad"):
+    elif op in ("normalize", "normalize_grad", "fused_normalize_grad"):
         values[0] = 2 * values[0] + 3  # rows with a mean to remove
     elif op.startswith("cross_entropy"):
         values[0] *= 3

@@ -52,6 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tf32", action="store_true", help="float32 matmuls on TF32 tensor cores, in graphgpt and torch")
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
                    help="time PyTorch too (default: when torch is importable)")
+    p.add_argument("--eager-only", action="store_true",
+                   help="of the PyTorch rows, only eager (torch.compile's compilation takes minutes on large models)")
     p.add_argument("--optimizer", choices=("exact", "torch"), default="exact",
                    help="torch rows' optimizer: graphgpt's Adam formula or torch.optim.Adam (default: exact)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write every number, the device and the command here")
@@ -252,15 +254,16 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def methods(use_torch: bool, tf32: bool) -> list[tuple[str, dict]]:
+def methods(use_torch: bool, tf32: bool, eager_only: bool = False) -> list[tuple[str, dict]]:
     """(row name, runner arguments), in table order."""
     out = [("graphgpt graph", dict(kind="graphgpt", graph=True)),
            ("graphgpt no-graph", dict(kind="graphgpt", graph=False))]
     if use_torch:
         precision = "tf32" if tf32 else "fp32"
-        out += [("torch eager", dict(kind="torch", compiled=False, precision=precision)),
-                ("torch.compile", dict(kind="torch", compiled=True, precision=precision)),
-                ("torch.compile bf16", dict(kind="torch", compiled=True, precision="bf16"))]
+        out += [("torch eager", dict(kind="torch", compiled=False, precision=precision))]
+        if not eager_only:
+            out += [("torch.compile", dict(kind="torch", compiled=True, precision=precision)),
+                    ("torch.compile bf16", dict(kind="torch", compiled=True, precision="bf16"))]
     return out
 
 
@@ -332,7 +335,7 @@ def bench(args, argv: list[str]) -> int:
           f"{args.warmup} warm-up steps, then {args.repeat} blocks of {args.steps} steps (median)", flush=True)
     weights, batch = init_params(plan, seed=0), synthetic_batch(cfg)
     rows = []
-    for name, options in methods(use_torch, args.tf32):
+    for name, options in methods(use_torch, args.tf32, args.eager_only):
         print(f"  {name} ...", flush=True)
         rows.append(Row(name, *run_method(plan, weights, batch, args, **options)))
     print(format_table(summarize(rows, tokens_per_step)))

@@ -26,9 +26,9 @@ if [[ $what == gpt2 || $what == all ]]; then
   for remat in none attention all; do
     python3 tools/compile.py model.py --out "/tmp/gpt2_$remat" --remat "$remat" "${gpt2[@]}" >/dev/null
   done
-  python3 tools/bench.py --plan /tmp/gpt2_attention --tf32 --steps 10 --repeat 3 --json "$OUT/bench_124m_tf32.json" 2>&1 \
+  python3 tools/bench.py --plan /tmp/gpt2_attention --tf32 --eager-only --steps 10 --repeat 3 --json "$OUT/bench_124m_tf32.json" 2>&1 \
     | tee "$OUT/bench_124m_tf32.log"
-  python3 tools/bench.py --plan /tmp/gpt2_attention --steps 3 --repeat 3 --json "$OUT/bench_124m_fp32.json" 2>&1 \
+  python3 tools/bench.py --plan /tmp/gpt2_attention --eager-only --steps 3 --repeat 3 --json "$OUT/bench_124m_fp32.json" 2>&1 \
     | tee "$OUT/bench_124m_fp32.log"
   for remat in none all; do
     python3 tools/bench.py --plan "/tmp/gpt2_$remat" --no-torch --steps 3 --repeat 3 \

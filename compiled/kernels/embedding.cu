@@ -24,10 +24,10 @@ extern "C" __global__ void __launch_bounds__(256) embedding_65c05ad412(float* __
     store<VEC>(out + i, load<VEC>(table + static_cast<idx>(ids[i / C]) * C + i % C));
 }
 
-// embedding_grad: 99 x 384 table from 4096 ids, 21 rows per block, VEC = 4
-extern "C" __global__ void __launch_bounds__(96) embedding_grad_feea9bf250(float* __restrict__ out, const int* __restrict__ ids, const float* __restrict__ g)
+// embedding_grad: 99 x 384 table from 4096 ids, 1 rows per block, VEC = 4
+extern "C" __global__ void __launch_bounds__(96) embedding_grad_f65033c012(float* __restrict__ out, const int* __restrict__ ids, const float* __restrict__ g)
 {
-    constexpr int VEC = 4, C = 384, THREADS = 96, BLOCK_ROWS = 21;
+    constexpr int VEC = 4, C = 384, THREADS = 96, BLOCK_ROWS = 1;
     using idx = unsigned int;
     __shared__ Vec<VEC> sums[BLOCK_ROWS][THREADS];  // thread t only touches column t: no races
     __shared__ int row_of[THREADS];                 // the current chunk's ids, relative to first_row
