@@ -22,6 +22,7 @@ from .ir import INT, Graph
 from .ops import REGISTRY
 from .passes.fuse import fuse
 from .passes.memory import Layout, ProgramMemory, persistent_layout, plan_program
+from .passes.multi_tensor import merge_launches
 from .passes.remat import POLICIES, rematerialize
 from .passes.schedule import schedule
 from .passes.simplify import simplify
@@ -129,7 +130,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     for name, graph in (("train", train), ("generate", generate)):
         order = schedule(graph)
         programs[name] = (graph, order, plan_program(graph, order, layout))
-    data = _plan_data(model_path, model_cfg, opt_cfg, tokenizer, layout, programs)
+    data = _plan_data(model_path, model_cfg, opt_cfg, tokenizer, layout, programs, fusion)
     for program in data["programs"].values():
         for launch in program["launches"]:
             if launch["op"] == "matmul":
@@ -145,7 +146,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}
     report = _report(data, programs, baseline, peaks)
     files["report.txt"] = report
-    log(f"  plan       {sum(len(p[2].launches) + len(p[2].copies) for p in programs.values())} launches, "
+    log(f"  plan       {sum(len(p['launches']) for p in data['programs'].values())} launches, "
         f"{time.perf_counter() - t0:.1f} s")
     return Compiled(data, files, report)
 
@@ -181,7 +182,7 @@ def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool) -> Graph:
 
 
 def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Tokenizer, layout: Layout,
-               programs: dict[str, tuple[Graph, list[int], ProgramMemory]]) -> dict:
+               programs: dict[str, tuple[Graph, list[int], ProgramMemory]], fusion: bool) -> dict:
     train = programs["train"][0]
     tensors = []
     for n in train.nodes.values():
@@ -208,12 +209,12 @@ def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Toke
                   "regions": layout.regions},
         "tensors": tensors,
         "consts": [[off, value] for value, off in sorted(layout.consts.items(), key=lambda kv: kv[1])],
-        "programs": {name: _program(g, mem) for name, (g, _, mem) in programs.items()},
+        "programs": {name: _program(g, mem, fusion) for name, (g, _, mem) in programs.items()},
         "tokenizer": tokenizer.to_json(),
     }
 
 
-def _program(graph: Graph, mem: ProgramMemory) -> dict:
+def _program(graph: Graph, mem: ProgramMemory, fusion: bool) -> dict:
     def buf(nid: int) -> list:
         arena, off = mem.offsets[nid]
         return [arena, off, list(graph.nodes[nid].shape)]
@@ -226,6 +227,8 @@ def _program(graph: Graph, mem: ProgramMemory) -> dict:
     for new, state in mem.copies:
         launches.append({"op": "copy", "out": buf(state), "in": [buf(new)], "attrs": {},
                          "node": new, "where": "update of " + graph.nodes[state].name})
+    if fusion:
+        launches = merge_launches(launches)
     inputs = {n.name: buf(n.id) for n in graph.of_op("input")}
     return {
         "inputs": dict(sorted(inputs.items())),
@@ -260,7 +263,7 @@ def _report(data: dict, programs, unfused: dict | None, remat: dict[str, Program
     for name in ("params", "grads", "state", "consts", "work"):
         lines.append(f"  {name:<19} {mib(regions[name][1])}")
     for name, (graph, _, mem) in programs.items():
-        st = _stats(graph, mem)
+        st = dict(_stats(graph, mem), launches=len(data["programs"][name]["launches"]))  # multi-tensor joins
         lines += [f"program {name}",
                   f"  launches            {st['launches']}",
                   f"  bytes moved (est.)  {st['bytes'] / 1e9:9.2f} GB",

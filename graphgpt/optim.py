@@ -63,13 +63,18 @@ def add_training(graph: Graph, loss: Value, cfg: dict) -> None:
         scale = clip / graph.add("maximum", (norm, clip))
     scalars = {name: graph.add("input", name=name, shape=(), dtype="f32") for name in scalar_inputs(cfg)}
     b1, b2, eps = cfg["beta1"], cfg["beta2"], cfg["eps"]
+    # One kind of value at a time, over all parameters (all m, then all v, then the parameters): the
+    # states of a kind are created, laid out and updated in parameter order, so each kind's update
+    # runs as one multi-tensor launch (passes/multi_tensor.py).
+    ms = {p.id: graph.add("state", name=f"adam.m.{p.node.name}", shape=p.shape, dtype="f32") for p in params}
+    vs = {p.id: graph.add("state", name=f"adam.v.{p.node.name}", shape=p.shape, dtype="f32") for p in params}
+
+    gs = {p.id: grads[p.id] * scale if scale is not None else grads[p.id] for p in params}
+    # Each new value reads its old value last, so the memory plan can update it in place.
+    m_news = {p.id: ms[p.id] + (gs[p.id] - ms[p.id]) * (1.0 - b1) for p in params}
+    v_news = {p.id: vs[p.id] + (gs[p.id] * gs[p.id] - vs[p.id]) * (1.0 - b2) for p in params}
     for p in params:
-        g = grads[p.id] * scale if scale is not None else grads[p.id]
-        m = graph.add("state", name=f"adam.m.{p.node.name}", shape=p.shape, dtype="f32")
-        v = graph.add("state", name=f"adam.v.{p.node.name}", shape=p.shape, dtype="f32")
-        # Each new value reads its old value last, so the memory plan can update it in place.
-        m_new = m + (g - m) * (1.0 - b1)
-        v_new = v + (g * g - v) * (1.0 - b2)
+        m, v, m_new, v_new = ms[p.id], vs[p.id], m_news[p.id], v_news[p.id]
         if cfg["optimizer"] == "adam":
             step = (m_new * scalars["step_size"]) / (graph.add("sqrt", (v_new,)) + eps)
         else:

@@ -1,0 +1,71 @@
+"""Multi-tensor launches: consecutive pointwise launches that do the same thing to tensors lying
+one after another in memory run as one launch over the joined range.
+
+This is what the optimizer needs: the update of every parameter is the same chain (m, then v,
+then the parameter), and parameters, gradients and each kind of optimizer state sit in their
+regions in the same order, so the m-updates of all parameters are one elementwise pass over the m
+region, the gradient region and the clip scale. The joined range also covers the few padding
+elements between tensors (regions align each tensor to 4 floats); those are zero and computing on
+them changes nothing anyone reads.
+
+It works on the plan's launch list, after memory planning, because only there are the offsets
+known. A launch may join its predecessor when both are `fused` with the same program, every
+operand is either a scalar shared by both or a full-size tensor that starts where the
+predecessor's ended (at the same distance as the output's), and nothing in between breaks the
+order (they are neighbours in the list, and a pointwise launch's element i depends only on
+element i of its operands).
+"""
+from __future__ import annotations
+
+from ..ops.registry import prod
+from .memory import aligned
+
+
+def merge_launches(launches: list[dict]) -> list[dict]:
+    out: list[dict] = []
+    for launch in launches:
+        if out and _continues(out[-1], launch):
+            out[-1] = _joined(out[-1], launch)
+        else:
+            out.append(launch)
+    return out
+
+
+def _size(buf) -> int:
+    return prod(buf[2])
+
+
+def _mergeable(launch: dict) -> bool:
+    """Pointwise over its output's shape: every operand is that shape or a scalar."""
+    out = launch["out"]
+    return (launch["op"] == "fused" and not {"perm", "shape"} & set(launch["attrs"]) and _size(out) > 1
+            and all(_size(b) == 1 or list(b[2]) == list(out[2]) for b in launch["in"]))
+
+
+def _continues(prev: dict, nxt: dict) -> bool:
+    if not (_mergeable(prev) and _mergeable(nxt)) or prev["attrs"]["program"] != nxt["attrs"]["program"]:
+        return False
+    if len(prev["in"]) != len(nxt["in"]):
+        return False
+    step = aligned(_size(prev["out"]))  # where the next tensor of each region starts
+    if nxt["out"][0] != prev["out"][0] or nxt["out"][1] != prev["out"][1] + step:
+        return False
+    for a, b in zip(prev["in"], nxt["in"]):
+        if (_size(a) == 1) != (_size(b) == 1):
+            return False
+        if _size(b) == 1 and a[:2] != b[:2]:                     # a scalar: the same one
+            return False
+        if _size(b) > 1 and (a[0] != b[0] or b[1] != a[1] + step):  # a tensor: the next one
+            return False
+    return True
+
+
+def _joined(prev: dict, nxt: dict) -> dict:
+    """One launch over prev's range followed by nxt's (prev may already be a join)."""
+    total = nxt["out"][1] + _size(nxt["out"]) - prev["out"][1]
+
+    def flat(buf):
+        return buf if _size(buf) == 1 else [buf[0], buf[1], [total]]
+
+    return {**prev, "out": flat(prev["out"]), "in": [flat(b) for b in prev["in"]],
+            "attrs": dict(prev["attrs"], tensors=prev["attrs"].get("tensors", 1) + 1)}

@@ -1,0 +1,61 @@
+"""Multi-tensor launches: which neighbouring pointwise launches join, and that a join computes the
+same as the launches it replaces."""
+import numpy as np
+
+from graphgpt.compiler import compile_model
+from graphgpt.ops import REGISTRY
+from graphgpt.passes.multi_tensor import merge_launches
+from tests.conftest import ROOT
+
+PROGRAM = (("mul", (), (-1, -2)), ("add", (), (0, -3)))  # x0 * x1 + x2
+
+
+def launch(out: int, ins: list[int], n: int = 6, scalar: int = 100) -> dict:
+    """out = x0 * scalar + x2, the scalar's buffer shared; tensor buffers at the given offsets."""
+    return {"op": "fused", "out": ["f", out, [n]], "in": [["f", ins[0], [n]], ["f", scalar, []], ["f", ins[1], [n]]],
+            "attrs": {"program": PROGRAM}, "node": out, "where": "optimizer"}
+
+
+def test_neighbours_in_every_region_join():
+    # sizes 6 and 8: the second tensors start at aligned(6) = 8 past the first in every region
+    a = launch(0, [200, 400])
+    b = launch(8, [208, 408], n=8)
+    (joined,) = merge_launches([a, b])
+    assert joined["out"] == ["f", 0, [16]] and joined["attrs"]["tensors"] == 2
+    assert joined["in"] == [["f", 200, [16]], ["f", 100, []], ["f", 400, [16]]]
+
+
+def test_what_does_not_join():
+    a = launch(0, [200, 400])
+    assert len(merge_launches([a, launch(8, [208, 416])])) == 2          # one operand elsewhere
+    assert len(merge_launches([a, launch(8, [208, 408], scalar=101)])) == 2  # another scalar
+    assert len(merge_launches([a, launch(12, [212, 412])])) == 2         # a gap in the output
+    other = dict(launch(8, [208, 408]), attrs={"program": PROGRAM[:1]})
+    assert len(merge_launches([a, other])) == 2                          # another program
+    broadcast = launch(8, [208, 408])
+    broadcast["in"][2] = ["f", 408, [3]]
+    assert len(merge_launches([a, broadcast])) == 2                      # not full-size, not a scalar
+
+
+def test_a_join_computes_what_its_launches_did():
+    rng = np.random.default_rng(0)
+    arena = rng.standard_normal(600)
+    arena[[6, 7, 206, 207, 406, 407]] = 0.0  # the padding after the first tensors: zero, as in a plan's arena
+    launches = [launch(0, [200, 400]), launch(8, [208, 408], n=8)]
+
+    def run(ls):
+        memory = arena.copy()
+        view = lambda b: memory[b[1]:b[1] + int(np.prod(b[2]))].reshape(b[2])  # noqa: E731
+        for ln in ls:
+            view(ln["out"])[...] = REGISTRY[ln["op"]].ref(ln["attrs"], *(view(b) for b in ln["in"]))
+        return memory
+    separate, joined = run(launches), run(merge_launches(launches))
+    np.testing.assert_array_equal(joined, separate)
+
+
+def test_the_optimizer_runs_as_three_launches():
+    data = compile_model(ROOT / "model.py", log=lambda *a: None).data
+    optimizer = [ln for ln in data["programs"]["train"]["launches"] if ln["op"] == "fused" and "tensors" in ln["attrs"]]
+    n_params = sum(int(np.prod(t["shape"])) for t in data["tensors"] if t["kind"] == "param")
+    assert len(optimizer) == 3  # m, v, then the parameters, each over its whole region
+    assert all(np.prod(ln["out"][2]) >= n_params for ln in optimizer)
