@@ -4,44 +4,46 @@ import numpy as np
 
 from graphgpt.compiler import compile_model
 from graphgpt.ops import REGISTRY
+from graphgpt.passes.memory import aligned
 from graphgpt.passes.multi_tensor import merge_launches
 from tests.conftest import ROOT
 
 PROGRAM = (("mul", (), (-1, -2)), ("add", (), (0, -3)))  # x0 * x1 + x2
+S = aligned(6)  # where a region's second tensor starts when its first has 6 elements
 
 
-def launch(out: int, ins: list[int], n: int = 6, scalar: int = 100) -> dict:
+def launch(out: int, ins: list[int], n: int = 6, scalar: int = 1000) -> dict:
     """out = x0 * scalar + x2, the scalar's buffer shared; tensor buffers at the given offsets."""
     return {"op": "fused", "out": ["f", out, [n]], "in": [["f", ins[0], [n]], ["f", scalar, []], ["f", ins[1], [n]]],
             "attrs": {"program": PROGRAM}, "node": out, "where": "optimizer"}
 
 
 def test_neighbours_in_every_region_join():
-    # sizes 6 and 8: the second tensors start at aligned(6) = 8 past the first in every region
     a = launch(0, [200, 400])
-    b = launch(8, [208, 408], n=8)
+    b = launch(S, [200 + S, 400 + S], n=8)
     (joined,) = merge_launches([a, b])
-    assert joined["out"] == ["f", 0, [16]] and joined["attrs"]["tensors"] == 2
-    assert joined["in"] == [["f", 200, [16]], ["f", 100, []], ["f", 400, [16]]]
+    assert joined["out"] == ["f", 0, [S + 8]] and joined["attrs"]["tensors"] == 2
+    assert joined["in"] == [["f", 200, [S + 8]], ["f", 1000, []], ["f", 400, [S + 8]]]
 
 
 def test_what_does_not_join():
     a = launch(0, [200, 400])
-    assert len(merge_launches([a, launch(8, [208, 416])])) == 2          # one operand elsewhere
-    assert len(merge_launches([a, launch(8, [208, 408], scalar=101)])) == 2  # another scalar
-    assert len(merge_launches([a, launch(12, [212, 412])])) == 2         # a gap in the output
-    other = dict(launch(8, [208, 408]), attrs={"program": PROGRAM[:1]})
-    assert len(merge_launches([a, other])) == 2                          # another program
-    broadcast = launch(8, [208, 408])
-    broadcast["in"][2] = ["f", 408, [3]]
+    assert len(merge_launches([a, launch(S, [200 + S, 404 + S])])) == 2            # one operand elsewhere
+    assert len(merge_launches([a, launch(S, [200 + S, 400 + S], scalar=1001)])) == 2  # another scalar
+    assert len(merge_launches([a, launch(S + 4, [204 + S, 404 + S])])) == 2        # a gap in the output
+    other = dict(launch(S, [200 + S, 400 + S]), attrs={"program": PROGRAM[:1]})
+    assert len(merge_launches([a, other])) == 2                                    # another program
+    broadcast = launch(S, [200 + S, 400 + S])
+    broadcast["in"][2] = ["f", 400 + S, [3]]
     assert len(merge_launches([a, broadcast])) == 2                      # not full-size, not a scalar
 
 
 def test_a_join_computes_what_its_launches_did():
     rng = np.random.default_rng(0)
-    arena = rng.standard_normal(600)
-    arena[[6, 7, 206, 207, 406, 407]] = 0.0  # the padding after the first tensors: zero, as in a plan's arena
-    launches = [launch(0, [200, 400]), launch(8, [208, 408], n=8)]
+    arena = rng.standard_normal(1001)
+    for start in (0, 200, 400):  # the padding after the first tensors: zero, as in a plan's arena
+        arena[start + 6:start + S] = 0.0
+    launches = [launch(0, [200, 400]), launch(S, [200 + S, 400 + S], n=8)]
 
     def run(ls):
         memory = arena.copy()

@@ -5,8 +5,8 @@ This is what the optimizer needs: the update of every parameter is the same chai
 then the parameter), and parameters, gradients and each kind of optimizer state sit in their
 regions in the same order, so the m-updates of all parameters are one elementwise pass over the m
 region, the gradient region and the clip scale. The joined range also covers the few padding
-elements between tensors (regions align each tensor to 4 floats); those are zero and computing on
-them changes nothing anyone reads.
+elements between tensors (regions start each tensor on a 256-byte boundary); those are zero and
+computing on them changes nothing anyone reads.
 
 It works on the plan's launch list, after memory planning, because only there are the offsets
 known. A launch may join its predecessor when both are `fused` with the same program, every
