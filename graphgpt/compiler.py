@@ -133,7 +133,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     data = _plan_data(model_path, model_cfg, opt_cfg, tokenizer, layout, programs, fusion)
     for program in data["programs"].values():
         for launch in program["launches"]:
-            if launch["op"] == "matmul":
+            if launch["op"] in ("matmul", "fused_matmul"):
                 launch["cuda"] = lower_matmul(launch)
     files = codegen.lower_plan(data)
     for dump in (forward_dump, joint_dump, train.summary("optimized")):
@@ -247,7 +247,7 @@ def _stats(graph: Graph, mem: ProgramMemory) -> dict:
         if REGISTRY[n.op].kind != "collective":
             moved += n.size + sum(graph.nodes[i].size for i in set(n.inputs))
     moved += sum(graph.nodes[new].size * 2 for new, _ in mem.copies)
-    flops = sum(_matmul_flops(graph, n) for n in graph.nodes.values() if n.op == "matmul")
+    flops = sum(_matmul_flops(graph, n) for n in graph.nodes.values() if n.op in ("matmul", "fused_matmul"))
     return {"launches": len(mem.launches) + len(mem.copies), "bytes": moved * BYTES, "flops": flops}
 
 

@@ -1,4 +1,6 @@
-"""Lower a matmul launch to one cuBLAS strided-batched GEMM call, at compile time.
+"""Lower a matmul launch to one cuBLAS strided-batched GEMM call, at compile time; a fused_matmul
+to one cuBLASLt matmul with the same operands plus its epilogue: the bias vector (one value per
+cuBLAS row, which is our column) and C = the residual, added with beta = 1.
 
 cuBLAS is column-major; our buffers are row-major. A row-major (M, N) matrix is the same bytes as
 a column-major (N, M) one, so C = op(A) @ op(B) is computed as C^T = op(B)^T @ op(A)^T: the
@@ -10,18 +12,23 @@ from .ops.registry import prod
 
 
 def lower_matmul(launch: dict) -> dict:
-    (_, _, a_shape), (_, _, b_shape) = launch["in"]
+    (_, _, a_shape), (_, _, b_shape) = launch["in"][:2]
     ta, tb = launch["attrs"]["ta"], launch["attrs"]["tb"]
     m, k = (a_shape[-1], a_shape[-2]) if ta else (a_shape[-2], a_shape[-1])
     n = b_shape[-2] if tb else b_shape[-1]
     batch = prod(a_shape[:-2])
     if len(b_shape) == 2 and not ta:  # a shared weight: fold the batch into the rows, one GEMM
         m, batch = m * batch, 1
-    return {"gemm": {
+    gemm = {
         "transa": int(tb), "transb": int(ta),  # the swapped operands' flags
         "m": n, "n": m, "k": k,
         "a": launch["in"][1], "lda": b_shape[-1], "stride_a": 0 if len(b_shape) == 2 else n * k,
         "b": launch["in"][0], "ldb": a_shape[-1], "stride_b": m * k if batch > 1 else 0,
         "c": launch["out"], "ldc": n, "stride_c": m * n if batch > 1 else 0,
         "batch": batch,
-    }}
+    }
+    if launch["op"] == "matmul":
+        return {"gemm": gemm}
+    attrs, extra = launch["attrs"], launch["in"][2:]
+    return {"gemm": gemm, "epilogue": {"bias": extra[0] if attrs["bias"] else None,
+                                       "residual": extra[-1] if attrs["residual"] else None}}

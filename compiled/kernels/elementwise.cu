@@ -80,141 +80,43 @@ extern "C" __global__ void __launch_bounds__(256) fused_caa34c0148(float* out, c
     store<VEC>(out + i, y);
 }
 
-// s0 = add(x0, x1); out = s0
-// 4718592 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_6d9a33f788(float* out, const float* in0, const float* in1)
+// s0 = gelu(x0); out = s0
+// 6291456 elements, VEC = 4, operands read as vec
+extern "C" __global__ void __launch_bounds__(256) gelu_f50f10dc21(float* out, const float* in0)
 {
     // No __restrict__: an optimizer update may write its result over one of its operands.
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 4718592) return;
-    auto index_x0 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 64;
-        rest /= 64;
-        at += rest % 256 * 1152;
-        rest /= 256;
-        at += rest % 6 * 64;
-        rest /= 6;
-        at += rest % 16 * 294912;
-        rest /= 16;
-        at += rest * 384;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x0 = load<VEC>(in0 + index_x0(i));
-    auto index_x1 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 64;
-        rest /= 64;
-        rest /= 256;
-        at += rest % 6 * 64;
-        rest /= 6;
-        rest /= 16;
-        at += rest * 384;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x1 = load<VEC>(in1 + index_x1(i));
-    auto op0 = [](const float a, const float b) { return a + b; };
+    if (i >= 6291456) return;
+    const Vec<VEC> x0 = load<VEC>(in0 + i);
+    auto op0 = [](const float a) { return 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))); };
     Vec<VEC> y;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x0.v[c], x1.v[c]);
+        const float s0 = op0(x0.v[c]);
         y.v[c] = s0;
     }
     store<VEC>(out + i, y);
 }
 
-// s0 = add(x1, x2); s1 = add(x0, s0); out = s1
-// 1572864 elements, VEC = 4, operands read as vec, vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_ce06df8435(float* out, const float* in0, const float* in1, const float* in2)
+// s0 = gelu_grad(x0, x1); out = s0
+// 6291456 elements, VEC = 4, operands read as vec, vec
+extern "C" __global__ void __launch_bounds__(256) gelu_grad_03ac1b9d2e(float* out, const float* in0, const float* in1)
 {
     // No __restrict__: an optimizer update may write its result over one of its operands.
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 1572864) return;
+    if (i >= 6291456) return;
     const Vec<VEC> x0 = load<VEC>(in0 + i);
     const Vec<VEC> x1 = load<VEC>(in1 + i);
-    auto index_x2 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 384;
-        rest /= 384;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x2 = load<VEC>(in2 + index_x2(i));
-    auto op0 = [](const float a, const float b) { return a + b; };
-    auto op1 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x1.v[c], x2.v[c]);
-        const float s1 = op1(x0.v[c], s0);
-        y.v[c] = s1;
-    }
-    store<VEC>(out + i, y);
-}
-
-// s0 = add(x0, x1); s1 = gelu(s0); out = s1
-// 6291456 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_2c66a0ca1d(float* out, const float* in0, const float* in1)
-{
-    // No __restrict__: an optimizer update may write its result over one of its operands.
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 6291456) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
-    auto index_x1 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 1536;
-        rest /= 1536;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x1 = load<VEC>(in1 + index_x1(i));
-    auto op0 = [](const float a, const float b) { return a + b; };
-    auto op1 = [](const float a) { return 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))); };
+    auto op0 = [](const float a, const float b) { return b * (0.5f * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))) + 0.5f * a * (1.0f - tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a)) * tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))) * 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * a * a)); };
     Vec<VEC> y;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c], x1.v[c]);
-        const float s1 = op1(s0);
-        y.v[c] = s1;
-    }
-    store<VEC>(out + i, y);
-}
-
-// s0 = add(x0, x1); s1 = gelu_grad(s0, x2); out = s1
-// 6291456 elements, VEC = 4, operands read as vec, vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_607727603a(float* out, const float* in0, const float* in1, const float* in2)
-{
-    // No __restrict__: an optimizer update may write its result over one of its operands.
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 6291456) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
-    auto index_x1 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 1536;
-        rest /= 1536;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x1 = load<VEC>(in1 + index_x1(i));
-    const Vec<VEC> x2 = load<VEC>(in2 + i);
-    auto op0 = [](const float a, const float b) { return a + b; };
-    auto op1 = [](const float a, const float b) { return b * (0.5f * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))) + 0.5f * a * (1.0f - tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a)) * tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))) * 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * a * a)); };
-    Vec<VEC> y;
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x0.v[c], x1.v[c]);
-        const float s1 = op1(s0, x2.v[c]);
-        y.v[c] = s1;
+        y.v[c] = s0;
     }
     store<VEC>(out + i, y);
 }
@@ -671,80 +573,9 @@ extern "C" __global__ void __launch_bounds__(256) fused_1106a7b7fc(float* out, c
     store<VEC>(out + i, y);
 }
 
-// s0 = add(x0, x1); out = s0
-// 294912 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_4240d1d149(float* out, const float* in0, const float* in1)
-{
-    // No __restrict__: an optimizer update may write its result over one of its operands.
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 294912) return;
-    auto index_x0 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 64;
-        rest /= 64;
-        at += rest % 256 * 1152;
-        rest /= 256;
-        at += rest * 64;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x0 = load<VEC>(in0 + index_x0(i));
-    auto index_x1 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 64;
-        rest /= 64;
-        rest /= 256;
-        at += rest * 64;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x1 = load<VEC>(in1 + index_x1(i));
-    auto op0 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x0.v[c], x1.v[c]);
-        y.v[c] = s0;
-    }
-    store<VEC>(out + i, y);
-}
-
-// s0 = add(x1, x2); s1 = add(x0, s0); out = s1
-// 98304 elements, VEC = 4, operands read as vec, vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_bfad49a977(float* out, const float* in0, const float* in1, const float* in2)
-{
-    // No __restrict__: an optimizer update may write its result over one of its operands.
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 98304) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
-    const Vec<VEC> x1 = load<VEC>(in1 + i);
-    auto index_x2 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 384;
-        rest /= 384;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x2 = load<VEC>(in2 + index_x2(i));
-    auto op0 = [](const float a, const float b) { return a + b; };
-    auto op1 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x1.v[c], x2.v[c]);
-        const float s1 = op1(x0.v[c], s0);
-        y.v[c] = s1;
-    }
-    store<VEC>(out + i, y);
-}
-
-// s0 = add(x0, x1); s1 = gelu(s0); out = s1
-// 393216 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_aa9060980b(float* out, const float* in0, const float* in1)
+// s0 = gelu(x0); out = s0
+// 393216 elements, VEC = 4, operands read as vec
+extern "C" __global__ void __launch_bounds__(256) gelu_3b5868c45a(float* out, const float* in0)
 {
     // No __restrict__: an optimizer update may write its result over one of its operands.
     constexpr int VEC = 4;
@@ -752,22 +583,12 @@ extern "C" __global__ void __launch_bounds__(256) fused_aa9060980b(float* out, c
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
     if (i >= 393216) return;
     const Vec<VEC> x0 = load<VEC>(in0 + i);
-    auto index_x1 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 1536;
-        rest /= 1536;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x1 = load<VEC>(in1 + index_x1(i));
-    auto op0 = [](const float a, const float b) { return a + b; };
-    auto op1 = [](const float a) { return 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))); };
+    auto op0 = [](const float a) { return 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))); };
     Vec<VEC> y;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x0.v[c], x1.v[c]);
-        const float s1 = op1(s0);
-        y.v[c] = s1;
+        const float s0 = op0(x0.v[c]);
+        y.v[c] = s0;
     }
     store<VEC>(out + i, y);
 }

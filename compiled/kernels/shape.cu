@@ -14,6 +14,31 @@ template <int N> __device__ __forceinline__ Vec<N> splat(float x)
 }
 
 
+// out[i] = in[index(i)], (extent, stride) = [[3, 384], [16, 294912], [6, 64], [256, 1152], [64, 1]]: 4718592 elements, VEC = 4
+extern "C" __global__ void __launch_bounds__(256) gather_65f8ff0aa2(float* __restrict__ out, const float* __restrict__ in)
+{
+    constexpr int VEC = 4;
+    using idx = unsigned int;
+    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+    if (i >= 4718592) return;
+    auto index_x = [](const idx flat) -> idx {
+        idx rest = flat, at = 0;
+        at += rest % 64;
+        rest /= 64;
+        at += rest % 256 * 1152;
+        rest /= 256;
+        at += rest % 6 * 64;
+        rest /= 6;
+        at += rest % 16 * 294912;
+        rest /= 16;
+        at += rest * 384;
+        (void)rest;
+        return at;
+    };
+    const Vec<VEC> x = load<VEC>(in + index_x(i));
+    store<VEC>(out + i, x);
+}
+
 // out[i] = in[index(i)], (extent, stride) = [[16, 98304], [256, 64], [6, 16384], [64, 1]]: 1572864 elements, VEC = 4
 extern "C" __global__ void __launch_bounds__(256) gather_9e694526d3(float* __restrict__ out, const float* __restrict__ in)
 {
@@ -95,6 +120,27 @@ extern "C" __global__ void __launch_bounds__(256) window_d07540d66a(float* __res
     const idx r = i / 98304;
     const long long j = static_cast<long long>(i % 98304) - 0;
     store<VEC>(out + i, j >= 0 && j < 98304 ? load<VEC>(in + r * 98304 + j) : splat<VEC>(0.0f));
+}
+
+// out[i] = in[index(i)], (extent, stride) = [[18, 64], [256, 1152], [64, 1]]: 294912 elements, VEC = 4
+extern "C" __global__ void __launch_bounds__(256) gather_dee514c832(float* __restrict__ out, const float* __restrict__ in)
+{
+    constexpr int VEC = 4;
+    using idx = unsigned int;
+    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+    if (i >= 294912) return;
+    auto index_x = [](const idx flat) -> idx {
+        idx rest = flat, at = 0;
+        at += rest % 64;
+        rest /= 64;
+        at += rest % 256 * 1152;
+        rest /= 256;
+        at += rest * 64;
+        (void)rest;
+        return at;
+    };
+    const Vec<VEC> x = load<VEC>(in + index_x(i));
+    store<VEC>(out + i, x);
 }
 
 // out[i] = in[index(i)], (extent, stride) = [[256, 64], [6, 16384], [64, 1]]: 98304 elements, VEC = 4

@@ -51,3 +51,31 @@ def _vjp(attrs, g, out, a, b):
 
 
 register(Op("matmul", "matmul", _infer, ref=_ref, vjp=_vjp))
+
+
+# A GEMM with its epilogue, made by the fusion pass: op(a) @ op(b) [+ bias] [+ residual], the bias
+# one value per output column (attrs["bias"]: input 2), the residual of the output's shape
+# (attrs["residual"]: the last input). cuBLASLt adds both as it writes the product (a bias
+# epilogue, and C with beta = 1), so neither sum makes a pass over memory of its own.
+def _fused_infer(attrs, a, b, *rest):
+    out = _infer(attrs, a, b)
+    rest = list(rest)
+    if attrs["bias"]:
+        bias = rest.pop(0)
+        require(bias.shape == out.shape[-1:], f"bias {bias.shape} is not one value per column of {out.shape}")
+    if attrs["residual"]:
+        residual = rest.pop(0)
+        require(residual.shape == out.shape, f"residual {residual.shape} is not the product's {out.shape}")
+    require(not rest, "too many inputs")
+    return out
+
+
+def _fused_ref(attrs, a, b, *rest):
+    out, rest = _ref(attrs, a, b), list(rest)
+    if attrs["bias"]:
+        out = out + rest.pop(0)
+    return out + rest.pop(0) if attrs["residual"] else out
+
+
+register(Op("fused_matmul", "matmul", _fused_infer, ref=_fused_ref,
+            nondiff="made by the fusion pass, which runs after autodiff"))

@@ -19,7 +19,8 @@ splits its heads): the chain is computed in the transpose's output order (attrs 
 LayerNorm's backward takes in its neighbours: the gradient's scaling by gamma before it, the
 residual stream's gradient accumulation after it (fused_normalize_grad).
 
-Before all that, a sum of pads that tile one axis becomes a concat, which the memory plan builds in
+Before all that, a GEMM takes in the bias and residual adds that read it (fused_matmul, run by
+cuBLASLt with epilogues), and a sum of pads that tile one axis becomes a concat, which the memory plan builds in
 place: each piece is computed straight into its slice, so neither the pads nor the adds run.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .simplify import dead_code_elimination
 
 
 def fuse(graph: Graph) -> Graph:
-    graph = _concats(graph)
+    graph = _gemm_epilogues(_concats(graph))
     users = graph.users()
     needed = set(graph.outputs.values()) | set(graph.updates) | set(graph.updates.values()) | set(graph.grads.values())
 
@@ -104,6 +105,38 @@ def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> 
             rows[at] = replace(n, id=at, op="fused_normalize_grad", inputs=tuple(inputs), attrs=_freeze(attrs))
             absorbed |= eaten
     return rows, absorbed
+
+
+def _gemm_epilogues(graph: Graph) -> Graph:
+    """matmul + bias (one value per column) + residual (the product's shape), either or both, in any
+    order of the adds, becomes one fused_matmul: cuBLASLt adds them as it writes the product."""
+    users = graph.users()
+    needed = set(graph.outputs.values()) | set(graph.updates.values()) | set(graph.grads.values())
+    out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
+    out._next_id = graph._next_id
+    absorbed: dict[int, Node] = {}  # an add that became a fused_matmul: the node it became
+    for n in graph.nodes.values():
+        out.nodes[n.id] = n
+        if n.op != "add" or len(set(n.inputs)) != 2:
+            continue
+        for inner, other in (n.inputs, n.inputs[::-1]):
+            base = absorbed.get(inner) or graph.nodes[inner]
+            if base.op not in ("matmul", "fused_matmul") or inner in needed or users[inner] != [n.id]:
+                continue
+            attrs = {"ta": base.attr["ta"], "tb": base.attr["tb"], "bias": base.attr.get("bias", False),
+                     "residual": base.attr.get("residual", False)}
+            role = ("bias" if graph.nodes[other].shape == n.shape[-1:] != n.shape
+                    else "residual" if graph.nodes[other].shape == n.shape else None)
+            if role is None or attrs[role]:
+                continue
+            attrs[role] = True
+            a, b, *extra = base.inputs
+            bias = [other] if role == "bias" else extra[:1] if attrs["bias"] else []
+            residual = [other] if role == "residual" else extra[-1:] if attrs["residual"] and role != "residual" else []
+            fused = replace(n, op="fused_matmul", inputs=(a, b, *bias, *residual), attrs=_freeze(attrs))
+            out.nodes[n.id] = absorbed[n.id] = fused
+            break
+    return dead_code_elimination(out)
 
 
 def _concats(graph: Graph) -> Graph:

@@ -1,8 +1,12 @@
-"""A minimal ctypes binding of cuBLAS: the one call graphgpt makes, capturable in a CUDA graph.
+"""A minimal ctypes binding of cuBLAS and cuBLASLt: the two calls graphgpt makes, capturable in a
+CUDA graph.
 
 CuPy's own cuBLAS wrappers refuse to run while a stream is being captured. The same library
 called directly works, provided the handle has a workspace of its own (so cuBLAS allocates
-nothing during capture). We bind the libcublas that CuPy already loaded, so both share one copy.
+nothing during capture). We bind the libcublas that CuPy already loaded, so both share one copy,
+and the libcublasLt it loads with it. cuBLASLt runs the GEMMs with an epilogue (fused_matmul): its
+descriptors and algorithm are chosen once, when a plan is bound, so a step only calls
+cublasLtMatmul.
 """
 from __future__ import annotations
 
@@ -13,26 +17,38 @@ CUBLAS_COMPUTE_32F = 68
 CUBLAS_COMPUTE_32F_FAST_TF32 = 77
 CUBLAS_GEMM_DEFAULT = -1
 WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
+# cublasLt.h
+LT_DESC_TRANSA, LT_DESC_TRANSB, LT_DESC_EPILOGUE, LT_DESC_BIAS_POINTER = 3, 4, 7, 8
+LT_EPILOGUE_DEFAULT, LT_EPILOGUE_BIAS = 1, 4
+LT_LAYOUT_BATCH_COUNT, LT_LAYOUT_STRIDED_BATCH_OFFSET = 5, 6
+LT_PREF_MAX_WORKSPACE_BYTES = 1
 
 
-def _library() -> ctypes.CDLL:
-    import cupy_backends.cuda.libs.cublas  # noqa: F401  (makes CuPy load libcublas)
+class _HeuristicResult(ctypes.Structure):  # cublasLtMatmulHeuristicResult_t
+    _fields_ = [("algo", ctypes.c_uint64 * 8), ("workspace_size", ctypes.c_size_t), ("state", ctypes.c_int),
+                ("waves", ctypes.c_float), ("reserved", ctypes.c_int * 4)]
+
+
+def _library(name: str) -> ctypes.CDLL:
+    import cupy_backends.cuda.libs.cublas  # noqa: F401  (makes CuPy load libcublas, and with it libcublasLt)
     with open("/proc/self/maps") as maps:
-        paths = {line.split()[-1] for line in maps if "/libcublas.so" in line}
+        paths = {line.split()[-1] for line in maps if f"/{name}.so" in line}
     if not paths:
-        raise RuntimeError("libcublas is not loaded in this process")
+        raise RuntimeError(f"{name} is not loaded in this process")
     return ctypes.CDLL(sorted(paths)[0])
 
 
 class Cublas:
     def __init__(self, stream_ptr: int, workspace_ptr: int, tf32: bool = False):
-        self.lib = _library()
+        self.lib = _library("libcublas")
         self.handle = ctypes.c_void_p()
         self._check(self.lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
         self._check(self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream_ptr)), "cublasSetStream")
         self._check(self.lib.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(workspace_ptr),
                                                    ctypes.c_size_t(WORKSPACE_BYTES)), "cublasSetWorkspace")
         self.compute = CUBLAS_COMPUTE_32F_FAST_TF32 if tf32 else CUBLAS_COMPUTE_32F
+        self.stream, self.workspace = ctypes.c_void_p(stream_ptr), ctypes.c_void_p(workspace_ptr)
+        self.lt, self.lt_handle, self._lt_objects = None, ctypes.c_void_p(), []
         self.one, self.zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
         fn = self.lib.cublasGemmStridedBatchedEx
         i, p, ll = ctypes.c_int, ctypes.c_void_p, ctypes.c_longlong
@@ -48,7 +64,74 @@ class Cublas:
                             c, CUDA_R_32F, g["ldc"], g["stride_c"], g["batch"], self.compute, CUBLAS_GEMM_DEFAULT)
         self._check(status, "cublasGemmStridedBatchedEx")
 
+    def lt_plan(self, g: dict, a: int, b: int, d: int, bias: int | None, residual: int | None):
+        """The cuBLASLt call for one fused_matmul on these device pointers (D = op(A) op(B) [+ bias]
+        [+ residual]), descriptors and algorithm chosen now; returns run()."""
+        if self.lt is None:
+            self.lt = _library("libcublasLt")
+            self._check(self.lt.cublasLtCreate(ctypes.byref(self.lt_handle)), "cublasLtCreate")
+        lt, p = self.lt, ctypes.c_void_p
+
+        def new(what: str, fn, *args) -> ctypes.c_void_p:
+            obj = p()
+            self._check(fn(ctypes.byref(obj), *args), what)
+            self._lt_objects.append((what, obj))
+            return obj
+
+        def set_attr(fn, obj, attr: int, value) -> None:
+            self._check(fn(obj, attr, ctypes.byref(value), ctypes.sizeof(value)), fn.__name__)
+
+        desc = new("cublasLtMatmulDescCreate", lt.cublasLtMatmulDescCreate, ctypes.c_int(self.compute),
+                   ctypes.c_int(CUDA_R_32F))
+        set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSA, ctypes.c_int32(g["transa"]))
+        set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSB, ctypes.c_int32(g["transb"]))
+        epilogue = LT_EPILOGUE_BIAS if bias is not None else LT_EPILOGUE_DEFAULT
+        set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_EPILOGUE, ctypes.c_uint32(epilogue))
+        if bias is not None:  # before the heuristic, which looks at its alignment
+            set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_BIAS_POINTER, ctypes.c_void_p(bias))
+
+        def layout(rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
+            lay = new("cublasLtMatrixLayoutCreate", lt.cublasLtMatrixLayoutCreate, ctypes.c_int(CUDA_R_32F),
+                      ctypes.c_uint64(rows), ctypes.c_uint64(cols), ctypes.c_int64(ld))
+            if g["batch"] > 1:
+                set_attr(lt.cublasLtMatrixLayoutSetAttribute, lay, LT_LAYOUT_BATCH_COUNT, ctypes.c_int32(g["batch"]))
+                set_attr(lt.cublasLtMatrixLayoutSetAttribute, lay, LT_LAYOUT_STRIDED_BATCH_OFFSET,
+                         ctypes.c_int64(stride))
+            return lay
+
+        m, n, k = g["m"], g["n"], g["k"]  # the stored matrices: op(A) is m x k, op(B) is k x n
+        a_lay = layout(k, m, g["lda"], g["stride_a"]) if g["transa"] else layout(m, k, g["lda"], g["stride_a"])
+        b_lay = layout(n, k, g["ldb"], g["stride_b"]) if g["transb"] else layout(k, n, g["ldb"], g["stride_b"])
+        c_lay = layout(m, n, g["ldc"], g["stride_c"])
+        pref = new("cublasLtMatmulPreferenceCreate", lt.cublasLtMatmulPreferenceCreate)
+        set_attr(lt.cublasLtMatmulPreferenceSetAttribute, pref, LT_PREF_MAX_WORKSPACE_BYTES,
+                 ctypes.c_uint64(WORKSPACE_BYTES))
+        result, found = _HeuristicResult(), ctypes.c_int(0)
+        self._check(lt.cublasLtMatmulAlgoGetHeuristic(self.lt_handle, desc, a_lay, b_lay, c_lay, c_lay, pref, 1,
+                                                      ctypes.byref(result), ctypes.byref(found)),
+                    "cublasLtMatmulAlgoGetHeuristic")
+        if found.value < 1:
+            raise RuntimeError(f"cuBLASLt has no algorithm for a {m}x{n}x{k} GEMM with this epilogue")
+        alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0 if residual is None else 1.0)
+        args = (self.lt_handle, desc, ctypes.byref(alpha), p(a), a_lay, p(b), b_lay, ctypes.byref(beta),
+                p(d if residual is None else residual), c_lay, p(d), c_lay, ctypes.byref(result.algo),
+                self.workspace, ctypes.c_size_t(WORKSPACE_BYTES), self.stream)
+        matmul = lt.cublasLtMatmul
+
+        def run() -> None:
+            self._check(matmul(*args), "cublasLtMatmul")
+        return run
+
     def close(self) -> None:
+        for what, obj in reversed(self._lt_objects):
+            destroy = {"cublasLtMatmulDescCreate": "cublasLtMatmulDescDestroy",
+                       "cublasLtMatrixLayoutCreate": "cublasLtMatrixLayoutDestroy",
+                       "cublasLtMatmulPreferenceCreate": "cublasLtMatmulPreferenceDestroy"}[what]
+            getattr(self.lt, destroy)(obj)
+        self._lt_objects = []
+        if self.lt_handle:
+            self.lt.cublasLtDestroy(self.lt_handle)
+            self.lt_handle = ctypes.c_void_p()
         if self.handle:
             self.lib.cublasDestroy_v2(self.handle)
             self.handle = ctypes.c_void_p()

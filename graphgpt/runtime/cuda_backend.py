@@ -112,7 +112,11 @@ class CudaBackend:
 
     def _bind_launch(self, launch: dict):
         cuda = launch["cuda"]
-        if "gemm" in cuda:
+        if "epilogue" in cuda:
+            g, epi = cuda["gemm"], cuda["epilogue"]
+            run = self.blas.lt_plan(g, self._pointer(g["a"]), self._pointer(g["b"]), self._pointer(g["c"]),
+                                    *(None if epi[k] is None else self._pointer(epi[k]) for k in ("bias", "residual")))
+        elif "gemm" in cuda:
             g = cuda["gemm"]
             a, b, c = self._pointer(g["a"]), self._pointer(g["b"]), self._pointer(g["c"])
 

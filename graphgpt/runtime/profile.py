@@ -76,6 +76,8 @@ def _describe(launch: dict | None) -> tuple[str, int, int]:
     if "gemm" in launch["cuda"]:
         g = launch["cuda"]["gemm"]
         name = f"gemm {g['m']}x{g['n']}x{g['k']}" + (f" x{g['batch']}" if g["batch"] > 1 else "")
+        epilogue = launch["cuda"].get("epilogue", {})
+        name += "".join(f" +{k}" for k in ("bias", "residual") if epilogue.get(k))
         return name, 4 * sum(prod(b[2]) for b in [launch["out"], *launch["in"]]), 2 * g["m"] * g["n"] * g["k"] * g["batch"]
     buffers = {(b[0], b[1], tuple(b[2])) for b in [launch["out"], *launch["in"]]}
     return f"{launch['cuda']['kernel']} ({launch['op']})", 4 * sum(prod(b[2]) for b in buffers), 0
