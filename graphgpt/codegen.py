@@ -29,6 +29,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .ops import REGISTRY
 from .ops.registry import prod
+from .passes.memory import aligned
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 ENV = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
@@ -50,6 +51,7 @@ class Kernel:
     params: dict
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
+    args: list | None = None       # the kernel's buffers when not the launch's (out, *in)
 
 
 def lower_plan(data: dict) -> dict[str, str]:
@@ -69,7 +71,7 @@ def lower_plan(data: dict) -> dict[str, str]:
             if kernels.setdefault(op.template, {}).setdefault(name, text) != text:
                 raise RuntimeError(f"kernel name {name} is shared by two different kernels")
             launch["cuda"] = {"kernel": name, "file": f"kernels/{op.template}.cu", "grid": list(k.grid),
-                              "block": list(k.block), "smem": 0, "args": [launch["out"], *launch["in"]]}
+                              "block": list(k.block), "smem": 0, "args": k.args or [launch["out"], *launch["in"]]}
     return {f"kernels/{family}.cu": _kernel_file(family, list(texts.values()))
             for family, texts in sorted(kernels.items())}
 
@@ -291,6 +293,12 @@ def _reduce(launch) -> Kernel:
             32 neighbouring columns per warp so that every load coalesces.
     Too few outputs for the GPU split the reduced range over several blocks; the last block to
     finish adds their partial sums in a fixed order, so results do not depend on timing."""
+    if launch["op"] == "sum_squares":
+        flat = _flat_range(launch["in"])
+        square = [["mul", [], [-1, -1]]]
+        k = _reduce({"op": "fused_sum", "out": launch["out"], "in": [flat],
+                     "attrs": {"axes": [0], "keepdims": False, "program": square}})
+        return Kernel(k.stem.replace("fused_sum", "sum_squares"), k.params, k.grid, k.block, args=[launch["out"], flat])
     out, srcs = launch["out"], launch["in"]
     shape, axes = _broadcast_shape(*(b[2] for b in srcs)), set(launch["attrs"]["axes"])
     full = [b for b in srcs if prod(b[2]) == prod(shape)]  # the others are scalars (see fuse.py)
@@ -329,6 +337,16 @@ def _reduce(launch) -> Kernel:
     splits = _cdiv(n_vec, chunk)
     return Kernel(f"{stem}_rows", dict(common, mode="block", vec=vec, splits=splits, chunk=chunk),
                   (n_out, splits, 1), (THREADS, 1, 1))
+
+
+def _flat_range(buffers) -> list:
+    """Tensors that lie one after another in memory (each where the last one's aligned end is) as one
+    flat buffer from the first's start to the last's end."""
+    for prev, nxt in zip(buffers, buffers[1:]):
+        if nxt[0] != prev[0] or nxt[1] != prev[1] + aligned(prod(prev[2])):
+            raise ValueError("a multi-tensor reduction needs its tensors one after another in memory")
+    start, last = buffers[0][1], buffers[-1]
+    return [buffers[0][0], start, [last[1] + prod(last[2]) - start]]
 
 
 def _row_vec(width: int, *buffers) -> int:

@@ -51,11 +51,7 @@ def add_training(graph: Graph, loss: Value, cfg: dict) -> None:
     graph.grads = {p: g.id for p, g in grads.items()}
     # Data-parallel ranks average their gradients here; in one process this is a no-op.
     grads = {p: graph.add("allreduce_mean", (g,)) for p, g in grads.items()}
-    square_sums = [(g * g).sum() for g in grads.values()]
-    norm = square_sums[0]
-    for s in square_sums[1:]:
-        norm = norm + s
-    norm = graph.add("sqrt", (norm,))
+    norm = graph.add("sqrt", (graph.add("sum_squares", tuple(grads.values())),))
     graph.outputs["loss"], graph.outputs["grad_norm"] = loss.id, norm.id
     scale = None
     if cfg["grad_clip"] > 0:  # scale = clip / max(norm, clip): 1 below the threshold

@@ -68,6 +68,7 @@ def _place(cp, shape, dtype, offset: int):
 
 def _check(cp, modules: dict, launch: dict, rng) -> str | None:
     cuda = launch["cuda"]
+    launch = dict(launch, **{"in": cuda["args"][1:]})  # a multi-tensor reduction reads one flat range
     fn = modules[cuda["file"]].get_function(cuda["kernel"])
     host = _inputs(launch, rng)
     ins = [_place(cp, value.shape, value.dtype, buf[1]) for value, buf in zip(host, launch["in"])]

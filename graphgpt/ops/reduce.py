@@ -24,3 +24,21 @@ def _sum_vjp(a, g, out, x):
 register(Op("sum", "reduction", _sum_infer,
             ref=lambda a, x: np.asarray(np.sum(x, axis=tuple(a["axes"]), keepdims=a["keepdims"]), x.dtype),
             vjp=_sum_vjp, template="reduce"))
+
+
+# The squared L2 norm of many tensors together: the optimizer's global gradient norm in one
+# reduction instead of one per gradient. Codegen reads the tensors as one flat range, so on the GPU
+# they must lie one after another (the gradient region; the zero padding between them adds nothing).
+def _sum_squares_infer(attrs, *xs):
+    require(len(xs) > 0, "needs at least one input")
+    for x in xs:
+        float_spec(x)
+    return Spec((), xs[0].dtype)
+
+
+def _sum_squares(attrs, *xs):
+    return np.asarray(sum(np.sum(x * x) for x in xs), xs[0].dtype)
+
+
+register(Op("sum_squares", "reduction", _sum_squares_infer, ref=_sum_squares,
+            nondiff="the optimizer's gradient norm, added after autodiff", template="reduce"))
