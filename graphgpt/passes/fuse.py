@@ -1,27 +1,23 @@
-"""Vertical fusion of pointwise ops: each chain becomes one `fused` node, one kernel, one pass
-over memory.
+"""Fusion: fewer kernels and fewer passes over memory, by rewriting the joint graph. In order:
 
-A pointwise node is folded into its users when all of them are pointwise ops of its own shape
-and it is not needed in memory (a gradient, an update, an output). A node with several such
-users is recomputed in each of them: a few flops per element are cheaper than writing and
-re-reading a tensor. Everything else (GEMMs, reductions, row ops, broadcasts to larger shapes)
-stays a boundary, where a value is materialised.
-
-One exception at that boundary: a pointwise node whose only user is a `sum` (the gradient norm's
-g * g, LayerNorm's sum(g * xhat)) is folded into it as a `fused_sum`, whose kernel evaluates the
-chain where it would load its input. Its operands must be of the chain's size or scalars: the
-reduction kernels walk all of them with the input's indexing.
-
-The same holds for a transpose of a pointwise chain (seen through a reshape, as where attention
-splits its heads): the chain is computed in the transpose's output order (attrs "shape" and
-"perm" of the fused node), reading its operands through reshaped and permuted strides.
-
-LayerNorm's backward takes in its neighbours: the gradient's scaling by gamma before it, the
-residual stream's gradient accumulation after it (fused_normalize_grad).
-
-Before all that, a GEMM takes in the bias and residual adds that read it (fused_matmul, run by
-cuBLASLt with epilogues), and a sum of pads that tile one axis becomes a concat, which the memory plan builds in
-place: each piece is computed straight into its slice, so neither the pads nor the adds run.
+1. A sum of pads that tile one axis becomes a concat, which the memory plan builds in place: each
+   piece is computed straight into its slice (this is how the q, k, v gradients meet), so neither
+   the pads nor the adds run.
+2. A GEMM takes in the bias and residual adds that read it (fused_matmul): cuBLASLt adds them as it
+   writes the product.
+3. Pointwise chains: a pointwise node is folded into its users when all of them are pointwise ops
+   of its own shape and it is not needed in memory (a gradient, an update, an output); each chain
+   becomes one `fused` node, one kernel. A node with several such users is recomputed in each of
+   them: a few flops per element are cheaper than writing and re-reading a tensor.
+4. At the boundaries where a value would otherwise be materialised:
+   - a chain whose only user is a `sum` becomes its prologue (`fused_sum`, LayerNorm's
+     sum(g * xhat)); its operands must be of the chain's size or scalars, since the reduction
+     kernels walk all of them with the input's indexing;
+   - a chain read only by a transpose (seen through a reshape, as where attention splits heads)
+     is computed in the transpose's output order (attrs "shape" and "perm" of the fused node);
+   - LayerNorm's backward takes in the gradient's scaling by gamma before it and the residual
+     stream's gradient accumulation after it (fused_normalize_grad).
+GEMMs, other reductions, row ops and broadcasts to larger shapes otherwise stay boundaries.
 """
 from __future__ import annotations
 
@@ -132,7 +128,7 @@ def _gemm_epilogues(graph: Graph) -> Graph:
             attrs[role] = True
             a, b, *extra = base.inputs
             bias = [other] if role == "bias" else extra[:1] if attrs["bias"] else []
-            residual = [other] if role == "residual" else extra[-1:] if attrs["residual"] and role != "residual" else []
+            residual = [other] if role == "residual" else extra[-1:] if attrs["residual"] else []
             fused = replace(n, op="fused_matmul", inputs=(a, b, *bias, *residual), attrs=_freeze(attrs))
             out.nodes[n.id] = absorbed[n.id] = fused
             break
