@@ -40,7 +40,7 @@ THREADS = 256    # threads per block of the streaming and row kernels
 WARPS = THREADS // 32
 WAVE = 4 * 132   # blocks that fill the 132 SMs of an H200 a few times: what split reductions aim for
 MAX_SPLITS = 1024
-CACHED_ROW = 16  # vectors per lane a warp keeps in registers for a LayerNorm row (2048 floats)
+CACHED_ROW = 16  # vectors per lane a warp keeps in registers for a LayerNorm or softmax row (2048 floats)
 LIBRARY_KINDS = ("matmul", "collective")  # launches a backend hands to cuBLAS and NCCL
 
 
@@ -368,11 +368,14 @@ def _layernorm(launch) -> Kernel:
 
 
 def _softmax(launch) -> Kernel:
-    """A warp per row of the (T, T) score matrices; row i reads only keys j <= i."""
+    """A warp per row of the (T, T) score matrices; row i reads only keys j <= i. Rows of up to
+    2048 floats stay in registers between the forward's passes."""
     *lead, t = launch["out"][2]
     rows, vec = prod(lead), _row_vec(t, launch["out"], *launch["in"])
-    return Kernel(launch["op"], {"op": launch["op"], "rows": rows, "t": t, "vec": vec,
-                                 "scale": _float(launch["attrs"]["scale"]), "itype": _itype(launch["out"][2])},
+    per_lane = _cdiv(t // vec, 32)
+    return Kernel(launch["op"], {"op": launch["op"], "rows": rows, "t": t, "vec": vec, "per_lane": per_lane,
+                                 "cached": per_lane <= CACHED_ROW, "scale": _float(launch["attrs"]["scale"]),
+                                 "itype": _itype(launch["out"][2])},
                   (_cdiv(rows, WARPS), 1, 1), (THREADS, 1, 1))
 
 

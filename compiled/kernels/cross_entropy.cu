@@ -22,6 +22,15 @@ __device__ __forceinline__ float warp_sum(float x)
     return x;
 }
 
+__device__ __forceinline__ float warp_max(float x)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
 // Sum over a 1-D block of WARPS warps, returned to every thread; safe to call repeatedly.
 template <int WARPS> __device__ __forceinline__ float block_sum(float x)
 {
@@ -47,9 +56,8 @@ __device__ __forceinline__ bool last_block(unsigned int* ticket, unsigned int bl
     return last;
 }
 
-// Running (max, sum of exp(x - max)) of a softmax, in one pass over x.
+// Running (max, sum of exp(x - max)) of a softmax, in one pass over x (needs reductions()).
 struct MaxSum { float m, s; };
-__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 __device__ __forceinline__ void push(MaxSum& a, float x)
 {
     if (x > a.m) { a.s = a.s * expf(a.m - x) + 1.0f; a.m = x; }

@@ -22,6 +22,15 @@ __device__ __forceinline__ float warp_sum(float x)
     return x;
 }
 
+__device__ __forceinline__ float warp_max(float x)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
 // Sum over a 1-D block of WARPS warps, returned to every thread; safe to call repeatedly.
 template <int WARPS> __device__ __forceinline__ float block_sum(float x)
 {

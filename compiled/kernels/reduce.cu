@@ -22,6 +22,15 @@ __device__ __forceinline__ float warp_sum(float x)
     return x;
 }
 
+__device__ __forceinline__ float warp_max(float x)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
 // Sum over a 1-D block of WARPS warps, returned to every thread; safe to call repeatedly.
 template <int WARPS> __device__ __forceinline__ float block_sum(float x)
 {
@@ -48,11 +57,11 @@ __device__ __forceinline__ bool last_block(unsigned int* ticket, unsigned int bl
 }
 
 
-__device__ alignas(16) float sum_cols_4e5c41369b_partial[24576];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_4e5c41369b_ticket[3];
+__device__ alignas(16) float sum_cols_32d0f80485_partial[24576];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_32d0f80485_ticket[3];
 // sum: 384 outputs of 4096 elements, kept (extent, stride) [[384, 1]], reduced [[4096, 384]];
 // cols mode, VEC = 4, 64 split(s) of 64
-extern "C" __global__ void __launch_bounds__(256) sum_cols_4e5c41369b(float* __restrict__ out, const float* __restrict__ in0)
+extern "C" __global__ void __launch_bounds__(256) sum_cols_32d0f80485(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -81,10 +90,16 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_4e5c41369b(float* __r
     Vec<VEC> acc = splat<VEC>(0.0f);
     if (active) {
         const idx col = base(o);
-        for (idx r = begin + ty; r < end; r += WARPS) {
-            const Vec<VEC> x = element(col + offset(r));
+        // A trip count known at compile time, unrolled: the loads of 8 rows are in flight together
+        // instead of each waiting for the add before it.
+#pragma unroll 8
+        for (int s = 0; s < 8; ++s) {
+            const idx r = begin + ty + s * WARPS;
+            if (r < end) {
+                const Vec<VEC> x = element(col + offset(r));
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+                for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+            }
         }
     }
     // The warps' sums, added by warp 0 in warp order.
@@ -98,25 +113,29 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_4e5c41369b(float* __r
         return total;
     };
     acc = combine(acc);
-    float* partial = sum_cols_4e5c41369b_partial;
+    float* partial = sum_cols_32d0f80485_partial;
     if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 384 + o, acc);
-    if (!last_block(&sum_cols_4e5c41369b_ticket[blockIdx.x], 64)) return;
+    if (!last_block(&sum_cols_32d0f80485_ticket[blockIdx.x], 64)) return;
     acc = splat<VEC>(0.0f);
     if (active)
-        for (idx s = ty; s < 64; s += WARPS)
+#pragma unroll 8
+        for (int u = 0; u < 8; ++u) {
+            const idx s = ty + u * WARPS;
+            if (s < 64)
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 384 + o + c);
+                for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 384 + o + c);
+        }
     __syncthreads();  // part[] is about to be reused
     acc = combine(acc);
     if (ty == 0 && active) store<VEC>(out + o, acc);
 }
 
-__device__ alignas(16) float fused_sum_cols_228601b15f_partial[24576];  // read and written as Vec<VEC>
-__device__ unsigned int fused_sum_cols_228601b15f_ticket[3];
+__device__ alignas(16) float fused_sum_cols_a1b7fb4251_partial[24576];  // read and written as Vec<VEC>
+__device__ unsigned int fused_sum_cols_a1b7fb4251_ticket[3];
 // sum: 384 outputs of 4096 elements, kept (extent, stride) [[384, 1]], reduced [[4096, 384]];
 // cols mode, VEC = 4, 64 split(s) of 64
 // of the prologue s0 = mul(x0, x1); x = s0
-extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_228601b15f(float* __restrict__ out, const float* __restrict__ in0, const float* __restrict__ in1)
+extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_a1b7fb4251(float* __restrict__ out, const float* __restrict__ in0, const float* __restrict__ in1)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -154,10 +173,16 @@ extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_228601b15f(floa
     Vec<VEC> acc = splat<VEC>(0.0f);
     if (active) {
         const idx col = base(o);
-        for (idx r = begin + ty; r < end; r += WARPS) {
-            const Vec<VEC> x = element(col + offset(r));
+        // A trip count known at compile time, unrolled: the loads of 8 rows are in flight together
+        // instead of each waiting for the add before it.
+#pragma unroll 8
+        for (int s = 0; s < 8; ++s) {
+            const idx r = begin + ty + s * WARPS;
+            if (r < end) {
+                const Vec<VEC> x = element(col + offset(r));
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+                for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+            }
         }
     }
     // The warps' sums, added by warp 0 in warp order.
@@ -171,24 +196,28 @@ extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_228601b15f(floa
         return total;
     };
     acc = combine(acc);
-    float* partial = fused_sum_cols_228601b15f_partial;
+    float* partial = fused_sum_cols_a1b7fb4251_partial;
     if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 384 + o, acc);
-    if (!last_block(&fused_sum_cols_228601b15f_ticket[blockIdx.x], 64)) return;
+    if (!last_block(&fused_sum_cols_a1b7fb4251_ticket[blockIdx.x], 64)) return;
     acc = splat<VEC>(0.0f);
     if (active)
-        for (idx s = ty; s < 64; s += WARPS)
+#pragma unroll 8
+        for (int u = 0; u < 8; ++u) {
+            const idx s = ty + u * WARPS;
+            if (s < 64)
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 384 + o + c);
+                for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 384 + o + c);
+        }
     __syncthreads();  // part[] is about to be reused
     acc = combine(acc);
     if (ty == 0 && active) store<VEC>(out + o, acc);
 }
 
-__device__ alignas(16) float sum_cols_3d6c2dbd46_partial[67584];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_3d6c2dbd46_ticket[12];
+__device__ alignas(16) float sum_cols_e8d4c1e1af_partial[67584];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_e8d4c1e1af_ticket[12];
 // sum: 1536 outputs of 4096 elements, kept (extent, stride) [[1536, 1]], reduced [[4096, 1536]];
 // cols mode, VEC = 4, 44 split(s) of 94
-extern "C" __global__ void __launch_bounds__(256) sum_cols_3d6c2dbd46(float* __restrict__ out, const float* __restrict__ in0)
+extern "C" __global__ void __launch_bounds__(256) sum_cols_e8d4c1e1af(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -217,10 +246,16 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_3d6c2dbd46(float* __r
     Vec<VEC> acc = splat<VEC>(0.0f);
     if (active) {
         const idx col = base(o);
-        for (idx r = begin + ty; r < end; r += WARPS) {
-            const Vec<VEC> x = element(col + offset(r));
+        // A trip count known at compile time, unrolled: the loads of 8 rows are in flight together
+        // instead of each waiting for the add before it.
+#pragma unroll 8
+        for (int s = 0; s < 12; ++s) {
+            const idx r = begin + ty + s * WARPS;
+            if (r < end) {
+                const Vec<VEC> x = element(col + offset(r));
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+                for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+            }
         }
     }
     // The warps' sums, added by warp 0 in warp order.
@@ -234,24 +269,28 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_3d6c2dbd46(float* __r
         return total;
     };
     acc = combine(acc);
-    float* partial = sum_cols_3d6c2dbd46_partial;
+    float* partial = sum_cols_e8d4c1e1af_partial;
     if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 1536 + o, acc);
-    if (!last_block(&sum_cols_3d6c2dbd46_ticket[blockIdx.x], 44)) return;
+    if (!last_block(&sum_cols_e8d4c1e1af_ticket[blockIdx.x], 44)) return;
     acc = splat<VEC>(0.0f);
     if (active)
-        for (idx s = ty; s < 44; s += WARPS)
+#pragma unroll 8
+        for (int u = 0; u < 6; ++u) {
+            const idx s = ty + u * WARPS;
+            if (s < 44)
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 1536 + o + c);
+                for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 1536 + o + c);
+        }
     __syncthreads();  // part[] is about to be reused
     acc = combine(acc);
     if (ty == 0 && active) store<VEC>(out + o, acc);
 }
 
-__device__ alignas(16) float sum_cols_19f69c8f00_partial[67968];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_19f69c8f00_ticket[9];
+__device__ alignas(16) float sum_cols_f69de121bb_partial[67968];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_f69de121bb_ticket[9];
 // sum: 1152 outputs of 4096 elements, kept (extent, stride) [[1152, 1]], reduced [[4096, 1152]];
 // cols mode, VEC = 4, 59 split(s) of 70
-extern "C" __global__ void __launch_bounds__(256) sum_cols_19f69c8f00(float* __restrict__ out, const float* __restrict__ in0)
+extern "C" __global__ void __launch_bounds__(256) sum_cols_f69de121bb(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -280,10 +319,16 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_19f69c8f00(float* __r
     Vec<VEC> acc = splat<VEC>(0.0f);
     if (active) {
         const idx col = base(o);
-        for (idx r = begin + ty; r < end; r += WARPS) {
-            const Vec<VEC> x = element(col + offset(r));
+        // A trip count known at compile time, unrolled: the loads of 8 rows are in flight together
+        // instead of each waiting for the add before it.
+#pragma unroll 8
+        for (int s = 0; s < 9; ++s) {
+            const idx r = begin + ty + s * WARPS;
+            if (r < end) {
+                const Vec<VEC> x = element(col + offset(r));
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+                for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+            }
         }
     }
     // The warps' sums, added by warp 0 in warp order.
@@ -297,14 +342,18 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_19f69c8f00(float* __r
         return total;
     };
     acc = combine(acc);
-    float* partial = sum_cols_19f69c8f00_partial;
+    float* partial = sum_cols_f69de121bb_partial;
     if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 1152 + o, acc);
-    if (!last_block(&sum_cols_19f69c8f00_ticket[blockIdx.x], 59)) return;
+    if (!last_block(&sum_cols_f69de121bb_ticket[blockIdx.x], 59)) return;
     acc = splat<VEC>(0.0f);
     if (active)
-        for (idx s = ty; s < 59; s += WARPS)
+#pragma unroll 8
+        for (int u = 0; u < 8; ++u) {
+            const idx s = ty + u * WARPS;
+            if (s < 59)
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 1152 + o + c);
+                for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 1152 + o + c);
+        }
     __syncthreads();  // part[] is about to be reused
     acc = combine(acc);
     if (ty == 0 && active) store<VEC>(out + o, acc);
@@ -312,7 +361,7 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_19f69c8f00(float* __r
 
 // sum: 98304 outputs of 16 elements, kept (extent, stride) [[98304, 1]], reduced [[16, 98304]];
 // cols mode, VEC = 4, 1 split(s) of 16
-extern "C" __global__ void __launch_bounds__(256) sum_cols_488abcd3a6(float* __restrict__ out, const float* __restrict__ in0)
+extern "C" __global__ void __launch_bounds__(256) sum_cols_c402ed789c(float* __restrict__ out, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -341,10 +390,16 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_488abcd3a6(float* __r
     Vec<VEC> acc = splat<VEC>(0.0f);
     if (active) {
         const idx col = base(o);
-        for (idx r = begin + ty; r < end; r += WARPS) {
-            const Vec<VEC> x = element(col + offset(r));
+        // A trip count known at compile time, unrolled: the loads of 8 rows are in flight together
+        // instead of each waiting for the add before it.
+#pragma unroll 8
+        for (int s = 0; s < 2; ++s) {
+            const idx r = begin + ty + s * WARPS;
+            if (r < end) {
+                const Vec<VEC> x = element(col + offset(r));
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+                for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+            }
         }
     }
     // The warps' sums, added by warp 0 in warp order.

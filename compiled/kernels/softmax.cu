@@ -22,6 +22,15 @@ __device__ __forceinline__ float warp_sum(float x)
     return x;
 }
 
+__device__ __forceinline__ float warp_max(float x)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
 // Sum over a 1-D block of WARPS warps, returned to every thread; safe to call repeatedly.
 template <int WARPS> __device__ __forceinline__ float block_sum(float x)
 {
@@ -47,33 +56,9 @@ __device__ __forceinline__ bool last_block(unsigned int* ticket, unsigned int bl
     return last;
 }
 
-// Running (max, sum of exp(x - max)) of a softmax, in one pass over x.
-struct MaxSum { float m, s; };
-__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
-__device__ __forceinline__ void push(MaxSum& a, float x)
-{
-    if (x > a.m) { a.s = a.s * expf(a.m - x) + 1.0f; a.m = x; }
-    else a.s += expf(x - a.m);
-}
-// Symmetric in its arguments, so the butterfly below gives every lane the same bits.
-__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b)
-{
-    if (b.m == neg_inf()) return a;  // an empty side (no unmasked element): -inf - -inf would be NaN
-    if (a.m == neg_inf()) return b;
-    const float m = fmaxf(a.m, b.m);
-    return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
-}
-__device__ __forceinline__ MaxSum warp_merge(MaxSum a)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        a = merge(a, {__shfl_xor_sync(0xffffffffu, a.m, o), __shfl_xor_sync(0xffffffffu, a.s, o)});
-    return a;
-}
-
 
 // causal_softmax: 24576 rows of 256, scale 0.125f, VEC = 4
-extern "C" __global__ void __launch_bounds__(256) causal_softmax_fbe04e98b4(float* __restrict__ out, const float* __restrict__ x)
+extern "C" __global__ void __launch_bounds__(256) causal_softmax_ac1127c0c7(float* __restrict__ out, const float* __restrict__ x)
 {
     constexpr int VEC = 4, T = 256;
     using idx = unsigned int;
@@ -83,26 +68,50 @@ extern "C" __global__ void __launch_bounds__(256) causal_softmax_fbe04e98b4(floa
     const int i = row % T;              // the query: keys 0..i are visible
     const int visible = i / VEC + 1;    // vectors holding keys 0..i (the last may straddle i)
     float* out_row = out + row * T;
+    // Three passes over the visible keys -- max, sum of exp, scaled write -- with the row held in
+    // registers when it fits (2 vector(s) per lane), so each element costs one expf.
+    constexpr int ITEMS = 2;
     const float* x_row = x + row * T;
-    MaxSum ms = {neg_inf(), 0.0f};
-    for (int u = lane; u < visible; u += 32) {
-        const Vec<VEC> v = load<VEC>(x_row + u * VEC);
+    auto at = [&](int it) { return lane + 32 * it; };  // a lane's it-th vector
+    Vec<VEC> v[ITEMS];
 #pragma unroll
-        for (int c = 0; c < VEC; ++c)
-            if (u * VEC + c <= i) push(ms, v.v[c] * 0.125f);
-    }
-    ms = warp_merge(ms);
-    const float inv = 1.0f / ms.s;
-    for (int u = lane; u < T / VEC; u += 32) {
-        Vec<VEC> p = splat<VEC>(0.0f);
-        if (u < visible) {
-            const Vec<VEC> v = load<VEC>(x_row + u * VEC);
+    for (int it = 0; it < ITEMS; ++it) v[it] = at(it) < visible ? load<VEC>(x_row + at(it) * VEC) : splat<VEC>(0.0f);
+    auto X = [&](int it) { return v[it]; };
+    float m = neg_inf();
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (at(it) < visible)
 #pragma unroll
             for (int c = 0; c < VEC; ++c)
-                if (u * VEC + c <= i) p.v[c] = expf(v.v[c] * 0.125f - ms.m) * inv;
+                if (at(it) * VEC + c <= i) m = fmaxf(m, X(it).v[c] * 0.125f);
+    m = warp_max(m);  // key 0 is always visible: finite
+    auto e = [&](const Vec<VEC>& x, int it) {
+        Vec<VEC> r;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) r.v[c] = at(it) * VEC + c <= i ? expf(x.v[c] * 0.125f - m) : 0.0f;
+        return r;
+    };
+    float sum = 0.0f;
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (at(it) < visible) {
+            const Vec<VEC> p = e(X(it), it);
+            v[it] = p;
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) sum += p.v[c];
         }
-        store<VEC>(out_row + u * VEC, p);
-    }
+    const float inv = 1.0f / warp_sum(sum);
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (at(it) < T / VEC) {
+            Vec<VEC> p = splat<VEC>(0.0f);
+            if (at(it) < visible) {
+                p = v[it];
+#pragma unroll
+                for (int c = 0; c < VEC; ++c) p.v[c] *= inv;
+            }
+            store<VEC>(out_row + at(it) * VEC, p);
+        }
 }
 
 // causal_softmax_grad: 24576 rows of 256, scale 0.125f, VEC = 4
@@ -141,7 +150,7 @@ extern "C" __global__ void __launch_bounds__(256) causal_softmax_grad_713dc865db
 }
 
 // causal_softmax: 1536 rows of 256, scale 0.125f, VEC = 4
-extern "C" __global__ void __launch_bounds__(256) causal_softmax_ededf621d2(float* __restrict__ out, const float* __restrict__ x)
+extern "C" __global__ void __launch_bounds__(256) causal_softmax_afabd97ded(float* __restrict__ out, const float* __restrict__ x)
 {
     constexpr int VEC = 4, T = 256;
     using idx = unsigned int;
@@ -151,24 +160,48 @@ extern "C" __global__ void __launch_bounds__(256) causal_softmax_ededf621d2(floa
     const int i = row % T;              // the query: keys 0..i are visible
     const int visible = i / VEC + 1;    // vectors holding keys 0..i (the last may straddle i)
     float* out_row = out + row * T;
+    // Three passes over the visible keys -- max, sum of exp, scaled write -- with the row held in
+    // registers when it fits (2 vector(s) per lane), so each element costs one expf.
+    constexpr int ITEMS = 2;
     const float* x_row = x + row * T;
-    MaxSum ms = {neg_inf(), 0.0f};
-    for (int u = lane; u < visible; u += 32) {
-        const Vec<VEC> v = load<VEC>(x_row + u * VEC);
+    auto at = [&](int it) { return lane + 32 * it; };  // a lane's it-th vector
+    Vec<VEC> v[ITEMS];
 #pragma unroll
-        for (int c = 0; c < VEC; ++c)
-            if (u * VEC + c <= i) push(ms, v.v[c] * 0.125f);
-    }
-    ms = warp_merge(ms);
-    const float inv = 1.0f / ms.s;
-    for (int u = lane; u < T / VEC; u += 32) {
-        Vec<VEC> p = splat<VEC>(0.0f);
-        if (u < visible) {
-            const Vec<VEC> v = load<VEC>(x_row + u * VEC);
+    for (int it = 0; it < ITEMS; ++it) v[it] = at(it) < visible ? load<VEC>(x_row + at(it) * VEC) : splat<VEC>(0.0f);
+    auto X = [&](int it) { return v[it]; };
+    float m = neg_inf();
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (at(it) < visible)
 #pragma unroll
             for (int c = 0; c < VEC; ++c)
-                if (u * VEC + c <= i) p.v[c] = expf(v.v[c] * 0.125f - ms.m) * inv;
+                if (at(it) * VEC + c <= i) m = fmaxf(m, X(it).v[c] * 0.125f);
+    m = warp_max(m);  // key 0 is always visible: finite
+    auto e = [&](const Vec<VEC>& x, int it) {
+        Vec<VEC> r;
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) r.v[c] = at(it) * VEC + c <= i ? expf(x.v[c] * 0.125f - m) : 0.0f;
+        return r;
+    };
+    float sum = 0.0f;
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (at(it) < visible) {
+            const Vec<VEC> p = e(X(it), it);
+            v[it] = p;
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) sum += p.v[c];
         }
-        store<VEC>(out_row + u * VEC, p);
-    }
+    const float inv = 1.0f / warp_sum(sum);
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (at(it) < T / VEC) {
+            Vec<VEC> p = splat<VEC>(0.0f);
+            if (at(it) < visible) {
+                p = v[it];
+#pragma unroll
+                for (int c = 0; c < VEC; ++c) p.v[c] *= inv;
+            }
+            store<VEC>(out_row + at(it) * VEC, p);
+        }
 }
