@@ -40,6 +40,7 @@ THREADS = 256    # threads per block of the streaming and row kernels
 WARPS = THREADS // 32
 WAVE = 4 * 132   # blocks that fill the 132 SMs of an H200 a few times: what split reductions aim for
 MAX_SPLITS = 1024
+SPLIT_ROWS = 64  # fewest rows a split of a column reduction walks
 CACHED_ROW = 16  # vectors per lane a warp keeps in registers for a LayerNorm or softmax row (2048 floats)
 LIBRARY_KINDS = ("matmul", "collective")  # launches a backend hands to cuBLAS and NCCL
 
@@ -322,7 +323,7 @@ def _reduce(launch) -> Kernel:
     if kept and (not runs or not runs[-1][0]):
         vec = VEC if kept[-1][0] % VEC == 0 and _aligned(out, *full) else 1
         x_blocks = _cdiv(n_out // vec, 32)
-        splits = max(1, min(_cdiv(WAVE, x_blocks), _cdiv(n_red, 64), MAX_SPLITS))
+        splits = max(1, min(_cdiv(WAVE, x_blocks), _cdiv(n_red, SPLIT_ROWS), MAX_SPLITS))
         chunk = _cdiv(n_red, splits)
         splits = _cdiv(n_red, chunk)
         return Kernel(f"{stem}_cols", dict(common, mode="cols", vec=vec, splits=splits, chunk=chunk),

@@ -82,3 +82,17 @@ def test_seed_workload_cuda_matches_numpy(tmp_path, seed_corpus):
         losses[backend] = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
     assert losses["cuda"][-1] <= 0.94
     np.testing.assert_allclose(losses["cuda"], losses["numpy"], atol=1e-3)
+
+
+def test_profile_times_every_launch():
+    from graphgpt.runtime.cuda_backend import CudaBackend
+    from graphgpt.runtime.profile import format_profile, profile
+    plan = small_plan()
+    backend = CudaBackend(plan)
+    tokens = np.random.default_rng(0).integers(0, plan.config["vocab_size"], (4, 64)).astype(np.int32)
+    rows = profile(backend, "train", {"tokens": tokens, "targets": tokens, "step_size": 0.0})
+    assert sum(r["calls"] for r in rows) == len(backend.programs["train"].launches)
+    assert all(r["ms"] > 0 for r in rows)
+    assert any(r["name"].startswith("gemm") and r["flops"] for r in rows)
+    text = format_profile(rows, {"bandwidth": 4e12, "flops": 50e12})
+    assert text.splitlines()[-1].startswith("total")
