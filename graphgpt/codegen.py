@@ -41,6 +41,7 @@ WARPS = THREADS // 32
 WAVE = 4 * 132   # blocks that fill the 132 SMs of an H200 a few times: what split reductions aim for
 MAX_SPLITS = 1024
 SPLIT_ROWS = 64  # fewest rows a split of a column reduction walks
+ID_CHUNK = 2048  # ids an embedding-gradient block reads per round (8 KiB of shared memory)
 CACHED_ROW = 16  # vectors per lane a warp keeps in registers for a LayerNorm or softmax row (2048 floats)
 LIBRARY_KINDS = ("matmul", "collective")  # launches a backend hands to cuBLAS and NCCL
 
@@ -413,7 +414,7 @@ def _embedding(launch) -> Kernel:
     block_rows = max(1, min(32, 8192 // (threads * vec), rows * col_blocks // WAVE))
     return Kernel("embedding_grad", {"op": "embedding_grad", "rows": rows, "c": c, "n": prod(ids[2]),
                                      "vec": vec, "threads": threads, "block_rows": block_rows,
-                                     "itype": _itype(out[2], g[2])},
+                                     "ids_per_thread": max(1, ID_CHUNK // threads), "itype": _itype(out[2], g[2])},
                   (_cdiv(rows, block_rows), col_blocks, 1), (threads, 1, 1))
 
 

@@ -24,36 +24,57 @@ extern "C" __global__ void __launch_bounds__(256) embedding_65c05ad412(float* __
     store<VEC>(out + i, load<VEC>(table + static_cast<idx>(ids[i / C]) * C + i % C));
 }
 
-// embedding_grad: 99 x 384 table from 4096 ids, 1 rows per block, VEC = 4
-extern "C" __global__ void __launch_bounds__(96) embedding_grad_f65033c012(float* __restrict__ out, const int* __restrict__ ids, const float* __restrict__ g)
+// embedding_grad: 99 x 384 table from 4096 ids, 1 rows per block, VEC = 4, 21 id(s) per thread per chunk
+extern "C" __global__ void __launch_bounds__(96) embedding_grad_815e4efa3d(float* __restrict__ out, const int* __restrict__ ids, const float* __restrict__ g)
 {
     constexpr int VEC = 4, C = 384, THREADS = 96, BLOCK_ROWS = 1;
+    constexpr int CHUNK = THREADS * 21, BATCH = 8;
     using idx = unsigned int;
     __shared__ Vec<VEC> sums[BLOCK_ROWS][THREADS];  // thread t only touches column t: no races
-    __shared__ int row_of[THREADS];                 // the current chunk's ids, relative to first_row
-    __shared__ unsigned int mine[THREADS / 32];     // per warp: which of its ids this block owns
+    __shared__ int row_of[CHUNK];                   // the current chunk's ids, relative to first_row
+    __shared__ unsigned int mine[CHUNK / 32];       // per 32 ids: which of them this block owns
     const int t = threadIdx.x;
     const int first_row = blockIdx.x * BLOCK_ROWS;
     const idx col = (static_cast<idx>(blockIdx.y) * THREADS + t) * VEC;
     const bool active = col < C;
 #pragma unroll
     for (int r = 0; r < BLOCK_ROWS; ++r) sums[r][t] = splat<VEC>(0.0f);
-    for (idx base = 0; base < 4096; base += THREADS) {
-        const int r = base + t < 4096 ? ids[base + t] - first_row : -1;
-        const unsigned int hits = __ballot_sync(0xffffffffu, r >= 0 && r < BLOCK_ROWS);
-        if (t % 32 == 0) mine[t / 32] = hits;
-        row_of[t] = r;
-        __syncthreads();
-        for (int w = 0; w < THREADS / 32; ++w)
-            for (unsigned int m = mine[w]; m != 0; m &= m - 1) {  // this block's ids, in order
-                const int j = w * 32 + __ffs(m) - 1;
-                if (active) {
-                    const Vec<VEC> x = load<VEC>(g + (base + j) * C + col);
-                    Vec<VEC>& s = sums[row_of[j]][t];
+    for (idx base = 0; base < 4096; base += CHUNK) {
+        // Every thread reads ids (coalesced) so that a chunk is scanned in a few loads.
 #pragma unroll
-                    for (int c = 0; c < VEC; ++c) s.v[c] += x.v[c];
-                }
+        for (int u = 0; u < CHUNK; u += THREADS) {
+            const int j = u + t;
+            const int r = base + j < 4096 ? ids[base + j] - first_row : -1;
+            const unsigned int hits = __ballot_sync(0xffffffffu, r >= 0 && r < BLOCK_ROWS);
+            if (t % 32 == 0) mine[j / 32] = hits;
+            row_of[j] = r;
+        }
+        __syncthreads();
+        // This block's ids in order, their gradient rows loaded BATCH at a time so that the loads
+        // are in flight together; each row is added to its sum in id order.
+        int batch[BATCH], n = 0;
+        auto flush = [&]() {
+            if (active) {
+                Vec<VEC> x[BATCH];
+#pragma unroll
+                for (int q = 0; q < BATCH; ++q)
+                    if (q < n) x[q] = load<VEC>(g + (base + batch[q]) * C + col);
+#pragma unroll
+                for (int q = 0; q < BATCH; ++q)
+                    if (q < n) {
+                        Vec<VEC>& s = sums[row_of[batch[q]]][t];
+#pragma unroll
+                        for (int c = 0; c < VEC; ++c) s.v[c] += x[q].v[c];
+                    }
             }
+            n = 0;
+        };
+        for (int w = 0; w < CHUNK / 32; ++w)
+            for (unsigned int m = mine[w]; m != 0; m &= m - 1) {
+                batch[n++] = w * 32 + __ffs(m) - 1;
+                if (n == BATCH) flush();
+            }
+        flush();
         __syncthreads();  // row_of[] and mine[] are rewritten next chunk
     }
     if (active)
