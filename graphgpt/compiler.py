@@ -23,7 +23,7 @@ from .ops import REGISTRY
 from .passes.fuse import fuse
 from .passes.memory import Layout, ProgramMemory, persistent_layout, plan_program
 from .passes.multi_tensor import merge_launches
-from .passes.remat import POLICIES, rematerialize
+from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
 from .passes.simplify import simplify
 from .plan import SCHEMA_VERSION, save
@@ -82,7 +82,7 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
 
 
 def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path | None = None,
-                  tokenizer_kind: str | None = None, fusion: bool = True, remat: str = "attention",
+                  tokenizer_kind: str | None = None, fusion: bool = True, remat: str = AUTO,
                   log=print) -> Compiled:
     t0 = time.perf_counter()
     model_path = Path(model_path)
@@ -120,12 +120,14 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     if fusion:
         train, generate = fuse(train), fuse(generate)
         log(f"  fuse       joint {len(train.nodes)} nodes, generate {len(generate.nodes)} nodes")
-    variants = {policy: rematerialize(train, policy) for policy in POLICIES}  # for the report
-    train = variants[remat]
-    log(f"  remat      {remat}: {len(train.late)} activations recomputed in the backward")
+    variants = {policy: rematerialize(train, policy) for policy in POLICIES}
+    layout = persistent_layout(train, generate)
+    peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}  # also for the report
+    chosen = choose({policy: m.work_size for policy, m in peaks.items()}) if remat == AUTO else remat
+    train = variants[chosen]
+    log(f"  remat      {chosen}{' (auto)' if remat == AUTO else ''}: {len(train.late)} activations recomputed in the backward")
     train.verify(), generate.verify()
 
-    layout = persistent_layout(train, generate)
     programs = {}
     for name, graph in (("train", train), ("generate", generate)):
         order = schedule(graph)
@@ -141,10 +143,9 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
         files[f"graphs/{dump['title']}.html"] = viz.render_html(dump)
     baseline = None
     if fusion:  # what fusion saved: the --no-fuse plan, measured on the same plan machinery
-        unfused = rematerialize(unfused, remat)
+        unfused = rematerialize(unfused, chosen)
         baseline = _stats(unfused, plan_program(unfused, schedule(unfused), persistent_layout(unfused, generate)))
-    peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}
-    report = _report(data, programs, baseline, peaks)
+    report = _report(data, programs, baseline, peaks, chosen)
     files["report.txt"] = report
     log(f"  plan       {sum(len(p['launches']) for p in data['programs'].values())} launches, "
         f"{time.perf_counter() - t0:.1f} s")
@@ -251,7 +252,7 @@ def _stats(graph: Graph, mem: ProgramMemory) -> dict:
     return {"launches": len(mem.launches) + len(mem.copies), "bytes": moved * BYTES, "flops": flops}
 
 
-def _report(data: dict, programs, unfused: dict | None, remat: dict[str, ProgramMemory]) -> str:
+def _report(data: dict, programs, unfused: dict | None, remat: dict[str, ProgramMemory], chosen: str) -> str:
     def mib(elements: int) -> str:
         return f"{elements * BYTES / 2**20:9.2f} MiB"
 
@@ -273,6 +274,7 @@ def _report(data: dict, programs, unfused: dict | None, remat: dict[str, Program
                   f"  sum of buffers      {mib(mem.work_sum)}  (no reuse)"]
         if name == "train":
             lines += [f"  --remat {policy:<11}{mib(m.work_size)}  (work peak; lower bound {mib(m.lower_bound).strip()})"
+                      + ("  <- this plan" if policy == chosen else "")
                       for policy, m in remat.items()]
         if name == "train" and unfused:
             lines += [f"  without fusion      {unfused['launches']} launches, "
@@ -308,9 +310,10 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", choices=("word", "char"),
                    help="word (the seed's; default with --data) or char (default without)")
     p.add_argument("--no-fuse", action="store_true", help="one kernel per op: no fusion pass")
-    p.add_argument("--remat", choices=POLICIES, default="attention",
+    p.add_argument("--remat", choices=(AUTO, *POLICIES), default=AUTO,
                    help="activations recomputed in the backward instead of kept: none, attention (the "
-                        "attention probabilities; default) or all (also LayerNorm and GELU outputs)")
+                        "attention probabilities), all (also LayerNorm and GELU outputs), or auto "
+                        "(default: attention where that saves a quarter of the work memory, else none)")
     args = p.parse_args(argv)
     try:
         compiled = compile_model(args.model, args.overrides, args.data, args.tokenizer, fusion=not args.no_fuse,

@@ -29,3 +29,12 @@ def test_remat_computes_the_same_with_less_memory():
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-12)
         for name, value in ref_params.items():
             np.testing.assert_allclose(params[name], value, rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+def test_auto_recomputes_attention_only_where_it_saves_a_quarter_of_the_memory():
+    def chosen(overrides):
+        report = compile_model(ROOT / "model.py", overrides, log=lambda *a: None).report
+        return next(line.split()[1] for line in report.splitlines() if line.endswith("<- this plan"))
+    assert chosen(TWO_LAYERS) == "none"  # 32 tokens: the probabilities are a small part of the work region
+    long_sequences = ["n_layer=2", "n_head=8", "n_embd=32", "block_size=512", "batch_size=2"]
+    assert chosen(long_sequences) == "attention"

@@ -9,9 +9,10 @@ Policy: a forward node is recomputed for its backward readers when
     the pre-activation of GELU for GELU's gradient, q and k for their own gradients), so only
     the recomputed outputs stop living across the step.
 Each clone is scheduled just before the first backward reader ("compute late"), so the original
-dies after its last forward reader. "attention" (the default) drops the largest activation of
-all, the (T x T) attention probabilities, at the price of one more (T x T x D) GEMM per layer --
-the trade FlashAttention makes; "all" also drops every LayerNorm and GELU output.
+dies after its last forward reader. "attention" drops the largest activation of long sequences,
+the (T x T) attention probabilities, at the price of one more (T x T x D) GEMM per layer -- the
+trade FlashAttention makes; "all" also drops every LayerNorm and GELU output. The compiler's
+default, "auto", measures the trade on the memory plan (see `choose`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,19 @@ from ..ir import SOURCE_OPS, Graph, Node
 from ..ops import REGISTRY
 
 POLICIES = ("none", "attention", "all")
+AUTO = "auto"  # the compiler's default: attention where that saves a quarter of the work region
+WORTH_IT = 0.25
 FEEDERS = ("matmul",)  # recomputed only as the private input of a root
+
+
+def choose(work_peaks: dict[str, int]) -> str:
+    """The policy `auto` stands for, given each policy's work peak: recompute the attention
+    probabilities when that saves at least a quarter of the work region. They grow with the square
+    of the sequence length and every other activation linearly, so long sequences recompute them
+    (GPT-2 124M at 1024 tokens: a third of the region) and short ones keep them (the seed's 256
+    tokens: a sixth), sparing a GEMM and a softmax per layer."""
+    saved = work_peaks["none"] - work_peaks["attention"]
+    return "attention" if saved >= WORTH_IT * work_peaks["none"] else "none"
 
 
 def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
