@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session: the GPU test suite, then the benchmarks, logs under $OUT (default ./runs).
 # usage: bash tools/device_check.sh [tests|seed|gpt2|all]   (run from the repository root)
-#   seed: the seed workload, fp32 and TF32, fused against --no-fuse
+#   seed: the seed workload, fp32 and TF32, fused against --no-fuse, and the TF32 profile
 #   gpt2: GPT-2 124M shapes: TF32 throughput, fp32 peak memory with each --remat policy
 set -uo pipefail
 OUT=${OUT:-runs}
@@ -20,6 +20,7 @@ if [[ $what == seed || $what == all ]]; then
   python3 tools/bench.py --plan /tmp/seed_nofuse --no-torch --json "$OUT/bench_seed_fp32_nofuse.json" 2>&1 \
     | tee "$OUT/bench_seed_fp32_nofuse.log"
   python3 tools/bench.py --plan /tmp/seed --tf32 --json "$OUT/bench_seed_tf32.json" 2>&1 | tee "$OUT/bench_seed_tf32.log"
+  python3 -m graphgpt.run --plan /tmp/seed --data "$corpus" --tf32 --profile --steps 3 2>&1 | tee "$OUT/profile_seed_tf32.log"
 fi
 if [[ $what == gpt2 || $what == all ]]; then
   gpt2=(--set n_layer=12 --set n_head=12 --set n_embd=768 --set block_size=1024 --set vocab_size=50304 --set batch_size=16)
