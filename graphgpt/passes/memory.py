@@ -3,9 +3,12 @@
 The float arena is laid out as   [params | grads | optimizer state | constants | work].
 Parameters, their gradients and the optimizer state have fixed slots in the same order (so the
 gradients form one flat buffer, and an allreduce or a multi-tensor optimizer can treat them as a
-single array). The work region is shared by every program of a plan and planned per program by
-simulating a heap over the schedule: each buffer is allocated when its node runs and freed after
-its last reader, at the best-fitting free offset (XLA's heap simulator does the same).
+single array). The work region is shared by every program of a plan and planned per program from
+each buffer's lifetime (from the step that computes it to its last reader) in two ways, keeping
+the smaller: a best-fit heap simulated over the schedule (as XLA's heap simulator), and an
+offline placement of the largest buffers first (as TFLite's greedy-by-size planner), which
+strands fewer large buffers above small holes. Either is checked: no two buffers alive at one
+step share memory.
 
 Three kinds of sharing remove copies:
 - views: a reshape, or a slice of contiguous memory, reads its input's buffer at an offset; a
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..errors import UserError
 from ..ir import SOURCE_OPS, Graph, Node
@@ -154,31 +159,18 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
             copies.append((new, state))
     keep_alive = set(graph.outputs.values()) | {new for new, _ in copies}
 
-    # 3. the work region: a heap simulated over the schedule
+    # 3. the work region: each buffer lives from the step that computes it to its last reader
     roots = [nid for nid in nodes if nid not in fixed and nid not in view]
     # born when its first member is computed (a concat built in place: its first piece); float
     # inputs exist before step 0
     born = {r: min(pos.get(k, -1) for k in members[r]) for r in roots}
     dies = {r: (end if any(root_of[k] == r for k in keep_alive) else last_read.get(r, born[r]))
             for r in roots}
-    heap = _Heap()
+    buffers = [_Buffer(r, born[r], dies[r], aligned(nodes[r].size)) for r in roots]
+    work, peak = min((_simulated_heap(buffers), _largest_first(buffers)), key=lambda placement: placement[1])
+    _check_disjoint(buffers, work)
     offsets: dict[int, tuple[str, int]] = dict(fixed)
-    live = lower = 0
-    by_time: dict[int, list[int]] = {}
-    frees: dict[int, list[int]] = {}
-    for r in roots:
-        by_time.setdefault(born[r], []).append(r)
-        frees.setdefault(dies[r], []).append(r)
-    for t in range(-1, end + 1):
-        for r in sorted(by_time.get(t, ())):
-            size = aligned(nodes[r].size)
-            offsets[r] = ("f", layout.work_base + heap.alloc(size))
-            live += size
-        lower = max(lower, live)
-        for r in sorted(frees.get(t, ())):
-            size = aligned(nodes[r].size)
-            heap.free(offsets[r][1] - layout.work_base, size)
-            live -= size
+    offsets.update({r: ("f", layout.work_base + off) for r, off in work.items()})
     for nid, (root, shift) in view.items():
         arena, off = offsets[root]
         offsets[nid] = (arena, off + shift)
@@ -187,10 +179,10 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
         launches=[nid for nid in order
                   if (nid not in view or nid in placed or _in_place_op(nodes[nid])) and nid not in in_place_concats],
         copies=copies,
-        work_size=heap.peak,
+        work_size=peak,
         int_size=int_top,
-        work_sum=sum(aligned(nodes[r].size) for r in roots),
-        lower_bound=lower,
+        work_sum=sum(b.size for b in buffers),
+        lower_bound=_most_live(buffers),
     )
 
 
@@ -236,6 +228,81 @@ def _in_place(new: Node, state: int, pos, readers, members) -> bool:
         return False
     others = [r for k in members[state] for r in readers[k] if r != new.id]
     return all(pos[r] < pos[new.id] for r in others if r in pos)
+
+
+@dataclass(frozen=True)
+class _Buffer:
+    """A work buffer: alive from step `born` to step `dies`, both included (a buffer freed at a
+    step and one allocated at it are live together: the step reads the one and writes the other)."""
+    node: int
+    born: int
+    dies: int
+    size: int
+
+
+def _simulated_heap(buffers: list[_Buffer]) -> tuple[dict[int, int], int]:
+    """Offsets by a best-fit heap run over the schedule: allocate at birth, free after the last read."""
+    heap, offsets = _Heap(), {}
+    by_time: dict[int, list[_Buffer]] = {}
+    frees: dict[int, list[_Buffer]] = {}
+    for b in buffers:
+        by_time.setdefault(b.born, []).append(b)
+        frees.setdefault(b.dies, []).append(b)
+    for t in sorted(set(by_time) | set(frees)):
+        for b in sorted(by_time.get(t, ()), key=lambda b: b.node):
+            offsets[b.node] = heap.alloc(b.size)
+        for b in sorted(frees.get(t, ()), key=lambda b: b.node):
+            heap.free(offsets[b.node], b.size)
+    return offsets, heap.peak
+
+
+def _largest_first(buffers: list[_Buffer]) -> tuple[dict[int, int], int]:
+    """Offsets placed offline, largest buffer first: each goes into the smallest gap left between the
+    buffers already placed whose lifetimes meet its own, or above them all. The heap, which sees
+    buffers in schedule order, can strand large ones above small holes; knowing every lifetime in
+    advance avoids that (TFLite's greedy-by-size planner works this way)."""
+    order = sorted(buffers, key=lambda b: (-b.size, b.born, b.node))
+    born = np.array([b.born for b in order])
+    dies = np.array([b.dies for b in order])
+    sizes = np.array([b.size for b in order], dtype=np.int64)
+    starts = np.zeros(len(order), dtype=np.int64)
+    peak = 0
+    for i, b in enumerate(order):
+        meets = np.flatnonzero((born[:i] <= b.dies) & (b.born <= dies[:i]))
+        best, top = None, 0
+        for j in meets[np.argsort(starts[meets], kind="stable")]:
+            gap = starts[j] - top
+            if gap >= b.size and (best is None or gap < best[1]):
+                best = (top, gap)
+            top = max(top, starts[j] + sizes[j])
+        starts[i] = best[0] if best else top
+        peak = max(peak, int(starts[i]) + b.size)
+    return {b.node: int(start) for b, start in zip(order, starts)}, peak
+
+
+def _check_disjoint(buffers: list[_Buffer], offsets: dict[int, int]) -> None:
+    """No two buffers alive at the same step share memory."""
+    born = np.array([b.born for b in buffers])
+    dies = np.array([b.dies for b in buffers])
+    start = np.array([offsets[b.node] for b in buffers], dtype=np.int64)
+    stop = start + np.array([b.size for b in buffers], dtype=np.int64)
+    for i in range(len(buffers)):
+        clash = (born <= dies[i]) & (born[i] <= dies) & (start < stop[i]) & (start[i] < stop)
+        clash[i] = False
+        assert not clash.any(), f"buffers of nodes {buffers[i].node} and {buffers[int(np.argmax(clash))].node} overlap"
+
+
+def _most_live(buffers: list[_Buffer]) -> int:
+    """The lower bound of any placement: the most elements alive at one step."""
+    change: dict[int, int] = {}
+    for b in buffers:
+        change[b.born] = change.get(b.born, 0) + b.size
+        change[b.dies + 1] = change.get(b.dies + 1, 0) - b.size
+    live = most = 0
+    for t in sorted(change):
+        live += change[t]
+        most = max(most, live)
+    return most
 
 
 class _Heap:
