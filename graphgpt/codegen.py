@@ -412,10 +412,14 @@ def _embedding(launch) -> Kernel:
     # table rows a block owns: <= 32 KiB of sums, and few enough that the blocks fill the GPU (every
     # block scans all ids, so a small table is better spread one row per block)
     block_rows = max(1, min(32, 8192 // (threads * vec), rows * col_blocks // WAVE))
+    # groups of threads that share out a block's rows: as many as fit in 1024 threads and 32 KiB of
+    # sums, so that a frequent id (in text, a few ids are most of them) is not summed row by row
+    groups = max(1, min(1024 // threads, 8192 // (block_rows * threads * vec)))
     return Kernel("embedding_grad", {"op": "embedding_grad", "rows": rows, "c": c, "n": prod(ids[2]),
-                                     "vec": vec, "threads": threads, "block_rows": block_rows,
-                                     "ids_per_thread": max(1, ID_CHUNK // threads), "itype": _itype(out[2], g[2])},
-                  (_cdiv(rows, block_rows), col_blocks, 1), (threads, 1, 1))
+                                     "vec": vec, "threads": threads, "groups": groups, "block_rows": block_rows,
+                                     "ids_per_thread": max(1, ID_CHUNK // (threads * groups)),
+                                     "itype": _itype(out[2], g[2])},
+                  (_cdiv(rows, block_rows), col_blocks, 1), (threads * groups, 1, 1))
 
 
 LOWER = {"elementwise": _elementwise, "shape": _shape, "reduce": _reduce, "layernorm": _layernorm,

@@ -24,35 +24,36 @@ extern "C" __global__ void __launch_bounds__(256) embedding_65c05ad412(float* __
     store<VEC>(out + i, load<VEC>(table + static_cast<idx>(ids[i / C]) * C + i % C));
 }
 
-// embedding_grad: 99 x 384 table from 4096 ids, 1 rows per block, VEC = 4, 21 id(s) per thread per chunk
-extern "C" __global__ void __launch_bounds__(96) embedding_grad_815e4efa3d(float* __restrict__ out, const int* __restrict__ ids, const float* __restrict__ g)
+// embedding_grad: 99 x 384 table from 4096 ids, 1 rows per block, VEC = 4, 10 group(s) of 96 threads, 2 id(s) per thread per chunk
+extern "C" __global__ void __launch_bounds__(960) embedding_grad_92077a709d(float* __restrict__ out, const int* __restrict__ ids, const float* __restrict__ g)
 {
-    constexpr int VEC = 4, C = 384, THREADS = 96, BLOCK_ROWS = 1;
-    constexpr int CHUNK = THREADS * 21, BATCH = 8;
+    constexpr int VEC = 4, C = 384, THREADS = 96, GROUPS = 10, BLOCK_ROWS = 1;
+    constexpr int CHUNK = THREADS * GROUPS * 2, BATCH = 8;
     using idx = unsigned int;
-    __shared__ Vec<VEC> sums[BLOCK_ROWS][THREADS];  // thread t only touches column t: no races
-    __shared__ int row_of[CHUNK];                   // the current chunk's ids, relative to first_row
-    __shared__ unsigned int mine[CHUNK / 32];       // per 32 ids: which of them this block owns
-    const int t = threadIdx.x;
+    __shared__ Vec<VEC> sums[GROUPS][BLOCK_ROWS][THREADS];  // group's thread t only touches its column t
+    __shared__ int row_of[CHUNK];                           // the current chunk's ids, relative to first_row
+    __shared__ unsigned int mine[CHUNK / 32];               // per 32 ids: which of them this block owns
+    const int t = threadIdx.x % THREADS, group = threadIdx.x / THREADS;
     const int first_row = blockIdx.x * BLOCK_ROWS;
     const idx col = (static_cast<idx>(blockIdx.y) * THREADS + t) * VEC;
     const bool active = col < C;
 #pragma unroll
-    for (int r = 0; r < BLOCK_ROWS; ++r) sums[r][t] = splat<VEC>(0.0f);
+    for (int r = 0; r < BLOCK_ROWS; ++r) sums[group][r][t] = splat<VEC>(0.0f);
     for (idx base = 0; base < 4096; base += CHUNK) {
         // Every thread reads ids (coalesced) so that a chunk is scanned in a few loads.
 #pragma unroll
-        for (int u = 0; u < CHUNK; u += THREADS) {
-            const int j = u + t;
+        for (int u = 0; u < CHUNK; u += THREADS * GROUPS) {
+            const int j = u + threadIdx.x;
             const int r = base + j < 4096 ? ids[base + j] - first_row : -1;
             const unsigned int hits = __ballot_sync(0xffffffffu, r >= 0 && r < BLOCK_ROWS);
-            if (t % 32 == 0) mine[j / 32] = hits;
+            if (threadIdx.x % 32 == 0) mine[j / 32] = hits;
             row_of[j] = r;
         }
         __syncthreads();
-        // This block's ids in order, their gradient rows loaded BATCH at a time so that the loads
-        // are in flight together; each row is added to its sum in id order.
-        int batch[BATCH], n = 0;
+        // This block's ids in order, dealt to the groups in turn (a frequent id's many rows are
+        // summed by all of them at once); each group loads its rows BATCH at a time so that the
+        // loads are in flight together, and adds them in id order.
+        int batch[BATCH], n = 0, dealt = 0;
         auto flush = [&]() {
             if (active) {
                 Vec<VEC> x[BATCH];
@@ -62,7 +63,7 @@ extern "C" __global__ void __launch_bounds__(96) embedding_grad_815e4efa3d(float
 #pragma unroll
                 for (int q = 0; q < BATCH; ++q)
                     if (q < n) {
-                        Vec<VEC>& s = sums[row_of[batch[q]]][t];
+                        Vec<VEC>& s = sums[group][row_of[batch[q]]][t];
 #pragma unroll
                         for (int c = 0; c < VEC; ++c) s.v[c] += x[q].v[c];
                     }
@@ -70,17 +71,25 @@ extern "C" __global__ void __launch_bounds__(96) embedding_grad_815e4efa3d(float
             n = 0;
         };
         for (int w = 0; w < CHUNK / 32; ++w)
-            for (unsigned int m = mine[w]; m != 0; m &= m - 1) {
-                batch[n++] = w * 32 + __ffs(m) - 1;
-                if (n == BATCH) flush();
-            }
+            for (unsigned int m = mine[w]; m != 0; m &= m - 1, ++dealt)
+                if (dealt % GROUPS == group) {
+                    batch[n++] = w * 32 + __ffs(m) - 1;
+                    if (n == BATCH) flush();
+                }
         flush();
         __syncthreads();  // row_of[] and mine[] are rewritten next chunk
     }
-    if (active)
+    if (GROUPS > 1) __syncthreads();  // every group's sums are complete
+    if (active && group == 0)
 #pragma unroll
         for (int r = 0; r < BLOCK_ROWS; ++r)
-            if (first_row + r < 99) store<VEC>(out + static_cast<idx>(first_row + r) * C + col, sums[r][t]);
+            if (first_row + r < 99) {
+                Vec<VEC> total = sums[0][r][t];
+                for (int h = 1; h < GROUPS; ++h)  // the groups' sums in a fixed order: deterministic
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) total.v[c] += sums[h][r][t].v[c];
+                store<VEC>(out + static_cast<idx>(first_row + r) * C + col, total);
+            }
 }
 
 // embedding: 256 ids, rows of 384, VEC = 4
