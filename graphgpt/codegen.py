@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .ops import REGISTRY
@@ -154,10 +155,8 @@ def _reshaped_strides(shape, strides, new_shape) -> list[int]:
 
 
 def _broadcast_shape(*shapes) -> list[int]:
-    """NumPy's broadcast of shapes (a fused chain's shape from its operands')."""
-    rank = max(len(s) for s in shapes)
-    padded = [[1] * (rank - len(s)) + list(s) for s in shapes]
-    return [max(dims) for dims in zip(*padded)]
+    """A fused chain's shape: its operands' shapes broadcast together."""
+    return list(np.broadcast_shapes(*(tuple(s) for s in shapes)))
 
 
 def _itype(*shapes) -> str:

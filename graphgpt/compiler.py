@@ -120,18 +120,19 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     if fusion:
         train, generate = fuse(train), fuse(generate)
         log(f"  fuse       joint {len(train.nodes)} nodes, generate {len(generate.nodes)} nodes")
+    # every policy is planned: auto chooses by the work peaks, and the report lists them all
     variants = {policy: rematerialize(train, policy) for policy in POLICIES}
     layout = persistent_layout(train, generate)
-    peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}  # also for the report
+    orders = {policy: schedule(g) for policy, g in variants.items()}
+    peaks = {policy: plan_program(g, orders[policy], layout) for policy, g in variants.items()}
     chosen = choose({policy: m.work_size for policy, m in peaks.items()}) if remat == AUTO else remat
     train = variants[chosen]
     log(f"  remat      {chosen}{' (auto)' if remat == AUTO else ''}: {len(train.late)} activations recomputed in the backward")
     train.verify(), generate.verify()
 
-    programs = {}
-    for name, graph in (("train", train), ("generate", generate)):
-        order = schedule(graph)
-        programs[name] = (graph, order, plan_program(graph, order, layout))
+    order = schedule(generate)
+    programs = {"train": (train, orders[chosen], peaks[chosen]),
+                "generate": (generate, order, plan_program(generate, order, layout))}
     data = _plan_data(model_path, model_cfg, opt_cfg, tokenizer, layout, programs, fusion)
     for program in data["programs"].values():
         for launch in program["launches"]:

@@ -96,6 +96,7 @@ def _pad_vjp(a, g, out, x):
 
 register(Op("pad", "shape", _pad_infer, ref=_pad_ref, vjp=_pad_vjp, template="shape"))
 
+
 def _concat_infer(attrs, *xs):
     axis = attrs["axis"]
     require(len(xs) > 0, "needs at least one input")
