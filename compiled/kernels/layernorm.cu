@@ -58,7 +58,7 @@ __device__ __forceinline__ bool last_block(unsigned int* ticket, unsigned int bl
 
 
 // normalize: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) normalize_b97601ad42(float* __restrict__ out, const float* __restrict__ x)
+extern "C" __global__ void __launch_bounds__(256) normalize_165ab14971(float* __restrict__ out, const float* __restrict__ x)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -70,10 +70,10 @@ extern "C" __global__ void __launch_bounds__(256) normalize_b97601ad42(float* __
     auto in_row = [&](int it) { return C % (32 * VEC) == 0 || at(it) < C; };
     const float* x_row = x + row * C;
     auto x_load = [&](int it) { return load<VEC>(x_row + at(it)); };
-    Vec<VEC> x_reg[ITEMS];
+    Vec<VEC> X_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) x_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
-    auto X = [&](int it) { return x_reg[it]; };
+    for (int it = 0; it < ITEMS; ++it) X_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
+    auto X = [&](int it) { return X_reg[it]; };
     float sum = 0.0f;
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it)
@@ -103,7 +103,7 @@ extern "C" __global__ void __launch_bounds__(256) normalize_b97601ad42(float* __
 }
 
 // fused_normalize_grad: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_f8b46bbcf7(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ gamma)
+extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_57f478c95c(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ gamma)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -115,10 +115,10 @@ extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_f8b46bbcf
     auto in_row = [&](int it) { return C % (32 * VEC) == 0 || at(it) < C; };
     const float* x_row = x + row * C;
     auto x_load = [&](int it) { return load<VEC>(x_row + at(it)); };
-    Vec<VEC> x_reg[ITEMS];
+    Vec<VEC> X_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) x_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
-    auto X = [&](int it) { return x_reg[it]; };
+    for (int it = 0; it < ITEMS; ++it) X_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
+    auto X = [&](int it) { return X_reg[it]; };
     const float* g_row = g + row * C;
     auto g_load = [&](int it) {
         Vec<VEC> v = load<VEC>(g_row + at(it));
@@ -127,10 +127,10 @@ extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_f8b46bbcf
         for (int c = 0; c < VEC; ++c) v.v[c] *= s.v[c];
         return v;
     };
-    Vec<VEC> g_reg[ITEMS];
+    Vec<VEC> G_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) g_reg[it] = in_row(it) ? g_load(it) : splat<VEC>(0.0f);
-    auto G = [&](int it) { return g_reg[it]; };
+    for (int it = 0; it < ITEMS; ++it) G_reg[it] = in_row(it) ? g_load(it) : splat<VEC>(0.0f);
+    auto G = [&](int it) { return G_reg[it]; };
     float sum = 0.0f;
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it)
@@ -172,7 +172,7 @@ extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_f8b46bbcf
 }
 
 // fused_normalize_grad: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_9efa6a185c(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ gamma, const float* __restrict__ residual)
+extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_5c4abb5ef4(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ gamma, const float* __restrict__ residual)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -184,10 +184,10 @@ extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_9efa6a185
     auto in_row = [&](int it) { return C % (32 * VEC) == 0 || at(it) < C; };
     const float* x_row = x + row * C;
     auto x_load = [&](int it) { return load<VEC>(x_row + at(it)); };
-    Vec<VEC> x_reg[ITEMS];
+    Vec<VEC> X_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) x_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
-    auto X = [&](int it) { return x_reg[it]; };
+    for (int it = 0; it < ITEMS; ++it) X_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
+    auto X = [&](int it) { return X_reg[it]; };
     const float* g_row = g + row * C;
     auto g_load = [&](int it) {
         Vec<VEC> v = load<VEC>(g_row + at(it));
@@ -196,10 +196,10 @@ extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_9efa6a185
         for (int c = 0; c < VEC; ++c) v.v[c] *= s.v[c];
         return v;
     };
-    Vec<VEC> g_reg[ITEMS];
+    Vec<VEC> G_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) g_reg[it] = in_row(it) ? g_load(it) : splat<VEC>(0.0f);
-    auto G = [&](int it) { return g_reg[it]; };
+    for (int it = 0; it < ITEMS; ++it) G_reg[it] = in_row(it) ? g_load(it) : splat<VEC>(0.0f);
+    auto G = [&](int it) { return G_reg[it]; };
     float sum = 0.0f;
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it)
@@ -244,7 +244,7 @@ extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_9efa6a185
 }
 
 // normalize: 256 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) normalize_9276f22c1a(float* __restrict__ out, const float* __restrict__ x)
+extern "C" __global__ void __launch_bounds__(256) normalize_7e4988faef(float* __restrict__ out, const float* __restrict__ x)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -256,10 +256,10 @@ extern "C" __global__ void __launch_bounds__(256) normalize_9276f22c1a(float* __
     auto in_row = [&](int it) { return C % (32 * VEC) == 0 || at(it) < C; };
     const float* x_row = x + row * C;
     auto x_load = [&](int it) { return load<VEC>(x_row + at(it)); };
-    Vec<VEC> x_reg[ITEMS];
+    Vec<VEC> X_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) x_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
-    auto X = [&](int it) { return x_reg[it]; };
+    for (int it = 0; it < ITEMS; ++it) X_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
+    auto X = [&](int it) { return X_reg[it]; };
     float sum = 0.0f;
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it)

@@ -58,7 +58,7 @@ __device__ __forceinline__ bool last_block(unsigned int* ticket, unsigned int bl
 
 
 // causal_softmax: 24576 rows of 256, scale 0.125f, VEC = 4
-extern "C" __global__ void __launch_bounds__(256) causal_softmax_ac1127c0c7(float* __restrict__ out, const float* __restrict__ x)
+extern "C" __global__ void __launch_bounds__(256) causal_softmax_8b439a2660(float* __restrict__ out, const float* __restrict__ x)
 {
     constexpr int VEC = 4, T = 256;
     using idx = unsigned int;
@@ -73,10 +73,11 @@ extern "C" __global__ void __launch_bounds__(256) causal_softmax_ac1127c0c7(floa
     constexpr int ITEMS = 2;
     const float* x_row = x + row * T;
     auto at = [&](int it) { return lane + 32 * it; };  // a lane's it-th vector
-    Vec<VEC> v[ITEMS];
+    auto x_load = [&](int it) { return load<VEC>(x_row + at(it) * VEC); };
+    Vec<VEC> X_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) v[it] = at(it) < visible ? load<VEC>(x_row + at(it) * VEC) : splat<VEC>(0.0f);
-    auto X = [&](int it) { return v[it]; };
+    for (int it = 0; it < ITEMS; ++it) X_reg[it] = at(it) < visible ? x_load(it) : splat<VEC>(0.0f);
+    auto X = [&](int it) { return X_reg[it]; };
     float m = neg_inf();
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it)
@@ -96,7 +97,7 @@ extern "C" __global__ void __launch_bounds__(256) causal_softmax_ac1127c0c7(floa
     for (int it = 0; it < ITEMS; ++it)
         if (at(it) < visible) {
             const Vec<VEC> p = e(X(it), it);
-            v[it] = p;
+            X_reg[it] = p;
 #pragma unroll
             for (int c = 0; c < VEC; ++c) sum += p.v[c];
         }
@@ -106,7 +107,7 @@ extern "C" __global__ void __launch_bounds__(256) causal_softmax_ac1127c0c7(floa
         if (at(it) < T / VEC) {
             Vec<VEC> p = splat<VEC>(0.0f);
             if (at(it) < visible) {
-                p = v[it];
+                p = X(it);
 #pragma unroll
                 for (int c = 0; c < VEC; ++c) p.v[c] *= inv;
             }
@@ -150,7 +151,7 @@ extern "C" __global__ void __launch_bounds__(256) causal_softmax_grad_713dc865db
 }
 
 // causal_softmax: 1536 rows of 256, scale 0.125f, VEC = 4
-extern "C" __global__ void __launch_bounds__(256) causal_softmax_afabd97ded(float* __restrict__ out, const float* __restrict__ x)
+extern "C" __global__ void __launch_bounds__(256) causal_softmax_0b882f3bbe(float* __restrict__ out, const float* __restrict__ x)
 {
     constexpr int VEC = 4, T = 256;
     using idx = unsigned int;
@@ -165,10 +166,11 @@ extern "C" __global__ void __launch_bounds__(256) causal_softmax_afabd97ded(floa
     constexpr int ITEMS = 2;
     const float* x_row = x + row * T;
     auto at = [&](int it) { return lane + 32 * it; };  // a lane's it-th vector
-    Vec<VEC> v[ITEMS];
+    auto x_load = [&](int it) { return load<VEC>(x_row + at(it) * VEC); };
+    Vec<VEC> X_reg[ITEMS];
 #pragma unroll
-    for (int it = 0; it < ITEMS; ++it) v[it] = at(it) < visible ? load<VEC>(x_row + at(it) * VEC) : splat<VEC>(0.0f);
-    auto X = [&](int it) { return v[it]; };
+    for (int it = 0; it < ITEMS; ++it) X_reg[it] = at(it) < visible ? x_load(it) : splat<VEC>(0.0f);
+    auto X = [&](int it) { return X_reg[it]; };
     float m = neg_inf();
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it)
@@ -188,7 +190,7 @@ extern "C" __global__ void __launch_bounds__(256) causal_softmax_afabd97ded(floa
     for (int it = 0; it < ITEMS; ++it)
         if (at(it) < visible) {
             const Vec<VEC> p = e(X(it), it);
-            v[it] = p;
+            X_reg[it] = p;
 #pragma unroll
             for (int c = 0; c < VEC; ++c) sum += p.v[c];
         }
@@ -198,7 +200,7 @@ extern "C" __global__ void __launch_bounds__(256) causal_softmax_afabd97ded(floa
         if (at(it) < T / VEC) {
             Vec<VEC> p = splat<VEC>(0.0f);
             if (at(it) < visible) {
-                p = v[it];
+                p = X(it);
 #pragma unroll
                 for (int c = 0; c < VEC; ++c) p.v[c] *= inv;
             }

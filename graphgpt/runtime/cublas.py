@@ -72,17 +72,17 @@ class Cublas:
             self._check(self.lt.cublasLtCreate(ctypes.byref(self.lt_handle)), "cublasLtCreate")
         lt, p = self.lt, ctypes.c_void_p
 
-        def new(what: str, fn, *args) -> ctypes.c_void_p:
+        def new(kind: str, *args) -> ctypes.c_void_p:
+            """A cuBLASLt object (kind: MatmulDesc, MatrixLayout, MatmulPreference), destroyed by close()."""
             obj = p()
-            self._check(fn(ctypes.byref(obj), *args), what)
-            self._lt_objects.append((what, obj))
+            self._check(getattr(lt, f"cublasLt{kind}Create")(ctypes.byref(obj), *args), f"cublasLt{kind}Create")
+            self._lt_objects.append((getattr(lt, f"cublasLt{kind}Destroy"), obj))
             return obj
 
         def set_attr(fn, obj, attr: int, value) -> None:
             self._check(fn(obj, attr, ctypes.byref(value), ctypes.sizeof(value)), fn.__name__)
 
-        desc = new("cublasLtMatmulDescCreate", lt.cublasLtMatmulDescCreate, ctypes.c_int(self.compute),
-                   ctypes.c_int(CUDA_R_32F))
+        desc = new("MatmulDesc", ctypes.c_int(self.compute), ctypes.c_int(CUDA_R_32F))
         set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSA, ctypes.c_int32(g["transa"]))
         set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSB, ctypes.c_int32(g["transb"]))
         epilogue = LT_EPILOGUE_BIAS if bias is not None else LT_EPILOGUE_DEFAULT
@@ -91,8 +91,8 @@ class Cublas:
             set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_BIAS_POINTER, ctypes.c_void_p(bias))
 
         def layout(rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
-            lay = new("cublasLtMatrixLayoutCreate", lt.cublasLtMatrixLayoutCreate, ctypes.c_int(CUDA_R_32F),
-                      ctypes.c_uint64(rows), ctypes.c_uint64(cols), ctypes.c_int64(ld))
+            lay = new("MatrixLayout", ctypes.c_int(CUDA_R_32F), ctypes.c_uint64(rows), ctypes.c_uint64(cols),
+                      ctypes.c_int64(ld))
             if g["batch"] > 1:
                 set_attr(lt.cublasLtMatrixLayoutSetAttribute, lay, LT_LAYOUT_BATCH_COUNT, ctypes.c_int32(g["batch"]))
                 set_attr(lt.cublasLtMatrixLayoutSetAttribute, lay, LT_LAYOUT_STRIDED_BATCH_OFFSET,
@@ -103,7 +103,7 @@ class Cublas:
         a_lay = layout(k, m, g["lda"], g["stride_a"]) if g["transa"] else layout(m, k, g["lda"], g["stride_a"])
         b_lay = layout(n, k, g["ldb"], g["stride_b"]) if g["transb"] else layout(k, n, g["ldb"], g["stride_b"])
         c_lay = layout(m, n, g["ldc"], g["stride_c"])
-        pref = new("cublasLtMatmulPreferenceCreate", lt.cublasLtMatmulPreferenceCreate)
+        pref = new("MatmulPreference")
         set_attr(lt.cublasLtMatmulPreferenceSetAttribute, pref, LT_PREF_MAX_WORKSPACE_BYTES,
                  ctypes.c_uint64(WORKSPACE_BYTES))
         result, found = _HeuristicResult(), ctypes.c_int(0)
@@ -123,11 +123,8 @@ class Cublas:
         return run
 
     def close(self) -> None:
-        for what, obj in reversed(self._lt_objects):
-            destroy = {"cublasLtMatmulDescCreate": "cublasLtMatmulDescDestroy",
-                       "cublasLtMatrixLayoutCreate": "cublasLtMatrixLayoutDestroy",
-                       "cublasLtMatmulPreferenceCreate": "cublasLtMatmulPreferenceDestroy"}[what]
-            getattr(self.lt, destroy)(obj)
+        for destroy, obj in reversed(self._lt_objects):
+            destroy(obj)
         self._lt_objects = []
         if self.lt_handle:
             self.lt.cublasLtDestroy(self.lt_handle)
