@@ -1,14 +1,21 @@
 """The compile driver: model file -> traced graphs -> joint graph -> passes -> plan on disk.
 
-Two programs are compiled from one model: "train" (forward at batch_size x block_size, loss,
-backward, clipping, optimizer update) and "generate" (forward at 1 x block_size, logits). They
-share the persistent arena (parameters, gradients, optimizer state, constants) and the work region.
+The programs compiled from one model:
+- "train" (forward at batch_size x block_size, loss, backward, clipping, optimizer update), or
+  with grad_accum=K > 1 instead "accumulate" (forward, loss, backward, the gradients folded into
+  accumulators in the gradient region) and "update" (allreduce, clipping, optimizer update), run
+  as K accumulates and one update per step;
+- "eval" (forward at batch_size x block_size, loss: nothing is updated);
+- "generate" (forward at 1 x block_size, logits).
+They share the persistent arena (parameters, gradients, optimizer state, constants) and the work
+region, which is as large as the largest program needs.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import json
+import math
 import sys
 import time
 import traceback
@@ -26,10 +33,11 @@ from .passes.multi_tensor import merge_launches
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
 from .passes.simplify import simplify
-from .plan import SCHEMA_VERSION, save
+from .plan import SCHEMA_VERSION, check_out, save
 from .tokenizer import Tokenizer, build_tokenizer
 
 BYTES = 4  # float32: the arena's element size on the GPU and in reports
+SIZES = ("n_layer", "n_head", "n_embd", "block_size", "batch_size")  # CONFIG keys that must be >= 1
 
 
 @dataclass
@@ -74,8 +82,8 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
         kind = type(defaults[key])
         try:
             out[key] = kind(float(text)) if kind in (int, float) else text
-        except ValueError:
-            raise UserError(f"--set {key}: '{text}' is not a {kind.__name__}") from None
+        except (ValueError, OverflowError):  # int(float("inf")) overflows
+            raise UserError(f"--set {key}: '{text}' is not {'an integer' if kind is int else 'a number'}") from None
         if kind is int and float(text) != int(float(text)):
             raise UserError(f"--set {key}: '{text}' is not an integer")
     return out
@@ -87,11 +95,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     t0 = time.perf_counter()
     model_path = Path(model_path)
     module = load_model(model_path)
-    model_cfg, opt_cfg = dict(module.CONFIG), dict(optim.DEFAULTS)
-    chosen = parse_overrides(list(overrides), {**model_cfg, **opt_cfg})
-    model_cfg.update({k: v for k, v in chosen.items() if k in model_cfg})
-    opt_cfg.update({k: v for k, v in chosen.items() if k in opt_cfg})
-    optim.check(opt_cfg)
+    model_cfg, opt_cfg = _settings(module, model_path, list(overrides))
 
     tokenizer = _tokenizer(data_path, tokenizer_kind)
     if model_cfg.get("vocab_size", 0) == 0:
@@ -99,58 +103,119 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     elif model_cfg["vocab_size"] < len(tokenizer.vocab):
         raise UserError(f"vocab_size {model_cfg['vocab_size']} is smaller than the tokenizer's "
                         f"{len(tokenizer.vocab)} tokens")
-    for key in ("batch_size", "block_size"):
-        if model_cfg.get(key, 0) <= 0:
-            raise UserError(f"{key} must be positive (CONFIG of {model_path.name})")
     log(f"compiling {model_path.name}: " + " ".join(f"{k}={v}" for k, v in model_cfg.items()))
     log(f"  tokenizer  {tokenizer.kind}, {len(tokenizer.vocab)} tokens"
         + (f" from {data_path.name}" if data_path else " (fixed character set)"))
 
     B, T = model_cfg["batch_size"], model_cfg["block_size"]
-    train = _trace(module, model_cfg, B, T, with_loss=True)
-    forward_dump = train.summary("forward")
-    optim.add_training(train, train.value(train.outputs["loss"]), opt_cfg)
-    joint_dump = train.summary("joint")
-    generate = _trace(module, model_cfg, 1, T, with_loss=False)
-    log(f"  trace      forward {len(forward_dump['nodes'])} nodes, joint {len(train.nodes)} nodes")
+    backward = "train" if opt_cfg["grad_accum"] == 1 else "accumulate"  # the program with the backward
+    graphs = {backward: _trace(module, model_cfg, B, T, with_loss=True)}
+    forward_dump = graphs[backward].summary("forward")
+    graphs.update(_add_training(graphs[backward], opt_cfg))
+    joint_dump = graphs[backward].summary("joint")
+    graphs["eval"] = _trace(module, model_cfg, B, T, with_loss=True)
+    graphs["generate"] = _trace(module, model_cfg, 1, T, with_loss=False)
+    log(f"  trace      forward {len(forward_dump['nodes'])} nodes, joint {len(graphs[backward].nodes)} nodes")
 
-    train, generate = simplify(train), simplify(generate)
-    log(f"  simplify   joint {len(train.nodes)} nodes, generate {len(generate.nodes)} nodes")
-    unfused = train
+    graphs = {name: simplify(g) for name, g in graphs.items()}
+    log(f"  simplify   {_node_counts(graphs)}")
+    unfused = graphs[backward]
     if fusion:
-        train, generate = fuse(train), fuse(generate)
-        log(f"  fuse       joint {len(train.nodes)} nodes, generate {len(generate.nodes)} nodes")
+        graphs = {name: fuse(g) for name, g in graphs.items()}
+        log(f"  fuse       {_node_counts(graphs)}")
     # every policy is planned: auto chooses by the work peaks, and the report lists them all
-    variants = {policy: rematerialize(train, policy) for policy in POLICIES}
-    layout = persistent_layout(train, generate)
-    orders = {policy: schedule(g) for policy, g in variants.items()}
-    peaks = {policy: plan_program(g, orders[policy], layout) for policy, g in variants.items()}
+    variants = {policy: rematerialize(graphs[backward], policy) for policy in POLICIES}
+    layout = persistent_layout(*graphs.values())
+    peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}
     chosen = choose({policy: m.work_size for policy, m in peaks.items()}) if remat == AUTO else remat
-    train = variants[chosen]
-    log(f"  remat      {chosen}{' (auto)' if remat == AUTO else ''}: {len(train.late)} activations recomputed in the backward")
-    train.verify(), generate.verify()
+    graphs[backward] = variants[chosen]
+    log(f"  remat      {chosen}{' (auto)' if remat == AUTO else ''}: "
+        f"{len(graphs[backward].late)} activations recomputed in the backward")
+    for g in graphs.values():
+        g.verify()
 
-    order = schedule(generate)
-    programs = {"train": (train, orders[chosen], peaks[chosen]),
-                "generate": (generate, order, plan_program(generate, order, layout))}
+    programs = {name: (g, peaks[chosen] if name == backward else plan_program(g, schedule(g), layout))
+                for name, g in graphs.items()}
     data = _plan_data(model_path, model_cfg, opt_cfg, tokenizer, layout, programs, fusion)
     for program in data["programs"].values():
         for launch in program["launches"]:
             if launch["op"] in ("matmul", "fused_matmul"):
                 launch["cuda"] = lower_matmul(launch)
     files = codegen.lower_plan(data)
-    for dump in (forward_dump, joint_dump, train.summary("optimized")):
+    dumps = [forward_dump, joint_dump, graphs[backward].summary("optimized")]
+    if "update" in graphs:
+        dumps.append(graphs["update"].summary("update"))
+    for dump in dumps:
         files[f"graphs/{dump['title']}.dot"] = viz.render_dot(dump)
         files[f"graphs/{dump['title']}.html"] = viz.render_html(dump)
     baseline = None
     if fusion:  # what fusion saved: the --no-fuse plan, measured on the same plan machinery
         unfused = rematerialize(unfused, chosen)
-        baseline = _stats(unfused, plan_program(unfused, schedule(unfused), persistent_layout(unfused, generate)))
-    report = _report(data, programs, baseline, peaks, chosen)
+        baseline = _stats(unfused, plan_program(unfused, schedule(unfused), persistent_layout(unfused)))
+    report = _report(data, programs, backward, baseline, peaks, chosen)
     files["report.txt"] = report
     log(f"  plan       {sum(len(p['launches']) for p in data['programs'].values())} launches, "
         f"{time.perf_counter() - t0:.1f} s")
     return Compiled(data, files, report)
+
+
+def _add_training(graph: Graph, opt_cfg: dict) -> dict[str, Graph]:
+    """Make the traced forward a training program; returns the programs that come with it."""
+    loss = graph.value(graph.outputs["loss"])
+    if opt_cfg["grad_accum"] == 1:
+        optim.add_training(graph, loss, opt_cfg)
+        return {}
+    optim.add_accumulation(graph, loss, opt_cfg)
+    return {"update": optim.update_program(graph.of_op("param"), opt_cfg)}
+
+
+def _node_counts(graphs: dict[str, Graph]) -> str:
+    return ", ".join(f"{name} {len(g.nodes)} nodes" for name, g in graphs.items())
+
+
+def _settings(module, model_path: Path, overrides: list[str]) -> tuple[dict, dict]:
+    """The model's CONFIG and the optimizer's DEFAULTS with --set applied, range-checked."""
+    model_cfg, opt_cfg = dict(module.CONFIG), dict(optim.DEFAULTS)
+    chosen = parse_overrides(overrides, {**model_cfg, **opt_cfg})
+    model_cfg.update({k: v for k, v in chosen.items() if k in model_cfg})
+    opt_cfg.update({k: v for k, v in chosen.items() if k in opt_cfg})
+    for key in ("batch_size", "block_size"):
+        if key not in model_cfg:
+            raise UserError(f"{model_path.name}: CONFIG has no {key} (a model needs batch_size and block_size)")
+    origin = _origin(overrides, module.CONFIG, model_path.name)
+    optim.check(opt_cfg, origin)
+    check_model_config(model_cfg, origin)
+    return model_cfg, opt_cfg
+
+
+def _origin(overrides: list[str], config: dict, model_name: str):
+    """Where a setting's value came from, for error messages: --set, the model file or the default."""
+    given = dict(pair.partition("=")[::2] for pair in overrides)
+
+    def origin(key: str) -> str:
+        if key in given:
+            return f"--set {key}={given[key]}"
+        if key in config:
+            return f"{model_name}: CONFIG {key}={config[key]}"
+        return f"{key}={optim.DEFAULTS[key]} (the default)"
+    return origin
+
+
+def check_model_config(cfg: dict, origin=None) -> None:
+    """Refuse model settings outside their range, for the keys the CONFIG has (every float must be
+    finite)."""
+    need = optim.requirement(cfg, origin)
+    for key in SIZES:
+        if key in cfg:
+            need(key, isinstance(cfg[key], int) and cfg[key] >= 1, "an integer >= 1")
+    if "vocab_size" in cfg:
+        need("vocab_size", isinstance(cfg["vocab_size"], int) and cfg["vocab_size"] >= 0,
+             "an integer >= 0 (0: the tokenizer's size)")
+    if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"]:
+        raise UserError(f"n_embd {cfg['n_embd']} is not divisible by n_head {cfg['n_head']}")
+    for key, value in cfg.items():
+        if isinstance(value, float):
+            need(key, math.isfinite(value), "a finite number")
 
 
 def _tokenizer(data_path: Path | None, kind: str | None) -> Tokenizer:
@@ -184,19 +249,20 @@ def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool) -> Graph:
 
 
 def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Tokenizer, layout: Layout,
-               programs: dict[str, tuple[Graph, list[int], ProgramMemory]], fusion: bool) -> dict:
-    train = programs["train"][0]
-    tensors = []
-    for n in train.nodes.values():
-        if n.op in ("param", "state"):
+               programs: dict[str, tuple[Graph, ProgramMemory]], fusion: bool) -> dict:
+    by_name = {}  # gradient accumulators are not listed: they are their parameters' "grad" slots
+    for graph, _ in programs.values():
+        for n in graph.of_op("param", "state"):
             a = n.attr
+            if "grad_of" in a or n.name in by_name:
+                continue
             t = {"name": n.name, "kind": n.op, "shape": list(n.shape), "offset": layout.tensors[n.name],
                  "init": a.get("init", "zeros"), "std": a.get("std", 0.0)}
             if n.op == "param":
                 t["grad"] = layout.grads[n.name]
-            tensors.append(t)
-    tensors.sort(key=lambda t: t["offset"])
-    work = max(m.work_size for _, _, m in programs.values())
+            by_name[n.name] = t
+    tensors = sorted(by_name.values(), key=lambda t: t["offset"])
+    work = max(m.work_size for _, m in programs.values())
     layout.regions["work"] = [layout.work_base, work]
     identity = {"model": model_path.read_text(), "config": model_cfg, "optimizer": opt_cfg,
                 "tokenizer": tokenizer.to_json()}
@@ -207,16 +273,16 @@ def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Toke
         "config": model_cfg,
         "optimizer": opt_cfg,
         "arena": {"float": layout.work_base + work,
-                  "int": max(m.int_size for _, _, m in programs.values()),
+                  "int": max(m.int_size for _, m in programs.values()),
                   "regions": layout.regions},
         "tensors": tensors,
         "consts": [[off, value] for value, off in sorted(layout.consts.items(), key=lambda kv: kv[1])],
-        "programs": {name: _program(g, mem, fusion) for name, (g, _, mem) in programs.items()},
+        "programs": {name: _program(g, mem, fusion, layout.work_base) for name, (g, mem) in programs.items()},
         "tokenizer": tokenizer.to_json(),
     }
 
 
-def _program(graph: Graph, mem: ProgramMemory, fusion: bool) -> dict:
+def _program(graph: Graph, mem: ProgramMemory, fusion: bool, work_start: int) -> dict:
     def buf(nid: int) -> list:
         arena, off = mem.offsets[nid]
         return [arena, off, list(graph.nodes[nid].shape)]
@@ -230,7 +296,7 @@ def _program(graph: Graph, mem: ProgramMemory, fusion: bool) -> dict:
         launches.append({"op": "copy", "out": buf(state), "in": [buf(new)], "attrs": {},
                          "node": new, "where": "update of " + graph.nodes[state].name})
     if fusion:
-        launches = merge_launches(launches)
+        launches = merge_launches(launches, work_start)
     inputs = {n.name: buf(n.id) for n in graph.of_op("input")}
     return {
         "inputs": dict(sorted(inputs.items())),
@@ -253,7 +319,10 @@ def _stats(graph: Graph, mem: ProgramMemory) -> dict:
     return {"launches": len(mem.launches) + len(mem.copies), "bytes": moved * BYTES, "flops": flops}
 
 
-def _report(data: dict, programs, unfused: dict | None, remat: dict[str, ProgramMemory], chosen: str) -> str:
+def _report(data: dict, programs, backward: str, unfused: dict | None, remat: dict[str, ProgramMemory],
+            chosen: str) -> str:
+    """The numbers of every program; for the one with the backward also those of each --remat policy
+    and of the plan without fusion."""
     def mib(elements: int) -> str:
         return f"{elements * BYTES / 2**20:9.2f} MiB"
 
@@ -264,7 +333,7 @@ def _report(data: dict, programs, unfused: dict | None, remat: dict[str, Program
              f"float arena           {mib(data['arena']['float'])}"]
     for name in ("params", "grads", "state", "consts", "work"):
         lines.append(f"  {name:<19} {mib(regions[name][1])}")
-    for name, (graph, _, mem) in programs.items():
+    for name, (graph, mem) in programs.items():
         st = dict(_stats(graph, mem), launches=len(data["programs"][name]["launches"]))  # multi-tensor joins
         lines += [f"program {name}",
                   f"  launches            {st['launches']}",
@@ -273,11 +342,11 @@ def _report(data: dict, programs, unfused: dict | None, remat: dict[str, Program
                   f"  work peak           {mib(mem.work_size)}",
                   f"  work lower bound    {mib(mem.lower_bound)}  (most bytes live at once)",
                   f"  sum of buffers      {mib(mem.work_sum)}  (no reuse)"]
-        if name == "train":
+        if name == backward:
             lines += [f"  --remat {policy:<11}{mib(m.work_size)}  (work peak; lower bound {mib(m.lower_bound).strip()})"
                       + ("  <- this plan" if policy == chosen else "")
                       for policy, m in remat.items()]
-        if name == "train" and unfused:
+        if name == backward and unfused:
             lines += [f"  without fusion      {unfused['launches']} launches, "
                       f"{unfused['bytes'] / 1e9:.2f} GB moved "
                       f"({st['launches'] / unfused['launches']:.2f}x launches, "
@@ -317,6 +386,7 @@ def main(argv=None) -> int:
                         "(default: attention where that saves a quarter of the work memory, else none)")
     args = p.parse_args(argv)
     try:
+        check_out(args.out)  # before any work: a bad --out costs nothing
         compiled = compile_model(args.model, args.overrides, args.data, args.tokenizer, fusion=not args.no_fuse,
                                  remat=args.remat)
         save(compiled.data, args.out, compiled.files)

@@ -1,40 +1,57 @@
-"""Crash-safe file output: write to a temporary name beside the target, then rename.
+"""Crash-safe file output: write to a temporary name beside the target, fsync, then rename.
 
-A reader never sees a half-written file, and an interrupted write leaves the old file intact.
+A reader never sees a half-written file, an interrupted write leaves the old file intact, and once
+a write returns its result survives a crash (of the process or of the machine): the data is
+fsynced before the rename and the directory entry after it.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Replace `path` with `data`. The temporary name, `.NAME.PID.RANDOM.tmp`, carries the writer's
+    pid so that a cleaner can tell a killed writer's leftover from a live writer's file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def replace_dir(staging: Path, target: Path) -> None:
-    """Swap a fully written staging directory into place of `target` (which may exist)."""
-    target = Path(target)
-    old = target.with_name(f".{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old.exists():
-        shutil.rmtree(old)
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make the entries of directory `path` (files created, renamed or removed in it) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def scratch_dir(path: Path) -> Iterator[Path]:
+    """Create the directory `path` for the block to fill (and usually rename away); if the block
+    raises anything, KeyboardInterrupt and SystemExit included, remove whatever is left of it."""
+    path.mkdir()
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise

@@ -1,18 +1,24 @@
 """Gradient clipping and the optimizer update as graph ops; the learning rate as runtime scalars.
 
-`add_training` turns a forward graph with a scalar loss into the joint training graph: gradients
-of every parameter (autodiff), their global norm, clipping, and the update of parameters and
-optimizer state (recorded in `graph.updates`, applied in place by the memory plan). Anything that
-changes from step to step (learning rate, bias correction) is a scalar graph input that the
-trainer fills from `step_scalars`, so one compiled step serves every step of the schedule.
+A plan trains in one of two shapes, built from the same two parts:
+- `grad_accum=1`: one program, `add_training`: the gradients of every parameter (autodiff) land in
+  their slots of the gradient region (`graph.grads`), then `add_update` averages them over the
+  data-parallel ranks, takes their global norm, clips and updates parameters and optimizer state
+  (recorded in `graph.updates`, applied in place by the memory plan).
+- `grad_accum=K>1`: `add_accumulation` folds one micro-batch's gradients into accumulators that
+  live in those same gradient slots, and `update_program` is `add_update` over the accumulators,
+  run once after K micro-batches.
+Anything that changes from step to step (learning rate, bias correction, whether a micro-batch is
+a step's first) is a scalar graph input, so one compiled program serves every step.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from . import autodiff
 from .errors import UserError
-from .ir import Graph, Value
+from .ir import Graph, Node, Value
 
 # The seed's optimizer: Adam(0.9, 0.95, 1e-8), no weight decay, linear decay 1e-4 -> 1e-5 over
 # 10k steps, global-norm clipping at 1.0. AdamW with warmup + cosine is the alternative.
@@ -20,7 +26,7 @@ DEFAULTS = dict(
     optimizer="adam",        # adam | adamw
     lr=1e-4,
     min_lr=1e-5,
-    lr_schedule="linear",    # linear (the seed's linear_lr_decay) | cosine (linear warmup, cosine decay)
+    lr_schedule="linear",    # linear (the seed's linear_lr_decay) | cosine; both after a linear warmup
     decay_steps=10000,
     warmup_steps=0,
     beta1=0.9,
@@ -28,14 +34,44 @@ DEFAULTS = dict(
     eps=1e-8,
     weight_decay=0.0,        # adamw only; applied to tensors of rank >= 2
     grad_clip=1.0,           # 0 disables clipping
+    grad_accum=1,            # micro-batches of batch_size rows per update
 )
 
+ACCUMULATE = "accumulate"  # the accumulating program's flag input: 0.0 on a step's first micro-batch
 
-def check(cfg: dict) -> None:
-    if cfg["optimizer"] not in ("adam", "adamw"):
-        raise UserError(f"optimizer must be adam or adamw, not '{cfg['optimizer']}'")
-    if cfg["lr_schedule"] not in ("linear", "cosine"):
-        raise UserError(f"lr_schedule must be linear or cosine, not '{cfg['lr_schedule']}'")
+
+def requirement(cfg: dict, origin: Callable[[str], str] | None = None) -> Callable[[str, bool, str], None]:
+    """need(key, ok, rule): refuse the setting `key` unless ok, in one line stating the rule.
+    origin(key) says where the value came from (e.g. "--set lr=nan"); by default "lr=nan"."""
+    origin = origin or (lambda key: f"{key}={cfg[key]}")
+
+    def need(key: str, ok: bool, rule: str) -> None:
+        if not ok:
+            raise UserError(f"{origin(key)}: {key} must be {rule}")
+    return need
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def check(cfg: dict, origin: Callable[[str], str] | None = None) -> None:
+    """Refuse optimizer settings outside their range (every float must be finite)."""
+    need = requirement(cfg, origin)
+    need("optimizer", cfg["optimizer"] in ("adam", "adamw"), "adam or adamw")
+    need("lr_schedule", cfg["lr_schedule"] in ("linear", "cosine"), "linear or cosine")
+    lr, min_lr = cfg["lr"], cfg["min_lr"]
+    need("lr", finite(lr) and lr > 0, "a finite number > 0")
+    need("min_lr", finite(min_lr) and 0 <= min_lr <= lr, f"a finite number with 0 <= min_lr <= lr ({lr})")
+    for key in ("beta1", "beta2"):
+        need(key, finite(cfg[key]) and 0 <= cfg[key] < 1, "a finite number in [0, 1)")
+    need("eps", finite(cfg["eps"]) and cfg["eps"] > 0, "a finite number > 0")
+    need("grad_clip", finite(cfg["grad_clip"]) and cfg["grad_clip"] >= 0, "a finite number >= 0 (0 disables clipping)")
+    need("weight_decay", finite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0, "a finite number >= 0")
+    steps = cfg["decay_steps"]
+    need("decay_steps", steps >= 1, "an integer >= 1")
+    need("warmup_steps", 0 <= cfg["warmup_steps"] < steps, f"an integer >= 0 and < decay_steps ({steps})")
+    need("grad_accum", cfg["grad_accum"] >= 1, "an integer >= 1")
     if cfg["optimizer"] == "adam" and cfg["weight_decay"]:
         raise UserError("weight_decay needs optimizer=adamw (the seed's Adam has none)")
 
@@ -45,14 +81,52 @@ def scalar_inputs(cfg: dict) -> tuple[str, ...]:
 
 
 def add_training(graph: Graph, loss: Value, cfg: dict) -> None:
-    params = [graph.value(i) for i in graph.param_ids()]
-    grads = autodiff.grad(graph, loss, [p.id for p in params])
-    graph.locate = lambda: "optimizer"
+    """One program per step: gradients into the gradient region, then the update."""
+    params, grads = _gradients(graph, loss)
     graph.grads = {p: g.id for p, g in grads.items()}
+    add_update(graph, params, grads, cfg)
+
+
+def add_accumulation(graph: Graph, loss: Value, cfg: dict) -> None:
+    """One micro-batch of K: acc = acc * accumulate + g / K for every parameter's accumulator, in
+    place. The flag input `accumulate` is 0.0 on a step's first micro-batch, which overwrites what
+    the last step left, and 1.0 on the others."""
+    params, grads = _gradients(graph, loss)
+    graph.locate = lambda: "gradient accumulation"
+    flag = graph.add("input", name=ACCUMULATE, shape=(), dtype="f32")
+    share = 1.0 / cfg["grad_accum"]
+    for p in params:
+        acc = accumulator(graph, p.node)
+        graph.updates[acc.id] = (acc * flag + grads[p.id] * share).id
+    graph.locate = None
+
+
+def update_program(params: list[Node], cfg: dict) -> Graph:
+    """The update of an accumulating plan, as its own program: `add_update` over the accumulators."""
+    graph = Graph()
+    ps = [graph.add("param", **p.attr) for p in params]
+    add_update(graph, ps, {p.id: accumulator(graph, p.node) for p in ps}, cfg)
+    return graph
+
+
+def accumulator(graph: Graph, param: Node) -> Value:
+    """The state that sums a parameter's gradient over micro-batches. `grad_of` places it in the
+    parameter's gradient slot (passes/memory.py), where the update reads gradients in every plan."""
+    return graph.add("state", name=f"grad_acc.{param.name}", shape=param.shape, dtype="f32", grad_of=param.name)
+
+
+def _gradients(graph: Graph, loss: Value) -> tuple[list[Value], dict[int, Value]]:
+    params = [graph.value(i) for i in graph.param_ids()]
+    return params, autodiff.grad(graph, loss, [p.id for p in params])
+
+
+def add_update(graph: Graph, params: list[Value], grads: dict[int, Value], cfg: dict) -> None:
+    """Average the gradients over the ranks, clip them by their global norm, apply Adam/AdamW."""
+    graph.locate = lambda: "optimizer"
     # Data-parallel ranks average their gradients here; in one process this is a no-op.
     grads = {p: graph.add("allreduce_mean", (g,)) for p, g in grads.items()}
     norm = graph.add("sqrt", (graph.add("sum_squares", tuple(grads.values())),))
-    graph.outputs["loss"], graph.outputs["grad_norm"] = loss.id, norm.id
+    graph.outputs["grad_norm"] = norm.id
     scale = None
     if cfg["grad_clip"] > 0:  # scale = clip / max(norm, clip): 1 below the threshold
         clip = graph.const(cfg["grad_clip"])
@@ -86,16 +160,16 @@ def add_training(graph: Graph, loss: Value, cfg: dict) -> None:
 
 
 def lr_at(cfg: dict, t: int) -> float:
-    """Learning rate for the update that follows `t` earlier updates."""
-    lr, min_lr, n = cfg["lr"], cfg["min_lr"], cfg["decay_steps"]
-    if cfg["lr_schedule"] == "linear":  # the seed's linear_lr_decay
-        return lr - (lr - min_lr) * t / n if t < n else min_lr
-    warmup = cfg["warmup_steps"]
+    """Learning rate for the update that follows `t` earlier updates: a linear warmup to lr over
+    warmup_steps, then a linear or cosine decay to min_lr at decay_steps."""
+    lr, min_lr, n, warmup = cfg["lr"], cfg["min_lr"], cfg["decay_steps"], cfg["warmup_steps"]
     if t < warmup:
         return lr * (t + 1) / warmup
     if t >= n:
         return min_lr
-    progress = (t - warmup) / max(1, n - warmup)
+    if cfg["lr_schedule"] == "linear":  # without warmup exactly the seed's linear_lr_decay
+        return lr - (lr - min_lr) * (t - warmup) / (n - warmup)
+    progress = (t - warmup) / (n - warmup)
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 

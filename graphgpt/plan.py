@@ -2,22 +2,29 @@
 
 plan.json holds the schema version, the model hash, the configuration, the tokenizer, the arena
 layout (persistent tensors with their offsets and initialisers, constants) and, per program
-("train", "generate"), its inputs, outputs and ordered launches. A launch names its op, its
-attributes and its operand buffers as [arena, offset, shape]; a backend derives nothing.
+("train" or "accumulate" and "update", then "eval" and "generate"), its inputs, outputs and
+ordered launches. A launch names its op, its attributes and its operand buffers as
+[arena, offset, shape]; a backend derives nothing.
+
+A plan directory holds plan.json, report.txt, kernels/ and graphs/, and nothing else: `save` replaces
+such a directory (or an empty or missing one) as a whole, and refuses any other path untouched.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .fsutil import replace_dir
 
 SCHEMA_VERSION = 1
 PLAN_FILE = "plan.json"
+PLAN_FILES = {PLAN_FILE, "report.txt"}  # what a plan directory holds besides its folders
+PLAN_FOLDERS = {"kernels", "graphs"}    # each holding plain files only
 
 
 @dataclass
@@ -71,17 +78,89 @@ def _is_leaf(obj) -> bool:
     return "op" in obj or "kind" in obj or all(not isinstance(v, (dict, list)) for v in obj.values())
 
 
-def save(data: dict, out_dir: Path, files: dict[str, str | bytes]) -> None:
-    """Write plan.json and `files` (relative path -> content) into out_dir, replacing it whole."""
+def check_out(out_dir) -> None:
+    """Refuse an output path that `save` would lose work at: it may be missing, an empty directory
+    or a plan directory (of any schema version, so that old plans can be compiled over)."""
     out_dir = Path(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.staging")
-    if staging.exists():
-        shutil.rmtree(staging)
-    for rel, content in {PLAN_FILE: to_text(data), **files}.items():
-        path = staging / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content.encode() if isinstance(content, str) else content)
-    replace_dir(staging, out_dir)
+    if out_dir.is_symlink():
+        raise UserError(f"--out {out_dir} is a symbolic link: name the directory itself")
+    if not out_dir.exists():
+        parent = next(p for p in out_dir.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise UserError(f"--out {out_dir}: {parent} is not a directory")
+        return
+    if not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a plan directory; it is left as it is")
+    if any(out_dir.iterdir()) and not _is_plan_dir(out_dir):
+        raise UserError(f"--out {out_dir} holds files that are not a graphgpt plan; it is left as it is "
+                        f"(--out takes a new or empty directory or a plan directory)")
+
+
+def _is_plan_dir(path: Path) -> bool:
+    """plan.json of a plan, and nothing but the files and folders a plan has."""
+    try:
+        data = json.loads((path / PLAN_FILE).read_bytes())
+    except (OSError, ValueError):  # missing, unreadable or not JSON (UnicodeDecodeError is a ValueError)
+        return False
+    if not (isinstance(data, dict) and {"schema_version", "model_hash"} <= set(data)):
+        return False
+    for entry in path.iterdir():
+        if entry.is_symlink():
+            return False
+        if entry.name in PLAN_FOLDERS and entry.is_dir():
+            if not all(f.is_file() and not f.is_symlink() for f in entry.iterdir()):
+                return False
+        elif not (entry.name in PLAN_FILES and entry.is_file()):
+            return False
+    return True
+
+
+def save(data: dict, out_dir: Path, files: dict[str, str | bytes]) -> None:
+    """Write plan.json and `files` (relative path -> content) into out_dir, replacing it whole.
+    Everything is written to a fresh staging directory beside out_dir first, so a failure leaves
+    the old plan as it was."""
+    out_dir = Path(out_dir)
+    check_out(out_dir)  # again: the path may have changed while the plan was compiled
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging", dir=out_dir.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would make the plan private
+        for rel, content in {PLAN_FILE: to_text(data), **files}.items():
+            path = staging / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content.encode() if isinstance(content, str) else content)
+        replace_dir(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful swap
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Swap a fully written staging directory in place of `target` (missing, empty or a plan). The
+    old directory moves aside into a fresh directory and is removed only once the new one is in
+    place; if the swap fails, it is moved back."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old = aside / target.name
+    try:
+        os.replace(target, old)
+    except BaseException:
+        aside.rmdir()
+        raise
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old, target)  # should this fail too, the old plan stays in `aside`, not lost
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside)
 
 
 def load(plan_dir) -> Plan:

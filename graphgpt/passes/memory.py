@@ -3,12 +3,13 @@
 The float arena is laid out as   [params | grads | optimizer state | constants | work].
 Parameters, their gradients and the optimizer state have fixed slots in the same order (so the
 gradients form one flat buffer, and an allreduce or a multi-tensor optimizer can treat them as a
-single array). The work region is shared by every program of a plan and planned per program from
-each buffer's lifetime (from the step that computes it to its last reader) in two ways, keeping
-the smaller: a best-fit heap simulated over the schedule (as XLA's heap simulator), and an
-offline placement of the largest buffers first (as TFLite's greedy-by-size planner), which
-strands fewer large buffers above small holes. Either is checked: no two buffers alive at one
-step share memory.
+single array). A gradient accumulator (a state node with attribute grad_of=<param>) has no slot
+of its own: it is its parameter's gradient slot, so the region means the same in every plan. The
+work region is shared by every program of a plan and planned per program from each buffer's
+lifetime (from the step that computes it to its last reader) in two ways, keeping the smaller: a
+best-fit heap simulated over the schedule (as XLA's heap simulator), and an offline placement of
+the largest buffers first (as TFLite's greedy-by-size planner), which strands fewer large buffers
+above small holes. Either is checked: no two buffers alive at one step share memory.
 
 Three kinds of sharing remove copies:
 - views: a reshape, or a slice of contiguous memory, reads its input's buffer at an offset; a
@@ -50,8 +51,14 @@ class Layout:
         start, size = self.regions["consts"]
         return aligned(start + size)
 
+    def offset(self, n: Node) -> int:
+        """The slot of a param or state node."""
+        grad_of = n.attr.get("grad_of")
+        return self.grads[grad_of] if grad_of else self.tensors[n.name]
 
-def persistent_layout(train: Graph, *others: Graph) -> Layout:
+
+def persistent_layout(*graphs: Graph) -> Layout:
+    """Slots for the params and states of all programs of a plan, in order of first appearance."""
     lay, top = Layout(), 0
 
     def region(name: str, items: list[tuple[str, int]], table: dict) -> None:
@@ -62,11 +69,15 @@ def persistent_layout(train: Graph, *others: Graph) -> Layout:
             top += aligned(size)
         lay.regions[name] = [start, top - start]
 
-    params = [(n.name, n.size) for n in train.of_op("param")]
+    def slots(op: str) -> list[tuple[str, int]]:
+        sizes = {n.name: n.size for g in graphs for n in g.of_op(op) if "grad_of" not in n.attr}
+        return list(sizes.items())
+
+    params = slots("param")
     region("params", params, lay.tensors)
     region("grads", params, lay.grads)
-    region("state", [(n.name, n.size) for n in train.of_op("state")], lay.tensors)
-    values = sorted({n.attr["value"] for g in (train, *others) for n in g.of_op("const")})
+    region("state", slots("state"), lay.tensors)
+    values = sorted({n.attr["value"] for g in graphs for n in g.of_op("const")})
     start = top
     lay.consts = {v: start + i for i, v in enumerate(values)}
     top += len(values)
@@ -141,7 +152,7 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     int_top = 0
     for n in nodes.values():
         if n.op in ("param", "state"):
-            fixed[n.id] = ("f", layout.tensors[n.name])
+            fixed[n.id] = ("f", layout.offset(n))
         elif n.op == "const":
             fixed[n.id] = ("f", layout.consts[n.attr["value"]])
         elif n.op == "input" and n.dtype == "i32":

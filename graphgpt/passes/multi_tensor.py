@@ -6,7 +6,10 @@ then the parameter), and parameters, gradients and each kind of optimizer state 
 regions in the same order, so the m-updates of all parameters are one elementwise pass over the m
 region, the gradient region and the clip scale. The joined range also covers the few padding
 elements between tensors (regions start each tensor on a 256-byte boundary); those are zero and
-computing on them changes nothing anyone reads.
+computing on them changes nothing anyone reads. That holds in the persistent regions only: the
+padding of a work buffer holds whatever an earlier buffer left there, and joined into a gradient's
+padding it would reach the gradient norm, which sums the gradient region as one range. So a launch
+with a tensor operand in the work region joins nothing.
 
 It works on the plan's launch list, after memory planning, because only there are the offsets
 known. A launch may join its predecessor when both are `fused` with the same program, every
@@ -21,10 +24,12 @@ from ..ops.registry import prod
 from .memory import aligned
 
 
-def merge_launches(launches: list[dict]) -> list[dict]:
+def merge_launches(launches: list[dict], work_start: int | None = None) -> list[dict]:
+    """Join neighbouring launches; `work_start` is where the float arena's work region begins
+    (None: no operand lies in one)."""
     out: list[dict] = []
     for launch in launches:
-        if out and _continues(out[-1], launch):
+        if out and _continues(out[-1], launch, work_start):
             out[-1] = _joined(out[-1], launch)
         else:
             out.append(launch)
@@ -35,15 +40,19 @@ def _size(buf) -> int:
     return prod(buf[2])
 
 
-def _mergeable(launch: dict) -> bool:
-    """Pointwise over its output's shape: every operand is that shape or a scalar."""
+def _mergeable(launch: dict, work_start: int | None) -> bool:
+    """Pointwise over its output's shape: every operand is that shape or a scalar, and no tensor
+    operand lies in the work region."""
     out = launch["out"]
+    tensors = [b for b in (out, *launch["in"]) if _size(b) > 1]
     return (launch["op"] == "fused" and not {"perm", "shape"} & set(launch["attrs"]) and _size(out) > 1
-            and all(_size(b) == 1 or list(b[2]) == list(out[2]) for b in launch["in"]))
+            and all(_size(b) == 1 or list(b[2]) == list(out[2]) for b in launch["in"])
+            and (work_start is None or all(b[0] != "f" or b[1] < work_start for b in tensors)))
 
 
-def _continues(prev: dict, nxt: dict) -> bool:
-    if not (_mergeable(prev) and _mergeable(nxt)) or prev["attrs"]["program"] != nxt["attrs"]["program"]:
+def _continues(prev: dict, nxt: dict, work_start: int | None) -> bool:
+    if not (_mergeable(prev, work_start) and _mergeable(nxt, work_start)) \
+            or prev["attrs"]["program"] != nxt["attrs"]["program"]:
         return False
     if len(prev["in"]) != len(nxt["in"]):
         return False

@@ -3,8 +3,11 @@
 Ties between ready nodes go to the node created first, which keeps the order of the model file
 in the forward and the reverse order in the backward. Collectives go first of all: a gradient's
 allreduce starts as soon as the gradient is final, so communication overlaps the rest of the
-backward instead of waiting for its end. A recomputed node (graph.late) takes its reader's place
-in that order, so it runs as late as it can.
+backward instead of waiting for its end. So do the new values of persistent state: one that is
+ready during the backward (a micro-batch's gradient folded into its accumulator) then frees the
+gradient at once instead of keeping it to the end of the step. Sources cost nothing and come
+first, so no node waits for one. A recomputed node (graph.late) takes its reader's place in that
+order, so it runs as late as it can.
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ from ..ops import REGISTRY
 
 
 def schedule(graph: Graph) -> list[int]:
+    urgent = {i for i, n in graph.nodes.items() if n.op in SOURCE_OPS or REGISTRY[n.op].kind == "collective"}
+    urgent |= set(graph.updates.values())
+
     def priority(i: int) -> tuple[int, int, int]:
-        collective = REGISTRY[graph.nodes[i].op].kind == "collective"
-        return (0 if collective else 1, graph.late.get(i, i), i)
+        return (0 if i in urgent else 1, graph.late.get(i, i), i)
     order = nx.lexicographical_topological_sort(graph.to_networkx(), key=priority)
     return [i for i in order if graph.nodes[i].op not in SOURCE_OPS]
