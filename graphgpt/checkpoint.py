@@ -1,158 +1,294 @@
-"""Weights on disk: safetensors, and the seed's `trained_weights.bin`.
+"""Training-state checkpoints: a directory of complete checkpoints that survives kill -9.
 
-safetensors is written here directly (it is a JSON header and raw bytes), so saving needs no extra
-package and the bytes are deterministic: same tensors in the same order, same file. The seed format
-lets weights move between graphgpt and the C++/CUDA program it replaces.
+Layout of a checkpoint directory DIR (`--save DIR`):
+
+    DIR/latest                  one line: the name of the newest complete checkpoint
+    DIR/step_00000010/          one complete checkpoint; the step is zero-padded so names sort by step
+        state.json              format, version, step, plan digest, model hash and the trainer's meta
+        model.safetensors       the parameters in plan order, dtype as given (resume is bit-exact)
+        optimizer.safetensors   the optimizer state tensors, dtype as given
+        trained_weights.bin     the parameters in the seed's format, for the seed's C++ program
+
+A checkpoint is written as DIR/.step_00000010.PID.tmp/, every file in it fsynced, then renamed into
+place and DIR fsynced; only then is `latest` replaced, itself atomically. So `latest` names a
+complete checkpoint at every instant, and a killed writer leaves nothing but temporaries carrying
+its pid, which the next save or load clears once that pid is no longer alive.
 """
 from __future__ import annotations
 
 import json
-import math
+import operator
 import os
-import struct
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from graphgpt.errors import UserError
-from graphgpt.fsutil import atomic_write_bytes
+from .errors import UserError
+from .fsutil import atomic_write_text, fsync_dir, scratch_dir
+from .tensor_files import load_safetensors, save_safetensors, save_seed_weights
 
-_METADATA = "__metadata__"
+FORMAT = "graphgpt-checkpoint"
+VERSION = 1
+POINTER = "latest"
+STATE = "state.json"
+MODEL = "model.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+SEED_EXPORT = "trained_weights.bin"
+_TENSOR_FILES = (MODEL, OPTIMIZER, SEED_EXPORT)
+_STATE_FIELDS = {"step": int, "plan_digest": str, "model_hash": str, "meta": dict}
 
-_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-_CODES = {np.dtype(t): code for code, t in _DTYPES.items()}
-
-
-def save_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
-                     metadata: dict[str, str] | None = None) -> None:
-    """Write `tensors` in insertion order, with optional string metadata, atomically."""
-    header: dict = {}
-    if metadata:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise TypeError("safetensors metadata must map strings to strings")
-        header[_METADATA] = dict(sorted(metadata.items()))
-    chunks = []
-    offset = 0
-    for name, value in tensors.items():
-        if not isinstance(name, str) or name == _METADATA:
-            raise ValueError(f"invalid safetensors tensor name {name!r}")
-        array = np.asarray(value)
-        code = _CODES.get(array.dtype.newbyteorder("="))
-        if code is None:
-            raise ValueError(f"tensor {name!r}: dtype {array.dtype} has no safetensors code")
-        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
-        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    head += b" " * (-len(head) % 8)  # the format pads the header so the data starts 8-aligned
-    atomic_write_bytes(path, struct.pack("<Q", len(head)) + head + b"".join(chunks))
+_STEP_NAME = re.compile(r"step_(\d{8})")
+# `.step_N.PID.tmp`: a checkpoint being written, or one being deleted; `.step_N.PID.old.tmp`: a
+# complete checkpoint set aside while a new one of the same step takes its place.
+_SCRATCH = re.compile(r"\.(?P<step>step_\d{8})\.(?P<pid>\d+)(?P<old>\.old)?\.tmp")
+_POINTER_TEMP = re.compile(rf"\.{POINTER}\.(?P<pid>\d+)\.\w+\.tmp")  # atomic_write_bytes's temporary
 
 
-def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Tensors of a safetensors file, in header order, as writable native-endian arrays."""
-    raw = _read(path)
-    if len(raw) < 8:
-        raise UserError(f"{path}: not a safetensors file ({len(raw)} bytes, shorter than its header size)")
-    (head_len,) = struct.unpack_from("<Q", raw)
-    if head_len > len(raw) - 8:
-        raise UserError(f"{path}: safetensors header size {head_len} runs past the end of the "
-                        f"{len(raw)}-byte file")
+@dataclass
+class TrainingState:
+    """Everything a run needs to continue exactly where it stopped."""
+    step: int                        # optimizer updates done
+    params: dict[str, np.ndarray]    # plan order
+    optimizer: dict[str, np.ndarray]
+    meta: dict                       # JSON-serialisable; the trainer's (sampler state, seed, ...)
+
+
+def step_name(step: int) -> str:
+    if not 0 <= step < 10**8:
+        raise ValueError(f"checkpoint step {step} does not fit the 8 digits of a step directory name")
+    return f"step_{step:08d}"
+
+
+class CheckpointDir:
+    """The checkpoints under one directory; at most `keep` of them stay (0: all). One writer at a
+    time, and one save at a time in that writer's process."""
+
+    def __init__(self, path: str | os.PathLike, keep: int = 3):
+        if keep < 0:
+            raise ValueError(f"keep must be 0 (keep all) or positive, not {keep}")
+        self.path = Path(path)
+        self.keep = keep
+
+    def check_writable(self) -> None:
+        """Create the directory if needed and prove a file can be made in it, before any training
+        time is spent. The probe is an anonymous temporary file, so even kill -9 leaves nothing."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
+        except FileExistsError:
+            raise UserError(f"{self.path}: exists and is not a directory") from None
+        except OSError as e:
+            raise UserError(f"{self.path}: not a writable directory ({e.strerror or e})") from None
+
+    def checkpoints(self) -> list[int]:
+        """Steps of the complete checkpoints present, ascending."""
+        return sorted(step for entry in self._entries() if (step := _complete_step(entry)) is not None)
+
+    def latest(self) -> Path | None:
+        """The checkpoint `latest` names; if that is missing or incomplete (a disk that lost
+        fsynced writes, or a kill midway through replacing it, which the next save or load
+        undoes), the newest complete checkpoint; None if there is none."""
+        named = self._pointed()
+        if named is not None and _complete_step(named) is not None:
+            return named
+        steps = self.checkpoints()
+        return self.path / step_name(steps[-1]) if steps else None
+
+    def save(self, state: TrainingState, plan_digest: str, model_hash: str,
+             seed_export: list[np.ndarray]) -> Path:
+        """Write `state` as a complete checkpoint, point `latest` at it, prune to `keep`; returns
+        the checkpoint's directory. On any exception nothing of this save is left behind."""
+        step = operator.index(state.step)
+        target = self.path / step_name(step)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_temps()
+        if os.path.lexists(target) and _complete_step(target) is None:
+            raise UserError(f"{target}: exists and is not a complete graphgpt checkpoint of step {step}; "
+                            f"not replacing it")
+        with scratch_dir(self._scratch(target.name)) as staging:
+            _write_checkpoint(staging, step, state, plan_digest, model_hash, seed_export)
+            self._put_in_place(staging, target)
+        atomic_write_text(self.path / POINTER, target.name + "\n")
+        self._prune(spare=target)
+        return target
+
+    def load(self, plan_digest: str, path: str | os.PathLike | None = None) -> TrainingState:
+        """The training state of checkpoint `path` (default: latest()), which must belong to the
+        plan whose digest is `plan_digest`."""
+        self.remove_stale_temps()
+        checkpoint = Path(path) if path is not None else self.latest()
+        if checkpoint is None:
+            raise UserError(f"{self.path}: no complete checkpoint to resume from")
+        record = read_state(checkpoint)
+        if record["plan_digest"] != plan_digest:
+            raise UserError(f"{checkpoint}: checkpoint of plan {record['plan_digest'][:12]}, not of this "
+                            f"plan {plan_digest[:12]}")
+        return TrainingState(record["step"], load_safetensors(checkpoint / MODEL),
+                             load_safetensors(checkpoint / OPTIMIZER), record["meta"])
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Clear the temporaries of writers that are no longer alive (killed mid-save); a
+        checkpoint set aside for a replacement that never arrived is moved back rather than
+        removed. Returns the temporaries cleared."""
+        cleared = []
+        for entry, pid, home in self._temporaries():
+            if _writer_alive(pid):
+                continue
+            if home is not None:
+                _settle_set_aside(entry, home)
+            elif entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            cleared.append(entry)
+        return cleared
+
+    def _entries(self) -> list[Path]:
+        try:
+            return list(self.path.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def _pointed(self) -> Path | None:
+        try:
+            name = (self.path / POINTER).read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return self.path / name if _STEP_NAME.fullmatch(name) else None
+
+    def _scratch(self, name: str, kind: str = "") -> Path:
+        return self.path / f".{name}.{os.getpid()}{kind}.tmp"
+
+    def _temporaries(self) -> Iterator[tuple[Path, int, Path | None]]:
+        """Each temporary a writer makes in DIR, with the writer's pid and, for a set-aside
+        checkpoint, its home: the step directory it was moved from. Nothing else in DIR is ever
+        touched."""
+        for entry in self._entries():
+            if entry.is_symlink():
+                continue
+            if (match := _SCRATCH.fullmatch(entry.name)) and entry.is_dir():
+                yield entry, int(match["pid"]), self.path / match["step"] if match["old"] else None
+            elif (match := _POINTER_TEMP.fullmatch(entry.name)) and entry.is_file():
+                yield entry, int(match["pid"]), None
+
+    def _put_in_place(self, staging: Path, target: Path) -> None:
+        """Rename the written `staging` to `target` and make that durable. An existing `target`
+        (a complete checkpoint of the same step: save() checked) is replaced as a whole: a
+        directory cannot be renamed over a non-empty one, so the old one is set aside first, then
+        settled whatever happens."""
+        aside = self._scratch(target.name, ".old") if os.path.lexists(target) else None
+        if aside is not None:
+            os.rename(target, aside)
+        try:
+            os.rename(staging, target)
+            fsync_dir(self.path)  # the checkpoint's entry is on disk before `latest` may name it
+        finally:
+            if aside is not None:
+                _settle_set_aside(aside, target)
+
+    def _prune(self, spare: Path) -> None:
+        """Delete the oldest complete checkpoints beyond `keep`, never `spare` (the one just
+        written). Each is renamed to a scratch name first, so a kill midway through the deletion
+        leaves a stale temporary rather than a damaged checkpoint."""
+        if self.keep == 0:
+            return
+        others = [step for step in self.checkpoints() if step_name(step) != spare.name]
+        for step in others[:max(0, len(others) - (self.keep - 1))]:
+            doomed = self._scratch(step_name(step))
+            os.rename(self.path / step_name(step), doomed)
+            shutil.rmtree(doomed)
+
+
+def read_state(checkpoint: str | os.PathLike) -> dict:
+    """The state.json of a complete checkpoint directory, checked; one UserError line otherwise."""
+    checkpoint = Path(checkpoint)
     try:
-        header = json.loads(raw[8:8 + head_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: safetensors header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise UserError(f"{path}: safetensors header is not a JSON object")
-    data = memoryview(raw)[8 + head_len:]
-    return {name: _tensor(path, name, entry, data)
-            for name, entry in header.items() if name != _METADATA}
-
-
-def _tensor(path, name: str, entry, data: memoryview) -> np.ndarray:
-    def bad(why: str) -> UserError:
-        return UserError(f"{path}: tensor {name!r} {why}")
-
-    if not isinstance(entry, dict):
-        raise bad("has no header entry object")
-    code = entry.get("dtype")
-    dtype = _DTYPES.get(code) if isinstance(code, str) else None
-    if dtype is None:
-        raise bad(f"has unsupported dtype {code!r}")
-    shape, offsets = entry.get("shape"), entry.get("data_offsets")
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise bad(f"has an invalid shape {shape!r}")
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
-            or not offsets[0] <= offsets[1] <= len(data)):
-        raise bad(f"has data offsets {offsets!r} outside the {len(data)} data bytes")
-    begin, end = offsets
-    count = math.prod(shape)
-    if end - begin != count * np.dtype(dtype).itemsize:
-        raise bad(f"has {end - begin} data bytes for shape {shape} of {code}")
-    little = np.dtype(dtype).newbyteorder("<")
-    return np.frombuffer(data, dtype=little, count=count, offset=begin).reshape(shape).astype(dtype)
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def save_seed_weights(path: str | os.PathLike, tensors: list[np.ndarray]) -> None:
-    """The seed's format: int32 count, then per tensor int32 ndim, shape, numel and float32 data."""
-    parts = [struct.pack("<i", len(tensors))]
-    for array in tensors:
-        array = np.asarray(array, dtype="<f4")
-        parts.append(struct.pack(f"<i{array.ndim}ii", array.ndim, *array.shape, array.size))
-        parts.append(array.tobytes(order="C"))
-    atomic_write_bytes(path, b"".join(parts))
-
-
-def load_seed_weights(path: str | os.PathLike) -> list[np.ndarray]:
-    raw = _read(path)
-    offset = 0
-
-    def ints(n: int, what: str) -> tuple[int, ...]:
-        nonlocal offset
-        if n < 0 or offset + 4 * n > len(raw):
-            raise UserError(f"{path}: seed weights file is truncated or garbled (reading {what} at "
-                            f"byte {offset} of {len(raw)})")
-        values = struct.unpack_from(f"<{n}i", raw, offset)
-        offset += 4 * n
-        return values
-
-    (count,) = ints(1, "the tensor count")
-    if count < 0:
-        raise UserError(f"{path}: seed weights file has a negative tensor count {count}")
-    tensors = []
-    for i in range(count):
-        (ndim,) = ints(1, f"tensor {i} ndim")
-        shape = ints(ndim, f"tensor {i} shape")
-        (numel,) = ints(1, f"tensor {i} numel")
-        if any(d < 0 for d in shape) or numel != math.prod(shape):
-            raise UserError(f"{path}: seed weights tensor {i} has shape {list(shape)} but numel {numel}")
-        if offset + 4 * numel > len(raw):
-            raise UserError(f"{path}: seed weights file is truncated (tensor {i} data needs "
-                            f"{4 * numel} bytes at byte {offset} of {len(raw)})")
-        data = np.frombuffer(raw, dtype="<f4", count=numel, offset=offset)
-        tensors.append(data.reshape(shape).astype(np.float32))
-        offset += 4 * numel
-    if offset != len(raw):
-        raise UserError(f"{path}: seed weights file has {len(raw) - offset} unexpected bytes after "
-                        f"its {count} tensors")
-    return tensors
-
-
-def _read(path: str | os.PathLike) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"weights file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"weights file {path} is a directory") from None
+        record = json.loads((checkpoint / STATE).read_text("utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        raise UserError(f"{checkpoint}: not a graphgpt checkpoint (no {STATE})") from None
     except OSError as e:
-        raise UserError(f"cannot read weights file {path}: {e.strerror or e}") from None
+        raise UserError(f"{checkpoint}: cannot read {STATE}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{checkpoint}: {STATE} is not valid JSON ({e})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise UserError(f"{checkpoint}: not a graphgpt checkpoint ({STATE} lacks format {FORMAT!r})")
+    if record.get("version") != VERSION:
+        raise UserError(f"{checkpoint}: checkpoint version {record.get('version')!r}; this graphgpt "
+                        f"reads version {VERSION}")
+    for field, kind in _STATE_FIELDS.items():
+        value = record.get(field)
+        if not isinstance(value, kind) or isinstance(value, bool) or (field == "step" and value < 0):
+            raise UserError(f"{checkpoint}: {STATE} has an invalid {field!r} ({type(value).__name__})")
+    missing = [name for name in _TENSOR_FILES if not (checkpoint / name).is_file()]
+    if missing:
+        raise UserError(f"{checkpoint}: incomplete checkpoint, missing {', '.join(missing)}")
+    return record
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Parameters for --init-from: a .safetensors file, a checkpoint step directory, or a
+    checkpoint directory (its latest checkpoint)."""
+    path = Path(path)
+    if path.is_file():
+        return load_safetensors(path)
+    checkpoint = path if (path / STATE).exists() else CheckpointDir(path).latest()
+    if checkpoint is None:
+        raise UserError(f"{path}: neither a .safetensors file, a checkpoint nor a directory of checkpoints")
+    read_state(checkpoint)
+    return load_safetensors(checkpoint / MODEL)
+
+
+def _complete_step(checkpoint: Path) -> int | None:
+    """The step of `checkpoint` if it is a complete checkpoint: a real directory (not a link) named
+    for a step, whose state.json is valid and records that step, and whose files are all there."""
+    match = _STEP_NAME.fullmatch(checkpoint.name)
+    if not match or checkpoint.is_symlink() or not checkpoint.is_dir():
+        return None
+    try:
+        recorded = read_state(checkpoint)["step"]
+    except UserError:
+        return None
+    return recorded if recorded == int(match[1]) else None
+
+
+def _write_checkpoint(directory: Path, step: int, state: TrainingState, plan_digest: str,
+                      model_hash: str, seed_export: list[np.ndarray]) -> None:
+    """Every file of a checkpoint. Each write fsyncs its file and then `directory` after renaming
+    the file into it, so the directory is durable once the last one returns."""
+    record = {"format": FORMAT, "version": VERSION, "step": step, "plan_digest": plan_digest,
+              "model_hash": model_hash, "meta": state.meta}
+    atomic_write_text(directory / STATE, json.dumps(record, indent=1) + "\n")
+    save_safetensors(directory / MODEL, state.params, metadata={"model_hash": model_hash})
+    save_safetensors(directory / OPTIMIZER, state.optimizer)
+    save_seed_weights(directory / SEED_EXPORT, seed_export)
+
+
+def _settle_set_aside(aside: Path, home: Path) -> None:
+    """A checkpoint set aside for its replacement is garbage once the replacement is in `home`;
+    until then it is still the checkpoint of its step, so it goes back."""
+    if os.path.lexists(home):
+        shutil.rmtree(aside)
+    else:
+        os.rename(aside, home)
+
+
+def _writer_alive(pid: int) -> bool:
+    """Whether the process that named a temporary with `pid` may still be using it. Our own pid
+    counts as dead: this process makes one checkpoint at a time and clears its temporaries on any
+    exception, so one with our pid was left by an earlier process that had the same pid (a
+    container's first process, restarted)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        pass  # another user's live process, or a number no process has: not ours to remove either way
+    return True

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import codegen, dsl, optim, viz
 from .gemm import lower_matmul
-from .errors import UserError
+from .errors import ArgumentParser, UserError
 from .ir import INT, Graph
 from .ops import REGISTRY
 from .passes.fuse import fuse
@@ -368,8 +368,7 @@ def _matmul_flops(graph: Graph, n) -> int:
 
 
 def main(argv=None) -> int:
-    import argparse
-    p = argparse.ArgumentParser(prog="tools/compile.py", description=(
+    p = ArgumentParser(prog="tools/compile.py", description=(
         "Compile a GPT-2 model file into a training plan: trace, autodiff, optimizer, passes, "
         "memory plan, graph dumps."))
     p.add_argument("model", type=Path, help="the model file (CONFIG + forward), e.g. model.py")

@@ -1,12 +1,23 @@
-"""Training text and the batch loader.
+"""Training data: text and token files, the held-out split, and the batch samplers.
 
-The loader follows the seed: contiguous rows of one token stream, targets shifted by one, wrapping
-to the start near the end. It is generalised to data-parallel ranks so that W ranks with batch B
-read exactly the rows that one rank with batch W*B would, which keeps losses comparable between a
-single-GPU run and a distributed one.
+Two samplers cut one token stream into batches (x, y) of shape (batch_size, seq_len), the targets
+y being x shifted by one token:
+
+- `SequentialSampler` follows the seed: contiguous rows, wrapping to the start near the end.
+- `RandomSampler` follows nanoGPT's get_batch: every row starts anywhere in the stream.
+
+Both are generalised to data-parallel ranks so that W ranks with batch B read exactly the rows
+that one rank with batch W*B would, which keeps losses comparable between a single-GPU run and a
+distributed one. Each keeps its place in one number (`state()`), so a resumed run reads the
+batches the uninterrupted run would have read.
+
+Token files (`.bin`, written by tools/prepare.py) are nanoGPT's format: flat ids, no header. They
+are memory-mapped, so a data set larger than memory trains without being loaded.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +25,41 @@ import numpy as np
 
 import graphgpt
 from graphgpt.errors import UserError
+from graphgpt.tokenizer import Tokenizer
+
+SAMPLERS = ("random", "sequential")
+
+# RandomSampler streams: independent draws from one seed. Training batches, and the fixed windows
+# every evaluation of a split reads.
+TRAIN_STREAM = 0
+EVAL_STREAMS = {"train": 1, "val": 2}
+
+# meta.json, written by tools/prepare.py beside its train.bin and val.bin, says which tokenizer
+# produced the ids; a file of another tokenizer's ids would train without complaint, on nonsense.
+META_FILE = "meta.json"
+TOKEN_FORMAT = "graphgpt-tokens"
+TOKEN_FORMAT_VERSION = 1
+
+# Ids per step when checking a token file's range: a few million at a time keeps memory flat for
+# files larger than memory.
+_CHECK_CHUNK = 1 << 22
+
+
+# --- files ------------------------------------------------------------------------------------
+
+def read_error(what: str, path: Path, error: OSError) -> UserError:
+    """The one-line error for a file (`what`: "data file", "token file") that cannot be opened."""
+    if isinstance(error, FileNotFoundError):
+        return UserError(f"{what} {path} does not exist")
+    if isinstance(error, IsADirectoryError):
+        return UserError(f"{what} {path} is a directory, expected a file")
+    return UserError(f"cannot read {what} {path}: {error.strerror or error}")
+
+
+def utf8_error(path: Path, data: bytes, error: UnicodeDecodeError, offset: int = 0) -> UserError:
+    """The one-line error for text that is not UTF-8; `data` starts at byte `offset` of the file."""
+    return UserError(f"data file {path} is not UTF-8 text "
+                     f"(byte 0x{data[error.start]:02x} at offset {offset + error.start})")
 
 
 def read_corpus(path: str | os.PathLike) -> str:
@@ -21,17 +67,12 @@ def read_corpus(path: str | os.PathLike) -> str:
     path = Path(path)
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"data file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"data file {path} is a directory, expected a text file") from None
     except OSError as e:
-        raise UserError(f"cannot read data file {path}: {e.strerror or e}") from None
+        raise read_error("data file", path, e) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"data file {path} is not UTF-8 text "
-                        f"(byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+        raise utf8_error(path, raw, e) from None
     if not text.strip():
         raise UserError(f"data file {path} is empty or only whitespace")
     return text
@@ -49,8 +90,129 @@ def default_corpus() -> tuple[str, str]:
     return text, f"graphgpt source ({len(files)} files)"
 
 
-class DataLoader:
-    """Batches (x, y) of shape (batch_size, seq_len) for one rank of `world_size`.
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The id type of a token file: uint16 while every id fits, as nanoGPT writes them."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def tokenizer_digest(tokenizer: Tokenizer) -> str:
+    """sha256 of the tokenizer's vocabulary: equal digests, equal meaning of every id."""
+    return hashlib.sha256(json.dumps(tokenizer.to_json(), sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def read_token_meta(directory: Path) -> dict | None:
+    """The meta.json tools/prepare.py wrote in `directory`, or None where there is none of its kind."""
+    try:
+        meta = json.loads((Path(directory) / META_FILE).read_bytes())
+    except (OSError, ValueError):  # absent, unreadable or not JSON: not one prepare.py wrote
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == TOKEN_FORMAT else None
+
+
+def load_tokens(path: str | os.PathLike, tokenizer: Tokenizer, vocab_size: int) -> tuple[np.ndarray, str]:
+    """(tokens, description for the progress line) of a data file.
+
+    A `.bin` file is a token file, memory-mapped read-only; any other file is text, encoded here.
+    """
+    path = Path(path)
+    if path.suffix == ".bin":
+        tokens = _open_token_file(path, tokenizer, vocab_size)
+        return tokens, f"{path} ({tokens.dtype} token file)"
+    return tokenizer.encode(read_corpus(path), source=str(path)), str(path)
+
+
+def _open_token_file(path: Path, tokenizer: Tokenizer, vocab_size: int) -> np.memmap:
+    dtype = token_dtype(vocab_size)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise read_error("token file", path, e) from None
+    if size == 0:
+        raise UserError(f"token file {path} is empty")
+    if size % dtype.itemsize:
+        raise UserError(f"token file {path} has {size} bytes, not a whole number of {dtype} ids "
+                        f"({dtype.itemsize} bytes each for a vocabulary of {vocab_size})")
+    _check_meta(path, tokenizer, dtype)
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    _check_ids(path, tokens, vocab_size)
+    return tokens
+
+
+def _check_meta(path: Path, tokenizer: Tokenizer, dtype: np.dtype) -> None:
+    """A token file beside a prepare.py meta.json holds ids of this plan's tokenizer, as `dtype`."""
+    meta = read_token_meta(path.parent)
+    if meta is None:
+        return
+    again = f"prepare it again: python tools/prepare.py TEXT --plan PLAN --out {path.parent}"
+    ours, theirs = tokenizer_digest(tokenizer), str(meta.get("tokenizer_sha256"))
+    if theirs != ours:
+        raise UserError(f"token file {path} holds ids of tokenizer {theirs[:12]} (its {META_FILE}), "
+                        f"the plan's tokenizer is {ours[:12]}; {again}")
+    if meta.get("dtype") != dtype.name:
+        raise UserError(f"token file {path} holds {meta.get('dtype')} ids (its {META_FILE}), "
+                        f"this plan reads {dtype} ids; {again}")
+
+
+def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    """Every id names a row of the embedding: a larger one would index past it."""
+    for start in range(0, len(tokens), _CHECK_CHUNK):
+        chunk = tokens[start:start + _CHECK_CHUNK]
+        if int(chunk.max()) >= vocab_size:
+            i = start + int(np.argmax(chunk >= vocab_size))
+            raise UserError(f"token file {path} has id {int(tokens[i])} at token {i} (byte offset "
+                            f"{i * tokens.itemsize}), outside the plan's vocabulary of {vocab_size}")
+
+
+# --- splitting --------------------------------------------------------------------------------
+
+def heldout_cut(n: int, fraction: float) -> int:
+    """Where the held-out last `fraction` of n tokens begins, exactly as nanoGPT cuts."""
+    if not 0 < fraction < 1:
+        raise UserError(f"the held-out fraction must be between 0 and 1 (exclusive), got {fraction}")
+    return int(n * (1 - fraction))
+
+
+def split_heldout(tokens: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val): the stream before and from `heldout_cut`, as views of `tokens`."""
+    cut = heldout_cut(len(tokens), fraction)
+    return tokens[:cut], tokens[cut:]
+
+
+# --- samplers ---------------------------------------------------------------------------------
+
+def _token_stream(tokens) -> np.ndarray:
+    tokens = np.asarray(tokens)  # a view: a memmap stays backed by its file
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be a 1-D integer array, got {tokens.dtype} {tokens.shape}")
+    return tokens
+
+
+def _check_layout(batch_size: int, seq_len: int, rank: int, world_size: int) -> None:
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("world_size", world_size)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is outside world size {world_size}")
+
+
+def _saved_count(state, kind: str, key: str) -> int:
+    """The number `key` of a sampler state saved by a `kind` sampler; any other state is a UserError."""
+    saved = state.get("kind") if isinstance(state, dict) else None
+    if saved not in SAMPLERS:
+        raise UserError(f"the checkpoint's data sampler state {state!r} is not one graphgpt writes")
+    if saved != kind:
+        raise UserError(f"the checkpoint's data sampler is {saved!r}; this run uses {kind!r} "
+                        f"(pass --sampler {saved})")
+    value = state.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise UserError(f"the checkpoint's {kind} data sampler has {key} {value!r}, "
+                        f"expected a whole number >= 0")
+    return value
+
+
+class SequentialSampler:
+    """The seed's batches (x, y) of shape (batch_size, seq_len) for one rank of `world_size`.
 
     The global batch has G = world_size * batch_size rows; global row j is
     tokens[pos + j*T : pos + j*T + T] and rank r takes rows r*B .. r*B + B - 1. After each batch
@@ -58,16 +220,12 @@ class DataLoader:
     seed's `pos + G*T + 1 >= N`).
     """
 
+    kind = "sequential"
+
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int,
                  rank: int = 0, world_size: int = 1) -> None:
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"tokens must be a 1-D integer array, got {tokens.dtype} {tokens.shape}")
-        for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("world_size", world_size)):
-            if value < 1:
-                raise UserError(f"{name} must be at least 1, got {value}")
-        if not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} is outside world size {world_size}")
+        tokens = _token_stream(tokens)
+        _check_layout(batch_size, seq_len, rank, world_size)
         rows = world_size * batch_size
         self._span = rows * seq_len  # tokens one global batch consumes
         if len(tokens) < self._span + 1:
@@ -81,18 +239,18 @@ class DataLoader:
         self.world_size = world_size
         self._position = 0
 
-    @property
-    def position(self) -> int:
-        """Where the next global batch starts in the token stream."""
-        return self._position
+    def state(self) -> dict:
+        """Where the next global batch starts in the token stream: all a resumed run needs."""
+        return {"kind": self.kind, "position": self._position}
 
-    @position.setter
-    def position(self, value: int) -> None:
-        # Resuming with a position from another run: it must still leave room for a whole batch.
-        if not 0 <= value <= len(self._tokens) - self._span - 1:
-            raise UserError(f"data position {value} is outside the data ({len(self._tokens)} tokens, "
-                            f"one batch needs {self._span + 1})")
-        self._position = value
+    def restore(self, state: dict) -> None:
+        position = _saved_count(state, self.kind, "position")
+        # A position from another run must still leave room for a whole batch in this data.
+        last = len(self._tokens) - self._span - 1
+        if position > last:
+            raise UserError(f"the checkpoint's data position {position} is outside this data "
+                            f"({len(self._tokens)} tokens; a batch of {self._span}+1 starts at 0..{last})")
+        self._position = position
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
         B, T = self.batch_size, self.seq_len
@@ -103,3 +261,62 @@ class DataLoader:
         if self._position + self._span + 1 >= len(self._tokens):
             self._position = 0
         return x, y
+
+
+class RandomSampler:
+    """nanoGPT's batches: rows of seq_len + 1 tokens starting anywhere in the stream.
+
+    Global batch i draws G = world_size * batch_size starts uniformly from 0 .. N - T - 1 with the
+    generator `default_rng([seed, stream, i])`, and rank r takes rows r*B .. r*B + B - 1. Because
+    every batch has its own generator, the number of batches drawn is the whole state.
+    """
+
+    kind = "random"
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, stream: int = TRAIN_STREAM) -> None:
+        tokens = _token_stream(tokens)
+        _check_layout(batch_size, seq_len, rank, world_size)
+        for name, value in (("seed", seed), ("stream", stream)):
+            if value < 0:  # NumPy's seed sequences take only non-negative numbers
+                raise UserError(f"the data sampler's {name} must be >= 0, got {value}")
+        if len(tokens) < seq_len + 1:
+            raise UserError(f"data has {len(tokens)} tokens, one row needs seq_len+1 = {seq_len + 1}; "
+                            f"use more data or a smaller seq_len")
+        self._tokens = tokens
+        self._last_start = len(tokens) - seq_len - 1
+        self._window = np.arange(seq_len + 1)
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.stream = stream
+        self._batches = 0
+
+    def state(self) -> dict:
+        """How many global batches have been drawn: all a resumed run needs."""
+        return {"kind": self.kind, "batches": self._batches}
+
+    def restore(self, state: dict) -> None:
+        self._batches = _saved_count(state, self.kind, "batches")
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        B = self.batch_size
+        rng = np.random.default_rng([self.seed, self.stream, self._batches])
+        starts = rng.integers(0, self._last_start, size=self.world_size * B, endpoint=True)
+        mine = starts[self.rank * B:(self.rank + 1) * B]
+        # One gather of (B, T+1) ids: reads only those rows' pages of a memory-mapped file.
+        rows = self._tokens[mine[:, None] + self._window].astype(np.int32)
+        self._batches += 1
+        return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
+
+
+def make_sampler(kind: str, tokens: np.ndarray, batch_size: int, seq_len: int, rank: int,
+                 world_size: int, seed: int) -> SequentialSampler | RandomSampler:
+    """The training sampler `kind` ("random" or "sequential"; the sequential one has no seed)."""
+    if kind == "random":
+        return RandomSampler(tokens, batch_size, seq_len, rank, world_size, seed=seed, stream=TRAIN_STREAM)
+    if kind == "sequential":
+        return SequentialSampler(tokens, batch_size, seq_len, rank, world_size)
+    raise UserError(f"unknown data sampler {kind!r}; expected one of {', '.join(SAMPLERS)}")

@@ -1,66 +1,144 @@
-"""python -m graphgpt.run --plan compiled/ : train a compiled plan, save it, generate text."""
+"""python -m graphgpt.run --plan compiled/ : train a compiled plan, evaluate, checkpoint, generate.
+
+Everything a run will read, write or sample with is checked before the first step, so bad input
+costs one line and exit status 2, never the work of a run.
+"""
 from __future__ import annotations
 
-import argparse
+import math
 import os
+import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
 from . import optim
 from . import plan as plan_io
-from .data import DataLoader, default_corpus, read_corpus
-from .errors import UserError
+from .checkpoint import CheckpointDir, TrainingState, load_weights
+from .data import SAMPLERS, default_corpus, load_tokens, make_sampler, split_heldout
+from .errors import ArgumentParser, UserError
+from .monitor import GuardedStdout, MetricsLog, Progress
 from .runtime import make_backend
 from .runtime.dist import check_same_plan, current_world
 from .sample import generate
 from .tokenizer import Tokenizer
-from .train import MetricsLog, Progress, Trainer, save_weights
+from .train import Evaluation, Trainer, TrainingStopped, check_finite
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m graphgpt.run", description=(
-        "Train a compiled GPT-2 plan, then save its weights and generate text."))
+    p = ArgumentParser(prog="python -m graphgpt.run", description=(
+        "Train a compiled GPT-2 plan: evaluate on held-out data, write checkpoints, resume, "
+        "then generate text."))
     p.add_argument("--plan", type=Path, default=Path("compiled"), help="plan directory (default: compiled/)")
-    p.add_argument("--data", type=Path, help="training text (default: graphgpt's own source files)")
-    p.add_argument("--steps", type=int, default=50, help="optimizer steps (default: 50)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and sampling")
-    p.add_argument("--log", type=Path, metavar="FILE", help="write one JSON object per step here")
-    p.add_argument("--save", type=Path, metavar="DIR",
-                   help="save model.safetensors and the seed's trained_weights.bin here")
-    p.add_argument("--generate", type=int, default=30, metavar="N", help="tokens to generate after training")
-    p.add_argument("--prompt", help="generation prompt (default: the first block of the training data)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as the seed")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
-    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
-    p.add_argument("--no-graph", action="store_true",
-                   help="CUDA: run launches one by one instead of replaying a CUDA graph (debugging)")
-    p.add_argument("--tf32", action="store_true", help="CUDA: TF32 tensor cores for the GEMMs")
-    p.add_argument("--profile", action="store_true",
-                   help="CUDA: after training, print each kernel's time per step against the device's ceilings")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", type=Path,
+                      help="training data: a text file, or a .bin of token ids from tools/prepare.py "
+                           "(default: graphgpt's own source files)")
+    data.add_argument("--val-data", type=Path, metavar="FILE", help="held-out data (text or .bin)")
+    data.add_argument("--val-fraction", type=float, metavar="F",
+                      help="hold out the last F of the training data instead (as nanoGPT: 0.1)")
+    data.add_argument("--sampler", choices=SAMPLERS, default="random",
+                      help="random: every row starts at a random token, every step (default); "
+                           "sequential: the seed's contiguous rows")
+    train = p.add_argument_group("training")
+    train.add_argument("--steps", type=int, default=50,
+                       help="optimizer updates to reach, counting those of a resumed run (default: 50)")
+    train.add_argument("--seed", type=int, help="seed of the initial weights, the data windows and sampling (default: 0)")
+    train.add_argument("--eval-every", type=int, default=0, metavar="N",
+                       help="evaluate at step 0, every N steps and at the end (default: only at the "
+                            "start and end, and only with held-out data)")
+    train.add_argument("--eval-batches", type=int, default=20, metavar="K",
+                       help="batches per split and evaluation (default: 20)")
+    train.add_argument("--log", type=Path, metavar="FILE", help="append one JSON object per step here")
+    ckpt = p.add_argument_group("checkpoints")
+    ckpt.add_argument("--save", type=Path, metavar="DIR",
+                      help="write checkpoints of the whole training state here (at the end, and "
+                           "every --save-every steps)")
+    ckpt.add_argument("--save-every", type=int, default=0, metavar="N", help="checkpoint every N steps")
+    ckpt.add_argument("--keep", type=int, default=3, metavar="K",
+                      help="checkpoints kept, newest first (default: 3; 0 keeps all)")
+    ckpt.add_argument("--resume", type=Path, metavar="DIR",
+                      help="continue from the latest checkpoint in DIR (and save there unless --save "
+                           "says otherwise); with none there yet, start from step 0")
+    ckpt.add_argument("--init-from", type=Path, metavar="PATH",
+                      help="start from these weights only: a .safetensors file or a checkpoint")
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--generate", type=int, default=30, metavar="N", help="tokens to generate after training")
+    gen.add_argument("--prompt", help="generation prompt (default: the first block of the training data)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as the seed")
+    gen.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    dev = p.add_argument_group("backend")
+    dev.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
+    dev.add_argument("--no-graph", action="store_true",
+                     help="CUDA: run launches one by one instead of replaying a CUDA graph (debugging)")
+    dev.add_argument("--tf32", action="store_true", help="CUDA: TF32 tensor cores for the GEMMs")
+    dev.add_argument("--profile", action="store_true",
+                     help="CUDA: after training, print each kernel's time per step against the device's ceilings")
     args = p.parse_args(argv)
-    for name in ("steps", "generate", "top_k"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must not be negative")
+    for name in ("steps", "generate", "top_k", "seed", "eval_every", "save_every", "keep"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            p.error(f"--{name.replace('_', '-')} must not be negative, got {value}")
+    if args.eval_batches < 1:
+        p.error(f"--eval-batches must be at least 1, got {args.eval_batches}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        p.error(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        p.error(f"--val-fraction must lie strictly between 0 and 1, got {args.val_fraction}")
+    if args.val_fraction is not None and args.val_data:
+        p.error("--val-data and --val-fraction both choose the held-out data; pass one")
+    if args.resume and args.init_from:
+        p.error("--resume and --init-from both choose the starting weights; pass one")
+    if args.save is None:
+        args.save = args.resume
+    if args.save_every and args.save is None:
+        p.error("--save-every needs a checkpoint directory: --save DIR")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    world = current_world()
+    sys.stdout = GuardedStdout(sys.stdout)
+    # SIGTERM (a scheduler's preemption, `kill`) unwinds like Ctrl-C, so a save in progress
+    # removes its temporary files and the previous checkpoint stays the latest.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    world = None
     try:
+        world = current_world()
         return run(args, world)
     except UserError as e:
-        prefix = f"rank {world.rank}: " if world.size > 1 else ""
-        print(f"error: {prefix}{e}", file=sys.stderr, flush=True)
-        if world.size > 1:
-            world.abort(2)  # the other ranks would wait for this one forever
-        return 2
+        return _fail(world, f"error: {e}", 2)
+    except TrainingStopped as e:
+        return _fail(world, f"error: {e}", 1, everyone_stops=True)
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+        return _fail(world, "interrupted", 130)
+    except SystemExit as e:
+        if world is not None and world.size > 1:
+            world.abort(e.code if isinstance(e.code, int) else 1)
+        raise
+    except BaseException as e:
+        if world is None or world.size == 1:
+            raise
+        traceback.print_exc()
+        return _fail(world, f"error: {type(e).__name__}: {e}", 1)
+
+
+def _fail(world, message: str, code: int, everyone_stops: bool = False) -> int:
+    """One line on stderr. In a world of several ranks, an error that every rank meets at once
+    (`everyone_stops`) is told by rank 0 alone; any other ends all ranks, which would otherwise
+    wait for this one in their next collective forever."""
+    several = world is not None and world.size > 1
+    if several and everyone_stops and world.rank != 0:
+        return code
+    if several:
+        message = message.replace("error: ", f"error: rank {world.rank}: ", 1)
+    print(message, file=sys.stderr, flush=True)
+    if several and not everyone_stops:
+        world.abort(code)
+    return code
 
 
 def run(args, world) -> int:
@@ -69,57 +147,200 @@ def run(args, world) -> int:
     lead = world.rank == 0  # only rank 0 prints, logs, saves and generates
     say = print if lead else (lambda *a, **k: None)
     tokenizer = Tokenizer.from_json(plan.tokenizer)
-    cfg = plan.config
-    B, T = cfg["batch_size"], cfg["block_size"]
-    if args.data:
-        text, source = read_corpus(args.data), str(args.data)
-    else:
-        text, source = default_corpus()
-    tokens = tokenizer.encode(text)
-    if tokenizer.pad_id is not None:  # the plan was compiled from data shorter than a batch
-        tokens = tokenizer.pad_to(tokens, B * T * world.size + 1)
-    loader = DataLoader(tokens, B, T, world.rank, world.size)
+    B, T = plan.config["batch_size"], plan.config["block_size"]
+    prompt = tokenizer.encode(args.prompt, eos=False, source="--prompt") if args.prompt is not None else None
+
+    # What the run will write or start from: checked now, so that a bad path fails before any work.
+    log = MetricsLog(args.log if lead else None)
+    saves = CheckpointDir(args.save, keep=args.keep) if args.save else None
+    start = _starting_state(args, saves, plan.digest) if lead else None
+    log.check(resuming=args.resume is not None)
+    init_weights = _init_weights(args.init_from, plan) if args.init_from and lead else None
+
+    train_tokens, val_tokens, source = _data(args, tokenizer, plan.config, world)
+    seed = world.bcast_object(_seed(args, start) if lead else None)
+    sampler = make_sampler(args.sampler, train_tokens, B, T, world.rank, world.size, seed)
+    splits = {"train": train_tokens, **({"val": val_tokens} if val_tokens is not None else {})}
+    evaluating = args.eval_every > 0 or val_tokens is not None
+
     backend = make_backend(args.backend, plan, graph=not args.no_graph, tf32=args.tf32, world=world)
     if args.profile and backend.name != "cuda":
         raise UserError("--profile times CUDA kernels: it needs the CUDA backend (--backend cuda)")
+    evaluation = Evaluation(backend, splits, B, T, args.eval_batches, seed, world) if evaluating else None
+    _describe(args, plan, world, backend, say, f"{args.sampler} windows of {source}")
+
+    trainer = Trainer(plan, backend, sampler, seed=seed, world=world)
+    meta = {"seed": seed, "data_tokens": len(train_tokens), "best": None}
+    if world.bcast_object(start is not None):
+        meta.update(trainer.restore(start))
+        _check_same_data(meta, len(train_tokens))
+        if evaluation is not None:
+            evaluation.best = meta["best"]
+        say(f"resumed from {args.resume} at step {trainer.updates_done}")
+    elif args.init_from:
+        trainer.set_weights(init_weights or {})
+    if trainer.updates_done and args.steps <= trainer.updates_done:
+        say(f"the run is at step {trainer.updates_done} already; --steps {args.steps} trains nothing more")
+
+    # A resumed run drops what the interrupted one logged after its checkpoint (everything, when
+    # it had none yet), and logs it again.
+    log.open(None if args.resume is None else (trainer.updates_done or -1))
+    try:
+        _train(args, plan, trainer, evaluation, meta, log, saves, say)
+    finally:
+        log.close()
+
+    if args.profile and lead:
+        _profile(plan, backend, sampler)
+    if args.generate and lead:
+        if prompt is None:
+            prompt = np.asarray(train_tokens[:min(256, len(train_tokens), T)])
+        clock = time.perf_counter()
+        new = generate(backend, list(map(int, prompt)), args.generate, T, len(tokenizer.vocab),
+                       tokenizer.eos_id, args.temperature, args.top_k, np.random.default_rng(seed))
+        print(f"sample ({len(new)} tokens, {time.perf_counter() - clock:.1f} s): {tokenizer.decode(new)}")
+    return 0
+
+
+def _train(args, plan, trainer: Trainer, evaluation: Evaluation | None, meta: dict, log: MetricsLog,
+           saves: CheckpointDir | None, say) -> None:
+    """Steps up to --steps; evaluations at step 0, every --eval-every steps and at the end;
+    checkpoints every --save-every steps and at the end; one JSONL record per step."""
+    lead = trainer.world.rank == 0
+    begin = trainer.updates_done
+    todo = max(0, args.steps - begin)
+
+    def due(step: int, every: int) -> bool:
+        return step == args.steps or (every > 0 and step % every == 0)
+
+    def pause(step: int) -> bool:  # an evaluation or a checkpoint must see this step's weights
+        return (evaluation is not None and due(step, args.eval_every)) or (saves is not None and due(step, args.save_every))
+
+    if evaluation is not None and begin == 0 and todo:
+        first = {"step": 0, **evaluation.score(0)}
+        log.write(first)
+        say("step 0 | " + " | ".join(f"{k.removesuffix('_loss')} {v:.4f}" for k, v in first.items() if k != "step"))
+    progress, clock, losses = Progress(args.steps), time.perf_counter(), []
+    try:
+        for m in trainer.steps(todo, pause):
+            losses.append(m["loss"])
+            finite = math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])
+            if finite and evaluation is not None and due(m["step"], args.eval_every):
+                m.update(evaluation.score(m["step"]))
+                meta["best"] = evaluation.best
+            log.write(m)
+            if lead:
+                progress.update(m)
+            check_finite(m)
+            if saves is not None and lead and due(m["step"], args.save_every):
+                state = trainer.state(meta)
+                saves.save(state, plan.digest, plan.data["model_hash"],
+                           [state.params[t["name"]].astype(np.float32) for t in plan.params])
+    except TrainingStopped as e:
+        kept = saves.latest() if saves is not None and lead else None
+        raise TrainingStopped(f"{e}" + (f"; the latest checkpoint, {kept}, is intact" if kept else "")) from None
+    if losses:
+        say(f"trained {len(losses)} steps in {time.perf_counter() - clock:.1f} s: "
+            f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    if meta["best"]:
+        say(f"best val loss {meta['best']['val_loss']:.4f} at step {meta['best']['step']}")
+    if saves is not None and losses and lead:
+        say(f"saved {saves.latest()}")
+
+
+def _describe(args, plan, world, backend, say, data: str) -> None:
+    """The run's first line: model size, batch (micro-batches x rows x tokens), ranks, backend, data."""
+    B, T = plan.config["batch_size"], plan.config["block_size"]
+    accum = plan.optimizer.get("grad_accum", 1)
+
+    def rows(n: int) -> str:
+        return f"{accum} x {n} x {T}" if accum > 1 else f"{n} x {T}"
     n_params = sum(int(np.prod(t["shape"])) for t in plan.params)
-    ranks = f", {world.size} ranks: global batch {B * world.size} x {T}" if world.size > 1 else ""
+    ranks = f", {world.size} ranks: global batch {rows(B * world.size)}" if world.size > 1 else ""
     if world.size > 1:  # launchers report a dead process by pid: this names its rank
         pids = world.gather(os.getpid())
         say("ranks: " + ", ".join(f"{r}=pid {p}" for r, p in enumerate(pids)), flush=True)
-    say(f"plan {args.plan} ({n_params / 1e6:.2f}M parameters, batch {B} x {T}{ranks}), backend {backend.name}, "
-        f"data {source} ({len(tokens):,} tokens, vocabulary {len(tokenizer.vocab)})")
+    say(f"plan {args.plan} ({n_params / 1e6:.2f}M parameters, batch {rows(B)}{ranks}), backend {backend.name}, {data}")
 
-    trainer = Trainer(plan, backend, loader, seed=args.seed, world=world)
-    progress, log = Progress(args.steps), MetricsLog(args.log if lead else None)
-    start, losses = time.perf_counter(), []
-    try:
-        for m in trainer.steps(args.steps):
-            losses.append(m["loss"])
-            if lead:
-                progress.update(m)
-            log.write(m)
-    finally:
-        log.close()
-    if losses:
-        say(f"trained {len(losses)} steps in {time.perf_counter() - start:.1f} s: "
-            f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
-    if args.profile and lead:
-        from .runtime.profile import ceilings, format_profile, profile
-        x, y = loader.next_batch()
-        feeds = {"tokens": x, "targets": y, **{k: 0.0 for k in optim.scalar_inputs(plan.optimizer)}}
-        print(format_profile(profile(backend, "train", feeds), ceilings(backend)))
-    if args.save and lead:
-        for path in save_weights(args.save, trainer.weights(), plan):
-            print(f"saved {path}")
-    if args.generate and lead:
-        prompt = (tokenizer.encode(args.prompt, eos=False) if args.prompt is not None
-                  else tokens[:min(256, len(tokens), T)])
-        start = time.perf_counter()
-        new = generate(backend, list(map(int, prompt)), args.generate, T, len(tokenizer.vocab),
-                       tokenizer.eos_id, args.temperature, args.top_k, np.random.default_rng(args.seed))
-        print(f"sample ({len(new)} tokens, {time.perf_counter() - start:.1f} s): {tokenizer.decode(new)}")
-    return 0
+
+def _profile(plan, backend, sampler) -> None:
+    from .runtime.profile import ceilings, format_profile, profile
+    x, y = sampler.next_batch()
+    if "train" in plan.data["programs"]:
+        program, scalars = "train", {k: 0.0 for k in optim.scalar_inputs(plan.optimizer)}
+    else:  # a plan of several micro-batches: the one with the forward and backward
+        program, scalars = "accumulate", {optim.ACCUMULATE: 1.0}
+    print(format_profile(profile(backend, program, {"tokens": x, "targets": y, **scalars}), ceilings(backend)))
+
+
+def _starting_state(args, saves: CheckpointDir | None, plan_digest: str) -> TrainingState | None:
+    """The checkpoint to resume from, if any, after checking that the checkpoint directory is
+    usable and that saving into it overwrites no other run's checkpoints."""
+    source = CheckpointDir(args.resume) if args.resume is not None else None
+    if saves is not None:
+        saves.check_writable()
+        resuming_here = source is not None and Path(source.path).resolve() == Path(saves.path).resolve()
+        if not resuming_here and saves.checkpoints():
+            raise UserError(f"--save {saves.path} already holds checkpoints (newest: step "
+                            f"{max(saves.checkpoints())}); continue them with --resume {saves.path}, "
+                            "or choose another directory")
+    if source is None:
+        return None
+    if not source.checkpoints():
+        print(f"no checkpoint in {args.resume} yet: starting from step 0")
+        return None
+    return source.load(plan_digest)
+
+
+def _init_weights(path, plan) -> dict:
+    """--init-from's weights, which must be exactly the plan's parameters."""
+    weights = load_weights(path)
+    expected = {t["name"]: tuple(t["shape"]) for t in plan.params}
+    missing = [n for n in expected if n not in weights]
+    extra = [n for n in weights if n not in expected]
+    wrong = [f"{n} {tuple(weights[n].shape)} (plan: {expected[n]})" for n in expected
+             if n in weights and tuple(weights[n].shape) != expected[n]]
+    for what, names in (("lacks tensors of this plan", missing), ("has tensors this plan does not", extra),
+                        ("has other shapes than this plan", wrong)):
+        if names:
+            raise UserError(f"--init-from {path} {what}: {', '.join(names[:5])}"
+                            + (", ..." if len(names) > 5 else ""))
+    return weights
+
+
+def _data(args, tokenizer: Tokenizer, cfg: dict, world):
+    """(training tokens, held-out tokens or None, a description of the training data)."""
+    vocab = cfg["vocab_size"]
+    if args.data:
+        tokens, source = load_tokens(args.data, tokenizer, vocab)
+    else:
+        text, source = default_corpus()
+        tokens = tokenizer.encode(text)
+    val = None
+    if args.val_data:
+        val, _ = load_tokens(args.val_data, tokenizer, vocab)
+    elif args.val_fraction:
+        tokens, val = split_heldout(tokens, args.val_fraction)
+    if tokenizer.pad_id is not None and args.sampler == "sequential":
+        # the plan was compiled from data shorter than a batch: the seed pads it
+        tokens = tokenizer.pad_to(np.asarray(tokens), cfg["batch_size"] * cfg["block_size"] * world.size + 1)
+    held = f", {len(val):,} held out" if val is not None else ""
+    return tokens, val, f"{source} ({len(tokens):,} tokens{held}, vocabulary {len(tokenizer.vocab)})"
+
+
+def _seed(args, start: TrainingState | None) -> int:
+    """A resumed run keeps its seed: the data windows it draws depend on it."""
+    saved = start.meta.get("seed") if start is not None else None
+    if saved is not None and args.seed is not None and args.seed != saved:
+        raise UserError(f"--seed {args.seed} differs from the checkpoint's seed {saved}; "
+                        "a resumed run keeps its seed (leave --seed out)")
+    return saved if saved is not None else (args.seed or 0)
+
+
+def _check_same_data(meta: dict, n_tokens: int) -> None:
+    if meta.get("data_tokens") not in (None, n_tokens):
+        raise UserError(f"the checkpoint trained on {meta['data_tokens']:,} tokens; this run's training "
+                        f"data has {n_tokens:,}: resume on the same data")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,25 @@
-"""The training loop: initial weights, batches, runtime scalars, progress, metrics, checkpoints."""
+"""The training loop: initial weights, batches, runtime scalars, evaluation and the training state.
+
+A step is the plan's "train" program, or, for a plan compiled with grad_accum=K, K runs of its
+"accumulate" program (one micro-batch each) followed by one run of "update".
+"""
 from __future__ import annotations
 
-import json
-import os
-import sys
+import math
 import time
-from pathlib import Path
 
 import numpy as np
 
 from . import optim
-from .checkpoint import save_safetensors, save_seed_weights
-from .data import DataLoader
+from .checkpoint import TrainingState
+from .data import EVAL_STREAMS, RandomSampler
+from .errors import UserError
 from .plan import Plan
 from .runtime.dist import SingleWorld
+
+
+class TrainingStopped(Exception):
+    """Training cannot go on (a non-finite loss or gradient norm); the message names the step."""
 
 
 def init_params(plan: Plan, seed: int) -> dict[str, np.ndarray]:
@@ -29,89 +35,144 @@ def init_params(plan: Plan, seed: int) -> dict[str, np.ndarray]:
 
 
 class Trainer:
-    def __init__(self, plan: Plan, backend, loader: DataLoader, seed: int = 0, world=None):
-        self.plan, self.backend, self.loader = plan, backend, loader
+    def __init__(self, plan: Plan, backend, sampler, seed: int = 0, world=None):
+        self.plan, self.backend, self.sampler = plan, backend, sampler
         self.world = world or SingleWorld()
-        for name, value in init_params(plan, seed).items():
-            backend.set_tensor(name, value)
-        if self.world.size > 1:  # every rank starts from rank 0's weights, as the seed does
-            backend.broadcast_region("params")
+        self.micro_batches = int(plan.optimizer.get("grad_accum", 1))
+        self.set_weights(init_params(plan, seed))
         self.updates_done = 0
 
-    def steps(self, n: int):
-        """Run n steps, yielding each one's metrics. On an asynchronous backend step t+1 is
-        already queued when step t's loss is read, so the GPU never waits for the host."""
+    # ---- the training state -------------------------------------------------------------------
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Rank 0's weights become every rank's (the others' arguments are ignored)."""
+        for name, value in weights.items():
+            self.backend.set_tensor(name, value)
+        if self.world.size > 1:
+            self.backend.broadcast_region("params")
+
+    def restore(self, state: TrainingState | None) -> dict:
+        """Continue from rank 0's `state`: weights, optimizer state, update count and sampler.
+        Collective; only rank 0 needs the state. Returns its meta, as every rank now has it."""
+        lead = self.world.rank == 0
+        for name, value in ({**state.params, **state.optimizer}.items() if lead else ()):
+            self.backend.set_tensor(name, value)
+        if self.world.size > 1:
+            self.backend.broadcast_region("params")
+            self.backend.broadcast_region("state")
+        step, meta = self.world.bcast_object((state.step, state.meta) if lead else None)
+        self.updates_done = step
+        self.sampler.restore(meta["sampler"])
+        return meta
+
+    def state(self, meta: dict) -> TrainingState:
+        """A snapshot of what `restore` needs, in the backend's precision (so resuming is exact)."""
+        get = self.backend.get_tensor
+        return TrainingState(self.updates_done, {t["name"]: get(t["name"]) for t in self.plan.params},
+                             {t["name"]: get(t["name"]) for t in self.plan.tensors if t["kind"] == "state"},
+                             {**meta, "sampler": self.sampler.state()})
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {t["name"]: self.backend.get_tensor(t["name"]).astype(np.float32) for t in self.plan.params}
+
+    # ---- stepping -------------------------------------------------------------------------------
+    def steps(self, n: int, pause=None):
+        """Run n more steps, yielding each one's metrics.
+
+        On an asynchronous backend step t+1 is already queued when step t's loss is read, so the
+        GPU never waits for the host, except after a step where `pause(step)` is true: nothing is
+        queued past it until its metrics have been consumed, so an evaluation or a checkpoint sees
+        exactly that step's weights. A backend holds at most `pipeline_depth` unread results per
+        program; a step of several micro-batches reads its losses as it goes, so its steps are not
+        overlapped (one step is already several programs deep)."""
         queued: list[tuple] = []
         last = time.perf_counter()
+        ahead = self.backend.pipeline_depth if self.micro_batches == 1 else 0
         for _ in range(n):
-            x, y = self.loader.next_batch()
-            scalars = optim.step_scalars(self.plan.optimizer, self.updates_done)
-            feeds = {"tokens": x, "targets": y, **{k: scalars[k] for k in optim.scalar_inputs(self.plan.optimizer)}}
-            self.updates_done += 1
-            queued.append((self.backend.enqueue("train", feeds), self.updates_done, scalars["lr"], x.size))
-            while len(queued) > self.backend.pipeline_depth:
+            queued.append(self._enqueue_step())
+            depth = 0 if pause is not None and pause(self.updates_done) else ahead
+            while len(queued) > depth:
                 yield self._collect(*queued.pop(0), last)
                 last = time.perf_counter()
         while queued:
             yield self._collect(*queued.pop(0), last)
             last = time.perf_counter()
 
-    def _collect(self, pending, step: int, lr: float, tokens: int, since: float) -> dict:
-        out = pending.result()
+    def _enqueue_step(self) -> tuple:
+        scalars = optim.step_scalars(self.plan.optimizer, self.updates_done)
+        feeds = {k: scalars[k] for k in optim.scalar_inputs(self.plan.optimizer)}
+        if self.micro_batches == 1:
+            x, y = self.sampler.next_batch()
+            pending = self.backend.enqueue("train", {"tokens": x, "targets": y, **feeds})
+            losses, norm, tokens = [pending], pending, x.size
+        else:
+            losses, queued, tokens = [], [], 0
+            for k in range(self.micro_batches):
+                x, y = self.sampler.next_batch()
+                queued.append(self.backend.enqueue("accumulate", {"tokens": x, "targets": y,
+                                                                  "accumulate": float(k > 0)}))
+                tokens += x.size
+                while len(queued) > self.backend.pipeline_depth:
+                    losses.append(_loss(queued.pop(0)))
+            norm = self.backend.enqueue("update", feeds)
+            losses += queued
+        self.updates_done += 1
+        return losses, norm, self.updates_done, scalars["lr"], tokens
+
+    def _collect(self, losses: list, norm, step: int, lr: float, tokens: int, since: float) -> dict:
+        loss = float(np.mean([_loss(p) for p in losses]))
+        grad_norm = float(norm.result()["grad_norm"])
         ms = (time.perf_counter() - since) * 1e3
-        tokens *= self.world.size
-        return {"step": step, "loss": self.world.mean(float(out["loss"])), "lr": lr,
-                "grad_norm": float(out["grad_norm"]), "ms": ms, "tokens_per_s": tokens / (ms / 1e3)}
-
-    def weights(self) -> dict[str, np.ndarray]:
-        return {t["name"]: self.backend.get_tensor(t["name"]).astype(np.float32) for t in self.plan.params}
+        return {"step": step, "loss": self.world.mean(loss), "lr": lr, "grad_norm": grad_norm, "ms": ms,
+                "tokens_per_s": tokens * self.world.size / (ms / 1e3)}
 
 
-class Progress:
-    """A bar redrawn in place on a terminal; plain periodic lines in logs and pipes."""
-
-    def __init__(self, total: int, stream=sys.stdout):
-        self.total, self.stream = total, stream
-        self.tty = stream.isatty() and os.environ.get("TERM") != "dumb"
-        self.every = max(1, total // 10)
-
-    def update(self, m: dict) -> None:
-        text = (f"step {m['step']:>{len(str(self.total))}}/{self.total} | loss {m['loss']:.4f} | "
-                f"lr {m['lr']:.2e} | norm {m['grad_norm']:.3f} | {m['ms']:.1f} ms | "
-                f"{m['tokens_per_s']:,.0f} tok/s")
-        if self.tty:
-            done = int(20 * m["step"] / self.total)
-            self.stream.write(f"\r[{'#' * done}{'.' * (20 - done)}] {text}\033[K")
-            if m["step"] == self.total:
-                self.stream.write("\n")
-        elif m["step"] == 1 or m["step"] % self.every == 0 or m["step"] == self.total:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+def check_finite(m: dict) -> None:
+    """Stop at the first step whose loss or gradient norm is not a number: every later step would
+    only spread it through the weights."""
+    for what in ("loss", "grad_norm"):
+        if not math.isfinite(m[what]):
+            raise TrainingStopped(f"step {m['step']}: the {what.replace('_', ' ')} is {m[what]}; training stopped")
 
 
-class MetricsLog:
-    """One JSON object per step; written beside the target and renamed into place when closed."""
-
-    def __init__(self, path: Path | None):
-        self.path = Path(path) if path else None
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp") if self.path else None
-        self.file = open(self.tmp, "w") if self.tmp else None
-
-    def write(self, m: dict) -> None:
-        if self.file:
-            self.file.write(json.dumps(m) + "\n")
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-            os.replace(self.tmp, self.path)
+def _loss(result) -> float:
+    """A micro-batch's loss: already read, or still pending on the backend."""
+    return result if isinstance(result, float) else float(result.result()["loss"])
 
 
-def save_weights(directory: Path, weights: dict[str, np.ndarray], plan: Plan) -> list[Path]:
-    """model.safetensors (named) and the seed's trained_weights.bin (plan order)."""
-    directory = Path(directory)
-    paths = [directory / "model.safetensors", directory / "trained_weights.bin"]
-    save_safetensors(paths[0], weights, metadata={"model_hash": plan.data["model_hash"]})
-    save_seed_weights(paths[1], [weights[t["name"]] for t in plan.params])
-    return paths
+class Evaluation:
+    """The mean loss of each split (`train`, and `val` when there is held-out data) over fixed
+    random windows, the same at every evaluation so that the numbers compare; and the best
+    held-out loss so far, which a checkpoint carries across a resume."""
+
+    def __init__(self, backend, splits: dict, batch_size: int, seq_len: int, batches: int, seed: int,
+                 world=None, best: dict | None = None):
+        self.backend, self.splits, self.batches, self.world = backend, splits, batches, world or SingleWorld()
+        self.layout = (batch_size, seq_len, self.world.rank, self.world.size, seed)
+        self.best = best  # {"val_loss": ..., "step": ...}
+        for name, tokens in splits.items():  # fail before training, not at the first evaluation
+            if len(tokens) < seq_len + 1:
+                label = "held-out" if name == "val" else "training"
+                raise UserError(f"the {label} data has {len(tokens)} tokens; one window needs "
+                                f"block_size + 1 = {seq_len + 1}")
+
+    def score(self, step: int) -> dict[str, float]:
+        losses = {}
+        for name, tokens in self.splits.items():
+            windows = RandomSampler(tokens, *self.layout, stream=EVAL_STREAMS[name])
+            losses[f"{name}_loss"] = evaluate(self.backend, (windows.next_batch() for _ in range(self.batches)),
+                                              self.world)
+        if "val_loss" in losses and (self.best is None or losses["val_loss"] < self.best["val_loss"]):
+            self.best = {"val_loss": losses["val_loss"], "step": step}
+        return losses
+
+
+def evaluate(backend, batches, world=None) -> float:
+    """Mean loss of the plan's forward-only "eval" program over `batches` (x, y), across ranks."""
+    world = world or SingleWorld()
+    queued, losses = [], []
+    for x, y in batches:
+        queued.append(backend.enqueue("eval", {"tokens": x, "targets": y}))
+        while len(queued) > backend.pipeline_depth:
+            losses.append(_loss(queued.pop(0)))
+    losses += [_loss(p) for p in queued]
+    return world.mean(float(np.mean(losses)))

@@ -11,7 +11,6 @@ no timestamps, no randomness, no set or hash ordering.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import re
@@ -19,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import UserError
+from .errors import ArgumentParser, UserError
 from .fsutil import atomic_write_text
 from .ops import REGISTRY
 
@@ -290,7 +289,7 @@ def _is_int(v: object) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tools/viz.py",
         description="Render a graph dump (JSON) as Graphviz DOT and a self-contained HTML viewer.")
     parser.add_argument("graph", type=Path, help='graph JSON: {"title": ..., "nodes": [...]}')

@@ -12,7 +12,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from graphgpt import plan as plan_io  # noqa: E402
-from graphgpt.data import DataLoader  # noqa: E402
+from graphgpt.data import SequentialSampler  # noqa: E402
 from graphgpt.runtime import make_backend  # noqa: E402
 from graphgpt.runtime.dist import MpiWorld, current_world  # noqa: E402
 from graphgpt.train import Trainer  # noqa: E402
@@ -24,7 +24,7 @@ if backend_name == "cuda-nccl":
 else:
     world = current_world()
 plan = plan_io.load(plan_dir)
-loader = DataLoader(np.load(tokens_path), plan.config["batch_size"], plan.config["block_size"], world.rank, world.size)
+loader = SequentialSampler(np.load(tokens_path), plan.config["batch_size"], plan.config["block_size"], world.rank, world.size)
 backend = make_backend(backend_name, plan, np.float64, world=world)
 trainer = Trainer(plan, backend, loader, seed=7, world=world)
 losses = [m["loss"] for m in trainer.steps(int(steps))]

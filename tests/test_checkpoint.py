@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from graphgpt.checkpoint import load_safetensors, load_seed_weights, save_safetensors, save_seed_weights
+from graphgpt.tensor_files import load_safetensors, load_seed_weights, save_safetensors, save_seed_weights
 from graphgpt.errors import UserError
 
 

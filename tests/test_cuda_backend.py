@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from graphgpt.compiler import compile_model
-from graphgpt.data import DataLoader
+from graphgpt.data import SequentialSampler
 from graphgpt.plan import Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import Trainer
@@ -23,7 +23,7 @@ def small_plan():
 def train(backend, plan, steps=3):
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, plan.config["vocab_size"], 10_000).astype(np.int32)
-    trainer = Trainer(plan, backend, DataLoader(tokens, plan.config["batch_size"], plan.config["block_size"]))
+    trainer = Trainer(plan, backend, SequentialSampler(tokens, plan.config["batch_size"], plan.config["block_size"]))
     losses = [m["loss"] for m in trainer.steps(steps)]
     return losses, {t["name"]: backend.get_tensor(t["name"]) for t in plan.params}
 
@@ -36,7 +36,7 @@ def informative(plan) -> dict[str, np.ndarray]:
     in NumPy and CUDA alike. Comparing it would compare noise.
     """
     backend = NumpyBackend(plan, np.float64)
-    Trainer(plan, backend, DataLoader(np.zeros(1000, np.int32), 4, 64))
+    Trainer(plan, backend, SequentialSampler(np.zeros(1000, np.int32), 4, 64))
     tokens = np.random.default_rng(0).integers(0, plan.config["vocab_size"], (4, 64))
     backend.run("train", {"tokens": tokens, "targets": tokens, "step_size": 0.0})
     grads = {t["name"]: np.abs(backend.get_tensor(t["name"], grad=True)) for t in plan.params}
@@ -64,7 +64,7 @@ def test_generation_matches_numpy():
     tokens = np.random.default_rng(1).integers(0, plan.config["vocab_size"], (1, plan.config["block_size"]))
     outs = []
     for backend in (NumpyBackend(plan), CudaBackend(plan)):
-        Trainer(plan, backend, DataLoader(np.zeros(1000, np.int32), 4, 64))  # same initial weights
+        Trainer(plan, backend, SequentialSampler(np.zeros(1000, np.int32), 4, 64))  # same initial weights
         outs.append(backend.run("generate", {"tokens": tokens})["logits"])
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-5)
 

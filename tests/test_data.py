@@ -1,13 +1,17 @@
-"""Reading data files, the default corpus, and the loader's rows, wrap rule and rank split."""
+"""Data files (text and token files), the held-out split, and the samplers' rows, ranks and resume."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
 
-from graphgpt.data import DataLoader, default_corpus, read_corpus
+from graphgpt import data
+from graphgpt.data import (RandomSampler, SequentialSampler, default_corpus, load_tokens, make_sampler,
+                           read_corpus, split_heldout, tokenizer_digest)
 from graphgpt.errors import UserError
+from graphgpt.tokenizer import Tokenizer
 
 
 # --- read_corpus ------------------------------------------------------------------------------
@@ -49,97 +53,344 @@ def test_read_corpus_rejects_unreadable(tmp_path):
 
 def test_default_corpus_is_the_package_source():
     text, description = default_corpus()
-    assert "class DataLoader" in text and "def default_corpus" in text
+    assert "class SequentialSampler" in text and "def default_corpus" in text
     assert description.startswith("graphgpt source (") and description.endswith(" files)")
     assert default_corpus() == (text, description)
 
 
-# --- DataLoader -------------------------------------------------------------------------------
+# --- SequentialSampler ------------------------------------------------------------------------
+
+def position(sampler: SequentialSampler) -> int:
+    return sampler.state()["position"]
+
 
 def test_rows_and_shifted_targets():
     tokens = np.arange(100, dtype=np.int64)
-    loader = DataLoader(tokens, batch_size=2, seq_len=3)
-    x, y = loader.next_batch()
+    sampler = SequentialSampler(tokens, batch_size=2, seq_len=3)
+    x, y = sampler.next_batch()
     assert x.dtype == np.int32 and y.dtype == np.int32 and x.shape == (2, 3)
     assert x.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert y.tolist() == [[1, 2, 3], [4, 5, 6]]
-    assert loader.position == 6
-    x, _ = loader.next_batch()
+    assert sampler.state() == {"kind": "sequential", "position": 6}
+    x, _ = sampler.next_batch()
     assert x.tolist() == [[6, 7, 8], [9, 10, 11]]
 
 
 def test_wrap_rule():
     # N = 20, one batch spans 6: after the batch at 12, 18 + 6 + 1 >= 20 wraps to 0; the batch at
     # 12 itself still fits (it reads up to token 18 and target 19).
-    loader = DataLoader(np.arange(20), batch_size=2, seq_len=3)
+    sampler = SequentialSampler(np.arange(20), batch_size=2, seq_len=3)
     starts = []
     for _ in range(5):
-        starts.append(loader.position)
-        x, _ = loader.next_batch()
+        starts.append(position(sampler))
+        x, _ = sampler.next_batch()
         assert x[0, 0] == starts[-1]
     assert starts == [0, 6, 12, 0, 6]
 
 
 def test_wrap_rule_at_exact_fit():
     # N = 13 holds exactly two batches of 6 (+1 target), but the seed's >= wraps after the first.
-    loader = DataLoader(np.arange(13), batch_size=2, seq_len=3)
-    loader.next_batch()
-    assert loader.position == 0
+    sampler = SequentialSampler(np.arange(13), batch_size=2, seq_len=3)
+    sampler.next_batch()
+    assert position(sampler) == 0
 
 
 def test_batch_never_reads_past_the_end():
     tokens = np.arange(7)  # exactly one batch of 6 plus its last target
-    loader = DataLoader(tokens, batch_size=2, seq_len=3)
+    sampler = SequentialSampler(tokens, batch_size=2, seq_len=3)
     for _ in range(3):
-        x, y = loader.next_batch()
+        x, y = sampler.next_batch()
         assert x.tolist() == [[0, 1, 2], [3, 4, 5]] and y[-1, -1] == 6
-
-
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_ranks_see_the_rows_of_one_big_batch(world_size):
-    tokens = np.random.default_rng(0).integers(0, 50, size=101)
-    B, T = 2, 5
-    single = DataLoader(tokens, batch_size=world_size * B, seq_len=T)
-    ranks = [DataLoader(tokens, batch_size=B, seq_len=T, rank=r, world_size=world_size)
-             for r in range(world_size)]
-    wrapped = False
-    for _ in range(12):  # several batches, including wraps to the start
-        x, y = single.next_batch()
-        parts = [loader.next_batch() for loader in ranks]
-        assert np.array_equal(np.concatenate([p[0] for p in parts]), x)
-        assert np.array_equal(np.concatenate([p[1] for p in parts]), y)
-        assert all(loader.position == single.position for loader in ranks)
-        wrapped |= single.position == 0
-    assert wrapped
 
 
 def test_batches_are_copies():
     tokens = np.arange(50, dtype=np.int32)
-    x, _ = DataLoader(tokens, batch_size=1, seq_len=4).next_batch()
+    x, _ = SequentialSampler(tokens, batch_size=1, seq_len=4).next_batch()
     x[0, 0] = 99
     assert tokens[0] == 0
 
 
 def test_too_little_data_names_counts():
     with pytest.raises(UserError, match=r"data has 12 tokens, one batch needs 4\*3\+1 = 13"):
-        DataLoader(np.arange(12), batch_size=2, seq_len=3, rank=1, world_size=2)
-    DataLoader(np.arange(13), batch_size=2, seq_len=3, rank=1, world_size=2)
+        SequentialSampler(np.arange(12), batch_size=2, seq_len=3, rank=1, world_size=2)
+    SequentialSampler(np.arange(13), batch_size=2, seq_len=3, rank=1, world_size=2)
 
 
+def test_restore_position():
+    sampler = SequentialSampler(np.arange(100), batch_size=2, seq_len=3)
+    sampler.restore({"kind": "sequential", "position": 42})
+    x, _ = sampler.next_batch()
+    assert x[0, 0] == 42 and position(sampler) == 48
+    with pytest.raises(UserError, match=r"position 94 is outside this data \(100 tokens; .* 0\.\.93\)"):
+        sampler.restore({"kind": "sequential", "position": 94})  # 94 + 6 + 1 > 100: no whole batch
+    assert position(sampler) == 48
+    sampler.restore({"kind": "sequential", "position": 93})
+    assert sampler.next_batch()[1][-1, -1] == 99
+
+
+# --- both samplers ----------------------------------------------------------------------------
+
+SAMPLERS = [SequentialSampler, RandomSampler]
+
+
+@pytest.mark.parametrize("sampler_class", SAMPLERS)
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_see_the_rows_of_one_big_batch(sampler_class, world_size):
+    tokens = np.random.default_rng(0).integers(0, 50, size=101)
+    B, T = 2, 5
+    single = sampler_class(tokens, batch_size=world_size * B, seq_len=T)
+    ranks = [sampler_class(tokens, batch_size=B, seq_len=T, rank=r, world_size=world_size)
+             for r in range(world_size)]
+    for _ in range(12):  # several batches, for the sequential sampler including wraps to the start
+        x, y = single.next_batch()
+        parts = [sampler.next_batch() for sampler in ranks]
+        assert np.array_equal(np.concatenate([p[0] for p in parts]), x)
+        assert np.array_equal(np.concatenate([p[1] for p in parts]), y)
+        assert all(sampler.state() == single.state() for sampler in ranks)
+
+
+@pytest.mark.parametrize("sampler_class", SAMPLERS)
+def test_targets_are_the_inputs_shifted_by_one(sampler_class):
+    tokens = np.random.default_rng(1).permutation(500)  # distinct ids: an id tells its position
+    position_of = np.argsort(tokens)
+    sampler = sampler_class(tokens, batch_size=4, seq_len=9)
+    for _ in range(5):
+        x, y = sampler.next_batch()
+        assert x.dtype == y.dtype == np.int32 and x.shape == y.shape == (4, 9)
+        assert x.flags.c_contiguous and y.flags.c_contiguous
+        for row_x, row_y in zip(x, y):
+            start = position_of[row_x[0]]
+            assert np.array_equal(row_x, tokens[start:start + 9])
+            assert np.array_equal(row_y, tokens[start + 1:start + 10])
+
+
+@pytest.mark.parametrize("sampler_class", SAMPLERS)
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_memmap_is_read_in_place(tmp_path, sampler_class, dtype):
+    path = tmp_path / "tokens.bin"
+    np.arange(64, dtype=dtype).tofile(path)
+    tokens = np.memmap(path, dtype=dtype, mode="r+")
+    sampler = sampler_class(tokens, batch_size=2, seq_len=4)
+    tokens[:] = 7  # the sampler holds a view of the file, not a copy made when it was built
+    x, y = sampler.next_batch()
+    assert x.dtype == np.int32 and (x == 7).all() and (y == 7).all()
+
+
+@pytest.mark.parametrize("sampler_class", SAMPLERS)
 @pytest.mark.parametrize("kwargs", [
     dict(batch_size=0, seq_len=3), dict(batch_size=1, seq_len=0),
     dict(batch_size=1, seq_len=3, rank=2, world_size=2), dict(batch_size=1, seq_len=3, world_size=0),
 ])
-def test_bad_loader_settings(kwargs):
+def test_bad_sampler_settings(sampler_class, kwargs):
     with pytest.raises(UserError):
-        DataLoader(np.arange(100), **kwargs)
+        sampler_class(np.arange(100), **kwargs)
 
 
-def test_resume_position():
-    loader = DataLoader(np.arange(100), batch_size=2, seq_len=3)
-    loader.position = 42
-    x, _ = loader.next_batch()
-    assert x[0, 0] == 42 and loader.position == 48
-    with pytest.raises(UserError):
-        loader.position = 94  # 94 + 6 + 1 > 100: no room for a whole batch
-    loader.position = 93
+@pytest.mark.parametrize("sampler_class,other", [(SequentialSampler, "random"), (RandomSampler, "sequential")])
+def test_restore_refuses_another_samplers_state(sampler_class, other):
+    sampler = sampler_class(np.arange(100), batch_size=2, seq_len=3)
+    other_state = make_sampler(other, np.arange(100), 2, 3, 0, 1, seed=0).state()
+    with pytest.raises(UserError, match=f"the checkpoint's data sampler is '{other}'; this run uses "
+                                        f"'{sampler_class.kind}' \\(pass --sampler {other}\\)"):
+        sampler.restore(other_state)
+    key = next(k for k in sampler.state() if k != "kind")
+    for bad in ({}, None, {"kind": "shuffled", key: 1}, {"kind": sampler_class.kind},
+                {"kind": sampler_class.kind, key: -1}, {"kind": sampler_class.kind, key: 2.5}):
+        with pytest.raises(UserError, match="the checkpoint's") as error:
+            sampler.restore(bad)
+        assert "\n" not in str(error.value)
+
+
+def test_make_sampler():
+    tokens = np.arange(100)
+    random = make_sampler("random", tokens, 2, 3, rank=1, world_size=2, seed=5)
+    assert isinstance(random, RandomSampler) and (random.seed, random.stream, random.rank) == (5, 0, 1)
+    sequential = make_sampler("sequential", tokens, 2, 3, rank=1, world_size=2, seed=5)
+    assert isinstance(sequential, SequentialSampler) and sequential.world_size == 2
+    with pytest.raises(UserError, match="unknown data sampler 'shuffled'"):
+        make_sampler("shuffled", tokens, 2, 3, 0, 1, 0)
+
+
+# --- RandomSampler ----------------------------------------------------------------------------
+
+def starts_of(x: np.ndarray) -> list[int]:
+    """Row starts of a batch drawn from np.arange(N), where each token is its own position."""
+    return x[:, 0].tolist()
+
+
+def test_random_rows_follow_numpys_counter_based_generator():
+    N, B, T = 1000, 4, 8
+    sampler = RandomSampler(np.arange(N), batch_size=B, seq_len=T, seed=3, stream=2)
+    for i in range(3):
+        x, _ = sampler.next_batch()
+        expected = np.random.default_rng([3, 2, i]).integers(0, N - T - 1, size=B, endpoint=True)
+        assert starts_of(x) == expected.tolist()
+        assert np.array_equal(x, expected[:, None] + np.arange(T))
+
+
+def test_random_resume_continues_identically():
+    tokens = np.random.default_rng(0).integers(0, 50, size=300)
+    sampler = RandomSampler(tokens, batch_size=3, seq_len=7, seed=11)
+    for _ in range(5):
+        sampler.next_batch()
+    state = json.loads(json.dumps(sampler.state()))  # as a checkpoint stores it
+    assert state == {"kind": "random", "batches": 5}
+    resumed = RandomSampler(tokens, batch_size=3, seq_len=7, seed=11)
+    resumed.restore(state)
+    for _ in range(5):
+        for a, b in zip(sampler.next_batch(), resumed.next_batch()):
+            assert np.array_equal(a, b)
+    assert resumed.state() == sampler.state() == {"kind": "random", "batches": 10}
+
+
+def test_random_starts_cover_the_whole_range():
+    N, T = 12, 3  # starts 0 .. 8: the last window's target is token 11, the last one
+    sampler = RandomSampler(np.arange(N), batch_size=4, seq_len=T, seed=1)
+    starts, last_target = set(), 0
+    for _ in range(100):
+        x, y = sampler.next_batch()
+        starts.update(starts_of(x))
+        last_target = max(last_target, int(y.max()))
+    assert starts == set(range(N - T))
+    assert last_target == N - 1
+
+
+def test_random_starts_are_not_aligned_to_rows():
+    T = 8
+    sampler = RandomSampler(np.arange(10_000), batch_size=16, seq_len=T, seed=0)
+    offsets = {s % T for _ in range(4) for s in starts_of(sampler.next_batch()[0])}
+    assert len(offsets) > 1
+
+
+def test_random_seed_and_stream_give_independent_draws():
+    tokens = np.arange(10_000)
+    first = RandomSampler(tokens, 8, 4, seed=0, stream=0).next_batch()[0]
+    assert np.array_equal(first, RandomSampler(tokens, 8, 4, seed=0, stream=0).next_batch()[0])
+    assert not np.array_equal(first, RandomSampler(tokens, 8, 4, seed=1, stream=0).next_batch()[0])
+    assert not np.array_equal(first, RandomSampler(tokens, 8, 4, seed=0, stream=1).next_batch()[0])
+
+
+def test_random_needs_one_window():
+    with pytest.raises(UserError, match=r"data has 5 tokens, one row needs seq_len\+1 = 6"):
+        RandomSampler(np.arange(5), batch_size=4, seq_len=5)
+    x, y = RandomSampler(np.arange(6), batch_size=4, seq_len=5).next_batch()
+    assert (x == np.arange(5)).all() and (y == np.arange(1, 6)).all()
+
+
+@pytest.mark.parametrize("kwargs", [dict(seed=-1), dict(stream=-1)])
+def test_random_refuses_negative_seeds(kwargs):
+    with pytest.raises(UserError, match=">= 0, got -1"):
+        RandomSampler(np.arange(100), 2, 3, **kwargs)
+
+
+# --- split_heldout ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,fraction,cut", [(1001, 0.1, 900), (10, 0.25, 7), (3, 0.5, 1)])
+def test_split_heldout_cuts_as_nanogpt(n, fraction, cut):
+    tokens = np.arange(n)
+    train, val = split_heldout(tokens, fraction)
+    assert cut == int(n * (1 - fraction))
+    assert np.array_equal(train, tokens[:cut]) and np.array_equal(val, tokens[cut:])
+    assert np.shares_memory(train, tokens) and np.shares_memory(val, tokens)
+
+
+@pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5, float("nan")])
+def test_split_heldout_refuses_a_fraction_outside_0_1(fraction):
+    with pytest.raises(UserError, match="between 0 and 1"):
+        split_heldout(np.arange(10), fraction)
+
+
+# --- load_tokens ------------------------------------------------------------------------------
+
+WORDS = Tokenizer("word", ["the", "cat", "sat", ".", "[EOS]"])
+
+
+def write_meta(directory, tokenizer, dtype):
+    meta = {"format": "graphgpt-tokens", "version": 1, "dtype": dtype,
+            "tokenizer_sha256": tokenizer_digest(tokenizer)}
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("vocab_size,dtype", [(5, np.uint16), (65_536, np.uint16), (65_537, np.uint32)])
+def test_load_token_file_maps_it_with_the_vocabularys_dtype(tmp_path, vocab_size, dtype):
+    ids = np.array([0, 3, vocab_size - 1, 1, 4], dtype=dtype)
+    path = tmp_path / "train.bin"
+    ids.tofile(path)
+    tokens, description = load_tokens(path, WORDS, vocab_size)
+    assert isinstance(tokens, np.memmap) and tokens.dtype == dtype and not tokens.flags.writeable
+    assert np.array_equal(tokens, ids)
+    assert description == f"{path} ({np.dtype(dtype).name} token file)"
+
+
+def test_load_text_encodes_it(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("the cat sat. the cat")
+    tokens, description = load_tokens(path, WORDS, 5)
+    assert np.array_equal(tokens, WORDS.encode("the cat sat. the cat")) and description == str(path)
+    (tmp_path / "dog.txt").write_text("the dog")
+    with pytest.raises(UserError, match="dog.txt: 1 distinct word token"):
+        load_tokens(tmp_path / "dog.txt", WORDS, 5)
+
+
+def test_load_token_file_refuses_an_id_outside_the_vocabulary(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_CHECK_CHUNK", 4)  # the offending id lies in the third chunk
+    path = tmp_path / "train.bin"
+    ids = np.full(12, 4, dtype=np.uint16)
+    ids[9], ids[11] = 5, 9
+    ids.tofile(path)
+    with pytest.raises(UserError, match=r"has id 5 at token 9 \(byte offset 18\), outside the plan's "
+                                        r"vocabulary of 5"):
+        load_tokens(path, WORDS, 5)
+
+
+@pytest.mark.parametrize("vocab_size,size,message", [
+    (5, 7, r"has 7 bytes, not a whole number of uint16 ids \(2 bytes each"),
+    (70_000, 6, r"has 6 bytes, not a whole number of uint32 ids \(4 bytes each"),
+    (5, 0, "is empty"),
+])
+def test_load_token_file_refuses_a_partial_or_empty_file(tmp_path, vocab_size, size, message):
+    path = tmp_path / "train.bin"
+    path.write_bytes(bytes(size))
+    with pytest.raises(UserError, match=message):
+        load_tokens(path, WORDS, vocab_size)
+
+
+def test_load_token_file_refuses_a_missing_file_or_directory(tmp_path):
+    with pytest.raises(UserError, match="token file .*nope.bin does not exist"):
+        load_tokens(tmp_path / "nope.bin", WORDS, 5)
+    (tmp_path / "dir.bin").mkdir()
+    with pytest.raises(UserError, match="is a directory"):
+        load_tokens(tmp_path / "dir.bin", WORDS, 5)
+
+
+def test_load_token_file_checks_the_tokenizer_in_meta_json(tmp_path):
+    path = tmp_path / "train.bin"
+    np.array([0, 1, 2], dtype=np.uint16).tofile(path)
+    write_meta(tmp_path, WORDS, "uint16")
+    assert np.array_equal(load_tokens(path, WORDS, 5)[0], [0, 1, 2])
+
+    other = Tokenizer("word", ["the", "dog", "sat", ".", "[EOS]"])
+    with pytest.raises(UserError) as error:
+        load_tokens(path, other, 5)
+    message = str(error.value)
+    assert f"tokenizer {tokenizer_digest(WORDS)[:12]}" in message
+    assert f"the plan's tokenizer is {tokenizer_digest(other)[:12]}" in message
+    assert "tools/prepare.py" in message and "\n" not in message
+
+    write_meta(tmp_path, WORDS, "uint32")
+    with pytest.raises(UserError, match="holds uint32 ids .*this plan reads uint16 ids"):
+        load_tokens(path, WORDS, 5)
+
+
+def test_load_token_file_ignores_a_foreign_meta_json(tmp_path):
+    path = tmp_path / "train.bin"
+    np.array([0, 1, 2], dtype=np.uint16).tofile(path)
+    (tmp_path / "meta.json").write_text('{"vocab_size": 50257}')
+    assert np.array_equal(load_tokens(path, WORDS, 5)[0], [0, 1, 2])
+
+
+def test_tokenizer_digest_names_the_vocabulary():
+    digest = tokenizer_digest(WORDS)
+    assert len(digest) == 64 and digest == tokenizer_digest(Tokenizer.from_json(WORDS.to_json()))
+    assert digest != tokenizer_digest(Tokenizer("word", ["the", "cat", "sat", "[EOS]", "."]))
+    assert digest != tokenizer_digest(Tokenizer("char", ["t", "h", "e", "[EOS]"]))

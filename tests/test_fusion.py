@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from graphgpt.compiler import compile_model
-from graphgpt.data import DataLoader
+from graphgpt.data import SequentialSampler
 from graphgpt.plan import Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import Trainer
@@ -16,7 +16,7 @@ def three_steps(overrides, fusion, dtype):
     plan = Plan(compile_model(ROOT / "model.py", overrides, fusion=fusion, log=lambda *a: None).data, "t")
     tokens = np.random.default_rng(0).integers(0, plan.config["vocab_size"], 40_000).astype(np.int32)
     backend = NumpyBackend(plan, dtype)
-    trainer = Trainer(plan, backend, DataLoader(tokens, plan.config["batch_size"], plan.config["block_size"]))
+    trainer = Trainer(plan, backend, SequentialSampler(tokens, plan.config["batch_size"], plan.config["block_size"]))
     losses = [m["loss"] for m in trainer.steps(3)]
     launches = len(plan.program("train")["launches"])
     return losses, {t["name"]: backend.get_tensor(t["name"]) for t in plan.params}, launches

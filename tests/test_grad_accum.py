@@ -119,3 +119,25 @@ def test_the_accumulating_plans_kernels_compile():
     for path, source in compiled.files.items():
         if path.startswith("kernels/"):
             assert compile_cuda(source, "sm_90"), path
+
+
+def test_the_trainer_steps_k_micro_batches_as_one_batch():
+    """Trainer over a grad_accum=2 plan: the same losses and weights as over the K=1 plan with twice
+    the rows (the sequential sampler hands out the same rows in the same order), and tokens/s counts
+    every micro-batch."""
+    from graphgpt.data import SequentialSampler
+    from graphgpt.train import Trainer
+    small, big = compiled(MICRO, 2), compiled(MICRO * 2, 1)
+    T = big.config["block_size"]
+    tokens = np.random.default_rng(2).integers(0, big.config["vocab_size"], 40 * T + 1)
+    runs = {}
+    for name, plan in (("small", small), ("big", big)):
+        trainer = Trainer(plan, NumpyBackend(plan, np.float64), SequentialSampler(tokens, plan.config["batch_size"], T))
+        runs[name] = (list(trainer.steps(3)), trainer.weights())
+    for a, b in zip(runs["small"][0], runs["big"][0]):
+        assert a["step"] == b["step"]
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-12)
+        np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-9)
+        assert a["tokens_per_s"] * a["ms"] / 1e3 == pytest.approx(2 * MICRO * T)
+    for name, value in runs["big"][1].items():
+        np.testing.assert_allclose(runs["small"][1][name], value, rtol=1e-6, atol=1e-7, err_msg=name)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from graphgpt.compiler import compile_model
-from graphgpt.data import DataLoader
+from graphgpt.data import SequentialSampler
 from graphgpt.plan import Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import Trainer
@@ -15,7 +15,7 @@ def three_steps(remat: str):
     plan = Plan(compile_model(ROOT / "model.py", TWO_LAYERS, remat=remat, log=lambda *a: None).data, "t")
     tokens = np.random.default_rng(0).integers(0, plan.config["vocab_size"], 10_000).astype(np.int32)
     backend = NumpyBackend(plan, np.float64)
-    trainer = Trainer(plan, backend, DataLoader(tokens, plan.config["batch_size"], plan.config["block_size"]))
+    trainer = Trainer(plan, backend, SequentialSampler(tokens, plan.config["batch_size"], plan.config["block_size"]))
     losses = [m["loss"] for m in trainer.steps(3)]
     params = {t["name"]: backend.get_tensor(t["name"]) for t in plan.params}
     return losses, params, plan.program("train")["memory"]["work_peak"]

@@ -15,7 +15,7 @@ def test_seed_workload_numpy(tmp_path, seed_corpus):
                    "--out", str(plan))
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--data", str(seed_corpus), "--steps", "50",
-                   "--backend", "numpy", "--log", str(log), "--generate", "30", timeout=900)
+                   "--sampler", "sequential", "--backend", "numpy", "--log", str(log), "--generate", "30", timeout=900)
     assert proc.returncode == 0, proc.stderr
     losses = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
     assert len(losses) == 50

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from graphgpt import optim  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
-from graphgpt.errors import UserError  # noqa: E402
+from graphgpt.errors import ArgumentParser, UserError  # noqa: E402
 from graphgpt.fsutil import atomic_write_text  # noqa: E402
 from graphgpt.runtime import cuda_available, make_backend  # noqa: E402
 from graphgpt.train import init_params  # noqa: E402
@@ -34,13 +34,8 @@ from graphgpt.train import init_params  # noqa: E402
 MIN_WARMUP = 2  # graphgpt captures its CUDA graph on the second step; torch.compile compiles on the first
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit status 2, like every graphgpt tool
-        raise UserError(message)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = _Parser(prog="tools/bench.py", description=(
+    p = ArgumentParser(prog="tools/bench.py", description=(
         "Time one training step of a compiled plan on the GPU: graphgpt's CUDA backend with and "
         "without its CUDA graph, and the same model and batch in PyTorch (eager, torch.compile, "
         "torch.compile with bf16 autocast)."))
@@ -309,6 +304,9 @@ def report(args, argv: list[str], plan, device: str, versions: dict, rows: list[
 
 def bench(args, argv: list[str]) -> int:
     plan = plan_io.load(args.plan)
+    if "train" not in plan.data["programs"]:
+        raise UserError(f"{args.plan} was compiled with grad_accum={plan.optimizer['grad_accum']}; tools/bench.py "
+                        "times the one-program step of a grad_accum=1 plan")
     use_torch = want_torch(args.torch)
     if use_torch and plan.optimizer["optimizer"] != "adam":
         raise UserError(f"the torch rows implement optimizer=adam; this plan uses {plan.optimizer['optimizer']} "

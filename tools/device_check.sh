@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One GPU session: the GPU test suite, then the benchmarks, logs under $OUT (default ./runs).
-# usage: bash tools/device_check.sh [tests|seed|gpt2|all]   (run from the repository root)
+# usage: bash tools/device_check.sh [tests|seed|gpt2|recipe|all]   (run from the repository root)
 #   seed: the seed workload, fp32 and TF32, fused against --no-fuse, and the TF32 profile
 #   gpt2: GPT-2 124M shapes: TF32 throughput, fp32 peak memory with each --remat policy
+#   recipe: nanoGPT's shakespeare-char recipe (TF32) on a text graphgpt has never seen, Python's
+#           own documentation topics, with held-out evaluation: log and summary under $OUT
 set -uo pipefail
 OUT=${OUT:-runs}
 mkdir -p "$OUT"
@@ -35,4 +37,15 @@ if [[ $what == gpt2 || $what == all ]]; then
     python3 tools/bench.py --plan "/tmp/gpt2_$remat" --no-torch --steps 3 --repeat 3 \
       --json "$OUT/bench_124m_fp32_remat_$remat.json" 2>&1 | tee "$OUT/bench_124m_fp32_remat_$remat.log"
   done
+fi
+if [[ $what == recipe || $what == all ]]; then
+  python3 -c "import pydoc_data.topics as t; print('\n\n'.join(t.topics[k] for k in sorted(t.topics)))" >/tmp/recipe.txt
+  recipe=(--set batch_size=64 --set optimizer=adamw --set lr=1e-3 --set min_lr=1e-4 --set beta2=0.99
+          --set weight_decay=0.1 --set lr_schedule=cosine --set warmup_steps=100 --set decay_steps=5000)
+  python3 tools/compile.py model.py --data /tmp/recipe.txt --tokenizer char --out /tmp/recipe "${recipe[@]}" >/dev/null
+  rm -f "$OUT/recipe.jsonl"
+  python3 -m graphgpt.run --plan /tmp/recipe --data /tmp/recipe.txt --val-fraction 0.1 --steps "${RECIPE_STEPS:-5000}" \
+    --eval-every 250 --eval-batches 200 --tf32 --log "$OUT/recipe.jsonl" --generate 200 --temperature 0.8 --top-k 40 \
+    2>&1 | tee "$OUT/recipe.log"
+  python3 tools/eval_table.py "$OUT/recipe.jsonl" | tee "$OUT/recipe_table.txt"
 fi

@@ -12,8 +12,10 @@ import numpy as np
 
 from ..errors import UserError
 
-# Variables the common launchers set in every process they start.
+# Variables the common MPI launchers set in every process they start.
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+# Set by launchers that start several processes without an MPI world (torchrun, accelerate).
+_OTHER_LAUNCHER_SIZE = "WORLD_SIZE"
 
 
 class SingleWorld:
@@ -27,6 +29,9 @@ class SingleWorld:
         pass
 
     def mean(self, value: float) -> float:
+        return value
+
+    def bcast_object(self, value):
         return value
 
     def gather(self, value) -> list:
@@ -57,6 +62,10 @@ class MpiWorld:
     def mean(self, value: float) -> float:
         return self.comm.allreduce(value, op=self.MPI.SUM) / self.size
 
+    def bcast_object(self, value):
+        """Rank 0's `value` (any picklable object) on every rank."""
+        return self.comm.bcast(value, root=0)
+
     def gather(self, value) -> list:
         return self.comm.allgather(value)
 
@@ -66,7 +75,15 @@ class MpiWorld:
 
 
 def current_world():
-    size = next((int(os.environ[v]) for v in _SIZE_VARIABLES if v in os.environ), 1)
+    size = next((int(os.environ[v]) for v in _SIZE_VARIABLES if v in os.environ), None)
+    if size is None:
+        # Each process would train alone and write the same files as the others.
+        others = os.environ.get(_OTHER_LAUNCHER_SIZE, "1")
+        if others.strip() not in ("", "0", "1"):
+            raise UserError(f"{_OTHER_LAUNCHER_SIZE}={others} says this is one of several processes, but "
+                            "there is no MPI world: graphgpt runs data-parallel under MPI "
+                            "(mpiexec -n N python -m mpi4py -m graphgpt.run ...)")
+        return SingleWorld()
     if size <= 1:
         return SingleWorld()
     try:

@@ -1,0 +1,131 @@
+"""What a run shows and records: the progress line, the JSONL metrics log, and a stdout that
+survives its reader going away.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+from .fsutil import atomic_write_text
+
+
+class Progress:
+    """A bar redrawn in place on a terminal; plain periodic lines in logs and pipes."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.stream = total, stream or sys.stdout
+        self.tty = self.stream.isatty() and os.environ.get("TERM") != "dumb"
+        self.every = max(1, total // 10)
+        self.val_loss: float | None = None  # the last held-out loss, shown on every line after it
+
+    def update(self, m: dict) -> None:
+        if "val_loss" in m:
+            self.val_loss = m["val_loss"]
+        text = (f"step {m['step']:>{len(str(self.total))}}/{self.total} | loss {m['loss']:.4f} | "
+                + (f"val {self.val_loss:.4f} | " if self.val_loss is not None else "")
+                + f"lr {m['lr']:.2e} | norm {m['grad_norm']:.3f} | {m['ms']:.1f} ms | "
+                f"{m['tokens_per_s']:,.0f} tok/s")
+        if self.tty:
+            done = int(20 * m["step"] / self.total)
+            self.stream.write(f"\r[{'#' * done}{'.' * (20 - done)}] {text}\033[K")
+            if m["step"] == self.total:
+                self.stream.write("\n")
+        elif m["step"] == 1 or m["step"] % self.every == 0 or m["step"] == self.total or "val_loss" in m:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class MetricsLog:
+    """One JSON object per line, appended and flushed as each record is made, so a crash keeps
+    everything written before it.
+
+    A fresh run refuses an existing file rather than overwrite it. A resumed run first drops the
+    records after the step it resumes from (written by the interrupted run after its last
+    checkpoint; the resumed run writes them again), so the file reads like an uninterrupted run's.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = Path(path) if path else None
+        self.file = None
+
+    def check(self, resuming: bool) -> None:
+        """Before any work: the file can be written, and a fresh run would not overwrite one."""
+        if self.path is None:
+            return
+        if self.path.is_dir():
+            raise UserError(f"--log {self.path} is a directory; give a file name")
+        if self.path.exists() and not resuming:
+            raise UserError(f"--log {self.path} already exists; a new run does not overwrite it "
+                            "(remove it, choose another name, or --resume to continue that run)")
+        parent = self.path.parent
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"--log {self.path}: {parent} is not a directory")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--log {self.path}: cannot create {parent}: {e.strerror or e}") from None
+        if not os.access(parent, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+            raise UserError(f"--log {self.path} is not writable")
+
+    def open(self, keep_through: int | None) -> None:
+        """Start appending; a resumed run first keeps only the records up to step `keep_through`."""
+        if self.path is None:
+            return
+        if keep_through is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                    if (step := _step_of(line)) is not None and step <= keep_through]
+            atomic_write_text(self.path, "".join(kept))
+        self.file = open(self.path, "a")
+
+    def write(self, m: dict) -> None:
+        if self.file:
+            self.file.write(json.dumps(m) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+            self.file = None
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a crash
+
+
+class GuardedStdout:
+    """sys.stdout that goes quiet when its reader has gone (`| head`) instead of raising, so a
+    closed pipe never stops training or a save. Once the pipe is broken, file descriptor 1 is
+    pointed at /dev/null so that nothing, not even the interpreter's last flush, fails on it."""
+
+    def __init__(self, stream):
+        self._stream, self.broken = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._go_quiet()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._go_quiet()
+
+    def _go_quiet(self) -> None:
+        self.broken = True
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self._stream.fileno())
+        os.close(null)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)

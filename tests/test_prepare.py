@@ -1,0 +1,210 @@
+"""tools/prepare.py as a user runs it: the token files it writes, and bad input left untouched."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from graphgpt import plan as plan_io
+from graphgpt.data import load_tokens, tokenizer_digest
+from graphgpt.errors import UserError
+from graphgpt.tokenizer import Tokenizer
+from tests.conftest import ROOT, TINY, run_cli
+
+COMPILE = str(ROOT / "tools" / "compile.py")
+PREPARE = str(ROOT / "tools" / "prepare.py")
+
+# Words, punctuation, runs of whitespace, non-ASCII text and stretches with nowhere to cut (a long
+# word, a run of non-ASCII letters): all that a cut between pieces could get wrong.
+CORPUS = ("The quick brown fox, 42 times: jumps over the lazy dog.\n\tNaïve café — déjà vu?  "
+          "日本語のテキスト (x1) supercalifragilisticexpialidocious!\r\n") * 40
+
+
+def sets(pairs):
+    return [a for p in pairs for a in ("--set", p)]
+
+
+def assert_user_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def snapshot(path):
+    """Everything under `path` (hidden files too): its bytes if a file, None if absent."""
+    if not path.exists():
+        return None
+    if path.is_file():
+        return path.read_bytes()
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def prepare(text, plan, out, *options):
+    return run_cli(PREPARE, str(text), "--plan", str(plan), "--out", str(out), *map(str, options))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_bytes(CORPUS.encode("utf-8"))  # bytes: "\r\n" stays as written
+    return path
+
+
+def compile_plan(tmp_path_factory, corpus, *options):
+    out = tmp_path_factory.mktemp("plan") / "tiny"
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(out), "--data", str(corpus), *options)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def word_plan(tmp_path_factory, corpus):
+    return compile_plan(tmp_path_factory, corpus, *sets(TINY))
+
+
+@pytest.fixture(scope="module")
+def char_plan(tmp_path_factory, corpus):
+    return compile_plan(tmp_path_factory, corpus, "--tokenizer", "char", *sets(TINY))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, corpus, word_plan):
+    """An --out that an earlier prepare.py run filled."""
+    out = tmp_path_factory.mktemp("prepared") / "out"
+    assert prepare(corpus, word_plan, out).returncode == 0
+    return out
+
+
+def tokenizer_of(plan_dir):
+    return Tokenizer.from_json(plan_io.load(plan_dir).tokenizer)
+
+
+def read_ids(path, dtype):
+    return np.fromfile(path, dtype=dtype)
+
+
+# --- what it writes ---------------------------------------------------------------------------
+
+def test_writes_the_encoding_split_as_nanogpt(tmp_path, corpus, word_plan):
+    out = tmp_path / "tokens"
+    proc = prepare(corpus, word_plan, out)
+    assert proc.returncode == 0, proc.stderr
+    tokenizer = tokenizer_of(word_plan)
+    ids = tokenizer.encode(CORPUS)
+    cut = int(len(ids) * (1 - 0.1))
+    assert np.array_equal(read_ids(out / "train.bin", np.uint16), ids[:cut])
+    assert np.array_equal(read_ids(out / "val.bin", np.uint16), ids[cut:])
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta == {"format": "graphgpt-tokens", "version": 1, "dtype": "uint16",
+                    "vocab_size": plan_io.load(word_plan).config["vocab_size"],
+                    "tokenizer_sha256": tokenizer_digest(tokenizer), "train_tokens": cut,
+                    "val_tokens": len(ids) - cut, "source": "corpus.txt"}
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert f"train.bin {cut:,} tokens, val.bin {len(ids) - cut:,} tokens (uint16" in summary
+
+
+def test_training_reads_the_files_with_their_plan_only(prepared, word_plan, char_plan):
+    vocab_size = plan_io.load(word_plan).config["vocab_size"]
+    tokens, _ = load_tokens(prepared / "train.bin", tokenizer_of(word_plan), vocab_size)
+    assert np.array_equal(tokens, read_ids(prepared / "train.bin", np.uint16))
+    with pytest.raises(UserError, match="the plan's tokenizer is"):
+        load_tokens(prepared / "val.bin", tokenizer_of(char_plan), vocab_size)
+
+
+def test_a_vocabulary_beyond_uint16_gets_uint32_ids(tmp_path_factory, tmp_path, corpus):
+    plan = compile_plan(tmp_path_factory, corpus, *sets(["n_layer=1", "n_head=2", "n_embd=8", "block_size=8",
+                                                         "batch_size=2", "vocab_size=70000"]))
+    out = tmp_path / "tokens"
+    assert prepare(corpus, plan, out, "--val-fraction", "0.5").returncode == 0
+    ids = tokenizer_of(plan).encode(CORPUS)
+    cut = int(len(ids) * 0.5)
+    assert np.array_equal(read_ids(out / "train.bin", np.uint32), ids[:cut])
+    assert np.array_equal(read_ids(out / "val.bin", np.uint32), ids[cut:])
+    assert json.loads((out / "meta.json").read_text())["dtype"] == "uint32"
+
+
+@pytest.mark.parametrize("kind", ["word", "char"])
+def test_encoding_in_small_pieces_gives_the_ids_of_the_whole_text(tmp_path, corpus, word_plan, char_plan, kind):
+    plan = word_plan if kind == "word" else char_plan
+    out = tmp_path / "pieces"
+    proc = prepare(corpus, plan, out, "--val-fraction", "0", "--chunk-bytes", "7")
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(read_ids(out / "train.bin", np.uint16), tokenizer_of(plan).encode(CORPUS))
+    assert not (out / "val.bin").exists()
+    progress = [line for line in proc.stdout.splitlines() if "% of corpus.txt" in line]
+    assert len(progress) == 10 and progress[-1].lstrip().startswith("100%")
+
+
+def test_rerun_replaces_its_own_files(tmp_path, corpus, word_plan, prepared):
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    assert prepare(corpus, word_plan, out, "--val-fraction", "0").returncode == 0
+    # The old val.bin would not continue the new train.bin: it goes.
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin"]
+    assert np.array_equal(read_ids(out / "train.bin", np.uint16), tokenizer_of(word_plan).encode(CORPUS))
+    assert json.loads((out / "meta.json").read_text())["val_tokens"] == 0
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+def bad_text(tmp_path, name, content: bytes):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+# (text, options, fragment of the error), given the test's tmp_path and the good corpus.
+BAD_INPUT = {
+    "missing text": lambda t, corpus: (t / "nope.txt", [], "nope.txt does not exist"),
+    "text is a directory": lambda t, corpus: (t, [], "is a directory"),
+    "undecodable text": lambda t, corpus: (
+        bad_text(t, "latin1.txt", CORPUS.encode() + "caf\xe9".encode("latin-1")), ["--chunk-bytes", "64"],
+        f"not UTF-8 text (byte 0xe9 at offset {len(CORPUS.encode()) + 3})"),
+    "empty text": lambda t, corpus: (bad_text(t, "empty.txt", b""), [], "empty or only whitespace"),
+    "blank text": lambda t, corpus: (bad_text(t, "blank.txt", b" \n\t\n" * 50), ["--chunk-bytes", "16"],
+                                     "empty or only whitespace"),
+    "unknown tokens": lambda t, corpus: (bad_text(t, "zebra.txt", CORPUS.encode() + b" zebra"),
+                                         ["--chunk-bytes", "64"], "zebra.txt: 1 distinct word token"),
+    # A second --plan overrides the good one the test passes first.
+    "missing plan": lambda t, corpus: (corpus, ["--plan", t / "noplan"], "noplan does not exist"),
+    "val fraction 1": lambda t, corpus: (corpus, ["--val-fraction", "1"], "--val-fraction must be"),
+    "val fraction below 0": lambda t, corpus: (corpus, ["--val-fraction", "-0.1"], "--val-fraction must be"),
+    "too few tokens to hold out": lambda t, corpus: (bad_text(t, "short.txt", b"fox"), ["--val-fraction", "0.6"],
+                                                     "too few to hold out"),
+}
+
+
+@pytest.mark.parametrize("out_before", ["absent", "prepared"])
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_one_line_and_leaves_out_as_it_was(tmp_path, corpus, word_plan, prepared, case, out_before):
+    out = tmp_path / "out"
+    if out_before == "prepared":
+        shutil.copytree(prepared, out)
+    before = snapshot(out)
+    text, options, fragment = BAD_INPUT[case](tmp_path, corpus)
+    assert_user_error(prepare(text, word_plan, out, *options), fragment)
+    assert snapshot(out) == before
+
+
+def test_out_that_is_a_file(tmp_path, corpus, word_plan):
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"precious")
+    assert_user_error(prepare(corpus, word_plan, out), "is a file, expected a directory")
+    assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("files", [
+    {"train.bin": b"\x01\x00"},
+    {"val.bin": b"\x01\x00"},
+    {"train.bin": b"\x01\x00", "meta.json": b'{"vocab_size": 50257}'},  # another tool's meta.json
+])
+def test_out_holding_token_files_of_another_tool(tmp_path, corpus, word_plan, files):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, content in files.items():
+        (out / name).write_bytes(content)
+    before = snapshot(out)
+    assert_user_error(prepare(corpus, word_plan, out), "not written by tools/prepare.py")
+    assert snapshot(out) == before
