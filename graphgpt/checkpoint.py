@@ -235,6 +235,8 @@ def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Parameters for --init-from: a .safetensors file, a checkpoint step directory, or a
     checkpoint directory (its latest checkpoint)."""
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
     if path.is_file():
         return load_safetensors(path)
     checkpoint = path if (path / STATE).exists() else CheckpointDir(path).latest()

@@ -5,6 +5,7 @@ costs one line and exit status 2, never the work of a run.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -102,9 +103,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.stdout = GuardedStdout(sys.stdout)
-    # SIGTERM (a scheduler's preemption, `kill`) unwinds like Ctrl-C, so a save in progress
-    # removes its temporary files and the previous checkpoint stays the latest.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    STOPS.install()
     world = None
     try:
         world = current_world()
@@ -234,8 +233,9 @@ def _train(args, plan, trainer: Trainer, evaluation: Evaluation | None, meta: di
             check_finite(m)
             if saves is not None and lead and due(m["step"], args.save_every):
                 state = trainer.state(meta)
-                saves.save(state, plan.digest, plan.data["model_hash"],
-                           [state.params[t["name"]].astype(np.float32) for t in plan.params])
+                with STOPS.held():
+                    saves.save(state, plan.digest, plan.data["model_hash"],
+                               [state.params[t["name"]].astype(np.float32) for t in plan.params])
     except TrainingStopped as e:
         kept = saves.latest() if saves is not None and lead else None
         raise TrainingStopped(f"{e}" + (f"; the latest checkpoint, {kept}, is intact" if kept else "")) from None
@@ -246,6 +246,45 @@ def _train(args, plan, trainer: Trainer, evaluation: Evaluation | None, meta: di
         say(f"best val loss {meta['best']['val_loss']:.4f} at step {meta['best']['step']}")
     if saves is not None and losses and lead:
         say(f"saved {saves.latest()}")
+
+
+class _Stops:
+    """SIGINT and SIGTERM (a scheduler's preemption, `kill`) stop the run by unwinding, as Ctrl-C
+    does, so that open files are closed and temporaries removed; inside `held()` a signal waits
+    until the block is done, so a checkpoint being written is finished first."""
+
+    def __init__(self):
+        self.holding, self.pending = False, None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, sig, frame) -> None:
+        if self.holding:
+            self.pending = sig
+        else:
+            self._stop(sig)
+
+    @staticmethod
+    def _stop(sig) -> None:
+        if sig == signal.SIGINT:
+            raise KeyboardInterrupt
+        sys.exit(128 + sig)
+
+    @contextlib.contextmanager
+    def held(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending is not None:
+                sig, self.pending = self.pending, None
+                self._stop(sig)
+
+
+STOPS = _Stops()
 
 
 def _describe(args, plan, world, backend, say, data: str) -> None:
@@ -278,7 +317,10 @@ def _starting_state(args, saves: CheckpointDir | None, plan_digest: str) -> Trai
     usable and that saving into it overwrites no other run's checkpoints."""
     source = CheckpointDir(args.resume) if args.resume is not None else None
     if saves is not None:
-        saves.check_writable()
+        try:
+            saves.check_writable()
+        except UserError as e:
+            raise UserError(f"{'--resume' if args.save == args.resume else '--save'} {e}") from None
         resuming_here = source is not None and Path(source.path).resolve() == Path(saves.path).resolve()
         if not resuming_here and saves.checkpoints():
             raise UserError(f"--save {saves.path} already holds checkpoints (newest: step "
@@ -294,7 +336,10 @@ def _starting_state(args, saves: CheckpointDir | None, plan_digest: str) -> Trai
 
 def _init_weights(path, plan) -> dict:
     """--init-from's weights, which must be exactly the plan's parameters."""
-    weights = load_weights(path)
+    try:
+        weights = load_weights(path)
+    except UserError as e:
+        raise UserError(f"--init-from {e}") from None
     expected = {t["name"]: tuple(t["shape"]) for t in plan.params}
     missing = [n for n in expected if n not in weights]
     extra = [n for n in weights if n not in expected]

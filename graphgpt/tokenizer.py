@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -136,9 +137,11 @@ class Tokenizer:
         shown = ", ".join(self._show(t) for t in unknown[:_SHOWN_UNKNOWN])
         more = ", ..." if len(unknown) > _SHOWN_UNKNOWN else ""
         where = source or "text"
+        # a data file can become the vocabulary's source; a prompt can only keep to it
+        remedy = (f", compile with --data {source} to build it from this text"
+                  if source and Path(source).is_file() else "")
         return (f"{where}: {len(unknown)} distinct {self.kind} token(s) not in the vocabulary "
-                f"({shown}{more}); the vocabulary is fixed at compile time, compile with "
-                f"--data {source or 'on that file'} to build it from this text")
+                f"({shown}{more}); the vocabulary is fixed at compile time{remedy}")
 
     def _show(self, token: str) -> str:
         if self.kind == "word" and not token.isascii():

@@ -208,7 +208,7 @@ def test_load_weights_from_each_kind_of_path(tmp_path):
         assert all(loaded[n].tobytes() == v.tobytes() for n, v in state.params.items())
     (tmp_path / "empty").mkdir()
     (tmp_path / "not-weights.txt").write_text("hello")
-    for bad, why in [(tmp_path / "missing", "neither a .safetensors file"),
+    for bad, why in [(tmp_path / "missing", "does not exist"),
                      (tmp_path / "empty", "neither a .safetensors file"),
                      (tmp_path / "not-weights.txt", "not a safetensors file")]:
         with pytest.raises(UserError, match=why) as error:

@@ -168,3 +168,24 @@ def test_ten_resume_ten_equals_twenty_on_cuda_with_the_graph(tmp_path, plan, cor
     train(plan, corpus, *cuda, "--steps", "20", "--resume", str(split), "--log", str(tmp_path / "s.jsonl"))
     assert_same_log(tmp_path / "s.jsonl", tmp_path / "w.jsonl")
     assert_same_state(final_state(whole, plan), final_state(split, plan))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_a_save_leaves_no_temporary(tmp_path, plan, corpus, sig):
+    """A run stopped by a signal (a scheduler's preemption, Ctrl-C) while it writes a checkpoint
+    finishes that checkpoint, then stops: no temporary file outlives it."""
+    save = tmp_path / "ck"
+    proc = subprocess.Popen([sys.executable, "-m", "graphgpt.run", "--plan", str(plan), "--data", str(corpus),
+                             "--backend", "numpy", "--generate", "0", "--steps", "100000", "--save", str(save),
+                             "--save-every", "1"], cwd=ROOT, env=MPI_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (len(CheckpointDir(save).checkpoints()) >= 2 and _saving(save)) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (128 + signal.SIGTERM, 130), err
+    assert "Traceback" not in err
+    assert not _saving(save), "a temporary outlived its process"
+    steps = CheckpointDir(save).checkpoints()
+    assert CheckpointDir(save).load(load_plan(plan).digest).step == steps[-1] >= 2

@@ -72,14 +72,19 @@ def test_decode_out_of_range_id_shows_unk():
     assert tok.decode([0, 99, -1]) == "a [UNK] [UNK]"
 
 
-def test_word_unknown_tokens_raise_with_count_and_examples():
+def test_word_unknown_tokens_raise_with_count_and_examples(tmp_path):
     tok = build_tokenizer("word", "the cat sat")
+    pets = tmp_path / "pets.txt"
+    pets.write_text("the dog and the bird and the dog")
     with pytest.raises(UserError) as err:
-        tok.encode("the dog and the bird and the dog", source="pets.txt")
+        tok.encode(pets.read_text(), source=str(pets))
     message = str(err.value)
     assert "\n" not in message
     assert "pets.txt" in message and "3 distinct" in message and "'dog'" in message
-    assert "--data" in message
+    assert f"--data {pets}" in message  # a data file can be compiled into a vocabulary
+    with pytest.raises(UserError) as err:
+        tok.encode("the dog", source="--prompt")
+    assert str(err.value).startswith("--prompt: 1 distinct") and "--data" not in str(err.value)
 
 
 def test_word_build_errors():
