@@ -215,8 +215,9 @@ def _train(args, plan, trainer: Trainer, evaluation: Evaluation | None, meta: di
     def pause(step: int) -> bool:  # an evaluation or a checkpoint must see this step's weights
         return (evaluation is not None and due(step, args.eval_every)) or (saves is not None and due(step, args.save_every))
 
-    if evaluation is not None and begin == 0 and todo:
+    if evaluation is not None and begin == 0:  # with --steps 0, an evaluation of --init-from's weights
         first = {"step": 0, **evaluation.score(0)}
+        meta["best"] = evaluation.best
         log.write(first)
         say("step 0 | " + " | ".join(f"{k.removesuffix('_loss')} {v:.4f}" for k, v in first.items() if k != "step"))
     progress, clock, losses = Progress(args.steps), time.perf_counter(), []

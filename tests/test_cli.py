@@ -113,8 +113,9 @@ def test_train_save_generate(tmp_path, tiny_plan, corpus):
         np.testing.assert_array_equal(a, b)
     # the saved weights generate, without training, what the trained run generated
     again = run_cli("-m", "graphgpt.run", "--plan", str(tiny_plan), "--data", str(corpus), "--steps", "0",
-                    "--backend", "numpy", "--init-from", str(save), "--generate", "5")
+                    "--backend", "numpy", "--init-from", str(save), "--generate", "5", "--val-fraction", "0.2")
     assert again.returncode == 0, again.stderr
+    assert "step 0 | train " in again.stdout and "best val loss" in again.stdout  # the loaded weights, scored
     sample = next(line for line in proc.stdout.splitlines() if line.startswith("sample ("))
     assert sample.split(":", 1)[1] == next(line for line in again.stdout.splitlines()
                                            if line.startswith("sample (")).split(":", 1)[1]

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.gpu
 SMALL = ["n_layer=2", "n_head=4", "n_embd=128", "block_size=64", "batch_size=4"]
 
 
-def small_plan():
-    c = compile_model(ROOT / "model.py", SMALL, log=lambda *a: None)
+def small_plan(*extra):
+    c = compile_model(ROOT / "model.py", [*SMALL, *extra], log=lambda *a: None)
     return Plan(c.data, "test", {k: v for k, v in c.files.items() if k.startswith("kernels/")})
 
 
@@ -43,6 +43,24 @@ def informative(plan) -> dict[str, np.ndarray]:
     return {name: g > 1e-9 * g.max() for name, g in grads.items()}
 
 
+def assert_params_close(params, ref_params, informative_masks):
+    for name, keep in informative_masks.items():
+        ref, got = ref_params[name][keep], params[name][keep]
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        assert err <= 1e-4, f"{name}: relative error {err:.2e}"
+
+
+def test_accumulated_steps_match_numpy():
+    """grad_accum=3: more micro-batches than the backend has result slots per program, so the
+    trainer must read each micro-batch's loss before its slot is reused."""
+    from graphgpt.runtime.cuda_backend import CudaBackend
+    plan = small_plan("grad_accum=3")
+    ref_losses, ref_params = train(NumpyBackend(plan, np.float64), plan)
+    losses, params = train(CudaBackend(plan), plan)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    assert_params_close(params, ref_params, informative(small_plan()))
+
+
 @pytest.mark.parametrize("graph", [True, False], ids=["graph", "no-graph"])
 def test_three_steps_match_numpy(graph):
     from graphgpt.runtime.cuda_backend import CudaBackend
@@ -52,10 +70,7 @@ def test_three_steps_match_numpy(graph):
     ref_losses, ref_params = train(NumpyBackend(plan, np.float64), plan)
     losses, params = train(CudaBackend(plan, graph=graph), plan)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
-    for name, keep in informative(plan).items():
-        ref, got = ref_params[name][keep], params[name][keep]
-        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
-        assert err <= 1e-4, f"{name}: relative error {err:.2e}"
+    assert_params_close(params, ref_params, informative(plan))
 
 
 def test_generation_matches_numpy():
@@ -67,6 +82,21 @@ def test_generation_matches_numpy():
         Trainer(plan, backend, SequentialSampler(np.zeros(1000, np.int32), 4, 64))  # same initial weights
         outs.append(backend.run("generate", {"tokens": tokens})["logits"])
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_matches_numpy():
+    """The forward-only eval program, over several batches queued ahead of their reads."""
+    from graphgpt.runtime.cuda_backend import CudaBackend
+    from graphgpt.train import evaluate
+    plan = small_plan()
+    rng = np.random.default_rng(3)
+    B, T, V = plan.config["batch_size"], plan.config["block_size"], plan.config["vocab_size"]
+    batches = [(rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))) for _ in range(5)]
+    losses = []
+    for backend in (NumpyBackend(plan, np.float64), CudaBackend(plan)):
+        Trainer(plan, backend, SequentialSampler(np.zeros(1000, np.int32), B, T))  # same initial weights
+        losses.append(evaluate(backend, batches))
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
 
 
 def test_seed_workload_cuda_matches_numpy(tmp_path, seed_corpus):

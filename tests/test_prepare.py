@@ -208,3 +208,20 @@ def test_out_holding_token_files_of_another_tool(tmp_path, corpus, word_plan, fi
     before = snapshot(out)
     assert_user_error(prepare(corpus, word_plan, out), "not written by tools/prepare.py")
     assert snapshot(out) == before
+
+
+def test_training_on_the_token_files_equals_training_on_the_text(tmp_path, corpus, word_plan, prepared):
+    """train.bin and val.bin hold what --val-fraction 0.1 cuts from the text: the same run."""
+    common = ["-m", "graphgpt.run", "--plan", str(word_plan), "--steps", "6", "--backend", "numpy",
+              "--generate", "0", "--eval-every", "3", "--eval-batches", "2"]
+    logs = {}
+    for name, data in (("text", ["--data", str(corpus), "--val-fraction", "0.1"]),
+                       ("bin", ["--data", str(prepared / "train.bin"), "--val-data", str(prepared / "val.bin")])):
+        logs[name] = tmp_path / f"{name}.jsonl"
+        proc = run_cli(*common, *data, "--log", str(logs[name]))
+        assert proc.returncode == 0, proc.stderr
+    strip = [{k: v for k, v in json.loads(line).items() if k not in ("ms", "tokens_per_s")}
+             for line in logs["text"].read_text().splitlines()]
+    assert strip == [{k: v for k, v in json.loads(line).items() if k not in ("ms", "tokens_per_s")}
+                     for line in logs["bin"].read_text().splitlines()]
+    assert any("val_loss" in r for r in strip)

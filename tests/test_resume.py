@@ -160,7 +160,10 @@ def _saving(save_dir) -> bool:
 
 
 @pytest.mark.gpu
-def test_ten_resume_ten_equals_twenty_on_cuda_with_the_graph(tmp_path, plan, corpus):
+@pytest.mark.parametrize("grad_accum", [1, 3])
+def test_ten_resume_ten_equals_twenty_on_cuda_with_the_graph(tmp_path, plan, corpus, grad_accum):
+    if grad_accum > 1:
+        plan = compile_plan(tmp_path / "accumulating", corpus, f"grad_accum={grad_accum}")
     whole, split = tmp_path / "whole", tmp_path / "split"
     cuda = ("--backend", "cuda")
     train(plan, corpus, *cuda, "--steps", "20", "--save", str(whole), "--log", str(tmp_path / "w.jsonl"))
