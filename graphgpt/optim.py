@@ -9,7 +9,8 @@ A plan trains in one of two shapes, built from the same two parts:
   live in those same gradient slots, and `update_program` is `add_update` over the accumulators,
   run once after K micro-batches.
 Anything that changes from step to step (learning rate, bias correction, whether a micro-batch is
-a step's first) is a scalar graph input, so one compiled program serves every step.
+a step's first) is a scalar graph input, so one compiled program serves every step; the run side
+computes their values (schedule.py) and feeds them by the names the plan declares.
 """
 from __future__ import annotations
 
@@ -157,27 +158,3 @@ def add_update(graph: Graph, params: list[Value], grads: dict[int, Value], cfg: 
         graph.updates[p.id] = (p - step).id
         graph.updates[m.id], graph.updates[v.id] = m_new.id, v_new.id
     graph.locate = None
-
-
-def lr_at(cfg: dict, t: int) -> float:
-    """Learning rate for the update that follows `t` earlier updates: a linear warmup to lr over
-    warmup_steps, then a linear or cosine decay to min_lr at decay_steps."""
-    lr, min_lr, n, warmup = cfg["lr"], cfg["min_lr"], cfg["decay_steps"], cfg["warmup_steps"]
-    if t < warmup:
-        return lr * (t + 1) / warmup
-    if t >= n:
-        return min_lr
-    if cfg["lr_schedule"] == "linear":  # without warmup exactly the seed's linear_lr_decay
-        return lr - (lr - min_lr) * (t - warmup) / (n - warmup)
-    progress = (t - warmup) / (n - warmup)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def step_scalars(cfg: dict, t: int) -> dict[str, float]:
-    """The runtime scalars of update number t+1 (t updates done), plus 'lr' for logging."""
-    lr = lr_at(cfg, t)
-    t += 1  # the seed increments its step counter before the bias correction
-    c1, c2 = 1.0 - cfg["beta1"] ** t, 1.0 - cfg["beta2"] ** t
-    if cfg["optimizer"] == "adam":
-        return {"lr": lr, "step_size": lr * math.sqrt(c2) / c1}
-    return {"lr": lr, "bias1": 1.0 / c1, "bias2": 1.0 / math.sqrt(c2)}

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import optim
 from . import plan as plan_io
 from .checkpoint import CheckpointDir, TrainingState, load_weights
 from .data import SAMPLERS, default_corpus, load_tokens, make_sampler, split_heldout
@@ -304,13 +303,13 @@ def _describe(args, plan, world, backend, say, data: str) -> None:
 
 
 def _profile(plan, backend, sampler) -> None:
+    """Each launch of the program with the forward and backward, timed; its scalars are zero (a
+    step size of 0 leaves the weights as they are)."""
     from .runtime.profile import ceilings, format_profile, profile
+    program = "train" if "train" in plan.data["programs"] else "accumulate"
     x, y = sampler.next_batch()
-    if "train" in plan.data["programs"]:
-        program, scalars = "train", {k: 0.0 for k in optim.scalar_inputs(plan.optimizer)}
-    else:  # a plan of several micro-batches: the one with the forward and backward
-        program, scalars = "accumulate", {optim.ACCUMULATE: 1.0}
-    print(format_profile(profile(backend, program, {"tokens": x, "targets": y, **scalars}), ceilings(backend)))
+    feeds = {name: 0.0 for name, (_, _, shape) in plan.program(program)["inputs"].items() if not shape}
+    print(format_profile(profile(backend, program, {**feeds, "tokens": x, "targets": y}), ceilings(backend)))
 
 
 def _starting_state(args, saves: CheckpointDir | None, plan_digest: str) -> TrainingState | None:

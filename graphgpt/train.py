@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 
-from . import optim
 from .checkpoint import TrainingState
 from .data import EVAL_STREAMS, RandomSampler
 from .errors import UserError
 from .plan import Plan
 from .runtime.dist import SingleWorld
+from .schedule import step_scalars
 
 
 class TrainingStopped(Exception):
@@ -97,23 +97,34 @@ class Trainer:
             yield self._collect(*queued.pop(0), last)
             last = time.perf_counter()
 
+    def _feeds(self, program: str, scalars: dict[str, float], batch=None) -> dict:
+        """A program's inputs, by the names its plan declares: the batch, and its scalars."""
+        feeds = dict(zip(("tokens", "targets"), batch)) if batch is not None else {}
+        for name, (_, _, shape) in self.plan.program(program)["inputs"].items():
+            if not shape:
+                if name not in scalars:
+                    raise UserError(f"the plan's {program} program takes a scalar {name!r} that this "
+                                    "graphgpt does not provide; recompile the plan")
+                feeds[name] = scalars[name]
+        return feeds
+
     def _enqueue_step(self) -> tuple:
-        scalars = optim.step_scalars(self.plan.optimizer, self.updates_done)
-        feeds = {k: scalars[k] for k in optim.scalar_inputs(self.plan.optimizer)}
+        scalars = step_scalars(self.plan.optimizer, self.updates_done)
         if self.micro_batches == 1:
-            x, y = self.sampler.next_batch()
-            pending = self.backend.enqueue("train", {"tokens": x, "targets": y, **feeds})
+            x, y = batch = self.sampler.next_batch()
+            pending = self.backend.enqueue("train", self._feeds("train", scalars, batch))
             losses, norm, tokens = [pending], pending, x.size
         else:
             losses, queued, tokens = [], [], 0
             for k in range(self.micro_batches):
-                x, y = self.sampler.next_batch()
-                queued.append(self.backend.enqueue("accumulate", {"tokens": x, "targets": y,
-                                                                  "accumulate": float(k > 0)}))
-                tokens += x.size
+                batch = self.sampler.next_batch()
+                # 0 on a step's first micro-batch: it overwrites the gradient sums of the last step
+                flag = {"accumulate": float(k > 0)}
+                queued.append(self.backend.enqueue("accumulate", self._feeds("accumulate", flag, batch)))
+                tokens += batch[0].size
                 while len(queued) > self.backend.pipeline_depth:
                     losses.append(_loss(queued.pop(0)))
-            norm = self.backend.enqueue("update", feeds)
+            norm = self.backend.enqueue("update", self._feeds("update", scalars))
             losses += queued
         self.updates_done += 1
         return losses, norm, self.updates_done, scalars["lr"], tokens

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from graphgpt import optim
+from graphgpt import schedule
 from graphgpt.compiler import compile_model
 from graphgpt.plan import Plan, save
 from graphgpt.runtime import cuda_available
@@ -193,5 +193,5 @@ def test_torch_runner_trains_what_graphgpt_trains(compiled):
         be.set_tensor(name, value)
     for t in range(2 + 2 * 2 + 1):
         out = be.run("train", {"tokens": batch[0], "targets": batch[1],
-                               "step_size": optim.step_scalars(plan.optimizer, t)["step_size"]})
+                               "step_size": schedule.step_scalars(plan.optimizer, t)["step_size"]})
     assert abs(loss - float(out["loss"])) < 1e-4 * abs(loss)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from graphgpt import optim, plan as plan_io
+from graphgpt import optim, plan as plan_io, schedule
 from graphgpt.errors import UserError
 from tests.conftest import ROOT, TINY, run_cli
 
@@ -76,10 +76,10 @@ def test_the_model_files_config_is_checked_and_named(tmp_path):
 
 
 # ---- learning-rate schedules -------------------------------------------------------------------
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
-def test_both_schedules_warm_up_then_decay_to_min_lr(schedule):
-    cfg = dict(optim.DEFAULTS, lr=1.0, min_lr=0.1, lr_schedule=schedule, warmup_steps=10, decay_steps=110)
-    lr = [optim.lr_at(cfg, t) for t in range(130)]
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_both_schedules_warm_up_then_decay_to_min_lr(kind):
+    cfg = dict(optim.DEFAULTS, lr=1.0, min_lr=0.1, lr_schedule=kind, warmup_steps=10, decay_steps=110)
+    lr = [schedule.lr_at(cfg, t) for t in range(130)]
     assert lr[:10] == [pytest.approx((t + 1) / 10) for t in range(10)]
     assert lr[10] == 1.0                                    # lr when the warmup ends
     assert lr[60] == pytest.approx(0.55)                    # halfway to min_lr
@@ -91,7 +91,7 @@ def test_the_linear_schedule_without_warmup_is_the_seeds():
     cfg = dict(optim.DEFAULTS, decay_steps=100)
     lr, min_lr, n = cfg["lr"], cfg["min_lr"], 100
     for t in range(120):
-        assert optim.lr_at(cfg, t) == (lr - (lr - min_lr) * t / n if t < n else min_lr)
+        assert schedule.lr_at(cfg, t) == (lr - (lr - min_lr) * t / n if t < n else min_lr)
 
 
 # ---- compile --out ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from graphgpt import optim
+from graphgpt import optim, schedule
 from graphgpt.compiler import compile_model
 from graphgpt.ops import REGISTRY
 from graphgpt.plan import Plan
@@ -31,7 +31,7 @@ def test_eval_loss_is_the_train_loss_and_changes_nothing(compiled):
         loss = be.run("eval", batch)["loss"]
         for region, values in before.items():
             np.testing.assert_array_equal(be.region(region), values, err_msg=region)
-        scalars = optim.step_scalars(cfg, step)
+        scalars = schedule.step_scalars(cfg, step)
         train = be.run("train", {**batch, **{k: scalars[k] for k in optim.scalar_inputs(cfg)}})
         assert abs(loss - train["loss"]) <= 1e-12, (step, float(loss), float(train["loss"]))
 

@@ -3,7 +3,7 @@ K x B rows, in a work region the size of one micro-batch's."""
 import numpy as np
 import pytest
 
-from graphgpt import optim
+from graphgpt import optim, schedule
 from graphgpt.codegen import compile_cuda
 from graphgpt.compiler import compile_model
 from graphgpt.ops import REGISTRY
@@ -42,7 +42,7 @@ def test_accumulated_micro_batches_step_as_one_batch(k, fusion):
     V, T = big.config["vocab_size"], big.config["block_size"]
     for step in range(3):  # from the second step on, accumulate=0 must overwrite the last step's sums
         x, y = rng.integers(0, V, (MICRO * k, T)), rng.integers(0, V, (MICRO * k, T))
-        scalars = optim.step_scalars(cfg, step)
+        scalars = schedule.step_scalars(cfg, step)
         feeds = {name: scalars[name] for name in optim.scalar_inputs(cfg)}
         one = be_big.run("train", {"tokens": x, "targets": y, **feeds})
         rows = [slice(i * MICRO, (i + 1) * MICRO) for i in range(k)]

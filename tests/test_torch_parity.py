@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch", exc_type=ImportError)
 
-from graphgpt import optim  # noqa: E402
+from graphgpt import optim, schedule  # noqa: E402
 from graphgpt.compiler import compile_model  # noqa: E402
 from graphgpt.plan import Plan  # noqa: E402
 from graphgpt.runtime.numpy_backend import NumpyBackend  # noqa: E402
@@ -89,7 +89,7 @@ def test_three_steps_agree_with_the_numpy_backend(request, kind, clipped):
     norms = []
     for t in range(3):
         out = be.run("train", {"tokens": tokens, "targets": targets,
-                               "step_size": optim.step_scalars(cfg, t)["step_size"]})
+                               "step_size": schedule.step_scalars(cfg, t)["step_size"]})
         loss = model(tt, ty)
         loss.backward()
         assert_close(loss.item(), out["loss"], f"step {t + 1} loss")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from graphgpt import optim
+from graphgpt import schedule
 from graphgpt.compiler import compile_model
 from graphgpt.plan import Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
@@ -58,7 +58,7 @@ def test_plan_execution_matches_graph_semantics(tiny_plan):
     state = {n: (np.zeros_like(v), np.zeros_like(v)) for n, v in params.items()}
     cfg = tiny_plan.optimizer
     for step in range(3):
-        scalars = optim.step_scalars(cfg, step)
+        scalars = schedule.step_scalars(cfg, step)
         out = be.run("train", feeds | {"step_size": scalars["step_size"]})
         grads = {n: be.get_tensor(n, grad=True) for n in params}
         norm = np.sqrt(sum((g * g).sum() for g in grads.values()))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from graphgpt import optim  # noqa: E402
+from graphgpt import optim, schedule  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError  # noqa: E402
 from graphgpt.fsutil import atomic_write_text  # noqa: E402
@@ -155,7 +155,7 @@ class GraphgptRunner:
         self.clock = CupyClock(self.be.stream)
 
     def _feeds(self) -> dict:
-        scalars = optim.step_scalars(self.cfg, self.updates_done)
+        scalars = schedule.step_scalars(self.cfg, self.updates_done)
         self.updates_done += 1
         return {"tokens": self.batch[0], "targets": self.batch[1],
                 **{k: scalars[k] for k in optim.scalar_inputs(self.cfg)}}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graphgpt import optim
+from graphgpt import optim, schedule
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 OPTIMIZERS = ("exact", "torch")
@@ -162,7 +162,7 @@ class ExactAdam:
         torch._foreach_lerp_(self.v, torch._foreach_mul(grads, grads), 1.0 - cfg["beta2"])
         denom = torch._foreach_sqrt(self.v)
         torch._foreach_add_(denom, cfg["eps"])
-        step_size = optim.step_scalars(cfg, self.updates_done)["step_size"]
+        step_size = schedule.step_scalars(cfg, self.updates_done)["step_size"]
         torch._foreach_addcdiv_(self.params, self.m, denom, value=-step_size)
         self.updates_done += 1
         return norm
@@ -183,7 +183,7 @@ class TorchAdam:
         if cfg["optimizer"] != "adam":
             raise ValueError(f"TorchAdam implements optimizer=adam, not {cfg['optimizer']}")
         self.params, self.cfg = list(params), cfg
-        self.adam = torch.optim.Adam(self.params, lr=optim.lr_at(cfg, 0), betas=(cfg["beta1"], cfg["beta2"]),
+        self.adam = torch.optim.Adam(self.params, lr=schedule.lr_at(cfg, 0), betas=(cfg["beta1"], cfg["beta2"]),
                                      eps=cfg["eps"], foreach=True)
         self.updates_done = 0
 
@@ -192,7 +192,7 @@ class TorchAdam:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg["grad_clip"], foreach=True)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.params], foreach=True)
-        self.adam.param_groups[0]["lr"] = optim.lr_at(self.cfg, self.updates_done)
+        self.adam.param_groups[0]["lr"] = schedule.lr_at(self.cfg, self.updates_done)
         self.adam.step()
         self.updates_done += 1
         return norm

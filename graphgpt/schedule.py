@@ -1,0 +1,33 @@
+"""The learning-rate schedule and the optimizer's scalars for each step, on the run side.
+
+The compiled update reads its step size (Adam) or learning rate and bias corrections (AdamW) as
+scalar inputs of the plan's program; here they are computed from the plan's optimizer settings
+and the number of updates done, so the one compiled step serves every step of the schedule.
+"""
+from __future__ import annotations
+
+import math
+
+
+def lr_at(cfg: dict, t: int) -> float:
+    """Learning rate for the update that follows `t` earlier updates: a linear warmup to lr over
+    warmup_steps, then a linear or cosine decay to min_lr at decay_steps."""
+    lr, min_lr, n, warmup = cfg["lr"], cfg["min_lr"], cfg["decay_steps"], cfg["warmup_steps"]
+    if t < warmup:
+        return lr * (t + 1) / warmup
+    if t >= n:
+        return min_lr
+    if cfg["lr_schedule"] == "linear":  # without warmup exactly the seed's linear_lr_decay
+        return lr - (lr - min_lr) * (t - warmup) / (n - warmup)
+    progress = (t - warmup) / (n - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def step_scalars(cfg: dict, t: int) -> dict[str, float]:
+    """The runtime scalars of update number t+1 (t updates done), plus 'lr' for logging."""
+    lr = lr_at(cfg, t)
+    t += 1  # the seed increments its step counter before the bias correction
+    c1, c2 = 1.0 - cfg["beta1"] ** t, 1.0 - cfg["beta2"] ** t
+    if cfg["optimizer"] == "adam":
+        return {"lr": lr, "step_size": lr * math.sqrt(c2) / c1}
+    return {"lr": lr, "bias1": 1.0 / c1, "bias2": 1.0 / math.sqrt(c2)}
