@@ -8,6 +8,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # The seed's corpus lives beside the checkout; GRAPHGPT_SEED_CORPUS points elsewhere (a GPU machine).
 SEED_CORPUS = Path(os.environ.get("GRAPHGPT_SEED_CORPUS", ROOT.parent / "shared" / "data" / "dummy.txt"))
 TINY = ["n_layer=2", "n_head=2", "n_embd=16", "block_size=8", "batch_size=2"]
+COMPILE = str(ROOT / "tools" / "compile.py")
+# Processes started as a user would: graphgpt from this checkout. Open MPI refuses to start as
+# root unless told; MPICH ignores these.
+MPI_ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+
+def sets(pairs: list[str]) -> list[str]:
+    """--set arguments for tools/compile.py: ["n_layer=2"] -> ["--set", "n_layer=2"]."""
+    return [a for p in pairs for a in ("--set", p)]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from graphgpt.tensor_files import load_safetensors, load_seed_weights
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import COMPILE, ROOT, TINY, run_cli, sets
 
-COMPILE = str(ROOT / "tools" / "compile.py")
-
-
-def sets(pairs):
-    return [a for p in pairs for a in ("--set", p)]
 
 
 def assert_user_error(proc, *fragments):

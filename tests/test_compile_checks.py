@@ -7,9 +7,8 @@ import pytest
 
 from graphgpt import optim, plan as plan_io, schedule
 from graphgpt.errors import UserError
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import COMPILE, ROOT, TINY, run_cli
 
-COMPILE = str(ROOT / "tools" / "compile.py")
 
 
 def compile_cli(out, *settings, model=ROOT / "model.py"):

@@ -1,5 +1,4 @@
 """Data-parallel training across real MPI processes on the NumPy backend."""
-import os
 import shutil
 import signal
 import subprocess
@@ -9,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import COMPILE, MPI_ENV, ROOT, TINY, run_cli, sets
 
 pytestmark = pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec (pip install mpich)")
 B = 2
@@ -17,14 +16,9 @@ B = 2
 
 def compile_tiny(out, batch):
     overrides = [s for s in TINY if not s.startswith("batch_size")] + [f"batch_size={batch}"]
-    args = [a for s in overrides for a in ("--set", s)]
-    proc = run_cli(str(ROOT / "tools" / "compile.py"), str(ROOT / "model.py"), "--out", str(out), *args)
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(out), *sets(overrides))
     assert proc.returncode == 0, proc.stderr
     return out
-
-
-# Open MPI refuses to start as root unless told; MPICH ignores these.
-MPI_ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 
 
 def mpiexec(n, *args, timeout=120):

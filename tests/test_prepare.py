@@ -9,19 +9,14 @@ from graphgpt import plan as plan_io
 from graphgpt.data import load_tokens, tokenizer_digest
 from graphgpt.errors import UserError
 from graphgpt.tokenizer import Tokenizer
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import COMPILE, ROOT, TINY, run_cli, sets
 
-COMPILE = str(ROOT / "tools" / "compile.py")
 PREPARE = str(ROOT / "tools" / "prepare.py")
 
 # Words, punctuation, runs of whitespace, non-ASCII text and stretches with nowhere to cut (a long
 # word, a run of non-ASCII letters): all that a cut between pieces could get wrong.
 CORPUS = ("The quick brown fox, 42 times: jumps over the lazy dog.\n\tNaïve café — déjà vu?  "
           "日本語のテキスト (x1) supercalifragilisticexpialidocious!\r\n") * 40
-
-
-def sets(pairs):
-    return [a for p in pairs for a in ("--set", p)]
 
 
 def assert_user_error(proc, fragment):

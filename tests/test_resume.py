@@ -16,19 +16,12 @@ import pytest
 
 from graphgpt.checkpoint import CheckpointDir
 from graphgpt.plan import load as load_plan
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import COMPILE, MPI_ENV, ROOT, TINY, run_cli, sets
 
-COMPILE = str(ROOT / "tools" / "compile.py")
-MPI_ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               PYTHONPATH=str(ROOT))
 # What must repeat exactly; ms and tokens/s are timings. A run also evaluates at its last step, so
 # a run stopped at step 10 has an evaluation there that an uninterrupted one has not.
 EXACT = ("step", "loss", "lr", "grad_norm")
 EVALUATED = ("train_loss", "val_loss")
-
-
-def sets(pairs):
-    return [a for p in pairs for a in ("--set", p)]
 
 
 @pytest.fixture(scope="module")

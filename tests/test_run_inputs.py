@@ -14,14 +14,8 @@ import numpy as np
 import pytest
 
 from graphgpt.tensor_files import save_safetensors
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import COMPILE, MPI_ENV, ROOT, TINY, run_cli, sets
 
-COMPILE = str(ROOT / "tools" / "compile.py")
-MPI_ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONPATH=str(ROOT))
-
-
-def sets(pairs):
-    return [a for p in pairs for a in ("--set", p)]
 
 
 @dataclass
