@@ -202,4 +202,5 @@ def test_an_error_on_one_rank_ends_every_rank(tmp_path, ctx, with_mpi4py_run):
     assert time.monotonic() - start < 60
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith("error: rank 0: --log"), proc.stderr
+    assert len(errors) == 1 and errors[0].startswith("error: rank 0: --log"), \
+        f"exit {proc.returncode}; stderr: {proc.stderr!r}; stdout: {proc.stdout!r}"

@@ -7,6 +7,8 @@ which the CUDA backend bootstraps from this world's communicator.
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 import numpy as np
 
@@ -14,6 +16,8 @@ from ..errors import UserError
 
 # Variables the common MPI launchers set in every process they start.
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+ABORT_GRACE_S = 0.5  # for the launcher to forward a failing rank's last words
+
 # Set by launchers that start several processes without an MPI world (torchrun, accelerate).
 _OTHER_LAUNCHER_SIZE = "WORLD_SIZE"
 
@@ -70,7 +74,14 @@ class MpiWorld:
         return self.comm.allgather(value)
 
     def abort(self, code: int) -> None:
-        """End every rank: one failing rank must not leave the others waiting in a collective."""
+        """End every rank: one failing rank must not leave the others waiting in a collective.
+
+        The launcher forwards each rank's output asynchronously, and an abort can end the ranks
+        before it has read the last line of this one (the error that explains the abort), so
+        the launcher is given a moment first."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
 
 
