@@ -4,6 +4,7 @@ Command-line entry points catch `UserError`, print its message as a single line 
 status 2; anything else is a bug in graphgpt and keeps its traceback.
 """
 import argparse
+import sys
 
 
 class UserError(Exception):
@@ -15,3 +16,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def reported(work, *args) -> int:
+    """Run a tool's `work(*args)` and give its exit status: a UserError is one line and 2, Ctrl-C
+    is 130, and otherwise `work`'s own status (0 for None)."""
+    try:
+        return work(*args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from graphgpt import optim, schedule  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
-from graphgpt.errors import ArgumentParser, UserError  # noqa: E402
+from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.fsutil import atomic_write_text  # noqa: E402
 from graphgpt.runtime import cuda_available, make_backend  # noqa: E402
 from graphgpt.train import init_params  # noqa: E402
@@ -347,14 +347,7 @@ def bench(args, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        return bench(parse_args(argv), argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return reported(lambda: bench(parse_args(argv), argv))
 
 
 if __name__ == "__main__":

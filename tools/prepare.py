@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.data import (META_FILE, TOKEN_FORMAT, TOKEN_FORMAT_VERSION, heldout_cut, read_error,  # noqa: E402
                            read_token_meta, token_dtype, tokenizer_digest, utf8_error)
-from graphgpt.errors import ArgumentParser, UserError  # noqa: E402
+from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
 
 CHUNK_BYTES = 16 << 20  # text encoded per piece
@@ -54,15 +54,7 @@ def main(argv=None) -> int:
                    help="the last fraction of the tokens held out as val.bin (default 0.1; 0: no val.bin)")
     p.add_argument("--chunk-bytes", type=int, default=CHUNK_BYTES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    try:
-        prepare(args.text, args.plan, args.out, args.val_fraction, args.chunk_bytes)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return 0
+    return reported(prepare, args.text, args.plan, args.out, args.val_fraction, args.chunk_bytes)
 
 
 def prepare(text_path: Path, plan_dir: Path, out: Path, val_fraction: float, chunk_bytes: int) -> None:
