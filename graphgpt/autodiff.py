@@ -16,7 +16,8 @@ def grad(graph: Graph, loss: Value, wrt: list[int]) -> dict[int, Value]:
     """Add the gradient of scalar `loss` with respect to each node in `wrt`; return them by id."""
     assert loss.shape == (), "the loss must be a scalar"
     on_path = _depends_on(graph, set(wrt))
-    cotangent: dict[int, Value] = {loss.id: graph.const(1.0)}
+    seed = graph.const(1.0)  # constants are float32: a loss of another type gets the seed in its own
+    cotangent: dict[int, Value] = {loss.id: seed if loss.dtype == seed.dtype else graph.add("cast", (seed,), dtype=loss.dtype)}
     order = [n for n in graph.nodes.values() if n.id <= loss.id]
     for node in reversed(order):
         g = cotangent.get(node.id)

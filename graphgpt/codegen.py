@@ -7,10 +7,11 @@ passed. Launches that render to the same text share one kernel, named after a ha
 names are stable from one compile to the next.
 
 Conventions the backend relies on (also recorded per launch in `launch["cuda"]`):
-  - arguments are the launch's buffers, output first, then its inputs in order: `float*` for arena
-    "f", `int*` for arena "i", each pointing at the buffer's first element (arena base + offset);
-  - arena bases are at least 16-byte aligned: a kernel moves 4 floats per access only where the
-    buffer's element offset is a multiple of 4;
+  - arguments are the launch's buffers, output first, then its inputs in order, each a pointer to
+    its dtype's C type (dtypes.py) at the buffer's first byte (arena base + offset);
+  - the arena base is at least 256-byte aligned: a kernel moves 16 bytes per access (4 floats, 8
+    bf16) only where every buffer's byte offset is a multiple of that access; narrower floats are
+    loaded into float registers and rounded once, to nearest even, on store;
   - shared memory is static (`smem` is the dynamic amount, always 0 here);
   - only pointwise kernels may get their output as one of their inputs too (optimizer updates run
     in place): each thread reads its elements before writing them, and they take no __restrict__;
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from .dtypes import DTYPES, nbytes
 from .ops import REGISTRY
 from .ops.registry import prod
 from .passes.memory import aligned
@@ -36,14 +38,14 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 ENV = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
                   trim_blocks=True, lstrip_blocks=True)
 
-VEC = 4          # floats per 16-byte access
+VECTOR_BYTES = 16  # one vector access
 THREADS = 256    # threads per block of the streaming and row kernels
 WARPS = THREADS // 32
 WAVE = 4 * 132   # blocks that fill the 132 SMs of an H200 a few times: what split reductions aim for
 MAX_SPLITS = 1024
 SPLIT_ROWS = 64  # fewest rows a split of a column reduction walks
 ID_CHUNK = 2048  # ids an embedding-gradient block reads per round (8 KiB of shared memory)
-CACHED_ROW = 16  # vectors per lane a warp keeps in registers for a LayerNorm or softmax row (2048 floats)
+CACHED_ROW = 64  # floats per lane a warp keeps in registers for a LayerNorm or softmax row (2048 per row)
 LIBRARY_KINDS = ("matmul", "collective")  # launches a backend hands to cuBLAS and NCCL
 
 
@@ -164,8 +166,20 @@ def _itype(*shapes) -> str:
     return "unsigned int" if max(prod(s) for s in shapes) < 2**31 else "unsigned long long"
 
 
-def _aligned(*buffers) -> bool:
-    return all(b[1] % VEC == 0 for b in buffers)
+def _width(*buffers) -> int:
+    """Elements per 16-byte access of the widest float among these buffers: 4 for f32, 8 for bf16.
+    A kernel moves the same number of elements of each of its operands at once."""
+    return VECTOR_BYTES // max((DTYPES[b[0]].bytes for b in buffers if DTYPES[b[0]].is_float), default=4)
+
+
+def _aligned(vec: int, *buffers) -> bool:
+    """Every buffer starts where a `vec`-element access of its dtype is aligned."""
+    return all(b[1] % (vec * DTYPES[b[0]].bytes) == 0 for b in buffers)
+
+
+def _types(launch) -> dict:
+    """The C element types of a launch's output and inputs, as the templates declare them."""
+    return {"out_t": DTYPES[launch["out"][0]].ctype, "in_t": [DTYPES[b[0]].ctype for b in launch["in"]]}
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -191,7 +205,7 @@ def _operand(extents: list[int], strides: list[int], buf, vec: int) -> dict:
     dims = [[e, s] for e, s in zip(extents, strides)]
     identity = strides == _strides(extents)
     inner = strides[-1] if strides else 0
-    if vec == 1 or (inner == 1 and buf[1] % VEC == 0):
+    if vec == 1 or (inner == 1 and _aligned(vec, buf)):
         mode = "vec"
     elif inner == 0:
         mode = "splat"
@@ -213,11 +227,11 @@ def _elementwise(launch) -> Kernel:
         view = launch["attrs"].get("shape", chain)
         operand_strides = [_reshaped_strides(chain, _broadcast_strides(b[2], chain), view) for b in launch["in"]]
         extents, strides = _collapse(shape, *([st[p] for p in perm] for st in operand_strides))
-    n = prod(shape)
-    vec = VEC if n % VEC == 0 and _aligned(out) and (not extents or extents[-1] % VEC == 0) else 1
+    n, w = prod(shape), _width(out, *launch["in"])
+    vec = w if n % w == 0 and _aligned(w, out) and (not extents or extents[-1] % w == 0) else 1
     grid, block = _streaming(n // vec)
     operands = [_operand(extents, st, b, vec) for st, b in zip(strides, launch["in"])]
-    return Kernel(launch["op"], {"steps": _steps(launch), "n": n, "vec": vec, "operands": operands,
+    return Kernel(launch["op"], {**_types(launch), "steps": _steps(launch), "n": n, "vec": vec, "operands": operands,
                                  "itype": _itype(shape, *(b[2] for b in launch["in"])), "threads": block[0]},
                   grid, block)
 
@@ -225,10 +239,10 @@ def _elementwise(launch) -> Kernel:
 def _steps(launch) -> list[dict]:
     """The op's C expressions in evaluation order; an argument is operand "x<i>" or step "s<k>"."""
     program = launch["attrs"]["program"] if "program" in launch["attrs"] else \
-        [[launch["op"], [], [-1 - i for i in range(len(launch["in"]))]]]
+        [[launch["op"], launch["attrs"], [-1 - i for i in range(len(launch["in"]))]]]
     steps = []
-    for op, _, args in program:
-        expr = REGISTRY[op].expr
+    for op, attrs, args in program:
+        expr = REGISTRY[op].c_expr(dict(attrs))
         if expr is None:
             raise ValueError(f"op {op} in a pointwise kernel has no C expression in its registry entry")
         steps.append({"op": op, "expr": expr, "args": [f"s{a}" if a >= 0 else f"x{-1 - a}" for a in args]})
@@ -241,37 +255,40 @@ def _shape(launch) -> Kernel:
     n = prod(shape)
     itype = _itype(shape, in_shape)
     if op in ("slice", "pad"):
-        return _window(op, attrs, out, src, itype)
+        return _window(launch, itype)
     if op == "transpose":
         in_strides = _strides(in_shape)
         extents, (strides,) = _collapse(shape, [in_strides[p] for p in attrs["perm"]])
         if 1 in strides[:-1]:
-            return _tiled_transpose(extents, strides, itype)
+            return _tiled_transpose(launch, extents, strides, itype)
     elif op == "broadcast_to":
         extents, (strides,) = _collapse(shape, _broadcast_strides(in_shape, shape))
     else:  # copy, or a reshape that must own its memory: same elements, same order
         extents, strides = ([n], [1]) if n > 1 else ([], [])
-    vec = VEC if n % VEC == 0 and _aligned(out) and extents and extents[-1] % VEC == 0 else 1
+    w = _width(out, src)
+    vec = w if n % w == 0 and _aligned(w, out) and extents and extents[-1] % w == 0 else 1
     grid, block = _streaming(n // vec)
-    return Kernel("gather", {"mode": "gather", "n": n, "vec": vec, "itype": itype,
+    return Kernel("gather", {**_types(launch), "mode": "gather", "n": n, "vec": vec, "itype": itype,
                              "src": _operand(extents, strides, src, vec), "threads": block[0]}, grid, block)
 
 
-def _window(op: str, attrs: dict, out, src, itype: str) -> Kernel:
+def _window(launch, itype: str) -> Kernel:
     """slice and pad as rows: out[r, j] = in[r, j - shift] where 0 <= j - shift < in_row, else 0."""
+    op, attrs, out, (src,) = launch["op"], launch["attrs"], launch["out"], launch["in"]
     axis, in_shape = attrs["axis"], src[2]
     inner = prod(in_shape[axis + 1:])
     in_row = in_shape[axis] * inner
     out_row = out[2][axis] * inner
     shift = attrs["before"] * inner if op == "pad" else -attrs["start"] * inner
     n = prod(out[2])
-    vec = VEC if all(x % VEC == 0 for x in (in_row, out_row, shift, out[1], src[1])) else 1
+    w = _width(out, src)
+    vec = w if all(x % w == 0 for x in (in_row, out_row, shift)) and _aligned(w, out, src) else 1
     grid, block = _streaming(n // vec)
-    return Kernel("window", {"mode": "window", "n": n, "vec": vec, "itype": itype, "in_row": in_row,
+    return Kernel("window", {**_types(launch), "mode": "window", "n": n, "vec": vec, "itype": itype, "in_row": in_row,
                              "out_row": out_row, "shift": shift, "threads": block[0]}, grid, block)
 
 
-def _tiled_transpose(extents: list[int], strides: list[int], itype: str) -> Kernel:
+def _tiled_transpose(launch, extents: list[int], strides: list[int], itype: str) -> Kernel:
     """The input's contiguous axis is not the output's: go through a shared-memory tile so that both
     the reads (along the input's axis y) and the writes (along the output's last axis x) coalesce."""
     y = strides.index(1)
@@ -279,7 +296,7 @@ def _tiled_transpose(extents: list[int], strides: list[int], itype: str) -> Kern
     batch = [i for i in range(len(extents)) if i not in (y, len(extents) - 1)]
     n_batch = prod(extents[i] for i in batch)
     tiles_x, tiles_y = _cdiv(extents[-1], 32), _cdiv(extents[y], 32)
-    params = {"mode": "tile", "itype": itype, "ex": extents[-1], "sx": strides[-1], "ey": extents[y],
+    params = {**_types(launch), "mode": "tile", "itype": itype, "ex": extents[-1], "sx": strides[-1], "ey": extents[y],
               "oy": out_strides[y], "tiles_x": tiles_x, "batch": n_batch,
               "in_batch": [[extents[i], strides[i]] for i in batch],
               "out_batch": [[extents[i], out_strides[i]] for i in batch]}
@@ -319,16 +336,18 @@ def _reduce(launch) -> Kernel:
     kept = [[e, s] for r, e, s in runs if not r]
     reduced = [[e, s] for r, e, s in runs if r]
     n_out, n_red = prod(e for e, _ in kept), prod(e for e, _ in reduced)
-    common = {"itype": _itype(shape), "n_out": n_out, "n_red": n_red, "kept": kept, "reduced": reduced, **prologue}
+    common = {**_types(launch), "itype": _itype(shape), "n_out": n_out, "n_red": n_red, "kept": kept, "reduced": reduced, **prologue}
     if kept and (not runs or not runs[-1][0]):
-        vec = VEC if kept[-1][0] % VEC == 0 and _aligned(out, *full) else 1
+        w = _width(out, *full)
+        vec = w if kept[-1][0] % w == 0 and _aligned(w, out, *full) else 1
         x_blocks = _cdiv(n_out // vec, 32)
         splits = max(1, min(_cdiv(WAVE, x_blocks), _cdiv(n_red, SPLIT_ROWS), MAX_SPLITS))
         chunk = _cdiv(n_red, splits)
         splits = _cdiv(n_red, chunk)
         return Kernel(f"{stem}_cols", dict(common, mode="cols", vec=vec, splits=splits, chunk=chunk),
                       (x_blocks, splits, 1), (32, WARPS, 1))
-    vec = VEC if reduced and reduced[-1][0] % VEC == 0 and _aligned(*full) else 1
+    w = _width(*full)
+    vec = w if reduced and reduced[-1][0] % w == 0 and _aligned(w, *full) else 1
     n_vec = n_red // vec
     if n_vec <= 32 * 16:  # a warp per output
         return Kernel(f"{stem}_rows", dict(common, mode="warp", vec=vec, splits=1, chunk=n_vec),
@@ -344,15 +363,17 @@ def _flat_range(buffers) -> list:
     """Tensors that lie one after another in memory (each where the last one's aligned end is) as one
     flat buffer from the first's start to the last's end."""
     for prev, nxt in zip(buffers, buffers[1:]):
-        if nxt[0] != prev[0] or nxt[1] != prev[1] + aligned(prod(prev[2])):
+        if nxt[0] != prev[0] or nxt[1] != prev[1] + aligned(nbytes(prev)):
             raise ValueError("a multi-tensor reduction needs its tensors one after another in memory")
     start, last = buffers[0][1], buffers[-1]
-    return [buffers[0][0], start, [last[1] + prod(last[2]) - start]]
+    return [last[0], start, [(last[1] + nbytes(last) - start) // DTYPES[last[0]].bytes]]
 
 
 def _row_vec(width: int, *buffers) -> int:
-    """VEC where rows of `width` floats in these buffers allow 16-byte accesses, else 1."""
-    return VEC if width % VEC == 0 and _aligned(*buffers) else 1
+    """The 16-byte access's element count where rows of `width` elements in these buffers allow it,
+    else 1."""
+    w = _width(*buffers)
+    return w if width % w == 0 and _aligned(w, *buffers) else 1
 
 
 def _layernorm(launch) -> Kernel:
@@ -361,9 +382,9 @@ def _layernorm(launch) -> Kernel:
     rows, vec = prod(lead), _row_vec(c, launch["out"], *launch["in"])
     per_lane = _cdiv(c // vec, 32)
     attrs = launch["attrs"]
-    return Kernel(launch["op"], {"op": launch["op"], "rows": rows, "c": c, "vec": vec, "per_lane": per_lane,
+    return Kernel(launch["op"], {**_types(launch), "op": launch["op"], "rows": rows, "c": c, "vec": vec, "per_lane": per_lane,
                                  "scaled": attrs.get("scaled", False), "accumulate": attrs.get("accumulate", False),
-                                 "cached": per_lane <= CACHED_ROW, "eps": _float(attrs["eps"]),
+                                 "cached": per_lane * vec <= CACHED_ROW, "eps": _float(attrs["eps"]),
                                  "itype": _itype(launch["out"][2])},
                   (_cdiv(rows, WARPS), 1, 1), (THREADS, 1, 1))
 
@@ -374,8 +395,8 @@ def _softmax(launch) -> Kernel:
     *lead, t = launch["out"][2]
     rows, vec = prod(lead), _row_vec(t, launch["out"], *launch["in"])
     per_lane = _cdiv(t // vec, 32)
-    return Kernel(launch["op"], {"op": launch["op"], "rows": rows, "t": t, "vec": vec, "per_lane": per_lane,
-                                 "cached": per_lane <= CACHED_ROW, "scale": _float(launch["attrs"]["scale"]),
+    return Kernel(launch["op"], {**_types(launch), "op": launch["op"], "rows": rows, "t": t, "vec": vec,
+                                 "per_lane": per_lane, "cached": per_lane * vec <= CACHED_ROW, "scale": _float(launch["attrs"]["scale"]),
                                  "itype": _itype(launch["out"][2])},
                   (_cdiv(rows, WARPS), 1, 1), (THREADS, 1, 1))
 
@@ -389,7 +410,7 @@ def _cross_entropy(launch) -> Kernel:
     vec = _row_vec(v, logits, *written)
     per_row = 32 if v // vec <= 32 * 8 else THREADS
     blocks = _cdiv(n, THREADS // per_row)
-    return Kernel(launch["op"], {"op": launch["op"], "n": n, "v": v, "vec": vec, "per_row": per_row,
+    return Kernel(launch["op"], {**_types(launch), "op": launch["op"], "n": n, "v": v, "vec": vec, "per_row": per_row,
                                  "blocks": blocks, "itype": _itype(logits[2])},
                   (blocks, 1, 1), (THREADS, 1, 1))
 
@@ -399,13 +420,15 @@ def _embedding(launch) -> Kernel:
     if launch["op"] == "embedding":
         table, ids = launch["in"]
         c, n = table[2][1], prod(ids[2])
-        vec = VEC if c % VEC == 0 and _aligned(out, table) else 1
+        w = _width(out, table)
+        vec = w if c % w == 0 and _aligned(w, out, table) else 1
         grid, block = _streaming(n * c // vec)
-        return Kernel("embedding", {"op": "embedding", "n": n, "c": c, "vec": vec, "threads": block[0],
+        return Kernel("embedding", {**_types(launch), "op": "embedding", "n": n, "c": c, "vec": vec, "threads": block[0],
                                     "itype": _itype(out[2], table[2])}, grid, block)
     ids, g = launch["in"]
     rows, c = out[2]
-    vec = VEC if c % VEC == 0 and _aligned(out, g) else 1
+    w = _width(out, g)
+    vec = w if c % w == 0 and _aligned(w, out, g) else 1
     threads = min(THREADS, _cdiv(c // vec, 32) * 32)
     col_blocks = _cdiv(c, threads * vec)
     # table rows a block owns: <= 32 KiB of sums, and few enough that the blocks fill the GPU (every
@@ -414,7 +437,7 @@ def _embedding(launch) -> Kernel:
     # groups of threads that share out a block's rows: as many as fit in 1024 threads and 32 KiB of
     # sums, so that a frequent id (in text, a few ids are most of them) is not summed row by row
     groups = max(1, min(1024 // threads, 8192 // (block_rows * threads * vec)))
-    return Kernel("embedding_grad", {"op": "embedding_grad", "rows": rows, "c": c, "n": prod(ids[2]),
+    return Kernel("embedding_grad", {**_types(launch), "op": "embedding_grad", "rows": rows, "c": c, "n": prod(ids[2]),
                                      "vec": vec, "threads": threads, "groups": groups, "block_rows": block_rows,
                                      "ids_per_thread": max(1, ID_CHUNK // (threads * groups)),
                                      "itype": _itype(out[2], g[2])},

@@ -28,7 +28,7 @@ from .errors import ArgumentParser, UserError
 from .ir import INT, Graph
 from .ops import REGISTRY
 from .passes.fuse import fuse
-from .passes.memory import Layout, ProgramMemory, persistent_layout, plan_program
+from .passes.memory import ALIGN, CONST, Layout, ProgramMemory, persistent_layout, plan_program
 from .passes.multi_tensor import merge_launches
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
@@ -36,8 +36,9 @@ from .passes.simplify import simplify
 from .plan import SCHEMA_VERSION, check_out, save
 from .tokenizer import Tokenizer, build_tokenizer
 
-BYTES = 4  # float32: the arena's element size on the GPU and in reports
 SIZES = ("n_layer", "n_head", "n_embd", "block_size", "batch_size")  # CONFIG keys that must be >= 1
+COMPUTE_DTYPES = ("f32", "bf16")  # dtype=: the type activations and GEMM operands are stored in
+MODEL_DEFAULTS = {"dtype": "f32"}  # settings every model has, unless its CONFIG says otherwise
 
 
 @dataclass
@@ -175,7 +176,7 @@ def _node_counts(graphs: dict[str, Graph]) -> str:
 
 def _settings(module, model_path: Path, overrides: list[str]) -> tuple[dict, dict]:
     """The model's CONFIG and the optimizer's DEFAULTS with --set applied, range-checked."""
-    model_cfg, opt_cfg = dict(module.CONFIG), dict(optim.DEFAULTS)
+    model_cfg, opt_cfg = {**MODEL_DEFAULTS, **module.CONFIG}, dict(optim.DEFAULTS)
     chosen = parse_overrides(overrides, {**model_cfg, **opt_cfg})
     model_cfg.update({k: v for k, v in chosen.items() if k in model_cfg})
     opt_cfg.update({k: v for k, v in chosen.items() if k in opt_cfg})
@@ -197,7 +198,7 @@ def _origin(overrides: list[str], config: dict, model_name: str):
             return f"--set {key}={given[key]}"
         if key in config:
             return f"{model_name}: CONFIG {key}={config[key]}"
-        return f"{key}={optim.DEFAULTS[key]} (the default)"
+        return f"{key}={({**MODEL_DEFAULTS, **optim.DEFAULTS})[key]} (the default)"
     return origin
 
 
@@ -211,6 +212,8 @@ def check_model_config(cfg: dict, origin=None) -> None:
     if "vocab_size" in cfg:
         need("vocab_size", isinstance(cfg["vocab_size"], int) and cfg["vocab_size"] >= 0,
              "an integer >= 0 (0: the tokenizer's size)")
+    if "dtype" in cfg:
+        need("dtype", cfg["dtype"] in COMPUTE_DTYPES, " or ".join(COMPUTE_DTYPES))
     if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"]:
         raise UserError(f"n_embd {cfg['n_embd']} is not divisible by n_head {cfg['n_head']}")
     for key, value in cfg.items():
@@ -240,7 +243,7 @@ def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool) -> Graph:
         else:
             tracer.graph.outputs["logits"] = logits.id
     try:
-        return dsl.trace(build).graph
+        return dsl.trace(build, cfg["dtype"]).graph
     except UserError:
         raise
     except Exception as e:
@@ -256,7 +259,7 @@ def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Toke
             a = n.attr
             if "grad_of" in a or n.name in by_name:
                 continue
-            t = {"name": n.name, "kind": n.op, "shape": list(n.shape), "offset": layout.tensors[n.name],
+            t = {"name": n.name, "kind": n.op, "dtype": n.dtype, "shape": list(n.shape), "offset": layout.tensors[n.name],
                  "init": a.get("init", "zeros"), "std": a.get("std", 0.0)}
             if n.op == "param":
                 t["grad"] = layout.grads[n.name]
@@ -272,11 +275,10 @@ def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Toke
         "model_file": model_path.name,
         "config": model_cfg,
         "optimizer": opt_cfg,
-        "arena": {"float": layout.work_base + work,
-                  "int": max(m.int_size for _, m in programs.values()),
-                  "regions": layout.regions},
+        "arena": {"bytes": layout.work_base + work, "align": ALIGN, "regions": layout.regions},
         "tensors": tensors,
-        "consts": [[off, value] for value, off in sorted(layout.consts.items(), key=lambda kv: kv[1])],
+        "consts": {"dtype": CONST, "values": [[off, value] for value, off in
+                                             sorted(layout.consts.items(), key=lambda kv: kv[1])]},
         "programs": {name: _program(g, mem, fusion, layout.work_base) for name, (g, mem) in programs.items()},
         "tokenizer": tokenizer.to_json(),
     }
@@ -284,17 +286,17 @@ def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Toke
 
 def _program(graph: Graph, mem: ProgramMemory, fusion: bool, work_start: int) -> dict:
     def buf(nid: int) -> list:
-        arena, off = mem.offsets[nid]
-        return [arena, off, list(graph.nodes[nid].shape)]
+        n = graph.nodes[nid]
+        return [n.dtype, mem.offsets[nid], list(n.shape)]
 
     launches = []
     for nid in mem.launches:
         n = graph.nodes[nid]
-        launches.append({"op": n.op, "out": buf(nid), "in": [buf(i) for i in n.inputs],
+        launches.append({"op": n.op, "kind": REGISTRY[n.op].kind, "out": buf(nid), "in": [buf(i) for i in n.inputs],
                          "attrs": {k: v for k, v in n.attrs}, "node": nid, "where": n.where})
     for new, state in mem.copies:
-        launches.append({"op": "copy", "out": buf(state), "in": [buf(new)], "attrs": {},
-                         "node": new, "where": "update of " + graph.nodes[state].name})
+        launches.append({"op": "copy", "kind": REGISTRY["copy"].kind, "out": buf(state), "in": [buf(new)],
+                         "attrs": {}, "node": new, "where": "update of " + graph.nodes[state].name})
     if fusion:
         launches = merge_launches(launches, work_start)
     inputs = {n.name: buf(n.id) for n in graph.of_op("input")}
@@ -313,25 +315,25 @@ def _stats(graph: Graph, mem: ProgramMemory) -> dict:
     for nid in mem.launches:
         n = graph.nodes[nid]
         if REGISTRY[n.op].kind != "collective":
-            moved += n.size + sum(graph.nodes[i].size for i in set(n.inputs))
-    moved += sum(graph.nodes[new].size * 2 for new, _ in mem.copies)
+            moved += n.nbytes + sum(graph.nodes[i].nbytes for i in set(n.inputs))
+    moved += sum(graph.nodes[new].nbytes * 2 for new, _ in mem.copies)
     flops = sum(_matmul_flops(graph, n) for n in graph.nodes.values() if n.op in ("matmul", "fused_matmul"))
-    return {"launches": len(mem.launches) + len(mem.copies), "bytes": moved * BYTES, "flops": flops}
+    return {"launches": len(mem.launches) + len(mem.copies), "bytes": moved, "flops": flops}
 
 
 def _report(data: dict, programs, backward: str, unfused: dict | None, remat: dict[str, ProgramMemory],
             chosen: str) -> str:
     """The numbers of every program; for the one with the backward also those of each --remat policy
     and of the plan without fusion."""
-    def mib(elements: int) -> str:
-        return f"{elements * BYTES / 2**20:9.2f} MiB"
+    def mib(nbytes: int) -> str:
+        return f"{nbytes / 2**20:9.2f} MiB"
 
     regions = data["arena"]["regions"]
     n_params = sum(_numel(t["shape"]) for t in data["tensors"] if t["kind"] == "param")
-    lines = [f"graphgpt compile report ({data['model_file']}, float32 sizes)",
+    lines = [f"graphgpt compile report ({data['model_file']}, activations in {data['config'].get('dtype', 'f32')})",
              f"parameters            {n_params:,}",
-             f"float arena           {mib(data['arena']['float'])}"]
-    for name in ("params", "grads", "state", "consts", "work"):
+             f"arena                 {mib(data['arena']['bytes'])}"]
+    for name in ("params", "grads", "state", "consts", "inputs", "work"):
         lines.append(f"  {name:<19} {mib(regions[name][1])}")
     for name, (graph, mem) in programs.items():
         st = dict(_stats(graph, mem), launches=len(data["programs"][name]["launches"]))  # multi-tensor joins

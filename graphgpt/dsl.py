@@ -1,7 +1,10 @@
 """The tracing frontend: what a model file imports.
 
 A model file defines `CONFIG` (a dict of defaults) and `forward(idx, cfg)`, written with the
-functions below and ordinary Python. Tracing calls `forward` once on symbolic `Value`s; every
+functions below and ordinary Python. Parameters are float32 (the master weights the optimizer
+updates); when a plan computes in another float type (`--set dtype=bf16`), `param` hands the
+model each weight cast to it, so the whole forward and backward run in that type and the
+gradients are cast back to float32 where they reach the weights. Tracing calls `forward` once on symbolic `Value`s; every
 operation appends a node that records the model file's line, so a shape error reads
 "model.py:57: matmul: inner dimensions differ: 384 vs 256 (inputs ...)".
 """
@@ -22,9 +25,10 @@ _active: "Tracer | None" = None
 class Tracer:
     """Builds one graph from one call of a model's `forward`."""
 
-    def __init__(self):
+    def __init__(self, dtype: str = FLOAT):
         self.graph = Graph(locate=user_line)
         self.params: dict[str, Value] = {}
+        self.dtype = dtype  # the type the model computes in
 
     def param(self, name: str, shape, init: str, std: float) -> Value:
         if name in self.params:
@@ -34,7 +38,7 @@ class Tracer:
         v = self.graph.add("param", name=name, shape=tuple(int(d) for d in shape), dtype=FLOAT,
                            init=init, std=float(std) if init == "normal" else 0.0)
         self.params[name] = v
-        return v
+        return v if self.dtype == FLOAT else self.graph.add("cast", (v,), dtype=self.dtype)
 
     def input(self, name: str, shape, dtype: str = FLOAT) -> Value:
         return self.graph.add("input", name=name, shape=tuple(shape), dtype=dtype)
@@ -57,10 +61,10 @@ def user_line() -> str | None:
     return None
 
 
-def trace(build: Callable[[Tracer], None]) -> Tracer:
+def trace(build: Callable[[Tracer], None], dtype: str = FLOAT) -> Tracer:
     """Run `build(tracer)` with the DSL functions recording into a fresh graph."""
     global _active
-    tracer, previous = Tracer(), _active
+    tracer, previous = Tracer(dtype), _active
     _active = tracer
     try:
         build(tracer)

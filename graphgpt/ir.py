@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 
 import networkx as nx
 
+from .dtypes import DTYPES
 from .errors import UserError
 from .ops import REGISTRY, ShapeMismatch, Spec
 
@@ -48,6 +49,10 @@ class Node:
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * DTYPES[self.dtype].bytes
 
     @property
     def name(self) -> str | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one byte-addressed arena, buffers [dtype, byte offset, shape]
 PLAN_FILE = "plan.json"
 PLAN_FILES = {PLAN_FILE, "report.txt"}  # what a plan directory holds besides its folders
 PLAN_FOLDERS = {"kernels", "graphs"}    # each holding plain files only

@@ -164,6 +164,8 @@ def test_rows_in_table_order():
     assert [o.get("precision") for _, o in rows] == [None, None, "tf32", "tf32", "bf16"]
     assert [n for n, _ in bench.methods(True, False, eager_only=True)] == ["graphgpt graph", "graphgpt no-graph",
                                                                           "torch eager"]
+    bf16 = bench.methods(True, False, bf16=True)
+    assert [(n, o.get("precision")) for n, o in bf16[2:]] == [("torch eager bf16", "bf16"), ("torch.compile bf16", "bf16")]
 
 
 def test_synthetic_batch_targets_are_the_next_tokens():

@@ -126,3 +126,59 @@ def test_profile_times_every_launch():
     assert any(r["name"].startswith("gemm") and r["flops"] for r in rows)
     text = format_profile(rows, {"bandwidth": 4e12, "flops": 50e12})
     assert text.splitlines()[-1].startswith("total")
+
+
+def test_bf16_steps_match_the_numpy_oracle():
+    """A bf16 plan on CUDA against the NumPy backend running the same plan, which rounds to bf16 at
+    the same points (every store of a bf16 buffer, and the casts inside fused chains). Tolerances,
+    from bf16's 8-bit mantissa (one rounding step: 2^-8 relative):
+    - Both backends compute in float32 and differ in summation order only, so a value lands on the
+      other bf16 neighbour only near a rounding boundary, and then by one step. The loss, a mean
+      over every position, agrees within 2^-8 (measured: 3e-5).
+    - Such flips feed every later layer, and a weight's gradient sums over the whole batch: the
+      first step's gradients agree within two steps, 2^-7, norm-relative (measured: 0.54% at worst).
+    - Adam moves every element by about +-lr whatever its gradient's size, so an element whose
+      gradient lies within 2^-7 of the tensor's gradient scale from zero may move either way. For
+      gradients spread like a Gaussian that is under 2^-7 of the elements, each off by up to
+      2 lr: what three steps add to each master weight agrees within 2 * sqrt(2^-7) = 0.18 of its
+      norm (measured: 0.087 at worst)."""
+    from graphgpt.runtime.cuda_backend import CudaBackend
+    plan = small_plan("dtype=bf16")
+    tokens = np.random.default_rng(0).integers(0, plan.config["vocab_size"], 10_000).astype(np.int32)
+    runs = {}
+    for name, backend in (("oracle", NumpyBackend(plan, np.float32)), ("cuda", CudaBackend(plan))):
+        trainer = Trainer(plan, backend, SequentialSampler(tokens, plan.config["batch_size"], plan.config["block_size"]))
+        start = {t["name"]: backend.get_tensor(t["name"]) for t in plan.params}
+        losses = [m["loss"] for m in trainer.steps(1)]
+        grads = {t["name"]: backend.get_tensor(t["name"], grad=True) for t in plan.params}
+        losses += [m["loss"] for m in trainer.steps(2)]
+        runs[name] = losses, grads, {k: backend.get_tensor(k) - v for k, v in start.items()}
+    (ref_losses, ref_grads, ref_updates), (losses, grads, updates) = runs["oracle"], runs["cuda"]
+    np.testing.assert_allclose(losses, ref_losses, rtol=2.0**-8)
+    masks = informative(small_plan())  # c_attn's key bias has no gradient but rounding noise
+
+    def errors(got: dict, ref: dict) -> dict:
+        return {k: float(np.linalg.norm(got[k][m] - ref[k][m]) / np.linalg.norm(ref[k][m])) for k, m in masks.items()}
+    grad_err, update_err = errors(grads, ref_grads), errors(updates, ref_updates)
+    print(f"bf16 CUDA vs oracle: losses {losses} vs {ref_losses}; worst gradient error "
+          f"{max(grad_err.values()):.2e}, worst update error {max(update_err.values()):.2e}")
+    assert max(grad_err.values()) <= 2.0**-7, grad_err
+    assert max(update_err.values()) <= 2 * np.sqrt(2.0**-7), update_err
+
+
+def test_bf16_seed_workload_is_within_2_percent_of_fp32(tmp_path, seed_corpus):
+    """The seed workload (default model, the seed corpus, 50 steps, the seed's sequential loader)
+    compiled with dtype=bf16 ends within 2% of the float32 plan's loss."""
+    final = {}
+    for dtype in ("f32", "bf16"):
+        plan = tmp_path / dtype
+        assert run_cli(str(ROOT / "tools" / "compile.py"), str(ROOT / "model.py"), "--data", str(seed_corpus),
+                       "--set", f"dtype={dtype}", "--out", str(plan)).returncode == 0
+        log = tmp_path / f"{dtype}.jsonl"
+        proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--data", str(seed_corpus), "--steps", "50",
+                       "--sampler", "sequential", "--backend", "cuda", "--log", str(log), "--generate", "0",
+                       timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        final[dtype] = json.loads(log.read_text().splitlines()[-1])["loss"]
+    print(f"seed workload, final loss at step 50: {final}")
+    assert abs(final["bf16"] - final["f32"]) <= 0.02 * final["f32"]

@@ -104,11 +104,11 @@ def test_launches_over_work_buffers_do_not_join():
     which the norm sums."""
     def accumulation(acc: int, grad: int) -> dict:
         program = (("mul", (), (-1, -2)), ("add", (), (0, -3)))
-        return {"op": "fused", "out": ["f", acc, [6]], "in": [["f", acc, [6]], ["f", 900, []], ["f", grad, [6]]],
+        return {"op": "fused", "out": ["f32", acc, [6]], "in": [["f32", acc, [6]], ["f32", 900, []], ["f32", grad, [6]]],
                 "attrs": {"program": program}, "node": acc, "where": "gradient accumulation"}
-    pair = [accumulation(0, 1000), accumulation(64, 1064)]
+    pair = [accumulation(0, 1024), accumulation(256, 1280)]  # byte offsets: 256-byte slots
     assert len(merge_launches(pair)) == 1
-    assert len(merge_launches(pair, work_start=1000)) == 2
+    assert len(merge_launches(pair, work_start=1024)) == 2
 
 
 def test_the_accumulating_plans_kernels_compile():

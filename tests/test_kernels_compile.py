@@ -11,29 +11,39 @@ import pytest
 
 from graphgpt.codegen import LIBRARY_KINDS, compile_cuda, lower_plan
 from graphgpt.compiler import compile_model
+from graphgpt.dtypes import DTYPES
 from graphgpt.ops import REGISTRY
 from graphgpt.ops.registry import Spec
 from tests.conftest import ROOT, TINY
 
-PLANS = {"tiny": TINY, "default": [],
+PLANS = {"tiny": TINY, "default": [], "default-bf16": ["dtype=bf16"],
          "gpt2-124M": ["n_layer=1", "n_head=12", "n_embd=768", "block_size=1024", "batch_size=2", "vocab_size=50304"]}
 MAX_GRID = (2**31 - 1, 65535, 65535)
 
 
-def _f(shape, offset=0):
-    return ["f", offset, list(shape)]
-
-
 def _launch(op, *inputs, out_offset=0, **attrs):
-    specs = [Spec(tuple(b[2]), "f32" if b[0] == "f" else "i32") for b in inputs]
+    """A launch as the passes leave it; out_offset counts elements of the output's dtype."""
+    specs = [Spec(tuple(b[2]), b[0]) for b in inputs]
     out = REGISTRY[op].infer(attrs, *specs)
-    return {"op": op, "out": ["f", out_offset, list(out.shape)], "in": list(inputs), "attrs": attrs,
-            "node": 0, "where": "synthetic"}
+    return {"op": op, "out": [out.dtype, out_offset * DTYPES[out.dtype].bytes, list(out.shape)], "in": list(inputs),
+            "attrs": attrs, "node": 0, "where": "synthetic"}
 
 
-def synthetic_plan() -> dict:
+def _ids(shape):
+    return ["i32", 0, list(shape)]
+
+
+def synthetic_plan(dtype: str = "f32") -> dict:
     """Launches GPT-2's plans do not make but another model may: every kernel mode, odd widths,
-    offsets that rule out 16-byte accesses."""
+    offsets that rule out 16-byte accesses, with every float of type `dtype` (the loss and its
+    incoming gradient stay float32) and, beyond float32, casts and mixed operands too."""
+    def _f(shape, offset=0, of=dtype):
+        """A buffer `offset` elements into the arena."""
+        return [of, offset * DTYPES[of].bytes, list(shape)]
+
+    def _f32(shape, offset=0):
+        return _f(shape, offset, "f32")
+
     launches = [
         # shape: tiled transposes (the contiguous axis moves), gathers, windows, copies
         _launch("transpose", _f((64, 48)), perm=[1, 0]),
@@ -78,21 +88,33 @@ def synthetic_plan() -> dict:
         _launch("causal_softmax", _f((3, 5, 5)), scale=0.7),
         _launch("causal_softmax", _f((2, 2100, 2100)), scale=0.05),  # a row too long for registers
         _launch("causal_softmax_grad", _f((3, 5, 5)), _f((3, 5, 5)), scale=0.7),
-        _launch("cross_entropy", _f((37, 1000)), ["i", 0, [37]]),
-        _launch("cross_entropy_grad", _f((37, 1000)), ["i", 0, [37]], _f(())),
-        _launch("cross_entropy", _f((5, 3001)), ["i", 0, [5]]),
-        _launch("cross_entropy_grad", _f((3, 3000)), ["i", 0, [3]], _f(()), out_offset=2),
-        _launch("embedding", _f((40, 6)), ["i", 0, [3, 11]]),
-        _launch("embedding_grad", ["i", 0, [300]], _f((300, 50)), rows=7),
-        _launch("embedding_grad", ["i", 0, [1000]], _f((1000, 2048)), rows=500),
+        _launch("cross_entropy", _f((37, 1000)), _ids([37])),
+        _launch("cross_entropy_grad", _f((37, 1000)), _ids([37]), _f32(())),
+        _launch("cross_entropy", _f((5, 3001)), _ids([5])),
+        _launch("cross_entropy_grad", _f((3, 3000)), _ids([3]), _f32(()), out_offset=2),
+        _launch("embedding", _f((40, 6)), _ids([3, 11])),
+        _launch("embedding_grad", _ids([300]), _f((300, 50)), rows=7),
+        _launch("embedding_grad", _ids([1000]), _f((1000, 2048)), rows=500),
     ]
+    if dtype != "f32":
+        launches += [
+            _launch("cast", _f32((8, 40)), dtype=dtype),
+            _launch("cast", _f((8, 40), 3), dtype="f32", out_offset=1),
+            _launch("mul", _f((4, 64)), _f32(())),
+            _launch("fused", _f((6, 8)), _f32(()), program=[["cast", [["dtype", "f32"]], [-1]],
+                                                            ["mul", [], [0, -2]], ["cast", [["dtype", dtype]], [1]],
+                                                            ["exp", [], [2]], ["cast", [["dtype", "f32"]], [3]]]),
+            _launch("sum", _f((6, 50, 40)), axes=[1], keepdims=False, dtype="f32"),
+            _launch("sum", _f((300, 5000)), axes=[1], keepdims=False, dtype="f32"),
+            _launch("embedding_grad", _ids([300]), _f((300, 64)), rows=7, dtype="f32"),
+        ]
     return {"programs": {"synthetic": {"launches": launches}}}
 
 
 def plan_data(name: str) -> dict:
     """The plan's launches as the passes leave them: the compiler's own kernel lowering taken out."""
-    if name == "synthetic":
-        return synthetic_plan()
+    if name.startswith("synthetic"):
+        return synthetic_plan("bf16" if name.endswith("bf16") else "f32")
     data = compile_model(ROOT / "model.py", PLANS[name], log=lambda *a: None).data
     for program in data["programs"].values():
         for launch in program["launches"]:
@@ -101,7 +123,7 @@ def plan_data(name: str) -> dict:
     return data
 
 
-@pytest.fixture(scope="module", params=["tiny", "default", "synthetic"])
+@pytest.fixture(scope="module", params=["tiny", "default", "default-bf16", "synthetic", "synthetic-bf16"])
 def lowered(request):
     data = plan_data(request.param)
     before = copy.deepcopy(data)
@@ -133,7 +155,7 @@ def test_every_launch_names_a_kernel_of_its_file(lowered):
             if launch["op"] == "sum_squares":  # its tensors as one flat range, from the first to the last
                 (flat,) = cuda["args"][1:]
                 first, last = launch["in"][0], launch["in"][-1]
-                assert flat[1] == first[1] and flat[1] + flat[2][0] == last[1] + int(np.prod(last[2]))
+                assert flat[1] == first[1] and flat[1] + 4 * flat[2][0] == last[1] + 4 * int(np.prod(last[2]))
             else:
                 assert cuda["args"] == [launch["out"], *launch["in"]]
             assert params.group(1).count(",") + 1 == len(cuda["args"])
@@ -151,7 +173,7 @@ def test_kernel_names_are_unique_and_defined_once(lowered):
 
 
 def test_lowering_is_deterministic():
-    for name in ("tiny", "synthetic"):
+    for name in ("tiny", "synthetic", "synthetic-bf16"):
         runs = []
         for _ in range(2):
             data = plan_data(name)

@@ -1,10 +1,16 @@
 """Every rendered kernel against its op's NumPy reference, on the GPU.
 
 For each distinct (kernel, buffer shapes) launch of the tiny, a GPT-2 124M-shaped and the default
-plan, and of the synthetic launches of test_kernels_compile: fresh random inputs in their own
-arrays (placed at the launch's offset modulo 4 floats, so alignment is what the plan has), an
-output poisoned with NaN, two launches (the second checks that reductions reset their tickets and
-give the same bits), and the float64 reference.
+plan (float32 and bf16), and of the synthetic launches of test_kernels_compile: fresh random
+inputs of each buffer's dtype in their own arrays (placed at the launch's offset modulo 16 bytes,
+so alignment is what the plan has), an output poisoned with NaN, two launches (the second checks
+that reductions reset their tickets and give the same bits), and the float64 reference rounded
+once to the output's dtype, as the kernel rounds.
+
+Tolerances: a float32 output within 1e-5 (norm-relative) of the float64 reference. A bf16 output
+is the float32 result rounded once; it differs from the rounded reference only where the float32
+and float64 results fall on different sides of a rounding boundary, by one bf16 step (2^-8
+relative) on those few elements, so the norm-relative error stays far below 2^-8: within 2^-10.
 """
 import json
 
@@ -12,11 +18,12 @@ import numpy as np
 import pytest
 
 from graphgpt.codegen import lower_plan
+from graphgpt.dtypes import DTYPES
 from graphgpt.ops import REGISTRY
 from tests.test_kernels_compile import plan_data
 
 pytestmark = pytest.mark.gpu
-RTOL = 1e-5
+RTOL = {"f32": 1e-5, "bf16": 2.0**-10}
 
 
 def _distinct_launches(data: dict) -> list[dict]:
@@ -44,8 +51,8 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
     steps = [s[0] for s in launch["attrs"]["program"]] if "program" in launch["attrs"] else [op]
     positive = "log" in steps or "sqrt" in steps
     values = []
-    for arena, _, shape in launch["in"]:
-        if arena == "i":
+    for dtype, _, shape in launch["in"]:
+        if dtype == "i32":
             values.append(rng.integers(0, _int_range(launch), shape, dtype=np.int32))
         elif positive:
             values.append(rng.uniform(0.5, 2.0, shape).astype(np.float32))
@@ -57,13 +64,20 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
         values[0] = 2 * values[0] + 3  # rows with a mean to remove
     elif op.startswith("cross_entropy"):
         values[0] *= 3
-    return values
+    return [v.astype(DTYPES[b[0]].numpy) for v, b in zip(values, launch["in"])]  # each in its buffer's type
 
 
-def _place(cp, shape, dtype, offset: int):
-    """A fresh array of its own, starting `offset % 4` elements past a 256-byte boundary."""
-    shift, n = offset % 4, int(np.prod(shape))
-    return cp.empty(n + 4, dtype)[shift:shift + n].reshape(shape)
+def _place(cp, buf):
+    """A fresh array of its own for a plan buffer, starting `offset % 16` bytes past a 256-byte
+    boundary (bf16 as its 16 bits: CuPy has no bfloat16)."""
+    from graphgpt.runtime.cuda_backend import device_dtype
+    dtype, itemsize = device_dtype(buf[0]), DTYPES[buf[0]].bytes
+    shift, n = buf[1] % 16 // itemsize, int(np.prod(buf[2]))
+    return cp.empty(n + 16, dtype)[shift:shift + n].reshape(buf[2])
+
+
+def _poison(array, dtype: str) -> None:
+    array.fill(0x7FC0 if dtype == "bf16" else np.nan)  # bf16's NaN as bits
 
 
 def _check(cp, modules: dict, launch: dict, rng) -> str | None:
@@ -71,28 +85,30 @@ def _check(cp, modules: dict, launch: dict, rng) -> str | None:
     launch = dict(launch, **{"in": cuda["args"][1:]})  # a multi-tensor reduction reads one flat range
     fn = modules[cuda["file"]].get_function(cuda["kernel"])
     host = _inputs(launch, rng)
-    ins = [_place(cp, value.shape, value.dtype, buf[1]) for value, buf in zip(host, launch["in"])]
+    ins = [_place(cp, buf) for buf in launch["in"]]
     for array, value in zip(ins, host):
-        array.set(value)
-    out = _place(cp, launch["out"][2], np.float32, launch["out"][1])
+        array.set(value.view(array.dtype))
+    out_type = launch["out"][0]
+    out = _place(cp, launch["out"])
     results = []
     for _ in range(2):
-        out.fill(np.nan)
+        _poison(out, out_type)
         fn(tuple(cuda["grid"]), tuple(cuda["block"]), (out, *ins), shared_mem=cuda["smem"])
         results.append(cp.asnumpy(out))
-    got = results[0].astype(np.float64)
-    ref = np.asarray(REGISTRY[launch["op"]].ref(launch["attrs"], *(a.astype(np.float64) if a.dtype == np.float32
+    got = results[0].view(DTYPES[out_type].numpy).astype(np.float64)
+    ref = np.asarray(REGISTRY[launch["op"]].ref(launch["attrs"], *(a.astype(np.float64) if a.dtype != np.int32
                                                                   else a for a in host)), np.float64)
+    ref = ref.astype(DTYPES[out_type].numpy).astype(np.float64)  # rounded once, where the kernel rounds
     what = f"{cuda['kernel']} ({launch['op']} {launch['out'][2]} <- {[b[2] for b in launch['in']]})"
     if not np.isfinite(got).all():
         return f"{what}: {np.size(got) - np.isfinite(got).sum()} non-finite outputs"
     if not np.array_equal(results[0], results[1]):
         return f"{what}: a second launch gave different bits"
     err = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)
-    return f"{what}: relative error {err:.2e}" if err > RTOL else None
+    return f"{what}: relative error {err:.2e}" if err > RTOL[out_type] else None
 
 
-@pytest.mark.parametrize("name", ["tiny", "gpt2-124M", "default", "synthetic"])
+@pytest.mark.parametrize("name", ["tiny", "gpt2-124M", "default", "default-bf16", "synthetic", "synthetic-bf16"])
 def test_kernels_match_numpy_references(name):
     import cupy as cp
     data = plan_data(name)

@@ -9,12 +9,17 @@ from graphgpt.passes.multi_tensor import merge_launches
 from tests.conftest import ROOT
 
 PROGRAM = (("mul", (), (-1, -2)), ("add", (), (0, -3)))  # x0 * x1 + x2
-S = aligned(6)  # where a region's second tensor starts when its first has 6 elements
+S = aligned(6 * 4) // 4  # where a region's second tensor starts when its first has 6 floats
+
+
+def f32(offset: int, shape: list) -> list:
+    """A float32 buffer `offset` elements into the arena."""
+    return ["f32", 4 * offset, shape]
 
 
 def launch(out: int, ins: list[int], n: int = 6, scalar: int = 1000) -> dict:
     """out = x0 * scalar + x2, the scalar's buffer shared; tensor buffers at the given offsets."""
-    return {"op": "fused", "out": ["f", out, [n]], "in": [["f", ins[0], [n]], ["f", scalar, []], ["f", ins[1], [n]]],
+    return {"op": "fused", "out": f32(out, [n]), "in": [f32(ins[0], [n]), f32(scalar, []), f32(ins[1], [n])],
             "attrs": {"program": PROGRAM}, "node": out, "where": "optimizer"}
 
 
@@ -22,8 +27,8 @@ def test_neighbours_in_every_region_join():
     a = launch(0, [200, 400])
     b = launch(S, [200 + S, 400 + S], n=8)
     (joined,) = merge_launches([a, b])
-    assert joined["out"] == ["f", 0, [S + 8]] and joined["attrs"]["tensors"] == 2
-    assert joined["in"] == [["f", 200, [S + 8]], ["f", 1000, []], ["f", 400, [S + 8]]]
+    assert joined["out"] == f32(0, [S + 8]) and joined["attrs"]["tensors"] == 2
+    assert joined["in"] == [f32(200, [S + 8]), f32(1000, []), f32(400, [S + 8])]
 
 
 def test_what_does_not_join():
@@ -34,7 +39,7 @@ def test_what_does_not_join():
     other = dict(launch(S, [200 + S, 400 + S]), attrs={"program": PROGRAM[:1]})
     assert len(merge_launches([a, other])) == 2                                    # another program
     broadcast = launch(S, [200 + S, 400 + S])
-    broadcast["in"][2] = ["f", 400 + S, [3]]
+    broadcast["in"][2] = f32(400 + S, [3])
     assert len(merge_launches([a, broadcast])) == 2                      # not full-size, not a scalar
 
 
@@ -47,7 +52,7 @@ def test_a_join_computes_what_its_launches_did():
 
     def run(ls):
         memory = arena.copy()
-        view = lambda b: memory[b[1]:b[1] + int(np.prod(b[2]))].reshape(b[2])  # noqa: E731
+        view = lambda b: memory[b[1] // 4:b[1] // 4 + int(np.prod(b[2]))].reshape(b[2])  # noqa: E731
         for ln in ls:
             view(ln["out"])[...] = REGISTRY[ln["op"]].ref(ln["attrs"], *(view(b) for b in ln["in"]))
         return memory

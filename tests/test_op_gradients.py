@@ -38,6 +38,9 @@ CASES = {
     "causal_softmax": ([((2, 4, 4), F)], {"scale": 0.7}),
     "cross_entropy": ([((6, 5), F), ("ids", (6,), 5)], {}),
     "embedding": ([((7, 3), F), ("ids", (2, 4), 7)], {}),
+    # to the compute type: the identity (a cast to bf16 rounds, and the float64 check cannot see
+    # through rounding; tests/test_bf16.py checks that one)
+    "cast": ([((2, 3), F)], {"dtype": "f32"}),
 }
 
 # matmul's transpose flags and shared right operand are separate code paths of its VJP

@@ -5,6 +5,7 @@ import pytest
 
 from graphgpt import plan as plan_io
 from graphgpt.compiler import compile_model
+from graphgpt.dtypes import DTYPES, nbytes
 from graphgpt.errors import UserError
 from tests.conftest import ROOT, TINY
 
@@ -37,12 +38,9 @@ def test_memory_plan_is_consistent():
         mem = prog["memory"]
         assert mem["work_lower_bound"] <= mem["work_peak"] <= mem["work_sum"]
         for launch in prog["launches"]:
-            for arena, off, shape in [launch["out"], *launch["in"]]:
-                size = 1
-                for d in shape:
-                    size *= d
-                limit = data["arena"]["float"] if arena == "f" else data["arena"]["int"]
-                assert 0 <= off and off + size <= limit
+            for buf in [launch["out"], *launch["in"]]:
+                assert 0 <= buf[1] and buf[1] + nbytes(buf) <= data["arena"]["bytes"]
+                assert buf[1] % DTYPES[buf[0]].bytes == 0, launch
 
 
 def test_load_rejects_bad_plans(tmp_path):

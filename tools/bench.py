@@ -233,7 +233,7 @@ def summarize(rows: list[Row], tokens_per_step: int) -> list[Row]:
     for r in rows:
         r.derived = {"ms_per_step": statistics.median(r.ms)}
         r.derived["tokens_per_s"] = tokens_per_step / (r.derived["ms_per_step"] / 1e3)
-    eager = next((r for r in rows if r.name == "torch eager"), None)
+    eager = next((r for r in rows if r.name.startswith("torch eager")), None)
     for r in rows:
         r.derived["vs_torch_eager"] = eager.derived["ms_per_step"] / r.derived["ms_per_step"] if eager else None
     return rows
@@ -249,11 +249,16 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def methods(use_torch: bool, tf32: bool, eager_only: bool = False) -> list[tuple[str, dict]]:
-    """(row name, runner arguments), in table order."""
+def methods(use_torch: bool, tf32: bool, eager_only: bool = False, bf16: bool = False) -> list[tuple[str, dict]]:
+    """(row name, runner arguments), in table order. A bf16 plan is timed against PyTorch under
+    bf16 autocast, eager and compiled."""
     out = [("graphgpt graph", dict(kind="graphgpt", graph=True)),
            ("graphgpt no-graph", dict(kind="graphgpt", graph=False))]
-    if use_torch:
+    if use_torch and bf16:
+        out += [("torch eager bf16", dict(kind="torch", compiled=False, precision="bf16"))]
+        if not eager_only:
+            out += [("torch.compile bf16", dict(kind="torch", compiled=True, precision="bf16"))]
+    elif use_torch:
         precision = "tf32" if tf32 else "fp32"
         out += [("torch eager", dict(kind="torch", compiled=False, precision=precision))]
         if not eager_only:
@@ -275,6 +280,13 @@ def run_method(plan, weights, batch, args, kind: str, **options) -> tuple[list[f
         runner.close()
 
 
+def precision(plan, args) -> str:
+    """What graphgpt's GEMMs run in: the plan's compute dtype, or float32 on FP32 or TF32 cores."""
+    if plan.config.get("dtype", "f32") != "f32":
+        return plan.config["dtype"]
+    return "tf32" if args.tf32 else "fp32"
+
+
 def device_info() -> tuple[str, dict]:
     import cupy
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
@@ -293,7 +305,7 @@ def report(args, argv: list[str], plan, device: str, versions: dict, rows: list[
         "model_hash": plan.data["model_hash"],
         "config": cfg,
         "tokens_per_step": cfg["batch_size"] * cfg["block_size"],
-        "precision": "tf32" if args.tf32 else "fp32",
+        "precision": precision(plan, args),
         "torch_optimizer": args.optimizer,
         "steps": args.steps, "warmup": args.warmup, "repeat": args.repeat,
         "versions": versions,
@@ -329,11 +341,11 @@ def bench(args, argv: list[str]) -> int:
     tokens_per_step = cfg["batch_size"] * cfg["block_size"]
     n_params = sum(int(np.prod(t["shape"])) for t in plan.params)
     print(f"plan {args.plan}: {n_params / 1e6:.2f}M parameters, batch {cfg['batch_size']} x {cfg['block_size']} "
-          f"= {tokens_per_step} tokens/step; {device}, {'tf32' if args.tf32 else 'fp32'}; "
+          f"= {tokens_per_step} tokens/step; {device}, {precision(plan, args)}; "
           f"{args.warmup} warm-up steps, then {args.repeat} blocks of {args.steps} steps (median)", flush=True)
     weights, batch = init_params(plan, seed=0), synthetic_batch(cfg)
     rows = []
-    for name, options in methods(use_torch, args.tf32, args.eager_only):
+    for name, options in methods(use_torch, args.tf32, args.eager_only, plan.config.get("dtype") == "bf16"):
         print(f"  {name} ...", flush=True)
         rows.append(Row(name, *run_method(plan, weights, batch, args, **options)))
     print(format_table(summarize(rows, tokens_per_step)))

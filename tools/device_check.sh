@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One GPU session: the GPU test suite, then the benchmarks, logs under $OUT (default ./runs).
-# usage: bash tools/device_check.sh [tests|seed|gpt2|recipe|all]   (run from the repository root)
+# usage: bash tools/device_check.sh [tests|seed|gpt2|bf16|recipe|all]   (run from the repository root)
 #   seed: the seed workload, fp32 and TF32, fused against --no-fuse, and the TF32 profile
 #   gpt2: GPT-2 124M shapes: TF32 throughput, fp32 peak memory with each --remat policy
+#   bf16: GPT-2 124M and the seed workload compiled with dtype=bf16, against torch eager and
+#         torch.compile under bf16 autocast, and the 124M bf16 profile
 #   recipe: nanoGPT's shakespeare-char recipe (TF32) on a text graphgpt has never seen, Python's
 #           own documentation topics, with held-out evaluation: log and summary under $OUT
 set -uo pipefail
@@ -37,6 +39,16 @@ if [[ $what == gpt2 || $what == all ]]; then
     python3 tools/bench.py --plan "/tmp/gpt2_$remat" --no-torch --steps 3 --repeat 3 \
       --json "$OUT/bench_124m_fp32_remat_$remat.json" 2>&1 | tee "$OUT/bench_124m_fp32_remat_$remat.log"
   done
+fi
+if [[ $what == bf16 || $what == all ]]; then
+  gpt2=(--set n_layer=12 --set n_head=12 --set n_embd=768 --set block_size=1024 --set vocab_size=50304 --set batch_size=16)
+  python3 tools/compile.py model.py --out /tmp/gpt2_bf16 --set dtype=bf16 "${gpt2[@]}" | tail -25 | tee "$OUT/compile_124m_bf16.txt"
+  python3 tools/bench.py --plan /tmp/gpt2_bf16 --steps 10 --repeat 3 --json "$OUT/bench_124m_bf16.json" 2>&1 \
+    | tee "$OUT/bench_124m_bf16.log"
+  corpus=${GRAPHGPT_SEED_CORPUS:-../shared/data/dummy.txt}
+  python3 -m graphgpt.run --plan /tmp/gpt2_bf16 --data "$corpus" --profile --steps 3 2>&1 | tee "$OUT/profile_124m_bf16.log"
+  python3 tools/compile.py model.py --data "$corpus" --set dtype=bf16 --out /tmp/seed_bf16 >/dev/null
+  python3 tools/bench.py --plan /tmp/seed_bf16 --json "$OUT/bench_seed_bf16.json" 2>&1 | tee "$OUT/bench_seed_bf16.log"
 fi
 if [[ $what == recipe || $what == all ]]; then
   python3 -c "import pydoc_data.topics as t; print('\n\n'.join(t.topics[k] for k in sorted(t.topics)))" >/tmp/recipe.txt

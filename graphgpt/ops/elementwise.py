@@ -1,9 +1,13 @@
-"""Pointwise arithmetic with NumPy broadcasting."""
+"""Pointwise arithmetic with NumPy broadcasting, and casts between float types.
+
+Both operands of a binary op have one dtype, except that a scalar (a constant, a learning rate)
+takes the dtype of the tensor it meets: it is read into a float register like any operand."""
 from __future__ import annotations
 
 import numpy as np
 
-from .registry import Op, Spec, float_spec, register, require
+from ..dtypes import DTYPES
+from .registry import FLOAT_TYPES, Op, Spec, float_spec, register, require
 from .shape import unbroadcast
 
 
@@ -14,6 +18,9 @@ def _binary_infer(attrs, a, b):
     except ValueError:
         shape = None
     require(shape is not None, f"shapes {a.shape} and {b.shape} do not broadcast")
+    if a.dtype != b.dtype:
+        require(a.shape == () or b.shape == (), f"dtypes differ: {a.dtype} and {b.dtype} (cast one)")
+        return Spec(tuple(shape), b.dtype if a.shape == () else a.dtype)
     return Spec(tuple(shape), a.dtype)
 
 
@@ -47,3 +54,27 @@ unary("exp", np.exp, "expf(a)", lambda a, g, out, x: (g * out,))
 unary("log", np.log, "logf(a)", lambda a, g, out, x: (g / x,))
 unary("sqrt", np.sqrt, "sqrtf(a)", lambda a, g, out, x: ((g * 0.5) / out,))
 unary("tanh", np.tanh, "tanhf(a)", lambda a, g, out, x: (g * (1.0 - out * out),))
+
+
+# ---- cast: a float tensor in another float type. Rounding happens where a value is stored, so a
+# cast to the compute type (f32) is the identity; a cast to a narrower type inside a fused chain
+# rounds there, in registers, as it would through memory.
+def _cast_infer(attrs, x):
+    float_spec(x)
+    require(attrs["dtype"] in FLOAT_TYPES, f"cannot cast to {attrs['dtype']}")
+    return Spec(x.shape, attrs["dtype"])
+
+
+def _cast(attrs, x):
+    if attrs["dtype"] == "f32":  # the compute type: float32, or float64 in tests
+        return x
+    return x.astype(DTYPES[attrs["dtype"]].numpy).astype(x.dtype)
+
+
+def _cast_expr(attrs) -> str:
+    return "a" if attrs["dtype"] == "f32" else f"to_float(from_float<{DTYPES[attrs['dtype']].ctype}>(a))"
+
+
+register(Op("cast", "elementwise", _cast_infer, ref=_cast,
+            vjp=lambda a, g, out, x: (g.graph.add("cast", (g,), dtype=x.dtype),),
+            template="elementwise", expr=_cast_expr))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Op, Spec, float_spec, register, require
+from .registry import Op, Spec, float_spec, out_dtype, register, require
 
 
 def _mk(x, t):
@@ -17,6 +17,7 @@ def _mk(x, t):
 
 def _infer(attrs, a, b):
     float_spec(a), float_spec(b)
+    require(a.dtype == b.dtype, f"operands differ in dtype: {a.dtype} and {b.dtype}")
     require(len(a.shape) >= 2 and len(b.shape) >= 2, "needs operands of rank >= 2")
     (m, k), (k2, n) = _mk(a.shape, attrs["ta"]), _mk(b.shape, attrs["tb"])
     require(k == k2, f"inner dimensions differ: {k} vs {k2}")
@@ -24,7 +25,7 @@ def _infer(attrs, a, b):
         require(not attrs["ta"] or len(a.shape) == 2, "a shared right operand needs ta=False")
     else:
         require(a.shape[:-2] == b.shape[:-2], f"batch dimensions differ: {a.shape[:-2]} vs {b.shape[:-2]}")
-    return Spec(a.shape[:-2] + (m, n), a.dtype)
+    return Spec(a.shape[:-2] + (m, n), out_dtype(attrs, a.dtype))
 
 
 def _ref(attrs, a, b):
@@ -63,9 +64,11 @@ def _fused_infer(attrs, a, b, *rest):
     if attrs["bias"]:
         bias = rest.pop(0)
         require(bias.shape == out.shape[-1:], f"bias {bias.shape} is not one value per column of {out.shape}")
+        require(bias.dtype == out.dtype, f"bias is {bias.dtype}, the product {out.dtype}")
     if attrs["residual"]:
         residual = rest.pop(0)
         require(residual.shape == out.shape, f"residual {residual.shape} is not the product's {out.shape}")
+        require(residual.dtype == out.dtype, f"residual is {residual.dtype}, the product {out.dtype}")
     require(not rest, "too many inputs")
     return out
 

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .registry import Op, Spec, float_spec, register, require
+from .registry import Op, Spec, float_spec, out_dtype, register, require
 
 GELU_C = math.sqrt(2.0 / math.pi)
 BACKWARD_ONLY = "backward-only: emitted by a VJP rule, checked through its forward op's gradient test"
@@ -75,7 +75,8 @@ def _fused_normalize_grad_infer(attrs, x, g, *rest):
     rest = list(rest)
     if attrs["scaled"]:
         gamma = rest.pop(0)
-        require(gamma.shape == x.shape[-1:], f"gamma {gamma.shape} is not one value per column of {x.shape}")
+        require(gamma.shape == x.shape[-1:] and gamma.dtype == x.dtype,
+                f"gamma {gamma.shape}:{gamma.dtype} is not one value per column of {x.shape}:{x.dtype}")
     if attrs["accumulate"]:
         _same(attrs, x, rest.pop(0))
     require(not rest, "too many inputs")
@@ -121,7 +122,7 @@ def _ce_infer(attrs, logits, targets):
     float_spec(logits)
     require(targets.dtype == "i32", f"targets must be i32, got {targets.dtype}")
     require(logits.shape[:-1] == targets.shape, f"logits {logits.shape} do not match targets {targets.shape}")
-    return Spec((), logits.dtype)
+    return Spec((), "f32")  # the loss is computed, and kept, in float32 whatever the logits' type
 
 
 def _log_softmax(z):
@@ -131,12 +132,12 @@ def _log_softmax(z):
 
 def _ce(logits, targets):
     lp = np.take_along_axis(_log_softmax(logits), targets[..., None].astype(np.int64), -1)
-    return np.asarray(-lp.mean(), logits.dtype)
+    return np.asarray(-lp.mean(), logits.dtype)  # the compute type; stored as the plan's float32
 
 
 def _ce_grad_infer(attrs, logits, targets, g):
     _ce_infer(attrs, logits, targets)
-    require(g.shape == (), "the incoming gradient must be a scalar")
+    require(g.shape == () and g.dtype == "f32", "the incoming gradient must be a float32 scalar")
     return logits
 
 
@@ -163,8 +164,9 @@ def _emb_infer(attrs, table, ids):
 
 
 def _emb_grad_infer(attrs, ids, g):
+    float_spec(g)
     require(ids.dtype == "i32" and g.shape[:-1] == ids.shape, f"ids {ids.shape} do not match {g.shape}")
-    return Spec((attrs["rows"], g.shape[-1]), g.dtype)
+    return Spec((attrs["rows"], g.shape[-1]), out_dtype(attrs, g.dtype))
 
 
 def _emb_grad(rows, ids, g):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Op, Spec, float_spec, register, require
+from .registry import Op, Spec, float_spec, out_dtype, register, require
 
 
 def _sum_infer(attrs, x):
@@ -11,9 +11,10 @@ def _sum_infer(attrs, x):
     axes = tuple(attrs["axes"])
     require(all(0 <= a < len(x.shape) for a in axes) and len(set(axes)) == len(axes),
             f"bad axes {axes} for rank {len(x.shape)}")
+    dtype = out_dtype(attrs, x.dtype)
     if attrs["keepdims"]:
-        return Spec(tuple(1 if i in axes else d for i, d in enumerate(x.shape)), x.dtype)
-    return Spec(tuple(d for i, d in enumerate(x.shape) if i not in axes), x.dtype)
+        return Spec(tuple(1 if i in axes else d for i, d in enumerate(x.shape)), dtype)
+    return Spec(tuple(d for i, d in enumerate(x.shape) if i not in axes), dtype)
 
 
 def _sum_vjp(a, g, out, x):
@@ -33,7 +34,8 @@ def _sum_squares_infer(attrs, *xs):
     require(len(xs) > 0, "needs at least one input")
     for x in xs:
         float_spec(x)
-    return Spec((), xs[0].dtype)
+        require(x.dtype == xs[0].dtype, "inputs differ in dtype")
+    return Spec((), "f32")
 
 
 def _sum_squares(attrs, *xs):

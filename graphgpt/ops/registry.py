@@ -9,7 +9,11 @@ An `Op` carries, in one place, everything the compiler and the backends need to 
   template                            the CUDA kernel family rendering it (templates/<template>.cu.j2);
                                       None for sources and for matmul (cuBLAS)
   expr                                pointwise ops: the CUDA C float expression of one element, with
-                                      the operands named a and b
+                                      the operands named a and b (or a function of the attrs giving it)
+
+dtypes: floats are f32, bf16 or f16 (dtypes.py). A rule gives its output's dtype; references
+compute in the float type they are given (float32, or float64 in tests: a backend reads narrower
+floats as float32 first) and the backend rounds as it stores into the output's dtype.
 A new op registers here and gets its gradient test, its NumPy execution and its dumps for free.
 """
 from __future__ import annotations
@@ -36,7 +40,10 @@ class Op:
     vjp: Callable | None = None
     nondiff: str | None = None
     template: str | None = None
-    expr: str | None = None
+    expr: str | Callable[[dict], str] | None = None
+
+    def c_expr(self, attrs: dict) -> str | None:
+        return self.expr(attrs) if callable(self.expr) else self.expr
 
 
 REGISTRY: dict[str, Op] = {}
@@ -61,6 +68,16 @@ def require(cond: bool, msg: str) -> None:
         raise ShapeMismatch(msg)
 
 
+FLOAT_TYPES = ("f32", "bf16", "f16")
+
+
 def float_spec(x: Spec) -> Spec:
-    require(x.dtype == "f32", f"expects a float tensor, got {x.dtype}")
+    require(x.dtype in FLOAT_TYPES, f"expects a float tensor, got {x.dtype}")
     return x
+
+
+def out_dtype(attrs: dict, default: str) -> str:
+    """The output dtype an op was given (attrs["dtype"], set when a cast was folded into it)."""
+    dtype = attrs.get("dtype", default)
+    require(dtype in FLOAT_TYPES, f"unknown float dtype {dtype}")
+    return dtype

@@ -5,12 +5,13 @@ of their own; autodiff stops at them.
 """
 from __future__ import annotations
 
+from ..dtypes import DTYPES
 from .registry import Op, Spec, register, require
 
 
 def _declared(attrs, *inputs) -> Spec:
     require(not inputs, "a source takes no inputs")
-    require(attrs.get("dtype", "f32") in ("f32", "i32"), f"unknown dtype {attrs.get('dtype')}")
+    require(attrs.get("dtype", "f32") in DTYPES, f"unknown dtype {attrs.get('dtype')}")
     return Spec(tuple(attrs["shape"]), attrs.get("dtype", "f32"))
 
 

@@ -1,5 +1,9 @@
 """Fusion: fewer kernels and fewer passes over memory, by rewriting the joint graph. In order:
 
+0. A cast whose input is a GEMM, a reduction or an embedding gradient read by nothing else is
+   folded into it: the op stores its float accumulator in the cast's type directly (attrs
+   "dtype"). This is how a bf16 plan's weight gradients come out of their GEMMs in float32,
+   without a bf16 rounding on the way.
 1. A sum of pads that tile one axis becomes a concat, which the memory plan builds in place: each
    piece is computed straight into its slice (this is how the q, k, v gradients meet), so neither
    the pads nor the adds run.
@@ -29,7 +33,7 @@ from .simplify import dead_code_elimination
 
 
 def fuse(graph: Graph) -> Graph:
-    graph = _gemm_epilogues(_concats(graph))
+    graph = _gemm_epilogues(_concats(_fold_casts(graph)))
     users = graph.users()
     needed = set(graph.outputs.values()) | set(graph.updates) | set(graph.updates.values()) | set(graph.grads.values())
 
@@ -120,7 +124,8 @@ def _gemm_epilogues(graph: Graph) -> Graph:
             if base.op not in ("matmul", "fused_matmul") or inner in needed or users[inner] != [n.id]:
                 continue
             attrs = {"ta": base.attr["ta"], "tb": base.attr["tb"], "bias": base.attr.get("bias", False),
-                     "residual": base.attr.get("residual", False)}
+                     "residual": base.attr.get("residual", False),
+                     **({"dtype": base.attr["dtype"]} if "dtype" in base.attr else {})}
             role = ("bias" if graph.nodes[other].shape == n.shape[-1:] != n.shape
                     else "residual" if graph.nodes[other].shape == n.shape else None)
             if role is None or attrs[role]:
@@ -132,6 +137,22 @@ def _gemm_epilogues(graph: Graph) -> Graph:
             fused = replace(n, op="fused_matmul", inputs=(a, b, *bias, *residual), attrs=_freeze(attrs))
             out.nodes[n.id] = absorbed[n.id] = fused
             break
+    return dead_code_elimination(out)
+
+
+CAST_INTO = ("matmul", "sum", "embedding_grad")  # ops that accumulate in float and store once
+
+
+def _fold_casts(graph: Graph) -> Graph:
+    users = graph.users()
+    needed = set(graph.outputs.values()) | set(graph.updates.values()) | set(graph.grads.values())
+    out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
+    out._next_id = graph._next_id
+    for n in graph.nodes.values():
+        src = graph.nodes[n.inputs[0]] if n.op == "cast" else None
+        if src is not None and src.op in CAST_INTO and users[src.id] == [n.id] and src.id not in needed:
+            n = replace(src, id=n.id, dtype=n.dtype, attrs=_freeze({**src.attr, "dtype": n.attr["dtype"]}))
+        out.nodes[n.id] = n
     return dead_code_elimination(out)
 
 

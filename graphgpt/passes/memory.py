@@ -1,9 +1,10 @@
-"""Static memory plan: every tensor gets a fixed offset in one float arena (or the int arena).
+"""Static memory plan: every tensor gets a fixed byte offset in one arena.
 
-The float arena is laid out as   [params | grads | optimizer state | constants | work].
+The arena is laid out as   [params | grads | optimizer state | constants | inputs | work].
 Parameters, their gradients and the optimizer state have fixed slots in the same order (so the
 gradients form one flat buffer, and an allreduce or a multi-tensor optimizer can treat them as a
-single array). A gradient accumulator (a state node with attribute grad_of=<param>) has no slot
+single array). Every tensor starts on a 256-byte boundary, so any 16-byte vector access
+a kernel makes at a multiple of its vector width stays aligned. A gradient accumulator (a state node with attribute grad_of=<param>) has no slot
 of its own: it is its parameter's gradient slot, so the region means the same in every plan. The
 work region is shared by every program of a plan and planned per program from each buffer's
 lifetime (from the step that computes it to its last reader) in two ways, keeping the smaller: a
@@ -26,29 +27,35 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..dtypes import DTYPES
 from ..errors import UserError
 from ..ir import SOURCE_OPS, Graph, Node
 from ..ops import REGISTRY
 from ..ops.registry import prod
 
-ALIGN = 64  # elements: 256-byte alignment for float32, enough for any vector width
+ALIGN = 256  # bytes: where every tensor starts
+CONST = "f32"  # scalar constants are stored as float32
 
 
-def aligned(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+def aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
 
 
 @dataclass
 class Layout:
-    """The persistent part of the float arena, shared by all programs of one plan."""
+    """The persistent part of the arena, shared by all programs of one plan (byte offsets)."""
     tensors: dict[str, int] = field(default_factory=dict)   # param/state name -> offset
     grads: dict[str, int] = field(default_factory=dict)     # param name -> offset of its gradient
     consts: dict[float, int] = field(default_factory=dict)
     regions: dict[str, list[int]] = field(default_factory=dict)  # name -> [start, size]
 
     @property
+    def inputs_base(self) -> int:
+        return self.regions["inputs"][0]
+
+    @property
     def work_base(self) -> int:
-        start, size = self.regions["consts"]
+        start, size = self.regions["inputs"]
         return aligned(start + size)
 
     def offset(self, n: Node) -> int:
@@ -58,7 +65,8 @@ class Layout:
 
 
 def persistent_layout(*graphs: Graph) -> Layout:
-    """Slots for the params and states of all programs of a plan, in order of first appearance."""
+    """Slots for the params and states of all programs of a plan, in order of first appearance;
+    room for the largest program's inputs."""
     lay, top = Layout(), 0
 
     def region(name: str, items: list[tuple[str, int]], table: dict) -> None:
@@ -70,7 +78,7 @@ def persistent_layout(*graphs: Graph) -> Layout:
         lay.regions[name] = [start, top - start]
 
     def slots(op: str) -> list[tuple[str, int]]:
-        sizes = {n.name: n.size for g in graphs for n in g.of_op(op) if "grad_of" not in n.attr}
+        sizes = {n.name: n.nbytes for g in graphs for n in g.of_op(op) if "grad_of" not in n.attr}
         return list(sizes.items())
 
     params = slots("param")
@@ -79,21 +87,23 @@ def persistent_layout(*graphs: Graph) -> Layout:
     region("state", slots("state"), lay.tensors)
     values = sorted({n.attr["value"] for g in graphs for n in g.of_op("const")})
     start = top
-    lay.consts = {v: start + i for i, v in enumerate(values)}
-    top += len(values)
-    lay.regions["consts"] = [start, len(values)]
+    width = DTYPES[CONST].bytes
+    lay.consts = {v: start + i * width for i, v in enumerate(values)}
+    top += len(values) * width
+    lay.regions["consts"] = [start, len(values) * width]
+    lay.regions["inputs"] = [aligned(top), max((sum(aligned(n.nbytes) for n in g.of_op("input")) for g in graphs),
+                                                default=0)]
     return lay
 
 
 @dataclass
 class ProgramMemory:
-    offsets: dict[int, tuple[str, int]]      # node id -> (arena 'f' | 'i', element offset)
+    offsets: dict[int, int]                  # node id -> byte offset in the arena
     launches: list[int]                      # node ids that run, in order (views do not)
     copies: list[tuple[int, int]]            # (value node, state node) copied after the last launch
-    work_size: int                           # elements of the work region this program needs
-    int_size: int
+    work_size: int                           # bytes of the work region this program needs
     work_sum: int                            # sum of all work buffer sizes (no reuse at all)
-    lower_bound: int                         # most elements live at any one time
+    lower_bound: int                         # most bytes live at any one time
 
 
 def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemory:
@@ -105,10 +115,10 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
 
     # 1. views: a node that only reinterprets its input's memory shares the input's buffer, and the
     #    inputs of a concat built in place share the concat's
-    parent: dict[int, tuple[int, int]] = {}  # node -> (node whose buffer it lies in, element offset)
+    parent: dict[int, tuple[int, int]] = {}  # node -> (node whose buffer it lies in, byte offset)
 
     def resolve(nid: int) -> tuple[int, int]:
-        """(root node, element offset in root): where a node's memory is."""
+        """(root node, byte offset in root): where a node's memory is."""
         off = 0
         while nid in parent:
             nid, shift = parent[nid]
@@ -148,20 +158,20 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
                 last_read[root] = max(last_read.get(root, -1), pos[r])
 
     # 2. fixed slots: sources, gradients, and updates written in place
-    fixed: dict[int, tuple[str, int]] = {}
-    int_top = 0
+    fixed: dict[int, int] = {}
+    input_top = layout.inputs_base
     for n in nodes.values():
         if n.op in ("param", "state"):
-            fixed[n.id] = ("f", layout.offset(n))
+            fixed[n.id] = layout.offset(n)
         elif n.op == "const":
-            fixed[n.id] = ("f", layout.consts[n.attr["value"]])
-        elif n.op == "input" and n.dtype == "i32":
-            fixed[n.id] = ("i", int_top)
-            int_top += aligned(n.size)
+            fixed[n.id] = layout.consts[n.attr["value"]]
+        elif n.op == "input":
+            fixed[n.id] = input_top
+            input_top += aligned(n.nbytes)
     for p, g in graph.grads.items():
         assert g not in fixed and nodes[g].op not in ("param", "state", "input", "const"), \
             f"gradient of {nodes[p].name} has no memory of its own"
-        fixed[g] = ("f", layout.grads[nodes[p].name])
+        fixed[g] = layout.grads[nodes[p].name]
     copies = []
     for state, new in graph.updates.items():
         if _in_place(nodes[new], state, pos, readers, members) and new not in fixed:
@@ -172,26 +182,23 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
 
     # 3. the work region: each buffer lives from the step that computes it to its last reader
     roots = [nid for nid in nodes if nid not in fixed and nid not in view]
-    # born when its first member is computed (a concat built in place: its first piece); float
-    # inputs exist before step 0
+    # born when its first member is computed (a concat built in place: its first piece)
     born = {r: min(pos.get(k, -1) for k in members[r]) for r in roots}
     dies = {r: (end if any(root_of[k] == r for k in keep_alive) else last_read.get(r, born[r]))
             for r in roots}
-    buffers = [_Buffer(r, born[r], dies[r], aligned(nodes[r].size)) for r in roots]
+    buffers = [_Buffer(r, born[r], dies[r], aligned(nodes[r].nbytes)) for r in roots]
     work, peak = min((_simulated_heap(buffers), _largest_first(buffers)), key=lambda placement: placement[1])
     _check_disjoint(buffers, work)
-    offsets: dict[int, tuple[str, int]] = dict(fixed)
-    offsets.update({r: ("f", layout.work_base + off) for r, off in work.items()})
+    offsets: dict[int, int] = dict(fixed)
+    offsets.update({r: layout.work_base + off for r, off in work.items()})
     for nid, (root, shift) in view.items():
-        arena, off = offsets[root]
-        offsets[nid] = (arena, off + shift)
+        offsets[nid] = offsets[root] + shift
     return ProgramMemory(
         offsets=offsets,
         launches=[nid for nid in order
                   if (nid not in view or nid in placed or _in_place_op(nodes[nid])) and nid not in in_place_concats],
         copies=copies,
         work_size=peak,
-        int_size=int_top,
         work_sum=sum(b.size for b in buffers),
         lower_bound=_most_live(buffers),
     )
@@ -202,27 +209,27 @@ def _in_place_op(n: Node) -> bool:
 
 
 def _view_shift(n: Node, nodes: dict[int, Node]) -> int | None:
-    """Element offset into the input if `n` shares its input's memory, else None."""
+    """Byte offset into the input if `n` shares its input's memory, else None."""
     if n.op == "reshape" or _in_place_op(n):
         return 0
     if n.op == "slice":
         shape = nodes[n.inputs[0]].shape
         axis = n.attr["axis"]
         if prod(shape[:axis]) == 1:  # a contiguous run of the input
-            return n.attr["start"] * prod(shape[axis + 1:])
+            return n.attr["start"] * prod(shape[axis + 1:]) * DTYPES[n.dtype].bytes
     return None
 
 
 def _concat_pieces(n: Node, nodes: dict[int, Node], resolve, unplaceable: set[int]) -> list[tuple[int, int]] | str:
-    """(root, element offset in the concat) of each input's buffer, if every input can be computed
+    """(root, byte offset in the concat) of each input's buffer, if every input can be computed
     directly into its slice of the concat; otherwise why not."""
     axis = n.attr["axis"]
     if prod(n.shape[:axis]) != 1:
         return f"its pieces are not contiguous along axis {axis}"
-    inner, start, pieces = prod(n.shape[axis + 1:]), 0, []
+    inner, start, pieces = prod(n.shape[axis + 1:]) * DTYPES[n.dtype].bytes, 0, []
     for i in n.inputs:
         root, shift = resolve(i)
-        if shift or nodes[root].size != nodes[i].size:
+        if shift or nodes[root].nbytes != nodes[i].nbytes:
             return f"input {i} is part of another buffer"
         if root in unplaceable:
             return f"input {i} is a gradient, update, output or source"
@@ -304,7 +311,7 @@ def _check_disjoint(buffers: list[_Buffer], offsets: dict[int, int]) -> None:
 
 
 def _most_live(buffers: list[_Buffer]) -> int:
-    """The lower bound of any placement: the most elements alive at one step."""
+    """The lower bound of any placement: the most bytes alive at one step."""
     change: dict[int, int] = {}
     for b in buffers:
         change[b.born] = change.get(b.born, 0) + b.size

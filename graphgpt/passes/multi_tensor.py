@@ -6,7 +6,7 @@ then the parameter), and parameters, gradients and each kind of optimizer state 
 regions in the same order, so the m-updates of all parameters are one elementwise pass over the m
 region, the gradient region and the clip scale. The joined range also covers the few padding
 elements between tensors (regions start each tensor on a 256-byte boundary); those are zero and
-computing on them changes nothing anyone reads. That holds in the persistent regions only: the
+computing on them changes nothing anyone reads (offsets are in bytes, tensors of one dtype). That holds in the persistent regions only: the
 padding of a work buffer holds whatever an earlier buffer left there, and joined into a gradient's
 padding it would reach the gradient norm, which sums the gradient region as one range. So a launch
 with a tensor operand in the work region joins nothing.
@@ -20,13 +20,14 @@ element i of its operands).
 """
 from __future__ import annotations
 
+from ..dtypes import DTYPES, nbytes
 from ..ops.registry import prod
 from .memory import aligned
 
 
 def merge_launches(launches: list[dict], work_start: int | None = None) -> list[dict]:
-    """Join neighbouring launches; `work_start` is where the float arena's work region begins
-    (None: no operand lies in one)."""
+    """Join neighbouring launches; `work_start` is the byte offset where the arena's work region
+    begins (None: no operand lies in one)."""
     out: list[dict] = []
     for launch in launches:
         if out and _continues(out[-1], launch, work_start):
@@ -47,7 +48,7 @@ def _mergeable(launch: dict, work_start: int | None) -> bool:
     tensors = [b for b in (out, *launch["in"]) if _size(b) > 1]
     return (launch["op"] == "fused" and not {"perm", "shape"} & set(launch["attrs"]) and _size(out) > 1
             and all(_size(b) == 1 or list(b[2]) == list(out[2]) for b in launch["in"])
-            and (work_start is None or all(b[0] != "f" or b[1] < work_start for b in tensors)))
+            and (work_start is None or all(b[1] < work_start for b in tensors)))
 
 
 def _continues(prev: dict, nxt: dict, work_start: int | None) -> bool:
@@ -56,7 +57,7 @@ def _continues(prev: dict, nxt: dict, work_start: int | None) -> bool:
         return False
     if len(prev["in"]) != len(nxt["in"]):
         return False
-    step = aligned(_size(prev["out"]))  # where the next tensor of each region starts
+    step = aligned(nbytes(prev["out"]))  # where the next tensor of each region starts
     if nxt["out"][0] != prev["out"][0] or nxt["out"][1] != prev["out"][1] + step:
         return False
     for a, b in zip(prev["in"], nxt["in"]):
@@ -64,14 +65,14 @@ def _continues(prev: dict, nxt: dict, work_start: int | None) -> bool:
             return False
         if _size(b) == 1 and a[:2] != b[:2]:                     # a scalar: the same one
             return False
-        if _size(b) > 1 and (a[0] != b[0] or b[1] != a[1] + step):  # a tensor: the next one
+        if _size(b) > 1 and (a[0] != b[0] or b[1] != a[1] + aligned(nbytes(a))):  # a tensor: the next one
             return False
     return True
 
 
 def _joined(prev: dict, nxt: dict) -> dict:
     """One launch over prev's range followed by nxt's (prev may already be a join)."""
-    total = nxt["out"][1] + _size(nxt["out"]) - prev["out"][1]
+    total = (nxt["out"][1] + nbytes(nxt["out"]) - prev["out"][1]) // DTYPES[nxt["out"][0]].bytes
 
     def flat(buf):
         return buf if _size(buf) == 1 else [buf[0], buf[1], [total]]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ctypes
 
+from ..dtypes import DTYPES
+
 CUDA_R_32F = 0
 CUBLAS_COMPUTE_32F = 68
 CUBLAS_COMPUTE_32F_FAST_TF32 = 77
@@ -46,7 +48,7 @@ class Cublas:
         self._check(self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream_ptr)), "cublasSetStream")
         self._check(self.lib.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(workspace_ptr),
                                                    ctypes.c_size_t(WORKSPACE_BYTES)), "cublasSetWorkspace")
-        self.compute = CUBLAS_COMPUTE_32F_FAST_TF32 if tf32 else CUBLAS_COMPUTE_32F
+        self.tf32 = tf32
         self.stream, self.workspace = ctypes.c_void_p(stream_ptr), ctypes.c_void_p(workspace_ptr)
         self.lt, self.lt_handle, self._lt_objects = None, ctypes.c_void_p(), []
         self.one, self.zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
@@ -56,12 +58,18 @@ class Cublas:
         fn.restype = i
         self._gemm = fn
 
+    def compute_type(self, g: dict) -> int:
+        """float accumulation; TF32 tensor cores for float32 operands when asked for."""
+        return CUBLAS_COMPUTE_32F_FAST_TF32 if self.tf32 and g["a"][0] == "f32" else CUBLAS_COMPUTE_32F
+
     def gemm(self, g: dict, a: int, b: int, c: int) -> None:
-        """C = op(A) @ op(B) in cuBLAS's column-major terms; a, b, c are device pointers."""
+        """C = op(A) @ op(B) in cuBLAS's column-major terms; a, b, c are device pointers, and the
+        dtypes are those of the plan buffers g["a"], g["b"], g["c"]."""
+        ta, tb, tc = (DTYPES[g[x][0]].cuda for x in "abc")
         status = self._gemm(self.handle, g["transa"], g["transb"], g["m"], g["n"], g["k"],
-                            ctypes.addressof(self.one), a, CUDA_R_32F, g["lda"], g["stride_a"],
-                            b, CUDA_R_32F, g["ldb"], g["stride_b"], ctypes.addressof(self.zero),
-                            c, CUDA_R_32F, g["ldc"], g["stride_c"], g["batch"], self.compute, CUBLAS_GEMM_DEFAULT)
+                            ctypes.addressof(self.one), a, ta, g["lda"], g["stride_a"],
+                            b, tb, g["ldb"], g["stride_b"], ctypes.addressof(self.zero),
+                            c, tc, g["ldc"], g["stride_c"], g["batch"], self.compute_type(g), CUBLAS_GEMM_DEFAULT)
         self._check(status, "cublasGemmStridedBatchedEx")
 
     def lt_plan(self, g: dict, a: int, b: int, d: int, bias: int | None, residual: int | None):
@@ -82,7 +90,7 @@ class Cublas:
         def set_attr(fn, obj, attr: int, value) -> None:
             self._check(fn(obj, attr, ctypes.byref(value), ctypes.sizeof(value)), fn.__name__)
 
-        desc = new("MatmulDesc", ctypes.c_int(self.compute), ctypes.c_int(CUDA_R_32F))
+        desc = new("MatmulDesc", ctypes.c_int(self.compute_type(g)), ctypes.c_int(CUDA_R_32F))
         set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSA, ctypes.c_int32(g["transa"]))
         set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSB, ctypes.c_int32(g["transb"]))
         epilogue = LT_EPILOGUE_BIAS if bias is not None else LT_EPILOGUE_DEFAULT
@@ -90,9 +98,9 @@ class Cublas:
         if bias is not None:  # before the heuristic, which looks at its alignment
             set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_BIAS_POINTER, ctypes.c_void_p(bias))
 
-        def layout(rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
-            lay = new("MatrixLayout", ctypes.c_int(CUDA_R_32F), ctypes.c_uint64(rows), ctypes.c_uint64(cols),
-                      ctypes.c_int64(ld))
+        def layout(operand: str, rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
+            lay = new("MatrixLayout", ctypes.c_int(DTYPES[g[operand][0]].cuda), ctypes.c_uint64(rows),
+                      ctypes.c_uint64(cols), ctypes.c_int64(ld))
             if g["batch"] > 1:
                 set_attr(lt.cublasLtMatrixLayoutSetAttribute, lay, LT_LAYOUT_BATCH_COUNT, ctypes.c_int32(g["batch"]))
                 set_attr(lt.cublasLtMatrixLayoutSetAttribute, lay, LT_LAYOUT_STRIDED_BATCH_OFFSET,
@@ -100,9 +108,9 @@ class Cublas:
             return lay
 
         m, n, k = g["m"], g["n"], g["k"]  # the stored matrices: op(A) is m x k, op(B) is k x n
-        a_lay = layout(k, m, g["lda"], g["stride_a"]) if g["transa"] else layout(m, k, g["lda"], g["stride_a"])
-        b_lay = layout(n, k, g["ldb"], g["stride_b"]) if g["transb"] else layout(k, n, g["ldb"], g["stride_b"])
-        c_lay = layout(m, n, g["ldc"], g["stride_c"])
+        a_lay = layout("a", *((k, m) if g["transa"] else (m, k)), g["lda"], g["stride_a"])
+        b_lay = layout("b", *((n, k) if g["transb"] else (k, n)), g["ldb"], g["stride_b"])
+        c_lay = layout("c", m, n, g["ldc"], g["stride_c"])  # D, and C: the residual, of D's type
         pref = new("MatmulPreference")
         set_attr(lt.cublasLtMatmulPreferenceSetAttribute, pref, LT_PREF_MAX_WORKSPACE_BYTES,
                  ctypes.c_uint64(WORKSPACE_BYTES))

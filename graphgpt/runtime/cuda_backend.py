@@ -1,7 +1,7 @@
 """The CUDA backend: the plan's rendered kernels through CuPy, its GEMMs through cuBLAS.
 
-One float arena and one int arena are allocated once; every launch reads and writes views of
-them at the plan's offsets, on one non-default stream. A program runs eagerly the first time
+One byte arena is allocated once; every launch reads and writes views of it at the plan's byte
+offsets, on one non-default stream. A program runs eagerly the first time
 (which also loads every module and warms cuBLAS up); after that, unless graphs are off, it is
 captured into a CUDA graph once and replayed, so a training step costs one graph launch plus the
 copies of its inputs and outputs. Inputs go up and outputs come down through pinned buffers
@@ -14,13 +14,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ops import REGISTRY
-from ..passes.memory import aligned
+from ..dtypes import DTYPES, nbytes
 from ..plan import Plan
 from .cublas import WORKSPACE_BYTES, Cublas
 from .dist import SingleWorld
 
 SLOTS = 2  # pinned buffers per input/output: one being filled while the other is in flight
+
+
+def device_dtype(name: str) -> np.dtype:
+    """How CuPy holds a plan dtype: bf16 as its 16 bits (CuPy has no bfloat16; kernels see bf16)."""
+    return np.dtype(np.uint16) if name == "bf16" else DTYPES[name].numpy
 
 
 @dataclass
@@ -55,12 +59,15 @@ class CudaBackend:
         self.cp, self.plan, self.use_graph = cp, plan, graph
         self.world = world or SingleWorld()
         cp.cuda.Device(self.world.rank % cp.cuda.runtime.getDeviceCount()).use()
-        arena = plan.data["arena"]
-        self.arenas = {"f": cp.zeros(arena["float"], cp.float32), "i": cp.zeros(max(arena["int"], 1), cp.int32)}
+        self.arena = cp.zeros(plan.data["arena"]["bytes"], cp.uint8)
+        self.align = plan.data["arena"]["align"]
         self.workspace = cp.empty(WORKSPACE_BYTES, cp.uint8)
-        self.arena_bytes = sum(a.nbytes for a in self.arenas.values()) + self.workspace.nbytes
-        consts = np.asarray(plan.data["consts"], np.float64).reshape(-1, 2)
-        self.arenas["f"][cp.asarray(consts[:, 0].astype(np.int64))] = cp.asarray(consts[:, 1], cp.float32)
+        self.arena_bytes = self.arena.nbytes + self.workspace.nbytes
+        start, size = plan.data["arena"]["regions"]["consts"]
+        consts, host = plan.data["consts"], np.zeros(size, np.uint8)
+        for off, value in consts["values"]:
+            host[off - start:off - start + DTYPES[consts["dtype"]].bytes].view(DTYPES[consts["dtype"]].numpy)[0] = value
+        self.arena[start:start + size].set(host)
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.blas = Cublas(self.stream.ptr, self.workspace.data.ptr, tf32)
         self.collective = None
@@ -79,24 +86,23 @@ class CudaBackend:
 
     # ---- binding the plan ----------------------------------------------------------------------
     def view(self, buf):
-        arena, off, shape = buf
-        n = int(np.prod(shape, dtype=np.int64))
-        return self.arenas[arena][off:off + n].reshape(shape)
+        name, off, shape = buf
+        return self.arena[off:off + nbytes(buf)].view(device_dtype(name)).reshape(shape)
 
     def _pointer(self, buf) -> int:
-        arena, off, _ = buf
-        return self.arenas[arena].data.ptr + off * self.arenas[arena].itemsize
+        return self.arena.data.ptr + buf[1]
 
     def _bind(self, prog: dict) -> _Program:
         launches, pending = [], []  # pending: gradient buckets still being reduced
         grads_start, grads_size = self.plan.data["arena"]["regions"]["grads"]
         for launch in prog["launches"]:
-            if REGISTRY[launch["op"]].kind == "collective":
+            if launch["kind"] == "collective":
                 if self.collective:  # one process: the mean over ranks is the identity
-                    _, off, shape = launch["out"]
-                    self.collective.add_to_bucket(launches, pending, off, aligned(int(np.prod(shape))), self)
+                    name, off, _ = launch["out"]
+                    padded = -(-nbytes(launch["out"]) // self.align) * self.align
+                    self.collective.add_to_bucket(launches, pending, name, off, padded, self)
                 continue
-            if pending and any(b[0] == "f" and grads_start <= b[1] < grads_start + grads_size for b in launch["in"]):
+            if pending and any(grads_start <= b[1] < grads_start + grads_size for b in launch["in"]):
                 launches.append(self.collective.join(pending, self))
                 pending = []
             launches.append(self._bind_launch(launch))
@@ -104,8 +110,7 @@ class CudaBackend:
             launches.append(self.collective.join(pending, self))
 
         def staged(buffers):
-            return {name: (self.view(b), [self._pinned(tuple(b[2]), np.float32 if b[0] == "f" else np.int32)
-                                          for _ in range(SLOTS)])
+            return {name: (self.view(b), [self._pinned(tuple(b[2]), DTYPES[b[0]].numpy) for _ in range(SLOTS)])
                     for name, b in buffers.items()}
         return _Program(launches, staged(prog["inputs"]), staged(prog["outputs"]),
                         [self.cp.cuda.Event(disable_timing=True) for _ in range(SLOTS)])
@@ -172,16 +177,21 @@ class CudaBackend:
     # ---- persistent tensors --------------------------------------------------------------------
     def tensor(self, name: str, grad: bool = False):
         t = next(t for t in self.plan.tensors if t["name"] == name)
-        return self.view(["f", t["grad"] if grad else t["offset"], t["shape"]])
+        return self.view([t["dtype"], t["grad"] if grad else t["offset"], t["shape"]])
 
     def set_tensor(self, name: str, value: np.ndarray) -> None:
         self.sync()
-        self.tensor(name).set(np.asarray(value, np.float32), stream=self.stream)
+        t = self.tensor(name)
+        t.set(np.asarray(value, DTYPES[self._dtype_of(name)].numpy).view(t.dtype), stream=self.stream)
         self.sync()
 
     def get_tensor(self, name: str, grad: bool = False) -> np.ndarray:
         self.sync()
-        return self.cp.asnumpy(self.tensor(name, grad), stream=self.stream, blocking=True)
+        host = self.cp.asnumpy(self.tensor(name, grad), stream=self.stream, blocking=True)
+        return host.view(DTYPES[self._dtype_of(name)].numpy)
+
+    def _dtype_of(self, name: str) -> str:
+        return next(t["dtype"] for t in self.plan.tensors if t["name"] == name)
 
     def broadcast_region(self, name: str) -> None:
         """Rank 0's copy of an arena region (the parameters) to every rank, through the host."""
@@ -192,8 +202,9 @@ class CudaBackend:
         self.sync()
 
     def region(self, name: str):
+        """A region of float32 tensors (params, grads, state) as one flat array."""
         start, size = self.plan.data["arena"]["regions"][name]
-        return self.arenas["f"][start:start + size]
+        return self.view(["f32", start, [size // DTYPES["f32"].bytes]])
 
 
 class _Nccl:
@@ -215,12 +226,14 @@ class _Nccl:
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.avg = getattr(nccl, "NCCL_AVG", 4)  # ncclAvg, NCCL >= 2.10
 
-    def add_to_bucket(self, launches: list, pending: list, off: int, n: int, backend) -> None:
+    def add_to_bucket(self, launches: list, pending: list, dtype: str, off: int, n: int, backend) -> None:
+        """Reduce the n bytes at off (one padded gradient slot), with the bucket before if adjacent."""
         last = launches[-1] if launches else None
-        if pending and last is pending[-1] and (off + n == last.offset or last.offset + last.count == off):
+        if pending and last is pending[-1] and last.dtype == dtype and \
+                (off + n == last.offset or last.offset + last.count == off):
             last.offset, last.count = min(off, last.offset), last.count + n
             return
-        bucket = _Bucket(self, backend, off, n)
+        bucket = _Bucket(self, backend, dtype, off, n)
         launches.append(bucket)
         pending.append(bucket)
 
@@ -232,8 +245,9 @@ class _Nccl:
         main, comm = backend.stream, self.stream
         bucket.ready.record(main)
         comm.wait_event(bucket.ready)
-        ptr = backend.arenas["f"].data.ptr + bucket.offset * 4
-        self.comm.allReduce(ptr, ptr, bucket.count, self.lib.NCCL_FLOAT32, self.avg, comm.ptr)
+        ptr = backend.arena.data.ptr + bucket.offset
+        dt = DTYPES[bucket.dtype]
+        self.comm.allReduce(ptr, ptr, bucket.count // dt.bytes, dt.nccl, self.avg, comm.ptr)
         bucket.done.record(comm)
 
 
@@ -248,15 +262,17 @@ class _HostReduce(_Nccl):
         return lambda: None
 
     def reduce(self, backend, bucket) -> None:
-        view = backend.arenas["f"][bucket.offset:bucket.offset + bucket.count]
-        host = self.cp.asnumpy(view, stream=backend.stream, blocking=True)
+        dt = DTYPES[bucket.dtype]
+        view = backend.view([bucket.dtype, bucket.offset, [bucket.count // dt.bytes]])
+        host = self.cp.asnumpy(view, stream=backend.stream, blocking=True).view(dt.numpy)
         self.world.allreduce_mean(host)
-        view.set(host, stream=backend.stream)
+        view.set(host.view(view.dtype), stream=backend.stream)
 
 
 class _Bucket:
-    def __init__(self, reducer: _Nccl, backend, offset: int, count: int):
-        self.reducer, self.backend, self.offset, self.count = reducer, backend, offset, count
+    def __init__(self, reducer: _Nccl, backend, dtype: str, offset: int, count: int):
+        """count: bytes."""
+        self.reducer, self.backend, self.dtype, self.offset, self.count = reducer, backend, dtype, offset, count
         self.ready = reducer.cp.cuda.Event(disable_timing=True)
         self.done = reducer.cp.cuda.Event(disable_timing=True)
 

@@ -1,21 +1,24 @@
 """The NumPy backend: runs a plan launch by launch with each op's reference implementation.
 
-It is the oracle every other backend is checked against. All tensors are views into two flat
-arenas (float and int32) at the offsets the memory plan chose, so the plan's aliasing and
-in-place updates are exercised exactly as on the GPU. Floats are float32, or float64 for tests.
+It is the oracle every other backend is checked against. All tensors are views into one byte
+arena at the offsets the memory plan chose, so the plan's aliasing and in-place updates are
+exercised exactly as on the GPU. Like a kernel, a launch reads its operands as float32, computes
+and rounds once, as it stores into its output's dtype (bf16 through ml_dtypes, to nearest even).
+For tests, float32 may run as float64: every offset is then doubled, so each float32 slot has
+room for a float64.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..dtypes import DTYPES, numel
 from ..ops import REGISTRY
-from ..passes.memory import aligned
 from ..plan import Plan
 from .dist import SingleWorld
 
 
 def _extend(bucket: list | None, off: int, n: int) -> list:
-    """Grow a bucket [offset, size] by an adjacent slot (backwards order is the usual one).
+    """Grow a bucket [offset, bytes] by an adjacent slot (backwards order is the usual one).
     Slots are padded to the arena's alignment; the padding is reduced along, harmlessly."""
     if bucket is not None and off + n == bucket[0]:
         bucket[0], bucket[1] = off, bucket[1] + n
@@ -42,30 +45,40 @@ class NumpyBackend:
 
     def __init__(self, plan: Plan, dtype=np.float32, world=None):
         self.plan, self.dtype, self.world = plan, np.dtype(dtype), world or SingleWorld()
-        arena = plan.data["arena"]
-        self.arenas = {"f": np.zeros(arena["float"], self.dtype), "i": np.zeros(max(arena["int"], 1), np.int32)}
-        for off, value in plan.data["consts"]:
-            self.arenas["f"][off] = value
+        self.scale = self.dtype.itemsize // DTYPES["f32"].bytes  # 2 when float32 runs as float64
+        self.compute = np.float32 if self.scale == 1 else self.dtype
+        self.arena = np.zeros(plan.data["arena"]["bytes"] * self.scale, np.uint8)
+        self.align = plan.data["arena"]["align"]
+        consts = plan.data["consts"]
+        for off, value in consts["values"]:
+            self.view([consts["dtype"], off, []])[...] = value
         self._programs = {name: self._bind(prog) for name, prog in plan.data["programs"].items()}
 
+    def host_dtype(self, name: str) -> np.dtype:
+        return self.dtype if name == "f32" else DTYPES[name].numpy
+
     def view(self, buf) -> np.ndarray:
-        arena, off, shape = buf
-        n = int(np.prod(shape, dtype=np.int64))
-        return self.arenas[arena][off:off + n].reshape(shape)
+        name, off, shape = buf
+        dt = self.host_dtype(name)
+        start = off * self.scale
+        return self.arena[start:start + numel(shape) * dt.itemsize].view(dt).reshape(shape)
 
     def _bind(self, prog: dict):
-        steps, bucket = [], None  # bucket: [offset, size] of adjacent gradients reduced together
+        steps, bucket = [], None  # bucket: [offset, bytes] of adjacent gradients reduced together
         for launch in prog["launches"]:
-            op = REGISTRY[launch["op"]]
-            if op.kind == "collective":
+            if launch["kind"] == "collective":
                 if self.world.size == 1:
                     continue  # one process: the mean over ranks is the identity
-                _, off, shape = launch["out"]
-                bucket = _extend(bucket if steps and steps[-1] is bucket else None, off, aligned(int(np.prod(shape))))
-                if not steps or steps[-1] is not bucket:
-                    steps.append(bucket)
+                name, off, shape = launch["out"]
+                padded = -(-numel(shape) * DTYPES[name].bytes // self.align) * self.align
+                last = steps[-1] if steps and steps[-1][0] == "allreduce" and steps[-1][1] == name else None
+                bucket = _extend(last[2] if last else None, off, padded)
+                if last is None or last[2] is not bucket:
+                    steps.append(("allreduce", name, bucket))
                 continue
-            steps.append((op.ref, launch["attrs"], [self.view(b) for b in launch["in"]], self.view(launch["out"])))
+            ins = [self.view(b) for b in launch["in"]]
+            widen = [i for i, b in enumerate(launch["in"]) if b[0] != "f32" and DTYPES[b[0]].is_float]
+            steps.append(("launch", REGISTRY[launch["op"]].ref, launch["attrs"], ins, widen, self.view(launch["out"])))
         inputs = {k: self.view(b) for k, b in prog["inputs"].items()}
         outputs = {k: self.view(b) for k, b in prog["outputs"].items()}
         return steps, inputs, outputs
@@ -74,7 +87,7 @@ class NumpyBackend:
     def tensor(self, name: str, grad: bool = False) -> np.ndarray:
         """A persistent tensor (parameter, its gradient, optimizer state) as a live view."""
         t = next(t for t in self.plan.tensors if t["name"] == name)
-        return self.view(["f", t["grad"] if grad else t["offset"], t["shape"]])
+        return self.view([t["dtype"], t["grad"] if grad else t["offset"], t["shape"]])
 
     def set_tensor(self, name: str, value: np.ndarray) -> None:
         self.tensor(name)[...] = value
@@ -87,8 +100,9 @@ class NumpyBackend:
         self.world.bcast(self.region(name))
 
     def region(self, name: str) -> np.ndarray:
+        """A region of float32 tensors (params, grads, state) as one flat array."""
         start, size = self.plan.data["arena"]["regions"][name]
-        return self.arenas["f"][start:start + size]
+        return self.view(["f32", start, [size // DTYPES["f32"].bytes]])
 
     def run(self, program: str, feeds: dict[str, np.ndarray | float]) -> dict[str, np.ndarray]:
         steps, inputs, outputs = self._programs[program]
@@ -100,11 +114,13 @@ class NumpyBackend:
 
     def _execute(self, steps: list) -> None:
         for step in steps:
-            if isinstance(step, list):  # a bucket of gradients to average over the ranks
-                off, n = step
-                self.world.allreduce_mean(self.arenas["f"][off:off + n])
+            if step[0] == "allreduce":  # a bucket of gradients to average over the ranks
+                _, name, (off, n) = step
+                self.world.allreduce_mean(self.view([name, off, [n // DTYPES[name].bytes]]))
             else:
-                ref, attrs, ins, out = step
+                _, ref, attrs, ins, widen, out = step
+                if widen:  # narrow floats are read as float32, as a kernel loads them
+                    ins = [x.astype(self.compute) if i in widen else x for i, x in enumerate(ins)]
                 out[...] = ref(attrs, *ins)
 
     def enqueue(self, program: str, feeds: dict) -> Finished:

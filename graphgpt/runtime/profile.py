@@ -11,17 +11,20 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..ops.registry import prod
+from ..dtypes import DTYPES, nbytes
+from .cuda_backend import device_dtype
 
 
 def ceilings(backend) -> dict[str, float]:
-    """Device-to-device copy bandwidth (bytes read + written) and the GEMM rate of this backend."""
+    """Device-to-device copy bandwidth (bytes read + written) and the GEMM rate of this backend, in
+    the type its plan computes in."""
     cp = backend.cp
     src, dst = cp.ones(1 << 28, cp.float32), cp.empty(1 << 28, cp.float32)  # 1 GiB each
-    n = 4096
-    a, b, c = cp.ones((n, n), cp.float32), cp.ones((n, n), cp.float32), cp.empty((n, n), cp.float32)
+    n, dtype = 4096, backend.plan.config.get("dtype", "f32")
+    one = np.ones(1, DTYPES[dtype].numpy).view(device_dtype(dtype))  # 1.0 in the plan's type
+    a, b, c = (cp.full((n, n), one[0], one.dtype) for _ in range(3))
     g = {"transa": 0, "transb": 0, "m": n, "n": n, "k": n, "lda": n, "ldb": n, "ldc": n,
-         "stride_a": 0, "stride_b": 0, "stride_c": 0, "batch": 1}
+         "stride_a": 0, "stride_b": 0, "stride_c": 0, "batch": 1, **{x: [dtype, 0, [n, n]] for x in "abc"}}
     copy = _median_ms(backend, lambda: cp.copyto(dst, src))
     gemm = _median_ms(backend, lambda: backend.blas.gemm(g, a.data.ptr, b.data.ptr, c.data.ptr))
     return {"bandwidth": 2 * src.nbytes / (copy / 1e3), "flops": 2 * n ** 3 / (gemm / 1e3)}
@@ -78,9 +81,9 @@ def _describe(launch: dict | None) -> tuple[str, int, int]:
         name = f"gemm {g['m']}x{g['n']}x{g['k']}" + (f" x{g['batch']}" if g["batch"] > 1 else "")
         epilogue = launch["cuda"].get("epilogue", {})
         name += "".join(f" +{k}" for k in ("bias", "residual") if epilogue.get(k))
-        return name, 4 * sum(prod(b[2]) for b in [launch["out"], *launch["in"]]), 2 * g["m"] * g["n"] * g["k"] * g["batch"]
+        return name, sum(nbytes(b) for b in [launch["out"], *launch["in"]]), 2 * g["m"] * g["n"] * g["k"] * g["batch"]
     buffers = {(b[0], b[1], tuple(b[2])) for b in [launch["out"], *launch["in"]]}
-    return f"{launch['cuda']['kernel']} ({launch['op']})", 4 * sum(prod(b[2]) for b in buffers), 0
+    return f"{launch['cuda']['kernel']} ({launch['op']})", sum(nbytes(b) for b in buffers), 0
 
 
 def format_profile(rows: list[dict], ceiling: dict[str, float], top: int = 25) -> str:

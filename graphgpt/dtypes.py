@@ -1,0 +1,53 @@
+"""The element types: one table, read by the compiler (nodes, memory plan, kernels) and by the
+runtime (arena views, cuBLAS, NCCL, host transfers) alike.
+
+A plan buffer is `[dtype, byte offset, shape]`: one byte-addressed arena holds every tensor, and
+the dtype says how its bytes read. Floats narrower than 32 bits are storage types only: kernels
+load them into float registers, compute in float and round once, to nearest even, on store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str       # the plan's and the graph's spelling
+    ctype: str      # the element type in the rendered CUDA C (bf16, f16: templates/common.cu.j2)
+    bytes: int
+    cuda: int       # cudaDataType_t, for cuBLAS
+    nccl: int       # ncclDataType_t
+    numpy: np.dtype
+    is_float: bool
+
+
+DTYPES = {d.name: d for d in (
+    DType("f32", "float", 4, 0, 7, np.dtype(np.float32), True),       # CUDA_R_32F, ncclFloat32
+    DType("bf16", "bf16", 2, 14, 9, np.dtype(ml_dtypes.bfloat16), True),  # CUDA_R_16BF, ncclBfloat16
+    DType("f16", "f16", 2, 2, 6, np.dtype(np.float16), True),         # CUDA_R_16F, ncclFloat16
+    DType("i32", "int", 4, 10, 2, np.dtype(np.int32), False),         # CUDA_R_32I, ncclInt32
+    DType("u8", "unsigned char", 1, 8, 1, np.dtype(np.uint8), False),  # CUDA_R_8U, ncclUint8
+)}
+FLOATS = tuple(name for name, d in DTYPES.items() if d.is_float)
+
+
+def dtype(name: str) -> DType:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype '{name}' (known: {', '.join(DTYPES)})") from None
+
+
+def numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def nbytes(buf) -> int:
+    """Bytes of a plan buffer [dtype, offset, shape]."""
+    return numel(buf[2]) * DTYPES[buf[0]].bytes
