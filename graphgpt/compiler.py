@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import codegen, dsl, optim, viz
-from .gemm import lower_matmul
 from .errors import ArgumentParser, UserError
 from .ir import INT, Graph
+from .kernels.gemm import lower_matmul
 from .ops import REGISTRY
 from .passes.fuse import fuse
 from .passes.memory import ALIGN, CONST, Layout, ProgramMemory, persistent_layout, plan_program

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from graphgpt.dtypes import DTYPES
-from graphgpt.gemm import lower_matmul
+from graphgpt.kernels.gemm import lower_matmul
 from graphgpt.ops import REGISTRY
 from graphgpt.ops.registry import Spec
 

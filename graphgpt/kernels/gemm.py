@@ -8,7 +8,7 @@ operands swap places and every leading dimension is the stored row length.
 """
 from __future__ import annotations
 
-from .ops.registry import prod
+from ..ops.registry import prod
 
 
 def lower_matmul(launch: dict) -> dict:

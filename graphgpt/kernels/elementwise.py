@@ -1,0 +1,43 @@
+"""Pointwise ops and fused chains of them (templates/elementwise.cu.j2): every step is
+evaluated per element in registers, operands read vector-wise, splatted or gathered.
+"""
+from __future__ import annotations
+
+from ..ops import REGISTRY
+from ..ops.registry import prod
+from .common import (Kernel, aligned_for, broadcast_shape, broadcast_strides, collapse, index_type, operand,
+                     reshaped_strides, streaming, types, width)
+
+
+def lower(launch) -> Kernel:
+    """A pointwise op, or a fused chain of them: every step is evaluated per element in registers."""
+    out = launch["out"]
+    shape = out[2]
+    perm = launch["attrs"].get("perm")
+    if perm is None:
+        extents, strides = collapse(shape, *(broadcast_strides(b[2], shape) for b in launch["in"]))
+    else:  # the chain's result is written reshaped and transposed: operand strides in the output's order
+        chain = broadcast_shape(*(b[2] for b in launch["in"]))
+        view = launch["attrs"].get("shape", chain)
+        operand_strides = [reshaped_strides(chain, broadcast_strides(b[2], chain), view) for b in launch["in"]]
+        extents, strides = collapse(shape, *([st[p] for p in perm] for st in operand_strides))
+    n, w = prod(shape), width(out, *launch["in"])
+    vec = w if n % w == 0 and aligned_for(w, out) and (not extents or extents[-1] % w == 0) else 1
+    grid, block = streaming(n // vec)
+    operands = [operand(extents, st, b, vec) for st, b in zip(strides, launch["in"])]
+    return Kernel(launch["op"], {**types(launch), "steps": steps(launch), "n": n, "vec": vec, "operands": operands,
+                                 "itype": index_type(shape, *(b[2] for b in launch["in"])), "threads": block[0]},
+                  grid, block)
+
+
+def steps(launch) -> list[dict]:
+    """The op's C expressions in evaluation order; an argument is operand "x<i>" or step "s<k>"."""
+    program = launch["attrs"]["program"] if "program" in launch["attrs"] else \
+        [[launch["op"], launch["attrs"], [-1 - i for i in range(len(launch["in"]))]]]
+    steps = []
+    for op, attrs, args in program:
+        expr = REGISTRY[op].c_expr(dict(attrs))
+        if expr is None:
+            raise ValueError(f"op {op} in a pointwise kernel has no C expression in its registry entry")
+        steps.append({"op": op, "expr": expr, "args": [f"s{a}" if a >= 0 else f"x{-1 - a}" for a in args]})
+    return steps

@@ -1,0 +1,38 @@
+"""embedding (a gather of table rows) and embedding_grad (a deterministic scatter-add without
+atomics), templates/embedding.cu.j2.
+"""
+from __future__ import annotations
+
+from ..ops.registry import prod
+from .common import THREADS, WAVE, Kernel, aligned_for, cdiv, index_type, streaming, types, width
+
+ID_CHUNK = 2048  # ids an embedding-gradient block reads per round (8 KiB of shared memory)
+
+
+def lower(launch) -> Kernel:
+    out = launch["out"]
+    if launch["op"] == "embedding":
+        table, ids = launch["in"]
+        c, n = table[2][1], prod(ids[2])
+        w = width(out, table)
+        vec = w if c % w == 0 and aligned_for(w, out, table) else 1
+        grid, block = streaming(n * c // vec)
+        return Kernel("embedding", {**types(launch), "op": "embedding", "n": n, "c": c, "vec": vec, "threads": block[0],
+                                    "itype": index_type(out[2], table[2])}, grid, block)
+    ids, g = launch["in"]
+    rows, c = out[2]
+    w = width(out, g)
+    vec = w if c % w == 0 and aligned_for(w, out, g) else 1
+    threads = min(THREADS, cdiv(c // vec, 32) * 32)
+    col_blocks = cdiv(c, threads * vec)
+    # table rows a block owns: <= 32 KiB of sums, and few enough that the blocks fill the GPU (every
+    # block scans all ids, so a small table is better spread one row per block)
+    block_rows = max(1, min(32, 8192 // (threads * vec), rows * col_blocks // WAVE))
+    # groups of threads that share out a block's rows: as many as fit in 1024 threads and 32 KiB of
+    # sums, so that a frequent id (in text, a few ids are most of them) is not summed row by row
+    groups = max(1, min(1024 // threads, 8192 // (block_rows * threads * vec)))
+    return Kernel("embedding_grad", {**types(launch), "op": "embedding_grad", "rows": rows, "c": c, "n": prod(ids[2]),
+                                     "vec": vec, "threads": threads, "groups": groups, "block_rows": block_rows,
+                                     "ids_per_thread": max(1, ID_CHUNK // (threads * groups)),
+                                     "itype": index_type(out[2], g[2])},
+                  (cdiv(rows, block_rows), col_blocks, 1), (threads * groups, 1, 1))

@@ -1,0 +1,81 @@
+"""Sums over any axes, fused_sum (a sum with a pointwise prologue) and sum_squares (one norm
+over many tensors), templates/reduce.cu.j2.
+"""
+from __future__ import annotations
+
+from ..dtypes import DTYPES, nbytes
+from ..ops.registry import prod
+from ..passes.memory import aligned
+from .common import (THREADS, WARPS, WAVE, Kernel, aligned_for, broadcast_shape, cdiv, contiguous_strides,
+                     index_type, types, width)
+from .elementwise import steps
+
+MAX_SPLITS = 1024
+SPLIT_ROWS = 64  # fewest rows a split of a column reduction walks
+
+
+def lower(launch) -> Kernel:
+    """sum over any axes. The input's axes fold into alternating runs of kept and reduced axes:
+    rows -- the innermost run is reduced: threads of a warp (or block) share one output and walk
+            its contiguous elements;
+    cols -- the innermost run is kept: each thread owns output columns and walks the reduced axes,
+            32 neighbouring columns per warp so that every load coalesces.
+    Too few outputs for the GPU split the reduced range over several blocks; the last block to
+    finish adds their partial sums in a fixed order, so results do not depend on timing."""
+    if launch["op"] == "sum_squares":
+        flat = _flat_range(launch["in"])
+        square = [["mul", [], [-1, -1]]]
+        k = lower({"op": "fused_sum", "out": launch["out"], "in": [flat],
+                   "attrs": {"axes": [0], "keepdims": False, "program": square}})
+        return Kernel(k.stem.replace("fused_sum", "sum_squares"), k.params, k.grid, k.block, args=[launch["out"], flat])
+    out, srcs = launch["out"], launch["in"]
+    shape, axes = broadcast_shape(*(b[2] for b in srcs)), set(launch["attrs"]["axes"])
+    full = [b for b in srcs if prod(b[2]) == prod(shape)]  # the others are scalars (see fuse.py)
+    prologue = {"steps": steps(launch) if launch["op"] == "fused_sum" else [],
+                "operands": ["full" if b in full else "scalar" for b in srcs]}
+    stem = "fused_sum" if prologue["steps"] else "sum"
+    strides = contiguous_strides(shape)
+    runs: list[list] = []   # [reduced, extent, stride], outermost first
+    for i, e in enumerate(shape):
+        if e == 1:
+            continue
+        if runs and runs[-1][0] == (i in axes):
+            runs[-1][1] *= e
+            runs[-1][2] = strides[i]
+        else:
+            runs.append([i in axes, e, strides[i]])
+    kept = [[e, s] for r, e, s in runs if not r]
+    reduced = [[e, s] for r, e, s in runs if r]
+    n_out, n_red = prod(e for e, _ in kept), prod(e for e, _ in reduced)
+    common = {**types(launch), "itype": index_type(shape), "n_out": n_out, "n_red": n_red, "kept": kept,
+              "reduced": reduced, **prologue}
+    if kept and (not runs or not runs[-1][0]):
+        w = width(out, *full)
+        vec = w if kept[-1][0] % w == 0 and aligned_for(w, out, *full) else 1
+        x_blocks = cdiv(n_out // vec, 32)
+        splits = max(1, min(cdiv(WAVE, x_blocks), cdiv(n_red, SPLIT_ROWS), MAX_SPLITS))
+        chunk = cdiv(n_red, splits)
+        splits = cdiv(n_red, chunk)
+        return Kernel(f"{stem}_cols", dict(common, mode="cols", vec=vec, splits=splits, chunk=chunk),
+                      (x_blocks, splits, 1), (32, WARPS, 1))
+    w = width(*full)
+    vec = w if reduced and reduced[-1][0] % w == 0 and aligned_for(w, *full) else 1
+    n_vec = n_red // vec
+    if n_vec <= 32 * 16:  # a warp per output
+        return Kernel(f"{stem}_rows", dict(common, mode="warp", vec=vec, splits=1, chunk=n_vec),
+                      (cdiv(n_out, WARPS), 1, 1), (THREADS, 1, 1))
+    splits = 1 if n_out >= WAVE // 2 else max(1, min(cdiv(WAVE, n_out), cdiv(n_vec, THREADS * 8), MAX_SPLITS))
+    chunk = cdiv(n_vec, splits)
+    splits = cdiv(n_vec, chunk)
+    return Kernel(f"{stem}_rows", dict(common, mode="block", vec=vec, splits=splits, chunk=chunk),
+                  (n_out, splits, 1), (THREADS, 1, 1))
+
+
+def _flat_range(buffers) -> list:
+    """Tensors that lie one after another in memory (each where the last one's aligned end is) as one
+    flat buffer from the first's start to the last's end."""
+    for prev, nxt in zip(buffers, buffers[1:]):
+        if nxt[0] != prev[0] or nxt[1] != prev[1] + aligned(nbytes(prev)):
+            raise ValueError("a multi-tensor reduction needs its tensors one after another in memory")
+    start, last = buffers[0][1], buffers[-1]
+    return [last[0], start, [(last[1] + nbytes(last) - start) // DTYPES[last[0]].bytes]]
