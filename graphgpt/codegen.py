@@ -9,7 +9,8 @@ from its slot: a CUDA graph replays its kernels' arguments as they were captured
 names are stable from one compile to the next.
 
 Conventions the backend relies on (also recorded per launch in `launch["cuda"]`):
-  - arguments are the launch's buffers, output first, then its inputs in order, each a pointer to
+  - arguments are the launch's buffers, outputs first (`outs` of an op with several, else `out`),
+    then its inputs in order, each a pointer to
     its dtype's C type (dtypes.py) at the buffer's first byte (arena base + offset);
   - the arena base is at least 256-byte aligned: a kernel moves 16 bytes per access (4 floats, 8
     bf16) only where every buffer's byte offset is a multiple of that access; narrower floats are
@@ -56,7 +57,8 @@ def lower_plan(data: dict) -> dict[str, str]:
             if kernels.setdefault(op.template, {}).setdefault(name, text) != text:
                 raise RuntimeError(f"kernel name {name} is shared by two different kernels")
             launch["cuda"] = {"kernel": name, "file": f"kernels/{op.template}.cu", "grid": list(k.grid),
-                              "block": list(k.block), "smem": k.smem, "args": k.args or [launch["out"], *launch["in"]]}
+                              "block": list(k.block), "smem": k.smem,
+                              "args": k.args or [*launch.get("outs", [launch["out"]]), *launch["in"]]}
     return {f"kernels/{family}.cu": _kernel_file(family, list(texts.values()))
             for family, texts in sorted(kernels.items())}
 

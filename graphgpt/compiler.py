@@ -289,10 +289,12 @@ def _program(graph: Graph, mem: ProgramMemory, fusion: bool, work_start: int) ->
         n = graph.nodes[nid]
         return [n.dtype, mem.offsets[nid], list(n.shape)]
 
-    launches = []
+    launches, projections = [], graph.projections()
     for nid in mem.launches:
         n = graph.nodes[nid]
-        launches.append({"op": n.op, "kind": REGISTRY[n.op].kind, "out": buf(nid), "in": [buf(i) for i in n.inputs],
+        outs = {"out": buf(nid)} if not n.specs else {"out": buf(projections[nid][0]),
+                                                       "outs": [buf(o) for o in projections[nid]]}
+        launches.append({"op": n.op, "kind": REGISTRY[n.op].kind, **outs, "in": [buf(i) for i in n.inputs],
                          "attrs": {k: v for k, v in n.attrs}, "node": nid, "where": n.where})
     for new, state in mem.copies:
         launches.append({"op": "copy", "kind": REGISTRY["copy"].kind, "out": buf(state), "in": [buf(new)],
@@ -311,11 +313,12 @@ def _program(graph: Graph, mem: ProgramMemory, fusion: bool, work_start: int) ->
 def _stats(graph: Graph, mem: ProgramMemory) -> dict:
     """Launches, FLOPs and an estimate of the bytes a step moves (each launch reads its inputs
     and writes its output once; views move nothing)."""
-    moved = 0
+    moved, projections = 0, graph.projections()
     for nid in mem.launches:
         n = graph.nodes[nid]
         if REGISTRY[n.op].kind != "collective":
-            moved += n.nbytes + sum(graph.nodes[i].nbytes for i in set(n.inputs))
+            written = sum(graph.nodes[o].nbytes for o in projections[nid]) if n.specs else n.nbytes
+            moved += written + sum(graph.nodes[i].nbytes for i in set(n.inputs))
     moved += sum(graph.nodes[new].nbytes * 2 for new, _ in mem.copies)
     flops = sum(_matmul_flops(graph, n) for n in graph.nodes.values() if n.op in ("matmul", "fused_matmul"))
     return {"launches": len(mem.launches) + len(mem.copies), "bytes": moved, "flops": flops}

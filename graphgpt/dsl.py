@@ -86,7 +86,8 @@ def param(name: str, shape, init: str = "normal", std: float = 0.02) -> Value:
 
 
 def layer_norm(x: Value, weight: Value, bias: Value, eps: float = 1e-5) -> Value:
-    return x.graph.add("normalize", (x,), eps=float(eps)) * weight + bias
+    normalized, _mean, _rstd = x.graph.add("normalize", (x,), eps=float(eps))  # the statistics: for the backward
+    return normalized * weight + bias
 
 
 def gelu(x: Value) -> Value:

@@ -7,6 +7,11 @@ node to the node holding its new value after one step; `grads` maps a param to i
 
 Every node records where it came from (`where`, the user's file:line) so that errors and graph
 dumps point at the model file, not at graphgpt.
+
+An op with several outputs (LayerNorm: the normalised rows, their means and reciprocal standard
+deviations) is one node of dtype "tuple" holding its outputs' specs, followed by one `output` node
+per output (attr index): each output is a value of its own, with its own shape, dtype and buffer,
+and the tuple node is what runs.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from .ops import REGISTRY, ShapeMismatch, Spec
 
 FLOAT = "f32"  # the compute float type; a backend may run it in float64 (tests)
 INT = "i32"
+TUPLE = "tuple"  # the dtype of a node with several outputs
 
 SOURCE_OPS = ("param", "state", "input", "const")
 
@@ -38,10 +44,16 @@ class Node:
     shape: tuple[int, ...]
     dtype: str
     where: str | None = None
+    specs: tuple = ()  # a tuple node's outputs: ((shape, dtype), ...)
 
     @property
     def attr(self) -> dict:
         return dict(self.attrs)
+
+    @property
+    def spec(self) -> Spec:
+        """What the op rules see of this node as an input (a tuple node: its outputs' specs)."""
+        return Spec(self.specs, TUPLE) if self.specs else Spec(self.shape, self.dtype)
 
     @property
     def size(self) -> int:
@@ -52,7 +64,8 @@ class Node:
 
     @property
     def nbytes(self) -> int:
-        return self.size * DTYPES[self.dtype].bytes
+        """Bytes of its buffer; a tuple node has none (its outputs do)."""
+        return 0 if self.specs else self.size * DTYPES[self.dtype].bytes
 
     @property
     def name(self) -> str | None:
@@ -71,20 +84,27 @@ class Graph:
     _consts: dict[tuple, int] = field(default_factory=dict)
 
     # ---- building -------------------------------------------------------------------------
-    def add(self, op: str, inputs: Iterable["Value | int"] = (), **attrs) -> "Value":
+    def add(self, op: str, inputs: Iterable["Value | int"] = (), **attrs) -> "Value | tuple[Value, ...]":
+        """Add a node; an op with several outputs gives a tuple of Values, one per output."""
         ids = tuple(v.id if isinstance(v, Value) else v for v in inputs)
         where = self.locate() if self.locate else None
         if op not in REGISTRY:
             raise GraphError(_located(where, f"unknown op '{op}'"))
-        specs = [Spec(self.nodes[i].shape, self.nodes[i].dtype) for i in ids]
+        specs = [self.nodes[i].spec for i in ids]
         try:
             out = REGISTRY[op].infer(attrs, *specs)
         except ShapeMismatch as e:
             shapes = ", ".join(f"{s.shape}:{s.dtype}" for s in specs)
             raise GraphError(_located(where, f"{op}: {e} (inputs {shapes})")) from None
-        node = Node(self._next_id, op, ids, _freeze(attrs), tuple(out.shape), out.dtype, where)
+        if isinstance(out, list):
+            node = Node(self._next_id, op, ids, _freeze(attrs), (), TUPLE, where,
+                        specs=tuple((tuple(s.shape), s.dtype) for s in out))
+        else:
+            node = Node(self._next_id, op, ids, _freeze(attrs), tuple(out.shape), out.dtype, where)
         self.nodes[node.id] = node
         self._next_id += 1
+        if node.specs:
+            return tuple(self.add("output", (node.id,), index=k) for k in range(len(node.specs)))
         return Value(self, node.id)
 
     def const(self, value: float) -> "Value":
@@ -107,6 +127,14 @@ class Graph:
 
     def of_op(self, *ops: str) -> list[Node]:
         return [n for n in self.nodes.values() if n.op in ops]
+
+    def projections(self) -> dict[int, list[int]]:
+        """Each tuple node's output nodes, by index."""
+        out: dict[int, dict[int, int]] = {}
+        for n in self.nodes.values():
+            if n.op == "output":
+                out.setdefault(n.inputs[0], {})[n.attr["index"]] = n.id
+        return {t: [ks[k] for k in sorted(ks)] for t, ks in out.items()}
 
     def param_ids(self) -> list[int]:
         return [n.id for n in self.nodes.values() if n.op == "param"]
@@ -138,9 +166,11 @@ class Graph:
         seen: set[int] = set()
         for n in self.nodes.values():
             assert all(i in seen for i in n.inputs), f"node {n.id} ({n.op}) uses a later node"
-            specs = [Spec(self.nodes[i].shape, self.nodes[i].dtype) for i in n.inputs]
-            out = REGISTRY[n.op].infer(n.attr, *specs)
-            assert (tuple(out.shape), out.dtype) == (n.shape, n.dtype), f"node {n.id} shape drift"
+            out = REGISTRY[n.op].infer(n.attr, *(self.nodes[i].spec for i in n.inputs))
+            if isinstance(out, list):
+                assert tuple((tuple(s.shape), s.dtype) for s in out) == n.specs, f"node {n.id} shape drift"
+            else:
+                assert (tuple(out.shape), out.dtype) == (n.shape, n.dtype), f"node {n.id} shape drift"
             seen.add(n.id)
         for name, o in self.outputs.items():
             assert o in self.nodes, f"output {name} missing"

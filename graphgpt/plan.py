@@ -3,8 +3,10 @@
 plan.json holds the schema version, the model hash, the configuration, the tokenizer, the arena
 layout (persistent tensors with their offsets and initialisers, constants) and, per program
 ("train" or "accumulate" and "update", then "eval" and "generate"), its inputs, outputs and
-ordered launches. A launch names its op, its attributes and its operand buffers as
-[arena, offset, shape]; a backend derives nothing.
+ordered launches. A launch names its op, its kind, its attributes and its buffers as [dtype, byte
+offset, shape] in one arena: `out`, for an op with several outputs also `outs` (all of them, `out`
+first), and `in`; its `cuda` record gives the kernel or library call, grid, block, dynamic shared
+memory and arguments. A backend derives nothing.
 
 A plan directory holds plan.json, report.txt, kernels/ and graphs/, and nothing else: `save` replaces
 such a directory (or an empty or missing one) as a whole, and refuses any other path untouched.

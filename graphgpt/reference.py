@@ -20,6 +20,8 @@ def evaluate(graph: Graph, feeds: dict[str, np.ndarray], dtype=np.float64) -> di
         elif n.op in ("param", "state", "input"):
             v = np.asarray(feeds[n.name])
             values[n.id] = v.astype(np.int32 if n.dtype == "i32" else dtype).reshape(n.shape)
+        elif n.specs:  # several outputs, each read by its output node
+            values[n.id] = tuple(np.asarray(v) for v in REGISTRY[n.op].ref(n.attr, *(values[i] for i in n.inputs)))
         else:
             values[n.id] = np.asarray(REGISTRY[n.op].ref(n.attr, *(values[i] for i in n.inputs)))
     return values

@@ -19,14 +19,20 @@ from tests.conftest import ROOT, TINY
 PLANS = {"tiny": TINY, "default": [], "default-bf16": ["dtype=bf16"],
          "gpt2-124M": ["n_layer=1", "n_head=12", "n_embd=768", "block_size=1024", "batch_size=2", "vocab_size=50304"]}
 MAX_GRID = (2**31 - 1, 65535, 65535)
+MAX_SMEM = 227 << 10  # an H200 block's shared memory, static and dynamic
 
 
 def _launch(op, *inputs, out_offset=0, **attrs):
-    """A launch as the passes leave it; out_offset counts elements of the output's dtype."""
+    """A launch as the passes leave it; out_offset counts elements of the output's dtype (an op
+    with several outputs gets them one after another from there)."""
     specs = [Spec(tuple(b[2]), b[0]) for b in inputs]
     out = REGISTRY[op].infer(attrs, *specs)
-    return {"op": op, "out": [out.dtype, out_offset * DTYPES[out.dtype].bytes, list(out.shape)], "in": list(inputs),
-            "attrs": attrs, "node": 0, "where": "synthetic"}
+    outs, at = [], out_offset * DTYPES[(out[0] if isinstance(out, list) else out).dtype].bytes
+    for spec in out if isinstance(out, list) else [out]:
+        outs.append([spec.dtype, at, list(spec.shape)])
+        at += -(-int(np.prod(spec.shape)) * DTYPES[spec.dtype].bytes // 256) * 256
+    launch = {"op": op, "out": outs[0], "in": list(inputs), "attrs": attrs, "node": 0, "where": "synthetic"}
+    return dict(launch, outs=outs) if isinstance(out, list) else launch
 
 
 def _ids(shape):
@@ -81,10 +87,10 @@ def synthetic_plan(dtype: str = "f32") -> dict:
             ["maximum", [], [3, -2]], ["sqrt", [], [-3]], ["div", [], [4, 5]]]),
         # row ops: uncached and partial LayerNorm and softmax rows, odd widths
         _launch("normalize", _f((16, 3000)), eps=1e-5),
-        _launch("normalize_grad", _f((16, 3000)), _f((16, 3000)), eps=1e-5),
-        _launch("normalize_grad", _f((8, 1536)), _f((8, 1536)), eps=1e-5),
+        _launch("normalize_grad", _f((16, 3000)), _f((16, 3000)), _f32((16,)), _f32((16,)), eps=1e-5),
+        _launch("normalize_grad", _f((8, 1536)), _f((8, 1536)), _f32((8,)), _f32((8,)), eps=1e-5),
         _launch("normalize", _f((10, 100)), eps=1e-5),
-        _launch("normalize_grad", _f((7, 50)), _f((7, 50)), eps=1e-5),
+        _launch("normalize_grad", _f((7, 50)), _f((7, 50)), _f32((7,)), _f32((7,)), eps=1e-5),
         _launch("causal_softmax", _f((3, 5, 5)), scale=0.7),
         _launch("causal_softmax", _f((2, 2100, 2100)), scale=0.05),  # a row too long for registers
         _launch("causal_softmax_grad", _f((3, 5, 5)), _f((3, 5, 5)), scale=0.7),
@@ -157,12 +163,12 @@ def test_every_launch_names_a_kernel_of_its_file(lowered):
                 first, last = launch["in"][0], launch["in"][-1]
                 assert flat[1] == first[1] and flat[1] + 4 * flat[2][0] == last[1] + 4 * int(np.prod(last[2]))
             else:
-                assert cuda["args"] == [launch["out"], *launch["in"]]
+                assert cuda["args"] == [*launch.get("outs", [launch["out"]]), *launch["in"]]
             assert params.group(1).count(",") + 1 == len(cuda["args"])
             assert all(1 <= g <= m for g, m in zip(cuda["grid"], MAX_GRID)), cuda
             x, y, z = cuda["block"]
             assert 1 <= x * y * z <= 1024 and z <= 64, cuda
-            assert cuda["smem"] == 0
+            assert 0 <= cuda["smem"] <= MAX_SMEM, cuda
 
 
 def test_kernel_names_are_unique_and_defined_once(lowered):

@@ -62,6 +62,8 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
         values[0] = REGISTRY["causal_softmax"].ref({"scale": 1.0}, 3 * values[0]).astype(np.float32)
     elif op in ("normalize", "normalize_grad", "fused_normalize_grad"):
         values[0] = 2 * values[0] + 3  # rows with a mean to remove
+        if op != "normalize":  # the row statistics the forward saved
+            _, values[2], values[3] = REGISTRY["normalize"].ref({"eps": launch["attrs"]["eps"]}, values[0])
     elif op.startswith("cross_entropy"):
         values[0] *= 3
     return [v.astype(DTYPES[b[0]].numpy) for v, b in zip(values, launch["in"])]  # each in its buffer's type
@@ -82,30 +84,37 @@ def _poison(array, dtype: str) -> None:
 
 def _check(cp, modules: dict, launch: dict, rng) -> str | None:
     cuda = launch["cuda"]
-    launch = dict(launch, **{"in": cuda["args"][1:]})  # a multi-tensor reduction reads one flat range
+    n_out = len(launch.get("outs", [launch["out"]]))
+    out_bufs = cuda["args"][:n_out]
+    launch = dict(launch, **{"in": cuda["args"][n_out:]})  # a multi-tensor reduction reads one flat range
     fn = modules[cuda["file"]].get_function(cuda["kernel"])
+    if cuda["smem"] > 48 << 10:
+        fn.max_dynamic_shared_size_bytes = cuda["smem"]
     host = _inputs(launch, rng)
     ins = [_place(cp, buf) for buf in launch["in"]]
     for array, value in zip(ins, host):
         array.set(value.view(array.dtype))
-    out_type = launch["out"][0]
-    out = _place(cp, launch["out"])
+    outs = [_place(cp, buf) for buf in out_bufs]
     results = []
     for _ in range(2):
-        _poison(out, out_type)
-        fn(tuple(cuda["grid"]), tuple(cuda["block"]), (out, *ins), shared_mem=cuda["smem"])
-        results.append(cp.asnumpy(out))
-    got = results[0].view(DTYPES[out_type].numpy).astype(np.float64)
-    ref = np.asarray(REGISTRY[launch["op"]].ref(launch["attrs"], *(a.astype(np.float64) if a.dtype != np.int32
-                                                                  else a for a in host)), np.float64)
-    ref = ref.astype(DTYPES[out_type].numpy).astype(np.float64)  # rounded once, where the kernel rounds
-    what = f"{cuda['kernel']} ({launch['op']} {launch['out'][2]} <- {[b[2] for b in launch['in']]})"
-    if not np.isfinite(got).all():
-        return f"{what}: {np.size(got) - np.isfinite(got).sum()} non-finite outputs"
-    if not np.array_equal(results[0], results[1]):
-        return f"{what}: a second launch gave different bits"
-    err = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)
-    return f"{what}: relative error {err:.2e}" if err > RTOL[out_type] else None
+        for out, buf in zip(outs, out_bufs):
+            _poison(out, buf[0])
+        fn(tuple(cuda["grid"]), tuple(cuda["block"]), (*outs, *ins), shared_mem=cuda["smem"])
+        results.append([cp.asnumpy(out) for out in outs])
+    refs = REGISTRY[launch["op"]].ref(launch["attrs"], *(a.astype(np.float64) if a.dtype != np.int32 else a
+                                                         for a in host))
+    what = f"{cuda['kernel']} ({launch['op']} {[b[2] for b in out_bufs]} <- {[b[2] for b in launch['in']]})"
+    for k, (buf, ref) in enumerate(zip(out_bufs, refs if n_out > 1 else [refs])):
+        got = results[0][k].view(DTYPES[buf[0]].numpy).astype(np.float64)
+        ref = np.asarray(ref, np.float64).astype(DTYPES[buf[0]].numpy).astype(np.float64)  # rounded once, as stored
+        if not np.isfinite(got).all():
+            return f"{what}: output {k}: {np.size(got) - np.isfinite(got).sum()} non-finite values"
+        if not np.array_equal(results[0][k], results[1][k]):
+            return f"{what}: output {k}: a second launch gave different bits"
+        err = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)
+        if err > RTOL[buf[0]]:
+            return f"{what}: output {k}: relative error {err:.2e}"
+    return None
 
 
 @pytest.mark.parametrize("name", ["tiny", "gpt2-124M", "default", "default-bf16", "synthetic", "synthetic-bf16"])

@@ -69,12 +69,14 @@ extern "C" __global__ void __launch_bounds__(256) embedding_65c05ad412(float* __
 }
 
 // embedding_grad: 99 x 384 table from 4096 ids, 1 rows per block, VEC = 4, 10 group(s) of 96 threads, 2 id(s) per thread per chunk
-extern "C" __global__ void __launch_bounds__(960) embedding_grad_92077a709d(float* __restrict__ out, const int* __restrict__ ids, const float* __restrict__ g)
+extern "C" __global__ void __launch_bounds__(960) embedding_grad_371fac791a(float* __restrict__ out, const int* __restrict__ ids, const float* __restrict__ g)
 {
     constexpr int VEC = 4, C = 384, THREADS = 96, GROUPS = 10, BLOCK_ROWS = 1;
     constexpr int CHUNK = THREADS * GROUPS * 2, BATCH = 8;
     using idx = unsigned int;
-    __shared__ Vec<VEC> sums[GROUPS][BLOCK_ROWS][THREADS];  // group's thread t only touches its column t
+    // group's thread t only touches its column t; dynamic shared memory, sized by the launch
+    extern __shared__ __align__(16) unsigned char dynamic_smem[];  // one declaration for every kernel of the file
+    auto sums = reinterpret_cast<Vec<VEC> (*)[BLOCK_ROWS][THREADS]>(dynamic_smem);
     __shared__ int row_of[CHUNK];                           // the current chunk's ids, relative to first_row
     __shared__ unsigned int mine[CHUNK / 32];               // per 32 ids: which of them this block owns
     const int t = threadIdx.x % THREADS, group = threadIdx.x / THREADS;

@@ -102,7 +102,7 @@ __device__ __forceinline__ bool last_block(unsigned int* ticket, unsigned int bl
 
 
 // normalize: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) normalize_5477913345(float* __restrict__ out, const float* __restrict__ x)
+extern "C" __global__ void __launch_bounds__(256) normalize_0c57557973(float* __restrict__ out, float* __restrict__ mean_out, float* __restrict__ rstd_out, const float* __restrict__ x)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -135,6 +135,10 @@ extern "C" __global__ void __launch_bounds__(256) normalize_5477913345(float* __
                 var += d * d;
             }
     const float rstd = rsqrtf(warp_sum(var) / C + 1e-05f);
+    if (lane == 0) {
+        mean_out[row] = mean;
+        rstd_out[row] = rstd;
+    }
     auto* out_row = out + row * C;
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it)
@@ -147,7 +151,7 @@ extern "C" __global__ void __launch_bounds__(256) normalize_5477913345(float* __
 }
 
 // fused_normalize_grad: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_73b2ecfb5f(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ gamma)
+extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_6f3d5818ea(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ mean_in, const float* __restrict__ rstd_in, const float* __restrict__ gamma)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -175,23 +179,7 @@ extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_73b2ecfb5
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it) G_reg[it] = in_row(it) ? g_load(it) : splat<VEC>(0.0f);
     auto G = [&](int it) { return G_reg[it]; };
-    float sum = 0.0f;
-#pragma unroll
-    for (int it = 0; it < ITEMS; ++it)
-        if (in_row(it))
-#pragma unroll
-            for (int c = 0; c < VEC; ++c) sum += X(it).v[c];
-    const float mean = warp_sum(sum) / C;
-    float var = 0.0f;
-#pragma unroll
-    for (int it = 0; it < ITEMS; ++it)
-        if (in_row(it))
-#pragma unroll
-            for (int c = 0; c < VEC; ++c) {
-                const float d = X(it).v[c] - mean;
-                var += d * d;
-            }
-    const float rstd = rsqrtf(warp_sum(var) / C + 1e-05f);
+    const float mean = mean_in[row], rstd = rstd_in[row];  // saved by the forward
     auto* out_row = out + row * C;
     // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * rstd
     float g_sum = 0.0f, gx_sum = 0.0f;
@@ -216,7 +204,7 @@ extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_73b2ecfb5
 }
 
 // fused_normalize_grad: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_45a528ef80(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ gamma, const float* __restrict__ residual)
+extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_fc8597f54e(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ mean_in, const float* __restrict__ rstd_in, const float* __restrict__ gamma, const float* __restrict__ residual)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -244,23 +232,7 @@ extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_45a528ef8
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it) G_reg[it] = in_row(it) ? g_load(it) : splat<VEC>(0.0f);
     auto G = [&](int it) { return G_reg[it]; };
-    float sum = 0.0f;
-#pragma unroll
-    for (int it = 0; it < ITEMS; ++it)
-        if (in_row(it))
-#pragma unroll
-            for (int c = 0; c < VEC; ++c) sum += X(it).v[c];
-    const float mean = warp_sum(sum) / C;
-    float var = 0.0f;
-#pragma unroll
-    for (int it = 0; it < ITEMS; ++it)
-        if (in_row(it))
-#pragma unroll
-            for (int c = 0; c < VEC; ++c) {
-                const float d = X(it).v[c] - mean;
-                var += d * d;
-            }
-    const float rstd = rsqrtf(warp_sum(var) / C + 1e-05f);
+    const float mean = mean_in[row], rstd = rstd_in[row];  // saved by the forward
     auto* out_row = out + row * C;
     // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * rstd
     float g_sum = 0.0f, gx_sum = 0.0f;
@@ -288,7 +260,7 @@ extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_45a528ef8
 }
 
 // normalize: 256 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) normalize_dc11d3b5f8(float* __restrict__ out, const float* __restrict__ x)
+extern "C" __global__ void __launch_bounds__(256) normalize_00a068d233(float* __restrict__ out, float* __restrict__ mean_out, float* __restrict__ rstd_out, const float* __restrict__ x)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -321,6 +293,10 @@ extern "C" __global__ void __launch_bounds__(256) normalize_dc11d3b5f8(float* __
                 var += d * d;
             }
     const float rstd = rsqrtf(warp_sum(var) / C + 1e-05f);
+    if (lane == 0) {
+        mean_out[row] = mean;
+        rstd_out[row] = rstd;
+    }
     auto* out_row = out + row * C;
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it)

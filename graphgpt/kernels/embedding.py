@@ -7,6 +7,7 @@ from ..ops.registry import prod
 from .common import THREADS, WAVE, Kernel, aligned_for, cdiv, index_type, streaming, types, width
 
 ID_CHUNK = 2048  # ids an embedding-gradient block reads per round (8 KiB of shared memory)
+SUM_FLOATS = 24576  # a block's running sums, in dynamic shared memory: 96 KiB, two blocks per SM
 
 
 def lower(launch) -> Kernel:
@@ -25,14 +26,16 @@ def lower(launch) -> Kernel:
     vec = w if c % w == 0 and aligned_for(w, out, g) else 1
     threads = min(THREADS, cdiv(c // vec, 32) * 32)
     col_blocks = cdiv(c, threads * vec)
-    # table rows a block owns: <= 32 KiB of sums, and few enough that the blocks fill the GPU (every
-    # block scans all ids, so a small table is better spread one row per block)
-    block_rows = max(1, min(32, 8192 // (threads * vec), rows * col_blocks // WAVE))
-    # groups of threads that share out a block's rows: as many as fit in 1024 threads and 32 KiB of
-    # sums, so that a frequent id (in text, a few ids are most of them) is not summed row by row
-    groups = max(1, min(1024 // threads, 8192 // (block_rows * threads * vec)))
+    # table rows a block owns: as many as its sums have room for (every block scans all ids, so
+    # fewer blocks read them fewer times), yet few enough that the blocks fill the GPU (a small
+    # table is better spread one row per block)
+    block_rows = max(1, min(32, SUM_FLOATS // (threads * vec), rows * col_blocks // WAVE))
+    # groups of threads that share out a block's rows: as many as fit in 1024 threads and the sums,
+    # so that a frequent id (in text, a few ids are most of them) is not summed row by row
+    groups = max(1, min(1024 // threads, SUM_FLOATS // (block_rows * threads * vec)))
     return Kernel("embedding_grad", {**types(launch), "op": "embedding_grad", "rows": rows, "c": c, "n": prod(ids[2]),
                                      "vec": vec, "threads": threads, "groups": groups, "block_rows": block_rows,
                                      "ids_per_thread": max(1, ID_CHUNK // (threads * groups)),
                                      "itype": index_type(out[2], g[2])},
-                  (cdiv(rows, block_rows), col_blocks, 1), (threads * groups, 1, 1))
+                  (cdiv(rows, block_rows), col_blocks, 1), (threads * groups, 1, 1),
+                  smem=groups * block_rows * threads * vec * 4)

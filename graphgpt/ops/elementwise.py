@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import DTYPES
-from .registry import FLOAT_TYPES, Op, Spec, float_spec, register, require
+from .registry import FLOAT_TYPES, Op, Spec, any_input, float_spec, register, require
 from .shape import unbroadcast
 
 
@@ -30,12 +30,12 @@ def _unary_infer(attrs, x):
 
 def binary(name, ref, expr, vjp=None, nondiff=None):
     register(Op(name, "elementwise", _binary_infer, ref=lambda a, x, y: ref(x, y), vjp=vjp, nondiff=nondiff,
-                template="elementwise", expr=expr))
+                template="elementwise", expr=expr, overwrites=any_input))
 
 
 def unary(name, ref, expr, vjp=None, nondiff=None):
     register(Op(name, "elementwise", _unary_infer, ref=lambda a, x: ref(x), vjp=vjp, nondiff=nondiff,
-                template="elementwise", expr=expr))
+                template="elementwise", expr=expr, overwrites=any_input))
 
 
 binary("add", np.add, "a + b", lambda a, g, out, x, y: (unbroadcast(g, x.shape), unbroadcast(g, y.shape)))
@@ -77,4 +77,4 @@ def _cast_expr(attrs) -> str:
 
 register(Op("cast", "elementwise", _cast_infer, ref=_cast,
             vjp=lambda a, g, out, x: (g.graph.add("cast", (g,), dtype=x.dtype),),
-            template="elementwise", expr=_cast_expr))
+            template="elementwise", expr=_cast_expr, overwrites=any_input))

@@ -14,7 +14,7 @@ attrs: the program, and the `axes` and `keepdims` of the sum.
 """
 from __future__ import annotations
 
-from .registry import REGISTRY, Op, Spec, register
+from .registry import REGISTRY, Op, Spec, any_input, register
 
 
 def _run(program, inputs, step):
@@ -41,7 +41,8 @@ def _ref(attrs, *arrays):
 
 
 register(Op("fused", "elementwise", _infer, ref=_ref,
-            nondiff="made by the fusion pass, which runs after autodiff", template="elementwise"))
+            nondiff="made by the fusion pass, which runs after autodiff", template="elementwise",
+            overwrites=any_input))
 
 
 def _sum_infer(attrs, *specs: Spec) -> Spec:

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from ..errors import UserError
 from .registry import Op, Spec, float_spec, out_dtype, register, require
 
 GELU_C = math.sqrt(2.0 / math.pi)
@@ -45,33 +46,57 @@ register(Op("gelu_grad", "elementwise", _same, ref=lambda a, x, g: _gelu_grad(x,
 
 
 # ---- normalize: LayerNorm without its affine part (that is plain mul/add in the model) -------
+# Its outputs: the normalised rows, and each row's mean and reciprocal standard deviation (float32,
+# one per row), saved for the backward as llm.c saves them, so the backward does not recompute them.
+def _normalize_infer(attrs, x):
+    float_spec(x)
+    return [x, Spec(x.shape[:-1], "f32"), Spec(x.shape[:-1], "f32")]
+
+
 def _normalize(x, eps):
-    mu = x.mean(-1, keepdims=True)
-    xc = x - mu
-    return xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + eps)
+    mean = x.mean(-1)
+    xc = x - mean[..., None]
+    rstd = 1.0 / np.sqrt((xc * xc).mean(-1) + eps)
+    return xc * rstd[..., None], mean, rstd
 
 
-def _normalize_grad(x, g, eps):
-    mu = x.mean(-1, keepdims=True)
-    xc = x - mu
-    rstd = 1.0 / np.sqrt((xc * xc).mean(-1, keepdims=True) + eps)
-    xhat = xc * rstd
-    return rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+def _normalize_vjp(attrs, g, out, x):
+    if g[1] is not None or g[2] is not None:
+        raise UserError(f"{x.node.where}: normalize's mean and rstd are saved for the backward; "
+                        "a loss that depends on them cannot be differentiated")
+    return (g[0].graph.add("normalize_grad", (x, g[0], out[1], out[2]), eps=attrs["eps"]),)
 
 
-register(Op("normalize", "nn", _same, ref=lambda a, x: _normalize(x, a["eps"]),
-            vjp=lambda a, g, out, x: (g.graph.add("normalize_grad", (x, g), eps=a["eps"]),),
+def _stats_spec(x: Spec, *stats: Spec) -> None:
+    for s in stats:
+        require(s == Spec(x.shape[:-1], "f32"), f"row statistics {s.shape}:{s.dtype} are not float32 of {x.shape[:-1]}")
+
+
+def _normalize_grad_infer(attrs, x, g, mean, rstd):
+    _same(attrs, x, g)
+    _stats_spec(x, mean, rstd)
+    return x
+
+
+def _normalize_grad(x, g, mean, rstd):
+    xhat = (x - mean[..., None]) * rstd[..., None]
+    return rstd[..., None] * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+
+
+register(Op("normalize", "nn", _normalize_infer, ref=lambda a, x: _normalize(x, a["eps"]), vjp=_normalize_vjp,
             template="layernorm"))
-register(Op("normalize_grad", "nn", _same, ref=lambda a, x, g: _normalize_grad(x, g, a["eps"]),
+register(Op("normalize_grad", "nn", _normalize_grad_infer, ref=lambda a, x, g, mean, rstd: _normalize_grad(x, g, mean, rstd),
             nondiff=BACKWARD_ONLY, template="layernorm"))
 
 
 # LayerNorm's backward as llm.c writes it, made by the fusion pass: the incoming gradient is scaled
-# by the per-column gamma as the row is loaded (attrs["scaled"]: input gamma follows g) and the
-# result is added to the residual stream's gradient as it is stored (attrs["accumulate"]: input
-# residual comes last), so neither g * gamma nor the unaccumulated dx goes to memory.
-def _fused_normalize_grad_infer(attrs, x, g, *rest):
+# by the per-column gamma as the row is loaded (attrs["scaled"]: input gamma follows the row
+# statistics) and the result is added to the residual stream's gradient as it is stored
+# (attrs["accumulate"]: input residual comes last), so neither g * gamma nor the unaccumulated dx
+# goes to memory. Inputs: x, g, mean, rstd, [gamma], [residual].
+def _fused_normalize_grad_infer(attrs, x, g, mean, rstd, *rest):
     _same(attrs, x, g)
+    _stats_spec(x, mean, rstd)
     rest = list(rest)
     if attrs["scaled"]:
         gamma = rest.pop(0)
@@ -83,11 +108,11 @@ def _fused_normalize_grad_infer(attrs, x, g, *rest):
     return x
 
 
-def _fused_normalize_grad(attrs, x, g, *rest):
+def _fused_normalize_grad(attrs, x, g, mean, rstd, *rest):
     rest = list(rest)
     if attrs["scaled"]:
         g = g * rest.pop(0)
-    dx = _normalize_grad(x, g, attrs["eps"])
+    dx = _normalize_grad(x, g, mean, rstd)
     return dx + rest.pop(0) if attrs["accumulate"] else dx
 
 

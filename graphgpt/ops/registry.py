@@ -1,15 +1,28 @@
 """The op registry: one entry per primitive, read by every stage.
 
 An `Op` carries, in one place, everything the compiler and the backends need to know about it:
-  infer(attrs, *specs) -> Spec        the shape/dtype rule (raise ShapeMismatch to reject)
+  infer(attrs, *specs) -> Spec        the shape/dtype rule (raise ShapeMismatch to reject); an op
+                                      with several outputs returns a list of Specs, one per output
   ref(attrs, *arrays) -> array        the NumPy reference: the NumPy backend runs it, tests trust it
+                                      (a tuple of arrays for an op with several outputs)
   vjp(attrs, g, out, *inputs)         the reverse-mode rule; it builds graph nodes through `Value`
-                                      handles (never numbers), so the backward is itself a graph
+                                      handles (never numbers), so the backward is itself a graph.
+                                      With several outputs, g and out are lists (g[k] is None where
+                                      output k gets no gradient)
   nondiff                             why an op has no VJP (sources, backward-only, optimizer ops)
   template                            the CUDA kernel family rendering it (templates/<template>.cu.j2);
                                       None for sources and for matmul (cuBLAS)
   expr                                pointwise ops: the CUDA C float expression of one element, with
                                       the operands named a and b (or a function of the attrs giving it)
+Aliasing, which the memory planner reads instead of knowing ops by name:
+  view(attrs, x, itemsize)            the output is input 0's memory, this many bytes in (or None:
+                                      not for these attrs and shape x): reshape, contiguous slices
+  in_place                            the op runs over that memory (a collective) instead of being free
+  overwrites(n_inputs)                the (output, input) pairs whose input buffer the output may be
+                                      written over (pointwise ops: any input; an optimizer update
+                                      then runs in place)
+  assembles                           each input may be computed straight into its slice of the
+                                      output, so the op itself runs nothing (concat)
 
 dtypes: floats are f32, bf16 or f16 (dtypes.py). A rule gives its output's dtype; references
 compute in the float type they are given (float32, or float64 in tests: a backend reads narrower
@@ -41,6 +54,10 @@ class Op:
     nondiff: str | None = None
     template: str | None = None
     expr: str | Callable[[dict], str] | None = None
+    view: Callable[[dict, Spec, int], int | None] | None = None
+    in_place: bool = False
+    overwrites: Callable[[int], tuple[tuple[int, int], ...]] = lambda n_inputs: ()
+    assembles: bool = False
 
     def c_expr(self, attrs: dict) -> str | None:
         return self.expr(attrs) if callable(self.expr) else self.expr
@@ -54,6 +71,12 @@ def register(op: Op) -> Op:
     assert (op.vjp is None) != (op.nondiff is None), f"op {op.name}: give a vjp or say why not"
     REGISTRY[op.name] = op
     return op
+
+
+def any_input(n_inputs: int) -> tuple[tuple[int, int], ...]:
+    """A pointwise op's output may overwrite any of its inputs: each element is read before it is
+    written, by the same thread."""
+    return tuple((0, i) for i in range(n_inputs))
 
 
 def prod(shape) -> int:

@@ -25,7 +25,8 @@ def _reshape_infer(attrs, x):
 
 register(Op("reshape", "shape", _reshape_infer,
             ref=lambda a, x: x.reshape(a["shape"]),
-            vjp=lambda a, g, out, x: (g.reshape(x.shape),), template="shape"))
+            vjp=lambda a, g, out, x: (g.reshape(x.shape),), template="shape",
+            view=lambda a, x, itemsize: 0))
 
 
 def _transpose_infer(attrs, x):
@@ -72,7 +73,13 @@ def _slice_vjp(a, g, out, x):
                         after=x.shape[a["axis"]] - a["stop"]),)
 
 
-register(Op("slice", "shape", _slice_infer, ref=_slice_ref, vjp=_slice_vjp, template="shape"))
+def _slice_view(a, x, itemsize: int) -> int | None:
+    """A slice is a contiguous run of its input when every axis before its own has extent 1."""
+    axis = a["axis"]
+    return a["start"] * prod(x.shape[axis + 1:]) * itemsize if prod(x.shape[:axis]) == 1 else None
+
+
+register(Op("slice", "shape", _slice_infer, ref=_slice_ref, vjp=_slice_vjp, template="shape", view=_slice_view))
 
 
 def _pad_infer(attrs, x):
@@ -120,7 +127,7 @@ def _concat_vjp(a, g, out, *xs):
 # No CUDA template: the memory plan builds a concat in place (each input is computed into its slice
 # of the output), so it never launches; the plan refuses a concat it cannot build that way.
 register(Op("concat", "shape", _concat_infer,
-            ref=lambda a, *xs: np.concatenate(xs, axis=a["axis"]), vjp=_concat_vjp))
+            ref=lambda a, *xs: np.concatenate(xs, axis=a["axis"]), vjp=_concat_vjp, assembles=True))
 
 register(Op("copy", "shape", lambda a, x: x, ref=lambda a, x: x.copy(),
             vjp=lambda a, g, out, x: (g,), template="shape"))

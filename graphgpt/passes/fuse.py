@@ -86,13 +86,13 @@ def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> 
     they absorb."""
     rows, absorbed = {}, set()
     for n in graph.of_op("normalize_grad"):
-        x, g = n.inputs
-        inputs, attrs, eaten, at = [x, g], {"eps": n.attr["eps"], "scaled": False, "accumulate": False}, set(), n.id
+        x, g, mean, rstd = n.inputs
+        inputs, attrs, eaten, at = [x, g, mean, rstd], {"eps": n.attr["eps"], "scaled": False, "accumulate": False}, set(), n.id
         m = graph.nodes[g]
         if m.op == "mul" and m.id not in needed and users[m.id] == [n.id]:
             for dy, gamma in (m.inputs, m.inputs[::-1]):
                 if graph.nodes[dy].shape == n.shape and graph.nodes[gamma].shape == n.shape[-1:]:
-                    inputs, attrs["scaled"] = [x, dy, gamma], True
+                    inputs, attrs["scaled"] = [x, dy, mean, rstd, gamma], True
                     eaten.add(m.id)
                     break
         a = graph.nodes[users[n.id][0]] if len(users[n.id]) == 1 else None

@@ -12,7 +12,10 @@ best-fit heap simulated over the schedule (as XLA's heap simulator), and an offl
 the largest buffers first (as TFLite's greedy-by-size planner), which strands fewer large buffers
 above small holes. Either is checked: no two buffers alive at one step share memory.
 
-Three kinds of sharing remove copies:
+An op with several outputs runs as its tuple node, which owns no memory; each of its outputs owns a
+buffer, live from the step that runs the op.
+
+Three kinds of sharing remove copies, as each op declares them in its registry entry:
 - views: a reshape, or a slice of contiguous memory, reads its input's buffer at an offset; a
   collective (the gradient allreduce) works in place, so it shares its input's buffer too but runs;
 - concats built in place, views in reverse: a concat of contiguous pieces owns a buffer and each
@@ -134,12 +137,12 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
             assert all(pos.get(r, -1) <= pos[nid] for r in readers[n.inputs[0]]), f"node {nid} cannot run in place"
         if shift is not None and nid not in pinned:
             parent[nid] = (n.inputs[0], shift)
-        elif n.op == "concat":
+        elif REGISTRY[n.op].assembles:
             pieces = _concat_pieces(n, nodes, resolve, unplaceable)
             if isinstance(pieces, str):
-                if REGISTRY["concat"].template is None:
-                    raise UserError(f"{n.where}: concat (node {nid}) cannot be built in place ({pieces}), "
-                                    "and op concat has no CUDA template to run it")
+                if REGISTRY[n.op].template is None:
+                    raise UserError(f"{n.where}: {n.op} (node {nid}) cannot be built in place ({pieces}), "
+                                    f"and op {n.op} has no CUDA template to run it")
                 continue
             for root, off in pieces:  # a piece's views move along with it
                 parent[root] = (nid, off)
@@ -181,9 +184,14 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     keep_alive = set(graph.outputs.values()) | {new for new, _ in copies}
 
     # 3. the work region: each buffer lives from the step that computes it to its last reader
-    roots = [nid for nid in nodes if nid not in fixed and nid not in view]
+    roots = [nid for nid in nodes if nid not in fixed and nid not in view and not nodes[nid].specs]
+
+    def written(k: int) -> int:
+        """The step that writes node k: an output of an op with several is written by that op."""
+        n = nodes[k]
+        return pos.get(n.inputs[0], -1) if REGISTRY[n.op].kind == "projection" else pos.get(k, -1)
     # born when its first member is computed (a concat built in place: its first piece)
-    born = {r: min(pos.get(k, -1) for k in members[r]) for r in roots}
+    born = {r: min(written(k) for k in members[r]) for r in roots}
     dies = {r: (end if any(root_of[k] == r for k in keep_alive) else last_read.get(r, born[r]))
             for r in roots}
     buffers = [_Buffer(r, born[r], dies[r], aligned(nodes[r].nbytes)) for r in roots]
@@ -196,7 +204,8 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     return ProgramMemory(
         offsets=offsets,
         launches=[nid for nid in order
-                  if (nid not in view or nid in placed or _in_place_op(nodes[nid])) and nid not in in_place_concats],
+                  if (nid not in view or nid in placed or _in_place_op(nodes[nid])) and nid not in in_place_concats
+                  and REGISTRY[nodes[nid].op].kind != "projection"],
         copies=copies,
         work_size=peak,
         work_sum=sum(b.size for b in buffers),
@@ -205,19 +214,16 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
 
 
 def _in_place_op(n: Node) -> bool:
-    return REGISTRY[n.op].kind == "collective"
+    return REGISTRY[n.op].in_place
 
 
 def _view_shift(n: Node, nodes: dict[int, Node]) -> int | None:
-    """Byte offset into the input if `n` shares its input's memory, else None."""
-    if n.op == "reshape" or _in_place_op(n):
-        return 0
-    if n.op == "slice":
-        shape = nodes[n.inputs[0]].shape
-        axis = n.attr["axis"]
-        if prod(shape[:axis]) == 1:  # a contiguous run of the input
-            return n.attr["start"] * prod(shape[axis + 1:]) * DTYPES[n.dtype].bytes
-    return None
+    """Byte offset into the input if `n` shares its input's memory (as its op declares), else None."""
+    view = REGISTRY[n.op].view
+    if view is None:
+        return None
+    x = nodes[n.inputs[0]]
+    return view(n.attr, x, DTYPES[x.dtype].bytes)
 
 
 def _concat_pieces(n: Node, nodes: dict[int, Node], resolve, unplaceable: set[int]) -> list[tuple[int, int]] | str:
@@ -241,8 +247,9 @@ def _concat_pieces(n: Node, nodes: dict[int, Node], resolve, unplaceable: set[in
 
 
 def _in_place(new: Node, state: int, pos, readers, members) -> bool:
-    """Can `new` overwrite `state`'s memory? Elementwise, reads it directly, and reads it last."""
-    if REGISTRY[new.op].kind != "elementwise" or state not in new.inputs:
+    """Can `new` overwrite `state`'s memory? Its op allows it, it reads it directly, and reads it last."""
+    may = REGISTRY[new.op].overwrites(len(new.inputs))
+    if not any((0, i) in may for i, x in enumerate(new.inputs) if x == state):
         return False
     others = [r for k in members[state] for r in readers[k] if r != new.id]
     return all(pos[r] < pos[new.id] for r in others if r in pos)

@@ -2,7 +2,7 @@
 
 Policy: a forward node is recomputed for its backward readers when
   - it is one of the policy's roots -- "attention": causal softmax; "all": also pointwise ops (a
-    fused chain included) and LayerNorm normalisations -- together with the producers that feed
+    fused chain included: the LayerNorm affine, GELU) -- together with the producers that feed
     only it (the attention scores' GEMM);
   - recomputing adds no memory: the inputs at the edge of what is recomputed are sources or are
     read in the backward anyway (the residual stream a LayerNorm reads is kept for its gradient,
@@ -11,7 +11,7 @@ Policy: a forward node is recomputed for its backward readers when
 Each clone is scheduled just before the first backward reader ("compute late"), so the original
 dies after its last forward reader. "attention" drops the largest activation of long sequences,
 the (T x T) attention probabilities, at the price of one more (T x T x D) GEMM per layer -- the
-trade FlashAttention makes; "all" also drops every LayerNorm and GELU output. The compiler's
+trade FlashAttention makes; "all" also drops the GELU outputs and the LayerNorm affine's. The compiler's
 default, "auto", measures the trade on the memory plan (see `choose`).
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
         return graph
 
     def root(n: Node) -> bool:
-        if policy == "all" and (REGISTRY[n.op].kind == "elementwise" or n.op == "normalize"):
+        if policy == "all" and REGISTRY[n.op].kind == "elementwise":
             return True
         return n.op == "causal_softmax"
 

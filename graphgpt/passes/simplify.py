@@ -66,5 +66,7 @@ def dead_code_elimination(graph: Graph) -> Graph:
     for n in reversed(list(graph.nodes.values())):
         if n.id in live:
             live.update(n.inputs)
+    # an op with several outputs writes all of them: each keeps its buffer while the op lives
+    live |= {n.id for n in graph.nodes.values() if n.op == "output" and n.inputs[0] in live}
     graph.nodes = {i: n for i, n in graph.nodes.items() if i in live}
     return graph

@@ -20,6 +20,7 @@ from .cublas import WORKSPACE_BYTES, Cublas
 from .dist import SingleWorld
 
 SLOTS = 2  # pinned buffers per input/output: one being filled while the other is in flight
+STATIC_SMEM_LIMIT = 48 << 10  # shared memory a kernel may use without opting in
 
 
 def device_dtype(name: str) -> np.dtype:
@@ -130,6 +131,8 @@ class CudaBackend:
         else:
             fn = self.modules[cuda["file"]].get_function(cuda["kernel"])
             grid, block, smem = tuple(cuda["grid"]), tuple(cuda["block"]), cuda["smem"]
+            if smem > STATIC_SMEM_LIMIT:  # beyond 48 KiB a kernel must opt in to dynamic shared memory
+                fn.max_dynamic_shared_size_bytes = smem
             args = tuple(self.view(b) for b in cuda["args"])
 
             def run():

@@ -78,7 +78,8 @@ class NumpyBackend:
                 continue
             ins = [self.view(b) for b in launch["in"]]
             widen = [i for i, b in enumerate(launch["in"]) if b[0] != "f32" and DTYPES[b[0]].is_float]
-            steps.append(("launch", REGISTRY[launch["op"]].ref, launch["attrs"], ins, widen, self.view(launch["out"])))
+            outs = [self.view(b) for b in launch.get("outs", [launch["out"]])]
+            steps.append(("launch", REGISTRY[launch["op"]].ref, launch["attrs"], ins, widen, outs))
         inputs = {k: self.view(b) for k, b in prog["inputs"].items()}
         outputs = {k: self.view(b) for k, b in prog["outputs"].items()}
         return steps, inputs, outputs
@@ -118,10 +119,12 @@ class NumpyBackend:
                 _, name, (off, n) = step
                 self.world.allreduce_mean(self.view([name, off, [n // DTYPES[name].bytes]]))
             else:
-                _, ref, attrs, ins, widen, out = step
+                _, ref, attrs, ins, widen, outs = step
                 if widen:  # narrow floats are read as float32, as a kernel loads them
                     ins = [x.astype(self.compute) if i in widen else x for i, x in enumerate(ins)]
-                out[...] = ref(attrs, *ins)
+                result = ref(attrs, *ins)
+                for out, value in zip(outs, result if len(outs) > 1 else (result,)):
+                    out[...] = value
 
     def enqueue(self, program: str, feeds: dict) -> Finished:
         return Finished(self.run(program, feeds))
