@@ -25,7 +25,7 @@ from .runtime import make_backend
 from .runtime.dist import check_same_plan, current_world
 from .sample import generate
 from .tokenizer import Tokenizer
-from .train import Evaluation, Trainer, TrainingStopped, check_finite
+from .train import Evaluation, Trainer, TrainingStopped, check_finite, program_inputs, scalar_inputs
 
 
 def parse_args(argv):
@@ -307,9 +307,9 @@ def _profile(plan, backend, sampler) -> None:
     step size of 0 leaves the weights as they are)."""
     from .runtime.profile import ceilings, format_profile, profile
     program = "train" if "train" in plan.data["programs"] else "accumulate"
-    x, y = sampler.next_batch()
-    feeds = {name: 0.0 for name, (_, _, shape) in plan.program(program)["inputs"].items() if not shape}
-    print(format_profile(profile(backend, program, {**feeds, "tokens": x, "targets": y}), ceilings(backend)))
+    zeros = {name: 0.0 for name in scalar_inputs(plan, program)}
+    feeds = program_inputs(plan, program, sampler.next_batch(), zeros)
+    print(format_profile(profile(backend, program, feeds), ceilings(backend)))
 
 
 def _starting_state(args, saves: CheckpointDir | None, plan_digest: str) -> TrainingState | None:

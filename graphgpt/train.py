@@ -22,6 +22,24 @@ class TrainingStopped(Exception):
     """Training cannot go on (a non-finite loss or gradient norm); the message names the step."""
 
 
+def scalar_inputs(plan: Plan, program: str) -> list[str]:
+    """The names of a program's scalar inputs (shape []), as its plan declares them."""
+    return [name for name, (_, _, shape) in plan.program(program)["inputs"].items() if not shape]
+
+
+def program_inputs(plan: Plan, program: str, batch=None, scalars: dict[str, float] | None = None) -> dict:
+    """A program's inputs by the names its plan declares: the batch (tokens, targets) and each of
+    its scalars from `scalars`. The one place that builds them, for the trainer, the profiler and
+    the benchmark."""
+    feeds = dict(zip(("tokens", "targets"), batch)) if batch is not None else {}
+    for name in scalar_inputs(plan, program):
+        if name not in (scalars or {}):
+            raise UserError(f"the plan's {program} program takes a scalar {name!r} that this "
+                            "graphgpt does not provide; recompile the plan")
+        feeds[name] = scalars[name]
+    return feeds
+
+
 def init_params(plan: Plan, seed: int) -> dict[str, np.ndarray]:
     """Initial weights in plan order: N(0, std), zeros or ones, drawn in float64 from one seed."""
     rng = np.random.default_rng(seed)
@@ -98,15 +116,7 @@ class Trainer:
             last = time.perf_counter()
 
     def _feeds(self, program: str, scalars: dict[str, float], batch=None) -> dict:
-        """A program's inputs, by the names its plan declares: the batch, and its scalars."""
-        feeds = dict(zip(("tokens", "targets"), batch)) if batch is not None else {}
-        for name, (_, _, shape) in self.plan.program(program)["inputs"].items():
-            if not shape:
-                if name not in scalars:
-                    raise UserError(f"the plan's {program} program takes a scalar {name!r} that this "
-                                    "graphgpt does not provide; recompile the plan")
-                feeds[name] = scalars[name]
-        return feeds
+        return program_inputs(self.plan, program, batch, scalars)
 
     def _enqueue_step(self) -> tuple:
         scalars = step_scalars(self.plan.optimizer, self.updates_done)

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from graphgpt import optim, schedule  # noqa: E402
+from graphgpt import schedule  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.fsutil import atomic_write_text  # noqa: E402
 from graphgpt.runtime import cuda_available, make_backend  # noqa: E402
-from graphgpt.train import init_params  # noqa: E402
+from graphgpt.train import init_params, program_inputs  # noqa: E402
 
 MIN_WARMUP = 2  # graphgpt captures its CUDA graph on the second step; torch.compile compiles on the first
 
@@ -151,14 +151,13 @@ class GraphgptRunner:
         self.be = make_backend("cuda", plan, graph=graph, tf32=tf32)
         for name, value in weights.items():
             self.be.set_tensor(name, value)
-        self.cfg, self.batch, self.updates_done = plan.optimizer, batch, 0
+        self.plan, self.batch, self.updates_done = plan, batch, 0
         self.clock = CupyClock(self.be.stream)
 
     def _feeds(self) -> dict:
-        scalars = schedule.step_scalars(self.cfg, self.updates_done)
+        scalars = schedule.step_scalars(self.plan.optimizer, self.updates_done)
         self.updates_done += 1
-        return {"tokens": self.batch[0], "targets": self.batch[1],
-                **{k: scalars[k] for k in optim.scalar_inputs(self.cfg)}}
+        return program_inputs(self.plan, "train", self.batch, scalars)
 
     def step(self) -> None:
         self.be.enqueue("train", self._feeds())

@@ -28,32 +28,32 @@ def _unary_infer(attrs, x):
     return float_spec(x)
 
 
-def binary(name, ref, expr, vjp=None, nondiff=None):
-    register(Op(name, "elementwise", _binary_infer, ref=lambda a, x, y: ref(x, y), vjp=vjp, nondiff=nondiff,
+def binary(name, expr, vjp=None, nondiff=None):
+    register(Op(name, "elementwise", _binary_infer, vjp=vjp, nondiff=nondiff,
                 template="elementwise", expr=expr, overwrites=any_input))
 
 
-def unary(name, ref, expr, vjp=None, nondiff=None):
-    register(Op(name, "elementwise", _unary_infer, ref=lambda a, x: ref(x), vjp=vjp, nondiff=nondiff,
+def unary(name, expr, vjp=None, nondiff=None):
+    register(Op(name, "elementwise", _unary_infer, vjp=vjp, nondiff=nondiff,
                 template="elementwise", expr=expr, overwrites=any_input))
 
 
-binary("add", np.add, "a + b", lambda a, g, out, x, y: (unbroadcast(g, x.shape), unbroadcast(g, y.shape)))
-binary("sub", np.subtract, "a - b",
+binary("add", "a + b", lambda a, g, out, x, y: (unbroadcast(g, x.shape), unbroadcast(g, y.shape)))
+binary("sub", "a - b",
        lambda a, g, out, x, y: (unbroadcast(g, x.shape), unbroadcast(-g, y.shape)))
-binary("mul", np.multiply, "a * b",
+binary("mul", "a * b",
        lambda a, g, out, x, y: (unbroadcast(g * y, x.shape), unbroadcast(g * x, y.shape)))
-binary("div", np.divide, "a / b", lambda a, g, out, x, y: (unbroadcast(g / y, x.shape),
-                                                           unbroadcast(-(g * out) / y, y.shape)))
+binary("div", "a / b", lambda a, g, out, x, y: (unbroadcast(g / y, x.shape),
+                                              unbroadcast(-(g * out) / y, y.shape)))
 # np.maximum propagates a NaN from either side (fmaxf would drop it): a NaN gradient norm must show.
-binary("maximum", np.maximum, "(a > b || a != a) ? a : b",
+binary("maximum", "(a > b || a != a) ? a : b",
        nondiff="used by gradient clipping only, after the backward")
 
-unary("neg", np.negative, "-a", lambda a, g, out, x: (-g,))
-unary("exp", np.exp, "expf(a)", lambda a, g, out, x: (g * out,))
-unary("log", np.log, "logf(a)", lambda a, g, out, x: (g / x,))
-unary("sqrt", np.sqrt, "sqrtf(a)", lambda a, g, out, x: ((g * 0.5) / out,))
-unary("tanh", np.tanh, "tanhf(a)", lambda a, g, out, x: (g * (1.0 - out * out),))
+unary("neg", "-a", lambda a, g, out, x: (-g,))
+unary("exp", "expf(a)", lambda a, g, out, x: (g * out,))
+unary("log", "logf(a)", lambda a, g, out, x: (g / x,))
+unary("sqrt", "sqrtf(a)", lambda a, g, out, x: ((g * 0.5) / out,))
+unary("tanh", "tanhf(a)", lambda a, g, out, x: (g * (1.0 - out * out),))
 
 
 # ---- cast: a float tensor in another float type. Rounding happens where a value is stored, so a
@@ -65,16 +65,10 @@ def _cast_infer(attrs, x):
     return Spec(x.shape, attrs["dtype"])
 
 
-def _cast(attrs, x):
-    if attrs["dtype"] == "f32":  # the compute type: float32, or float64 in tests
-        return x
-    return x.astype(DTYPES[attrs["dtype"]].numpy).astype(x.dtype)
-
-
 def _cast_expr(attrs) -> str:
     return "a" if attrs["dtype"] == "f32" else f"to_float(from_float<{DTYPES[attrs['dtype']].ctype}>(a))"
 
 
-register(Op("cast", "elementwise", _cast_infer, ref=_cast,
+register(Op("cast", "elementwise", _cast_infer,
             vjp=lambda a, g, out, x: (g.graph.add("cast", (g,), dtype=x.dtype),),
             template="elementwise", expr=_cast_expr, overwrites=any_input))

@@ -33,14 +33,7 @@ def _infer(attrs, *specs: Spec) -> Spec:
     return spec
 
 
-def _ref(attrs, *arrays):
-    out = _run(attrs["program"], arrays, lambda op, a, ins: REGISTRY[op].ref(a, *ins))
-    if "shape" in attrs:
-        out = out.reshape(attrs["shape"])
-    return out.transpose(attrs["perm"]) if "perm" in attrs else out
-
-
-register(Op("fused", "elementwise", _infer, ref=_ref,
+register(Op("fused", "elementwise", _infer,
             nondiff="made by the fusion pass, which runs after autodiff", template="elementwise",
             overwrites=any_input))
 
@@ -49,9 +42,6 @@ def _sum_infer(attrs, *specs: Spec) -> Spec:
     return REGISTRY["sum"].infer(attrs, _infer(attrs, *specs))
 
 
-def _sum_ref(attrs, *arrays):
-    return REGISTRY["sum"].ref(attrs, _ref(attrs, *arrays))
 
-
-register(Op("fused_sum", "reduction", _sum_infer, ref=_sum_ref,
+register(Op("fused_sum", "reduction", _sum_infer,
             nondiff="made by the fusion pass, which runs after autodiff", template="reduce"))

@@ -6,8 +6,6 @@ flags let the backward use the operands in place instead of materialising transp
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .registry import Op, Spec, float_spec, out_dtype, register, require
 
 
@@ -28,14 +26,6 @@ def _infer(attrs, a, b):
     return Spec(a.shape[:-2] + (m, n), out_dtype(attrs, a.dtype))
 
 
-def _ref(attrs, a, b):
-    if attrs["tb"]:
-        b = np.swapaxes(b, -1, -2)
-    if b.ndim == 2 and a.ndim > 2:  # one large GEMM instead of a loop over the batch
-        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
-    if attrs["ta"]:
-        a = np.swapaxes(a, -1, -2)
-    return np.matmul(a, b)
 
 
 def _vjp(attrs, g, out, a, b):
@@ -51,7 +41,7 @@ def _vjp(attrs, g, out, a, b):
     return da, db
 
 
-register(Op("matmul", "matmul", _infer, ref=_ref, vjp=_vjp))
+register(Op("matmul", "matmul", _infer, vjp=_vjp))
 
 
 # A GEMM with its epilogue, made by the fusion pass: op(a) @ op(b) [+ bias] [+ residual], the bias
@@ -73,12 +63,7 @@ def _fused_infer(attrs, a, b, *rest):
     return out
 
 
-def _fused_ref(attrs, a, b, *rest):
-    out, rest = _ref(attrs, a, b), list(rest)
-    if attrs["bias"]:
-        out = out + rest.pop(0)
-    return out + rest.pop(0) if attrs["residual"] else out
 
 
-register(Op("fused_matmul", "matmul", _fused_infer, ref=_fused_ref,
+register(Op("fused_matmul", "matmul", _fused_infer,
             nondiff="made by the fusion pass, which runs after autodiff"))

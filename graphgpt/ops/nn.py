@@ -6,14 +6,10 @@ single kernel. Backward-only ops are never differentiated again, so they carry n
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
 from ..errors import UserError
+from ..numpy_ops import GELU_C
 from .registry import Op, Spec, float_spec, out_dtype, register, require
 
-GELU_C = math.sqrt(2.0 / math.pi)
 BACKWARD_ONLY = "backward-only: emitted by a VJP rule, checked through its forward op's gradient test"
 
 
@@ -25,21 +21,12 @@ def _same(attrs, x, *rest):
 
 
 # ---- GELU, tanh approximation ------------------------------------------------------------------
-def _gelu(x):
-    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + 0.044715 * x * x * x)))
-
-
-def _gelu_grad(x, g):
-    t = np.tanh(GELU_C * (x + 0.044715 * x * x * x))
-    return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * x * x))
-
-
 # The same formulas in CUDA C; the repeated tanh is one call after the compiler's CSE.
 _TANH = f"tanhf({GELU_C!r}f * (a + 0.044715f * a * a * a))"
-register(Op("gelu", "elementwise", _same, ref=lambda a, x: _gelu(x),
+register(Op("gelu", "elementwise", _same,
             vjp=lambda a, g, out, x: (g.graph.add("gelu_grad", (x, g)),),
             template="elementwise", expr=f"0.5f * a * (1.0f + {_TANH})"))
-register(Op("gelu_grad", "elementwise", _same, ref=lambda a, x, g: _gelu_grad(x, g), nondiff=BACKWARD_ONLY,
+register(Op("gelu_grad", "elementwise", _same, nondiff=BACKWARD_ONLY,
             template="elementwise",
             expr=f"b * (0.5f * (1.0f + {_TANH}) + 0.5f * a * (1.0f - {_TANH} * {_TANH}) * {GELU_C!r}f"
                  f" * (1.0f + 3.0f * 0.044715f * a * a))"))
@@ -51,13 +38,6 @@ register(Op("gelu_grad", "elementwise", _same, ref=lambda a, x, g: _gelu_grad(x,
 def _normalize_infer(attrs, x):
     float_spec(x)
     return [x, Spec(x.shape[:-1], "f32"), Spec(x.shape[:-1], "f32")]
-
-
-def _normalize(x, eps):
-    mean = x.mean(-1)
-    xc = x - mean[..., None]
-    rstd = 1.0 / np.sqrt((xc * xc).mean(-1) + eps)
-    return xc * rstd[..., None], mean, rstd
 
 
 def _normalize_vjp(attrs, g, out, x):
@@ -78,15 +58,8 @@ def _normalize_grad_infer(attrs, x, g, mean, rstd):
     return x
 
 
-def _normalize_grad(x, g, mean, rstd):
-    xhat = (x - mean[..., None]) * rstd[..., None]
-    return rstd[..., None] * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
-
-
-register(Op("normalize", "nn", _normalize_infer, ref=lambda a, x: _normalize(x, a["eps"]), vjp=_normalize_vjp,
-            template="layernorm"))
-register(Op("normalize_grad", "nn", _normalize_grad_infer, ref=lambda a, x, g, mean, rstd: _normalize_grad(x, g, mean, rstd),
-            nondiff=BACKWARD_ONLY, template="layernorm"))
+register(Op("normalize", "nn", _normalize_infer, vjp=_normalize_vjp, template="layernorm"))
+register(Op("normalize_grad", "nn", _normalize_grad_infer, nondiff=BACKWARD_ONLY, template="layernorm"))
 
 
 # LayerNorm's backward as llm.c writes it, made by the fusion pass: the incoming gradient is scaled
@@ -108,15 +81,7 @@ def _fused_normalize_grad_infer(attrs, x, g, mean, rstd, *rest):
     return x
 
 
-def _fused_normalize_grad(attrs, x, g, mean, rstd, *rest):
-    rest = list(rest)
-    if attrs["scaled"]:
-        g = g * rest.pop(0)
-    dx = _normalize_grad(x, g, mean, rstd)
-    return dx + rest.pop(0) if attrs["accumulate"] else dx
-
-
-register(Op("fused_normalize_grad", "nn", _fused_normalize_grad_infer, ref=_fused_normalize_grad,
+register(Op("fused_normalize_grad", "nn", _fused_normalize_grad_infer,
             nondiff="made by the fusion pass, which runs after autodiff", template="layernorm"))
 
 
@@ -127,18 +92,10 @@ def _square(attrs, x, *rest):
     return x
 
 
-def _causal_softmax(x, scale):
-    t = x.shape[-1]
-    s = np.where(np.tri(t, dtype=bool), x * scale, -np.inf)
-    e = np.exp(s - s.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-register(Op("causal_softmax", "nn", _square, ref=lambda a, x: _causal_softmax(x, a["scale"]),
+register(Op("causal_softmax", "nn", _square,
             vjp=lambda a, g, out, x: (g.graph.add("causal_softmax_grad", (out, g), scale=a["scale"]),),
             template="softmax"))
 register(Op("causal_softmax_grad", "nn", _square,
-            ref=lambda a, y, g: a["scale"] * y * (g - (g * y).sum(-1, keepdims=True)),
             nondiff=BACKWARD_ONLY, template="softmax"))
 
 
@@ -150,33 +107,16 @@ def _ce_infer(attrs, logits, targets):
     return Spec((), "f32")  # the loss is computed, and kept, in float32 whatever the logits' type
 
 
-def _log_softmax(z):
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
-def _ce(logits, targets):
-    lp = np.take_along_axis(_log_softmax(logits), targets[..., None].astype(np.int64), -1)
-    return np.asarray(-lp.mean(), logits.dtype)  # the compute type; stored as the plan's float32
-
-
 def _ce_grad_infer(attrs, logits, targets, g):
     _ce_infer(attrs, logits, targets)
     require(g.shape == () and g.dtype == "f32", "the incoming gradient must be a float32 scalar")
     return logits
 
 
-def _ce_grad(logits, targets, g):
-    p = np.exp(_log_softmax(logits))
-    np.put_along_axis(p, targets[..., None].astype(np.int64),
-                      np.take_along_axis(p, targets[..., None].astype(np.int64), -1) - 1.0, -1)
-    return p * (g / targets.size)
-
-
-register(Op("cross_entropy", "nn", _ce_infer, ref=lambda a, z, t: _ce(z, t),
+register(Op("cross_entropy", "nn", _ce_infer,
             vjp=lambda a, g, out, z, t: (g.graph.add("cross_entropy_grad", (z, t, g)), None),
             template="cross_entropy"))
-register(Op("cross_entropy_grad", "nn", _ce_grad_infer, ref=lambda a, z, t, g: _ce_grad(z, t, g),
+register(Op("cross_entropy_grad", "nn", _ce_grad_infer,
             nondiff=BACKWARD_ONLY, template="cross_entropy"))
 
 
@@ -194,14 +134,8 @@ def _emb_grad_infer(attrs, ids, g):
     return Spec((attrs["rows"], g.shape[-1]), out_dtype(attrs, g.dtype))
 
 
-def _emb_grad(rows, ids, g):
-    out = np.zeros((rows, g.shape[-1]), g.dtype)
-    np.add.at(out, ids.reshape(-1), g.reshape(-1, g.shape[-1]))
-    return out
-
-
-register(Op("embedding", "nn", _emb_infer, ref=lambda a, w, ids: w[ids],
+register(Op("embedding", "nn", _emb_infer,
             vjp=lambda a, g, out, w, ids: (g.graph.add("embedding_grad", (ids, g), rows=w.shape[0]), None),
             template="embedding"))
-register(Op("embedding_grad", "nn", _emb_grad_infer, ref=lambda a, ids, g: _emb_grad(a["rows"], ids, g),
+register(Op("embedding_grad", "nn", _emb_grad_infer,
             nondiff=BACKWARD_ONLY, template="embedding"))

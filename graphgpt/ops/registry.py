@@ -3,8 +3,10 @@
 An `Op` carries, in one place, everything the compiler and the backends need to know about it:
   infer(attrs, *specs) -> Spec        the shape/dtype rule (raise ShapeMismatch to reject); an op
                                       with several outputs returns a list of Specs, one per output
-  ref(attrs, *arrays) -> array        the NumPy reference: the NumPy backend runs it, tests trust it
-                                      (a tuple of arrays for an op with several outputs)
+  ref(attrs, *arrays) -> array        the NumPy reference: numpy_ops.BY_OP[name], filled in at
+                                      registration (the NumPy backend runs the same function without
+                                      importing the registry); tests trust it. A tuple of arrays for
+                                      an op with several outputs
   vjp(attrs, g, out, *inputs)         the reverse-mode rule; it builds graph nodes through `Value`
                                       handles (never numbers), so the backward is itself a graph.
                                       With several outputs, g and out are lists (g[k] is None where
@@ -31,8 +33,10 @@ A new op registers here and gets its gradient test, its NumPy execution and its 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
+
+from ..numpy_ops import BY_OP
 
 
 class Spec(NamedTuple):
@@ -69,6 +73,9 @@ REGISTRY: dict[str, Op] = {}
 def register(op: Op) -> Op:
     assert op.name not in REGISTRY, f"op {op.name} registered twice"
     assert (op.vjp is None) != (op.nondiff is None), f"op {op.name}: give a vjp or say why not"
+    if op.kind != "source":
+        assert op.ref is None and op.name in BY_OP, f"op {op.name}: its reference belongs in numpy_ops.py"
+        op = replace(op, ref=BY_OP[op.name])
     REGISTRY[op.name] = op
     return op
 

@@ -24,7 +24,6 @@ def _reshape_infer(attrs, x):
 
 
 register(Op("reshape", "shape", _reshape_infer,
-            ref=lambda a, x: x.reshape(a["shape"]),
             vjp=lambda a, g, out, x: (g.reshape(x.shape),), template="shape",
             view=lambda a, x, itemsize: 0))
 
@@ -36,7 +35,6 @@ def _transpose_infer(attrs, x):
 
 
 register(Op("transpose", "shape", _transpose_infer,
-            ref=lambda a, x: np.transpose(x, a["perm"]),
             vjp=lambda a, g, out, x: (g.transpose(tuple(np.argsort(a["perm"]).tolist())),), template="shape"))
 
 
@@ -51,7 +49,6 @@ def _broadcast_infer(attrs, x):
 
 
 register(Op("broadcast_to", "shape", _broadcast_infer,
-            ref=lambda a, x: np.broadcast_to(x, a["shape"]),
             vjp=lambda a, g, out, x: (unbroadcast(g, x.shape),), template="shape"))
 
 
@@ -60,12 +57,6 @@ def _slice_infer(attrs, x):
     require(0 <= axis < len(x.shape) and 0 <= start < stop <= x.shape[axis],
             f"slice [{start}:{stop}] on axis {axis} is out of range")
     return Spec(x.shape[:axis] + (stop - start,) + x.shape[axis + 1:], x.dtype)
-
-
-def _slice_ref(a, x):
-    index = [slice(None)] * x.ndim
-    index[a["axis"]] = slice(a["start"], a["stop"])
-    return x[tuple(index)]
 
 
 def _slice_vjp(a, g, out, x):
@@ -79,7 +70,7 @@ def _slice_view(a, x, itemsize: int) -> int | None:
     return a["start"] * prod(x.shape[axis + 1:]) * itemsize if prod(x.shape[:axis]) == 1 else None
 
 
-register(Op("slice", "shape", _slice_infer, ref=_slice_ref, vjp=_slice_vjp, template="shape", view=_slice_view))
+register(Op("slice", "shape", _slice_infer, vjp=_slice_vjp, template="shape", view=_slice_view))
 
 
 def _pad_infer(attrs, x):
@@ -90,18 +81,12 @@ def _pad_infer(attrs, x):
                 x.dtype)
 
 
-def _pad_ref(a, x):
-    widths = [(0, 0)] * x.ndim
-    widths[a["axis"]] = (a["before"], a["after"])
-    return np.pad(x, widths)
-
-
 def _pad_vjp(a, g, out, x):
     start = a["before"]
     return (g.graph.add("slice", (g,), axis=a["axis"], start=start, stop=start + x.shape[a["axis"]]),)
 
 
-register(Op("pad", "shape", _pad_infer, ref=_pad_ref, vjp=_pad_vjp, template="shape"))
+register(Op("pad", "shape", _pad_infer, vjp=_pad_vjp, template="shape"))
 
 
 def _concat_infer(attrs, *xs):
@@ -127,9 +112,9 @@ def _concat_vjp(a, g, out, *xs):
 # No CUDA template: the memory plan builds a concat in place (each input is computed into its slice
 # of the output), so it never launches; the plan refuses a concat it cannot build that way.
 register(Op("concat", "shape", _concat_infer,
-            ref=lambda a, *xs: np.concatenate(xs, axis=a["axis"]), vjp=_concat_vjp, assembles=True))
+            vjp=_concat_vjp, assembles=True))
 
-register(Op("copy", "shape", lambda a, x: x, ref=lambda a, x: x.copy(),
+register(Op("copy", "shape", lambda a, x: x,
             vjp=lambda a, g, out, x: (g,), template="shape"))
 
 __all__ = ["unbroadcast", "ShapeMismatch"]

@@ -1,4 +1,4 @@
-"""The NumPy backend: runs a plan launch by launch with each op's reference implementation.
+"""The NumPy backend: runs a plan launch by launch with each op's NumPy reference (numpy_ops.py).
 
 It is the oracle every other backend is checked against. All tensors are views into one byte
 arena at the offsets the memory plan chose, so the plan's aliasing and in-place updates are
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import DTYPES, numel
-from ..ops import REGISTRY
+from ..numpy_ops import BY_OP
 from ..plan import Plan
 from .dist import SingleWorld
 
@@ -79,7 +79,7 @@ class NumpyBackend:
             ins = [self.view(b) for b in launch["in"]]
             widen = [i for i, b in enumerate(launch["in"]) if b[0] != "f32" and DTYPES[b[0]].is_float]
             outs = [self.view(b) for b in launch.get("outs", [launch["out"]])]
-            steps.append(("launch", REGISTRY[launch["op"]].ref, launch["attrs"], ins, widen, outs))
+            steps.append(("launch", BY_OP[launch["op"]], launch["attrs"], ins, widen, outs))
         inputs = {k: self.view(b) for k, b in prog["inputs"].items()}
         outputs = {k: self.view(b) for k, b in prog["outputs"].items()}
         return steps, inputs, outputs

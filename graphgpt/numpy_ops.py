@@ -1,0 +1,212 @@
+"""What every op computes, in NumPy: the references the op registry names and the NumPy backend runs.
+
+Both halves read this module and nothing else of each other: the compiler's registry (ops/) points
+each op's `ref` here, and the NumPy backend looks a launch's op up in `BY_OP`, so the runtime
+executes a plan knowing nothing of the compiler. Each function takes the op's attrs and its input
+arrays and returns its output (a tuple for an op with several). They compute in the float type
+they are given: float32, or float64 in tests (a backend reads narrower floats as float32 first).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import ml_dtypes
+import numpy as np
+
+BY_OP: dict[str, Callable] = {}
+GELU_C = math.sqrt(2.0 / math.pi)
+NARROW = {"bf16": np.dtype(ml_dtypes.bfloat16), "f16": np.dtype(np.float16)}  # what cast rounds to
+
+
+def reference(*names: str):
+    """Register a function as the reference of these ops."""
+    def register(fn: Callable) -> Callable:
+        for name in names:
+            assert name not in BY_OP, f"two references for {name}"
+            BY_OP[name] = fn
+        return fn
+    return register
+
+
+# ---- pointwise --------------------------------------------------------------------------------
+UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+          "maximum": np.maximum,  # propagates a NaN from either side, as its CUDA expression does
+          "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "tanh": np.tanh}
+for _name, _ufunc in UFUNCS.items():
+    reference(_name)(lambda attrs, *xs, _ufunc=_ufunc: _ufunc(*xs))
+
+
+@reference("cast")
+def cast(attrs, x):
+    """Rounding happens where a value is stored: a cast to the compute type (f32) is the identity,
+    one to a narrower type rounds to nearest even and stays in the compute type."""
+    if attrs["dtype"] == "f32":
+        return x
+    return x.astype(NARROW[attrs["dtype"]]).astype(x.dtype)
+
+
+def _tanh_arg(x):
+    return GELU_C * (x + 0.044715 * x * x * x)
+
+
+@reference("gelu")
+def gelu(attrs, x):
+    return 0.5 * x * (1.0 + np.tanh(_tanh_arg(x)))
+
+
+@reference("gelu_grad")
+def gelu_grad(attrs, x, g):
+    t = np.tanh(_tanh_arg(x))
+    return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * x * x))
+
+
+def _run_program(program, inputs):
+    """A fused chain's steps (op, attrs, args) in order: arg k >= 0 is step k, -1 - i input i."""
+    values = []
+    for op, attrs, args in program:
+        values.append(BY_OP[op](dict(attrs), *[values[a] if a >= 0 else inputs[-1 - a] for a in args]))
+    return values[-1]
+
+
+@reference("fused")
+def fused(attrs, *arrays):
+    out = _run_program(attrs["program"], arrays)
+    if "shape" in attrs:
+        out = out.reshape(attrs["shape"])
+    return out.transpose(attrs["perm"]) if "perm" in attrs else out
+
+
+# ---- reductions -------------------------------------------------------------------------------
+@reference("sum")
+def sum_(attrs, x):
+    return np.asarray(np.sum(x, axis=tuple(attrs["axes"]), keepdims=attrs["keepdims"]), x.dtype)
+
+
+@reference("fused_sum")
+def fused_sum(attrs, *arrays):
+    return sum_(attrs, fused(attrs, *arrays))
+
+
+@reference("sum_squares")
+def sum_squares(attrs, *xs):
+    return np.asarray(sum(np.sum(x * x) for x in xs), xs[0].dtype)
+
+
+# ---- matrix products --------------------------------------------------------------------------
+@reference("matmul")
+def matmul(attrs, a, b):
+    if attrs["tb"]:
+        b = np.swapaxes(b, -1, -2)
+    if b.ndim == 2 and a.ndim > 2:  # one large GEMM instead of a loop over the batch
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+    if attrs["ta"]:
+        a = np.swapaxes(a, -1, -2)
+    return np.matmul(a, b)
+
+
+@reference("fused_matmul")
+def fused_matmul(attrs, a, b, *rest):
+    out, rest = matmul(attrs, a, b), list(rest)
+    if attrs["bias"]:
+        out = out + rest.pop(0)
+    return out + rest.pop(0) if attrs["residual"] else out
+
+
+# ---- LayerNorm without its affine part --------------------------------------------------------
+@reference("normalize")
+def normalize(attrs, x):
+    """The normalised rows, and each row's mean and rstd."""
+    mean = x.mean(-1)
+    xc = x - mean[..., None]
+    rstd = 1.0 / np.sqrt((xc * xc).mean(-1) + attrs["eps"])
+    return xc * rstd[..., None], mean, rstd
+
+
+@reference("normalize_grad")
+def normalize_grad(attrs, x, g, mean, rstd):
+    xhat = (x - mean[..., None]) * rstd[..., None]
+    return rstd[..., None] * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+
+
+@reference("fused_normalize_grad")
+def fused_normalize_grad(attrs, x, g, mean, rstd, *rest):
+    rest = list(rest)
+    if attrs["scaled"]:
+        g = g * rest.pop(0)
+    dx = normalize_grad(attrs, x, g, mean, rstd)
+    return dx + rest.pop(0) if attrs["accumulate"] else dx
+
+
+# ---- causal softmax ---------------------------------------------------------------------------
+@reference("causal_softmax")
+def causal_softmax(attrs, x):
+    t = x.shape[-1]
+    s = np.where(np.tri(t, dtype=bool), x * attrs["scale"], -np.inf)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@reference("causal_softmax_grad")
+def causal_softmax_grad(attrs, y, g):
+    return attrs["scale"] * y * (g - (g * y).sum(-1, keepdims=True))
+
+
+# ---- cross-entropy ----------------------------------------------------------------------------
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+@reference("cross_entropy")
+def cross_entropy(attrs, logits, targets):
+    lp = np.take_along_axis(_log_softmax(logits), targets[..., None].astype(np.int64), -1)
+    return np.asarray(-lp.mean(), logits.dtype)
+
+
+@reference("cross_entropy_grad")
+def cross_entropy_grad(attrs, logits, targets, g):
+    p = np.exp(_log_softmax(logits))
+    at = targets[..., None].astype(np.int64)
+    np.put_along_axis(p, at, np.take_along_axis(p, at, -1) - 1.0, -1)
+    return p * (g / targets.size)
+
+
+# ---- embedding --------------------------------------------------------------------------------
+@reference("embedding")
+def embedding(attrs, table, ids):
+    return table[ids]
+
+
+@reference("embedding_grad")
+def embedding_grad(attrs, ids, g):
+    out = np.zeros((attrs["rows"], g.shape[-1]), g.dtype)
+    np.add.at(out, ids.reshape(-1), g.reshape(-1, g.shape[-1]))
+    return out
+
+
+# ---- data movement ----------------------------------------------------------------------------
+reference("reshape")(lambda attrs, x: x.reshape(attrs["shape"]))
+reference("transpose")(lambda attrs, x: np.transpose(x, attrs["perm"]))
+reference("broadcast_to")(lambda attrs, x: np.broadcast_to(x, attrs["shape"]))
+reference("concat")(lambda attrs, *xs: np.concatenate(xs, axis=attrs["axis"]))
+reference("copy")(lambda attrs, x: x.copy())
+
+
+@reference("slice")
+def slice_(attrs, x):
+    index = [slice(None)] * x.ndim
+    index[attrs["axis"]] = slice(attrs["start"], attrs["stop"])
+    return x[tuple(index)]
+
+
+@reference("pad")
+def pad(attrs, x):
+    widths = [(0, 0)] * x.ndim
+    widths[attrs["axis"]] = (attrs["before"], attrs["after"])
+    return np.pad(x, widths)
+
+
+# ---- the rest ---------------------------------------------------------------------------------
+reference("allreduce_mean")(lambda attrs, x: x)  # one process: the mean over ranks is the identity
+reference("output")(lambda attrs, t: t[attrs["index"]])  # one output of an op with several

@@ -1,0 +1,39 @@
+"""The run side reads the plan and nothing of the compiler: training a plan on the NumPy backend,
+as `graphgpt.run` does, imports no module of the compile half."""
+import subprocess
+import sys
+
+from tests.conftest import COMPILE, ROOT, TINY, sets
+
+COMPILE_HALF = ("graphgpt.ops", "graphgpt.passes", "graphgpt.optim", "graphgpt.compiler", "graphgpt.codegen",
+                "graphgpt.kernels", "graphgpt.ir", "graphgpt.autodiff", "graphgpt.dsl", "graphgpt.reference",
+                "graphgpt.viz")
+
+TRAIN = """
+import sys
+import numpy as np
+from graphgpt import plan as plan_io
+from graphgpt.data import SequentialSampler
+from graphgpt.run import main  # noqa: F401  (the command, with everything it imports)
+from graphgpt.runtime import make_backend
+from graphgpt.train import Trainer
+plan = plan_io.load(sys.argv[1])
+backend = make_backend("numpy", plan)
+tokens = np.arange(200, dtype=np.int32) % plan.config["vocab_size"]
+trainer = Trainer(plan, backend, SequentialSampler(tokens, plan.config["batch_size"], plan.config["block_size"]))
+print([round(m["loss"], 4) for m in trainer.steps(2)])
+print(" ".join(sorted(m for m in sys.modules if m.startswith("graphgpt"))))
+"""
+
+
+def test_training_imports_nothing_of_the_compiler(tmp_path):
+    env_args = dict(cwd=ROOT, capture_output=True, text=True, timeout=300)
+    plan = tmp_path / "plan"
+    assert subprocess.run([sys.executable, COMPILE, "model.py", "--out", str(plan), *sets(TINY)], **env_args).returncode == 0
+    proc = subprocess.run([sys.executable, "-c", TRAIN, str(plan)], **env_args)
+    assert proc.returncode == 0, proc.stderr
+    losses, modules = proc.stdout.splitlines()
+    assert len(eval(losses)) == 2
+    loaded = modules.split()
+    assert "graphgpt.runtime.numpy_backend" in loaded
+    assert not [m for m in loaded if m.startswith(COMPILE_HALF)], loaded
