@@ -192,3 +192,11 @@ def test_an_nvrtc_error_carries_its_log():
     from graphgpt.codegen import CudaCompileError
     with pytest.raises(CudaCompileError, match="undefined_thing"):
         compile_cuda('extern "C" __global__ void k(float* o) { o[0] = undefined_thing; }')
+
+
+def test_every_template_has_its_family_and_every_op_names_one():
+    from graphgpt.codegen import TEMPLATES
+    from graphgpt.kernels import FAMILIES
+    templates = {p.name.removesuffix(".cu.j2") for p in TEMPLATES.glob("*.cu.j2")} - {"common"}
+    assert set(FAMILIES) == templates
+    assert {op.template for op in REGISTRY.values() if op.template} <= set(FAMILIES)
