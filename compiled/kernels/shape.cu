@@ -154,18 +154,6 @@ extern "C" __global__ void __launch_bounds__(256) gather_013791a95c(float* __res
     store<VEC>(out + i, x);
 }
 
-// out[r, j] = in[r, j - 0] where 0 <= j - 0 < 98304, else 0; rows of 98304, VEC = 4
-extern "C" __global__ void __launch_bounds__(256) window_d07540d66a(float* __restrict__ out, const float* __restrict__ in)
-{
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 98304) return;
-    const idx r = i / 98304;
-    const long long j = static_cast<long long>(i % 98304) - 0;
-    store<VEC>(out + i, j >= 0 && j < 98304 ? load<VEC>(in + r * 98304 + j) : splat<VEC>(0.0f));
-}
-
 // out[i] = in[index(i)], (extent, stride) = [[18, 64], [256, 1152], [64, 1]]: 294912 elements, VEC = 4
 extern "C" __global__ void __launch_bounds__(256) gather_dee514c832(float* __restrict__ out, const float* __restrict__ in)
 {

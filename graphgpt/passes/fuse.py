@@ -148,10 +148,21 @@ def _fold_casts(graph: Graph) -> Graph:
     needed = set(graph.outputs.values()) | set(graph.updates.values()) | set(graph.grads.values())
     out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
     out._next_id = graph._next_id
+    def private(src: Node, reader: int) -> bool:
+        return users[src.id] == [reader] and src.id not in needed
+
     for n in graph.nodes.values():
         src = graph.nodes[n.inputs[0]] if n.op == "cast" else None
-        if src is not None and src.op in CAST_INTO and users[src.id] == [n.id] and src.id not in needed:
-            n = replace(src, id=n.id, dtype=n.dtype, attrs=_freeze({**src.attr, "dtype": n.attr["dtype"]}))
+        view = None
+        if src is not None and src.op == "reshape" and private(src, n.id):  # cast(reshape(sum)): the bias
+            view, src = src, graph.nodes[src.inputs[0]]                     # gradient of a broadcast add
+        if src is not None and src.op in CAST_INTO and private(src, (view or n).id):
+            folded = replace(src, dtype=n.dtype, attrs=_freeze({**src.attr, "dtype": n.attr["dtype"]}))
+            if view is None:
+                n = replace(folded, id=n.id)
+            else:  # the producer stores the cast's type, and the cast becomes the reshape
+                out.nodes[src.id] = folded
+                n = replace(view, id=n.id, dtype=n.dtype, inputs=(src.id,))
         out.nodes[n.id] = n
     return dead_code_elimination(out)
 
