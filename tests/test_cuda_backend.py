@@ -136,7 +136,7 @@ def test_bf16_steps_match_the_numpy_oracle():
       other bf16 neighbour only near a rounding boundary, and then by one step. The loss, a mean
       over every position, agrees within 2^-8 (measured: 3e-5).
     - Such flips feed every later layer, and a weight's gradient sums over the whole batch: the
-      first step's gradients agree within two steps, 2^-7, norm-relative (measured: 0.54% at worst).
+      first step's gradients agree within two steps, 2^-7, norm-relative (measured: 0.48% at worst).
     - Adam moves every element by about +-lr whatever its gradient's size, so an element whose
       gradient lies within 2^-7 of the tensor's gradient scale from zero may move either way. For
       gradients spread like a Gaussian that is under 2^-7 of the elements, each off by up to
