@@ -77,7 +77,8 @@ def render_dot(graph: dict) -> str:
         '  edge [color="#8a9099", arrowsize=0.6];',
     ]
     for n in nodes:
-        label = [n.op, f"{_shape_text(n.shape)} {n.dtype}"] + ([n.name] if n.name else [])
+        head = f"output {n.attrs['index']}" if n.op == "output" and "index" in n.attrs else n.op
+        label = [head, _type_text(n)] + ([n.name] if n.name else [])
         attrs = [f"label={_dot_str(*label)}", f'fillcolor="{_FILL[_category(n)]}"']
         if n.role in _STROKE:
             attrs += [f'color="{_STROKE[n.role]}"', "penwidth=2.5"]
@@ -215,6 +216,11 @@ def _category(n: _Node) -> str:
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "\u00d7".join(map(str, shape)) if shape else "scalar"
+
+
+def _type_text(n: _Node) -> str:
+    """Shape and dtype; an op with several outputs shows them on its output nodes instead."""
+    return "several outputs" if n.dtype == "tuple" else f"{_shape_text(n.shape)} {n.dtype}"
 
 
 def _attrs_text(attrs: dict) -> str:
@@ -374,7 +380,7 @@ const cv=document.getElementById("cv"),cx=cv.getContext("2d"),info=document.getE
 const HELP="Drag to pan, wheel to zoom. Hover a node for its details, click to pin it; "+
  "inputs are drawn orange, users blue. Enter in the search box jumps to the next match.";
 let sc=1,tx=0,ty=0,hov=-1,sel=-1,hit=null,hitList=[],hitAt=-1,queued=false,drag=null;
-const shapeText=i=>{const s=G.sh[R[i][2]];return s.length?s.join("\\u00d7"):"scalar"};
+const shapeText=i=>{const s=G.sh[R[i][2]];return S[R[i][3]]==="tuple"?"several outputs":s.length?s.join("\\u00d7"):"scalar"};
 const esc=s=>String(s).replace(/[&<>"]/g,c=>"&#"+c.charCodeAt(0)+";");
 const clip=(s,n)=>s.length>n?s.slice(0,n-1)+"\\u2026":s;
 
