@@ -122,3 +122,10 @@ def test_vjp_matches_finite_differences(op_name):
 def test_matmul_vjp_variants(variant):
     specs, attrs = MATMUL_VARIANTS[variant]
     check_vjp("matmul", specs, attrs, seed=variant)
+
+
+def test_every_op_has_one_numpy_reference_and_no_reference_is_stale():
+    from graphgpt.numpy_ops import BY_OP
+    computed = {name for name, op in REGISTRY.items() if op.kind != "source"}
+    assert set(BY_OP) == computed
+    assert all(REGISTRY[name].ref is BY_OP[name] for name in computed)
