@@ -2,8 +2,10 @@
 
 Policy: a forward node is recomputed for its backward readers when
   - it is one of the policy's roots -- "attention": causal softmax; "all": also pointwise ops (a
-    fused chain included: the LayerNorm affine, GELU) -- together with the producers that feed
-    only it (the attention scores' GEMM);
+    fused chain included) and LayerNorm's normalised rows -- together with the producers that
+    feed only it (the attention scores' GEMM); an output of an op with several is recomputed by
+    running that op again, all its outputs with it (LayerNorm's statistics come out again too,
+    unread: the backward reads the ones the forward saved);
   - recomputing adds no memory: the inputs at the edge of what is recomputed are sources or are
     read in the backward anyway (the residual stream a LayerNorm reads is kept for its gradient,
     the pre-activation of GELU for GELU's gradient, q and k for their own gradients), so only
@@ -11,7 +13,7 @@ Policy: a forward node is recomputed for its backward readers when
 Each clone is scheduled just before the first backward reader ("compute late"), so the original
 dies after its last forward reader. "attention" drops the largest activation of long sequences,
 the (T x T) attention probabilities, at the price of one more (T x T x D) GEMM per layer -- the
-trade FlashAttention makes; "all" also drops the GELU outputs and the LayerNorm affine's. The compiler's
+trade FlashAttention makes; "all" also drops every LayerNorm and GELU output. The compiler's
 default, "auto", measures the trade on the memory plan (see `choose`).
 """
 from __future__ import annotations
@@ -44,6 +46,8 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
     def root(n: Node) -> bool:
         if policy == "all" and REGISTRY[n.op].kind == "elementwise":
             return True
+        if policy == "all" and n.op == "output" and n.attr["index"] == 0:
+            return graph.nodes[n.inputs[0]].op == "normalize"
         return n.op == "causal_softmax"
 
     boundary = graph.outputs["loss"]  # autodiff emits every backward node after the loss
@@ -53,9 +57,14 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
     def late_readers(i: int) -> list[int]:
         return [u for u in users[i] if u > boundary]
 
+    projections = graph.projections()
+
     def chain(n: Node) -> list[int] | None:
         """n and the private producers to recompute with it, inputs first; None if it would
         keep something alive that is not kept anyway."""
+        if REGISTRY[n.op].kind == "projection":  # the op that writes it, with every output
+            op = chain(graph.nodes[n.inputs[0]])
+            return None if op is None else op + projections[n.inputs[0]]
         part = []
         for i in n.inputs:
             x = graph.nodes[i]
