@@ -307,7 +307,6 @@ def _program(graph: Graph, mem: ProgramMemory, fusion: bool, work_start: int) ->
         "outputs": {k: buf(v) for k, v in graph.outputs.items()},
         "launches": launches,
         "memory": {"work_peak": mem.work_size, "work_sum": mem.work_sum, "work_lower_bound": mem.lower_bound},
-        "matmul_flops": _stats(graph, mem)["flops"],  # per run, as the GEMMs compute them (for MFU)
     }
 
 
