@@ -1,10 +1,10 @@
 """Reverse-mode differentiation of a graph, driven by the registry's VJP rules.
 
-Walk the nodes backwards from the loss; each node that lies on a path from a requested input to
-the loss hands its accumulated cotangent to its op's VJP rule, which emits new graph nodes for the
+Walk the nodes backwards from the loss; each node that lies on a path from a requested input to the
+loss hands its accumulated cotangent to its op's VJP rule, which emits new graph nodes for the
 cotangents of its inputs. An op with several outputs gets the cotangent of each of its `output`
-nodes, in a list (None for an output the loss does not depend on). The result is more graph, not numbers: later passes simplify, fuse and
-schedule the backward exactly like the forward.
+nodes, in a list (None for an output the loss does not depend on). The result is more graph, not
+numbers: later passes simplify, fuse and schedule the backward exactly like the forward.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ def grad(graph: Graph, loss: Value, wrt: list[int]) -> dict[int, Value]:
     assert loss.shape == (), "the loss must be a scalar"
     on_path = _depends_on(graph, set(wrt))
     seed = graph.const(1.0)  # constants are float32: a loss of another type gets the seed in its own
-    cotangent: dict[int, Value] = {loss.id: seed if loss.dtype == seed.dtype else graph.add("cast", (seed,), dtype=loss.dtype)}
+    if loss.dtype != seed.dtype:
+        seed = graph.add("cast", (seed,), dtype=loss.dtype)
+    cotangent: dict[int, Value] = {loss.id: seed}
     order = [n for n in graph.nodes.values() if n.id <= loss.id]
     projections = graph.projections()
     parts: dict[int, dict[int, Value]] = {}  # tuple node -> output index -> that output's cotangent

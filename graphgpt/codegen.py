@@ -4,14 +4,15 @@ Every launch's shapes, attributes and operand offsets are known at compile time,
 rendered for exactly one launch shape from its family's template (`templates/<family>.cu.j2`, named
 by the op's registry entry; its lowering in `graphgpt/kernels/<family>.py`): extents, strides and
 constants are literals and only pointers are passed. A value that changes from run to run (the
-learning rate, a step counter, a seed, a position) is a 0-d program input that the kernel reads
-from its slot: a CUDA graph replays its kernels' arguments as they were captured. Launches that render to the same text share one kernel, named after a hash of that text, so
-names are stable from one compile to the next.
+learning rate, a step counter, a seed, a position) is a 0-d program input that the kernel reads from
+its slot: a CUDA graph replays its kernels' arguments as they were captured. Launches that render to
+the same text share one kernel, named after a hash of that text, so names are stable from one
+compile to the next.
 
 Conventions the backend relies on (also recorded per launch in `launch["cuda"]`):
   - arguments are the launch's buffers, outputs first (`outs` of an op with several, else `out`),
-    then its inputs in order, each a pointer to
-    its dtype's C type (dtypes.py) at the buffer's first byte (arena base + offset);
+    then its inputs in order, each a pointer to its dtype's C type (dtypes.py) at the buffer's
+    first byte (arena base + offset);
   - the arena base is at least 256-byte aligned: a kernel moves 16 bytes per access (4 floats, 8
     bf16) only where every buffer's byte offset is a multiple of that access; narrower floats are
     loaded into float registers and rounded once, to nearest even, on store;

@@ -34,13 +34,6 @@ DTYPES = {d.name: d for d in (
 FLOATS = tuple(name for name, d in DTYPES.items() if d.is_float)
 
 
-def dtype(name: str) -> DType:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype '{name}' (known: {', '.join(DTYPES)})") from None
-
-
 def numel(shape) -> int:
     n = 1
     for d in shape:
@@ -51,3 +44,8 @@ def numel(shape) -> int:
 def nbytes(buf) -> int:
     """Bytes of a plan buffer [dtype, offset, shape]."""
     return numel(buf[2]) * DTYPES[buf[0]].bytes
+
+
+def padded(nbytes: int, align: int) -> int:
+    """Bytes of a slot that holds nbytes, in an arena whose tensors start every `align` bytes."""
+    return -(-nbytes // align) * align

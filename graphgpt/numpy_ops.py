@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import ml_dtypes
 import numpy as np
+
+from .dtypes import DTYPES
 
 BY_OP: dict[str, Callable] = {}
 GELU_C = math.sqrt(2.0 / math.pi)
-NARROW = {"bf16": np.dtype(ml_dtypes.bfloat16), "f16": np.dtype(np.float16)}  # what cast rounds to
 
 
 def reference(*names: str):
@@ -43,7 +43,7 @@ def cast(attrs, x):
     one to a narrower type rounds to nearest even and stays in the compute type."""
     if attrs["dtype"] == "f32":
         return x
-    return x.astype(NARROW[attrs["dtype"]]).astype(x.dtype)
+    return x.astype(DTYPES[attrs["dtype"]].numpy).astype(x.dtype)
 
 
 def _tanh_arg(x):

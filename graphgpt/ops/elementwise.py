@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import DTYPES
-from .registry import FLOAT_TYPES, Op, Spec, any_input, float_spec, register, require
+from .registry import FLOATS, Op, Spec, any_input, float_spec, register, require
 from .shape import unbroadcast
 
 
@@ -61,7 +61,7 @@ unary("tanh", "tanhf(a)", lambda a, g, out, x: (g * (1.0 - out * out),))
 # rounds there, in registers, as it would through memory.
 def _cast_infer(attrs, x):
     float_spec(x)
-    require(attrs["dtype"] in FLOAT_TYPES, f"cannot cast to {attrs['dtype']}")
+    require(attrs["dtype"] in FLOATS, f"cannot cast to {attrs['dtype']}")
     return Spec(x.shape, attrs["dtype"])
 
 

@@ -41,7 +41,7 @@ def _vjp(attrs, g, out, a, b):
     return da, db
 
 
-register(Op("matmul", "matmul", _infer, vjp=_vjp))
+register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True))
 
 
 # A GEMM with its epilogue, made by the fusion pass: op(a) @ op(b) [+ bias] [+ residual], the bias

@@ -138,4 +138,4 @@ register(Op("embedding", "nn", _emb_infer,
             vjp=lambda a, g, out, w, ids: (g.graph.add("embedding_grad", (ids, g), rows=w.shape[0]), None),
             template="embedding"))
 register(Op("embedding_grad", "nn", _emb_grad_infer,
-            nondiff=BACKWARD_ONLY, template="embedding"))
+            nondiff=BACKWARD_ONLY, template="embedding", stores_any_float=True))

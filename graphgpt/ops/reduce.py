@@ -20,7 +20,7 @@ def _sum_vjp(a, g, out, x):
     return (g.reshape(kept).broadcast_to(x.shape),)
 
 
-register(Op("sum", "reduction", _sum_infer, vjp=_sum_vjp, template="reduce"))
+register(Op("sum", "reduction", _sum_infer, vjp=_sum_vjp, template="reduce", stores_any_float=True))
 
 
 # The squared L2 norm of many tensors together: the optimizer's global gradient norm in one

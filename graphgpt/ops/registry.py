@@ -25,6 +25,8 @@ Aliasing, which the memory planner reads instead of knowing ops by name:
                                       then runs in place)
   assembles                           each input may be computed straight into its slice of the
                                       output, so the op itself runs nothing (concat)
+  stores_any_float                    it accumulates in float and stores once, in attrs["dtype"]
+                                      when given: a cast after it folds into it (fuse.py)
 
 dtypes: floats are f32, bf16 or f16 (dtypes.py). A rule gives its output's dtype; references
 compute in the float type they are given (float32, or float64 in tests: a backend reads narrower
@@ -36,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
+from ..dtypes import FLOATS
 from ..numpy_ops import BY_OP
 
 
@@ -62,6 +65,7 @@ class Op:
     in_place: bool = False
     overwrites: Callable[[int], tuple[tuple[int, int], ...]] = lambda n_inputs: ()
     assembles: bool = False
+    stores_any_float: bool = False
 
     def c_expr(self, attrs: dict) -> str | None:
         return self.expr(attrs) if callable(self.expr) else self.expr
@@ -98,16 +102,15 @@ def require(cond: bool, msg: str) -> None:
         raise ShapeMismatch(msg)
 
 
-FLOAT_TYPES = ("f32", "bf16", "f16")
 
 
 def float_spec(x: Spec) -> Spec:
-    require(x.dtype in FLOAT_TYPES, f"expects a float tensor, got {x.dtype}")
+    require(x.dtype in FLOATS, f"expects a float tensor, got {x.dtype}")
     return x
 
 
 def out_dtype(attrs: dict, default: str) -> str:
     """The output dtype an op was given (attrs["dtype"], set when a cast was folded into it)."""
     dtype = attrs.get("dtype", default)
-    require(dtype in FLOAT_TYPES, f"unknown float dtype {dtype}")
+    require(dtype in FLOATS, f"unknown float dtype {dtype}")
     return dtype

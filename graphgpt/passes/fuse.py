@@ -87,7 +87,8 @@ def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> 
     rows, absorbed = {}, set()
     for n in graph.of_op("normalize_grad"):
         x, g, mean, rstd = n.inputs
-        inputs, attrs, eaten, at = [x, g, mean, rstd], {"eps": n.attr["eps"], "scaled": False, "accumulate": False}, set(), n.id
+        inputs, eaten, at = [x, g, mean, rstd], set(), n.id
+        attrs = {"eps": n.attr["eps"], "scaled": False, "accumulate": False}
         m = graph.nodes[g]
         if m.op == "mul" and m.id not in needed and users[m.id] == [n.id]:
             for dy, gamma in (m.inputs, m.inputs[::-1]):
@@ -140,14 +141,12 @@ def _gemm_epilogues(graph: Graph) -> Graph:
     return dead_code_elimination(out)
 
 
-CAST_INTO = ("matmul", "sum", "embedding_grad")  # ops that accumulate in float and store once
-
-
 def _fold_casts(graph: Graph) -> Graph:
     users = graph.users()
     needed = set(graph.outputs.values()) | set(graph.updates.values()) | set(graph.grads.values())
     out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
     out._next_id = graph._next_id
+
     def private(src: Node, reader: int) -> bool:
         return users[src.id] == [reader] and src.id not in needed
 
@@ -156,7 +155,7 @@ def _fold_casts(graph: Graph) -> Graph:
         view = None
         if src is not None and src.op == "reshape" and private(src, n.id):  # cast(reshape(sum)): the bias
             view, src = src, graph.nodes[src.inputs[0]]                     # gradient of a broadcast add
-        if src is not None and src.op in CAST_INTO and private(src, (view or n).id):
+        if src is not None and REGISTRY[src.op].stores_any_float and private(src, (view or n).id):
             folded = replace(src, dtype=n.dtype, attrs=_freeze({**src.attr, "dtype": n.attr["dtype"]}))
             if view is None:
                 n = replace(folded, id=n.id)

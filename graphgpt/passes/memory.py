@@ -3,14 +3,15 @@
 The arena is laid out as   [params | grads | optimizer state | constants | inputs | work].
 Parameters, their gradients and the optimizer state have fixed slots in the same order (so the
 gradients form one flat buffer, and an allreduce or a multi-tensor optimizer can treat them as a
-single array). Every tensor starts on a 256-byte boundary, so any 16-byte vector access
-a kernel makes at a multiple of its vector width stays aligned. A gradient accumulator (a state node with attribute grad_of=<param>) has no slot
-of its own: it is its parameter's gradient slot, so the region means the same in every plan. The
-work region is shared by every program of a plan and planned per program from each buffer's
-lifetime (from the step that computes it to its last reader) in two ways, keeping the smaller: a
-best-fit heap simulated over the schedule (as XLA's heap simulator), and an offline placement of
-the largest buffers first (as TFLite's greedy-by-size planner), which strands fewer large buffers
-above small holes. Either is checked: no two buffers alive at one step share memory.
+single array). Every tensor starts on a 256-byte boundary, so any 16-byte vector access a kernel
+makes at a multiple of its vector width stays aligned. A gradient accumulator (a state node with
+attribute grad_of=<param>) has no slot of its own: it is its parameter's gradient slot, so the
+region means the same in every plan. The work region is shared by every program of a plan and
+planned per program from each buffer's lifetime (from the step that computes it to its last reader)
+in two ways, keeping the smaller: a best-fit heap simulated over the schedule (as XLA's heap
+simulator), and an offline placement of the largest buffers first (as TFLite's greedy-by-size
+planner), which strands fewer large buffers above small holes. Either is checked: no two buffers
+alive at one step share memory.
 
 An op with several outputs runs as its tuple node, which owns no memory; each of its outputs owns a
 buffer, live from the step that runs the op.
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dtypes import DTYPES
+from ..dtypes import DTYPES, padded
 from ..errors import UserError
 from ..ir import SOURCE_OPS, Graph, Node
 from ..ops import REGISTRY
@@ -41,7 +42,7 @@ CONST = "f32"  # scalar constants are stored as float32
 
 
 def aligned(nbytes: int) -> int:
-    return -(-nbytes // ALIGN) * ALIGN
+    return padded(nbytes, ALIGN)
 
 
 @dataclass

@@ -1,23 +1,21 @@
-"""Multi-tensor launches: consecutive pointwise launches that do the same thing to tensors lying
-one after another in memory run as one launch over the joined range.
+"""Multi-tensor launches: consecutive pointwise launches that do the same thing to tensors lying one
+after another in memory run as one launch over the joined range.
 
-This is what the optimizer needs: the update of every parameter is the same chain (m, then v,
-then the parameter), and parameters, gradients and each kind of optimizer state sit in their
-regions in the same order, so the m-updates of all parameters are one elementwise pass over the m
-region, the gradient region and the clip scale. The joined range also covers the few padding
-elements between tensors (regions start each tensor on a 256-byte boundary); those are zero and
-computing on them changes nothing anyone reads (offsets are in bytes, tensors of one dtype). That holds in the persistent regions only: the
-padding of a work buffer holds whatever an earlier buffer left there, and joined into a gradient's
-padding it would reach the gradient norm, which sums the gradient region as one range. So a launch
-with a tensor operand in the work region joins nothing.
+This is what the optimizer needs: the update of every parameter is the same chain (m, then v, then
+the parameter), and parameters, gradients and each kind of optimizer state sit in their regions in
+the same order, so the m-updates of all parameters are one elementwise pass over the m region, the
+gradient region and the clip scale. The joined range also covers the few padding elements between
+tensors (regions start each tensor on a 256-byte boundary); those are zero and computing on them
+changes nothing anyone reads (offsets are in bytes, tensors of one dtype). That holds in the
+persistent regions only: the padding of a work buffer holds whatever an earlier buffer left there,
+and joined into a gradient's padding it would reach the gradient norm, which sums the gradient
+region as one range. So a launch with a tensor operand in the work region joins nothing.
 
-It works on the plan's launch list, after memory planning, because only there are the offsets
-known. A launch may join its predecessor when both are `fused` with the same program, every
-operand is either a scalar shared by both or a full-size tensor that starts where the
-predecessor's ended (at the same distance as the output's), and nothing in between breaks the
-order (they are neighbours in the list, and a pointwise launch's element i depends only on
-element i of its operands).
-"""
+It works on the plan's launch list, after memory planning, because only there are the offsets known.
+A launch may join its predecessor when both are `fused` with the same program, every operand is
+either a scalar shared by both or a full-size tensor that starts where the predecessor's ended (at
+the same distance as the output's), and nothing in between breaks the order (they are neighbours in
+the list, and a pointwise launch's element i depends only on element i of its operands)."""
 from __future__ import annotations
 
 from ..dtypes import DTYPES, nbytes

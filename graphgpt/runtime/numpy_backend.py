@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import DTYPES, numel
+from ..dtypes import DTYPES, nbytes, numel, padded
 from ..numpy_ops import BY_OP
 from ..plan import Plan
 from .dist import SingleWorld
@@ -69,10 +69,10 @@ class NumpyBackend:
             if launch["kind"] == "collective":
                 if self.world.size == 1:
                     continue  # one process: the mean over ranks is the identity
-                name, off, shape = launch["out"]
-                padded = -(-numel(shape) * DTYPES[name].bytes // self.align) * self.align
+                name, off, _ = launch["out"]
+                slot = padded(nbytes(launch["out"]), self.align)
                 last = steps[-1] if steps and steps[-1][0] == "allreduce" and steps[-1][1] == name else None
-                bucket = _extend(last[2] if last else None, off, padded)
+                bucket = _extend(last[2] if last else None, off, slot)
                 if last is None or last[2] is not bucket:
                     steps.append(("allreduce", name, bucket))
                 continue
