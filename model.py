@@ -6,7 +6,7 @@ Override any CONFIG key at compile time: `python tools/compile.py model.py --set
 """
 import math
 
-from graphgpt.dsl import causal_softmax, embedding, gelu, layer_norm, matmul, param
+from graphgpt.dsl import causal_attention, causal_softmax, embedding, gelu, layer_norm, matmul, param
 
 CONFIG = dict(
     n_layer=6,
@@ -15,6 +15,7 @@ CONFIG = dict(
     block_size=256,   # the sequence length trained on and the generation window
     batch_size=16,
     vocab_size=0,     # 0: the tokenizer's vocabulary size
+    attention="fused",  # fused: one kernel, no (T, T) scores in memory; softmax: scores, softmax, GEMMs
 )
 
 
@@ -31,14 +32,19 @@ def linear(x, weight_and_bias):
     return x @ weight + bias
 
 
-def attention(x, c_attn, c_proj, n_head):
+def attention(x, c_attn, c_proj, cfg):
     B, T, C = x.shape
-    D = C // n_head
-    qkv = linear(x, c_attn).reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    att = causal_softmax(matmul(q, k, tb=True), scale=1.0 / math.sqrt(D))      # (B, H, T, T)
-    y = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
-    return linear(y, c_proj)
+    H = cfg["n_head"]
+    D, scale = C // H, 1.0 / math.sqrt(C // H)
+    qkv = linear(x, c_attn).reshape(B, T, 3, H, D)
+    if cfg["attention"] == "fused":
+        y = causal_attention(qkv, scale)                                     # (B, T, H, D)
+    else:
+        heads = qkv.transpose(2, 0, 3, 1, 4)                                 # (3, B, H, T, D)
+        q, k, v = heads[0], heads[1], heads[2]
+        att = causal_softmax(matmul(q, k, tb=True), scale)                   # (B, H, T, T), in memory
+        y = (att @ v).transpose(0, 2, 1, 3)
+    return linear(y.reshape(B, T, C), c_proj)
 
 
 def block(x, i, cfg):
@@ -47,7 +53,7 @@ def block(x, i, cfg):
     ln_1, ln_2 = norm_params(f"{h}.ln_1", C), norm_params(f"{h}.ln_2", C)
     c_attn, attn_proj = linear_params(f"{h}.attn.c_attn", C, 3 * C), linear_params(f"{h}.attn.c_proj", C, C)
     c_fc, mlp_proj = linear_params(f"{h}.mlp.c_fc", C, 4 * C), linear_params(f"{h}.mlp.c_proj", 4 * C, C)
-    x = x + attention(layer_norm(x, *ln_1), c_attn, attn_proj, cfg["n_head"])
+    x = x + attention(layer_norm(x, *ln_1), c_attn, attn_proj, cfg)
     return x + linear(gelu(linear(layer_norm(x, *ln_2), c_fc)), mlp_proj)
 
 

@@ -38,6 +38,10 @@ from .tokenizer import Tokenizer, build_tokenizer
 
 SIZES = ("n_layer", "n_head", "n_embd", "block_size", "batch_size")  # CONFIG keys that must be >= 1
 COMPUTE_DTYPES = ("f32", "bf16")  # dtype=: the type activations and GEMM operands are stored in
+# How a model's attention may be computed: one fused kernel that keeps no (T x T) scores, or the
+# explicit scores, causal softmax and two batched GEMMs (the probabilities then live in memory,
+# where --remat attention can recompute them).
+ATTENTION = ("fused", "softmax")
 MODEL_DEFAULTS = {"dtype": "f32"}  # settings every model has, unless its CONFIG says otherwise
 
 
@@ -214,6 +218,8 @@ def check_model_config(cfg: dict, origin=None) -> None:
              "an integer >= 0 (0: the tokenizer's size)")
     if "dtype" in cfg:
         need("dtype", cfg["dtype"] in COMPUTE_DTYPES, " or ".join(COMPUTE_DTYPES))
+    if "attention" in cfg:
+        need("attention", cfg["attention"] in ATTENTION, " or ".join(ATTENTION))
     if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"]:
         raise UserError(f"n_embd {cfg['n_embd']} is not divisible by n_head {cfg['n_head']}")
     for key, value in cfg.items():

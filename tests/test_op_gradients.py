@@ -36,6 +36,7 @@ CASES = {
     "copy": ([((2, 3), F)], {}),
     "normalize": ([((3, 6), F)], {"eps": 1e-5}),
     "causal_softmax": ([((2, 4, 4), F)], {"scale": 0.7}),
+    "causal_attention": ([((2, 5, 3, 2, 3), F)], {"scale": 0.7}),
     "cross_entropy": ([((6, 5), F), ("ids", (6,), 5)], {}),
     "embedding": ([((7, 3), F), ("ids", (2, 4), 7)], {}),
     # to the compute type: the identity (a cast to bf16 rounds, and the float64 check cannot see

@@ -8,7 +8,7 @@ from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import Trainer
 from tests.conftest import ROOT
 
-TWO_LAYERS = ["n_layer=2", "n_head=4", "n_embd=64", "block_size=32", "batch_size=4"]
+TWO_LAYERS = ["n_layer=2", "n_head=4", "n_embd=64", "block_size=32", "batch_size=4", "attention=softmax"]
 
 
 def three_steps(remat: str):
@@ -36,5 +36,5 @@ def test_auto_recomputes_attention_only_where_it_saves_a_quarter_of_the_memory()
         report = compile_model(ROOT / "model.py", overrides, log=lambda *a: None).report
         return next(line.split()[1] for line in report.splitlines() if line.endswith("<- this plan"))
     assert chosen(TWO_LAYERS) == "none"  # 32 tokens: the probabilities are a small part of the work region
-    long_sequences = ["n_layer=4", "n_head=8", "n_embd=32", "block_size=512", "batch_size=2"]
+    long_sequences = ["n_layer=4", "n_head=8", "n_embd=32", "block_size=512", "batch_size=2", "attention=softmax"]
     assert chosen(long_sequences) == "attention"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session: the GPU test suite, then the benchmarks, logs under $OUT (default ./runs).
-# usage: bash tools/device_check.sh [tests|seed|gpt2|bf16|recipe|all]   (run from the repository root)
+# usage: bash tools/device_check.sh [tests|attention|seed|gpt2|bf16|recipe|all]   (run from the repository root)
+#   attention: the fused attention kernels against NumPy and timed against PyTorch's SDPA
 #   seed: the seed workload, fp32 and TF32, fused against --no-fuse, and the TF32 profile
 #   gpt2: GPT-2 124M shapes: TF32 throughput, fp32 peak memory with each --remat policy
 #   bf16: GPT-2 124M and the seed workload compiled with dtype=bf16, against torch eager and
@@ -15,6 +16,9 @@ what=${1:-all}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 if [[ $what == tests || $what == all ]]; then
   python3 -m pytest -m gpu -q -p no:cacheprovider -rf --durations=15 2>&1 | tee "$OUT/gpu_tests.log"
+fi
+if [[ $what == attention || $what == all ]]; then
+  python3 tools/attention_check.py 2>&1 | tee "$OUT/attention_check.log"
 fi
 if [[ $what == seed || $what == all ]]; then
   corpus=${GRAPHGPT_SEED_CORPUS:-../shared/data/dummy.txt}

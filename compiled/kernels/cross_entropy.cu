@@ -164,7 +164,7 @@ extern "C" __global__ void __launch_bounds__(256) cross_entropy_23afd59830(float
 }
 
 // cross_entropy_grad: 4096 rows of 99 logits, 32 threads per row, VEC = 1
-extern "C" __global__ void __launch_bounds__(256) cross_entropy_grad_d6840cda5b(float* __restrict__ out, const float* __restrict__ logits, const int* __restrict__ targets, const float* __restrict__ dloss)
+extern "C" __global__ void __launch_bounds__(256) cross_entropy_grad_4f1417d14d(float* out, const float* logits, const int* __restrict__ targets, const float* __restrict__ dloss)
 {
     constexpr int VEC = 1, V = 99, PER_ROW = 32, THREADS = 256;
     using idx = unsigned int;

@@ -60,9 +60,10 @@ template <int N> __device__ __forceinline__ Vec<N> splat(float x)
 
 // s0 = add(x0, x1); out = s0
 // 1572864 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) add_c22e9d4658(float* out, const float* in0, const float* in1)
+extern "C" __global__ void __launch_bounds__(256) add_176b4ab4d9(float* out, const float* in0, const float* in1)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -88,9 +89,10 @@ extern "C" __global__ void __launch_bounds__(256) add_c22e9d4658(float* out, con
 
 // s0 = mul(x0, x1); s1 = add(s0, x2); out = s1
 // 1572864 elements, VEC = 4, operands read as vec, vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_caa34c0148(float* out, const float* in0, const float* in1, const float* in2)
+extern "C" __global__ void __launch_bounds__(256) fused_7ac5579e59(float* out, const float* in0, const float* in1, const float* in2)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -126,9 +128,10 @@ extern "C" __global__ void __launch_bounds__(256) fused_caa34c0148(float* out, c
 
 // s0 = gelu(x0); out = s0
 // 6291456 elements, VEC = 4, operands read as vec
-extern "C" __global__ void __launch_bounds__(256) gelu_f50f10dc21(float* out, const float* in0)
+extern "C" __global__ void __launch_bounds__(256) gelu_3e73351a96(float* out, const float* in0)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -146,9 +149,10 @@ extern "C" __global__ void __launch_bounds__(256) gelu_f50f10dc21(float* out, co
 
 // s0 = gelu_grad(x0, x1); out = s0
 // 6291456 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) gelu_grad_03ac1b9d2e(float* out, const float* in0, const float* in1)
+extern "C" __global__ void __launch_bounds__(256) gelu_grad_60bca0190c(float* out, const float* in0, const float* in1)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -167,9 +171,10 @@ extern "C" __global__ void __launch_bounds__(256) gelu_grad_03ac1b9d2e(float* ou
 
 // s0 = sqrt(x0); out = s0
 // 1 elements, VEC = 1, operands read as vec
-extern "C" __global__ void __launch_bounds__(32) sqrt_885eeb557d(float* out, const float* in0)
+extern "C" __global__ void __launch_bounds__(32) sqrt_4a8774ca17(float* out, const float* in0)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 1;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -187,9 +192,10 @@ extern "C" __global__ void __launch_bounds__(32) sqrt_885eeb557d(float* out, con
 
 // s0 = maximum(x1, x0); s1 = div(x0, s0); out = s1
 // 1 elements, VEC = 1, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(32) fused_0de0fb5e26(float* out, const float* in0, const float* in1)
+extern "C" __global__ void __launch_bounds__(32) fused_9134eaf1d9(float* out, const float* in0, const float* in1)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 1;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -210,9 +216,10 @@ extern "C" __global__ void __launch_bounds__(32) fused_0de0fb5e26(float* out, co
 
 // s0 = mul(x1, x2); s1 = sub(s0, x0); s2 = mul(s1, x3); s3 = add(x0, s2); out = s3
 // 10821888 elements, VEC = 4, operands read as vec, vec, splat, splat
-extern "C" __global__ void __launch_bounds__(256) fused_91762efa8f(float* out, const float* in0, const float* in1, const float* in2, const float* in3)
+extern "C" __global__ void __launch_bounds__(256) fused_65e24f6644(float* out, const float* in0, const float* in1, const float* in2, const float* in3)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -249,9 +256,10 @@ extern "C" __global__ void __launch_bounds__(256) fused_91762efa8f(float* out, c
 
 // s0 = mul(x1, x2); s1 = mul(s0, s0); s2 = sub(s1, x0); s3 = mul(s2, x3); s4 = add(x0, s3); out = s4
 // 10821888 elements, VEC = 4, operands read as vec, vec, splat, splat
-extern "C" __global__ void __launch_bounds__(256) fused_156923f488(float* out, const float* in0, const float* in1, const float* in2, const float* in3)
+extern "C" __global__ void __launch_bounds__(256) fused_781f034d8b(float* out, const float* in0, const float* in1, const float* in2, const float* in3)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -290,9 +298,10 @@ extern "C" __global__ void __launch_bounds__(256) fused_156923f488(float* out, c
 
 // s0 = mul(x1, x2); s1 = sqrt(x3); s2 = add(s1, x4); s3 = div(s0, s2); s4 = sub(x0, s3); out = s4
 // 10821888 elements, VEC = 4, operands read as vec, vec, splat, vec, splat
-extern "C" __global__ void __launch_bounds__(256) fused_c802a4448c(float* out, const float* in0, const float* in1, const float* in2, const float* in3, const float* in4)
+extern "C" __global__ void __launch_bounds__(256) fused_a3a07a7625(float* out, const float* in0, const float* in1, const float* in2, const float* in3, const float* in4)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -332,9 +341,10 @@ extern "C" __global__ void __launch_bounds__(256) fused_c802a4448c(float* out, c
 
 // s0 = add(x0, x1); out = s0
 // 98304 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) add_9a0d1350e5(float* out, const float* in0, const float* in1)
+extern "C" __global__ void __launch_bounds__(256) add_5dbd1fb39e(float* out, const float* in0, const float* in1)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -353,9 +363,10 @@ extern "C" __global__ void __launch_bounds__(256) add_9a0d1350e5(float* out, con
 
 // s0 = mul(x0, x1); s1 = add(s0, x2); out = s1
 // 98304 elements, VEC = 4, operands read as vec, vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_1106a7b7fc(float* out, const float* in0, const float* in1, const float* in2)
+extern "C" __global__ void __launch_bounds__(256) fused_ed4a674f57(float* out, const float* in0, const float* in1, const float* in2)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
@@ -391,9 +402,10 @@ extern "C" __global__ void __launch_bounds__(256) fused_1106a7b7fc(float* out, c
 
 // s0 = gelu(x0); out = s0
 // 393216 elements, VEC = 4, operands read as vec
-extern "C" __global__ void __launch_bounds__(256) gelu_3b5868c45a(float* out, const float* in0)
+extern "C" __global__ void __launch_bounds__(256) gelu_c060101002(float* out, const float* in0)
 {
-    // No __restrict__: an optimizer update may write its result over one of its operands.
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
     constexpr int VEC = 4;
     using idx = unsigned int;
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;

@@ -33,9 +33,15 @@ def _infer(attrs, *specs: Spec) -> Spec:
     return spec
 
 
+def _overwrites(attrs: dict, n_inputs: int):
+    """Any input, as for its steps, unless the chain stores transposed: then a thread writes
+    elements that other threads have still to read."""
+    return () if "perm" in attrs else any_input(attrs, n_inputs)
+
+
 register(Op("fused", "elementwise", _infer,
             nondiff="made by the fusion pass, which runs after autodiff", template="elementwise",
-            overwrites=any_input))
+            overwrites=_overwrites))
 
 
 def _sum_infer(attrs, *specs: Spec) -> Spec:

@@ -99,6 +99,61 @@ register(Op("causal_softmax_grad", "nn", _square,
             nondiff=BACKWARD_ONLY, template="softmax"))
 
 
+# ---- fused causal attention: softmax(scale * q k^T, keys j > query i masked) v ---------------
+# Flash attention: the (T x T) scores never reach memory. It reads q, k and v where the QKV
+# projection leaves them, packed as (B, T, 3, H, D), and writes the heads' outputs as (B, T, H, D),
+# the layout the output projection reads: no transposes around it. Its outputs: that, and each
+# query's log-sum-exp of its scaled scores ((B, H, T), float32), which the backward reads to
+# rebuild the probabilities tile by tile. The backward is two ops, each one kernel without
+# atomics: the query gradient (which also leaves delta_i = sum_d g_id out_id, float32, for the
+# second), then the key and value gradients, stored with the query gradient as the packed
+# (B, T, 3, H, D) gradient of qkv.
+def _packed(qkv: Spec) -> tuple[int, int, int, int]:
+    float_spec(qkv)
+    require(len(qkv.shape) == 5 and qkv.shape[2] == 3, f"needs packed (B, T, 3, H, D) q, k, v, got {qkv.shape}")
+    b, t, _, h, d = qkv.shape
+    return b, t, h, d
+
+
+def _heads_spec(qkv: Spec, *xs: Spec) -> Spec:
+    b, t, h, d = _packed(qkv)
+    out = Spec((b, t, h, d), qkv.dtype)
+    for x in xs:
+        require(x == out, f"{x.shape}:{x.dtype} is not (B, T, H, D) {out.shape}:{out.dtype}")
+    return out
+
+
+def _row_stats(qkv: Spec, *stats: Spec) -> Spec:
+    b, t, h, _ = _packed(qkv)
+    rows = Spec((b, h, t), "f32")
+    for s in stats:
+        require(s == rows, f"row statistics {s.shape}:{s.dtype} are not float32 of {rows.shape}")
+    return rows
+
+
+def _attention_vjp(attrs, g, out, qkv):
+    if g[1] is not None:
+        raise UserError(f"{qkv.node.where}: causal_attention's log-sum-exp is saved for the backward; "
+                        "a loss that depends on it cannot be differentiated")
+    graph, scale = g[0].graph, attrs["scale"]
+    dq, delta = graph.add("causal_attention_grad_q", (qkv, out[0], out[1], g[0]), scale=scale)
+    return (graph.add("causal_attention_grad_kv", (qkv, out[1], g[0], delta, dq), scale=scale),)
+
+
+def _attention_grad_kv_infer(attrs, qkv, lse, g, delta, dq):
+    _heads_spec(qkv, g, dq)
+    _row_stats(qkv, lse, delta)
+    return qkv
+
+
+register(Op("causal_attention", "nn", lambda attrs, qkv: [_heads_spec(qkv), _row_stats(qkv)],
+            vjp=_attention_vjp, template="attention"))
+register(Op("causal_attention_grad_q", "nn",
+            lambda attrs, qkv, out, lse, g: [_heads_spec(qkv, out, g), _row_stats(qkv, lse)],
+            nondiff=BACKWARD_ONLY, template="attention"))
+register(Op("causal_attention_grad_kv", "nn", _attention_grad_kv_infer, nondiff=BACKWARD_ONLY, template="attention"))
+
+
 # ---- cross-entropy: mean over all positions of -log softmax(logits)[target] -----------------
 def _ce_infer(attrs, logits, targets):
     float_spec(logits)
@@ -117,7 +172,10 @@ register(Op("cross_entropy", "nn", _ce_infer,
             vjp=lambda a, g, out, z, t: (g.graph.add("cross_entropy_grad", (z, t, g)), None),
             template="cross_entropy"))
 register(Op("cross_entropy_grad", "nn", _ce_grad_infer,
-            nondiff=BACKWARD_ONLY, template="cross_entropy"))
+            nondiff=BACKWARD_ONLY, template="cross_entropy",
+            # a row's statistics are read whole before its gradient is written, each element by
+            # the thread that read it: the gradient may go over the logits
+            overwrites=lambda attrs, n_inputs: ((0, 0),)))
 
 
 # ---- embedding: rows of a table gathered by integer ids -------------------------------------

@@ -20,9 +20,11 @@ Aliasing, which the memory planner reads instead of knowing ops by name:
   view(attrs, x, itemsize)            the output is input 0's memory, this many bytes in (or None:
                                       not for these attrs and shape x): reshape, contiguous slices
   in_place                            the op runs over that memory (a collective) instead of being free
-  overwrites(n_inputs)                the (output, input) pairs whose input buffer the output may be
-                                      written over (pointwise ops: any input; an optimizer update
-                                      then runs in place)
+  overwrites(attrs, n_inputs)         the (output, input) pairs whose input buffer the output may be
+                                      written over: where nothing reads that input afterwards, the
+                                      planner gives the output its buffer (pointwise ops: any input,
+                                      so an optimizer update runs in place; the cross-entropy
+                                      gradient: the logits)
   assembles                           each input may be computed straight into its slice of the
                                       output, so the op itself runs nothing (concat)
   stores_any_float                    it accumulates in float and stores once, in attrs["dtype"]
@@ -63,7 +65,7 @@ class Op:
     expr: str | Callable[[dict], str] | None = None
     view: Callable[[dict, Spec, int], int | None] | None = None
     in_place: bool = False
-    overwrites: Callable[[int], tuple[tuple[int, int], ...]] = lambda n_inputs: ()
+    overwrites: Callable[[dict, int], tuple[tuple[int, int], ...]] = lambda attrs, n_inputs: ()
     assembles: bool = False
     stores_any_float: bool = False
 
@@ -84,7 +86,7 @@ def register(op: Op) -> Op:
     return op
 
 
-def any_input(n_inputs: int) -> tuple[tuple[int, int], ...]:
+def any_input(attrs: dict, n_inputs: int) -> tuple[tuple[int, int], ...]:
     """A pointwise op's output may overwrite any of its inputs: each element is read before it is
     written, by the same thread."""
     return tuple((0, i) for i in range(n_inputs))

@@ -149,17 +149,27 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
                 parent[root] = (nid, off)
                 placed.add(root)
             in_place_concats.add(nid)
+    root_of, members, last_read = _buffers(nodes, readers, pos, resolve)
+
+    # 1b. in place: an op that may overwrite an input (its registry entry says which) takes that
+    #     input's whole buffer when it is that buffer's last reader and the sizes match, so the two
+    #     are never live together (GPT-2's logits and their gradient: 1.5 GiB at 124M in bf16)
+    in_place = set()
+    for nid in order:
+        n = nodes[nid]
+        if nid in parent or nid in unplaceable or n.specs or REGISTRY[n.op].kind == "projection":
+            continue
+        for _, i in REGISTRY[n.op].overwrites(n.attr, len(n.inputs)):
+            root, shift = resolve(n.inputs[i])
+            if (shift == 0 and root not in unplaceable and root not in in_place_concats and not nodes[root].specs
+                    and REGISTRY[nodes[root].op].kind != "projection" and nodes[root].nbytes == n.nbytes
+                    and last_read.get(root) == pos[nid]):
+                parent[nid] = (root, 0)
+                in_place.add(nid)
+                last_read[root] = max(last_read[root], last_read.get(nid, pos[nid]))
+                break
     view = {nid: resolve(nid) for nid in parent}
-    root_of = {nid: view.get(nid, (nid, 0))[0] for nid in nodes}
-    members: dict[int, list[int]] = {}
-    for nid, root in root_of.items():
-        members.setdefault(root, []).append(nid)
-    last_read: dict[int, int] = {}
-    for nid in nodes:
-        for r in readers[nid]:
-            if r in pos:
-                root = root_of[nid]
-                last_read[root] = max(last_read.get(root, -1), pos[r])
+    root_of, members, last_read = _buffers(nodes, readers, pos, resolve)
 
     # 2. fixed slots: sources, gradients, and updates written in place
     fixed: dict[int, int] = {}
@@ -205,13 +215,29 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     return ProgramMemory(
         offsets=offsets,
         launches=[nid for nid in order
-                  if (nid not in view or nid in placed or _in_place_op(nodes[nid])) and nid not in in_place_concats
+                  if (nid not in view or nid in placed or nid in in_place or _in_place_op(nodes[nid]))
+                  and nid not in in_place_concats
                   and REGISTRY[nodes[nid].op].kind != "projection"],
         copies=copies,
         work_size=peak,
         work_sum=sum(b.size for b in buffers),
         lower_bound=_most_live(buffers),
     )
+
+
+def _buffers(nodes, readers, pos, resolve):
+    """Each node's root buffer, each root's members, and the step of each root's last reader."""
+    root_of = {nid: resolve(nid)[0] for nid in nodes}
+    members: dict[int, list[int]] = {}
+    for nid, root in root_of.items():
+        members.setdefault(root, []).append(nid)
+    last_read: dict[int, int] = {}
+    for nid in nodes:
+        for r in readers[nid]:
+            if r in pos:
+                root = root_of[nid]
+                last_read[root] = max(last_read.get(root, -1), pos[r])
+    return root_of, members, last_read
 
 
 def _in_place_op(n: Node) -> bool:
@@ -249,7 +275,7 @@ def _concat_pieces(n: Node, nodes: dict[int, Node], resolve, unplaceable: set[in
 
 def _in_place(new: Node, state: int, pos, readers, members) -> bool:
     """Can `new` overwrite `state`'s memory? Its op allows it, it reads it directly, and reads it last."""
-    may = REGISTRY[new.op].overwrites(len(new.inputs))
+    may = REGISTRY[new.op].overwrites(new.attr, len(new.inputs))
     if not any((0, i) in may for i, x in enumerate(new.inputs) if x == state):
         return False
     others = [r for k in members[state] for r in readers[k] if r != new.id]

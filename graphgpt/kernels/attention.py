@@ -1,0 +1,50 @@
+"""Fused causal attention and its two backward kernels (templates/attention.cu.j2).
+
+q, k and v come packed as (B, T, 3, H, D), the rest as (B, T, H, D) or (B, H, T): a block owns one
+batch entry and head (grid y) and tiles of its T rows (grid x). Two variants:
+  mma  -- bf16 on tensor cores (mma.sync m16n8k16, float32 accumulators), flash-attention-2
+          tiling: a block of 4 warps owns TILE = 64 rows (16 per warp) and walks the other side's
+          TILE-row tiles through double-buffered shared memory (cp.async), so scores and
+          probabilities live only in registers. For head dims 64 and 128 and T a multiple of 64.
+  simt -- any float type, head dim and T, on the CUDA cores: a block owns 32 rows, four threads
+          per row each holding a quarter of it; the other side's 32-row tiles pass through shared
+          memory. The float32 plans' kernel, and the reference the mma kernels are checked
+          against besides NumPy.
+The forward and the query gradient own query tiles (the last, with the most keys to visit, first);
+the key/value gradient owns key tiles and visits the queries at and after them. No kernel adds
+into memory another block writes: the backward is deterministic.
+"""
+from __future__ import annotations
+
+from ..dtypes import DTYPES
+from .common import Kernel, c_float, cdiv, types
+
+TILE = 64                 # rows of a tensor-core block's tile, on both sides
+MMA_HEAD_DIMS = (64, 128)
+MMA_WARPS = 4
+SIMT_ROWS = 32            # rows of a CUDA-core block's tile, on both sides
+SIMT_THREADS = 4 * SIMT_ROWS
+PAD = 8                   # bf16 a shared-memory row is padded by: ldmatrix rows fall in distinct banks
+
+
+def variant(dtype: str, t: int, d: int) -> str:
+    return "mma" if dtype == "bf16" and d in MMA_HEAD_DIMS and t % TILE == 0 else "simt"
+
+
+def lower(launch) -> Kernel:
+    qkv = launch["in"][0]
+    b, t, _, h, d = qkv[2]
+    heads, kind = b * h, variant(qkv[0], t, d)
+    params = {**types(launch), "op": launch["op"], "t": t, "d": d, "h": h, "heads": heads, "variant": kind,
+              "scale": c_float(launch["attrs"]["scale"])}
+    if kind == "simt":  # two tiles of the other side as float32, and the backward's lse and delta rows
+        smem = (2 * SIMT_ROWS * d + (2 * SIMT_ROWS if launch["op"] == "causal_attention_grad_kv" else 0)) * 4
+        return Kernel(launch["op"], params, (cdiv(t, SIMT_ROWS), heads, 1), (SIMT_THREADS, 1, 1), smem=smem)
+    row = (d + PAD) * DTYPES["bf16"].bytes
+    # shared tiles: the forward keeps its queries and double-buffers keys and values; the query
+    # gradient also keeps its output gradients; the key/value gradient keeps its keys and values
+    # and double-buffers queries and output gradients, with their rows' lse and delta
+    tiles = 5 if launch["op"] == "causal_attention" else 6
+    stats = 2 * 2 * TILE * 4 if launch["op"] == "causal_attention_grad_kv" else 0
+    return Kernel(launch["op"], {**params, "tile": TILE, "pad": PAD, "warps": MMA_WARPS},
+                  (t // TILE, heads, 1), (32 * MMA_WARPS, 1, 1), smem=tiles * TILE * row + stats)
