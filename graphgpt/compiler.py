@@ -313,6 +313,7 @@ def _program(graph: Graph, mem: ProgramMemory, fusion: bool, work_start: int) ->
         "outputs": {k: buf(v) for k, v in graph.outputs.items()},
         "launches": launches,
         "memory": {"work_peak": mem.work_size, "work_sum": mem.work_sum, "work_lower_bound": mem.lower_bound},
+        "matmul_flops": _stats(graph, mem)["flops"],  # per run, of the matrix products (for MFU)
     }
 
 
@@ -326,7 +327,8 @@ def _stats(graph: Graph, mem: ProgramMemory) -> dict:
             written = sum(graph.nodes[o].nbytes for o in projections[nid]) if n.specs else n.nbytes
             moved += written + sum(graph.nodes[i].nbytes for i in set(n.inputs))
     moved += sum(graph.nodes[new].nbytes * 2 for new, _ in mem.copies)
-    flops = sum(_matmul_flops(graph, n) for n in graph.nodes.values() if n.op in ("matmul", "fused_matmul"))
+    flops = sum(REGISTRY[n.op].flops(n.attr, n.spec, *(graph.nodes[i].spec for i in n.inputs))
+                for n in graph.nodes.values())
     return {"launches": len(mem.launches) + len(mem.copies), "bytes": moved, "flops": flops}
 
 
@@ -370,12 +372,6 @@ def _numel(shape) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def _matmul_flops(graph: Graph, n) -> int:
-    a = graph.nodes[n.inputs[0]]
-    k = a.shape[-2] if n.attr["ta"] else a.shape[-1]
-    return 2 * _numel(n.shape) * k
 
 
 def main(argv=None) -> int:

@@ -137,11 +137,11 @@ def test_measure_times_blocks_after_warmup():
 def test_summary_table_and_report(plan_dir):
     rows = [bench.Row("graphgpt graph", [2.0, 1.0, 3.0], 3 * 2**20, "arena_bytes", 4.5),
             bench.Row("torch eager", [4.0, 4.0, 5.0], 2**20, "torch", 4.5)]
-    bench.summarize(rows, tokens_per_step=1000)
-    assert rows[0].derived == {"ms_per_step": 2.0, "tokens_per_s": 500_000.0, "vs_torch_eager": 2.0}
-    assert rows[1].derived["vs_torch_eager"] == 1.0
+    bench.summarize(rows, tokens_per_step=1000, flops_per_step=1e12, peak_flops=1e15)
+    assert rows[0].derived == {"ms_per_step": 2.0, "tokens_per_s": 500_000.0, "mfu": 0.5, "vs_torch_eager": 2.0}
+    assert rows[1].derived["vs_torch_eager"] == 1.0 and rows[1].derived["mfu"] == 0.25
     table = bench.format_table(rows).splitlines()
-    assert table[1].split() == ["graphgpt", "graph", "2.000", "500,000", "2.00x", "3.0", "4.5000"]
+    assert table[1].split() == ["graphgpt", "graph", "2.000", "500,000", "50.0%", "2.00x", "3.0", "4.5000"]
 
     alone = bench.summarize([bench.Row("graphgpt graph", [1.0], 0, "arena_bytes", 1.0)], 10)
     assert alone[0].derived["vs_torch_eager"] is None and " - " in bench.format_table(alone)
@@ -154,6 +154,20 @@ def test_summary_table_and_report(plan_dir):
     assert data["tokens_per_step"] == 2 * 8 and data["date"]
     assert [r["name"] for r in data["rows"]] == ["graphgpt graph", "torch eager"]
     assert data["rows"][0]["ms_per_step_blocks"] == [2.0, 1.0, 3.0] and data["rows"][0]["tokens_per_s"] == 500_000.0
+
+
+@pytest.mark.parametrize("attention", ["fused", "softmax"])
+def test_the_plan_counts_the_gemm_flops_as_nanogpt_estimates_them(attention):
+    """6 N per token for the N weights of the GEMMs (every block's four matrices and lm_head), plus
+    12 L H D T per token for the attention's two (T x T x D) products, forward and backward, whether
+    the fused attention computes them or two batched GEMMs do."""
+    data = tiny_compiled([f"attention={attention}"]).data
+    cfg = data["config"]
+    L, C, H, T, B, V = (cfg[k] for k in ("n_layer", "n_embd", "n_head", "block_size", "batch_size", "vocab_size"))
+    weights = L * 12 * C * C + C * V
+    tokens = B * T
+    assert data["programs"]["train"]["matmul_flops"] == 6 * weights * tokens + 12 * L * H * (C // H) * T * tokens
+    assert data["programs"]["eval"]["matmul_flops"] * 3 == data["programs"]["train"]["matmul_flops"]
 
 
 def test_rows_in_table_order():

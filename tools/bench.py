@@ -6,6 +6,12 @@ without, and, when PyTorch is importable, tools/torch_gpt2.py eager, under torch
 under torch.compile with bf16 autocast. Each method runs its warm-up steps first (module loading,
 CUDA-graph capture, torch.compile's compilation), then `repeat` blocks of `steps` steps between
 two GPU events on its stream; the table shows the median block's ms/step.
+
+MFU: the FLOPs of the plan's matrix products per step (the compiler counts them from each op's
+registry entry: 6 N per token for the N weights that take part in GEMMs, plus 12 L H D T for the
+attention's products, fused or not, as nanoGPT's estimate counts them)
+over the step time, against the GEMM rate measured here first (a 4096^3 GEMM in the plan's
+type: bf16, or float32 on FP32 or TF32 cores). Every row is credited with the same FLOPs.
 """
 from __future__ import annotations
 
@@ -227,11 +233,14 @@ class Row:
     derived: dict = field(default_factory=dict)
 
 
-def summarize(rows: list[Row], tokens_per_step: int) -> list[Row]:
-    """Median ms/step, tokens/s and the speed-up over torch eager (above 1: faster than eager)."""
+def summarize(rows: list[Row], tokens_per_step: int, flops_per_step: float = 0.0,
+              peak_flops: float | None = None) -> list[Row]:
+    """Median ms/step, tokens/s, MFU (the step's GEMM FLOPs at the measured peak rate, when one is
+    given) and the speed-up over torch eager (above 1: faster than eager)."""
     for r in rows:
         r.derived = {"ms_per_step": statistics.median(r.ms)}
         r.derived["tokens_per_s"] = tokens_per_step / (r.derived["ms_per_step"] / 1e3)
+        r.derived["mfu"] = flops_per_step / (r.derived["ms_per_step"] / 1e3) / peak_flops if peak_flops else None
     eager = next((r for r in rows if r.name.startswith("torch eager")), None)
     for r in rows:
         r.derived["vs_torch_eager"] = eager.derived["ms_per_step"] / r.derived["ms_per_step"] if eager else None
@@ -239,11 +248,12 @@ def summarize(rows: list[Row], tokens_per_step: int) -> list[Row]:
 
 
 def format_table(rows: list[Row]) -> str:
-    lines = [f"{'method':<20} {'ms/step':>9} {'tokens/s':>12} {'vs eager':>9} {'peak MiB':>9} {'loss':>8}"]
+    lines = [f"{'method':<20} {'ms/step':>9} {'tokens/s':>12} {'MFU':>6} {'vs eager':>9} {'peak MiB':>9} {'loss':>8}"]
     for r in rows:
         d = r.derived
         ratio = f"{d['vs_torch_eager']:.2f}x" if d["vs_torch_eager"] is not None else "-"
-        lines.append(f"{r.name:<20} {d['ms_per_step']:>9.3f} {d['tokens_per_s']:>12,.0f} {ratio:>9} "
+        mfu = f"{d['mfu']:.1%}" if d.get("mfu") is not None else "-"
+        lines.append(f"{r.name:<20} {d['ms_per_step']:>9.3f} {d['tokens_per_s']:>12,.0f} {mfu:>6} {ratio:>9} "
                      f"{r.peak_bytes / 2**20:>9.1f} {r.final_loss:>8.4f}")
     return "\n".join(lines)
 
@@ -277,6 +287,19 @@ def run_method(plan, weights, batch, args, kind: str, **options) -> tuple[list[f
         return ms, runner.peak_bytes(), runner.memory_source, loss
     finally:
         runner.close()
+
+
+def peak_gemm_rate(plan, tf32: bool) -> float:
+    """FLOP/s of a 4096^3 GEMM in the plan's compute type on this GPU, through graphgpt's cuBLAS binding."""
+    import cupy as cp
+    from graphgpt.runtime.cublas import WORKSPACE_BYTES, Cublas
+    from graphgpt.runtime.profile import gemm_rate
+    stream, workspace = cp.cuda.Stream(non_blocking=True), cp.empty(WORKSPACE_BYTES, cp.uint8)
+    blas = Cublas(stream.ptr, workspace.data.ptr, tf32)
+    try:
+        return gemm_rate(cp, stream, blas, plan.config.get("dtype", "f32"))
+    finally:
+        blas.close()
 
 
 def precision(plan, args) -> str:
@@ -343,15 +366,20 @@ def bench(args, argv: list[str]) -> int:
           f"= {tokens_per_step} tokens/step; {device}, {precision(plan, args)}; "
           f"{args.warmup} warm-up steps, then {args.repeat} blocks of {args.steps} steps (median)", flush=True)
     weights, batch = init_params(plan, seed=0), synthetic_batch(cfg)
+    peak, flops = peak_gemm_rate(plan, args.tf32), plan.program("train")["matmul_flops"]
+    print(f"  GEMM rate measured: {peak / 1e12:.1f} TFLOP/s ({precision(plan, args)}); "
+          f"{flops / 1e9:.1f} GFLOP of GEMMs per step", flush=True)
     rows = []
     for name, options in methods(use_torch, args.tf32, args.eager_only, plan.config.get("dtype") == "bf16"):
         print(f"  {name} ...", flush=True)
         rows.append(Row(name, *run_method(plan, weights, batch, args, **options)))
-    print(format_table(summarize(rows, tokens_per_step)))
-    print("vs eager: torch eager's ms/step over the row's. peak MiB: graphgpt's arena; torch's "
-          "max_memory_allocated. loss: after the same steps from the same weights.")
+    print(format_table(summarize(rows, tokens_per_step, flops, peak)))
+    print("MFU: the plan's GEMM FLOPs per step at the measured GEMM rate. vs eager: torch eager's ms/step over "
+          "the row's. peak MiB: graphgpt's arena; torch's max_memory_allocated. loss: after the same steps "
+          "from the same weights.")
     if args.json:
-        atomic_write_text(args.json, json.dumps(report(args, argv, plan, device, versions, rows), indent=1) + "\n")
+        data = dict(report(args, argv, plan, device, versions, rows), peak_gemm_flops=peak, matmul_flops_per_step=flops)
+        atomic_write_text(args.json, json.dumps(data, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
 

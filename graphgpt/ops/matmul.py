@@ -6,7 +6,7 @@ flags let the backward use the operands in place instead of materialising transp
 """
 from __future__ import annotations
 
-from .registry import Op, Spec, float_spec, out_dtype, register, require
+from .registry import Op, Spec, float_spec, out_dtype, prod, register, require
 
 
 def _mk(x, t):
@@ -41,7 +41,11 @@ def _vjp(attrs, g, out, a, b):
     return da, db
 
 
-register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True))
+def _flops(attrs, out: Spec, a: Spec, *rest) -> int:
+    return 2 * prod(out.shape) * (a.shape[-2] if attrs["ta"] else a.shape[-1])
+
+
+register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True, flops=_flops))
 
 
 # A GEMM with its epilogue, made by the fusion pass: op(a) @ op(b) [+ bias] [+ residual], the bias
@@ -63,7 +67,5 @@ def _fused_infer(attrs, a, b, *rest):
     return out
 
 
-
-
-register(Op("fused_matmul", "matmul", _fused_infer,
+register(Op("fused_matmul", "matmul", _fused_infer, flops=_flops,
             nondiff="made by the fusion pass, which runs after autodiff"))

@@ -146,12 +146,21 @@ def _attention_grad_kv_infer(attrs, qkv, lse, g, delta, dq):
     return qkv
 
 
+def _attention_flops(attrs, out, qkv: Spec, *rest) -> int:
+    """Two (T x T x D) products per head, as nanoGPT counts them (the masked half included, the
+    backward's recomputed scores not): the forward's q k^T and P v; the query gradient's g v^T and
+    dS k; the key/value gradient's P^T g and dS^T q."""
+    b, t, h, d = _packed(qkv)
+    return 2 * 2 * b * h * t * t * d
+
+
 register(Op("causal_attention", "nn", lambda attrs, qkv: [_heads_spec(qkv), _row_stats(qkv)],
-            vjp=_attention_vjp, template="attention"))
+            vjp=_attention_vjp, template="attention", flops=_attention_flops))
 register(Op("causal_attention_grad_q", "nn",
             lambda attrs, qkv, out, lse, g: [_heads_spec(qkv, out, g), _row_stats(qkv, lse)],
-            nondiff=BACKWARD_ONLY, template="attention"))
-register(Op("causal_attention_grad_kv", "nn", _attention_grad_kv_infer, nondiff=BACKWARD_ONLY, template="attention"))
+            nondiff=BACKWARD_ONLY, template="attention", flops=_attention_flops))
+register(Op("causal_attention_grad_kv", "nn", _attention_grad_kv_infer, nondiff=BACKWARD_ONLY, template="attention",
+            flops=_attention_flops))
 
 
 # ---- cross-entropy: mean over all positions of -log softmax(logits)[target] -----------------

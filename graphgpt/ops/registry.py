@@ -29,6 +29,9 @@ Aliasing, which the memory planner reads instead of knowing ops by name:
                                       output, so the op itself runs nothing (concat)
   stores_any_float                    it accumulates in float and stores once, in attrs["dtype"]
                                       when given: a cast after it folds into it (fuse.py)
+  flops(attrs, out, *inputs)          the multiply-adds (times 2) of the matrix products it computes,
+                                      as nanoGPT's estimate counts them, for the plan's MFU (ops
+                                      without matrix products: 0)
 
 dtypes: floats are f32, bf16 or f16 (dtypes.py). A rule gives its output's dtype; references
 compute in the float type they are given (float32, or float64 in tests: a backend reads narrower
@@ -68,6 +71,7 @@ class Op:
     overwrites: Callable[[dict, int], tuple[tuple[int, int], ...]] = lambda attrs, n_inputs: ()
     assembles: bool = False
     stores_any_float: bool = False
+    flops: Callable[..., int] = lambda attrs, out, *inputs: 0
 
     def c_expr(self, attrs: dict) -> str | None:
         return self.expr(attrs) if callable(self.expr) else self.expr

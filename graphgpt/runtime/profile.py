@@ -18,28 +18,32 @@ from .cuda_backend import device_dtype
 def ceilings(backend) -> dict[str, float]:
     """Device-to-device copy bandwidth (bytes read + written) and the GEMM rate of this backend, in
     the type its plan computes in."""
-    cp = backend.cp
+    cp, stream = backend.cp, backend.stream
     src, dst = cp.ones(1 << 28, cp.float32), cp.empty(1 << 28, cp.float32)  # 1 GiB each
-    n, dtype = 4096, backend.plan.config.get("dtype", "f32")
-    one = np.ones(1, DTYPES[dtype].numpy).view(device_dtype(dtype))  # 1.0 in the plan's type
+    copy = _median_ms(cp, stream, lambda: cp.copyto(dst, src))
+    return {"bandwidth": 2 * src.nbytes / (copy / 1e3),
+            "flops": gemm_rate(cp, stream, backend.blas, backend.plan.config.get("dtype", "f32"))}
+
+
+def gemm_rate(cp, stream, blas, dtype: str, n: int = 4096) -> float:
+    """FLOP/s of an n x n x n GEMM with operands and output of `dtype`, through `blas` (runtime.cublas)."""
+    one = np.ones(1, DTYPES[dtype].numpy).view(device_dtype(dtype))  # 1.0 in that type
     a, b, c = (cp.full((n, n), one[0], one.dtype) for _ in range(3))
     g = {"transa": 0, "transb": 0, "m": n, "n": n, "k": n, "lda": n, "ldb": n, "ldc": n,
          "stride_a": 0, "stride_b": 0, "stride_c": 0, "batch": 1, **{x: [dtype, 0, [n, n]] for x in "abc"}}
-    copy = _median_ms(backend, lambda: cp.copyto(dst, src))
-    gemm = _median_ms(backend, lambda: backend.blas.gemm(g, a.data.ptr, b.data.ptr, c.data.ptr))
-    return {"bandwidth": 2 * src.nbytes / (copy / 1e3), "flops": 2 * n ** 3 / (gemm / 1e3)}
+    ms = _median_ms(cp, stream, lambda: blas.gemm(g, a.data.ptr, b.data.ptr, c.data.ptr))
+    return 2 * n ** 3 / (ms / 1e3)
 
 
-def _median_ms(backend, fn, repeats: int = 10) -> float:
-    cp = backend.cp
-    with backend.stream:
+def _median_ms(cp, stream, fn, repeats: int = 10) -> float:
+    with stream:
         fn()
         times = []
         for _ in range(repeats):
             start, end = cp.cuda.Event(), cp.cuda.Event()
-            start.record(backend.stream)
+            start.record(stream)
             fn()
-            end.record(backend.stream)
+            end.record(stream)
             end.synchronize()
             times.append(cp.cuda.get_elapsed_time(start, end))
     return float(np.median(times))
