@@ -6,7 +6,7 @@ Override any CONFIG key at compile time: `python tools/compile.py model.py --set
 """
 import math
 
-from graphgpt.dsl import causal_attention, causal_softmax, embedding, gelu, layer_norm, matmul, param
+from graphgpt.dsl import causal_attention, causal_softmax, dropout, embedding, gelu, layer_norm, matmul, param
 
 CONFIG = dict(
     n_layer=6,
@@ -16,6 +16,7 @@ CONFIG = dict(
     batch_size=16,
     vocab_size=0,     # 0: the tokenizer's vocabulary size
     attention="fused",  # fused: one kernel, no (T, T) scores in memory; softmax: scores, softmax, GEMMs
+    dropout=0.0,      # where nanoGPT drops: embeddings, attention probabilities, both residual branches
 )
 
 
@@ -38,13 +39,13 @@ def attention(x, c_attn, c_proj, cfg):
     D, scale = C // H, 1.0 / math.sqrt(C // H)
     qkv = linear(x, c_attn).reshape(B, T, 3, H, D)
     if cfg["attention"] == "fused":
-        y = causal_attention(qkv, scale)                                     # (B, T, H, D)
+        y = causal_attention(qkv, scale, dropout=cfg["dropout"])             # (B, T, H, D)
     else:
         heads = qkv.transpose(2, 0, 3, 1, 4)                                 # (3, B, H, T, D)
         q, k, v = heads[0], heads[1], heads[2]
-        att = causal_softmax(matmul(q, k, tb=True), scale)                   # (B, H, T, T), in memory
+        att = dropout(causal_softmax(matmul(q, k, tb=True), scale), cfg["dropout"])  # (B, H, T, T), in memory
         y = (att @ v).transpose(0, 2, 1, 3)
-    return linear(y.reshape(B, T, C), c_proj)
+    return dropout(linear(y.reshape(B, T, C), c_proj), cfg["dropout"])
 
 
 def block(x, i, cfg):
@@ -54,7 +55,7 @@ def block(x, i, cfg):
     c_attn, attn_proj = linear_params(f"{h}.attn.c_attn", C, 3 * C), linear_params(f"{h}.attn.c_proj", C, C)
     c_fc, mlp_proj = linear_params(f"{h}.mlp.c_fc", C, 4 * C), linear_params(f"{h}.mlp.c_proj", 4 * C, C)
     x = x + attention(layer_norm(x, *ln_1), c_attn, attn_proj, cfg)
-    return x + linear(gelu(linear(layer_norm(x, *ln_2), c_fc)), mlp_proj)
+    return x + dropout(linear(gelu(linear(layer_norm(x, *ln_2), c_fc)), mlp_proj), cfg["dropout"])
 
 
 def forward(idx, cfg):
@@ -62,7 +63,7 @@ def forward(idx, cfg):
     T, C = idx.shape[1], cfg["n_embd"]
     wte = param("wte", (cfg["vocab_size"], C))
     wpe = param("wpe", (cfg["block_size"], C))
-    x = embedding(wte, idx) + wpe[:T]
+    x = dropout(embedding(wte, idx) + wpe[:T], cfg["dropout"])
     for i in range(cfg["n_layer"]):
         x = block(x, i, cfg)
     ln_f = norm_params("ln_f", C)

@@ -114,7 +114,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
 
     B, T = model_cfg["batch_size"], model_cfg["block_size"]
     backward = "train" if opt_cfg["grad_accum"] == 1 else "accumulate"  # the program with the backward
-    graphs = {backward: _trace(module, model_cfg, B, T, with_loss=True)}
+    graphs = {backward: _trace(module, model_cfg, B, T, with_loss=True, training=True)}
     forward_dump = graphs[backward].summary("forward")
     graphs.update(_add_training(graphs[backward], opt_cfg))
     joint_dump = graphs[backward].summary("joint")
@@ -220,6 +220,8 @@ def check_model_config(cfg: dict, origin=None) -> None:
         need("dtype", cfg["dtype"] in COMPUTE_DTYPES, " or ".join(COMPUTE_DTYPES))
     if "attention" in cfg:
         need("attention", cfg["attention"] in ATTENTION, " or ".join(ATTENTION))
+    if "dropout" in cfg:
+        need("dropout", isinstance(cfg["dropout"], (int, float)) and 0 <= cfg["dropout"] < 1, "a probability in [0, 1)")
     if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"]:
         raise UserError(f"n_embd {cfg['n_embd']} is not divisible by n_head {cfg['n_head']}")
     for key, value in cfg.items():
@@ -236,7 +238,7 @@ def _tokenizer(data_path: Path | None, kind: str | None) -> Tokenizer:
     return build_tokenizer(kind or "word", read_corpus(data_path))
 
 
-def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool) -> Graph:
+def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool, training: bool = False) -> Graph:
     def build(tracer: dsl.Tracer) -> None:
         idx = tracer.input("tokens", (batch, seq), INT)
         logits = module.forward(idx, dict(cfg))
@@ -249,7 +251,7 @@ def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool) -> Graph:
         else:
             tracer.graph.outputs["logits"] = logits.id
     try:
-        return dsl.trace(build, cfg["dtype"]).graph
+        return dsl.trace(build, cfg["dtype"], training).graph
     except UserError:
         raise
     except Exception as e:

@@ -16,6 +16,7 @@ from typing import Callable
 
 from .errors import UserError
 from .ir import FLOAT, INT, Graph, GraphError, Value
+from .schedule import DROPOUT_COUNTER, DROPOUT_SEED
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _DRIVER = os.path.join(_PACKAGE_DIR, "compiler.py")
@@ -25,10 +26,20 @@ _active: "Tracer | None" = None
 class Tracer:
     """Builds one graph from one call of a model's `forward`."""
 
-    def __init__(self, dtype: str = FLOAT):
+    def __init__(self, dtype: str = FLOAT, training: bool = False):
         self.graph = Graph(locate=user_line)
         self.params: dict[str, Value] = {}
-        self.dtype = dtype  # the type the model computes in
+        self.dtype = dtype        # the type the model computes in
+        self.training = training  # dropout drops only in the program that trains
+        self.sites = 0            # dropout sites so far: each draws masks of its own
+        self.rng: tuple[Value, Value] | None = None
+
+    def dropout_site(self) -> tuple[int, Value, Value]:
+        """A new dropout site's number, and the RNG's seed and counter inputs (made on first use)."""
+        if self.rng is None:
+            self.rng = (self.input(DROPOUT_SEED, (), INT), self.input(DROPOUT_COUNTER, (), INT))
+        self.sites += 1
+        return self.sites, *self.rng
 
     def param(self, name: str, shape, init: str, std: float) -> Value:
         if name in self.params:
@@ -61,10 +72,10 @@ def user_line() -> str | None:
     return None
 
 
-def trace(build: Callable[[Tracer], None], dtype: str = FLOAT) -> Tracer:
+def trace(build: Callable[[Tracer], None], dtype: str = FLOAT, training: bool = False) -> Tracer:
     """Run `build(tracer)` with the DSL functions recording into a fresh graph."""
     global _active
-    tracer, previous = Tracer(dtype), _active
+    tracer, previous = Tracer(dtype, training), _active
     _active = tracer
     try:
         build(tracer)
@@ -100,12 +111,36 @@ def causal_softmax(scores: Value, scale: float) -> Value:
     return scores.graph.add("causal_softmax", (scores,), scale=float(scale))
 
 
-def causal_attention(qkv: Value, scale: float) -> Value:
+def causal_attention(qkv: Value, scale: float, dropout: float = 0.0) -> Value:
     """Per head, softmax(scale * q k^T with future keys masked out) v, from q, k and v packed as
     (B, T, 3, H, D) (the QKV projection's output, reshaped), as (B, T, H, D): one fused op that never
-    stores the (T, T) scores (its log-sum-exp per query is kept for the backward)."""
-    out, _lse = qkv.graph.add("causal_attention", (qkv,), scale=float(scale))
+    stores the (T, T) scores (its log-sum-exp per query is kept for the backward). `dropout` drops
+    attention probabilities inside the kernels, in the training program only."""
+    tracer = _tracer()
+    if dropout and tracer.training:
+        site, seed, counter = tracer.dropout_site()
+        out, _lse = qkv.graph.add("causal_attention", (qkv, seed, counter), scale=float(scale),
+                                  dropout=_probability(dropout), site=site)
+    else:
+        out, _lse = qkv.graph.add("causal_attention", (qkv,), scale=float(scale))
     return out
+
+
+def dropout(x: Value, p: float) -> Value:
+    """Zero each element with probability p and scale the rest by 1 / (1 - p), in the training
+    program; the evaluation and generation programs pass x through. The masks come from a
+    counter-based RNG (Philox4x32-10) keyed by the run's seed, the micro-batch and the element."""
+    tracer = _tracer()
+    if not p or not tracer.training:
+        return x
+    site, seed, counter = tracer.dropout_site()
+    return x.graph.add("dropout", (x, seed, counter), p=_probability(p), site=site)
+
+
+def _probability(p: float) -> float:
+    if not 0.0 <= p < 1.0:
+        raise GraphError(f"{user_line()}: dropout probability {p} is not in [0, 1)")
+    return float(p)
 
 
 def matmul(a: Value, b: Value, ta: bool = False, tb: bool = False) -> Value:
@@ -122,5 +157,5 @@ def cross_entropy(logits: Value, targets: Value) -> Value:
     return logits.graph.add("cross_entropy", (logits, targets))
 
 
-__all__ = ["param", "layer_norm", "gelu", "causal_softmax", "causal_attention", "matmul", "embedding", "cross_entropy",
+__all__ = ["param", "layer_norm", "gelu", "causal_softmax", "causal_attention", "dropout", "matmul", "embedding", "cross_entropy",
            "Value", "FLOAT", "INT", "trace", "Tracer"]

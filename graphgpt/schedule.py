@@ -1,12 +1,30 @@
-"""The learning-rate schedule and the optimizer's scalars for each step, on the run side.
+"""The learning-rate schedule and the scalars each step feeds its program, on the run side.
 
 The compiled update reads its step size (Adam) or learning rate and bias corrections (AdamW) as
 scalar inputs of the plan's program; here they are computed from the plan's optimizer settings
-and the number of updates done, so the one compiled step serves every step of the schedule.
+and the number of updates done, so the one compiled step serves every step of the schedule. A
+plan with dropout also reads the key and counter of its random masks (`dropout_scalars`).
 """
 from __future__ import annotations
 
 import math
+
+# The program inputs of dropout's counter-based RNG (Philox4x32-10): the key's first word is the
+# run's seed (the second, each dropout site's number in the model), the counter's second word
+# numbers the micro-batch. Both int32 scalars, read as their unsigned bits.
+DROPOUT_SEED, DROPOUT_COUNTER = "dropout_seed", "dropout_counter"
+
+
+def dropout_scalars(seed: int, step: int, micro: int = 0, micro_batches: int = 1, rank: int = 0,
+                    world: int = 1) -> dict[str, int]:
+    """The masks' key and counter for one micro-batch: each (update, micro-batch, rank) draws
+    masks of its own, and a resumed run draws again exactly the masks it would have drawn."""
+    counter = ((step * micro_batches + micro) * world + rank) % 2**32
+    return {DROPOUT_SEED: _int32(seed % 2**32), DROPOUT_COUNTER: _int32(counter)}
+
+
+def _int32(bits: int) -> int:
+    return bits - 2**32 if bits >= 2**31 else bits
 
 
 def lr_at(cfg: dict, t: int) -> float:

@@ -15,7 +15,7 @@ from .data import EVAL_STREAMS, RandomSampler
 from .errors import UserError
 from .plan import Plan
 from .runtime.dist import SingleWorld
-from .schedule import step_scalars
+from .schedule import dropout_scalars, step_scalars
 
 
 class TrainingStopped(Exception):
@@ -54,7 +54,7 @@ def init_params(plan: Plan, seed: int) -> dict[str, np.ndarray]:
 
 class Trainer:
     def __init__(self, plan: Plan, backend, sampler, seed: int = 0, world=None):
-        self.plan, self.backend, self.sampler = plan, backend, sampler
+        self.plan, self.backend, self.sampler, self.seed = plan, backend, sampler, seed
         self.world = world or SingleWorld()
         self.micro_batches = int(plan.optimizer.get("grad_accum", 1))
         self.set_weights(init_params(plan, seed))
@@ -118,18 +118,22 @@ class Trainer:
     def _feeds(self, program: str, scalars: dict[str, float], batch=None) -> dict:
         return program_inputs(self.plan, program, batch, scalars)
 
+    def _masks(self, micro: int) -> dict[str, int]:
+        """Dropout's RNG key and counter for this micro-batch of the next update on this rank."""
+        return dropout_scalars(self.seed, self.updates_done, micro, self.micro_batches, self.world.rank, self.world.size)
+
     def _enqueue_step(self) -> tuple:
         scalars = step_scalars(self.plan.optimizer, self.updates_done)
         if self.micro_batches == 1:
             x, y = batch = self.sampler.next_batch()
-            pending = self.backend.enqueue("train", self._feeds("train", scalars, batch))
+            pending = self.backend.enqueue("train", self._feeds("train", scalars | self._masks(0), batch))
             losses, norm, tokens = [pending], pending, x.size
         else:
             losses, queued, tokens = [], [], 0
             for k in range(self.micro_batches):
                 batch = self.sampler.next_batch()
                 # 0 on a step's first micro-batch: it overwrites the gradient sums of the last step
-                flag = {"accumulate": float(k > 0)}
+                flag = {"accumulate": float(k > 0)} | self._masks(k)
                 queued.append(self.backend.enqueue("accumulate", self._feeds("accumulate", flag, batch)))
                 tokens += batch[0].size
                 while len(queued) > self.backend.pipeline_depth:

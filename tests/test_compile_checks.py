@@ -69,9 +69,11 @@ def test_the_model_files_config_is_checked_and_named(tmp_path):
     model = tmp_path / "model.py"
     model.write_text(text.replace("    n_layer=6,", "    n_layer=0,", 1))
     assert_refused(compile_cli(tmp_path / "plan", model=model), "model.py: CONFIG n_layer=0: n_layer must be an integer >= 1")
-    model.write_text(text.replace("    vocab_size=0,", "    vocab_size=0,\n    dropout=0.0,", 1))
-    assert_refused(compile_cli(tmp_path / "plan", "dropout=nan", model=model),
-                   "--set dropout=nan: dropout must be a finite number")
+    model.write_text(text.replace("    vocab_size=0,", "    vocab_size=0,\n    spare=0.5,", 1))
+    assert_refused(compile_cli(tmp_path / "plan", "spare=nan", model=model),
+                   "--set spare=nan: spare must be a finite number")
+    assert_refused(compile_cli(tmp_path / "plan", "dropout=nan"),
+                   "--set dropout=nan: dropout must be a probability in [0, 1)")
 
 
 # ---- learning-rate schedules -------------------------------------------------------------------

@@ -39,12 +39,14 @@ def _ids(shape):
     return ["i32", 0, list(shape)]
 
 
-def _attention(f, f32, b, t, h, d) -> list[dict]:
-    """The fused attention's three launches over packed (B, T, 3, H, D) q, k, v of f's type."""
+def _attention(f, f32, b, t, h, d, dropout=0.0) -> list[dict]:
+    """The fused attention's three launches over packed (B, T, 3, H, D) q, k, v of f's type, with
+    the RNG's seed and counter after their inputs when they drop."""
     qkv, x, rows = f((b, t, 3, h, d)), f((b, t, h, d)), f32((b, h, t))
-    return [_launch("causal_attention", qkv, scale=0.3),
-            _launch("causal_attention_grad_q", qkv, x, rows, x, scale=0.3),
-            _launch("causal_attention_grad_kv", qkv, rows, x, rows, x, scale=0.3)]
+    rng, attrs = ([_ids([]), _ids([])], {"dropout": dropout, "site": 4}) if dropout else ([], {})
+    return [_launch("causal_attention", qkv, *rng, scale=0.3, **attrs),
+            _launch("causal_attention_grad_q", qkv, x, rows, x, *rng, scale=0.3, **attrs),
+            _launch("causal_attention_grad_kv", qkv, rows, x, rows, x, *rng, scale=0.3, **attrs)]
 
 
 def synthetic_plan(dtype: str = "f32") -> dict:
@@ -103,6 +105,8 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("causal_softmax", _f((2, 2100, 2100)), scale=0.05),  # a row too long for registers
         _launch("causal_softmax_grad", _f((3, 5, 5)), _f((3, 5, 5)), scale=0.7),
         *_attention(_f, _f32, 2, 37, 3, 24),  # odd T and head dim: the CUDA-core kernels
+        *_attention(_f, _f32, 1, 70, 2, 16, dropout=0.25),
+        _launch("dropout", _f((5, 333)), _ids([]), _ids([]), p=0.1, site=2),
         _launch("cross_entropy", _f((37, 1000)), _ids([37])),
         _launch("cross_entropy_grad", _f((37, 1000)), _ids([37]), _f32(())),
         _launch("cross_entropy", _f((5, 3001)), _ids([5])),
@@ -124,6 +128,8 @@ def synthetic_plan(dtype: str = "f32") -> dict:
             _launch("embedding_grad", _ids([300]), _f((300, 64)), rows=7, dtype="f32"),
             *_attention(_f, _f32, 2, 128, 2, 64),   # the tensor-core kernels, both head dims
             *_attention(_f, _f32, 1, 192, 2, 128),
+            *_attention(_f, _f32, 2, 128, 2, 64, dropout=0.2),
+            *_attention(_f, _f32, 1, 128, 1, 128, dropout=0.1),
         ]
     return {"programs": {"synthetic": {"launches": launches}}}
 

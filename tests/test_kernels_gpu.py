@@ -42,6 +42,8 @@ def _distinct_launches(data: dict) -> list[dict]:
 
 def _int_range(launch: dict) -> int:
     op, ins = launch["op"], launch["in"]
+    if op == "dropout" or op in ATTENTION:
+        return 2**31 - 1          # the RNG's seed and counter: any bits
     if op == "embedding":
         return ins[0][2][0]       # table rows
     if op == "embedding_grad":
@@ -72,13 +74,14 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
         values[0] *= 3
     elif op in ATTENTION[1:]:  # the saved log-sum-exp (and delta) of this qkv and this g
         attrs, qkv, g = launch["attrs"], values[0], values[3 if op.endswith("_q") else 2]
+        rng = values[-2:] if "dropout" in attrs else []
         qkv, g = (x.astype(DTYPES[launch["in"][0][0]].numpy).astype(np.float64) for x in (qkv, g))
-        out, lse = REGISTRY["causal_attention"].ref(attrs, qkv)
+        out, lse = REGISTRY["causal_attention"].ref(attrs, qkv, *rng)
         if op.endswith("_q"):
             values[1], values[2] = out, lse
         else:
             values[1] = lse
-            values[3] = REGISTRY["causal_attention_grad_q"].ref(attrs, qkv, out, lse, g)[1]
+            values[3] = REGISTRY["causal_attention_grad_q"].ref(attrs, qkv, out, lse, g, *rng)[1]
     return [v.astype(DTYPES[b[0]].numpy) for v, b in zip(values, launch["in"])]  # each in its buffer's type
 
 

@@ -37,6 +37,7 @@ CASES = {
     "normalize": ([((3, 6), F)], {"eps": 1e-5}),
     "causal_softmax": ([((2, 4, 4), F)], {"scale": 0.7}),
     "causal_attention": ([((2, 5, 3, 2, 3), F)], {"scale": 0.7}),
+    "dropout": ([((3, 8), F), ("ids", (), 1000), ("ids", (), 1000)], {"p": 0.3, "site": 2}),
     "cross_entropy": ([((6, 5), F), ("ids", (6,), 5)], {}),
     "embedding": ([((7, 3), F), ("ids", (2, 4), 7)], {}),
     # to the compute type: the identity (a cast to bf16 rounds, and the float64 check cannot see

@@ -79,10 +79,12 @@ def assert_same_state(a, b):
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), name
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_ten_resume_ten_equals_twenty(tmp_path, plan, corpus, grad_accum):
-    if grad_accum > 1:
-        plan = compile_plan(tmp_path / "accumulating", corpus, f"grad_accum={grad_accum}")
+@pytest.mark.parametrize("settings", [[], ["grad_accum=2"], ["grad_accum=2", "dropout=0.2"]],
+                         ids=["plain", "accumulating", "accumulating-dropout"])
+def test_ten_resume_ten_equals_twenty(tmp_path, plan, corpus, settings):
+    """With dropout too: the resumed run draws the masks the uninterrupted one drew."""
+    if settings:
+        plan = compile_plan(tmp_path / "variant", corpus, *settings)
     whole, split = tmp_path / "whole", tmp_path / "split"
     train(plan, corpus, "--steps", "20", "--save", str(whole), "--log", str(tmp_path / "whole.jsonl"))
     first = train(plan, corpus, "--steps", "10", "--save", str(split), "--log", str(tmp_path / "split.jsonl"))
@@ -153,10 +155,10 @@ def _saving(save_dir) -> bool:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("grad_accum", [1, 3])
-def test_ten_resume_ten_equals_twenty_on_cuda_with_the_graph(tmp_path, plan, corpus, grad_accum):
-    if grad_accum > 1:
-        plan = compile_plan(tmp_path / "accumulating", corpus, f"grad_accum={grad_accum}")
+@pytest.mark.parametrize("settings", [[], ["grad_accum=3"], ["dropout=0.2"]], ids=["plain", "accumulating", "dropout"])
+def test_ten_resume_ten_equals_twenty_on_cuda_with_the_graph(tmp_path, plan, corpus, settings):
+    if settings:
+        plan = compile_plan(tmp_path / "variant", corpus, *settings)
     whole, split = tmp_path / "whole", tmp_path / "split"
     cuda = ("--backend", "cuda")
     train(plan, corpus, *cuda, "--steps", "20", "--save", str(whole), "--log", str(tmp_path / "w.jsonl"))

@@ -29,29 +29,34 @@ from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
 from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
 
-SHAPES = [  # (label, B, H, T, D, dtype)
-    ("124M", 16, 12, 1024, 64, "bf16"),
-    ("T2048", 8, 12, 2048, 64, "bf16"),
-    ("D128", 16, 6, 1024, 128, "bf16"),
-    ("seed", 16, 6, 256, 64, "bf16"),
-    ("odd-T", 2, 3, 100, 64, "bf16"),
-    ("f32", 2, 3, 256, 64, "f32"),
-    ("f32-odd", 2, 2, 37, 24, "f32"),
+SHAPES = [  # (label, B, H, T, D, dtype, dropout)
+    ("124M", 16, 12, 1024, 64, "bf16", 0.0),
+    ("124M-drop", 16, 12, 1024, 64, "bf16", 0.1),
+    ("T2048", 8, 12, 2048, 64, "bf16", 0.0),
+    ("D128", 16, 6, 1024, 128, "bf16", 0.0),
+    ("seed", 16, 6, 256, 64, "bf16", 0.0),
+    ("shakes", 64, 6, 256, 64, "bf16", 0.2),
+    ("odd-T", 2, 3, 100, 64, "bf16", 0.0),
+    ("f32", 2, 3, 256, 64, "f32", 0.0),
+    ("f32-drop", 2, 3, 64, 64, "f32", 0.2),
+    ("f32-odd", 2, 2, 37, 24, "f32", 0.0),
 ]
+SEED, COUNTER, SITE = 1234, 5, 3  # the dropout RNG's key, counter and site in these runs
 TOLERANCE = {"bf16": 1e-2, "f32": 1e-5}
 
 
-def launches(b: int, h: int, t: int, d: int, dtype: str, scale: float) -> list[dict]:
+def launches(b: int, h: int, t: int, d: int, dtype: str, attrs: dict) -> list[dict]:
     """The three launches of one attention, each buffer in an array of its own (offset 0)."""
     qkv, x, rows = [dtype, 0, [b, t, 3, h, d]], [dtype, 0, [b, t, h, d]], ["f32", 0, [b, h, t]]
-    ins = {"causal_attention": [qkv],
-           "causal_attention_grad_q": [qkv, x, rows, x],
-           "causal_attention_grad_kv": [qkv, rows, x, rows, x]}
+    rng = [["i32", 0, []], ["i32", 0, []]] if "dropout" in attrs else []
+    ins = {"causal_attention": [qkv, *rng],
+           "causal_attention_grad_q": [qkv, x, rows, x, *rng],
+           "causal_attention_grad_kv": [qkv, rows, x, rows, x, *rng]}
     out = []
     for op, inputs in ins.items():
-        specs = REGISTRY[op].infer({"scale": scale}, *[Spec(tuple(i[2]), i[0]) for i in inputs])
+        specs = REGISTRY[op].infer(attrs, *[Spec(tuple(i[2]), i[0]) for i in inputs])
         outs = [[s.dtype, 0, list(s.shape)] for s in (specs if isinstance(specs, list) else [specs])]
-        out.append({"op": op, "out": outs[0], "outs": outs, "in": inputs, "attrs": {"scale": scale}})
+        out.append({"op": op, "out": outs[0], "outs": outs, "in": inputs, "attrs": attrs})
     return out
 
 
@@ -83,15 +88,17 @@ def time_ms(cp, fn, repeat: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def check_shape(cp, label, b, h, t, d, dtype, repeat, torch) -> dict:
-    scale = 1.0 / np.sqrt(d)
-    plan = {"programs": {"attention": {"launches": launches(b, h, t, d, dtype, scale)}}}
+def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
+    attrs = {"scale": 1.0 / np.sqrt(d), **({"dropout": dropout, "site": SITE} if dropout else {})}
+    plan = {"programs": {"attention": {"launches": launches(b, h, t, d, dtype, attrs)}}}
     files = lower_plan(plan)
     module = cp.RawModule(code=files["kernels/attention.cu"], options=("--std=c++17",))
     rng = np.random.default_rng(0)
     shapes = {"qkv": (b, t, 3, h, d), "g": (b, t, h, d)}
     host = {n: rng.standard_normal(shape).astype(DTYPES[dtype].numpy).astype(np.float64) for n, shape in shapes.items()}
     dev = {n: to_device(cp, a, dtype) for n, a in host.items()}
+    rng = [cp.asarray(np.int32(SEED)), cp.asarray(np.int32(COUNTER))] if dropout else []
+    host_rng = [np.int32(SEED), np.int32(COUNTER)] if dropout else []
     fwd, grad_q, grad_kv = plan["programs"]["attention"]["launches"]
     kinds = {"out": dtype, "lse": "f32", "dq": dtype, "delta": "f32", "dqkv": dtype}
     shapes |= {"out": (b, t, h, d), "lse": (b, h, t), "dq": (b, t, h, d), "delta": (b, h, t), "dqkv": (b, t, 3, h, d)}
@@ -105,21 +112,22 @@ def check_shape(cp, label, b, h, t, d, dtype, repeat, torch) -> dict:
         return lambda: fn(tuple(cuda["grid"]), tuple(cuda["block"]), (*[bufs[o] for o in outs], *ins),
                           shared_mem=cuda["smem"])
 
-    steps = [(run(fwd, ["out", "lse"], [dev["qkv"]]), ["out", "lse"]),
-             (run(grad_q, ["dq", "delta"], [dev["qkv"], bufs["out"], bufs["lse"], dev["g"]]), ["dq", "delta"]),
-             (run(grad_kv, ["dqkv"], [dev["qkv"], bufs["lse"], dev["g"], bufs["delta"], bufs["dq"]]), ["dqkv"])]
+    steps = [(run(fwd, ["out", "lse"], [dev["qkv"], *rng]), ["out", "lse"]),
+             (run(grad_q, ["dq", "delta"], [dev["qkv"], bufs["out"], bufs["lse"], dev["g"], *rng]), ["dq", "delta"]),
+             (run(grad_kv, ["dqkv"], [dev["qkv"], bufs["lse"], dev["g"], bufs["delta"], bufs["dq"], *rng]), ["dqkv"])]
     for step, outs in steps:  # poisoned, then computed in order: each reads what the one before wrote
         for o in outs:
             bufs[o].fill(0x7FC0 if bufs[o].dtype == np.uint16 else np.nan)
         step()
     cp.cuda.Device().synchronize()
     got = {n: from_device(cp, a, kinds[n]) for n, a in bufs.items()}
-    picked = sorted({0, b - 1})  # batch entries compared with NumPy: each is independent
+    # batch entries compared with NumPy (each is independent): the first and the last; with dropout
+    # the first two, whose masks are numbered as they are for a batch of two
+    picked = list(range(min(b, 2))) if dropout else sorted({0, b - 1})
     pick = {n: a[picked] for n, a in {**host, **got}.items()}
-    attrs = {"scale": scale}
-    ref_out, ref_lse = BY_OP["causal_attention"](attrs, pick["qkv"])
-    ref_dq, ref_delta = BY_OP["causal_attention_grad_q"](attrs, pick["qkv"], ref_out, ref_lse, pick["g"])
-    ref_dqkv = BY_OP["causal_attention_grad_kv"](attrs, pick["qkv"], ref_lse, pick["g"], ref_delta, ref_dq)
+    ref_out, ref_lse = BY_OP["causal_attention"](attrs, pick["qkv"], *host_rng)
+    ref_dq, ref_delta = BY_OP["causal_attention_grad_q"](attrs, pick["qkv"], ref_out, ref_lse, pick["g"], *host_rng)
+    ref_dqkv = BY_OP["causal_attention_grad_kv"](attrs, pick["qkv"], ref_lse, pick["g"], ref_delta, ref_dq, *host_rng)
     errors = {n: rel_err(got_, ref) for n, got_, ref in [
         ("out", pick["out"], ref_out), ("lse", pick["lse"], ref_lse), ("delta", pick["delta"], ref_delta),
         ("dq", pick["dqkv"][:, :, 0], ref_dqkv[:, :, 0]), ("dk", pick["dqkv"][:, :, 1], ref_dqkv[:, :, 1]),
@@ -131,16 +139,16 @@ def check_shape(cp, label, b, h, t, d, dtype, repeat, torch) -> dict:
     ms = {"fwd": time_ms(cp, steps[0][0], repeat),
           "bwd": time_ms(cp, lambda: (steps[1][0](), steps[2][0]()), repeat)}
     flops = 4 * b * h * t * t * d / 2
-    row = {"shape": label, "B": b, "H": h, "T": t, "D": d, "dtype": dtype, "variant": variant(dtype, t, d),
+    row = {"shape": label, "B": b, "H": h, "T": t, "D": d, "dtype": dtype, "dropout": dropout, "variant": variant(dtype, t, d),
            "errors": errors, "ok": deterministic and all(e <= TOLERANCE[dtype] for e in errors.values()),
            "deterministic": deterministic, "ms": ms,
            "tflops": {"fwd": flops / ms["fwd"] / 1e9, "bwd": 2.5 * flops / ms["bwd"] / 1e9}}
     if torch is not None:
-        row["torch_ms"] = torch_sdpa(torch, b, h, t, d, dtype, repeat)
+        row["torch_ms"] = torch_sdpa(torch, b, h, t, d, dtype, dropout, repeat)
     return row
 
 
-def torch_sdpa(torch, b, h, t, d, dtype, repeat) -> dict:
+def torch_sdpa(torch, b, h, t, d, dtype, dropout, repeat) -> dict:
     import torch.nn.functional as F
     kind = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype]
     q, k, v = (torch.randn(b, h, t, d, device="cuda", dtype=kind, requires_grad=True) for _ in range(3))
@@ -148,10 +156,10 @@ def torch_sdpa(torch, b, h, t, d, dtype, repeat) -> dict:
 
     def fwd():
         with torch.no_grad():
-            F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
 
     def both():
-        F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(g)
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout).backward(g)
 
     def timed(fn):
         for _ in range(3):
@@ -183,11 +191,11 @@ def main(argv=None) -> int:
         except ImportError:
             pass
     rows = [check_shape(cp, *s, args.repeat, torch) for s in SHAPES if not args.only or s[0] in args.only]
-    print(f"{'shape':8} {'B':>3} {'H':>3} {'T':>5} {'D':>4} {'type':5} {'kernel':5} {'max err':>8} ok  "
+    print(f"{'shape':9} {'B':>3} {'H':>3} {'T':>5} {'D':>4} {'type':5} {'drop':>4} {'kernel':5} {'max err':>8} ok  "
           f"{'fwd ms':>7} {'bwd ms':>7} {'fwd TF/s':>8} {'bwd TF/s':>8} {'sdpa fwd':>8} {'sdpa bwd':>8}")
     for r in rows:
         t = r.get("torch_ms", {})
-        print(f"{r['shape']:8} {r['B']:3} {r['H']:3} {r['T']:5} {r['D']:4} {r['dtype']:5} {r['variant']:5} "
+        print(f"{r['shape']:9} {r['B']:3} {r['H']:3} {r['T']:5} {r['D']:4} {r['dtype']:5} {r['dropout']:4.2f} {r['variant']:5} "
               f"{max(r['errors'].values()):8.1e} {'yes' if r['ok'] else 'NO '} {r['ms']['fwd']:7.3f} "
               f"{r['ms']['bwd']:7.3f} {r['tflops']['fwd']:8.1f} {r['tflops']['bwd']:8.1f} "
               f"{t.get('fwd', float('nan')):8.3f} {t.get('bwd', float('nan')):8.3f}")

@@ -161,7 +161,7 @@ class GraphgptRunner:
         self.clock = CupyClock(self.be.stream)
 
     def _feeds(self) -> dict:
-        scalars = schedule.step_scalars(self.plan.optimizer, self.updates_done)
+        scalars = schedule.step_scalars(self.plan.optimizer, self.updates_done) | schedule.dropout_scalars(0, self.updates_done)
         self.updates_done += 1
         return program_inputs(self.plan, "train", self.batch, scalars)
 

@@ -6,8 +6,9 @@
 #   gpt2: GPT-2 124M shapes: TF32 throughput, fp32 peak memory with each --remat policy
 #   bf16: GPT-2 124M and the seed workload compiled with dtype=bf16, against torch eager and
 #         torch.compile under bf16 autocast, and the 124M bf16 profile
-#   recipe: nanoGPT's shakespeare-char recipe (TF32) on a text graphgpt has never seen, Python's
-#           own documentation topics, with held-out evaluation: log and summary under $OUT
+#   recipe: nanoGPT's shakespeare-char recipe (bf16, dropout 0.2) on a text graphgpt has never
+#           seen, Python's own documentation topics, with held-out evaluation, then its step against
+#           torch.compile bf16 on the same model: log and summary under $OUT
 set -uo pipefail
 OUT=${OUT:-runs}
 mkdir -p "$OUT"
@@ -57,11 +58,13 @@ fi
 if [[ $what == recipe || $what == all ]]; then
   python3 -c "import pydoc_data.topics as t; print('\n\n'.join(t.topics[k] for k in sorted(t.topics)))" >/tmp/recipe.txt
   recipe=(--set batch_size=64 --set optimizer=adamw --set lr=1e-3 --set min_lr=1e-4 --set beta2=0.99
-          --set weight_decay=0.1 --set lr_schedule=cosine --set warmup_steps=100 --set decay_steps=5000)
+          --set weight_decay=0.1 --set lr_schedule=cosine --set warmup_steps=100 --set decay_steps=5000
+          --set dropout=0.2 --set dtype=bf16)
   python3 tools/compile.py model.py --data /tmp/recipe.txt --tokenizer char --out /tmp/recipe "${recipe[@]}" >/dev/null
   rm -f "$OUT/recipe.jsonl"
   python3 -m graphgpt.run --plan /tmp/recipe --data /tmp/recipe.txt --val-fraction 0.1 --steps "${RECIPE_STEPS:-5000}" \
-    --eval-every 250 --eval-batches 200 --tf32 --log "$OUT/recipe.jsonl" --generate 200 --temperature 0.8 --top-k 40 \
+    --eval-every 250 --eval-batches 200 --log "$OUT/recipe.jsonl" --generate 200 --temperature 0.8 --top-k 40 \
     2>&1 | tee "$OUT/recipe.log"
   python3 tools/eval_table.py "$OUT/recipe.jsonl" | tee "$OUT/recipe_table.txt"
+  python3 tools/bench.py --plan /tmp/recipe --steps 20 --repeat 3 --json "$OUT/bench_recipe.json" 2>&1 | tee "$OUT/bench_recipe.log"
 fi

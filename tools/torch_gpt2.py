@@ -34,9 +34,9 @@ class Linear(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int):
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0):
         super().__init__()
-        self.n_head = n_head
+        self.n_head, self.dropout = n_head, dropout
         self.c_attn = Linear(n_embd, 3 * n_embd)
         self.c_proj = Linear(n_embd, n_embd)
 
@@ -46,28 +46,30 @@ class Attention(nn.Module):
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
         # scaled_dot_product_attention's default scale is 1/sqrt(D), model.py's; it picks the
         # fastest kernel (flash, memory-efficient or plain math), as an idiomatic baseline would.
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return F.dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)), self.dropout, self.training)
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd: int):
+    def __init__(self, n_embd: int, dropout: float = 0.0):
         super().__init__()
         self.c_fc = Linear(n_embd, 4 * n_embd)
         self.c_proj = Linear(4 * n_embd, n_embd)
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return F.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")), self.dropout, self.training)
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int):
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0):
         super().__init__()
         # Registered in model.py's declaration order, so parameters() follows the plan's order.
         self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5)
         self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5)
-        self.attn = Attention(n_embd, n_head)
-        self.mlp = MLP(n_embd)
+        self.attn = Attention(n_embd, n_head, dropout)
+        self.mlp = MLP(n_embd, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -75,27 +77,30 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
-    def __init__(self, n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int):
+    def __init__(self, n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int,
+                 dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout  # where model.py drops: embeddings, attention probabilities, residual branches
         if n_embd % n_head:
             raise ValueError(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
         self.wte = nn.Parameter(torch.empty(vocab_size, n_embd).normal_(0.0, 0.02))
         self.wpe = nn.Parameter(torch.empty(block_size, n_embd).normal_(0.0, 0.02))
-        self.h = nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer))
+        self.h = nn.ModuleList(Block(n_embd, n_head, dropout) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd, eps=1e-5)
         self.lm_head = Linear(n_embd, vocab_size, bias=False)
 
     @classmethod
     def from_config(cls, cfg: dict) -> GPT2:
         """The model of a plan's config (model.py's CONFIG keys; batch_size is not the model's)."""
-        return cls(*(cfg[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")))
+        return cls(*(cfg[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")),
+                   dropout=cfg.get("dropout", 0.0))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, V), or the mean cross-entropy when targets are given.
 
         The loss lives inside forward so that torch.compile fuses it with the lm_head.
         """
-        x = F.embedding(idx, self.wte) + self.wpe[: idx.shape[1]]
+        x = F.dropout(F.embedding(idx, self.wte) + self.wpe[: idx.shape[1]], self.dropout, self.training)
         for block in self.h:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))

@@ -57,6 +57,45 @@ template <int N> __device__ __forceinline__ Vec<N> splat(float x)
     return r;
 }
 
+// Philox4x32-10 (Salmon et al., SC'11): four random words from a counter and a key, as
+// numpy_ops.philox4x32_10 computes them.
+__device__ __forceinline__ uint4 philox(uint4 c, uint2 k)
+{
+#pragma unroll
+    for (int r = 0; r < 10; ++r) {
+        if (r) {
+            k.x += 0x9E3779B9u;
+            k.y += 0xBB67AE85u;
+        }
+        const unsigned hi0 = __umulhi(0xD2511F53u, c.x), lo0 = 0xD2511F53u * c.x;
+        const unsigned hi1 = __umulhi(0xCD9E8D57u, c.z), lo1 = 0xCD9E8D57u * c.z;
+        c = make_uint4(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+    }
+    return c;
+}
+
+// Attention dropout: probability (row, key) of head bh is element (bh T + row) T + key of a
+// (B, H, T, T) tensor, as the dropout op numbers it. Its keep factor: 1 / (1 - p) where word
+// e % 4 of Philox((e / 4, counter, 0, 0), (seed, site)) is at least p * 2^32, else 0.
+struct Dropout { unsigned seed, counter, site, threshold; float scale; };
+__device__ __forceinline__ uint4 dropout_words(const Dropout& d, unsigned long long e)
+{
+    return philox(make_uint4(static_cast<unsigned>(e >> 2), d.counter, 0u, 0u), make_uint2(d.seed, d.site));
+}
+__device__ __forceinline__ float keep_factor(const Dropout& d, unsigned long long e)
+{
+    const uint4 r = dropout_words(d, e);
+    const unsigned w = e % 4 == 0 ? r.x : e % 4 == 1 ? r.y : e % 4 == 2 ? r.z : r.w;
+    return w >= d.threshold ? d.scale : 0.0f;
+}
+// elements e and e + 1, e even: one Philox call
+__device__ __forceinline__ void keep_pair(const Dropout& d, unsigned long long e, float& k0, float& k1)
+{
+    const uint4 r = dropout_words(d, e);
+    const bool high = e % 4 == 2;
+    k0 = (high ? r.z : r.x) >= d.threshold ? d.scale : 0.0f;
+    k1 = (high ? r.w : r.y) >= d.threshold ? d.scale : 0.0f;
+}
 constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
 __device__ __forceinline__ float ninf() { return __int_as_float(0xff800000); }
 // The four lanes of a quad (lane % 4) share a row: sums over them leave the same bits in each.
@@ -144,7 +183,7 @@ template <int ROWS, int D, int S, int THREADS> __device__ __forceinline__ void t
 }
 
 // causal_attention (CUDA cores): 96 heads of T = 256, D = 64, scale 0.125f; 32 rows a block, 4 threads a row
-extern "C" __global__ void __launch_bounds__(128) causal_attention_3bc85aaf86(float* __restrict__ out, float* __restrict__ lse_out, const float* __restrict__ qkv)
+extern "C" __global__ void __launch_bounds__(128) causal_attention_042c671a58(float* __restrict__ out, float* __restrict__ lse_out, const float* __restrict__ qkv)
 {
     constexpr int T = 256, D = 64, H = 6, C = H * D, E = (D + 3) / 4, R = 32;
     constexpr float SL2 = 0.125f * LOG2E;
@@ -154,6 +193,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_3bc85aaf86(fl
     const auto* q = qkv + base3;
     const auto* k = q + C;
     const auto* v = q + 2 * C;
+
     extern __shared__ float tiles[];  // two R x D tiles of the other side (and, backward, R rows' lse and delta)
     float* As = tiles;
     float* Bs = tiles + R * D;
@@ -205,7 +245,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_3bc85aaf86(fl
         for (int e = 0; e < E; ++e) acc[e] *= alpha;
 #pragma unroll
         for (int j = 0; j < R; ++j) {
-            const float p = exp2f(s[j] - mx);
+            float p = exp2f(s[j] - mx);
             l += p;
 #pragma unroll
             for (int e = 0; e < E; ++e)
@@ -221,7 +261,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_3bc85aaf86(fl
 }
 
 // causal_attention_grad_q (CUDA cores): 96 heads of T = 256, D = 64, scale 0.125f; 32 rows a block, 4 threads a row
-extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_q_874c50e26f(float* __restrict__ dq, float* __restrict__ delta_out, const float* __restrict__ qkv, const float* __restrict__ out, const float* __restrict__ lse, const float* __restrict__ g)
+extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_q_4020cdcae8(float* __restrict__ dq, float* __restrict__ delta_out, const float* __restrict__ qkv, const float* __restrict__ out, const float* __restrict__ lse, const float* __restrict__ g)
 {
     constexpr int T = 256, D = 64, H = 6, C = H * D, E = (D + 3) / 4, R = 32;
     constexpr float SL2 = 0.125f * LOG2E;
@@ -231,6 +271,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_q_874c50
     const auto* q = qkv + base3;
     const auto* k = q + C;
     const auto* v = q + 2 * C;
+
     extern __shared__ float tiles[];  // two R x D tiles of the other side (and, backward, R rows' lse and delta)
     float* As = tiles;
     float* Bs = tiles + R * D;
@@ -294,7 +335,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_q_874c50
 }
 
 // causal_attention_grad_kv (CUDA cores): 96 heads of T = 256, D = 64, scale 0.125f; 32 rows a block, 4 threads a row
-extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_kv_cdd03ab548(float* __restrict__ dqkv, const float* __restrict__ qkv, const float* __restrict__ lse, const float* __restrict__ g, const float* __restrict__ delta, const float* __restrict__ dq)
+extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_kv_0fb8d15d47(float* __restrict__ dqkv, const float* __restrict__ qkv, const float* __restrict__ lse, const float* __restrict__ g, const float* __restrict__ delta, const float* __restrict__ dq)
 {
     constexpr int T = 256, D = 64, H = 6, C = H * D, E = (D + 3) / 4, R = 32;
     constexpr float SL2 = 0.125f * LOG2E;
@@ -304,6 +345,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_kv_cdd03
     const auto* q = qkv + base3;
     const auto* k = q + C;
     const auto* v = q + 2 * C;
+
     extern __shared__ float tiles[];  // two R x D tiles of the other side (and, backward, R rows' lse and delta)
     float* As = tiles;
     float* Bs = tiles + R * D;
@@ -354,11 +396,12 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_kv_cdd03
             const int qi = q0 + ii;
             const float s = dot(kv, As + ii * D), dp = dot(vv, Bs + ii * D);
             const float p = live && qi >= j && qi < T ? exp2f(s * SL2 - Ls[ii]) : 0.0f;
-            const float ds = p * (dp - Ds[ii]);
+            constexpr float kept = 1.0f;
+            const float ds = p * (kept * dp - Ds[ii]);
 #pragma unroll
             for (int e = 0; e < E; ++e)
                 if (dim(e) < D) {
-                    dva[e] += p * Bs[ii * D + dim(e)];
+                    dva[e] += kept * p * Bs[ii * D + dim(e)];
                     dka[e] += ds * As[ii * D + dim(e)];
                 }
         }
@@ -375,7 +418,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_kv_cdd03
 }
 
 // causal_attention (CUDA cores): 6 heads of T = 256, D = 64, scale 0.125f; 32 rows a block, 4 threads a row
-extern "C" __global__ void __launch_bounds__(128) causal_attention_e5b0c59af1(float* __restrict__ out, float* __restrict__ lse_out, const float* __restrict__ qkv)
+extern "C" __global__ void __launch_bounds__(128) causal_attention_094b56fc82(float* __restrict__ out, float* __restrict__ lse_out, const float* __restrict__ qkv)
 {
     constexpr int T = 256, D = 64, H = 6, C = H * D, E = (D + 3) / 4, R = 32;
     constexpr float SL2 = 0.125f * LOG2E;
@@ -385,6 +428,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_e5b0c59af1(fl
     const auto* q = qkv + base3;
     const auto* k = q + C;
     const auto* v = q + 2 * C;
+
     extern __shared__ float tiles[];  // two R x D tiles of the other side (and, backward, R rows' lse and delta)
     float* As = tiles;
     float* Bs = tiles + R * D;
@@ -436,7 +480,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_e5b0c59af1(fl
         for (int e = 0; e < E; ++e) acc[e] *= alpha;
 #pragma unroll
         for (int j = 0; j < R; ++j) {
-            const float p = exp2f(s[j] - mx);
+            float p = exp2f(s[j] - mx);
             l += p;
 #pragma unroll
             for (int e = 0; e < E; ++e)

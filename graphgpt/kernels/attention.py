@@ -17,6 +17,7 @@ into memory another block writes: the backward is deterministic.
 from __future__ import annotations
 
 from ..dtypes import DTYPES
+from ..numpy_ops import drop_threshold, keep_scale
 from .common import Kernel, c_float, cdiv, types
 
 TILE = 64                 # rows of a tensor-core block's tile, on both sides
@@ -35,8 +36,12 @@ def lower(launch) -> Kernel:
     qkv = launch["in"][0]
     b, t, _, h, d = qkv[2]
     heads, kind = b * h, variant(qkv[0], t, d)
+    attrs = launch["attrs"]
     params = {**types(launch), "op": launch["op"], "t": t, "d": d, "h": h, "heads": heads, "variant": kind,
-              "scale": c_float(launch["attrs"]["scale"])}
+              "scale": c_float(attrs["scale"]), "dropout": "dropout" in attrs}
+    if "dropout" in attrs:  # the probabilities' keep factors, drawn as the dropout op draws them
+        params |= {"site": attrs["site"], "threshold": drop_threshold(attrs["dropout"]),
+                   "keep_scale": c_float(keep_scale(attrs["dropout"]))}
     if kind == "simt":  # two tiles of the other side as float32, and the backward's lse and delta rows
         smem = (2 * SIMT_ROWS * d + (2 * SIMT_ROWS if launch["op"] == "causal_attention_grad_kv" else 0)) * 4
         return Kernel(launch["op"], params, (cdiv(t, SIMT_ROWS), heads, 1), (SIMT_THREADS, 1, 1), smem=smem)

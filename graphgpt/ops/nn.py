@@ -99,12 +99,40 @@ register(Op("causal_softmax_grad", "nn", _square,
             nondiff=BACKWARD_ONLY, template="softmax"))
 
 
+# ---- dropout: elements dropped with probability p, the rest scaled by 1 / (1 - p) ------------
+# The mask is a function of the element's index, the dropout site (attrs["site"], numbered in the
+# model) and two int32 program inputs, the run's seed and a counter of micro-batches (Philox4x32-10,
+# numpy_ops.keep_mask): nothing is stored, and the backward draws the same mask again, so the
+# gradient is the same op applied to the incoming gradient.
+def _scalar_i32(*xs: Spec) -> None:
+    for x in xs:
+        require(x == Spec((), "i32"), f"the RNG's seed and counter are int32 scalars, got {x.shape}:{x.dtype}")
+
+
+def _rng_attrs(attrs) -> None:
+    require(0.0 < attrs["p"] < 1.0 and isinstance(attrs["site"], int), "needs 0 < p < 1 and an integer site")
+
+
+def _dropout_infer(attrs, x, seed, counter):
+    float_spec(x)
+    _scalar_i32(seed, counter)
+    _rng_attrs(attrs)
+    return x
+
+
+register(Op("dropout", "nn", _dropout_infer, template="dropout",
+            vjp=lambda a, g, out, x, seed, counter: (g.graph.add("dropout", (g, seed, counter), **a), None, None)))
+
+
 # ---- fused causal attention: softmax(scale * q k^T, keys j > query i masked) v ---------------
 # Flash attention: the (T x T) scores never reach memory. It reads q, k and v where the QKV
 # projection leaves them, packed as (B, T, 3, H, D), and writes the heads' outputs as (B, T, H, D),
 # the layout the output projection reads: no transposes around it. Its outputs: that, and each
 # query's log-sum-exp of its scaled scores ((B, H, T), float32), which the backward reads to
-# rebuild the probabilities tile by tile. The backward is two ops, each one kernel without
+# rebuild the probabilities tile by tile. With dropout (attrs dropout, site; the RNG's seed and
+# counter as two more inputs) the probabilities are dropped on their way to v inside the kernels,
+# each (batch, head, query, key) element by its own Philox word, as the dropout op numbers the
+# elements of a (B, H, T, T) tensor. The backward is two ops, each one kernel without
 # atomics: the query gradient (which also leaves delta_i = sum_d g_id out_id, float32, for the
 # second), then the key and value gradients, stored with the query gradient as the packed
 # (B, T, 3, H, D) gradient of qkv.
@@ -131,16 +159,38 @@ def _row_stats(qkv: Spec, *stats: Spec) -> Spec:
     return rows
 
 
-def _attention_vjp(attrs, g, out, qkv):
+def _attention_rng(attrs, rng) -> None:
+    """With dropout (attrs dropout and site) the ops take the RNG's seed and counter last."""
+    if "dropout" not in attrs:
+        require(not rng, "too many inputs")
+        return
+    require(len(rng) == 2, "an attention with dropout takes the RNG's seed and counter")
+    _scalar_i32(*rng)
+    _rng_attrs({"p": attrs["dropout"], "site": attrs["site"]})
+
+
+def _attention_infer(attrs, qkv, *rng):
+    _attention_rng(attrs, rng)
+    return [_heads_spec(qkv), _row_stats(qkv)]
+
+
+def _attention_vjp(attrs, g, out, qkv, *rng):
     if g[1] is not None:
         raise UserError(f"{qkv.node.where}: causal_attention's log-sum-exp is saved for the backward; "
                         "a loss that depends on it cannot be differentiated")
-    graph, scale = g[0].graph, attrs["scale"]
-    dq, delta = graph.add("causal_attention_grad_q", (qkv, out[0], out[1], g[0]), scale=scale)
-    return (graph.add("causal_attention_grad_kv", (qkv, out[1], g[0], delta, dq), scale=scale),)
+    graph = g[0].graph
+    dq, delta = graph.add("causal_attention_grad_q", (qkv, out[0], out[1], g[0], *rng), **attrs)
+    dqkv = graph.add("causal_attention_grad_kv", (qkv, out[1], g[0], delta, dq, *rng), **attrs)
+    return (dqkv, *(None for _ in rng))
 
 
-def _attention_grad_kv_infer(attrs, qkv, lse, g, delta, dq):
+def _attention_grad_q_infer(attrs, qkv, out, lse, g, *rng):
+    _attention_rng(attrs, rng)
+    return [_heads_spec(qkv, out, g), _row_stats(qkv, lse)]
+
+
+def _attention_grad_kv_infer(attrs, qkv, lse, g, delta, dq, *rng):
+    _attention_rng(attrs, rng)
     _heads_spec(qkv, g, dq)
     _row_stats(qkv, lse, delta)
     return qkv
@@ -154,11 +204,10 @@ def _attention_flops(attrs, out, qkv: Spec, *rest) -> int:
     return 2 * 2 * b * h * t * t * d
 
 
-register(Op("causal_attention", "nn", lambda attrs, qkv: [_heads_spec(qkv), _row_stats(qkv)],
-            vjp=_attention_vjp, template="attention", flops=_attention_flops))
-register(Op("causal_attention_grad_q", "nn",
-            lambda attrs, qkv, out, lse, g: [_heads_spec(qkv, out, g), _row_stats(qkv, lse)],
-            nondiff=BACKWARD_ONLY, template="attention", flops=_attention_flops))
+register(Op("causal_attention", "nn", _attention_infer, vjp=_attention_vjp, template="attention",
+            flops=_attention_flops))
+register(Op("causal_attention_grad_q", "nn", _attention_grad_q_infer, nondiff=BACKWARD_ONLY, template="attention",
+            flops=_attention_flops))
 register(Op("causal_attention_grad_kv", "nn", _attention_grad_kv_infer, nondiff=BACKWARD_ONLY, template="attention",
             flops=_attention_flops))
 

@@ -1,0 +1,15 @@
+"""dropout (templates/dropout.cu.j2): a thread per four elements, one Philox4x32-10 call each.
+"""
+from __future__ import annotations
+
+from ..numpy_ops import drop_threshold, keep_scale
+from ..ops.registry import prod
+from .common import Kernel, c_float, cdiv, index_type, streaming, types
+
+
+def lower(launch) -> Kernel:
+    n, attrs = prod(launch["out"][2]), launch["attrs"]
+    grid, block = streaming(cdiv(n, 4))
+    return Kernel("dropout", {**types(launch), "n": n, "site": attrs["site"], "threshold": drop_threshold(attrs["p"]),
+                              "scale": c_float(keep_scale(attrs["p"])), "itype": index_type(launch["out"][2])},
+                  grid, block)
