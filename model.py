@@ -1,7 +1,8 @@
 """GPT-2 in graphgpt's DSL, configured as the seed workload.
 
-Pre-LayerNorm blocks, causal self-attention, a 4x MLP with tanh GELU, learned positions and an
-lm_head that is not tied to the token embedding. Weights are (in, out): y = x @ W + b.
+Pre-LayerNorm blocks, causal self-attention (one fused op by default), a 4x MLP with tanh GELU,
+learned positions and an lm_head that is not tied to the token embedding; dropout (off by
+default) where nanoGPT drops. Weights are (in, out): y = x @ W + b.
 Override any CONFIG key at compile time: `python tools/compile.py model.py --set n_layer=2`.
 """
 import math
