@@ -1,8 +1,8 @@
 """GPT-2 in graphgpt's DSL, configured as the seed workload.
 
 Pre-LayerNorm blocks, causal self-attention (one fused op by default), a 4x MLP with tanh GELU,
-learned positions and an lm_head that is not tied to the token embedding; dropout (off by
-default) where nanoGPT drops. Weights are (in, out): y = x @ W + b.
+learned positions and an lm_head of its own (tie_weights=1: the token embedding's transpose, as
+GPT-2's); dropout (off by default) where nanoGPT drops. Weights are (in, out): y = x @ W + b.
 Override any CONFIG key at compile time: `python tools/compile.py model.py --set n_layer=2`.
 """
 import math
@@ -18,6 +18,7 @@ CONFIG = dict(
     vocab_size=0,     # 0: the tokenizer's vocabulary size
     attention="fused",  # fused: one kernel, no (T, T) scores in memory; softmax: scores, softmax, GEMMs
     dropout=0.0,      # where nanoGPT drops: embeddings, attention probabilities, both residual branches
+    tie_weights=0,    # 1: lm_head = wte.T (GPT-2's), its gradient summed into wte's
 )
 
 
@@ -68,5 +69,5 @@ def forward(idx, cfg):
     for i in range(cfg["n_layer"]):
         x = block(x, i, cfg)
     ln_f = norm_params("ln_f", C)
-    lm_head = param("lm_head.weight", (C, cfg["vocab_size"]))
+    lm_head = wte.T if cfg["tie_weights"] else param("lm_head.weight", (C, cfg["vocab_size"]))
     return layer_norm(x, *ln_f) @ lm_head

@@ -220,6 +220,8 @@ def check_model_config(cfg: dict, origin=None) -> None:
         need("dtype", cfg["dtype"] in COMPUTE_DTYPES, " or ".join(COMPUTE_DTYPES))
     if "attention" in cfg:
         need("attention", cfg["attention"] in ATTENTION, " or ".join(ATTENTION))
+    if "tie_weights" in cfg:
+        need("tie_weights", cfg["tie_weights"] in (0, 1), "0 or 1")
     if "dropout" in cfg:
         need("dropout", isinstance(cfg["dropout"], (int, float)) and 0 <= cfg["dropout"] < 1, "a probability in [0, 1)")
     if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"]:

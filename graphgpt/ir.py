@@ -238,6 +238,11 @@ class Value:
             shape[shape.index(-1)] = self.node.size // known if known else 0
         return self.graph.add("reshape", (self,), shape=tuple(shape))
 
+    @property
+    def T(self) -> "Value":
+        """The last two axes swapped (a matrix transposed); a matmul reads it through its flags."""
+        return self.transpose(*range(self.ndim - 2), self.ndim - 1, self.ndim - 2)
+
     def transpose(self, *perm) -> "Value":
         perm = tuple(perm[0]) if len(perm) == 1 and isinstance(perm[0], (tuple, list)) else perm
         return self.graph.add("transpose", (self,), perm=tuple(int(p) for p in perm))

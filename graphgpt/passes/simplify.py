@@ -13,13 +13,14 @@ def simplify(graph: Graph) -> Graph:
     out = Graph()
     canonical: dict[int, int] = {}   # old id -> id of the node that now computes it
     seen: dict[tuple, int] = {}      # (op, inputs, attrs) -> id, for CSE
+    users = graph.users()
     for n in graph.nodes.values():
         n = replace(n, inputs=tuple(canonical[i] for i in n.inputs))
         same = _noop_input(out, n)
         if same is not None:
             canonical[n.id] = same
             continue
-        n = _fold(out, n)
+        n = _fold(out, n, users)
         key = (n.op, n.inputs, n.attrs)
         if key in seen:
             canonical[n.id] = seen[key]
@@ -55,11 +56,32 @@ def _noop_input(g: Graph, n: Node) -> int | None:
     return None
 
 
-def _fold(g: Graph, n: Node) -> Node:
-    """reshape(reshape(x)) -> reshape(x)."""
+def _fold(g: Graph, n: Node, users: dict[int, list[int]]) -> Node:
+    """reshape(reshape(x)) -> reshape(x); a matmul operand that swaps its last two axes (x.T) ->
+    the matmul's transpose flag, and the same swap of a matmul's result (read by nothing else) ->
+    the product of the swapped operands, (a b)^T = b^T a^T: a tied lm_head (x @ wte.T) reads wte as
+    it is, and its gradient comes out in wte's layout."""
     if n.op == "reshape" and g.nodes[n.inputs[0]].op == "reshape":
         return replace(n, inputs=g.nodes[n.inputs[0]].inputs)
+    if n.op == "transpose" and _swaps_last_two(n.attr["perm"]):
+        x = g.nodes[n.inputs[0]]
+        if x.op == "matmul" and len(users.get(x.id, ())) == 1:
+            a = x.attr
+            attrs = dict(a, ta=not a["tb"], tb=not a["ta"])
+            return replace(n, op="matmul", inputs=x.inputs[::-1], attrs=tuple(sorted(attrs.items())))
+    if n.op == "matmul":
+        attrs, inputs = n.attr, list(n.inputs)
+        for k, flag in enumerate(("ta", "tb")):
+            x = g.nodes[inputs[k]]
+            if x.op == "transpose" and _swaps_last_two(x.attr["perm"]):
+                inputs[k], attrs[flag] = x.inputs[0], not attrs[flag]
+        return replace(n, inputs=tuple(inputs), attrs=tuple(sorted(attrs.items())))
     return n
+
+
+def _swaps_last_two(perm) -> bool:
+    n = len(perm)
+    return n >= 2 and list(perm) == [*range(n - 2), n - 1, n - 2]
 
 
 def dead_code_elimination(graph: Graph) -> Graph:
