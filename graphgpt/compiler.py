@@ -34,6 +34,8 @@ from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
 from .passes.simplify import simplify
 from .plan import SCHEMA_VERSION, check_out, save
+from .bpe import KIND as BPE_KIND
+from .bpe import VOCAB_FILES, BpeTokenizer
 from .tokenizer import Tokenizer, build_tokenizer
 
 SIZES = ("n_layer", "n_head", "n_embd", "block_size", "batch_size")  # CONFIG keys that must be >= 1
@@ -96,21 +98,23 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
 
 def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path | None = None,
                   tokenizer_kind: str | None = None, fusion: bool = True, remat: str = AUTO,
+                  vocab_path: Path | None = None,
                   log=print) -> Compiled:
     t0 = time.perf_counter()
     model_path = Path(model_path)
     module = load_model(model_path)
     model_cfg, opt_cfg = _settings(module, model_path, list(overrides))
 
-    tokenizer = _tokenizer(data_path, tokenizer_kind)
+    tokenizer = _tokenizer(data_path, tokenizer_kind, vocab_path)
     if model_cfg.get("vocab_size", 0) == 0:
         model_cfg["vocab_size"] = len(tokenizer.vocab)
     elif model_cfg["vocab_size"] < len(tokenizer.vocab):
         raise UserError(f"vocab_size {model_cfg['vocab_size']} is smaller than the tokenizer's "
                         f"{len(tokenizer.vocab)} tokens")
     log(f"compiling {model_path.name}: " + " ".join(f"{k}={v}" for k, v in model_cfg.items()))
+    source = vocab_path if tokenizer.kind == BPE_KIND else data_path and data_path.name
     log(f"  tokenizer  {tokenizer.kind}, {len(tokenizer.vocab)} tokens"
-        + (f" from {data_path.name}" if data_path else " (fixed character set)"))
+        + (f" from {source}" if source else " (fixed character set)"))
 
     B, T = model_cfg["batch_size"], model_cfg["block_size"]
     backward = "train" if opt_cfg["grad_accum"] == 1 else "accumulate"  # the program with the backward
@@ -231,7 +235,14 @@ def check_model_config(cfg: dict, origin=None) -> None:
             need(key, math.isfinite(value), "a finite number")
 
 
-def _tokenizer(data_path: Path | None, kind: str | None) -> Tokenizer:
+def _tokenizer(data_path: Path | None, kind: str | None, vocab_path: Path | None = None) -> Tokenizer:
+    if kind == BPE_KIND:
+        if vocab_path is None:
+            raise UserError("--tokenizer gpt2 reads GPT-2's vocabulary from disk: pass --vocab PATH "
+                            f"(encoder.json, vocab.json, a .tiktoken file, or a directory holding {' or '.join(VOCAB_FILES)})")
+        return BpeTokenizer.from_file(vocab_path)
+    if vocab_path is not None:
+        raise UserError("--vocab is GPT-2's vocabulary, for --tokenizer gpt2")
     if data_path is None:
         if kind == "word":
             raise UserError("the word tokenizer builds its vocabulary from data: pass --data FILE")
@@ -388,8 +399,13 @@ def main(argv=None) -> int:
                    help="override a CONFIG key, the compute type (dtype=f32|bf16) or an optimizer key, "
                         "e.g. --set n_layer=2 (repeatable)")
     p.add_argument("--data", type=Path, help="build the tokenizer's vocabulary from this text file")
-    p.add_argument("--tokenizer", choices=("word", "char"),
-                   help="word (the seed's; default with --data) or char (default without)")
+    p.add_argument("--tokenizer", choices=("word", "char", BPE_KIND),
+                   help="word (the seed's; default with --data), char (default without) or gpt2 "
+                        "(GPT-2's byte-level BPE, from --vocab)")
+    p.add_argument("--vocab", type=Path, metavar="PATH",
+                   help="GPT-2's vocabulary for --tokenizer gpt2: its encoder.json, a Hugging Face "
+                        "vocab.json, a .tiktoken file, or a directory holding one; read from disk, "
+                        "never downloaded")
     p.add_argument("--no-fuse", action="store_true", help="one kernel per op: no fusion pass")
     p.add_argument("--remat", choices=(AUTO, *POLICIES), default=AUTO,
                    help="activations recomputed in the backward instead of kept: none, attention (the "
@@ -399,7 +415,7 @@ def main(argv=None) -> int:
     try:
         check_out(args.out)  # before any work: a bad --out costs nothing
         compiled = compile_model(args.model, args.overrides, args.data, args.tokenizer, fusion=not args.no_fuse,
-                                 remat=args.remat)
+                                 remat=args.remat, vocab_path=args.vocab)
         save(compiled.data, args.out, compiled.files)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

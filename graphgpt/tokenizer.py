@@ -1,4 +1,4 @@
-"""Text <-> token ids: the seed's word tokenizer and a character tokenizer.
+"""Text <-> token ids: the seed's word tokenizer and a character tokenizer (GPT-2's BPE: bpe.py).
 
 The vocabulary is fixed when a model is compiled and travels inside the plan (`to_json`), so
 training and generation always agree on what an id means.
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from graphgpt.bpe import KIND as BPE_KIND
+from graphgpt.bpe import BpeTokenizer
 from graphgpt.errors import UserError
 
 EOS = "[EOS]"
@@ -32,6 +34,11 @@ _DEFAULT_CHAR_VOCAB = ["\t", "\n"] + [chr(c) for c in range(32, 127)] + [UNK, EO
 
 # How many unknown tokens an error message lists.
 _SHOWN_UNKNOWN = 5
+
+# Bytes a text may be cut before: ASCII, and neither a letter nor a digit (marked 0; all others 1).
+# No token straddles such a cut: a word token is a run of ASCII letters and digits or a single
+# byte, a char token is one character, and an ASCII byte never lies inside a UTF-8 character.
+_CUT_BEFORE = bytes(0 if b < 0x80 and not chr(b).isalnum() else 1 for b in range(256))
 
 
 def split_words(text: str) -> list[str]:
@@ -119,13 +126,22 @@ class Tokenizer:
         tail = np.array([self.eos_id] if has_eos else [], dtype=np.int32)
         return np.concatenate([body, padding, tail])
 
+    @staticmethod
+    def last_cut(block: bytes) -> int:
+        """The last offset in `block` before which the text may be cut without changing its
+        tokens (before an ASCII byte that is no letter or digit), or -1 when there is none."""
+        return block.translate(_CUT_BEFORE).rfind(0)
+
     def to_json(self) -> dict:
         return {"kind": self.kind, "vocab": list(self.vocab)}
 
     @classmethod
-    def from_json(cls, d) -> Tokenizer:
+    def from_json(cls, d) -> "Tokenizer | BpeTokenizer":
+        """The tokenizer a plan records, of any kind."""
         if not isinstance(d, dict):
             raise UserError(f"tokenizer must be a JSON object with 'kind' and 'vocab', got {type(d).__name__}")
+        if d.get("kind") == BPE_KIND:
+            return BpeTokenizer.from_json(d)
         kind, vocab = d.get("kind"), d.get("vocab")
         if not isinstance(kind, str):
             raise UserError(f"tokenizer 'kind' must be a string, got {kind!r}")

@@ -37,10 +37,6 @@ TRAIN_FILE, VAL_FILE = "train.bin", "val.bin"
 WORKERS = min(8, os.cpu_count() or 1)
 PROGRESS_STEPS = 10  # progress lines for a text of more than one piece
 
-# Bytes a text may be cut before: ASCII, and neither a letter nor a digit (marked 0; all others 1).
-# No token straddles such a cut: a word token is a run of ASCII letters and digits or a single
-# byte, a char token is one character, and an ASCII byte never lies inside a UTF-8 character.
-_CUT_BEFORE = bytes(0 if b < 0x80 and not chr(b).isalnum() else 1 for b in range(256))
 
 
 def main(argv=None) -> int:
@@ -149,7 +145,8 @@ def encode_file(text: BinaryIO, text_path: Path, tokenizer: Tokenizer, dtype: np
         return Encoded(ids, offset + len(data), piece.isspace())
 
     with ThreadPoolExecutor(WORKERS) as pool:
-        for encoded in in_order(pool, encode, text_pieces(text, chunk_bytes), lookahead=2 * WORKERS):
+        pieces = text_pieces(text, chunk_bytes, tokenizer.last_cut)
+        for encoded in in_order(pool, encode, pieces, lookahead=2 * WORKERS):
             out.write(encoded.ids.astype(dtype).tobytes())
             total += len(encoded.ids)
             blank &= encoded.blank
@@ -160,14 +157,15 @@ def encode_file(text: BinaryIO, text_path: Path, tokenizer: Tokenizer, dtype: np
     return total + 1
 
 
-def text_pieces(text: BinaryIO, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes): the text in pieces of about chunk_bytes, each cut before a `_CUT_BEFORE` byte.
+def text_pieces(text: BinaryIO, chunk_bytes: int, last_cut) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes): the text in pieces of about chunk_bytes, each cut where the tokenizer's
+    `last_cut(block)` says no token straddles the cut.
 
     A stretch with no such byte is not cut: it grows into one larger piece.
     """
     offset, pending = 0, []
     while block := text.read(chunk_bytes):
-        cut = block.translate(_CUT_BEFORE).rfind(0)
+        cut = last_cut(block)
         if cut < 0:
             pending.append(block)
             continue
