@@ -101,10 +101,18 @@ def test_three_steps_agree_with_the_numpy_backend(request, kind, clipped):
         norms.append(float(out["grad_norm"]))
         for name, p in params.items():
             assert_close(p.detach().numpy(), be.get_tensor(name), f"{name} after update {t + 1}")
-    # The updates themselves, not only the weights they moved. The worst case is the key bias:
-    # its gradient is round-off (see without_key_bias), which eps=1e-8 damps to ~1e-10 relative.
+    # The updates themselves, not only the weights they moved. The key bias's gradient is round-off
+    # (see without_key_bias), and how large depends on the formula: the fused attention's backward
+    # (delta = rowsum(g * out)) leaves more of it than the explicit softmax's. Adam with eps=1e-8
+    # turns that into updates near 1e-9 of the others, of either sign; they are checked to be that
+    # small on both sides, and every other update to agree.
     for name, p in params.items():
-        assert_close(p.detach().numpy() - weights[name], be.get_tensor(name) - weights[name], f"update of {name}")
+        ours, theirs = be.get_tensor(name) - weights[name], p.detach().numpy() - weights[name]
+        assert_close(without_key_bias(name, theirs), without_key_bias(name, ours), f"update of {name}")
+        if name.endswith("attn.c_attn.bias"):
+            C = ours.shape[0] // 3
+            for update in (ours, theirs):
+                assert np.abs(update[C:2 * C]).max() < 1e-8 * np.abs(update).max(), f"key bias update of {name}"
     if clipped:
         assert min(norms) > cfg["grad_clip"], "these weights are meant to exercise clipping"
 
