@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import hf
 from . import plan as plan_io
 from .checkpoint import CheckpointDir, TrainingState, load_weights
 from .data import SAMPLERS, default_corpus, load_tokens, make_sampler, split_heldout
@@ -64,7 +65,8 @@ def parse_args(argv):
                       help="continue from the latest checkpoint in DIR (and save there unless --save "
                            "says otherwise); with none there yet, start from step 0")
     ckpt.add_argument("--init-from", type=Path, metavar="PATH",
-                      help="start from these weights only: a .safetensors file or a checkpoint")
+                      help="start from these weights only: a .safetensors file, a checkpoint, or a "
+                           "Hugging Face GPT-2 directory (config.json, model.safetensors)")
     gen = p.add_argument_group("generation")
     gen.add_argument("--generate", type=int, default=30, metavar="N", help="tokens to generate after training")
     gen.add_argument("--prompt", help="generation prompt (default: the first block of the training data)")
@@ -337,7 +339,7 @@ def _starting_state(args, saves: CheckpointDir | None, plan_digest: str) -> Trai
 def _init_weights(path, plan) -> dict:
     """--init-from's weights, which must be exactly the plan's parameters."""
     try:
-        weights = load_weights(path)
+        weights = hf.load(path, plan.config) if hf.is_hf_dir(path) else load_weights(path)
     except UserError as e:
         raise UserError(f"--init-from {e}") from None
     expected = {t["name"]: tuple(t["shape"]) for t in plan.params}

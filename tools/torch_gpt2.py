@@ -78,7 +78,7 @@ class Block(nn.Module):
 
 class GPT2(nn.Module):
     def __init__(self, n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, tie_weights: bool = False):
         super().__init__()
         self.dropout = dropout  # where model.py drops: embeddings, attention probabilities, residual branches
         if n_embd % n_head:
@@ -87,13 +87,14 @@ class GPT2(nn.Module):
         self.wpe = nn.Parameter(torch.empty(block_size, n_embd).normal_(0.0, 0.02))
         self.h = nn.ModuleList(Block(n_embd, n_head, dropout) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd, eps=1e-5)
-        self.lm_head = Linear(n_embd, vocab_size, bias=False)
+        # tied: the logits are x @ wte.T (GPT-2's), with no lm_head of its own
+        self.lm_head = None if tie_weights else Linear(n_embd, vocab_size, bias=False)
 
     @classmethod
     def from_config(cls, cfg: dict) -> GPT2:
         """The model of a plan's config (model.py's CONFIG keys; batch_size is not the model's)."""
         return cls(*(cfg[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")),
-                   dropout=cfg.get("dropout", 0.0))
+                   dropout=cfg.get("dropout", 0.0), tie_weights=bool(cfg.get("tie_weights", 0)))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, V), or the mean cross-entropy when targets are given.
@@ -103,7 +104,8 @@ class GPT2(nn.Module):
         x = F.dropout(F.embedding(idx, self.wte) + self.wpe[: idx.shape[1]], self.dropout, self.training)
         for block in self.h:
             x = block(x)
-        logits = self.lm_head(self.ln_f(x))
+        x = self.ln_f(x)
+        logits = x @ self.wte.T if self.lm_head is None else self.lm_head(x)
         if targets is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -1,0 +1,154 @@
+"""Hugging Face GPT-2 directories: --init-from reads them, tools/export_hf.py writes them.
+
+The tests write a small GPT2LMHeadModel directory themselves (Hugging Face's names and Conv1D
+layout, a tied wte, the causal-mask buffers older files carry), then check that every tensor
+lands where it belongs, that export after import gives back the same tensors bit for bit, and,
+where PyTorch is importable, that the logits equal an independent PyTorch GPT-2's built from the
+same file (transformers' GPT2LMHeadModel when that is importable too).
+"""
+import json
+
+import numpy as np
+import pytest
+
+from graphgpt import hf
+from graphgpt.compiler import compile_model
+from graphgpt.plan import Plan
+from graphgpt.runtime.numpy_backend import NumpyBackend
+from graphgpt.tensor_files import load_safetensors, save_safetensors
+from tests.conftest import COMPILE, ROOT, run_cli
+
+L, H, C, T, V = 2, 2, 16, 8, 128  # the plan; its char vocabulary has 99 tokens
+SHAPE = [f"n_layer={L}", f"n_head={H}", f"n_embd={C}", f"block_size={T}", "batch_size=2", f"vocab_size={V}"]
+
+
+def write_hf(path, vocab=V, positions=T, tied=True, seed=0, **config):
+    """A GPT2LMHeadModel directory of random weights."""
+    rng = np.random.default_rng(seed)
+    t = {"transformer.wte.weight": (vocab, C), "transformer.wpe.weight": (positions, C)}
+    for i in range(L):
+        h = f"transformer.h.{i}."
+        t |= {h + "ln_1.weight": (C,), h + "ln_1.bias": (C,), h + "attn.c_attn.weight": (C, 3 * C),
+              h + "attn.c_attn.bias": (3 * C,), h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
+              h + "ln_2.weight": (C,), h + "ln_2.bias": (C,), h + "mlp.c_fc.weight": (C, 4 * C),
+              h + "mlp.c_fc.bias": (4 * C,), h + "mlp.c_proj.weight": (4 * C, C), h + "mlp.c_proj.bias": (C,)}
+    t |= {"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)}
+    if not tied:
+        t["lm_head.weight"] = (vocab, C)
+    tensors = {name: rng.normal(0, 0.3, shape).astype(np.float32) for name, shape in t.items()}
+    for i in range(L):  # the causal mask older files store per layer: a buffer, not a weight
+        tensors[f"transformer.h.{i}.attn.bias"] = np.tril(np.ones((1, 1, positions, positions), np.float32))
+    path.mkdir(parents=True, exist_ok=True)
+    save_safetensors(path / "model.safetensors", tensors, {"format": "pt"})
+    cfg = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": L, "n_head": H, "n_embd": C,
+           "n_positions": positions, "vocab_size": vocab, "activation_function": "gelu_new",
+           "layer_norm_epsilon": 1e-5, "tie_word_embeddings": tied, **config}
+    (path / "config.json").write_text(json.dumps(cfg))
+    return tensors
+
+
+def plan_of(*extra):
+    return Plan(compile_model(ROOT / "model.py", SHAPE + list(extra), log=lambda *a: None).data, "hf")
+
+
+def test_every_tensor_lands_by_name_with_padding_and_crop(tmp_path):
+    tensors = write_hf(tmp_path / "m", vocab=101, positions=12)
+    plan = plan_of("tie_weights=1")
+    weights = hf.load(tmp_path / "m", plan.config)
+    assert set(weights) == {t["name"] for t in plan.params}
+    np.testing.assert_array_equal(weights["wte"][:101], tensors["transformer.wte.weight"])
+    assert not weights["wte"][101:].any()                                   # padded rows start at zero
+    np.testing.assert_array_equal(weights["wpe"], tensors["transformer.wpe.weight"][:T])  # cropped to block_size
+    for name in weights:
+        if name not in ("wte", "wpe"):
+            np.testing.assert_array_equal(weights[name], tensors["transformer." + name], err_msg=name)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_export_after_import_gives_the_same_tensors(tmp_path, tied):
+    tensors = write_hf(tmp_path / "m", tied=tied)
+    plan = plan_of(f"tie_weights={int(tied)}")
+    weights = hf.load(tmp_path / "m", plan.config)
+    hf.save(tmp_path / "out", weights, plan.config, eos_id=98)
+    back = load_safetensors(tmp_path / "out" / "model.safetensors")
+    assert set(back) == {n for n in tensors if not n.endswith(".attn.bias")}
+    for name, value in back.items():
+        assert value.tobytes() == tensors[name].tobytes(), name
+    again = hf.load(tmp_path / "out", plan.config)
+    assert all(again[n].tobytes() == weights[n].tobytes() for n in weights)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is tied
+
+
+def test_a_tied_file_starts_an_untied_plan_with_lm_head_as_wte_transposed(tmp_path):
+    tensors = write_hf(tmp_path / "m")
+    weights = hf.load(tmp_path / "m", plan_of().config)
+    np.testing.assert_array_equal(weights["lm_head.weight"], tensors["transformer.wte.weight"].T)
+
+
+def test_init_from_and_export_from_the_command_line(tmp_path):
+    write_hf(tmp_path / "m")
+    plan = tmp_path / "plan"
+    assert run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(plan), *sum((["--set", s] for s in SHAPE), []),
+                   "--set", "tie_weights=1").returncode == 0
+    proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--init-from", str(tmp_path / "m"), "--steps", "2",
+                   "--backend", "numpy", "--generate", "0", "--save", str(tmp_path / "ckpt"))
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("tools/export_hf.py", "--plan", str(plan), "--weights", str(tmp_path / "ckpt"),
+                   "--out", str(tmp_path / "exported"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["config.json", "model.safetensors"]
+    proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--init-from", str(tmp_path / "exported"),
+                   "--steps", "0", "--backend", "numpy", "--generate", "0")
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "exported" / "notes.txt").write_text("mine")
+    proc = run_cli("tools/export_hf.py", "--plan", str(plan), "--weights", str(tmp_path / "ckpt"),
+                   "--out", str(tmp_path / "exported"))
+    assert proc.returncode == 2 and (tmp_path / "exported" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_layer": 3}, "n_layer 3, the plan's n_layer is 2"),
+    ({"activation_function": "gelu"}, "activation_function 'gelu'"),
+    ({"vocab_size": 200}, "vocab_size 200 is more than the plan's 128"),
+])
+def test_a_mismatch_is_one_line_and_status_2(tmp_path, change, message):
+    write_hf(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text()) | change
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    plan = tmp_path / "plan"
+    assert run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(plan), *sum((["--set", s] for s in SHAPE), []),
+                   "--set", "tie_weights=1").returncode == 0
+    proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--init-from", str(tmp_path / "m"), "--steps", "1",
+                   "--backend", "numpy", "--generate", "0")
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def graphgpt_logits(plan, weights, tokens):
+    be = NumpyBackend(plan, np.float64)
+    for name, value in weights.items():
+        be.set_tensor(name, value)
+    return be.run("generate", {"tokens": tokens})["logits"]
+
+
+def test_logits_equal_an_independent_pytorch_gpt2(tmp_path):
+    torch = pytest.importorskip("torch")
+    from tools.torch_gpt2 import GPT2, load_weights
+    write_hf(tmp_path / "m")
+    plan = plan_of("tie_weights=1")
+    weights = hf.load(tmp_path / "m", plan.config)
+    tokens = np.random.default_rng(1).integers(0, 99, (1, T)).astype(np.int32)
+    ours = graphgpt_logits(plan, weights, tokens)
+    model = GPT2.from_config(plan.config).double()
+    load_weights(model, weights)
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(tokens).long()).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        return
+    reference = GPT2LMHeadModel.from_pretrained(tmp_path / "m").double().eval()
+    with torch.no_grad():
+        logits = reference(torch.from_numpy(tokens).long()).logits.numpy()
+    np.testing.assert_allclose(ours, logits, rtol=1e-9, atol=1e-9)

@@ -1,0 +1,52 @@
+"""python tools/export_hf.py --plan DIR --weights PATH --out DIR: a Hugging Face GPT-2 directory.
+
+Writes `config.json` and `model.safetensors` of a `GPT2LMHeadModel` (graphgpt/hf.py has the
+layout) from a plan and its weights: a checkpoint, a directory of checkpoints (the latest), or a
+.safetensors file of the plan's parameters. `--init-from` reads such a directory back, weight for
+weight. --out must be new, empty, or a directory this tool wrote (exactly those two files).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, installed or not
+
+from graphgpt import hf  # noqa: E402
+from graphgpt import plan as plan_io  # noqa: E402
+from graphgpt.checkpoint import load_weights  # noqa: E402
+from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
+from graphgpt.tokenizer import Tokenizer  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = ArgumentParser(prog="tools/export_hf.py", description=(
+        "Write a plan's weights as a Hugging Face GPT2LMHeadModel directory (config.json, model.safetensors)."))
+    p.add_argument("--plan", type=Path, required=True, help="the compiled plan the weights belong to")
+    p.add_argument("--weights", type=Path, required=True,
+                   help="a checkpoint, a directory of checkpoints (its latest) or a .safetensors file")
+    p.add_argument("--out", type=Path, required=True, help="the directory to write")
+    args = p.parse_args(argv)
+    return reported(export, args.plan, args.weights, args.out)
+
+
+def export(plan_dir: Path, weights_path: Path, out: Path) -> None:
+    check_out(out)
+    plan = plan_io.load(plan_dir)
+    weights = load_weights(weights_path)
+    expected = {t["name"]: tuple(t["shape"]) for t in plan.params}
+    if {n: tuple(w.shape) for n, w in weights.items()} != expected:
+        raise UserError(f"{weights_path}: its tensors are not the parameters of plan {plan_dir}")
+    hf.save(out, weights, plan.config, Tokenizer.from_json(plan.tokenizer).eos_id)
+    print(f"wrote {out}/ ({hf.CONFIG}, {hf.WEIGHTS}: {sum(w.size for w in weights.values()):,} parameters)")
+
+
+def check_out(out: Path) -> None:
+    if out.is_symlink() or out.is_file():
+        raise UserError(f"--out {out} is not a directory; it is left as it is")
+    if out.is_dir() and set(p.name for p in out.iterdir()) - {hf.CONFIG, hf.WEIGHTS}:
+        raise UserError(f"--out {out} holds files other than {hf.CONFIG} and {hf.WEIGHTS}; it is left as it is")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
