@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import hf
 from .errors import UserError
 from .fsutil import atomic_write_text, fsync_dir, scratch_dir
 from .tensor_files import load_safetensors, save_safetensors, save_seed_weights
@@ -244,6 +245,26 @@ def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise UserError(f"{path}: neither a .safetensors file, a checkpoint nor a directory of checkpoints")
     read_state(checkpoint)
     return load_safetensors(checkpoint / MODEL)
+
+
+def initial_weights(path, plan) -> dict[str, np.ndarray]:
+    """--init-from's weights: a .safetensors file, a checkpoint (or a directory of them) or a
+    Hugging Face GPT-2 directory, which must hold exactly the plan's parameters."""
+    try:
+        weights = hf.load(path, plan.config) if hf.is_hf_dir(path) else load_weights(path)
+    except UserError as e:
+        raise UserError(f"--init-from {e}") from None
+    expected = {t["name"]: tuple(t["shape"]) for t in plan.params}
+    missing = [n for n in expected if n not in weights]
+    extra = [n for n in weights if n not in expected]
+    wrong = [f"{n} {tuple(weights[n].shape)} (plan: {expected[n]})" for n in expected
+             if n in weights and tuple(weights[n].shape) != expected[n]]
+    for what, names in (("lacks tensors of this plan", missing), ("has tensors this plan does not", extra),
+                        ("has other shapes than this plan", wrong)):
+        if names:
+            raise UserError(f"--init-from {path} {what}: {', '.join(names[:5])}"
+                            + (", ..." if len(names) > 5 else ""))
+    return weights
 
 
 def _complete_step(checkpoint: Path) -> int | None:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import hf
 from . import plan as plan_io
-from .checkpoint import CheckpointDir, TrainingState, load_weights
+from .checkpoint import CheckpointDir, TrainingState, initial_weights
 from .data import SAMPLERS, default_corpus, load_tokens, make_sampler, split_heldout
 from .errors import ArgumentParser, UserError
 from .monitor import GuardedStdout, MetricsLog, Progress
@@ -72,6 +71,8 @@ def parse_args(argv):
     gen.add_argument("--prompt", help="generation prompt (default: the first block of the training data)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as the seed")
     gen.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    gen.add_argument("--top-p", type=float, default=1.0,
+                     help="sample from the fewest most likely tokens whose probabilities reach p (1 = all)")
     dev = p.add_argument_group("backend")
     dev.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
     dev.add_argument("--no-graph", action="store_true",
@@ -88,6 +89,8 @@ def parse_args(argv):
         p.error(f"--eval-batches must be at least 1, got {args.eval_batches}")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         p.error(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        p.error(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         p.error(f"--val-fraction must lie strictly between 0 and 1, got {args.val_fraction}")
     if args.val_fraction is not None and args.val_data:
@@ -155,7 +158,7 @@ def run(args, world) -> int:
     saves = CheckpointDir(args.save, keep=args.keep) if args.save else None
     start = _starting_state(args, saves, plan.digest) if lead else None
     log.check(resuming=args.resume is not None)
-    init_weights = _init_weights(args.init_from, plan) if args.init_from and lead else None
+    init_weights = initial_weights(args.init_from, plan) if args.init_from and lead else None
 
     train_tokens, val_tokens, source = _data(args, tokenizer, plan.config, world)
     seed = world.bcast_object(_seed(args, start) if lead else None)
@@ -197,7 +200,7 @@ def run(args, world) -> int:
             prompt = np.asarray(train_tokens[:min(256, len(train_tokens), T)])
         clock = time.perf_counter()
         new = generate(backend, list(map(int, prompt)), args.generate, T, len(tokenizer.vocab),
-                       tokenizer.eos_id, args.temperature, args.top_k, np.random.default_rng(seed))
+                       tokenizer.eos_id, args.temperature, args.top_k, np.random.default_rng(seed), args.top_p)
         print(f"sample ({len(new)} tokens, {time.perf_counter() - clock:.1f} s): {tokenizer.decode(new)}")
     return 0
 
@@ -334,25 +337,6 @@ def _starting_state(args, saves: CheckpointDir | None, plan_digest: str) -> Trai
         print(f"no checkpoint in {args.resume} yet: starting from step 0")
         return None
     return source.load(plan_digest)
-
-
-def _init_weights(path, plan) -> dict:
-    """--init-from's weights, which must be exactly the plan's parameters."""
-    try:
-        weights = hf.load(path, plan.config) if hf.is_hf_dir(path) else load_weights(path)
-    except UserError as e:
-        raise UserError(f"--init-from {e}") from None
-    expected = {t["name"]: tuple(t["shape"]) for t in plan.params}
-    missing = [n for n in expected if n not in weights]
-    extra = [n for n in weights if n not in expected]
-    wrong = [f"{n} {tuple(weights[n].shape)} (plan: {expected[n]})" for n in expected
-             if n in weights and tuple(weights[n].shape) != expected[n]]
-    for what, names in (("lacks tensors of this plan", missing), ("has tensors this plan does not", extra),
-                        ("has other shapes than this plan", wrong)):
-        if names:
-            raise UserError(f"--init-from {path} {what}: {', '.join(names[:5])}"
-                            + (", ..." if len(names) > 5 else ""))
-    return weights
 
 
 def _data(args, tokenizer: Tokenizer, cfg: dict, world):
