@@ -26,6 +26,8 @@ CASES = [  # (a shape, b shape, ta, tb, bias, residual)
     ((4, 33, 64), (64, 96), False, False, False, True),
     ((4, 33, 64), (64, 96), False, False, True, True),
     ((132, 64), (96, 64), False, True, True, True),
+    ((4, 33, 64), (96, 64), False, True, False, False),   # a tied lm_head: x @ wte.T
+    ((132, 96), (132, 64), True, False, False, True),     # its weight gradient, added to the embedding's
 ]
 
 
