@@ -105,13 +105,15 @@ def compile_cuda(source: str, arch: str = "sm_90") -> bytes:
         options = [f"--gpu-architecture={arch}".encode(), b"--std=c++17"]
         err, = nvrtc.nvrtcCompileProgram(prog, len(options), options)
         log_size = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        log = b" " * log_size
+        # Fresh buffers for NVRTC to write into: `b" " * 1` would be Python's one shared b" ",
+        # which an empty log (a lone NUL) would overwrite for the whole process.
+        log = bytearray(log_size)
         check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise CudaCompileError(f"NVRTC failed for {arch}:\n{log.decode(errors='replace').rstrip(chr(0))}")
         size = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-        cubin = b" " * size
+        cubin = bytearray(size)
         check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-        return cubin
+        return bytes(cubin)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)

@@ -217,3 +217,10 @@ def test_every_template_has_its_family_and_every_op_names_one():
     templates = {p.name.removesuffix(".cu.j2") for p in TEMPLATES.glob("*.cu.j2")} - {"common"}
     assert set(FAMILIES) == templates
     assert {op.template for op in REGISTRY.values() if op.template} <= set(FAMILIES)
+
+
+def test_compiling_leaves_pythons_shared_bytes_alone():
+    """NVRTC writes its log and cubin into buffers it is handed: an empty log is one NUL byte, and
+    handing it `b" " * 1` (the interpreter's one shared b" ") would turn every b" " into b"\\x00"."""
+    compile_cuda('extern "C" __global__ void k() {}', "sm_90")
+    assert b" " == bytes([32]) and b" " * 3 == bytes([32, 32, 32])
