@@ -62,3 +62,19 @@ def test_memory_plan_reaches_the_lower_bound_where_the_heap_fragments():
         assert memory["work_peak"] <= 1.01 * memory["work_lower_bound"], (remat, memory)
         peaks[remat] = memory["work_peak"]
     assert peaks["all"] <= peaks["attention"] < peaks["none"], peaks
+
+
+def test_gpt2_124m_in_bf16_keeps_no_t_by_t_buffer():
+    """The fused attention never stores scores: no buffer of GPT-2 124M's bf16 plan at 16 x 1024 is
+    (..., T, T), and the largest is the logits (written over by their gradient)."""
+    shape = ["n_layer=12", "n_head=12", "n_embd=768", "block_size=1024", "batch_size=16", "vocab_size=50304",
+             "dtype=bf16"]
+    data = compile_model(ROOT / "model.py", shape, log=lambda *a: None).data
+    T = 1024
+    buffers = [b for program in data["programs"].values() for launch in program["launches"]
+               for b in [*launch.get("outs", [launch["out"]]), *launch["in"]]]
+    assert not [b for b in buffers if b[2][-2:] == [T, T]]
+    assert max(buffers, key=nbytes)[2] == [16, T, 50304]
+    ops = {launch["op"] for launch in data["programs"]["train"]["launches"]}
+    assert {"causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv"} <= ops
+    assert "causal_softmax" not in ops
