@@ -128,9 +128,9 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 // Four 8x8 b16 matrices, each lane giving one row address (lanes 8m..8m+7: matrix m's rows).
 // Without .trans lane l receives row l/4, columns 2(l%4), 2(l%4)+1 of each; with .trans the
 // transpose's. Addressing a 16x16 block at (row0, col0) of a row-major tile:
-//   A_ROW/A_COL: matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) -- an A
+//   a_row/a_col: matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) -- an A
 //     fragment; with .trans, the B fragments of two 8-column tiles of a (k, n) tile
-//   B_ROW/B_COL: matrices (0-7, 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15) -- the B fragments of
+//   b_row/b_col: matrices (0-7, 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15) -- the B fragments of
 //     two 8-row tiles of an (n, k) tile
 __device__ __forceinline__ int a_row(int lane) { return lane % 8 + 8 * (lane / 8 % 2); }
 __device__ __forceinline__ int a_col(int lane) { return 8 * (lane / 16); }

@@ -8,11 +8,12 @@ batch entry and head (grid y) and tiles of its T rows (grid x). Two variants:
           probabilities live only in registers. For head dims 64 and 128 and T a multiple of 64.
   simt -- any float type, head dim and T, on the CUDA cores: a block owns 32 rows, four threads
           per row each holding a quarter of it; the other side's 32-row tiles pass through shared
-          memory. The float32 plans' kernel, and the reference the mma kernels are checked
-          against besides NumPy.
+          memory. The float32 plans' kernel, and bf16's where the tensor cores' shapes do not fit.
 The forward and the query gradient own query tiles (the last, with the most keys to visit, first);
 the key/value gradient owns key tiles and visits the queries at and after them. No kernel adds
-into memory another block writes: the backward is deterministic.
+into memory another block writes: the backward is deterministic. With dropout every kernel draws
+the keep factor of each probability it uses from Philox, as the dropout op numbers a (B, H, T, T)
+tensor (numpy_ops.keep_mask).
 """
 from __future__ import annotations
 
