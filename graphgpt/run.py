@@ -23,7 +23,7 @@ from .errors import ArgumentParser, UserError
 from .monitor import GuardedStdout, MetricsLog, Progress
 from .runtime import make_backend
 from .runtime.dist import check_same_plan, current_world
-from .sample import generate
+from .sample import add_sampling_arguments, check_sampling_arguments, generate
 from .tokenizer import Tokenizer
 from .train import Evaluation, Trainer, TrainingStopped, check_finite, program_inputs, scalar_inputs
 
@@ -69,10 +69,7 @@ def parse_args(argv):
     gen = p.add_argument_group("generation")
     gen.add_argument("--generate", type=int, default=30, metavar="N", help="tokens to generate after training")
     gen.add_argument("--prompt", help="generation prompt (default: the first block of the training data)")
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as the seed")
-    gen.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
-    gen.add_argument("--top-p", type=float, default=1.0,
-                     help="sample from the fewest most likely tokens whose probabilities reach p (1 = all)")
+    add_sampling_arguments(gen)
     dev = p.add_argument_group("backend")
     dev.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
     dev.add_argument("--no-graph", action="store_true",
@@ -81,16 +78,13 @@ def parse_args(argv):
     dev.add_argument("--profile", action="store_true",
                      help="CUDA: after training, print each kernel's time per step against the device's ceilings")
     args = p.parse_args(argv)
-    for name in ("steps", "generate", "top_k", "seed", "eval_every", "save_every", "keep"):
+    for name in ("steps", "generate", "seed", "eval_every", "save_every", "keep"):
         value = getattr(args, name)
         if value is not None and value < 0:
             p.error(f"--{name.replace('_', '-')} must not be negative, got {value}")
     if args.eval_batches < 1:
         p.error(f"--eval-batches must be at least 1, got {args.eval_batches}")
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        p.error(f"--temperature must be a finite number >= 0, got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        p.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    check_sampling_arguments(p, args)
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         p.error(f"--val-fraction must lie strictly between 0 and 1, got {args.val_fraction}")
     if args.val_fraction is not None and args.val_data:

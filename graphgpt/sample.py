@@ -56,6 +56,24 @@ def pick(logits: np.ndarray, temperature: float, top_k: int, rng, top_p: float =
     return int(rng.choice(logits.size, p=p))
 
 
+def add_sampling_arguments(group) -> None:
+    """--temperature, --top-k and --top-p, for every command that generates."""
+    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as the seed (default)")
+    group.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    group.add_argument("--top-p", type=float, default=1.0,
+                       help="sample from the fewest most likely tokens whose probabilities reach p (1 = all)")
+
+
+def check_sampling_arguments(p, args) -> None:
+    """One line and exit status 2 (p.error) for a sampling setting out of range."""
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        p.error(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        p.error(f"--top-k must not be negative, got {args.top_k}")
+    if not 0 < args.top_p <= 1:
+        p.error(f"--top-p must be in (0, 1], got {args.top_p}")
+
+
 def parse_args(argv):
     from .errors import ArgumentParser
     p = ArgumentParser(prog="python -m graphgpt.sample", description=(
@@ -68,22 +86,14 @@ def parse_args(argv):
     p.add_argument("--prompt", default="", help="the text to continue (default: none, start after end-of-text)")
     p.add_argument("--tokens", type=int, default=100, metavar="N", help="tokens to generate (default 100)")
     p.add_argument("--samples", type=int, default=1, metavar="K", help="independent samples (default 1)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0,
-                   help="sample from the fewest most likely tokens whose probabilities reach p (1 = all)")
+    add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
     args = p.parse_args(argv)
     for name in ("tokens", "samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.top_k < 0:
-        p.error(f"--top-k must be at least 0, got {args.top_k}")
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        p.error(f"--temperature must be a finite number >= 0, got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        p.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    check_sampling_arguments(p, args)
     return args
 
 
