@@ -7,7 +7,7 @@ Override any CONFIG key at compile time: `python tools/compile.py model.py --set
 """
 import math
 
-from graphgpt.dsl import causal_attention, causal_softmax, dropout, embedding, gelu, layer_norm, matmul, param
+from graphgpt.dsl import causal_attention, causal_softmax, dropout, embedding, gelu, layer_norm, matmul, param, position_rows
 
 CONFIG = dict(
     n_layer=6,
@@ -65,7 +65,7 @@ def forward(idx, cfg):
     T, C = idx.shape[1], cfg["n_embd"]
     wte = param("wte", (cfg["vocab_size"], C))
     wpe = param("wpe", (cfg["block_size"], C))
-    x = dropout(embedding(wte, idx) + wpe[:T], cfg["dropout"])
+    x = dropout(embedding(wte, idx) + position_rows(wpe, T), cfg["dropout"])  # wpe[:T]; when decoding, the position's row
     for i in range(cfg["n_layer"]):
         x = block(x, i, cfg)
     ln_f = norm_params("ln_f", C)

@@ -9,7 +9,7 @@ numbers: later passes simplify, fuse and schedule the backward exactly like the 
 from __future__ import annotations
 
 from .errors import UserError
-from .ir import Graph, Value
+from .ir import SOURCE_OPS, Graph, Value
 from .ops import REGISTRY
 
 
@@ -36,7 +36,7 @@ def grad(graph: Graph, loss: Value, wrt: list[int]) -> dict[int, Value]:
                 continue
             g = [parts[node.id].get(k) for k in range(len(node.specs))]
             out = [graph.value(o) for o in projections[node.id]]
-        if g is None or node.op in ("param", "state", "input", "const"):
+        if g is None or node.op in SOURCE_OPS:
             continue
         op = REGISTRY[node.op]
         if op.vjp is None:

@@ -6,9 +6,15 @@ The programs compiled from one model:
   accumulators in the gradient region) and "update" (allreduce, clipping, optimizer update), run
   as K accumulates and one update per step;
 - "eval" (forward at batch_size x block_size, loss: nothing is updated);
-- "generate" (forward at 1 x block_size, logits).
-They share the persistent arena (parameters, gradients, optimizer state, constants) and the work
-region, which is as large as the largest program needs.
+- "generate" (forward at sample_batch x block_size: logits, and the greedy next token of every
+  position), which also fills the key/value caches (the prefill of decoding);
+- "decode" (forward of one new position per sequence, sample_batch x 1, at the position input,
+  against the caches: logits and greedy next tokens), for models whose attention is `causal_attention` and whose
+  positions come from `position_rows`;
+- "cast_weights", in plans that compute in a narrower type than float32: the weights' copies in
+  that type, which the generation programs read instead of casting every weight every token.
+They share the persistent arena (parameters, gradients, optimizer state, caches, constants) and the
+work region, which is as large as the largest program needs.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from pathlib import Path
 
 from . import codegen, dsl, optim, viz
 from .errors import ArgumentParser, UserError
-from .ir import INT, Graph
+from .ir import INT, PERSISTENT_OPS, Graph
 from .kernels.gemm import lower_matmul
 from .ops import REGISTRY
 from .passes.fuse import fuse
@@ -34,17 +40,20 @@ from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
 from .passes.simplify import simplify
 from .plan import SCHEMA_VERSION, check_out, save
+from .schedule import DECODE_POSITION, NEXT_TOKEN
 from .bpe import KIND as BPE_KIND
 from .bpe import VOCAB_FILES, BpeTokenizer
 from .tokenizer import Tokenizer, build_tokenizer
 
-SIZES = ("n_layer", "n_head", "n_embd", "block_size", "batch_size")  # CONFIG keys that must be >= 1
+SIZES = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "sample_batch")  # CONFIG keys that must be >= 1
 COMPUTE_DTYPES = ("f32", "bf16")  # dtype=: the type activations and GEMM operands are stored in
 # How a model's attention may be computed: one fused kernel that keeps no (T x T) scores, or the
 # explicit scores, causal softmax and two batched GEMMs (the probabilities then live in memory,
 # where --remat attention can recompute them).
 ATTENTION = ("fused", "softmax")
-MODEL_DEFAULTS = {"dtype": "f32"}  # settings every model has, unless its CONFIG says otherwise
+# settings every model has, unless its CONFIG says otherwise; sample_batch: the sequences the
+# generation programs compute together
+MODEL_DEFAULTS = {"dtype": "f32", "sample_batch": 1}
 
 
 @dataclass
@@ -123,7 +132,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     graphs.update(_add_training(graphs[backward], opt_cfg))
     joint_dump = graphs[backward].summary("joint")
     graphs["eval"] = _trace(module, model_cfg, B, T, with_loss=True)
-    graphs["generate"] = _trace(module, model_cfg, 1, T, with_loss=False)
+    graphs.update(_generation(module, model_cfg, len(tokenizer.vocab), log))
     log(f"  trace      forward {len(forward_dump['nodes'])} nodes, joint {len(graphs[backward].nodes)} nodes")
 
     graphs = {name: simplify(g) for name, g in graphs.items()}
@@ -176,6 +185,37 @@ def _add_training(graph: Graph, opt_cfg: dict) -> dict[str, Graph]:
         return {}
     optim.add_accumulation(graph, loss, opt_cfg)
     return {"update": optim.update_program(graph.of_op("param"), opt_cfg)}
+
+
+def _generation(module, cfg: dict, vocab_in_use: int, log) -> dict[str, Graph]:
+    """The generate program (a whole window, which fills the key/value caches) and, where the
+    model allows, the decode program (one position per sequence against the caches); their greedy
+    next tokens are chosen among the tokenizer's `vocab_in_use` ids."""
+    G, T = cfg["sample_batch"], cfg["block_size"]
+    programs = {"generate": _trace(module, cfg, G, T, with_loss=False, caches=dsl.KvCaches(T), greedy=vocab_in_use)}
+    caches = dsl.KvCaches(T)
+    decode = _trace(module, cfg, G, 1, with_loss=False, caches=caches, position=True, greedy=vocab_in_use)
+    if caches.layers and caches.positioned:
+        programs["decode"] = decode
+    else:
+        why = ("its attention is not causal_attention" if not caches.layers
+               else "its position rows do not come from position_rows")
+        log(f"  decode     none: {why}; generation reruns the whole window per token")
+    if cfg["dtype"] != dsl.FLOAT:
+        programs["cast_weights"] = _cast_weights(programs.values(), cfg["dtype"])
+    return programs
+
+
+def _cast_weights(programs, dtype: str) -> Graph:
+    """The program that writes the compute-type copy of every weight the generation programs read
+    (their cache nodes with attribute copy_of), each cast straight into the copy's slot."""
+    graph = Graph()
+    copies = {n.name: n for g in programs for n in g.of_op("cache") if "copy_of" in n.attr}
+    for name, copy in copies.items():
+        weight = graph.add("param", name=copy.attr["copy_of"], shape=copy.shape, dtype=dsl.FLOAT)
+        slot = graph.add("cache", name=name, shape=copy.shape, dtype=dtype, copy_of=copy.attr["copy_of"])
+        graph.updates[slot.id] = graph.add("cast", (weight,), dtype=dtype).id
+    return graph
 
 
 def _node_counts(graphs: dict[str, Graph]) -> str:
@@ -251,9 +291,14 @@ def _tokenizer(data_path: Path | None, kind: str | None, vocab_path: Path | None
     return build_tokenizer(kind or "word", read_corpus(data_path))
 
 
-def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool, training: bool = False) -> Graph:
+def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool, training: bool = False,
+           caches: dsl.KvCaches | None = None, position: bool = False, greedy: int = 0) -> Graph:
+    """One program's graph; `position`: the caches' decoding position is an input; `greedy`: the
+    logits come with each position's most likely token among the first `greedy` ids."""
     def build(tracer: dsl.Tracer) -> None:
         idx = tracer.input("tokens", (batch, seq), INT)
+        if position:
+            caches.position = tracer.input(DECODE_POSITION, (), INT)
         logits = module.forward(idx, dict(cfg))
         if not isinstance(logits, dsl.Value) or logits.shape != (batch, seq, cfg["vocab_size"]):
             got = logits.shape if isinstance(logits, dsl.Value) else type(logits).__name__
@@ -263,8 +308,10 @@ def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool, training: b
             tracer.graph.outputs["loss"] = dsl.cross_entropy(logits, targets).id
         else:
             tracer.graph.outputs["logits"] = logits.id
+            if greedy:
+                tracer.graph.outputs[NEXT_TOKEN] = logits.graph.add("argmax", (logits,), limit=greedy).id
     try:
-        return dsl.trace(build, cfg["dtype"], training).graph
+        return dsl.trace(build, cfg["dtype"], training, caches).graph
     except UserError:
         raise
     except Exception as e:
@@ -276,7 +323,7 @@ def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Toke
                programs: dict[str, tuple[Graph, ProgramMemory]], fusion: bool) -> dict:
     by_name = {}  # gradient accumulators are not listed: they are their parameters' "grad" slots
     for graph, _ in programs.values():
-        for n in graph.of_op("param", "state"):
+        for n in graph.of_op(*PERSISTENT_OPS):
             a = n.attr
             if "grad_of" in a or n.name in by_name:
                 continue
@@ -359,8 +406,8 @@ def _report(data: dict, programs, backward: str, unfused: dict | None, remat: di
     lines = [f"graphgpt compile report ({data['model_file']}, activations in {data['config'].get('dtype', 'f32')})",
              f"parameters            {n_params:,}",
              f"arena                 {mib(data['arena']['bytes'])}"]
-    for name in ("params", "grads", "state", "consts", "inputs", "work"):
-        lines.append(f"  {name:<19} {mib(regions[name][1])}")
+    for name in ("params", "grads", "state", "consts", "inputs", "work", "caches"):
+        lines.append(f"  {name:<19} {mib(regions[name][1])}" + ("  (generation's, within work)" if name == "caches" else ""))
     for name, (graph, mem) in programs.items():
         st = dict(_stats(graph, mem), launches=len(data["programs"][name]["launches"]))  # multi-tensor joins
         lines += [f"program {name}",

@@ -7,11 +7,17 @@ model each weight cast to it, so the whole forward and backward run in that type
 gradients are cast back to float32 where they reach the weights. Tracing calls `forward` once on symbolic `Value`s; every
 operation appends a node that records the model file's line, so a shape error reads
 "model.py:57: matmul: inner dimensions differ: 384 vs 256 (inputs ...)".
+
+The generation programs are traced with key/value caches (`KvCaches`): there `causal_attention`
+also writes each layer's keys and values into a cache of its own, and when decoding one position
+at a time it attends over that cache, while `position_rows` gives the current position's row.
+Their weights, in a narrower compute type, are copies made once per generation (`weight_copy`).
 """
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from typing import Callable
 
 from .errors import UserError
@@ -23,14 +29,28 @@ _DRIVER = os.path.join(_PACKAGE_DIR, "compiler.py")
 _active: "Tracer | None" = None
 
 
+@dataclass
+class KvCaches:
+    """A generation program's key/value caches: `length` positions per attention layer. Without a
+    `position` the program computes a whole window from position 0 and fills the caches (the
+    prefill); with one (the decode program's int32 input) it computes the positions from there on
+    against them. After tracing: how many layers made caches, and whether the positions' rows came
+    from `position_rows` (a model that slices its position table itself cannot decode)."""
+    length: int
+    position: Value | None = None
+    layers: int = 0
+    positioned: bool = False
+
+
 class Tracer:
     """Builds one graph from one call of a model's `forward`."""
 
-    def __init__(self, dtype: str = FLOAT, training: bool = False):
+    def __init__(self, dtype: str = FLOAT, training: bool = False, caches: KvCaches | None = None):
         self.graph = Graph(locate=user_line)
         self.params: dict[str, Value] = {}
         self.dtype = dtype        # the type the model computes in
         self.training = training  # dropout drops only in the program that trains
+        self.caches = caches      # the generation programs' key/value caches
         self.sites = 0            # dropout sites so far: each draws masks of its own
         self.rng: tuple[Value, Value] | None = None
 
@@ -49,10 +69,22 @@ class Tracer:
         v = self.graph.add("param", name=name, shape=tuple(int(d) for d in shape), dtype=FLOAT,
                            init=init, std=float(std) if init == "normal" else 0.0)
         self.params[name] = v
-        return v if self.dtype == FLOAT else self.graph.add("cast", (v,), dtype=self.dtype)
+        if self.dtype == FLOAT:
+            return v
+        if self.caches is not None:  # generation reads the copy the cast_weights program keeps
+            return self.graph.add("cache", name=weight_copy(name, self.dtype), shape=v.shape, dtype=self.dtype,
+                                  copy_of=name)
+        return self.graph.add("cast", (v,), dtype=self.dtype)
 
     def input(self, name: str, shape, dtype: str = FLOAT) -> Value:
         return self.graph.add("input", name=name, shape=tuple(shape), dtype=dtype)
+
+
+def weight_copy(name: str, dtype: str) -> str:
+    """The name of a weight's copy in the compute type, which the generation programs read: a
+    training step casts every weight as it starts, but a decoding step computes too little for
+    that to be cheap, so the cast_weights program makes the copies once per generation."""
+    return f"{name}.{dtype}"
 
 
 def user_line() -> str | None:
@@ -72,10 +104,11 @@ def user_line() -> str | None:
     return None
 
 
-def trace(build: Callable[[Tracer], None], dtype: str = FLOAT, training: bool = False) -> Tracer:
+def trace(build: Callable[[Tracer], None], dtype: str = FLOAT, training: bool = False,
+          caches: KvCaches | None = None) -> Tracer:
     """Run `build(tracer)` with the DSL functions recording into a fresh graph."""
     global _active
-    tracer, previous = Tracer(dtype, training), _active
+    tracer, previous = Tracer(dtype, training, caches), _active
     _active = tracer
     try:
         build(tracer)
@@ -115,8 +148,11 @@ def causal_attention(qkv: Value, scale: float, dropout: float = 0.0) -> Value:
     """Per head, softmax(scale * q k^T with future keys masked out) v, from q, k and v packed as
     (B, T, 3, H, D) (the QKV projection's output, reshaped), as (B, T, H, D): one fused op that never
     stores the (T, T) scores (its log-sum-exp per query is kept for the backward). `dropout` drops
-    attention probabilities inside the kernels, in the training program only."""
+    attention probabilities inside the kernels, in the training program only. In the generation
+    programs the keys and values also go to this layer's cache, and decoding attends over it."""
     tracer = _tracer()
+    if tracer.caches is not None:
+        return _cached(tracer, qkv, float(scale))
     if dropout and tracer.training:
         site, seed, counter = tracer.dropout_site()
         out, _lse = qkv.graph.add("causal_attention", (qkv, seed, counter), scale=float(scale),
@@ -124,6 +160,35 @@ def causal_attention(qkv: Value, scale: float, dropout: float = 0.0) -> Value:
     else:
         out, _lse = qkv.graph.add("causal_attention", (qkv,), scale=float(scale))
     return out
+
+
+def _cached(tracer: Tracer, qkv: Value, scale: float) -> Value:
+    """causal_attention in a generation program: the new keys and values are written into this
+    layer's cache in place (an update of the cache), and a decoding step reads them back from it."""
+    caches, graph = tracer.caches, qkv.graph
+    b, _, _, h, d = qkv.shape
+    cache = graph.add("cache", name=f"kv_cache.{caches.layers}", shape=(b, caches.length, 2, h, d), dtype=qkv.dtype)
+    caches.layers += 1
+    position = () if caches.position is None else (caches.position,)
+    written = graph.add("cache_update", (cache, qkv, *position))
+    graph.updates[cache.id] = written.id
+    if caches.position is None:
+        out, _lse = graph.add("causal_attention", (qkv,), scale=scale)
+        return out
+    return graph.add("cached_attention", (qkv, written, caches.position), scale=scale)
+
+
+def position_rows(table: Value, t: int) -> Value:
+    """The rows of a learned position table for the T positions being computed: table[:T] for a
+    whole window (training, evaluation, generation's prefill), table[p] when decoding the token at
+    position p (the decode program's position input)."""
+    caches = _tracer().caches
+    if caches is None or caches.position is None:
+        return table[:t]
+    if t != 1:
+        raise GraphError(f"{user_line()}: position_rows: decoding computes one position at a time, not {t}")
+    caches.positioned = True
+    return embedding(table, caches.position.reshape(1))
 
 
 def dropout(x: Value, p: float) -> Value:
@@ -157,5 +222,5 @@ def cross_entropy(logits: Value, targets: Value) -> Value:
     return logits.graph.add("cross_entropy", (logits, targets))
 
 
-__all__ = ["param", "layer_norm", "gelu", "causal_softmax", "causal_attention", "dropout", "matmul", "embedding", "cross_entropy",
-           "Value", "FLOAT", "INT", "trace", "Tracer"]
+__all__ = ["param", "layer_norm", "gelu", "causal_softmax", "causal_attention", "dropout", "matmul", "embedding",
+           "position_rows", "cross_entropy", "Value", "FLOAT", "INT", "trace", "Tracer", "KvCaches"]

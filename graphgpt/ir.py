@@ -1,9 +1,11 @@
 """The static graph: nodes with fixed shapes and dtypes, built through `Value` handles.
 
 A `Graph` is an append-only list of `Node`s in topological order (inputs before users). Sources
-are `param` (trainable weights), `state` (optimizer state), `input` (fed each step: tokens,
-targets, runtime scalars such as the learning rate) and `const`. `updates` maps a param or state
-node to the node holding its new value after one step; `grads` maps a param to its gradient.
+are `param` (trainable weights), `state` (optimizer state), `cache` (a layer's keys and values,
+kept between runs of the generation programs), `input` (fed each step: tokens, targets, runtime
+scalars such as the learning rate or a decoding position) and `const`. `updates` maps a param,
+state or cache node to the node holding its new value after one run; `grads` maps a param to its
+gradient.
 
 Every node records where it came from (`where`, the user's file:line) so that errors and graph
 dumps point at the model file, not at graphgpt.
@@ -28,7 +30,8 @@ FLOAT = "f32"  # the compute float type; a backend may run it in float64 (tests)
 INT = "i32"
 TUPLE = "tuple"  # the dtype of a node with several outputs
 
-SOURCE_OPS = ("param", "state", "input", "const")
+PERSISTENT_OPS = ("param", "state", "cache")  # sources with a slot of their own in the arena
+SOURCE_OPS = (*PERSISTENT_OPS, "input", "const")
 
 
 class GraphError(UserError):
@@ -175,7 +178,7 @@ class Graph:
         for name, o in self.outputs.items():
             assert o in self.nodes, f"output {name} missing"
         for s, v in self.updates.items():
-            assert self.nodes[s].op in ("param", "state"), f"update of non-state node {s}"
+            assert self.nodes[s].op in PERSISTENT_OPS, f"update of non-persistent node {s}"
             assert self.nodes[s].shape == self.nodes[v].shape, f"update of {s} changes shape"
         assert nx.is_directed_acyclic_graph(self.to_networkx())
 

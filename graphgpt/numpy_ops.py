@@ -250,6 +250,31 @@ def causal_attention_grad_kv(attrs, qkv, lse, g, delta, dq, *rng):
     return np.stack([dq, _heads(dk), _heads(dv)], axis=2)
 
 
+@reference("cache_update")
+def cache_update(attrs, cache, qkv, *position):
+    out = cache.copy()
+    p = int(position[0]) if position else 0
+    rows = out[:, p:p + qkv.shape[1]]  # positions past the cache's end are not kept
+    rows[...] = qkv[:, :rows.shape[1], 1:]
+    return out
+
+
+@reference("cached_attention")
+def cached_attention(attrs, qkv, cache, position):
+    t, p = qkv.shape[1], int(position)
+    keys = min(cache.shape[1], p + t)  # what the last query sees; later rows are not read
+    q, k, v = _heads(qkv[:, :, 0]), _heads(cache[:, :keys, 0]), _heads(cache[:, :keys, 1])
+    s = attrs["scale"] * (q @ np.swapaxes(k, -1, -2))                     # (B, H, T, keys)
+    s = np.where(np.arange(keys) > p + np.arange(t)[:, None], -np.inf, s)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return _heads((e / e.sum(-1, keepdims=True)) @ v)
+
+
+@reference("argmax")
+def argmax(attrs, x):
+    return np.argmax(x[..., :attrs["limit"]], axis=-1).astype(np.int32)
+
+
 # ---- cross-entropy ----------------------------------------------------------------------------
 def _log_softmax(z):
     z = z - z.max(-1, keepdims=True)

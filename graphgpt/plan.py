@@ -2,7 +2,8 @@
 
 plan.json holds the schema version, the model hash, the configuration, the tokenizer, the arena
 layout (persistent tensors with their offsets and initialisers, constants) and, per program
-("train" or "accumulate" and "update", then "eval" and "generate"), its inputs, outputs and
+("train" or "accumulate" and "update", then "eval", "generate" and, where the model decodes with
+key/value caches, "decode", and for a plan in bf16 "cast_weights"), its inputs, outputs and
 ordered launches. A launch names its op, its kind, its attributes and its buffers as [dtype, byte
 offset, shape] in one arena: `out`, for an op with several outputs also `outs` (all of them, `out`
 first), and `in`; its `cuda` record gives the kernel or library call, grid, block, dynamic shared
@@ -23,7 +24,9 @@ from pathlib import Path
 
 from .errors import UserError
 
-SCHEMA_VERSION = 2  # 2: one byte-addressed arena, buffers [dtype, byte offset, shape]
+# 2: one byte-addressed arena, buffers [dtype, byte offset, shape]; 3: the generation programs
+# decode with key/value caches (caches, decode, cast_weights) and give their greedy next tokens
+SCHEMA_VERSION = 3
 PLAN_FILE = "plan.json"
 PLAN_FILES = {PLAN_FILE, "report.txt"}  # what a plan directory holds besides its folders
 PLAN_FOLDERS = {"kernels", "graphs"}    # each holding plain files only

@@ -17,7 +17,7 @@ def evaluate(graph: Graph, feeds: dict[str, np.ndarray], dtype=np.float64) -> di
     for n in graph.nodes.values():
         if n.op == "const":
             values[n.id] = np.asarray(n.attr["value"], dtype)
-        elif n.op in ("param", "state", "input"):
+        elif n.op in ("param", "state", "cache", "input"):
             v = np.asarray(feeds[n.name])
             values[n.id] = v.astype(np.int32 if n.dtype == "i32" else dtype).reshape(n.shape)
         elif n.specs:  # several outputs, each read by its output node

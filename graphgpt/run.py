@@ -193,9 +193,11 @@ def run(args, world) -> int:
         if prompt is None:
             prompt = np.asarray(train_tokens[:min(256, len(train_tokens), T)])
         clock = time.perf_counter()
-        new = generate(backend, list(map(int, prompt)), args.generate, T, len(tokenizer.vocab),
-                       tokenizer.eos_id, args.temperature, args.top_k, np.random.default_rng(seed), args.top_p)
-        print(f"sample ({len(new)} tokens, {time.perf_counter() - clock:.1f} s): {tokenizer.decode(new)}")
+        batch = generate(backend, list(map(int, prompt)), args.generate, len(tokenizer.vocab), tokenizer.eos_id,
+                         args.temperature, args.top_k, np.random.default_rng(seed), args.top_p, args.kv_cache)
+        seconds = time.perf_counter() - clock
+        for new in batch:
+            print(f"sample ({len(new)} tokens, {seconds:.1f} s): {tokenizer.decode(new)}")
     return 0
 
 

@@ -1,8 +1,14 @@
-"""Text generation with the plan's "generate" program, and `python -m graphgpt.sample`.
+"""Text generation with the plan's "generate" and "decode" programs, and `python -m graphgpt.sample`.
 
-Greedy as the seed, or sampled (temperature, top-k, top-p). The program has a static shape
-(1 x block_size). A window shorter than the block is padded on the right; causal attention keeps
-the padding from influencing the positions that are read.
+Greedy as the seed, or sampled (temperature, top-k, top-p), for the plan's sample_batch sequences
+at once, all continuing the same prompt. The programs have static shapes. "generate" computes a
+whole window (sample_batch x block_size; a shorter one is padded on the right, and causal attention
+keeps the padding from influencing the positions that are read) and fills the key/value caches on
+the way; "decode" then computes one new position per sequence against them, so each further token
+costs one position's work instead of a window's. A plan that computes in bf16 first copies the
+weights into bf16 ("cast_weights"), once per call. Learned positions cannot slide: once a sequence
+outgrows block_size, every token reruns the window of the last block_size tokens (as the seed's
+generator always does, and as --no-kv-cache does from the start).
 
 `python -m graphgpt.sample --plan DIR --init-from PATH` generates from a checkpoint, a
 .safetensors file or a Hugging Face GPT-2 directory, with no training.
@@ -13,25 +19,53 @@ import math
 import sys
 import time
 
+import argparse
+
 import numpy as np
 
+from .schedule import DECODE_POSITION, NEXT_TOKEN
 
-def generate(backend, prompt: list[int], n_new: int, block_size: int, vocab_in_use: int, eos_id: int,
+
+def generate(backend, prompt: list[int], n_new: int, vocab_in_use: int, eos_id: int,
              temperature: float = 0.0, top_k: int = 0, rng: np.random.Generator | None = None,
-             top_p: float = 1.0) -> list[int]:
-    """Up to n_new token ids following `prompt`; stops after EOS."""
-    ids = list(prompt) or [eos_id]
-    new: list[int] = []
-    window = np.zeros((1, block_size), np.int32)
+             top_p: float = 1.0, kv_cache: bool = True) -> list[list[int]]:
+    """Up to n_new token ids following `prompt`, for each of the plan's sample_batch sequences; a
+    sequence stops after its EOS. kv_cache: decode against the caches where the plan has a decode
+    program (else every token reruns the window)."""
+    plan = backend.plan
+    rows, block = plan.program("generate")["inputs"]["tokens"][2]
+    decode = kv_cache and "decode" in plan.data["programs"]
+    fetch = (NEXT_TOKEN,) if temperature <= 0 else ("logits",)  # greedy: the programs' own choice
+    if "cast_weights" in plan.data["programs"]:  # the weights as they are now, in the compute type
+        backend.run("cast_weights", {})
+    ids = np.array([list(prompt) or [eos_id]] * rows, np.int32)
+    new: list[list[int]] = [[] for _ in range(rows)]
+    done = np.zeros(rows, bool)
+    cached = 0  # positions of the sequences the caches hold
+    window = np.zeros((rows, block), np.int32)
     for _ in range(n_new):
-        context = ids[-block_size:]
-        window[0, :len(context)] = context
-        window[0, len(context):] = 0
-        logits = backend.run("generate", {"tokens": window})["logits"][0, len(context) - 1]
-        token = pick(logits[:vocab_in_use].astype(np.float64), temperature, top_k, rng, top_p)
-        ids.append(token)
-        new.append(token)
-        if token == eos_id:
+        length = ids.shape[1]
+        if decode and 0 < cached == length - 1 < block:  # the caches hold all but the newest token
+            out = backend.run("decode", {"tokens": ids[:, -1:], DECODE_POSITION: length - 1}, fetch)
+            last = 0
+            cached = length
+        else:
+            context = ids[:, -block:]
+            window[:, :context.shape[1]] = context
+            window[:, context.shape[1]:] = 0
+            out = backend.run("generate", {"tokens": window}, fetch)
+            last = context.shape[1] - 1
+            cached = length if length <= block else 0  # a slid window's positions are not the sequence's
+        if temperature <= 0:
+            tokens = out[NEXT_TOKEN][:, last]
+        else:
+            tokens = np.array([pick(row[:vocab_in_use].astype(np.float64), temperature, top_k, rng, top_p)
+                               for row in out["logits"][:, last]], np.int32)
+        for r in np.flatnonzero(~done):
+            new[r].append(int(tokens[r]))
+        done |= tokens == eos_id
+        ids = np.concatenate([ids, tokens[:, None]], axis=1)
+        if done.all():
             break
     return new
 
@@ -62,6 +96,9 @@ def add_sampling_arguments(group) -> None:
     group.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
     group.add_argument("--top-p", type=float, default=1.0,
                        help="sample from the fewest most likely tokens whose probabilities reach p (1 = all)")
+    group.add_argument("--kv-cache", action=argparse.BooleanOptionalAction, default=True,
+                       help="decode one position per token against key/value caches (default); "
+                            "--no-kv-cache reruns the whole window for every token")
 
 
 def check_sampling_arguments(p, args) -> None:
@@ -85,7 +122,8 @@ def parse_args(argv):
                         "Hugging Face GPT-2 directory")
     p.add_argument("--prompt", default="", help="the text to continue (default: none, start after end-of-text)")
     p.add_argument("--tokens", type=int, default=100, metavar="N", help="tokens to generate (default 100)")
-    p.add_argument("--samples", type=int, default=1, metavar="K", help="independent samples (default 1)")
+    p.add_argument("--samples", type=int, default=1, metavar="K",
+                   help="independent samples (default 1), computed the plan's sample_batch at a time")
     add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
@@ -113,13 +151,16 @@ def main(argv=None) -> int:
         for name, value in weights.items():
             backend.set_tensor(name, value)
         rng = np.random.default_rng(args.seed)
-        for k in range(args.samples):
+        done = 0
+        while done < args.samples:
             clock = time.perf_counter()
-            new = generate(backend, prompt, args.tokens, plan.config["block_size"], len(tokenizer.vocab),
-                           tokenizer.eos_id, args.temperature, args.top_k, rng, args.top_p)
-            seconds = time.perf_counter() - clock
-            print(f"sample {k + 1} ({len(new)} tokens, {len(new) / seconds:.1f} tokens/s): "
-                  f"{tokenizer.decode(prompt + new)}", flush=True)
+            batch = generate(backend, prompt, args.tokens, len(tokenizer.vocab), tokenizer.eos_id,
+                             args.temperature, args.top_k, rng, args.top_p, args.kv_cache)
+            rate = sum(map(len, batch)) / (time.perf_counter() - clock)
+            for new in batch[:args.samples - done]:
+                done += 1
+                print(f"sample {done} ({len(new)} tokens, {rate:.1f} tokens/s over {len(batch)} sequences): "
+                      f"{tokenizer.decode(prompt + new)}", flush=True)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
 The compiled update reads its step size (Adam) or learning rate and bias corrections (AdamW) as
 scalar inputs of the plan's program; here they are computed from the plan's optimizer settings
 and the number of updates done, so the one compiled step serves every step of the schedule. A
-plan with dropout also reads the key and counter of its random masks (`dropout_scalars`).
+plan with dropout also reads the key and counter of its random masks (`dropout_scalars`), and a
+decode program the position it decodes at.
 """
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ import math
 # run's seed (the second, each dropout site's number in the model), the counter's second word
 # numbers the micro-batch. Both int32 scalars, read as their unsigned bits.
 DROPOUT_SEED, DROPOUT_COUNTER = "dropout_seed", "dropout_counter"
+
+
+# The decode program's int32 input: the position of the tokens it is given (the number of positions
+# its key/value caches already hold).
+DECODE_POSITION = "position"
+# The generation programs' output beside their logits: each position's most likely token (int32).
+NEXT_TOKEN = "next_token"
 
 
 def dropout_scalars(seed: int, step: int, micro: int = 0, micro_batches: int = 1, rank: int = 0,

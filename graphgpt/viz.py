@@ -26,6 +26,7 @@ from .ops import REGISTRY
 CATEGORIES = (  # key, legend label, fill
     ("param", "parameter", "#f9c66b"),
     ("state", "optimizer state", "#f1deab"),
+    ("cache", "key/value cache", "#e6c8a6"),
     ("input", "input", "#9fd8a8"),
     ("const", "constant", "#d6d6d6"),
     ("matmul", "matmul", "#7eb2f2"),
@@ -44,7 +45,7 @@ ROLE_STROKES = (  # role, legend label, outline
 _CATEGORY_INDEX = {key: k for k, (key, _, _) in enumerate(CATEGORIES)}
 _FILL = {key: fill for key, _, fill in CATEGORIES}
 _STROKE = {role: colour for role, _, colour in ROLE_STROKES}
-_SOURCE_ROLES = ("param", "state", "input", "const")
+_SOURCE_ROLES = ("param", "state", "cache", "input", "const")
 
 # HTML layout geometry, in canvas pixels at zoom 1.
 NODE_W, NODE_H = 150, 44

@@ -33,7 +33,11 @@ def test_cast_rounds_to_nearest_even_and_keeps_the_compute_type():
 def test_a_bf16_plan_computes_in_bf16_and_keeps_float32_where_it_must():
     data = plan_of(*TINY, "dtype=bf16").data
     assert data["config"]["dtype"] == "bf16"
-    assert {t["dtype"] for t in data["tensors"]} == {"f32"}  # master weights, their gradients, Adam
+    kept = {t["kind"]: set() for t in data["tensors"]}
+    for t in data["tensors"]:
+        kept[t["kind"]].add(t["dtype"])
+    # master weights, their gradients and Adam's moments in float32; decoding's caches in bf16
+    assert kept == {"param": {"f32"}, "state": {"f32"}, "cache": {"bf16"}}
     train = data["programs"]["train"]
     assert train["outputs"]["loss"][0] == "f32" and train["inputs"]["tokens"][0] == "i32"
     gemms = [ln for ln in train["launches"] if ln["kind"] == "matmul"]

@@ -49,6 +49,15 @@ def _attention(f, f32, b, t, h, d, dropout=0.0) -> list[dict]:
             _launch("causal_attention_grad_kv", qkv, rows, x, rows, x, *rng, scale=0.3, **attrs)]
 
 
+def _decoding(f, b, t, h, d, length) -> list[dict]:
+    """A layer's decoding launches: t new positions written into a cache of `length` rows at the
+    position input, then their attention over it; and a whole window's prefill from row 0."""
+    cache, qkv, position = f((b, length, 2, h, d)), f((b, t, 3, h, d)), _ids([])
+    return [_launch("cache_update", cache, qkv, position),
+            _launch("cached_attention", qkv, cache, position, scale=0.4),
+            _launch("cache_update", cache, f((b, length, 3, h, d)))]
+
+
 def synthetic_plan(dtype: str = "f32") -> dict:
     """Launches GPT-2's plans do not make but another model may: every kernel mode, odd widths,
     offsets that rule out 16-byte accesses, with every float of type `dtype` (the loss and its
@@ -106,6 +115,11 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("causal_softmax_grad", _f((3, 5, 5)), _f((3, 5, 5)), scale=0.7),
         *_attention(_f, _f32, 2, 37, 3, 24),  # odd T and head dim: the CUDA-core kernels
         *_attention(_f, _f32, 1, 70, 2, 16, dropout=0.25),
+        _launch("argmax", _f((3, 1000), 1), limit=999),
+        _launch("argmax", _f((2, 5, 50304)), limit=50257),
+        _launch("argmax", _f((4, 20)), limit=20),
+        *_decoding(_f, 3, 1, 4, 24, 37),  # odd length, a head dim no 16-byte access divides in bf16
+        *_decoding(_f, 2, 3, 2, 64, 130),  # several new positions per step
         _launch("dropout", _f((5, 333)), _ids([]), _ids([]), p=0.1, site=2),
         _launch("cross_entropy", _f((37, 1000)), _ids([37])),
         _launch("cross_entropy_grad", _f((37, 1000)), _ids([37]), _f32(())),
@@ -179,6 +193,8 @@ def test_every_launch_names_a_kernel_of_its_file(lowered):
                 (flat,) = cuda["args"][1:]
                 first, last = launch["in"][0], launch["in"][-1]
                 assert flat[1] == first[1] and flat[1] + 4 * flat[2][0] == last[1] + 4 * int(np.prod(last[2]))
+            elif launch["op"] == "cache_update":  # it writes over the cache it is given: passed once
+                assert launch["in"][0] == launch["out"] and cuda["args"] == [launch["out"], *launch["in"][1:]]
             else:
                 assert cuda["args"] == [*launch.get("outs", [launch["out"]]), *launch["in"]]
             assert params.group(1).count(",") + 1 == len(cuda["args"])

@@ -6,6 +6,11 @@ pre-LN blocks, LayerNorm eps 1e-5, one fused qkv projection split as (B, T, 3, H
 attention scaled by 1/sqrt(D), a 4x tanh-GELU MLP, learned positions, an untied lm_head without
 bias, weights stored (in, out) so y = x @ W + b, and parameter names equal to the plan's. The
 loss is the mean cross-entropy; the step clips the global gradient norm and applies Adam.
+
+Decoding keeps a static key/value cache (`KvCache`, preallocated to the block as HF's StaticCache
+is, so a decode step has fixed shapes and torch.compile captures it once): `prefill` fills it
+from a whole window, `decode_step` writes one position's keys and values at a position tensor
+and attends over the cache with the later positions masked out.
 """
 from __future__ import annotations
 
@@ -40,14 +45,26 @@ class Attention(nn.Module):
         self.c_attn = Linear(n_embd, 3 * n_embd)
         self.c_proj = Linear(n_embd, n_embd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: tuple | None = None, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """cache: this layer's (keys, values), (B, H, L, D) each, filled from position 0 (pos None)
+        or at the one position `pos` (a 0-d tensor), over which the new query then attends."""
         B, T, C = x.shape
         D = C // self.n_head
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
-        # scaled_dot_product_attention's default scale is 1/sqrt(D), model.py's; it picks the
-        # fastest kernel (flash, memory-efficient or plain math), as an idiomatic baseline would.
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if cache is not None and pos is not None:
+            keys, values = cache
+            keys.index_copy_(2, pos.view(1), k.to(keys.dtype))
+            values.index_copy_(2, pos.view(1), v.to(values.dtype))
+            seen = (torch.arange(keys.shape[2], device=x.device) <= pos).view(1, 1, 1, -1)
+            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=seen)
+        else:
+            if cache is not None:
+                cache[0][:, :, :T], cache[1][:, :, :T] = k, v
+            # scaled_dot_product_attention's default scale is 1/sqrt(D), model.py's; it picks the
+            # fastest kernel (flash, memory-efficient or plain math), as an idiomatic baseline would.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return F.dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)), self.dropout, self.training)
 
 
@@ -71,8 +88,8 @@ class Block(nn.Module):
         self.attn = Attention(n_embd, n_head, dropout)
         self.mlp = MLP(n_embd, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: tuple | None = None, pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -96,19 +113,44 @@ class GPT2(nn.Module):
         return cls(*(cfg[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")),
                    dropout=cfg.get("dropout", 0.0), tie_weights=bool(cfg.get("tie_weights", 0)))
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KvCache | None = None,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, V), or the mean cross-entropy when targets are given.
+        With a cache: a window from position 0 fills it, or one token per row at `pos` reads it.
 
         The loss lives inside forward so that torch.compile fuses it with the lm_head.
         """
-        x = F.dropout(F.embedding(idx, self.wte) + self.wpe[: idx.shape[1]], self.dropout, self.training)
-        for block in self.h:
-            x = block(x)
+        positions = self.wpe[: idx.shape[1]] if pos is None else F.embedding(pos.view(1), self.wpe)
+        x = F.dropout(F.embedding(idx, self.wte) + positions, self.dropout, self.training)
+        for i, block in enumerate(self.h):
+            x = block(x, None if cache is None else cache.layers[i], pos)
         x = self.ln_f(x)
         logits = x @ self.wte.T if self.lm_head is None else self.lm_head(x)
         if targets is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+class KvCache:
+    """Every layer's keys and values, (B, H, block_size, D) each, allocated once."""
+
+    def __init__(self, model: GPT2, batch: int, dtype: torch.dtype, device):
+        n_head, (block, n_embd) = model.h[0].attn.n_head, model.wpe.shape
+        shape = (batch, n_head, block, n_embd // n_head)
+        self.layers = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+                       for _ in model.h]
+
+
+@torch.no_grad()
+def prefill(model: nn.Module, idx: torch.Tensor, cache: KvCache) -> torch.Tensor:
+    """The logits of a window (B, T) from position 0, its keys and values left in the cache."""
+    return model(idx, cache=cache)
+
+
+@torch.no_grad()
+def decode_step(model: nn.Module, token: torch.Tensor, pos: torch.Tensor, cache: KvCache) -> torch.Tensor:
+    """The logits (B, 1, V) of one token per row (B, 1) at position `pos` (a 0-d int64 tensor)."""
+    return model(token, cache=cache, pos=pos)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -231,5 +273,5 @@ def train_step(model: nn.Module, optimizer: ExactAdam | TorchAdam, tokens: torch
     return loss.detach(), norm
 
 
-__all__ = ["GPT2", "load_weights", "make_optimizer", "train_step", "use_precision", "unwrap",
+__all__ = ["GPT2", "KvCache", "prefill", "decode_step", "load_weights", "make_optimizer", "train_step", "use_precision", "unwrap",
            "ExactAdam", "TorchAdam", "PRECISIONS", "OPTIMIZERS"]

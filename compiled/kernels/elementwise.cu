@@ -420,3 +420,71 @@ extern "C" __global__ void __launch_bounds__(256) gelu_c060101002(float* out, co
     }
     store<VEC>(out + i, y);
 }
+
+// s0 = add(x0, x1); out = s0
+// 384 elements, VEC = 4, operands read as vec, vec
+extern "C" __global__ void __launch_bounds__(96) add_408abb3a51(float* out, const float* in0, const float* in1)
+{
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
+    constexpr int VEC = 4;
+    using idx = unsigned int;
+    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+    if (i >= 384) return;
+    const Vec<VEC> x0 = load<VEC>(in0 + i);
+    const Vec<VEC> x1 = load<VEC>(in1 + i);
+    auto op0 = [](const float a, const float b) { return a + b; };
+    Vec<VEC> y;
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) {
+        const float s0 = op0(x0.v[c], x1.v[c]);
+        y.v[c] = s0;
+    }
+    store<VEC>(out + i, y);
+}
+
+// s0 = mul(x0, x1); s1 = add(s0, x2); out = s1
+// 384 elements, VEC = 4, operands read as vec, vec, vec
+extern "C" __global__ void __launch_bounds__(96) fused_3f181c598b(float* out, const float* in0, const float* in1, const float* in2)
+{
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
+    constexpr int VEC = 4;
+    using idx = unsigned int;
+    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+    if (i >= 384) return;
+    const Vec<VEC> x0 = load<VEC>(in0 + i);
+    const Vec<VEC> x1 = load<VEC>(in1 + i);
+    const Vec<VEC> x2 = load<VEC>(in2 + i);
+    auto op0 = [](const float a, const float b) { return a * b; };
+    auto op1 = [](const float a, const float b) { return a + b; };
+    Vec<VEC> y;
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) {
+        const float s0 = op0(x0.v[c], x1.v[c]);
+        const float s1 = op1(s0, x2.v[c]);
+        y.v[c] = s1;
+    }
+    store<VEC>(out + i, y);
+}
+
+// s0 = gelu(x0); out = s0
+// 1536 elements, VEC = 4, operands read as vec
+extern "C" __global__ void __launch_bounds__(256) gelu_dd67da4896(float* out, const float* in0)
+{
+    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
+    // operand nothing reads afterwards).
+    constexpr int VEC = 4;
+    using idx = unsigned int;
+    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+    if (i >= 1536) return;
+    const Vec<VEC> x0 = load<VEC>(in0 + i);
+    auto op0 = [](const float a) { return 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))); };
+    Vec<VEC> y;
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) {
+        const float s0 = op0(x0.v[c]);
+        y.v[c] = s0;
+    }
+    store<VEC>(out + i, y);
+}

@@ -147,3 +147,13 @@ extern "C" __global__ void __launch_bounds__(256) embedding_0b4fb8e649(float* __
     if (i >= 98304) return;
     store<VEC>(out + i, load<VEC>(table + static_cast<idx>(ids[i / C]) * C + i % C));
 }
+
+// embedding: 1 ids, rows of 384, VEC = 4
+extern "C" __global__ void __launch_bounds__(96) embedding_9e0e4df5b3(float* __restrict__ out, const float* __restrict__ table, const int* __restrict__ ids)
+{
+    constexpr int VEC = 4, C = 384;
+    using idx = unsigned int;
+    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+    if (i >= 384) return;
+    store<VEC>(out + i, load<VEC>(table + static_cast<idx>(ids[i / C]) * C + i % C));
+}

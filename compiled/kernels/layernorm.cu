@@ -307,3 +307,52 @@ extern "C" __global__ void __launch_bounds__(256) normalize_00a068d233(float* __
             store<VEC>(out_row + at(it), y);
         }
 }
+
+// normalize: 1 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
+extern "C" __global__ void __launch_bounds__(256) normalize_ee4e766185(float* __restrict__ out, float* __restrict__ mean_out, float* __restrict__ rstd_out, const float* __restrict__ x)
+{
+    constexpr int VEC = 4, ITEMS = 3, C = 384;
+    using idx = unsigned int;
+    const idx row = static_cast<idx>(blockIdx.x) * 8 + threadIdx.x / 32;
+    if (row >= 1) return;  // a whole warp leaves together
+    const int lane = threadIdx.x % 32;
+    // A lane's it-th vector starts at column at(it); the row's last vectors may lie past its end.
+    auto at = [&](int it) { return (lane + 32 * it) * VEC; };
+    auto in_row = [&](int it) { return C % (32 * VEC) == 0 || at(it) < C; };
+    const auto* x_row = x + row * C;
+    auto x_load = [&](int it) { return load<VEC>(x_row + at(it)); };
+    Vec<VEC> X_reg[ITEMS];
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it) X_reg[it] = in_row(it) ? x_load(it) : splat<VEC>(0.0f);
+    auto X = [&](int it) { return X_reg[it]; };
+    float sum = 0.0f;
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (in_row(it))
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) sum += X(it).v[c];
+    const float mean = warp_sum(sum) / C;
+    float var = 0.0f;
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (in_row(it))
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) {
+                const float d = X(it).v[c] - mean;
+                var += d * d;
+            }
+    const float rstd = rsqrtf(warp_sum(var) / C + 1e-05f);
+    if (lane == 0) {
+        mean_out[row] = mean;
+        rstd_out[row] = rstd;
+    }
+    auto* out_row = out + row * C;
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it)
+        if (in_row(it)) {
+            Vec<VEC> y = X(it);
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) y.v[c] = (y.v[c] - mean) * rstd;
+            store<VEC>(out_row + at(it), y);
+        }
+}

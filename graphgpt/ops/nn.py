@@ -212,6 +212,62 @@ register(Op("causal_attention_grad_kv", "nn", _attention_grad_kv_infer, nondiff=
             flops=_attention_flops))
 
 
+# ---- decoding with key/value caches --------------------------------------------------------
+# A layer's cache holds the keys and values of every position decoded so far, as (B, L, 2, H, D) in
+# the compute type (L: the block size). `cache_update` writes the new positions' k and v (slots 1
+# and 2 of the packed qkv) into rows [p, p + T), p the program's int32 position input (0 without
+# one: the prefill of a whole window); it runs over the cache, which the plan keeps in place.
+# `cached_attention` is the causal attention of T new queries at positions p.. over the cache's
+# rows up to each query's own.
+DECODE_ONLY = "decoding only: the generation programs, which take no gradients"
+
+
+def _cache_spec(qkv: Spec, cache: Spec, *position: Spec) -> None:
+    b, t, h, d = _packed(qkv)
+    require(cache.dtype == qkv.dtype and len(cache.shape) == 5 and cache.shape[0] == b
+            and cache.shape[2:] == (2, h, d) and t <= cache.shape[1],
+            f"cache {cache.shape}:{cache.dtype} is not (B, L >= T, 2, H, D) of {qkv.shape}:{qkv.dtype}")
+    require(len(position) <= 1 and all(p == Spec((), "i32") for p in position),
+            "the position is one int32 scalar")
+
+
+def _cache_update_infer(attrs, cache, qkv, *position):
+    _cache_spec(qkv, cache, *position)
+    return cache
+
+
+def _cached_attention_infer(attrs, qkv, cache, position):
+    _cache_spec(qkv, cache, position)
+    return _heads_spec(qkv)
+
+
+def _cached_attention_flops(attrs, out, qkv: Spec, cache: Spec, position) -> int:
+    """q k^T and P v over the whole cache, as nanoGPT counts attention (the masked part included)."""
+    b, t, h, d = _packed(qkv)
+    return 2 * 2 * b * h * t * cache.shape[1] * d
+
+
+register(Op("cache_update", "nn", _cache_update_infer, nondiff=DECODE_ONLY, template="kv_cache",
+            in_place=True, overwrites=lambda attrs, n_inputs: ((0, 0),)))
+register(Op("cached_attention", "nn", _cached_attention_infer, nondiff=DECODE_ONLY, template="kv_cache",
+            flops=_cached_attention_flops))
+
+
+# ---- argmax: the greedy next token ----------------------------------------------------------
+# Each row's index of its largest value among its first `limit` columns (the tokenizer's
+# vocabulary: a padded one's extra columns are never chosen), the first of equal ones and a NaN
+# before any number, as NumPy's argmax: int32. The generation programs give it beside their logits,
+# so that a greedy step reads back one id per sequence instead of a row of logits.
+def _argmax_infer(attrs, x):
+    float_spec(x)
+    require(len(x.shape) >= 1 and 1 <= attrs["limit"] <= x.shape[-1],
+            f"needs 1 <= limit <= {x.shape[-1] if x.shape else 0} columns, got {attrs['limit']}")
+    return Spec(x.shape[:-1], "i32")
+
+
+register(Op("argmax", "nn", _argmax_infer, nondiff="an index: nothing to differentiate", template="argmax"))
+
+
 # ---- cross-entropy: mean over all positions of -log softmax(logits)[target] -----------------
 def _ce_infer(attrs, logits, targets):
     float_spec(logits)

@@ -19,7 +19,9 @@ An `Op` carries, in one place, everything the compiler and the backends need to 
 Aliasing, which the memory planner reads instead of knowing ops by name:
   view(attrs, x, itemsize)            the output is input 0's memory, this many bytes in (or None:
                                       not for these attrs and shape x): reshape, contiguous slices
-  in_place                            the op runs over that memory (a collective) instead of being free
+  in_place                            the op runs over input 0's memory instead of being free: a
+                                      collective (with view), or a cache update, which writes some
+                                      rows of a cache and must be placed over it
   overwrites(attrs, n_inputs)         the (output, input) pairs whose input buffer the output may be
                                       written over: where nothing reads that input afterwards, the
                                       planner gives the output its buffer (pointwise ops: any input,

@@ -1,4 +1,5 @@
-"""Graph sources: trainable parameters, optimizer state, per-step inputs and constants.
+"""Graph sources: trainable parameters, optimizer state, key/value caches, per-step inputs and
+constants.
 
 Their values come from outside the op (the backend's arenas), so they have no reference and no VJP
 of their own; autodiff stops at them.
@@ -17,6 +18,9 @@ def _declared(attrs, *inputs) -> Spec:
 
 for _name in ("param", "state", "input"):
     register(Op(_name, "source", _declared, nondiff="a source: its value is fed, not computed"))
+# The keys and values the generation programs keep per layer: persistent like the optimizer state,
+# but in the compute type, never checkpointed, and written by the programs alone.
+register(Op("cache", "source", _declared, nondiff="a key/value cache: written by decoding, not differentiated"))
 
 register(Op("const", "source", lambda attrs: Spec((), "f32"),
             nondiff="a constant: nothing to differentiate"))

@@ -1,9 +1,14 @@
 """Static memory plan: every tensor gets a fixed byte offset in one arena.
 
-The arena is laid out as   [params | grads | optimizer state | constants | inputs | work].
-Parameters, their gradients and the optimizer state have fixed slots in the same order (so the
-gradients form one flat buffer, and an allreduce or a multi-tensor optimizer can treat them as a
-single array). Every tensor starts on a 256-byte boundary, so any 16-byte vector access a kernel
+The arena is laid out as   [params | grads | optimizer state | constants | inputs | work], with
+the caches of the generation programs at the start of the work region.
+Parameters, their gradients and the optimizer state have fixed slots, parameters and gradients in
+the same order (so the gradients form one flat buffer, and an allreduce or a multi-tensor
+optimizer can treat them as a single array). The caches (key/value caches, the weights' copies in
+the compute type) have fixed slots too, but only hold from the generation programs' run that
+writes them to the ones that read them: a generation starts by writing them all, so the training
+programs' work may go over them and they cost training no memory; the generation programs plan
+their own work above them. Every tensor starts on a 256-byte boundary, so any 16-byte vector access a kernel
 makes at a multiple of its vector width stays aligned. A gradient accumulator (a state node with
 attribute grad_of=<param>) has no slot of its own: it is its parameter's gradient slot, so the
 region means the same in every plan. The work region is shared by every program of a plan and
@@ -22,7 +27,10 @@ Three kinds of sharing remove copies, as each op declares them in its registry e
 - concats built in place, views in reverse: a concat of contiguous pieces owns a buffer and each
   input is computed directly into its slice of it, so the concat itself runs nothing;
 - in-place updates: a parameter's or optimizer state's new value is written over the old one when
-  it is an elementwise op that reads the old value last; otherwise a copy runs at the end.
+  it is an elementwise op that reads the old value last, or when nothing reads the old value at
+  all (a weight's compute-type copy); otherwise a copy runs at the end. An op
+  that only writes part of its output (a cache update: the new rows) must run in place, and the
+  plan fails where it cannot.
 """
 from __future__ import annotations
 
@@ -33,7 +41,7 @@ import numpy as np
 
 from ..dtypes import DTYPES, padded
 from ..errors import UserError
-from ..ir import SOURCE_OPS, Graph, Node
+from ..ir import PERSISTENT_OPS, SOURCE_OPS, Graph, Node
 from ..ops import REGISTRY
 from ..ops.registry import prod
 
@@ -48,7 +56,7 @@ def aligned(nbytes: int) -> int:
 @dataclass
 class Layout:
     """The persistent part of the arena, shared by all programs of one plan (byte offsets)."""
-    tensors: dict[str, int] = field(default_factory=dict)   # param/state name -> offset
+    tensors: dict[str, int] = field(default_factory=dict)   # param/state/cache name -> offset
     grads: dict[str, int] = field(default_factory=dict)     # param name -> offset of its gradient
     consts: dict[float, int] = field(default_factory=dict)
     regions: dict[str, list[int]] = field(default_factory=dict)  # name -> [start, size]
@@ -63,14 +71,14 @@ class Layout:
         return aligned(start + size)
 
     def offset(self, n: Node) -> int:
-        """The slot of a param or state node."""
+        """The slot of a param, state or cache node."""
         grad_of = n.attr.get("grad_of")
         return self.grads[grad_of] if grad_of else self.tensors[n.name]
 
 
 def persistent_layout(*graphs: Graph) -> Layout:
-    """Slots for the params and states of all programs of a plan, in order of first appearance;
-    room for the largest program's inputs."""
+    """Slots for the params, states and caches of all programs of a plan, in order of first
+    appearance; room for the largest program's inputs."""
     lay, top = Layout(), 0
 
     def region(name: str, items: list[tuple[str, int]], table: dict) -> None:
@@ -97,6 +105,8 @@ def persistent_layout(*graphs: Graph) -> Layout:
     lay.regions["consts"] = [start, len(values) * width]
     lay.regions["inputs"] = [aligned(top), max((sum(aligned(n.nbytes) for n in g.of_op("input")) for g in graphs),
                                                 default=0)]
+    top = lay.work_base
+    region("caches", slots("cache"), lay.tensors)
     return lay
 
 
@@ -175,7 +185,7 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     fixed: dict[int, int] = {}
     input_top = layout.inputs_base
     for n in nodes.values():
-        if n.op in ("param", "state"):
+        if n.op in PERSISTENT_OPS:
             fixed[n.id] = layout.offset(n)
         elif n.op == "const":
             fixed[n.id] = layout.consts[n.attr["value"]]
@@ -183,13 +193,17 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
             fixed[n.id] = input_top
             input_top += aligned(n.nbytes)
     for p, g in graph.grads.items():
-        assert g not in fixed and nodes[g].op not in ("param", "state", "input", "const"), \
+        assert g not in fixed and nodes[g].op not in SOURCE_OPS, \
             f"gradient of {nodes[p].name} has no memory of its own"
         fixed[g] = layout.grads[nodes[p].name]
     copies = []
     for state, new in graph.updates.items():
-        if _in_place(nodes[new], state, pos, readers, members) and new not in fixed:
+        if (_in_place(nodes[new], state, pos, readers, members) or _unread(new, state, nodes, readers, members)) \
+                and new not in fixed:
             fixed[new] = fixed[state]
+        elif _in_place_op(nodes[new]):
+            raise UserError(f"{nodes[new].where}: {nodes[new].op} (node {new}) writes only part of "
+                            f"{nodes[state].name} and must run over it, but something reads it afterwards")
         else:
             copies.append((new, state))
     keep_alive = set(graph.outputs.values()) | {new for new, _ in copies}
@@ -209,7 +223,9 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     work, peak = min((_simulated_heap(buffers), _largest_first(buffers)), key=lambda placement: placement[1])
     _check_disjoint(buffers, work)
     offsets: dict[int, int] = dict(fixed)
-    offsets.update({r: layout.work_base + off for r, off in work.items()})
+    # a program with caches plans its work above them
+    base = layout.work_base + (layout.regions["caches"][1] if any(n.op == "cache" for n in nodes.values()) else 0)
+    offsets.update({r: base + off for r, off in work.items()})
     for nid, (root, shift) in view.items():
         offsets[nid] = offsets[root] + shift
     return ProgramMemory(
@@ -219,7 +235,7 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
                   and nid not in in_place_concats
                   and REGISTRY[nodes[nid].op].kind != "projection"],
         copies=copies,
-        work_size=peak,
+        work_size=base - layout.work_base + peak,  # the caches below it included
         work_sum=sum(b.size for b in buffers),
         lower_bound=_most_live(buffers),
     )
@@ -280,6 +296,13 @@ def _in_place(new: Node, state: int, pos, readers, members) -> bool:
         return False
     others = [r for k in members[state] for r in readers[k] if r != new.id]
     return all(pos[r] < pos[new.id] for r in others if r in pos)
+
+
+def _unread(new: int, state: int, nodes, readers, members) -> bool:
+    """Nothing in the program reads `state`: its new value may be computed straight into its slot
+    (a buffer of its own, not an output of an op with several)."""
+    return (not any(readers[k] for k in members[state]) and not nodes[new].specs
+            and REGISTRY[nodes[new].op].kind != "projection")
 
 
 @dataclass(frozen=True)

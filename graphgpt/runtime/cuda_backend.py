@@ -141,8 +141,9 @@ class CudaBackend:
         return run
 
     # ---- running ---------------------------------------------------------------------------------
-    def enqueue(self, program: str, feeds: dict) -> Pending:
-        """Queue one run of `program` on the stream; nothing here waits for the GPU."""
+    def enqueue(self, program: str, feeds: dict, fetch=None) -> Pending:
+        """Queue one run of `program` on the stream; nothing here waits for the GPU. Its outputs
+        come back, or only those named in `fetch` (a greedy step needs its tokens, not its logits)."""
         prog = self.programs[program]
         slot = prog.slot = (prog.slot + 1) % SLOTS
         prog.events[slot].synchronize()  # the transfers that last used this slot are done
@@ -151,10 +152,11 @@ class CudaBackend:
                 hosts[slot][...] = feeds[name]
                 dev.data.copy_from_host_async(hosts[slot].ctypes.data, dev.nbytes, self.stream)
             self._execute(prog)
-            for name, (dev, hosts) in prog.outputs.items():
+            outputs = {name: prog.outputs[name] for name in (fetch or prog.outputs)}
+            for name, (dev, hosts) in outputs.items():
                 dev.data.copy_to_host_async(hosts[slot].ctypes.data, dev.nbytes, self.stream)
             prog.events[slot].record(self.stream)
-        return Pending(prog.events[slot], {k: hosts[slot] for k, (_, hosts) in prog.outputs.items()})
+        return Pending(prog.events[slot], {k: hosts[slot] for k, (_, hosts) in outputs.items()})
 
     def _execute(self, prog: _Program) -> None:
         prog.calls += 1
@@ -171,8 +173,8 @@ class CudaBackend:
                 prog.graph = self.stream.end_capture()
         prog.graph.launch(self.stream)
 
-    def run(self, program: str, feeds: dict) -> dict[str, np.ndarray]:
-        return self.enqueue(program, feeds).result()
+    def run(self, program: str, feeds: dict, fetch=None) -> dict[str, np.ndarray]:
+        return self.enqueue(program, feeds, fetch).result()
 
     def sync(self) -> None:
         self.stream.synchronize()

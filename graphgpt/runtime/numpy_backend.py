@@ -105,13 +105,14 @@ class NumpyBackend:
         start, size = self.plan.data["arena"]["regions"][name]
         return self.view(["f32", start, [size // DTYPES["f32"].bytes]])
 
-    def run(self, program: str, feeds: dict[str, np.ndarray | float]) -> dict[str, np.ndarray]:
+    def run(self, program: str, feeds: dict[str, np.ndarray | float], fetch=None) -> dict[str, np.ndarray]:
+        """Run `program`; its outputs, or those named in `fetch`."""
         steps, inputs, outputs = self._programs[program]
         for name, view in inputs.items():
             view[...] = feeds[name]
         with np.errstate(all="ignore"):  # a diverging run is reported by the trainer, once
             self._execute(steps)
-        return {k: v.copy() for k, v in outputs.items()}
+        return {k: outputs[k].copy() for k in (fetch or outputs)}
 
     def _execute(self, steps: list) -> None:
         for step in steps:
@@ -126,5 +127,5 @@ class NumpyBackend:
                 for out, value in zip(outs, result if len(outs) > 1 else (result,)):
                     out[...] = value
 
-    def enqueue(self, program: str, feeds: dict) -> Finished:
-        return Finished(self.run(program, feeds))
+    def enqueue(self, program: str, feeds: dict, fetch=None) -> Finished:
+        return Finished(self.run(program, feeds, fetch))
