@@ -18,8 +18,8 @@ Conventions the backend relies on (also recorded per launch in `launch["cuda"]`)
     loaded into float registers and rounded once, to nearest even, on store;
   - `smem` is the launch's dynamic shared memory in bytes, chosen by its family (0: static only);
   - only kernels whose op declares `overwrites` may get their output as one of their inputs too
-    (pointwise kernels, the cross-entropy gradient over its logits): each thread reads its
-    elements before writing them, and those pointers take no __restrict__;
+    (pointwise kernels, the cross-entropy gradient, alone or with its loss, over its logits): each
+    thread reads its elements before writing them, and those pointers take no __restrict__;
   - reductions that span several blocks keep their partial results and a ticket counter in
     `__device__` arrays of their own module, so one kernel must not run concurrently with itself
     (launches on one stream, as in a plan, never do).

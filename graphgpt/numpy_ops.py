@@ -295,6 +295,12 @@ def cross_entropy_grad(attrs, logits, targets, g):
     return p * (g / targets.size)
 
 
+@reference("cross_entropy_with_grad")
+def cross_entropy_with_grad(attrs, logits, targets, g):
+    """The loss and its gradient of one pass over the logits: what the two ops compute apart."""
+    return cross_entropy(attrs, logits, targets), cross_entropy_grad(attrs, logits, targets, g)
+
+
 # ---- embedding --------------------------------------------------------------------------------
 @reference("embedding")
 def embedding(attrs, table, ids):

@@ -125,6 +125,9 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("cross_entropy_grad", _f((37, 1000)), _ids([37]), _f32(())),
         _launch("cross_entropy", _f((5, 3001)), _ids([5])),
         _launch("cross_entropy_grad", _f((3, 3000)), _ids([3]), _f32(()), out_offset=2),
+        _launch("cross_entropy_with_grad", _f((37, 1000)), _ids([37]), _f32(())),  # a warp per row
+        _launch("cross_entropy_with_grad", _f((5, 50304)), _ids([5]), _f32(())),   # a block per row
+        _launch("cross_entropy_with_grad", _f((3, 3000)), _ids([3]), _f32(()), out_offset=2),  # misaligned
         _launch("embedding", _f((40, 6)), _ids([3, 11])),
         _launch("embedding_grad", _ids([300]), _f((300, 50)), rows=7),
         _launch("embedding_grad", _ids([1000]), _f((1000, 2048)), rows=500),

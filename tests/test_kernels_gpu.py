@@ -22,7 +22,7 @@ import pytest
 from graphgpt.codegen import lower_plan
 from graphgpt.dtypes import DTYPES
 from graphgpt.ops import REGISTRY
-from tests.test_kernels_compile import plan_data
+from tests.test_kernels_compile import _launch, plan_data
 
 pytestmark = pytest.mark.gpu
 RTOL = {"f32": 1e-5, "bf16": 2.0**-10}
@@ -160,3 +160,43 @@ def test_kernels_match_numpy_references(name):
     rng = np.random.default_rng(0)
     failures = [f for launch in _distinct_launches(data) if (f := _check(cp, modules, launch, rng))]
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("dtype,rows,vocab", [("f32", 37, 1000), ("bf16", 37, 1000), ("f32", 5, 3001),
+                                              ("bf16", 64, 50304)])
+def test_the_fused_loss_kernel_gives_the_bits_of_the_two_it_replaces(dtype, rows, vocab):
+    """cross_entropy_with_grad writing its gradient over its logits, as a training plan runs it,
+    against cross_entropy then cross_entropy_grad over the logits (the plan without the fusion) on
+    the same fresh random logits: the loss and every gradient element with the same bits."""
+    import cupy as cp
+    from graphgpt.runtime.cuda_backend import device_dtype
+    logits, ids, dloss = [dtype, 0, [rows, vocab]], ["i32", 0, [rows]], ["f32", 0, []]
+    data = {"programs": {"loss": {"launches": [
+        _launch("cross_entropy", logits, ids), _launch("cross_entropy_grad", logits, ids, dloss),
+        _launch("cross_entropy_with_grad", logits, ids, dloss)]}}}
+    module = cp.RawModule(code=lower_plan(data)["kernels/cross_entropy.cu"], options=("--std=c++17",))
+    forward, grad, fused = ((module.get_function(ln["cuda"]["kernel"]), ln["cuda"])
+                            for ln in data["programs"]["loss"]["launches"])
+    rng = np.random.default_rng()
+    z = cp.asarray((3 * rng.standard_normal((rows, vocab))).astype(DTYPES[dtype].numpy).view(device_dtype(dtype)))
+    targets = cp.asarray(rng.integers(0, vocab, rows, dtype=np.int32))
+    g = cp.asarray(np.float32(rng.uniform(0.5, 2.0)))
+
+    def run(kernel, *args):
+        fn, cuda = kernel
+        fn(tuple(cuda["grid"]), tuple(cuda["block"]), args)
+
+    results = []
+    for kernels in ([forward, grad], [fused]):
+        loss, dz = cp.full((), np.nan, np.float32), z.copy()
+        if len(kernels) == 2:
+            run(forward, loss, dz, targets)
+            run(grad, dz, dz, targets, g)
+        else:
+            run(fused, loss, dz, dz, targets, g)
+        results.append((cp.asnumpy(loss), cp.asnumpy(dz).view(DTYPES[dtype].numpy)))
+    (loss_pair, grad_pair), (loss_fused, grad_fused) = results
+    assert np.isfinite(loss_fused) and np.isfinite(grad_fused.astype(np.float32)).all()
+    assert loss_fused.tobytes() == loss_pair.tobytes(), (float(loss_fused), float(loss_pair))
+    assert grad_fused.tobytes() == grad_pair.tobytes()
+    assert not np.array_equal(grad_fused, cp.asnumpy(z).view(DTYPES[dtype].numpy)), "the logits were not overwritten"

@@ -7,6 +7,10 @@ from graphgpt import plan as plan_io
 from graphgpt.compiler import compile_model
 from graphgpt.dtypes import DTYPES, nbytes
 from graphgpt.errors import UserError
+from graphgpt.ir import Graph
+from graphgpt.passes import fuse as fuse_pass
+from graphgpt.passes.memory import persistent_layout, plan_program
+from graphgpt.passes.schedule import schedule
 from tests.conftest import ROOT, TINY
 
 
@@ -78,3 +82,48 @@ def test_gpt2_124m_in_bf16_keeps_no_t_by_t_buffer():
     ops = {launch["op"] for launch in data["programs"]["train"]["launches"]}
     assert {"causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv"} <= ops
     assert "causal_softmax" not in ops
+
+
+GPT2_124M_BF16 = ["n_layer=12", "n_head=12", "n_embd=768", "block_size=1024", "batch_size=16", "vocab_size=50304",
+                  "dtype=bf16"]
+
+
+def test_gpt2_124m_in_bf16_writes_the_fused_loss_gradient_over_the_logits(monkeypatch):
+    """The loss and its gradient in one launch: the gradient output still takes the logits' 1.5 GiB
+    buffer, so the arena is what the plan with two launches needs, not larger."""
+    data = compile_model(ROOT / "model.py", GPT2_124M_BF16, log=lambda *a: None).data
+    (fused,) = [launch for launch in data["programs"]["train"]["launches"] if launch["op"] == "cross_entropy_with_grad"]
+    logits, loss, dlogits = fused["in"][0], *fused["outs"]
+    assert logits[2] == [16, 1024, 50304] and dlogits == logits
+    assert loss == data["programs"]["train"]["outputs"]["loss"]
+    with monkeypatch.context() as m:
+        m.setattr(fuse_pass, "_loss_with_grad", lambda graph: graph)
+        pair = compile_model(ROOT / "model.py", GPT2_124M_BF16, log=lambda *a: None).data
+    assert "cross_entropy_with_grad" not in {launch["op"] for launch in pair["programs"]["train"]["launches"]}
+    assert data["arena"]["bytes"] <= pair["arena"]["bytes"]
+    assert data["programs"]["train"]["memory"]["work_peak"] <= pair["programs"]["train"]["memory"]["work_peak"]
+
+
+def _loss_and_grad_plan(read_logits_after: bool) -> dict[str, int]:
+    """logits = x * 2; loss, dlogits = cross_entropy_with_grad(logits, t, 1); the program's outputs
+    are the loss, dlogits * 3 and, if asked, the logits' sum, read after the fused op."""
+    g = Graph()
+    x = g.add("input", name="x", shape=(4, 64), dtype="f32")
+    t = g.add("input", name="t", shape=(4,), dtype="i32")
+    logits = x * 2.0
+    loss, dlogits = g.add("cross_entropy_with_grad", (logits, t, g.const(1.0)))
+    g.outputs = {"loss": loss.id, "scaled": (dlogits * 3.0).id}
+    if read_logits_after:
+        g.outputs["late"] = logits.sum().id
+    memory = plan_program(g, schedule(g), persistent_layout(g))
+    return {"logits": memory.offsets[logits.id], "dlogits": memory.offsets[dlogits.id], "loss": memory.offsets[loss.id]}
+
+
+def test_an_output_of_an_op_with_several_may_take_its_inputs_buffer():
+    at = _loss_and_grad_plan(read_logits_after=False)
+    assert at["dlogits"] == at["logits"] != at["loss"]
+
+
+def test_an_output_keeps_its_own_buffer_where_the_input_is_read_later():
+    at = _loss_and_grad_plan(read_logits_after=True)
+    assert abs(at["dlogits"] - at["logits"]) >= 4 * 64 * 4, "the gradient overlaps the logits, read after it"

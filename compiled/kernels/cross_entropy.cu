@@ -136,6 +136,46 @@ template <int WARPS> __device__ __forceinline__ MaxSum block_merge(MaxSum a)
     return warp_merge(threadIdx.x % 32 < WARPS ? partial[threadIdx.x % 32] : MaxSum{neg_inf(), 0.0f});
 }
 
+__device__ float cross_entropy_with_grad_6ca5884adc_loss[4096];
+__device__ unsigned int cross_entropy_with_grad_6ca5884adc_ticket;
+// cross_entropy_with_grad: 4096 rows of 99 logits, 32 threads per row, VEC = 1
+extern "C" __global__ void __launch_bounds__(256) cross_entropy_with_grad_6ca5884adc(float* __restrict__ out, float* dz_out, const float* logits, const int* __restrict__ targets, const float* __restrict__ dloss)
+{
+    constexpr int VEC = 1, V = 99, PER_ROW = 32, THREADS = 256;
+    using idx = unsigned int;
+    const int lane = threadIdx.x % PER_ROW;
+    const idx row = static_cast<idx>(blockIdx.x) * (THREADS / PER_ROW) + threadIdx.x / PER_ROW;
+    const bool live = row < 4096;  // no early exit: the whole block meets at the barriers below
+    const auto* z = logits + (live ? row : 0) * V;
+    MaxSum ms = {neg_inf(), 0.0f};
+    if (live)
+        for (int u = lane; u < V / VEC; u += PER_ROW) {
+            const Vec<VEC> v = load<VEC>(z + u * VEC);
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) push(ms, v.v[c]);
+        }
+    ms = warp_merge(ms);
+    const int target = live ? targets[row] : 0;
+    // every lane holds the same merged statistics: the target's owner stores the row's loss
+    if (live && (target / VEC) % PER_ROW == lane) cross_entropy_with_grad_6ca5884adc_loss[row] = logf(ms.s) + ms.m - to_float(z[target]);
+    const float scale = to_float(dloss[0]) / 4096, inv = 1.0f / ms.s;
+    auto* dz = dz_out + (live ? row : 0) * V;
+    if (live)
+        for (int u = lane; u < V / VEC; u += PER_ROW) {
+            const Vec<VEC> v = load<VEC>(z + u * VEC);
+            Vec<VEC> d;
+#pragma unroll
+            for (int c = 0; c < VEC; ++c)
+                d.v[c] = (expf(v.v[c] - ms.m) * inv - (u * VEC + c == target ? 1.0f : 0.0f)) * scale;
+            store<VEC>(dz + u * VEC, d);
+        }
+    if (!last_block(&cross_entropy_with_grad_6ca5884adc_ticket, 512)) return;
+    float total = 0.0f;
+    for (idx r = threadIdx.x; r < 4096; r += THREADS) total += __ldcg(cross_entropy_with_grad_6ca5884adc_loss + r);
+    total = block_sum<THREADS / 32>(total);
+    if (threadIdx.x == 0) put(out, total / 4096);
+}
+
 __device__ float cross_entropy_23afd59830_loss[4096];
 __device__ unsigned int cross_entropy_23afd59830_ticket;
 // cross_entropy: 4096 rows of 99 logits, 32 threads per row, VEC = 1
@@ -161,35 +201,4 @@ extern "C" __global__ void __launch_bounds__(256) cross_entropy_23afd59830(float
     for (idx r = threadIdx.x; r < 4096; r += THREADS) total += __ldcg(cross_entropy_23afd59830_loss + r);
     total = block_sum<THREADS / 32>(total);
     if (threadIdx.x == 0) put(out, total / 4096);
-}
-
-// cross_entropy_grad: 4096 rows of 99 logits, 32 threads per row, VEC = 1
-extern "C" __global__ void __launch_bounds__(256) cross_entropy_grad_4f1417d14d(float* out, const float* logits, const int* __restrict__ targets, const float* __restrict__ dloss)
-{
-    constexpr int VEC = 1, V = 99, PER_ROW = 32, THREADS = 256;
-    using idx = unsigned int;
-    const int lane = threadIdx.x % PER_ROW;
-    const idx row = static_cast<idx>(blockIdx.x) * (THREADS / PER_ROW) + threadIdx.x / PER_ROW;
-    const bool live = row < 4096;  // no early exit: the whole block meets at the barriers below
-    const auto* z = logits + (live ? row : 0) * V;
-    MaxSum ms = {neg_inf(), 0.0f};
-    if (live)
-        for (int u = lane; u < V / VEC; u += PER_ROW) {
-            const Vec<VEC> v = load<VEC>(z + u * VEC);
-#pragma unroll
-            for (int c = 0; c < VEC; ++c) push(ms, v.v[c]);
-        }
-    ms = warp_merge(ms);
-    if (!live) return;
-    const float scale = to_float(dloss[0]) / 4096, inv = 1.0f / ms.s;
-    const int target = targets[row];
-    auto* dz = out + row * V;
-    for (int u = lane; u < V / VEC; u += PER_ROW) {
-        const Vec<VEC> v = load<VEC>(z + u * VEC);
-        Vec<VEC> d;
-#pragma unroll
-        for (int c = 0; c < VEC; ++c)
-            d.v[c] = (expf(v.v[c] - ms.m) * inv - (u * VEC + c == target ? 1.0f : 0.0f)) * scale;
-        store<VEC>(dz + u * VEC, d);
-    }
 }

@@ -1,20 +1,23 @@
-"""cross_entropy and its gradient (templates/cross_entropy.cu.j2): a warp or a block per row.
+"""cross_entropy, cross_entropy_grad and the two in one launch, cross_entropy_with_grad
+(templates/cross_entropy.cu.j2): a warp or a block per row.
 """
 from __future__ import annotations
 
+from ..dtypes import DTYPES
 from ..ops.registry import prod
 from .common import THREADS, Kernel, cdiv, index_type, row_vec, types
 
 
 def lower(launch) -> Kernel:
     """A block per row for wide vocabularies, a warp per row for narrow ones."""
-    logits = launch["in"][0]
+    op, logits = launch["op"], launch["in"][0]
     v = logits[2][-1]
     n = prod(logits[2][:-1])
-    written = [launch["out"]] if launch["out"][2] else []  # the grad's rows, not the scalar loss
-    vec = row_vec(v, logits, *written)
+    grad = launch.get("outs", [launch["out"]])[-1] if op != "cross_entropy" else None  # the rows written
+    vec = row_vec(v, logits, *([grad] if grad else []))
     per_row = 32 if v // vec <= 32 * 8 else THREADS
     blocks = cdiv(n, THREADS // per_row)
-    return Kernel(launch["op"], {**types(launch), "op": launch["op"], "n": n, "v": v, "vec": vec, "per_row": per_row,
-                                 "blocks": blocks, "itype": index_type(logits[2])},
+    return Kernel(op, {**types(launch), "op": op, "loss": op != "cross_entropy_grad", "grad": grad is not None,
+                       "grad_t": DTYPES[grad[0]].ctype if grad else None, "n": n, "v": v, "vec": vec,
+                       "per_row": per_row, "blocks": blocks, "itype": index_type(logits[2])},
                   (blocks, 1, 1), (THREADS, 1, 1))

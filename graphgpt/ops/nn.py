@@ -292,6 +292,19 @@ register(Op("cross_entropy_grad", "nn", _ce_grad_infer,
             overwrites=lambda attrs, n_inputs: ((0, 0),)))
 
 
+# Both in one launch, made by the fusion pass where a program computes the loss and its gradient
+# of the same logits (training; evaluation keeps the plain forward): the gradient's kernel already
+# has each row's max and sum of exponentials, so the row's loss costs one more read of an element,
+# not a second pass over the logits. Outputs: the loss, then the gradient, again over the logits.
+def _ce_with_grad_infer(attrs, logits, targets, g):
+    return [_ce_infer(attrs, logits, targets), _ce_grad_infer(attrs, logits, targets, g)]
+
+
+register(Op("cross_entropy_with_grad", "nn", _ce_with_grad_infer,
+            nondiff="made by the fusion pass, which runs after autodiff", template="cross_entropy",
+            overwrites=lambda attrs, n_inputs: ((1, 0),)))
+
+
 # ---- embedding: rows of a table gathered by integer ids -------------------------------------
 def _emb_infer(attrs, table, ids):
     float_spec(table)

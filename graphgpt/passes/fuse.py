@@ -1,19 +1,22 @@
 """Fusion: fewer kernels and fewer passes over memory, by rewriting the joint graph. In order:
 
-0. A cast whose input is a GEMM, a reduction or an embedding gradient read by nothing else is
+0. The loss and its gradient of the same logits and targets become one cross_entropy_with_grad,
+   which reads the logits once for both (the gradient's pass yields each row's loss too), and
+   writes the gradient over them still. A program without the gradient (eval) keeps the loss op.
+1. A cast whose input is a GEMM, a reduction or an embedding gradient read by nothing else is
    folded into it: the op stores its float accumulator in the cast's type directly (attrs
    "dtype"). This is how a bf16 plan's weight gradients come out of their GEMMs in float32,
    without a bf16 rounding on the way.
-1. A sum of pads that tile one axis becomes a concat, which the memory plan builds in place: each
+2. A sum of pads that tile one axis becomes a concat, which the memory plan builds in place: each
    piece is computed straight into its slice (this is how the q, k, v gradients meet), so neither
    the pads nor the adds run.
-2. A GEMM takes in the bias and residual adds that read it (fused_matmul): cuBLASLt adds them as it
+3. A GEMM takes in the bias and residual adds that read it (fused_matmul): cuBLASLt adds them as it
    writes the product.
-3. Pointwise chains: a pointwise node is folded into its users when all of them are pointwise ops
+4. Pointwise chains: a pointwise node is folded into its users when all of them are pointwise ops
    of its own shape and it is not needed in memory (a gradient, an update, an output); each chain
    becomes one `fused` node, one kernel. A node with several such users is recomputed in each of
    them: a few flops per element are cheaper than writing and re-reading a tensor.
-4. At the boundaries where a value would otherwise be materialised:
+5. At the boundaries where a value would otherwise be materialised:
    - a chain whose only user is a `sum` becomes its prologue (`fused_sum`, LayerNorm's
      sum(g * xhat)); its operands must be of the chain's size or scalars, since the reduction
      kernels walk all of them with the input's indexing;
@@ -27,13 +30,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import Graph, Node, _freeze
+from ..ir import TUPLE, Graph, Node, _freeze
 from ..ops import REGISTRY
 from .simplify import dead_code_elimination
 
 
 def fuse(graph: Graph) -> Graph:
-    graph = _gemm_epilogues(_concats(_fold_casts(graph)))
+    graph = _gemm_epilogues(_concats(_fold_casts(_loss_with_grad(graph))))
     users = graph.users()
     needed = set(graph.outputs.values()) | set(graph.updates) | set(graph.updates.values()) | set(graph.grads.values())
 
@@ -106,6 +109,48 @@ def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> 
             rows[at] = replace(n, id=at, op="fused_normalize_grad", inputs=tuple(inputs), attrs=_freeze(attrs))
             absorbed |= eaten
     return rows, absorbed
+
+
+def _loss_with_grad(graph: Graph) -> Graph:
+    """cross_entropy(z, t) and cross_entropy_grad(z, t, g) -> one cross_entropy_with_grad(z, t, g).
+    The op takes the gradient's id and place in the graph, so it runs where the gradient ran: first
+    in the backward, as soon as the logits exist. Its loss output keeps the loss's id (the
+    program's output, and the boundary remat.py draws between forward and backward); its gradient
+    output gets a new id, which the gradient's readers are given instead."""
+    losses = {n.inputs: n for n in graph.of_op("cross_entropy")}
+    place = {nid: k for k, nid in enumerate(graph.nodes)}
+    users = graph.users()
+    pairs: dict[int, Node] = {}  # gradient id -> its loss node
+    for g in graph.of_op("cross_entropy_grad"):
+        loss = losses.pop(g.inputs[:2], None)
+        # the loss moves to the gradient's place: only where nothing reads it before that
+        if loss is not None and all(place[u] > place[g.id] for u in users[loss.id]):
+            pairs[g.id] = loss
+    if not pairs:
+        return graph
+    fused_losses = {loss.id for loss in pairs.values()}
+    renamed: dict[int, int] = {}  # a gradient's id -> the id of the output that now holds it
+    out = Graph()
+    out._next_id = graph._next_id
+    for n in graph.nodes.values():
+        if n.id in fused_losses:
+            continue
+        n = replace(n, inputs=tuple(renamed.get(i, i) for i in n.inputs))
+        if n.id not in pairs:
+            out.nodes[n.id] = n
+            continue
+        loss = pairs[n.id]
+        renamed[n.id] = out._next_id
+        out._next_id += 1
+        out.nodes[n.id] = replace(n, op="cross_entropy_with_grad", shape=(), dtype=TUPLE,
+                                  specs=((loss.shape, loss.dtype), (n.shape, n.dtype)))
+        for index, (nid, spec) in enumerate(((loss.id, loss), (renamed[n.id], n))):
+            out.nodes[nid] = Node(nid, "output", (n.id,), _freeze({"index": index}), spec.shape, spec.dtype,
+                                  spec.where)
+    out.outputs = {k: renamed.get(v, v) for k, v in graph.outputs.items()}
+    out.updates = {k: renamed.get(v, v) for k, v in graph.updates.items()}
+    out.grads = {k: renamed.get(v, v) for k, v in graph.grads.items()}
+    return out
 
 
 def _gemm_epilogues(graph: Graph) -> Graph:

@@ -19,7 +19,7 @@ planner), which strands fewer large buffers above small holes. Either is checked
 alive at one step share memory.
 
 An op with several outputs runs as its tuple node, which owns no memory; each of its outputs owns a
-buffer, live from the step that runs the op.
+buffer (or takes an input's, step 1b of plan_program), live from the step that runs the op.
 
 Three kinds of sharing remove copies, as each op declares them in its registry entry:
 - views: a reshape, or a slice of contiguous memory, reads its input's buffer at an offset; a
@@ -161,23 +161,29 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
             in_place_concats.add(nid)
     root_of, members, last_read = _buffers(nodes, readers, pos, resolve)
 
-    # 1b. in place: an op that may overwrite an input (its registry entry says which) takes that
-    #     input's whole buffer when it is that buffer's last reader and the sizes match, so the two
-    #     are never live together (GPT-2's logits and their gradient: 1.5 GiB at 124M in bf16)
+    # 1b. in place: an op that may overwrite an input (its registry entry says which output over
+    #     which input) gives that output the input's whole buffer when the op is that buffer's last
+    #     reader and the sizes match, so the two are never live together (GPT-2's logits and their
+    #     gradient: 1.5 GiB at 124M in bf16). An output of an op with several is its own node; each
+    #     output takes at most one input's buffer, and each buffer goes to at most one output.
     in_place = set()
+    projections = graph.projections()
     for nid in order:
         n = nodes[nid]
-        if nid in parent or nid in unplaceable or n.specs or REGISTRY[n.op].kind == "projection":
+        if REGISTRY[n.op].kind == "projection":
             continue
-        for _, i in REGISTRY[n.op].overwrites(n.attr, len(n.inputs)):
+        outs, taken = projections[nid] if n.specs else [nid], set()
+        for k, i in REGISTRY[n.op].overwrites(n.attr, len(n.inputs)):
+            o = outs[k]
             root, shift = resolve(n.inputs[i])
-            if (shift == 0 and root not in unplaceable and root not in in_place_concats and not nodes[root].specs
-                    and REGISTRY[nodes[root].op].kind != "projection" and nodes[root].nbytes == n.nbytes
+            if (o not in parent and o not in unplaceable and root not in taken and shift == 0
+                    and root not in unplaceable and root not in in_place_concats and not nodes[root].specs
+                    and REGISTRY[nodes[root].op].kind != "projection" and nodes[root].nbytes == nodes[o].nbytes
                     and last_read.get(root) == pos[nid]):
-                parent[nid] = (root, 0)
-                in_place.add(nid)
-                last_read[root] = max(last_read[root], last_read.get(nid, pos[nid]))
-                break
+                parent[o] = (root, 0)
+                in_place.add(o)
+                taken.add(root)
+                last_read[root] = max(last_read[root], last_read.get(o, pos[nid]))
     view = {nid: resolve(nid) for nid in parent}
     root_of, members, last_read = _buffers(nodes, readers, pos, resolve)
 

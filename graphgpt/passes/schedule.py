@@ -7,7 +7,10 @@ backward instead of waiting for its end. So do the new values of persistent stat
 ready during the backward (a micro-batch's gradient folded into its accumulator) then frees the
 gradient at once instead of keeping it to the end of the step. Sources cost nothing and come
 first, so no node waits for one. A recomputed node (graph.late) takes its reader's place in that
-order, so it runs as late as it can.
+order, so it runs as late as it can. An output of an op with several takes its op's place: it is
+written when the op runs, so its readers are not held back behind unrelated work by its own id
+(the fused loss's gradient output gets a new id, and would otherwise wait for the recomputed
+activations the backward needs only later).
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ def schedule(graph: Graph) -> list[int]:
     urgent |= set(graph.updates.values())
 
     def priority(i: int) -> tuple[int, int, int]:
-        return (0 if i in urgent else 1, graph.late.get(i, i), i)
+        n = graph.nodes[i]
+        at = n.inputs[0] if REGISTRY[n.op].kind == "projection" else i
+        return (0 if i in urgent else 1, graph.late.get(at, at), i)
     order = nx.lexicographical_topological_sort(graph.to_networkx(), key=priority)
     return [i for i in order if graph.nodes[i].op not in SOURCE_OPS]
