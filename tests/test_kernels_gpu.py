@@ -102,7 +102,8 @@ def _place(cp, buf):
 
 
 def _poison(array, dtype: str) -> None:
-    array.fill(0x7FC0 if dtype == "bf16" else np.nan)  # bf16's NaN as bits
+    """NaN in a float output (bf16's as bits); -1, no index, in an int32 one."""
+    array.fill(-1 if dtype == "i32" else 0x7FC0 if dtype == "bf16" else np.nan)
 
 
 def _check(cp, modules: dict, launch: dict, rng) -> str | None:
