@@ -2,9 +2,10 @@
 
 The tests write a small GPT2LMHeadModel directory themselves (Hugging Face's names and Conv1D
 layout, a tied wte, the causal-mask buffers older files carry), then check that every tensor
-lands where it belongs, that export after import gives back the same tensors bit for bit, and,
-where PyTorch is importable, that the logits equal an independent PyTorch GPT-2's built from the
-same file (transformers' GPT2LMHeadModel when that is importable too).
+lands where it belongs, that export after import gives back the same tensors bit for bit, that
+the logits equal those of the file's GPT-2 written out in NumPy (and the re-imported weights' the
+same bits), and, where PyTorch is importable, an independent PyTorch GPT-2's built from the same
+file (transformers' GPT2LMHeadModel when that is importable too).
 """
 import json
 
@@ -152,3 +153,46 @@ def test_logits_equal_an_independent_pytorch_gpt2(tmp_path):
     with torch.no_grad():
         logits = reference(torch.from_numpy(tokens).long()).logits.numpy()
     np.testing.assert_allclose(ours, logits, rtol=1e-9, atol=1e-9)
+
+
+def file_logits(tensors: dict, tokens: np.ndarray) -> np.ndarray:
+    """GPT2LMHeadModel's forward written out in NumPy (float64) from the file's own tensors:
+    Hugging Face's names, Conv1D weights (x @ W + b), the logits through the tied wte."""
+    t = {k: v.astype(np.float64) for k, v in tensors.items()}
+
+    def norm(x, name):
+        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        return x * t[name + ".weight"] + t[name + ".bias"]
+
+    def conv1d(x, name):
+        return x @ t[name + ".weight"] + t[name + ".bias"]
+
+    def heads(z):
+        return z.reshape(*z.shape[:2], H, C // H).transpose(0, 2, 1, 3)
+
+    n = tokens.shape[1]
+    x = t["transformer.wte.weight"][tokens] + t["transformer.wpe.weight"][:n]
+    for i in range(L):
+        h = f"transformer.h.{i}."
+        q, k, v = np.split(conv1d(norm(x, h + "ln_1"), h + "attn.c_attn"), 3, axis=-1)
+        s = np.where(np.tri(n, dtype=bool), heads(q) @ heads(k).transpose(0, 1, 3, 2) / np.sqrt(C // H), -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        y = ((p / p.sum(-1, keepdims=True)) @ heads(v)).transpose(0, 2, 1, 3).reshape(x.shape)
+        x = x + conv1d(y, h + "attn.c_proj")
+        u = conv1d(norm(x, h + "ln_2"), h + "mlp.c_fc")
+        x = x + conv1d(0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u**3))), h + "mlp.c_proj")
+    return norm(x, "transformer.ln_f") @ t["transformer.wte.weight"].T
+
+
+def test_the_round_trip_keeps_the_files_logits(tmp_path):
+    """Without PyTorch too: a plan started from a Hugging Face directory computes the logits the
+    file's GPT-2 computes, and its exported and re-imported weights compute the same bits."""
+    tensors = write_hf(tmp_path / "m")
+    plan = plan_of("tie_weights=1")
+    weights = hf.load(tmp_path / "m", plan.config)
+    tokens = np.random.default_rng(2).integers(0, 99, (1, T)).astype(np.int32)
+    ours = graphgpt_logits(plan, weights, tokens)
+    np.testing.assert_allclose(ours, file_logits(tensors, tokens), rtol=1e-9, atol=1e-9)
+    hf.save(tmp_path / "out", weights, plan.config, eos_id=98)
+    again = graphgpt_logits(plan, hf.load(tmp_path / "out", plan.config), tokens)
+    assert again.tobytes() == ours.tobytes()
