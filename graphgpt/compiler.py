@@ -456,7 +456,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-fuse", action="store_true", help="one kernel per op: no fusion pass")
     p.add_argument("--remat", choices=(AUTO, *POLICIES), default=AUTO,
                    help="activations recomputed in the backward instead of kept: none, attention (the "
-                        "attention probabilities), all (also LayerNorm and GELU outputs), or auto "
+                        "attention probabilities), gelu (the MLP's GELU outputs), all (attention "
+                        "probabilities, LayerNorm and GELU outputs), or auto "
                         "(default: attention where that saves a quarter of the work memory, else none)")
     args = p.parse_args(argv)
     try:

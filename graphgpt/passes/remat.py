@@ -1,8 +1,9 @@
 """Rematerialisation: recompute activations in the backward instead of keeping them.
 
 Policy: a forward node is recomputed for its backward readers when
-  - it is one of the policy's roots -- "attention": causal softmax; "all": also pointwise ops (a
-    fused chain included) and LayerNorm's normalised rows -- together with the producers that
+  - it is one of the policy's roots -- "attention": causal softmax; "gelu": the MLP's GELU outputs
+    (as torch.compile's partitioner recomputes pointwise ops); "all": causal softmax, pointwise ops
+    (a fused chain included) and LayerNorm's normalised rows -- together with the producers that
     feed only it (the attention scores' GEMM); an output of an op with several is recomputed by
     running that op again, all its outputs with it (LayerNorm's statistics come out again too,
     unread: the backward reads the ones the forward saved);
@@ -13,7 +14,8 @@ Policy: a forward node is recomputed for its backward readers when
 Each clone is scheduled just before the first backward reader ("compute late"), so the original
 dies after its last forward reader. "attention" drops the largest activation of long sequences,
 the (T x T) attention probabilities, at the price of one more (T x T x D) GEMM per layer -- the
-trade FlashAttention makes; "all" also drops every LayerNorm and GELU output. The compiler's
+trade FlashAttention makes; "gelu" drops the widest activation a fused-attention model keeps, one
+elementwise pass per layer; "all" also drops every LayerNorm and GELU output. The compiler's
 default, "auto", measures the trade on the memory plan (see `choose`).
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import replace
 from ..ir import SOURCE_OPS, Graph, Node
 from ..ops import REGISTRY
 
-POLICIES = ("none", "attention", "all")
+POLICIES = ("none", "attention", "gelu", "all")
 AUTO = "auto"  # the compiler's default: attention where that saves a quarter of the work region
 WORTH_IT = 0.25
 FEEDERS = ("matmul",)  # recomputed only as the private input of a root
@@ -44,6 +46,8 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
         return graph
 
     def root(n: Node) -> bool:
+        if policy == "gelu":
+            return n.op == "gelu"
         if policy == "all" and REGISTRY[n.op].kind == "elementwise":
             return True
         if policy == "all" and n.op == "output" and n.attr["index"] == 0:
