@@ -9,8 +9,8 @@ The programs compiled from one model:
 - "generate" (forward at sample_batch x block_size: logits, and the greedy next token of every
   position), which also fills the key/value caches (the prefill of decoding);
 - "decode" (forward of one new position per sequence, sample_batch x 1, at the position input,
-  against the caches: logits and greedy next tokens), for models whose attention is `causal_attention` and whose
-  positions come from `position_rows`;
+  against the caches: logits and greedy next tokens), for models whose attention is
+  `causal_attention` and whose positions come from `position_rows`;
 - "cast_weights", in plans that compute in a narrower type than float32: the weights' copies in
   that type, which the generation programs read instead of casting every weight every token.
 They share the persistent arena (parameters, gradients, optimizer state, caches, constants) and the

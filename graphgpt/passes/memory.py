@@ -8,8 +8,8 @@ optimizer can treat them as a single array). The caches (key/value caches, the w
 the compute type) have fixed slots too, but only hold from the generation programs' run that
 writes them to the ones that read them: a generation starts by writing them all, so the training
 programs' work may go over them and they cost training no memory; the generation programs plan
-their own work above them. Every tensor starts on a 256-byte boundary, so any 16-byte vector access a kernel
-makes at a multiple of its vector width stays aligned. A gradient accumulator (a state node with
+their own work above them. Every tensor starts on a 256-byte boundary, so any 16-byte vector
+access a kernel makes at a multiple of its vector width stays aligned. A gradient accumulator (a state node with
 attribute grad_of=<param>) has no slot of its own: it is its parameter's gradient slot, so the
 region means the same in every plan. The work region is shared by every program of a plan and
 planned per program from each buffer's lifetime (from the step that computes it to its last reader)
@@ -28,9 +28,9 @@ Three kinds of sharing remove copies, as each op declares them in its registry e
   input is computed directly into its slice of it, so the concat itself runs nothing;
 - in-place updates: a parameter's or optimizer state's new value is written over the old one when
   it is an elementwise op that reads the old value last, or when nothing reads the old value at
-  all (a weight's compute-type copy); otherwise a copy runs at the end. An op
-  that only writes part of its output (a cache update: the new rows) must run in place, and the
-  plan fails where it cannot.
+  all (a weight's compute-type copy); otherwise a copy runs at the end. An op that only writes
+  part of its output (a cache update: the new rows) must run in place, and the plan fails where
+  it cannot.
 """
 from __future__ import annotations
 
