@@ -12,7 +12,9 @@ The programs compiled from one model:
   against the caches: logits and greedy next tokens), for models whose attention is
   `causal_attention` and whose positions come from `position_rows`;
 - "cast_weights", in plans that compute in a narrower type than float32: the weights' copies in
-  that type, which the generation programs read instead of casting every weight every token.
+  that type, which every program reads instead of casting the weights (passes/weight_copies.py);
+  the optimizer update keeps them current, and the runtime runs this program after anything else
+  writes the weights.
 They share the persistent arena (parameters, gradients, optimizer state, caches, constants) and the
 work region, which is as large as the largest program needs.
 """
@@ -38,8 +40,9 @@ from .passes.memory import ALIGN, CONST, Layout, ProgramMemory, persistent_layou
 from .passes.multi_tensor import merge_launches
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
+from .passes.weight_copies import read_weight_copies
 from .passes.simplify import simplify
-from .plan import SCHEMA_VERSION, check_out, save
+from .plan import CAST_WEIGHTS, SCHEMA_VERSION, check_out, save
 from .schedule import DECODE_POSITION, NEXT_TOKEN
 from .bpe import KIND as BPE_KIND
 from .bpe import VOCAB_FILES, BpeTokenizer
@@ -133,6 +136,9 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     joint_dump = graphs[backward].summary("joint")
     graphs["eval"] = _trace(module, model_cfg, B, T, with_loss=True)
     graphs.update(_generation(module, model_cfg, len(tokenizer.vocab), log))
+    graphs = {name: read_weight_copies(g, model_cfg["dtype"]) for name, g in graphs.items()}
+    if model_cfg["dtype"] != dsl.FLOAT:
+        graphs[CAST_WEIGHTS] = _cast_weights(graphs.values(), model_cfg["dtype"])
     log(f"  trace      forward {len(forward_dump['nodes'])} nodes, joint {len(graphs[backward].nodes)} nodes")
 
     graphs = {name: simplify(g) for name, g in graphs.items()}
@@ -201,14 +207,12 @@ def _generation(module, cfg: dict, vocab_in_use: int, log) -> dict[str, Graph]:
         why = ("its attention is not causal_attention" if not caches.layers
                else "its position rows do not come from position_rows")
         log(f"  decode     none: {why}; generation reruns the whole window per token")
-    if cfg["dtype"] != dsl.FLOAT:
-        programs["cast_weights"] = _cast_weights(programs.values(), cfg["dtype"])
     return programs
 
 
 def _cast_weights(programs, dtype: str) -> Graph:
-    """The program that writes the compute-type copy of every weight the generation programs read
-    (their cache nodes with attribute copy_of), each cast straight into the copy's slot."""
+    """The program that writes the compute-type copy of every weight the programs read (their
+    cache nodes with attribute copy_of), each cast straight into the copy's slot."""
     graph = Graph()
     copies = {n.name: n for g in programs for n in g.of_op("cache") if "copy_of" in n.attr}
     for name, copy in copies.items():

@@ -25,8 +25,12 @@ from pathlib import Path
 from .errors import UserError
 
 # 2: one byte-addressed arena, buffers [dtype, byte offset, shape]; 3: the generation programs
-# decode with key/value caches (caches, decode, cast_weights) and give their greedy next tokens
-SCHEMA_VERSION = 3
+# decode with key/value caches (caches, decode, cast_weights) and give their greedy next tokens;
+# 4: every program of a bf16 plan reads the weights' copies, which the update keeps current
+SCHEMA_VERSION = 4
+# The program that writes every weight's copy in the compute type from the weights: a backend
+# runs it before its next program whenever something other than a program wrote the weights.
+CAST_WEIGHTS = "cast_weights"
 PLAN_FILE = "plan.json"
 PLAN_FILES = {PLAN_FILE, "report.txt"}  # what a plan directory holds besides its folders
 PLAN_FOLDERS = {"kernels", "graphs"}    # each holding plain files only

@@ -5,8 +5,8 @@ at once, all continuing the same prompt. The programs have static shapes. "gener
 whole window (sample_batch x block_size; a shorter one is padded on the right, and causal attention
 keeps the padding from influencing the positions that are read) and fills the key/value caches on
 the way; "decode" then computes one new position per sequence against them, so each further token
-costs one position's work instead of a window's. A plan that computes in bf16 first copies the
-weights into bf16 ("cast_weights"), once per call. Learned positions cannot slide: once a sequence
+costs one position's work instead of a window's. A plan that computes in bf16 reads the weights'
+bf16 copies, which the backend keeps current. Learned positions cannot slide: once a sequence
 outgrows block_size, every token reruns the window of the last block_size tokens (as the seed's
 generator always does, and as --no-kv-cache does from the start).
 
@@ -36,8 +36,6 @@ def generate(backend, prompt: list[int], n_new: int, vocab_in_use: int, eos_id: 
     rows, block = plan.program("generate")["inputs"]["tokens"][2]
     decode = kv_cache and "decode" in plan.data["programs"]
     fetch = (NEXT_TOKEN,) if temperature <= 0 else ("logits",)  # greedy: the programs' own choice
-    if "cast_weights" in plan.data["programs"]:  # the weights as they are now, in the compute type
-        backend.run("cast_weights", {})
     ids = np.array([list(prompt) or [eos_id]] * rows, np.int32)
     new: list[list[int]] = [[] for _ in range(rows)]
     done = np.zeros(rows, bool)

@@ -74,12 +74,17 @@ def test_the_plan_decodes_one_position_per_sequence_against_caches_in_place(tmp_
     assert all(t["shape"] == [3, 16, 2, 2, 16] and t["dtype"] == "bf16" for t in caches)
     copies = {t["name"]: t for t in plan.tensors if t["kind"] == "cache" and t not in caches}
     assert copies.keys() == {f"{t['name']}.bf16" for t in plan.params}  # the weights in bf16
-    # the caches open the work region, which the training programs' work goes over
+    # the key/value caches open the work region, which the training programs' work goes over; the
+    # copies, which every program reads, have a region of their own below it, in parameter order
     regions = plan.data["arena"]["regions"]
-    assert regions["caches"][0] == regions["work"][0]
-    assert regions["caches"][1] == sum(-(-int(np.prod(t["shape"])) * 2 // 256) * 256
-                                       for t in plan.tensors if t["kind"] == "cache")
+
+    def sizes(ts):
+        return sum(-(-int(np.prod(t["shape"])) * 2 // 256) * 256 for t in ts)
+    assert regions["caches"][0] == regions["work"][0] and regions["caches"][1] == sizes(caches)
     assert programs["train"]["memory"]["work_peak"] > regions["caches"][1]
+    assert regions["copies"][1] == regions["params"][1] // 2 and regions["copies"][0] < regions["work"][0]
+    for t in plan.params:  # as many elements into their region as the weights into theirs
+        assert copies[f"{t['name']}.bf16"]["offset"] - regions["copies"][0] == (t["offset"] - regions["params"][0]) // 2
     for name in ("generate", "decode"):
         updates = [ln for ln in programs[name]["launches"] if ln["op"] == "cache_update"]
         assert [ln["out"][1] for ln in updates] == [t["offset"] for t in caches]  # over the caches themselves
@@ -253,8 +258,8 @@ def test_cuda_bf16_decoding_follows_the_window(tmp_path):
 
 
 def test_bf16_generation_reads_the_weights_as_they_are_now(tmp_path):
-    """The generation programs read the weights' bf16 copies, which each generation makes afresh:
-    after the weights change, it generates what a fresh backend with the new weights does."""
+    """The generation programs read the weights' bf16 copies, which the backend makes afresh when
+    the weights are written: after that, it generates what a fresh backend with the new weights does."""
     plan = _compiled(tmp_path, ["dtype=bf16", "sample_batch=2"])
     assert "cast_weights" in plan.data["programs"] and not any(
         ln["op"] == "cast" for name in ("generate", "decode") for ln in plan.program(name)["launches"])

@@ -66,3 +66,21 @@ def test_the_optimizer_runs_as_three_launches():
     n_params = sum(int(np.prod(t["shape"])) for t in data["tensors"] if t["kind"] == "param")
     assert len(optimizer) == 3  # m, v, then the parameters, each over its whole region
     assert all(np.prod(ln["out"][2]) >= n_params for ln in optimizer)
+
+
+def cast(out: int, src: int, n: int) -> dict:
+    """A float32 tensor's cast into a bf16 buffer; offsets in bytes."""
+    return {"op": "cast", "out": ["bf16", out, [n]], "in": [["f32", src, [n]]], "attrs": {"dtype": "bf16"},
+            "node": out, "where": "optimizer"}
+
+
+def test_casts_of_weights_into_their_copies_join_at_the_weights_steps():
+    """A bf16 copy lies as many elements into its region as its float32 weight into the params
+    region: 100 floats take a 512-byte slot, so the next weight and the next copy both start 128
+    elements on (256 bytes into the copies). Anywhere else is not the next copy."""
+    (joined,) = merge_launches([cast(0, 4096, 100), cast(256, 4096 + 512, 64)])
+    assert joined["out"] == ["bf16", 0, [192]] and joined["in"] == [["f32", 4096, [192]]]
+    assert joined["attrs"] == {"dtype": "bf16", "tensors": 2}
+    assert len(merge_launches([cast(0, 4096, 100), cast(512, 4096 + 512, 64)])) == 2  # a copy skipped
+    assert len(merge_launches([cast(0, 4096, 100), cast(256, 4096 + 1024, 64)])) == 2  # a weight skipped
+    assert len(merge_launches([cast(0, 4096, 128), dict(cast(256, 4096 + 512, 64), attrs={"dtype": "f32"})])) == 2

@@ -1,15 +1,16 @@
 """Static memory plan: every tensor gets a fixed byte offset in one arena.
 
-The arena is laid out as   [params | grads | optimizer state | constants | inputs | work], with
-the caches of the generation programs at the start of the work region.
+The arena is laid out as   [params | grads | optimizer state | weight copies | constants | inputs |
+work], with the key/value caches of the generation programs at the start of the work region.
 Parameters, their gradients and the optimizer state have fixed slots, parameters and gradients in
 the same order (so the gradients form one flat buffer, and an allreduce or a multi-tensor
-optimizer can treat them as a single array). The caches (key/value caches, the weights' copies in
-the compute type) have fixed slots too, but only hold from the generation programs' run that
-writes them to the ones that read them: a generation starts by writing them all, so the training
-programs' work may go over them and they cost training no memory; the generation programs plan
-their own work above them. Every tensor starts on a 256-byte boundary, so any 16-byte vector
-access a kernel makes at a multiple of its vector width stays aligned. A gradient accumulator (a state node with
+optimizer can treat them as a single array). The weights' copies in the compute type
+(passes/weight_copies.py) repeat the params region's layout at their width. The key/value caches
+have fixed slots, but only hold from the generation programs' run that writes them to the ones
+that read them: a generation starts by writing them, so the training programs' work may go over
+them and they cost training no memory; the generation programs plan their own work above them.
+Every tensor starts on a 256-byte boundary (a bf16 weight copy on a 128-byte one), so any 16-byte
+vector access a kernel makes at a multiple of its vector width stays aligned. A gradient accumulator (a state node with
 attribute grad_of=<param>) has no slot of its own: it is its parameter's gradient slot, so the
 region means the same in every plan. The work region is shared by every program of a plan and
 planned per program from each buffer's lifetime (from the step that computes it to its last reader)
@@ -27,8 +28,9 @@ Three kinds of sharing remove copies, as each op declares them in its registry e
 - concats built in place, views in reverse: a concat of contiguous pieces owns a buffer and each
   input is computed directly into its slice of it, so the concat itself runs nothing;
 - in-place updates: a parameter's or optimizer state's new value is written over the old one when
-  it is an elementwise op that reads the old value last, or when nothing reads the old value at
-  all (a weight's compute-type copy); otherwise a copy runs at the end. An op that only writes
+  it is an elementwise op that reads the old value last, or when it does not read the old value
+  and runs after everything that does (a weight's compute-type copy); otherwise a copy runs at the
+  end. An op that only writes
   part of its output (a cache update: the new rows) must run in place, and the plan fails where
   it cannot.
 """
@@ -90,13 +92,20 @@ def persistent_layout(*graphs: Graph) -> Layout:
         lay.regions[name] = [start, top - start]
 
     def slots(op: str) -> list[tuple[str, int]]:
-        sizes = {n.name: n.nbytes for g in graphs for n in g.of_op(op) if "grad_of" not in n.attr}
+        sizes = {n.name: n.nbytes for g in graphs for n in g.of_op(op)
+                 if "grad_of" not in n.attr and "copy_of" not in n.attr}
         return list(sizes.items())
 
     params = slots("param")
+    copies_of = [n for g in graphs for n in g.of_op("cache") if "copy_of" in n.attr]
+    # a program that reads a weight only through its copy has no node of the weight itself
+    params += list({n.attr["copy_of"]: n.size * DTYPES["f32"].bytes for n in copies_of
+                    if n.attr["copy_of"] not in dict(params)}.items())
     region("params", params, lay.tensors)
     region("grads", params, lay.grads)
     region("state", slots("state"), lay.tensors)
+    copies(lay, copies_of)
+    top = aligned(sum(lay.regions["copies"]))
     values = sorted({n.attr["value"] for g in graphs for n in g.of_op("const")})
     start = top
     width = DTYPES[CONST].bytes
@@ -108,6 +117,21 @@ def persistent_layout(*graphs: Graph) -> Layout:
     top = lay.work_base
     region("caches", slots("cache"), lay.tensors)
     return lay
+
+
+def copies(lay: Layout, nodes: list[Node]) -> None:
+    """The weights' copies: the params region again, at the copies' width. A copy lies as many
+    elements into its region as its weight into the params region, so the casts of all weights
+    are one pointwise pass over both regions, padding included (passes/multi_tensor.py); a bf16
+    copy thus starts on a boundary of half the alignment, which still aligns 16-byte vectors."""
+    params_start, params_size = lay.regions["params"]
+    start = aligned(sum(lay.regions["state"]))
+    width = {n.attr["copy_of"]: DTYPES[n.dtype].bytes for n in nodes}
+    narrowest = min(width.values(), default=DTYPES["f32"].bytes)
+    assert narrowest == max(width.values(), default=narrowest) <= DTYPES["f32"].bytes, "copies of one narrower type"
+    for n in nodes:
+        lay.tensors[n.name] = start + (lay.tensors[n.attr["copy_of"]] - params_start) * narrowest // DTYPES["f32"].bytes
+    lay.regions["copies"] = [start, params_size * narrowest // DTYPES["f32"].bytes if nodes else 0]
 
 
 @dataclass
@@ -204,7 +228,7 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
         fixed[g] = layout.grads[nodes[p].name]
     copies = []
     for state, new in graph.updates.items():
-        if (_in_place(nodes[new], state, pos, readers, members) or _unread(new, state, nodes, readers, members)) \
+        if (_in_place(nodes[new], state, pos, readers, members) or _read_before(new, state, nodes, pos, readers, members)) \
                 and new not in fixed:
             fixed[new] = fixed[state]
         elif _in_place_op(nodes[new]):
@@ -229,8 +253,8 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     work, peak = min((_simulated_heap(buffers), _largest_first(buffers)), key=lambda placement: placement[1])
     _check_disjoint(buffers, work)
     offsets: dict[int, int] = dict(fixed)
-    # a program with caches plans its work above them
-    base = layout.work_base + (layout.regions["caches"][1] if any(n.op == "cache" for n in nodes.values()) else 0)
+    # a program with key/value caches plans its work above them
+    base = layout.work_base + (layout.regions["caches"][1] if any(_kv_cache(n) for n in nodes.values()) else 0)
     offsets.update({r: base + off for r, off in work.items()})
     for nid, (root, shift) in view.items():
         offsets[nid] = offsets[root] + shift
@@ -260,6 +284,11 @@ def _buffers(nodes, readers, pos, resolve):
                 root = root_of[nid]
                 last_read[root] = max(last_read.get(root, -1), pos[r])
     return root_of, members, last_read
+
+
+def _kv_cache(n: Node) -> bool:
+    """A cache that lies in the work region (a weight's copy has a region of its own)."""
+    return n.op == "cache" and "copy_of" not in n.attr
 
 
 def _in_place_op(n: Node) -> bool:
@@ -304,11 +333,12 @@ def _in_place(new: Node, state: int, pos, readers, members) -> bool:
     return all(pos[r] < pos[new.id] for r in others if r in pos)
 
 
-def _unread(new: int, state: int, nodes, readers, members) -> bool:
-    """Nothing in the program reads `state`: its new value may be computed straight into its slot
-    (a buffer of its own, not an output of an op with several)."""
-    return (not any(readers[k] for k in members[state]) and not nodes[new].specs
-            and REGISTRY[nodes[new].op].kind != "projection")
+def _read_before(new: int, state: int, nodes, pos, readers, members) -> bool:
+    """Everything that reads `state` runs before `new`, which does not read it: its new value may
+    be computed straight into its slot (a buffer of its own, not an output of an op with several).
+    A weight's copy: the step's GEMMs read it, then the update's cast writes it."""
+    return (all(pos[r] < pos[new] for k in members[state] for r in readers[k] if r in pos)
+            and not nodes[new].specs and REGISTRY[nodes[new].op].kind != "projection")
 
 
 @dataclass(frozen=True)

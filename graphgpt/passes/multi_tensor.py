@@ -6,19 +6,22 @@ the parameter), and parameters, gradients and each kind of optimizer state sit i
 the same order, so the m-updates of all parameters are one elementwise pass over the m region, the
 gradient region and the clip scale. The joined range also covers the few padding elements between
 tensors (regions start each tensor on a 256-byte boundary); those are zero and computing on them
-changes nothing anyone reads (offsets are in bytes, tensors of one dtype). That holds in the
+changes nothing anyone reads (every operand steps on by as many elements to its next tensor: the
+widest operand's slot; a float32 weight and its bf16 copy do). That holds in the
 persistent regions only: the padding of a work buffer holds whatever an earlier buffer left there,
 and joined into a gradient's padding it would reach the gradient norm, which sums the gradient
 region as one range. So a launch with a tensor operand in the work region joins nothing.
 
 It works on the plan's launch list, after memory planning, because only there are the offsets known.
-A launch may join its predecessor when both are `fused` with the same program, every operand is
+A launch may join its predecessor when both are pointwise and compute the same (the same op and
+attributes: a `fused` program, or a weight's cast into its copy), every operand is
 either a scalar shared by both or a full-size tensor that starts where the predecessor's ended (at
 the same distance as the output's), and nothing in between breaks the order (they are neighbours in
 the list, and a pointwise launch's element i depends only on element i of its operands)."""
 from __future__ import annotations
 
 from ..dtypes import DTYPES, nbytes
+from ..ops import REGISTRY
 from ..ops.registry import prod
 from .memory import aligned
 
@@ -44,28 +47,33 @@ def _mergeable(launch: dict, work_start: int | None) -> bool:
     operand lies in the work region."""
     out = launch["out"]
     tensors = [b for b in (out, *launch["in"]) if _size(b) > 1]
-    return (launch["op"] == "fused" and not {"perm", "shape"} & set(launch["attrs"]) and _size(out) > 1
+    return (REGISTRY[launch["op"]].kind == "elementwise" and not {"perm", "shape"} & set(launch["attrs"])
+            and _size(out) > 1
             and all(_size(b) == 1 or list(b[2]) == list(out[2]) for b in launch["in"])
             and (work_start is None or all(b[1] < work_start for b in tensors)))
 
 
 def _continues(prev: dict, nxt: dict, work_start: int | None) -> bool:
-    if not (_mergeable(prev, work_start) and _mergeable(nxt, work_start)) \
-            or prev["attrs"]["program"] != nxt["attrs"]["program"]:
+    if not (_mergeable(prev, work_start) and _mergeable(nxt, work_start)) or prev["op"] != nxt["op"] \
+            or _computation(prev) != _computation(nxt) or len(prev["in"]) != len(nxt["in"]):
         return False
-    if len(prev["in"]) != len(nxt["in"]):
+    pairs = [(prev["out"], nxt["out"])] + list(zip(prev["in"], nxt["in"]))
+    if any((_size(a) == 1) != (_size(b) == 1) or a[0] != b[0] for a, b in pairs):
         return False
-    step = aligned(nbytes(prev["out"]))  # where the next tensor of each region starts
-    if nxt["out"][0] != prev["out"][0] or nxt["out"][1] != prev["out"][1] + step:
+    if any(a[:2] != b[:2] for a, b in pairs if _size(b) == 1):  # a scalar: the same one
         return False
-    for a, b in zip(prev["in"], nxt["in"]):
-        if (_size(a) == 1) != (_size(b) == 1):
-            return False
-        if _size(b) == 1 and a[:2] != b[:2]:                     # a scalar: the same one
-            return False
-        if _size(b) > 1 and (a[0] != b[0] or b[1] != a[1] + aligned(nbytes(a))):  # a tensor: the next one
-            return False
-    return True
+    tensors = [(a, b) for a, b in pairs if _size(b) > 1]
+    # a tensor: the next one of its region, as many elements on as every other operand's next one,
+    # which is where the widest operand's next slot starts (a bf16 weight copy lies as far into its
+    # region as its float32 weight does into the params region, passes/memory.py)
+    widest = max((a for a, _ in tensors), key=lambda a: DTYPES[a[0]].bytes)
+    step = aligned(nbytes(widest)) // DTYPES[widest[0]].bytes
+    return all(b[1] == a[1] + step * DTYPES[a[0]].bytes for a, b in tensors)
+
+
+def _computation(launch: dict) -> dict:
+    """What a launch computes per element: its attributes but the count of tensors it joins."""
+    return {k: v for k, v in launch["attrs"].items() if k != "tensors"}
 
 
 def _joined(prev: dict, nxt: dict) -> dict:

@@ -18,6 +18,7 @@ from ..dtypes import DTYPES, nbytes
 from ..plan import Plan
 from .cublas import WORKSPACE_BYTES, Cublas
 from .dist import SingleWorld
+from .weight_copies import WeightCopies
 
 SLOTS = 2  # pinned buffers per input/output: one being filled while the other is in flight
 STATIC_SMEM_LIMIT = 48 << 10  # shared memory a kernel may use without opting in
@@ -50,7 +51,7 @@ class Pending:
         return {k: v.copy() for k, v in self.host.items()}
 
 
-class CudaBackend:
+class CudaBackend(WeightCopies):
     name = "cuda"
     pipeline_depth = 1  # step t+1 is queued before step t's loss is read
 
@@ -144,6 +145,7 @@ class CudaBackend:
     def enqueue(self, program: str, feeds: dict, fetch=None) -> Pending:
         """Queue one run of `program` on the stream; nothing here waits for the GPU. Its outputs
         come back, or only those named in `fetch` (a greedy step needs its tokens, not its logits)."""
+        self.refresh_copies(program)
         prog = self.programs[program]
         slot = prog.slot = (prog.slot + 1) % SLOTS
         prog.events[slot].synchronize()  # the transfers that last used this slot are done
@@ -189,6 +191,7 @@ class CudaBackend:
         t = self.tensor(name)
         t.set(np.asarray(value, DTYPES[self._dtype_of(name)].numpy).view(t.dtype), stream=self.stream)
         self.sync()
+        self.weights_written(name)
 
     def get_tensor(self, name: str, grad: bool = False) -> np.ndarray:
         self.sync()
@@ -205,6 +208,8 @@ class CudaBackend:
         self.world.bcast(host)
         self.region(name).set(host)
         self.sync()
+        if name == "params":
+            self.weights_written()
 
     def region(self, name: str):
         """A region of float32 tensors (params, grads, state) as one flat array."""

@@ -5,7 +5,9 @@ arena at the offsets the memory plan chose, so the plan's aliasing and in-place 
 exercised exactly as on the GPU. Like a kernel, a launch reads its operands as float32, computes
 and rounds once, as it stores into its output's dtype (bf16 through ml_dtypes, to nearest even).
 For tests, float32 may run as float64: every offset is then doubled, so each float32 slot has
-room for a float64.
+room for a float64, and the other types keep their size with every element at its doubled offset
+(a bf16 tensor is a view with a stride of 4 bytes), so a launch joined over several tensors
+(passes/multi_tensor.py) finds each element where it would be on the GPU.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ..dtypes import DTYPES, nbytes, numel, padded
 from ..numpy_ops import BY_OP
 from ..plan import Plan
 from .dist import SingleWorld
+from .weight_copies import WeightCopies
 
 
 def _extend(bucket: list | None, off: int, n: int) -> list:
@@ -39,7 +42,7 @@ class Finished:
         return self.outputs
 
 
-class NumpyBackend:
+class NumpyBackend(WeightCopies):
     name = "numpy"
     pipeline_depth = 0  # synchronous: nothing to overlap
 
@@ -59,9 +62,10 @@ class NumpyBackend:
 
     def view(self, buf) -> np.ndarray:
         name, off, shape = buf
-        dt = self.host_dtype(name)
+        dt, step = self.host_dtype(name), DTYPES[name].bytes * self.scale  # bytes from one element to the next
         start = off * self.scale
-        return self.arena[start:start + numel(shape) * dt.itemsize].view(dt).reshape(shape)
+        flat = self.arena[start:start + numel(shape) * step].view(dt)
+        return (flat if step == dt.itemsize else flat[::step // dt.itemsize]).reshape(shape)
 
     def _bind(self, prog: dict):
         steps, bucket = [], None  # bucket: [offset, bytes] of adjacent gradients reduced together
@@ -92,6 +96,7 @@ class NumpyBackend:
 
     def set_tensor(self, name: str, value: np.ndarray) -> None:
         self.tensor(name)[...] = value
+        self.weights_written(name)
 
     def get_tensor(self, name: str, grad: bool = False) -> np.ndarray:
         return self.tensor(name, grad).copy()
@@ -99,6 +104,8 @@ class NumpyBackend:
     def broadcast_region(self, name: str) -> None:
         """Rank 0's copy of an arena region (the parameters) to every rank."""
         self.world.bcast(self.region(name))
+        if name == "params":
+            self.weights_written()
 
     def region(self, name: str) -> np.ndarray:
         """A region of float32 tensors (params, grads, state) as one flat array."""
@@ -107,6 +114,7 @@ class NumpyBackend:
 
     def run(self, program: str, feeds: dict[str, np.ndarray | float], fetch=None) -> dict[str, np.ndarray]:
         """Run `program`; its outputs, or those named in `fetch`."""
+        self.refresh_copies(program)
         steps, inputs, outputs = self._programs[program]
         for name, view in inputs.items():
             view[...] = feeds[name]

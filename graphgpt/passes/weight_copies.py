@@ -1,0 +1,46 @@
+"""Weight copies: a plan that computes in a narrower type than float32 keeps each weight's copy in
+that type in the arena, instead of casting every weight at the start of every step.
+
+The traced programs cast each float32 parameter where the model reads it, and autodiff
+differentiates through those casts. After autodiff, this pass makes every such cast a read of the
+weight's copy (a cache node with attribute copy_of, the node the generation programs read), and
+gives every program that updates a parameter the update of its copy: the cast of the new value.
+So the optimizer writes the copies as it writes the weights, the next step reads exactly the bits
+its casts would have made, and the casts of all weights, which lie in parameter order as the
+weights do, run as one multi-tensor launch (passes/multi_tensor.py) instead of one per weight.
+Whatever writes weights outside a step (initialisation, a checkpoint, a broadcast) leaves the
+copies stale; the runtime then runs the cast_weights program once before the next program.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..dsl import FLOAT, weight_copy
+from ..ir import Graph, Node, _freeze
+
+
+def read_weight_copies(graph: Graph, dtype: str) -> Graph:
+    """Rewrite `graph` in place: casts of parameters to `dtype` become reads of their copies, and
+    each updated parameter's copy is updated with it. A float32 plan has no copies."""
+    if dtype == FLOAT:
+        return graph
+    copies = {}  # parameter name -> its copy's node id
+    for n in list(graph.nodes.values()):
+        x = graph.nodes[n.inputs[0]] if n.op == "cast" else None
+        if x is not None and x.op == "param" and n.dtype == dtype:
+            # the same id, so every reader of the cast now reads the copy
+            graph.nodes[n.id] = replace(n, op="cache", inputs=(), attrs=_freeze(_copy(x, dtype)))
+            copies[x.name] = n.id
+    for p, new in list(graph.updates.items()):
+        param = graph.nodes[p]
+        if param.op != "param":
+            continue
+        if param.name not in copies:  # a program without the forward: the update program
+            copies[param.name] = graph.add("cache", **_copy(param, dtype)).id
+        graph.updates[copies[param.name]] = graph.add("cast", (new,), dtype=dtype).id
+    return graph
+
+
+def _copy(param: Node, dtype: str) -> dict:
+    """The attributes of a parameter's copy, as dsl.Tracer.param makes it for generation."""
+    return {"name": weight_copy(param.name, dtype), "shape": param.shape, "dtype": dtype, "copy_of": param.name}
