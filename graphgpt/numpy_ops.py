@@ -61,17 +61,18 @@ def gelu_grad(attrs, x, g):
     return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * x * x))
 
 
-def _run_program(program, inputs):
-    """A fused chain's steps (op, attrs, args) in order: arg k >= 0 is step k, -1 - i input i."""
+def _run_program(program, inputs) -> list:
+    """A fused chain's steps (op, attrs, args) in order: arg k >= 0 is step k, -1 - i input i.
+    Every step's value."""
     values = []
     for op, attrs, args in program:
         values.append(BY_OP[op](dict(attrs), *[values[a] if a >= 0 else inputs[-1 - a] for a in args]))
-    return values[-1]
+    return values
 
 
 @reference("fused")
 def fused(attrs, *arrays):
-    out = _run_program(attrs["program"], arrays)
+    out = _run_program(attrs["program"], arrays)[-1]
     if "shape" in attrs:
         out = out.reshape(attrs["shape"])
     return out.transpose(attrs["perm"]) if "perm" in attrs else out
@@ -81,6 +82,12 @@ def fused(attrs, *arrays):
 @reference("sum")
 def sum_(attrs, x):
     return np.asarray(np.sum(x, axis=tuple(attrs["axes"]), keepdims=attrs["keepdims"]), x.dtype)
+
+
+@reference("fused_multi")
+def fused_multi(attrs, *arrays):
+    values = _run_program(attrs["program"], arrays)
+    return tuple(values[r] for r in attrs["results"])
 
 
 @reference("fused_sum")

@@ -81,3 +81,19 @@ def test_the_fused_loss_trains_bit_for_bit_as_the_two_ops(monkeypatch, overrides
     assert losses == plain_losses
     for name, value in plain.items():
         np.testing.assert_array_equal(params[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("overrides,dtype", [(TWO_LAYERS, np.float64), (TWO_LAYERS + ["dtype=bf16"], np.float32),
+                                             (TWO_LAYERS + ["optimizer=adamw", "weight_decay=0.1"], np.float32)],
+                         ids=["float64", "bf16", "adamw"])
+def test_the_update_as_one_launch_trains_bit_for_bit_as_its_parts(monkeypatch, overrides, dtype):
+    """Step 6 joins m, v, the weights (and bf16 copies) into one launch; computed apart, in the
+    launches that each read what the one before wrote, every bit is the same."""
+    losses, params, n = three_steps(overrides, True, dtype)
+    with monkeypatch.context() as m:
+        m.setattr(fuse_pass, "_update_groups", lambda graph: graph)
+        apart_losses, apart, n_apart = three_steps(overrides, True, dtype)
+    assert n == n_apart - (3 if "dtype=bf16" in overrides else 2)
+    assert losses == apart_losses
+    for name, value in apart.items():
+        np.testing.assert_array_equal(params[name], value, err_msg=name)

@@ -64,8 +64,8 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
     for dtype, _, shape in launch["in"]:
         if dtype == "i32":
             values.append(rng.integers(0, _int_range(launch), shape, dtype=np.int32))
-        elif positive:
-            values.append(rng.uniform(0.5, 2.0, shape).astype(np.float32))
+        elif positive:  # scalars (Adam's 1 - beta) at most 1: a moment's update stays a mean of positives
+            values.append(rng.uniform(0.5, 1.0 if not shape else 2.0, shape).astype(np.float32))
         else:
             values.append(rng.standard_normal(shape, dtype=np.float32))
     if op == "causal_softmax_grad":  # y must be a causal softmax: zero above the diagonal

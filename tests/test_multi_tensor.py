@@ -1,6 +1,7 @@
 """Multi-tensor launches: which neighbouring pointwise launches join, and that a join computes the
 same as the launches it replaces."""
 import numpy as np
+import pytest
 
 from graphgpt.compiler import compile_model
 from graphgpt.ops import REGISTRY
@@ -60,12 +61,21 @@ def test_a_join_computes_what_its_launches_did():
     np.testing.assert_array_equal(joined, separate)
 
 
-def test_the_optimizer_runs_as_three_launches():
-    data = compile_model(ROOT / "model.py", log=lambda *a: None).data
-    optimizer = [ln for ln in data["programs"]["train"]["launches"] if ln["op"] == "fused" and "tensors" in ln["attrs"]]
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_the_optimizer_runs_as_one_launch(dtype):
+    """m, v, the parameters and (bf16) their copies, each over its whole region, written over
+    the old values: one pass that reads the gradients, moments and weights once."""
+    data = compile_model(ROOT / "model.py", [f"dtype={dtype}"], log=lambda *a: None).data
+    launches = data["programs"]["train"]["launches"]
+    (optimizer,) = [ln for ln in launches if "tensors" in ln["attrs"]]
+    assert optimizer is launches[-1] and optimizer["op"] == "fused_multi"
+    regions = data["arena"]["regions"]
+    state, copies = regions["state"][0], regions.get("copies", [None])[0]
+    starts = [state, state + regions["state"][1] // 2, 0] + ([copies] if dtype == "bf16" else [])
+    assert [b[1] for b in optimizer["outs"]] == starts  # m over m, v over v, weights, copies
     n_params = sum(int(np.prod(t["shape"])) for t in data["tensors"] if t["kind"] == "param")
-    assert len(optimizer) == 3  # m, v, then the parameters, each over its whole region
-    assert all(np.prod(ln["out"][2]) >= n_params for ln in optimizer)
+    assert all(np.prod(b[2]) >= n_params for b in optimizer["outs"])
+    assert not [ln for ln in launches if ln["op"] == "copy"]
 
 
 def cast(out: int, src: int, n: int) -> dict:

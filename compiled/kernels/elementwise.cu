@@ -58,9 +58,9 @@ template <int N> __device__ __forceinline__ Vec<N> splat(float x)
 }
 
 
-// s0 = add(x0, x1); out = s0
+// s0 = add(x0, x1); out0 = s0; 
 // 1572864 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) add_176b4ab4d9(float* out, const float* in0, const float* in1)
+extern "C" __global__ void __launch_bounds__(256) add_415fd245a2(float* out0, const float* in0, const float* in1)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -78,18 +78,18 @@ extern "C" __global__ void __launch_bounds__(256) add_176b4ab4d9(float* out, con
     };
     const Vec<VEC> x1 = load<VEC>(in1 + index_x1(i));
     auto op0 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c], x1.v[c]);
-        y.v[c] = s0;
+        y0.v[c] = s0;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }
 
-// s0 = mul(x0, x1); s1 = add(s0, x2); out = s1
+// s0 = mul(x0, x1); s1 = add(s0, x2); out0 = s1; 
 // 1572864 elements, VEC = 4, operands read as vec, vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_7ac5579e59(float* out, const float* in0, const float* in1, const float* in2)
+extern "C" __global__ void __launch_bounds__(256) fused_8754955e3b(float* out0, const float* in0, const float* in1, const float* in2)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -116,19 +116,19 @@ extern "C" __global__ void __launch_bounds__(256) fused_7ac5579e59(float* out, c
     const Vec<VEC> x2 = load<VEC>(in2 + index_x2(i));
     auto op0 = [](const float a, const float b) { return a * b; };
     auto op1 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c], x1.v[c]);
         const float s1 = op1(s0, x2.v[c]);
-        y.v[c] = s1;
+        y0.v[c] = s1;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }
 
-// s0 = gelu(x0); out = s0
+// s0 = gelu(x0); out0 = s0; 
 // 6291456 elements, VEC = 4, operands read as vec
-extern "C" __global__ void __launch_bounds__(256) gelu_3e73351a96(float* out, const float* in0)
+extern "C" __global__ void __launch_bounds__(256) gelu_9fe4e12d84(float* out0, const float* in0)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -138,18 +138,18 @@ extern "C" __global__ void __launch_bounds__(256) gelu_3e73351a96(float* out, co
     if (i >= 6291456) return;
     const Vec<VEC> x0 = load<VEC>(in0 + i);
     auto op0 = [](const float a) { return 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))); };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c]);
-        y.v[c] = s0;
+        y0.v[c] = s0;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }
 
-// s0 = gelu_grad(x0, x1); out = s0
+// s0 = gelu_grad(x0, x1); out0 = s0; 
 // 6291456 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) gelu_grad_60bca0190c(float* out, const float* in0, const float* in1)
+extern "C" __global__ void __launch_bounds__(256) gelu_grad_de69124534(float* out0, const float* in0, const float* in1)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -160,18 +160,18 @@ extern "C" __global__ void __launch_bounds__(256) gelu_grad_60bca0190c(float* ou
     const Vec<VEC> x0 = load<VEC>(in0 + i);
     const Vec<VEC> x1 = load<VEC>(in1 + i);
     auto op0 = [](const float a, const float b) { return b * (0.5f * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))) + 0.5f * a * (1.0f - tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a)) * tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))) * 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * a * a)); };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c], x1.v[c]);
-        y.v[c] = s0;
+        y0.v[c] = s0;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }
 
-// s0 = sqrt(x0); out = s0
+// s0 = sqrt(x0); out0 = s0; 
 // 1 elements, VEC = 1, operands read as vec
-extern "C" __global__ void __launch_bounds__(32) sqrt_4a8774ca17(float* out, const float* in0)
+extern "C" __global__ void __launch_bounds__(32) sqrt_d0fdbb64dc(float* out0, const float* in0)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -181,18 +181,18 @@ extern "C" __global__ void __launch_bounds__(32) sqrt_4a8774ca17(float* out, con
     if (i >= 1) return;
     const Vec<VEC> x0 = load<VEC>(in0 + i);
     auto op0 = [](const float a) { return sqrtf(a); };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c]);
-        y.v[c] = s0;
+        y0.v[c] = s0;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }
 
-// s0 = maximum(x1, x0); s1 = div(x0, s0); out = s1
+// s0 = maximum(x1, x0); s1 = div(x0, s0); out0 = s1; 
 // 1 elements, VEC = 1, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(32) fused_9134eaf1d9(float* out, const float* in0, const float* in1)
+extern "C" __global__ void __launch_bounds__(32) fused_6e7e9ae0de(float* out0, const float* in0, const float* in1)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -204,19 +204,19 @@ extern "C" __global__ void __launch_bounds__(32) fused_9134eaf1d9(float* out, co
     const Vec<VEC> x1 = load<VEC>(in1 + i);
     auto op0 = [](const float a, const float b) { return (a > b || a != a) ? a : b; };
     auto op1 = [](const float a, const float b) { return a / b; };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x1.v[c], x0.v[c]);
         const float s1 = op1(x0.v[c], s0);
-        y.v[c] = s1;
+        y0.v[c] = s1;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }
 
-// s0 = mul(x1, x2); s1 = sub(s0, x0); s2 = mul(s1, x3); s3 = add(x0, s2); out = s3
-// 10821888 elements, VEC = 4, operands read as vec, vec, splat, splat
-extern "C" __global__ void __launch_bounds__(256) fused_65e24f6644(float* out, const float* in0, const float* in1, const float* in2, const float* in3)
+// s0 = mul(x0, x1); s1 = sub(s0, x2); s2 = mul(s1, x3); s3 = add(x2, s2); s4 = mul(x0, x1); s5 = mul(s4, s4); s6 = sub(s5, x4); s7 = mul(s6, x5); s8 = add(x4, s7); s9 = mul(s3, x6); s10 = sqrt(s8); s11 = add(s10, x7); s12 = div(s9, s11); s13 = sub(x8, s12); out0 = s3; out1 = s8; out2 = s13; 
+// 10821888 elements, VEC = 4, operands read as vec, splat, vec, splat, vec, splat, splat, splat, vec
+extern "C" __global__ void __launch_bounds__(256) fused_multi_6fe3665011(float* out0, float* out1, float* out2, const float* in0, const float* in1, const float* in2, const float* in3, const float* in4, const float* in5, const float* in6, const float* in7, const float* in8)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -225,123 +225,84 @@ extern "C" __global__ void __launch_bounds__(256) fused_65e24f6644(float* out, c
     const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
     if (i >= 10821888) return;
     const Vec<VEC> x0 = load<VEC>(in0 + i);
-    const Vec<VEC> x1 = load<VEC>(in1 + i);
-    auto index_x2 = [](const idx flat) -> idx {
+    auto index_x1 = [](const idx flat) -> idx {
         idx rest = flat, at = 0;
         (void)rest;
         return at;
     };
-    const Vec<VEC> x2 = splat<VEC>(to_float(in2[index_x2(i)]));
+    const Vec<VEC> x1 = splat<VEC>(to_float(in1[index_x1(i)]));
+    const Vec<VEC> x2 = load<VEC>(in2 + i);
     auto index_x3 = [](const idx flat) -> idx {
         idx rest = flat, at = 0;
         (void)rest;
         return at;
     };
     const Vec<VEC> x3 = splat<VEC>(to_float(in3[index_x3(i)]));
+    const Vec<VEC> x4 = load<VEC>(in4 + i);
+    auto index_x5 = [](const idx flat) -> idx {
+        idx rest = flat, at = 0;
+        (void)rest;
+        return at;
+    };
+    const Vec<VEC> x5 = splat<VEC>(to_float(in5[index_x5(i)]));
+    auto index_x6 = [](const idx flat) -> idx {
+        idx rest = flat, at = 0;
+        (void)rest;
+        return at;
+    };
+    const Vec<VEC> x6 = splat<VEC>(to_float(in6[index_x6(i)]));
+    auto index_x7 = [](const idx flat) -> idx {
+        idx rest = flat, at = 0;
+        (void)rest;
+        return at;
+    };
+    const Vec<VEC> x7 = splat<VEC>(to_float(in7[index_x7(i)]));
+    const Vec<VEC> x8 = load<VEC>(in8 + i);
     auto op0 = [](const float a, const float b) { return a * b; };
     auto op1 = [](const float a, const float b) { return a - b; };
     auto op2 = [](const float a, const float b) { return a * b; };
     auto op3 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
+    auto op4 = [](const float a, const float b) { return a * b; };
+    auto op5 = [](const float a, const float b) { return a * b; };
+    auto op6 = [](const float a, const float b) { return a - b; };
+    auto op7 = [](const float a, const float b) { return a * b; };
+    auto op8 = [](const float a, const float b) { return a + b; };
+    auto op9 = [](const float a, const float b) { return a * b; };
+    auto op10 = [](const float a) { return sqrtf(a); };
+    auto op11 = [](const float a, const float b) { return a + b; };
+    auto op12 = [](const float a, const float b) { return a / b; };
+    auto op13 = [](const float a, const float b) { return a - b; };
+    Vec<VEC> y0;
+    Vec<VEC> y1;
+    Vec<VEC> y2;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x1.v[c], x2.v[c]);
-        const float s1 = op1(s0, x0.v[c]);
+        const float s0 = op0(x0.v[c], x1.v[c]);
+        const float s1 = op1(s0, x2.v[c]);
         const float s2 = op2(s1, x3.v[c]);
-        const float s3 = op3(x0.v[c], s2);
-        y.v[c] = s3;
+        const float s3 = op3(x2.v[c], s2);
+        const float s4 = op4(x0.v[c], x1.v[c]);
+        const float s5 = op5(s4, s4);
+        const float s6 = op6(s5, x4.v[c]);
+        const float s7 = op7(s6, x5.v[c]);
+        const float s8 = op8(x4.v[c], s7);
+        const float s9 = op9(s3, x6.v[c]);
+        const float s10 = op10(s8);
+        const float s11 = op11(s10, x7.v[c]);
+        const float s12 = op12(s9, s11);
+        const float s13 = op13(x8.v[c], s12);
+        y0.v[c] = s3;
+        y1.v[c] = s8;
+        y2.v[c] = s13;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
+    store<VEC>(out1 + i, y1);
+    store<VEC>(out2 + i, y2);
 }
 
-// s0 = mul(x1, x2); s1 = mul(s0, s0); s2 = sub(s1, x0); s3 = mul(s2, x3); s4 = add(x0, s3); out = s4
-// 10821888 elements, VEC = 4, operands read as vec, vec, splat, splat
-extern "C" __global__ void __launch_bounds__(256) fused_781f034d8b(float* out, const float* in0, const float* in1, const float* in2, const float* in3)
-{
-    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
-    // operand nothing reads afterwards).
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 10821888) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
-    const Vec<VEC> x1 = load<VEC>(in1 + i);
-    auto index_x2 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x2 = splat<VEC>(to_float(in2[index_x2(i)]));
-    auto index_x3 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x3 = splat<VEC>(to_float(in3[index_x3(i)]));
-    auto op0 = [](const float a, const float b) { return a * b; };
-    auto op1 = [](const float a, const float b) { return a * b; };
-    auto op2 = [](const float a, const float b) { return a - b; };
-    auto op3 = [](const float a, const float b) { return a * b; };
-    auto op4 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x1.v[c], x2.v[c]);
-        const float s1 = op1(s0, s0);
-        const float s2 = op2(s1, x0.v[c]);
-        const float s3 = op3(s2, x3.v[c]);
-        const float s4 = op4(x0.v[c], s3);
-        y.v[c] = s4;
-    }
-    store<VEC>(out + i, y);
-}
-
-// s0 = mul(x1, x2); s1 = sqrt(x3); s2 = add(s1, x4); s3 = div(s0, s2); s4 = sub(x0, s3); out = s4
-// 10821888 elements, VEC = 4, operands read as vec, vec, splat, vec, splat
-extern "C" __global__ void __launch_bounds__(256) fused_a3a07a7625(float* out, const float* in0, const float* in1, const float* in2, const float* in3, const float* in4)
-{
-    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
-    // operand nothing reads afterwards).
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 10821888) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
-    const Vec<VEC> x1 = load<VEC>(in1 + i);
-    auto index_x2 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x2 = splat<VEC>(to_float(in2[index_x2(i)]));
-    const Vec<VEC> x3 = load<VEC>(in3 + i);
-    auto index_x4 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x4 = splat<VEC>(to_float(in4[index_x4(i)]));
-    auto op0 = [](const float a, const float b) { return a * b; };
-    auto op1 = [](const float a) { return sqrtf(a); };
-    auto op2 = [](const float a, const float b) { return a + b; };
-    auto op3 = [](const float a, const float b) { return a / b; };
-    auto op4 = [](const float a, const float b) { return a - b; };
-    Vec<VEC> y;
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x1.v[c], x2.v[c]);
-        const float s1 = op1(x3.v[c]);
-        const float s2 = op2(s1, x4.v[c]);
-        const float s3 = op3(s0, s2);
-        const float s4 = op4(x0.v[c], s3);
-        y.v[c] = s4;
-    }
-    store<VEC>(out + i, y);
-}
-
-// s0 = add(x0, x1); out = s0
+// s0 = add(x0, x1); out0 = s0; 
 // 98304 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(256) add_5dbd1fb39e(float* out, const float* in0, const float* in1)
+extern "C" __global__ void __launch_bounds__(256) add_2b82d077cd(float* out0, const float* in0, const float* in1)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -352,18 +313,18 @@ extern "C" __global__ void __launch_bounds__(256) add_5dbd1fb39e(float* out, con
     const Vec<VEC> x0 = load<VEC>(in0 + i);
     const Vec<VEC> x1 = load<VEC>(in1 + i);
     auto op0 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c], x1.v[c]);
-        y.v[c] = s0;
+        y0.v[c] = s0;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }
 
-// s0 = mul(x0, x1); s1 = add(s0, x2); out = s1
+// s0 = mul(x0, x1); s1 = add(s0, x2); out0 = s1; 
 // 98304 elements, VEC = 4, operands read as vec, vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_ed4a674f57(float* out, const float* in0, const float* in1, const float* in2)
+extern "C" __global__ void __launch_bounds__(256) fused_f989626ad7(float* out0, const float* in0, const float* in1, const float* in2)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -390,19 +351,19 @@ extern "C" __global__ void __launch_bounds__(256) fused_ed4a674f57(float* out, c
     const Vec<VEC> x2 = load<VEC>(in2 + index_x2(i));
     auto op0 = [](const float a, const float b) { return a * b; };
     auto op1 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c], x1.v[c]);
         const float s1 = op1(s0, x2.v[c]);
-        y.v[c] = s1;
+        y0.v[c] = s1;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }
 
-// s0 = gelu(x0); out = s0
+// s0 = gelu(x0); out0 = s0; 
 // 393216 elements, VEC = 4, operands read as vec
-extern "C" __global__ void __launch_bounds__(256) gelu_c060101002(float* out, const float* in0)
+extern "C" __global__ void __launch_bounds__(256) gelu_c82120a62d(float* out0, const float* in0)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -412,18 +373,18 @@ extern "C" __global__ void __launch_bounds__(256) gelu_c060101002(float* out, co
     if (i >= 393216) return;
     const Vec<VEC> x0 = load<VEC>(in0 + i);
     auto op0 = [](const float a) { return 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))); };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c]);
-        y.v[c] = s0;
+        y0.v[c] = s0;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }
 
-// s0 = add(x0, x1); out = s0
+// s0 = add(x0, x1); out0 = s0; 
 // 384 elements, VEC = 4, operands read as vec, vec
-extern "C" __global__ void __launch_bounds__(96) add_408abb3a51(float* out, const float* in0, const float* in1)
+extern "C" __global__ void __launch_bounds__(96) add_0e57c0b400(float* out0, const float* in0, const float* in1)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -434,18 +395,18 @@ extern "C" __global__ void __launch_bounds__(96) add_408abb3a51(float* out, cons
     const Vec<VEC> x0 = load<VEC>(in0 + i);
     const Vec<VEC> x1 = load<VEC>(in1 + i);
     auto op0 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c], x1.v[c]);
-        y.v[c] = s0;
+        y0.v[c] = s0;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }
 
-// s0 = mul(x0, x1); s1 = add(s0, x2); out = s1
+// s0 = mul(x0, x1); s1 = add(s0, x2); out0 = s1; 
 // 384 elements, VEC = 4, operands read as vec, vec, vec
-extern "C" __global__ void __launch_bounds__(96) fused_3f181c598b(float* out, const float* in0, const float* in1, const float* in2)
+extern "C" __global__ void __launch_bounds__(96) fused_6a8bf69786(float* out0, const float* in0, const float* in1, const float* in2)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -458,19 +419,19 @@ extern "C" __global__ void __launch_bounds__(96) fused_3f181c598b(float* out, co
     const Vec<VEC> x2 = load<VEC>(in2 + i);
     auto op0 = [](const float a, const float b) { return a * b; };
     auto op1 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c], x1.v[c]);
         const float s1 = op1(s0, x2.v[c]);
-        y.v[c] = s1;
+        y0.v[c] = s1;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }
 
-// s0 = gelu(x0); out = s0
+// s0 = gelu(x0); out0 = s0; 
 // 1536 elements, VEC = 4, operands read as vec
-extern "C" __global__ void __launch_bounds__(256) gelu_dd67da4896(float* out, const float* in0)
+extern "C" __global__ void __launch_bounds__(256) gelu_f95e9234aa(float* out0, const float* in0)
 {
     // No __restrict__: the result may be written over one of its operands (an optimizer update, an
     // operand nothing reads afterwards).
@@ -480,11 +441,11 @@ extern "C" __global__ void __launch_bounds__(256) gelu_dd67da4896(float* out, co
     if (i >= 1536) return;
     const Vec<VEC> x0 = load<VEC>(in0 + i);
     auto op0 = [](const float a) { return 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))); };
-    Vec<VEC> y;
+    Vec<VEC> y0;
 #pragma unroll
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c]);
-        y.v[c] = s0;
+        y0.v[c] = s0;
     }
-    store<VEC>(out + i, y);
+    store<VEC>(out0 + i, y0);
 }

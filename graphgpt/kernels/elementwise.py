@@ -1,8 +1,10 @@
 """Pointwise ops and fused chains of them (templates/elementwise.cu.j2): every step is
-evaluated per element in registers, operands read vector-wise, splatted or gathered.
+evaluated per element in registers, operands read vector-wise, splatted or gathered; a chain with
+several results (fused_multi) stores each.
 """
 from __future__ import annotations
 
+from ..dtypes import DTYPES
 from ..ops import REGISTRY
 from ..ops.registry import prod
 from .common import (Kernel, aligned_for, broadcast_shape, broadcast_strides, collapse, index_type, operand,
@@ -21,11 +23,14 @@ def lower(launch) -> Kernel:
         view = launch["attrs"].get("shape", chain)
         operand_strides = [reshaped_strides(chain, broadcast_strides(b[2], chain), view) for b in launch["in"]]
         extents, strides = collapse(shape, *([st[p] for p in perm] for st in operand_strides))
-    n, w = prod(shape), width(out, *launch["in"])
-    vec = w if n % w == 0 and aligned_for(w, out) and (not extents or extents[-1] % w == 0) else 1
+    outs = launch.get("outs", [out])  # fused_multi: one output per result, all of the same shape
+    n, w = prod(shape), width(*outs, *launch["in"])
+    vec = w if n % w == 0 and aligned_for(w, *outs) and (not extents or extents[-1] % w == 0) else 1
     grid, block = streaming(n // vec)
     operands = [operand(extents, st, b, vec) for st, b in zip(strides, launch["in"])]
+    results = launch["attrs"].get("results", [len(steps(launch)) - 1])
     return Kernel(launch["op"], {**types(launch), "steps": steps(launch), "n": n, "vec": vec, "operands": operands,
+                                 "results": [{"t": DTYPES[b[0]].ctype, "step": r} for b, r in zip(outs, results)],
                                  "itype": index_type(shape, *(b[2] for b in launch["in"])), "threads": block[0]},
                   grid, block)
 

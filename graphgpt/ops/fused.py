@@ -8,6 +8,11 @@ transpose that read the chain, possibly through a reshape to attrs["shape"], is 
 the kernel reads its operands in the output's order, so the chain's result is never written in
 its own layout.
 
+`fused_multi` is a chain with several results, each an output of its own: attrs["results"] names
+the steps they are. The fusion pass makes one of the new values of persistent state that read one
+another (Adam's moments, the weight and its bf16 copy), so one kernel reads what they read once
+and writes them all.
+
 `fused_sum` is a `sum` whose input is such a chain (its "prologue"): the kernel evaluates the
 program per element where a `sum` loads its input, so the pointwise result never goes to memory.
 attrs: the program, and the `axes` and `keepdims` of the sum.
@@ -17,15 +22,20 @@ from __future__ import annotations
 from .registry import REGISTRY, Op, Spec, any_input, register
 
 
-def _run(program, inputs, step):
+def _run(program, inputs, step) -> list:
+    """Every step's value, in order."""
     values = []
     for op, attrs, args in program:
         values.append(step(op, dict(attrs), [values[a] if a >= 0 else inputs[-1 - a] for a in args]))
-    return values[-1]
+    return values
+
+
+def _step_specs(attrs, specs) -> list[Spec]:
+    return _run(attrs["program"], specs, lambda op, a, ins: REGISTRY[op].infer(a, *ins))
 
 
 def _infer(attrs, *specs: Spec) -> Spec:
-    spec = _run(attrs["program"], specs, lambda op, a, ins: REGISTRY[op].infer(a, *ins))
+    spec = _step_specs(attrs, specs)[-1]
     if "shape" in attrs:
         spec = REGISTRY["reshape"].infer({"shape": attrs["shape"]}, spec)
     if "perm" in attrs:
@@ -42,6 +52,21 @@ def _overwrites(attrs: dict, n_inputs: int):
 register(Op("fused", "elementwise", _infer,
             nondiff="made by the fusion pass, which runs after autodiff", template="elementwise",
             overwrites=_overwrites))
+
+
+def _multi_infer(attrs, *specs: Spec) -> list[Spec]:
+    steps = _step_specs(attrs, specs)
+    return [steps[r] for r in attrs["results"]]
+
+
+def _multi_overwrites(attrs: dict, n_inputs: int):
+    """Any result over any input: a thread reads all of an element's operands before it writes."""
+    return tuple((k, i) for k in range(len(attrs["results"])) for i in range(n_inputs))
+
+
+register(Op("fused_multi", "elementwise", _multi_infer,
+            nondiff="made by the fusion pass, which runs after autodiff", template="elementwise",
+            overwrites=_multi_overwrites))
 
 
 def _sum_infer(attrs, *specs: Spec) -> Spec:

@@ -25,6 +25,10 @@
    - LayerNorm's backward takes in the gradient's scaling by gamma before it and the residual
      stream's gradient accumulation after it (fused_normalize_grad).
 GEMMs, other reductions, row ops and broadcasts to larger shapes otherwise stay boundaries.
+6. The pointwise new values of persistent state that read one another, and that nothing else
+   reads, become one fused_multi with a result for each: a weight's Adam moments, the weight and
+   its bf16 copy are one kernel that reads the gradient, the moments and the weight once, instead
+   of four that each re-read what the one before wrote.
 """
 from __future__ import annotations
 
@@ -80,7 +84,69 @@ def fuse(graph: Graph) -> Graph:
         elif pointwise(n) and any(i in inlined for i in n.inputs):
             n = _fused_node(graph, n, inlined)
         out.nodes[n.id] = n
-    return out
+    return _update_groups(out)
+
+
+def _update_groups(graph: Graph) -> Graph:
+    """Step 6. Members: new values of state (graph.updates), pointwise, in their own layout. Two
+    members of one shape where one reads the other are in one group; a group is kept when nothing
+    outside it reads its members. Each group becomes one fused_multi, added after everything it
+    reads, whose outputs are the updates; its members go."""
+    users, updates = graph.users(), {new: state for state, new in graph.updates.items()}
+
+    def member(i: int) -> bool:
+        n = graph.nodes[i]
+        return (i in updates and REGISTRY[n.op].kind == "elementwise" and not n.specs
+                and not {"perm", "shape"} & set(n.attr))
+    leader: dict[int, int] = {}
+
+    def find(i: int) -> int:
+        while leader.get(i, i) != i:
+            i = leader[i]
+        return i
+    for n in graph.nodes.values():
+        if member(n.id):
+            for i in n.inputs:
+                if member(i) and graph.nodes[i].shape == n.shape:
+                    leader[find(n.id)] = find(i)
+    groups: dict[int, list[int]] = {}
+    for i in graph.nodes:
+        if member(i):
+            groups.setdefault(find(i), []).append(i)
+    outside = set(graph.outputs.values()) | set(graph.grads.values())
+    for ids in groups.values():
+        if len(ids) < 2 or any(set(users[i]) - set(ids) or i in outside for i in ids):
+            continue
+        inputs, program, results = _joined_programs([graph.nodes[i] for i in ids])
+        graph.locate = lambda: graph.nodes[ids[0]].where
+        outs = graph.add("fused_multi", inputs, program=program, results=results)
+        graph.locate = None
+        for i, o in zip(ids, outs):
+            graph.updates[updates[i]] = o.id
+            del graph.nodes[i]
+    return graph
+
+
+def _joined_programs(members: list[Node]) -> tuple[list[int], tuple, tuple[int, ...]]:
+    """One program computing every member (in id order, so each reads only earlier ones), a member
+    read by a later one taken from its step; the program's inputs, and each member's step."""
+    program, externals, step_of = [], [], {}
+    for n in members:
+        steps = n.attr["program"] if n.op == "fused" else ((n.op, n.attrs, tuple(-1 - k for k in range(len(n.inputs)))),)
+        base = len(program)
+
+        def arg(a: int) -> int:
+            if a >= 0:
+                return base + a
+            i = n.inputs[-1 - a]
+            if i in step_of:
+                return step_of[i]
+            if i not in externals:
+                externals.append(i)
+            return -1 - externals.index(i)
+        program += [(op, attrs, tuple(arg(a) for a in args)) for op, attrs, args in steps]
+        step_of[n.id] = len(program) - 1
+    return externals, tuple(program), tuple(step_of[n.id] for n in members)
 
 
 def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> tuple[dict[int, Node], set[int]]:

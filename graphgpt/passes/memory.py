@@ -228,7 +228,7 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
         fixed[g] = layout.grads[nodes[p].name]
     copies = []
     for state, new in graph.updates.items():
-        if (_in_place(nodes[new], state, pos, readers, members) or _read_before(new, state, nodes, pos, readers, members)) \
+        if (_in_place(new, state, nodes, pos, readers, members) or _read_before(new, state, nodes, pos, readers, members)) \
                 and new not in fixed:
             fixed[new] = fixed[state]
         elif _in_place_op(nodes[new]):
@@ -324,21 +324,28 @@ def _concat_pieces(n: Node, nodes: dict[int, Node], resolve, unplaceable: set[in
     return pieces
 
 
-def _in_place(new: Node, state: int, pos, readers, members) -> bool:
+def _writer(new: int, nodes) -> tuple[Node, int]:
+    """The node that runs to write value `new`, and which of its outputs `new` is."""
+    n = nodes[new]
+    return (nodes[n.inputs[0]], n.attr["index"]) if REGISTRY[n.op].kind == "projection" else (n, 0)
+
+
+def _in_place(new: int, state: int, nodes, pos, readers, members) -> bool:
     """Can `new` overwrite `state`'s memory? Its op allows it, it reads it directly, and reads it last."""
-    may = REGISTRY[new.op].overwrites(new.attr, len(new.inputs))
-    if not any((0, i) in may for i, x in enumerate(new.inputs) if x == state):
+    op, k = _writer(new, nodes)
+    may = REGISTRY[op.op].overwrites(op.attr, len(op.inputs))
+    if not any((k, i) in may for i, x in enumerate(op.inputs) if x == state):
         return False
-    others = [r for k in members[state] for r in readers[k] if r != new.id]
-    return all(pos[r] < pos[new.id] for r in others if r in pos)
+    others = [r for m in members[state] for r in readers[m] if r != op.id]
+    return all(pos[r] < pos[op.id] for r in others if r in pos)
 
 
 def _read_before(new: int, state: int, nodes, pos, readers, members) -> bool:
-    """Everything that reads `state` runs before `new`, which does not read it: its new value may
-    be computed straight into its slot (a buffer of its own, not an output of an op with several).
-    A weight's copy: the step's GEMMs read it, then the update's cast writes it."""
-    return (all(pos[r] < pos[new] for k in members[state] for r in readers[k] if r in pos)
-            and not nodes[new].specs and REGISTRY[nodes[new].op].kind != "projection")
+    """Everything that reads `state` runs before the op that writes `new`, which does not read it:
+    its new value may be computed straight into its slot. A weight's copy: the step's GEMMs read
+    it, then the update writes it."""
+    op, _ = _writer(new, nodes)
+    return not nodes[new].specs and all(pos[r] < pos[op.id] for m in members[state] for r in readers[m] if r in pos)
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,17 @@ def _size(buf) -> int:
     return prod(buf[2])
 
 
+def _outs(launch: dict) -> list:
+    return launch.get("outs", [launch["out"]])
+
+
 def _mergeable(launch: dict, work_start: int | None) -> bool:
-    """Pointwise over its output's shape: every operand is that shape or a scalar, and no tensor
-    operand lies in the work region."""
+    """Pointwise over its output's shape: every other output is that shape, every operand that
+    shape or a scalar, and no tensor lies in the work region."""
     out = launch["out"]
-    tensors = [b for b in (out, *launch["in"]) if _size(b) > 1]
+    tensors = [b for b in (*_outs(launch), *launch["in"]) if _size(b) > 1]
     return (REGISTRY[launch["op"]].kind == "elementwise" and not {"perm", "shape"} & set(launch["attrs"])
-            and _size(out) > 1
+            and _size(out) > 1 and all(list(b[2]) == list(out[2]) for b in _outs(launch))
             and all(_size(b) == 1 or list(b[2]) == list(out[2]) for b in launch["in"])
             and (work_start is None or all(b[1] < work_start for b in tensors)))
 
@@ -57,7 +61,9 @@ def _continues(prev: dict, nxt: dict, work_start: int | None) -> bool:
     if not (_mergeable(prev, work_start) and _mergeable(nxt, work_start)) or prev["op"] != nxt["op"] \
             or _computation(prev) != _computation(nxt) or len(prev["in"]) != len(nxt["in"]):
         return False
-    pairs = [(prev["out"], nxt["out"])] + list(zip(prev["in"], nxt["in"]))
+    if len(_outs(prev)) != len(_outs(nxt)):
+        return False
+    pairs = list(zip(_outs(prev), _outs(nxt))) + list(zip(prev["in"], nxt["in"]))
     if any((_size(a) == 1) != (_size(b) == 1) or a[0] != b[0] for a, b in pairs):
         return False
     if any(a[:2] != b[:2] for a, b in pairs if _size(b) == 1):  # a scalar: the same one
@@ -83,5 +89,8 @@ def _joined(prev: dict, nxt: dict) -> dict:
     def flat(buf):
         return buf if _size(buf) == 1 else [buf[0], buf[1], [total]]
 
-    return {**prev, "out": flat(prev["out"]), "in": [flat(b) for b in prev["in"]],
-            "attrs": dict(prev["attrs"], tensors=prev["attrs"].get("tensors", 1) + 1)}
+    joined = {**prev, "out": flat(prev["out"]), "in": [flat(b) for b in prev["in"]],
+              "attrs": dict(prev["attrs"], tensors=prev["attrs"].get("tensors", 1) + 1)}
+    if "outs" in prev:
+        joined["outs"] = [flat(b) for b in prev["outs"]]
+    return joined
