@@ -15,8 +15,8 @@ The programs compiled from one model:
   that type, which every program reads instead of casting the weights (passes/weight_copies.py);
   the optimizer update keeps them current, and the runtime runs this program after anything else
   writes the weights.
-They share the persistent arena (parameters, gradients, optimizer state, caches, constants) and the
-work region, which is as large as the largest program needs.
+They share the persistent arena (parameters, gradients, optimizer state, weight copies, caches,
+constants) and the work region, which is as large as the largest program needs.
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ from .passes.memory import ALIGN, CONST, Layout, ProgramMemory, persistent_layou
 from .passes.multi_tensor import merge_launches
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
-from .passes.weight_copies import read_weight_copies
 from .passes.simplify import simplify
+from .passes.weight_copies import read_weight_copies
 from .plan import CAST_WEIGHTS, SCHEMA_VERSION, check_out, save
 from .schedule import DECODE_POSITION, NEXT_TOKEN
 from .bpe import KIND as BPE_KIND

@@ -132,7 +132,8 @@ def _joined_programs(members: list[Node]) -> tuple[list[int], tuple, tuple[int, 
     read by a later one taken from its step; the program's inputs, and each member's step."""
     program, externals, step_of = [], [], {}
     for n in members:
-        steps = n.attr["program"] if n.op == "fused" else ((n.op, n.attrs, tuple(-1 - k for k in range(len(n.inputs)))),)
+        own = (n.op, n.attrs, tuple(-1 - k for k in range(len(n.inputs))))  # a lone op as a program
+        steps = n.attr["program"] if n.op == "fused" else (own,)
         base = len(program)
 
         def arg(a: int) -> int:

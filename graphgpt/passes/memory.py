@@ -10,9 +10,9 @@ have fixed slots, but only hold from the generation programs' run that writes th
 that read them: a generation starts by writing them, so the training programs' work may go over
 them and they cost training no memory; the generation programs plan their own work above them.
 Every tensor starts on a 256-byte boundary (a bf16 weight copy on a 128-byte one), so any 16-byte
-vector access a kernel makes at a multiple of its vector width stays aligned. A gradient accumulator (a state node with
-attribute grad_of=<param>) has no slot of its own: it is its parameter's gradient slot, so the
-region means the same in every plan. The work region is shared by every program of a plan and
+vector access a kernel makes at a multiple of its vector width stays aligned. A gradient
+accumulator (a state node with attribute grad_of=<param>) has no slot of its own: it is its
+parameter's gradient slot, so the region means the same in every plan. The work region is shared by every program of a plan and
 planned per program from each buffer's lifetime (from the step that computes it to its last reader)
 in two ways, keeping the smaller: a best-fit heap simulated over the schedule (as XLA's heap
 simulator), and an offline placement of the largest buffers first (as TFLite's greedy-by-size
@@ -30,9 +30,8 @@ Three kinds of sharing remove copies, as each op declares them in its registry e
 - in-place updates: a parameter's or optimizer state's new value is written over the old one when
   it is an elementwise op that reads the old value last, or when it does not read the old value
   and runs after everything that does (a weight's compute-type copy); otherwise a copy runs at the
-  end. An op that only writes
-  part of its output (a cache update: the new rows) must run in place, and the plan fails where
-  it cannot.
+  end. An op that only writes part of its output (a cache update: the new rows) must run in place,
+  and the plan fails where it cannot.
 """
 from __future__ import annotations
 
@@ -126,12 +125,12 @@ def copies(lay: Layout, nodes: list[Node]) -> None:
     copy thus starts on a boundary of half the alignment, which still aligns 16-byte vectors."""
     params_start, params_size = lay.regions["params"]
     start = aligned(sum(lay.regions["state"]))
-    width = {n.attr["copy_of"]: DTYPES[n.dtype].bytes for n in nodes}
-    narrowest = min(width.values(), default=DTYPES["f32"].bytes)
-    assert narrowest == max(width.values(), default=narrowest) <= DTYPES["f32"].bytes, "copies of one narrower type"
+    widths = {DTYPES[n.dtype].bytes for n in nodes}
+    assert len(widths) <= 1, "the copies of one plan have one type"
+    width, f32 = min(widths, default=0), DTYPES["f32"].bytes
     for n in nodes:
-        lay.tensors[n.name] = start + (lay.tensors[n.attr["copy_of"]] - params_start) * narrowest // DTYPES["f32"].bytes
-    lay.regions["copies"] = [start, params_size * narrowest // DTYPES["f32"].bytes if nodes else 0]
+        lay.tensors[n.name] = start + (lay.tensors[n.attr["copy_of"]] - params_start) * width // f32
+    lay.regions["copies"] = [start, params_size * width // f32]
 
 
 @dataclass
@@ -228,8 +227,8 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
         fixed[g] = layout.grads[nodes[p].name]
     copies = []
     for state, new in graph.updates.items():
-        if (_in_place(new, state, nodes, pos, readers, members) or _read_before(new, state, nodes, pos, readers, members)) \
-                and new not in fixed:
+        if (_in_place(new, state, nodes, pos, readers, members)
+                or _read_before(new, state, nodes, pos, readers, members)) and new not in fixed:
             fixed[new] = fixed[state]
         elif _in_place_op(nodes[new]):
             raise UserError(f"{nodes[new].where}: {nodes[new].op} (node {new}) writes only part of "
@@ -345,7 +344,8 @@ def _read_before(new: int, state: int, nodes, pos, readers, members) -> bool:
     its new value may be computed straight into its slot. A weight's copy: the step's GEMMs read
     it, then the update writes it."""
     op, _ = _writer(new, nodes)
-    return not nodes[new].specs and all(pos[r] < pos[op.id] for m in members[state] for r in readers[m] if r in pos)
+    return not nodes[new].specs and all(pos[r] < pos[op.id]
+                                        for m in members[state] for r in readers[m] if r in pos)
 
 
 @dataclass(frozen=True)

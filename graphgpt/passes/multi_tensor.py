@@ -1,23 +1,24 @@
 """Multi-tensor launches: consecutive pointwise launches that do the same thing to tensors lying one
 after another in memory run as one launch over the joined range.
 
-This is what the optimizer needs: the update of every parameter is the same chain (m, then v, then
-the parameter), and parameters, gradients and each kind of optimizer state sit in their regions in
-the same order, so the m-updates of all parameters are one elementwise pass over the m region, the
-gradient region and the clip scale. The joined range also covers the few padding elements between
-tensors (regions start each tensor on a 256-byte boundary); those are zero and computing on them
-changes nothing anyone reads (every operand steps on by as many elements to its next tensor: the
-widest operand's slot; a float32 weight and its bf16 copy do). That holds in the
-persistent regions only: the padding of a work buffer holds whatever an earlier buffer left there,
-and joined into a gradient's padding it would reach the gradient norm, which sums the gradient
-region as one range. So a launch with a tensor operand in the work region joins nothing.
+This is what the optimizer needs: the update of every parameter is the same chain (one
+fused_multi: m, v, the parameter and, in a bf16 plan, its copy), and parameters, gradients, each
+kind of optimizer state and the copies sit in their regions in the same order, so the updates of
+all parameters are one pass over those regions and the clip scale. The joined range also covers
+the few padding elements between tensors (regions start each tensor on a 256-byte boundary, the
+copies on the element their weight starts at); those are zero and computing on them changes
+nothing anyone reads, as long as every operand steps on to its next tensor by as many elements
+(those of the widest operand's slot, which a float32 weight and its bf16 copy share). That holds
+in the persistent regions only: the padding of a work buffer holds whatever an earlier buffer
+left there, and joined into a gradient's padding it would reach the gradient norm, which sums the
+gradient region as one range. So a launch with a tensor in the work region joins nothing.
 
 It works on the plan's launch list, after memory planning, because only there are the offsets known.
 A launch may join its predecessor when both are pointwise and compute the same (the same op and
-attributes: a `fused` program, or a weight's cast into its copy), every operand is
-either a scalar shared by both or a full-size tensor that starts where the predecessor's ended (at
-the same distance as the output's), and nothing in between breaks the order (they are neighbours in
-the list, and a pointwise launch's element i depends only on element i of its operands)."""
+attributes), every output and operand is either a scalar shared by both or a full-size tensor
+that starts where the predecessor's ended (at the same distance in elements as every other's),
+and nothing in between breaks the order (they are neighbours in the list, and a pointwise
+launch's element i depends only on element i of its operands)."""
 from __future__ import annotations
 
 from ..dtypes import DTYPES, nbytes

@@ -6,8 +6,9 @@ differentiates through those casts. After autodiff, this pass makes every such c
 weight's copy (a cache node with attribute copy_of, the node the generation programs read), and
 gives every program that updates a parameter the update of its copy: the cast of the new value.
 So the optimizer writes the copies as it writes the weights, the next step reads exactly the bits
-its casts would have made, and the casts of all weights, which lie in parameter order as the
-weights do, run as one multi-tensor launch (passes/multi_tensor.py) instead of one per weight.
+its casts would have made, and no step casts a weight: each cast joins its weight's update in one
+kernel (fuse.py step 6), and those of all weights, which lie in parameter order as the weights
+do, in one launch (passes/multi_tensor.py).
 Whatever writes weights outside a step (initialisation, a checkpoint, a broadcast) leaves the
 copies stale; the runtime then runs the cast_weights program once before the next program.
 """
