@@ -21,7 +21,8 @@ def three_steps(overrides, fusion, dtype):
     backend = NumpyBackend(plan, dtype)
     trainer = Trainer(plan, backend, SequentialSampler(tokens, plan.config["batch_size"], plan.config["block_size"]))
     losses = [m["loss"] for m in trainer.steps(3)]
-    launches = len(plan.program("train")["launches"])
+    launches = sum(len(plan.program(name)["launches"]) for name in ("train", "accumulate", "update")
+                   if name in plan.data["programs"])
     return losses, {t["name"]: backend.get_tensor(t["name"]) for t in plan.params}, launches
 
 
@@ -84,8 +85,9 @@ def test_the_fused_loss_trains_bit_for_bit_as_the_two_ops(monkeypatch, overrides
 
 
 @pytest.mark.parametrize("overrides,dtype", [(TWO_LAYERS, np.float64), (TWO_LAYERS + ["dtype=bf16"], np.float32),
-                                             (TWO_LAYERS + ["optimizer=adamw", "weight_decay=0.1"], np.float32)],
-                         ids=["float64", "bf16", "adamw"])
+                                             (TWO_LAYERS + ["optimizer=adamw", "weight_decay=0.1"], np.float32),
+                                             (TWO_LAYERS + ["dtype=bf16", "grad_accum=2"], np.float32)],
+                         ids=["float64", "bf16", "adamw", "bf16-accumulating"])
 def test_the_update_as_one_launch_trains_bit_for_bit_as_its_parts(monkeypatch, overrides, dtype):
     """Step 6 joins m, v, the weights (and bf16 copies) into one launch; computed apart, in the
     launches that each read what the one before wrote, every bit is the same."""
