@@ -41,8 +41,8 @@ from .passes.multi_tensor import merge_launches
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
 from .passes.simplify import simplify
-from .passes.weight_copies import read_weight_copies
-from .plan import CAST_WEIGHTS, SCHEMA_VERSION, check_out, save
+from .passes.weight_copies import with_weight_copies
+from .plan import SCHEMA_VERSION, check_out, save
 from .schedule import DECODE_POSITION, NEXT_TOKEN
 from .bpe import KIND as BPE_KIND
 from .bpe import VOCAB_FILES, BpeTokenizer
@@ -136,9 +136,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     joint_dump = graphs[backward].summary("joint")
     graphs["eval"] = _trace(module, model_cfg, B, T, with_loss=True)
     graphs.update(_generation(module, model_cfg, len(tokenizer.vocab), log))
-    graphs = {name: read_weight_copies(g, model_cfg["dtype"]) for name, g in graphs.items()}
-    if model_cfg["dtype"] != dsl.FLOAT:
-        graphs[CAST_WEIGHTS] = _cast_weights(graphs.values(), model_cfg["dtype"])
+    graphs = with_weight_copies(graphs, model_cfg["dtype"])
     log(f"  trace      forward {len(forward_dump['nodes'])} nodes, joint {len(graphs[backward].nodes)} nodes")
 
     graphs = {name: simplify(g) for name, g in graphs.items()}
@@ -208,18 +206,6 @@ def _generation(module, cfg: dict, vocab_in_use: int, log) -> dict[str, Graph]:
                else "its position rows do not come from position_rows")
         log(f"  decode     none: {why}; generation reruns the whole window per token")
     return programs
-
-
-def _cast_weights(programs, dtype: str) -> Graph:
-    """The program that writes the compute-type copy of every weight the programs read (their
-    cache nodes with attribute copy_of), each cast straight into the copy's slot."""
-    graph = Graph()
-    copies = {n.name: n for g in programs for n in g.of_op("cache") if "copy_of" in n.attr}
-    for name, copy in copies.items():
-        weight = graph.add("param", name=copy.attr["copy_of"], shape=copy.shape, dtype=dsl.FLOAT)
-        slot = graph.add("cache", name=name, shape=copy.shape, dtype=dtype, copy_of=copy.attr["copy_of"])
-        graph.updates[slot.id] = graph.add("cast", (weight,), dtype=dtype).id
-    return graph
 
 
 def _node_counts(graphs: dict[str, Graph]) -> str:

@@ -10,7 +10,8 @@ its casts would have made, and no step casts a weight: each cast joins its weigh
 kernel (fuse.py step 6), and those of all weights, which lie in parameter order as the weights
 do, in one launch (passes/multi_tensor.py).
 Whatever writes weights outside a step (initialisation, a checkpoint, a broadcast) leaves the
-copies stale; the runtime then runs the cast_weights program once before the next program.
+copies stale; the runtime then runs the cast_weights program, made here too, once before the next
+program.
 """
 from __future__ import annotations
 
@@ -18,6 +19,28 @@ from dataclasses import replace
 
 from ..dsl import FLOAT, weight_copy
 from ..ir import Graph, Node, _freeze
+from ..plan import CAST_WEIGHTS
+
+
+def with_weight_copies(graphs: dict[str, Graph], dtype: str) -> dict[str, Graph]:
+    """Every program reading and updating the copies, and the cast_weights program that makes
+    them; a float32 plan's programs as they are."""
+    if dtype == FLOAT:
+        return graphs
+    graphs = {name: read_weight_copies(g, dtype) for name, g in graphs.items()}
+    return {**graphs, CAST_WEIGHTS: cast_weights(graphs.values())}
+
+
+def cast_weights(programs) -> Graph:
+    """The program that writes the copy of every weight the programs read (their cache nodes
+    with attribute copy_of), each cast straight into the copy's slot."""
+    graph = Graph()
+    copies = {n.name: n for g in programs for n in g.of_op("cache") if "copy_of" in n.attr}
+    for copy in copies.values():
+        weight = graph.add("param", name=copy.attr["copy_of"], shape=copy.shape, dtype=FLOAT)
+        slot = graph.add("cache", **copy.attr)
+        graph.updates[slot.id] = graph.add("cast", (weight,), dtype=copy.dtype).id
+    return graph
 
 
 def read_weight_copies(graph: Graph, dtype: str) -> Graph:

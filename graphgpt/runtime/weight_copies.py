@@ -16,15 +16,16 @@ class WeightCopies:
     plan: Plan
     _copies_stale = False
 
+    _weight_names: frozenset[str] | None = None
+
     def weights_written(self, name: str | None = None) -> None:
         """A weight (`name`; None: all of them) was written from outside a program."""
-        if CAST_WEIGHTS in self.plan.data["programs"] and (name is None or name in self._weight_names()):
+        if self._weight_names is None:
+            self._weight_names = frozenset(t["name"] for t in self.plan.params)
+        if CAST_WEIGHTS in self.plan.data["programs"] and (name is None or name in self._weight_names):
             self._copies_stale = True
 
     def refresh_copies(self, program: str) -> None:
         if self._copies_stale and program != CAST_WEIGHTS:
             self._copies_stale = False
             self.enqueue(CAST_WEIGHTS, {})
-
-    def _weight_names(self) -> set[str]:
-        return {t["name"] for t in self.plan.params}
