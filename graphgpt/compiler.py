@@ -35,7 +35,7 @@ from .errors import ArgumentParser, UserError
 from .ir import INT, PERSISTENT_OPS, Graph
 from .kernels.gemm import lower_matmul
 from .ops import REGISTRY
-from .passes.fuse import fuse
+from .passes.fuse import fuse, gelu_epilogues
 from .passes.memory import ALIGN, CONST, Layout, ProgramMemory, persistent_layout, plan_program
 from .passes.multi_tensor import merge_launches
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
@@ -147,6 +147,9 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
         log(f"  fuse       {_node_counts(graphs)}")
     # every policy is planned: auto chooses by the work peaks, and the report lists them all
     variants = {policy: rematerialize(graphs[backward], policy) for policy in POLICIES}
+    if fusion:  # GELU into its GEMMs' epilogues, after remat has chosen which GELU outputs to recompute
+        variants = {policy: gelu_epilogues(g) for policy, g in variants.items()}
+        graphs = {name: g if name == backward else gelu_epilogues(g) for name, g in graphs.items()}
     layout = persistent_layout(*graphs.values())
     peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}
     chosen = choose({policy: m.work_size for policy, m in peaks.items()}) if remat == AUTO else remat

@@ -114,9 +114,14 @@ def matmul(attrs, a, b):
 
 @reference("fused_matmul")
 def fused_matmul(attrs, a, b, *rest):
+    """The epilogue on the unrounded product, as cuBLASLt applies it to its accumulator."""
     out, rest = matmul(attrs, a, b), list(rest)
     if attrs["bias"]:
         out = out + rest.pop(0)
+    if attrs.get("gelu"):
+        return gelu({}, out), out
+    if attrs.get("gelu_grad"):
+        return gelu_grad({}, rest.pop(0), out)
     return out + rest.pop(0) if attrs["residual"] else out
 
 

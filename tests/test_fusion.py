@@ -99,3 +99,78 @@ def test_the_update_as_one_launch_trains_bit_for_bit_as_its_parts(monkeypatch, o
     assert losses == apart_losses
     for name, value in apart.items():
         np.testing.assert_array_equal(params[name], value, err_msg=name)
+
+
+def _gelu_launches(data: dict, program: str) -> dict[str, int]:
+    launches = data["programs"][program]["launches"]
+    return {"gelu": sum(ln["op"] == "gelu" for ln in launches), "gelu_grad": sum(ln["op"] == "gelu_grad" for ln in launches),
+            "in a GEMM": sum(ln["attrs"].get("gelu", False) for ln in launches),
+            "its gradient in a GEMM": sum(ln["attrs"].get("gelu_grad", False) for ln in launches)}
+
+
+@pytest.fixture
+def gradient_epilogues_everywhere(monkeypatch):
+    """GELU's gradient in its GEMM at every size, not only at those where it measured faster."""
+    monkeypatch.setattr(fuse_pass, "GELU_GRAD_MIN_ELEMENTS", 0)
+
+
+def test_gelus_gradient_stays_a_kernel_below_the_size_where_the_epilogue_pays():
+    data = compile_model(ROOT / "model.py", TWO_LAYERS + ["dtype=bf16"], log=lambda *a: None).data
+    assert _gelu_launches(data, "train") == {"gelu": 0, "gelu_grad": 2, "in a GEMM": 2, "its gradient in a GEMM": 0}
+
+
+@pytest.mark.usefixtures("gradient_epilogues_everywhere")
+def test_a_float32_plan_keeps_its_exact_gelu_kernels():
+    data = compile_model(ROOT / "model.py", TWO_LAYERS, log=lambda *a: None).data
+    assert _gelu_launches(data, "train") == {"gelu": 2, "gelu_grad": 2, "in a GEMM": 0, "its gradient in a GEMM": 0}
+
+
+@pytest.mark.usefixtures("gradient_epilogues_everywhere")
+@pytest.mark.parametrize("remat", ["none", "gelu"])
+def test_gelu_and_its_gradient_run_in_the_gemms_beside_them(remat):
+    """Every layer's GELU is its first linear's epilogue and GELU's gradient that of the GEMM
+    computing the gradient of GELU's output; a GELU recomputed for the backward stays an op, and the
+    pre-activation the GEMM writes as its second output is what GELU's gradient reads."""
+    data = compile_model(ROOT / "model.py", TWO_LAYERS + ["dtype=bf16"], remat=remat, log=lambda *a: None).data
+    recomputed = 2 if remat == "gelu" else 0
+    assert _gelu_launches(data, "train") == {"gelu": recomputed, "gelu_grad": 0, "in a GEMM": 2,
+                                             "its gradient in a GEMM": 2}
+    assert _gelu_launches(data, "eval") == {"gelu": 0, "gelu_grad": 0, "in a GEMM": 2, "its gradient in a GEMM": 0}
+    launches = data["programs"]["train"]["launches"]
+    pre = [ln["outs"][1] for ln in launches if ln["attrs"].get("gelu")]
+    grads = [ln for ln in launches if ln["attrs"].get("gelu_grad")]
+    assert sorted(ln["in"][2][1] for ln in grads) == sorted(b[1] for b in pre)
+    if remat == "gelu":
+        assert sorted(ln["in"][0][1] for ln in launches if ln["op"] == "gelu") == sorted(b[1] for b in pre)
+
+
+def _first_gradients(overrides) -> tuple[float, dict[str, np.ndarray], int]:
+    """The loss and every parameter's gradient of one bf16 step from the initial weights, and the
+    step's launch count."""
+    plan = Plan(compile_model(ROOT / "model.py", overrides, log=lambda *a: None).data, "t")
+    backend = NumpyBackend(plan, np.float32)
+    B, T = plan.config["batch_size"], plan.config["block_size"]
+    Trainer(plan, backend, SequentialSampler(np.zeros(1000, np.int32), B, T))  # the initial weights
+    tokens = np.random.default_rng(0).integers(0, plan.config["vocab_size"], (B, T))
+    loss = backend.run("train", {"tokens": tokens, "targets": np.roll(tokens, -1, 1), "step_size": 0.0})["loss"]
+    grads = {t["name"]: backend.get_tensor(t["name"], grad=True) for t in plan.params}
+    return float(loss), grads, len(plan.program("train")["launches"])
+
+
+@pytest.mark.usefixtures("gradient_epilogues_everywhere")
+def test_gelu_epilogues_give_the_gradients_of_the_separate_ops(monkeypatch):
+    """One bf16 step's loss and gradients with GELU and its gradient in the GEMMs, against the
+    separate launches: they differ only where the separate ops round the product to bf16 before
+    GELU reads it and the epilogues apply GELU to the unrounded product, as cuBLASLt does."""
+    import graphgpt.compiler as compiler
+    overrides = TWO_LAYERS + ["dtype=bf16"]
+    loss, grads, n = _first_gradients(overrides)
+    with monkeypatch.context() as m:
+        m.setattr(compiler, "gelu_epilogues", lambda graph: graph)
+        apart_loss, apart, n_apart = _first_gradients(overrides)
+    assert n == n_apart - 4  # two layers' GELU and GELU gradient
+    assert loss != apart_loss  # the rounding points did move
+    assert loss == pytest.approx(apart_loss, rel=1e-3)
+    for name, value in apart.items():
+        err = np.linalg.norm(grads[name] - value) / np.linalg.norm(value)
+        assert err <= 2e-2, f"{name}: relative error {err:.2e}"

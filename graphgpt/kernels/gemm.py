@@ -1,6 +1,7 @@
 """Lower a matmul launch to one cuBLAS strided-batched GEMM call, at compile time; a fused_matmul
 to one cuBLASLt matmul with the same operands plus its epilogue: the bias vector (one value per
-cuBLAS row, which is our column) and C = the residual, added with beta = 1.
+cuBLAS row, which is our column), C = the residual, added with beta = 1, and GELU or its
+derivative with the pre-activation as cuBLASLt's aux matrix (laid out as the product).
 
 cuBLAS is column-major; our buffers are row-major. A row-major (M, N) matrix is the same bytes as
 a column-major (N, M) one, so C = op(A) @ op(B) is computed as C^T = op(B)^T @ op(A)^T: the
@@ -29,6 +30,15 @@ def lower_matmul(launch: dict) -> dict:
     }
     if launch["op"] == "matmul":
         return {"gemm": gemm}
-    attrs, extra = launch["attrs"], launch["in"][2:]
-    return {"gemm": gemm, "epilogue": {"bias": extra[0] if attrs["bias"] else None,
-                                       "residual": extra[-1] if attrs["residual"] else None}}
+    attrs, extra = launch["attrs"], list(launch["in"][2:])
+    bias = extra.pop(0) if attrs["bias"] else None
+    if attrs.get("gelu"):  # GELU of the biased product into out, the biased product into aux
+        kind, aux = ("gelu_aux_bias" if bias else "gelu_aux"), launch["outs"][1]
+    elif attrs.get("gelu_grad"):  # the product times GELU's derivative at aux
+        kind, aux = "dgelu", extra.pop(0)
+    else:
+        kind, aux = ("bias" if bias else "default"), None
+    if aux is not None and (batch > 1 or n % 8):
+        raise ValueError(f"a GELU epilogue needs one GEMM of a width that is a multiple of 8, not {batch} x {m}x{n}")
+    return {"gemm": gemm, "epilogue": {"kind": kind, "bias": bias, "aux": aux,
+                                       "residual": extra.pop(0) if attrs["residual"] else None}}

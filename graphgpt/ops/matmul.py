@@ -41,8 +41,9 @@ def _vjp(attrs, g, out, a, b):
     return da, db
 
 
-def _flops(attrs, out: Spec, a: Spec, *rest) -> int:
-    return 2 * prod(out.shape) * (a.shape[-2] if attrs["ta"] else a.shape[-1])
+def _flops(attrs, out, a: Spec, b: Spec, *rest) -> int:
+    product = _infer({"ta": attrs["ta"], "tb": attrs["tb"]}, a, b)
+    return 2 * prod(product.shape) * (a.shape[-2] if attrs["ta"] else a.shape[-1])
 
 
 register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True, flops=_flops))
@@ -52,6 +53,11 @@ register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True, flops=_
 # one value per output column (attrs["bias"]: input 2), the residual of the output's shape
 # (attrs["residual"]: the last input). cuBLASLt adds both as it writes the product (a bias
 # epilogue, and C with beta = 1), so neither sum makes a pass over memory of its own.
+# With attrs["gelu"] (no residual) it has two outputs: GELU of the biased product, and the biased
+# product itself, the pre-activation GELU's gradient reads; with attrs["gelu_grad"] (no bias, no
+# residual) the input after the operands is that pre-activation, and the result is the product
+# times GELU's derivative there: the gradient of the pre-activation, when the product is that of
+# GELU's output. cuBLASLt computes GELU (tanh approximation) from the float accumulator.
 def _fused_infer(attrs, a, b, *rest):
     out = _infer(attrs, a, b)
     rest = list(rest)
@@ -59,12 +65,19 @@ def _fused_infer(attrs, a, b, *rest):
         bias = rest.pop(0)
         require(bias.shape == out.shape[-1:], f"bias {bias.shape} is not one value per column of {out.shape}")
         require(bias.dtype == out.dtype, f"bias is {bias.dtype}, the product {out.dtype}")
+    gelu, gelu_grad = attrs.get("gelu", False), attrs.get("gelu_grad", False)
+    require(not (gelu or gelu_grad) or not attrs["residual"], "a GELU epilogue takes no residual")
+    require(not gelu_grad or not (gelu or attrs["bias"]), "GELU's gradient epilogue takes no bias")
+    if gelu_grad:
+        pre = rest.pop(0)
+        require(pre.shape == out.shape and pre.dtype == out.dtype,
+                f"pre-activation {pre.dtype}{list(pre.shape)} is not the product's {out.dtype}{list(out.shape)}")
     if attrs["residual"]:
         residual = rest.pop(0)
         require(residual.shape == out.shape, f"residual {residual.shape} is not the product's {out.shape}")
         require(residual.dtype == out.dtype, f"residual is {residual.dtype}, the product {out.dtype}")
     require(not rest, "too many inputs")
-    return out
+    return [out, out] if gelu else out
 
 
 register(Op("fused_matmul", "matmul", _fused_infer, flops=_flops,

@@ -21,7 +21,12 @@ CUBLAS_GEMM_DEFAULT = -1
 WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
 # cublasLt.h
 LT_DESC_TRANSA, LT_DESC_TRANSB, LT_DESC_EPILOGUE, LT_DESC_BIAS_POINTER = 3, 4, 7, 8
-LT_EPILOGUE_DEFAULT, LT_EPILOGUE_BIAS = 1, 4
+LT_DESC_AUX_POINTER, LT_DESC_AUX_LD, LT_DESC_AUX_DATA_TYPE, LT_DESC_BIAS_DATA_TYPE = 11, 12, 22, 26
+# cublasLtEpilogue_t, by the names plans use. "bias" adds a vector to every column of D (cuBLAS's
+# rows, our columns); "gelu_aux[_bias]" stores the [biased] product in aux and writes GELU (tanh) of it;
+# "dgelu" multiplies the product by GELU's derivative at aux; "bgrada"/"bgradb" write into the bias
+# pointer the sums of op(A)'s rows / op(B)'s columns over k, the bias gradient of a weight gradient.
+LT_EPILOGUES = {"default": 1, "bias": 4, "gelu_aux": 160, "gelu_aux_bias": 164, "dgelu": 192, "bgrada": 256, "bgradb": 512}
 LT_LAYOUT_BATCH_COUNT, LT_LAYOUT_STRIDED_BATCH_OFFSET = 5, 6
 LT_PREF_MAX_WORKSPACE_BYTES = 1
 
@@ -72,9 +77,11 @@ class Cublas:
                             c, tc, g["ldc"], g["stride_c"], g["batch"], self.compute_type(g), CUBLAS_GEMM_DEFAULT)
         self._check(status, "cublasGemmStridedBatchedEx")
 
-    def lt_plan(self, g: dict, a: int, b: int, d: int, bias: int | None, residual: int | None):
-        """The cuBLASLt call for one fused_matmul on these device pointers (D = op(A) op(B) [+ bias]
-        [+ residual]), descriptors and algorithm chosen now; returns run()."""
+    def lt_plan(self, g: dict, a: int, b: int, d: int, epilogue: str = "default", bias: tuple | None = None,
+                residual: int | None = None, aux: tuple | None = None):
+        """The cuBLASLt call for one fused_matmul on these device pointers: D = op(A) op(B) with
+        `epilogue` (a key of LT_EPILOGUES), `bias` and `aux` as (pointer, plan dtype), [+ residual];
+        descriptors and algorithm chosen now. Returns run()."""
         if self.lt is None:
             self.lt = _library("libcublasLt")
             self._check(self.lt.cublasLtCreate(ctypes.byref(self.lt_handle)), "cublasLtCreate")
@@ -93,10 +100,15 @@ class Cublas:
         desc = new("MatmulDesc", ctypes.c_int(self.compute_type(g)), ctypes.c_int(CUDA_R_32F))
         set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSA, ctypes.c_int32(g["transa"]))
         set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSB, ctypes.c_int32(g["transb"]))
-        epilogue = LT_EPILOGUE_BIAS if bias is not None else LT_EPILOGUE_DEFAULT
-        set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_EPILOGUE, ctypes.c_uint32(epilogue))
-        if bias is not None:  # before the heuristic, which looks at its alignment
-            set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_BIAS_POINTER, ctypes.c_void_p(bias))
+        set_desc = lt.cublasLtMatmulDescSetAttribute
+        set_attr(set_desc, desc, LT_DESC_EPILOGUE, ctypes.c_uint32(LT_EPILOGUES[epilogue]))
+        if bias is not None:  # before the heuristic, which looks at its alignment and type
+            set_attr(set_desc, desc, LT_DESC_BIAS_POINTER, ctypes.c_void_p(bias[0]))
+            set_attr(set_desc, desc, LT_DESC_BIAS_DATA_TYPE, ctypes.c_int32(DTYPES[bias[1]].cuda))
+        if aux is not None:  # the pre-activation, laid out as D
+            set_attr(set_desc, desc, LT_DESC_AUX_POINTER, ctypes.c_void_p(aux[0]))
+            set_attr(set_desc, desc, LT_DESC_AUX_LD, ctypes.c_int64(g["ldc"]))
+            set_attr(set_desc, desc, LT_DESC_AUX_DATA_TYPE, ctypes.c_int32(DTYPES[aux[1]].cuda))
 
         def layout(operand: str, rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
             lay = new("MatrixLayout", ctypes.c_int(DTYPES[g[operand][0]].cuda), ctypes.c_uint64(rows),

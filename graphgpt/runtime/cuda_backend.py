@@ -121,8 +121,12 @@ class CudaBackend(WeightCopies):
         cuda = launch["cuda"]
         if "epilogue" in cuda:
             g, epi = cuda["gemm"], cuda["epilogue"]
-            run = self.blas.lt_plan(g, self._pointer(g["a"]), self._pointer(g["b"]), self._pointer(g["c"]),
-                                    *(None if epi[k] is None else self._pointer(epi[k]) for k in ("bias", "residual")))
+
+            def typed(b):  # (pointer, dtype) of a plan buffer, or None
+                return None if b is None else (self._pointer(b), b[0])
+            run = self.blas.lt_plan(g, self._pointer(g["a"]), self._pointer(g["b"]), self._pointer(g["c"]), epi["kind"],
+                                    bias=typed(epi["bias"]), aux=typed(epi["aux"]),
+                                    residual=None if epi["residual"] is None else self._pointer(epi["residual"]))
         elif "gemm" in cuda:
             g = cuda["gemm"]
             a, b, c = self._pointer(g["a"]), self._pointer(g["b"]), self._pointer(g["c"])
