@@ -86,7 +86,8 @@ def _describe(launch: dict | None) -> tuple[str, int, int]:
         epilogue = launch["cuda"].get("epilogue", {})
         name += "".join(f" +{k}" for k in ("bias", "residual") if epilogue.get(k))
         name += {"gelu_aux": " +gelu", "gelu_aux_bias": " +gelu", "dgelu": " +gelu_grad"}.get(epilogue.get("kind"), "")
-        return name, sum(nbytes(b) for b in [launch["out"], *launch["in"]]), 2 * g["m"] * g["n"] * g["k"] * g["batch"]
+        written = launch.get("outs", [launch["out"]])  # a GELU epilogue also writes its pre-activation
+        return name, sum(nbytes(b) for b in [*written, *launch["in"]]), 2 * g["m"] * g["n"] * g["k"] * g["batch"]
     buffers = {(b[0], b[1], tuple(b[2])) for b in [launch["out"], *launch["in"]]}
     return f"{launch['cuda']['kernel']} ({launch['op']})", sum(nbytes(b) for b in buffers), 0
 
