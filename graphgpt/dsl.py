@@ -71,9 +71,7 @@ class Tracer:
         self.params[name] = v
         if self.dtype == FLOAT:
             return v
-        if self.caches is not None:  # generation reads the copy the cast_weights program keeps
-            return self.graph.add("cache", name=weight_copy(name, self.dtype), shape=v.shape, dtype=self.dtype,
-                                  copy_of=name)
+        # every program reads this cast as the weight's copy (passes/weight_copies.py)
         return self.graph.add("cast", (v,), dtype=self.dtype)
 
     def input(self, name: str, shape, dtype: str = FLOAT) -> Value:
@@ -81,9 +79,8 @@ class Tracer:
 
 
 def weight_copy(name: str, dtype: str) -> str:
-    """The name of a weight's copy in the compute type, which the generation programs read: a
-    training step casts every weight as it starts, but a decoding step computes too little for
-    that to be cheap, so the cast_weights program makes the copies once per generation."""
+    """The name of a weight's copy in the compute type, which every program of such a plan reads
+    (passes/weight_copies.py)."""
     return f"{name}.{dtype}"
 
 

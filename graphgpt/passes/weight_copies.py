@@ -3,7 +3,7 @@ that type in the arena, instead of casting every weight at the start of every st
 
 The traced programs cast each float32 parameter where the model reads it, and autodiff
 differentiates through those casts. After autodiff, this pass makes every such cast a read of the
-weight's copy (a cache node with attribute copy_of, the node the generation programs read), and
+weight's copy (a cache node with attribute copy_of), and
 gives every program that updates a parameter the update of its copy: the cast of the new value.
 So the optimizer writes the copies as it writes the weights, the next step reads exactly the bits
 its casts would have made, and no step casts a weight: each cast joins its weight's update in one
@@ -45,9 +45,7 @@ def cast_weights(programs) -> Graph:
 
 def read_weight_copies(graph: Graph, dtype: str) -> Graph:
     """Rewrite `graph` in place: casts of parameters to `dtype` become reads of their copies, and
-    each updated parameter's copy is updated with it. A float32 plan has no copies."""
-    if dtype == FLOAT:
-        return graph
+    each updated parameter's copy is updated with it."""
     copies = {}  # parameter name -> its copy's node id
     for n in list(graph.nodes.values()):
         x = graph.nodes[n.inputs[0]] if n.op == "cast" else None
@@ -66,5 +64,5 @@ def read_weight_copies(graph: Graph, dtype: str) -> Graph:
 
 
 def _copy(param: Node, dtype: str) -> dict:
-    """The attributes of a parameter's copy, as dsl.Tracer.param makes it for generation."""
+    """The attributes of a parameter's copy (named by dsl.weight_copy)."""
     return {"name": weight_copy(param.name, dtype), "shape": param.shape, "dtype": dtype, "copy_of": param.name}
