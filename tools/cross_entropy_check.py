@@ -56,13 +56,17 @@ def to_float64(cp, array, dtype: str):
     return array.astype(cp.float64)
 
 
-def random_logits(cp, rows: int, vocab: int, dtype: str, seed: int):
-    """3 x standard normal in the plan's dtype (bf16 rounded to nearest even, as its bits)."""
-    x = 3 * cp.random.default_rng(seed).standard_normal((rows, vocab), dtype=cp.float32)
+def from_float32(cp, x, dtype: str):
+    """Float32 values as a device array of the plan's dtype (bf16 rounded to nearest even, as its bits)."""
     if dtype == "f32":
-        return x
-    bits = x.view(cp.uint32)
+        return x.astype(cp.float32)
+    bits = x.astype(cp.float32).view(cp.uint32)
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(cp.uint16)
+
+
+def random_logits(cp, rows: int, vocab: int, dtype: str, seed: int):
+    """3 x standard normal in the plan's dtype."""
+    return from_float32(cp, 3 * cp.random.default_rng(seed).standard_normal((rows, vocab), dtype=cp.float32), dtype)
 
 
 def rel_err(cp, got, ref) -> float:

@@ -33,21 +33,10 @@ import statistics  # noqa: E402
 
 from graphgpt.kernels.gemm import lower_matmul  # noqa: E402
 from graphgpt.numpy_ops import GELU_C  # noqa: E402
+from tools.cross_entropy_check import from_float32 as from_f32, rel_err, to_float64 as to_f64  # noqa: E402
 
 TOLERANCE = {"bf16": 1e-2, "f32": 1e-5}
 SHAPES = [("124M", 16 * 1024, 768, "bf16"), ("seed", 16 * 256, 384, "bf16"), ("seed-f32", 16 * 256, 384, "f32")]
-
-
-def to_f64(cp, x, dtype):
-    return (x.astype(cp.uint32) << 16).view(cp.float32).astype(cp.float64) if dtype == "bf16" else x.astype(cp.float64)
-
-
-def from_f32(cp, x, dtype):
-    """float32 values in `dtype` (bf16 rounded to nearest even, as its bits)."""
-    if dtype == "f32":
-        return x.astype(cp.float32)
-    bits = x.astype(cp.float32).view(cp.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(cp.uint16)
 
 
 def poison(cp, x, dtype):
@@ -61,12 +50,6 @@ def gelu64(cp, x):
 def gelu_grad64(cp, x):
     t = cp.tanh(GELU_C * (x + 0.044715 * x ** 3))
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * x * x)
-
-
-def rel_err(cp, got, ref) -> float:
-    if not bool(cp.isfinite(got).all()):
-        return float("inf")
-    return float(cp.linalg.norm(got - ref) / max(float(cp.linalg.norm(ref)), 1e-30))
 
 
 def gemm_of(a, b, out, ta=False, tb=False) -> dict:
@@ -156,7 +139,7 @@ def cases(cp, blas, T: int, C: int, dtype: str, rng):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tools/gemm_epilogue_check.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     import cupy as cp

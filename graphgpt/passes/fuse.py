@@ -231,10 +231,7 @@ def _loss_with_grad(graph: Graph) -> Graph:
         for index, (nid, spec) in enumerate(((loss.id, loss), (renamed[n.id], n))):
             out.nodes[nid] = Node(nid, "output", (n.id,), _freeze({"index": index}), spec.shape, spec.dtype,
                                   spec.where)
-    out.outputs = {k: renamed.get(v, v) for k, v in graph.outputs.items()}
-    out.updates = {k: renamed.get(v, v) for k, v in graph.updates.items()}
-    out.grads = {k: renamed.get(v, v) for k, v in graph.grads.items()}
-    return out
+    return _renamed_roles(graph, out, renamed)
 
 
 def gelu_epilogues(graph: Graph) -> Graph:
@@ -281,10 +278,7 @@ def gelu_epilogues(graph: Graph) -> Graph:
             out.nodes[n.id] = replace(n, op="fused_matmul", inputs=(*gemm.inputs, n.inputs[0]), attrs=_freeze(attrs))
         else:
             out.nodes[n.id] = n
-    out.outputs = {k: renamed.get(v, v) for k, v in graph.outputs.items()}
-    out.updates = {k: renamed.get(v, v) for k, v in graph.updates.items()}
-    out.grads = {k: renamed.get(v, v) for k, v in graph.grads.items()}
-    return dead_code_elimination(out)
+    return dead_code_elimination(_renamed_roles(graph, out, renamed))
 
 
 def _dgelu_gemm(graph: Graph, n: Node, users, needed: set[int], one_gemm) -> bool:
@@ -292,6 +286,14 @@ def _dgelu_gemm(graph: Graph, n: Node, users, needed: set[int], one_gemm) -> boo
     pre, g = (graph.nodes[i] for i in n.inputs)
     return (g.op == "matmul" and one_gemm(g) and users[g.id] == [n.id] and g.id not in needed
             and (pre.shape, pre.dtype) == (g.shape, g.dtype) and g.size >= GELU_GRAD_MIN_ELEMENTS)
+
+
+def _renamed_roles(graph: Graph, out: Graph, renamed: dict[int, int]) -> Graph:
+    """`out` with `graph`'s outputs, updates and gradients, each value that moved to a new id at it."""
+    out.outputs = {k: renamed.get(v, v) for k, v in graph.outputs.items()}
+    out.updates = {k: renamed.get(v, v) for k, v in graph.updates.items()}
+    out.grads = {k: renamed.get(v, v) for k, v in graph.grads.items()}
+    return out
 
 
 def _gemm_epilogues(graph: Graph) -> Graph:
