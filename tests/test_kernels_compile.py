@@ -145,6 +145,8 @@ def synthetic_plan(dtype: str = "f32") -> dict:
             _launch("embedding_grad", _ids([300]), _f((300, 64)), rows=7, dtype="f32"),
             *_attention(_f, _f32, 2, 128, 2, 64),   # the tensor-core kernels, both head dims
             *_attention(_f, _f32, 1, 192, 2, 128),
+            *_attention(_f, _f32, 1, 256, 2, 64),   # head dim 64: blocks of 128 rows, two of them
+            *_attention(_f, _f32, 1, 192, 2, 64),   # and of 64 where 128 does not divide T
             *_attention(_f, _f32, 2, 128, 2, 64, dropout=0.2),
             *_attention(_f, _f32, 1, 128, 1, 128, dropout=0.1),
         ]

@@ -4,10 +4,12 @@ For each shape, the three kernels (forward, query gradient, key/value gradient) 
 templates/attention.cu.j2 exactly as a plan renders them, run on fresh random inputs with their
 outputs poisoned (NaN) before each launch, and checked against the float64 NumPy references of
 graphgpt/numpy_ops.py on two batch entries (norm-relative error: 1e-2 in bf16, 1e-5 in float32). Then
-each is timed with CUDA events (the median of `--repeat` launches after warm-up), with PyTorch's
+each is timed with CUDA events (the median of `--repeat` launches after warm-up; the backward as
+its two kernels together and each alone), with PyTorch's
 scaled_dot_product_attention (causal, same shapes and type) forward and forward + backward timed
 in the same process when PyTorch is importable. FLOPs count the causal half: forward 4·B·H·T²·D/2,
-backward 2.5 times that (five T x T x D products to the forward's two).
+backward 2.5 times that (five T x T x D products to the forward's two). The last column is the
+largest stack frame of the three kernels in bytes: registers spilled to local memory.
 """
 from __future__ import annotations
 
@@ -17,13 +19,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, installed or not
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import statistics  # noqa: E402
+from unittest import mock  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from graphgpt.codegen import lower_plan  # noqa: E402
 from graphgpt.dtypes import DTYPES  # noqa: E402
-from graphgpt.kernels.attention import variant  # noqa: E402
+from graphgpt.kernels import attention  # noqa: E402
 from graphgpt.numpy_ops import BY_OP  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
@@ -43,6 +47,7 @@ SHAPES = [  # (label, B, H, T, D, dtype, dropout)
 ]
 SEED, COUNTER, SITE = 1234, 5, 3  # the dropout RNG's key, counter and site in these runs
 TOLERANCE = {"bf16": 1e-2, "f32": 1e-5}
+OPS = ("causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv")
 
 
 def launches(b: int, h: int, t: int, d: int, dtype: str, attrs: dict) -> list[dict]:
@@ -104,11 +109,14 @@ def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
     shapes |= {"out": (b, t, h, d), "lse": (b, h, t), "dq": (b, t, h, d), "delta": (b, h, t), "dqkv": (b, t, 3, h, d)}
     bufs = {name: cp.empty(shapes[name], device_dtype(kind)) for name, kind in kinds.items()}
 
+    local_bytes = {}  # per kernel: the stack frame its registers spill to
+
     def run(launch, outs, ins):
         cuda = launch["cuda"]
         fn = module.get_function(cuda["kernel"])
         if cuda["smem"] > 48 << 10:
             fn.max_dynamic_shared_size_bytes = cuda["smem"]
+        local_bytes[launch["op"]] = fn.attributes["local_size_bytes"]
         return lambda: fn(tuple(cuda["grid"]), tuple(cuda["block"]), (*[bufs[o] for o in outs], *ins),
                           shared_mem=cuda["smem"])
 
@@ -137,11 +145,14 @@ def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
         step()
     deterministic = np.array_equal(again, cp.asnumpy(bufs["dqkv"]))
     ms = {"fwd": time_ms(cp, steps[0][0], repeat),
-          "bwd": time_ms(cp, lambda: (steps[1][0](), steps[2][0]()), repeat)}
+          "bwd": time_ms(cp, lambda: (steps[1][0](), steps[2][0]()), repeat),
+          "grad_q": time_ms(cp, steps[1][0], repeat), "grad_kv": time_ms(cp, steps[2][0], repeat)}
     flops = 4 * b * h * t * t * d / 2
-    row = {"shape": label, "B": b, "H": h, "T": t, "D": d, "dtype": dtype, "dropout": dropout, "variant": variant(dtype, t, d),
+    kind = attention.variant(dtype, t, d)
+    tiling = "/".join(",".join(map(str, attention.mma_tiling(op, t, d, bool(dropout)))) for op in OPS) if kind == "mma" else ""
+    row = {"shape": label, "B": b, "H": h, "T": t, "D": d, "dtype": dtype, "dropout": dropout, "variant": kind, "tiling": tiling,
            "errors": errors, "ok": deterministic and all(e <= TOLERANCE[dtype] for e in errors.values()),
-           "deterministic": deterministic, "ms": ms,
+           "deterministic": deterministic, "ms": ms, "spill": max(local_bytes.values()),
            "tflops": {"fwd": flops / ms["fwd"] / 1e9, "bwd": 2.5 * flops / ms["bwd"] / 1e9}}
     if torch is not None:
         row["torch_ms"] = torch_sdpa(torch, b, h, t, d, dtype, dropout, repeat)
@@ -177,11 +188,42 @@ def torch_sdpa(torch, b, h, t, d, dtype, dropout, repeat) -> dict:
     return {"fwd": fwd_ms, "bwd": both_ms - fwd_ms}
 
 
+def tiling_arg(text: str) -> dict:
+    """M,W,C for all three kernels, or three of them (forward/grad_q/grad_kv), as a tiling per op."""
+    try:
+        parts = [tuple(int(x) for x in part.split(",")) for part in text.split("/")]
+    except ValueError:
+        parts = []
+    parts = parts * 3 if len(parts) == 1 else parts
+    if len(parts) != 3 or any(len(p) != 3 or p[0] not in (1, 2) or p[1] < 1 or 16 * p[0] * p[1] % attention.TILE
+                              or p[2] < 16 or p[2] % 16 or attention.TILE % p[2] for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: want M,W,C or three of them joined by /: M 1 or 2, W warps with "
+                                         f"16 M W a multiple of {attention.TILE}, C a multiple of 16 dividing it")
+    return dict(zip(OPS, parts))
+
+
+def tiled(by_op: dict | None):
+    """The tensor-core kernels rendered with by_op's tilings where T holds whole blocks of them."""
+    if by_op is None:
+        return contextlib.nullcontext()
+    plan_tiling = attention.mma_tiling
+
+    def chosen(op, t, d, dropout):
+        m, w, _ = by_op[op]
+        return by_op[op] if t % (16 * m * w) == 0 else plan_tiling(op, t, d, dropout)
+    return mock.patch.object(attention, "mma_tiling", chosen)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tools/attention_check.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=20, help="timed launches per kernel; the median is shown")
     p.add_argument("--only", nargs="*", help="shape labels to run (default: all)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch's timings")
+    p.add_argument("--tiling", action="append", type=tiling_arg, metavar="M,W,C[/M,W,C/M,W,C]",
+                   help="run the tensor-core kernels with this tiling instead of the plan's "
+                        "(graphgpt/kernels/attention.py, mma_tiling): M 16-row m-tiles a warp, W warps, the other "
+                        "side's rows C at a time; one for all three kernels or forward/grad_q/grad_kv. Repeat to "
+                        "compare several; each shape runs once per tiling, PyTorch timed on the first")
     args = p.parse_args(argv)
     import cupy as cp
     torch = None
@@ -190,15 +232,20 @@ def main(argv=None) -> int:
             import torch
         except ImportError:
             pass
-    rows = [check_shape(cp, *s, args.repeat, torch) for s in SHAPES if not args.only or s[0] in args.only]
-    print(f"{'shape':9} {'B':>3} {'H':>3} {'T':>5} {'D':>4} {'type':5} {'drop':>4} {'kernel':5} {'max err':>8} ok  "
-          f"{'fwd ms':>7} {'bwd ms':>7} {'fwd TF/s':>8} {'bwd TF/s':>8} {'sdpa fwd':>8} {'sdpa bwd':>8}")
+    rows = []
+    for s in SHAPES:
+        if not args.only or s[0] in args.only:
+            for n, by_op in enumerate(args.tiling or [None]):
+                with tiled(by_op):
+                    rows.append(check_shape(cp, *s, args.repeat, torch if n == 0 else None))
+    print(f"{'shape':9} {'B':>3} {'H':>3} {'T':>5} {'D':>4} {'type':5} {'drop':>4} {'kernel':5} {'tiling':20} {'max err':>8} ok  "
+          f"{'fwd ms':>7} {'bwd ms':>7} {'dq ms':>7} {'dkv ms':>7} {'fwd TF/s':>8} {'bwd TF/s':>8} {'sdpa fwd':>8} {'sdpa bwd':>8} spill")
     for r in rows:
         t = r.get("torch_ms", {})
-        print(f"{r['shape']:9} {r['B']:3} {r['H']:3} {r['T']:5} {r['D']:4} {r['dtype']:5} {r['dropout']:4.2f} {r['variant']:5} "
+        print(f"{r['shape']:9} {r['B']:3} {r['H']:3} {r['T']:5} {r['D']:4} {r['dtype']:5} {r['dropout']:4.2f} {r['variant']:5} {r['tiling']:20} "
               f"{max(r['errors'].values()):8.1e} {'yes' if r['ok'] else 'NO '} {r['ms']['fwd']:7.3f} "
-              f"{r['ms']['bwd']:7.3f} {r['tflops']['fwd']:8.1f} {r['tflops']['bwd']:8.1f} "
-              f"{t.get('fwd', float('nan')):8.3f} {t.get('bwd', float('nan')):8.3f}")
+              f"{r['ms']['bwd']:7.3f} {r['ms']['grad_q']:7.3f} {r['ms']['grad_kv']:7.3f} {r['tflops']['fwd']:8.1f} "
+              f"{r['tflops']['bwd']:8.1f} {t.get('fwd', float('nan')):8.3f} {t.get('bwd', float('nan')):8.3f} {r['spill']:5}")
         if not r["ok"]:
             print("   errors:", {k: f"{v:.2e}" for k, v in r["errors"].items()}, "deterministic:", r["deterministic"])
     return 0 if all(r["ok"] for r in rows) else 1

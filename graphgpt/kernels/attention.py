@@ -3,14 +3,15 @@
 q, k and v come packed as (B, T, 3, H, D), the rest as (B, T, H, D) or (B, H, T): a block owns one
 batch entry and head (grid y) and tiles of its T rows (grid x). Two variants:
   mma  -- bf16 on tensor cores (mma.sync m16n8k16, float32 accumulators), flash-attention-2
-          tiling: a block of 4 warps owns TILE = 64 rows (16 per warp) and walks the other side's
-          TILE-row tiles through double-buffered shared memory (cp.async), so scores and
-          probabilities live only in registers. For head dims 64 and 128 and T a multiple of 64.
+          tiling: a block owns 64 or 128 rows, 16 or 32 a warp (mma_tiling), and walks the other
+          side's TILE-row tiles through double-buffered shared memory (cp.async), a chunk of
+          their rows at a time, so scores and probabilities live only in registers. For head
+          dims 64 and 128 and T a multiple of 64.
   simt -- any float type, head dim and T, on the CUDA cores: a block owns 32 rows, four threads
           per row each holding a quarter of it; the other side's 32-row tiles pass through shared
           memory. The float32 plans' kernel, and bf16's where the tensor cores' shapes do not fit.
-The forward and the query gradient own query tiles (the last, with the most keys to visit, first);
-the key/value gradient owns key tiles and visits the queries at and after them. No kernel adds
+The forward and the query gradient own query rows (the last, with the most keys to visit, first);
+the key/value gradient owns key rows and visits the queries at and after them. No kernel adds
 into memory another block writes: the backward is deterministic. With dropout every kernel draws
 the keep factor of each probability it uses from Philox, as the dropout op numbers a (B, H, T, T)
 tensor (numpy_ops.keep_mask).
@@ -21,9 +22,24 @@ from ..dtypes import DTYPES
 from ..numpy_ops import drop_threshold, keep_scale
 from .common import Kernel, c_float, cdiv, types
 
-TILE = 64                 # rows of a tensor-core block's tile, on both sides
+TILE = 64                 # rows of the other side's tiles a tensor-core block walks
 MMA_HEAD_DIMS = (64, 128)
-MMA_WARPS = 4
+# A tensor-core block's tiling: (16-row m-tiles a warp, warps, rows of the other side's tile taken
+# at a time); the block owns 16 m-tiles warps rows. Every ldmatrix of the other side feeds all of
+# a warp's m-tiles, and every tile read from L2 all of the block's rows, so two m-tiles in four
+# warps (128 rows) read half the shared memory and L2 per product that one m-tile in four warps
+# (64 rows) does. Their accumulators leave room in the registers for scores of 64 keys in the
+# forward and 32 in the backward, and only at head dim 64 without dropout (whose keep factors need
+# registers too). Measured on an H200: docs/PERFORMANCE.md.
+ONE_TILE = (1, 4, 64)
+TWO_TILES = {"causal_attention": (2, 4, 64), "causal_attention_grad_q": (2, 4, 32), "causal_attention_grad_kv": (2, 4, 32)}
+
+
+def mma_tiling(op: str, t: int, d: int, dropout: bool) -> tuple[int, int, int]:
+    two = TWO_TILES[op]
+    return two if d == 64 and not dropout and t % (16 * two[0] * two[1]) == 0 else ONE_TILE
+
+
 SIMT_ROWS = 32            # rows of a CUDA-core block's tile, on both sides
 SIMT_THREADS = 4 * SIMT_ROWS
 PAD = 8                   # bf16 a shared-memory row is padded by: ldmatrix rows fall in distinct banks
@@ -46,11 +62,13 @@ def lower(launch) -> Kernel:
     if kind == "simt":  # two tiles of the other side as float32, and the backward's lse and delta rows
         smem = (2 * SIMT_ROWS * d + (2 * SIMT_ROWS if launch["op"] == "causal_attention_grad_kv" else 0)) * 4
         return Kernel(launch["op"], params, (cdiv(t, SIMT_ROWS), heads, 1), (SIMT_THREADS, 1, 1), smem=smem)
+    m_tiles, warps, chunk = mma_tiling(launch["op"], t, d, "dropout" in attrs)
+    own = 16 * m_tiles * warps
     row = (d + PAD) * DTYPES["bf16"].bytes
     # shared tiles: the forward keeps its queries and double-buffers keys and values; the query
     # gradient also keeps its output gradients; the key/value gradient keeps its keys and values
     # and double-buffers queries and output gradients, with their rows' lse and delta
-    tiles = 5 if launch["op"] == "causal_attention" else 6
+    owned = 1 if launch["op"] == "causal_attention" else 2
     stats = 2 * 2 * TILE * 4 if launch["op"] == "causal_attention_grad_kv" else 0
-    return Kernel(launch["op"], {**params, "tile": TILE, "pad": PAD, "warps": MMA_WARPS},
-                  (t // TILE, heads, 1), (32 * MMA_WARPS, 1, 1), smem=tiles * TILE * row + stats)
+    return Kernel(launch["op"], {**params, "tile": TILE, "pad": PAD, "warps": warps, "mt": m_tiles, "chunk": chunk},
+                  (t // own, heads, 1), (32 * warps, 1, 1), smem=(owned * own + 4 * TILE) * row + stats)
