@@ -92,7 +92,10 @@ def fused_multi(attrs, *arrays):
 
 @reference("fused_sum")
 def fused_sum(attrs, *arrays):
-    return sum_(attrs, fused(attrs, *arrays))
+    if "results" not in attrs:
+        return sum_(attrs, fused(attrs, *arrays))
+    values = _run_program(attrs["program"], arrays)
+    return tuple(sum_(attrs, values[r] if r >= 0 else arrays[-1 - r]) for r in attrs["results"])
 
 
 @reference("sum_squares")

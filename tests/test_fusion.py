@@ -101,6 +101,25 @@ def test_the_update_as_one_launch_trains_bit_for_bit_as_its_parts(monkeypatch, o
         np.testing.assert_array_equal(params[name], value, err_msg=name)
 
 
+@pytest.mark.parametrize("overrides,dtype", [(TWO_LAYERS, np.float64), (TWO_LAYERS + ["dtype=bf16"], np.float32),
+                                             (TWO_LAYERS + ["dtype=bf16", "grad_accum=2"], np.float32)],
+                         ids=["float64", "bf16", "bf16-accumulating"])
+def test_layernorms_two_parameter_gradients_are_one_pass_that_trains_bit_for_bit_as_two(monkeypatch, overrides, dtype):
+    losses, params, n = three_steps(overrides, True, dtype)
+    data = compile_model(ROOT / "model.py", overrides, log=lambda *a: None).data
+    backward = "accumulate" if "grad_accum=2" in overrides else "train"
+    paired = [x for x in data["programs"][backward]["launches"] if x["op"] == "fused_sum" and "results" in x["attrs"]]
+    assert len(paired) == 5  # two LayerNorms a layer and the final one
+    assert all(len(x["outs"]) == 2 and x["cuda"]["kernel"].startswith("fused_sum_cols") for x in paired)
+    with monkeypatch.context() as m:
+        m.setattr(fuse_pass, "_paired_sums", lambda graph: graph)
+        apart_losses, apart, n_apart = three_steps(overrides, True, dtype)
+    assert n == n_apart - 5
+    assert losses == apart_losses
+    for name, value in apart.items():
+        np.testing.assert_array_equal(params[name], value, err_msg=name)
+
+
 def _gelu_launches(data: dict, program: str) -> dict[str, int]:
     launches = data["programs"][program]["launches"]
     return {"gelu": sum(ln["op"] == "gelu" for ln in launches), "gelu_grad": sum(ln["op"] == "gelu_grad" for ln in launches),

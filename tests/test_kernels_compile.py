@@ -93,6 +93,11 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("sum", _f((10_000_000,)), axes=[0], keepdims=False),
         _launch("sum", _f((1001,), 3), axes=[0], keepdims=False),
         _launch("sum", _f((4, 1, 5)), axes=[], keepdims=False),
+        # two sums in one pass (LayerNorm's parameter gradients): split, and odd and misaligned
+        _launch("fused_sum", _f((4000, 96)), _f((4000, 96)), axes=[0], keepdims=False,
+                program=[["mul", [], [-1, -2]]], results=[-1, 0]),
+        _launch("fused_sum", _f((5, 10, 37), 1), _f((5, 10, 37)), axes=[0, 1], keepdims=True,
+                program=[["mul", [], [-1, -2]]], results=[0, -2]),
         # pointwise: broadcasting in the middle, splats, misaligned operands, every op
         _launch("add", _f((4, 1, 8)), _f((4, 5, 8))),
         _launch("mul", _f((4, 1, 6)), _f((4, 5, 6))),
@@ -142,6 +147,8 @@ def synthetic_plan(dtype: str = "f32") -> dict:
                                                             ["exp", [], [2]], ["cast", [["dtype", "f32"]], [3]]]),
             _launch("sum", _f((6, 50, 40)), axes=[1], keepdims=False, dtype="f32"),
             _launch("sum", _f((300, 5000)), axes=[1], keepdims=False, dtype="f32"),
+            _launch("fused_sum", _f((2048, 768)), _f((2048, 768)), axes=[0], keepdims=False, dtype="f32",
+                    program=[["mul", [], [-1, -2]]], results=[-1, 0]),
             _launch("embedding_grad", _ids([300]), _f((300, 64)), rows=7, dtype="f32"),
             *_attention(_f, _f32, 2, 128, 2, 64),   # the tensor-core kernels, both head dims
             *_attention(_f, _f32, 1, 192, 2, 128),

@@ -101,13 +101,110 @@ __device__ __forceinline__ bool last_block(unsigned int* ticket, unsigned int bl
 }
 
 
-__device__ alignas(16) float sum_cols_32d0f80485_partial[24576];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_32d0f80485_ticket[3];
+__device__ alignas(16) float fused_sum_cols_53bf44d986_partial[49152];  // read and written as Vec<VEC>
+__device__ unsigned int fused_sum_cols_53bf44d986_ticket[3];
 // sum: 384 outputs of 4096 elements, kept (extent, stride) [[384, 1]], reduced [[4096, 384]];
 // cols mode, VEC = 4, 64 split(s) of 64
-extern "C" __global__ void __launch_bounds__(256) sum_cols_32d0f80485(float* __restrict__ out, const float* __restrict__ in0)
+// of the prologue s0 = mul(x0, x1); sums of x0, s0
+extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_53bf44d986(float* __restrict__ out0, float* __restrict__ out1, const float* __restrict__ in0, const float* __restrict__ in1)
 {
-    constexpr int VEC = 4, WARPS = 8;
+    constexpr int VEC = 4, WARPS = 8, SUMS = 2;
+    using idx = unsigned int;
+    auto base = [](const idx flat) -> idx {
+        idx rest = flat, at = 0;
+        at += rest;
+        (void)rest;
+        return at;
+    };
+    auto offset = [](const idx flat) -> idx {
+        idx rest = flat, at = 0;
+        at += rest * 384;
+        (void)rest;
+        return at;
+    };
+    auto op0 = [](const float a, const float b) { return a * b; };
+    // The VEC elements from `at` on of each summed value.
+    auto elements = [&](const idx at, Vec<VEC> (&y)[SUMS]) {
+        const Vec<VEC> x0 = load<VEC>(in0 + at);
+        const Vec<VEC> x1 = load<VEC>(in1 + at);
+        Vec<VEC>& y0 = y[0];
+        Vec<VEC>& y1 = y[1];
+#pragma unroll
+        for (int c = 0; c < VEC; ++c) {
+            const float s0 = op0(x0.v[c], x1.v[c]);
+            y0.v[c] = x0.v[c];
+            y1.v[c] = s0;
+        }
+    };
+    // Thread x owns VEC neighbouring outputs of each sum; the 8 warps' rows y stride over the reduced range.
+    __shared__ Vec<VEC> part[WARPS][32];
+    float* outs[SUMS] = {out0, out1};
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
+    const bool active = o < 384;
+    const idx begin = blockIdx.y * 64, end = begin + 64 < 4096 ? begin + 64 : 4096;
+    Vec<VEC> acc[SUMS];
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) acc[k] = splat<VEC>(0.0f);
+    if (active) {
+        const idx col = base(o);
+        // A trip count known at compile time, unrolled: the loads of 8 rows are in flight together
+        // instead of each waiting for the add before it.
+#pragma unroll 8
+        for (int s = 0; s < 8; ++s) {
+            const idx r = begin + ty + s * WARPS;
+            if (r < end) {
+                Vec<VEC> x[SUMS];
+                elements(col + offset(r), x);
+#pragma unroll
+                for (int k = 0; k < SUMS; ++k)
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) acc[k].v[c] += x[k].v[c];
+            }
+        }
+    }
+    // The warps' sums, added by warp 0 in warp order.
+    auto combine = [&](Vec<VEC> mine) {
+        __syncthreads();  // part[] is free: the last combine's readers are done
+        part[ty][tx] = mine;
+        __syncthreads();
+        Vec<VEC> total = part[0][tx];
+        for (int w = 1; w < WARPS; ++w)
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) total.v[c] += part[w][tx].v[c];
+        return total;
+    };
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) acc[k] = combine(acc[k]);
+    // sum k's partials: rows k * splits .. (k + 1) * splits - 1 of the scratch array
+    float* partial = fused_sum_cols_53bf44d986_partial;
+    if (ty == 0 && active)
+#pragma unroll
+        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 64 + blockIdx.y) * 384 + o, acc[k]);
+    if (!last_block(&fused_sum_cols_53bf44d986_ticket[blockIdx.x], 64)) return;
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) {
+        acc[k] = splat<VEC>(0.0f);
+        if (active)
+#pragma unroll 8
+            for (int u = 0; u < 8; ++u) {
+                const idx s = ty + u * WARPS;
+                if (s < 64)
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) acc[k].v[c] += __ldcg(partial + (k * 64 + s) * 384 + o + c);
+            }
+        acc[k] = combine(acc[k]);
+        if (ty == 0 && active) store<VEC>(outs[k] + o, acc[k]);
+    }
+}
+
+__device__ alignas(16) float sum_cols_90fca53f0f_partial[24576];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_90fca53f0f_ticket[3];
+// sum: 384 outputs of 4096 elements, kept (extent, stride) [[384, 1]], reduced [[4096, 384]];
+// cols mode, VEC = 4, 64 split(s) of 64
+extern "C" __global__ void __launch_bounds__(256) sum_cols_90fca53f0f(float* __restrict__ out0, const float* __restrict__ in0)
+{
+    constexpr int VEC = 4, WARPS = 8, SUMS = 1;
     using idx = unsigned int;
     auto base = [](const idx flat) -> idx {
         idx rest = flat, at = 0;
@@ -125,13 +222,17 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_32d0f80485(float* __r
     auto element = [&](const idx at) -> Vec<VEC> {
         return load<VEC>(in0 + at);
     };
-    // Thread x owns VEC neighbouring outputs; the 8 warps' rows y stride over the reduced range.
+    auto elements = [&](const idx at, Vec<VEC> (&y)[SUMS]) { y[0] = element(at); };
+    // Thread x owns VEC neighbouring outputs of each sum; the 8 warps' rows y stride over the reduced range.
     __shared__ Vec<VEC> part[WARPS][32];
+    float* outs[SUMS] = {out0};
     const int tx = threadIdx.x, ty = threadIdx.y;
     const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
     const bool active = o < 384;
     const idx begin = blockIdx.y * 64, end = begin + 64 < 4096 ? begin + 64 : 4096;
-    Vec<VEC> acc = splat<VEC>(0.0f);
+    Vec<VEC> acc[SUMS];
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) acc[k] = splat<VEC>(0.0f);
     if (active) {
         const idx col = base(o);
         // A trip count known at compile time, unrolled: the loads of 8 rows are in flight together
@@ -140,14 +241,18 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_32d0f80485(float* __r
         for (int s = 0; s < 8; ++s) {
             const idx r = begin + ty + s * WARPS;
             if (r < end) {
-                const Vec<VEC> x = element(col + offset(r));
+                Vec<VEC> x[SUMS];
+                elements(col + offset(r), x);
 #pragma unroll
-                for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+                for (int k = 0; k < SUMS; ++k)
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) acc[k].v[c] += x[k].v[c];
             }
         }
     }
     // The warps' sums, added by warp 0 in warp order.
     auto combine = [&](Vec<VEC> mine) {
+        __syncthreads();  // part[] is free: the last combine's readers are done
         part[ty][tx] = mine;
         __syncthreads();
         Vec<VEC> total = part[0][tx];
@@ -156,114 +261,37 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_32d0f80485(float* __r
             for (int c = 0; c < VEC; ++c) total.v[c] += part[w][tx].v[c];
         return total;
     };
-    acc = combine(acc);
-    float* partial = sum_cols_32d0f80485_partial;
-    if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 384 + o, acc);
-    if (!last_block(&sum_cols_32d0f80485_ticket[blockIdx.x], 64)) return;
-    acc = splat<VEC>(0.0f);
-    if (active)
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) acc[k] = combine(acc[k]);
+    // sum k's partials: rows k * splits .. (k + 1) * splits - 1 of the scratch array
+    float* partial = sum_cols_90fca53f0f_partial;
+    if (ty == 0 && active)
+#pragma unroll
+        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 64 + blockIdx.y) * 384 + o, acc[k]);
+    if (!last_block(&sum_cols_90fca53f0f_ticket[blockIdx.x], 64)) return;
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) {
+        acc[k] = splat<VEC>(0.0f);
+        if (active)
 #pragma unroll 8
-        for (int u = 0; u < 8; ++u) {
-            const idx s = ty + u * WARPS;
-            if (s < 64)
+            for (int u = 0; u < 8; ++u) {
+                const idx s = ty + u * WARPS;
+                if (s < 64)
 #pragma unroll
-                for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 384 + o + c);
-        }
-    __syncthreads();  // part[] is about to be reused
-    acc = combine(acc);
-    if (ty == 0 && active) store<VEC>(out + o, acc);
-}
-
-__device__ alignas(16) float fused_sum_cols_a1b7fb4251_partial[24576];  // read and written as Vec<VEC>
-__device__ unsigned int fused_sum_cols_a1b7fb4251_ticket[3];
-// sum: 384 outputs of 4096 elements, kept (extent, stride) [[384, 1]], reduced [[4096, 384]];
-// cols mode, VEC = 4, 64 split(s) of 64
-// of the prologue s0 = mul(x0, x1); x = s0
-extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_a1b7fb4251(float* __restrict__ out, const float* __restrict__ in0, const float* __restrict__ in1)
-{
-    constexpr int VEC = 4, WARPS = 8;
-    using idx = unsigned int;
-    auto base = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest;
-        (void)rest;
-        return at;
-    };
-    auto offset = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest * 384;
-        (void)rest;
-        return at;
-    };
-    auto op0 = [](const float a, const float b) { return a * b; };
-    // The VEC summed elements from `at` on.
-    auto element = [&](const idx at) -> Vec<VEC> {
-        const Vec<VEC> x0 = load<VEC>(in0 + at);
-        const Vec<VEC> x1 = load<VEC>(in1 + at);
-        Vec<VEC> y;
-#pragma unroll
-        for (int c = 0; c < VEC; ++c) {
-            const float s0 = op0(x0.v[c], x1.v[c]);
-            y.v[c] = s0;
-        }
-        return y;
-    };
-    // Thread x owns VEC neighbouring outputs; the 8 warps' rows y stride over the reduced range.
-    __shared__ Vec<VEC> part[WARPS][32];
-    const int tx = threadIdx.x, ty = threadIdx.y;
-    const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
-    const bool active = o < 384;
-    const idx begin = blockIdx.y * 64, end = begin + 64 < 4096 ? begin + 64 : 4096;
-    Vec<VEC> acc = splat<VEC>(0.0f);
-    if (active) {
-        const idx col = base(o);
-        // A trip count known at compile time, unrolled: the loads of 8 rows are in flight together
-        // instead of each waiting for the add before it.
-#pragma unroll 8
-        for (int s = 0; s < 8; ++s) {
-            const idx r = begin + ty + s * WARPS;
-            if (r < end) {
-                const Vec<VEC> x = element(col + offset(r));
-#pragma unroll
-                for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+                    for (int c = 0; c < VEC; ++c) acc[k].v[c] += __ldcg(partial + (k * 64 + s) * 384 + o + c);
             }
-        }
+        acc[k] = combine(acc[k]);
+        if (ty == 0 && active) store<VEC>(outs[k] + o, acc[k]);
     }
-    // The warps' sums, added by warp 0 in warp order.
-    auto combine = [&](Vec<VEC> mine) {
-        part[ty][tx] = mine;
-        __syncthreads();
-        Vec<VEC> total = part[0][tx];
-        for (int w = 1; w < WARPS; ++w)
-#pragma unroll
-            for (int c = 0; c < VEC; ++c) total.v[c] += part[w][tx].v[c];
-        return total;
-    };
-    acc = combine(acc);
-    float* partial = fused_sum_cols_a1b7fb4251_partial;
-    if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 384 + o, acc);
-    if (!last_block(&fused_sum_cols_a1b7fb4251_ticket[blockIdx.x], 64)) return;
-    acc = splat<VEC>(0.0f);
-    if (active)
-#pragma unroll 8
-        for (int u = 0; u < 8; ++u) {
-            const idx s = ty + u * WARPS;
-            if (s < 64)
-#pragma unroll
-                for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 384 + o + c);
-        }
-    __syncthreads();  // part[] is about to be reused
-    acc = combine(acc);
-    if (ty == 0 && active) store<VEC>(out + o, acc);
 }
 
-__device__ alignas(16) float sum_cols_e8d4c1e1af_partial[67584];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_e8d4c1e1af_ticket[12];
+__device__ alignas(16) float sum_cols_afbbcbbbb6_partial[67584];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_afbbcbbbb6_ticket[12];
 // sum: 1536 outputs of 4096 elements, kept (extent, stride) [[1536, 1]], reduced [[4096, 1536]];
 // cols mode, VEC = 4, 44 split(s) of 94
-extern "C" __global__ void __launch_bounds__(256) sum_cols_e8d4c1e1af(float* __restrict__ out, const float* __restrict__ in0)
+extern "C" __global__ void __launch_bounds__(256) sum_cols_afbbcbbbb6(float* __restrict__ out0, const float* __restrict__ in0)
 {
-    constexpr int VEC = 4, WARPS = 8;
+    constexpr int VEC = 4, WARPS = 8, SUMS = 1;
     using idx = unsigned int;
     auto base = [](const idx flat) -> idx {
         idx rest = flat, at = 0;
@@ -281,13 +309,17 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_e8d4c1e1af(float* __r
     auto element = [&](const idx at) -> Vec<VEC> {
         return load<VEC>(in0 + at);
     };
-    // Thread x owns VEC neighbouring outputs; the 8 warps' rows y stride over the reduced range.
+    auto elements = [&](const idx at, Vec<VEC> (&y)[SUMS]) { y[0] = element(at); };
+    // Thread x owns VEC neighbouring outputs of each sum; the 8 warps' rows y stride over the reduced range.
     __shared__ Vec<VEC> part[WARPS][32];
+    float* outs[SUMS] = {out0};
     const int tx = threadIdx.x, ty = threadIdx.y;
     const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
     const bool active = o < 1536;
     const idx begin = blockIdx.y * 94, end = begin + 94 < 4096 ? begin + 94 : 4096;
-    Vec<VEC> acc = splat<VEC>(0.0f);
+    Vec<VEC> acc[SUMS];
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) acc[k] = splat<VEC>(0.0f);
     if (active) {
         const idx col = base(o);
         // A trip count known at compile time, unrolled: the loads of 8 rows are in flight together
@@ -296,14 +328,18 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_e8d4c1e1af(float* __r
         for (int s = 0; s < 12; ++s) {
             const idx r = begin + ty + s * WARPS;
             if (r < end) {
-                const Vec<VEC> x = element(col + offset(r));
+                Vec<VEC> x[SUMS];
+                elements(col + offset(r), x);
 #pragma unroll
-                for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+                for (int k = 0; k < SUMS; ++k)
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) acc[k].v[c] += x[k].v[c];
             }
         }
     }
     // The warps' sums, added by warp 0 in warp order.
     auto combine = [&](Vec<VEC> mine) {
+        __syncthreads();  // part[] is free: the last combine's readers are done
         part[ty][tx] = mine;
         __syncthreads();
         Vec<VEC> total = part[0][tx];
@@ -312,31 +348,37 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_e8d4c1e1af(float* __r
             for (int c = 0; c < VEC; ++c) total.v[c] += part[w][tx].v[c];
         return total;
     };
-    acc = combine(acc);
-    float* partial = sum_cols_e8d4c1e1af_partial;
-    if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 1536 + o, acc);
-    if (!last_block(&sum_cols_e8d4c1e1af_ticket[blockIdx.x], 44)) return;
-    acc = splat<VEC>(0.0f);
-    if (active)
-#pragma unroll 8
-        for (int u = 0; u < 6; ++u) {
-            const idx s = ty + u * WARPS;
-            if (s < 44)
 #pragma unroll
-                for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 1536 + o + c);
-        }
-    __syncthreads();  // part[] is about to be reused
-    acc = combine(acc);
-    if (ty == 0 && active) store<VEC>(out + o, acc);
+    for (int k = 0; k < SUMS; ++k) acc[k] = combine(acc[k]);
+    // sum k's partials: rows k * splits .. (k + 1) * splits - 1 of the scratch array
+    float* partial = sum_cols_afbbcbbbb6_partial;
+    if (ty == 0 && active)
+#pragma unroll
+        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 44 + blockIdx.y) * 1536 + o, acc[k]);
+    if (!last_block(&sum_cols_afbbcbbbb6_ticket[blockIdx.x], 44)) return;
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) {
+        acc[k] = splat<VEC>(0.0f);
+        if (active)
+#pragma unroll 8
+            for (int u = 0; u < 6; ++u) {
+                const idx s = ty + u * WARPS;
+                if (s < 44)
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) acc[k].v[c] += __ldcg(partial + (k * 44 + s) * 1536 + o + c);
+            }
+        acc[k] = combine(acc[k]);
+        if (ty == 0 && active) store<VEC>(outs[k] + o, acc[k]);
+    }
 }
 
-__device__ alignas(16) float sum_cols_f69de121bb_partial[67968];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_f69de121bb_ticket[9];
+__device__ alignas(16) float sum_cols_d543b42f33_partial[67968];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_d543b42f33_ticket[9];
 // sum: 1152 outputs of 4096 elements, kept (extent, stride) [[1152, 1]], reduced [[4096, 1152]];
 // cols mode, VEC = 4, 59 split(s) of 70
-extern "C" __global__ void __launch_bounds__(256) sum_cols_f69de121bb(float* __restrict__ out, const float* __restrict__ in0)
+extern "C" __global__ void __launch_bounds__(256) sum_cols_d543b42f33(float* __restrict__ out0, const float* __restrict__ in0)
 {
-    constexpr int VEC = 4, WARPS = 8;
+    constexpr int VEC = 4, WARPS = 8, SUMS = 1;
     using idx = unsigned int;
     auto base = [](const idx flat) -> idx {
         idx rest = flat, at = 0;
@@ -354,13 +396,17 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_f69de121bb(float* __r
     auto element = [&](const idx at) -> Vec<VEC> {
         return load<VEC>(in0 + at);
     };
-    // Thread x owns VEC neighbouring outputs; the 8 warps' rows y stride over the reduced range.
+    auto elements = [&](const idx at, Vec<VEC> (&y)[SUMS]) { y[0] = element(at); };
+    // Thread x owns VEC neighbouring outputs of each sum; the 8 warps' rows y stride over the reduced range.
     __shared__ Vec<VEC> part[WARPS][32];
+    float* outs[SUMS] = {out0};
     const int tx = threadIdx.x, ty = threadIdx.y;
     const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
     const bool active = o < 1152;
     const idx begin = blockIdx.y * 70, end = begin + 70 < 4096 ? begin + 70 : 4096;
-    Vec<VEC> acc = splat<VEC>(0.0f);
+    Vec<VEC> acc[SUMS];
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) acc[k] = splat<VEC>(0.0f);
     if (active) {
         const idx col = base(o);
         // A trip count known at compile time, unrolled: the loads of 8 rows are in flight together
@@ -369,14 +415,18 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_f69de121bb(float* __r
         for (int s = 0; s < 9; ++s) {
             const idx r = begin + ty + s * WARPS;
             if (r < end) {
-                const Vec<VEC> x = element(col + offset(r));
+                Vec<VEC> x[SUMS];
+                elements(col + offset(r), x);
 #pragma unroll
-                for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+                for (int k = 0; k < SUMS; ++k)
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) acc[k].v[c] += x[k].v[c];
             }
         }
     }
     // The warps' sums, added by warp 0 in warp order.
     auto combine = [&](Vec<VEC> mine) {
+        __syncthreads();  // part[] is free: the last combine's readers are done
         part[ty][tx] = mine;
         __syncthreads();
         Vec<VEC> total = part[0][tx];
@@ -385,29 +435,35 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_f69de121bb(float* __r
             for (int c = 0; c < VEC; ++c) total.v[c] += part[w][tx].v[c];
         return total;
     };
-    acc = combine(acc);
-    float* partial = sum_cols_f69de121bb_partial;
-    if (ty == 0 && active) store<VEC>(partial + blockIdx.y * 1152 + o, acc);
-    if (!last_block(&sum_cols_f69de121bb_ticket[blockIdx.x], 59)) return;
-    acc = splat<VEC>(0.0f);
-    if (active)
-#pragma unroll 8
-        for (int u = 0; u < 8; ++u) {
-            const idx s = ty + u * WARPS;
-            if (s < 59)
 #pragma unroll
-                for (int c = 0; c < VEC; ++c) acc.v[c] += __ldcg(partial + s * 1152 + o + c);
-        }
-    __syncthreads();  // part[] is about to be reused
-    acc = combine(acc);
-    if (ty == 0 && active) store<VEC>(out + o, acc);
+    for (int k = 0; k < SUMS; ++k) acc[k] = combine(acc[k]);
+    // sum k's partials: rows k * splits .. (k + 1) * splits - 1 of the scratch array
+    float* partial = sum_cols_d543b42f33_partial;
+    if (ty == 0 && active)
+#pragma unroll
+        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 59 + blockIdx.y) * 1152 + o, acc[k]);
+    if (!last_block(&sum_cols_d543b42f33_ticket[blockIdx.x], 59)) return;
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) {
+        acc[k] = splat<VEC>(0.0f);
+        if (active)
+#pragma unroll 8
+            for (int u = 0; u < 8; ++u) {
+                const idx s = ty + u * WARPS;
+                if (s < 59)
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) acc[k].v[c] += __ldcg(partial + (k * 59 + s) * 1152 + o + c);
+            }
+        acc[k] = combine(acc[k]);
+        if (ty == 0 && active) store<VEC>(outs[k] + o, acc[k]);
+    }
 }
 
 // sum: 98304 outputs of 16 elements, kept (extent, stride) [[98304, 1]], reduced [[16, 98304]];
 // cols mode, VEC = 4, 1 split(s) of 16
-extern "C" __global__ void __launch_bounds__(256) sum_cols_c402ed789c(float* __restrict__ out, const float* __restrict__ in0)
+extern "C" __global__ void __launch_bounds__(256) sum_cols_941bd142bb(float* __restrict__ out0, const float* __restrict__ in0)
 {
-    constexpr int VEC = 4, WARPS = 8;
+    constexpr int VEC = 4, WARPS = 8, SUMS = 1;
     using idx = unsigned int;
     auto base = [](const idx flat) -> idx {
         idx rest = flat, at = 0;
@@ -425,13 +481,17 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_c402ed789c(float* __r
     auto element = [&](const idx at) -> Vec<VEC> {
         return load<VEC>(in0 + at);
     };
-    // Thread x owns VEC neighbouring outputs; the 8 warps' rows y stride over the reduced range.
+    auto elements = [&](const idx at, Vec<VEC> (&y)[SUMS]) { y[0] = element(at); };
+    // Thread x owns VEC neighbouring outputs of each sum; the 8 warps' rows y stride over the reduced range.
     __shared__ Vec<VEC> part[WARPS][32];
+    float* outs[SUMS] = {out0};
     const int tx = threadIdx.x, ty = threadIdx.y;
     const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
     const bool active = o < 98304;
     const idx begin = blockIdx.y * 16, end = begin + 16 < 16 ? begin + 16 : 16;
-    Vec<VEC> acc = splat<VEC>(0.0f);
+    Vec<VEC> acc[SUMS];
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) acc[k] = splat<VEC>(0.0f);
     if (active) {
         const idx col = base(o);
         // A trip count known at compile time, unrolled: the loads of 8 rows are in flight together
@@ -440,14 +500,18 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_c402ed789c(float* __r
         for (int s = 0; s < 2; ++s) {
             const idx r = begin + ty + s * WARPS;
             if (r < end) {
-                const Vec<VEC> x = element(col + offset(r));
+                Vec<VEC> x[SUMS];
+                elements(col + offset(r), x);
 #pragma unroll
-                for (int c = 0; c < VEC; ++c) acc.v[c] += x.v[c];
+                for (int k = 0; k < SUMS; ++k)
+#pragma unroll
+                    for (int c = 0; c < VEC; ++c) acc[k].v[c] += x[k].v[c];
             }
         }
     }
     // The warps' sums, added by warp 0 in warp order.
     auto combine = [&](Vec<VEC> mine) {
+        __syncthreads();  // part[] is free: the last combine's readers are done
         part[ty][tx] = mine;
         __syncthreads();
         Vec<VEC> total = part[0][tx];
@@ -456,16 +520,19 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_c402ed789c(float* __r
             for (int c = 0; c < VEC; ++c) total.v[c] += part[w][tx].v[c];
         return total;
     };
-    acc = combine(acc);
-    if (ty == 0 && active) store<VEC>(out + o, acc);
+#pragma unroll
+    for (int k = 0; k < SUMS; ++k) acc[k] = combine(acc[k]);
+    if (ty == 0 && active)
+#pragma unroll
+        for (int k = 0; k < SUMS; ++k) store<VEC>(outs[k] + o, acc[k]);
 }
 
-__device__ alignas(16) float sum_squares_rows_b71439a5c1_partial[528];  // read and written as Vec<VEC>
-__device__ unsigned int sum_squares_rows_b71439a5c1_ticket[1];
+__device__ alignas(16) float sum_squares_rows_196db404a2_partial[528];  // read and written as Vec<VEC>
+__device__ unsigned int sum_squares_rows_196db404a2_ticket[1];
 // sum: 1 outputs of 10821888 elements, kept (extent, stride) [], reduced [[10821888, 1]];
 // block mode, VEC = 4, 528 split(s) of 5124
 // of the prologue s0 = mul(x0, x0); x = s0
-extern "C" __global__ void __launch_bounds__(256) sum_squares_rows_b71439a5c1(float* __restrict__ out, const float* __restrict__ in0)
+extern "C" __global__ void __launch_bounds__(256) sum_squares_rows_196db404a2(float* __restrict__ out0, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -504,11 +571,11 @@ extern "C" __global__ void __launch_bounds__(256) sum_squares_rows_b71439a5c1(fl
         for (int c = 0; c < VEC; ++c) acc += x.v[c];
     }
     acc = block_sum<WARPS>(acc);
-    float* partial = sum_squares_rows_b71439a5c1_partial + o * 528;
+    float* partial = sum_squares_rows_196db404a2_partial + o * 528;
     if (threadIdx.x == 0) partial[blockIdx.y] = acc;
-    if (!last_block(&sum_squares_rows_b71439a5c1_ticket[o], 528)) return;
+    if (!last_block(&sum_squares_rows_196db404a2_ticket[o], 528)) return;
     float total = 0.0f;
     for (idx s = threadIdx.x; s < 528; s += 256) total += __ldcg(partial + s);
     total = block_sum<WARPS>(total);
-    if (threadIdx.x == 0) put(out + o, total);
+    if (threadIdx.x == 0) put(out0 + o, total);
 }

@@ -30,9 +30,15 @@ def lower(launch) -> Kernel:
     operands = [operand(extents, st, b, vec) for st, b in zip(strides, launch["in"])]
     results = launch["attrs"].get("results", [len(steps(launch)) - 1])
     return Kernel(launch["op"], {**types(launch), "steps": steps(launch), "n": n, "vec": vec, "operands": operands,
-                                 "results": [{"t": DTYPES[b[0]].ctype, "step": r} for b, r in zip(outs, results)],
+                                 "results": [result(b, r) for b, r in zip(outs, results)],
                                  "itype": index_type(shape, *(b[2] for b in launch["in"])), "threads": block[0]},
                   grid, block)
+
+
+def result(buffer, ref: int) -> dict:
+    """A program's result stored in `buffer`: its C type, and its value per element c (a step k >= 0,
+    or external input -1 - i)."""
+    return {"t": DTYPES[buffer[0]].ctype, "value": f"s{ref}" if ref >= 0 else f"x{-1 - ref}.v[c]"}
 
 
 def steps(launch) -> list[dict]:

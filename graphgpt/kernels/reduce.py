@@ -8,7 +8,7 @@ from ..ops.registry import prod
 from ..passes.memory import aligned
 from .common import (THREADS, WARPS, WAVE, Kernel, aligned_for, broadcast_shape, cdiv, contiguous_strides,
                      index_type, types, width)
-from .elementwise import steps
+from .elementwise import result, steps
 
 MAX_SPLITS = 1024
 SPLIT_ROWS = 64  # fewest rows a split of a column reduction walks
@@ -21,18 +21,20 @@ def lower(launch) -> Kernel:
     cols -- the innermost run is kept: each thread owns output columns and walks the reduced axes,
             32 neighbouring columns per warp so that every load coalesces.
     Too few outputs for the GPU split the reduced range over several blocks; the last block to
-    finish adds their partial sums in a fixed order, so results do not depend on timing."""
+    finish adds their partial sums in a fixed order, so results do not depend on timing. A fused_sum
+    with several results (one output each) sums them all in one pass, in cols mode."""
     if launch["op"] == "sum_squares":
         flat = _flat_range(launch["in"])
         square = [["mul", [], [-1, -1]]]
         k = lower({"op": "fused_sum", "out": launch["out"], "in": [flat],
                    "attrs": {"axes": [0], "keepdims": False, "program": square}})
         return Kernel(k.stem.replace("fused_sum", "sum_squares"), k.params, k.grid, k.block, args=[launch["out"], flat])
-    out, srcs = launch["out"], launch["in"]
+    outs, srcs = launch.get("outs", [launch["out"]]), launch["in"]
     shape, axes = broadcast_shape(*(b[2] for b in srcs)), set(launch["attrs"]["axes"])
     full = [b for b in srcs if prod(b[2]) == prod(shape)]  # the others are scalars (see fuse.py)
     prologue = {"steps": steps(launch) if launch["op"] == "fused_sum" else [],
-                "operands": ["full" if b in full else "scalar" for b in srcs]}
+                "operands": ["full" if b in full else "scalar" for b in srcs],
+                "results": [result(b, r) for b, r in zip(outs, launch["attrs"].get("results", ()))]}
     stem = "fused_sum" if prologue["steps"] else "sum"
     strides = contiguous_strides(shape)
     runs: list[list] = []   # [reduced, extent, stride], outermost first
@@ -50,14 +52,16 @@ def lower(launch) -> Kernel:
     common = {**types(launch), "itype": index_type(shape), "n_out": n_out, "n_red": n_red, "kept": kept,
               "reduced": reduced, **prologue}
     if kept and (not runs or not runs[-1][0]):
-        w = width(out, *full)
-        vec = w if kept[-1][0] % w == 0 and aligned_for(w, out, *full) else 1
+        w = width(*outs, *full)
+        vec = w if kept[-1][0] % w == 0 and aligned_for(w, *outs, *full) else 1
         x_blocks = cdiv(n_out // vec, 32)
         splits = max(1, min(cdiv(WAVE, x_blocks), cdiv(n_red, SPLIT_ROWS), MAX_SPLITS))
         chunk = cdiv(n_red, splits)
         splits = cdiv(n_red, chunk)
         return Kernel(f"{stem}_cols", dict(common, mode="cols", vec=vec, splits=splits, chunk=chunk),
                       (x_blocks, splits, 1), (32, WARPS, 1))
+    if len(outs) > 1:
+        raise ValueError("a reduction with several results sums over leading axes only (cols mode)")
     w = width(*full)
     vec = w if reduced and reduced[-1][0] % w == 0 and aligned_for(w, *full) else 1
     n_vec = n_red // vec

@@ -15,7 +15,10 @@ and writes them all.
 
 `fused_sum` is a `sum` whose input is such a chain (its "prologue"): the kernel evaluates the
 program per element where a `sum` loads its input, so the pointwise result never goes to memory.
-attrs: the program, and the `axes` and `keepdims` of the sum.
+attrs: the program, and the `axes` and `keepdims` of the sum. With attrs["results"] it sums
+several of the program's values over the same axes, each an output of its own (a step k >= 0,
+or an external input -1 - i, as a step's args name them): the fusion pass makes one of
+LayerNorm's two parameter gradients, sum(g) and sum(g * xhat), so g is read once for both.
 """
 from __future__ import annotations
 
@@ -69,8 +72,11 @@ register(Op("fused_multi", "elementwise", _multi_infer,
             overwrites=_multi_overwrites))
 
 
-def _sum_infer(attrs, *specs: Spec) -> Spec:
-    return REGISTRY["sum"].infer(attrs, _infer(attrs, *specs))
+def _sum_infer(attrs, *specs: Spec) -> Spec | list[Spec]:
+    if "results" not in attrs:
+        return REGISTRY["sum"].infer(attrs, _infer(attrs, *specs))
+    steps = _step_specs(attrs, specs)
+    return [REGISTRY["sum"].infer(attrs, steps[r] if r >= 0 else specs[-1 - r]) for r in attrs["results"]]
 
 
 

@@ -24,6 +24,9 @@
      is computed in the transpose's output order (attrs "shape" and "perm" of the fused node);
    - LayerNorm's backward takes in the gradient's scaling by gamma before it and the residual
      stream's gradient accumulation after it (fused_normalize_grad).
+   - a plain sum and a fused_sum over the same leading axes, the sum's input an operand of the
+     fused_sum's prologue, become one fused_sum with both results (attrs "results"): LayerNorm's
+     beta and gamma gradients, sum(g) and sum(g * xhat), read g once.
 GEMMs, other reductions, row ops and broadcasts to larger shapes otherwise stay boundaries.
 6. The pointwise new values of persistent state that read one another, and that nothing else
    reads, become one fused_multi with a result for each: a weight's Adam moments, the weight and
@@ -101,7 +104,64 @@ def fuse(graph: Graph) -> Graph:
         elif pointwise(n) and any(i in inlined for i in n.inputs):
             n = _fused_node(graph, n, inlined)
         out.nodes[n.id] = n
-    return _update_groups(out)
+    return _update_groups(_paired_sums(out))
+
+
+def _paired_sums(graph: Graph) -> Graph:
+    """Step 5's last rule. The pair becomes one fused_sum with the sum's result first. The tuple
+    takes the earlier id and the later place (where every input of both is computed); the later
+    sum's result keeps its id, the earlier's gets a new one, which its readers are given instead.
+    A pair is taken only when nothing reads the earlier result before the later sum's place."""
+    place = {i: k for k, i in enumerate(graph.nodes)}
+    users = graph.users()
+    pairs: dict[int, tuple[Node, Node]] = {}  # the later one's id -> (sum, fused_sum)
+    taken: set[int] = set()
+    for f in graph.of_op("fused_sum"):
+        if "results" in f.attr:
+            continue
+        for i in f.inputs:
+            s = next((graph.nodes[u] for u in users[i] if graph.nodes[u].op == "sum"
+                      and u not in taken and _same_sum(graph, graph.nodes[u], f)), None)
+            if s is None:
+                continue
+            first, later = sorted((s, f), key=lambda n: place[n.id])
+            if all(place[u] > place[later.id] for u in users[first.id]):
+                pairs[later.id] = (s, f)
+                taken |= {s.id, f.id}
+                break
+    renamed: dict[int, int] = {}
+    out = Graph(late=dict(graph.late))
+    out._next_id = graph._next_id
+    for n in graph.nodes.values():
+        n = replace(n, inputs=tuple(renamed.get(i, i) for i in n.inputs))
+        if n.id in taken and n.id not in pairs:
+            continue  # the earlier of a pair: computed at the later one's place
+        if n.id not in pairs:
+            out.nodes[n.id] = n
+            continue
+        s, f = pairs[n.id]
+        first, later = sorted((s, f), key=lambda m: place[m.id])
+        results = (-1 - f.inputs.index(s.inputs[0]), len(f.attr["program"]) - 1)
+        out.nodes[first.id] = replace(f, id=first.id, inputs=tuple(renamed.get(i, i) for i in f.inputs),
+                                      attrs=_freeze({**dict(f.attrs), "results": results}),
+                                      shape=(), dtype=TUPLE, specs=((s.shape, s.dtype), (f.shape, f.dtype)),
+                                      where=first.where)
+        fresh = out._next_id
+        out._next_id += 1
+        renamed[first.id] = fresh
+        for k, m in enumerate((s, f)):
+            at = fresh if m is first else m.id
+            out.nodes[at] = Node(at, "output", (first.id,), _freeze({"index": k}), m.shape, m.dtype, m.where)
+    return _renamed_roles(graph, out, renamed)
+
+
+def _same_sum(graph: Graph, s: Node, f: Node) -> bool:
+    """A sum that a fused_sum's kernel can compute beside its own: of an input of the prologue's
+    shape, over the same leading axes (the reduction's cols mode), into the same type."""
+    src, axes = graph.nodes[s.inputs[0]], sorted(s.attr["axes"])
+    return (s.shape == f.shape and s.dtype == f.dtype and s.attr.get("dtype") == f.attr.get("dtype")
+            and sorted(f.attr["axes"]) == axes == list(range(len(axes))) and s.attr["keepdims"] == f.attr["keepdims"]
+            and all(graph.nodes[i].shape == src.shape for i in f.inputs if graph.nodes[i].size != 1))
 
 
 def _update_groups(graph: Graph) -> Graph:
