@@ -36,6 +36,7 @@ TWO_TILES = {"causal_attention": (2, 4, 64), "causal_attention_grad_q": (2, 4, 3
 
 
 def mma_tiling(op: str, t: int, d: int, dropout: bool) -> tuple[int, int, int]:
+    """The tiling of op's tensor-core kernel for sequences of t rows and head dim d."""
     two = TWO_TILES[op]
     return two if d == 64 and not dropout and t % (16 * two[0] * two[1]) == 0 else ONE_TILE
 
