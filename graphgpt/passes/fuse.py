@@ -114,7 +114,7 @@ def _paired_sums(graph: Graph) -> Graph:
     A pair is taken only when nothing reads the earlier result before the later sum's place."""
     place = {i: k for k, i in enumerate(graph.nodes)}
     users = graph.users()
-    pairs: dict[int, tuple[Node, Node]] = {}  # the later one's id -> (sum, fused_sum)
+    pairs: dict[int, tuple[Node, Node, Node]] = {}  # the later one's id -> (the earlier, sum, fused_sum)
     taken: set[int] = set()
     for f in graph.of_op("fused_sum"):
         if "results" in f.attr:
@@ -126,7 +126,7 @@ def _paired_sums(graph: Graph) -> Graph:
                 continue
             first, later = sorted((s, f), key=lambda n: place[n.id])
             if all(place[u] > place[later.id] for u in users[first.id]):
-                pairs[later.id] = (s, f)
+                pairs[later.id] = (first, s, f)
                 taken |= {s.id, f.id}
                 break
     renamed: dict[int, int] = {}
@@ -139,8 +139,7 @@ def _paired_sums(graph: Graph) -> Graph:
         if n.id not in pairs:
             out.nodes[n.id] = n
             continue
-        s, f = pairs[n.id]
-        first, later = sorted((s, f), key=lambda m: place[m.id])
+        first, s, f = pairs[n.id]
         results = (-1 - f.inputs.index(s.inputs[0]), len(f.attr["program"]) - 1)
         out.nodes[first.id] = replace(f, id=first.id, inputs=tuple(renamed.get(i, i) for i in f.inputs),
                                       attrs=_freeze({**dict(f.attrs), "results": results}),
