@@ -35,6 +35,7 @@ from .errors import ArgumentParser, UserError
 from .ir import INT, PERSISTENT_OPS, Graph
 from .kernels.gemm import lower_matmul
 from .ops import REGISTRY
+from .passes.chunk_classifier import chunk_classifier, chunk_count
 from .passes.fuse import fuse, gelu_epilogues
 from .passes.memory import ALIGN, CONST, Layout, ProgramMemory, persistent_layout, plan_program
 from .passes.multi_tensor import merge_launches
@@ -56,7 +57,9 @@ COMPUTE_DTYPES = ("f32", "bf16")  # dtype=: the type activations and GEMM operan
 ATTENTION = ("fused", "softmax")
 # settings every model has, unless its CONFIG says otherwise; sample_batch: the sequences the
 # generation programs compute together
-MODEL_DEFAULTS = {"dtype": "f32", "sample_batch": 1}
+# classifier_chunks: the training step's logits are computed this many chunks of the batch at a
+# time (passes/chunk_classifier.py; 0: as many as keep a chunk's logits within CHUNK_BYTES)
+MODEL_DEFAULTS = {"dtype": "f32", "sample_batch": 1, "classifier_chunks": 0}
 
 
 @dataclass
@@ -141,6 +144,9 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
 
     graphs = {name: simplify(g) for name, g in graphs.items()}
     log(f"  simplify   {_node_counts(graphs)}")
+    chunks = chunk_count(graphs[backward], model_cfg["classifier_chunks"], B)
+    graphs[backward] = chunk_classifier(graphs[backward], chunks)
+    log(f"  classifier " + (f"{chunks} chunks of {B // chunks} sequences" if chunks > 1 else "the whole batch at once"))
     unfused = graphs[backward]
     if fusion:
         graphs = {name: fuse(g) for name, g in graphs.items()}
@@ -259,6 +265,10 @@ def check_model_config(cfg: dict, origin=None) -> None:
         need("attention", cfg["attention"] in ATTENTION, " or ".join(ATTENTION))
     if "tie_weights" in cfg:
         need("tie_weights", cfg["tie_weights"] in (0, 1), "0 or 1")
+    if "classifier_chunks" in cfg:
+        need("classifier_chunks", isinstance(cfg["classifier_chunks"], int) and cfg["classifier_chunks"] >= 0
+             and cfg.get("batch_size", 1) % max(cfg["classifier_chunks"], 1) == 0,
+             f"an integer >= 0 that divides batch_size {cfg.get('batch_size')} (0: chosen by the logits' size)")
     if "dropout" in cfg:
         need("dropout", isinstance(cfg["dropout"], (int, float)) and 0 <= cfg["dropout"] < 1, "a probability in [0, 1)")
     if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"]:

@@ -46,9 +46,10 @@ def _launch(a_shape, b_shape, ta, tb, bias, residual, operands="f32", output="f3
             "in": [[t, int(o), list(s)] for t, o, s in zip(types, offsets, ins)]}
 
 
-def _run_lowered(launch: dict, host: list) -> list:
+def _run_lowered(launch: dict, host: list, in_place: bool = False) -> list:
     """The launch as the plan lowers it, on fresh device copies of `host` (its inputs) with every
-    output poisoned first; its outputs as float64."""
+    output poisoned first (`in_place`: the output is the residual's own memory, as the plan places
+    a sum over chunks); its outputs as float64."""
     import cupy as cp
     from graphgpt.runtime.cublas import WORKSPACE_BYTES, Cublas
     from graphgpt.runtime.cuda_backend import device_dtype
@@ -60,6 +61,8 @@ def _run_lowered(launch: dict, host: list) -> list:
     try:
         devs = [cp.asarray(h.view(device_dtype(b[0]))) for h, b in zip(host, launch["in"])]
         results = [cp.full(b[2], 0x7FC0 if b[0] == "bf16" else np.nan, device_dtype(b[0])) for b in outs]
+        if in_place:
+            results[0] = devs[-1]
         ptr = {id(b): d.data.ptr for b, d in zip([*launch["in"], *outs], [*devs, *results])}
         ptr[id(launch["out"])] = results[0].data.ptr
         g = cuda["gemm"]
@@ -93,12 +96,25 @@ def _assert_close(got, ref, dtype):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}{'T' if c[2] else ''}{'T' if c[3] else ''}"
                          f"{'+bias' if c[4] else ''}{'+res' if c[5] else ''}")
 def test_gemm_matches_numpy(case, types):
-    if types[0] != types[1] and (case[4] or case[5]):
-        pytest.skip("a plan folds a cast only into a GEMM without an epilogue")
+    if types[0] != types[1] and case[4]:
+        pytest.skip("a plan folds a cast only into a GEMM without a bias")
     launch = _launch(*case, *types)
     rng = np.random.default_rng(0)
     host = [rng.standard_normal(b[2]).astype(DTYPES[b[0]].numpy) for b in launch["in"]]
     (got,) = _run_lowered(launch, host)
+    ref = REGISTRY[launch["op"]].ref(launch["attrs"], *(h.astype(np.float64) for h in host))
+    _assert_close(got, ref, launch["out"][0])
+
+
+@pytest.mark.parametrize("types", [("f32", "f32"), ("bf16", "f32")], ids=lambda t: f"{t[0]}->{t[1]}")
+def test_gemm_adds_its_residual_in_place(types):
+    """D = A.T B + D, the output over its residual: a weight gradient summed over the classifier's
+    chunks of rows (passes/chunk_classifier.py), where the memory plan gives the sum so far and the
+    new sum one buffer."""
+    launch = _launch((132, 96), (132, 64), True, False, False, True, *types)
+    rng = np.random.default_rng(2)
+    host = [rng.standard_normal(b[2]).astype(DTYPES[b[0]].numpy) for b in launch["in"]]
+    (got,) = _run_lowered(launch, host, in_place=True)
     ref = REGISTRY[launch["op"]].ref(launch["attrs"], *(h.astype(np.float64) for h in host))
     _assert_close(got, ref, launch["out"][0])
 

@@ -31,6 +31,7 @@ from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
 TOLERANCE = {"bf16": 4e-3, "f32": 1e-5}  # the gradient's; bf16's is its rounding on store (2^-9 relative)
 SHAPES = [  # (label, rows, vocabulary, dtype)
     ("124M", 16 * 1024, 50304, "bf16"),
+    ("124M-chunk", 4 * 1024, 50304, "bf16"),  # one of the four chunks a 124M plan's classifier runs in
     ("124M-f32", 16 * 1024, 50304, "f32"),
     ("seed", 16 * 256, 172, "bf16"),
 ]

@@ -80,5 +80,11 @@ def _fused_infer(attrs, a, b, *rest):
     return [out, out] if gelu else out
 
 
-register(Op("fused_matmul", "matmul", _fused_infer, flops=_flops,
+def _fused_overwrites(attrs, n_inputs: int):
+    """The product over its residual: cuBLASLt reads C before it writes D of the same layout, so
+    D = A B + C may be computed in place (a weight gradient summed over chunks of rows)."""
+    return ((0, n_inputs - 1),) if attrs["residual"] else ()
+
+
+register(Op("fused_matmul", "matmul", _fused_infer, flops=_flops, overwrites=_fused_overwrites,
             nondiff="made by the fusion pass, which runs after autodiff"))

@@ -22,7 +22,7 @@ alive at one step share memory.
 An op with several outputs runs as its tuple node, which owns no memory; each of its outputs owns a
 buffer (or takes an input's, step 1b of plan_program), live from the step that runs the op.
 
-Three kinds of sharing remove copies, as each op declares them in its registry entry:
+Four kinds of sharing remove copies, as each op declares them in its registry entry:
 - views: a reshape, or a slice of contiguous memory, reads its input's buffer at an offset; a
   collective (the gradient allreduce) works in place, so it shares its input's buffer too but runs;
 - concats built in place, views in reverse: a concat of contiguous pieces owns a buffer and each
@@ -31,7 +31,10 @@ Three kinds of sharing remove copies, as each op declares them in its registry e
   it is an elementwise op that reads the old value last, or when it does not read the old value
   and runs after everything that does (a weight's compute-type copy); otherwise a copy runs at the
   end. An op that only writes part of its output (a cache update: the new rows) must run in place,
-  and the plan fails where it cannot.
+  and the plan fails where it cannot;
+- sums in a gradient's slot: a gradient computed over its partial sum in place (the classifier's
+  weight gradient, summed over its chunks by GEMMs with beta = 1) keeps that partial sum in the
+  gradient's own slot, where the program has no other use for it, instead of in the work region.
 """
 from __future__ import annotations
 
@@ -166,7 +169,7 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     in_place_concats, placed = set(), set()  # concats built in place; the pieces computed into them
     for nid in order:
         n = nodes[nid]
-        shift = _view_shift(n, nodes)
+        shift = view_shift(n, nodes)
         if _in_place_op(n):  # overwriting its input is only legal when nothing reads that later
             assert all(pos.get(r, -1) <= pos[nid] for r in readers[n.inputs[0]]), f"node {nid} cannot run in place"
         if shift is not None and nid not in pinned:
@@ -225,6 +228,10 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
         assert g not in fixed and nodes[g].op not in SOURCE_OPS, \
             f"gradient of {nodes[p].name} has no memory of its own"
         fixed[g] = layout.grads[nodes[p].name]
+    for g in graph.grads.values():
+        sums = _sums_before(g, nodes, resolve, last_read, pos, fixed, unplaceable | in_place_concats)
+        if sums is not None:
+            fixed[sums] = fixed[g]
     copies = []
     for state, new in graph.updates.items():
         if (_in_place(new, state, nodes, pos, readers, members)
@@ -270,6 +277,24 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     )
 
 
+def _sums_before(g: int, nodes, resolve, last_read, pos, fixed, unplaceable) -> int | None:
+    """The buffer a gradient is summed onto in place (the classifier's weight gradient over its
+    chunks: D = A B + C, D over C), when the gradient's slot can hold those sums before it: the
+    slot is nobody else's in this program (no accumulator of a micro-batch's gradients lives there)
+    and the sums are read by nothing after the gradient's op. The partial sums then take no work
+    memory: they are written into the slot the last sum completes."""
+    n = nodes[g]
+    if n.specs or fixed[g] in {off for nid, off in fixed.items() if nid != g}:
+        return None
+    for k, i in REGISTRY[n.op].overwrites(n.attr, len(n.inputs)):
+        root, shift = resolve(n.inputs[i])
+        x = nodes[root]
+        if (k == 0 and shift == 0 and root not in fixed and root not in unplaceable and not x.specs
+                and REGISTRY[x.op].kind != "projection" and x.nbytes == n.nbytes and last_read.get(root) == pos[g]):
+            return root
+    return None
+
+
 def _buffers(nodes, readers, pos, resolve):
     """Each node's root buffer, each root's members, and the step of each root's last reader."""
     root_of = {nid: resolve(nid)[0] for nid in nodes}
@@ -294,7 +319,7 @@ def _in_place_op(n: Node) -> bool:
     return REGISTRY[n.op].in_place
 
 
-def _view_shift(n: Node, nodes: dict[int, Node]) -> int | None:
+def view_shift(n: Node, nodes: dict[int, Node]) -> int | None:
     """Byte offset into the input if `n` shares its input's memory (as its op declares), else None."""
     view = REGISTRY[n.op].view
     if view is None:

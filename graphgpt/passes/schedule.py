@@ -6,7 +6,10 @@ allreduce starts as soon as the gradient is final, so communication overlaps the
 backward instead of waiting for its end. So do the new values of persistent state: one that is
 ready during the backward (a micro-batch's gradient folded into its accumulator) then frees the
 gradient at once instead of keeping it to the end of the step. Sources cost nothing and come
-first, so no node waits for one. A recomputed node (graph.late) takes its reader's place in that
+first, so no node waits for one; so do views (a reshape, a contiguous slice), which only name
+memory their input already holds: a node that reads one waits for nothing behind it (the last
+chunk's weight-gradient GEMM of the classifier in chunks, whose slices were made after everything
+else). A recomputed node (graph.late) takes its reader's place in that
 order, so it runs as late as it can. An output of an op with several takes its op's place: it is
 written when the op runs, so its readers are not held back behind unrelated work by its own id
 (the fused loss's gradient output gets a new id, and would otherwise wait for the recomputed
@@ -18,10 +21,12 @@ import networkx as nx
 
 from ..ir import SOURCE_OPS, Graph
 from ..ops import REGISTRY
+from .memory import view_shift
 
 
 def schedule(graph: Graph) -> list[int]:
-    urgent = {i for i, n in graph.nodes.items() if n.op in SOURCE_OPS or REGISTRY[n.op].kind == "collective"}
+    urgent = {i for i, n in graph.nodes.items() if n.op in SOURCE_OPS or REGISTRY[n.op].kind == "collective"
+              or view_shift(n, graph.nodes) is not None}
     urgent |= set(graph.updates.values())
 
     def priority(i: int) -> tuple[int, int, int]:
@@ -30,3 +35,4 @@ def schedule(graph: Graph) -> list[int]:
         return (0 if i in urgent else 1, graph.late.get(at, at), i)
     order = nx.lexicographical_topological_sort(graph.to_networkx(), key=priority)
     return [i for i in order if graph.nodes[i].op not in SOURCE_OPS]
+
