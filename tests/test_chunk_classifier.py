@@ -110,3 +110,24 @@ def test_the_default_chunks_keep_each_chunks_logits_within_512_mib(overrides, ch
 def test_chunk_counts_that_do_not_divide_the_batch_are_refused(value, message):
     with pytest.raises(UserError, match=message):
         _compiled(TWO_LAYERS + [f"classifier_chunks={value}"])
+
+
+SCALED_LOGITS = """
+from graphgpt.dsl import embedding, param
+CONFIG = dict(n_embd=16, block_size=8, batch_size=4, vocab_size=0)
+
+
+def forward(idx, cfg):
+    wte = param("wte", (cfg["vocab_size"], cfg["n_embd"]))
+    head = param("head", (cfg["n_embd"], cfg["vocab_size"]))
+    return (embedding(wte, idx) @ head) * 2.0
+"""
+
+
+def test_logits_that_are_not_a_gemms_product_stay_whole_or_are_refused_chunks(tmp_path):
+    model = tmp_path / "scaled.py"
+    model.write_text(SCALED_LOGITS)
+    data = compile_model(model, [], log=lambda *a: None).data
+    assert sum(ln["op"] == "cross_entropy_with_grad" for ln in data["programs"]["train"]["launches"]) == 1
+    with pytest.raises(UserError, match="classifier_chunks=2: the training loss is not the cross-entropy"):
+        compile_model(model, ["classifier_chunks=2"], log=lambda *a: None)
