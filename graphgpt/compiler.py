@@ -35,7 +35,7 @@ from .errors import ArgumentParser, UserError
 from .ir import INT, PERSISTENT_OPS, Graph
 from .kernels.gemm import lower_matmul
 from .ops import REGISTRY
-from .passes.chunk_classifier import chunk_classifier, chunk_count
+from .passes.chunk_classifier import chunk_classifier
 from .passes.fuse import fuse, gelu_epilogues
 from .passes.memory import ALIGN, CONST, Layout, ProgramMemory, persistent_layout, plan_program
 from .passes.multi_tensor import merge_launches
@@ -144,8 +144,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
 
     graphs = {name: simplify(g) for name, g in graphs.items()}
     log(f"  simplify   {_node_counts(graphs)}")
-    chunks = chunk_count(graphs[backward], model_cfg["classifier_chunks"], B)
-    graphs[backward] = chunk_classifier(graphs[backward], chunks)
+    graphs[backward], chunks = chunk_classifier(graphs[backward], model_cfg["classifier_chunks"])
     log(f"  classifier " + (f"{chunks} chunks of {B // chunks} sequences" if chunks > 1 else "the whole batch at once"))
     unfused = graphs[backward]
     if fusion:

@@ -16,7 +16,7 @@ The chunks are of equal size, so the loss (a mean over tokens) is the mean of th
 and each chunk's gradient takes the loss's seed over the chunk count. The weight gradient is
 summed in float32 whatever the compute type: a bf16 plan's weight gradients come out of their
 GEMMs in float32 anyway (fuse.py folds the cast). What the chunking costs is a smaller GEMM shape
-and a few more launches; `chunk_count` chooses how many from the bytes the logits take.
+and a few more launches; by default the count comes from the bytes the logits take.
 
 The rewrite runs on the joint graph after autodiff and before fusion, which then fuses each
 chunk's loss with its gradient, folds the casts and gives the GEMMs their residuals as it would
@@ -98,24 +98,27 @@ def classifier(graph: Graph) -> Classifier | None:
     return Classifier(loss, z, grad, row_gemms, flat, weight_gemms, rows)
 
 
-def chunk_count(graph: Graph, requested: int, batch: int) -> int:
+def _chunk_count(found: Classifier | None, requested: int) -> int:
     """The chunks to split the batch's sequences into: `requested`, or with 0 the fewest (dividing
     the batch) whose logits are at most CHUNK_BYTES each; with 0, 1 where the program has no
     classifier the chunking knows."""
-    found = classifier(graph)
     if found is None and requested > 1:
         raise UserError(f"classifier_chunks={requested}: the training loss is not the cross-entropy of a "
                         "matrix product's logits, which is what the classifier's chunks split")
     if found is None or requested:
         return max(requested, 1)
+    batch = found.logits.shape[0]
     return next(k for k in range(1, batch + 1) if batch % k == 0 and
                 (found.logits.nbytes // k <= CHUNK_BYTES or k == batch))
 
 
-def chunk_classifier(graph: Graph, chunks: int) -> Graph:
-    found = classifier(graph) if chunks > 1 else None
-    if found is None:
-        return graph
+def chunk_classifier(graph: Graph, requested: int) -> tuple[Graph, int]:
+    """The program with its classifier in chunks (`requested` of them, 0: chosen by the logits'
+    bytes), and how many; the program itself where that is one."""
+    found = classifier(graph)
+    chunks = _chunk_count(found, requested)
+    if chunks == 1:
+        return graph, 1
     nodes, users = graph.nodes, graph.users()
     z, loss, grad = found.logits, found.loss, found.grad
     a, weight = z.inputs
@@ -175,12 +178,13 @@ def chunk_classifier(graph: Graph, chunks: int) -> Graph:
 
     def emit_sum(m: Node, nid: int) -> None:
         before, last = partial[m.id]
-        cast_back = nid == m.id and m.dtype != ACCUMULATE  # read in the GEMM's type
-        total = out._next_id if cast_back else nid
-        out._next_id += cast_back
+        if nid != m.id or m.dtype == ACCUMULATE:  # the sum is the node its readers read
+            out.nodes[nid] = Node(nid, "add", (last, before), (), m.shape, ACCUMULATE, m.where)
+            return
+        total = out._next_id  # read in the GEMM's type: the sum, then its cast back under the GEMM's id
+        out._next_id += 1
         out.nodes[total] = Node(total, "add", (last, before), (), m.shape, ACCUMULATE, m.where)
-        if cast_back:
-            out.nodes[nid] = Node(nid, "cast", (total,), _freeze({"dtype": m.dtype}), m.shape, m.dtype, m.where)
+        out.nodes[nid] = Node(nid, "cast", (total,), _freeze({"dtype": m.dtype}), m.shape, m.dtype, m.where)
 
     weight_of = {sums[m.id]: m for m, _ in found.weight_gemms}
     for n in graph.nodes.values():
@@ -192,4 +196,4 @@ def chunk_classifier(graph: Graph, chunks: int) -> Graph:
             emit_sum(weight_of[n.id], n.id)
         elif n.id not in replaced:
             out.nodes[n.id] = n
-    return dead_code_elimination(out)
+    return dead_code_elimination(out), chunks

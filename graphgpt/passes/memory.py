@@ -39,6 +39,7 @@ Four kinds of sharing remove copies, as each op declares them in its registry en
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -228,8 +229,9 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
         assert g not in fixed and nodes[g].op not in SOURCE_OPS, \
             f"gradient of {nodes[p].name} has no memory of its own"
         fixed[g] = layout.grads[nodes[p].name]
+    slot_users = Counter(fixed.values())
     for g in graph.grads.values():
-        sums = _sums_before(g, nodes, resolve, last_read, pos, fixed, unplaceable | in_place_concats)
+        sums = _sums_before(g, nodes, resolve, last_read, pos, fixed, slot_users, unplaceable | in_place_concats)
         if sums is not None:
             fixed[sums] = fixed[g]
     copies = []
@@ -277,14 +279,14 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     )
 
 
-def _sums_before(g: int, nodes, resolve, last_read, pos, fixed, unplaceable) -> int | None:
+def _sums_before(g: int, nodes, resolve, last_read, pos, fixed, slot_users, unplaceable) -> int | None:
     """The buffer a gradient is summed onto in place (the classifier's weight gradient over its
     chunks: D = A B + C, D over C), when the gradient's slot can hold those sums before it: the
     slot is nobody else's in this program (no accumulator of a micro-batch's gradients lives there)
     and the sums are read by nothing after the gradient's op. The partial sums then take no work
     memory: they are written into the slot the last sum completes."""
     n = nodes[g]
-    if n.specs or fixed[g] in {off for nid, off in fixed.items() if nid != g}:
+    if n.specs or slot_users[fixed[g]] > 1:
         return None
     for k, i in REGISTRY[n.op].overwrites(n.attr, len(n.inputs)):
         root, shift = resolve(n.inputs[i])
