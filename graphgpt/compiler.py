@@ -445,8 +445,9 @@ def main(argv=None) -> int:
     p.add_argument("model", type=Path, help="the model file (CONFIG + forward), e.g. model.py")
     p.add_argument("--out", type=Path, default=Path("compiled"), help="plan directory (default: compiled/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a CONFIG key, the compute type (dtype=f32|bf16) or an optimizer key, "
-                        "e.g. --set n_layer=2 (repeatable)")
+                   help="override a CONFIG key, the compute type (dtype=f32|bf16), sample_batch, "
+                        "classifier_chunks (the training logits' chunks of the batch; 0: by their size) "
+                        "or an optimizer key, e.g. --set n_layer=2 (repeatable)")
     p.add_argument("--data", type=Path, help="build the tokenizer's vocabulary from this text file")
     p.add_argument("--tokenizer", choices=("word", "char", BPE_KIND),
                    help="word (the seed's; default with --data), char (default without) or gpt2 "
