@@ -41,6 +41,7 @@ from .passes.memory import ALIGN, CONST, Layout, ProgramMemory, persistent_layou
 from .passes.multi_tensor import merge_launches
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
+from .passes.sum_groups import group_sums
 from .passes.simplify import simplify
 from .passes.weight_copies import with_weight_copies
 from .plan import SCHEMA_VERSION, check_out, save
@@ -152,9 +153,10 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
         log(f"  fuse       {_node_counts(graphs)}")
     # every policy is planned: auto chooses by the work peaks, and the report lists them all
     variants = {policy: rematerialize(graphs[backward], policy) for policy in POLICIES}
-    if fusion:  # GELU into its GEMMs' epilogues, after remat has chosen which GELU outputs to recompute
-        variants = {policy: gelu_epilogues(g) for policy, g in variants.items()}
-        graphs = {name: g if name == backward else gelu_epilogues(g) for name, g in graphs.items()}
+    if fusion:  # GELU into its GEMMs' epilogues, after remat has chosen which GELU outputs to recompute;
+        # then the column sums that can run together, on the final graphs
+        variants = {policy: group_sums(gelu_epilogues(g)) for policy, g in variants.items()}
+        graphs = {name: g if name == backward else group_sums(gelu_epilogues(g)) for name, g in graphs.items()}
     layout = persistent_layout(*graphs.values())
     peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}
     chosen = choose({policy: m.work_size for policy, m in peaks.items()}) if remat == AUTO else remat

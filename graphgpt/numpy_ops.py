@@ -98,6 +98,17 @@ def fused_sum(attrs, *arrays):
     return tuple(sum_(attrs, values[r] if r >= 0 else arrays[-1 - r]) for r in attrs["results"])
 
 
+@reference("sum_group")
+def sum_group(attrs, *arrays):
+    """Each member's results, in order: the members read their own inputs, one after another."""
+    out, at = [], 0
+    for op, member_attrs, n in attrs["members"]:
+        result = BY_OP[op](dict(member_attrs), *arrays[at:at + n])
+        out += list(result) if isinstance(result, tuple) else [result]
+        at += n
+    return tuple(out)
+
+
 @reference("sum_squares")
 def sum_squares(attrs, *xs):
     return np.asarray(sum(np.sum(x * x) for x in xs), xs[0].dtype)
@@ -136,6 +147,13 @@ def normalize(attrs, x):
     xc = x - mean[..., None]
     rstd = 1.0 / np.sqrt((xc * xc).mean(-1) + attrs["eps"])
     return xc * rstd[..., None], mean, rstd
+
+
+@reference("fused_normalize")
+def fused_normalize(attrs, x, *operands):
+    """normalize's outputs, and its chain of the normalised rows as they are before rounding."""
+    xhat, mean, rstd = normalize(attrs, x)
+    return xhat, mean, rstd, _run_program(attrs["program"], (xhat, *operands))[-1]
 
 
 @reference("normalize_grad")

@@ -28,8 +28,9 @@ from .errors import UserError
 # decode with key/value caches (caches, decode, cast_weights) and give their greedy next tokens;
 # 4: every program of a bf16 plan reads the weights' copies, which the update keeps current;
 # 5: a GEMM's epilogue names its cuBLASLt kind and its aux matrix (GELU's pre-activation);
-# 6: a fused_sum may sum several values into several outputs (attrs "results")
-SCHEMA_VERSION = 6
+# 6: a fused_sum may sum several values into several outputs (attrs "results"); 7: fused_normalize
+# (LayerNorm's affine part stored by its normalize) and sum_group (column sums in one launch)
+SCHEMA_VERSION = 7
 # The program that writes every weight's copy in the compute type from the weights: a backend
 # runs it before its next program whenever something other than a program wrote the weights.
 CAST_WEIGHTS = "cast_weights"

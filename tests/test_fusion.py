@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from graphgpt import compiler
 from graphgpt.compiler import compile_model
 from graphgpt.data import SequentialSampler
 from graphgpt.ops import REGISTRY
@@ -105,6 +106,7 @@ def test_the_update_as_one_launch_trains_bit_for_bit_as_its_parts(monkeypatch, o
                                              (TWO_LAYERS + ["dtype=bf16", "grad_accum=2"], np.float32)],
                          ids=["float64", "bf16", "bf16-accumulating"])
 def test_layernorms_two_parameter_gradients_are_one_pass_that_trains_bit_for_bit_as_two(monkeypatch, overrides, dtype):
+    monkeypatch.setattr(compiler, "group_sums", lambda graph: graph)  # the pairs alone, not in sum groups
     losses, params, n = three_steps(overrides, True, dtype)
     data = compile_model(ROOT / "model.py", overrides, log=lambda *a: None).data
     backward = "accumulate" if "grad_accum=2" in overrides else "train"
@@ -118,6 +120,55 @@ def test_layernorms_two_parameter_gradients_are_one_pass_that_trains_bit_for_bit
     assert losses == apart_losses
     for name, value in apart.items():
         np.testing.assert_array_equal(params[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("overrides,dtype", [(TWO_LAYERS, np.float64), (TWO_LAYERS + ["dtype=bf16"], np.float32)],
+                         ids=["float64", "bf16"])
+def test_layernorms_affine_part_is_stored_by_the_normalize_kernel(monkeypatch, overrides, dtype):
+    """x_hat * gamma + beta is evaluated on the normalised rows before they are rounded: in
+    float64 (no rounding) every bit is that of the separate kernel; in bf16 one rounding fewer."""
+    losses, params, n = three_steps(overrides, True, dtype)
+    data = compile_model(ROOT / "model.py", overrides, log=lambda *a: None).data
+    for program in ("train", "eval"):
+        ops = _ops(data, program)
+        assert ops.count("fused_normalize") == 5 and "normalize" not in ops, program  # two a layer, ln_f
+    (first, *_) = [x for x in data["programs"]["train"]["launches"] if x["op"] == "fused_normalize"]
+    assert len(first["outs"]) == 4 and [b[2] for b in first["in"][1:]] == [[64], [64]]  # x, gamma, beta
+    with monkeypatch.context() as m:
+        m.setattr(fuse_pass, "_normalize_epilogues", lambda graph: graph)
+        apart_losses, apart, n_apart = three_steps(overrides, True, dtype)
+    assert n == n_apart - 5
+    if dtype == np.float64:
+        assert losses == apart_losses
+        for name, value in apart.items():
+            np.testing.assert_array_equal(params[name], value, err_msg=name)
+    else:
+        np.testing.assert_allclose(losses, apart_losses, rtol=2e-3)
+
+
+@pytest.mark.parametrize("overrides", [TWO_LAYERS + ["dtype=bf16"], TWO_LAYERS + ["dtype=bf16", "grad_accum=2"]],
+                         ids=["bf16", "bf16-accumulating"])
+def test_a_layers_column_sums_run_as_one_launch_that_trains_bit_for_bit_as_its_members(monkeypatch, overrides):
+    """passes/sum_groups.py: each layer's four bias gradients and two LayerNorm pairs, one launch."""
+    losses, params, n = three_steps(overrides, True, np.float32)
+    data = compile_model(ROOT / "model.py", overrides, log=lambda *a: None).data
+    backward = data["programs"]["accumulate" if "grad_accum=2" in overrides else "train"]
+    groups = [x for x in backward["launches"] if x["op"] == "sum_group"]
+    assert not [x for x in backward["launches"] if x["op"] in ("sum", "fused_sum")]
+    # ln_f's pair and the last layer's last bias; the rest of that layer's with the first layer's
+    # last bias; the rest of the first layer's with wpe's gradient (a sum over the batch)
+    assert [len(x["attrs"]["members"]) for x in groups] == [2, 6, 6]
+    assert sum(len(x["outs"]) for x in groups) == 2 * 5 + 4 * 2 + 1  # LayerNorms, biases, wpe's sum over the batch
+    with monkeypatch.context() as m:
+        m.setattr(compiler, "group_sums", lambda graph: graph)
+        apart_losses, apart, n_apart = three_steps(overrides, True, np.float32)
+        alone = compile_model(ROOT / "model.py", overrides, log=lambda *a: None).data
+    assert n == n_apart - (2 - 1) - 2 * (6 - 1)
+    assert losses == apart_losses
+    for name, value in apart.items():
+        np.testing.assert_array_equal(params[name], value, err_msg=name)
+    program = "accumulate" if "grad_accum=2" in overrides else "train"
+    assert backward["memory"]["work_peak"] <= alone["programs"][program]["memory"]["work_peak"]
 
 
 def _gelu_launches(data: dict, program: str) -> dict[str, int]:

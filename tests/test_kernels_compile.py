@@ -223,15 +223,18 @@ def test_kernel_names_are_unique_and_defined_once(lowered):
         assert len(names) == len(set(names))
 
 
-@pytest.mark.parametrize("t,d,dropout,rows", [(1024, 64, 0.0, 128), (192, 64, 0.0, 64), (1024, 64, 0.1, 64),
-                                              (1024, 128, 0.0, 64)])
-def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faster(t, d, dropout, rows):
-    """Head dim 64 without dropout, T a multiple of 128: blocks of 128 rows; else 64 (PERFORMANCE.md)."""
+@pytest.mark.parametrize("b,h,t,d,dropout,rows", [(16, 12, 1024, 64, 0.0, 128), (16, 12, 192, 64, 0.0, 64),
+                                                  (16, 12, 1024, 64, 0.1, 64), (16, 6, 1024, 128, 0.0, 64),
+                                                  (16, 6, 256, 64, 0.0, 64), (2, 2, 1024, 64, 0.0, 64)],
+                         ids=["124M", "T192", "dropout", "D128", "seed", "small-grid"])
+def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faster(b, h, t, d, dropout, rows):
+    """Head dim 64 without dropout, T a multiple of 128 and at least two such blocks per SM
+    (264): blocks of 128 rows; else 64 (PERFORMANCE.md). The seed's 2 x 96 would be 192."""
     f = lambda shape: ["bf16", 0, list(shape)]  # noqa: E731
-    plan = {"programs": {"p": {"launches": _attention(f, lambda shape: ["f32", 0, list(shape)], 2, t, 2, d, dropout)}}}
+    plan = {"programs": {"p": {"launches": _attention(f, lambda shape: ["f32", 0, list(shape)], b, t, h, d, dropout)}}}
     lower_plan(plan)
     for launch in plan["programs"]["p"]["launches"]:
-        assert launch["cuda"]["grid"][:2] == [t // rows, 4] and launch["cuda"]["block"][0] == 128, launch["op"]
+        assert launch["cuda"]["grid"][:2] == [t // rows, b * h] and launch["cuda"]["block"][0] == 128, launch["op"]
 
 
 def test_lowering_is_deterministic():

@@ -149,7 +149,7 @@ def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
           "grad_q": time_ms(cp, steps[1][0], repeat), "grad_kv": time_ms(cp, steps[2][0], repeat)}
     flops = 4 * b * h * t * t * d / 2
     kind = attention.variant(dtype, t, d)
-    tiling = "/".join(",".join(map(str, attention.mma_tiling(op, t, d, bool(dropout)))) for op in OPS) if kind == "mma" else ""
+    tiling = "/".join(",".join(map(str, attention.mma_tiling(op, t, d, bool(dropout), b * h))) for op in OPS) if kind == "mma" else ""
     row = {"shape": label, "B": b, "H": h, "T": t, "D": d, "dtype": dtype, "dropout": dropout, "variant": kind, "tiling": tiling,
            "errors": errors, "ok": deterministic and all(e <= TOLERANCE[dtype] for e in errors.values()),
            "deterministic": deterministic, "ms": ms, "spill": max(local_bytes.values()),
@@ -208,9 +208,9 @@ def tiled(by_op: dict | None):
         return contextlib.nullcontext()
     plan_tiling = attention.mma_tiling
 
-    def chosen(op, t, d, dropout):
+    def chosen(op, t, d, dropout, heads):
         m, w, _ = by_op[op]
-        return by_op[op] if t % (16 * m * w) == 0 else plan_tiling(op, t, d, dropout)
+        return by_op[op] if t % (16 * m * w) == 0 else plan_tiling(op, t, d, dropout, heads)
     return mock.patch.object(attention, "mma_tiling", chosen)
 
 

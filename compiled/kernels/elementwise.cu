@@ -87,45 +87,6 @@ extern "C" __global__ void __launch_bounds__(256) add_415fd245a2(float* out0, co
     store<VEC>(out0 + i, y0);
 }
 
-// s0 = mul(x0, x1); s1 = add(s0, x2); out0 = s1; 
-// 1572864 elements, VEC = 4, operands read as vec, vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_8754955e3b(float* out0, const float* in0, const float* in1, const float* in2)
-{
-    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
-    // operand nothing reads afterwards).
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 1572864) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
-    auto index_x1 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 384;
-        rest /= 384;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x1 = load<VEC>(in1 + index_x1(i));
-    auto index_x2 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 384;
-        rest /= 384;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x2 = load<VEC>(in2 + index_x2(i));
-    auto op0 = [](const float a, const float b) { return a * b; };
-    auto op1 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y0;
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x0.v[c], x1.v[c]);
-        const float s1 = op1(s0, x2.v[c]);
-        y0.v[c] = s1;
-    }
-    store<VEC>(out0 + i, y0);
-}
-
 // s0 = gelu(x0); out0 = s0; 
 // 6291456 elements, VEC = 4, operands read as vec
 extern "C" __global__ void __launch_bounds__(256) gelu_9fe4e12d84(float* out0, const float* in0)
@@ -322,45 +283,6 @@ extern "C" __global__ void __launch_bounds__(256) add_2b82d077cd(float* out0, co
     store<VEC>(out0 + i, y0);
 }
 
-// s0 = mul(x0, x1); s1 = add(s0, x2); out0 = s1; 
-// 98304 elements, VEC = 4, operands read as vec, vec, vec
-extern "C" __global__ void __launch_bounds__(256) fused_f989626ad7(float* out0, const float* in0, const float* in1, const float* in2)
-{
-    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
-    // operand nothing reads afterwards).
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 98304) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
-    auto index_x1 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 384;
-        rest /= 384;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x1 = load<VEC>(in1 + index_x1(i));
-    auto index_x2 = [](const idx flat) -> idx {
-        idx rest = flat, at = 0;
-        at += rest % 384;
-        rest /= 384;
-        (void)rest;
-        return at;
-    };
-    const Vec<VEC> x2 = load<VEC>(in2 + index_x2(i));
-    auto op0 = [](const float a, const float b) { return a * b; };
-    auto op1 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y0;
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x0.v[c], x1.v[c]);
-        const float s1 = op1(s0, x2.v[c]);
-        y0.v[c] = s1;
-    }
-    store<VEC>(out0 + i, y0);
-}
-
 // s0 = gelu(x0); out0 = s0; 
 // 393216 elements, VEC = 4, operands read as vec
 extern "C" __global__ void __launch_bounds__(256) gelu_c82120a62d(float* out0, const float* in0)
@@ -400,31 +322,6 @@ extern "C" __global__ void __launch_bounds__(96) add_0e57c0b400(float* out0, con
     for (int c = 0; c < VEC; ++c) {
         const float s0 = op0(x0.v[c], x1.v[c]);
         y0.v[c] = s0;
-    }
-    store<VEC>(out0 + i, y0);
-}
-
-// s0 = mul(x0, x1); s1 = add(s0, x2); out0 = s1; 
-// 384 elements, VEC = 4, operands read as vec, vec, vec
-extern "C" __global__ void __launch_bounds__(96) fused_6a8bf69786(float* out0, const float* in0, const float* in1, const float* in2)
-{
-    // No __restrict__: the result may be written over one of its operands (an optimizer update, an
-    // operand nothing reads afterwards).
-    constexpr int VEC = 4;
-    using idx = unsigned int;
-    const idx i = (static_cast<idx>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
-    if (i >= 384) return;
-    const Vec<VEC> x0 = load<VEC>(in0 + i);
-    const Vec<VEC> x1 = load<VEC>(in1 + i);
-    const Vec<VEC> x2 = load<VEC>(in2 + i);
-    auto op0 = [](const float a, const float b) { return a * b; };
-    auto op1 = [](const float a, const float b) { return a + b; };
-    Vec<VEC> y0;
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) {
-        const float s0 = op0(x0.v[c], x1.v[c]);
-        const float s1 = op1(s0, x2.v[c]);
-        y0.v[c] = s1;
     }
     store<VEC>(out0 + i, y0);
 }

@@ -101,8 +101,8 @@ __device__ __forceinline__ bool last_block(unsigned int* ticket, unsigned int bl
 }
 
 
-// normalize: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) normalize_0c57557973(float* __restrict__ out, float* __restrict__ mean_out, float* __restrict__ rstd_out, const float* __restrict__ x)
+// fused_normalize: 4096 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
+extern "C" __global__ void __launch_bounds__(256) fused_normalize_171ff6628e(float* __restrict__ out, float* __restrict__ mean_out, float* __restrict__ rstd_out, float* __restrict__ y_out, const float* __restrict__ x, const float* __restrict__ in1, const float* __restrict__ in2)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -140,13 +140,25 @@ extern "C" __global__ void __launch_bounds__(256) normalize_0c57557973(float* __
         rstd_out[row] = rstd;
     }
     auto* out_row = out + row * C;
+    auto op0 = [](const float a, const float b) { return a * b; };
+    auto op1 = [](const float a, const float b) { return a + b; };
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it)
         if (in_row(it)) {
-            Vec<VEC> y = X(it);
+            Vec<VEC> x0 = X(it);
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) y.v[c] = (y.v[c] - mean) * rstd;
-            store<VEC>(out_row + at(it), y);
+            for (int c = 0; c < VEC; ++c) x0.v[c] = (x0.v[c] - mean) * rstd;
+            store<VEC>(out_row + at(it), x0);
+            const Vec<VEC> x1 = load<VEC>(in1 + at(it));
+            const Vec<VEC> x2 = load<VEC>(in2 + at(it));
+            Vec<VEC> y;
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) {
+                const float s0 = op0(x0.v[c], x1.v[c]);
+                const float s1 = op1(s0, x2.v[c]);
+                y.v[c] = s1;
+            }
+            store<VEC>(y_out + row * C + at(it), y);
         }
 }
 
@@ -259,8 +271,8 @@ extern "C" __global__ void __launch_bounds__(256) fused_normalize_grad_fc8597f54
         }
 }
 
-// normalize: 256 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) normalize_00a068d233(float* __restrict__ out, float* __restrict__ mean_out, float* __restrict__ rstd_out, const float* __restrict__ x)
+// fused_normalize: 256 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
+extern "C" __global__ void __launch_bounds__(256) fused_normalize_11a693eb57(float* __restrict__ out, float* __restrict__ mean_out, float* __restrict__ rstd_out, float* __restrict__ y_out, const float* __restrict__ x, const float* __restrict__ in1, const float* __restrict__ in2)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -298,18 +310,30 @@ extern "C" __global__ void __launch_bounds__(256) normalize_00a068d233(float* __
         rstd_out[row] = rstd;
     }
     auto* out_row = out + row * C;
+    auto op0 = [](const float a, const float b) { return a * b; };
+    auto op1 = [](const float a, const float b) { return a + b; };
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it)
         if (in_row(it)) {
-            Vec<VEC> y = X(it);
+            Vec<VEC> x0 = X(it);
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) y.v[c] = (y.v[c] - mean) * rstd;
-            store<VEC>(out_row + at(it), y);
+            for (int c = 0; c < VEC; ++c) x0.v[c] = (x0.v[c] - mean) * rstd;
+            store<VEC>(out_row + at(it), x0);
+            const Vec<VEC> x1 = load<VEC>(in1 + at(it));
+            const Vec<VEC> x2 = load<VEC>(in2 + at(it));
+            Vec<VEC> y;
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) {
+                const float s0 = op0(x0.v[c], x1.v[c]);
+                const float s1 = op1(s0, x2.v[c]);
+                y.v[c] = s1;
+            }
+            store<VEC>(y_out + row * C + at(it), y);
         }
 }
 
-// normalize: 1 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
-extern "C" __global__ void __launch_bounds__(256) normalize_ee4e766185(float* __restrict__ out, float* __restrict__ mean_out, float* __restrict__ rstd_out, const float* __restrict__ x)
+// fused_normalize: 1 rows of 384, eps 1e-05f, VEC = 4, 3 vector(s) per lane in registers
+extern "C" __global__ void __launch_bounds__(256) fused_normalize_3295b93b41(float* __restrict__ out, float* __restrict__ mean_out, float* __restrict__ rstd_out, float* __restrict__ y_out, const float* __restrict__ x, const float* __restrict__ in1, const float* __restrict__ in2)
 {
     constexpr int VEC = 4, ITEMS = 3, C = 384;
     using idx = unsigned int;
@@ -347,12 +371,24 @@ extern "C" __global__ void __launch_bounds__(256) normalize_ee4e766185(float* __
         rstd_out[row] = rstd;
     }
     auto* out_row = out + row * C;
+    auto op0 = [](const float a, const float b) { return a * b; };
+    auto op1 = [](const float a, const float b) { return a + b; };
 #pragma unroll
     for (int it = 0; it < ITEMS; ++it)
         if (in_row(it)) {
-            Vec<VEC> y = X(it);
+            Vec<VEC> x0 = X(it);
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) y.v[c] = (y.v[c] - mean) * rstd;
-            store<VEC>(out_row + at(it), y);
+            for (int c = 0; c < VEC; ++c) x0.v[c] = (x0.v[c] - mean) * rstd;
+            store<VEC>(out_row + at(it), x0);
+            const Vec<VEC> x1 = load<VEC>(in1 + at(it));
+            const Vec<VEC> x2 = load<VEC>(in2 + at(it));
+            Vec<VEC> y;
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) {
+                const float s0 = op0(x0.v[c], x1.v[c]);
+                const float s1 = op1(s0, x2.v[c]);
+                y.v[c] = s1;
+            }
+            store<VEC>(y_out + row * C + at(it), y);
         }
 }

@@ -101,12 +101,13 @@ __device__ __forceinline__ bool last_block(unsigned int* ticket, unsigned int bl
 }
 
 
-__device__ alignas(16) float fused_sum_cols_53bf44d986_partial[49152];  // read and written as Vec<VEC>
-__device__ unsigned int fused_sum_cols_53bf44d986_ticket[3];
+__device__ alignas(16) float fused_sum_cols_a185829817_partial[49152];  // read and written as Vec<VEC>
+__device__ unsigned int fused_sum_cols_a185829817_ticket[3];
 // sum: 384 outputs of 4096 elements, kept (extent, stride) [[384, 1]], reduced [[4096, 384]];
 // cols mode, VEC = 4, 64 split(s) of 64
 // of the prologue s0 = mul(x0, x1); sums of x0, s0
-extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_53bf44d986(float* __restrict__ out0, float* __restrict__ out1, const float* __restrict__ in0, const float* __restrict__ in1)
+
+extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_a185829817(float* __restrict__ out0, float* __restrict__ out1, const float* __restrict__ in0, const float* __restrict__ in1)
 {
     constexpr int VEC = 4, WARPS = 8, SUMS = 2;
     using idx = unsigned int;
@@ -136,13 +137,16 @@ extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_53bf44d986(floa
             y1.v[c] = s0;
         }
     };
+
+    __shared__ alignas(16) float cols_part[WARPS * 32 * VEC];
+    const unsigned int bx = blockIdx.x, by = blockIdx.y;
     // Thread x owns VEC neighbouring outputs of each sum; the 8 warps' rows y stride over the reduced range.
-    __shared__ Vec<VEC> part[WARPS][32];
+    auto& part = *reinterpret_cast<Vec<VEC> (*)[WARPS][32]>(cols_part);
     float* outs[SUMS] = {out0, out1};
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
+    const idx o = (static_cast<idx>(bx) * 32 + tx) * VEC;
     const bool active = o < 384;
-    const idx begin = blockIdx.y * 64, end = begin + 64 < 4096 ? begin + 64 : 4096;
+    const idx begin = by * 64, end = begin + 64 < 4096 ? begin + 64 : 4096;
     Vec<VEC> acc[SUMS];
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) acc[k] = splat<VEC>(0.0f);
@@ -177,11 +181,11 @@ extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_53bf44d986(floa
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) acc[k] = combine(acc[k]);
     // sum k's partials: rows k * splits .. (k + 1) * splits - 1 of the scratch array
-    float* partial = fused_sum_cols_53bf44d986_partial;
+    float* partial = fused_sum_cols_a185829817_partial;
     if (ty == 0 && active)
 #pragma unroll
-        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 64 + blockIdx.y) * 384 + o, acc[k]);
-    if (!last_block(&fused_sum_cols_53bf44d986_ticket[blockIdx.x], 64)) return;
+        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 64 + by) * 384 + o, acc[k]);
+    if (!last_block(&fused_sum_cols_a185829817_ticket[bx], 64)) return;
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) {
         acc[k] = splat<VEC>(0.0f);
@@ -196,13 +200,15 @@ extern "C" __global__ void __launch_bounds__(256) fused_sum_cols_53bf44d986(floa
         acc[k] = combine(acc[k]);
         if (ty == 0 && active) store<VEC>(outs[k] + o, acc[k]);
     }
+
 }
 
-__device__ alignas(16) float sum_cols_90fca53f0f_partial[24576];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_90fca53f0f_ticket[3];
+__device__ alignas(16) float sum_cols_95e1762cce_partial[24576];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_95e1762cce_ticket[3];
 // sum: 384 outputs of 4096 elements, kept (extent, stride) [[384, 1]], reduced [[4096, 384]];
 // cols mode, VEC = 4, 64 split(s) of 64
-extern "C" __global__ void __launch_bounds__(256) sum_cols_90fca53f0f(float* __restrict__ out0, const float* __restrict__ in0)
+
+extern "C" __global__ void __launch_bounds__(256) sum_cols_95e1762cce(float* __restrict__ out0, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8, SUMS = 1;
     using idx = unsigned int;
@@ -223,13 +229,16 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_90fca53f0f(float* __r
         return load<VEC>(in0 + at);
     };
     auto elements = [&](const idx at, Vec<VEC> (&y)[SUMS]) { y[0] = element(at); };
+
+    __shared__ alignas(16) float cols_part[WARPS * 32 * VEC];
+    const unsigned int bx = blockIdx.x, by = blockIdx.y;
     // Thread x owns VEC neighbouring outputs of each sum; the 8 warps' rows y stride over the reduced range.
-    __shared__ Vec<VEC> part[WARPS][32];
+    auto& part = *reinterpret_cast<Vec<VEC> (*)[WARPS][32]>(cols_part);
     float* outs[SUMS] = {out0};
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
+    const idx o = (static_cast<idx>(bx) * 32 + tx) * VEC;
     const bool active = o < 384;
-    const idx begin = blockIdx.y * 64, end = begin + 64 < 4096 ? begin + 64 : 4096;
+    const idx begin = by * 64, end = begin + 64 < 4096 ? begin + 64 : 4096;
     Vec<VEC> acc[SUMS];
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) acc[k] = splat<VEC>(0.0f);
@@ -264,11 +273,11 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_90fca53f0f(float* __r
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) acc[k] = combine(acc[k]);
     // sum k's partials: rows k * splits .. (k + 1) * splits - 1 of the scratch array
-    float* partial = sum_cols_90fca53f0f_partial;
+    float* partial = sum_cols_95e1762cce_partial;
     if (ty == 0 && active)
 #pragma unroll
-        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 64 + blockIdx.y) * 384 + o, acc[k]);
-    if (!last_block(&sum_cols_90fca53f0f_ticket[blockIdx.x], 64)) return;
+        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 64 + by) * 384 + o, acc[k]);
+    if (!last_block(&sum_cols_95e1762cce_ticket[bx], 64)) return;
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) {
         acc[k] = splat<VEC>(0.0f);
@@ -283,13 +292,15 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_90fca53f0f(float* __r
         acc[k] = combine(acc[k]);
         if (ty == 0 && active) store<VEC>(outs[k] + o, acc[k]);
     }
+
 }
 
-__device__ alignas(16) float sum_cols_afbbcbbbb6_partial[67584];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_afbbcbbbb6_ticket[12];
+__device__ alignas(16) float sum_cols_dd2b316985_partial[67584];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_dd2b316985_ticket[12];
 // sum: 1536 outputs of 4096 elements, kept (extent, stride) [[1536, 1]], reduced [[4096, 1536]];
 // cols mode, VEC = 4, 44 split(s) of 94
-extern "C" __global__ void __launch_bounds__(256) sum_cols_afbbcbbbb6(float* __restrict__ out0, const float* __restrict__ in0)
+
+extern "C" __global__ void __launch_bounds__(256) sum_cols_dd2b316985(float* __restrict__ out0, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8, SUMS = 1;
     using idx = unsigned int;
@@ -310,13 +321,16 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_afbbcbbbb6(float* __r
         return load<VEC>(in0 + at);
     };
     auto elements = [&](const idx at, Vec<VEC> (&y)[SUMS]) { y[0] = element(at); };
+
+    __shared__ alignas(16) float cols_part[WARPS * 32 * VEC];
+    const unsigned int bx = blockIdx.x, by = blockIdx.y;
     // Thread x owns VEC neighbouring outputs of each sum; the 8 warps' rows y stride over the reduced range.
-    __shared__ Vec<VEC> part[WARPS][32];
+    auto& part = *reinterpret_cast<Vec<VEC> (*)[WARPS][32]>(cols_part);
     float* outs[SUMS] = {out0};
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
+    const idx o = (static_cast<idx>(bx) * 32 + tx) * VEC;
     const bool active = o < 1536;
-    const idx begin = blockIdx.y * 94, end = begin + 94 < 4096 ? begin + 94 : 4096;
+    const idx begin = by * 94, end = begin + 94 < 4096 ? begin + 94 : 4096;
     Vec<VEC> acc[SUMS];
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) acc[k] = splat<VEC>(0.0f);
@@ -351,11 +365,11 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_afbbcbbbb6(float* __r
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) acc[k] = combine(acc[k]);
     // sum k's partials: rows k * splits .. (k + 1) * splits - 1 of the scratch array
-    float* partial = sum_cols_afbbcbbbb6_partial;
+    float* partial = sum_cols_dd2b316985_partial;
     if (ty == 0 && active)
 #pragma unroll
-        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 44 + blockIdx.y) * 1536 + o, acc[k]);
-    if (!last_block(&sum_cols_afbbcbbbb6_ticket[blockIdx.x], 44)) return;
+        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 44 + by) * 1536 + o, acc[k]);
+    if (!last_block(&sum_cols_dd2b316985_ticket[bx], 44)) return;
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) {
         acc[k] = splat<VEC>(0.0f);
@@ -370,13 +384,15 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_afbbcbbbb6(float* __r
         acc[k] = combine(acc[k]);
         if (ty == 0 && active) store<VEC>(outs[k] + o, acc[k]);
     }
+
 }
 
-__device__ alignas(16) float sum_cols_d543b42f33_partial[67968];  // read and written as Vec<VEC>
-__device__ unsigned int sum_cols_d543b42f33_ticket[9];
+__device__ alignas(16) float sum_cols_c840b1502b_partial[67968];  // read and written as Vec<VEC>
+__device__ unsigned int sum_cols_c840b1502b_ticket[9];
 // sum: 1152 outputs of 4096 elements, kept (extent, stride) [[1152, 1]], reduced [[4096, 1152]];
 // cols mode, VEC = 4, 59 split(s) of 70
-extern "C" __global__ void __launch_bounds__(256) sum_cols_d543b42f33(float* __restrict__ out0, const float* __restrict__ in0)
+
+extern "C" __global__ void __launch_bounds__(256) sum_cols_c840b1502b(float* __restrict__ out0, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8, SUMS = 1;
     using idx = unsigned int;
@@ -397,13 +413,16 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_d543b42f33(float* __r
         return load<VEC>(in0 + at);
     };
     auto elements = [&](const idx at, Vec<VEC> (&y)[SUMS]) { y[0] = element(at); };
+
+    __shared__ alignas(16) float cols_part[WARPS * 32 * VEC];
+    const unsigned int bx = blockIdx.x, by = blockIdx.y;
     // Thread x owns VEC neighbouring outputs of each sum; the 8 warps' rows y stride over the reduced range.
-    __shared__ Vec<VEC> part[WARPS][32];
+    auto& part = *reinterpret_cast<Vec<VEC> (*)[WARPS][32]>(cols_part);
     float* outs[SUMS] = {out0};
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
+    const idx o = (static_cast<idx>(bx) * 32 + tx) * VEC;
     const bool active = o < 1152;
-    const idx begin = blockIdx.y * 70, end = begin + 70 < 4096 ? begin + 70 : 4096;
+    const idx begin = by * 70, end = begin + 70 < 4096 ? begin + 70 : 4096;
     Vec<VEC> acc[SUMS];
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) acc[k] = splat<VEC>(0.0f);
@@ -438,11 +457,11 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_d543b42f33(float* __r
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) acc[k] = combine(acc[k]);
     // sum k's partials: rows k * splits .. (k + 1) * splits - 1 of the scratch array
-    float* partial = sum_cols_d543b42f33_partial;
+    float* partial = sum_cols_c840b1502b_partial;
     if (ty == 0 && active)
 #pragma unroll
-        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 59 + blockIdx.y) * 1152 + o, acc[k]);
-    if (!last_block(&sum_cols_d543b42f33_ticket[blockIdx.x], 59)) return;
+        for (int k = 0; k < SUMS; ++k) store<VEC>(partial + (k * 59 + by) * 1152 + o, acc[k]);
+    if (!last_block(&sum_cols_c840b1502b_ticket[bx], 59)) return;
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) {
         acc[k] = splat<VEC>(0.0f);
@@ -457,11 +476,13 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_d543b42f33(float* __r
         acc[k] = combine(acc[k]);
         if (ty == 0 && active) store<VEC>(outs[k] + o, acc[k]);
     }
+
 }
 
 // sum: 98304 outputs of 16 elements, kept (extent, stride) [[98304, 1]], reduced [[16, 98304]];
 // cols mode, VEC = 4, 1 split(s) of 16
-extern "C" __global__ void __launch_bounds__(256) sum_cols_941bd142bb(float* __restrict__ out0, const float* __restrict__ in0)
+
+extern "C" __global__ void __launch_bounds__(256) sum_cols_d0a8fe9f0f(float* __restrict__ out0, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8, SUMS = 1;
     using idx = unsigned int;
@@ -482,13 +503,16 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_941bd142bb(float* __r
         return load<VEC>(in0 + at);
     };
     auto elements = [&](const idx at, Vec<VEC> (&y)[SUMS]) { y[0] = element(at); };
+
+    __shared__ alignas(16) float cols_part[WARPS * 32 * VEC];
+    const unsigned int bx = blockIdx.x, by = blockIdx.y;
     // Thread x owns VEC neighbouring outputs of each sum; the 8 warps' rows y stride over the reduced range.
-    __shared__ Vec<VEC> part[WARPS][32];
+    auto& part = *reinterpret_cast<Vec<VEC> (*)[WARPS][32]>(cols_part);
     float* outs[SUMS] = {out0};
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const idx o = (static_cast<idx>(blockIdx.x) * 32 + tx) * VEC;
+    const idx o = (static_cast<idx>(bx) * 32 + tx) * VEC;
     const bool active = o < 98304;
-    const idx begin = blockIdx.y * 16, end = begin + 16 < 16 ? begin + 16 : 16;
+    const idx begin = by * 16, end = begin + 16 < 16 ? begin + 16 : 16;
     Vec<VEC> acc[SUMS];
 #pragma unroll
     for (int k = 0; k < SUMS; ++k) acc[k] = splat<VEC>(0.0f);
@@ -525,14 +549,16 @@ extern "C" __global__ void __launch_bounds__(256) sum_cols_941bd142bb(float* __r
     if (ty == 0 && active)
 #pragma unroll
         for (int k = 0; k < SUMS; ++k) store<VEC>(outs[k] + o, acc[k]);
+
 }
 
-__device__ alignas(16) float sum_squares_rows_196db404a2_partial[528];  // read and written as Vec<VEC>
-__device__ unsigned int sum_squares_rows_196db404a2_ticket[1];
+__device__ alignas(16) float sum_squares_rows_9b94086f9b_partial[528];  // read and written as Vec<VEC>
+__device__ unsigned int sum_squares_rows_9b94086f9b_ticket[1];
 // sum: 1 outputs of 10821888 elements, kept (extent, stride) [], reduced [[10821888, 1]];
 // block mode, VEC = 4, 528 split(s) of 5124
 // of the prologue s0 = mul(x0, x0); x = s0
-extern "C" __global__ void __launch_bounds__(256) sum_squares_rows_196db404a2(float* __restrict__ out0, const float* __restrict__ in0)
+
+extern "C" __global__ void __launch_bounds__(256) sum_squares_rows_9b94086f9b(float* __restrict__ out0, const float* __restrict__ in0)
 {
     constexpr int VEC = 4, WARPS = 8;
     using idx = unsigned int;
@@ -559,6 +585,7 @@ extern "C" __global__ void __launch_bounds__(256) sum_squares_rows_196db404a2(fl
         }
         return y;
     };
+
     // Threads of a block share one output and walk its elements, VEC at a time.
     const idx o = blockIdx.x;
     const idx row = base(o);
@@ -571,9 +598,9 @@ extern "C" __global__ void __launch_bounds__(256) sum_squares_rows_196db404a2(fl
         for (int c = 0; c < VEC; ++c) acc += x.v[c];
     }
     acc = block_sum<WARPS>(acc);
-    float* partial = sum_squares_rows_196db404a2_partial + o * 528;
+    float* partial = sum_squares_rows_9b94086f9b_partial + o * 528;
     if (threadIdx.x == 0) partial[blockIdx.y] = acc;
-    if (!last_block(&sum_squares_rows_196db404a2_ticket[o], 528)) return;
+    if (!last_block(&sum_squares_rows_9b94086f9b_ticket[o], 528)) return;
     float total = 0.0f;
     for (idx s = threadIdx.x; s < 528; s += 256) total += __ldcg(partial + s);
     total = block_sum<WARPS>(total);

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..dtypes import DTYPES
 from ..numpy_ops import drop_threshold, keep_scale
-from .common import Kernel, c_float, cdiv, types
+from .common import WAVE, Kernel, c_float, cdiv, types
 
 TILE = 64                 # rows of the other side's tiles a tensor-core block walks
 MMA_HEAD_DIMS = (64, 128)
@@ -30,15 +30,20 @@ MMA_HEAD_DIMS = (64, 128)
 # warps (128 rows) read half the shared memory and L2 per product that one m-tile in four warps
 # (64 rows) does. Their accumulators leave room in the registers for scores of 64 keys in the
 # forward and 32 in the backward, and only at head dim 64 without dropout (whose keep factors need
-# registers too). Measured on an H200: docs/PERFORMANCE.md.
+# registers too). Two m-tiles also need a grid of at least two such blocks per SM: with fewer
+# (the seed's 256-row sequences and 96 heads: 192 blocks) 64-row blocks, twice as many, finish
+# sooner. Measured on an H200: docs/PERFORMANCE.md.
 ONE_TILE = (1, 4, 64)
 TWO_TILES = {"causal_attention": (2, 4, 64), "causal_attention_grad_q": (2, 4, 32), "causal_attention_grad_kv": (2, 4, 32)}
 
 
-def mma_tiling(op: str, t: int, d: int, dropout: bool) -> tuple[int, int, int]:
-    """The tiling of op's tensor-core kernel for sequences of t rows and head dim d."""
+def mma_tiling(op: str, t: int, d: int, dropout: bool, heads: int) -> tuple[int, int, int]:
+    """The tiling of op's tensor-core kernel for sequences of t rows, head dim d and `heads`
+    sequences of rows (batch entries times heads)."""
     two = TWO_TILES[op]
-    return two if d == 64 and not dropout and t % (16 * two[0] * two[1]) == 0 else ONE_TILE
+    rows = 16 * two[0] * two[1]
+    fits = d == 64 and not dropout and t % rows == 0 and t // rows * heads >= WAVE // 2
+    return two if fits else ONE_TILE
 
 
 SIMT_ROWS = 32            # rows of a CUDA-core block's tile, on both sides
@@ -63,7 +68,7 @@ def lower(launch) -> Kernel:
     if kind == "simt":  # two tiles of the other side as float32, and the backward's lse and delta rows
         smem = (2 * SIMT_ROWS * d + (2 * SIMT_ROWS if launch["op"] == "causal_attention_grad_kv" else 0)) * 4
         return Kernel(launch["op"], params, (cdiv(t, SIMT_ROWS), heads, 1), (SIMT_THREADS, 1, 1), smem=smem)
-    m_tiles, warps, chunk = mma_tiling(launch["op"], t, d, "dropout" in attrs)
+    m_tiles, warps, chunk = mma_tiling(launch["op"], t, d, "dropout" in attrs, heads)
     own = 16 * m_tiles * warps
     row = (d + PAD) * DTYPES["bf16"].bytes
     # shared tiles: the forward keeps its queries and double-buffers keys and values; the query

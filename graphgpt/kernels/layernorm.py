@@ -1,9 +1,12 @@
-"""normalize, normalize_grad and fused_normalize_grad (templates/layernorm.cu.j2): a warp per row.
+"""normalize, fused_normalize, normalize_grad and fused_normalize_grad (templates/layernorm.cu.j2):
+a warp per row.
 """
 from __future__ import annotations
 
+from ..dtypes import DTYPES
 from ..ops.registry import prod
 from .common import THREADS, WARPS, Kernel, c_float, cdiv, index_type, row_vec, types
+from .elementwise import steps
 
 CACHED_ROW = 64  # floats per lane a warp keeps in registers (2048 per row)
 
@@ -15,12 +18,17 @@ def lower(launch) -> Kernel:
     """A warp per row; rows up to 2048 floats stay in registers between the passes. The vector
     width is that of the rows (the statistics are read and written one per row)."""
     *lead, c = launch["out"][2]
-    rows_in = launch["in"] if launch["op"] == "normalize" else \
-        [b for i, b in enumerate(launch["in"]) if i not in STATS]
-    rows, vec = prod(lead), row_vec(c, launch["out"], *rows_in)
+    forward = launch["op"] in ("normalize", "fused_normalize")
+    rows_in = [b for i, b in enumerate(launch["in"]) if (prod(b[2]) > 1 if forward else i not in STATS)]
+    chained = launch.get("outs", [])[3:]  # fused_normalize: the chain's result
+    rows, vec = prod(lead), row_vec(c, launch["out"], *chained, *rows_in)
     per_lane = cdiv(c // vec, 32)
     attrs = launch["attrs"]
-    return Kernel(launch["op"], {**types(launch), "op": launch["op"], "rows": rows, "c": c, "vec": vec,
+    chain = {}
+    if launch["op"] == "fused_normalize":  # operand j + 1 of the chain is input j + 1: a column vector or a scalar
+        chain = {"steps": steps(launch), "y_t": DTYPES[chained[0][0]].ctype,
+                 "operands": ["scalar" if prod(b[2]) == 1 else "column" for b in launch["in"][1:]]}
+    return Kernel(launch["op"], {**types(launch), **chain, "op": launch["op"], "rows": rows, "c": c, "vec": vec,
                                  "per_lane": per_lane, "scaled": attrs.get("scaled", False),
                                  "accumulate": attrs.get("accumulate", False),
                                  "cached": per_lane * vec <= CACHED_ROW, "eps": c_float(attrs["eps"]),

@@ -25,7 +25,7 @@ from __future__ import annotations
 from .registry import REGISTRY, Op, Spec, any_input, register
 
 
-def _run(program, inputs, step) -> list:
+def run_steps(program, inputs, step) -> list:
     """Every step's value, in order."""
     values = []
     for op, attrs, args in program:
@@ -34,7 +34,7 @@ def _run(program, inputs, step) -> list:
 
 
 def _step_specs(attrs, specs) -> list[Spec]:
-    return _run(attrs["program"], specs, lambda op, a, ins: REGISTRY[op].infer(a, *ins))
+    return run_steps(attrs["program"], specs, lambda op, a, ins: REGISTRY[op].infer(a, *ins))
 
 
 def _infer(attrs, *specs: Spec) -> Spec:

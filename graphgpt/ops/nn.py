@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..numpy_ops import GELU_C
-from .registry import Op, Spec, float_spec, out_dtype, register, require
+from .fused import run_steps
+from .registry import REGISTRY, Op, Spec, float_spec, out_dtype, register, require
 
 BACKWARD_ONLY = "backward-only: emitted by a VJP rule, checked through its forward op's gradient test"
 
@@ -60,6 +61,25 @@ def _normalize_grad_infer(attrs, x, g, mean, rstd):
 
 register(Op("normalize", "nn", _normalize_infer, vjp=_normalize_vjp, template="layernorm"))
 register(Op("normalize_grad", "nn", _normalize_grad_infer, nondiff=BACKWARD_ONLY, template="layernorm"))
+
+
+# normalize with the pointwise chain that reads its rows (LayerNorm's affine part, x_hat * gamma +
+# beta), made by the fusion pass: the kernel applies attrs["program"] to each normalised element
+# as it stores it, and stores the chain's result as a fourth output. The program's input -1 is the
+# normalised element (unrounded), -2 - j the op's input 1 + j: one value per column, or a scalar.
+# Outputs: x_hat, mean, rstd (as normalize's), the chain's result.
+def _fused_normalize_infer(attrs, x, *operands):
+    for o in operands:
+        require(o.shape == x.shape[-1:] or o.shape == (), f"operand {o.shape} is neither a column vector of "
+                                                          f"{x.shape} nor a scalar")
+    out = _normalize_infer(attrs, x)
+    y = run_steps(attrs["program"], (x, *operands), lambda op, a, ins: REGISTRY[op].infer(a, *ins))[-1]
+    require(y.shape == x.shape, f"the chain gives {y.shape}, not the rows' {x.shape}")
+    return [*out, y]
+
+
+register(Op("fused_normalize", "nn", _fused_normalize_infer,
+            nondiff="made by the fusion pass, which runs after autodiff", template="layernorm"))
 
 
 # LayerNorm's backward as llm.c writes it, made by the fusion pass: the incoming gradient is scaled

@@ -1,7 +1,7 @@
 """Reductions over chosen axes."""
 from __future__ import annotations
 
-from .registry import Op, Spec, float_spec, out_dtype, register, require
+from .registry import REGISTRY, Op, Spec, float_spec, out_dtype, register, require
 
 
 def _sum_infer(attrs, x):
@@ -36,3 +36,19 @@ def _sum_squares_infer(attrs, *xs):
 
 register(Op("sum_squares", "reduction", _sum_squares_infer,
             nondiff="the optimizer's gradient norm, added after autodiff", template="reduce"))
+
+
+# Column sums that run as one launch (passes/sum_groups.py): attrs["members"] lists each member
+# as (op, attrs, number of inputs); the inputs are the members' in order, and so are the results.
+def _group_infer(attrs, *specs):
+    out, at = [], 0
+    for op, member_attrs, n in attrs["members"]:
+        spec = REGISTRY[op].infer(dict(member_attrs), *specs[at:at + n])
+        out += spec if isinstance(spec, list) else [spec]
+        at += n
+    require(at == len(specs), f"the members read {at} inputs, not {len(specs)}")
+    return out
+
+
+register(Op("sum_group", "reduction", _group_infer,
+            nondiff="made by passes/sum_groups.py, which runs after autodiff", template="reduce"))

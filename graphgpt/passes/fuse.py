@@ -23,7 +23,9 @@
    - a chain read only by a transpose (seen through a reshape, as where attention splits heads)
      is computed in the transpose's output order (attrs "shape" and "perm" of the fused node);
    - LayerNorm's backward takes in the gradient's scaling by gamma before it and the residual
-     stream's gradient accumulation after it (fused_normalize_grad).
+     stream's gradient accumulation after it (fused_normalize_grad);
+   - LayerNorm's forward takes in the chain that reads its normalised rows, x_hat * gamma + beta
+     (fused_normalize): the kernel stores both, so the affine part is not a pass of its own.
    - a plain sum and a fused_sum over the same leading axes, the sum's input an operand of the
      fused_sum's prologue, become one fused_sum with both results (attrs "results"): LayerNorm's
      beta and gamma gradients, sum(g) and sum(g * xhat), read g once.
@@ -47,7 +49,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import TUPLE, Graph, Node, _freeze
+from ..ir import SOURCE_OPS, TUPLE, Graph, Node, _freeze
 from ..ops import REGISTRY
 from .simplify import dead_code_elimination
 
@@ -104,7 +106,44 @@ def fuse(graph: Graph) -> Graph:
         elif pointwise(n) and any(i in inlined for i in n.inputs):
             n = _fused_node(graph, n, inlined)
         out.nodes[n.id] = n
-    return _update_groups(_paired_sums(out))
+    return _update_groups(_paired_sums(_normalize_epilogues(out)))
+
+
+def _normalize_epilogues(graph: Graph) -> Graph:
+    """Step 5's LayerNorm forward rule. The chain takes the normalised rows and, besides them,
+    only values available where the normalize runs: one per column, or scalars (gamma and beta).
+    The normalize becomes a fused_normalize at its place; the chain's result keeps its id, as the
+    new op's fourth output. The normalised rows stay an output of their own (the backward's
+    sum(g * x_hat) reads them)."""
+    place = {i: k for k, i in enumerate(graph.nodes)}
+    chains: dict[int, tuple[Node, int]] = {}  # normalize id -> the chain it takes in, and the rows' id
+    for f in graph.of_op("fused"):
+        rows = [graph.nodes[i] for i in f.inputs if graph.nodes[i].shape == f.shape]
+        if {"perm", "shape"} & set(f.attr) or len(rows) != 1 or rows[0].op != "output" or rows[0].attr["index"]:
+            continue
+        norm = graph.nodes[rows[0].inputs[0]]
+        if norm.op != "normalize" or norm.id in chains:
+            continue
+        others = [graph.nodes[i] for i in f.inputs if i != rows[0].id]
+        if all(o.shape in (f.shape[-1:], ()) and (o.op in SOURCE_OPS or place[o.id] < place[norm.id]) for o in others):
+            chains[norm.id] = f, rows[0].id
+    taken = {f.id: norm for norm, (f, _) in chains.items()}
+    out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
+    out._next_id = graph._next_id
+    for n in graph.nodes.values():
+        if n.id in chains:
+            f, rows_id = chains[n.id]
+            others = tuple(i for i in f.inputs if i != rows_id)
+            arg = {-1 - k: -1 if i == rows_id else -2 - others.index(i) for k, i in enumerate(f.inputs)}
+            program = tuple((op, attrs, tuple(a if a >= 0 else arg[a] for a in args))
+                            for op, attrs, args in f.attr["program"])
+            n = replace(n, op="fused_normalize", inputs=(*n.inputs, *others),
+                        attrs=_freeze({**n.attr, "program": program}), specs=(*n.specs, (f.shape, f.dtype)))
+        elif n.id in taken:
+            norm = graph.nodes[taken[n.id]]
+            n = Node(n.id, "output", (norm.id,), _freeze({"index": len(norm.specs)}), n.shape, n.dtype, n.where)
+        out.nodes[n.id] = n
+    return out
 
 
 def _paired_sums(graph: Graph) -> Graph:
