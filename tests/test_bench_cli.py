@@ -108,6 +108,23 @@ def test_without_a_gpu_it_says_so(plan_dir, torch_flag, torch_stubs):
     assert_user_error(proc, "no NVIDIA GPU")
 
 
+def run_trace(*args):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "trace_step.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, fragment", [([], "required: --plan"), (["--warmup", "1"], "--warmup must be at least 2"),
+                                            (["--top", "0"], "--top must be at least 1")])
+def test_trace_step_bad_arguments(plan_dir, args, fragment):
+    assert_user_error(run_trace(*(["--plan", str(plan_dir)] if args else []), *args), fragment)
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has a GPU")
+def test_trace_step_without_a_gpu_says_so(plan_dir, tmp_path):
+    assert_user_error(run_trace("--plan", str(tmp_path)), "no plan.json")
+    assert_user_error(run_trace("--plan", str(plan_dir)), "no NVIDIA GPU")
+
+
 # ---- the pure parts ---------------------------------------------------------------------------
 class HostClock:
     """Stands in for GPU events: a mark is a timestamp, taken when all queued work is done."""
