@@ -25,7 +25,7 @@ from __future__ import annotations
 from .registry import REGISTRY, Op, Spec, any_input, register
 
 
-def run_steps(program, inputs, step) -> list:
+def _run(program, inputs, step) -> list:
     """Every step's value, in order."""
     values = []
     for op, attrs, args in program:
@@ -33,12 +33,13 @@ def run_steps(program, inputs, step) -> list:
     return values
 
 
-def _step_specs(attrs, specs) -> list[Spec]:
-    return run_steps(attrs["program"], specs, lambda op, a, ins: REGISTRY[op].infer(a, *ins))
+def step_specs(attrs, specs) -> list[Spec]:
+    """The spec of every step of attrs["program"] over these input specs."""
+    return _run(attrs["program"], specs, lambda op, a, ins: REGISTRY[op].infer(a, *ins))
 
 
 def _infer(attrs, *specs: Spec) -> Spec:
-    spec = _step_specs(attrs, specs)[-1]
+    spec = step_specs(attrs, specs)[-1]
     if "shape" in attrs:
         spec = REGISTRY["reshape"].infer({"shape": attrs["shape"]}, spec)
     if "perm" in attrs:
@@ -58,7 +59,7 @@ register(Op("fused", "elementwise", _infer,
 
 
 def _multi_infer(attrs, *specs: Spec) -> list[Spec]:
-    steps = _step_specs(attrs, specs)
+    steps = step_specs(attrs, specs)
     return [steps[r] for r in attrs["results"]]
 
 
@@ -75,7 +76,7 @@ register(Op("fused_multi", "elementwise", _multi_infer,
 def _sum_infer(attrs, *specs: Spec) -> Spec | list[Spec]:
     if "results" not in attrs:
         return REGISTRY["sum"].infer(attrs, _infer(attrs, *specs))
-    steps = _step_specs(attrs, specs)
+    steps = step_specs(attrs, specs)
     return [REGISTRY["sum"].infer(attrs, steps[r] if r >= 0 else specs[-1 - r]) for r in attrs["results"]]
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..numpy_ops import GELU_C
-from .fused import run_steps
-from .registry import REGISTRY, Op, Spec, float_spec, out_dtype, register, require
+from .fused import step_specs
+from .registry import Op, Spec, float_spec, out_dtype, register, require
 
 BACKWARD_ONLY = "backward-only: emitted by a VJP rule, checked through its forward op's gradient test"
 
@@ -73,7 +73,7 @@ def _fused_normalize_infer(attrs, x, *operands):
         require(o.shape == x.shape[-1:] or o.shape == (), f"operand {o.shape} is neither a column vector of "
                                                           f"{x.shape} nor a scalar")
     out = _normalize_infer(attrs, x)
-    y = run_steps(attrs["program"], (x, *operands), lambda op, a, ins: REGISTRY[op].infer(a, *ins))[-1]
+    y = step_specs(attrs, (x, *operands))[-1]
     require(y.shape == x.shape, f"the chain gives {y.shape}, not the rows' {x.shape}")
     return [*out, y]
 

@@ -190,7 +190,7 @@ def _paired_sums(graph: Graph) -> Graph:
         for k, m in enumerate((s, f)):
             at = fresh if m is first else m.id
             out.nodes[at] = Node(at, "output", (first.id,), _freeze({"index": k}), m.shape, m.dtype, m.where)
-    return _renamed_roles(graph, out, renamed)
+    return renamed_roles(graph, out, renamed)
 
 
 def _same_sum(graph: Graph, s: Node, f: Node) -> bool:
@@ -329,7 +329,7 @@ def _loss_with_grad(graph: Graph) -> Graph:
         for index, (nid, spec) in enumerate(((loss.id, loss), (renamed[n.id], n))):
             out.nodes[nid] = Node(nid, "output", (n.id,), _freeze({"index": index}), spec.shape, spec.dtype,
                                   spec.where)
-    return _renamed_roles(graph, out, renamed)
+    return renamed_roles(graph, out, renamed)
 
 
 def gelu_epilogues(graph: Graph) -> Graph:
@@ -376,7 +376,7 @@ def gelu_epilogues(graph: Graph) -> Graph:
             out.nodes[n.id] = replace(n, op="fused_matmul", inputs=(*gemm.inputs, n.inputs[0]), attrs=_freeze(attrs))
         else:
             out.nodes[n.id] = n
-    return dead_code_elimination(_renamed_roles(graph, out, renamed))
+    return dead_code_elimination(renamed_roles(graph, out, renamed))
 
 
 def _dgelu_gemm(graph: Graph, n: Node, users, needed: set[int], one_gemm) -> bool:
@@ -386,7 +386,7 @@ def _dgelu_gemm(graph: Graph, n: Node, users, needed: set[int], one_gemm) -> boo
             and (pre.shape, pre.dtype) == (g.shape, g.dtype) and g.size >= GELU_GRAD_MIN_ELEMENTS)
 
 
-def _renamed_roles(graph: Graph, out: Graph, renamed: dict[int, int]) -> Graph:
+def renamed_roles(graph: Graph, out: Graph, renamed: dict[int, int]) -> Graph:
     """`out` with `graph`'s outputs, updates and gradients, each value that moved to a new id at it."""
     out.outputs = {k: renamed.get(v, v) for k, v in graph.outputs.items()}
     out.updates = {k: renamed.get(v, v) for k, v in graph.updates.items()}

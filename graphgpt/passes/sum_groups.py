@@ -21,6 +21,7 @@ from dataclasses import replace
 import networkx as nx
 
 from ..ir import TUPLE, Graph, Node, _freeze
+from .fuse import renamed_roles
 from .schedule import schedule
 
 # Column sums up to this size are latency-bound on an H200 and gain from sharing a launch: the
@@ -95,7 +96,4 @@ def _rewritten(graph: Graph, groups: list[list[Node]]) -> Graph:
     out._next_id = next_id
     for i in nx.lexicographical_topological_sort(dag, key=lambda i: position.get(i, len(position) + i)):
         out.nodes[i] = nodes[i]
-    out.outputs = {k: renamed.get(v, v) for k, v in graph.outputs.items()}
-    out.updates = {k: renamed.get(v, v) for k, v in graph.updates.items()}
-    out.grads = {k: renamed.get(v, v) for k, v in graph.grads.items()}
-    return out
+    return renamed_roles(graph, out, renamed)
