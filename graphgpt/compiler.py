@@ -36,11 +36,13 @@ from .ir import INT, PERSISTENT_OPS, Graph
 from .kernels.gemm import lower_matmul
 from .ops import REGISTRY
 from .passes.chunk_classifier import chunk_classifier
+from .passes.embedding_grads import one_hot_embedding_grads
 from .passes.fuse import fuse, gelu_epilogues
 from .passes.memory import ALIGN, CONST, Layout, ProgramMemory, persistent_layout, plan_program
 from .passes.multi_tensor import merge_launches
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
+from .passes.streams import assign_streams
 from .passes.sum_groups import group_sums
 from .passes.simplify import simplify
 from .passes.weight_copies import with_weight_copies
@@ -143,7 +145,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     graphs = with_weight_copies(graphs, model_cfg["dtype"])
     log(f"  trace      forward {len(forward_dump['nodes'])} nodes, joint {len(graphs[backward].nodes)} nodes")
 
-    graphs = {name: simplify(g) for name, g in graphs.items()}
+    graphs = {name: one_hot_embedding_grads(simplify(g)) for name, g in graphs.items()}
     log(f"  simplify   {_node_counts(graphs)}")
     graphs[backward], chunks = chunk_classifier(graphs[backward], model_cfg["classifier_chunks"])
     log(f"  classifier " + (f"{chunks} chunks of {B // chunks} sequences" if chunks > 1 else "the whole batch at once"))
@@ -174,6 +176,8 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
             if launch["op"] in ("matmul", "fused_matmul"):
                 launch["cuda"] = lower_matmul(launch)
     files = codegen.lower_plan(data)
+    for program in data["programs"].values():  # after lowering: a kernel's launches share its scratch
+        assign_streams(program, data["arena"]["regions"]["grads"])
     dumps = [forward_dump, joint_dump, graphs[backward].summary("optimized")]
     if "update" in graphs:
         dumps.append(graphs["update"].summary("update"))

@@ -347,6 +347,11 @@ def embedding_grad(attrs, ids, g):
     return out
 
 
+@reference("one_hot")
+def one_hot(attrs, ids):
+    return (np.arange(attrs["rows"])[:, None] == ids.reshape(1, -1)).astype(np.float32)
+
+
 # ---- data movement ----------------------------------------------------------------------------
 reference("reshape")(lambda attrs, x: x.reshape(attrs["shape"]))
 reference("transpose")(lambda attrs, x: np.transpose(x, attrs["perm"]))

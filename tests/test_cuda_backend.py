@@ -182,3 +182,24 @@ def test_bf16_seed_workload_is_within_2_percent_of_fp32(tmp_path, seed_corpus):
         final[dtype] = json.loads(log.read_text().splitlines()[-1])["loss"]
     print(f"seed workload, final loss at step 50: {final}")
     assert abs(final["bf16"] - final["f32"]) <= 0.02 * final["f32"]
+
+
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
+def test_the_side_stream_trains_bit_for_bit_as_one_stream(graph):
+    """The gradient branch's kernels on the side stream (passes/streams.py) give the same bits as
+    the same plan with every launch on the main stream."""
+    import copy
+
+    from graphgpt.runtime.cuda_backend import CudaBackend
+    plan = small_plan("dtype=bf16")
+    assert any(x["stream"] for x in plan.data["programs"]["train"]["launches"])
+    one = copy.deepcopy(plan.data)
+    for program in one["programs"].values():
+        for x in program["launches"]:
+            x["stream"], x["waits"] = 0, []
+    one_stream = Plan(one, "one stream", plan.kernels)
+    losses, params = train(CudaBackend(plan, graph=graph), plan, steps=4)
+    ref_losses, ref_params = train(CudaBackend(one_stream, graph=graph), one_stream, steps=4)
+    assert losses == ref_losses
+    for name, value in ref_params.items():
+        np.testing.assert_array_equal(params[name], value, err_msg=name)

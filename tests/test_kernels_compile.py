@@ -198,7 +198,7 @@ def test_every_launch_names_a_kernel_of_its_file(lowered):
             cuda = launch["cuda"]
             assert {k: v for k, v in launch.items() if k != "cuda"} == old
             source = files[cuda["file"]]
-            params = re.search(rf'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?{cuda["kernel"]}\((.*)\)',
+            params = re.search(rf'extern "C" __global__ void (?:__launch_bounds__\(\d+(?:, \d+)?\) )?{cuda["kernel"]}\((.*)\)',
                                source)
             assert params, f"{cuda['kernel']} is not defined in {cuda['file']}"
             if launch["op"] == "sum_squares":  # its tensors as one flat range, from the first to the last
@@ -219,7 +219,7 @@ def test_every_launch_names_a_kernel_of_its_file(lowered):
 def test_kernel_names_are_unique_and_defined_once(lowered):
     _, _, files = lowered
     for source in files.values():
-        names = re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(', source)
+        names = re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+(?:, \d+)?\) )?(\w+)\(', source)
         assert len(names) == len(set(names))
 
 

@@ -50,7 +50,7 @@ def _int_range(launch: dict) -> int:
         return 2**31 - 1          # the RNG's seed and counter: any bits
     if op == "embedding":
         return ins[0][2][0]       # table rows
-    if op == "embedding_grad":
+    if op in ("embedding_grad", "one_hot"):
         return launch["attrs"]["rows"]
     return ins[0][2][-1]          # cross-entropy targets: the vocabulary
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..dtypes import DTYPES
 from ..numpy_ops import drop_threshold, keep_scale
-from .common import WAVE, Kernel, c_float, cdiv, types
+from .common import SMS, WAVE, Kernel, c_float, cdiv, types
 
 TILE = 64                 # rows of the other side's tiles a tensor-core block walks
 MMA_HEAD_DIMS = (64, 128)
@@ -44,6 +44,20 @@ def mma_tiling(op: str, t: int, d: int, dropout: bool, heads: int) -> tuple[int,
     rows = 16 * two[0] * two[1]
     fits = d == 64 and not dropout and t % rows == 0 and t // rows * heads >= WAVE // 2
     return two if fits else ONE_TILE
+
+
+# A grid of at most this many blocks an SM is made to fit on the SMs at once: the kernel tells the
+# compiler (__launch_bounds__) to leave each block registers for that many beside it. Left alone,
+# the seed's key/value gradient took 180 registers a thread, two 128-thread blocks an SM, and ran
+# its 384 blocks in two waves; at 168 (three a SM) one. Larger grids run in waves anyway.
+MAX_RESIDENT = 3
+
+
+def resident_blocks(blocks: int) -> int:
+    """The blocks an SM must hold for the whole grid to run at once, or 1 (no bound) where more
+    than MAX_RESIDENT would be needed."""
+    need = cdiv(blocks, SMS)
+    return need if need <= MAX_RESIDENT else 1
 
 
 SIMT_ROWS = 32            # rows of a CUDA-core block's tile, on both sides
@@ -76,5 +90,6 @@ def lower(launch) -> Kernel:
     # and double-buffers queries and output gradients, with their rows' lse and delta
     owned = 1 if launch["op"] == "causal_attention" else 2
     stats = 2 * 2 * TILE * 4 if launch["op"] == "causal_attention_grad_kv" else 0
-    return Kernel(launch["op"], {**params, "tile": TILE, "pad": PAD, "warps": warps, "mt": m_tiles, "chunk": chunk},
+    return Kernel(launch["op"], {**params, "tile": TILE, "pad": PAD, "warps": warps, "mt": m_tiles, "chunk": chunk,
+                                 "min_blocks": resident_blocks(t // own * heads)},
                   (t // own, heads, 1), (32 * warps, 1, 1), smem=(owned * own + 4 * TILE) * row + stats)

@@ -1,5 +1,5 @@
-"""embedding (a gather of table rows) and embedding_grad (a deterministic scatter-add without
-atomics), templates/embedding.cu.j2.
+"""embedding (a gather of table rows), embedding_grad (a deterministic scatter-add without
+atomics) and one_hot (the ids as a (rows, ids) matrix of zeros and ones), templates/embedding.cu.j2.
 """
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ def lower(launch) -> Kernel:
         grid, block = streaming(n * c // vec)
         return Kernel("embedding", {**types(launch), "op": "embedding", "n": n, "c": c, "vec": vec, "threads": block[0],
                                     "itype": index_type(out[2], table[2])}, grid, block)
+    if launch["op"] == "one_hot":
+        rows, n = out[2]
+        w = width(out)
+        vec = w if n % w == 0 and aligned_for(w, out) else 1
+        grid, block = streaming(rows * n // vec)
+        return Kernel("one_hot", {**types(launch), "op": "one_hot", "rows": rows, "n": n, "vec": vec,
+                                  "threads": block[0], "itype": index_type(out[2])}, grid, block)
     ids, g = launch["in"]
     rows, c = out[2]
     w = width(out, g)

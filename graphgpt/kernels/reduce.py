@@ -11,10 +11,12 @@ from .common import (THREADS, WARPS, WAVE, Kernel, aligned_for, broadcast_shape,
 from .elementwise import result, steps
 
 MAX_SPLITS = 1024
-# A sum_group's splits give it this many times the blocks one reduction of its work would have:
-# enough to fill every SM's eight block slots (H200, the seed's step: 1.589 ms with 2, against
-# 1.624 with 1 and 1.611 with 4)
-GROUP_WAVES = 2
+# A sum_group's splits give it this many times the blocks one reduction of its work would have.
+# The groups run on the side stream (passes/streams.py), beside the backward's GEMMs and
+# attention, and there fewer blocks take less of the GPU from them: the seed's step took 1.469 ms
+# with 1 against 1.502 with 2 (H200). On the main stream, alone, 2 was best (1.589 ms against
+# 1.624 with 1 and 1.611 with 4).
+GROUP_WAVES = 1
 SPLIT_ROWS = 64  # fewest rows a split of a column reduction walks
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..errors import UserError
 from ..numpy_ops import GELU_C
 from .fused import step_specs
-from .registry import Op, Spec, float_spec, out_dtype, register, require
+from .registry import Op, Spec, float_spec, out_dtype, prod, register, require
 
 BACKWARD_ONLY = "backward-only: emitted by a VJP rule, checked through its forward op's gradient test"
 
@@ -344,3 +344,13 @@ register(Op("embedding", "nn", _emb_infer,
             template="embedding"))
 register(Op("embedding_grad", "nn", _emb_grad_infer,
             nondiff=BACKWARD_ONLY, template="embedding", stores_any_float=True))
+
+
+# one_hot(ids): a (rows, ids) matrix of zeros with a one at (id, i) for the i-th id; the embedding
+# gradient of a small table is its product with the gradient rows (passes/embedding_grads.py)
+def _one_hot_infer(attrs, ids):
+    require(ids.dtype == "i32", f"ids must be i32, got {ids.dtype}")
+    return Spec((attrs["rows"], prod(ids.shape)), out_dtype(attrs, "f32"))
+
+
+register(Op("one_hot", "nn", _one_hot_infer, nondiff=BACKWARD_ONLY, template="embedding"))

@@ -1,7 +1,9 @@
 """The CUDA backend: the plan's rendered kernels through CuPy, its GEMMs through cuBLAS.
 
 One byte arena is allocated once; every launch reads and writes views of it at the plan's byte
-offsets, on one non-default stream. A program runs eagerly the first time
+offsets, on one non-default stream; the launches a plan puts on its side stream (the gradient
+branch's kernels, passes/streams.py) on a second one, ordered by events where the plan says they
+wait. A program runs eagerly the first time
 (which also loads every module and warms cuBLAS up); after that, unless graphs are off, it is
 captured into a CUDA graph once and replayed, so a training step costs one graph launch plus the
 copies of its inputs and outputs. Inputs go up and outputs come down through pinned buffers
@@ -35,6 +37,8 @@ class _Program:
     inputs: dict                        # name -> (device view, [pinned host] * SLOTS)
     outputs: dict                       # name -> (device view, [pinned host] * SLOTS)
     events: list                        # per slot: the last transfer that used it
+    fork: object = None                 # where the program has side-stream launches: the side
+    join: object = None                 # stream follows the main one first, and it the side one last
     calls: int = 0
     slot: int = 0
     graph: object = None
@@ -49,6 +53,34 @@ class Pending:
     def result(self) -> dict[str, np.ndarray]:
         self.event.synchronize()
         return {k: v.copy() for k, v in self.host.items()}
+
+
+def _follow(cp, first, then):
+    """A call that makes stream `then` wait for everything queued on stream `first` so far."""
+    event = cp.cuda.Event(disable_timing=True)
+
+    def follow():
+        event.record(first)
+        then.wait_event(event)
+    return follow
+
+
+def _on_stream(run, stream, main, waits: list, done):
+    """`run` (a bound launch, which launches on the current stream) on `stream`, after the events
+    `waits`, recording `done` after it where another launch waits for it. `.run` is the bare
+    launch, which the profiler queues on the main stream alone."""
+    if stream is main and not waits and done is None:
+        return run
+
+    def call():
+        for event in waits:
+            stream.wait_event(event)
+        with stream:
+            run()
+        if done is not None:
+            done.record(stream)
+    call.run, call.launch = run, run.launch
+    return call
 
 
 class CudaBackend(WeightCopies):
@@ -72,7 +104,7 @@ class CudaBackend(WeightCopies):
         self.arena[start:start + size].set(host)
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.blas = Cublas(self.stream.ptr, self.workspace.data.ptr, tf32)
-        self.collective = None
+        self.collective, self.side = None, None
         if self.world.size > 1 or self.world.force_collectives:
             # NCCL refuses two ranks on one GPU; those fall back to MPI through host memory,
             # which cannot be captured, so they run without CUDA graphs.
@@ -97,28 +129,50 @@ class CudaBackend(WeightCopies):
     def _bind(self, prog: dict) -> _Program:
         launches, pending = [], []  # pending: gradient buckets still being reduced
         grads_start, grads_size = self.plan.data["arena"]["regions"]["grads"]
-        for launch in prog["launches"]:
+        plan_launches = prog["launches"]
+        side = self._side_stream() if any(launch["stream"] for launch in plan_launches) else None
+        streams = (self.stream, side)
+        # an event after each launch that a launch of the other stream waits for
+        done = {j: self.cp.cuda.Event(disable_timing=True) for launch in plan_launches for j in launch["waits"]}
+        for i, launch in enumerate(plan_launches):
+            waits = [done[j] for j in launch["waits"] if j in done]
             if launch["kind"] == "collective":
                 if self.collective:  # one process: the mean over ranks is the identity
                     name, off, _ = launch["out"]
                     padded = -(-nbytes(launch["out"]) // self.align) * self.align
-                    self.collective.add_to_bucket(launches, pending, name, off, padded, self)
+                    self.collective.add_to_bucket(launches, pending, name, off, padded, self, waits)
+                    if i in done:  # a side launch waits for the reduction of its bucket
+                        done[i] = launches[-1].done
+                else:
+                    done.pop(i, None)
                 continue
+            stream = streams[launch["stream"]]
             if pending and any(grads_start <= b[1] < grads_start + grads_size for b in launch["in"]):
-                launches.append(self.collective.join(pending, self))
+                launches.append(self.collective.join(pending, stream))
                 pending = []
-            launches.append(self._bind_launch(launch))
+            launches.append(_on_stream(self._bind_launch(launch), stream, self.stream, waits, done.get(i)))
         if pending:
-            launches.append(self.collective.join(pending, self))
+            launches.append(self.collective.join(pending, self.stream))
 
         def staged(buffers):
             return {name: (self.view(b), [self._pinned(tuple(b[2]), DTYPES[b[0]].numpy) for _ in range(SLOTS)])
                     for name, b in buffers.items()}
         return _Program(launches, staged(prog["inputs"]), staged(prog["outputs"]),
-                        [self.cp.cuda.Event(disable_timing=True) for _ in range(SLOTS)])
+                        [self.cp.cuda.Event(disable_timing=True) for _ in range(SLOTS)],
+                        *((_follow(self.cp, self.stream, side), _follow(self.cp, side, self.stream)) if side else ()))
+
+    def _side_stream(self):
+        """The stream of the plan's side launches (passes/streams.py): kernels only, never cuBLAS,
+        whose handle is bound to the main stream."""
+        if self.side is None:
+            self.side = self.cp.cuda.Stream(non_blocking=True)
+        return self.side
 
     def _bind_launch(self, launch: dict):
         cuda = launch["cuda"]
+        if "gemm" in cuda and launch["stream"]:
+            raise ValueError(f"the plan puts a cuBLAS call ({launch['op']}) on stream {launch['stream']}; "
+                             f"this backend runs them on the main stream")
         if "epilogue" in cuda:
             g, epi = cuda["gemm"], cuda["epilogue"]
 
@@ -167,17 +221,24 @@ class CudaBackend(WeightCopies):
     def _execute(self, prog: _Program) -> None:
         prog.calls += 1
         if not self.use_graph or prog.calls == 1:  # the first run is eager: it loads and warms up
-            for launch in prog.launches:
-                launch()
+            self._queue(prog)
             return
         if prog.graph is None:
             self.stream.begin_capture()
             try:
-                for launch in prog.launches:
-                    launch()
+                self._queue(prog)
             finally:
                 prog.graph = self.stream.end_capture()
         prog.graph.launch(self.stream)
+
+    @staticmethod
+    def _queue(prog: _Program) -> None:
+        if prog.fork:
+            prog.fork()
+        for launch in prog.launches:
+            launch()
+        if prog.join:
+            prog.join()
 
     def run(self, program: str, feeds: dict, fetch=None) -> dict[str, np.ndarray]:
         return self.enqueue(program, feeds, fetch).result()
@@ -240,25 +301,30 @@ class _Nccl:
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.avg = getattr(nccl, "NCCL_AVG", 4)  # ncclAvg, NCCL >= 2.10
 
-    def add_to_bucket(self, launches: list, pending: list, dtype: str, off: int, n: int, backend) -> None:
-        """Reduce the n bytes at off (one padded gradient slot), with the bucket before if adjacent."""
+    def add_to_bucket(self, launches: list, pending: list, dtype: str, off: int, n: int, backend,
+                      waits: list) -> None:
+        """Reduce the n bytes at off (one padded gradient slot), with the bucket before if adjacent,
+        once the events `waits` (the side stream's writes of the slot) have happened."""
         last = launches[-1] if launches else None
         if pending and last is pending[-1] and last.dtype == dtype and \
                 (off + n == last.offset or last.offset + last.count == off):
             last.offset, last.count = min(off, last.offset), last.count + n
+            last.waits += waits
             return
-        bucket = _Bucket(self, backend, dtype, off, n)
+        bucket = _Bucket(self, backend, dtype, off, n, waits)
         launches.append(bucket)
         pending.append(bucket)
 
-    def join(self, pending: list, backend):
+    def join(self, pending: list, stream):
+        """A launch that makes `stream` wait for the pending buckets' reductions."""
         events = [b.done for b in pending]
-        return lambda: [backend.stream.wait_event(e) for e in events]
+        return lambda: [stream.wait_event(e) for e in events]
 
     def reduce(self, backend, bucket) -> None:
         main, comm = backend.stream, self.stream
         bucket.ready.record(main)
-        comm.wait_event(bucket.ready)
+        for event in [bucket.ready, *bucket.waits]:  # the side stream's writes: the main stream goes on
+            comm.wait_event(event)
         ptr = backend.arena.data.ptr + bucket.offset
         dt = DTYPES[bucket.dtype]
         self.comm.allReduce(ptr, ptr, bucket.count // dt.bytes, dt.nccl, self.avg, comm.ptr)
@@ -272,21 +338,25 @@ class _HostReduce(_Nccl):
         import cupy as cp
         self.cp, self.world = cp, world
 
-    def join(self, pending: list, backend):
+    def join(self, pending: list, stream):
         return lambda: None
 
     def reduce(self, backend, bucket) -> None:
+        for event in bucket.waits:
+            backend.stream.wait_event(event)
         dt = DTYPES[bucket.dtype]
         view = backend.view([bucket.dtype, bucket.offset, [bucket.count // dt.bytes]])
         host = self.cp.asnumpy(view, stream=backend.stream, blocking=True).view(dt.numpy)
         self.world.allreduce_mean(host)
         view.set(host.view(view.dtype), stream=backend.stream)
+        bucket.done.record(backend.stream)
 
 
 class _Bucket:
-    def __init__(self, reducer: _Nccl, backend, dtype: str, offset: int, count: int):
-        """count: bytes."""
+    def __init__(self, reducer: _Nccl, backend, dtype: str, offset: int, count: int, waits: list):
+        """count: bytes; waits: events of side-stream launches the reduction waits for."""
         self.reducer, self.backend, self.dtype, self.offset, self.count = reducer, backend, dtype, offset, count
+        self.waits = list(waits)
         self.ready = reducer.cp.cuda.Event(disable_timing=True)
         self.done = reducer.cp.cuda.Event(disable_timing=True)
 
