@@ -7,8 +7,9 @@
 #   bf16: GPT-2 124M and the seed workload compiled with dtype=bf16, against torch eager and
 #         torch.compile under bf16 autocast, and the 124M bf16 profile
 #   recipe: nanoGPT's shakespeare-char recipe (bf16, dropout 0.2) on a text graphgpt has never
-#           seen, Python's own documentation topics, with held-out evaluation, then its step against
-#           torch.compile bf16 on the same model: log and summary under $OUT
+#           seen, Python's own documentation topics, with held-out evaluation, the same run in
+#           PyTorch (tools/recipe_torch.py), then its step against torch.compile bf16 on the same
+#           model: logs and summaries under $OUT
 set -uo pipefail
 OUT=${OUT:-runs}
 mkdir -p "$OUT"
@@ -66,5 +67,10 @@ if [[ $what == recipe || $what == all ]]; then
     --eval-every 250 --eval-batches 200 --log "$OUT/recipe.jsonl" --generate 200 --temperature 0.8 --top-k 40 \
     2>&1 | tee "$OUT/recipe.log"
   python3 tools/eval_table.py "$OUT/recipe.jsonl" | tee "$OUT/recipe_table.txt"
+  # the same run in PyTorch (torch.compile, AdamW, same weights, split, windows and schedule): the reference
+  rm -f "$OUT/recipe_torch.jsonl"
+  python3 tools/recipe_torch.py --plan /tmp/recipe --data /tmp/recipe.txt --val-fraction 0.1 --steps "${RECIPE_STEPS:-5000}" \
+    --eval-every 250 --eval-batches 200 --log "$OUT/recipe_torch.jsonl" 2>&1 | tee "$OUT/recipe_torch.log"
+  python3 tools/eval_table.py "$OUT/recipe_torch.jsonl" | tee "$OUT/recipe_torch_table.txt"
   python3 tools/bench.py --plan /tmp/recipe --steps 20 --repeat 3 --json "$OUT/bench_recipe.json" 2>&1 | tee "$OUT/bench_recipe.log"
 fi
