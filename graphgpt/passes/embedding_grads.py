@@ -12,8 +12,8 @@ ONE_HOT_ELEMENTS elements becomes that GEMM; larger tables (GPT-2's 50304 rows) 
 scatter-add, whose one-hot matrix would be 16384 x 50304.
 
 The GEMM keeps the embedding gradient's id, so its readers and the graph's roles are unchanged;
-the fusion pass then folds the cast to float32 into it, and for tied weights gives it the
-classifier's part of the gradient as its residual.
+the fusion pass then folds the cast to float32 into it, or, with tied weights, gives it to the
+classifier's weight-gradient GEMM as the residual that GEMM adds onto.
 """
 from __future__ import annotations
 
