@@ -228,3 +228,11 @@ def test_torch_runner_trains_what_graphgpt_trains(compiled):
         out = be.run("train", {"tokens": batch[0], "targets": batch[1],
                                "step_size": schedule.step_scalars(plan.optimizer, t)["step_size"]})
     assert abs(loss - float(out["loss"])) < 1e-4 * abs(loss)
+
+
+def test_trace_steps_busy_time_counts_overlapping_kernels_once():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from trace_step import covered
+    assert covered([(0.0, 10.0), (2.0, 5.0), (8.0, 12.0), (20.0, 21.0)]) == 13.0
+    assert covered([(5.0, 6.0), (0.0, 1.0)]) == 2.0
+    assert covered([]) == 0.0

@@ -4,8 +4,8 @@
 this traces the step as it runs (its CUDA graph, or launch by launch with --no-graph) through
 CUPTI, by PyTorch's profiler, which records every kernel of the process, CuPy's, cuBLAS's and
 NCCL's included. It prints the middle one of three traced steps kernel by kernel (device time,
-and the idle time before it), then the kernels by name: where a step's time goes when each kernel
-takes microseconds. Needs a CUDA build of PyTorch beside CuPy.
+and the time before it when nothing ran), then the kernels by name: where a step's time goes when
+each kernel takes microseconds. Needs a CUDA build of PyTorch beside CuPy.
 """
 from __future__ import annotations
 
@@ -44,6 +44,17 @@ def parse_args(argv: list[str]):
     return args
 
 
+def covered(ranges: list[tuple[float, float]]) -> float:
+    """The time at least one of these (start, end) ranges covers: kernels of two streams overlap."""
+    total, reach = 0.0, None
+    for start, end in sorted(ranges):
+        if reach is None or start > reach:
+            total, reach = total + end - start, end
+        elif end > reach:
+            total, reach = total + end - reach, end
+    return total
+
+
 def trace(argv: list[str]) -> int:
     args = parse_args(argv)
     plan = plan_io.load(args.plan)
@@ -67,15 +78,17 @@ def trace(argv: list[str]) -> int:
                     key=lambda e: e.time_range.start)
     n = len(events) // TRACED
     step = events[n:2 * n]
-    span = step[-1].time_range.end - step[0].time_range.start
-    busy = sum(e.time_range.elapsed_us() for e in step)
+    ranges = [(e.time_range.start, e.time_range.end) for e in step]
+    span = max(end for _, end in ranges) - ranges[0][0]
+    busy, own = covered(ranges), sum(e.time_range.elapsed_us() for e in step)
     print(f"{args.plan}: {n} kernels and copies a step; {span:.1f} us from the first's start to the last's end, "
-          f"{busy:.1f} us of it busy, {span - busy:.1f} us idle")
+          f"{busy:.1f} us of it busy, {span - busy:.1f} us idle; the kernels' own times add to {own:.1f} us "
+          f"({own - busy:.1f} us of them beside another, on the side stream)")
     print(f"{'#':>4} {'us':>8} {'idle':>6}  kernel")
     by_name, end = defaultdict(lambda: [0, 0.0]), None
     for i, e in enumerate(step):
-        idle = 0.0 if end is None else e.time_range.start - end
-        end = e.time_range.end
+        idle = 0.0 if end is None else max(0.0, e.time_range.start - end)  # nothing ran before it
+        end = e.time_range.end if end is None else max(end, e.time_range.end)
         print(f"{i:4d} {e.time_range.elapsed_us():8.2f} {idle:6.2f}  {e.name[:90]}")
         name = by_name[e.name.split("(")[0][:60]]
         name[0] += 1
