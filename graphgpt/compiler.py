@@ -42,9 +42,9 @@ from .passes.memory import ALIGN, CONST, Layout, ProgramMemory, persistent_layou
 from .passes.multi_tensor import merge_launches
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
+from .passes.simplify import simplify
 from .passes.streams import assign_streams
 from .passes.sum_groups import group_sums
-from .passes.simplify import simplify
 from .passes.weight_copies import with_weight_copies
 from .plan import SCHEMA_VERSION, check_out, save
 from .schedule import DECODE_POSITION, NEXT_TOKEN

@@ -25,10 +25,10 @@ launches follow every launch of the programs before it.
 """
 from __future__ import annotations
 
+from ..codegen import LIBRARY_KINDS  # cuBLAS and NCCL calls, which stay on the main stream
 from ..dtypes import nbytes
 
 MAIN, SIDE = 0, 1
-LIBRARY_KINDS = ("matmul", "collective")  # cuBLAS and NCCL calls stay on the main stream
 
 
 def assign_streams(program: dict, grads: tuple[int, int]) -> None:
