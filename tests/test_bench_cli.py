@@ -94,13 +94,6 @@ def test_torch_required_but_not_importable(plan_dir, torch_stubs):
                       "--torch needs PyTorch")
 
 
-def test_torch_rows_need_adam(tmp_path, torch_stubs):
-    compiled = tiny_compiled(["optimizer=adamw"])
-    save(compiled.data, tmp_path / "adamw", compiled.files)
-    assert_user_error(run_bench("--plan", str(tmp_path / "adamw"), torch_stub=torch_stubs["empty"]),
-                      "optimizer=adam", "adamw", "--no-torch")
-
-
 @pytest.mark.skipif(cuda_available(), reason="this machine has a GPU")
 @pytest.mark.parametrize("torch_flag", ["--no-torch", None])
 def test_without_a_gpu_it_says_so(plan_dir, torch_flag, torch_stubs):

@@ -69,11 +69,18 @@ def unclipped_plan():
     return Plan(compile_model(ROOT / "model.py", TINY + ["grad_clip=0"], log=lambda *a: None).data, "t")
 
 
-@pytest.mark.parametrize("kind, clipped", [("init", True), ("wide", True), ("wide", False)])
-def test_three_steps_agree_with_the_numpy_backend(request, kind, clipped):
-    plan = request.getfixturevalue("plan" if clipped else "unclipped_plan")
+@pytest.fixture(scope="module")
+def adamw_plan():
+    return Plan(compile_model(ROOT / "model.py", TINY + ["optimizer=adamw", "weight_decay=0.1"],
+                              log=lambda *a: None).data, "t")
+
+
+@pytest.mark.parametrize("kind, variant", [("init", "plan"), ("wide", "plan"), ("wide", "unclipped_plan"),
+                                           ("wide", "adamw_plan")])
+def test_three_steps_agree_with_the_numpy_backend(request, kind, variant):
+    plan, clipped = request.getfixturevalue(variant), variant != "unclipped_plan"
     # A larger learning rate than the seed's so that three updates move the weights measurably;
-    # step_size is a runtime input, so the compiled graph is the same.
+    # the schedule's scalars are runtime inputs, so the compiled graph is the same.
     cfg = dict(plan.optimizer, lr=1e-2)
     weights = weights_of(plan, kind)
     tokens, targets = batch(plan)
@@ -88,8 +95,9 @@ def test_three_steps_agree_with_the_numpy_backend(request, kind, clipped):
 
     norms = []
     for t in range(3):
+        scalars = schedule.step_scalars(cfg, t)
         out = be.run("train", {"tokens": tokens, "targets": targets,
-                               "step_size": schedule.step_scalars(cfg, t)["step_size"]})
+                               **{name: scalars[name] for name in optim.scalar_inputs(cfg)}})
         loss = model(tt, ty)
         loss.backward()
         assert_close(loss.item(), out["loss"], f"step {t + 1} loss")
@@ -117,13 +125,14 @@ def test_three_steps_agree_with_the_numpy_backend(request, kind, clipped):
         assert min(norms) > cfg["grad_clip"], "these weights are meant to exercise clipping"
 
 
-@pytest.mark.parametrize("clip", [1.0, 0.0])
-def test_torch_optimizer_follows_the_same_schedule(plan, clip):
+@pytest.mark.parametrize("optimizer, clip", [("adam", 1.0), ("adam", 0.0), ("adamw", 1.0)])
+def test_torch_optimizer_follows_the_same_schedule(plan, optimizer, clip):
     """The idiomatic optimizer agrees up to two documented differences: torch.optim.Adam adds eps
-    after bias correction (graphgpt before; made negligible here) and clip_grad_norm_ divides by
-    norm + 1e-6 (a relative 1e-6 / norm). This checks the schedule, betas and clip handed over,
-    and clip 0 (no clipping) on both sides."""
-    cfg = dict(plan.optimizer, lr=1e-2, eps=1e-14, grad_clip=clip)
+    after bias correction (graphgpt's Adam before; made negligible here) and clip_grad_norm_
+    divides by norm + 1e-6 (a relative 1e-6 / norm). This checks the schedule, betas, clip and
+    AdamW's decay of the matrices only, handed over, and clip 0 (no clipping) on both sides."""
+    cfg = dict(plan.optimizer, optimizer=optimizer, weight_decay=0.1 if optimizer == "adamw" else 0.0,
+               lr=1e-2, eps=1e-14, grad_clip=clip)
     weights = weights_of(plan, "wide")
     tokens, targets = (torch.from_numpy(a).long() for a in batch(plan))
     updates = {}
@@ -169,8 +178,9 @@ def test_bad_option_values(plan):
     model = GPT2.from_config(plan.config)
     with pytest.raises(ValueError, match="optimizer kind"):
         make_optimizer(model, "sgd")
-    with pytest.raises(ValueError, match="optimizer=adam"):
-        make_optimizer(model, "exact", dict(optim.DEFAULTS, optimizer="adamw"))
+    for kind in ("exact", "torch"):
+        with pytest.raises(ValueError, match="adam or adamw, not sgd"):
+            make_optimizer(model, kind, dict(optim.DEFAULTS, optimizer="sgd"))
     with pytest.raises(ValueError, match="precision"):
         use_precision("fp16")
     assert use_precision("bf16") is torch.bfloat16 and use_precision("fp32") is None

@@ -28,7 +28,6 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from graphgpt import plan as plan_io  # noqa: E402
-from graphgpt import schedule  # noqa: E402
 from graphgpt.data import EVAL_STREAMS, RandomSampler, load_tokens, make_sampler, split_heldout  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.monitor import MetricsLog  # noqa: E402
@@ -72,7 +71,7 @@ def train(args) -> int:
     log.check(resuming=False)
     try:
         import torch
-        from torch_gpt2 import GPT2, load_weights, use_precision
+        from torch_gpt2 import GPT2, load_weights, make_optimizer, use_precision
     except ImportError:
         raise UserError("tools/recipe_torch.py trains with PyTorch: install torch") from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -92,14 +91,7 @@ def train(args) -> int:
     load_weights(model, init_params(plan, args.seed))
     autocast = use_precision("bf16" if cfg.get("dtype") == "bf16" else "fp32")
     step_fn = model if args.no_compile else torch.compile(model)
-    decayed = [p for p in model.parameters() if p.ndim >= 2]
-    kept = [p for p in model.parameters() if p.ndim < 2]
-    adamw = opt["optimizer"] == "adamw"
-    groups = [{"params": decayed, "weight_decay": opt["weight_decay"] if adamw else 0.0},
-              {"params": kept, "weight_decay": 0.0}]
-    optimizer = (torch.optim.AdamW if adamw else torch.optim.Adam)(
-        groups, lr=schedule.lr_at(opt, 0), betas=(opt["beta1"], opt["beta2"]), eps=opt["eps"],
-        **({"fused": True} if device == "cuda" else {}))
+    optimizer = make_optimizer(model, "torch", opt)  # torch.optim.AdamW (or Adam), fused on the GPU
 
     def loss_of(x: np.ndarray, y: np.ndarray):
         with torch.autocast(device_type=device, dtype=autocast or torch.float32, enabled=autocast is not None):
@@ -131,14 +123,10 @@ def train(args) -> int:
     best, intervals, started = {"val_loss": first["val_loss"], "step": 0}, [], time.perf_counter()
     interval_start, interval_steps = started, 0
     for step in range(1, args.steps + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr_at(opt, step - 1)
         loss = loss_of(*sampler.next_batch())
         loss.backward()
-        if opt["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), opt["grad_clip"])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.step()  # clips, then updates at the schedule's learning rate for this step
+        optimizer.zero_grad()
         interval_steps += 1
         if step % args.eval_every and step != args.steps:
             continue

@@ -5,7 +5,7 @@ tools/bench.py times it beside the CUDA backend. Everything mirrors model.py and
 pre-LN blocks, LayerNorm eps 1e-5, one fused qkv projection split as (B, T, 3, H, D), causal
 attention scaled by 1/sqrt(D), a 4x tanh-GELU MLP, learned positions, an untied lm_head without
 bias, weights stored (in, out) so y = x @ W + b, and parameter names equal to the plan's. The
-loss is the mean cross-entropy; the step clips the global gradient norm and applies Adam.
+loss is the mean cross-entropy; the step clips the global gradient norm and applies Adam or AdamW.
 
 Decoding keeps a static key/value cache (`KvCache`, preallocated to the block as HF's StaticCache
 is, so a decode step has fixed shapes and torch.compile captures it once): `prefill` fills it
@@ -185,17 +185,18 @@ def use_precision(precision: str) -> torch.dtype | None:
 
 
 class ExactAdam:
-    """graphgpt's update (optim.add_training) on all parameters at once with torch._foreach_* ops.
+    """graphgpt's update (optim.add_update) on all parameters at once with torch._foreach_* ops.
 
-    g = grad * clip / max(norm, clip); m += (g - m)(1 - b1); v += (g² - v)(1 - b2);
-    p -= step_size * m / (sqrt(v) + eps), step_size from graphgpt's own schedule. eps is added to
-    the uncorrected sqrt(v), the seed's rule; torch.optim.Adam adds it after bias correction.
+    g = grad * clip / max(norm, clip); m += (g - m)(1 - b1); v += (g² - v)(1 - b2). Adam, the
+    seed's rule: p -= step_size * m / (sqrt(v) + eps), eps on the uncorrected sqrt(v) (torch.optim.Adam
+    adds it after bias correction). AdamW: p -= lr * (m * bias1 / (sqrt(v) * bias2 + eps) + wd * p),
+    the decay on tensors of rank >= 2 only. The scalars come from graphgpt's own schedule.
     """
 
     def __init__(self, params, cfg: dict):
-        if cfg["optimizer"] != "adam":
-            raise ValueError(f"ExactAdam implements optimizer=adam, not {cfg['optimizer']}")
-        self.params, self.cfg = list(params), cfg
+        self.params, self.cfg = list(params), check_optimizer(cfg)
+        decays = cfg["optimizer"] == "adamw" and cfg["weight_decay"] > 0
+        self.decayed = [decays and p.ndim >= 2 for p in self.params]
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.updates_done = 0
@@ -209,10 +210,19 @@ class ExactAdam:
             grads = torch._foreach_mul(grads, cfg["grad_clip"] / torch.clamp(norm, min=cfg["grad_clip"]))
         torch._foreach_lerp_(self.m, grads, 1.0 - cfg["beta1"])  # m + (g - m) * (1 - b1)
         torch._foreach_lerp_(self.v, torch._foreach_mul(grads, grads), 1.0 - cfg["beta2"])
+        scalars = schedule.step_scalars(cfg, self.updates_done)
         denom = torch._foreach_sqrt(self.v)
-        torch._foreach_add_(denom, cfg["eps"])
-        step_size = schedule.step_scalars(cfg, self.updates_done)["step_size"]
-        torch._foreach_addcdiv_(self.params, self.m, denom, value=-step_size)
+        if cfg["optimizer"] == "adam":
+            torch._foreach_add_(denom, cfg["eps"])
+            torch._foreach_addcdiv_(self.params, self.m, denom, value=-scalars["step_size"])
+        else:
+            torch._foreach_mul_(denom, scalars["bias2"])
+            torch._foreach_add_(denom, cfg["eps"])
+            steps = torch._foreach_div(torch._foreach_mul(self.m, scalars["bias1"]), denom)
+            # the decay reads the weights before this update, as graphgpt's graph does
+            steps = [s + p * cfg["weight_decay"] if decayed else s
+                     for s, p, decayed in zip(steps, self.params, self.decayed)]
+            torch._foreach_add_(self.params, steps, alpha=-scalars["lr"])
         self.updates_done += 1
         return norm
 
@@ -222,18 +232,24 @@ class ExactAdam:
 
 
 class TorchAdam:
-    """The idiomatic baseline: clip_grad_norm_ and torch.optim.Adam (foreach), graphgpt's schedule.
+    """The idiomatic baseline: clip_grad_norm_ and torch.optim.Adam, or AdamW with weight decay
+    on tensors of rank >= 2 (nanoGPT's groups), fused on the GPU; graphgpt's schedule.
 
-    Not bit-for-bit graphgpt's: eps enters after bias correction, and the clip divides by
-    norm + 1e-6. Both shift updates by far less than float32 training noise.
+    Not bit-for-bit graphgpt's: the clip divides by norm + 1e-6, and torch.optim.Adam adds eps
+    after bias correction (graphgpt's Adam before; its AdamW after, as torch does). Both shift
+    updates by far less than float32 training noise.
     """
 
     def __init__(self, params, cfg: dict):
-        if cfg["optimizer"] != "adam":
-            raise ValueError(f"TorchAdam implements optimizer=adam, not {cfg['optimizer']}")
-        self.params, self.cfg = list(params), cfg
-        self.adam = torch.optim.Adam(self.params, lr=schedule.lr_at(cfg, 0), betas=(cfg["beta1"], cfg["beta2"]),
-                                     eps=cfg["eps"], foreach=True)
+        self.params, self.cfg = list(params), check_optimizer(cfg)
+        adamw = cfg["optimizer"] == "adamw"
+        groups = [{"params": [p for p in self.params if p.ndim >= 2 and adamw],
+                   "weight_decay": cfg["weight_decay"] if adamw else 0.0},
+                  {"params": [p for p in self.params if p.ndim < 2 or not adamw], "weight_decay": 0.0}]
+        fast = {"fused": True} if self.params[0].is_cuda else {"foreach": True}
+        self.adam = (torch.optim.AdamW if adamw else torch.optim.Adam)(
+            [g for g in groups if g["params"]], lr=schedule.lr_at(cfg, 0), betas=(cfg["beta1"], cfg["beta2"]),
+            eps=cfg["eps"], **fast)
         self.updates_done = 0
 
     def step(self) -> torch.Tensor:
@@ -241,7 +257,8 @@ class TorchAdam:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg["grad_clip"], foreach=True)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.params], foreach=True)
-        self.adam.param_groups[0]["lr"] = schedule.lr_at(self.cfg, self.updates_done)
+        for group in self.adam.param_groups:
+            group["lr"] = schedule.lr_at(self.cfg, self.updates_done)
         self.adam.step()
         self.updates_done += 1
         return norm
@@ -250,9 +267,15 @@ class TorchAdam:
         self.adam.zero_grad(set_to_none=True)
 
 
+def check_optimizer(cfg: dict) -> dict:
+    if cfg["optimizer"] not in ("adam", "adamw"):
+        raise ValueError(f"a plan's optimizer is adam or adamw, not {cfg['optimizer']}")
+    return cfg
+
+
 def make_optimizer(model: nn.Module, kind: str, cfg: dict | None = None) -> ExactAdam | TorchAdam:
-    """kind 'exact' (graphgpt's formula) or 'torch' (torch.optim.Adam); cfg: a plan's optimizer
-    config (default: graphgpt's, the seed's Adam 0.9/0.95/1e-8, clipping at 1.0)."""
+    """kind 'exact' (graphgpt's formula) or 'torch' (torch.optim.Adam or AdamW); cfg: a plan's
+    optimizer config (default: graphgpt's, the seed's Adam 0.9/0.95/1e-8, clipping at 1.0)."""
     cfg = dict(optim.DEFAULTS) if cfg is None else cfg
     params = unwrap(model).parameters()
     if kind == "exact":
