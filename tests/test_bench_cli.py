@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from graphgpt import schedule
+from graphgpt import optim, schedule
 from graphgpt.compiler import compile_model
 from graphgpt.plan import Plan, save
 from graphgpt.runtime import cuda_available
@@ -200,12 +200,14 @@ def test_synthetic_batch_targets_are_the_next_tokens():
 
 
 # ---- the torch runner, on the CPU ---------------------------------------------------------------
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("compiled, optimizer", [(False, ["optimizer=adam"]), (True, ["optimizer=adam"]),
+                                                 (False, ["optimizer=adamw", "weight_decay=0.1"])],
+                         ids=["adam", "adam-compiled", "adamw"])
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-def test_torch_runner_trains_what_graphgpt_trains(compiled):
+def test_torch_runner_trains_what_graphgpt_trains(compiled, optimizer):
     """The runner's steps (float32) end at the NumPy backend's loss after as many updates."""
     pytest.importorskip("torch", exc_type=ImportError)
-    plan = Plan(tiny_compiled(["lr=1e-2"]).data, "t")
+    plan = Plan(tiny_compiled(["lr=1e-2", *optimizer]).data, "t")
     weights, batch = init_params(plan, seed=0), bench.synthetic_batch(plan.config)
     runner = bench.TorchRunner(plan, weights, batch, compiled=compiled, precision="fp32", optimizer="exact",
                                device="cpu")
@@ -218,8 +220,9 @@ def test_torch_runner_trains_what_graphgpt_trains(compiled):
     for name, value in weights.items():
         be.set_tensor(name, value)
     for t in range(2 + 2 * 2 + 1):
+        scalars = schedule.step_scalars(plan.optimizer, t)
         out = be.run("train", {"tokens": batch[0], "targets": batch[1],
-                               "step_size": schedule.step_scalars(plan.optimizer, t)["step_size"]})
+                               **{name: scalars[name] for name in optim.scalar_inputs(plan.optimizer)}})
     assert abs(loss - float(out["loss"])) < 1e-4 * abs(loss)
 
 
