@@ -42,9 +42,17 @@ ENV = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
 LIBRARY_KINDS = ("matmul", "collective")  # launches a backend hands to cuBLAS and NCCL
 
 
+# What every kernel file is compiled with, here and by the runtime (the plan's "nvrtc_options").
+# The templates' generic lambdas (`[&](const auto* src, ...)`) are device code; NVRTC 13.0 takes
+# an unannotated function for a host one unless told that device is the default.
+NVRTC_OPTIONS = ("--std=c++17", "--device-as-default-execution-space")
+
+
 def lower_plan(data: dict) -> dict[str, str]:
     """Give every launch of every program its kernel, in `launch["cuda"]` (matmul and collective
-    launches are left as they are); returns the kernel files {"kernels/<family>.cu": source}."""
+    launches are left as they are), and the plan the NVRTC options its kernels need; returns the
+    kernel files {"kernels/<family>.cu": source}."""
+    data["nvrtc_options"] = list(NVRTC_OPTIONS)
     kernels: dict[str, dict[str, str]] = {}   # family -> kernel name -> text, in order of first use
     rendered: dict[str, tuple[str, str]] = {}
     for program in data["programs"].values():
@@ -87,7 +95,7 @@ class CudaCompileError(RuntimeError):
     """NVRTC rejected a kernel file (the message carries its log) or is not installed."""
 
 
-def compile_cuda(source: str, arch: str = "sm_90") -> bytes:
+def compile_cuda(source: str, arch: str = "sm_90", options: tuple[str, ...] = NVRTC_OPTIONS) -> bytes:
     """Compile one kernel file to a cubin for `arch` with NVRTC (no GPU needed)."""
     try:
         from cuda.bindings import nvrtc
@@ -102,8 +110,8 @@ def compile_cuda(source: str, arch: str = "sm_90") -> bytes:
 
     prog = check(nvrtc.nvrtcCreateProgram(source.encode(), b"kernels.cu", 0, [], []), "nvrtcCreateProgram")
     try:
-        options = [f"--gpu-architecture={arch}".encode(), b"--std=c++17"]
-        err, = nvrtc.nvrtcCompileProgram(prog, len(options), options)
+        flags = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in options)]
+        err, = nvrtc.nvrtcCompileProgram(prog, len(flags), flags)
         log_size = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
         # Fresh buffers for NVRTC to write into: `b" " * 1` would be Python's one shared b" ",
         # which an empty log (a lone NUL) would overwrite for the whole process.

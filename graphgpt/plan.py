@@ -9,7 +9,8 @@ offset, shape] in one arena: `out`, for an op with several outputs also `outs` (
 first), and `in`; its `cuda` record gives the kernel or library call, grid, block, dynamic shared
 memory and arguments; `stream` and `waits` say where it runs (0, the main stream, or 1, the side
 stream of the gradient branch's kernels) and which launches of its program, on the other stream,
-it waits for (passes/streams.py). A backend derives nothing.
+it waits for (passes/streams.py). `nvrtc_options` are what the kernel files compile with. A backend
+derives nothing.
 
 A plan directory holds plan.json, report.txt, kernels/ and graphs/, and nothing else: `save` replaces
 such a directory (or an empty or missing one) as a whole, and refuses any other path untouched.
@@ -32,8 +33,9 @@ from .errors import UserError
 # 5: a GEMM's epilogue names its cuBLASLt kind and its aux matrix (GELU's pre-activation);
 # 6: a fused_sum may sum several values into several outputs (attrs "results"); 7: fused_normalize
 # (LayerNorm's affine part stored by its normalize) and sum_group (column sums in one launch);
-# 8: every launch names its stream and the launches it waits for
-SCHEMA_VERSION = 8
+# 8: every launch names its stream and the launches it waits for; 9: the NVRTC options of the
+# kernel files ("nvrtc_options")
+SCHEMA_VERSION = 9
 # The program that writes every weight's copy in the compute type from the weights: a backend
 # runs it before its next program whenever something other than a program wrote the weights.
 CAST_WEIGHTS = "cast_weights"

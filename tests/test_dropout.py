@@ -95,12 +95,12 @@ def test_cuda_draws_the_numpy_masks():
     their tolerance.)"""
     import cupy as cp
 
-    from graphgpt.codegen import lower_plan
+    from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
     from tests.test_kernels_compile import _launch
     n, p, site, seed, counter = 100_003, 0.3, 5, 1234, 77
     launch = _launch("dropout", ["f32", 0, [n]], ["i32", 0, []], ["i32", 0, []], p=p, site=site)
     files = lower_plan({"programs": {"m": {"launches": [launch]}}})
-    fn = cp.RawModule(code=files["kernels/dropout.cu"], options=("--std=c++17",)).get_function(launch["cuda"]["kernel"])
+    fn = cp.RawModule(code=files["kernels/dropout.cu"], options=NVRTC_OPTIONS).get_function(launch["cuda"]["kernel"])
     out = cp.full(n, np.nan, cp.float32)
     fn(tuple(launch["cuda"]["grid"]), tuple(launch["cuda"]["block"]),
        (out, cp.ones(n, cp.float32), cp.asarray(np.int32(seed)), cp.asarray(np.int32(counter))))

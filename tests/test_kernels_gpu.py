@@ -19,7 +19,7 @@ import json
 import numpy as np
 import pytest
 
-from graphgpt.codegen import lower_plan
+from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
 from graphgpt.dtypes import DTYPES
 from graphgpt.ops import REGISTRY
 from tests.test_kernels_compile import _launch, plan_data
@@ -157,7 +157,7 @@ def test_kernels_match_numpy_references(name):
     import cupy as cp
     data = plan_data(name)
     files = lower_plan(data)
-    modules = {path: cp.RawModule(code=source, options=("--std=c++17",)) for path, source in files.items()}
+    modules = {path: cp.RawModule(code=source, options=NVRTC_OPTIONS) for path, source in files.items()}
     rng = np.random.default_rng(0)
     failures = [f for launch in _distinct_launches(data) if (f := _check(cp, modules, launch, rng))]
     assert not failures, "\n".join(failures)
@@ -175,7 +175,7 @@ def test_the_fused_loss_kernel_gives_the_bits_of_the_two_it_replaces(dtype, rows
     data = {"programs": {"loss": {"launches": [
         _launch("cross_entropy", logits, ids), _launch("cross_entropy_grad", logits, ids, dloss),
         _launch("cross_entropy_with_grad", logits, ids, dloss)]}}}
-    module = cp.RawModule(code=lower_plan(data)["kernels/cross_entropy.cu"], options=("--std=c++17",))
+    module = cp.RawModule(code=lower_plan(data)["kernels/cross_entropy.cu"], options=NVRTC_OPTIONS)
     forward, grad, fused = ((module.get_function(ln["cuda"]["kernel"]), ln["cuda"])
                             for ln in data["programs"]["loss"]["launches"])
     rng = np.random.default_rng()

@@ -25,7 +25,7 @@ from unittest import mock  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from graphgpt.codegen import lower_plan  # noqa: E402
+from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.dtypes import DTYPES  # noqa: E402
 from graphgpt.kernels import attention  # noqa: E402
 from graphgpt.numpy_ops import BY_OP  # noqa: E402
@@ -97,7 +97,7 @@ def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
     attrs = {"scale": 1.0 / np.sqrt(d), **({"dropout": dropout, "site": SITE} if dropout else {})}
     plan = {"programs": {"attention": {"launches": launches(b, h, t, d, dtype, attrs)}}}
     files = lower_plan(plan)
-    module = cp.RawModule(code=files["kernels/attention.cu"], options=("--std=c++17",))
+    module = cp.RawModule(code=files["kernels/attention.cu"], options=NVRTC_OPTIONS)
     rng = np.random.default_rng(0)
     shapes = {"qkv": (b, t, 3, h, d), "g": (b, t, h, d)}
     host = {n: rng.standard_normal(shape).astype(DTYPES[dtype].numpy).astype(np.float64) for n, shape in shapes.items()}

@@ -22,7 +22,7 @@ import statistics  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from graphgpt.codegen import lower_plan  # noqa: E402
+from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.dtypes import DTYPES  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
@@ -78,7 +78,7 @@ def rel_err(cp, got, ref) -> float:
 
 def check_shape(cp, label: str, rows: int, vocab: int, dtype: str, repeat: int, seed: int) -> dict:
     plan = {"programs": {"loss": {"launches": launches(rows, vocab, dtype)}}}
-    module = cp.RawModule(code=lower_plan(plan)["kernels/cross_entropy.cu"], options=("--std=c++17",))
+    module = cp.RawModule(code=lower_plan(plan)["kernels/cross_entropy.cu"], options=NVRTC_OPTIONS)
     kernels = {ln["op"]: (module.get_function(ln["cuda"]["kernel"]), ln["cuda"])
                for ln in plan["programs"]["loss"]["launches"]}
     pristine = random_logits(cp, rows, vocab, dtype, seed)

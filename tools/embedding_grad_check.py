@@ -26,7 +26,7 @@ import statistics  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from graphgpt.codegen import lower_plan  # noqa: E402
+from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.kernels import embedding  # noqa: E402
 
 ROWS, C, B, T = 50304, 768, 16, 1024
@@ -56,7 +56,7 @@ def render(cp, sum_floats: int, max_rows: int):
     finally:
         embedding.SUM_FLOATS, embedding.MAX_BLOCK_ROWS = saved
     cuda = launch["cuda"]
-    fn = cp.RawModule(code=source, options=("--std=c++17",)).get_function(cuda["kernel"])
+    fn = cp.RawModule(code=source, options=NVRTC_OPTIONS).get_function(cuda["kernel"])
     fn.max_dynamic_shared_size_bytes = cuda["smem"]
     return fn, cuda
 

@@ -112,7 +112,8 @@ class CudaBackend(WeightCopies):
             shared = len(set(where)) < len(where)
             self.collective = _HostReduce(self.world) if shared else _Nccl(self.world)
             self.use_graph = self.use_graph and not shared
-        self.modules = {path: cp.RawModule(code=src, options=("--std=c++17",))
+        options = tuple(plan.data["nvrtc_options"])
+        self.modules = {path: cp.RawModule(code=src, options=options)
                         for path, src in sorted(plan.kernels.items())}
         self._pinned = cupyx.empty_pinned
         self.programs = {name: self._bind(prog) for name, prog in plan.data["programs"].items()}
