@@ -43,8 +43,9 @@ LIBRARY_KINDS = ("matmul", "collective")  # launches a backend hands to cuBLAS a
 
 
 # What every kernel file is compiled with, here and by the runtime (the plan's "nvrtc_options").
-# The templates' generic lambdas (`[&](const auto* src, ...)`) are device code; NVRTC 13.0 takes
-# an unannotated function for a host one unless told that device is the default.
+# The templates' generic lambdas (`[&](const auto* src, ...)`) are device code; the NVRTC of the
+# nvidia-cuda-nvrtc 13.0.88 wheel (which a CUDA 13.0 build of PyTorch pulls in) takes them for host
+# functions, and refuses them, unless told that device is the default; 13.5 needs no telling.
 NVRTC_OPTIONS = ("--std=c++17", "--device-as-default-execution-space")
 
 
