@@ -21,7 +21,7 @@ from graphgpt.plan import Plan, save
 from graphgpt.runtime import cuda_available
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import init_params
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, assert_user_error
 from tools import bench
 
 BENCH = str(ROOT / "tools" / "bench.py")
@@ -45,14 +45,6 @@ def torch_stubs(tmp_path_factory) -> dict:
         (stubs[kind] / "torch").mkdir()
         (stubs[kind] / "torch" / "__init__.py").write_text(body)
     return stubs
-
-
-def assert_user_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr + proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def tiny_compiled(extra=()):

@@ -6,17 +6,8 @@ import numpy as np
 import pytest
 
 from graphgpt.tensor_files import load_safetensors, load_seed_weights
-from tests.conftest import COMPILE, ROOT, TINY, run_cli, sets
+from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, sets
 
-
-
-def assert_user_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr + proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from graphgpt import plan as plan_io
 from graphgpt.data import load_tokens, tokenizer_digest
 from graphgpt.errors import UserError
 from graphgpt.tokenizer import Tokenizer
-from tests.conftest import COMPILE, ROOT, TINY, run_cli, sets
+from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, sets
 
 PREPARE = str(ROOT / "tools" / "prepare.py")
 
@@ -17,13 +17,6 @@ PREPARE = str(ROOT / "tools" / "prepare.py")
 # word, a run of non-ASCII letters): all that a cut between pieces could get wrong.
 CORPUS = ("The quick brown fox, 42 times: jumps over the lazy dog.\n\tNaïve café — déjà vu?  "
           "日本語のテキスト (x1) supercalifragilisticexpialidocious!\r\n") * 40
-
-
-def assert_user_error(proc, fragment):
-    assert proc.returncode == 2, proc.stderr + proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert fragment in lines[0], lines[0]
 
 
 def snapshot(path):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import COMPILE, ROOT, TINY, run_cli, sets
+from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, sets
 
 pytest.importorskip("torch")
 TOOL = str(ROOT / "tools" / "recipe_torch.py")
@@ -59,9 +59,7 @@ def test_pytorch_trains_what_graphgpt_trains(tmp_path, text_and_plan):
 ])
 def test_bad_arguments_get_one_line_and_status_2(text_and_plan, args, message):
     text, plan = text_and_plan
-    proc = run_cli(TOOL, "--plan", str(plan), "--data", str(text), *args)
-    assert proc.returncode == 2
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert_user_error(run_cli(TOOL, "--plan", str(plan), "--data", str(text), *args), message)
 
 
 def test_an_existing_log_is_left_as_it_is(tmp_path, text_and_plan):

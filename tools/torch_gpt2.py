@@ -243,9 +243,9 @@ class TorchAdam:
     def __init__(self, params, cfg: dict):
         self.params, self.cfg = list(params), check_optimizer(cfg)
         adamw = cfg["optimizer"] == "adamw"
-        groups = [{"params": [p for p in self.params if p.ndim >= 2 and adamw],
+        groups = [{"params": [p for p in self.params if p.ndim >= 2],
                    "weight_decay": cfg["weight_decay"] if adamw else 0.0},
-                  {"params": [p for p in self.params if p.ndim < 2 or not adamw], "weight_decay": 0.0}]
+                  {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0}]
         fast = {"fused": True} if self.params[0].is_cuda else {"foreach": True}
         self.adam = (torch.optim.AdamW if adamw else torch.optim.Adam)(
             [g for g in groups if g["params"]], lr=schedule.lr_at(cfg, 0), betas=(cfg["beta1"], cfg["beta2"]),
