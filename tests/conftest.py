@@ -51,3 +51,53 @@ def assert_user_error(proc, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for f in fragments:
         assert f in lines[0], lines[0]
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB filesystem of its own (tmpfs, mounted as root), to fill up: a full disk for real.
+    Skipped, with the reason, where this process may not mount one."""
+    import subprocess
+    mount = tmp_path / "small_fs"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or 'mount failed'})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(directory: Path) -> None:
+    """Write into `directory` until its filesystem has no byte left."""
+    with open(directory / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    with open(directory / "filler_tail", "wb") as f:  # the last bytes a 64 KiB write could not take
+        try:
+            while True:
+                f.write(b"\0")
+                f.flush()
+        except OSError:
+            pass
+
+
+def run_into_head(*args, cwd=ROOT, timeout=300):
+    """Run an entry point with its stdout read by `head -1`, which closes the pipe after one line;
+    returns (exit status, stderr). A tool that survives this exits 0 with nothing on stderr, or
+    with its own one-line error."""
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    tool = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    head = subprocess.Popen(["head", "-1"], stdin=tool.stdout, stdout=subprocess.DEVNULL)
+    tool.stdout.close()  # head alone holds the pipe's read end now
+    _, err = tool.communicate(timeout=timeout)
+    head.wait(timeout=timeout)
+    return tool.returncode, err
