@@ -107,13 +107,15 @@ __device__ __forceinline__ void push(MaxSum& a, float x)
     if (x > a.m) { a.s = a.s * expf(a.m - x) + 1.0f; a.m = x; }
     else a.s += expf(x - a.m);
 }
-// Symmetric in its arguments, so the butterfly below gives every lane the same bits.
+// Symmetric in its arguments, so the butterfly below gives every lane the same bits. The sum's
+// products are rounded on their own (__fmul_rn, which is never contracted): contracted into
+// fma(a.s, ea, b.s * eb), the sum would round differently in the lane that holds the other side.
 __device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b)
 {
     if (b.m == neg_inf()) return a;  // an empty side (no unmasked element): -inf - -inf would be NaN
     if (a.m == neg_inf()) return b;
     const float m = fmaxf(a.m, b.m);
-    return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+    return {m, __fmul_rn(a.s, expf(a.m - m)) + __fmul_rn(b.s, expf(b.m - m))};
 }
 __device__ __forceinline__ MaxSum warp_merge(MaxSum a)
 {
