@@ -15,6 +15,8 @@ The fused attention's tensor-core kernels also round inside: the probabilities a
 gradients become bf16 operands of the second product, as in flash attention, so theirs is 1e-2.
 """
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -106,7 +108,10 @@ def _poison(array, dtype: str) -> None:
     array.fill(-1 if dtype == "i32" else 0x7FC0 if dtype == "bf16" else np.nan)
 
 
-def _check(cp, modules: dict, launch: dict, rng) -> str | None:
+def _launch_twice(cp, modules: dict, launch: dict, rng) -> tuple:
+    """Run a launch twice on fresh inputs, its outputs poisoned before each; returns what `_compare`
+    needs: the launch (reading its kernel's arguments), the output buffers, the host inputs, the
+    output's starting values where it is written in place, and both launches' outputs."""
     cuda = launch["cuda"]
     n_out = len(launch.get("outs", [launch["out"]]))
     out_bufs = cuda["args"][:n_out]
@@ -132,10 +137,15 @@ def _check(cp, modules: dict, launch: dict, rng) -> str | None:
                 _poison(out, buf[0])
         fn(tuple(cuda["grid"]), tuple(cuda["block"]), (*outs, *ins), shared_mem=cuda["smem"])
         results.append([cp.asnumpy(out) for out in outs])
+    return launch, out_bufs, host, before, results
+
+
+def _compare(launch: dict, out_bufs: list, host: list, before, results: list) -> str | None:
+    """The launch's outputs against its op's float64 reference, rounded once as they are stored."""
     refs = REGISTRY[launch["op"]].ref(launch["attrs"], *(a.astype(np.float64) if a.dtype != np.int32 else a
-                                                         for a in ([before] if over else []) + host))
-    what = f"{cuda['kernel']} ({launch['op']} {[b[2] for b in out_bufs]} <- {[b[2] for b in launch['in']]})"
-    for k, (buf, ref) in enumerate(zip(out_bufs, refs if n_out > 1 else [refs])):
+                                                         for a in ([before] if before is not None else []) + host))
+    what = f"{launch['cuda']['kernel']} ({launch['op']} {[b[2] for b in out_bufs]} <- {[b[2] for b in launch['in']]})"
+    for k, (buf, ref) in enumerate(zip(out_bufs, refs if len(out_bufs) > 1 else [refs])):
         if buf[0] == "i32":  # indices: exactly the reference's
             if not np.array_equal(results[0][k], ref) or not np.array_equal(results[1][k], ref):
                 return f"{what}: output {k}: {np.sum(results[0][k] != ref)} indices differ"
@@ -154,12 +164,17 @@ def _check(cp, modules: dict, launch: dict, rng) -> str | None:
 
 @pytest.mark.parametrize("name", ["tiny", "gpt2-124M", "default", "default-bf16", "synthetic", "synthetic-bf16"])
 def test_kernels_match_numpy_references(name):
+    """The launches run one after another on the GPU; their float64 references, most of the time
+    at GPT-2 124M's shapes, are computed on threads meanwhile (NumPy's large array operations let
+    go of the interpreter's lock)."""
     import cupy as cp
     data = plan_data(name)
     files = lower_plan(data)
     modules = {path: cp.RawModule(code=source, options=NVRTC_OPTIONS) for path, source in files.items()}
     rng = np.random.default_rng(0)
-    failures = [f for launch in _distinct_launches(data) if (f := _check(cp, modules, launch, rng))]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        checks = [pool.submit(_compare, *_launch_twice(cp, modules, launch, rng)) for launch in _distinct_launches(data)]
+        failures = [f for check in checks if (f := check.result())]
     assert not failures, "\n".join(failures)
 
 
