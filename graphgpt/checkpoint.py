@@ -187,7 +187,7 @@ class CheckpointDir:
 
     def newest_whole(self, read: Callable[[Path], object], verb: str):
         """`read` of the latest checkpoint; if that raises UserError (damage), `read` of the newest
-        older one that does not, after a warning on stderr that names both. None if DIR holds no
+        other one that does not, after a warning on stderr that names both. None if DIR holds no
         checkpoint at all; one UserError line if none is whole. A ForeignCheckpoint is raised as
         it is: a checkpoint of another plan is not damage to work around."""
         damaged = None
@@ -200,10 +200,11 @@ class CheckpointDir:
                 damaged = damaged or e
                 continue
             if damaged is not None:
-                print(f"warning: {damaged}; {verb} the older {checkpoint}", file=sys.stderr, flush=True)
+                print(f"warning: {damaged}; {verb} {checkpoint}, the newest whole checkpoint, instead",
+                      file=sys.stderr, flush=True)
             return value
         if damaged is not None:
-            raise UserError(f"{damaged}; no older whole checkpoint in {self.path} either")
+            raise UserError(f"{damaged}; no other checkpoint in {self.path} is whole either")
         return None
 
     def remove_stale_temps(self) -> list[Path]:

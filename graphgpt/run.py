@@ -162,6 +162,8 @@ def run(args, world) -> int:
     train_tokens, val_tokens, source = _data(args, tokenizer, plan.config, world)
     seed = world.bcast_object(_seed(args, start) if lead else None)
     sampler = make_sampler(args.sampler, train_tokens, B, T, world.rank, world.size, seed)
+    if start is not None:  # the checkpoint's sampler state, checked before the backend is built
+        sampler.restore(start.meta["sampler"])
     splits = {"train": train_tokens, **({"val": val_tokens} if val_tokens is not None else {})}
     evaluating = args.eval_every > 0 or val_tokens is not None
 
