@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -214,3 +216,21 @@ def test_sample_init_from_damaged_checkpoints(plan_and_data, pristine, tmp_path)
     (run / "step_00000002" / "state.json").write_text("")
     proc = run_cli(*sample, "--init-from", str(run))
     assert_user_error(proc, "no other checkpoint", "is whole either")
+
+
+def test_a_user_directory_named_like_a_staging_directory_survives_a_run(plan_and_data, tmp_path):
+    """The data-loss case: a directory of the user's inside --save DIR, named as graphgpt names its
+    temporaries and of a writer long gone, was deleted by the next save."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    run = tmp_path / "run"
+    lookalikes = [run / f".step_00000004.{gone.pid}.tmp", run / f".step_00000002.{gone.pid}.old.tmp"]
+    for directory in lookalikes:
+        directory.mkdir(parents=True)
+        (directory / "notes.txt").write_text("my results")
+    proc = train(plan_and_data, "--steps", "4", "--save-every", "1", "--save", str(run))
+    assert proc.returncode == 0, proc.stderr
+    for directory in lookalikes:
+        assert [p.name for p in directory.iterdir()] == ["notes.txt"]
+        assert (directory / "notes.txt").read_text() == "my results"
+    assert CheckpointDir(run).checkpoints() == [2, 3, 4]

@@ -274,6 +274,24 @@ def test_temporaries_of_dead_processes_are_cleared_and_live_ones_left(tmp_path, 
     assert_same_state(checkpoints.load(DIGEST), small_state(4))
 
 
+def test_only_marked_or_empty_directories_are_cleared(tmp_path):
+    """A writer killed between making its directory and marking it leaves it empty: nothing to
+    lose. Anything else without the marker (a regular file, a link, a directory) is the user's."""
+    dead = dead_pid()
+    empty, unmarked, linked = (tmp_path / f".step_0000000{i}.{dead}.tmp" for i in (1, 2, 3))
+    empty.mkdir()
+    unmarked.mkdir()
+    (unmarked / "model.safetensors").write_bytes(b"mine")
+    linked.mkdir()
+    os.symlink(tmp_path / "elsewhere", linked / ".graphgpt-checkpoint")
+    (tmp_path / "elsewhere").write_text("x")
+    pointer_like = tmp_path / f".latest.{dead}.abc123.tmp"
+    pointer_like.write_text("my notes, not a step name\n")
+    assert CheckpointDir(tmp_path).remove_stale_temps() == [empty]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["elsewhere", linked.name, pointer_like.name, unmarked.name])
+
+
 def test_save_and_load_clear_stale_temporaries(tmp_path):
     checkpoints = CheckpointDir(tmp_path)
     stale = tmp_path / f".step_00000002.{dead_pid()}.tmp"
