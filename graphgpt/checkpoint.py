@@ -4,7 +4,9 @@ Layout of a checkpoint directory DIR (`--save DIR`):
 
     DIR/latest                  one line: the name of the newest complete checkpoint
     DIR/step_00000010/          one complete checkpoint; the step is zero-padded so names sort by step
-        state.json              format, version, step, plan digest, model hash and the trainer's meta
+        .graphgpt-checkpoint    the marker: written first, so every directory graphgpt makes holds it
+        state.json              format, version, step, plan digest, model hash, the run's id and the
+                                trainer's meta
         model.safetensors       the parameters in plan order, dtype as given (resume is bit-exact)
         optimizer.safetensors   the optimizer state tensors, dtype as given
         trained_weights.bin     the parameters in the seed's format, for the seed's C++ program
@@ -12,7 +14,14 @@ Layout of a checkpoint directory DIR (`--save DIR`):
 A checkpoint is written as DIR/.step_00000010.PID.tmp/, every file in it fsynced, then renamed into
 place and DIR fsynced; only then is `latest` replaced, itself atomically. So `latest` names a
 complete checkpoint at every instant, and a killed writer leaves nothing but temporaries carrying
-its pid, which the next save or load clears once that pid is no longer alive.
+its pid, which the next save or load clears once that pid is no longer alive. A directory is
+cleared only if it holds the marker, or nothing at all (a writer killed between making it and
+marking it): one that merely has a temporary's name is the user's. A marked directory is removed
+marker last, so a kill midway leaves one that is still marked, or empty.
+
+Reading is strict: a checkpoint is resumed from only if every file is whole and matches the plan
+(tensor names, shapes, dtypes; state.json's fields). A damaged latest checkpoint is never skipped
+silently: a resume takes an older whole one with a warning naming both, or refuses.
 """
 from __future__ import annotations
 
@@ -21,9 +30,10 @@ import operator
 import os
 import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +50,10 @@ STATE = "state.json"
 MODEL = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 SEED_EXPORT = "trained_weights.bin"
+MARKER = ".graphgpt-checkpoint"
 _TENSOR_FILES = (MODEL, OPTIMIZER, SEED_EXPORT)
 _STATE_FIELDS = {"step": int, "plan_digest": str, "model_hash": str, "meta": dict}
+_OPTIONAL_STATE_FIELDS = {"run": str}  # absent from checkpoints written before runs had an id
 
 _STEP_NAME = re.compile(r"step_(\d{8})")
 # `.step_N.PID.tmp`: a checkpoint being written, or one being deleted; `.step_N.PID.old.tmp`: a
@@ -57,6 +69,29 @@ class TrainingState:
     params: dict[str, np.ndarray]    # plan order
     optimizer: dict[str, np.ndarray]
     meta: dict                       # JSON-serialisable; the trainer's (sampler state, seed, ...)
+    run: str | None = None           # the id of the run that saved it (CheckpointDir.run)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a checkpoint of one plan holds: per tensor file, each tensor's shape and dtype, and
+    the fields (with their types) that the trainer's meta must have."""
+    tensors: dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]]
+    meta: dict[str, type | tuple[type, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, plan, meta: dict[str, type | tuple[type, ...]] | None = None) -> Layout:
+        from .dtypes import DTYPES  # here, not at the top: ml_dtypes takes most of a second to import
+
+        def tensors(kind: str) -> dict:
+            return {t["name"]: (tuple(t["shape"]), DTYPES[t["dtype"]].numpy) for t in plan.tensors
+                    if t["kind"] == kind}
+        return cls({MODEL: tensors("param"), OPTIMIZER: tensors("state")}, meta or {})
+
+
+class ForeignCheckpoint(UserError):
+    """A whole checkpoint that this run must not use (another plan, another format version): a
+    resume refuses it rather than fall back to an older one."""
 
 
 def step_name(step: int) -> str:
@@ -69,11 +104,12 @@ class CheckpointDir:
     """The checkpoints under one directory; at most `keep` of them stay (0: all). One writer at a
     time, and one save at a time in that writer's process."""
 
-    def __init__(self, path: str | os.PathLike, keep: int = 3):
+    def __init__(self, path: str | os.PathLike, keep: int = 3, run: str | None = None):
         if keep < 0:
             raise ValueError(f"keep must be 0 (keep all) or positive, not {keep}")
         self.path = Path(path)
         self.keep = keep
+        self.run = run  # the id of the run that saves here, recorded in each checkpoint
 
     def check_writable(self) -> None:
         """Create the directory if needed and prove a file can be made in it, before any training
@@ -107,31 +143,69 @@ class CheckpointDir:
         the checkpoint's directory. On any exception nothing of this save is left behind."""
         step = operator.index(state.step)
         target = self.path / step_name(step)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.remove_stale_temps()
-        if os.path.lexists(target) and _complete_step(target) is None:
-            raise UserError(f"{target}: exists and is not a complete graphgpt checkpoint of step {step}; "
-                            f"not replacing it")
-        with scratch_dir(self._scratch(target.name)) as staging:
-            _write_checkpoint(staging, step, state, plan_digest, model_hash, seed_export)
-            self._put_in_place(staging, target)
-        atomic_write_text(self.path / POINTER, target.name + "\n")
-        self._prune(spare=target)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.remove_stale_temps()
+            if os.path.lexists(target) and _complete_step(target) is None:
+                raise UserError(f"{target}: exists and is not a complete graphgpt checkpoint of step "
+                                f"{step}; not replacing it")
+            with scratch_dir(self._scratch(target.name)) as staging:
+                _mark(staging)
+                _write_checkpoint(staging, step, state, plan_digest, model_hash, self.run, seed_export)
+                self._put_in_place(staging, target)
+            atomic_write_text(self.path / POINTER, target.name + "\n")
+            self._prune(spare=target)
+        except OSError as e:  # a full disk, a directory made read-only: nothing of this save is left
+            kept = self.latest()
+            raise UserError(f"{target}: cannot write the checkpoint ({e.strerror or e}); "
+                            + (f"the latest checkpoint, {kept}, is intact" if kept else "no checkpoint was saved")
+                            ) from None
         return target
 
-    def load(self, plan_digest: str, path: str | os.PathLike | None = None) -> TrainingState:
-        """The training state of checkpoint `path` (default: latest()), which must belong to the
-        plan whose digest is `plan_digest`."""
+    def load(self, plan_digest: str, path: str | os.PathLike | None = None,
+             layout: Layout | None = None) -> TrainingState:
+        """The training state of checkpoint `path`, which must be whole and belong to the plan
+        whose digest is `plan_digest` (and match its `layout`, if given). Without `path`, the
+        latest checkpoint, or, if that one is damaged, the newest whole one, with a warning."""
         self.remove_stale_temps()
-        checkpoint = Path(path) if path is not None else self.latest()
-        if checkpoint is None:
+        if path is not None:
+            return read_checkpoint(path, plan_digest, layout)
+        state = self.newest_whole(lambda c: read_checkpoint(c, plan_digest, layout), "resuming from")
+        if state is None:
             raise UserError(f"{self.path}: no complete checkpoint to resume from")
-        record = read_state(checkpoint)
-        if record["plan_digest"] != plan_digest:
-            raise UserError(f"{checkpoint}: checkpoint of plan {record['plan_digest'][:12]}, not of this "
-                            f"plan {plan_digest[:12]}")
-        return TrainingState(record["step"], load_safetensors(checkpoint / MODEL),
-                             load_safetensors(checkpoint / OPTIMIZER), record["meta"])
+        return state
+
+    def step_entries(self) -> list[Path]:
+        """Every entry named like a checkpoint (whole, damaged, or not a directory at all): the
+        latest first (the one `latest` names, else the highest step), then by step, descending."""
+        entries = sorted((e for e in self._entries() if _STEP_NAME.fullmatch(e.name)), reverse=True)
+        named = self._pointed()
+        if named in entries:
+            entries.remove(named)
+            entries.insert(0, named)
+        return entries
+
+    def newest_whole(self, read: Callable[[Path], object], verb: str):
+        """`read` of the latest checkpoint; if that raises UserError (damage), `read` of the newest
+        other one that does not, after a warning on stderr that names both. None if DIR holds no
+        checkpoint at all; one UserError line if none is whole. A ForeignCheckpoint is raised as
+        it is: a checkpoint of another plan is not damage to work around."""
+        damaged = None
+        for checkpoint in self.step_entries():
+            try:
+                value = read(checkpoint)
+            except ForeignCheckpoint:
+                raise
+            except UserError as e:
+                damaged = damaged or e
+                continue
+            if damaged is not None:
+                print(f"warning: {damaged}; {verb} {checkpoint}, the newest whole checkpoint, instead",
+                      file=sys.stderr, flush=True)
+            return value
+        if damaged is not None:
+            raise UserError(f"{damaged}; no other checkpoint in {self.path} is whole either")
+        return None
 
     def remove_stale_temps(self) -> list[Path]:
         """Clear the temporaries of writers that are no longer alive (killed mid-save); a
@@ -144,7 +218,7 @@ class CheckpointDir:
             if home is not None:
                 _settle_set_aside(entry, home)
             elif entry.is_dir():
-                shutil.rmtree(entry)
+                _remove_marked(entry)
             else:
                 entry.unlink()
             cleared.append(entry)
@@ -168,14 +242,15 @@ class CheckpointDir:
 
     def _temporaries(self) -> Iterator[tuple[Path, int, Path | None]]:
         """Each temporary a writer makes in DIR, with the writer's pid and, for a set-aside
-        checkpoint, its home: the step directory it was moved from. Nothing else in DIR is ever
-        touched."""
+        checkpoint, its home: the step directory it was moved from. A directory counts only if it
+        holds the marker (or nothing), a file only if it holds what `latest` holds (or nothing
+        yet): nothing else in DIR is ever touched, whatever its name."""
         for entry in self._entries():
             if entry.is_symlink():
                 continue
-            if (match := _SCRATCH.fullmatch(entry.name)) and entry.is_dir():
+            if (match := _SCRATCH.fullmatch(entry.name)) and (_is_marked(entry) or _is_empty_dir(entry)):
                 yield entry, int(match["pid"]), self.path / match["step"] if match["old"] else None
-            elif (match := _POINTER_TEMP.fullmatch(entry.name)) and entry.is_file():
+            elif (match := _POINTER_TEMP.fullmatch(entry.name)) and _is_pointer_temp(entry):
                 yield entry, int(match["pid"]), None
 
     def _put_in_place(self, staging: Path, target: Path) -> None:
@@ -185,6 +260,7 @@ class CheckpointDir:
         settled whatever happens."""
         aside = self._scratch(target.name, ".old") if os.path.lexists(target) else None
         if aside is not None:
+            _mark(target)  # a checkpoint of an earlier version lacks it: the cleaner needs it
             os.rename(target, aside)
         try:
             os.rename(staging, target)
@@ -202,47 +278,98 @@ class CheckpointDir:
         others = [step for step in self.checkpoints() if step_name(step) != spare.name]
         for step in others[:max(0, len(others) - (self.keep - 1))]:
             doomed = self._scratch(step_name(step))
+            _mark(self.path / step_name(step))
             os.rename(self.path / step_name(step), doomed)
-            shutil.rmtree(doomed)
+            _remove_marked(doomed)
 
 
 def read_state(checkpoint: str | os.PathLike) -> dict:
     """The state.json of a complete checkpoint directory, checked; one UserError line otherwise."""
     checkpoint = Path(checkpoint)
+    if checkpoint.is_symlink():
+        raise UserError(f"{checkpoint}: a symbolic link, not a checkpoint directory graphgpt wrote")
+    if os.path.lexists(checkpoint) and not checkpoint.is_dir():
+        raise UserError(f"{checkpoint}: not a directory, so not a graphgpt checkpoint")
+    state = checkpoint / STATE
     try:
-        record = json.loads((checkpoint / STATE).read_text("utf-8"))
+        record = json.loads(state.read_text("utf-8"))
     except (FileNotFoundError, NotADirectoryError):
         raise UserError(f"{checkpoint}: not a graphgpt checkpoint (no {STATE})") from None
     except OSError as e:
-        raise UserError(f"{checkpoint}: cannot read {STATE}: {e.strerror or e}") from None
+        raise UserError(f"{state}: cannot read it: {e.strerror or e}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{checkpoint}: {STATE} is not valid JSON ({e})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise UserError(f"{checkpoint}: not a graphgpt checkpoint ({STATE} lacks format {FORMAT!r})")
+        raise UserError(f"{state}: not valid JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{state}: not a JSON object, so not a graphgpt checkpoint's")
+    if record.get("format") != FORMAT:
+        raise UserError(f"{state}: lacks format {FORMAT!r}, so not a graphgpt checkpoint's")
     if record.get("version") != VERSION:
-        raise UserError(f"{checkpoint}: checkpoint version {record.get('version')!r}; this graphgpt "
-                        f"reads version {VERSION}")
-    for field, kind in _STATE_FIELDS.items():
-        value = record.get(field)
-        if not isinstance(value, kind) or isinstance(value, bool) or (field == "step" and value < 0):
-            raise UserError(f"{checkpoint}: {STATE} has an invalid {field!r} ({type(value).__name__})")
+        raise ForeignCheckpoint(f"{state}: checkpoint version {record.get('version')!r}; this graphgpt "
+                                f"reads version {VERSION}")
+    _check_fields(state, record, _STATE_FIELDS, required=True)
+    _check_fields(state, record, _OPTIONAL_STATE_FIELDS, required=False)
+    if (match := _STEP_NAME.fullmatch(checkpoint.name)) and int(match[1]) != record["step"]:
+        raise UserError(f"{state}: records step {record['step']}, but its directory is named for step "
+                        f"{int(match[1])}")
     missing = [name for name in _TENSOR_FILES if not (checkpoint / name).is_file()]
     if missing:
         raise UserError(f"{checkpoint}: incomplete checkpoint, missing {', '.join(missing)}")
     return record
 
 
+def _check_fields(where: Path, record: dict, fields: dict, required: bool, prefix: str = "") -> None:
+    """Each of `fields` present in `record` with its type (a whole number >= 0 where int); one
+    UserError line naming the first field that is not."""
+    for name, kind in fields.items():
+        if name not in record:
+            if required:
+                raise UserError(f"{where}: lacks the field {prefix + name!r}")
+            continue
+        value = record[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+                or (isinstance(value, int) and not isinstance(value, bool) and value < 0)):
+            wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise UserError(f"{where}: field {prefix + name!r} is {json.dumps(value)[:40]}, not {wanted}"
+                            + (" >= 0" if int in kinds else ""))
+
+
+def read_checkpoint(checkpoint: str | os.PathLike, plan_digest: str, layout: Layout | None = None) -> TrainingState:
+    """The training state of one checkpoint directory, every file checked against the plan whose
+    digest is `plan_digest` (and against `layout`, if given); one UserError line otherwise."""
+    checkpoint = Path(checkpoint)
+    record = read_state(checkpoint)
+    if record["plan_digest"] != plan_digest:
+        raise ForeignCheckpoint(f"{checkpoint}: checkpoint of plan {record['plan_digest'][:12]}, not of "
+                                f"this plan {plan_digest[:12]}")
+    if layout is not None:
+        _check_fields(checkpoint / STATE, record["meta"], layout.meta, required=True, prefix="meta.")
+    tensors = {}
+    for name in (MODEL, OPTIMIZER):
+        tensors[name] = load_safetensors(checkpoint / name)
+        if layout is not None and (problem := _mismatch(tensors[name], layout.tensors[name])):
+            raise UserError(f"{checkpoint / name} {problem}")
+    return TrainingState(record["step"], tensors[MODEL], tensors[OPTIMIZER], record["meta"], record.get("run"))
+
+
 def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Parameters for --init-from: a .safetensors file, a checkpoint step directory, or a
-    checkpoint directory (its latest checkpoint)."""
+    checkpoint directory (its latest checkpoint; an older whole one, with a warning, if that one is
+    damaged)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist")
     if path.is_file():
         return load_safetensors(path)
-    checkpoint = path if (path / STATE).exists() else CheckpointDir(path).latest()
-    if checkpoint is None:
+    if (path / STATE).exists() or _STEP_NAME.fullmatch(path.name):
+        return _checkpoint_weights(path)
+    weights = CheckpointDir(path).newest_whole(_checkpoint_weights, "loading")
+    if weights is None:
         raise UserError(f"{path}: neither a .safetensors file, a checkpoint nor a directory of checkpoints")
+    return weights
+
+
+def _checkpoint_weights(checkpoint: Path) -> dict[str, np.ndarray]:
     read_state(checkpoint)
     return load_safetensors(checkpoint / MODEL)
 
@@ -254,49 +381,115 @@ def initial_weights(path, plan) -> dict[str, np.ndarray]:
         weights = hf.load(path, plan.config) if hf.is_hf_dir(path) else load_weights(path)
     except UserError as e:
         raise UserError(f"--init-from {e}") from None
-    expected = {t["name"]: tuple(t["shape"]) for t in plan.params}
-    missing = [n for n in expected if n not in weights]
-    extra = [n for n in weights if n not in expected]
-    wrong = [f"{n} {tuple(weights[n].shape)} (plan: {expected[n]})" for n in expected
-             if n in weights and tuple(weights[n].shape) != expected[n]]
-    for what, names in (("lacks tensors of this plan", missing), ("has tensors this plan does not", extra),
-                        ("has other shapes than this plan", wrong)):
-        if names:
-            raise UserError(f"--init-from {path} {what}: {', '.join(names[:5])}"
-                            + (", ..." if len(names) > 5 else ""))
+    if problem := _mismatch(weights, {t["name"]: (tuple(t["shape"]), None) for t in plan.params}):
+        raise UserError(f"--init-from {path} {problem}")
     return weights
+
+
+def _mismatch(tensors: dict[str, np.ndarray], expected: dict[str, tuple]) -> str | None:
+    """How `tensors` differ from `expected` (name -> (shape, dtype or None for any)), in words,
+    or None if they do not."""
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    missing = [n for n in expected if n not in tensors]
+    extra = [n for n in tensors if n not in expected]
+    shapes = [f"{n} {tuple(tensors[n].shape)} (plan: {shape})" for n, (shape, _) in expected.items()
+              if n in tensors and tuple(tensors[n].shape) != shape]
+    dtypes = [f"{n} {tensors[n].dtype} (plan: {dtype})" for n, (_, dtype) in expected.items()
+              if n in tensors and dtype is not None and tensors[n].dtype != dtype]
+    for what, names in (("lacks tensors of this plan", missing), ("has tensors this plan does not", extra),
+                        ("has other shapes than this plan", shapes), ("has other dtypes than this plan", dtypes)):
+        if names:
+            return f"{what}: {listed(names)}"
+    return None
+
+
+def checkpoints_home(path: Path | None) -> Path | None:
+    """Where a run resumed from `path` saves: `path` itself, or, for a step directory
+    (DIR/step_00000004), the directory of checkpoints that holds it."""
+    if path is not None and _STEP_NAME.fullmatch(path.name):
+        return path.parent
+    return path
 
 
 def _complete_step(checkpoint: Path) -> int | None:
     """The step of `checkpoint` if it is a complete checkpoint: a real directory (not a link) named
     for a step, whose state.json is valid and records that step, and whose files are all there."""
-    match = _STEP_NAME.fullmatch(checkpoint.name)
-    if not match or checkpoint.is_symlink() or not checkpoint.is_dir():
+    if not _STEP_NAME.fullmatch(checkpoint.name):
         return None
     try:
-        recorded = read_state(checkpoint)["step"]
+        return read_state(checkpoint)["step"]
     except UserError:
         return None
-    return recorded if recorded == int(match[1]) else None
 
 
 def _write_checkpoint(directory: Path, step: int, state: TrainingState, plan_digest: str,
-                      model_hash: str, seed_export: list[np.ndarray]) -> None:
+                      model_hash: str, run: str | None, seed_export: list[np.ndarray]) -> None:
     """Every file of a checkpoint. Each write fsyncs its file and then `directory` after renaming
     the file into it, so the directory is durable once the last one returns."""
     record = {"format": FORMAT, "version": VERSION, "step": step, "plan_digest": plan_digest,
-              "model_hash": model_hash, "meta": state.meta}
+              "model_hash": model_hash, **({"run": run} if run is not None else {}),
+              "meta": state.meta}
     atomic_write_text(directory / STATE, json.dumps(record, indent=1) + "\n")
     save_safetensors(directory / MODEL, state.params, metadata={"model_hash": model_hash})
     save_safetensors(directory / OPTIMIZER, state.optimizer)
     save_seed_weights(directory / SEED_EXPORT, seed_export)
 
 
+def _mark(directory: Path) -> None:
+    """Write the marker that makes `directory` one of graphgpt's own, which a cleaner may remove
+    once it has a temporary's name. One create, not a temporary and a rename: a temporary left in
+    an unmarked directory would make it look like the user's for good."""
+    if not _is_marked(directory):
+        with open(directory / MARKER, "x") as f:
+            f.write(f"graphgpt checkpoint, written by pid {os.getpid()}\n")
+
+
+def _is_marked(directory: Path) -> bool:
+    marker = directory / MARKER
+    return directory.is_dir() and not marker.is_symlink() and marker.is_file()
+
+
+def _is_empty_dir(entry: Path) -> bool:
+    try:
+        with os.scandir(entry) as entries:
+            return next(entries, None) is None
+    except OSError:  # not a directory, or not one we may read
+        return False
+
+
+def _remove_marked(directory: Path) -> None:
+    """Remove a directory graphgpt made, its marker last (see the module's docstring)."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name == MARKER:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+    if os.path.lexists(directory / MARKER):
+        os.unlink(directory / MARKER)
+    os.rmdir(directory)
+
+
+def _is_pointer_temp(entry: Path) -> bool:
+    """A temporary of `latest` holds a step directory's name, or nothing yet (its writer died
+    before writing)."""
+    try:
+        if not entry.is_file() or entry.stat().st_size > 64:
+            return False
+        text = entry.read_text("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return text == "" or _STEP_NAME.fullmatch(text.removesuffix("\n")) is not None
+
+
 def _settle_set_aside(aside: Path, home: Path) -> None:
     """A checkpoint set aside for its replacement is garbage once the replacement is in `home`;
     until then it is still the checkpoint of its step, so it goes back."""
     if os.path.lexists(home):
-        shutil.rmtree(aside)
+        _remove_marked(aside)
     else:
         os.rename(aside, home)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
+import time
 from pathlib import Path
 
 from .errors import UserError
@@ -38,25 +40,49 @@ class Progress:
         self.stream.flush()
 
 
+LOG_FORMAT = 1  # the header's "graphgpt_log": what the records of this version mean
+
+
+def new_run_id() -> str:
+    """A run's id, made when it starts from step 0 and kept by its checkpoints: the time it
+    started, and random digits that tell apart two runs started in the same second."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def log_header(run: str, plan: str, **fields) -> dict:
+    """The first record of a log: a graphgpt log (of this format) of run `run` of plan `plan`."""
+    return {"graphgpt_log": LOG_FORMAT, "run": run, "plan": plan, **fields}
+
+
 class MetricsLog:
     """One JSON object per line, appended and flushed as each record is made, so a crash keeps
-    everything written before it.
+    everything written before it. The first line is a header (`log_header`) naming the run.
 
-    A fresh run refuses an existing file rather than overwrite it. A resumed run first drops the
-    records after the step it resumes from (written by the interrupted run after its last
-    checkpoint; the resumed run writes them again), so the file reads like an uninterrupted run's.
+    A fresh run refuses an existing file rather than overwrite it. A resumed run appends only to
+    the log of the same run (its header says so) and first drops the records after the step it
+    resumes from (written by the interrupted run after its last checkpoint; the resumed run writes
+    them again), so the file reads like an uninterrupted run's. Anything else, a symbolic link
+    included, is refused in one line and left as it is.
     """
 
     def __init__(self, path: Path | None):
         self.path = Path(path) if path else None
         self.file = None
+        self.previous: dict | None = None  # the header of the run's log being continued
 
-    def check(self, resuming: bool) -> None:
-        """Before any work: the file can be written, and a fresh run would not overwrite one."""
+    def check(self, header: dict | None = None, resuming: bool = False) -> None:
+        """Before any work: the file can be written, a fresh run would not overwrite one, and a
+        resumed run's file is its own log: one written by run `header["run"]`, or, for a run that
+        starts from step 0 again because it never saved a checkpoint, by a run of the same plan
+        into the same checkpoint directory (`header["save"]`)."""
         if self.path is None:
             return
+        if self.path.is_symlink():
+            raise UserError(f"--log {self.path} is a symbolic link; give the file itself")
         if self.path.is_dir():
             raise UserError(f"--log {self.path} is a directory; give a file name")
+        if os.path.lexists(self.path) and not self.path.is_file():
+            raise UserError(f"--log {self.path} is not a regular file")
         if self.path.exists() and not resuming:
             raise UserError(f"--log {self.path} already exists; a new run does not overwrite it "
                             "(remove it, choose another name, or --resume to continue that run)")
@@ -69,21 +95,65 @@ class MetricsLog:
             raise UserError(f"--log {self.path}: cannot create {parent}: {e.strerror or e}") from None
         if not os.access(parent, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
             raise UserError(f"--log {self.path} is not writable")
+        if self.path.exists():
+            self.previous = self._own_header(header or {})
 
-    def open(self, keep_through: int | None) -> None:
-        """Start appending; a resumed run first keeps only the records up to step `keep_through`."""
+    def _own_header(self, header: dict) -> dict:
+        """The header of the existing file, if it is this run's log; one UserError line if not."""
+        try:
+            with open(self.path, "rb") as f:
+                first = f.readline(1 << 16)
+            found = json.loads(first)
+        except OSError as e:
+            raise UserError(f"--log {self.path}: cannot read it: {e.strerror or e}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            found = None
+        if not isinstance(found, dict) or found.get("graphgpt_log") != LOG_FORMAT:
+            raise UserError(f"--log {self.path} is not a graphgpt log (its first line is no graphgpt_log "
+                            "header); a resumed run appends only to its own log, so it leaves this file "
+                            "as it is: choose another name")
+        same_run = found.get("run") == header.get("run")
+        restarted = (header.get("save") is not None
+                     and all(found.get(k) == header.get(k) for k in ("plan", "save")))
+        if not (same_run or restarted):
+            raise UserError(f"--log {self.path} is the log of run {found.get('run')!r}, not of this run "
+                            f"{header.get('run')!r}; a resumed run appends only to its own log: "
+                            "choose another name")
+        return found
+
+    def open(self, header: dict, keep_through: int | None = None) -> None:
+        """Start appending, after `header` if the file is new. A resumed run first keeps only the
+        header and the records up to step `keep_through` of its own log (checked by `check`); a
+        run restarted from step 0 keeps its new header alone."""
         if self.path is None:
             return
-        if keep_through is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines(keepends=True)
-                    if (step := _step_of(line)) is not None and step <= keep_through]
-            atomic_write_text(self.path, "".join(kept))
-        self.file = open(self.path, "a")
+        try:
+            if self.previous is not None and keep_through is not None:
+                kept_header = self.previous if self.previous.get("run") == header.get("run") else header
+                kept = [line for line in self.path.read_text("utf-8", errors="replace").splitlines(keepends=True)[1:]
+                        if (step := _step_of(line)) is not None and step <= keep_through]
+                atomic_write_text(self.path, json.dumps(kept_header) + "\n" + "".join(kept))
+            elif not self.path.exists():
+                atomic_write_text(self.path, json.dumps(header) + "\n")
+            self.file = open(self.path, "ab", buffering=0)
+        except OSError as e:
+            raise UserError(f"--log {self.path}: cannot write it ({e.strerror or e}); it is as it was") from None
 
     def write(self, m: dict) -> None:
-        if self.file:
-            self.file.write(json.dumps(m) + "\n")
-            self.file.flush()
+        """Append one record whole: if the disk takes only part of it, the part is cut off again,
+        so the file keeps only whole records."""
+        if not self.file:
+            return
+        data = (json.dumps(m) + "\n").encode("utf-8")
+        end = self.file.seek(0, os.SEEK_END)
+        try:
+            done = 0
+            while done < len(data):
+                done += self.file.write(data[done:])
+        except OSError as e:
+            self.file.truncate(end)
+            raise UserError(f"--log {self.path}: cannot write step {m.get('step')}'s record "
+                            f"({e.strerror or e}); the records before it are intact") from None
 
     def close(self) -> None:
         if self.file:

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from . import plan as plan_io
-from .checkpoint import CheckpointDir, TrainingState, initial_weights
+from .checkpoint import CheckpointDir, Layout, TrainingState, checkpoints_home, initial_weights
 from .data import SAMPLERS, default_corpus, load_tokens, make_sampler, split_heldout
 from .errors import ArgumentParser, UserError
-from .monitor import GuardedStdout, MetricsLog, Progress
+from .monitor import GuardedStdout, MetricsLog, Progress, log_header, new_run_id
 from .runtime import make_backend
 from .runtime.dist import check_same_plan, current_world
 from .sample import add_sampling_arguments, check_sampling_arguments, generate
@@ -92,7 +92,7 @@ def parse_args(argv):
     if args.resume and args.init_from:
         p.error("--resume and --init-from both choose the starting weights; pass one")
     if args.save is None:
-        args.save = args.resume
+        args.save = checkpoints_home(args.resume)
     if args.save_every and args.save is None:
         p.error("--save-every needs a checkpoint directory: --save DIR")
     return args
@@ -150,13 +150,20 @@ def run(args, world) -> int:
     # What the run will write or start from: checked now, so that a bad path fails before any work.
     log = MetricsLog(args.log if lead else None)
     saves = CheckpointDir(args.save, keep=args.keep) if args.save else None
-    start = _starting_state(args, saves, plan.digest) if lead else None
-    log.check(resuming=args.resume is not None)
+    start = _starting_state(args, saves, plan) if lead else None
+    run_id = start.run if start is not None and start.run else new_run_id()
+    header = log_header(run_id, plan.digest, seed=_seed(args, start) if lead else None,
+                        save=str(saves.path.resolve()) if saves else None)
+    log.check(header, resuming=args.resume is not None)
+    if saves is not None:
+        saves.run = run_id
     init_weights = initial_weights(args.init_from, plan) if args.init_from and lead else None
 
     train_tokens, val_tokens, source = _data(args, tokenizer, plan.config, world)
     seed = world.bcast_object(_seed(args, start) if lead else None)
     sampler = make_sampler(args.sampler, train_tokens, B, T, world.rank, world.size, seed)
+    if start is not None:  # the checkpoint's sampler state, checked before the backend is built
+        sampler.restore(start.meta["sampler"])
     splits = {"train": train_tokens, **({"val": val_tokens} if val_tokens is not None else {})}
     evaluating = args.eval_every > 0 or val_tokens is not None
 
@@ -181,7 +188,7 @@ def run(args, world) -> int:
 
     # A resumed run drops what the interrupted one logged after its checkpoint (everything, when
     # it had none yet), and logs it again.
-    log.open(None if args.resume is None else (trainer.updates_done or -1))
+    log.open(header, None if args.resume is None else (trainer.updates_done or -1))
     try:
         _train(args, plan, trainer, evaluation, meta, log, saves, say)
     finally:
@@ -313,26 +320,36 @@ def _profile(plan, backend, sampler) -> None:
     print(format_profile(profile(backend, program, feeds), ceilings(backend)))
 
 
-def _starting_state(args, saves: CheckpointDir | None, plan_digest: str) -> TrainingState | None:
-    """The checkpoint to resume from, if any, after checking that the checkpoint directory is
-    usable and that saving into it overwrites no other run's checkpoints."""
-    source = CheckpointDir(args.resume) if args.resume is not None else None
+# What a resumed run reads of its checkpoint's meta (the sampler checks its own state's fields).
+_TRAINER_META = {"seed": int, "data_tokens": int, "sampler": dict, "best": (dict, type(None))}
+
+
+def _starting_state(args, saves: CheckpointDir | None, plan) -> TrainingState | None:
+    """The checkpoint to resume from, if any, checked whole against the plan, after checking that
+    the checkpoint directory is usable and that saving into it overwrites no other run's
+    checkpoints. `--resume DIR/step_N` resumes from that step; `--resume DIR` from the latest."""
+    home = checkpoints_home(args.resume)
+    source = CheckpointDir(home) if args.resume is not None else None
+    if home != args.resume and not os.path.lexists(args.resume):
+        raise UserError(f"--resume {args.resume} does not exist")
     if saves is not None:
         try:
             saves.check_writable()
         except UserError as e:
-            raise UserError(f"{'--resume' if args.save == args.resume else '--save'} {e}") from None
+            raise UserError(f"{'--resume' if args.save == home else '--save'} {e}") from None
         resuming_here = source is not None and Path(source.path).resolve() == Path(saves.path).resolve()
-        if not resuming_here and saves.checkpoints():
-            raise UserError(f"--save {saves.path} already holds checkpoints (newest: step "
-                            f"{max(saves.checkpoints())}); continue them with --resume {saves.path}, "
-                            "or choose another directory")
+        if not resuming_here and (held := saves.step_entries()):
+            raise UserError(f"--save {saves.path} already holds checkpoints (latest: {held[0].name}); "
+                            f"continue them with --resume {saves.path}, or choose another directory")
     if source is None:
         return None
-    if not source.checkpoints():
+    layout = Layout.of(plan, _TRAINER_META)
+    if home != args.resume:
+        return source.load(plan.digest, args.resume, layout)
+    if not source.step_entries():
         print(f"no checkpoint in {args.resume} yet: starting from step 0")
         return None
-    return source.load(plan_digest)
+    return source.load(plan.digest, layout=layout)
 
 
 def _data(args, tokenizer: Tokenizer, cfg: dict, world):

@@ -71,15 +71,16 @@ def small_fs(tmp_path):
 
 
 def fill(directory: Path) -> None:
-    """Write into `directory` until its filesystem has no byte left."""
-    with open(directory / "filler", "wb") as f:
+    """Write into `directory` until its filesystem has no byte left. Unbuffered: a buffered file
+    would try the refused bytes again when it closes, and raise there."""
+    with open(directory / "filler", "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
         except OSError:
             pass
-    with open(directory / "filler_tail", "wb") as f:  # the last bytes a 64 KiB write could not take
+    with open(directory / "filler_tail", "wb", buffering=0) as f:  # the last bytes a 64 KiB write could not take
         try:
             while True:
                 f.write(b"\0")

@@ -70,19 +70,21 @@ def live_pid():
 # --- saving and loading ----------------------------------------------------------------------
 
 def test_round_trip_is_exact_and_files_are_as_documented(tmp_path):
-    checkpoints = CheckpointDir(tmp_path / "run")
+    checkpoints = CheckpointDir(tmp_path / "run", run="20261206T100000Z-0a1b2c3d")
     state = small_state(5)
     path = save(checkpoints, state)
     assert path == tmp_path / "run" / "step_00000005"
     assert (tmp_path / "run" / "latest").read_text() == "step_00000005\n"
     assert sorted(p.name for p in path.iterdir()) == [
-        "model.safetensors", "optimizer.safetensors", "state.json", "trained_weights.bin"]
+        ".graphgpt-checkpoint", "model.safetensors", "optimizer.safetensors", "state.json", "trained_weights.bin"]
     record = json.loads((path / "state.json").read_text())
     assert record == {"format": "graphgpt-checkpoint", "version": 1, "step": 5, "plan_digest": DIGEST,
-                      "model_hash": MODEL_HASH, "meta": state.meta}
+                      "model_hash": MODEL_HASH, "run": "20261206T100000Z-0a1b2c3d", "meta": state.meta}
     exported = load_seed_weights(path / "trained_weights.bin")
     assert [a.tobytes() for a in exported] == [v.astype(np.float32).tobytes() for v in state.params.values()]
-    assert_same_state(checkpoints.load(DIGEST), state)
+    loaded = checkpoints.load(DIGEST)
+    assert_same_state(loaded, state)
+    assert loaded.run == "20261206T100000Z-0a1b2c3d"
     assert checkpoints.checkpoints() == [5] and temporaries(tmp_path / "run") == []
 
 
@@ -94,13 +96,17 @@ def test_keep_prunes_the_oldest_checkpoints_and_nothing_else(tmp_path):
     (run / "step_00000001" / "state.json").write_text('{"format": "someone-else"}')
     (run / "notes.txt").write_text("keep me")
     (run / ".step_00000002.tmp").mkdir()  # not a pid-named temporary of ours
+    lookalike = run / f".step_00000003.{dead_pid()}.tmp"  # named like our temporary, but no marker
+    lookalike.mkdir()
+    (lookalike / "results.csv").write_text("mine")
     checkpoints = CheckpointDir(run, keep=2)
     for step in range(2, 8):
         save(checkpoints, small_state(step))
     assert checkpoints.checkpoints() == [6, 7]
-    assert sorted(p.name for p in run.iterdir()) == [
-        ".step_00000002.tmp", "latest", "notes.txt", "step_00000001", "step_00000006", "step_00000007",
-        "step_notes"]
+    assert sorted(p.name for p in run.iterdir()) == sorted([
+        ".step_00000002.tmp", lookalike.name, "latest", "notes.txt", "step_00000001", "step_00000006",
+        "step_00000007", "step_notes"])
+    assert (lookalike / "results.csv").read_text() == "mine"
     assert (run / "step_notes" / "idea.txt").read_text() == "lr warmup"
     assert (run / "step_00000001" / "state.json").read_text() == '{"format": "someone-else"}'
 
@@ -179,9 +185,9 @@ def test_load_refuses_garbled_and_foreign_checkpoints_in_one_line(tmp_path):
     path = save(checkpoints, small_state(1))
     state_file = path / "state.json"
     good = state_file.read_text()
-    for damaged, why in [("{not json", "not valid JSON"), ('["a list"]', "not a graphgpt checkpoint"),
+    for damaged, why in [("{not json", "not valid JSON"), ('["a list"]', "not a JSON object"),
                          ('{"format": "graphgpt-checkpoint", "version": 2}', "version 2"),
-                         (good.replace('"step": 1', '"step": "one"'), "invalid 'step'")]:
+                         (good.replace('"step": 1', '"step": "one"'), "field 'step' is \"one\", not int")]:
         state_file.write_text(damaged)
         with pytest.raises(UserError, match=why) as error:
             checkpoints.load(DIGEST, path)
@@ -252,6 +258,7 @@ def test_temporaries_of_dead_processes_are_cleared_and_live_ones_left(tmp_path, 
     live = [tmp_path / f".step_00000007.{live_pid}.tmp", tmp_path / f".step_00000005.{live_pid}.old.tmp"]
     for directory in stale + live:
         directory.mkdir()
+        (directory / ".graphgpt-checkpoint").write_text("graphgpt checkpoint\n")
         (directory / "model.safetensors").write_bytes(b"partial")
     (tmp_path / f".latest.{dead}.k2j_x9.tmp").write_text("step_00000007\n")
     (tmp_path / f".latest.{live_pid}.a8fe1q.tmp").write_text("step_00000007\n")
@@ -267,15 +274,32 @@ def test_temporaries_of_dead_processes_are_cleared_and_live_ones_left(tmp_path, 
     assert_same_state(checkpoints.load(DIGEST), small_state(4))
 
 
+def test_only_marked_or_empty_directories_are_cleared(tmp_path):
+    """A writer killed between making its directory and marking it leaves it empty: nothing to
+    lose. Anything else without the marker (a regular file, a link, a directory) is the user's."""
+    dead = dead_pid()
+    empty, unmarked, linked = (tmp_path / f".step_0000000{i}.{dead}.tmp" for i in (1, 2, 3))
+    empty.mkdir()
+    unmarked.mkdir()
+    (unmarked / "model.safetensors").write_bytes(b"mine")
+    linked.mkdir()
+    os.symlink(tmp_path / "elsewhere", linked / ".graphgpt-checkpoint")
+    (tmp_path / "elsewhere").write_text("x")
+    pointer_like = tmp_path / f".latest.{dead}.abc123.tmp"
+    pointer_like.write_text("my notes, not a step name\n")
+    assert CheckpointDir(tmp_path).remove_stale_temps() == [empty]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["elsewhere", linked.name, pointer_like.name, unmarked.name])
+
+
 def test_save_and_load_clear_stale_temporaries(tmp_path):
     checkpoints = CheckpointDir(tmp_path)
     stale = tmp_path / f".step_00000002.{dead_pid()}.tmp"
-    stale.mkdir()
-    save(checkpoints, small_state(1))
-    assert not stale.exists()
-    stale.mkdir()
-    checkpoints.load(DIGEST)
-    assert not stale.exists()
+    for clear in (lambda: save(checkpoints, small_state(1)), lambda: checkpoints.load(DIGEST)):
+        stale.mkdir()
+        (stale / ".graphgpt-checkpoint").write_text("graphgpt checkpoint\n")
+        clear()
+        assert not stale.exists()
 
 
 def failing_optimizer_state(step: int) -> TrainingState:

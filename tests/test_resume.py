@@ -53,7 +53,10 @@ def train(plan, corpus, *args, launcher=(sys.executable,), timeout=300):
 
 
 def records(log):
-    return [{k: r[k] for k in EXACT if k in r} for r in map(json.loads, log.read_text().splitlines())]
+    """The step records, after checking the header: the log's first line, and its only one."""
+    lines = list(map(json.loads, log.read_text().splitlines()))
+    assert lines[0]["graphgpt_log"] == 1 and not any("graphgpt_log" in r for r in lines[1:])
+    return [{k: r[k] for k in EXACT if k in r} for r in lines[1:]]
 
 
 def evaluations(log):
@@ -92,6 +95,8 @@ def test_ten_resume_ten_equals_twenty(tmp_path, plan, corpus, settings):
     second = train(plan, corpus, "--steps", "20", "--resume", str(split), "--log", str(tmp_path / "split.jsonl"))
     assert "resumed from" in second.stdout and "at step 10" in second.stdout
     assert_same_log(tmp_path / "split.jsonl", tmp_path / "whole.jsonl")
+    header = json.loads((tmp_path / "split.jsonl").read_text().splitlines()[0])
+    assert header["run"] == final_state(split, plan).run != final_state(whole, plan).run
     assert [r["step"] for r in records(tmp_path / "whole.jsonl")][:2] == [0, 1]  # the step-0 evaluation
     assert_same_state(final_state(whole, plan), final_state(split, plan))
     assert "best val loss" in second.stdout

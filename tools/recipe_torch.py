@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.data import EVAL_STREAMS, RandomSampler, load_tokens, make_sampler, split_heldout  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
-from graphgpt.monitor import MetricsLog  # noqa: E402
+from graphgpt.monitor import MetricsLog, log_header, new_run_id  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
 from graphgpt.train import init_params  # noqa: E402
 
@@ -115,7 +115,7 @@ def train(args) -> int:
     print(f"tools/recipe_torch.py: {plan.data['model_file']} in PyTorch on {device}"
           f" ({'eager' if args.no_compile else 'torch.compile'}, {cfg.get('dtype', 'f32')}), "
           f"{opt['optimizer']}, {args.steps} steps of {B} x {T} from {source}", flush=True)
-    log.open(None)
+    log.open(log_header(new_run_id(), plan.digest, seed=args.seed, tool="tools/recipe_torch.py"))
     first = {"step": 0, **scores()}  # before the first step, as graphgpt.run evaluates
     log.write(first)
     print(f"step      0 | train {first['train_loss']:.4f} | val {first['val_loss']:.4f}", flush=True)
