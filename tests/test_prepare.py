@@ -150,7 +150,7 @@ BAD_INPUT = {
     "undecodable text": lambda t, corpus: (
         bad_text(t, "latin1.txt", CORPUS.encode() + "caf\xe9".encode("latin-1")), ["--chunk-bytes", "64"],
         f"not UTF-8 text (byte 0xe9 at offset {len(CORPUS.encode()) + 3})"),
-    "empty text": lambda t, corpus: (bad_text(t, "empty.txt", b""), [], "empty or only whitespace"),
+    "empty text": lambda t, corpus: (bad_text(t, "empty.txt", b""), [], "empty.txt is empty"),
     "blank text": lambda t, corpus: (bad_text(t, "blank.txt", b" \n\t\n" * 50), ["--chunk-bytes", "16"],
                                      "empty or only whitespace"),
     "unknown tokens": lambda t, corpus: (bad_text(t, "zebra.txt", CORPUS.encode() + b" zebra"),
