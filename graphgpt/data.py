@@ -60,7 +60,7 @@ _TOKEN_FILE_USE = ("a token file from tools/prepare.py is read as FILE.bin or as
                    "(--data DIR)")
 
 # Text encoded per piece: the pieces' Python objects (tens of bytes per token) stay a few MB.
-TEXT_PIECE_BYTES = 1 << 20
+TEXT_PIECE_BYTES = 1 << 18
 
 
 def read_error(what: str, path: Path, error: OSError) -> UserError:

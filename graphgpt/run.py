@@ -343,7 +343,7 @@ def _data(args, tokenizer: Tokenizer, cfg: dict, world):
         tokens, val, source = load_dataset(args.data, tokenizer, vocab)
     else:
         text, source = default_corpus()
-        tokens = tokenizer.encode(text)
+        tokens = tokenizer.encode(text, source=f"{source}, the data without --data")
     if args.val_data:
         val, _ = load_tokens(args.val_data, tokenizer, vocab)
     elif args.val_fraction:
