@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -43,7 +44,7 @@ WORKERS = min(8, os.cpu_count() or 1)
 PROGRESS_STEPS = 10  # progress lines for a text of more than one piece
 
 # The staging directory's name, and the marker file in it that says prepare.py made it.
-STAGING = re.compile(r"\.graphgpt-prepare\.(\d+)\.staging")
+STAGING = re.compile(r"\.graphgpt-prepare\.(\d+)\.\w+\.staging")
 MARKER = ".graphgpt-staging"
 
 
@@ -239,7 +240,7 @@ class Staging:
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        self.dir = out / f".graphgpt-prepare.{os.getpid()}.staging"
+        self.dir: Path | None = None  # made on entering, under a name no other directory has
         self._made: list[Path] = []  # directories created here, deepest first
         self._staging = False  # self.dir is there, to be removed
         self._files: dict[str, BinaryIO] = {}  # target name -> its file in the staging directory
@@ -248,7 +249,8 @@ class Staging:
         self._made = [d for d in (self.out, *self.out.parents) if not d.exists()]
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.dir.mkdir()
+            self.dir = Path(tempfile.mkdtemp(prefix=f".graphgpt-prepare.{os.getpid()}.", suffix=".staging",
+                                             dir=self.out))
             self._staging = True
             (self.dir / MARKER).write_bytes(_marker_text(os.getpid()))  # first: a kill -9 from here on is cleaned up
         except BaseException:
