@@ -16,6 +16,7 @@ are memory-mapped, so a data set larger than memory trains without being loaded.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -58,6 +59,9 @@ _NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
 # Where a token file should go instead, said by every error that finds one given as text.
 _TOKEN_FILE_USE = ("a token file from tools/prepare.py is read as FILE.bin or as its directory "
                    "(--data DIR)")
+
+# The byte order marks that UTF-16 text (and UTF-32, whose marks start alike) begins with.
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 # Text encoded per piece: the pieces' Python objects (tens of bytes per token) stay a few MB.
 TEXT_PIECE_BYTES = 1 << 18
@@ -109,6 +113,9 @@ def decode_text(path: Path, data: bytes, offset: int = 0) -> str:
     """`data`, bytes from `offset` on in the text file `path`, as a string. Bytes that are no text
     (a NUL byte, bytes that are not UTF-8) are a UserError: a binary file is never trained on as
     text."""
+    if offset == 0 and data.startswith(_UTF16_BOMS):
+        raise UserError(f"data file {path} is UTF-16 text (it starts with a UTF-16 byte order mark); "
+                        f"convert it: iconv -f UTF-16 -t UTF-8 {path} > {path.stem}.utf8{path.suffix}")
     nul = data.find(b"\0")
     if nul >= 0:
         raise UserError(f"data file {path} is not text (a NUL byte at offset {offset + nul}); "

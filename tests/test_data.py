@@ -82,6 +82,13 @@ def test_a_binary_file_given_as_text_is_refused(tmp_path, content, fragment):
             read(path)
 
 
+def test_utf16_text_is_named_so(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("the cat", encoding="utf-16")
+    with pytest.raises(UserError, match="is UTF-16 text .*iconv -f UTF-16 -t UTF-8"):
+        load_tokens(path, WORDS, 5)
+
+
 def test_a_nul_byte_deep_in_a_long_text_is_found_at_its_offset(tmp_path):
     path = tmp_path / "data.txt"
     text = b"the cat sat. " * 50_000

@@ -191,7 +191,7 @@ def test_bad_input_is_one_line_and_leaves_out_as_it_was(tmp_path, corpus, word_p
 def test_out_that_is_a_file(tmp_path, corpus, word_plan):
     out = tmp_path / "out.bin"
     out.write_bytes(b"precious")
-    assert_user_error(prepare(corpus, word_plan, out), "is a file, expected a directory")
+    assert_user_error(prepare(corpus, word_plan, out), "is not a directory")
     assert out.read_bytes() == b"precious"
 
 

@@ -120,7 +120,7 @@ def prepare(text_path: Path, plan_dir: Path, out: Path, val_fraction: float, chu
 def check_out(out: Path) -> None:
     """--out is a directory (or not yet there) whose token files, if any, prepare.py wrote."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, expected a directory")
+        raise UserError(f"--out {out} is not a directory")
     for name in (TRAIN_FILE, VAL_FILE, META_FILE):
         if (out / name).is_dir():
             raise UserError(f"--out {out} holds a directory {name}, where prepare.py writes a file")
