@@ -44,8 +44,10 @@ def read_vocabulary(path: Path) -> tuple[list[bytes], dict[str, int]]:
         if not found:
             raise UserError(f"--vocab {path}: the directory has neither {' nor '.join(VOCAB_FILES)}")
         path = found[0]
+    from graphgpt.data import open_data  # data.py reads text with the tokenizers, this module's users
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_data(path, "--vocab") as f:
+            text = f.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--vocab {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     ranks, special = (_tiktoken_ranks(path, text) if path.suffix == ".tiktoken" else _json_ranks(path, text))
@@ -126,9 +128,15 @@ class BpeTokenizer:
     def pad_id(self) -> None:
         return None
 
-    def encode(self, text: str, eos: bool = True, *, source: str | None = None) -> np.ndarray:
+    @property
+    def unk_id(self) -> None:
+        return None  # every text has byte-level tokens
+
+    def encode(self, text: str, eos: bool = True, *, source: str | None = None,
+               strict: bool = False) -> np.ndarray:
         """GPT-2's ids of `text` (int32), `<|endoftext|>` appended when `eos`. Special tokens
-        written in the text are encoded as the text they are, as nanoGPT's prepare.py does."""
+        written in the text are encoded as the text they are, as nanoGPT's prepare.py does.
+        Every text has byte-level tokens, so `source` and `strict` change nothing here."""
         ids = self._encoding.encode_ordinary(text)
         if eos:
             ids.append(self.eos_id)

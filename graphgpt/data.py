@@ -16,10 +16,15 @@ are memory-mapped, so a data set larger than memory trains without being loaded.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
+import stat
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO, Iterator, NamedTuple
 
 import numpy as np
 
@@ -39,6 +44,7 @@ EVAL_STREAMS = {"train": 1, "val": 2}
 META_FILE = "meta.json"
 TOKEN_FORMAT = "graphgpt-tokens"
 TOKEN_FORMAT_VERSION = 1
+TRAIN_FILE, VAL_FILE = "train.bin", "val.bin"
 
 # Ids per step when checking a token file's range: a few million at a time keeps memory flat for
 # files larger than memory.
@@ -46,6 +52,20 @@ _CHECK_CHUNK = 1 << 22
 
 
 # --- files ------------------------------------------------------------------------------------
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+# Where a token file should go instead, said by every error that finds one given as text.
+_TOKEN_FILE_USE = ("a token file from tools/prepare.py is read as FILE.bin or as its directory "
+                   "(--data DIR)")
+
+# The byte order marks that UTF-16 text (and UTF-32, whose marks start alike) begins with.
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+# Text encoded per piece: the pieces' Python objects (tens of bytes per token) stay a few MB.
+TEXT_PIECE_BYTES = 1 << 18
+
 
 def read_error(what: str, path: Path, error: OSError) -> UserError:
     """The one-line error for a file (`what`: "data file", "token file") that cannot be opened."""
@@ -56,23 +76,99 @@ def read_error(what: str, path: Path, error: OSError) -> UserError:
     return UserError(f"cannot read {what} {path}: {error.strerror or error}")
 
 
+def _check_regular(what: str, path: Path, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise read_error(what, path, IsADirectoryError())
+    for test, kind in _NOT_REGULAR:
+        if test(mode):
+            raise UserError(f"{what} {path} is {kind}, not a regular file")
+
+
+def open_data(path: str | os.PathLike, what: str = "data file") -> BinaryIO:
+    """`path` opened for binary reading, once it is known to be a regular file that is not empty.
+
+    A FIFO would block the open until a writer came and a device never ends, so anything but a
+    regular file is refused from its stat, before it is opened; the open itself does not wait
+    (O_NONBLOCK) either, in case the path changed in between, and is checked once more.
+    """
+    path = Path(path)
+    try:
+        _check_regular(what, path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise read_error(what, path, e) from None
+    f = os.fdopen(fd, "rb")
+    try:
+        info = os.fstat(fd)
+        _check_regular(what, path, info.st_mode)
+        if info.st_size == 0:
+            raise UserError(f"{what} {path} is empty")
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def decode_text(path: Path, data: bytes, offset: int = 0) -> str:
+    """`data`, bytes from `offset` on in the text file `path`, as a string. Bytes that are no text
+    (a NUL byte, bytes that are not UTF-8) are a UserError: a binary file is never trained on as
+    text."""
+    if offset == 0 and data.startswith(_UTF16_BOMS):
+        raise UserError(f"data file {path} is UTF-16 text (it starts with a UTF-16 byte order mark); "
+                        f"convert it: iconv -f UTF-16 -t UTF-8 {path} > {path.stem}.utf8{path.suffix}")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise UserError(f"data file {path} is not text (a NUL byte at offset {offset + nul}); "
+                        f"{_TOKEN_FILE_USE}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise utf8_error(path, data, e, offset) from None
+
+
 def utf8_error(path: Path, data: bytes, error: UnicodeDecodeError, offset: int = 0) -> UserError:
     """The one-line error for text that is not UTF-8; `data` starts at byte `offset` of the file."""
     return UserError(f"data file {path} is not UTF-8 text "
-                     f"(byte 0x{data[error.start]:02x} at offset {offset + error.start})")
+                     f"(byte 0x{data[error.start]:02x} at offset {offset + error.start}); "
+                     f"convert it (iconv -t UTF-8), or: {_TOKEN_FILE_USE}")
+
+
+def available_memory() -> int:
+    """Bytes of memory the system can give without swapping (MemAvailable, else free pages)."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits_memory(path: Path, size: int, need: int, remedy: str) -> None:
+    """A text whose work in memory (`need` bytes) exceeds half the available memory is refused
+    with its size, before any of it is read: the other half stays for the model and the system."""
+    free = available_memory()
+    if need > free // 2:
+        raise UserError(f"data file {path} is {size / 1e6:,.0f} MB; in memory it could take "
+                        f"{need / 1e6:,.0f} MB, more than half of the {free / 1e6:,.0f} MB available; "
+                        f"{remedy}")
 
 
 def read_corpus(path: str | os.PathLike) -> str:
-    """The text of a UTF-8 data file; a missing, unreadable, non-UTF-8 or blank file is a UserError."""
+    """The whole text of a UTF-8 data file, for building a vocabulary from it. A file that is not a
+    regular file, unreadable, not text, blank, or too large to hold (it and its UTF-8 bytes twice
+    over, about 4 bytes per byte) in half the available memory is a UserError."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise read_error("data file", path, e) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise utf8_error(path, raw, e) from None
+    with open_data(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        check_fits_memory(path, size, 4 * size,
+                          f"build the vocabulary from a part of it (head -c 100M {path} > part.txt)")
+        try:
+            raw = f.read()
+        except OSError as e:
+            raise read_error("data file", path, e) from None
+    text = decode_text(path, raw)
     if not text.strip():
         raise UserError(f"data file {path} is empty or only whitespace")
     return text
@@ -103,38 +199,57 @@ def tokenizer_digest(tokenizer: Tokenizer) -> str:
 def read_token_meta(directory: Path) -> dict | None:
     """The meta.json tools/prepare.py wrote in `directory`, or None where there is none of its kind."""
     try:
-        meta = json.loads((Path(directory) / META_FILE).read_bytes())
-    except (OSError, ValueError):  # absent, unreadable or not JSON: not one prepare.py wrote
+        with open_data(Path(directory) / META_FILE, META_FILE) as f:
+            meta = json.loads(f.read())
+    except (UserError, OSError, ValueError):  # absent, no file, unreadable or not JSON: not prepare.py's
         return None
     return meta if isinstance(meta, dict) and meta.get("format") == TOKEN_FORMAT else None
+
+
+def load_dataset(path: str | os.PathLike, tokenizer: Tokenizer,
+                 vocab_size: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(training tokens, held-out tokens or None, description) of --data: a file (`load_tokens`),
+    or a directory tools/prepare.py wrote, as nanoGPT's data directories: its train.bin, and its
+    val.bin as the held-out tokens where it has one."""
+    path = Path(path)
+    if not path.is_dir():
+        tokens, description = load_tokens(path, tokenizer, vocab_size)
+        return tokens, None, description
+    if read_token_meta(path) is None:
+        raise UserError(f"data directory {path} has no {META_FILE} of tools/prepare.py; pass a text "
+                        f"file, a .bin token file, or a directory that tools/prepare.py wrote")
+    if not (path / TRAIN_FILE).exists():
+        raise UserError(f"data directory {path} has no {TRAIN_FILE}; prepare it again: "
+                        f"python tools/prepare.py TEXT --plan PLAN --out {path}")
+    train, _ = load_tokens(path / TRAIN_FILE, tokenizer, vocab_size)
+    val = load_tokens(path / VAL_FILE, tokenizer, vocab_size)[0] if (path / VAL_FILE).exists() else None
+    held = f", {VAL_FILE} held out" if val is not None else ""
+    return train, val, f"{path}/{TRAIN_FILE} ({train.dtype} token files{held})"
 
 
 def load_tokens(path: str | os.PathLike, tokenizer: Tokenizer, vocab_size: int) -> tuple[np.ndarray, str]:
     """(tokens, description for the progress line) of a data file.
 
-    A `.bin` file is a token file, memory-mapped read-only; any other file is text, encoded here.
+    A `.bin` file is a token file, memory-mapped read-only; any other file is text, encoded here
+    piece by piece (`encode_text_file`).
     """
     path = Path(path)
     if path.suffix == ".bin":
         tokens = _open_token_file(path, tokenizer, vocab_size)
         return tokens, f"{path} ({tokens.dtype} token file)"
-    return tokenizer.encode(read_corpus(path), source=str(path)), str(path)
+    tokens, unknown = encode_text_file(path, tokenizer, token_dtype(vocab_size))
+    return tokens, f"{path}{unknown_note(path, unknown, len(tokens) - 1, tokenizer)}"
 
 
 def _open_token_file(path: Path, tokenizer: Tokenizer, vocab_size: int) -> np.memmap:
     dtype = token_dtype(vocab_size)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-    except OSError as e:
-        raise read_error("token file", path, e) from None
-    if size == 0:
-        raise UserError(f"token file {path} is empty")
-    if size % dtype.itemsize:
-        raise UserError(f"token file {path} has {size} bytes, not a whole number of {dtype} ids "
-                        f"({dtype.itemsize} bytes each for a vocabulary of {vocab_size})")
-    _check_meta(path, tokenizer, dtype)
-    tokens = np.memmap(path, dtype=dtype, mode="r")
+    with open_data(path, "token file") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size % dtype.itemsize:
+            raise UserError(f"token file {path} has {size} bytes, not a whole number of {dtype} ids "
+                            f"({dtype.itemsize} bytes each for a vocabulary of {vocab_size})")
+        _check_meta(path, tokenizer, dtype)
+        tokens = np.memmap(f, dtype=dtype, mode="r")  # the map keeps the file once f is closed
     _check_ids(path, tokens, vocab_size)
     return tokens
 
@@ -162,6 +277,116 @@ def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
             i = start + int(np.argmax(chunk >= vocab_size))
             raise UserError(f"token file {path} has id {int(tokens[i])} at token {i} (byte offset "
                             f"{i * tokens.itemsize}), outside the plan's vocabulary of {vocab_size}")
+
+
+# --- encoding text ----------------------------------------------------------------------------
+
+class Encoded(NamedTuple):
+    """One piece of a text, encoded."""
+    ids: np.ndarray
+    end: int  # the byte of the text after this piece
+    blank: bool  # the piece is only whitespace
+    unknown: int  # ids of tokens outside the vocabulary ([UNK])
+
+
+def encoded_pieces(text: BinaryIO, path: Path, tokenizer: Tokenizer, piece_bytes: int = TEXT_PIECE_BYTES,
+                   workers: int = 1) -> Iterator[Encoded]:
+    """The text of the open file `text` (of `path`), encoded piece by piece in order, `workers`
+    pieces at a time; the ids of all pieces are those of encoding the whole text at once without
+    its [EOS]. Memory stays at a few pieces however long the text is. A text that is no text or
+    only whitespace is a UserError."""
+    unk = tokenizer.unk_id
+
+    def encode(offset: int, data: bytes) -> Encoded:
+        piece = decode_text(path, data, offset)
+        ids = tokenizer.encode(piece, eos=False, source=str(path))
+        unknown = 0 if unk is None else int(np.count_nonzero(ids == unk))
+        return Encoded(ids, offset + len(data), piece.isspace(), unknown)
+
+    blank = True
+    with ThreadPoolExecutor(workers) as pool:
+        for encoded in in_order(pool, encode, text_pieces(text, piece_bytes, tokenizer.last_cut),
+                                lookahead=2 * workers):
+            blank &= encoded.blank
+            yield encoded
+    if blank:  # an empty file has no pieces at all
+        raise UserError(f"data file {path} is empty or only whitespace")
+
+
+def text_pieces(text: BinaryIO, piece_bytes: int, last_cut) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes): the text in pieces of about piece_bytes, each cut where the tokenizer's
+    `last_cut(block)` says no token straddles the cut.
+
+    A stretch with no such byte is not cut: it grows into one larger piece.
+    """
+    offset, pending = 0, []
+    while block := text.read(piece_bytes):
+        cut = last_cut(block)
+        if cut < 0:
+            pending.append(block)
+            continue
+        piece = b"".join([*pending, block[:cut]])
+        pending = [block[cut:]]
+        if piece:
+            yield offset, piece
+            offset += len(piece)
+    rest = b"".join(pending)
+    if rest:
+        yield offset, rest
+
+
+def in_order(pool: ThreadPoolExecutor, fn, items, lookahead: int) -> Iterator:
+    """fn(*item) for every item, run in the pool and yielded in order, at most `lookahead` ahead.
+
+    The bound keeps memory to a few pieces whatever the length of the text.
+    """
+    pending = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, *item))
+            if len(pending) >= lookahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # after an error, the pieces not yet started are not needed
+        for future in pending:
+            future.cancel()
+
+
+def encode_text_file(path: Path, tokenizer: Tokenizer, dtype: np.dtype) -> tuple[np.ndarray, int]:
+    """(ids as `dtype`, [EOS] last; how many are [UNK]) of a text file, encoded in pieces.
+
+    A text gives at most one id per byte, and the pieces' ids are joined at the end, so the ids
+    take at most 2 * size * itemsize bytes. A text for which that is more than half the available
+    memory is refused with its size before it is read, and pointed at tools/prepare.py, which
+    streams the ids to disk instead.
+    """
+    with open_data(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        check_fits_memory(path, size, 2 * (size + 1) * dtype.itemsize,
+                          f"tokenise it to disk once (python tools/prepare.py {path} --plan PLAN "
+                          f"--out DIR) and train with --data DIR")
+        parts, unknown = [], 0
+        try:
+            for encoded in encoded_pieces(f, path, tokenizer):
+                parts.append(encoded.ids.astype(dtype))
+                unknown += encoded.unknown
+        except OSError as e:  # a read failing midway
+            raise read_error("data file", path, e) from None
+    parts.append(np.array([tokenizer.eos_id], dtype=dtype))
+    return np.concatenate(parts), unknown
+
+
+def unknown_note(path: Path, unknown: int, total: int, tokenizer: Tokenizer) -> str:
+    """"" where every one of a text's `total` tokens is in the vocabulary, else a note of how many
+    became [UNK]; a text with no known token at all is a UserError."""
+    if not unknown:
+        return ""
+    what = "characters" if tokenizer.kind == "char" else f"{tokenizer.kind} tokens"
+    if unknown == total:
+        raise UserError(f"data file {path}: all {total:,} {what} are outside the plan's vocabulary; "
+                        f"compile the plan with --data {path} to build its vocabulary from this text")
+    return f", {unknown:,} of {total:,} {what} outside the vocabulary, read as [UNK]"
 
 
 # --- splitting --------------------------------------------------------------------------------

@@ -18,13 +18,13 @@ import numpy as np
 
 from . import plan as plan_io
 from .checkpoint import CheckpointDir, Layout, TrainingState, checkpoints_home, initial_weights
-from .data import SAMPLERS, default_corpus, load_tokens, make_sampler, split_heldout
+from .data import SAMPLERS, default_corpus, load_dataset, load_tokens, make_sampler, split_heldout
 from .errors import ArgumentParser, UserError
 from .monitor import GuardedStdout, MetricsLog, Progress, log_header, new_run_id
 from .runtime import make_backend
 from .runtime.dist import check_same_plan, current_world
 from .sample import add_sampling_arguments, check_sampling_arguments, generate
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, encode_prompt
 from .train import Evaluation, Trainer, TrainingStopped, check_finite, program_inputs, scalar_inputs
 
 
@@ -35,8 +35,8 @@ def parse_args(argv):
     p.add_argument("--plan", type=Path, default=Path("compiled"), help="plan directory (default: compiled/)")
     data = p.add_argument_group("data")
     data.add_argument("--data", type=Path,
-                      help="training data: a text file, or a .bin of token ids from tools/prepare.py "
-                           "(default: graphgpt's own source files)")
+                      help="training data: a text file, a .bin of token ids from tools/prepare.py, or "
+                           "its directory (train.bin; val.bin held out) (default: graphgpt's own source files)")
     data.add_argument("--val-data", type=Path, metavar="FILE", help="held-out data (text or .bin)")
     data.add_argument("--val-fraction", type=float, metavar="F",
                       help="hold out the last F of the training data instead (as nanoGPT: 0.1)")
@@ -145,7 +145,7 @@ def run(args, world) -> int:
     say = print if lead else (lambda *a, **k: None)
     tokenizer = Tokenizer.from_json(plan.tokenizer)
     B, T = plan.config["batch_size"], plan.config["block_size"]
-    prompt = tokenizer.encode(args.prompt, eos=False, source="--prompt") if args.prompt is not None else None
+    prompt = encode_prompt(tokenizer, args.prompt) if args.prompt is not None else None
 
     # What the run will write or start from: checked now, so that a bad path fails before any work.
     log = MetricsLog(args.log if lead else None)
@@ -355,12 +355,12 @@ def _starting_state(args, saves: CheckpointDir | None, plan) -> TrainingState | 
 def _data(args, tokenizer: Tokenizer, cfg: dict, world):
     """(training tokens, held-out tokens or None, a description of the training data)."""
     vocab = cfg["vocab_size"]
+    val = None  # a prepared directory's val.bin, unless --val-data or --val-fraction say otherwise
     if args.data:
-        tokens, source = load_tokens(args.data, tokenizer, vocab)
+        tokens, val, source = load_dataset(args.data, tokenizer, vocab)
     else:
         text, source = default_corpus()
-        tokens = tokenizer.encode(text)
-    val = None
+        tokens = tokenizer.encode(text, source=f"{source}, the data without --data")
     if args.val_data:
         val, _ = load_tokens(args.val_data, tokenizer, vocab)
     elif args.val_fraction:

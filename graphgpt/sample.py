@@ -138,19 +138,21 @@ def main(argv=None) -> int:
     from .checkpoint import initial_weights
     from .errors import UserError
     from .runtime import make_backend
-    from .tokenizer import Tokenizer
+    from .monitor import GuardedStdout
+    from .tokenizer import Tokenizer, encode_prompt
     args = parse_args(argv)
+    sys.stdout = GuardedStdout(sys.stdout)  # `| head -1` ends the reading, not the tool with a traceback
     try:
         plan = plan_io.load(args.plan)
         tokenizer = Tokenizer.from_json(plan.tokenizer)
-        prompt = tokenizer.encode(args.prompt, eos=False, source="--prompt").tolist()
+        prompt = encode_prompt(tokenizer, args.prompt).tolist()
         weights = initial_weights(args.init_from, plan)
         backend = make_backend(args.backend, plan)
         for name, value in weights.items():
             backend.set_tensor(name, value)
         rng = np.random.default_rng(args.seed)
         done = 0
-        while done < args.samples:
+        while done < args.samples and not sys.stdout.broken:  # no more samples once nobody reads
             clock = time.perf_counter()
             batch = generate(backend, prompt, args.tokens, len(tokenizer.vocab), tokenizer.eos_id,
                              args.temperature, args.top_k, rng, args.top_p, args.kv_cache)

@@ -9,6 +9,7 @@ round trip through encode/decode.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -76,18 +77,23 @@ class Tokenizer:
     def pad_id(self) -> int | None:
         return self._ids.get(PAD)
 
-    def encode(self, text: str, eos: bool = True, *, source: str | None = None) -> np.ndarray:
+    @property
+    def unk_id(self) -> int | None:
+        return self._ids.get(UNK)
+
+    def encode(self, text: str, eos: bool = True, *, source: str | None = None,
+               strict: bool = False) -> np.ndarray:
         """Token ids of `text` (int32), with [EOS] appended once when `eos`.
 
-        A token outside the vocabulary becomes [UNK] when the vocabulary has one, and is an error
-        otherwise; `source` (a file name) makes that error name where the text came from.
+        A token outside the vocabulary becomes [UNK] when the vocabulary has one and not `strict`,
+        and is an error otherwise; `source` (a file name) makes that error name where the text
+        came from.
         """
         pieces = split_words(text) if self.kind == "word" else list(text)
-        unk = self._ids.get(UNK)
+        unk = None if strict else self.unk_id
         ids = [self._ids.get(piece, unk) for piece in pieces]
         if unk is None and None in ids:
-            unknown = list(dict.fromkeys(p for p, i in zip(pieces, ids) if i is None))
-            raise UserError(self._unknown_message(unknown, source))
+            raise UserError(self._unknown_message(self.unknown_tokens(pieces), source))
         if eos:
             ids.append(self.eos_id)
         return np.array(ids, dtype=np.int32)
@@ -149,6 +155,10 @@ class Tokenizer:
             raise UserError("tokenizer 'vocab' must be a list of strings")
         return cls(kind, vocab)
 
+    def unknown_tokens(self, pieces) -> list[str]:
+        """The distinct tokens among `pieces` outside the vocabulary, in order of appearance."""
+        return list(dict.fromkeys(p for p in pieces if p not in self._ids))
+
     def _unknown_message(self, unknown: list[str], source: str | None) -> str:
         shown = ", ".join(self._show(t) for t in unknown[:_SHOWN_UNKNOWN])
         more = ", ..." if len(unknown) > _SHOWN_UNKNOWN else ""
@@ -163,6 +173,32 @@ class Tokenizer:
         if self.kind == "word" and not token.isascii():
             return f"byte 0x{ord(token):02x}"  # non-ASCII word tokens are single bytes
         return repr(token)
+
+
+def encode_prompt(tokenizer: Tokenizer | BpeTokenizer, prompt: str) -> np.ndarray:
+    """The ids of a --prompt, every token of which must be in the vocabulary: the model never
+    learned what [UNK] stands for, so a prompt read as [UNK] would be continued from nonsense."""
+    return tokenizer.encode(prompt_text(prompt), eos=False, source="--prompt", strict=True)
+
+
+def prompt_text(prompt: str) -> str:
+    """--prompt as text. Command-line bytes that are not text in the locale's encoding reach
+    Python as surrogate escapes: they are read as UTF-8 where they are (a terminal in UTF-8 under
+    another locale), and are a UserError naming the first byte that is not text otherwise."""
+    try:
+        prompt.encode("utf-8")
+        return prompt
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = os.fsencode(prompt)
+    except UnicodeEncodeError as e:  # a lone surrogate that no byte stands for
+        raise UserError(f"--prompt is not text: U+{ord(prompt[e.start]):04X} at character {e.start}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--prompt is not UTF-8 text: byte 0x{raw[e.start]:02x} at byte {e.start} "
+                        f"of {len(raw)}") from None
 
 
 def _check_token(kind: str, token: str) -> None:
@@ -187,7 +223,10 @@ def build_tokenizer(kind: str, text: str | None) -> Tokenizer:
     if kind == "word":
         if text is None:
             raise UserError("the word tokenizer builds its vocabulary from data; give a data file")
-        words = list(dict.fromkeys(split_words(text)))
+        # one pass over the matches, not a list of them: a large text's words would take
+        # tens of bytes each at once
+        latin1 = text.encode("utf-8").decode("latin-1")
+        words = list(dict.fromkeys(m.group() for m in _WORD_TOKEN.finditer(latin1)))
         if not words:
             raise UserError("cannot build a word vocabulary: the data has no tokens")
         return Tokenizer("word", words + [EOS])

@@ -80,13 +80,13 @@ def fill(directory: Path) -> None:
                 f.flush()
         except OSError:
             pass
-    with open(directory / "filler_tail", "wb", buffering=0) as f:  # the last bytes a 64 KiB write could not take
-        try:
+    try:  # the last bytes a 64 KiB write could not take; a tmpfs may have no room left for the file
+        with open(directory / "filler_tail", "wb", buffering=0) as f:
             while True:
                 f.write(b"\0")
                 f.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass
 
 
 def run_into_head(*args, cwd=ROOT, timeout=300):

@@ -141,7 +141,8 @@ def test_compile_prepare_and_train_with_gpt2_tokens(vocab, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--tokenizer", "gpt2"], "pass --vocab PATH"),
     (["--tokenizer", "char", "--vocab", "x.json"], "--vocab is GPT-2's vocabulary"),
-    (["--tokenizer", "gpt2", "--vocab", "/nonexistent/encoder.json"], "cannot read it"),
+    (["--tokenizer", "gpt2", "--vocab", "/nonexistent/encoder.json"], "--vocab /nonexistent/encoder.json does not exist"),
+    (["--tokenizer", "gpt2", "--vocab", "/dev/zero"], "--vocab /dev/zero is a character device"),
 ])
 def test_bad_vocabulary_arguments_are_one_line_and_status_2(tmp_path, args, message):
     proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "p"), *args)

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from graphgpt import data
-from graphgpt.data import (RandomSampler, SequentialSampler, default_corpus, load_tokens, make_sampler,
-                           read_corpus, split_heldout, tokenizer_digest)
+from graphgpt.data import (RandomSampler, SequentialSampler, available_memory, default_corpus, load_dataset,
+                           load_tokens, make_sampler, read_corpus, split_heldout, tokenizer_digest)
 from graphgpt.errors import UserError
 from graphgpt.tokenizer import Tokenizer
 
@@ -40,6 +43,58 @@ def test_read_corpus_rejects_missing_directory_and_binary(tmp_path):
     binary.write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(UserError, match="not UTF-8.*0xe9 at offset 3"):
         read_corpus(binary)
+
+
+# --- what is not a regular text file ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["data.txt", "data.bin"])
+def test_a_socket_is_refused_as_data(tmp_path, name):
+    path = tmp_path / name
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        with pytest.raises(UserError, match=f"{name} is a socket, not a regular file"):
+            load_tokens(path, WORDS, 5)
+        with pytest.raises(UserError, match=f"{name} is a socket, not a regular file"):
+            read_corpus(path)
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/zero"])
+@pytest.mark.parametrize("suffix", ["", ".bin"])
+def test_a_device_is_refused_before_it_is_read(tmp_path, device, suffix):
+    """/dev/zero read as text would never end: refused from its stat (the link is followed)."""
+    link = tmp_path / f"data{suffix}"
+    link.symlink_to(device)
+    with pytest.raises(UserError, match=f"data{suffix} is a character device, not a regular file"):
+        load_tokens(link, WORDS, 5)
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (np.array([1, 2, 3, 4], np.uint16).tobytes(), r"is not text \(a NUL byte at offset 1\); a token file from "
+                                                   r"tools/prepare.py is read as FILE.bin or as its directory"),
+    (b"the cat sat" + bytes([0xff, 0xfe]) + b" the", r"not UTF-8 text \(byte 0xff at offset 11\); convert it"),
+])
+def test_a_binary_file_given_as_text_is_refused(tmp_path, content, fragment):
+    """A token file renamed .dat is not trained on as text, however small its ids."""
+    path = tmp_path / "train.dat"
+    path.write_bytes(content)
+    for read in (read_corpus, lambda p: load_tokens(p, WORDS, 5)):
+        with pytest.raises(UserError, match=fragment):
+            read(path)
+
+
+def test_utf16_text_is_named_so(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("the cat", encoding="utf-16")
+    with pytest.raises(UserError, match="is UTF-16 text .*iconv -f UTF-16 -t UTF-8"):
+        load_tokens(path, WORDS, 5)
+
+
+def test_a_nul_byte_deep_in_a_long_text_is_found_at_its_offset(tmp_path):
+    path = tmp_path / "data.txt"
+    text = b"the cat sat. " * 50_000
+    path.write_bytes(text + b"\0" + b"the cat")
+    with pytest.raises(UserError, match=f"a NUL byte at offset {len(text)}"):
+        load_tokens(path, WORDS, 5)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files regardless of permissions")
@@ -332,6 +387,65 @@ def test_load_text_encodes_it(tmp_path):
         load_tokens(tmp_path / "dog.txt", WORDS, 5)
 
 
+def test_a_text_is_encoded_in_pieces_as_a_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "TEXT_PIECE_BYTES", 7)
+    text = "the cat sat. the cat sat.the  cat. " * 20
+    path = tmp_path / "data.txt"
+    path.write_text(text)
+    tokens, _ = load_tokens(path, WORDS, 5)
+    assert tokens.dtype == np.uint16 and np.array_equal(tokens, WORDS.encode(text))
+
+
+CHARS = Tokenizer("char", ["a", "b", " ", "[UNK]", "[EOS]"])
+
+
+def test_tokens_read_as_unk_are_counted(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("ab üaï ba")  # 9 characters, 2 of them outside the vocabulary
+    tokens, description = load_tokens(path, CHARS, 5)
+    assert np.count_nonzero(tokens == 3) == 2
+    assert description == f"{path}, 2 of 9 characters outside the vocabulary, read as [UNK]"
+    path.write_text("ünï")
+    with pytest.raises(UserError, match="all 3 characters are outside the plan's vocabulary; compile"):
+        load_tokens(path, CHARS, 5)
+
+
+def test_a_text_too_large_for_memory_is_refused_with_its_size(tmp_path):
+    """A sparse file as large as the available memory: refused from its size, before any read."""
+    path = tmp_path / "huge.txt"
+    size = available_memory()
+    with open(path, "wb") as f:
+        f.truncate(size)
+    with pytest.raises(UserError) as error:
+        load_tokens(path, WORDS, 5)
+    message = str(error.value)
+    assert f"is {size / 1e6:,.0f} MB" in message and "tools/prepare.py" in message and "--data DIR" in message
+    with pytest.raises(UserError, match=f"is {size / 1e6:,.0f} MB.*build the vocabulary from a part of it"):
+        read_corpus(path)
+
+
+def test_a_text_is_encoded_in_bounded_memory(tmp_path):
+    """The peak memory of encoding a text grows by a few bytes per byte of it (the ids twice and
+    one piece), not by the tens of bytes per token that encoding it whole would cost."""
+    path = tmp_path / "data.txt"
+    path.write_bytes(b"ab ba, aab.\n" * 500_000)
+    script = (
+        "import resource, sys\n"
+        "from graphgpt.data import load_tokens\n"
+        "from graphgpt.tokenizer import build_tokenizer\n"
+        "tok = build_tokenizer('char', 'ab ,.\\n')\n"
+        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "before = peak()\n"
+        "tokens, _ = load_tokens(sys.argv[1], tok, len(tok.vocab))\n"
+        "print(peak() - before, len(tokens))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(data.Path(data.__file__).parents[1])))
+    assert proc.returncode == 0, proc.stderr
+    grown, n = map(int, proc.stdout.split())
+    size = path.stat().st_size
+    assert n == size + 1 and grown < 6 * size, (grown, size)
+
+
 def test_load_token_file_refuses_an_id_outside_the_vocabulary(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_CHECK_CHUNK", 4)  # the offending id lies in the third chunk
     path = tmp_path / "train.bin"
@@ -394,3 +508,51 @@ def test_tokenizer_digest_names_the_vocabulary():
     assert len(digest) == 64 and digest == tokenizer_digest(Tokenizer.from_json(WORDS.to_json()))
     assert digest != tokenizer_digest(Tokenizer("word", ["the", "cat", "sat", "[EOS]", "."]))
     assert digest != tokenizer_digest(Tokenizer("char", ["t", "h", "e", "[EOS]"]))
+
+
+# --- a directory of tools/prepare.py ----------------------------------------------------------
+
+def prepared_dir(tmp_path, val: bool = True):
+    np.array([0, 1, 2, 3, 0], dtype=np.uint16).tofile(tmp_path / "train.bin")
+    if val:
+        np.array([2, 1], dtype=np.uint16).tofile(tmp_path / "val.bin")
+    write_meta(tmp_path, WORDS, "uint16")
+    return tmp_path
+
+
+@pytest.mark.parametrize("val", [True, False])
+def test_a_prepared_directory_gives_train_bin_and_val_bin(tmp_path, val):
+    train, held, description = load_dataset(prepared_dir(tmp_path, val), WORDS, 5)
+    assert np.array_equal(train, [0, 1, 2, 3, 0])
+    assert (held is None) if not val else np.array_equal(held, [2, 1])
+    assert description == f"{tmp_path}/train.bin (uint16 token files{', val.bin held out' if val else ''})"
+
+
+def test_a_file_gives_no_held_out_tokens(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("the cat")
+    tokens, held, description = load_dataset(path, WORDS, 5)
+    assert np.array_equal(tokens, WORDS.encode("the cat")) and held is None and description == str(path)
+
+
+def test_a_directory_prepare_did_not_write_is_refused(tmp_path):
+    with pytest.raises(UserError, match="has no meta.json of tools/prepare.py; pass a text file"):
+        load_dataset(tmp_path, WORDS, 5)
+    (tmp_path / "meta.json").write_text('{"vocab_size": 5}')  # another tool's
+    with pytest.raises(UserError, match="has no meta.json of tools/prepare.py"):
+        load_dataset(tmp_path, WORDS, 5)
+    os.mkfifo(tmp_path / "fifo")  # a FIFO named meta.json is no meta.json, and is not waited on
+    (tmp_path / "meta.json").unlink()
+    (tmp_path / "meta.json").symlink_to(tmp_path / "fifo")
+    with pytest.raises(UserError, match="has no meta.json of tools/prepare.py"):
+        load_dataset(tmp_path, WORDS, 5)
+
+
+def test_a_prepared_directory_without_train_bin_or_of_another_tokenizer_is_refused(tmp_path):
+    prepared_dir(tmp_path)
+    other = Tokenizer("word", ["the", "dog", "sat", ".", "[EOS]"])
+    with pytest.raises(UserError, match="holds ids of tokenizer .* the plan's tokenizer is"):
+        load_dataset(tmp_path, other, 5)
+    (tmp_path / "train.bin").unlink()
+    with pytest.raises(UserError, match="has no train.bin; prepare it again"):
+        load_dataset(tmp_path, WORDS, 5)

@@ -1,6 +1,10 @@
 """tools/prepare.py as a user runs it: the token files it writes, and bad input left untouched."""
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +13,7 @@ from graphgpt import plan as plan_io
 from graphgpt.data import load_tokens, tokenizer_digest
 from graphgpt.errors import UserError
 from graphgpt.tokenizer import Tokenizer
-from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, sets
+from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, fill, run_cli, run_into_head, sets
 
 PREPARE = str(ROOT / "tools" / "prepare.py")
 
@@ -62,6 +66,14 @@ def prepared(tmp_path_factory, corpus, word_plan):
     out = tmp_path_factory.mktemp("prepared") / "out"
     assert prepare(corpus, word_plan, out).returncode == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def long_text(tmp_path_factory):
+    """12 MB of the corpus: a few seconds of encoding, time enough to be interrupted midway."""
+    path = tmp_path_factory.mktemp("long") / "long.txt"
+    path.write_bytes(CORPUS.encode("utf-8") * 2000)
+    return path
 
 
 def tokenizer_of(plan_dir):
@@ -150,7 +162,7 @@ BAD_INPUT = {
     "undecodable text": lambda t, corpus: (
         bad_text(t, "latin1.txt", CORPUS.encode() + "caf\xe9".encode("latin-1")), ["--chunk-bytes", "64"],
         f"not UTF-8 text (byte 0xe9 at offset {len(CORPUS.encode()) + 3})"),
-    "empty text": lambda t, corpus: (bad_text(t, "empty.txt", b""), [], "empty or only whitespace"),
+    "empty text": lambda t, corpus: (bad_text(t, "empty.txt", b""), [], "empty.txt is empty"),
     "blank text": lambda t, corpus: (bad_text(t, "blank.txt", b" \n\t\n" * 50), ["--chunk-bytes", "16"],
                                      "empty or only whitespace"),
     "unknown tokens": lambda t, corpus: (bad_text(t, "zebra.txt", CORPUS.encode() + b" zebra"),
@@ -179,7 +191,7 @@ def test_bad_input_is_one_line_and_leaves_out_as_it_was(tmp_path, corpus, word_p
 def test_out_that_is_a_file(tmp_path, corpus, word_plan):
     out = tmp_path / "out.bin"
     out.write_bytes(b"precious")
-    assert_user_error(prepare(corpus, word_plan, out), "is a file, expected a directory")
+    assert_user_error(prepare(corpus, word_plan, out), "is not a directory")
     assert out.read_bytes() == b"precious"
 
 
@@ -213,3 +225,99 @@ def test_training_on_the_token_files_equals_training_on_the_text(tmp_path, corpu
     assert strip == [{k: v for k, v in json.loads(line).items() if k not in ("ms", "tokens_per_s")}
                      for line in logs["bin"].read_text().splitlines()[1:]]
     assert any("val_loss" in r for r in strip)
+
+
+# --- interrupted, killed, out of space, read by head ------------------------------------------
+
+def staging_dirs(out):
+    return sorted(p.name for p in out.glob(".graphgpt-prepare.*"))
+
+
+def interrupted(text, plan, out, sig):
+    """Start a prepare and send it `sig` once it reports progress, midway through its writing."""
+    proc = subprocess.Popen([sys.executable, PREPARE, str(text), "--plan", str(plan), "--out", str(out),
+                             "--chunk-bytes", str(1 << 18)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    line = proc.stdout.readline()
+    assert "% of long.txt" in line, line + proc.stderr.read()
+    assert [name.split(".")[2] for name in staging_dirs(out)] == [str(proc.pid)]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc, err
+
+
+@pytest.mark.parametrize("sig, status, message", [
+    (signal.SIGTERM, 128 + signal.SIGTERM, "terminated by SIGTERM: --out"),
+    (signal.SIGINT, 130, "interrupted"),
+])
+def test_a_signal_midway_removes_the_temporaries(tmp_path, long_text, word_plan, prepared, sig, status, message):
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    before = snapshot(out)
+    proc, err = interrupted(long_text, word_plan, out, sig)
+    lines = err.strip().splitlines()
+    assert proc.returncode == status and len(lines) == 1 and lines[0].startswith(message), err
+    assert snapshot(out) == before  # hidden files included: no staging directory is left
+
+
+def test_the_temporaries_of_a_killed_prepare_are_removed_by_the_next(tmp_path, long_text, corpus, word_plan):
+    out = tmp_path / "out"
+    proc, _ = interrupted(long_text, word_plan, out, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    left, = out.glob(f".graphgpt-prepare.{proc.pid}.*.staging")
+    assert (left / "train.bin").stat().st_size > 0  # what kill -9 leaves behind
+    done = prepare(corpus, word_plan, out)
+    assert done.returncode == 0, done.stderr
+    assert f"removed {left}, left by an interrupted prepare (pid {proc.pid})" in done.stdout
+    assert staging_dirs(out) == [] and sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+
+
+def test_only_the_staging_directories_of_dead_prepares_are_removed(tmp_path, corpus, word_plan):
+    """A directory without the marker, with the marker of another pid, or of a process that is alive,
+    is left alone; in one with the marker, whatever prepare.py does not write stays."""
+    out = tmp_path / "out"
+    dead = []  # pids of processes that have ended
+    for _ in range(3):
+        with subprocess.Popen(["true"]) as ended:
+            dead.append(ended.pid)
+    marker = "graphgpt tools/prepare.py staging directory of pid {}\n"
+    layout = {
+        f".graphgpt-prepare.{dead[0]}.a1.staging": {"train.bin": "user's"},  # no marker
+        f".graphgpt-prepare.{dead[1]}.b2.staging": {".graphgpt-staging": marker.format(dead[0])},
+        f".graphgpt-prepare.{os.getpid()}.c3.staging": {".graphgpt-staging": marker.format(os.getpid())},  # alive
+        f".graphgpt-prepare.{dead[2]}.d4.staging": {".graphgpt-staging": marker.format(dead[2]),
+                                                    "train.bin": "ids", "notes.txt": "user's"},
+    }
+    for directory, files in layout.items():
+        (out / directory).mkdir(parents=True)
+        for name, content in files.items():
+            (out / directory / name).write_text(content)
+    done = prepare(corpus, word_plan, out)
+    assert done.returncode == 0, done.stderr
+    assert "removed" not in done.stdout
+    left = {d: sorted(p.name for p in (out / d).iterdir()) for d in staging_dirs(out)}
+    assert left == {**{d: sorted(files) for d, files in layout.items()},
+                    f".graphgpt-prepare.{dead[2]}.d4.staging": ["notes.txt"]}
+
+
+@pytest.mark.parametrize("full", ["before", "midway"])
+def test_a_full_disk_is_one_line_and_keeps_the_old_output(small_fs, corpus, long_text, word_plan, full):
+    out = small_fs / "out"
+    assert prepare(corpus, word_plan, out).returncode == 0
+    before = snapshot(out)
+    if full == "before":
+        fill(small_fs)
+    proc = prepare(corpus if full == "before" else long_text, word_plan, out)
+    assert_user_error(proc, f"cannot prepare {out}: No space left on device", "--out left as it was")
+    assert snapshot(out) == before
+
+
+def test_head_reading_one_line_does_not_stop_the_work(tmp_path, corpus, word_plan):
+    text = tmp_path / "text.txt"
+    text.write_bytes(CORPUS.encode("utf-8") * 50)
+    out = tmp_path / "out"
+    status, err = run_into_head(PREPARE, str(text), "--plan", str(word_plan), "--out", str(out),
+                                "--chunk-bytes", "4096")
+    assert status == 0 and err == "", err
+    ids = np.concatenate([read_ids(out / "train.bin", np.uint16), read_ids(out / "val.bin", np.uint16)])
+    assert np.array_equal(ids, tokenizer_of(word_plan).encode(CORPUS * 50))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from graphgpt.sample import pick
-from tests.conftest import COMPILE, ROOT, TINY, run_cli, sets
+from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, run_into_head, sets
 
 
 def draws(logits, n=4000, **kw):
@@ -81,3 +81,21 @@ def test_missing_weights_are_one_line_and_status_2(trained, tmp_path):
     root, _ = trained
     proc = run_cli("-m", "graphgpt.sample", "--plan", str(root / "plan"), "--init-from", str(tmp_path / "none"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_head_reading_one_sample_ends_the_sampling_quietly(trained):
+    root, _ = trained
+    status, err = run_into_head("-m", "graphgpt.sample", "--plan", str(root / "plan"), "--init-from",
+                                str(root / "ckpt"), "--tokens", "4", "--samples", "50", "--backend", "numpy")
+    assert status == 0 and err == "", err
+
+
+@pytest.mark.parametrize("prompt, message", [
+    (b"the \xff cat", "--prompt is not UTF-8 text: byte 0xff at byte 4 of 9"),
+    ("the dog".encode(), "--prompt: 1 distinct word token(s) not in the vocabulary ('dog')"),
+])
+def test_a_prompt_that_is_not_text_or_outside_the_vocabulary_is_one_line(trained, prompt, message):
+    root, _ = trained
+    proc = run_cli("-m", "graphgpt.sample", "--plan", str(root / "plan"), "--init-from", str(root / "ckpt"),
+                   b"--prompt", prompt)
+    assert_user_error(proc, message)

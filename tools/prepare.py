@@ -3,11 +3,14 @@
 Tokenises a text file once, with a compiled plan's tokenizer, into the token files training reads
 without encoding again: train.bin, val.bin (the last F of the tokens, split as nanoGPT splits) and
 meta.json, which records the tokenizer so that a file is never trained with another plan's ids.
+`python -m graphgpt.run --data DIR` trains on train.bin and holds out val.bin.
 
 The text is read and encoded in pieces, several at a time, and the ids are streamed to disk, so a
-corpus larger than memory can be prepared. Every file is written under a temporary name, fsynced
-and renamed into place only once all of them are complete: an error or Ctrl-C leaves --out as it
-was.
+corpus larger than memory can be prepared. Every file is written into a staging directory in
+--out, fsynced and renamed into place only once all of them are complete: an error, a full disk,
+Ctrl-C or SIGTERM leaves --out as it was. The staging directory carries a marker file naming this
+tool and its pid; one that a killed prepare left (its pid gone) is removed by the next prepare
+into the same --out, and nothing without the marker ever is.
 """
 from __future__ import annotations
 
@@ -15,34 +18,44 @@ import argparse
 import contextlib
 import json
 import os
+import re
+import signal
 import sys
+import tempfile
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Iterator, NamedTuple
+from typing import BinaryIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, installed or not
 
 import numpy as np  # noqa: E402
 
 from graphgpt import plan as plan_io  # noqa: E402
-from graphgpt.data import (META_FILE, TOKEN_FORMAT, TOKEN_FORMAT_VERSION, heldout_cut, read_error,  # noqa: E402
-                           read_token_meta, token_dtype, tokenizer_digest, utf8_error)
+from graphgpt.data import (META_FILE, TOKEN_FORMAT, TOKEN_FORMAT_VERSION, TRAIN_FILE, VAL_FILE,  # noqa: E402
+                           encoded_pieces, heldout_cut, open_data, read_token_meta, token_dtype,
+                           tokenizer_digest, unknown_note)
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
+from graphgpt.fsutil import fsync_dir  # noqa: E402
+from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
 
-CHUNK_BYTES = 16 << 20  # text encoded per piece
-TRAIN_FILE, VAL_FILE = "train.bin", "val.bin"
+CHUNK_BYTES = 4 << 20  # text encoded per piece: a worker holds about 25 times that while encoding one
 WORKERS = min(8, os.cpu_count() or 1)
 PROGRESS_STEPS = 10  # progress lines for a text of more than one piece
 
+# The staging directory's name, and the marker file in it that says prepare.py made it.
+STAGING = re.compile(r"\.graphgpt-prepare\.(\d+)\.\w+\.staging")
+MARKER = ".graphgpt-staging"
+
+
+class Terminated(BaseException):
+    """SIGTERM: unwinds like Ctrl-C, so that the staging directory is removed on the way out."""
 
 
 def main(argv=None) -> int:
     p = ArgumentParser(prog="tools/prepare.py", description=(
         "Tokenise a text file with a plan's tokenizer into train.bin, val.bin and meta.json, "
-        "the token files training memory-maps."))
+        "the token files training memory-maps (python -m graphgpt.run --data DIR)."))
     p.add_argument("text", type=Path, help="the UTF-8 text to tokenise")
     p.add_argument("--plan", type=Path, required=True, help="the compiled plan whose tokenizer to use")
     p.add_argument("--out", type=Path, required=True, help="directory for train.bin, val.bin and meta.json")
@@ -50,7 +63,17 @@ def main(argv=None) -> int:
                    help="the last fraction of the tokens held out as val.bin (default 0.1; 0: no val.bin)")
     p.add_argument("--chunk-bytes", type=int, default=CHUNK_BYTES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    return reported(prepare, args.text, args.plan, args.out, args.val_fraction, args.chunk_bytes)
+    sys.stdout = GuardedStdout(sys.stdout)  # `| head -1`: the work goes on, quietly
+
+    def terminate(signum, frame):
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        return reported(prepare, args.text, args.plan, args.out, args.val_fraction, args.chunk_bytes)
+    except Terminated as e:
+        print(f"terminated by SIGTERM: --out {args.out} left as it was", file=sys.stderr)
+        return 128 + e.args[0]
 
 
 def prepare(text_path: Path, plan_dir: Path, out: Path, val_fraction: float, chunk_bytes: int) -> None:
@@ -68,35 +91,36 @@ def prepare(text_path: Path, plan_dir: Path, out: Path, val_fraction: float, chu
     vocab_size = plan.config["vocab_size"]
     dtype = token_dtype(vocab_size)
     check_out(out)
+    text = open_data(text_path)
     try:
-        text = open(text_path, "rb")
-    except OSError as e:
-        raise read_error("data file", text_path, e) from None
-    try:
-        with text, Staging(out) as staging:
-            train = staging.open(TRAIN_FILE)
-            total = encode_file(text, text_path, tokenizer, dtype, train, chunk_bytes)
-            cut = split_point(total, val_fraction, text_path)
-            if cut < total:
-                move_tail(train, staging.open(VAL_FILE), cut * dtype.itemsize)
-            meta = {"format": TOKEN_FORMAT, "version": TOKEN_FORMAT_VERSION, "dtype": dtype.name,
-                    "vocab_size": vocab_size, "tokenizer_sha256": tokenizer_digest(tokenizer),
-                    "train_tokens": cut, "val_tokens": total - cut, "source": text_path.name}
-            staging.open(META_FILE).write(json.dumps(meta, indent=1).encode() + b"\n")
-            staging.commit()
+        with text:
+            remove_stale_staging(out)
+            with Staging(out) as staging:
+                train = staging.open(TRAIN_FILE)
+                total, unknown = encode_file(text, text_path, tokenizer, dtype, train, chunk_bytes)
+                note = unknown_note(text_path, unknown, total - 1, tokenizer)
+                cut = split_point(total, val_fraction, text_path)
+                if cut < total:
+                    move_tail(train, staging.open(VAL_FILE), cut * dtype.itemsize)
+                meta = {"format": TOKEN_FORMAT, "version": TOKEN_FORMAT_VERSION, "dtype": dtype.name,
+                        "vocab_size": vocab_size, "tokenizer_sha256": tokenizer_digest(tokenizer),
+                        "train_tokens": cut, "val_tokens": total - cut, "source": text_path.name}
+                staging.open(META_FILE).write(json.dumps(meta, indent=1).encode() + b"\n")
+                staging.commit()
         if cut == total:  # a val.bin of an earlier run (check_out made sure) would not match train.bin
             (out / VAL_FILE).unlink(missing_ok=True)
     except OSError as e:  # a full disk, an unwritable --out, a failing read
-        raise UserError(f"{e.filename or out}: {e.strerror or e}") from None
+        where = f" ({e.filename})" if e.filename else ""
+        raise UserError(f"cannot prepare {out}: {e.strerror or e}{where}; --out left as it was") from None
     val = f", {VAL_FILE} {total - cut:,} tokens" if cut < total else ""
-    print(f"wrote {out}/: {TRAIN_FILE} {cut:,} tokens{val} ({dtype}, vocabulary {vocab_size}) "
+    print(f"wrote {out}/: {TRAIN_FILE} {cut:,} tokens{val} ({dtype}, vocabulary {vocab_size}{note}) "
           f"in {time.perf_counter() - start:.1f} s")
 
 
 def check_out(out: Path) -> None:
     """--out is a directory (or not yet there) whose token files, if any, prepare.py wrote."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, expected a directory")
+        raise UserError(f"--out {out} is not a directory")
     for name in (TRAIN_FILE, VAL_FILE, META_FILE):
         if (out / name).is_dir():
             raise UserError(f"--out {out} holds a directory {name}, where prepare.py writes a file")
@@ -119,82 +143,24 @@ def split_point(total: int, val_fraction: float, text_path: Path) -> int:
 
 # --- encoding ---------------------------------------------------------------------------------
 
-class Encoded(NamedTuple):
-    ids: np.ndarray
-    end: int  # the byte of the text after this piece
-    blank: bool  # the piece is only whitespace
-
-
 def encode_file(text: BinaryIO, text_path: Path, tokenizer: Tokenizer, dtype: np.dtype,
-                out: BinaryIO, chunk_bytes: int) -> int:
-    """Encode the text piece by piece into `out` as `dtype` ids; returns the number of ids.
+                out: BinaryIO, chunk_bytes: int) -> tuple[int, int]:
+    """Encode the text piece by piece into `out` as `dtype` ids; returns (ids, how many of them
+    are [UNK]).
 
     The ids are those of encoding the whole text at once: no token straddles a cut, and the [EOS]
     that `Tokenizer.encode` appends to a text is written once, after the last piece.
     """
     size = os.fstat(text.fileno()).st_size
     progress = Progress(text_path, size, enabled=size > chunk_bytes)
-    total, blank = 0, True
-
-    def encode(offset: int, data: bytes) -> Encoded:
-        try:
-            piece = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise utf8_error(text_path, data, e, offset) from None
-        ids = tokenizer.encode(piece, eos=False, source=str(text_path))
-        return Encoded(ids, offset + len(data), piece.isspace())
-
-    with ThreadPoolExecutor(WORKERS) as pool:
-        pieces = text_pieces(text, chunk_bytes, tokenizer.last_cut)
-        for encoded in in_order(pool, encode, pieces, lookahead=2 * WORKERS):
-            out.write(encoded.ids.astype(dtype).tobytes())
-            total += len(encoded.ids)
-            blank &= encoded.blank
-            progress.update(encoded.end, total)
-    if blank:  # an empty file has no pieces at all
-        raise UserError(f"data file {text_path} is empty or only whitespace")
+    total = unknown = 0
+    for encoded in encoded_pieces(text, text_path, tokenizer, chunk_bytes, WORKERS):
+        out.write(encoded.ids.astype(dtype).tobytes())
+        total += len(encoded.ids)
+        unknown += encoded.unknown
+        progress.update(encoded.end, total)
     out.write(np.array([tokenizer.eos_id], dtype=dtype).tobytes())
-    return total + 1
-
-
-def text_pieces(text: BinaryIO, chunk_bytes: int, last_cut) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes): the text in pieces of about chunk_bytes, each cut where the tokenizer's
-    `last_cut(block)` says no token straddles the cut.
-
-    A stretch with no such byte is not cut: it grows into one larger piece.
-    """
-    offset, pending = 0, []
-    while block := text.read(chunk_bytes):
-        cut = last_cut(block)
-        if cut < 0:
-            pending.append(block)
-            continue
-        piece = b"".join([*pending, block[:cut]])
-        pending = [block[cut:]]
-        if piece:
-            yield offset, piece
-            offset += len(piece)
-    rest = b"".join(pending)
-    if rest:
-        yield offset, rest
-
-
-def in_order(pool: ThreadPoolExecutor, fn, items, lookahead: int) -> Iterator:
-    """fn(*item) for every item, run in the pool and yielded in order, at most `lookahead` ahead.
-
-    The bound keeps memory to a few pieces whatever the length of the text.
-    """
-    pending = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, *item))
-            if len(pending) >= lookahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:  # after an error, the pieces not yet started are not needed
-        for future in pending:
-            future.cancel()
+    return total + 1, unknown
 
 
 class Progress:
@@ -224,53 +190,109 @@ def move_tail(source: BinaryIO, target: BinaryIO, at: int) -> None:
     source.truncate(at)
 
 
-class Staging:
-    """Files written under temporary names in `out`, renamed into place together by `commit`.
+def remove_stale_staging(out: Path) -> None:
+    """Remove the staging directories in `out` that a prepare killed midway (kill -9, a crash)
+    left: only those with this tool's marker whose process is gone, and in them only the files
+    prepare.py writes; a directory holding anything else stays."""
+    if not out.is_dir():
+        return
+    for entry in out.iterdir():
+        match = STAGING.fullmatch(entry.name)
+        if not match or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and _alive(pid):  # a prepare at work right now
+            continue
+        marker, expected = entry / MARKER, _marker_text(pid)
+        if marker.is_symlink() or not marker.is_file():
+            continue
+        with open(marker, "rb") as f:
+            if f.read(len(expected) + 1) != expected:
+                continue
+        for name in (TRAIN_FILE, VAL_FILE, META_FILE, MARKER):
+            with contextlib.suppress(FileNotFoundError):
+                (entry / name).unlink()
+        with contextlib.suppress(OSError):  # not empty: it holds something prepare.py did not write
+            entry.rmdir()
+            print(f"removed {entry}, left by an interrupted prepare (pid {pid})")
 
-    Leaving the with-block without committing (an error, Ctrl-C) removes the temporary files and
-    the directories this created, so --out is left as it was found.
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _marker_text(pid: int) -> bytes:
+    return f"graphgpt tools/prepare.py staging directory of pid {pid}\n".encode()
+
+
+class Staging:
+    """Files written in a staging directory in `out`, renamed into place together by `commit`.
+
+    Leaving the with-block without committing (an error, Ctrl-C, SIGTERM) removes the staging
+    directory and the directories this created, so --out is left as it was found.
     """
 
     def __init__(self, out: Path) -> None:
         self.out = out
+        self.dir: Path | None = None  # made on entering, under a name no other directory has
         self._made: list[Path] = []  # directories created here, deepest first
-        self._files: dict[str, tuple[Path, BinaryIO]] = {}  # target name -> (temporary path, file)
+        self._staging = False  # self.dir is there, to be removed
+        self._files: dict[str, BinaryIO] = {}  # target name -> its file in the staging directory
 
     def __enter__(self) -> Staging:
         self._made = [d for d in (self.out, *self.out.parents) if not d.exists()]
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.dir = Path(tempfile.mkdtemp(prefix=f".graphgpt-prepare.{os.getpid()}.", suffix=".staging",
+                                             dir=self.out))
+            self._staging = True
+            (self.dir / MARKER).write_bytes(_marker_text(os.getpid()))  # first: a kill -9 from here on is cleaned up
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def open(self, name: str) -> BinaryIO:
         """A new file that `commit` will rename to out/name."""
-        tmp = self.out / f".{name}.{os.getpid()}.tmp"
-        f = open(tmp, "x+b")  # unlike mkstemp's 0600, the permissions any new file gets
-        self._files[name] = (tmp, f)
+        f = open(self.dir / name, "x+b")  # unlike mkstemp's 0600, the permissions any new file gets
+        self._files[name] = f
         return f
 
     def commit(self) -> None:
         """fsync every file, rename them into place in the order they were opened, fsync --out."""
-        for _, f in self._files.values():
+        for f in self._files.values():
             f.flush()
             os.fsync(f.fileno())
-        for name, (tmp, f) in self._files.items():
+        for name, f in self._files.items():
             f.close()
-            os.replace(tmp, self.out / name)
+            os.replace(self.dir / name, self.out / name)
         self._files.clear()
+        fsync_dir(self.out)  # the renames themselves survive a crash
+        self._remove_staging()
         self._made.clear()
-        directory = os.open(self.out, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the renames themselves survive a crash
-        finally:
-            os.close(directory)
 
     def __exit__(self, *exc) -> None:
-        for tmp, f in self._files.values():
+        for name, f in self._files.items():
             f.close()
-            tmp.unlink(missing_ok=True)
+            (self.dir / name).unlink(missing_ok=True)
+        self._files.clear()
+        self._remove_staging()
         for directory in self._made:
             with contextlib.suppress(OSError):  # not empty: someone else wrote there meanwhile
                 directory.rmdir()
+
+    def _remove_staging(self) -> None:
+        if self._staging:
+            (self.dir / MARKER).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: someone else wrote there meanwhile
+                self.dir.rmdir()
+            self._staging = False
 
 
 if __name__ == "__main__":
