@@ -196,5 +196,15 @@ def load(plan_dir) -> Plan:
     if version != SCHEMA_VERSION:
         raise UserError(f"{path} has schema version {version}; this graphgpt reads version "
                         f"{SCHEMA_VERSION}: recompile it with tools/compile.py")
-    kernels = {f"kernels/{p.name}": p.read_text() for p in sorted((plan_dir / "kernels").glob("*.cu"))}
+    kernels = {}
+    for kernel in sorted((plan_dir / "kernels").glob("*.cu")):
+        try:
+            kernels[f"kernels/{kernel.name}"] = kernel.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{kernel} cannot be read as CUDA source ({getattr(e, 'strerror', None) or e})") from None
+    from . import plan_schema  # here: the schema names the runtime's ops, and the runtime imports this module
+    try:
+        plan_schema.check(data, kernels)
+    except plan_schema.PlanError as e:
+        raise UserError(f"{path}: {e} (recompile it with tools/compile.py)") from None
     return Plan(data, hashlib.sha256(raw).hexdigest(), kernels)
