@@ -152,3 +152,13 @@ def test_every_tool_refuses_a_mangled_plan_in_one_line(tmp_path, argv):
     proc = run_cli(*[a.format(plan=plan) for a in argv])
     assert_user_error(proc, "plan.json: programs.train.launches[3].out: expected a buffer")
     assert not (tmp_path / "hf").exists() and not (tmp_path / "data").exists()
+
+
+def test_an_arena_larger_than_memory_is_refused_before_allocation(tmp_path):
+    """175 TiB passes the schema (every buffer lies inside) but exists on no machine."""
+    data = copy.deepcopy(DEFAULT)
+    data["arena"]["bytes"] = 175 * 2**40
+    plan = write_plan(tmp_path, data)
+    proc = run_cli(*[a.format(plan=plan) for a in ENTRY_POINTS[0]])
+    assert_user_error(proc, "the plan's arena needs 179,200.00 GiB, more than the ", "GiB of this machine's memory: "
+                      "it cannot run here")
