@@ -67,6 +67,12 @@ class Str:
             _fail(path, f"{value!r} is not one of {', '.join(self.choices)}")
 
 
+class Bool:
+    def walk(self, value, path, plan):
+        if not isinstance(value, bool):
+            _fail(path, f"expected true or false, got {_shown(value)}")
+
+
 class Anything:
     def walk(self, value, path, plan):
         pass
@@ -199,9 +205,11 @@ def _waits_exist(program, path, plan):
                 _fail(f"{path}.launches[{i}].waits", f"launch {j} does not exist (the program has {count})")
 
 
-def _ops_known(launch, path, plan):
+def _op_and_attrs(launch, path, plan):
+    """A launch's op is one the runtime has a reference for, with the attributes that reference reads."""
     if launch["op"] not in BY_OP:
         _fail(f"{path}.op", f"unknown op {launch['op']!r}")
+    ATTRS.get(launch["op"], NO_ATTRS).walk(launch["attrs"], f"{path}.attrs", plan)
 
 
 def _programs_complete(programs, path, plan):
@@ -239,6 +247,38 @@ PROGRAM_IO = {"train": (("tokens", "targets"), ("loss", "grad_norm")),
               "generate": (("tokens",), ("logits", "next_token")),
               "decode": (("tokens", "position"), ("logits", "next_token"))}
 
+# The attributes each op's NumPy reference reads (numpy_ops.py): the CUDA backend reads none, its
+# kernels have them rendered in.
+BOOL, SIGNED = Bool(), Int(-2**31)
+NO_ATTRS = Obj({})
+PAIRS = List(Tuple(Str(), Anything(), what="[name, value]"))  # a fused step's or group member's attributes
+STEPS = List(Tuple(Str(*BY_OP), PAIRS, List(SIGNED), what="a fused step [op, attributes, arguments]"))
+SCALE = {"scale": Num()}
+ATTENTION = Obj(SCALE, {"dropout": Num(0, 1, open_high=True), "site": Int()})
+ATTRS = {
+    "cast": Obj({"dtype": Str(*DTYPES)}),
+    "fused": Obj({"program": STEPS}, {"shape": List(Int()), "perm": List(Int())}),
+    "sum": Obj({"axes": List(Int()), "keepdims": BOOL}),
+    "fused_multi": Obj({"program": STEPS, "results": List(SIGNED)}),
+    "fused_sum": Obj({"program": STEPS, "results": List(SIGNED), "axes": List(Int()), "keepdims": BOOL}),
+    "sum_group": Obj({"members": List(Tuple(Str(*BY_OP), PAIRS, Int(), what="a member [op, attributes, inputs]"))}),
+    "matmul": Obj({"ta": BOOL, "tb": BOOL}),
+    "fused_matmul": Obj({"ta": BOOL, "tb": BOOL, "bias": BOOL, "residual": BOOL}, {"gelu": BOOL, "gelu_grad": BOOL}),
+    "normalize": Obj({"eps": Num(positive=True)}),
+    "fused_normalize": Obj({"eps": Num(positive=True), "program": STEPS}),
+    "fused_normalize_grad": Obj({"scaled": BOOL, "accumulate": BOOL}),
+    "causal_softmax": Obj(SCALE), "causal_softmax_grad": Obj(SCALE), "cached_attention": Obj(SCALE),
+    "causal_attention": ATTENTION, "causal_attention_grad_q": ATTENTION, "causal_attention_grad_kv": ATTENTION,
+    "dropout": Obj({"p": Num(0, 1, open_high=True), "site": Int()}),
+    "argmax": Obj({"limit": SIZE}),
+    "embedding_grad": Obj({"rows": SIZE}), "one_hot": Obj({"rows": SIZE}),
+    "reshape": Obj({"shape": List(Int())}), "broadcast_to": Obj({"shape": List(Int())}),
+    "transpose": Obj({"perm": List(Int())}), "concat": Obj({"axis": SIGNED}),
+    "slice": Obj({"axis": SIGNED, "start": SIGNED, "stop": SIGNED}),
+    "pad": Obj({"axis": SIGNED, "before": Int(), "after": Int()}),
+    "output": Obj({"index": Int()}),
+}
+
 CONFIG = Obj({"batch_size": SIZE, "block_size": SIZE, "vocab_size": SIZE, "dtype": Str("f32", "bf16")},
              {name: SIZE for name in ("n_layer", "n_head", "n_embd", "sample_batch")})
 OPTIMIZER = Obj({"optimizer": Str("adam", "adamw"), "lr": Num(positive=True), "min_lr": Num(0),
@@ -272,8 +312,8 @@ _LAUNCH = {"op": Str(), "kind": Str(), "out": BUFFER, "in": List(BUFFER), "attrs
 # A collective (the gradients' mean over ranks) is run by the backend itself; every other launch
 # names its kernel or library call.
 LAUNCH = Switch(lambda launch: "collective" if launch.get("kind") == "collective" else "call", {
-    "collective": Obj(_LAUNCH, {"outs": List(BUFFER)}, checks=[_ops_known]),
-    "call": Obj({**_LAUNCH, "cuda": CUDA}, {"outs": List(BUFFER)}, checks=[_ops_known]),
+    "collective": Obj(_LAUNCH, {"outs": List(BUFFER)}, checks=[_op_and_attrs]),
+    "call": Obj({**_LAUNCH, "cuda": CUDA}, {"outs": List(BUFFER)}, checks=[_op_and_attrs]),
 })
 PROGRAM = Obj({"inputs": Map(BUFFER, INPUT_NAMES), "outputs": Map(BUFFER), "launches": List(LAUNCH),
                "matmul_flops": Int()}, checks=[_waits_exist])

@@ -6,21 +6,22 @@ import shutil
 
 import pytest
 
-from graphgpt import plan as plan_io
+from graphgpt import plan as plan_io, plan_schema
+from graphgpt.compiler import compile_model
 from graphgpt.errors import UserError
-from tests.conftest import ROOT, assert_user_error, run_cli
+from tests.conftest import ROOT, TINY, assert_user_error, run_cli
 
 DEFAULT = json.loads((ROOT / "compiled" / "plan.json").read_text())
 
 
-def _first(program: str, kind=None, has=None) -> int:
-    """The index of the first launch of `program` of a kind (or not a collective) holding key `has`."""
-    launches = DEFAULT["programs"][program]["launches"]
-    return next(i for i, l in enumerate(launches)
-                if (l["kind"] == kind if kind else l["kind"] != "collective") and (has is None or has in l.get("cuda", l)))
+def _first(test) -> int:
+    """The index of the train program's first launch that passes `test`."""
+    return next(i for i, launch in enumerate(DEFAULT["programs"]["train"]["launches"]) if test(launch))
 
 
-KERNEL, GEMM = _first("train", has="kernel"), _first("train", has="gemm")
+KERNEL = _first(lambda launch: "kernel" in launch.get("cuda", {}))
+GEMM = _first(lambda launch: launch["op"] == "fused_matmul")
+FUSED = _first(lambda launch: "program" in launch["attrs"])
 
 
 def launch(i):
@@ -85,6 +86,11 @@ CASES = [
     ("op unknown", setter(launch(3), "op", "teleport"), "programs.train.launches[3].op: unknown op 'teleport'"),
     ("op missing", deleter(launch(3), "op"), "programs.train.launches[3]: missing key 'op'"),
     ("attrs a list", setter(launch(3), "attrs", []), "programs.train.launches[3].attrs: expected an object"),
+    ("attr missing", deleter(lambda d: launch(GEMM)(d)["attrs"], "ta"), f"programs.train.launches[{GEMM}].attrs: missing key 'ta'"),
+    ("attr mangled", lambda d: launch(GEMM)(d)["attrs"].__setitem__("bias", "yes"),
+     f"programs.train.launches[{GEMM}].attrs.bias: expected true or false, got 'yes'"),
+    ("fused step of an unknown op", lambda d: launch(FUSED)(d)["attrs"]["program"][0].__setitem__(0, "warp"),
+     f"programs.train.launches[{FUSED}].attrs.program[0][0]: 'warp' is not one of"),
     ("cuda record missing", deleter(launch(KERNEL), "cuda"), f"programs.train.launches[{KERNEL}]: missing key 'cuda'"),
     ("kernel file missing", lambda d: launch(KERNEL)(d)["cuda"].__setitem__("file", "kernels/gone.cu"),
      f"programs.train.launches[{KERNEL}].cuda.file: 'kernels/gone.cu' is not among the plan's kernels"),
@@ -108,6 +114,14 @@ def write_plan(tmp_path, data) -> str:
 
 def test_the_default_plan_passes():
     plan_io.load(ROOT / "compiled")
+
+
+@pytest.mark.parametrize("settings", [["grad_accum=2"], ["dtype=bf16", "dropout=0.1"], ["attention=softmax", "tie_weights=1"],
+                                      ["optimizer=adamw", "weight_decay=0.1", "lr_schedule=cosine", "warmup_steps=2"]],
+                         ids=["grad_accum", "bf16 with dropout", "softmax attention, tied", "adamw"])
+def test_plans_of_every_shape_pass(settings):
+    compiled = compile_model(ROOT / "model.py", TINY + settings, log=lambda line: None)
+    plan_schema.check(json.loads(plan_io.to_text(compiled.data)), [rel for rel in compiled.files if rel.startswith("kernels/")])
 
 
 @pytest.mark.parametrize("what,mutate,fragment", CASES, ids=[c[0] for c in CASES])
