@@ -20,6 +20,7 @@ constants) and the work region, which is as large as the largest program needs.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -30,8 +31,9 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import codegen, dsl, optim, viz
+from . import codegen, dsl, model_size, optim, viz
 from .errors import ArgumentParser, UserError
+from .monitor import GuardedStdout
 from .ir import INT, PERSISTENT_OPS, Graph
 from .kernels.gemm import lower_matmul
 from .ops import REGISTRY
@@ -70,24 +72,43 @@ class Compiled:
     data: dict                                   # plan.json
     files: dict[str, str | bytes] = field(default_factory=dict)
     report: str = ""
+    seconds: float = 0.0                         # how long the compile took
+
+
+def optimizer_settings(opt: dict) -> str:
+    """The optimizer and its learning-rate schedule in one line, as the report and the screen show them."""
+    decay = f", weight decay {opt['weight_decay']:g}" if opt["optimizer"] == "adamw" else ""
+    return (f"{opt['optimizer']}, lr {opt['lr']:g} -> min_lr {opt['min_lr']:g}, {opt['lr_schedule']} schedule, "
+            f"warmup {opt['warmup_steps']} steps, decay_steps {opt['decay_steps']}, "
+            f"betas {opt['beta1']:g}/{opt['beta2']:g}, eps {opt['eps']:g}{decay}, clip {opt['grad_clip']:g}, "
+            f"grad_accum {opt['grad_accum']}")
 
 
 def load_model(path: Path):
     """Import a model file; errors name the file and line."""
+    if path.is_dir():
+        raise UserError(f"model file {path} is a directory: name the model's .py file")
     if not path.is_file():
-        raise UserError(f"model file {path} does not exist")
+        raise UserError(f"model file {path} does not exist" if not path.exists() else f"model file {path} is not a regular file")
     spec = importlib.util.spec_from_file_location(f"graphgpt_model_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except SyntaxError as e:
         raise UserError(f"{path.name}:{e.lineno}: syntax error: {e.msg}") from None
-    except Exception as e:  # the model's own code failed: point at its line
-        raise UserError(f"{_user_frame(e, path)}: {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:  # the model's own code failed or exited: point at its line
+        raise UserError(f"{_user_frame(e, path)}: {_failure(e)} while the model file was imported") from None
     for attr in ("CONFIG", "forward"):
         if not hasattr(module, attr):
             raise UserError(f"{path.name} defines no {attr} (a model file needs CONFIG and forward)")
     return module
+
+
+def _failure(e: BaseException) -> str:
+    """An exception the model file raised, in words; SystemExit is the model's sys.exit()."""
+    if isinstance(e, SystemExit):
+        return f"the model called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {e}"
 
 
 def _user_frame(e: BaseException, path: Path) -> str:
@@ -105,20 +126,26 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
         if key not in defaults:
             raise UserError(f"unknown --set key '{key}'; known keys: {', '.join(sorted(defaults))}")
         kind = type(defaults[key])
-        try:
-            out[key] = kind(float(text)) if kind in (int, float) else text
-        except (ValueError, OverflowError):  # int(float("inf")) overflows
-            raise UserError(f"--set {key}: '{text}' is not {'an integer' if kind is int else 'a number'}") from None
-        if kind is int and float(text) != int(float(text)):
-            raise UserError(f"--set {key}: '{text}' is not an integer")
+        try:  # an integer key takes digits only: 1e30 or 2.5 is no layer count
+            out[key] = int(text) if kind is int else float(text) if kind is float else text
+        except ValueError:
+            raise UserError(f"--set {key}: '{text}' is not {'an integer (digits only)' if kind is int else 'a number'}") from None
     return out
 
 
 def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path | None = None,
                   tokenizer_kind: str | None = None, fusion: bool = True, remat: str = AUTO,
-                  vocab_path: Path | None = None,
+                  vocab_path: Path | None = None, device_bytes: int = int(model_size.DEFAULT_DEVICE_GB * 1e9),
                   log=print) -> Compiled:
+    """Compile a model file into a plan. `log` gets each stage's line as it ends; the report holds
+    them too. A model whose arena cannot fit `device_bytes` is refused, before tracing where its
+    CONFIG says its size."""
     t0 = time.perf_counter()
+    stages, show = [], log  # stages: the report's record of each one
+
+    def log(line: str) -> None:
+        stages.append(line)
+        show(line)
     model_path = Path(model_path)
     module = load_model(model_path)
     model_cfg, opt_cfg = _settings(module, model_path, list(overrides))
@@ -129,7 +156,9 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     elif model_cfg["vocab_size"] < len(tokenizer.vocab):
         raise UserError(f"vocab_size {model_cfg['vocab_size']} is smaller than the tokenizer's "
                         f"{len(tokenizer.vocab)} tokens")
+    model_size.check_fits(model_cfg, device_bytes)
     log(f"compiling {model_path.name}: " + " ".join(f"{k}={v}" for k, v in model_cfg.items()))
+    log(f"  optimizer  {optimizer_settings(opt_cfg)}")
     source = vocab_path if tokenizer.kind == BPE_KIND else data_path and data_path.name
     log(f"  tokenizer  {tokenizer.kind}, {len(tokenizer.vocab)} tokens"
         + (f" from {source}" if source else " (fixed character set)"))
@@ -188,11 +217,11 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     if fusion:  # what fusion saved: the --no-fuse plan, measured on the same plan machinery
         unfused = rematerialize(unfused, chosen)
         baseline = _stats(unfused, plan_program(unfused, schedule(unfused), persistent_layout(unfused)))
-    report = _report(data, programs, backward, baseline, peaks, chosen)
+    model_size.check_arena(data["arena"]["bytes"], device_bytes)
+    log(f"  plan       {sum(len(p['launches']) for p in data['programs'].values())} launches")
+    report = "\n".join(stages) + "\n\n" + _report(data, programs, backward, baseline, peaks, chosen)
     files["report.txt"] = report
-    log(f"  plan       {sum(len(p['launches']) for p in data['programs'].values())} launches, "
-        f"{time.perf_counter() - t0:.1f} s")
-    return Compiled(data, files, report)
+    return Compiled(data, files, report, time.perf_counter() - t0)
 
 
 def _add_training(graph: Graph, opt_cfg: dict) -> dict[str, Graph]:
@@ -322,9 +351,9 @@ def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool, training: b
         return dsl.trace(build, cfg["dtype"], training, caches).graph
     except UserError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         path = Path(module.__file__)
-        raise UserError(f"{_user_frame(e, path)}: {type(e).__name__}: {e}") from None
+        raise UserError(f"{_user_frame(e, path)}: {_failure(e)}") from None
 
 
 def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Tokenizer, layout: Layout,
@@ -444,16 +473,47 @@ def _numel(shape) -> int:
     return n
 
 
+def summary(compiled: Compiled, out: Path) -> str:
+    """What the screen shows of a compile: the plan's size in one line, its optimizer in the next."""
+    data = compiled.data
+    n_params = sum(_numel(t["shape"]) for t in data["tensors"] if t["kind"] == "param")
+    launches = sum(len(p["launches"]) for p in data["programs"].values())
+    return (f"compiled {data['model_file']} in {compiled.seconds:.1f} s: {n_params:,} parameters, "
+            f"arena {data['arena']['bytes'] / 2**20:.2f} MiB, {launches} launches in {len(data['programs'])} programs; "
+            f"report: {out / 'report.txt'}\n"
+            f"optimizer {optimizer_settings(data['optimizer'])}\n")
+
+
+def _gigabytes(text: str) -> int:
+    """--device-memory: GB (10^9 bytes), a finite number > 0, as bytes."""
+    try:
+        gb = float(text)
+    except ValueError:
+        gb = math.nan
+    if not (math.isfinite(gb) and gb > 0):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size in GB > 0")
+    return int(gb * 1e9)
+
+
+SETTINGS_HELP = (
+    "--set KEY=VALUE keys: the model file's CONFIG keys (model.py: n_layer, n_head, n_embd, block_size, batch_size, "
+    "vocab_size, attention, dropout, tie_weights), " + ", ".join(f"{k}={v}" for k, v in MODEL_DEFAULTS.items())
+    + ", and the optimizer with its learning-rate schedule (defaults): "
+    + " ".join(f"{k}={v}" for k, v in optim.DEFAULTS.items())
+    + ". Integer keys take digits only. The report (DIR/report.txt) lists every setting.")
+
+
 def main(argv=None) -> int:
+    sys.stdout = GuardedStdout(sys.stdout)  # `| head -1`: the plan is written all the same
     p = ArgumentParser(prog="tools/compile.py", description=(
         "Compile a GPT-2 model file into a training plan: trace, autodiff, optimizer, passes, "
-        "memory plan, graph dumps."))
+        "memory plan, graph dumps."), epilog=SETTINGS_HELP)
     p.add_argument("model", type=Path, help="the model file (CONFIG + forward), e.g. model.py")
     p.add_argument("--out", type=Path, default=Path("compiled"), help="plan directory (default: compiled/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a CONFIG key, the compute type (dtype=f32|bf16), sample_batch, "
                         "classifier_chunks (the training logits' chunks of the batch; 0: by their size) "
-                        "or an optimizer key, e.g. --set n_layer=2 (repeatable)")
+                        "or an optimizer key (see below), e.g. --set n_layer=2 n_embd=128 (repeatable)")
     p.add_argument("--data", type=Path, help="build the tokenizer's vocabulary from this text file")
     p.add_argument("--tokenizer", choices=("word", "char", BPE_KIND),
                    help="word (the seed's; default with --data), char (default without) or gpt2 "
@@ -468,15 +528,19 @@ def main(argv=None) -> int:
                         "attention probabilities), gelu (the MLP's GELU outputs), all (attention "
                         "probabilities, LayerNorm and GELU outputs), or auto "
                         "(default: attention where that saves a quarter of the work memory, else none)")
+    p.add_argument("--device-memory", type=_gigabytes, default=int(model_size.DEFAULT_DEVICE_GB * 1e9), metavar="GB",
+                   help=f"memory of the largest device the plan is for; a larger model is refused before it "
+                        f"is traced (default: {model_size.DEFAULT_DEVICE_GB:g}, an H200's)")
     args = p.parse_args(argv)
+    overrides = [pair for group in args.overrides for pair in group]
     try:
         check_out(args.out)  # before any work: a bad --out costs nothing
-        compiled = compile_model(args.model, args.overrides, args.data, args.tokenizer, fusion=not args.no_fuse,
-                                 remat=args.remat, vocab_path=args.vocab)
+        compiled = compile_model(args.model, overrides, args.data, args.tokenizer, fusion=not args.no_fuse,
+                                 remat=args.remat, vocab_path=args.vocab, device_bytes=args.device_memory,
+                                 log=lambda line: None)
         save(compiled.data, args.out, compiled.files)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(compiled.report, end="")
-    print(f"wrote {args.out}/")
+    print(summary(compiled, args.out), end="")
     return 0

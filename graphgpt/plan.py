@@ -12,8 +12,9 @@ stream of the gradient branch's kernels) and which launches of its program, on t
 it waits for (passes/streams.py). `nvrtc_options` are what the kernel files compile with. A backend
 derives nothing.
 
-A plan directory holds plan.json, report.txt, kernels/ and graphs/, and nothing else: `save` replaces
-such a directory (or an empty or missing one) as a whole, and refuses any other path untouched.
+A plan directory holds plan.json, report.txt, kernels/, graphs/ and manifest.json, which lists the
+others with their sizes and sha256: `save` replaces such a directory, unchanged since it was
+written (or an empty or missing one), as a whole, and refuses any other path untouched.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .fsutil import fsync_dir
 
 # 2: one byte-addressed arena, buffers [dtype, byte offset, shape]; 3: the generation programs
 # decode with key/value caches (caches, decode, cast_weights) and give their greedy next tokens;
@@ -40,8 +42,11 @@ SCHEMA_VERSION = 9
 # runs it before its next program whenever something other than a program wrote the weights.
 CAST_WEIGHTS = "cast_weights"
 PLAN_FILE = "plan.json"
-PLAN_FILES = {PLAN_FILE, "report.txt"}  # what a plan directory holds besides its folders
-PLAN_FOLDERS = {"kernels", "graphs"}    # each holding plain files only
+# Every file of a plan with its size and sha256, written last: `compile --out` replaces only a
+# directory that holds exactly these files, unchanged.
+MANIFEST = "manifest.json"
+# In a staging or set-aside directory of `save`: a directory without it is never removed.
+TEMPORARY_MARKER = ".graphgpt-temporary"
 
 
 @dataclass
@@ -97,7 +102,7 @@ def _is_leaf(obj) -> bool:
 
 def check_out(out_dir) -> None:
     """Refuse an output path that `save` would lose work at: it may be missing, an empty directory
-    or a plan directory (of any schema version, so that old plans can be compiled over)."""
+    or a directory that holds exactly what a graphgpt compile wrote there (its manifest says what)."""
     out_dir = Path(out_dir)
     if out_dir.is_symlink():
         raise UserError(f"--out {out_dir} is a symbolic link: name the directory itself")
@@ -108,76 +113,125 @@ def check_out(out_dir) -> None:
         return
     if not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file, not a plan directory; it is left as it is")
-    if any(out_dir.iterdir()) and not _is_plan_dir(out_dir):
-        raise UserError(f"--out {out_dir} holds files that are not a graphgpt plan; it is left as it is "
-                        f"(--out takes a new or empty directory or a plan directory)")
+    if not any(out_dir.iterdir()):
+        return
+    differs = _differs_from_manifest(out_dir)
+    if differs:
+        raise UserError(f"--out {out_dir} is not a graphgpt plan as compiled ({differs}); it is left as it is "
+                        f"(--out takes a new or empty directory or a plan directory graphgpt wrote)")
 
 
-def _is_plan_dir(path: Path) -> bool:
-    """plan.json of a plan, and nothing but the files and folders a plan has."""
+def _differs_from_manifest(path: Path) -> str | None:
+    """How the directory differs from what its manifest lists (None: not at all): every file listed,
+    of its size and sha256, and nothing else, no symbolic link, no folder of its own."""
     try:
-        data = json.loads((path / PLAN_FILE).read_bytes())
-    except (OSError, ValueError):  # missing, unreadable or not JSON (UnicodeDecodeError is a ValueError)
-        return False
-    if not (isinstance(data, dict) and {"schema_version", "model_hash"} <= set(data)):
-        return False
-    for entry in path.iterdir():
-        if entry.is_symlink():
-            return False
-        if entry.name in PLAN_FOLDERS and entry.is_dir():
-            if not all(f.is_file() and not f.is_symlink() for f in entry.iterdir()):
-                return False
-        elif not (entry.name in PLAN_FILES and entry.is_file()):
-            return False
-    return True
+        listed = json.loads((path / MANIFEST).read_bytes())["files"]
+        sizes = {rel: int(f["bytes"]) for rel, f in listed.items()}
+        hashes = {rel: str(f["sha256"]) for rel, f in listed.items()}
+    except FileNotFoundError:
+        return f"it holds no {MANIFEST}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"its {MANIFEST} cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})"
+    folders = {str(parent) for rel in listed for parent in Path(rel).parents} - {"."}
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            entry = Path(root, name)
+            rel = str(entry.relative_to(path))
+            if entry.is_symlink():
+                return f"{rel} is a symbolic link"
+            if name in dirs and rel not in folders or name in files and rel not in listed and rel != MANIFEST:
+                return f"{rel} is not a file of the plan"
+    for rel in listed:
+        entry = path / rel
+        if not entry.is_file():
+            return f"{rel} is missing"
+        if entry.stat().st_size != sizes[rel] or hashlib.sha256(entry.read_bytes()).hexdigest() != hashes[rel]:
+            return f"{rel} was changed after it was compiled"
+    return None
+
+
+def plan_files(data: dict, files: dict[str, str | bytes]) -> dict[str, bytes]:
+    """Every file of a plan directory (relative path -> bytes): plan.json, `files` and, last, the
+    manifest, which lists the others with their sizes and sha256."""
+    contents = {rel: c.encode() if isinstance(c, str) else c for rel, c in {PLAN_FILE: to_text(data), **files}.items()}
+    listed = {rel: {"bytes": len(c), "sha256": hashlib.sha256(c).hexdigest()} for rel, c in sorted(contents.items())}
+    return {**contents, MANIFEST: (json.dumps({"files": listed}, indent=1) + "\n").encode()}
 
 
 def save(data: dict, out_dir: Path, files: dict[str, str | bytes]) -> None:
-    """Write plan.json and `files` (relative path -> content) into out_dir, replacing it whole.
-    Everything is written to a fresh staging directory beside out_dir first, so a failure leaves
-    the old plan as it was."""
+    """Write the plan's files (`plan_files`) into out_dir, replacing it whole. Everything is written to a fresh staging directory beside out_dir first,
+    so a failure leaves the old plan as it was. A failure to write is one line (UserError)."""
     out_dir = Path(out_dir)
     check_out(out_dir)  # again: the path may have changed while the plan was compiled
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging", dir=out_dir.parent))
+    contents, staging = plan_files(data, files), None
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would make the plan private
-        for rel, content in {PLAN_FILE: to_text(data), **files}.items():
-            path = staging / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content.encode() if isinstance(content, str) else content)
-        replace_dir(staging, out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = _temporary_dir(out_dir, ".staging")
+        plan_dir = staging / out_dir.name  # a folder of its own: mkdtemp's is private (0700), a plan is not
+        for rel, content in contents.items():  # in order: the manifest last
+            _write_synced(plan_dir / rel, content)
+        for folder in {(plan_dir / rel).parent for rel in contents}:
+            fsync_dir(folder)
+        replace_dir(plan_dir, out_dir)
+    except OSError as e:
+        kept = "the old plan is kept" if out_dir.exists() else "nothing was written"
+        raise UserError(f"cannot write the plan to {out_dir}: {e.strerror or e}; {kept}") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful swap
+        if staging is not None:
+            _remove_temporary(staging)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _write_synced(path: Path, content: bytes) -> None:
+    """A file of the staging directory, on disk before the directory is swapped in."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def replace_dir(staging: Path, target: Path) -> None:
-    """Swap a fully written staging directory in place of `target` (missing, empty or a plan). The
-    old directory moves aside into a fresh directory and is removed only once the new one is in
-    place; if the swap fails, it is moved back."""
+def _temporary_dir(beside: Path, suffix: str) -> Path:
+    """A fresh directory beside `beside`, `.NAME.RANDOM.SUFFIX`, holding graphgpt's marker: only a
+    directory with the marker is ever removed as a temporary."""
+    path = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=suffix, dir=beside.parent))
+    try:
+        (path / TEMPORARY_MARKER).write_text(f"graphgpt temporary beside {beside.name}, pid {os.getpid()}\n")
+    except BaseException:
+        (path / TEMPORARY_MARKER).unlink(missing_ok=True)  # cut short by a full disk: nothing else is in it
+        path.rmdir()
+        raise
+    return path
+
+
+def _remove_temporary(path: Path) -> None:
+    marker = path / TEMPORARY_MARKER
+    if marker.is_file() and not marker.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap a fully written directory `new` in place of `target` (missing, empty or a plan). The old
+    directory moves aside into a marked temporary directory and is removed only once the new one
+    is in place; if the swap fails, it is moved back."""
     if not target.exists():
-        os.replace(staging, target)
+        os.replace(new, target)
+        fsync_dir(target.parent)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    aside = _temporary_dir(target, ".old")
     old = aside / target.name
     try:
         os.replace(target, old)
     except BaseException:
-        aside.rmdir()
+        _remove_temporary(aside)
         raise
     try:
-        os.replace(staging, target)
+        os.replace(new, target)
     except BaseException:
         os.replace(old, target)  # should this fail too, the old plan stays in `aside`, not lost
-        aside.rmdir()
+        _remove_temporary(aside)
         raise
-    shutil.rmtree(aside)
+    fsync_dir(target.parent)
+    _remove_temporary(aside)
 
 
 def load(plan_dir) -> Plan:
@@ -196,5 +250,15 @@ def load(plan_dir) -> Plan:
     if version != SCHEMA_VERSION:
         raise UserError(f"{path} has schema version {version}; this graphgpt reads version "
                         f"{SCHEMA_VERSION}: recompile it with tools/compile.py")
-    kernels = {f"kernels/{p.name}": p.read_text() for p in sorted((plan_dir / "kernels").glob("*.cu"))}
+    kernels = {}
+    for kernel in sorted((plan_dir / "kernels").glob("*.cu")):
+        try:
+            kernels[f"kernels/{kernel.name}"] = kernel.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{kernel} cannot be read as CUDA source ({getattr(e, 'strerror', None) or e})") from None
+    from . import plan_schema  # here: the schema names the runtime's ops, and the runtime imports this module
+    try:
+        plan_schema.check(data, kernels)
+    except plan_schema.PlanError as e:
+        raise UserError(f"{path}: {e} (recompile it with tools/compile.py)") from None
     return Plan(data, hashlib.sha256(raw).hexdigest(), kernels)

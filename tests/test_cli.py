@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from graphgpt.tensor_files import load_safetensors, load_seed_weights
-from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, sets
+from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, run_into_head, sets
 
 
 
@@ -24,6 +24,66 @@ def tiny_plan(tmp_path_factory, corpus):
     assert proc.returncode == 0, proc.stderr
     assert "launches" in proc.stdout and (out / "plan.json").is_file()
     return out
+
+
+def test_the_report_holds_every_stage_and_the_optimizer(tiny_plan):
+    report = (tiny_plan / "report.txt").read_text()
+    assert report.startswith("compiling model.py: ") and "graphgpt compile report" in report
+    assert "  optimizer  adam, lr 0.01 -> min_lr 1e-05, linear schedule, warmup 0 steps, decay_steps 10000, " \
+           "betas 0.9/0.95, eps 1e-08, clip 1, grad_accum 1" in report
+
+
+def test_one_set_takes_several_settings(tmp_path):
+    out = tmp_path / "p"
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(out), "--set", *TINY[:3], "--set", *TINY[3:],
+                   "optimizer=adamw", "weight_decay=0.1", "lr_schedule=cosine", "warmup_steps=3", "decay_steps=40")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and proc.stderr == ""
+    assert lines[0].startswith("compiled model.py in ") and "9,888 parameters, arena 0.21 MiB, " in lines[0]
+    assert " launches in 4 programs; report: " + str(out / "report.txt") in lines[0]
+    assert lines[1] == ("optimizer adamw, lr 0.0001 -> min_lr 1e-05, cosine schedule, warmup 3 steps, decay_steps 40, "
+                        "betas 0.9/0.95, eps 1e-08, weight decay 0.1, clip 1, grad_accum 1")
+    assert "  optimizer  " + lines[1].removeprefix("optimizer ") in (out / "report.txt").read_text()
+    config = json.loads((out / "plan.json").read_text())["config"]
+    assert [config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size")] == [2, 2, 16, 8, 2]
+
+
+def test_help_names_the_optimizer_and_schedule_settings():
+    proc = run_cli(COMPILE, "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for setting in ("optimizer=adam", "lr=0.0001", "min_lr=1e-05", "lr_schedule=linear", "warmup_steps=0",
+                    "decay_steps=10000", "beta1=0.9", "beta2=0.95", "weight_decay=0.0", "grad_clip=1.0", "--device-memory"):
+        assert setting in text, setting
+
+
+def test_a_closed_stdout_still_writes_the_plan(tmp_path):
+    """`compile ... | head -1`: the reader goes after the first line; the plan is written all the same."""
+    out = tmp_path / "p"
+    status, err = run_into_head(COMPILE, str(ROOT / "model.py"), "--out", str(out), *sets(TINY))
+    assert (status, err) == (0, "")
+    assert (out / "plan.json").is_file() and (out / "manifest.json").is_file()
+
+
+def test_a_model_path_that_is_a_directory(tmp_path):
+    assert_user_error(run_cli(COMPILE, str(tmp_path), "--out", str(tmp_path / "p")),
+                      f"model file {tmp_path} is a directory")
+
+
+@pytest.mark.parametrize("body,message", [
+    ("import sys\nsys.exit(0)\n", "exits.py:2: the model called sys.exit(0) while the model file was imported"),
+    ("raise SystemExit('bye')\n", "exits.py:1: the model called sys.exit('bye') while the model file was imported"),
+    ("CONFIG = {}\nraise ValueError('no config today')\n", "exits.py:2: ValueError: no config today while the model"),
+    ("import sys\nCONFIG = dict(batch_size=2, block_size=4, vocab_size=0)\n\ndef forward(idx, cfg):\n    sys.exit(3)\n",
+     "exits.py:5: the model called sys.exit(3)"),
+], ids=["sys.exit(0)", "SystemExit", "an exception", "sys.exit in forward"])
+def test_a_model_that_exits_or_raises_is_one_line(tmp_path, body, message):
+    model = tmp_path / "exits.py"
+    model.write_text(body)
+    proc = run_cli(COMPILE, str(model), "--out", str(tmp_path / "p"))
+    assert_user_error(proc, message)
+    assert proc.stdout == "" and not (tmp_path / "p").exists()
 
 
 def test_unknown_set_key(tmp_path):

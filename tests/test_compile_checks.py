@@ -1,13 +1,21 @@
 """Compile-time settings are range-checked, the learning-rate schedules warm up, and `compile --out`
 never loses work: bad input is one line and exit code 2, and nothing is touched."""
+import contextlib
+import hashlib
 import json
+import math
+import os
+import re
 import shutil
+import subprocess
+import time
 
 import pytest
 
-from graphgpt import optim, plan as plan_io, schedule
+from graphgpt import model_size, optim, plan as plan_io, schedule
+from graphgpt.compiler import compile_model
 from graphgpt.errors import UserError
-from tests.conftest import COMPILE, ROOT, TINY, run_cli
+from tests.conftest import COMPILE, ROOT, TINY, fill, run_cli, sets
 
 
 
@@ -139,13 +147,52 @@ def test_out_at_a_file_is_left_alone(tmp_path):
 def test_compiling_over_a_plan_replaces_it_whole(tmp_path, tiny_plan):
     out = tmp_path / "plan"
     shutil.copytree(tiny_plan, out)
-    data = json.loads((out / "plan.json").read_text())
-    (out / "plan.json").write_text(json.dumps(dict(data, schema_version=0)))  # an old plan compiles over too
-    (out / "kernels" / "stale.cu").write_text("// of the old plan")
-    proc = compile_cli(out, *TINY)
+    proc = compile_cli(out, *TINY, "lr=1e-3")
     assert proc.returncode == 0, proc.stderr
-    assert snapshot(out) == snapshot(tiny_plan)
+    assert json.loads((out / "plan.json").read_text())["optimizer"]["lr"] == 1e-3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan"]  # no staging or old directory left
+    assert compile_cli(out, *TINY).returncode == 0
+    assert snapshot(out) == snapshot(tiny_plan)
+
+
+def test_the_plan_lists_its_files_in_its_manifest(tiny_plan):
+    listed = json.loads((tiny_plan / plan_io.MANIFEST).read_text())["files"]
+    on_disk = {str(p.relative_to(tiny_plan)) for p in tiny_plan.rglob("*") if p.is_file()}
+    assert set(listed) == on_disk - {plan_io.MANIFEST}
+    assert {"plan.json", "report.txt"} <= set(listed)
+    for rel, entry in listed.items():
+        data = (tiny_plan / rel).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_out_that_merely_looks_like_a_plan_is_left_alone(tmp_path, tiny_plan):
+    """A plan.json, a report.txt and a graphs/ holding a file of the user's: no manifest, so no plan
+    graphgpt wrote; the user's file survives."""
+    out = tmp_path / "mine"
+    (out / "graphs").mkdir(parents=True)
+    (out / "plan.json").write_bytes((tiny_plan / "plan.json").read_bytes())
+    (out / "report.txt").write_text("my notes on the plan")
+    (out / "graphs" / "sketch.svg").write_text("<svg/>")
+    before = snapshot(tmp_path)
+    assert_refused(compile_cli(out, *TINY), f"--out {out} is not a graphgpt plan as compiled (it holds no manifest.json)")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("change,reason", [
+    (lambda out: (out / "graphs" / "notes.txt").write_text("mine"), "graphs/notes.txt is not a file of the plan"),
+    (lambda out: (out / "extra").mkdir(), "extra is not a file of the plan"),
+    (lambda out: (out / "report.txt").write_text("edited"), "report.txt was changed after it was compiled"),
+    (lambda out: (out / "kernels" / "reduce.cu").unlink(), "kernels/reduce.cu is missing"),
+    (lambda out: (out / "manifest.json").write_text("{"), "its manifest.json cannot be read"),
+    (lambda out: (out / "link").symlink_to(out / "plan.json"), "link is a symbolic link"),
+], ids=["a file added", "a folder added", "a file edited", "a file removed", "a damaged manifest", "a link"])
+def test_out_at_a_plan_that_was_changed_is_left_alone(tmp_path, tiny_plan, change, reason):
+    out = tmp_path / "plan"
+    shutil.copytree(tiny_plan, out)
+    change(out)
+    before = snapshot(tmp_path)
+    assert_refused(compile_cli(out, *TINY), reason)
+    assert snapshot(tmp_path) == before
 
 
 def test_compiling_into_an_empty_directory(tmp_path, tiny_plan):
@@ -167,21 +214,42 @@ def test_a_failed_compile_keeps_the_old_plan(tmp_path, tiny_plan):
     assert snapshot(tmp_path) == before
 
 
-def test_a_failed_swap_keeps_the_old_plan(tmp_path, tiny_plan, monkeypatch):
+def test_directories_named_like_temporaries_are_not_removed(tmp_path, tiny_plan):
+    """Only a directory holding graphgpt's marker is removed as a staging or set-aside directory."""
     out = tmp_path / "plan"
     shutil.copytree(tiny_plan, out)
-    before = snapshot(tmp_path)
-    data = json.loads((out / "plan.json").read_text())
-    real_replace = plan_io.os.replace
+    for name in (".plan.x1.staging", ".plan.x2.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "keep.txt").write_text("the user's")
+    assert compile_cli(out, *TINY).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".plan.x1.staging", ".plan.x2.old", "plan"]
+    assert (tmp_path / ".plan.x2.old" / "keep.txt").read_text() == "the user's"
 
-    def failing_replace(src, dst):
-        if ".staging" in str(src):
-            raise OSError("disk full")
-        real_replace(src, dst)
-    monkeypatch.setattr(plan_io.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        plan_io.save(data, out, {"report.txt": "new"})
-    assert snapshot(tmp_path) == before
+
+@pytest.mark.parametrize("room", [0, 96 << 10], ids=["full", "full halfway through the plan"])
+def test_a_full_disk_keeps_the_old_plan(small_fs, room):
+    out = small_fs / "plan"
+    assert compile_cli(out, *TINY).returncode == 0
+    if room:  # the staging directory is made and some files are written before the disk is full
+        free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
+        (small_fs / "filler").write_bytes(b"\0" * (free - room))
+    else:
+        with contextlib.suppress(OSError):  # fill's last file may find no room even to be created: full already
+            fill(small_fs)
+    before = snapshot(small_fs)
+    assert_refused(compile_cli(out, *TINY, "lr=1e-3"), f"cannot write the plan to {out}: No space left on device; "
+                                                        f"the old plan is kept")
+    assert snapshot(small_fs) == before  # no staging directory left either
+
+
+def test_a_read_only_filesystem_keeps_the_old_plan(small_fs):
+    out = small_fs / "plan"
+    assert compile_cli(out, *TINY).returncode == 0
+    before = snapshot(small_fs)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    assert_refused(compile_cli(out, *TINY, "lr=1e-3"), f"cannot write the plan to {out}: Read-only file system; "
+                                                        f"the old plan is kept")
+    assert snapshot(small_fs) == before
 
 
 def test_save_refuses_what_compile_refuses(tmp_path):
@@ -189,3 +257,56 @@ def test_save_refuses_what_compile_refuses(tmp_path):
     with pytest.raises(UserError, match="is a file"):
         plan_io.save({}, tmp_path / "file", {})
     assert (tmp_path / "file").read_text() == "x"
+
+
+# ---- model sizes -------------------------------------------------------------------------------
+def test_the_size_estimate_is_the_default_models(tiny_plan):
+    data = json.loads((ROOT / "compiled" / "plan.json").read_text())
+    params = sum(math.prod(t["shape"]) for t in data["tensors"] if t["kind"] == "param")
+    assert model_size.parameters(data["config"]) == params
+    assert model_size.arena_lower_bound(data["config"]) <= data["arena"]["bytes"]
+
+
+@pytest.mark.parametrize("settings,message", [
+    (["n_layer=12345678901234567890"], "the model has 2.19e+25 parameters and needs at least 3.505e+17 GB of arena, "
+                                       "more than the 141 GB of the largest device it targets"),
+    (["n_embd=1000000", "n_head=8"], "the model has 7.2e+13 parameters"),
+    (["block_size=10000000000"], "more than the 141 GB"),
+    (["batch_size=100000000000"], "more than the 141 GB"),
+], ids=["20-digit n_layer", "n_embd 1e6", "block_size 1e10", "batch_size 1e11"])
+def test_a_model_too_large_for_the_device_is_refused_before_tracing(settings, message):
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=re.escape(message)):
+        compile_model(ROOT / "model.py", settings, log=lambda line: None)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_the_device_memory_is_a_stated_target(tmp_path):
+    assert_refused(compile_cli(tmp_path / "p", *TINY, "n_layer=12345678901234567890"), "141 GB")
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "p"), "--device-memory", "0.0001", *sets(TINY))
+    assert_refused(proc, "more than the 0.0001 GB of the largest device it targets (--device-memory)")
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "p"), "--device-memory", "nan")
+    assert_refused(proc, "--device-memory: 'nan' is not a size in GB > 0")
+    assert not (tmp_path / "p").exists()
+
+
+def test_the_compiled_arena_is_checked_against_the_device(tmp_path):
+    """A model whose CONFIG does not say its size (no n_layer) is checked once planned."""
+    text = (ROOT / "model.py").read_text()
+    model = tmp_path / "custom.py"
+    model.write_text(text.replace("for i in range(cfg[\"n_layer\"])", "for i in range(2)").replace("    n_layer=6,\n", ""))
+    tiny = [s for s in TINY if not s.startswith("n_layer")]
+    proc = run_cli(COMPILE, str(model), "--out", str(tmp_path / "p"), "--device-memory", "0.0002", *sets(tiny))
+    assert_refused(proc, "the plan's arena is 0.0002")
+    assert re.search(r"the plan's arena is 0\.000\d+ GB, more than the 0\.0002 GB", proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize("setting", ["n_layer=1e30", "n_layer=2.5", "batch_size=1e3", "decay_steps=1e4"])
+def test_an_integer_key_takes_digits_only(tmp_path, setting):
+    key, value = setting.split("=")
+    assert_refused(compile_cli(tmp_path / "p", setting), f"--set {key}: '{value}' is not an integer (digits only)")
+
+
+def test_a_head_too_wide_for_decoding_is_named(tmp_path):
+    assert_refused(compile_cli(tmp_path / "p", "n_embd=8192", "n_head=1", "n_layer=1", "block_size=8", "batch_size=2"),
+                   "decoding sums a head's 8192 dimensions in shared memory, which holds 49152 bytes")

@@ -16,7 +16,7 @@ from tests.conftest import ROOT, TINY
 
 def compile_files(overrides=()):
     c = compile_model(ROOT / "model.py", list(overrides), log=lambda *a: None)
-    return {"plan.json": plan_io.to_text(c.data), **c.files}
+    return plan_io.plan_files(c.data, c.files)
 
 
 def test_compiling_twice_gives_the_same_bytes():
@@ -29,8 +29,7 @@ def test_committed_plan_is_current():
     on_disk = {str(p.relative_to(committed)) for p in committed.rglob("*") if p.is_file()}
     assert on_disk == set(fresh), "compiled/ is stale: run python tools/compile.py model.py"
     for rel, content in fresh.items():
-        data = content.encode() if isinstance(content, str) else content
-        assert (committed / rel).read_bytes() == data, f"compiled/{rel} is stale: run python tools/compile.py model.py"
+        assert (committed / rel).read_bytes() == content, f"compiled/{rel} is stale: run python tools/compile.py model.py"
 
 
 def test_memory_plan_is_consistent():

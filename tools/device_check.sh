@@ -48,7 +48,8 @@ if [[ $what == gpt2 || $what == all ]]; then
 fi
 if [[ $what == bf16 || $what == all ]]; then
   gpt2=(--set n_layer=12 --set n_head=12 --set n_embd=768 --set block_size=1024 --set vocab_size=50304 --set batch_size=16)
-  python3 tools/compile.py model.py --out /tmp/gpt2_bf16 --set dtype=bf16 "${gpt2[@]}" | tail -25 | tee "$OUT/compile_124m_bf16.txt"
+  python3 tools/compile.py model.py --out /tmp/gpt2_bf16 --set dtype=bf16 "${gpt2[@]}" >/dev/null
+  tail -25 /tmp/gpt2_bf16/report.txt | tee "$OUT/compile_124m_bf16.txt"
   python3 tools/bench.py --plan /tmp/gpt2_bf16 --steps 10 --repeat 3 --json "$OUT/bench_124m_bf16.json" 2>&1 \
     | tee "$OUT/bench_124m_bf16.log"
   corpus=${GRAPHGPT_SEED_CORPUS:-../shared/data/dummy.txt}

@@ -34,8 +34,12 @@ def lower(launch) -> Kernel:
     slices = max(1, ATTENTION_THREADS // (d // vec))
     smem = (length + d + slices * d) * DTYPES["f32"].bytes
     if smem > SMEM_LIMIT:
+        room = SMEM_LIMIT // 4 - d - slices * d  # the scores that fit beside the head's sums
+        if room <= 0:
+            raise UserError(f"decoding sums a head's {d} dimensions in shared memory, which holds "
+                            f"{SMEM_LIMIT} bytes, too few for them: use a smaller n_embd / n_head")
         raise UserError(f"decoding keeps a query's scores of all {length} cached positions in shared memory, "
-                        f"which holds {SMEM_LIMIT // 4 - d - slices * d}: use a smaller block_size")
+                        f"which has room for {room} at head dimension {d}: use a smaller block_size")
     return Kernel("cached_attention", {**types(launch), "op": "cached_attention", "t": t, "h": h, "d": d,
                                        "l": length, "scale": c_float(launch["attrs"]["scale"]), "vec": vec,
                                        "threads": ATTENTION_THREADS, "slices": slices,

@@ -15,6 +15,13 @@ def cuda_available() -> bool:
         return False
 
 
+def check_arena_fits(nbytes: int, memory: int, where: str) -> None:
+    """Refuse, before allocating it, an arena larger than the memory it would live in."""
+    if nbytes > memory:
+        raise UserError(f"the plan's arena needs {nbytes / 2**30:,.2f} GiB, more than the {memory / 2**30:,.2f} GiB "
+                        f"of {where}: it cannot run here")
+
+
 def make_backend(name: str, plan: Plan, dtype=np.float32, graph: bool = True, tf32: bool = False, world=None):
     """'auto' takes the GPU when CuPy sees one, else NumPy. `graph` and `tf32` apply to CUDA;
     rank r of a data-parallel world uses GPU r % device_count."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..dtypes import DTYPES, nbytes
 from ..plan import Plan
+from . import check_arena_fits
 from .cublas import WORKSPACE_BYTES, Cublas
 from .dist import SingleWorld
 from .weight_copies import WeightCopies
@@ -93,6 +94,8 @@ class CudaBackend(WeightCopies):
         self.cp, self.plan, self.use_graph = cp, plan, graph
         self.world = world or SingleWorld()
         cp.cuda.Device(self.world.rank % cp.cuda.runtime.getDeviceCount()).use()
+        check_arena_fits(plan.data["arena"]["bytes"] + WORKSPACE_BYTES, cp.cuda.runtime.memGetInfo()[1],
+                         f"GPU {cp.cuda.Device().id}'s memory")
         self.arena = cp.zeros(plan.data["arena"]["bytes"], cp.uint8)
         self.align = plan.data["arena"]["align"]
         self.workspace = cp.empty(WORKSPACE_BYTES, cp.uint8)

@@ -11,11 +11,14 @@ room for a float64, and the other types keep their size with every element at it
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..dtypes import DTYPES, nbytes, numel, padded
 from ..numpy_ops import BY_OP
 from ..plan import Plan
+from . import check_arena_fits
 from .dist import SingleWorld
 from .weight_copies import WeightCopies
 
@@ -50,6 +53,8 @@ class NumpyBackend(WeightCopies):
         self.plan, self.dtype, self.world = plan, np.dtype(dtype), world or SingleWorld()
         self.scale = self.dtype.itemsize // DTYPES["f32"].bytes  # 2 when float32 runs as float64
         self.compute = np.float32 if self.scale == 1 else self.dtype
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        check_arena_fits(plan.data["arena"]["bytes"] * self.scale, memory, "this machine's memory")
         self.arena = np.zeros(plan.data["arena"]["bytes"] * self.scale, np.uint8)
         self.align = plan.data["arena"]["align"]
         consts = plan.data["consts"]
