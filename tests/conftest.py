@@ -79,13 +79,13 @@ def fill(directory: Path) -> None:
                 f.flush()
         except OSError:
             pass
-    with open(directory / "filler_tail", "wb") as f:  # the last bytes a 64 KiB write could not take
-        try:
+    try:  # the last bytes a 64 KiB write could not take; a full tmpfs may refuse the file itself
+        with open(directory / "filler_tail", "wb") as f:
             while True:
                 f.write(b"\0")
                 f.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass
 
 
 def run_into_head(*args, cwd=ROOT, timeout=300):
