@@ -127,7 +127,7 @@ def test_every_point_is_a_value_of_the_log(tmp_path, graphgpt_log):
 def test_several_runs_overlaid_with_a_legend(tmp_path, graphgpt_log):
     torch_run = recipe_log(tmp_path / "torch.jsonl")
     named = recipe_log(tmp_path / "named.jsonl", (0, 2, 6),
-                       header={"graphgpt_log": 1, "run": "char-level recipe", "plan": "/tmp/char"})
+                       header={"graphgpt_log": 1, "run": "20261206T101500Z-5f2a9c01", "plan": "ab" * 32, "seed": 3})
     out = tmp_path / "both.html"
     proc = plot(graphgpt_log, torch_run, named, "--out", out)
     assert proc.returncode == 0, proc.stderr
@@ -135,7 +135,8 @@ def test_several_runs_overlaid_with_a_legend(tmp_path, graphgpt_log):
     legend = root.findall(".//h:tr[@class='run']", NS)
     assert [int(tr.get("data-run")) for tr in legend] == [0, 1, 2]
     assert str(torch_run) in "".join(legend[1].itertext())
-    assert "char-level recipe" in "".join(legend[2].itertext()) and "plan /tmp/char" in "".join(legend[2].itertext())
+    assert "run 20261206T101500Z-5f2a9c01" in "".join(legend[2].itertext())
+    assert f"plan {'ab' * 6}\u2026; seed 3" in "".join(legend[2].itertext())
     by_step = drawn(root)["Loss by step"]
     assert {(run, metric) for run, metric, _ in by_step} == {
         (0, "loss"), (0, "train_loss"), (0, "val_loss"), (1, "loss"), (1, "train_loss"), (1, "val_loss"),
@@ -147,7 +148,7 @@ def test_several_runs_overlaid_with_a_legend(tmp_path, graphgpt_log):
     # The recipe's logs have no step times, rates or norms: drawn only for graphgpt's run, and said.
     assert {run for run, _, _ in drawn(root)["Learning rate"]} == {0}
     text = ET.tostring(root, encoding="unicode")
-    assert f"run 2 ({torch_run}) has no step times (ms)" in text and "run 3 (char-level recipe) has no lr" in text
+    assert f"run 2 ({torch_run}) has no step times (ms)" in text and f"run 3 ({named}) has no lr" in text
 
 
 def test_a_crashed_runs_cut_last_line_is_left_out_and_said(tmp_path):

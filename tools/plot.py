@@ -189,8 +189,24 @@ def esc(text: str) -> str:
 
 
 def label_of(log: runlog.RunLog) -> str:
-    """A run's name in the legend: its header's `run` where the log has one, else the file."""
-    return str(log.header.get("run") or log.path)
+    return str(log.path)
+
+
+def about(log: runlog.RunLog) -> list[str]:
+    """What a log's header tells of its run (`run`, `plan`, ...), one "key value" each, for the
+    legend; long values (a plan's digest) cut to their start."""
+    def short(v: object) -> str:
+        text = str(v)
+        return text if len(text) <= 32 else text[:12] + "\u2026"
+    out = []
+    for key, value in log.header.items():
+        if key == runlog.HEADER or value is None:
+            continue
+        inner = value.items() if isinstance(value, dict) else [("", value)]
+        out.append(f"{key} " + ", ".join(f"{k} {short(v)}".strip() for k, v in inner))
+    if log.cut_short:
+        out.append("its last line was cut short (left out)")
+    return out
 
 
 def charts(logs: list[runlog.RunLog]) -> list[tuple[Chart, str]]:
@@ -236,14 +252,10 @@ def summary(log: runlog.RunLog) -> list[str]:
 def render(logs: list[runlog.RunLog]) -> str:
     rows = []
     for run, log in enumerate(logs):
-        about = [esc(log.path)] * (label_of(log) != str(log.path)) + [f"{esc(k)} {esc(v)}" for k, v in log.header.items()
-                                   if k not in ("run", runlog.HEADER) and isinstance(v, (str, int, float))]
-        if log.cut_short:
-            about.append("its last line was cut short (left out)")
         cells = "".join(f"<td>{c}</td>" for c in summary(log))
         rows.append(f'<tr class="run" data-run="{run}"><td><span class="swatch" '
                     f'style="background:{COLOURS[run % len(COLOURS)]}"></span>{esc(label_of(log))}'
-                    f'<div class="about">{"; ".join(about)}</div></td>{cells}</tr>')
+                    f'<div class="about">{esc("; ".join(about(log)))}</div></td>{cells}</tr>')
     key = "".join(f'<span><svg xmlns="http://www.w3.org/2000/svg" width="34" height="10"><line x1="1" x2="33" y1="5" '
                   f'y2="5" stroke="#444" stroke-width="{width}" stroke-opacity="{max(opacity, 0.6)}"'
                   f'{f" stroke-dasharray={chr(34)}{dash}{chr(34)}" if dash else ""}/></svg>{esc(label)} loss</span>'
