@@ -90,10 +90,10 @@ def _parse(path: Path, number: int, line: str) -> dict | None:
     if not isinstance(record, dict):
         raise UserError(f"{where}: a JSON {type(record).__name__}, where a run's log has objects")
     if "step" in record and not (_is_int(record["step"]) and record["step"] >= 0):
-        raise UserError(f"{where}: step {record['step']!r} is not a whole number >= 0")
+        raise UserError(f"{where}: step {json.dumps(record['step'])} is not a whole number >= 0")
     for name in METRICS:
         if name in record and not (isinstance(record[name], (int, float)) and not isinstance(record[name], bool)):
-            raise UserError(f"{where}: {name} {record[name]!r} is not a number")
+            raise UserError(f"{where}: {name} {json.dumps(record[name])} is not a number")
     return record
 
 

@@ -181,11 +181,11 @@ def test_a_report_is_replaced_but_nothing_else_is(tmp_path):
     ('{"graphgpt_log": 1}\n', "has no records with a step"),
     ("step,loss\n1,2.0\n", ":1: not JSON"),
     ('{"step": 1, "loss": 2.0}\n[1, 2]\n', ":2: a JSON list"),
-    ('{"step": "one", "loss": 2.0}\n', "step 'one' is not a whole number"),
+    ('{"step": "one", "loss": 2.0}\n', 'step "one" is not a whole number'),
     ('{"step": -1, "loss": 2.0}\n', "step -1 is not a whole number"),
     ('{"step": 1.5, "loss": 2.0}\n', "step 1.5 is not"),
-    ('{"step": 1, "loss": "low"}\n', "loss 'low' is not a number"),
-    ('{"step": 1, "lr": true}\n', "lr True is not a number"),
+    ('{"step": 1, "loss": "low"}\n', 'loss "low" is not a number'),
+    ('{"step": 1, "lr": true}\n', "lr true is not a number"),
     (b"\xff\xfe\x00bin", "is not UTF-8 text"),
 ])
 def test_bad_logs_are_one_line_and_nothing_is_written(tmp_path, content, message):
@@ -234,7 +234,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_report(tmp_path, small_fs):
     before = out.read_bytes()
     recipe_log(log, range(0, 4000, 4))  # a page larger than what is left
     fill(small_fs)
-    assert_user_error(plot(log, "--out", out), f"cannot write --out {out}", "nothing was written")
+    assert_user_error(plot(log, "--out", out), f"cannot write --out {out}", "the page there is as it was")
     assert out.read_bytes() == before
     assert not [p for p in small_fs.iterdir() if p.name not in ("filler", "filler_tail", "report.html")]
 

@@ -347,10 +347,12 @@ def plot(paths: list[Path], out: Path) -> None:
     check_out(out)
     logs = [runlog.read(path) for path in paths]
     page = render(logs)
+    existed = out.exists()
     try:
         atomic_write_text(out, page)
     except OSError as e:
-        raise UserError(f"cannot write --out {out}: {e.strerror or e}; nothing was written") from None
+        raise UserError(f"cannot write --out {out}: {e.strerror or e}; "
+                        + ("the page there is as it was" if existed else "nothing was written")) from None
     print(f"wrote {out} ({len(logs)} run{'s' if len(logs) > 1 else ''}, "
           f"{sum(len(log.records) for log in logs):,} records)")
 
