@@ -115,12 +115,11 @@ def test_every_point_is_a_value_of_the_log(tmp_path, graphgpt_log):
         for run, metric, points in lines:
             assert run == 0
             want = expect[title, metric]
-            if title == "Loss by training time":  # the axis is in seconds here (a short run)
-                assert "training time (s)" in ET.tostring(root, encoding="unicode")
             xs, ys = [p[0] for p in want], [p[1] for p in want]
             close(points, want, max(xs) - min(xs) or 1, max(ys) - min(ys))
             seen.add((title, metric))
     assert seen == set(expect)
+    assert "training time (s)" in ET.tostring(root, encoding="unicode")  # a short run's time is in seconds
     assert [r for r in logged if "val_loss" in r] and [r for r in logged if "ms" in r]
 
 
@@ -149,6 +148,26 @@ def test_several_runs_overlaid_with_a_legend(tmp_path, graphgpt_log):
     assert {run for run, _, _ in drawn(root)["Learning rate"]} == {0}
     text = ET.tostring(root, encoding="unicode")
     assert f"run 2 ({torch_run}) has no step times (ms)" in text and f"run 3 ({named}) has no lr" in text
+
+
+def test_a_long_run_draws_each_pixel_columns_extremes_only(tmp_path):
+    """50,000 steps: a few thousand points a line, each one of the log's, the spike among them."""
+    log, n, spike = tmp_path / "long.jsonl", 50_000, 12_345
+    with open(log, "w") as f:
+        for step in range(1, n + 1):
+            f.write(json.dumps({"step": step, "loss": 9.0 if step == spike else 3 + (step % 7) / 10,
+                                "ms": 1.0}) + "\n")
+    out = tmp_path / "long.html"
+    proc = plot(log, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    (points,) = [p for r, m, p in drawn(page(out))["Loss by step"] if m == "loss"]
+    assert 1000 < len(points) < 2500
+    slack = 1e-4 * n  # what the page's rounding to 1/100 pixel leaves of a step
+    assert abs(points[0][0] - 1) <= slack and abs(points[-1][0] - n) <= slack
+    assert all(a <= b + slack for (a, _), (b, _) in zip(points, points[1:]))
+    assert {round(b, 3) for _, b in points} <= {round(3 + k / 10, 3) for k in range(7)} | {9.0}
+    top = max(points, key=lambda p: p[1])
+    assert abs(top[0] - spike) <= slack and abs(top[1] - 9.0) < 1e-3
 
 
 def test_a_crashed_runs_cut_last_line_is_left_out_and_said(tmp_path):

@@ -51,19 +51,19 @@ class Axis:
         return f"{self.lo!r} {self.hi!r} {self.px0} {self.px1} {'log' if self.log else 'linear'}"
 
     def ticks(self) -> list[float]:
-        return log_ticks(self.lo, self.hi) if self.log else linear_ticks(self.lo, self.hi)[1]
+        return log_ticks(self.lo, self.hi) if self.log else linear_ticks(self.lo, self.hi)
 
 
-def linear_ticks(lo: float, hi: float, count: int = 6) -> tuple[float, list[float]]:
-    """(step, ticks): multiples of 1, 2 or 5 times a power of ten, about `count` of them, from
-    the first at or below `lo` to the first at or above `hi`."""
+def linear_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
+    """Multiples of 1, 2 or 5 times a power of ten, about `count` of them, from the first at or
+    below `lo` to the first at or above `hi`."""
     if hi <= lo:
         lo, hi = (lo - 1, hi + 1) if lo == 0 else (lo - abs(lo) / 10, hi + abs(hi) / 10)
     raw = (hi - lo) / count
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
-    return step, [round(k * step, 12) for k in range(first, last + 1)]
+    return [round(k * step, 12) for k in range(first, last + 1)]
 
 
 def log_ticks(lo: float, hi: float) -> list[float]:
@@ -72,7 +72,7 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     mantissas = (1, 2, 5) if len(decades) <= 3 else (1,)
     ticks = [m * 10.0 ** d for d in decades for m in mantissas if lo * (1 - 1e-9) <= m * 10.0 ** d <= hi * (1 + 1e-9)]
     if len(ticks) < 3:  # less than a decade: linear ticks read better, and are still true positions
-        ticks = [t for t in linear_ticks(lo, hi, 4)[1] if lo <= t <= hi]
+        ticks = [t for t in linear_ticks(lo, hi, 4) if lo <= t <= hi]
     return ticks
 
 
@@ -96,7 +96,7 @@ def domain(values: list[float], from_zero: bool, may_log: bool) -> tuple[float, 
         return lo / 1.08, hi * 1.08, True
     if from_zero and lo >= 0:
         lo = 0.0
-    step, ticks = linear_ticks(lo, hi)
+    ticks = linear_ticks(lo, hi)
     return ticks[0], ticks[-1], False
 
 
@@ -173,7 +173,7 @@ class Chart:
     def _line(self, line: Line, x: Axis, y: Axis) -> list[str]:
         label, width, dash, opacity, radius = STYLES.get(line.metric, ("", 1.8, "", 1.0, 0))
         colour = COLOURS[line.run % len(COLOURS)]
-        points = " ".join(f"{x(a):.2f},{y(b):.2f}" for a, b in zip(line.xs, line.ys))
+        points = " ".join(f"{x(a):.2f},{y(b):.2f}" for a, b in thinned(line, x))
         dashes = f' stroke-dasharray="{dash}"' if dash else ""
         out = [f'<polyline class="series" data-run="{line.run}" data-metric="{line.metric}" points="{points}" '
                f'stroke="{colour}" stroke-width="{width}" stroke-opacity="{opacity}"{dashes}/>']
@@ -182,6 +182,22 @@ class Chart:
                 out.append(f'<circle cx="{x(a):.2f}" cy="{y(b):.2f}" r="{radius}" fill="{colour}">'
                            f'<title>run {line.run + 1} at {a:g}: {label} loss {b:.4f}</title></circle>')
         return out
+
+
+def thinned(line: Line, x: Axis) -> list[tuple[float, float]]:
+    """The points of `line` worth drawing: all of them up to a few per pixel column; past that,
+    each column's first, lowest, highest and last point, in the line's order. The line looks the
+    same (every spike stays), and a run of a million steps stays a page of a few thousand points."""
+    points = list(zip(line.xs, line.ys))
+    if len(points) <= 4 * abs(x.px1 - x.px0):
+        return points
+    columns: dict[int, list[int]] = {}
+    for k, (a, _) in enumerate(points):
+        columns.setdefault(int(x(a)), []).append(k)
+    keep = set()
+    for ks in columns.values():
+        keep |= {ks[0], ks[-1], min(ks, key=lambda k: points[k][1]), max(ks, key=lambda k: points[k][1])}
+    return [points[k] for k in sorted(keep)]
 
 
 def esc(text: str) -> str:
