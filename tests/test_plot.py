@@ -181,6 +181,17 @@ def test_a_crashed_runs_cut_last_line_is_left_out_and_said(tmp_path):
     assert len(points) == 2
 
 
+def test_non_finite_values_are_not_drawn_and_said(tmp_path):
+    log = tmp_path / "diverged.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": v, "ms": 1.0}) + "\n"
+                           for s, v in ((1, 2.0), (2, 1.5), (3, float("nan")), (4, float("inf")))))
+    out = tmp_path / "diverged.html"
+    assert plot(log, "--out", out).returncode == 0
+    (points,) = [p for r, m, p in drawn(page(out))["Loss by step"] if m == "loss"]
+    close(points, [(1, 2.0), (2, 1.5)], 3, 0.5)
+    assert "run 1: 2 non-finite loss value(s) not drawn, the first at step 3" in out.read_text()
+
+
 def test_a_report_is_replaced_but_nothing_else_is(tmp_path):
     log = recipe_log(tmp_path / "run.jsonl")
     proc = plot(log)  # the default --out: beside the log

@@ -126,8 +126,9 @@ class Chart:
     def add(self, line: Line) -> None:
         finite = [(x, y) for x, y in zip(line.xs, line.ys) if math.isfinite(y)]
         if len(finite) < len(line.ys):
-            self.notes.append(f"{len(line.ys) - len(finite)} non-finite {line.metric} value(s) "
-                              f"of run {line.run + 1} not drawn")
+            first = next(x for x, y in zip(line.xs, line.ys) if not math.isfinite(y))
+            self.notes.append(f"run {line.run + 1}: {len(line.ys) - len(finite)} non-finite {line.metric} "
+                              f"value(s) not drawn, the first at {self.xlabel} {first:g}")
         if finite:
             self.lines.append(Line(line.run, line.metric, [p[0] for p in finite], [p[1] for p in finite]))
 
