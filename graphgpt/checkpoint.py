@@ -508,3 +508,18 @@ def _writer_alive(pid: int) -> bool:
     except (PermissionError, OverflowError):
         pass  # another user's live process, or a number no process has: not ours to remove either way
     return True
+
+
+def describe_weights(path, weights: dict[str, np.ndarray]) -> str:
+    """The line that confirms what --init-from loaded: how many parameters, from what kind of
+    source, and what identifies it (a checkpoint's step, a Hugging Face config's sizes)."""
+    path = Path(path)
+    count = f"loaded {sum(int(w.size) for w in weights.values()) / 1e6:.2f}M parameters"
+    if hf.is_hf_dir(path):
+        config = json.loads((path / hf.CONFIG).read_text("utf-8"))  # checked when it was loaded
+        sizes = ", ".join(f"{k} {config[k]}" for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions"))
+        return f"{count} from a Hugging Face GPT-2 directory {path} ({sizes})"
+    if path.is_file():
+        return f"{count} from a .safetensors file {path}"
+    checkpoint = path if (path / STATE).exists() else CheckpointDir(path).latest()
+    return f"{count} from the checkpoint at step {read_state(checkpoint)['step']}, {checkpoint}"

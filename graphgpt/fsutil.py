@@ -45,6 +45,21 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def unwritable(directory: str | os.PathLike) -> str | None:
+    """Why no file can be created in `directory` (or, if it is yet to be made, in the directory
+    that would hold it), told before any work; None when one can."""
+    existing = Path(directory)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return f"{existing} is on a read-only filesystem"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 @contextmanager
 def scratch_dir(path: Path) -> Iterator[Path]:
     """Create the directory `path` for the block to fill (and usually rename away); if the block

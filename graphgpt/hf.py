@@ -41,9 +41,10 @@ def load(path: Path, config: dict) -> dict[str, np.ndarray]:
     one line names the first thing that does not fit the plan's `config`."""
     path = Path(path)
     try:
-        hf = json.loads((path / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        hf = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path / CONFIG}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    _check_types(path / CONFIG, hf)
     _check_config(path, hf, config)
     tensors = {name: value for name, value in load_safetensors(path / WEIGHTS).items()
                if not name.endswith(MASKS)}
@@ -75,6 +76,32 @@ def load(path: Path, config: dict) -> dict[str, np.ndarray]:
     if weights["wte"].shape != (V, C):
         raise UserError(f"{path / WEIGHTS}: wte is {weights['wte'].shape}, the plan's ({V}, {C})")
     return weights
+
+
+# The fields of config.json that are read: (their type in words, required). Hugging Face writes
+# all of them but n_inner (null for 4 * n_embd); a file that lacks one is not a GPT2LMHeadModel's.
+FIELDS = {"model_type": ("a string", True), "n_layer": ("an integer", True), "n_head": ("an integer", True),
+          "n_embd": ("an integer", True), "vocab_size": ("an integer", True), "n_positions": ("an integer", True),
+          "n_inner": ("an integer or null", False), "activation_function": ("a string", False),
+          "layer_norm_epsilon": ("a number", False), "tie_word_embeddings": ("true or false", False),
+          "scale_attn_weights": ("true or false", False), "scale_attn_by_inverse_layer_idx": ("true or false", False),
+          "reorder_and_upcast_attn": ("true or false", False)}
+_IS = {"a string": lambda v: isinstance(v, str), "an integer": lambda v: type(v) is int,
+       "an integer or null": lambda v: v is None or type(v) is int, "a number": lambda v: type(v) in (int, float),
+       "true or false": lambda v: isinstance(v, bool)}
+
+
+def _check_types(path: Path, hf: object) -> None:
+    """One line naming the file and the field: config.json is an object whose fields above are
+    present where required and of their type."""
+    if not isinstance(hf, dict):
+        raise UserError(f"{path}: a JSON {type(hf).__name__}, where a Hugging Face config is an object")
+    for name, (kind, required) in FIELDS.items():
+        if name not in hf:
+            if required:
+                raise UserError(f"{path}: no {name} field")
+        elif not _IS[kind](hf[name]):
+            raise UserError(f"{path}: {name} is {json.dumps(hf[name])}, not {kind}")
 
 
 def _check_config(path: Path, hf: dict, config: dict) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plan as plan_io
-from .checkpoint import CheckpointDir, Layout, TrainingState, checkpoints_home, initial_weights
+from .checkpoint import CheckpointDir, Layout, TrainingState, checkpoints_home, describe_weights, initial_weights
 from .data import SAMPLERS, default_corpus, load_dataset, load_tokens, make_sampler, split_heldout
 from .errors import ArgumentParser, UserError
 from .monitor import GuardedStdout, MetricsLog, Progress, log_header, new_run_id
@@ -158,6 +158,8 @@ def run(args, world) -> int:
     if saves is not None:
         saves.run = run_id
     init_weights = initial_weights(args.init_from, plan) if args.init_from and lead else None
+    if init_weights is not None:
+        say(describe_weights(args.init_from, init_weights))
 
     train_tokens, val_tokens, source = _data(args, tokenizer, plan.config, world)
     seed = world.bcast_object(_seed(args, start) if lead else None)

@@ -135,7 +135,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     from . import plan as plan_io
-    from .checkpoint import initial_weights
+    from .checkpoint import describe_weights, initial_weights
     from .errors import UserError
     from .runtime import make_backend
     from .monitor import GuardedStdout
@@ -147,6 +147,7 @@ def main(argv=None) -> int:
         tokenizer = Tokenizer.from_json(plan.tokenizer)
         prompt = encode_prompt(tokenizer, args.prompt).tolist()
         weights = initial_weights(args.init_from, plan)
+        print(describe_weights(args.init_from, weights), flush=True)
         backend = make_backend(args.backend, plan)
         for name, value in weights.items():
             backend.set_tensor(name, value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -304,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         graph = _read_json(args.graph)
+        _check_replaceable(args.out or args.graph.parent, args.graph.stem)
         paths = write_graph_views(graph, args.out or args.graph.parent, args.graph.stem)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -314,6 +316,27 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+# How the views this module writes begin: an existing file that begins otherwise is not one of
+# them, and is left as it is.
+_VIEW_STARTS = {".dot": ("digraph ", "\n  graph [rankdir=TB, label="),
+                ".html": ("<!DOCTYPE html>\n<html lang=\"en\">\n", " - graphgpt</title>\n")}
+
+
+def _check_replaceable(out_dir: Path, stem: str) -> None:
+    """The command line replaces STEM.dot and STEM.html only where they are views it wrote."""
+    for suffix, marks in _VIEW_STARTS.items():
+        path = Path(out_dir) / f"{stem}{suffix}"
+        if not os.path.lexists(path):
+            continue
+        try:
+            with open(path, "rb") as f:
+                start = f.read(4096).decode("utf-8", errors="replace")
+        except OSError:
+            start = ""
+        if path.is_symlink() or not path.is_file() or not (start.startswith(marks[0]) and marks[1] in start):
+            raise UserError(f"{path} exists and is not a graph view tools/viz.py wrote; it is left as it is")
 
 
 def _read_json(path: Path) -> object:

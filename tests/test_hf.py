@@ -8,18 +8,23 @@ same bits), and, where PyTorch is importable, an independent PyTorch GPT-2's bui
 file (transformers' GPT2LMHeadModel when that is importable too).
 """
 import json
+import re
+import subprocess
 
 import numpy as np
 import pytest
 
 from graphgpt import hf
 from graphgpt.compiler import compile_model
+from graphgpt.errors import UserError
 from graphgpt.plan import Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.tensor_files import load_safetensors, save_safetensors
-from tests.conftest import COMPILE, ROOT, run_cli
+from graphgpt.train import init_params
+from tests.conftest import COMPILE, ROOT, assert_user_error, fill, run_cli
 
 L, H, C, T, V = 2, 2, 16, 8, 128  # the plan; its char vocabulary has 99 tokens
+CONFIG = {"n_layer": L, "n_head": H, "n_embd": C, "block_size": T, "vocab_size": V}  # a plan's, for checks of config.json
 SHAPE = [f"n_layer={L}", f"n_head={H}", f"n_embd={C}", f"block_size={T}", "batch_size=2", f"vocab_size={V}"]
 
 
@@ -196,3 +201,105 @@ def test_the_round_trip_keeps_the_files_logits(tmp_path):
     hf.save(tmp_path / "out", weights, plan.config, eos_id=98)
     again = graphgpt_logits(plan, hf.load(tmp_path / "out", plan.config), tokens)
     assert again.tobytes() == ours.tobytes()
+
+
+@pytest.mark.parametrize("config, message", [
+    ([1, 2], "config.json: a JSON list, where a Hugging Face config is an object"),
+    ("gpt2", "config.json: a JSON str, where"),
+    ({"n_layer": None}, "config.json: n_layer is null, not an integer"),
+    ({"n_layer": "2"}, 'config.json: n_layer is "2", not an integer'),
+    ({"n_embd": 16.0}, "config.json: n_embd is 16.0, not an integer"),
+    ({"n_head": True}, "config.json: n_head is true, not an integer"),
+    ({"model_type": 2}, "config.json: model_type is 2, not a string"),
+    ({"layer_norm_epsilon": "1e-5"}, 'config.json: layer_norm_epsilon is "1e-5", not a number'),
+    ({"tie_word_embeddings": 1}, "config.json: tie_word_embeddings is 1, not true or false"),
+    ({"n_inner": "64"}, 'config.json: n_inner is "64", not an integer or null'),
+    ({"scale_attn_weights": None}, "config.json: scale_attn_weights is null, not true or false"),
+    ({"activation_function": ["gelu_new"]}, 'config.json: activation_function is ["gelu_new"], not a string'),
+])
+def test_a_config_json_of_the_wrong_shape_names_the_file_and_field(tmp_path, config, message):
+    write_hf(tmp_path / "m")
+    if isinstance(config, dict):
+        config = json.loads((tmp_path / "m" / "config.json").read_text()) | config
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'm' / message}")):
+        hf.load(tmp_path / "m", CONFIG)
+
+
+@pytest.mark.parametrize("field", ["model_type", "n_layer", "n_head", "n_embd", "vocab_size", "n_positions"])
+def test_a_config_json_that_lacks_a_field_names_it(tmp_path, field):
+    write_hf(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config[field]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'm' / 'config.json'}: no {field} field")):
+        hf.load(tmp_path / "m", CONFIG)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A compiled plan on disk and a .safetensors file of its initial weights."""
+    root = tmp_path_factory.mktemp("hf")
+    assert run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(root / "plan"), *sum((["--set", s] for s in SHAPE), []),
+                   "--set", "tie_weights=1").returncode == 0
+    plan = Plan(json.loads((root / "plan" / "plan.json").read_text()), "tiny")
+    for seed in (0, 1):
+        save_safetensors(root / f"weights{seed}.safetensors", init_params(plan, seed))
+    return root / "plan", root / "weights0.safetensors", root / "weights1.safetensors"
+
+
+def test_a_bad_config_json_is_one_line_from_the_command_line(tmp_path, tiny):
+    plan, _, _ = tiny
+    write_hf(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("[]")
+    proc = run_cli("-m", "graphgpt.sample", "--plan", str(plan), "--init-from", str(tmp_path / "m"), "--backend", "numpy")
+    assert_user_error(proc, f"--init-from {tmp_path / 'm' / 'config.json'}: a JSON list")
+
+
+def test_init_from_says_in_one_line_what_it_loaded(tmp_path, tiny):
+    plan, weights, _ = tiny
+    millions = f"{sum(v.size for v in load_safetensors(weights).values()) / 1e6:.2f}M"
+    write_hf(tmp_path / "m")
+    runs = {tmp_path / "m": f"loaded {millions} parameters from a Hugging Face GPT-2 directory {tmp_path / 'm'} "
+                            f"(n_layer {L}, n_head {H}, n_embd {C}, vocab_size {V}, n_positions {T})",
+            weights: f"loaded {millions} parameters from a .safetensors file {weights}"}
+    for source, line in runs.items():
+        proc = run_cli("-m", "graphgpt.sample", "--plan", str(plan), "--init-from", str(source), "--tokens", "2",
+                       "--backend", "numpy")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[0] == line
+    proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--init-from", str(weights), "--steps", "2",
+                   "--backend", "numpy", "--generate", "0", "--save", str(tmp_path / "ckpt"))
+    assert proc.returncode == 0 and f"loaded {millions} parameters from a .safetensors file" in proc.stdout
+    proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--init-from", str(tmp_path / "ckpt"), "--steps", "0",
+                   "--backend", "numpy", "--generate", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert f"loaded {millions} parameters from the checkpoint at step 2, {tmp_path / 'ckpt' / 'step_00000002'}" \
+        in proc.stdout.splitlines()
+
+
+def export_cli(plan, weights, out):
+    return run_cli("tools/export_hf.py", "--plan", str(plan), "--weights", str(weights), "--out", str(out))
+
+
+def test_a_full_disk_leaves_no_partial_export_and_keeps_the_old_one(tiny, small_fs):
+    plan, first, second = tiny
+    out = small_fs / "export"
+    assert export_cli(plan, first, out).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fill(small_fs)
+    assert_user_error(export_cli(plan, second, out), f"cannot write --out {out}", "the export there is as it was")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert_user_error(export_cli(plan, second, small_fs / "fresh"), "nothing was written")
+    assert sorted(p.name for p in small_fs.iterdir() if not p.name.startswith("filler")) == ["export"]
+
+
+def test_a_read_only_filesystem_is_one_line_and_keeps_the_export(tiny, small_fs):
+    plan, first, second = tiny
+    out = small_fs / "export"
+    assert export_cli(plan, first, out).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], capture_output=True, text=True)
+    assert remount.returncode == 0, remount.stderr
+    assert_user_error(export_cli(plan, second, out), f"--out {out}: {small_fs} is on a read-only filesystem")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and [p.name for p in small_fs.iterdir()] == ["export"]

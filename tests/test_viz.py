@@ -297,3 +297,20 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, done.stderr)
         assert not (tmp_path / Path(args[0]).with_suffix(".html")).exists()
+
+
+def test_cli_replaces_its_own_views_and_nothing_else(tmp_path):
+    src = tmp_path / "joint.json"
+    src.write_text(json.dumps(small_graph()), encoding="utf-8")
+    assert run_tool(str(src), cwd=tmp_path).returncode == 0
+    assert run_tool(str(src), cwd=tmp_path).returncode == 0  # its own views: replaced
+    for suffix in (".dot", ".html"):
+        mine = tmp_path / "mine" / f"joint{suffix}"
+        mine.parent.mkdir(exist_ok=True)
+        mine.write_text("my own notes\n")
+        done = run_tool(str(src), "--out", str(mine.parent), cwd=tmp_path)
+        assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+            f"error: {mine} exists and is not a graph view tools/viz.py wrote; it is left as it is"], done.stderr
+        assert mine.read_text() == "my own notes\n"
+        assert sorted(p.name for p in mine.parent.iterdir()) == [mine.name]
+        mine.unlink()

@@ -32,6 +32,7 @@ from graphgpt.numpy_ops import BY_OP  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
 from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
+from graphgpt.errors import ArgumentParser  # noqa: E402
 
 SHAPES = [  # (label, B, H, T, D, dtype, dropout)
     ("124M", 16, 12, 1024, 64, "bf16", 0.0),
@@ -215,7 +216,7 @@ def tiled(by_op: dict | None):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="tools/attention_check.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="tools/attention_check.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=20, help="timed launches per kernel; the median is shown")
     p.add_argument("--only", nargs="*", help="shape labels to run (default: all)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch's timings")

@@ -20,6 +20,8 @@ import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 
 from graphgpt.compiler import compile_model  # noqa: E402
+from graphgpt.errors import ArgumentParser  # noqa: E402
+from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.plan import Plan  # noqa: E402
 from graphgpt.runtime.numpy_backend import NumpyBackend  # noqa: E402
 from graphgpt.train import init_params  # noqa: E402
@@ -68,7 +70,9 @@ def accumulated(per_batch: list[dict], dtype) -> dict[str, np.ndarray]:
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    sys.stdout = GuardedStdout(sys.stdout)
+    ArgumentParser(prog="tools/bf16_gradients.py", description=__doc__.split("\n\n")[0]).parse_args(argv)
     exact = gradients([], np.float64)
     rows = {"one batch, bf16 plan (weights' gradients in f32)": gradients(["dtype=bf16"], np.float32),
             "one batch, bf16 --no-fuse (rounded to bf16)": gradients(["dtype=bf16"], np.float32, fusion=False)}

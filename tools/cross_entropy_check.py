@@ -17,7 +17,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, installed or not
 
-import argparse  # noqa: E402
 import statistics  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -27,6 +26,7 @@ from graphgpt.dtypes import DTYPES  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
 from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
+from graphgpt.errors import ArgumentParser  # noqa: E402
 
 TOLERANCE = {"bf16": 4e-3, "f32": 1e-5}  # the gradient's; bf16's is its rounding on store (2^-9 relative)
 SHAPES = [  # (label, rows, vocabulary, dtype)
@@ -138,7 +138,7 @@ def check_shape(cp, label: str, rows: int, vocab: int, dtype: str, repeat: int, 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="tools/cross_entropy_check.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="tools/cross_entropy_check.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=20, help="timed runs per variant; the median is shown")
     p.add_argument("--only", nargs="*", help="shape labels to run (default: all)")
     p.add_argument("--seed", type=int, default=None, help="the random logits' seed (default: a fresh one, printed)")

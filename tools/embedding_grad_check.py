@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, installed or not
 
-import argparse  # noqa: E402
 import statistics  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.kernels import embedding  # noqa: E402
+from graphgpt.errors import ArgumentParser  # noqa: E402
 
 ROWS, C, B, T = 50304, 768, 16, 1024
 TOLERANCE = 1e-5  # float32 sums of bf16 rows
@@ -62,7 +62,7 @@ def render(cp, sum_floats: int, max_rows: int):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="tools/embedding_grad_check.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="tools/embedding_grad_check.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=20, help="timed runs per distribution; the median is shown")
     p.add_argument("--seed", type=int, default=0, help="seed of the ids and gradient rows")
     p.add_argument("--variants", nargs="*", default=[], metavar="FLOATS:ROWS",

@@ -7,6 +7,7 @@ weight. --out must be new, empty, or a directory this tool wrote (exactly those 
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,10 +17,14 @@ from graphgpt import hf  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.checkpoint import load_weights  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
+from graphgpt.fsutil import scratch_dir, unwritable  # noqa: E402
+from graphgpt.monitor import GuardedStdout  # noqa: E402
+from graphgpt.plan import replace_dir  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
 
 
 def main(argv=None) -> int:
+    sys.stdout = GuardedStdout(sys.stdout)
     p = ArgumentParser(prog="tools/export_hf.py", description=(
         "Write a plan's weights as a Hugging Face GPT2LMHeadModel directory (config.json, model.safetensors)."))
     p.add_argument("--plan", type=Path, required=True, help="the compiled plan the weights belong to")
@@ -37,13 +42,28 @@ def export(plan_dir: Path, weights_path: Path, out: Path) -> None:
     expected = {t["name"]: tuple(t["shape"]) for t in plan.params}
     if {n: tuple(w.shape) for n, w in weights.items()} != expected:
         raise UserError(f"{weights_path}: its tensors are not the parameters of plan {plan_dir}")
-    hf.save(out, weights, plan.config, Tokenizer.from_json(plan.tokenizer).eos_id)
+    eos_id = Tokenizer.from_json(plan.tokenizer).eos_id
+    # Written whole beside --out, then swapped in: a failure (a full disk) leaves no partial
+    # directory and an earlier export as it was.
+    existed = out.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with scratch_dir(out.parent / f".{out.name}.export.{os.getpid()}.tmp") as staging:
+            hf.save(staging, weights, plan.config, eos_id)
+            replace_dir(staging, out)
+    except OSError as e:
+        raise UserError(f"cannot write --out {out}: {e.strerror or e}; "
+                        + ("the export there is as it was" if existed else "nothing was written")) from None
     print(f"wrote {out}/ ({hf.CONFIG}, {hf.WEIGHTS}: {sum(w.size for w in weights.values()):,} parameters)")
 
 
 def check_out(out: Path) -> None:
-    if out.is_symlink() or out.is_file():
+    """--out may be new, empty, or an export of this tool's (its two files and nothing else),
+    in a directory that can take a new one beside it."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise UserError(f"--out {out} is not a directory; it is left as it is")
+    if problem := unwritable(out.parent):
+        raise UserError(f"--out {out}: {problem}")
     if out.is_dir() and set(p.name for p in out.iterdir()) - {hf.CONFIG, hf.WEIGHTS}:
         raise UserError(f"--out {out} holds files other than {hf.CONFIG} and {hf.WEIGHTS}; it is left as it is")
 

@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, installed or not
 
-import argparse  # noqa: E402
 import statistics  # noqa: E402
 
 from graphgpt.kernels.gemm import lower_matmul  # noqa: E402
 from graphgpt.numpy_ops import GELU_C  # noqa: E402
+from graphgpt.errors import ArgumentParser  # noqa: E402
 from tools.cross_entropy_check import from_float32 as from_f32, rel_err, to_float64 as to_f64  # noqa: E402
 
 TOLERANCE = {"bf16": 1e-2, "f32": 1e-5}
@@ -139,7 +139,7 @@ def cases(cp, blas, T: int, C: int, dtype: str, rng):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="tools/gemm_epilogue_check.py", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="tools/gemm_epilogue_check.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     import cupy as cp

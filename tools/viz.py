@@ -4,7 +4,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, installed or not
 
+from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.viz import main  # noqa: E402
 
 if __name__ == "__main__":
+    sys.stdout = GuardedStdout(sys.stdout)  # `| head` reads the first path: the rest goes nowhere, quietly
     sys.exit(main())
