@@ -97,6 +97,9 @@ def test_every_point_is_a_value_of_the_log(tmp_path, graphgpt_log):
     proc = plot(graphgpt_log, "--out", out)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.strip() == f"wrote {out} (1 run, 9 records)"
+    text = out.read_text(encoding="utf-8").replace('xmlns="http://www.w3.org/', "")  # names, never fetched
+    for needle in ("http:", "https:", "<script", " src=", "<link", "@import", "url("):
+        assert needle not in text, needle
     root = page(out)
     charts = drawn(root)
     assert set(charts) == {"Loss by step", "Loss by training time", "Learning rate", "Gradient norm", "Throughput"}

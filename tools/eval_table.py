@@ -4,6 +4,7 @@ One row per evaluated step: the training loss of that step's batch, the mean los
 windows of the training split (`train_loss`) and of the held-out split (`val_loss`). A model that
 learns its training windows by position shows a training loss far below `train_loss`.
 """
+import math
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def table(path: Path) -> None:
         batch = f"{r['loss']:.4f}" if "loss" in r else "-"
         val = f"{r['val_loss']:.4f}" if "val_loss" in r else "-"
         print(f"{r['step']:>6} {batch:>10} {r['train_loss']:>13.4f} {val:>9}")
-    held = [r for r in rows if "val_loss" in r]
+    held = [r for r in rows if "val_loss" in r and math.isfinite(r["val_loss"])]
     if held:
         best = min(held, key=lambda r: r["val_loss"])
         print(f"best held-out loss {best['val_loss']:.4f} at step {best['step']}")
