@@ -167,3 +167,17 @@ def test_seed_weights_damaged_files_raise(tmp_path):
         bad.write_bytes(data)
         with pytest.raises(UserError, match=f"bad{i}"):
             load_seed_weights(bad)
+
+
+def test_files_written_whole_are_as_readable_as_any_other(tmp_path):
+    """A file written under a temporary name gets the mode the umask gives a new file, not the
+    owner-only mode of the temporary it was written as."""
+    import os
+    from graphgpt.fsutil import atomic_write_text
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.txt", "x")
+        open(tmp_path / "plain.txt", "w").close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644
