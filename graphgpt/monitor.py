@@ -110,8 +110,8 @@ class MetricsLog:
             found = None
         if not isinstance(found, dict) or found.get("graphgpt_log") != LOG_FORMAT:
             raise UserError(f"--log {self.path} is not a graphgpt log (its first line is no graphgpt_log "
-                            "header); a resumed run appends only to its own log, so it leaves this file "
-                            "as it is: choose another name")
+                            f"{LOG_FORMAT} header); a resumed run appends only to its own log, so it leaves "
+                            "this file as it is: choose another name")
         same_run = found.get("run") == header.get("run")
         restarted = (header.get("save") is not None
                      and all(found.get(k) == header.get(k) for k in ("plan", "save")))

@@ -63,23 +63,39 @@ def replace_dir_by_symlink(step_dir) -> None:
 
 # Each damage to the checkpoint directory `c`, and what the one line must say.
 DAMAGES = {
-    "model tensor missing": (lambda c: edit_tensors(c / MODEL, lambda t: t.pop("ln.w")), "model.safetensors lacks tensors of this plan: ln.w"),
-    "optimizer tensor missing": (lambda c: edit_tensors(c / OPTIMIZER, lambda t: t.pop("adam.v.wte")), "optimizer.safetensors lacks tensors of this plan: adam.v.wte"),
-    "extra tensor": (lambda c: edit_tensors(c / MODEL, lambda t: t.update(bias=np.zeros(2, np.float32))), "model.safetensors has tensors this plan does not: bias"),
-    "wrong shape": (lambda c: edit_tensors(c / OPTIMIZER, lambda t: t.update({"adam.m.wte": t["adam.m.wte"][:4]})), "adam.m.wte (4, 4) (plan: (5, 4))"),
-    "wrong dtype": (lambda c: edit_tensors(c / MODEL, lambda t: t.update(wte=t["wte"].astype(np.float64))), "wte float64 (plan: float32)"),
-    "truncated tensor file": (lambda c: (c / OPTIMIZER).write_bytes((c / OPTIMIZER).read_bytes()[:-3]), "optimizer.safetensors: tensor"),
-    "garbage tensor file": (lambda c: (c / MODEL).write_bytes(b"\x07" * 300), "model.safetensors: safetensors header size"),
-    "state.json not JSON": (lambda c: (c / "state.json").write_text('{"step": 4,'), "state.json: not valid JSON"),
-    "state.json not an object": (lambda c: (c / "state.json").write_text("[4]"), "state.json: not a JSON object"),
-    "state.json field missing": (lambda c: edit_state(c / "state.json", lambda r: r.pop("model_hash")), "state.json: lacks the field 'model_hash'"),
-    "state.json field mistyped": (lambda c: edit_state(c / "state.json", lambda r: r.update(step=4.0)), "state.json: field 'step' is 4.0, not int"),
-    "run id mistyped": (lambda c: edit_state(c / "state.json", lambda r: r.update(run=["x"])), "state.json: field 'run'"),
-    "meta field missing": (lambda c: edit_state(c / "state.json", lambda r: r["meta"].pop("seed")), "state.json: lacks the field 'meta.seed'"),
-    "meta field mistyped": (lambda c: edit_state(c / "state.json", lambda r: r["meta"].update(best=1.5)), "field 'meta.best' is 1.5, not dict or null"),
-    "step of another directory": (lambda c: edit_state(c / "state.json", lambda r: r.update(step=3)), "state.json: records step 3, but its directory is named for step 4"),
+    "model tensor missing": (lambda c: edit_tensors(c / MODEL, lambda t: t.pop("ln.w")),
+     "model.safetensors lacks tensors of this plan: ln.w"),
+    "optimizer tensor missing": (lambda c: edit_tensors(c / OPTIMIZER, lambda t: t.pop("adam.v.wte")),
+     "optimizer.safetensors lacks tensors of this plan: adam.v.wte"),
+    "extra tensor": (lambda c: edit_tensors(c / MODEL, lambda t: t.update(bias=np.zeros(2, np.float32))),
+     "model.safetensors has tensors this plan does not: bias"),
+    "wrong shape": (lambda c: edit_tensors(c / OPTIMIZER, lambda t: t.update({"adam.m.wte": t["adam.m.wte"][:4]})),
+     "adam.m.wte (4, 4) (plan: (5, 4))"),
+    "wrong dtype": (lambda c: edit_tensors(c / MODEL, lambda t: t.update(wte=t["wte"].astype(np.float64))),
+     "wte float64 (plan: float32)"),
+    "truncated tensor file": (lambda c: (c / OPTIMIZER).write_bytes((c / OPTIMIZER).read_bytes()[:-3]),
+     "optimizer.safetensors: tensor"),
+    "garbage tensor file": (lambda c: (c / MODEL).write_bytes(b"\x07" * 300),
+     "model.safetensors: safetensors header size"),
+    "state.json not JSON": (lambda c: (c / "state.json").write_text('{"step": 4,'),
+     "state.json: not valid JSON"),
+    "state.json not an object": (lambda c: (c / "state.json").write_text("[4]"),
+     "state.json: not a JSON object"),
+    "state.json field missing": (lambda c: edit_state(c / "state.json", lambda r: r.pop("model_hash")),
+     "state.json: lacks the field 'model_hash'"),
+    "state.json field mistyped": (lambda c: edit_state(c / "state.json", lambda r: r.update(step=4.0)),
+     "state.json: field 'step' is 4.0, not int"),
+    "run id mistyped": (lambda c: edit_state(c / "state.json", lambda r: r.update(run=["x"])),
+     "state.json: field 'run'"),
+    "meta field missing": (lambda c: edit_state(c / "state.json", lambda r: r["meta"].pop("seed")),
+     "state.json: lacks the field 'meta.seed'"),
+    "meta field mistyped": (lambda c: edit_state(c / "state.json", lambda r: r["meta"].update(best=1.5)),
+     "field 'meta.best' is 1.5, not dict or null"),
+    "step of another directory": (lambda c: edit_state(c / "state.json", lambda r: r.update(step=3)),
+     "state.json: records step 3, but its directory is named for step 4"),
     "step directory a symlink": (replace_dir_by_symlink, "step_00000004: a symbolic link"),
-    "seed export missing": (lambda c: (c / "trained_weights.bin").unlink(), "incomplete checkpoint, missing trained_weights.bin"),
+    "seed export missing": (lambda c: (c / "trained_weights.bin").unlink(),
+     "incomplete checkpoint, missing trained_weights.bin"),
 }
 
 
@@ -102,7 +118,8 @@ def test_a_damaged_latest_falls_back_to_the_newest_whole_one_with_a_warning(tmp_
     checkpoints = saved(tmp_path / "run", 2, 4)
     DAMAGES[damage][0](tmp_path / "run" / "step_00000004")
     state = checkpoints.load(DIGEST, layout=LAYOUT)
-    assert state.step == 2 and state.optimizer["adam.v.wte"].tobytes() == small_state(2).optimizer["adam.v.wte"].tobytes()
+    assert state.step == 2
+    assert state.optimizer["adam.v.wte"].tobytes() == small_state(2).optimizer["adam.v.wte"].tobytes()
     warning = capsys.readouterr().err.strip().splitlines()
     assert len(warning) == 1 and warning[0].startswith(f"warning: {tmp_path / 'run' / 'step_00000004'}")
     assert DAMAGES[damage][1] in warning[0] and f"{tmp_path / 'run' / 'step_00000002'}, the newest whole" in warning[0]
@@ -212,7 +229,8 @@ def test_sample_init_from_damaged_checkpoints(plan_and_data, pristine, tmp_path)
     proc = run_cli(*sample, "--init-from", str(run))
     assert proc.returncode == 0, proc.stderr
     warning = proc.stderr.strip().splitlines()
-    assert len(warning) == 1 and str(run / "step_00000004") in warning[0] and "loading " + str(run / "step_00000002") in warning[0]
+    assert len(warning) == 1 and str(run / "step_00000004") in warning[0]
+    assert f"loading {run / 'step_00000002'}" in warning[0]
     (run / "step_00000002" / "state.json").write_text("")
     proc = run_cli(*sample, "--init-from", str(run))
     assert_user_error(proc, "no other checkpoint", "is whole either")

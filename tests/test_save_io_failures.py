@@ -63,7 +63,8 @@ def test_a_full_disk_during_a_log_write_keeps_the_whole_records(plan_and_data, s
     fill(small_fs)
     os.unlink(small_fs / "room")
     proc = train(plan_and_data, "--steps", "200", "--log", str(log))
-    assert_user_error(proc, f"--log {log}: cannot write step", "(No space left on device); the records before it are intact")
+    assert_user_error(proc, f"--log {log}: cannot write step",
+                      "(No space left on device); the records before it are intact")
     text = log.read_text()
     assert text.endswith("\n")
     records = [json.loads(line) for line in text.splitlines()]
