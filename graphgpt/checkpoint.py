@@ -163,14 +163,18 @@ class CheckpointDir:
         return target
 
     def load(self, plan_digest: str, path: str | os.PathLike | None = None,
-             layout: Layout | None = None) -> TrainingState:
+             layout: Layout | None = None, continuing: bool = False) -> TrainingState:
         """The training state of checkpoint `path`, which must be whole and belong to the plan
         whose digest is `plan_digest` (and match its `layout`, if given). Without `path`, the
-        latest checkpoint, or, if that one is damaged, the newest whole one, with a warning."""
+        latest checkpoint, or, if that one is damaged, the newest whole one, with a warning.
+        `continuing`: the run will save into this directory again, so a damaged checkpoint it
+        passes is renamed out of the way of those saves (`set_aside`), not left for a save to
+        refuse after the training it would have kept."""
         self.remove_stale_temps()
         if path is not None:
             return read_checkpoint(path, plan_digest, layout)
-        state = self.newest_whole(lambda c: read_checkpoint(c, plan_digest, layout), "resuming from")
+        state = self.newest_whole(lambda c: read_checkpoint(c, plan_digest, layout), "resuming from",
+                                  set_aside=continuing)
         if state is None:
             raise UserError(f"{self.path}: no complete checkpoint to resume from")
         return state
@@ -185,12 +189,13 @@ class CheckpointDir:
             entries.insert(0, named)
         return entries
 
-    def newest_whole(self, read: Callable[[Path], object], verb: str):
+    def newest_whole(self, read: Callable[[Path], object], verb: str, set_aside: bool = False):
         """`read` of the latest checkpoint; if that raises UserError (damage), `read` of the newest
         other one that does not, after a warning on stderr that names both. None if DIR holds no
         checkpoint at all; one UserError line if none is whole. A ForeignCheckpoint is raised as
-        it is: a checkpoint of another plan is not damage to work around."""
-        damaged = None
+        it is: a checkpoint of another plan is not damage to work around. With `set_aside`, the
+        damaged checkpoints passed are renamed `step_N.damaged` (kept, never removed)."""
+        damaged, passed = None, []
         for checkpoint in self.step_entries():
             try:
                 value = read(checkpoint)
@@ -198,14 +203,32 @@ class CheckpointDir:
                 raise
             except UserError as e:
                 damaged = damaged or e
+                passed.append(checkpoint)
                 continue
             if damaged is not None:
-                print(f"warning: {damaged}; {verb} {checkpoint}, the newest whole checkpoint, instead",
+                kept = [self._set_aside(c) for c in passed] if set_aside else []
+                print(f"warning: {damaged}; {verb} {checkpoint}, the newest whole checkpoint, instead"
+                      + (f" (kept as {', '.join(k.name for k in kept)})" if kept else ""),
                       file=sys.stderr, flush=True)
             return value
         if damaged is not None:
             raise UserError(f"{damaged}; no other checkpoint in {self.path} is whole either")
         return None
+
+    def _set_aside(self, checkpoint: Path) -> Path:
+        """Rename a damaged checkpoint that graphgpt wrote to a name no save uses; one that is not
+        graphgpt's (no marker, or a link) is refused, since a save would have to replace it."""
+        if checkpoint.is_symlink() or not _is_marked(checkpoint):
+            raise UserError(f"{checkpoint} is damaged and holds no {MARKER}, so it is not renamed or "
+                            "replaced; move it out of the way to resume here")
+        aside = checkpoint.with_name(checkpoint.name + ".damaged")
+        n = 1
+        while os.path.lexists(aside):
+            n += 1
+            aside = checkpoint.with_name(f"{checkpoint.name}.damaged.{n}")
+        os.rename(checkpoint, aside)
+        fsync_dir(self.path)
+        return aside
 
     def remove_stale_temps(self) -> list[Path]:
         """Clear the temporaries of writers that are no longer alive (killed mid-save); a

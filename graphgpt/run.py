@@ -334,6 +334,7 @@ def _starting_state(args, saves: CheckpointDir | None, plan) -> TrainingState | 
     source = CheckpointDir(home) if args.resume is not None else None
     if home != args.resume and not os.path.lexists(args.resume):
         raise UserError(f"--resume {args.resume} does not exist")
+    resuming_here = False  # saving into the directory resumed from
     if saves is not None:
         try:
             saves.check_writable()
@@ -351,7 +352,7 @@ def _starting_state(args, saves: CheckpointDir | None, plan) -> TrainingState | 
     if not source.step_entries():
         print(f"no checkpoint in {args.resume} yet: starting from step 0")
         return None
-    return source.load(plan.digest, layout=layout)
+    return source.load(plan.digest, layout=layout, continuing=resuming_here)
 
 
 def _data(args, tokenizer: Tokenizer, cfg: dict, world):

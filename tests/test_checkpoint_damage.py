@@ -178,14 +178,18 @@ def test_a_run_resumes_from_the_older_checkpoint_past_a_damaged_latest(plan_and_
     """An optimizer tensor missing in the latest checkpoint: resumed today with it zeroed; now the
     run names it, resumes from step 2 and ends exactly where an uninterrupted run ends."""
     run = damaged_copy(pristine, tmp_path, "optimizer tensor missing")
-    damaged = snapshot(run / "step_00000004")
-    proc = train(plan_and_data, "--steps", "6", "--resume", str(run))
+    damaged = {p.relative_to(run / "step_00000004"): v for p, v in snapshot(run / "step_00000004").items()}
+    proc = train(plan_and_data, "--steps", "6", "--save-every", "2", "--resume", str(run))
     assert proc.returncode == 0, proc.stderr
     warning = proc.stderr.strip().splitlines()
     assert len(warning) == 1 and warning[0].startswith("warning: ") and "adam.v.wte" in warning[0], proc.stderr
     assert str(run / "step_00000004") in warning[0] and str(run / "step_00000002") in warning[0]
+    assert "kept as step_00000004.damaged" in warning[0]
     assert "at step 2" in proc.stdout
-    assert snapshot(run / "step_00000004") == damaged  # left as it was, for its owner to look at
+    # kept as it was under a name no save takes, for its owner to look at, so step 4 saves again
+    aside = run / "step_00000004.damaged"
+    assert {p.relative_to(aside): v for p, v in snapshot(aside).items()} == damaged
+    assert CheckpointDir(run).load(load_plan(plan_and_data[0]).digest, run / "step_00000004").step == 4
     final = CheckpointDir(run).load(load_plan(plan_and_data[0]).digest, run / "step_00000006")
     for name, value in {**pristine[1].params, **pristine[1].optimizer}.items():
         assert {**final.params, **final.optimizer}[name].tobytes() == value.tobytes(), name
