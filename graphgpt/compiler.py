@@ -508,7 +508,7 @@ def main(argv=None) -> int:
     p = ArgumentParser(prog="tools/compile.py", description=(
         "Compile a GPT-2 model file into a training plan: trace, autodiff, optimizer, passes, "
         "memory plan, graph dumps."), epilog=SETTINGS_HELP)
-    p.add_argument("model", type=Path, help="the model file (CONFIG + forward), e.g. model.py")
+    p.add_argument("model", type=Path, nargs="?", help="the model file (CONFIG + forward), e.g. model.py")
     p.add_argument("--out", type=Path, default=Path("compiled"), help="plan directory (default: compiled/)")
     p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a CONFIG key, the compute type (dtype=f32|bf16), sample_batch, "
@@ -533,6 +533,10 @@ def main(argv=None) -> int:
                         f"is traced (default: {model_size.DEFAULT_DEVICE_GB:g}, an H200's)")
     args = p.parse_args(argv)
     overrides = [pair for group in args.overrides for pair in group]
+    if args.model is None:  # --set takes every word up to the next option, a model file after it too
+        stray = [pair for pair in overrides if "=" not in pair]
+        p.error(f"--set takes KEY=VALUE up to the next option and got '{stray[0]}': name the model file before --set"
+                if stray else "the following arguments are required: model")
     try:
         check_out(args.out)  # before any work: a bad --out costs nothing
         compiled = compile_model(args.model, overrides, args.data, args.tokenizer, fusion=not args.no_fuse,

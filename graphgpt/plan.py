@@ -18,9 +18,11 @@ written (or an empty or missing one), as a whole, and refuses any other path unt
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -166,6 +168,7 @@ def save(data: dict, out_dir: Path, files: dict[str, str | bytes]) -> None:
     contents, staging = plan_files(data, files), None
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(out_dir)
         staging = _temporary_dir(out_dir, ".staging")
         plan_dir = staging / out_dir.name  # a folder of its own: mkdtemp's is private (0700), a plan is not
         for rel, content in contents.items():  # in order: the manifest last
@@ -207,6 +210,38 @@ def _remove_temporary(path: Path) -> None:
     marker = path / TEMPORARY_MARKER
     if marker.is_file() and not marker.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove what a killed compile left beside out_dir: its staging directory and, once out_dir
+    is there again, the old plan it had set aside. Only directories with the marker of a writer
+    that is gone."""
+    for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*"):
+        writer = _writer(path)
+        if writer is None or _alive(writer):
+            continue
+        if path.name.endswith(".staging") or path.name.endswith(".old") and out_dir.exists():
+            _remove_temporary(path)
+
+
+def _writer(path: Path) -> int | None:
+    """The pid in a temporary directory's marker; None where there is no marker of graphgpt's."""
+    marker = path / TEMPORARY_MARKER
+    try:
+        found = re.fullmatch(r"graphgpt temporary beside .*, pid (\d+)\n", marker.read_text())
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(found.group(1)) if found and not marker.is_symlink() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def replace_dir(new: Path, target: Path) -> None:

@@ -49,6 +49,13 @@ def test_one_set_takes_several_settings(tmp_path):
     assert [config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size")] == [2, 2, 16, 8, 2]
 
 
+def test_a_model_file_after_set_is_named(tmp_path):
+    proc = run_cli(COMPILE, "--out", str(tmp_path / "p"), "--set", "n_layer=2", str(ROOT / "model.py"))
+    assert_user_error(proc, f"--set takes KEY=VALUE up to the next option and got '{ROOT / 'model.py'}': "
+                            "name the model file before --set")
+    assert_user_error(run_cli(COMPILE, "--out", str(tmp_path / "p")), "the following arguments are required: model")
+
+
 def test_help_names_the_optimizer_and_schedule_settings():
     proc = run_cli(COMPILE, "--help")
     assert proc.returncode == 0

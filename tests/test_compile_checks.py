@@ -226,6 +226,19 @@ def test_directories_named_like_temporaries_are_not_removed(tmp_path, tiny_plan)
     assert (tmp_path / ".plan.x2.old" / "keep.txt").read_text() == "the user's"
 
 
+def test_what_a_killed_compile_left_is_removed(tmp_path, tiny_plan):
+    """A compile killed mid-swap leaves its staging directory and the old plan set aside; the next
+    compile removes both, since their marker names a writer that is gone. A live writer's stays."""
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+    out = tmp_path / "plan"
+    shutil.copytree(tiny_plan, out)
+    for name, pid in ((".plan.k1.staging", gone), (".plan.k2.old", gone), (".plan.k3.staging", os.getpid())):
+        shutil.copytree(tiny_plan, tmp_path / name / "plan")
+        (tmp_path / name / plan_io.TEMPORARY_MARKER).write_text(f"graphgpt temporary beside plan, pid {pid}\n")
+    assert compile_cli(out, *TINY).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".plan.k3.staging", "plan"]
+
+
 @pytest.mark.parametrize("room", [0, 96 << 10], ids=["full", "full halfway through the plan"])
 def test_a_full_disk_keeps_the_old_plan(small_fs, room):
     out = small_fs / "plan"
