@@ -95,12 +95,16 @@ def load_model(path: Path):
     try:
         spec.loader.exec_module(module)
     except SyntaxError as e:
-        raise UserError(f"{path.name}:{e.lineno}: syntax error: {e.msg}") from None
+        raise UserError(f"{path.name}{'' if e.lineno is None else f':{e.lineno}'}: syntax error: {e.msg}") from None
     except (Exception, SystemExit) as e:  # the model's own code failed or exited: point at its line
         raise UserError(f"{_user_frame(e, path)}: {_failure(e)} while the model file was imported") from None
     for attr in ("CONFIG", "forward"):
         if not hasattr(module, attr):
             raise UserError(f"{path.name} defines no {attr} (a model file needs CONFIG and forward)")
+    if not (isinstance(module.CONFIG, dict) and all(isinstance(k, str) for k in module.CONFIG)):
+        raise UserError(f"{path.name}: CONFIG must be a dict of settings by name, got {type(module.CONFIG).__name__}")
+    if not callable(module.forward):
+        raise UserError(f"{path.name}: forward must be a function forward(idx, cfg)")
     return module
 
 
@@ -129,7 +133,8 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
         try:  # an integer key takes digits only: 1e30 or 2.5 is no layer count
             out[key] = int(text) if kind is int else float(text) if kind is float else text
         except ValueError:
-            raise UserError(f"--set {key}: '{text}' is not {'an integer (digits only)' if kind is int else 'a number'}") from None
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise UserError(f"--set {key}: '{shown}' is not {'an integer (digits only)' if kind is int else 'a number'}") from None
     return out
 
 

@@ -276,11 +276,16 @@ def load(plan_dir) -> Plan:
         raise UserError(f"plan directory {plan_dir} does not exist (compile one: python tools/compile.py model.py --out {plan_dir})")
     if not path.is_file():
         raise UserError(f"{plan_dir} holds no {PLAN_FILE}: not a compiled plan")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path} cannot be read: {e.strerror}") from None
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    except RecursionError:
+        raise UserError(f"{path} is not a plan: its JSON nests deeper than any plan does") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
         raise UserError(f"{path} has schema version {version}; this graphgpt reads version "
