@@ -25,6 +25,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import signal
 import sys
 import time
 import traceback
@@ -537,6 +538,7 @@ def main(argv=None) -> int:
                    help=f"memory of the largest device the plan is for; a larger model is refused before it "
                         f"is traced (default: {model_size.DEFAULT_DEVICE_GB:g}, an H200's)")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     overrides = [pair for group in args.overrides for pair in group]
     if args.model is None:  # --set takes every word up to the next option, a model file after it too
         stray = [pair for pair in overrides if "=" not in pair]
@@ -551,5 +553,18 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as e:  # save's staging directory is gone already
+        what = "terminated by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}: --out {args.out} left as it was", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     print(summary(compiled, args.out), end="")
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the compile is so that it unwinds as Ctrl-C does (no model file's
+    `except Exception` catches it) and a plan half written is removed."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
