@@ -123,7 +123,7 @@ class Obj:
     def walk(self, value, path, plan):
         if not isinstance(value, dict):
             _fail(path, f"expected an object, got {_shown(value)}")
-        for key, schema in self.required.items():
+        for key in self.required:
             if key not in value:
                 _fail(path, f"missing key {key!r}")
         for key, schema in {**self.required, **self.optional}.items():
