@@ -25,6 +25,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import signal
 import sys
 import time
 import traceback
@@ -95,12 +96,16 @@ def load_model(path: Path):
     try:
         spec.loader.exec_module(module)
     except SyntaxError as e:
-        raise UserError(f"{path.name}:{e.lineno}: syntax error: {e.msg}") from None
+        raise UserError(f"{path.name}{'' if e.lineno is None else f':{e.lineno}'}: syntax error: {e.msg}") from None
     except (Exception, SystemExit) as e:  # the model's own code failed or exited: point at its line
         raise UserError(f"{_user_frame(e, path)}: {_failure(e)} while the model file was imported") from None
     for attr in ("CONFIG", "forward"):
         if not hasattr(module, attr):
             raise UserError(f"{path.name} defines no {attr} (a model file needs CONFIG and forward)")
+    if not (isinstance(module.CONFIG, dict) and all(isinstance(k, str) for k in module.CONFIG)):
+        raise UserError(f"{path.name}: CONFIG must be a dict of settings by name, got {type(module.CONFIG).__name__}")
+    if not callable(module.forward):
+        raise UserError(f"{path.name}: forward must be a function forward(idx, cfg)")
     return module
 
 
@@ -129,7 +134,8 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
         try:  # an integer key takes digits only: 1e30 or 2.5 is no layer count
             out[key] = int(text) if kind is int else float(text) if kind is float else text
         except ValueError:
-            raise UserError(f"--set {key}: '{text}' is not {'an integer (digits only)' if kind is int else 'a number'}") from None
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise UserError(f"--set {key}: '{shown}' is not {'an integer (digits only)' if kind is int else 'a number'}") from None
     return out
 
 
@@ -508,7 +514,7 @@ def main(argv=None) -> int:
     p = ArgumentParser(prog="tools/compile.py", description=(
         "Compile a GPT-2 model file into a training plan: trace, autodiff, optimizer, passes, "
         "memory plan, graph dumps."), epilog=SETTINGS_HELP)
-    p.add_argument("model", type=Path, help="the model file (CONFIG + forward), e.g. model.py")
+    p.add_argument("model", type=Path, nargs="?", help="the model file (CONFIG + forward), e.g. model.py")
     p.add_argument("--out", type=Path, default=Path("compiled"), help="plan directory (default: compiled/)")
     p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a CONFIG key, the compute type (dtype=f32|bf16), sample_batch, "
@@ -532,7 +538,12 @@ def main(argv=None) -> int:
                    help=f"memory of the largest device the plan is for; a larger model is refused before it "
                         f"is traced (default: {model_size.DEFAULT_DEVICE_GB:g}, an H200's)")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     overrides = [pair for group in args.overrides for pair in group]
+    if args.model is None:  # --set takes every word up to the next option, a model file after it too
+        stray = [pair for pair in overrides if "=" not in pair]
+        p.error(f"--set takes KEY=VALUE up to the next option and got '{stray[0]}': name the model file before --set"
+                if stray else "the following arguments are required: model")
     try:
         check_out(args.out)  # before any work: a bad --out costs nothing
         compiled = compile_model(args.model, overrides, args.data, args.tokenizer, fusion=not args.no_fuse,
@@ -542,5 +553,18 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as e:  # save's staging directory is gone already
+        what = "terminated by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}: --out {args.out} left as it was", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     print(summary(compiled, args.out), end="")
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the compile is so that it unwinds as Ctrl-C does (no model file's
+    `except Exception` catches it) and a plan half written is removed."""
+
+
+def _terminate(signum, frame):
+    raise Terminated

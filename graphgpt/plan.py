@@ -18,9 +18,11 @@ written (or an empty or missing one), as a whole, and refuses any other path unt
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -166,6 +168,7 @@ def save(data: dict, out_dir: Path, files: dict[str, str | bytes]) -> None:
     contents, staging = plan_files(data, files), None
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(out_dir)
         staging = _temporary_dir(out_dir, ".staging")
         plan_dir = staging / out_dir.name  # a folder of its own: mkdtemp's is private (0700), a plan is not
         for rel, content in contents.items():  # in order: the manifest last
@@ -209,6 +212,38 @@ def _remove_temporary(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove what a killed compile left beside out_dir: its staging directory and, once out_dir
+    is there again, the old plan it had set aside. Only directories with the marker of a writer
+    that is gone."""
+    for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*"):
+        writer = _writer(path)
+        if writer is None or _alive(writer):
+            continue
+        if path.name.endswith(".staging") or path.name.endswith(".old") and out_dir.exists():
+            _remove_temporary(path)
+
+
+def _writer(path: Path) -> int | None:
+    """The pid in a temporary directory's marker; None where there is no marker of graphgpt's."""
+    marker = path / TEMPORARY_MARKER
+    try:
+        found = re.fullmatch(r"graphgpt temporary beside .*, pid (\d+)\n", marker.read_text())
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(found.group(1)) if found and not marker.is_symlink() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def replace_dir(new: Path, target: Path) -> None:
     """Swap a fully written directory `new` in place of `target` (missing, empty or a plan). The old
     directory moves aside into a marked temporary directory and is removed only once the new one
@@ -241,11 +276,16 @@ def load(plan_dir) -> Plan:
         raise UserError(f"plan directory {plan_dir} does not exist (compile one: python tools/compile.py model.py --out {plan_dir})")
     if not path.is_file():
         raise UserError(f"{plan_dir} holds no {PLAN_FILE}: not a compiled plan")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path} cannot be read: {e.strerror}") from None
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    except RecursionError:
+        raise UserError(f"{path} is not a plan: its JSON nests deeper than any plan does") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
         raise UserError(f"{path} has schema version {version}; this graphgpt reads version "

@@ -123,7 +123,7 @@ class Obj:
     def walk(self, value, path, plan):
         if not isinstance(value, dict):
             _fail(path, f"expected an object, got {_shown(value)}")
-        for key, schema in self.required.items():
+        for key in self.required:
             if key not in value:
                 _fail(path, f"missing key {key!r}")
         for key, schema in {**self.required, **self.optional}.items():
@@ -212,7 +212,8 @@ def _op_and_attrs(launch, path, plan):
     ATTRS.get(launch["op"], NO_ATTRS).walk(launch["attrs"], f"{path}.attrs", plan)
 
 
-def _programs_complete(programs, path, plan):
+def _programs_complete(plan_data, _, plan):
+    programs, path = plan_data["programs"], "programs"
     if "train" not in programs and not {"accumulate", "update"} <= set(programs):
         _fail(path, "has neither 'train' nor 'accumulate' and 'update'")
     for name in ("eval", "generate"):
@@ -317,10 +318,11 @@ LAUNCH = Switch(lambda launch: "collective" if launch.get("kind") == "collective
 })
 PROGRAM = Obj({"inputs": Map(BUFFER, INPUT_NAMES), "outputs": Map(BUFFER), "launches": List(LAUNCH),
                "matmul_flops": Int()}, checks=[_waits_exist])
-PLAN = Obj({"schema_version": Int(), "model_hash": Str(), "config": CONFIG, "optimizer": OPTIMIZER,
-            "tokenizer": TOKENIZER, "arena": ARENA, "tensors": List(TENSOR), "consts": CONSTS,
-            "programs": Map(PROGRAM), "nvrtc_options": List(Str())},
-           {"model_file": Str()})
+# The arena first: every buffer after it is checked against its size.
+PLAN = Obj({"arena": ARENA, "schema_version": Int(), "model_hash": Str(), "config": CONFIG, "optimizer": OPTIMIZER,
+            "tokenizer": TOKENIZER, "tensors": List(TENSOR), "consts": CONSTS, "programs": Map(PROGRAM),
+            "nvrtc_options": List(Str())},
+           {"model_file": Str()}, checks=[_tokenizer_fits, _programs_complete])
 
 
 class _Context(dict):
@@ -329,16 +331,8 @@ class _Context(dict):
 
 
 def check(data, kernel_files) -> None:
-    """Raise PlanError naming the first JSON path where `data` breaks the schema. The arena is
-    checked first, since every buffer is checked against it."""
+    """Raise PlanError naming the first JSON path where `data` breaks the schema; `kernel_files`:
+    the plan directory's "kernels/NAME.cu"."""
     plan = _Context(data if isinstance(data, dict) else {})
     plan.kernel_files = frozenset(kernel_files)
-    if not isinstance(data, dict):
-        _fail("", f"expected an object, got {_shown(data)}")
-    for key in ("arena", "config", "tokenizer"):
-        if key not in data:
-            _fail("", f"missing key {key!r}")
-    ARENA.walk(data["arena"], "arena", plan)
     PLAN.walk(data, "", plan)
-    _tokenizer_fits(data, "", plan)
-    _programs_complete(data["programs"], "programs", plan)

@@ -122,7 +122,7 @@ def test_compile_prepare_and_train_with_gpt2_tokens(vocab, tmp_path):
                    "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set", "block_size=8",
                    "--set", "batch_size=2", "--set", "vocab_size=384", "--set", "tie_weights=1")
     assert proc.returncode == 0, proc.stderr
-    assert f"gpt2, {n} tokens" in proc.stdout
+    assert f"gpt2, {n} tokens" in (plan / "report.txt").read_text()
     text = tmp_path / "corpus.txt"
     text.write_text(SAMPLE * 20)
     tokens = tmp_path / "tokens"

@@ -49,6 +49,13 @@ def test_one_set_takes_several_settings(tmp_path):
     assert [config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size")] == [2, 2, 16, 8, 2]
 
 
+def test_a_model_file_after_set_is_named(tmp_path):
+    proc = run_cli(COMPILE, "--out", str(tmp_path / "p"), "--set", "n_layer=2", str(ROOT / "model.py"))
+    assert_user_error(proc, f"--set takes KEY=VALUE up to the next option and got '{ROOT / 'model.py'}': "
+                            "name the model file before --set")
+    assert_user_error(run_cli(COMPILE, "--out", str(tmp_path / "p")), "the following arguments are required: model")
+
+
 def test_help_names_the_optimizer_and_schedule_settings():
     proc = run_cli(COMPILE, "--help")
     assert proc.returncode == 0
@@ -77,13 +84,23 @@ def test_a_model_path_that_is_a_directory(tmp_path):
     ("CONFIG = {}\nraise ValueError('no config today')\n", "exits.py:2: ValueError: no config today while the model"),
     ("import sys\nCONFIG = dict(batch_size=2, block_size=4, vocab_size=0)\n\ndef forward(idx, cfg):\n    sys.exit(3)\n",
      "exits.py:5: the model called sys.exit(3)"),
-], ids=["sys.exit(0)", "SystemExit", "an exception", "sys.exit in forward"])
+    ("CONFIG = 5\ndef forward(idx, cfg):\n    return idx\n", "exits.py: CONFIG must be a dict of settings by name, got int"),
+    ("CONFIG = {}\nforward = 3\n", "exits.py: forward must be a function forward(idx, cfg)"),
+    ("CONFIG = 1\x00\n", "exits.py: syntax error: source code string cannot contain null bytes"),
+], ids=["sys.exit(0)", "SystemExit", "an exception", "sys.exit in forward", "CONFIG not a dict", "forward not a function",
+        "a null byte"])
 def test_a_model_that_exits_or_raises_is_one_line(tmp_path, body, message):
     model = tmp_path / "exits.py"
     model.write_text(body)
     proc = run_cli(COMPILE, str(model), "--out", str(tmp_path / "p"))
     assert_user_error(proc, message)
     assert proc.stdout == "" and not (tmp_path / "p").exists()
+
+
+def test_a_set_value_of_thousands_of_digits_is_shown_short(tmp_path):
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "p"), "--set", "n_layer=" + "9" * 5000)
+    assert_user_error(proc, "--set n_layer: '" + "9" * 37 + "...' is not an integer (digits only)")
+    assert len(proc.stderr) < 200
 
 
 def test_unknown_set_key(tmp_path):

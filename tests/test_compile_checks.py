@@ -7,7 +7,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -224,6 +226,39 @@ def test_directories_named_like_temporaries_are_not_removed(tmp_path, tiny_plan)
     assert compile_cli(out, *TINY).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [".plan.x1.staging", ".plan.x2.old", "plan"]
     assert (tmp_path / ".plan.x2.old" / "keep.txt").read_text() == "the user's"
+
+
+@pytest.mark.parametrize("sig,status,line", [(signal.SIGTERM, 143, "terminated by SIGTERM"), (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_during_a_compile_keeps_the_old_plan(tmp_path, tiny_plan, sig, status, line):
+    out, ready = tmp_path / "plan", tmp_path / "ready"
+    shutil.copytree(tiny_plan, out)
+    model = tmp_path / "slow.py"  # signals when the compile is under way, then takes its time
+    model.write_text(f"import pathlib, time\npathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)\n")
+    before = snapshot(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    compile_ = subprocess.Popen([sys.executable, COMPILE, str(model), "--out", str(out)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not ready.exists():
+        assert compile_.poll() is None, compile_.communicate()
+        time.sleep(0.05)
+    ready.unlink()
+    compile_.send_signal(sig)
+    _, err = compile_.communicate(timeout=60)
+    assert compile_.returncode == status and err == f"{line}: --out {out} left as it was\n", err
+    assert snapshot(tmp_path) == before
+
+
+def test_what_a_killed_compile_left_is_removed(tmp_path, tiny_plan):
+    """A compile killed mid-swap leaves its staging directory and the old plan set aside; the next
+    compile removes both, since their marker names a writer that is gone. A live writer's stays."""
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+    out = tmp_path / "plan"
+    shutil.copytree(tiny_plan, out)
+    for name, pid in ((".plan.k1.staging", gone), (".plan.k2.old", gone), (".plan.k3.staging", os.getpid())):
+        shutil.copytree(tiny_plan, tmp_path / name / "plan")
+        (tmp_path / name / plan_io.TEMPORARY_MARKER).write_text(f"graphgpt temporary beside plan, pid {pid}\n")
+    assert compile_cli(out, *TINY).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".plan.k3.staging", "plan"]
 
 
 @pytest.mark.parametrize("room", [0, 96 << 10], ids=["full", "full halfway through the plan"])

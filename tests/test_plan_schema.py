@@ -141,6 +141,12 @@ def test_a_plan_that_is_not_an_object(tmp_path):
         plan_io.load(tmp_path)
 
 
+def test_json_nested_past_pythons_recursion_limit(tmp_path):
+    (tmp_path / "plan.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(UserError, match="its JSON nests deeper than any plan does"):
+        plan_io.load(tmp_path)
+
+
 def test_a_kernel_file_that_is_not_text(tmp_path):
     out = write_plan(tmp_path, DEFAULT)
     (tmp_path / "plan" / "kernels" / "elementwise.cu").write_bytes(b"\xff\xfe\x00bad")
