@@ -45,6 +45,7 @@ META_FILE = "meta.json"
 TOKEN_FORMAT = "graphgpt-tokens"
 TOKEN_FORMAT_VERSION = 1
 TRAIN_FILE, VAL_FILE = "train.bin", "val.bin"
+_META_BYTES = 1 << 16  # more than any meta.json prepare.py writes: a larger file is not one
 
 # Ids per step when checking a token file's range: a few million at a time keeps memory flat for
 # files larger than memory.
@@ -200,7 +201,7 @@ def read_token_meta(directory: Path) -> dict | None:
     """The meta.json tools/prepare.py wrote in `directory`, or None where there is none of its kind."""
     try:
         with open_data(Path(directory) / META_FILE, META_FILE) as f:
-            meta = json.loads(f.read())
+            meta = json.loads(f.read(_META_BYTES))
     except (UserError, OSError, ValueError):  # absent, no file, unreadable or not JSON: not prepare.py's
         return None
     return meta if isinstance(meta, dict) and meta.get("format") == TOKEN_FORMAT else None
