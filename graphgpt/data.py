@@ -357,25 +357,26 @@ def in_order(pool: ThreadPoolExecutor, fn, items, lookahead: int) -> Iterator:
 def encode_text_file(path: Path, tokenizer: Tokenizer, dtype: np.dtype) -> tuple[np.ndarray, int]:
     """(ids as `dtype`, [EOS] last; how many are [UNK]) of a text file, encoded in pieces.
 
-    A text gives at most one id per byte, and the pieces' ids are joined at the end, so the ids
-    take at most 2 * size * itemsize bytes. A text for which that is more than half the available
-    memory is refused with its size before it is read, and pointed at tools/prepare.py, which
-    streams the ids to disk instead.
+    A text gives at most one id per byte, so the ids go into an array of size + 1 ids, of which
+    only the pages written take memory: size * itemsize bytes at most. A text for which that is
+    more than half the available memory is refused with its size before it is read, and pointed
+    at tools/prepare.py, which streams the ids to disk instead.
     """
     with open_data(path) as f:
         size = os.fstat(f.fileno()).st_size
-        check_fits_memory(path, size, 2 * (size + 1) * dtype.itemsize,
+        check_fits_memory(path, size, (size + 1) * dtype.itemsize,
                           f"tokenise it to disk once (python tools/prepare.py {path} --plan PLAN "
                           f"--out DIR) and train with --data DIR")
-        parts, unknown = [], 0
+        ids, n, unknown = np.empty(size + 1, dtype), 0, 0
         try:
             for encoded in encoded_pieces(f, path, tokenizer):
-                parts.append(encoded.ids.astype(dtype))
+                ids[n:n + len(encoded.ids)] = encoded.ids
+                n += len(encoded.ids)
                 unknown += encoded.unknown
         except OSError as e:  # a read failing midway
             raise read_error("data file", path, e) from None
-    parts.append(np.array([tokenizer.eos_id], dtype=dtype))
-    return np.concatenate(parts), unknown
+    ids[n] = tokenizer.eos_id
+    return ids[:n + 1], unknown
 
 
 def unknown_note(path: Path, unknown: int, total: int, tokenizer: Tokenizer) -> str:
