@@ -12,7 +12,11 @@ distributed one. Each keeps its place in one number (`state()`), so a resumed ru
 batches the uninterrupted run would have read.
 
 Token files (`.bin`, written by tools/prepare.py) are nanoGPT's format: flat ids, no header. They
-are memory-mapped, so a data set larger than memory trains without being loaded.
+are memory-mapped, so a data set larger than memory trains without being loaded; a directory
+prepare.py wrote gives its train.bin and val.bin. Text is read in pieces and encoded piece by
+piece, within a bound on memory. Every data path must be a regular file, checked before it is
+opened (a FIFO would block, a device never ends), and text must be text: a binary file given as
+text is refused, never trained on.
 """
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ _NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
 _TOKEN_FILE_USE = ("a token file from tools/prepare.py is read as FILE.bin or as its directory "
                    "(--data DIR)")
 
-# The byte order marks that UTF-16 text (and UTF-32, whose marks start alike) begins with.
+# The byte order marks that UTF-16 text begins with (and little-endian UTF-32's starts alike).
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 # Text encoded per piece: the pieces' Python objects (tens of bytes per token) stay a few MB.
@@ -124,14 +128,8 @@ def decode_text(path: Path, data: bytes, offset: int = 0) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise utf8_error(path, data, e, offset) from None
-
-
-def utf8_error(path: Path, data: bytes, error: UnicodeDecodeError, offset: int = 0) -> UserError:
-    """The one-line error for text that is not UTF-8; `data` starts at byte `offset` of the file."""
-    return UserError(f"data file {path} is not UTF-8 text "
-                     f"(byte 0x{data[error.start]:02x} at offset {offset + error.start}); "
-                     f"convert it (iconv -t UTF-8), or: {_TOKEN_FILE_USE}")
+        raise UserError(f"data file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                        f"{offset + e.start}); convert it (iconv -t UTF-8), or: {_TOKEN_FILE_USE}") from None
 
 
 def available_memory() -> int:
