@@ -39,7 +39,7 @@ from graphgpt.fsutil import fsync_dir  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
 
-CHUNK_BYTES = 4 << 20  # text encoded per piece: a worker holds about 25 times that while encoding one
+CHUNK_BYTES = 4 << 20  # text encoded per piece: a worker holds some ten times that while encoding one
 WORKERS = min(8, os.cpu_count() or 1)
 PROGRESS_STEPS = 10  # progress lines for a text of more than one piece
 
