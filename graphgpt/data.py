@@ -12,7 +12,11 @@ distributed one. Each keeps its place in one number (`state()`), so a resumed ru
 batches the uninterrupted run would have read.
 
 Token files (`.bin`, written by tools/prepare.py) are nanoGPT's format: flat ids, no header. They
-are memory-mapped, so a data set larger than memory trains without being loaded.
+are memory-mapped, so a data set larger than memory trains without being loaded; a directory
+prepare.py wrote gives its train.bin and val.bin. Text is read in pieces and encoded piece by
+piece, within a bound on memory. Every data path must be a regular file, checked before it is
+opened (a FIFO would block, a device never ends), and text must be text: a binary file given as
+text is refused, never trained on.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ META_FILE = "meta.json"
 TOKEN_FORMAT = "graphgpt-tokens"
 TOKEN_FORMAT_VERSION = 1
 TRAIN_FILE, VAL_FILE = "train.bin", "val.bin"
+_META_BYTES = 1 << 16  # more than any meta.json prepare.py writes: a larger file is not one
 
 # Ids per step when checking a token file's range: a few million at a time keeps memory flat for
 # files larger than memory.
@@ -60,7 +65,7 @@ _NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
 _TOKEN_FILE_USE = ("a token file from tools/prepare.py is read as FILE.bin or as its directory "
                    "(--data DIR)")
 
-# The byte order marks that UTF-16 text (and UTF-32, whose marks start alike) begins with.
+# The byte order marks that UTF-16 text begins with (and little-endian UTF-32's starts alike).
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 # Text encoded per piece: the pieces' Python objects (tens of bytes per token) stay a few MB.
@@ -123,14 +128,8 @@ def decode_text(path: Path, data: bytes, offset: int = 0) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise utf8_error(path, data, e, offset) from None
-
-
-def utf8_error(path: Path, data: bytes, error: UnicodeDecodeError, offset: int = 0) -> UserError:
-    """The one-line error for text that is not UTF-8; `data` starts at byte `offset` of the file."""
-    return UserError(f"data file {path} is not UTF-8 text "
-                     f"(byte 0x{data[error.start]:02x} at offset {offset + error.start}); "
-                     f"convert it (iconv -t UTF-8), or: {_TOKEN_FILE_USE}")
+        raise UserError(f"data file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                        f"{offset + e.start}); convert it (iconv -t UTF-8), or: {_TOKEN_FILE_USE}") from None
 
 
 def available_memory() -> int:
@@ -200,7 +199,7 @@ def read_token_meta(directory: Path) -> dict | None:
     """The meta.json tools/prepare.py wrote in `directory`, or None where there is none of its kind."""
     try:
         with open_data(Path(directory) / META_FILE, META_FILE) as f:
-            meta = json.loads(f.read())
+            meta = json.loads(f.read(_META_BYTES))
     except (UserError, OSError, ValueError):  # absent, no file, unreadable or not JSON: not prepare.py's
         return None
     return meta if isinstance(meta, dict) and meta.get("format") == TOKEN_FORMAT else None
@@ -356,25 +355,26 @@ def in_order(pool: ThreadPoolExecutor, fn, items, lookahead: int) -> Iterator:
 def encode_text_file(path: Path, tokenizer: Tokenizer, dtype: np.dtype) -> tuple[np.ndarray, int]:
     """(ids as `dtype`, [EOS] last; how many are [UNK]) of a text file, encoded in pieces.
 
-    A text gives at most one id per byte, and the pieces' ids are joined at the end, so the ids
-    take at most 2 * size * itemsize bytes. A text for which that is more than half the available
-    memory is refused with its size before it is read, and pointed at tools/prepare.py, which
-    streams the ids to disk instead.
+    A text gives at most one id per byte, so the ids go into an array of size + 1 ids, of which
+    only the pages written take memory: size * itemsize bytes at most. A text for which that is
+    more than half the available memory is refused with its size before it is read, and pointed
+    at tools/prepare.py, which streams the ids to disk instead.
     """
     with open_data(path) as f:
         size = os.fstat(f.fileno()).st_size
-        check_fits_memory(path, size, 2 * (size + 1) * dtype.itemsize,
+        check_fits_memory(path, size, (size + 1) * dtype.itemsize,
                           f"tokenise it to disk once (python tools/prepare.py {path} --plan PLAN "
                           f"--out DIR) and train with --data DIR")
-        parts, unknown = [], 0
+        ids, n, unknown = np.empty(size + 1, dtype), 0, 0
         try:
             for encoded in encoded_pieces(f, path, tokenizer):
-                parts.append(encoded.ids.astype(dtype))
+                ids[n:n + len(encoded.ids)] = encoded.ids
+                n += len(encoded.ids)
                 unknown += encoded.unknown
         except OSError as e:  # a read failing midway
             raise read_error("data file", path, e) from None
-    parts.append(np.array([tokenizer.eos_id], dtype=dtype))
-    return np.concatenate(parts), unknown
+    ids[n] = tokenizer.eos_id
+    return ids[:n + 1], unknown
 
 
 def unknown_note(path: Path, unknown: int, total: int, tokenizer: Tokenizer) -> str:

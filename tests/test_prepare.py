@@ -248,6 +248,7 @@ def interrupted(text, plan, out, sig):
 
 @pytest.mark.parametrize("sig, status, message", [
     (signal.SIGTERM, 128 + signal.SIGTERM, "terminated by SIGTERM: --out"),
+    (signal.SIGHUP, 128 + signal.SIGHUP, "terminated by SIGHUP: --out"),
     (signal.SIGINT, 130, "interrupted"),
 ])
 def test_a_signal_midway_removes_the_temporaries(tmp_path, long_text, word_plan, prepared, sig, status, message):

@@ -8,9 +8,9 @@ meta.json, which records the tokenizer so that a file is never trained with anot
 The text is read and encoded in pieces, several at a time, and the ids are streamed to disk, so a
 corpus larger than memory can be prepared. Every file is written into a staging directory in
 --out, fsynced and renamed into place only once all of them are complete: an error, a full disk,
-Ctrl-C or SIGTERM leaves --out as it was. The staging directory carries a marker file naming this
-tool and its pid; one that a killed prepare left (its pid gone) is removed by the next prepare
-into the same --out, and nothing without the marker ever is.
+Ctrl-C, SIGTERM or SIGHUP leaves --out as it was. The staging directory carries a marker file
+naming this tool and its pid; one that a killed prepare left (its pid gone) is removed by the next
+prepare into the same --out, and nothing without the marker ever is.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from graphgpt.fsutil import fsync_dir  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
 
-CHUNK_BYTES = 4 << 20  # text encoded per piece: a worker holds about 25 times that while encoding one
+CHUNK_BYTES = 4 << 20  # text encoded per piece: a worker holds some ten times that while encoding one
 WORKERS = min(8, os.cpu_count() or 1)
 PROGRESS_STEPS = 10  # progress lines for a text of more than one piece
 
@@ -49,7 +49,7 @@ MARKER = ".graphgpt-staging"
 
 
 class Terminated(BaseException):
-    """SIGTERM: unwinds like Ctrl-C, so that the staging directory is removed on the way out."""
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so that the staging directory is removed on the way out."""
 
 
 def main(argv=None) -> int:
@@ -68,11 +68,13 @@ def main(argv=None) -> int:
     def terminate(signum, frame):
         raise Terminated(signum)
 
-    signal.signal(signal.SIGTERM, terminate)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a kill, a closed terminal
+        signal.signal(sig, terminate)
     try:
         return reported(prepare, args.text, args.plan, args.out, args.val_fraction, args.chunk_bytes)
     except Terminated as e:
-        print(f"terminated by SIGTERM: --out {args.out} left as it was", file=sys.stderr)
+        name = signal.Signals(e.args[0]).name
+        print(f"terminated by {name}: --out {args.out} left as it was", file=sys.stderr)
         return 128 + e.args[0]
 
 
@@ -252,7 +254,8 @@ class Staging:
             self.dir = Path(tempfile.mkdtemp(prefix=f".graphgpt-prepare.{os.getpid()}.", suffix=".staging",
                                              dir=self.out))
             self._staging = True
-            (self.dir / MARKER).write_bytes(_marker_text(os.getpid()))  # first: a kill -9 from here on is cleaned up
+            # the marker first: whatever a kill -9 leaves from here on, the next prepare removes
+            (self.dir / MARKER).write_bytes(_marker_text(os.getpid()))
         except BaseException:
             self.__exit__()
             raise
