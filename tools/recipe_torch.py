@@ -28,7 +28,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from graphgpt import plan as plan_io  # noqa: E402
-from graphgpt.data import EVAL_STREAMS, RandomSampler, load_tokens, make_sampler, split_heldout  # noqa: E402
+from graphgpt.data import EVAL_STREAMS, RandomSampler, load_dataset, make_sampler, split_heldout  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.monitor import MetricsLog, log_header, new_run_id  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
@@ -40,8 +40,10 @@ def parse_args(argv: list[str]):
         "Train a compiled plan's model on a text with PyTorch (torch.compile, AdamW, the plan's schedule), "
         "evaluating on a held-out split as graphgpt.run does."))
     p.add_argument("--plan", type=Path, required=True, help="a compiled plan directory (tools/compile.py)")
-    p.add_argument("--data", type=Path, required=True, help="the text (or token file) graphgpt.run trains on")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="the held-out tail of the data (default 0.1)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="the text, token file or prepared directory graphgpt.run trains on")
+    p.add_argument("--val-fraction", type=float,
+                   help="the held-out tail of the data (default: a prepared directory's val.bin, else 0.1)")
     p.add_argument("--steps", type=int, default=5000, help="training steps (default 5000)")
     p.add_argument("--eval-every", type=int, default=250, help="steps between evaluations (default 250)")
     p.add_argument("--eval-batches", type=int, default=200, help="batches of fixed windows per split (default 200)")
@@ -53,7 +55,7 @@ def parse_args(argv: list[str]):
     for name in ("steps", "eval_every", "eval_batches"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not 0.0 < args.val_fraction < 1.0:
+    if args.val_fraction is not None and not 0.0 < args.val_fraction < 1.0:
         raise UserError(f"--val-fraction must be between 0 and 1 (a held-out split to score), got {args.val_fraction}")
     return args
 
@@ -78,8 +80,9 @@ def train(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: PyTorch sees no GPU")
     tokenizer = Tokenizer.from_json(plan.tokenizer)
-    tokens, source = load_tokens(args.data, tokenizer, cfg["vocab_size"])
-    train_tokens, val_tokens = split_heldout(tokens, args.val_fraction)
+    train_tokens, val_tokens, source = load_dataset(args.data, tokenizer, cfg["vocab_size"])
+    if val_tokens is None or args.val_fraction is not None:  # as graphgpt.run splits it
+        train_tokens, val_tokens = split_heldout(train_tokens, args.val_fraction or 0.1)
     B, T = cfg["batch_size"], cfg["block_size"]
     for name, split in (("training", train_tokens), ("held-out", val_tokens)):
         if len(split) < T + 1:
