@@ -1,5 +1,4 @@
 """The CUDA backend against the NumPy backend: whole training steps, graph on and off."""
-import json
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from graphgpt.data import SequentialSampler
 from graphgpt.plan import Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import Trainer
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, step_records
 
 pytestmark = pytest.mark.gpu
 SMALL = ["n_layer=2", "n_head=4", "n_embd=128", "block_size=64", "batch_size=4"]
@@ -109,7 +108,7 @@ def test_seed_workload_cuda_matches_numpy(tmp_path, seed_corpus):
         proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--data", str(seed_corpus), "--steps", "50",
                        "--backend", backend, "--log", str(log), "--generate", "0", timeout=900)
         assert proc.returncode == 0, proc.stderr
-        losses[backend] = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
+        losses[backend] = [r["loss"] for r in step_records(log)]
     assert losses["cuda"][-1] <= 0.94
     np.testing.assert_allclose(losses["cuda"], losses["numpy"], atol=1e-3)
 
@@ -179,7 +178,7 @@ def test_bf16_seed_workload_is_within_2_percent_of_fp32(tmp_path, seed_corpus):
                        "--sampler", "sequential", "--backend", "cuda", "--log", str(log), "--generate", "0",
                        timeout=600)
         assert proc.returncode == 0, proc.stderr
-        final[dtype] = json.loads(log.read_text().splitlines()[-1])["loss"]
+        final[dtype] = step_records(log)[-1]["loss"]
     print(f"seed workload, final loss at step 50: {final}")
     assert abs(final["bf16"] - final["f32"]) <= 0.02 * final["f32"]
 
