@@ -15,21 +15,32 @@ from .fsutil import atomic_write_text
 
 
 class Progress:
-    """A bar redrawn in place on a terminal; plain periodic lines in logs and pipes."""
+    """A bar redrawn in place on a terminal; plain periodic lines in logs and pipes. Each shows the
+    time since the first step began and an estimate of the time left."""
+
+    # Steps left out of the estimate: the first ones include one-time work (a CUDA graph's capture,
+    # the allocator's first requests) and say little about the steps to come.
+    WARMUP_STEPS = 2
+    RECENT_STEPS = 50  # the estimate follows the latest steps, as the machine's load changes
 
     def __init__(self, total: int, stream=None):
         self.total, self.stream = total, stream or sys.stdout
         self.tty = self.stream.isatty() and os.environ.get("TERM") != "dumb"
         self.every = max(1, total // 10)
         self.val_loss: float | None = None  # the last held-out loss, shown on every line after it
+        self.started = time.perf_counter()
+        self.seen, self.recent_ms = 0, []
 
     def update(self, m: dict) -> None:
         if "val_loss" in m:
             self.val_loss = m["val_loss"]
+        self.seen += 1
+        if self.seen > self.WARMUP_STEPS:  # "ms" is the step alone: evaluations and saves are not in it
+            self.recent_ms = (self.recent_ms + [m["ms"]])[-self.RECENT_STEPS:]
         text = (f"step {m['step']:>{len(str(self.total))}}/{self.total} | loss {m['loss']:.4f} | "
                 + (f"val {self.val_loss:.4f} | " if self.val_loss is not None else "")
                 + f"lr {m['lr']:.2e} | norm {m['grad_norm']:.3f} | {m['ms']:.1f} ms | "
-                f"{m['tokens_per_s']:,.0f} tok/s")
+                f"{m['tokens_per_s']:,.0f} tok/s | {self.timing(m['step'])}")
         if self.tty:
             done = int(20 * m["step"] / self.total)
             self.stream.write(f"\r[{'#' * done}{'.' * (20 - done)}] {text}\033[K")
@@ -38,6 +49,26 @@ class Progress:
         elif m["step"] == 1 or m["step"] % self.every == 0 or m["step"] == self.total or "val_loss" in m:
             self.stream.write(text + "\n")
         self.stream.flush()
+
+    def timing(self, step: int) -> str:
+        """"12.3s elapsed, ETA 1m05s": the steps left at the mean time of the recent steps (before
+        there are any past the warm-up, no estimate)."""
+        elapsed = f"{duration(time.perf_counter() - self.started)} elapsed"
+        left = self.total - step
+        if left <= 0 or not self.recent_ms:
+            return elapsed
+        return f"{elapsed}, ETA {duration(left * sum(self.recent_ms) / len(self.recent_ms) / 1e3)}"
+
+
+def duration(seconds: float) -> str:
+    """12.3s, 1m05s, 2h03m."""
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 LOG_FORMAT = 1  # the header's "graphgpt_log": what the records of this version mean

@@ -14,12 +14,12 @@ computes their values (schedule.py) and feeds them by the names the plan declare
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 from . import autodiff
 from .errors import UserError
 from .ir import Graph, Node, Value
+from .schedule import check_schedule, finite, requirement
 
 # The seed's optimizer: Adam(0.9, 0.95, 1e-8), no weight decay, linear decay 1e-4 -> 1e-5 over
 # 10k steps, global-norm clipping at 1.0. AdamW with warmup + cosine is the alternative.
@@ -41,37 +41,16 @@ DEFAULTS = dict(
 ACCUMULATE = "accumulate"  # the accumulating program's flag input: 0.0 on a step's first micro-batch
 
 
-def requirement(cfg: dict, origin: Callable[[str], str] | None = None) -> Callable[[str, bool, str], None]:
-    """need(key, ok, rule): refuse the setting `key` unless ok, in one line stating the rule.
-    origin(key) says where the value came from (e.g. "--set lr=nan"); by default "lr=nan"."""
-    origin = origin or (lambda key: f"{key}={cfg[key]}")
-
-    def need(key: str, ok: bool, rule: str) -> None:
-        if not ok:
-            raise UserError(f"{origin(key)}: {key} must be {rule}")
-    return need
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
 def check(cfg: dict, origin: Callable[[str], str] | None = None) -> None:
     """Refuse optimizer settings outside their range (every float must be finite)."""
     need = requirement(cfg, origin)
     need("optimizer", cfg["optimizer"] in ("adam", "adamw"), "adam or adamw")
-    need("lr_schedule", cfg["lr_schedule"] in ("linear", "cosine"), "linear or cosine")
-    lr, min_lr = cfg["lr"], cfg["min_lr"]
-    need("lr", finite(lr) and lr > 0, "a finite number > 0")
-    need("min_lr", finite(min_lr) and 0 <= min_lr <= lr, f"a finite number with 0 <= min_lr <= lr ({lr})")
+    check_schedule(cfg, origin)
     for key in ("beta1", "beta2"):
         need(key, finite(cfg[key]) and 0 <= cfg[key] < 1, "a finite number in [0, 1)")
     need("eps", finite(cfg["eps"]) and cfg["eps"] > 0, "a finite number > 0")
     need("grad_clip", finite(cfg["grad_clip"]) and cfg["grad_clip"] >= 0, "a finite number >= 0 (0 disables clipping)")
     need("weight_decay", finite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0, "a finite number >= 0")
-    steps = cfg["decay_steps"]
-    need("decay_steps", steps >= 1, "an integer >= 1")
-    need("warmup_steps", 0 <= cfg["warmup_steps"] < steps, f"an integer >= 0 and < decay_steps ({steps})")
     need("grad_accum", cfg["grad_accum"] >= 1, "an integer >= 1")
     if cfg["optimizer"] == "adam" and cfg["weight_decay"]:
         raise UserError("weight_decay needs optimizer=adamw (the seed's Adam has none)")

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,9 @@ from .data import SAMPLERS, default_corpus, load_dataset, load_tokens, make_samp
 from .errors import ArgumentParser, UserError
 from .monitor import GuardedStdout, MetricsLog, Progress, log_header, new_run_id
 from .runtime import make_backend
-from .runtime.dist import check_same_plan, current_world
+from .runtime.dist import RanksDisagree, check_same_run, current_world
 from .sample import add_sampling_arguments, check_sampling_arguments, generate
+from .schedule import SCHEDULE_KEYS, check_schedule
 from .tokenizer import Tokenizer, encode_prompt
 from .train import Evaluation, Trainer, TrainingStopped, check_finite, program_inputs, scalar_inputs
 
@@ -53,6 +55,17 @@ def parse_args(argv):
     train.add_argument("--eval-batches", type=int, default=20, metavar="K",
                        help="batches per split and evaluation (default: 20)")
     train.add_argument("--log", type=Path, metavar="FILE", help="append one JSON object per step here")
+    lr = p.add_argument_group("learning-rate schedule", (
+        "Each defaults to the plan's compiled value (decay_steps: to --steps); a resumed run keeps the "
+        "schedule it was started with, changed only by these flags. The betas, eps, weight decay and "
+        "clipping are constants of the compiled update: change them with tools/compile.py --set."))
+    lr.add_argument("--lr", type=float, metavar="LR", help="the rate after warmup")
+    lr.add_argument("--min-lr", type=float, metavar="LR", help="the rate at and after --decay-steps")
+    lr.add_argument("--lr-schedule", choices=("linear", "cosine"), help="the decay from --lr to --min-lr")
+    lr.add_argument("--warmup-steps", type=int, metavar="N", help="steps of linear warmup to --lr")
+    lr.add_argument("--decay-steps", type=int, metavar="N",
+                    help="the step at which the rate reaches --min-lr (default: --steps, as nanoGPT's "
+                         "lr_decay_iters = max_iters)")
     ckpt = p.add_argument_group("checkpoints")
     ckpt.add_argument("--save", type=Path, metavar="DIR",
                       help="write checkpoints of the whole training state here (at the end, and "
@@ -106,6 +119,8 @@ def main(argv=None) -> int:
     try:
         world = current_world()
         return run(args, world)
+    except RanksDisagree as e:
+        return _fail(world, f"error: {e}", 2, everyone_stops=True)
     except UserError as e:
         return _fail(world, f"error: {e}", 2)
     except TrainingStopped as e:
@@ -140,20 +155,23 @@ def _fail(world, message: str, code: int, everyone_stops: bool = False) -> int:
 
 def run(args, world) -> int:
     plan = plan_io.load(args.plan)
-    check_same_plan(world, plan.digest)
+    check_same_run(world, {"a plan of digest": plan.digest[:16], **_settings(args)})
     lead = world.rank == 0  # only rank 0 prints, logs, saves and generates
     say = print if lead else (lambda *a, **k: None)
     tokenizer = Tokenizer.from_json(plan.tokenizer)
     B, T = plan.config["batch_size"], plan.config["block_size"]
     prompt = encode_prompt(tokenizer, args.prompt) if args.prompt is not None else None
+    if args.resume is None:  # a new run's schedule is refused before --save is created
+        run_schedule(args, plan, None)
 
     # What the run will write or start from: checked now, so that a bad path fails before any work.
     log = MetricsLog(args.log if lead else None)
     saves = CheckpointDir(args.save, keep=args.keep) if args.save else None
     start = _starting_state(args, saves, plan) if lead else None
+    schedule = world.bcast_object(run_schedule(args, plan, start) if lead else None)
     run_id = start.run if start is not None and start.run else new_run_id()
     header = log_header(run_id, plan.digest, seed=_seed(args, start) if lead else None,
-                        save=str(saves.path.resolve()) if saves else None)
+                        save=str(saves.path.resolve()) if saves else None, **optimizer_record(plan, schedule))
     log.check(header, resuming=args.resume is not None)
     if saves is not None:
         saves.run = run_id
@@ -162,6 +180,8 @@ def run(args, world) -> int:
         say(describe_weights(args.init_from, init_weights))
 
     train_tokens, val_tokens, source = _data(args, tokenizer, plan.config, world)
+    check_same_run(world, {"training tokens": len(train_tokens),
+                           "held-out tokens": None if val_tokens is None else len(val_tokens)})
     seed = world.bcast_object(_seed(args, start) if lead else None)
     sampler = make_sampler(args.sampler, train_tokens, B, T, world.rank, world.size, seed)
     if start is not None:  # the checkpoint's sampler state, checked before the backend is built
@@ -173,9 +193,9 @@ def run(args, world) -> int:
     if args.profile and backend.name != "cuda":
         raise UserError("--profile times CUDA kernels: it needs the CUDA backend (--backend cuda)")
     evaluation = Evaluation(backend, splits, B, T, args.eval_batches, seed, world) if evaluating else None
-    _describe(args, plan, world, backend, say, f"{args.sampler} windows of {source}")
+    _describe(args, plan, world, backend, say, f"{args.sampler} windows of {source}", schedule)
 
-    trainer = Trainer(plan, backend, sampler, seed=seed, world=world)
+    trainer = Trainer(plan, backend, sampler, seed=seed, world=world, schedule=schedule.values)
     meta = {"seed": seed, "data_tokens": len(train_tokens), "best": None}
     if world.bcast_object(start is not None):
         meta.update(trainer.restore(start))
@@ -185,6 +205,7 @@ def run(args, world) -> int:
         say(f"resumed from {args.resume} at step {trainer.updates_done}")
     elif args.init_from:
         trainer.set_weights(init_weights or {})
+    meta["schedule"] = schedule.values  # saved with each checkpoint: a resumed run trains on with it
     if trainer.updates_done and args.steps <= trainer.updates_done:
         say(f"the run is at step {trainer.updates_done} already; --steps {args.steps} trains nothing more")
 
@@ -297,8 +318,10 @@ class _Stops:
 STOPS = _Stops()
 
 
-def _describe(args, plan, world, backend, say, data: str) -> None:
-    """The run's first line: model size, batch (micro-batches x rows x tokens), ranks, backend, data."""
+def _describe(args, plan, world, backend, say, data: str, schedule: Schedule) -> None:
+    """The run's first lines: model size, batch (micro-batches x rows x tokens), ranks, backend,
+    data; then the optimizer and its schedule, each value the run changes tagged with where it came
+    from."""
     B, T = plan.config["batch_size"], plan.config["block_size"]
     accum = plan.optimizer.get("grad_accum", 1)
 
@@ -310,6 +333,78 @@ def _describe(args, plan, world, backend, say, data: str) -> None:
         pids = world.gather(os.getpid())
         say("ranks: " + ", ".join(f"{r}=pid {p}" for r, p in enumerate(pids)), flush=True)
     say(f"plan {args.plan} ({n_params / 1e6:.2f}M parameters, batch {rows(B)}{ranks}), backend {backend.name}, {data}")
+    opt, values = plan.optimizer, schedule.values
+
+    def shown(key: str, text: str) -> str:
+        return f"{text} ({schedule.sources[key]})" if key in schedule.sources else text
+    lr, min_lr = shown("lr", f"lr {values['lr']:g}"), shown("min_lr", f"min_lr {values['min_lr']:g}")
+    decay = shown("lr_schedule", values["lr_schedule"])
+    warmup = shown("warmup_steps", f"warmup {values['warmup_steps']}")
+    steps = shown("decay_steps", f"decay_steps {values['decay_steps']}")
+    clip = f"clip {opt['grad_clip']:g}" if opt["grad_clip"] > 0 else "no clipping"
+    say(f"optimizer {opt['optimizer']}: {lr} -> {min_lr}, {decay} decay, {warmup}, {steps}, betas "
+        f"{opt['beta1']:g}/{opt['beta2']:g}, eps {opt['eps']:g}, weight decay {opt['weight_decay']:g}, {clip}")
+    for line in schedule.notes:
+        say(line)
+
+
+@dataclass
+class Schedule:
+    """The learning-rate schedule a run trains with (schedule.SCHEDULE_KEYS), where each value
+    that is not the plan's came from (key -> "--lr", "--steps", "the checkpoint's"), and a line
+    for each flag that changes a resumed run's schedule."""
+    values: dict
+    sources: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_schedule(args, plan, start: TrainingState | None) -> Schedule:
+    """The flags given, else a resumed run's schedule (a checkpoint without one trained with the
+    plan's), else the plan's compiled values with decay_steps = --steps: a run's rate reaches
+    min_lr at its last step, as nanoGPT's lr_decay_iters = max_iters. Checked as the compiler
+    checks its own."""
+    compiled = {key: plan.optimizer[key] for key in SCHEDULE_KEYS}
+    given = {key: getattr(args, key) for key in SCHEDULE_KEYS if getattr(args, key) is not None}
+    if start is not None:
+        base = _saved_schedule(start.meta, compiled)
+        sources = {key: "the checkpoint's" for key in SCHEDULE_KEYS if base[key] != compiled[key]}
+    elif args.steps:
+        base, sources = {**compiled, "decay_steps": args.steps}, {"decay_steps": "--steps"}
+    else:  # a run that trains nothing keeps the plan's (--steps 0 evaluates or generates)
+        base, sources = compiled, {}
+    flag = {key: "--" + key.replace("_", "-") for key in given}
+    schedule = Schedule({**base, **given}, {**sources, **flag})
+    if start is not None:
+        schedule.notes = [f"{flag[key]} {given[key]} replaces the checkpoint's {key} {base[key]}"
+                          for key in given if given[key] != base[key]]
+
+    def origin(key: str) -> str:
+        if key in given:
+            return f"{flag[key]} {given[key]}"
+        where = schedule.sources.get(key, "the plan's")
+        return f"{key}={schedule.values[key]} ({where})"
+    check_schedule(schedule.values, origin)
+    return schedule
+
+
+def _saved_schedule(meta: dict, compiled: dict) -> dict:
+    """The schedule a checkpoint's run trained with, refused in one line if state.json mangled it."""
+    saved = meta.get("schedule", compiled)
+    kinds = {"lr": (int, float), "min_lr": (int, float), "lr_schedule": str, "warmup_steps": int, "decay_steps": int}
+    if not (isinstance(saved, dict) and set(saved) == set(SCHEDULE_KEYS)
+            and all(isinstance(saved[k], kinds[k]) and not isinstance(saved[k], bool) for k in SCHEDULE_KEYS)):
+        raise UserError(f"the checkpoint's state.json holds a damaged learning-rate schedule: {saved!r}")
+    return saved
+
+
+def optimizer_record(plan, schedule: Schedule) -> dict:
+    """The optimizer part of the log's first record: every setting of the update, as trained."""
+    return {"optimizer": {**plan.optimizer, **schedule.values}}
+
+
+def _settings(args) -> dict:
+    """The run's command line, flag by flag: ranks of one run must agree on all of it."""
+    return {"--" + name.replace("_", "-"): value for name, value in sorted(vars(args).items())}
 
 
 def _profile(plan, backend, sampler) -> None:

@@ -2,13 +2,21 @@
 
 The compiled update reads its step size (Adam) or learning rate and bias corrections (AdamW) as
 scalar inputs of the plan's program; here they are computed from the plan's optimizer settings
-and the number of updates done, so the one compiled step serves every step of the schedule. A
-plan with dropout also reads the key and counter of its random masks (`dropout_scalars`), and a
-decode program the position it decodes at.
+(or a run's own schedule, checked by the compiler's rules, `check_schedule`) and the number of
+updates done, so the one compiled step serves every step of the schedule. A plan with dropout
+also reads the key and counter of its random masks (`dropout_scalars`), and a decode program the
+position it decodes at.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
+
+from .errors import UserError
+
+# The optimizer settings a run may change without recompiling: the update reads them only through
+# the scalars computed here (the betas, eps, weight decay and clipping are constants of the graph).
+SCHEDULE_KEYS = ("lr", "min_lr", "lr_schedule", "warmup_steps", "decay_steps")
 
 # The program inputs of dropout's counter-based RNG (Philox4x32-10): the key's first word is the
 # run's seed (the second, each dropout site's number in the model), the counter's second word
@@ -33,6 +41,34 @@ def dropout_scalars(seed: int, step: int, micro: int = 0, micro_batches: int = 1
 
 def _int32(bits: int) -> int:
     return bits - 2**32 if bits >= 2**31 else bits
+
+
+def requirement(cfg: dict, origin: Callable[[str], str] | None = None) -> Callable[[str, bool, str], None]:
+    """need(key, ok, rule): refuse the setting `key` unless ok, in one line stating the rule.
+    origin(key) says where the value came from (e.g. "--set lr=nan"); by default "lr=nan"."""
+    origin = origin or (lambda key: f"{key}={cfg[key]}")
+
+    def need(key: str, ok: bool, rule: str) -> None:
+        if not ok:
+            raise UserError(f"{origin(key)}: {key} must be {rule}")
+    return need
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def check_schedule(cfg: dict, origin: Callable[[str], str] | None = None) -> None:
+    """Refuse a learning-rate schedule outside its range: the compiler's rules for its defaults,
+    and the run's for what it trains with."""
+    need = requirement(cfg, origin)
+    need("lr_schedule", cfg["lr_schedule"] in ("linear", "cosine"), "linear or cosine")
+    lr, min_lr = cfg["lr"], cfg["min_lr"]
+    need("lr", finite(lr) and lr > 0, "a finite number > 0")
+    need("min_lr", finite(min_lr) and 0 <= min_lr <= lr, f"a finite number with 0 <= min_lr <= lr ({lr})")
+    steps = cfg["decay_steps"]
+    need("decay_steps", steps >= 1, "an integer >= 1")
+    need("warmup_steps", 0 <= cfg["warmup_steps"] < steps, f"an integer >= 0 and < decay_steps ({steps})")
 
 
 def lr_at(cfg: dict, t: int) -> float:

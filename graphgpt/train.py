@@ -53,8 +53,10 @@ def init_params(plan: Plan, seed: int) -> dict[str, np.ndarray]:
 
 
 class Trainer:
-    def __init__(self, plan: Plan, backend, sampler, seed: int = 0, world=None):
+    def __init__(self, plan: Plan, backend, sampler, seed: int = 0, world=None, schedule: dict | None = None):
+        """`schedule` replaces the plan's learning-rate settings (schedule.SCHEDULE_KEYS) it names."""
         self.plan, self.backend, self.sampler, self.seed = plan, backend, sampler, seed
+        self.optimizer = {**plan.optimizer, **(schedule or {})}
         self.world = world or SingleWorld()
         self.micro_batches = int(plan.optimizer.get("grad_accum", 1))
         self.set_weights(init_params(plan, seed))
@@ -123,7 +125,7 @@ class Trainer:
         return dropout_scalars(self.seed, self.updates_done, micro, self.micro_batches, self.world.rank, self.world.size)
 
     def _enqueue_step(self) -> tuple:
-        scalars = step_scalars(self.plan.optimizer, self.updates_done)
+        scalars = step_scalars(self.optimizer, self.updates_done)
         if self.micro_batches == 1:
             x, y = batch = self.sampler.next_batch()
             pending = self.backend.enqueue("train", self._feeds("train", scalars | self._masks(0), batch))

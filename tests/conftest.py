@@ -102,3 +102,9 @@ def run_into_head(*args, cwd=ROOT, timeout=300):
     _, err = tool.communicate(timeout=timeout)
     head.wait(timeout=timeout)
     return tool.returncode, err
+
+
+def step_records(log: Path) -> list[dict]:
+    """A run's --log, its steps' records in order (without the header record that opens it)."""
+    import json
+    return [r for r in map(json.loads, Path(log).read_text().splitlines()) if "step" in r]

@@ -1,12 +1,11 @@
 """The command-line tools as a user meets them: bad input is one line and exit code 2."""
-import json
 import textwrap
 
 import numpy as np
 import pytest
 
 from graphgpt.tensor_files import load_safetensors, load_seed_weights
-from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, run_into_head, sets
+from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, run_into_head, sets, step_records
 
 
 
@@ -153,7 +152,7 @@ def test_adamw_with_cosine_schedule_trains(tmp_path, corpus):
     proc = run_cli("-m", "graphgpt.run", "--plan", str(out), "--data", str(corpus), "--steps", "20",
                    "--backend", "numpy", "--log", str(log), "--generate", "0")
     assert proc.returncode == 0, proc.stderr
-    records = [json.loads(line) for line in log.read_text().splitlines()[1:]]  # after the header
+    records = step_records(log)
     assert records[0]["lr"] == pytest.approx(1e-2 / 5)  # warmup
     assert records[-1]["loss"] < 0.5 * records[0]["loss"]
 
@@ -163,7 +162,7 @@ def test_train_save_generate(tmp_path, tiny_plan, corpus):
     proc = run_cli("-m", "graphgpt.run", "--plan", str(tiny_plan), "--data", str(corpus), "--steps", "40",
                    "--backend", "numpy", "--log", str(log), "--save", str(save), "--generate", "5")
     assert proc.returncode == 0, proc.stderr
-    records = [json.loads(l) for l in log.read_text().splitlines()[1:]]  # after the header
+    records = step_records(log)
     assert [r["step"] for r in records] == list(range(1, 41))
     assert {"step", "loss", "lr", "grad_norm", "ms"} <= set(records[0])
     assert records[-1]["loss"] < 0.5 * records[0]["loss"]

@@ -13,7 +13,7 @@ from graphgpt.data import SequentialSampler
 from graphgpt.plan import Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import Trainer
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, step_records
 
 pytestmark = pytest.mark.gpu
 SMALL = ["n_layer=2", "n_head=4", "n_embd=128", "block_size=64", "batch_size=4"]
@@ -111,13 +111,13 @@ def test_seed_workload_cuda_matches_numpy(tmp_path, seed_corpus):
     plan = tmp_path / "plan"
     assert run_cli(str(ROOT / "tools" / "compile.py"), str(ROOT / "model.py"), "--data", str(seed_corpus),
                    "--out", str(plan)).returncode == 0
-    common = ["-m", "graphgpt.run", "--plan", str(plan), "--data", str(seed_corpus), "--generate", "0"]
+    common = ["-m", "graphgpt.run", "--plan", str(plan), "--data", str(seed_corpus), "--decay-steps", "10000",
+              "--generate", "0"]
     saves = tmp_path / "cuda_run"
     proc = run_cli(*common, "--steps", "50", "--backend", "cuda", "--log", str(tmp_path / "cuda.jsonl"),
                    "--save", str(saves), "--save-every", "10", "--keep", "0")
     assert proc.returncode == 0, proc.stderr
-    cuda = {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / "cuda.jsonl").read_text().splitlines())
-            if "step" in r}
+    cuda = {r["step"]: r["loss"] for r in step_records(tmp_path / "cuda.jsonl")}
     assert cuda[50] <= 0.94
 
     stretch = 3
@@ -136,7 +136,7 @@ def test_seed_workload_cuda_matches_numpy(tmp_path, seed_corpus):
     for start, (log, oracle) in oracles.items():
         _, err = oracle.communicate(timeout=900)
         assert oracle.returncode == 0, err
-        numpy = {r["step"]: r["loss"] for r in map(json.loads, log.read_text().splitlines()) if "step" in r}
+        numpy = {r["step"]: r["loss"] for r in step_records(log)}
         steps = range(start + 1, start + stretch + 1)
         assert sorted(numpy) == list(steps)
         np.testing.assert_allclose([cuda[s] for s in steps], [numpy[s] for s in steps], atol=1e-3,
@@ -212,10 +212,10 @@ def test_bf16_seed_workload_is_within_2_percent_of_fp32(tmp_path, seed_corpus):
                          "--set", f"dtype={dtype}", "--out", str(tmp_path / dtype)) for dtype in dtypes]:
         finished(proc)
     for proc in [started("-m", "graphgpt.run", "--plan", str(tmp_path / dtype), "--data", str(seed_corpus),
-                         "--steps", "50", "--sampler", "sequential", "--backend", "cuda",
+                         "--steps", "50", "--decay-steps", "10000", "--sampler", "sequential", "--backend", "cuda",
                          "--log", str(tmp_path / f"{dtype}.jsonl"), "--generate", "0") for dtype in dtypes]:
         finished(proc)
-    final = {dtype: json.loads((tmp_path / f"{dtype}.jsonl").read_text().splitlines()[-1])["loss"] for dtype in dtypes}
+    final = {dtype: step_records(tmp_path / f"{dtype}.jsonl")[-1]["loss"] for dtype in dtypes}
     print(f"seed workload, final loss at step 50: {final}")
     assert abs(final["bf16"] - final["f32"]) <= 0.02 * final["f32"]
 

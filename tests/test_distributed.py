@@ -88,15 +88,62 @@ def test_cli_under_mpiexec(plan_and_data):
     assert "2 ranks: global batch 4 x 8" in proc.stdout
 
 
+def two_commands(first: list[str], second: list[str], **kwargs):
+    """mpiexec's MPMD form: rank 0 runs `first`, rank 1 `second` (each a graphgpt.run command line),
+    with `kwargs` (e.g. -wdir DIR) given per rank as launcher options."""
+    run = [sys.executable, "-m", "mpi4py", "-m", "graphgpt.run"]
+    launch = ["mpiexec"]
+    for rank, args in enumerate((first, second)):
+        launch += [*(["-n", "1"] if rank == 0 else [":", "-n", "1"]), *kwargs.get(f"rank{rank}", []), *run, *args]
+    start = time.monotonic()
+    proc = subprocess.run(launch, cwd=ROOT, env=MPI_ENV, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < 60, "the ranks waited for one another instead of refusing"
+    return proc
+
+
+def assert_refused(proc, *fragments):
+    """One line from rank 0, exit status 2 from the launcher, nothing trained."""
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert "step " not in proc.stdout
+
+
 def test_mismatched_plans_fail_fast(plan_and_data, tmp_path):
     plan, data = plan_and_data
     other = compile_tiny(tmp_path / "other", 1)
-    run = [sys.executable, "-m", "mpi4py", "-m", "graphgpt.run", "--data", str(data), "--steps", "2",
-           "--backend", "numpy"]
-    proc = subprocess.run(["mpiexec", "-n", "1", *run, "--plan", str(plan), ":", "-n", "1", *run, "--plan", str(other)],
-                          cwd=ROOT, env=MPI_ENV, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "loaded a different plan than rank 0" in proc.stderr
+    run = ["--data", str(data), "--steps", "2", "--backend", "numpy"]
+    assert_refused(two_commands([*run, "--plan", str(plan)], [*run, "--plan", str(other)]),
+                   "rank 1 has a plan of digest", "rank 0 a plan of digest")
+
+
+@pytest.mark.parametrize("first,second,named", [
+    (["--steps", "3"], ["--steps", "5"], "rank 1 has --steps 5, rank 0 --steps 3"),
+    (["--lr", "1e-3"], [], "rank 1 has --lr (not given), rank 0 --lr 0.001"),
+    (["--eval-every", "2"], ["--eval-every", "1"], "--eval-every 1, rank 0 --eval-every 2"),
+    (["--sampler", "sequential"], ["--sampler", "random"], "--sampler random, rank 0 --sampler sequential"),
+], ids=["steps", "lr", "eval-every", "sampler"])
+def test_ranks_with_different_settings_are_refused(plan_and_data, first, second, named):
+    """Ranks that would take different numbers of steps or collectives wait for each other forever;
+    the settings are compared first."""
+    plan, data = plan_and_data
+    run = ["--plan", str(plan), "--data", str(data), "--backend", "numpy", "--generate", "0"]
+    run = [*run, "--steps", "4"]  # a later --steps replaces it
+    assert_refused(two_commands([*run, *first], [*run, *second]), named)
+
+
+def test_ranks_reading_different_data_under_one_name_are_refused(plan_and_data, tmp_path):
+    """The same --data path names other files in each rank's working directory (as on the local
+    disks of two hosts): the ranks compare what they read."""
+    plan, data = plan_and_data
+    for rank, repeat in ((0, 200), (1, 150)):
+        (tmp_path / f"r{rank}").mkdir()
+        (tmp_path / f"r{rank}" / "data.txt").write_text(data.read_text()[: len(data.read_text()) * repeat // 200])
+    run = ["--plan", str(plan), "--data", "data.txt", "--steps", "2", "--backend", "numpy", "--generate", "0"]
+    proc = two_commands(run, run, rank0=["-wdir", str(tmp_path / "r0")], rank1=["-wdir", str(tmp_path / "r1")])
+    assert_refused(proc, "rank 1 has training tokens", "rank 0 training tokens")
 
 
 def test_a_killed_rank_ends_the_run(plan_and_data):

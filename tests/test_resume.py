@@ -16,7 +16,7 @@ import pytest
 
 from graphgpt.checkpoint import CheckpointDir
 from graphgpt.plan import load as load_plan
-from tests.conftest import COMPILE, MPI_ENV, ROOT, TINY, run_cli, sets
+from tests.conftest import COMPILE, MPI_ENV, ROOT, TINY, run_cli, sets, step_records
 
 # What must repeat exactly; ms and tokens/s are timings. A run also evaluates at its last step, so
 # a run stopped at step 10 has an evaluation there that an uninterrupted one has not.
@@ -90,7 +90,9 @@ def test_ten_resume_ten_equals_twenty(tmp_path, plan, corpus, settings):
         plan = compile_plan(tmp_path / "variant", corpus, *settings)
     whole, split = tmp_path / "whole", tmp_path / "split"
     train(plan, corpus, "--steps", "20", "--save", str(whole), "--log", str(tmp_path / "whole.jsonl"))
-    first = train(plan, corpus, "--steps", "10", "--save", str(split), "--log", str(tmp_path / "split.jsonl"))
+    # the first half starts with the whole run's schedule; its checkpoint keeps it for the second
+    first = train(plan, corpus, "--steps", "10", "--decay-steps", "20", "--save", str(split),
+                  "--log", str(tmp_path / "split.jsonl"))
     assert "step_00000010" in first.stdout
     second = train(plan, corpus, "--steps", "20", "--resume", str(split), "--log", str(tmp_path / "split.jsonl"))
     assert "resumed from" in second.stdout and "at step 10" in second.stdout
@@ -109,7 +111,8 @@ def test_resume_under_mpiexec(tmp_path, corpus, tmp_path_factory):
     mpi = ("mpiexec", "-n", "2", sys.executable, "-m", "mpi4py")
     whole, split = tmp_path / "whole", tmp_path / "split"
     train(plan, corpus, "--steps", "20", "--save", str(whole), "--log", str(tmp_path / "w.jsonl"), launcher=mpi)
-    train(plan, corpus, "--steps", "10", "--save", str(split), "--log", str(tmp_path / "s.jsonl"), launcher=mpi)
+    train(plan, corpus, "--steps", "10", "--decay-steps", "20", "--save", str(split), "--log", str(tmp_path / "s.jsonl"),
+          launcher=mpi)
     train(plan, corpus, "--steps", "20", "--resume", str(split), "--log", str(tmp_path / "s.jsonl"), launcher=mpi)
     assert_same_log(tmp_path / "s.jsonl", tmp_path / "w.jsonl")
     assert_same_state(final_state(whole, plan), final_state(split, plan))
@@ -167,7 +170,8 @@ def test_ten_resume_ten_equals_twenty_on_cuda_with_the_graph(tmp_path, plan, cor
     whole, split = tmp_path / "whole", tmp_path / "split"
     cuda = ("--backend", "cuda")
     train(plan, corpus, *cuda, "--steps", "20", "--save", str(whole), "--log", str(tmp_path / "w.jsonl"))
-    train(plan, corpus, *cuda, "--steps", "10", "--save", str(split), "--log", str(tmp_path / "s.jsonl"))
+    train(plan, corpus, *cuda, "--steps", "10", "--decay-steps", "20", "--save", str(split),
+          "--log", str(tmp_path / "s.jsonl"))
     train(plan, corpus, *cuda, "--steps", "20", "--resume", str(split), "--log", str(tmp_path / "s.jsonl"))
     assert_same_log(tmp_path / "s.jsonl", tmp_path / "w.jsonl")
     assert_same_state(final_state(whole, plan), final_state(split, plan))

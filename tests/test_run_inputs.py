@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from graphgpt.tensor_files import save_safetensors
-from tests.conftest import COMPILE, MPI_ENV, ROOT, TINY, run_cli, sets
+from tests.conftest import COMPILE, MPI_ENV, ROOT, TINY, assert_user_error, run_cli, sets
 
 
 
@@ -104,6 +104,22 @@ CASES = [
     ("missing plan", lambda c: ["--plan", str(c.tmp / "noplan")], "does not exist"),
     ("plan of an old schema", lambda c: ["--plan", str(_old_plan(c))], "schema version 0"),
     ("profile without a GPU", lambda c: ["--profile", "--backend", "numpy"], "--profile"),
+    ("lr zero", lambda c: ["--lr", "0"], "--lr 0.0: lr must be a finite number > 0"),
+    ("lr negative", lambda c: ["--lr=-1e-3"], "--lr -0.001: lr must be a finite number > 0"),
+    ("lr nan", lambda c: ["--lr", "nan"], "--lr nan: lr must be a finite number > 0"),
+    ("lr inf", lambda c: ["--lr", "inf"], "--lr inf: lr must be a finite number > 0"),
+    ("lr not a number", lambda c: ["--lr", "fast"], "invalid float value: 'fast'"),
+    ("min-lr negative", lambda c: ["--min-lr=-1e-5"], "--min-lr -1e-05: min_lr must be a finite number with 0 <= min_lr"),
+    ("min-lr above lr", lambda c: ["--lr", "1e-3", "--min-lr", "1e-2"], "min_lr <= lr (0.001)"),
+    ("lr below the plan's min_lr", lambda c: ["--lr", "1e-6"], "min_lr=1e-05 (the plan's): min_lr must be"),
+    ("decay-steps zero", lambda c: ["--decay-steps", "0"], "--decay-steps 0: decay_steps must be an integer >= 1"),
+    ("decay-steps not an integer", lambda c: ["--decay-steps", "1e4"], "invalid int value: '1e4'"),
+    ("warmup-steps negative", lambda c: ["--warmup-steps", "-1"], "--warmup-steps -1: warmup_steps must be an integer >= 0"),
+    ("warmup as long as the decay", lambda c: ["--warmup-steps", "5", "--decay-steps", "5"], "< decay_steps (5)"),
+    ("warmup as long as the run", lambda c: ["--warmup-steps", "3"], "< decay_steps (3)"),
+    ("unknown schedule", lambda c: ["--lr-schedule", "step"], "invalid choice: 'step'"),
+    ("resume with a warmup longer than its decay", lambda c: ["--resume", str(c.checkpoint), "--warmup-steps", "9"],
+     "< decay_steps (2)"),
 ]
 
 
@@ -140,6 +156,18 @@ def test_bad_input_is_one_line_before_any_work(ctx, what, extra, fragment):
     assert fragment in lines[0], lines[0]
     assert "step " not in proc.stdout and "sample" not in proc.stdout, "the error came after work was done"
     assert snapshot(ctx.tmp) == before, "a bad run changed files on disk"
+
+
+@pytest.mark.parametrize("variable,value", [("PMI_SIZE", "abc"), ("OMPI_COMM_WORLD_SIZE", "-1"), ("PMIX_SIZE", "1.5"),
+                                            ("MPI_LOCALNRANKS", "0"), ("WORLD_SIZE", "x"), ("WORLD_SIZE", "0"),
+                                            ("PMI_SIZE", "\u0662")])
+def test_a_launcher_variable_that_is_no_process_count_is_refused(ctx, variable, value):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **{variable: value})
+    proc = subprocess.run([sys.executable, "-m", "graphgpt.run", "--plan", str(ctx.plan), "--data", str(ctx.corpus),
+                           "--steps", "1", "--backend", "numpy"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert_user_error(proc, f"{variable}={value!r} is not a process count")
+    assert proc.stdout == ""
 
 
 def test_torchrun_like_launch_is_refused(ctx):

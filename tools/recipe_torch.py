@@ -4,8 +4,9 @@ What `python -m graphgpt.run --plan DIR --data TEXT --val-fraction F` trains, tr
 tools/torch_gpt2.py's model (torch.compile, the plan's precision under autocast) and
 torch.optim.AdamW (or Adam for optimizer=adam): the same weights to start from (graphgpt's
 initialisation, seed --seed), the same held-out split, the same random training windows, the
-plan's learning-rate schedule, betas, eps, weight decay (tensors of rank >= 2) and gradient
-clipping, and dropout where the plan's model drops. Every --eval-every steps (and at the last) it
+plan's learning-rate schedule (decaying over --steps, as graphgpt.run's does by default), betas,
+eps, weight decay (tensors of rank >= 2) and gradient clipping, and dropout where the plan's
+model drops. Every --eval-every steps (and at the last) it
 scores the mean loss over the same fixed random windows of each split as graphgpt's evaluation
 does (and before the first step), and writes graphgpt's log records (JSONL: step, loss, train_loss, val_loss), so
 tools/eval_table.py shows both runs alike.
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args) -> int:
     plan = plan_io.load(args.plan)
-    cfg, opt = plan.config, plan.optimizer
+    cfg = plan.config
+    opt = {**plan.optimizer, "decay_steps": args.steps}  # graphgpt.run's default: the rate reaches min_lr at the end
     if opt["grad_accum"] != 1:
         raise UserError(f"the plan accumulates {opt['grad_accum']} micro-batches a step; this tool trains one a step")
     log = MetricsLog(args.log)

@@ -86,16 +86,16 @@ class MpiWorld:
 
 
 def current_world():
-    size = next((int(os.environ[v]) for v in _SIZE_VARIABLES if v in os.environ), None)
+    size = next((n for v in _SIZE_VARIABLES if (n := _process_count(v)) is not None), None)
     if size is None:
         # Each process would train alone and write the same files as the others.
-        others = os.environ.get(_OTHER_LAUNCHER_SIZE, "1")
-        if others.strip() not in ("", "0", "1"):
+        others = _process_count(_OTHER_LAUNCHER_SIZE)
+        if others is not None and others > 1:
             raise UserError(f"{_OTHER_LAUNCHER_SIZE}={others} says this is one of several processes, but "
                             "there is no MPI world: graphgpt runs data-parallel under MPI "
                             "(mpiexec -n N python -m mpi4py -m graphgpt.run ...)")
         return SingleWorld()
-    if size <= 1:
+    if size == 1:
         return SingleWorld()
     try:
         return MpiWorld()
@@ -103,8 +103,35 @@ def current_world():
         raise UserError("started by an MPI launcher but mpi4py is missing: pip install -e '.[mpi]'") from None
 
 
-def check_same_plan(world, digest: str) -> None:
-    digests = world.gather(digest)
-    odd = [r for r, d in enumerate(digests) if d != digests[0]]
-    if odd:
-        raise UserError(f"ranks {', '.join(map(str, odd))} loaded a different plan than rank 0")
+def _process_count(variable: str) -> int | None:
+    """A launcher's process count from the environment; None where the variable is unset or empty.
+    Anything but a whole number >= 1 is refused: guessing one would train alone, or wait forever
+    for processes that do not exist."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise UserError(f"{variable}={os.environ[variable]!r} is not a process count (a whole number >= 1); "
+                        "launchers set it, so unset it or start the run with its launcher")
+    return int(text)
+
+
+class RanksDisagree(UserError):
+    """The ranks were started with different settings. Every rank finds it at once (each gets the
+    same gathered settings), so rank 0 alone says so and all of them exit."""
+
+
+def check_same_run(world, settings: dict) -> None:
+    """Refuse a world whose ranks would train differently (another plan, other data, a different
+    --steps ...): they would otherwise wait for one another in a collective forever. Names the first
+    setting in which a rank differs from rank 0."""
+    everyone = world.gather(settings)
+    for rank, theirs in enumerate(everyone[1:], start=1):
+        for key, ours in everyone[0].items():
+            if repr(theirs.get(key)) != repr(ours):  # by repr: nan, a bad value, equals itself
+                raise RanksDisagree(f"the ranks disagree: rank {rank} has {_shown(key, theirs.get(key))}, rank 0 "
+                                    f"{_shown(key, ours)}; every rank of a run needs the same plan, data and settings")
+
+
+def _shown(key: str, value) -> str:
+    return f"{key} {'(not given)' if value is None else value}"
