@@ -183,7 +183,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     graphs = {name: one_hot_embedding_grads(simplify(g)) for name, g in graphs.items()}
     log(f"  simplify   {_node_counts(graphs)}")
     graphs[backward], chunks = chunk_classifier(graphs[backward], model_cfg["classifier_chunks"])
-    log(f"  classifier " + (f"{chunks} chunks of {B // chunks} sequences" if chunks > 1 else "the whole batch at once"))
+    log("  classifier " + (f"{chunks} chunks of {B // chunks} sequences" if chunks > 1 else "the whole batch at once"))
     unfused = graphs[backward]
     if fusion:
         graphs = {name: fuse(g) for name, g in graphs.items()}

@@ -1,4 +1,5 @@
 """The command-line tools as a user meets them: bad input is one line and exit code 2."""
+import json
 import textwrap
 
 import numpy as np

@@ -1,5 +1,4 @@
 """The CUDA backend against the NumPy backend: whole training steps, graph on and off."""
-import json
 import os
 import shutil
 import subprocess

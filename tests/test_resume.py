@@ -16,7 +16,7 @@ import pytest
 
 from graphgpt.checkpoint import CheckpointDir
 from graphgpt.plan import load as load_plan
-from tests.conftest import COMPILE, MPI_ENV, ROOT, TINY, run_cli, sets, step_records
+from tests.conftest import COMPILE, MPI_ENV, ROOT, TINY, run_cli, sets
 
 # What must repeat exactly; ms and tokens/s are timings. A run also evaluates at its last step, so
 # a run stopped at step 10 has an evaluation there that an uninterrupted one has not.
