@@ -86,7 +86,7 @@ class MpiWorld:
 
 
 def current_world():
-    size = next((n for v in _SIZE_VARIABLES if (n := _process_count(v)) is not None), None)
+    variable, size = next(((v, n) for v in _SIZE_VARIABLES if (n := _process_count(v)) is not None), (None, None))
     if size is None:
         # Each process would train alone and write the same files as the others.
         others = _process_count(_OTHER_LAUNCHER_SIZE)
@@ -98,9 +98,13 @@ def current_world():
     if size == 1:
         return SingleWorld()
     try:
-        return MpiWorld()
+        world = MpiWorld()
     except ImportError:
         raise UserError("started by an MPI launcher but mpi4py is missing: pip install -e '.[mpi]'") from None
+    if world.size == 1:  # a variable left behind, not a launcher: the other processes do not exist
+        raise UserError(f"{variable}={size} says this is one of several processes, but the MPI world has only "
+                        "this one; unset it, or start the run with mpiexec -n N")
+    return world
 
 
 def _process_count(variable: str) -> int | None:
