@@ -13,8 +13,9 @@ def test_a_short_quickstart_trains_evaluates_and_samples(tmp_path):
     proc = run_cli(TOOL, "--out", str(out), "--steps", "30", "--backend", "numpy")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    commands = [line for line in lines if line.startswith("$ python ")]
-    assert len(commands) == 2 and "tools/compile.py" in commands[0] and "-m graphgpt.run" in commands[1]
+    commands = [line for line in lines if line.startswith("$ ")]
+    assert commands[0].startswith("$ python ") and "tools/compile.py" in commands[0]
+    assert commands[1].startswith("$ OMP_NUM_THREADS=1 python -m graphgpt.run ") and len(commands) == 2
     assert "--set n_layer=2" in commands[0] and "--lr 0.002" in commands[1]
     summary = next(line for line in lines if line.startswith("compiled model.py"))
     assert "2 layers, 128 wide" in summary and str(out / "plan" / "report.txt") in summary
