@@ -3,7 +3,7 @@ it compiles, shows the commands it runs, trains with a held-out loss that falls 
 sample. The full run is timed by hand (README: Quick start)."""
 import json
 
-from tests.conftest import ROOT, assert_user_error, run_cli
+from tests.conftest import ROOT, assert_user_error, run_cli, run_into_head, step_records
 
 TOOL = str(ROOT / "tools" / "quickstart.py")
 
@@ -37,3 +37,10 @@ def test_an_earlier_quickstart_is_not_overwritten(tmp_path):
 
 def test_bad_steps_are_one_line():
     assert_user_error(run_cli(TOOL, "--steps", "0"), "--steps must be at least 1")
+
+
+def test_a_closed_stdout_does_not_stop_it(tmp_path):
+    """`| head -1`: the reader goes after the first command line; compile, run and log go on."""
+    code, err = run_into_head(TOOL, "--out", str(tmp_path / "qs"), "--steps", "5", "--backend", "numpy")
+    assert code == 0 and err == "", err
+    assert [r["step"] for r in step_records(tmp_path / "qs" / "log.jsonl")] == [0, 1, 2, 3, 4, 5]

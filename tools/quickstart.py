@@ -46,11 +46,11 @@ def parse_args(argv):
     p = ArgumentParser(prog="tools/quickstart.py", description=(
         "Compile model.py (a small version of it on the CPU), train it on graphgpt's own source with a "
         "held-out tenth, print the held-out loss as it falls and a sample."))
-    p.add_argument("--out", type=Path, default=Path("runs/quickstart"),
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), metavar="DIR",
                    help="where the plan and the log go (default: runs/quickstart/); must not hold an earlier quick start")
     p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto",
                    help="auto: the GPU when CuPy sees one (the full model), else NumPy (the small one)")
-    p.add_argument("--steps", type=int, help="training steps (default: 800 on the CPU, 1000 on a GPU)")
+    p.add_argument("--steps", type=int, metavar="N", help="training steps (default: 800 on the CPU, 1000 on a GPU)")
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be at least 1, got {args.steps}")
