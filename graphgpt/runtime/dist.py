@@ -120,9 +120,9 @@ def _process_count(variable: str) -> int | None:
     return int(text)
 
 
-class RanksDisagree(UserError):
-    """The ranks were started with different settings. Every rank finds it at once (each gets the
-    same gathered settings), so rank 0 alone says so and all of them exit."""
+class EveryRankError(UserError):
+    """Bad input that every rank finds at once (the ranks' settings differ, and each sees all of
+    them; or a setting they share is out of range): rank 0 alone says so, and all of them exit."""
 
 
 def check_same_run(world, settings: dict) -> None:
@@ -133,7 +133,7 @@ def check_same_run(world, settings: dict) -> None:
     for rank, theirs in enumerate(everyone[1:], start=1):
         for key, ours in everyone[0].items():
             if repr(theirs.get(key)) != repr(ours):  # by repr: nan, a bad value, equals itself
-                raise RanksDisagree(f"the ranks disagree: rank {rank} has {_shown(key, theirs.get(key))}, rank 0 "
+                raise EveryRankError(f"the ranks disagree: rank {rank} has {_shown(key, theirs.get(key))}, rank 0 "
                                     f"{_shown(key, ours)}; every rank of a run needs the same plan, data and settings")
 
 
