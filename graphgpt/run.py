@@ -23,7 +23,7 @@ from .data import SAMPLERS, default_corpus, load_dataset, load_tokens, make_samp
 from .errors import ArgumentParser, UserError
 from .monitor import GuardedStdout, MetricsLog, Progress, log_header, new_run_id
 from .runtime import make_backend
-from .runtime.dist import RanksDisagree, check_same_run, current_world
+from .runtime.dist import EveryRankError, check_same_run, current_world
 from .sample import add_sampling_arguments, check_sampling_arguments, generate
 from .schedule import SCHEDULE_KEYS, check_schedule
 from .tokenizer import Tokenizer, encode_prompt
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     try:
         world = current_world()
         return run(args, world)
-    except RanksDisagree as e:
+    except EveryRankError as e:
         return _fail(world, f"error: {e}", 2, everyone_stops=True)
     except UserError as e:
         return _fail(world, f"error: {e}", 2)
@@ -162,7 +162,10 @@ def run(args, world) -> int:
     B, T = plan.config["batch_size"], plan.config["block_size"]
     prompt = encode_prompt(tokenizer, args.prompt) if args.prompt is not None else None
     if args.resume is None:  # a new run's schedule is refused before --save is created
-        run_schedule(args, plan, None)
+        try:
+            run_schedule(args, plan, None)
+        except UserError as e:  # the ranks' settings are the same: each refuses them alike
+            raise EveryRankError(str(e)) from None
 
     # What the run will write or start from: checked now, so that a bad path fails before any work.
     log = MetricsLog(args.log if lead else None)

@@ -134,6 +134,12 @@ def test_ranks_with_different_settings_are_refused(plan_and_data, first, second,
     assert_refused(two_commands([*run, *first], [*run, *second]), named)
 
 
+def test_a_bad_setting_of_every_rank_is_told_once(plan_and_data):
+    plan, data = plan_and_data
+    run = ["--plan", str(plan), "--data", str(data), "--backend", "numpy", "--steps", "3", "--lr", "nan"]
+    assert_refused(two_commands(run, run), "error: rank 0: --lr nan: lr must be a finite number > 0")
+
+
 def test_ranks_reading_different_data_under_one_name_are_refused(plan_and_data, tmp_path):
     """The same --data path names other files in each rank's working directory (as on the local
     disks of two hosts): the ranks compare what they read."""

@@ -170,6 +170,17 @@ def test_a_launcher_variable_that_is_no_process_count_is_refused(ctx, variable, 
     assert proc.stdout == ""
 
 
+def test_a_launcher_variable_without_its_launcher_is_refused(ctx):
+    """PMI_SIZE=2 left in the environment of a plain run: MPI starts a world of this one process,
+    and the run would wait for a second that never comes."""
+    pytest.importorskip("mpi4py")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PMI_SIZE="2")
+    proc = subprocess.run([sys.executable, "-m", "graphgpt.run", "--plan", str(ctx.plan), "--data", str(ctx.corpus),
+                           "--steps", "1", "--backend", "numpy"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert_user_error(proc, "PMI_SIZE=2 says this is one of several processes, but the MPI world has only this one")
+
+
 def test_torchrun_like_launch_is_refused(ctx):
     env = dict(os.environ, PYTHONPATH=str(ROOT), WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
     proc = subprocess.run([sys.executable, "-m", "graphgpt.run", "--plan", str(ctx.plan), "--steps", "1"],

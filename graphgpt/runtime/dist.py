@@ -86,7 +86,7 @@ class MpiWorld:
 
 
 def current_world():
-    size = next((n for v in _SIZE_VARIABLES if (n := _process_count(v)) is not None), None)
+    variable, size = next(((v, n) for v in _SIZE_VARIABLES if (n := _process_count(v)) is not None), (None, None))
     if size is None:
         # Each process would train alone and write the same files as the others.
         others = _process_count(_OTHER_LAUNCHER_SIZE)
@@ -98,9 +98,13 @@ def current_world():
     if size == 1:
         return SingleWorld()
     try:
-        return MpiWorld()
+        world = MpiWorld()
     except ImportError:
         raise UserError("started by an MPI launcher but mpi4py is missing: pip install -e '.[mpi]'") from None
+    if world.size == 1:  # a variable left behind, not a launcher: the other processes do not exist
+        raise UserError(f"{variable}={size} says this is one of several processes, but the MPI world has only "
+                        "this one; unset it, or start the run with mpiexec -n N")
+    return world
 
 
 def _process_count(variable: str) -> int | None:
@@ -116,9 +120,9 @@ def _process_count(variable: str) -> int | None:
     return int(text)
 
 
-class RanksDisagree(UserError):
-    """The ranks were started with different settings. Every rank finds it at once (each gets the
-    same gathered settings), so rank 0 alone says so and all of them exit."""
+class EveryRankError(UserError):
+    """Bad input that every rank finds at once (the ranks' settings differ, and each sees all of
+    them; or a setting they share is out of range): rank 0 alone says so, and all of them exit."""
 
 
 def check_same_run(world, settings: dict) -> None:
@@ -129,7 +133,7 @@ def check_same_run(world, settings: dict) -> None:
     for rank, theirs in enumerate(everyone[1:], start=1):
         for key, ours in everyone[0].items():
             if repr(theirs.get(key)) != repr(ours):  # by repr: nan, a bad value, equals itself
-                raise RanksDisagree(f"the ranks disagree: rank {rank} has {_shown(key, theirs.get(key))}, rank 0 "
+                raise EveryRankError(f"the ranks disagree: rank {rank} has {_shown(key, theirs.get(key))}, rank 0 "
                                     f"{_shown(key, ours)}; every rank of a run needs the same plan, data and settings")
 
 
