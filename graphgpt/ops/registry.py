@@ -34,6 +34,10 @@ Aliasing, which the memory planner reads instead of knowing ops by name:
   flops(attrs, out, *inputs)          the multiply-adds (times 2) of the matrix products it computes,
                                       as nanoGPT's estimate counts them, for the plan's MFU (ops
                                       without matrix products: 0)
+Traits, which fusion and recompute read instead of knowing ops by name:
+  row_normaliser                      a RowNormaliser: it normalises each row (LayerNorm's normalize)
+  gemm_epilogues                      a matrix product cuBLASLt can finish in its epilogue (a bias,
+                                      a residual, GELU or GELU's gradient applied as it is written)
 
 dtypes: floats are f32, bf16 or f16 (dtypes.py). A rule gives its output's dtype; references
 compute in the float type they are given (float32, or float64 in tests: a backend reads narrower
@@ -59,6 +63,18 @@ class ShapeMismatch(Exception):
 
 
 @dataclass(frozen=True)
+class RowNormaliser:
+    """An op that normalises each row of its input over the last axis. Its outputs: the normalised
+    rows (at `rows`) and each row's statistics (at `statistics`), which the forward saves so the
+    backward reads them instead of recomputing them; recompute brings back the rows, never the
+    statistics. `with_epilogue` names the op that also applies the pointwise chain reading the
+    rows as it stores them (an affine part), whose result is its last output; None for that op."""
+    rows: int
+    statistics: tuple[int, ...]
+    with_epilogue: str | None = None
+
+
+@dataclass(frozen=True)
 class Op:
     name: str
     kind: str  # source | elementwise | reduction | matmul | shape | nn
@@ -74,6 +90,8 @@ class Op:
     assembles: bool = False
     stores_any_float: bool = False
     flops: Callable[..., int] = lambda attrs, out, *inputs: 0
+    row_normaliser: RowNormaliser | None = None
+    gemm_epilogues: bool = False
 
     def c_expr(self, attrs: dict) -> str | None:
         return self.expr(attrs) if callable(self.expr) else self.expr

@@ -117,10 +117,12 @@ def _normalize_epilogues(graph: Graph) -> Graph:
     chains: dict[int, tuple[Node, int]] = {}  # normalize id -> the chain it takes in, and the rows' id
     for f in graph.of_op("fused"):
         rows = [graph.nodes[i] for i in f.inputs if graph.nodes[i].shape == f.shape]
-        if {"perm", "shape"} & set(f.attr) or len(rows) != 1 or rows[0].op != "output" or rows[0].attr["index"]:
+        if {"perm", "shape"} & set(f.attr) or len(rows) != 1 or REGISTRY[rows[0].op].kind != "projection":
             continue
         norm = graph.nodes[rows[0].inputs[0]]
-        if norm.op != "normalize" or norm.id in chains:
+        normaliser = REGISTRY[norm.op].row_normaliser
+        if (normaliser is None or normaliser.with_epilogue is None or rows[0].attr["index"] != normaliser.rows
+                or norm.id in chains):
             continue
         others = [graph.nodes[i] for i in f.inputs if i != rows[0].id]
         if all(o.shape in (f.shape[-1:], ()) and (o.op in SOURCE_OPS or place[o.id] < place[norm.id]) for o in others):
@@ -134,7 +136,7 @@ def _normalize_epilogues(graph: Graph) -> Graph:
             arg = {-1 - k: -1 if i == rows_id else -2 - others.index(i) for k, i in enumerate(f.inputs)}
             program = tuple((op, attrs, tuple(a if a >= 0 else arg[a] for a in args))
                             for op, attrs, args in f.attr["program"])
-            n = replace(n, op="fused_normalize", inputs=(*n.inputs, *others),
+            n = replace(n, op=REGISTRY[n.op].row_normaliser.with_epilogue, inputs=(*n.inputs, *others),
                         attrs=frozen_attrs({**n.attr, "program": program}), specs=(*n.specs, (f.shape, f.dtype)))
         elif n.id in taken:
             norm = graph.nodes[taken[n.id]]
@@ -326,7 +328,7 @@ def gelu_epilogues(graph: Graph) -> Graph:
         """A GEMM cuBLASLt can give a GELU epilogue: no residual or folded cast, one matrix product
         (a shared 2-D weight, the batch folded into the rows) of a width that is a multiple of 8,
         stored in bf16, whose rounding dwarfs the epilogue's approximation of GELU."""
-        if n.op not in ("matmul", "fused_matmul"):
+        if not REGISTRY[n.op].gemm_epilogues:
             return False
         b = graph.nodes[n.inputs[1]]
         return (n.dtype == "bf16" and not n.attr.get("residual") and "dtype" not in n.attr and len(b.shape) == 2
@@ -381,7 +383,7 @@ def _gemm_epilogues(graph: Graph) -> Graph:
             continue
         for inner, other in (n.inputs, n.inputs[::-1]):
             base = absorbed.get(inner) or graph.nodes[inner]
-            if base.op not in ("matmul", "fused_matmul") or inner in needed or users[inner] != [n.id]:
+            if not REGISTRY[base.op].gemm_epilogues or inner in needed or users[inner] != [n.id]:
                 continue
             attrs = {"ta": base.attr["ta"], "tb": base.attr["tb"], "bias": base.attr.get("bias", False),
                      "residual": base.attr.get("residual", False),

@@ -30,7 +30,6 @@ POLICIES = ("none", "attention", "gelu", "all")
 AUTO = "auto"  # the compiler's default: attention where that saves a quarter of the work region
 WORTH_IT = 0.25
 FEEDERS = ("matmul",)  # recomputed only as the private input of a root
-NORMALIZED = {("normalize", 0), ("fused_normalize", 0), ("fused_normalize", 3)}  # LayerNorm's outputs "all" drops
 
 
 def choose(work_peaks: dict[str, int]) -> str:
@@ -52,8 +51,9 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
             return n.op == "gelu"
         if policy == "all" and REGISTRY[n.op].kind == "elementwise":
             return True
-        if policy == "all" and n.op == "output":  # the normalised rows, and the affine chain's result
-            return (graph.nodes[n.inputs[0]].op, n.attr["index"]) in NORMALIZED
+        if policy == "all" and REGISTRY[n.op].kind == "projection":  # a row normaliser's rows, and the
+            normaliser = REGISTRY[graph.nodes[n.inputs[0]].op].row_normaliser  # result of its epilogue
+            return normaliser is not None and n.attr["index"] not in normaliser.statistics
         return n.op == "causal_softmax"
 
     boundary = graph.outputs["loss"]  # autodiff emits every backward node after the loss
