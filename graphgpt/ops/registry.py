@@ -36,6 +36,8 @@ Aliasing, which the memory planner reads instead of knowing ops by name:
                                       without matrix products: 0)
 Traits, which fusion and recompute read instead of knowing ops by name:
   row_normaliser                      a RowNormaliser: it normalises each row (LayerNorm's normalize)
+  reduction                           a Reduction: a sum over chosen axes, run by the reduction
+                                      kernels by rows or by columns
   gemm_epilogues                      a matrix product cuBLASLt can finish in its epilogue (a bias,
                                       a residual, GELU or GELU's gradient applied as it is written)
 
@@ -75,6 +77,15 @@ class RowNormaliser:
 
 
 @dataclass(frozen=True)
+class Reduction:
+    """A sum over attrs["axes"] (keeping them as ones with attrs["keepdims"]), which the reduction
+    kernels run by rows or by columns: column sums of one block shape can share a launch.
+    `with_prologue` names the op that computes a pointwise chain of the input as it reads it, so
+    the chain's result never goes to memory; None for that op."""
+    with_prologue: str | None = None
+
+
+@dataclass(frozen=True)
 class Op:
     name: str
     kind: str  # source | elementwise | reduction | matmul | shape | nn
@@ -91,6 +102,7 @@ class Op:
     stores_any_float: bool = False
     flops: Callable[..., int] = lambda attrs, out, *inputs: 0
     row_normaliser: RowNormaliser | None = None
+    reduction: Reduction | None = None
     gemm_epilogues: bool = False
 
     def c_expr(self, attrs: dict) -> str | None:

@@ -72,7 +72,7 @@ def fuse(graph: Graph) -> Graph:
                if pointwise(n) and n.id not in needed and users[n.id]
                and all(pointwise(graph.nodes[u]) and graph.nodes[u].shape == n.shape for u in users[n.id])}
     prologues = {}  # sum or transpose id -> its input as a fused node
-    for n in graph.of_op("sum"):
+    for n in (m for m in graph.nodes.values() if _prologue_form(m)):
         src = graph.nodes[n.inputs[0]]
         if pointwise(src) and src.id not in needed and users[src.id] == [n.id]:
             chain = _fused_node(graph, src, inlined)
@@ -98,13 +98,25 @@ def fuse(graph: Graph) -> Graph:
             continue
         if n.id in prologues:
             chain = prologues[n.id]
-            n = replace(n, op="fused_sum" if n.op == "sum" else "fused", inputs=chain.inputs,
+            n = replace(n, op=_prologue_form(n) or "fused", inputs=chain.inputs,
                         attrs=frozen_attrs({**dict(n.attrs), **dict(chain.attrs)}))
             assert REGISTRY[n.op].infer(n.attr, *(graph.nodes[i] for i in n.inputs)).shape == n.shape
         elif pointwise(n) and any(i in inlined for i in n.inputs):
             n = _fused_node(graph, n, inlined)
         rw.put(n)
     return _update_groups(_paired_sums(_normalize_epilogues(rw.finish())))
+
+
+def _prologue_form(n: Node) -> str | None:
+    """The op a reduction becomes with a pointwise chain of its input folded in (sum: fused_sum);
+    None for any other node."""
+    reduction = REGISTRY[n.op].reduction
+    return reduction.with_prologue if reduction else None
+
+
+def _sum_with_prologue(n: Node) -> bool:
+    reduction = REGISTRY[n.op].reduction
+    return reduction is not None and reduction.with_prologue is None
 
 
 def _normalize_epilogues(graph: Graph) -> Graph:
@@ -154,11 +166,11 @@ def _paired_sums(graph: Graph) -> Graph:
     users = graph.users()
     pairs: dict[int, tuple[Node, Node, Node]] = {}  # the later one's id -> (the earlier, sum, fused_sum)
     taken: set[int] = set()
-    for f in graph.of_op("fused_sum"):
+    for f in (m for m in graph.nodes.values() if _sum_with_prologue(m)):
         if "results" in f.attr:
             continue
         for i in f.inputs:
-            s = next((graph.nodes[u] for u in users[i] if graph.nodes[u].op == "sum"
+            s = next((graph.nodes[u] for u in users[i] if _prologue_form(graph.nodes[u])
                       and u not in taken and _same_sum(graph, graph.nodes[u], f)), None)
             if s is None:
                 continue

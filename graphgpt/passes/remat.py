@@ -51,8 +51,9 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
             return n.op == "gelu"
         if policy == "all" and REGISTRY[n.op].kind == "elementwise":
             return True
-        if policy == "all" and REGISTRY[n.op].kind == "projection":  # a row normaliser's rows, and the
-            normaliser = REGISTRY[graph.nodes[n.inputs[0]].op].row_normaliser  # result of its epilogue
+        if policy == "all" and REGISTRY[n.op].kind == "projection":
+            # a row normaliser's rows and its epilogue's result; its statistics are saved, not recomputed
+            normaliser = REGISTRY[graph.nodes[n.inputs[0]].op].row_normaliser
             return normaliser is not None and n.attr["index"] not in normaliser.statistics
         return n.op == "causal_softmax"
 

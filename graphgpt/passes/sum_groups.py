@@ -19,6 +19,7 @@ from __future__ import annotations
 import networkx as nx
 
 from ..ir import TUPLE, Graph, Node
+from ..ops import REGISTRY
 from ..rewrite import Rewrite, frozen_attrs, projection
 from .schedule import schedule
 
@@ -49,7 +50,7 @@ def group_sums(graph: Graph) -> Graph:
 def _column_sum(graph: Graph, n: Node) -> bool:
     """A sum (or fused_sum) over leading axes that keeps at least one (the reductions' cols mode),
     of at most MAX_ELEMENTS."""
-    if n.op not in ("sum", "fused_sum") or n.attr["keepdims"]:
+    if REGISTRY[n.op].reduction is None or n.attr["keepdims"]:
         return False
     if max(graph.nodes[i].size for i in n.inputs) > MAX_ELEMENTS:
         return False
