@@ -73,3 +73,11 @@ def test_a_reduction_with_a_prologue_form_names_a_reduction_without_one():
     for name, form in forms.items():
         if form:
             assert REGISTRY[form].reduction is not None and REGISTRY[form].reduction.with_prologue is None, name
+
+
+def test_a_row_normalisers_backward_ops_are_registered():
+    for name, op in REGISTRY.items():
+        trait = op.row_normaliser
+        if trait and trait.grad:
+            assert trait.fused_grad in REGISTRY and trait.grad in REGISTRY, name
+            assert REGISTRY[trait.grad].template == REGISTRY[trait.fused_grad].template, name

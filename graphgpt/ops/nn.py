@@ -60,7 +60,8 @@ def _normalize_grad_infer(attrs, x, g, mean, rstd):
 
 
 register(Op("normalize", "nn", _normalize_infer, vjp=_normalize_vjp, template="layernorm",
-            row_normaliser=RowNormaliser(rows=0, statistics=(1, 2), with_epilogue="fused_normalize")))
+            row_normaliser=RowNormaliser(rows=0, statistics=(1, 2), with_epilogue="fused_normalize",
+                                         grad="normalize_grad", fused_grad="fused_normalize_grad")))
 register(Op("normalize_grad", "nn", _normalize_grad_infer, nondiff=BACKWARD_ONLY, template="layernorm"))
 
 

@@ -70,10 +70,15 @@ class RowNormaliser:
     rows (at `rows`) and each row's statistics (at `statistics`), which the forward saves so the
     backward reads them instead of recomputing them; recompute brings back the rows, never the
     statistics. `with_epilogue` names the op that also applies the pointwise chain reading the
-    rows as it stores them (an affine part), whose result is its last output; None for that op."""
+    rows as it stores them (an affine part), whose result is its last output; None for that op.
+    `grad` names its backward op, grad(x, g, *statistics), and `fused_grad` the one that also
+    scales g by a per-column weight as it loads it and adds its result to a residual gradient
+    as it stores it (attrs "scaled", "accumulate"; see ops/nn.py's fused_normalize_grad)."""
     rows: int
     statistics: tuple[int, ...]
     with_epilogue: str | None = None
+    grad: str | None = None
+    fused_grad: str | None = None
 
 
 @dataclass(frozen=True)

@@ -272,19 +272,20 @@ def _joined_programs(members: list[Node]) -> tuple[list[int], tuple, tuple[int, 
 
 
 def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> tuple[dict[int, Node], set[int]]:
-    """LayerNorm backward: normalize_grad(x, dy * gamma), added to the residual's gradient, becomes one
-    fused_normalize_grad (see ops/nn.py). Returns the new nodes by the id they replace, and the ids
-    they absorb."""
+    """A row normaliser's backward (LayerNorm's): grad(x, dy * gamma), added to the residual's
+    gradient, becomes one fused_grad (fused_normalize_grad, see ops/nn.py). Returns the new nodes
+    by the id they replace, and the ids they absorb."""
+    fused_grad = {t.grad: t.fused_grad for t in (op.row_normaliser for op in REGISTRY.values()) if t and t.grad}
     rows, absorbed = {}, set()
-    for n in graph.of_op("normalize_grad"):
-        x, g, mean, rstd = n.inputs
-        inputs, eaten, at = [x, g, mean, rstd], set(), n.id
+    for n in (m for m in graph.nodes.values() if m.op in fused_grad):
+        x, g, *statistics = n.inputs
+        inputs, eaten, at = [x, g, *statistics], set(), n.id
         attrs = {"eps": n.attr["eps"], "scaled": False, "accumulate": False}
         m = graph.nodes[g]
         if m.op == "mul" and m.id not in needed and users[m.id] == [n.id]:
             for dy, gamma in (m.inputs, m.inputs[::-1]):
                 if graph.nodes[dy].shape == n.shape and graph.nodes[gamma].shape == n.shape[-1:]:
-                    inputs, attrs["scaled"] = [x, dy, mean, rstd, gamma], True
+                    inputs, attrs["scaled"] = [x, dy, *statistics, gamma], True
                     eaten.add(m.id)
                     break
         a = graph.nodes[users[n.id][0]] if len(users[n.id]) == 1 else None
@@ -294,7 +295,7 @@ def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> 
             attrs["accumulate"], at = True, a.id
             eaten.add(n.id)
         if (attrs["scaled"] or attrs["accumulate"]) and not (set(inputs) & (taken | absorbed | eaten)):
-            rows[at] = replace(n, id=at, op="fused_normalize_grad", inputs=tuple(inputs), attrs=frozen_attrs(attrs))
+            rows[at] = replace(n, id=at, op=fused_grad[n.op], inputs=tuple(inputs), attrs=frozen_attrs(attrs))
             absorbed |= eaten
     return rows, absorbed
 
