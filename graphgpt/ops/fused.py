@@ -22,7 +22,7 @@ LayerNorm's two parameter gradients, sum(g) and sum(g * xhat), so g is read once
 """
 from __future__ import annotations
 
-from .registry import REGISTRY, Op, Spec, any_input, register
+from .registry import REGISTRY, Op, Reduction, Spec, any_input, register
 
 
 def _run(program, inputs, step) -> list:
@@ -82,4 +82,4 @@ def _sum_infer(attrs, *specs: Spec) -> Spec | list[Spec]:
 
 
 register(Op("fused_sum", "reduction", _sum_infer,
-            nondiff="made by the fusion pass, which runs after autodiff", template="reduce"))
+            nondiff="made by the fusion pass, which runs after autodiff", template="reduce", reduction=Reduction()))

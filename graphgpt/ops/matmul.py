@@ -46,7 +46,7 @@ def _flops(attrs, out, a: Spec, b: Spec, *rest) -> int:
     return 2 * prod(product.shape) * (a.shape[-2] if attrs["ta"] else a.shape[-1])
 
 
-register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True, flops=_flops))
+register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True, flops=_flops, gemm_epilogues=True))
 
 
 # A GEMM with its epilogue, made by the fusion pass: op(a) @ op(b) [+ bias] [+ residual], the bias
@@ -87,4 +87,4 @@ def _fused_overwrites(attrs, n_inputs: int):
 
 
 register(Op("fused_matmul", "matmul", _fused_infer, flops=_flops, overwrites=_fused_overwrites,
-            nondiff="made by the fusion pass, which runs after autodiff"))
+            nondiff="made by the fusion pass, which runs after autodiff", gemm_epilogues=True))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..errors import UserError
 from ..numpy_ops import GELU_C
 from .fused import step_specs
-from .registry import Op, Spec, float_spec, out_dtype, prod, register, require
+from .registry import Op, RowNormaliser, Spec, float_spec, out_dtype, prod, register, require
 
 BACKWARD_ONLY = "backward-only: emitted by a VJP rule, checked through its forward op's gradient test"
 
@@ -59,7 +59,9 @@ def _normalize_grad_infer(attrs, x, g, mean, rstd):
     return x
 
 
-register(Op("normalize", "nn", _normalize_infer, vjp=_normalize_vjp, template="layernorm"))
+register(Op("normalize", "nn", _normalize_infer, vjp=_normalize_vjp, template="layernorm",
+            row_normaliser=RowNormaliser(rows=0, statistics=(1, 2), with_epilogue="fused_normalize",
+                                         grad="normalize_grad", fused_grad="fused_normalize_grad")))
 register(Op("normalize_grad", "nn", _normalize_grad_infer, nondiff=BACKWARD_ONLY, template="layernorm"))
 
 
@@ -79,7 +81,8 @@ def _fused_normalize_infer(attrs, x, *operands):
 
 
 register(Op("fused_normalize", "nn", _fused_normalize_infer,
-            nondiff="made by the fusion pass, which runs after autodiff", template="layernorm"))
+            nondiff="made by the fusion pass, which runs after autodiff", template="layernorm",
+            row_normaliser=RowNormaliser(rows=0, statistics=(1, 2))))
 
 
 # LayerNorm's backward as llm.c writes it, made by the fusion pass: the incoming gradient is scaled

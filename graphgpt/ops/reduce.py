@@ -1,7 +1,7 @@
 """Reductions over chosen axes."""
 from __future__ import annotations
 
-from .registry import REGISTRY, Op, Spec, float_spec, out_dtype, register, require
+from .registry import REGISTRY, Op, Reduction, Spec, float_spec, out_dtype, register, require
 
 
 def _sum_infer(attrs, x):
@@ -20,7 +20,8 @@ def _sum_vjp(a, g, out, x):
     return (g.reshape(kept).broadcast_to(x.shape),)
 
 
-register(Op("sum", "reduction", _sum_infer, vjp=_sum_vjp, template="reduce", stores_any_float=True))
+register(Op("sum", "reduction", _sum_infer, vjp=_sum_vjp, template="reduce", stores_any_float=True,
+            reduction=Reduction(with_prologue="fused_sum")))
 
 
 # The squared L2 norm of many tensors together: the optimizer's global gradient norm in one

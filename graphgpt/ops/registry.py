@@ -34,6 +34,12 @@ Aliasing, which the memory planner reads instead of knowing ops by name:
   flops(attrs, out, *inputs)          the multiply-adds (times 2) of the matrix products it computes,
                                       as nanoGPT's estimate counts them, for the plan's MFU (ops
                                       without matrix products: 0)
+Traits, which fusion and recompute read instead of knowing ops by name:
+  row_normaliser                      a RowNormaliser: it normalises each row (LayerNorm's normalize)
+  reduction                           a Reduction: a sum over chosen axes, run by the reduction
+                                      kernels by rows or by columns
+  gemm_epilogues                      a matrix product cuBLASLt can finish in its epilogue (a bias,
+                                      a residual, GELU or GELU's gradient applied as it is written)
 
 dtypes: floats are f32, bf16 or f16 (dtypes.py). A rule gives its output's dtype; references
 compute in the float type they are given (float32, or float64 in tests: a backend reads narrower
@@ -59,6 +65,32 @@ class ShapeMismatch(Exception):
 
 
 @dataclass(frozen=True)
+class RowNormaliser:
+    """An op that normalises each row of its input over the last axis. Its outputs: the normalised
+    rows (at `rows`) and each row's statistics (at `statistics`), which the forward saves so the
+    backward reads them instead of recomputing them; recompute brings back the rows, never the
+    statistics. `with_epilogue` names the op that also applies the pointwise chain reading the
+    rows as it stores them (an affine part), whose result is its last output; None for that op.
+    `grad` names its backward op, grad(x, g, *statistics), and `fused_grad` the one that also
+    scales g by a per-column weight as it loads it and adds its result to a residual gradient
+    as it stores it (attrs "scaled", "accumulate"; see ops/nn.py's fused_normalize_grad)."""
+    rows: int
+    statistics: tuple[int, ...]
+    with_epilogue: str | None = None
+    grad: str | None = None
+    fused_grad: str | None = None
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A sum over attrs["axes"] (keeping them as ones with attrs["keepdims"]), which the reduction
+    kernels run by rows or by columns: column sums of one block shape can share a launch.
+    `with_prologue` names the op that computes a pointwise chain of the input as it reads it, so
+    the chain's result never goes to memory; None for that op."""
+    with_prologue: str | None = None
+
+
+@dataclass(frozen=True)
 class Op:
     name: str
     kind: str  # source | elementwise | reduction | matmul | shape | nn
@@ -74,6 +106,9 @@ class Op:
     assembles: bool = False
     stores_any_float: bool = False
     flops: Callable[..., int] = lambda attrs, out, *inputs: 0
+    row_normaliser: RowNormaliser | None = None
+    reduction: Reduction | None = None
+    gemm_epilogues: bool = False
 
     def c_expr(self, attrs: dict) -> str | None:
         return self.expr(attrs) if callable(self.expr) else self.expr

@@ -33,8 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..ir import Graph, Node, _freeze
-from .simplify import dead_code_elimination
+from ..ir import Graph, Node
+from ..rewrite import Rewrite, frozen_attrs, remove_dead
 
 # A chunk's logits at most this large: GPT-2 124M's bf16 logits (1.5 GiB) in four chunks. Each
 # further halving saves half as much again but costs one more pass of the float32 weight
@@ -137,8 +137,8 @@ def chunk_classifier(graph: Graph, requested: int) -> tuple[Graph, int]:
         sums[m.id] = readers[0].id if casts_up else m.id
     replaced = {z.id, loss.id, grad.id, *(m.id for m, _ in found.weight_gemms)} | ({found.flat.id} if found.flat else set())
 
-    out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
-    out._next_id = graph._next_id
+    rw = Rewrite(graph)
+    out = rw.graph
     out.locate = lambda: loss.where
     pieces = {m.id: [] for m in found.row_gemms}      # row GEMM -> its chunks' products
     partial: dict[int, tuple[int, int]] = {}            # weight GEMM -> (sum of the chunks before, last chunk's)
@@ -174,26 +174,25 @@ def chunk_classifier(graph: Graph, requested: int) -> tuple[Graph, int]:
                     partial[m.id] = (product.id if before is None else out.add("add", (product, before)).id, None)
             running = loss_k if running is None else out.add("add", (running, loss_k))
         share_of_mean = out.const(1.0 / chunks)
-        out.nodes[loss.id] = Node(loss.id, "mul", (running.id, share_of_mean.id), (), loss.shape, loss.dtype, loss.where)
+        rw.put(Node(loss.id, "mul", (running.id, share_of_mean.id), (), loss.shape, loss.dtype, loss.where))
 
     def emit_sum(m: Node, nid: int) -> None:
         before, last = partial[m.id]
         if nid != m.id or m.dtype == ACCUMULATE:  # the sum is the node its readers read
-            out.nodes[nid] = Node(nid, "add", (last, before), (), m.shape, ACCUMULATE, m.where)
+            rw.put(Node(nid, "add", (last, before), (), m.shape, ACCUMULATE, m.where))
             return
-        total = out._next_id  # read in the GEMM's type: the sum, then its cast back under the GEMM's id
-        out._next_id += 1
-        out.nodes[total] = Node(total, "add", (last, before), (), m.shape, ACCUMULATE, m.where)
-        out.nodes[nid] = Node(nid, "cast", (total,), _freeze({"dtype": m.dtype}), m.shape, m.dtype, m.where)
+        total = rw.fresh_id()  # read in the GEMM's type: the sum, then its cast back under the GEMM's id
+        rw.put(Node(total, "add", (last, before), (), m.shape, ACCUMULATE, m.where))
+        rw.put(Node(nid, "cast", (total,), frozen_attrs({"dtype": m.dtype}), m.shape, m.dtype, m.where))
 
     weight_of = {sums[m.id]: m for m, _ in found.weight_gemms}
     for n in graph.nodes.values():
         if n.id == grad.id:
             emit_chunks()
         elif n.id in pieces:
-            out.nodes[n.id] = Node(n.id, "concat", tuple(pieces[n.id]), _freeze({"axis": 0}), n.shape, n.dtype, n.where)
+            rw.put(Node(n.id, "concat", tuple(pieces[n.id]), frozen_attrs({"axis": 0}), n.shape, n.dtype, n.where))
         elif n.id in weight_of:
             emit_sum(weight_of[n.id], n.id)
         elif n.id not in replaced:
-            out.nodes[n.id] = n
-    return dead_code_elimination(out), chunks
+            rw.put(n)
+    return remove_dead(rw.finish()), chunks

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import Graph, Node, _freeze
+from ..ir import Graph, Node
 from ..ops.registry import prod
+from ..rewrite import Rewrite, frozen_attrs
 
 ONE_HOT_ELEMENTS = 1 << 23  # 16 MiB of bf16
 
@@ -29,19 +30,20 @@ def one_hot_embedding_grads(graph: Graph) -> Graph:
     small = {n.id for n in graph.of_op("embedding_grad") if _small(graph, n)}
     if not small:
         return graph
-    out = replace(graph, nodes={}, locate=None)
+    rw = Rewrite(graph)
+    out = rw.graph
     for n in graph.nodes.values():  # in order: the one-hot matrix and the rows just before the GEMM
         if n.id not in small:
-            out.nodes[n.id] = n
+            rw.put(n)
             continue
         ids, g = (out.value(i) for i in n.inputs)
         hot = out.add("one_hot", (ids,), rows=n.attr["rows"], dtype=g.dtype)
         rows = g.reshape(-1, g.shape[-1])
         for v in (hot, rows):
-            out.nodes[v.id] = replace(out.nodes[v.id], where=n.where)
+            rw.put(replace(out.nodes[v.id], where=n.where))
         attrs = {"ta": False, "tb": False, **({"dtype": n.attr["dtype"]} if "dtype" in n.attr else {})}
-        out.nodes[n.id] = Node(n.id, "matmul", (hot.id, rows.id), _freeze(attrs), n.shape, n.dtype, n.where)
-    return out
+        rw.put(Node(n.id, "matmul", (hot.id, rows.id), frozen_attrs(attrs), n.shape, n.dtype, n.where))
+    return rw.finish()
 
 
 def _small(graph: Graph, n: Node) -> bool:

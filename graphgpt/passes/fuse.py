@@ -49,9 +49,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import SOURCE_OPS, TUPLE, Graph, Node, _freeze
+from ..ir import SOURCE_OPS, TUPLE, Graph, Node
 from ..ops import REGISTRY
-from .simplify import dead_code_elimination
+from ..rewrite import Rewrite, frozen_attrs, pinned, projection, remove_dead, substitute
 
 # Measured on an H200 (tools/gemm_epilogue_check.py): cuBLASLt's GELU-gradient epilogue adds 43 us
 # to GPT-2 124M's (16384 x 3072) GEMM, where the gelu_grad kernel it replaces takes 77 us, but 16 us
@@ -63,8 +63,7 @@ GELU_GRAD_MIN_ELEMENTS = 1 << 24
 
 def fuse(graph: Graph) -> Graph:
     graph = _gemm_epilogues(_concats(_fold_casts(_loss_with_grad(graph))))
-    users = graph.users()
-    needed = set(graph.outputs.values()) | set(graph.updates) | set(graph.updates.values()) | set(graph.grads.values())
+    users, needed = graph.users(), pinned(graph)
 
     def pointwise(n: Node) -> bool:
         return REGISTRY[n.op].kind == "elementwise"
@@ -73,7 +72,7 @@ def fuse(graph: Graph) -> Graph:
                if pointwise(n) and n.id not in needed and users[n.id]
                and all(pointwise(graph.nodes[u]) and graph.nodes[u].shape == n.shape for u in users[n.id])}
     prologues = {}  # sum or transpose id -> its input as a fused node
-    for n in graph.of_op("sum"):
+    for n in (m for m in graph.nodes.values() if _prologue_form(m)):
         src = graph.nodes[n.inputs[0]]
         if pointwise(src) and src.id not in needed and users[src.id] == [n.id]:
             chain = _fused_node(graph, src, inlined)
@@ -86,27 +85,38 @@ def fuse(graph: Graph) -> Graph:
             reshaped, src = {"shape": src.shape}, graph.nodes[src.inputs[0]]
         if pointwise(src) and src.id not in needed and len(users[src.id]) == 1:
             chain = _fused_node(graph, src, inlined)
-            prologues[n.id] = replace(chain, attrs=_freeze({**dict(chain.attrs), **reshaped}))
+            prologues[n.id] = replace(chain, attrs=frozen_attrs({**dict(chain.attrs), **reshaped}))
             folded |= {src.id, n.inputs[0]}
     rows, absorbed = _normalize_grads(graph, users, needed, inlined | folded)
     folded |= absorbed
-    out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
-    out._next_id = graph._next_id
+    rw = Rewrite(graph)
     for n in graph.nodes.values():
         if n.id in rows:
-            out.nodes[n.id] = rows[n.id]
+            rw.put(rows[n.id])
             continue
         if n.id in inlined or n.id in folded:
             continue
         if n.id in prologues:
             chain = prologues[n.id]
-            n = replace(n, op="fused_sum" if n.op == "sum" else "fused", inputs=chain.inputs,
-                        attrs=_freeze({**dict(n.attrs), **dict(chain.attrs)}))
+            n = replace(n, op=_prologue_form(n) or "fused", inputs=chain.inputs,
+                        attrs=frozen_attrs({**dict(n.attrs), **dict(chain.attrs)}))
             assert REGISTRY[n.op].infer(n.attr, *(graph.nodes[i] for i in n.inputs)).shape == n.shape
         elif pointwise(n) and any(i in inlined for i in n.inputs):
             n = _fused_node(graph, n, inlined)
-        out.nodes[n.id] = n
-    return _update_groups(_paired_sums(_normalize_epilogues(out)))
+        rw.put(n)
+    return _update_groups(_paired_sums(_normalize_epilogues(rw.finish())))
+
+
+def _prologue_form(n: Node) -> str | None:
+    """The op a reduction becomes with a pointwise chain of its input folded in (sum: fused_sum);
+    None for any other node."""
+    reduction = REGISTRY[n.op].reduction
+    return reduction.with_prologue if reduction else None
+
+
+def _sum_with_prologue(n: Node) -> bool:
+    reduction = REGISTRY[n.op].reduction
+    return reduction is not None and reduction.with_prologue is None
 
 
 def _normalize_epilogues(graph: Graph) -> Graph:
@@ -119,17 +129,18 @@ def _normalize_epilogues(graph: Graph) -> Graph:
     chains: dict[int, tuple[Node, int]] = {}  # normalize id -> the chain it takes in, and the rows' id
     for f in graph.of_op("fused"):
         rows = [graph.nodes[i] for i in f.inputs if graph.nodes[i].shape == f.shape]
-        if {"perm", "shape"} & set(f.attr) or len(rows) != 1 or rows[0].op != "output" or rows[0].attr["index"]:
+        if {"perm", "shape"} & set(f.attr) or len(rows) != 1 or REGISTRY[rows[0].op].kind != "projection":
             continue
         norm = graph.nodes[rows[0].inputs[0]]
-        if norm.op != "normalize" or norm.id in chains:
+        normaliser = REGISTRY[norm.op].row_normaliser
+        if (normaliser is None or normaliser.with_epilogue is None or rows[0].attr["index"] != normaliser.rows
+                or norm.id in chains):
             continue
         others = [graph.nodes[i] for i in f.inputs if i != rows[0].id]
         if all(o.shape in (f.shape[-1:], ()) and (o.op in SOURCE_OPS or place[o.id] < place[norm.id]) for o in others):
             chains[norm.id] = f, rows[0].id
     taken = {f.id: norm for norm, (f, _) in chains.items()}
-    out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
-    out._next_id = graph._next_id
+    rw = Rewrite(graph)
     for n in graph.nodes.values():
         if n.id in chains:
             f, rows_id = chains[n.id]
@@ -137,13 +148,13 @@ def _normalize_epilogues(graph: Graph) -> Graph:
             arg = {-1 - k: -1 if i == rows_id else -2 - others.index(i) for k, i in enumerate(f.inputs)}
             program = tuple((op, attrs, tuple(a if a >= 0 else arg[a] for a in args))
                             for op, attrs, args in f.attr["program"])
-            n = replace(n, op="fused_normalize", inputs=(*n.inputs, *others),
-                        attrs=_freeze({**n.attr, "program": program}), specs=(*n.specs, (f.shape, f.dtype)))
+            n = replace(n, op=REGISTRY[n.op].row_normaliser.with_epilogue, inputs=(*n.inputs, *others),
+                        attrs=frozen_attrs({**n.attr, "program": program}), specs=(*n.specs, (f.shape, f.dtype)))
         elif n.id in taken:
             norm = graph.nodes[taken[n.id]]
-            n = Node(n.id, "output", (norm.id,), _freeze({"index": len(norm.specs)}), n.shape, n.dtype, n.where)
-        out.nodes[n.id] = n
-    return out
+            n = projection(n.id, norm.id, len(norm.specs), n)
+        rw.put(n)
+    return rw.finish()
 
 
 def _paired_sums(graph: Graph) -> Graph:
@@ -155,11 +166,11 @@ def _paired_sums(graph: Graph) -> Graph:
     users = graph.users()
     pairs: dict[int, tuple[Node, Node, Node]] = {}  # the later one's id -> (the earlier, sum, fused_sum)
     taken: set[int] = set()
-    for f in graph.of_op("fused_sum"):
+    for f in (m for m in graph.nodes.values() if _sum_with_prologue(m)):
         if "results" in f.attr:
             continue
         for i in f.inputs:
-            s = next((graph.nodes[u] for u in users[i] if graph.nodes[u].op == "sum"
+            s = next((graph.nodes[u] for u in users[i] if _prologue_form(graph.nodes[u])
                       and u not in taken and _same_sum(graph, graph.nodes[u], f)), None)
             if s is None:
                 continue
@@ -168,29 +179,22 @@ def _paired_sums(graph: Graph) -> Graph:
                 pairs[later.id] = (first, s, f)
                 taken |= {s.id, f.id}
                 break
-    renamed: dict[int, int] = {}
-    out = Graph(late=dict(graph.late))
-    out._next_id = graph._next_id
+    rw = Rewrite(graph)
     for n in graph.nodes.values():
-        n = replace(n, inputs=tuple(renamed.get(i, i) for i in n.inputs))
         if n.id in taken and n.id not in pairs:
             continue  # the earlier of a pair: computed at the later one's place
         if n.id not in pairs:
-            out.nodes[n.id] = n
+            rw.keep(n)
             continue
         first, s, f = pairs[n.id]
         results = (-1 - f.inputs.index(s.inputs[0]), len(f.attr["program"]) - 1)
-        out.nodes[first.id] = replace(f, id=first.id, inputs=tuple(renamed.get(i, i) for i in f.inputs),
-                                      attrs=_freeze({**dict(f.attrs), "results": results}),
-                                      shape=(), dtype=TUPLE, specs=((s.shape, s.dtype), (f.shape, f.dtype)),
-                                      where=first.where)
-        fresh = out._next_id
-        out._next_id += 1
-        renamed[first.id] = fresh
+        rw.put(replace(rw.read(f), id=first.id, attrs=frozen_attrs({**dict(f.attrs), "results": results}),
+                       shape=(), dtype=TUPLE, specs=((s.shape, s.dtype), (f.shape, f.dtype)), where=first.where))
+        fresh = rw.fresh_id()
+        rw.rename(first.id, fresh)
         for k, m in enumerate((s, f)):
-            at = fresh if m is first else m.id
-            out.nodes[at] = Node(at, "output", (first.id,), _freeze({"index": k}), m.shape, m.dtype, m.where)
-    return renamed_roles(graph, out, renamed)
+            rw.put(projection(fresh if m is first else m.id, first.id, k, m))
+    return rw.finish()
 
 
 def _same_sum(graph: Graph, s: Node, f: Node) -> bool:
@@ -229,6 +233,7 @@ def _update_groups(graph: Graph) -> Graph:
         if member(i):
             groups.setdefault(find(i), []).append(i)
     outside = set(graph.outputs.values()) | set(graph.grads.values())
+    moved: dict[int, int] = {}  # a member -> the fused_multi output that now holds its value
     for ids in groups.values():
         if len(ids) < 2 or any(set(users[i]) - set(ids) or i in outside for i in ids):
             continue
@@ -236,9 +241,10 @@ def _update_groups(graph: Graph) -> Graph:
         graph.locate = lambda: graph.nodes[ids[0]].where
         outs = graph.add("fused_multi", inputs, program=program, results=results)
         graph.locate = None
-        for i, o in zip(ids, outs):
-            graph.updates[updates[i]] = o.id
-            del graph.nodes[i]
+        moved |= {i: o.id for i, o in zip(ids, outs)}
+    substitute(graph, moved)
+    for i in moved:
+        del graph.nodes[i]
     return graph
 
 
@@ -266,19 +272,20 @@ def _joined_programs(members: list[Node]) -> tuple[list[int], tuple, tuple[int, 
 
 
 def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> tuple[dict[int, Node], set[int]]:
-    """LayerNorm backward: normalize_grad(x, dy * gamma), added to the residual's gradient, becomes one
-    fused_normalize_grad (see ops/nn.py). Returns the new nodes by the id they replace, and the ids
-    they absorb."""
+    """A row normaliser's backward (LayerNorm's): grad(x, dy * gamma), added to the residual's
+    gradient, becomes one fused_grad (fused_normalize_grad, see ops/nn.py). Returns the new nodes
+    by the id they replace, and the ids they absorb."""
+    fused_grad = {t.grad: t.fused_grad for t in (op.row_normaliser for op in REGISTRY.values()) if t and t.grad}
     rows, absorbed = {}, set()
-    for n in graph.of_op("normalize_grad"):
-        x, g, mean, rstd = n.inputs
-        inputs, eaten, at = [x, g, mean, rstd], set(), n.id
+    for n in (m for m in graph.nodes.values() if m.op in fused_grad):
+        x, g, *statistics = n.inputs
+        inputs, eaten, at = [x, g, *statistics], set(), n.id
         attrs = {"eps": n.attr["eps"], "scaled": False, "accumulate": False}
         m = graph.nodes[g]
         if m.op == "mul" and m.id not in needed and users[m.id] == [n.id]:
             for dy, gamma in (m.inputs, m.inputs[::-1]):
                 if graph.nodes[dy].shape == n.shape and graph.nodes[gamma].shape == n.shape[-1:]:
-                    inputs, attrs["scaled"] = [x, dy, mean, rstd, gamma], True
+                    inputs, attrs["scaled"] = [x, dy, *statistics, gamma], True
                     eaten.add(m.id)
                     break
         a = graph.nodes[users[n.id][0]] if len(users[n.id]) == 1 else None
@@ -288,7 +295,7 @@ def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> 
             attrs["accumulate"], at = True, a.id
             eaten.add(n.id)
         if (attrs["scaled"] or attrs["accumulate"]) and not (set(inputs) & (taken | absorbed | eaten)):
-            rows[at] = replace(n, id=at, op="fused_normalize_grad", inputs=tuple(inputs), attrs=_freeze(attrs))
+            rows[at] = replace(n, id=at, op=fused_grad[n.op], inputs=tuple(inputs), attrs=frozen_attrs(attrs))
             absorbed |= eaten
     return rows, absorbed
 
@@ -311,36 +318,30 @@ def _loss_with_grad(graph: Graph) -> Graph:
     if not pairs:
         return graph
     fused_losses = {loss.id for loss in pairs.values()}
-    renamed: dict[int, int] = {}  # a gradient's id -> the id of the output that now holds it
-    out = Graph()
-    out._next_id = graph._next_id
+    rw = Rewrite(graph)
     for n in graph.nodes.values():
         if n.id in fused_losses:
             continue
-        n = replace(n, inputs=tuple(renamed.get(i, i) for i in n.inputs))
         if n.id not in pairs:
-            out.nodes[n.id] = n
+            rw.keep(n)
             continue
-        loss = pairs[n.id]
-        renamed[n.id] = out._next_id
-        out._next_id += 1
-        out.nodes[n.id] = replace(n, op="cross_entropy_with_grad", shape=(), dtype=TUPLE,
-                                  specs=((loss.shape, loss.dtype), (n.shape, n.dtype)))
-        for index, (nid, spec) in enumerate(((loss.id, loss), (renamed[n.id], n))):
-            out.nodes[nid] = Node(nid, "output", (n.id,), _freeze({"index": index}), spec.shape, spec.dtype,
-                                  spec.where)
-    return renamed_roles(graph, out, renamed)
+        loss, grad = pairs[n.id], rw.fresh_id()
+        rw.rename(n.id, grad)
+        rw.put(replace(rw.read(n), op="cross_entropy_with_grad", shape=(), dtype=TUPLE,
+                       specs=((loss.shape, loss.dtype), (n.shape, n.dtype))))
+        for index, (nid, value) in enumerate(((loss.id, loss), (grad, n))):
+            rw.put(projection(nid, n.id, index, value))
+    return rw.finish()
 
 
 def gelu_epilogues(graph: Graph) -> Graph:
-    users = graph.users()
-    needed = set(graph.outputs.values()) | set(graph.updates.values()) | set(graph.grads.values())
+    users, needed = graph.users(), pinned(graph)
 
     def one_gemm(n: Node) -> bool:
         """A GEMM cuBLASLt can give a GELU epilogue: no residual or folded cast, one matrix product
         (a shared 2-D weight, the batch folded into the rows) of a width that is a multiple of 8,
         stored in bf16, whose rounding dwarfs the epilogue's approximation of GELU."""
-        if n.op not in ("matmul", "fused_matmul"):
+        if not REGISTRY[n.op].gemm_epilogues:
             return False
         b = graph.nodes[n.inputs[1]]
         return (n.dtype == "bf16" and not n.attr.get("residual") and "dtype" not in n.attr and len(b.shape) == 2
@@ -354,29 +355,26 @@ def gelu_epilogues(graph: Graph) -> Graph:
     gelus = {n.id: gemm for gemm, n in takes.items()}
     # The tuple keeps the GEMM's id and place; GELU's output keeps GELU's id and place, and the
     # product (the pre-activation) gets a new id, which its readers are given instead.
-    renamed: dict[int, int] = {}
-    out = Graph(late=dict(graph.late))
-    out._next_id = graph._next_id
+    rw = Rewrite(graph)
     for n in graph.nodes.values():
-        n = replace(n, inputs=tuple(renamed.get(i, i) for i in n.inputs))
+        n = rw.read(n)
         if n.id in takes:
-            gelu, pre = takes[n.id], out._next_id
-            out._next_id += 1
-            renamed[n.id] = pre
+            gelu, pre = takes[n.id], rw.fresh_id()
+            rw.rename(n.id, pre)
             attrs = {"ta": n.attr["ta"], "tb": n.attr["tb"], "bias": n.attr.get("bias", False), "residual": False,
                      "gelu": True}
-            out.nodes[n.id] = replace(n, op="fused_matmul", attrs=_freeze(attrs), shape=(), dtype=TUPLE,
-                                      specs=((gelu.shape, gelu.dtype), (n.shape, n.dtype)))
-            out.nodes[pre] = Node(pre, "output", (n.id,), _freeze({"index": 1}), n.shape, n.dtype, n.where)
+            rw.put(replace(n, op="fused_matmul", attrs=frozen_attrs(attrs), shape=(), dtype=TUPLE,
+                           specs=((gelu.shape, gelu.dtype), (n.shape, n.dtype))))
+            rw.put(projection(pre, n.id, 1, n))
         elif n.id in gelus:
-            out.nodes[n.id] = Node(n.id, "output", (gelus[n.id],), _freeze({"index": 0}), n.shape, n.dtype, n.where)
+            rw.put(projection(n.id, gelus[n.id], 0, n))
         elif n.op == "gelu_grad" and _dgelu_gemm(graph, graph.nodes[n.id], users, needed, one_gemm):
-            gemm = out.nodes[n.inputs[1]]
+            gemm = rw.graph.nodes[n.inputs[1]]
             attrs = {"ta": gemm.attr["ta"], "tb": gemm.attr["tb"], "bias": False, "residual": False, "gelu_grad": True}
-            out.nodes[n.id] = replace(n, op="fused_matmul", inputs=(*gemm.inputs, n.inputs[0]), attrs=_freeze(attrs))
+            rw.put(replace(n, op="fused_matmul", inputs=(*gemm.inputs, n.inputs[0]), attrs=frozen_attrs(attrs)))
         else:
-            out.nodes[n.id] = n
-    return dead_code_elimination(renamed_roles(graph, out, renamed))
+            rw.put(n)
+    return remove_dead(rw.finish())
 
 
 def _dgelu_gemm(graph: Graph, n: Node, users, needed: set[int], one_gemm) -> bool:
@@ -386,29 +384,19 @@ def _dgelu_gemm(graph: Graph, n: Node, users, needed: set[int], one_gemm) -> boo
             and (pre.shape, pre.dtype) == (g.shape, g.dtype) and g.size >= GELU_GRAD_MIN_ELEMENTS)
 
 
-def renamed_roles(graph: Graph, out: Graph, renamed: dict[int, int]) -> Graph:
-    """`out` with `graph`'s outputs, updates and gradients, each value that moved to a new id at it."""
-    out.outputs = {k: renamed.get(v, v) for k, v in graph.outputs.items()}
-    out.updates = {k: renamed.get(v, v) for k, v in graph.updates.items()}
-    out.grads = {k: renamed.get(v, v) for k, v in graph.grads.items()}
-    return out
-
-
 def _gemm_epilogues(graph: Graph) -> Graph:
     """matmul + bias (one value per column) + residual (the product's shape), either or both, in any
     order of the adds, becomes one fused_matmul: cuBLASLt adds them as it writes the product."""
-    users = graph.users()
-    needed = set(graph.outputs.values()) | set(graph.updates.values()) | set(graph.grads.values())
-    out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
-    out._next_id = graph._next_id
+    users, needed = graph.users(), pinned(graph)
+    rw = Rewrite(graph)
     absorbed: dict[int, Node] = {}  # an add that became a fused_matmul: the node it became
     for n in graph.nodes.values():
-        out.nodes[n.id] = n
+        rw.put(n)
         if n.op != "add" or len(set(n.inputs)) != 2:
             continue
         for inner, other in (n.inputs, n.inputs[::-1]):
             base = absorbed.get(inner) or graph.nodes[inner]
-            if base.op not in ("matmul", "fused_matmul") or inner in needed or users[inner] != [n.id]:
+            if not REGISTRY[base.op].gemm_epilogues or inner in needed or users[inner] != [n.id]:
                 continue
             attrs = {"ta": base.attr["ta"], "tb": base.attr["tb"], "bias": base.attr.get("bias", False),
                      "residual": base.attr.get("residual", False),
@@ -421,17 +409,15 @@ def _gemm_epilogues(graph: Graph) -> Graph:
             a, b, *extra = base.inputs
             bias = [other] if role == "bias" else extra[:1] if attrs["bias"] else []
             residual = [other] if role == "residual" else extra[-1:] if attrs["residual"] else []
-            fused = replace(n, op="fused_matmul", inputs=(a, b, *bias, *residual), attrs=_freeze(attrs))
-            out.nodes[n.id] = absorbed[n.id] = fused
+            absorbed[n.id] = rw.put(replace(n, op="fused_matmul", inputs=(a, b, *bias, *residual),
+                                            attrs=frozen_attrs(attrs)))
             break
-    return dead_code_elimination(out)
+    return remove_dead(rw.finish())
 
 
 def _fold_casts(graph: Graph) -> Graph:
-    users = graph.users()
-    needed = set(graph.outputs.values()) | set(graph.updates.values()) | set(graph.grads.values())
-    out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
-    out._next_id = graph._next_id
+    users, needed = graph.users(), pinned(graph)
+    rw = Rewrite(graph)
 
     def private(src: Node, reader: int) -> bool:
         return users[src.id] == [reader] and src.id not in needed
@@ -442,22 +428,21 @@ def _fold_casts(graph: Graph) -> Graph:
         if src is not None and src.op == "reshape" and private(src, n.id):  # cast(reshape(sum)): the bias
             view, src = src, graph.nodes[src.inputs[0]]                     # gradient of a broadcast add
         if src is not None and REGISTRY[src.op].stores_any_float and private(src, (view or n).id):
-            folded = replace(src, dtype=n.dtype, attrs=_freeze({**src.attr, "dtype": n.attr["dtype"]}))
+            folded = replace(src, dtype=n.dtype, attrs=frozen_attrs({**src.attr, "dtype": n.attr["dtype"]}))
             if view is None:
                 n = replace(folded, id=n.id)
             else:  # the producer stores the cast's type, and the cast becomes the reshape
-                out.nodes[src.id] = folded
+                rw.put(folded)
                 n = replace(view, id=n.id, dtype=n.dtype, inputs=(src.id,))
-        out.nodes[n.id] = n
-    return dead_code_elimination(out)
+        rw.put(n)
+    return remove_dead(rw.finish())
 
 
 def _concats(graph: Graph) -> Graph:
-    out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
-    out._next_id = graph._next_id
+    rw = Rewrite(graph)
     for n in graph.nodes.values():
-        out.nodes[n.id] = (_concat_of_pads(graph, n) if n.op == "add" else None) or n
-    return dead_code_elimination(out)
+        rw.put((_concat_of_pads(graph, n) if n.op == "add" else None) or n)
+    return remove_dead(rw.finish())
 
 
 def _concat_of_pads(g: Graph, n: Node) -> Node | None:
@@ -488,7 +473,7 @@ def _concat_of_pads(g: Graph, n: Node) -> Node | None:
         end += g.nodes[p.inputs[0]].shape[axis]
     if end != n.shape[axis]:
         return None
-    return replace(n, op="concat", inputs=tuple(p.inputs[0] for p in leaves), attrs=_freeze({"axis": axis}))
+    return replace(n, op="concat", inputs=tuple(p.inputs[0] for p in leaves), attrs=frozen_attrs({"axis": axis}))
 
 
 
@@ -512,4 +497,4 @@ def _fused_node(graph: Graph, root: Node, inlined: set[int]) -> Node:
         return step_of[n.id]
 
     emit(root)
-    return replace(root, op="fused", inputs=tuple(externals), attrs=_freeze({"program": tuple(program)}))
+    return replace(root, op="fused", inputs=tuple(externals), attrs=frozen_attrs({"program": tuple(program)}))

@@ -24,12 +24,12 @@ from dataclasses import replace
 
 from ..ir import SOURCE_OPS, Graph, Node
 from ..ops import REGISTRY
+from ..rewrite import Rewrite, fresh_id, pinned
 
 POLICIES = ("none", "attention", "gelu", "all")
 AUTO = "auto"  # the compiler's default: attention where that saves a quarter of the work region
 WORTH_IT = 0.25
 FEEDERS = ("matmul",)  # recomputed only as the private input of a root
-NORMALIZED = {("normalize", 0), ("fused_normalize", 0), ("fused_normalize", 3)}  # LayerNorm's outputs "all" drops
 
 
 def choose(work_peaks: dict[str, int]) -> str:
@@ -51,13 +51,14 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
             return n.op == "gelu"
         if policy == "all" and REGISTRY[n.op].kind == "elementwise":
             return True
-        if policy == "all" and n.op == "output":  # the normalised rows, and the affine chain's result
-            return (graph.nodes[n.inputs[0]].op, n.attr["index"]) in NORMALIZED
+        if policy == "all" and REGISTRY[n.op].kind == "projection":
+            # a row normaliser's rows and its epilogue's result; its statistics are saved, not recomputed
+            normaliser = REGISTRY[graph.nodes[n.inputs[0]].op].row_normaliser
+            return normaliser is not None and n.attr["index"] not in normaliser.statistics
         return n.op == "causal_softmax"
 
     boundary = graph.outputs["loss"]  # autodiff emits every backward node after the loss
-    users = graph.users()
-    pinned = set(graph.outputs.values()) | set(graph.updates.values()) | set(graph.grads.values())
+    users, kept = graph.users(), pinned(graph)
 
     def late_readers(i: int) -> list[int]:
         return [u for u in users[i] if u > boundary]
@@ -75,7 +76,7 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
             x = graph.nodes[i]
             if x.op in SOURCE_OPS or late_readers(i):
                 continue
-            if x.op in FEEDERS and users[i] == [n.id] and x.id not in pinned:
+            if x.op in FEEDERS and users[i] == [n.id] and x.id not in kept:
                 sub = chain(x)
                 if sub is None:
                     return None
@@ -87,7 +88,7 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
     plans: dict[int, list[int]] = {}  # root -> nodes to recompute, inputs first
     for n in graph.nodes.values():
         late = late_readers(n.id)
-        if root(n) and n.id not in pinned and n.id < boundary and late and len(late) < len(users[n.id]):
+        if root(n) and n.id not in kept and n.id < boundary and late and len(late) < len(users[n.id]):
             plan = chain(n)
             if plan is not None:
                 plans[n.id] = plan
@@ -105,19 +106,18 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
         for i in graph.nodes[orig].inputs:
             if i in clone_of:
                 first_late[i] = min(first_late[i], first_late[orig])
+    # The clones' ids are drawn from the input graph itself, so the variants built from one graph
+    # (one per policy, which the compiler compares) never give one id to two different clones.
     for orig in sorted(clone_of):
-        clone_of[orig] = graph._next_id
-        graph._next_id += 1
-    out = Graph(outputs=dict(graph.outputs), updates=dict(graph.updates), grads=dict(graph.grads))
-    out._next_id = graph._next_id
-    out.late = {clone_of[o]: first_late[o] for o in clone_of}
+        clone_of[orig] = fresh_id(graph)
+    rw = Rewrite(graph)
+    rw.graph.late = {clone_of[o]: first_late[o] for o in clone_of}
     pending = sorted(clone_of, key=lambda o: (first_late[o], o))
     for n in graph.nodes.values():
         while pending and first_late[pending[0]] == n.id:  # clones enter just before their reader
             orig = graph.nodes[pending.pop(0)]
-            out.nodes[clone_of[orig.id]] = replace(orig, id=clone_of[orig.id],
-                                                   inputs=tuple(clone_of.get(i, i) for i in orig.inputs))
+            rw.put(replace(orig, id=clone_of[orig.id], inputs=tuple(clone_of.get(i, i) for i in orig.inputs)))
         if n.id > boundary:
             n = replace(n, inputs=tuple(clone_of.get(i, i) if i in plans else i for i in n.inputs))
-        out.nodes[n.id] = n
-    return out
+        rw.put(n)
+    return rw.finish()

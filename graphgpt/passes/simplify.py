@@ -7,31 +7,27 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..ir import Graph, Node
+from ..rewrite import Rewrite, frozen_attrs, remove_dead
 
 
 def simplify(graph: Graph) -> Graph:
-    out = Graph()
-    canonical: dict[int, int] = {}   # old id -> id of the node that now computes it
+    rw = Rewrite(graph)
     seen: dict[tuple, int] = {}      # (op, inputs, attrs) -> id, for CSE
     users = graph.users()
     for n in graph.nodes.values():
-        n = replace(n, inputs=tuple(canonical[i] for i in n.inputs))
-        same = _noop_input(out, n)
+        n = rw.read(n)
+        same = _noop_input(rw.graph, n)
         if same is not None:
-            canonical[n.id] = same
+            rw.rename(n.id, same)
             continue
-        n = _fold(out, n, users)
+        n = _fold(rw.graph, n, users)
         key = (n.op, n.inputs, n.attrs)
         if key in seen:
-            canonical[n.id] = seen[key]
+            rw.rename(n.id, seen[key])
             continue
-        seen[key] = canonical[n.id] = n.id
-        out.nodes[n.id] = n
-    out.outputs = {k: canonical[v] for k, v in graph.outputs.items()}
-    out.updates = {canonical[k]: canonical[v] for k, v in graph.updates.items()}
-    out.grads = {canonical[k]: canonical[v] for k, v in graph.grads.items()}
-    out._next_id = graph._next_id
-    return dead_code_elimination(out)
+        seen[key] = n.id
+        rw.put(n)
+    return remove_dead(rw.finish())
 
 
 def _noop_input(g: Graph, n: Node) -> int | None:
@@ -68,29 +64,17 @@ def _fold(g: Graph, n: Node, users: dict[int, list[int]]) -> Node:
         if x.op == "matmul" and len(users.get(x.id, ())) == 1:
             a = x.attr
             attrs = dict(a, ta=not a["tb"], tb=not a["ta"])
-            return replace(n, op="matmul", inputs=x.inputs[::-1], attrs=tuple(sorted(attrs.items())))
+            return replace(n, op="matmul", inputs=x.inputs[::-1], attrs=frozen_attrs(attrs))
     if n.op == "matmul":
         attrs, inputs = n.attr, list(n.inputs)
         for k, flag in enumerate(("ta", "tb")):
             x = g.nodes[inputs[k]]
             if x.op == "transpose" and _swaps_last_two(x.attr["perm"]):
                 inputs[k], attrs[flag] = x.inputs[0], not attrs[flag]
-        return replace(n, inputs=tuple(inputs), attrs=tuple(sorted(attrs.items())))
+        return replace(n, inputs=tuple(inputs), attrs=frozen_attrs(attrs))
     return n
 
 
 def _swaps_last_two(perm) -> bool:
     n = len(perm)
     return n >= 2 and list(perm) == [*range(n - 2), n - 1, n - 2]
-
-
-def dead_code_elimination(graph: Graph) -> Graph:
-    live = set(graph.outputs.values()) | set(graph.updates) | set(graph.updates.values())
-    live |= set(graph.grads.values())
-    for n in reversed(list(graph.nodes.values())):
-        if n.id in live:
-            live.update(n.inputs)
-    # an op with several outputs writes all of them: each keeps its buffer while the op lives
-    live |= {n.id for n in graph.nodes.values() if n.op == "output" and n.inputs[0] in live}
-    graph.nodes = {i: n for i, n in graph.nodes.items() if i in live}
-    return graph

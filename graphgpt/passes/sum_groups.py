@@ -16,12 +16,11 @@ member's id, so the schedule puts it where the first member ran.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import networkx as nx
 
-from ..ir import TUPLE, Graph, Node, _freeze
-from .fuse import renamed_roles
+from ..ir import TUPLE, Graph, Node
+from ..ops import REGISTRY
+from ..rewrite import Rewrite, frozen_attrs, projection
 from .schedule import schedule
 
 # Column sums up to this size are latency-bound on an H200 and gain from sharing a launch: the
@@ -51,7 +50,7 @@ def group_sums(graph: Graph) -> Graph:
 def _column_sum(graph: Graph, n: Node) -> bool:
     """A sum (or fused_sum) over leading axes that keeps at least one (the reductions' cols mode),
     of at most MAX_ELEMENTS."""
-    if n.op not in ("sum", "fused_sum") or n.attr["keepdims"]:
+    if REGISTRY[n.op].reduction is None or n.attr["keepdims"]:
         return False
     if max(graph.nodes[i].size for i in n.inputs) > MAX_ELEMENTS:
         return False
@@ -64,8 +63,7 @@ def _rewritten(graph: Graph, groups: list[list[Node]]) -> Graph:
     """Each group as one tuple node at its first member's id. A member's results become the
     group's outputs, in order: a tuple member's output nodes point at the group instead, a plain
     member's value keeps its id (the first member's, which the group takes, moves to a new one)."""
-    projections = graph.projections()
-    next_id, renamed = graph._next_id, {}
+    projections, rw = graph.projections(), Rewrite(graph)
     taken: dict[int, Node | None] = {}  # id -> the node now at it (None: gone, computed by its group)
     for group in groups:
         first, inputs, members, specs = group[0], [], [], []
@@ -74,26 +72,22 @@ def _rewritten(graph: Graph, groups: list[list[Node]]) -> Graph:
             for r in projections[m.id] if m.specs else [m.id]:
                 at = r
                 if r == first.id:
-                    at, next_id = next_id, next_id + 1
-                    renamed[r] = at
+                    at = rw.fresh_id()
+                    rw.rename(r, at)
                 value = graph.nodes[r]
-                taken[at] = Node(at, "output", (first.id,), _freeze({"index": len(specs)}), value.shape,
-                                 value.dtype, value.where)
+                taken[at] = projection(at, first.id, len(specs), value)
                 specs.append((value.shape, value.dtype))
             inputs += m.inputs
             members.append((m.op, m.attrs, len(m.inputs)))
-        taken[first.id] = Node(first.id, "sum_group", tuple(inputs), _freeze({"members": tuple(members)}), (),
+        taken[first.id] = Node(first.id, "sum_group", tuple(inputs), frozen_attrs({"members": tuple(members)}), (),
                                TUPLE, first.where, specs=tuple(specs))
-    nodes = {i: replace(n, inputs=tuple(renamed.get(j, j) for j in n.inputs)) for i, n in graph.nodes.items()
-             if i not in taken}
+    nodes = {i: rw.read(n) for i, n in graph.nodes.items() if i not in taken}
     nodes |= {i: n for i, n in taken.items() if n is not None}
     # inputs before users, in the old order where it allows: a group's inputs may come after its
     # first member there
     dag = nx.DiGraph([(i, u) for u, n in nodes.items() for i in n.inputs])
     dag.add_nodes_from(nodes)
     position = {i: k for k, i in enumerate(graph.nodes)}
-    out = Graph(late=dict(graph.late))
-    out._next_id = next_id
     for i in nx.lexicographical_topological_sort(dag, key=lambda i: position.get(i, len(position) + i)):
-        out.nodes[i] = nodes[i]
-    return renamed_roles(graph, out, renamed)
+        rw.put(nodes[i])
+    return rw.finish()

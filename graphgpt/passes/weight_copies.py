@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..dsl import FLOAT, weight_copy
-from ..ir import Graph, Node, _freeze
+from ..ir import Graph, Node
 from ..plan import CAST_WEIGHTS
+from ..rewrite import frozen_attrs
 
 
 def with_weight_copies(graphs: dict[str, Graph], dtype: str) -> dict[str, Graph]:
@@ -51,7 +52,7 @@ def read_weight_copies(graph: Graph, dtype: str) -> Graph:
         x = graph.nodes[n.inputs[0]] if n.op == "cast" else None
         if x is not None and x.op == "param" and n.dtype == dtype:
             # the same id, so every reader of the cast now reads the copy
-            graph.nodes[n.id] = replace(n, op="cache", inputs=(), attrs=_freeze(_copy(x, dtype)))
+            graph.nodes[n.id] = replace(n, op="cache", inputs=(), attrs=frozen_attrs(_copy(x, dtype)))
             copies[x.name] = n.id
     for p, new in list(graph.updates.items()):
         param = graph.nodes[p]
