@@ -64,6 +64,11 @@ class Buffer(NamedTuple):
         dtype, offset, shape = raw
         return cls(dtype, offset, tuple(shape))
 
+    @classmethod
+    def of_tensor(cls, tensor: dict, grad: bool = False) -> "Buffer":
+        """A persistent tensor of the plan's "tensors", or with `grad` its gradient's slot."""
+        return cls(tensor["dtype"], tensor["grad"] if grad else tensor["offset"], tuple(tensor["shape"]))
+
 
 @dataclass
 class Plan:

@@ -188,9 +188,9 @@ def _regions_in_arena(regions, path, plan):
 
 
 def _tensor_in_arena(tensor, path, plan):
-    _in_arena(PlanBuffer(tensor["dtype"], tensor["offset"], tuple(tensor["shape"])), f"{path}.offset", plan)
+    _in_arena(PlanBuffer.of_tensor(tensor), f"{path}.offset", plan)
     if "grad" in tensor:
-        _in_arena(PlanBuffer(tensor["dtype"], tensor["grad"], tuple(tensor["shape"])), f"{path}.grad", plan)
+        _in_arena(PlanBuffer.of_tensor(tensor, grad=True), f"{path}.grad", plan)
 
 
 def _kernel_file_exists(call, path, plan):

@@ -252,7 +252,7 @@ class CudaBackend(WeightCopies):
     # ---- persistent tensors --------------------------------------------------------------------
     def tensor(self, name: str, grad: bool = False):
         t = next(t for t in self.plan.tensors if t["name"] == name)
-        return self.view(Buffer(t["dtype"], t["grad"] if grad else t["offset"], tuple(t["shape"])))
+        return self.view(Buffer.of_tensor(t, grad))
 
     def set_tensor(self, name: str, value: np.ndarray) -> None:
         self.sync()

@@ -96,7 +96,7 @@ class NumpyBackend(WeightCopies):
     def tensor(self, name: str, grad: bool = False) -> np.ndarray:
         """A persistent tensor (parameter, its gradient, optimizer state) as a live view."""
         t = next(t for t in self.plan.tensors if t["name"] == name)
-        return self.view(Buffer(t["dtype"], t["grad"] if grad else t["offset"], tuple(t["shape"])))
+        return self.view(Buffer.of_tensor(t, grad))
 
     def set_tensor(self, name: str, value: np.ndarray) -> None:
         self.tensor(name)[...] = value
