@@ -49,7 +49,7 @@ from .passes.simplify import simplify
 from .passes.streams import assign_streams
 from .passes.sum_groups import group_sums
 from .passes.weight_copies import with_weight_copies
-from .plan import SCHEMA_VERSION, check_out, save
+from .plan import SCHEMA_VERSION, Buffer, check_out, save
 from .schedule import DECODE_POSITION, NEXT_TOKEN
 from .bpe import KIND as BPE_KIND
 from .bpe import VOCAB_FILES, BpeTokenizer
@@ -396,9 +396,9 @@ def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Toke
 
 
 def _program(graph: Graph, mem: ProgramMemory, fusion: bool, work_start: int) -> dict:
-    def buf(nid: int) -> list:
+    def buf(nid: int) -> Buffer:
         n = graph.nodes[nid]
-        return [n.dtype, mem.offsets[nid], list(n.shape)]
+        return Buffer(n.dtype, mem.offsets[nid], n.shape)
 
     launches, projections = [], graph.projections()
     for nid in mem.launches:

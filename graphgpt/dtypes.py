@@ -42,8 +42,8 @@ def numel(shape) -> int:
 
 
 def nbytes(buf) -> int:
-    """Bytes of a plan buffer [dtype, offset, shape]."""
-    return numel(buf[2]) * DTYPES[buf[0]].bytes
+    """Bytes of a plan buffer (plan.Buffer)."""
+    return numel(buf.shape) * DTYPES[buf.dtype].bytes
 
 
 def padded(nbytes: int, align: int) -> int:

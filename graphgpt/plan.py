@@ -4,13 +4,13 @@ plan.json holds the schema version, the model hash, the configuration, the token
 layout (persistent tensors with their offsets and initialisers, constants) and, per program
 ("train" or "accumulate" and "update", then "eval", "generate" and, where the model decodes with
 key/value caches, "decode", and for a plan in bf16 "cast_weights"), its inputs, outputs and
-ordered launches. A launch names its op, its kind, its attributes and its buffers as [dtype, byte
-offset, shape] in one arena: `out`, for an op with several outputs also `outs` (all of them, `out`
-first), and `in`; its `cuda` record gives the kernel or library call, grid, block, dynamic shared
-memory and arguments; `stream` and `waits` say where it runs (0, the main stream, or 1, the side
-stream of the gradient branch's kernels) and which launches of its program, on the other stream,
-it waits for (passes/streams.py). `nvrtc_options` are what the kernel files compile with. A backend
-derives nothing.
+ordered launches. A launch names its op, its kind, its attributes and its buffers in one arena
+(`Buffer`: dtype, byte offset, shape; in plan.json the list [dtype, offset, shape]): `out`, for an
+op with several outputs also `outs` (all of them, `out` first), and `in`; its `cuda` record gives
+the kernel or library call, grid, block, dynamic shared memory and arguments; `stream` and `waits`
+say where it runs (0, the main stream, or 1, the side stream of the gradient branch's kernels) and
+which launches of its program, on the other stream, it waits for (passes/streams.py).
+`nvrtc_options` are what the kernel files compile with. A backend derives nothing.
 
 A plan directory holds plan.json, report.txt, kernels/, graphs/ and manifest.json, which lists the
 others with their sizes and sha256: `save` replaces such a directory, unchanged since it was
@@ -27,6 +27,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import UserError
 from .fsutil import fsync_dir
@@ -49,6 +50,24 @@ PLAN_FILE = "plan.json"
 MANIFEST = "manifest.json"
 # In a staging or set-aside directory of `save`: a directory without it is never removed.
 TEMPORARY_MARKER = ".graphgpt-temporary"
+
+
+class Buffer(NamedTuple):
+    """A tensor's place in the arena, as the compiler writes it and a backend reads it. A tuple, so
+    plan.json keeps it as the list [dtype, offset, shape]."""
+    dtype: str               # a key of dtypes.DTYPES
+    offset: int              # bytes from the arena's start
+    shape: tuple[int, ...]
+
+    @classmethod
+    def from_json(cls, raw) -> "Buffer":
+        dtype, offset, shape = raw
+        return cls(dtype, offset, tuple(shape))
+
+    @classmethod
+    def of_tensor(cls, tensor: dict, grad: bool = False) -> "Buffer":
+        """A persistent tensor of the plan's "tensors", or with `grad` its gradient's slot."""
+        return cls(tensor["dtype"], tensor["grad"] if grad else tensor["offset"], tuple(tensor["shape"]))
 
 
 @dataclass
@@ -82,13 +101,14 @@ class Plan:
 
 
 def to_text(data: dict) -> str:
-    """Deterministic JSON: one launch or tensor per line, so plans diff well in git."""
+    """Deterministic JSON: one launch or tensor per line, so plans diff well in git. A tuple (a
+    Buffer) is written as the list it stands for."""
     def dump(obj, indent: str) -> str:
         if isinstance(obj, dict) and obj and not _is_leaf(obj):
             inner = indent + " "
             items = [f"{inner}{json.dumps(k)}: {dump(v, inner)}" for k, v in obj.items()]
             return "{\n" + ",\n".join(items) + "\n" + indent + "}"
-        if isinstance(obj, list) and obj and not _is_leaf(obj):
+        if isinstance(obj, (list, tuple)) and obj and not _is_leaf(obj):
             inner = indent + " "
             return "[\n" + ",\n".join(inner + dump(v, inner) for v in obj) + "\n" + indent + "]"
         return json.dumps(obj, separators=(",", ":"))
@@ -97,9 +117,9 @@ def to_text(data: dict) -> str:
 
 def _is_leaf(obj) -> bool:
     """Small records (a launch, a buffer, a shape) stay on one line."""
-    if isinstance(obj, list):
-        return all(not isinstance(v, (dict, list)) or _is_leaf(v) for v in obj) and len(obj) <= 8
-    return "op" in obj or "kind" in obj or all(not isinstance(v, (dict, list)) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(not isinstance(v, (dict, list, tuple)) or _is_leaf(v) for v in obj) and len(obj) <= 8
+    return "op" in obj or "kind" in obj or all(not isinstance(v, (dict, list, tuple)) for v in obj.values())
 
 
 def check_out(out_dir) -> None:
@@ -301,4 +321,26 @@ def load(plan_dir) -> Plan:
         plan_schema.check(data, kernels)
     except plan_schema.PlanError as e:
         raise UserError(f"{path}: {e} (recompile it with tools/compile.py)") from None
+    for program in data["programs"].values():
+        _type_buffers(program)
     return Plan(data, hashlib.sha256(raw).hexdigest(), kernels)
+
+
+def _type_buffers(program: dict) -> None:
+    """Every buffer of a program, which plan_schema has checked, as a Buffer (in place): its
+    inputs and outputs, its launches' and their CUDA calls'."""
+    def typed(raw):
+        return None if raw is None else Buffer.from_json(raw)
+    for io in ("inputs", "outputs"):
+        program[io] = {name: typed(raw) for name, raw in program[io].items()}
+    for launch in program["launches"]:
+        launch["out"] = typed(launch["out"])
+        for key in ("outs", "in"):
+            if key in launch:
+                launch[key] = [typed(raw) for raw in launch[key]]
+        cuda = launch.get("cuda", {})
+        if "args" in cuda:
+            cuda["args"] = [typed(raw) for raw in cuda["args"]]
+        for call, keys in (("gemm", ("a", "b", "c")), ("epilogue", ("bias", "aux", "residual"))):
+            if call in cuda:
+                cuda[call].update({key: typed(cuda[call][key]) for key in keys})

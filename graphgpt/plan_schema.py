@@ -14,6 +14,7 @@ import math
 
 from .dtypes import DTYPES, nbytes
 from .numpy_ops import BY_OP
+from .plan import Buffer as PlanBuffer  # the record; Buffer below is its schema
 from .runtime.cublas import LT_EPILOGUES
 
 
@@ -161,12 +162,12 @@ class Switch:
 
 
 # ---- checks that relate parts of the plan -------------------------------------------------------
-def _in_arena(buf, path, plan):
-    end = buf[1] + nbytes(buf)
+def _in_arena(buf: PlanBuffer, path, plan):
+    end = buf.offset + nbytes(buf)
     if end > plan["arena"]["bytes"]:
         _fail(path, f"ends at byte {end}, past the arena's {plan['arena']['bytes']}")
-    if buf[1] % DTYPES[buf[0]].bytes:
-        _fail(path, f"offset {buf[1]} is not a multiple of {buf[0]}'s {DTYPES[buf[0]].bytes} bytes")
+    if buf.offset % DTYPES[buf.dtype].bytes:
+        _fail(path, f"offset {buf.offset} is not a multiple of {buf.dtype}'s {DTYPES[buf.dtype].bytes} bytes")
 
 
 class Buffer(Tuple):
@@ -177,7 +178,7 @@ class Buffer(Tuple):
 
     def walk(self, value, path, plan):
         super().walk(value, path, plan)
-        _in_arena(value, path, plan)
+        _in_arena(PlanBuffer.from_json(value), path, plan)
 
 
 def _regions_in_arena(regions, path, plan):
@@ -187,9 +188,9 @@ def _regions_in_arena(regions, path, plan):
 
 
 def _tensor_in_arena(tensor, path, plan):
-    _in_arena([tensor["dtype"], tensor["offset"], tensor["shape"]], f"{path}.offset", plan)
+    _in_arena(PlanBuffer.of_tensor(tensor), f"{path}.offset", plan)
     if "grad" in tensor:
-        _in_arena([tensor["dtype"], tensor["grad"], tensor["shape"]], f"{path}.grad", plan)
+        _in_arena(PlanBuffer.of_tensor(tensor, grad=True), f"{path}.grad", plan)
 
 
 def _kernel_file_exists(call, path, plan):

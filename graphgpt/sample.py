@@ -33,7 +33,7 @@ def generate(backend, prompt: list[int], n_new: int, vocab_in_use: int, eos_id: 
     sequence stops after its EOS. kv_cache: decode against the caches where the plan has a decode
     program (else every token reruns the window)."""
     plan = backend.plan
-    rows, block = plan.program("generate")["inputs"]["tokens"][2]
+    rows, block = plan.program("generate")["inputs"]["tokens"].shape
     decode = kv_cache and "decode" in plan.data["programs"]
     fetch = (NEXT_TOKEN,) if temperature <= 0 else ("logits",)  # greedy: the programs' own choice
     ids = np.array([list(prompt) or [eos_id]] * rows, np.int32)

@@ -10,7 +10,7 @@ import pytest
 from graphgpt.compiler import compile_model
 from graphgpt.data import SequentialSampler
 from graphgpt.numpy_ops import keep_mask, philox4x32_10
-from graphgpt.plan import Plan
+from graphgpt.plan import Buffer, Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.schedule import DROPOUT_COUNTER, DROPOUT_SEED, dropout_scalars
 from graphgpt.train import Trainer
@@ -98,7 +98,7 @@ def test_cuda_draws_the_numpy_masks():
     from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
     from tests.test_kernels_compile import _launch
     n, p, site, seed, counter = 100_003, 0.3, 5, 1234, 77
-    launch = _launch("dropout", ["f32", 0, [n]], ["i32", 0, []], ["i32", 0, []], p=p, site=site)
+    launch = _launch("dropout", Buffer("f32", 0, (n,)), Buffer("i32", 0, ()), Buffer("i32", 0, ()), p=p, site=site)
     files = lower_plan({"programs": {"m": {"launches": [launch]}}})
     fn = cp.RawModule(code=files["kernels/dropout.cu"], options=NVRTC_OPTIONS).get_function(launch["cuda"]["kernel"])
     out = cp.full(n, np.nan, cp.float32)

@@ -133,7 +133,7 @@ def test_layernorms_affine_part_is_stored_by_the_normalize_kernel(monkeypatch, o
         ops = _ops(data, program)
         assert ops.count("fused_normalize") == 5 and "normalize" not in ops, program  # two a layer, ln_f
     (first, *_) = [x for x in data["programs"]["train"]["launches"] if x["op"] == "fused_normalize"]
-    assert len(first["outs"]) == 4 and [b[2] for b in first["in"][1:]] == [[64], [64]]  # x, gamma, beta
+    assert len(first["outs"]) == 4 and [b.shape for b in first["in"][1:]] == [(64,), (64,)]  # x, gamma, beta
     with monkeypatch.context() as m:
         m.setattr(fuse_pass, "_normalize_epilogues", lambda graph: graph)
         apart_losses, apart, n_apart = three_steps(overrides, True, dtype)
@@ -209,9 +209,9 @@ def test_gelu_and_its_gradient_run_in_the_gemms_beside_them(remat):
     launches = data["programs"]["train"]["launches"]
     pre = [ln["outs"][1] for ln in launches if ln["attrs"].get("gelu")]
     grads = [ln for ln in launches if ln["attrs"].get("gelu_grad")]
-    assert sorted(ln["in"][2][1] for ln in grads) == sorted(b[1] for b in pre)
+    assert sorted(ln["in"][2].offset for ln in grads) == sorted(b.offset for b in pre)
     if remat == "gelu":
-        assert sorted(ln["in"][0][1] for ln in launches if ln["op"] == "gelu") == sorted(b[1] for b in pre)
+        assert sorted(ln["in"][0].offset for ln in launches if ln["op"] == "gelu") == sorted(b.offset for b in pre)
 
 
 def _first_gradients(overrides) -> tuple[float, dict[str, np.ndarray], int]:

@@ -8,7 +8,7 @@ from graphgpt.codegen import compile_cuda
 from graphgpt.compiler import compile_model
 from graphgpt.ops import REGISTRY
 from graphgpt.passes.multi_tensor import merge_launches
-from graphgpt.plan import Plan
+from graphgpt.plan import Buffer, Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import init_params
 from tests.conftest import ROOT, TINY
@@ -66,7 +66,7 @@ def test_the_update_averages_over_ranks_and_the_accumulate_program_does_not():
     n_params = sum(t["kind"] == "param" for t in data["tensors"])
     assert len(collectives(update)) == n_params
     grads_start, grads_size = data["arena"]["regions"]["grads"]
-    assert all(grads_start <= ln["out"][1] < grads_start + grads_size for ln in collectives(update))
+    assert all(grads_start <= ln["out"].offset < grads_start + grads_size for ln in collectives(update))
     assert set(accumulate["inputs"]) == {"tokens", "targets", optim.ACCUMULATE}
     assert set(accumulate["outputs"]) == {"loss"}
     assert set(update["inputs"]) == set(optim.scalar_inputs(data["optimizer"]))
@@ -107,7 +107,8 @@ def test_launches_over_work_buffers_do_not_join():
     which the norm sums."""
     def accumulation(acc: int, grad: int) -> dict:
         program = (("mul", (), (-1, -2)), ("add", (), (0, -3)))
-        return {"op": "fused", "out": ["f32", acc, [6]], "in": [["f32", acc, [6]], ["f32", 900, []], ["f32", grad, [6]]],
+        return {"op": "fused", "out": Buffer("f32", acc, (6,)),
+                "in": [Buffer("f32", acc, (6,)), Buffer("f32", 900, ()), Buffer("f32", grad, (6,))],
                 "attrs": {"program": program}, "node": acc, "where": "gradient accumulation"}
     pair = [accumulation(0, 1024), accumulation(256, 1280)]  # byte offsets: 256-byte slots
     assert len(merge_launches(pair)) == 1

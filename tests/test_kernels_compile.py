@@ -11,9 +11,10 @@ import pytest
 
 from graphgpt.codegen import LIBRARY_KINDS, compile_cuda, lower_plan
 from graphgpt.compiler import compile_model
-from graphgpt.dtypes import DTYPES
+from graphgpt.dtypes import DTYPES, nbytes
 from graphgpt.ops import REGISTRY
 from graphgpt.ops.registry import Spec
+from graphgpt.plan import Buffer
 from tests.conftest import ROOT, TINY
 
 PLANS = {"tiny": TINY, "default": [], "default-bf16": ["dtype=bf16"],
@@ -25,18 +26,18 @@ MAX_SMEM = 227 << 10  # an H200 block's shared memory, static and dynamic
 def _launch(op, *inputs, out_offset=0, **attrs):
     """A launch as the passes leave it; out_offset counts elements of the output's dtype (an op
     with several outputs gets them one after another from there)."""
-    specs = [Spec(tuple(b[2]), b[0]) for b in inputs]
+    specs = [Spec(b.shape, b.dtype) for b in inputs]
     out = REGISTRY[op].infer(attrs, *specs)
     outs, at = [], out_offset * DTYPES[(out[0] if isinstance(out, list) else out).dtype].bytes
     for spec in out if isinstance(out, list) else [out]:
-        outs.append([spec.dtype, at, list(spec.shape)])
+        outs.append(Buffer(spec.dtype, at, tuple(spec.shape)))
         at += -(-int(np.prod(spec.shape)) * DTYPES[spec.dtype].bytes // 256) * 256
     launch = {"op": op, "out": outs[0], "in": list(inputs), "attrs": attrs, "node": 0, "where": "synthetic"}
     return dict(launch, outs=outs) if isinstance(out, list) else launch
 
 
 def _ids(shape):
-    return ["i32", 0, list(shape)]
+    return Buffer("i32", 0, tuple(shape))
 
 
 def _attention(f, f32, b, t, h, d, dropout=0.0) -> list[dict]:
@@ -64,7 +65,7 @@ def synthetic_plan(dtype: str = "f32") -> dict:
     incoming gradient stay float32) and, beyond float32, casts and mixed operands too."""
     def _f(shape, offset=0, of=dtype):
         """A buffer `offset` elements into the arena."""
-        return [of, offset * DTYPES[of].bytes, list(shape)]
+        return Buffer(of, offset * DTYPES[of].bytes, tuple(shape))
 
     def _f32(shape, offset=0):
         return _f(shape, offset, "f32")
@@ -205,7 +206,7 @@ def test_every_launch_names_a_kernel_of_its_file(lowered):
             if launch["op"] == "sum_squares":  # its tensors as one flat range, from the first to the last
                 (flat,) = cuda["args"][1:]
                 first, last = launch["in"][0], launch["in"][-1]
-                assert flat[1] == first[1] and flat[1] + 4 * flat[2][0] == last[1] + 4 * int(np.prod(last[2]))
+                assert flat.offset == first.offset and flat.offset + nbytes(flat) == last.offset + nbytes(last)
             elif launch["op"] == "cache_update":  # it writes over the cache it is given: passed once
                 assert launch["in"][0] == launch["out"] and cuda["args"] == [launch["out"], *launch["in"][1:]]
             else:
@@ -231,8 +232,8 @@ def test_kernel_names_are_unique_and_defined_once(lowered):
 def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faster(b, h, t, d, dropout, rows):
     """Head dim 64 without dropout, T a multiple of 128 and at least two such blocks per SM
     (264): blocks of 128 rows; else 64 (PERFORMANCE.md). The seed's 2 x 96 would be 192."""
-    f = lambda shape: ["bf16", 0, list(shape)]  # noqa: E731
-    plan = {"programs": {"p": {"launches": _attention(f, lambda shape: ["f32", 0, list(shape)], b, t, h, d, dropout)}}}
+    f = lambda shape: Buffer("bf16", 0, shape)  # noqa: E731
+    plan = {"programs": {"p": {"launches": _attention(f, lambda shape: Buffer("f32", 0, shape), b, t, h, d, dropout)}}}
     lower_plan(plan)
     for launch in plan["programs"]["p"]["launches"]:
         assert launch["cuda"]["grid"][:2] == [t // rows, b * h] and launch["cuda"]["block"][0] == 128, launch["op"]

@@ -24,6 +24,7 @@ import pytest
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
 from graphgpt.dtypes import DTYPES
 from graphgpt.ops import REGISTRY
+from graphgpt.plan import Buffer
 from tests.test_kernels_compile import _launch, plan_data
 
 pytestmark = pytest.mark.gpu
@@ -37,7 +38,7 @@ def _distinct_launches(data: dict) -> list[dict]:
     for program in data["programs"].values():
         for launch in program["launches"]:
             if "kernel" in launch.get("cuda", {}):
-                key = (launch["cuda"]["kernel"], json.dumps([b[2] for b in launch["cuda"]["args"]]))
+                key = (launch["cuda"]["kernel"], json.dumps([b.shape for b in launch["cuda"]["args"]]))
                 seen.setdefault(key, launch)
     return list(seen.values())
 
@@ -45,16 +46,16 @@ def _distinct_launches(data: dict) -> list[dict]:
 def _int_range(launch: dict) -> int:
     op, ins = launch["op"], launch["in"]
     if op == "cache_update":      # the position: every new row falls inside the cache
-        return launch["out"][2][1] - ins[0][2][1] + 1
+        return launch["out"].shape[1] - ins[0].shape[1] + 1
     if op == "cached_attention":
-        return ins[1][2][1] - ins[0][2][1] + 1
+        return ins[1].shape[1] - ins[0].shape[1] + 1
     if op == "dropout" or op in ATTENTION:
         return 2**31 - 1          # the RNG's seed and counter: any bits
     if op == "embedding":
-        return ins[0][2][0]       # table rows
+        return ins[0].shape[0]    # table rows
     if op in ("embedding_grad", "one_hot"):
         return launch["attrs"]["rows"]
-    return ins[0][2][-1]          # cross-entropy targets: the vocabulary
+    return ins[0].shape[-1]       # cross-entropy targets: the vocabulary
 
 
 def _inputs(launch: dict, rng) -> list[np.ndarray]:
@@ -63,13 +64,13 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
     steps = [s[0] for s in launch["attrs"]["program"]] if "program" in launch["attrs"] else [op]
     positive = "log" in steps or "sqrt" in steps
     values = []
-    for dtype, _, shape in launch["in"]:
-        if dtype == "i32":
-            values.append(rng.integers(0, _int_range(launch), shape, dtype=np.int32))
+    for buf in launch["in"]:
+        if buf.dtype == "i32":
+            values.append(rng.integers(0, _int_range(launch), buf.shape, dtype=np.int32))
         elif positive:  # scalars (Adam's 1 - beta) at most 1: a moment's update stays a mean of positives
-            values.append(rng.uniform(0.5, 1.0 if not shape else 2.0, shape).astype(np.float32))
+            values.append(rng.uniform(0.5, 1.0 if not buf.shape else 2.0, buf.shape).astype(np.float32))
         else:
-            values.append(rng.standard_normal(shape, dtype=np.float32))
+            values.append(rng.standard_normal(buf.shape, dtype=np.float32))
     if op == "causal_softmax_grad":  # y must be a causal softmax: zero above the diagonal
         values[0] = REGISTRY["causal_softmax"].ref({"scale": 1.0}, 3 * values[0]).astype(np.float32)
     elif op in ("normalize", "normalize_grad", "fused_normalize_grad"):
@@ -84,23 +85,23 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
     elif op in ATTENTION[1:]:  # the saved log-sum-exp (and delta) of this qkv and this g
         attrs, qkv, g = launch["attrs"], values[0], values[3 if op.endswith("_q") else 2]
         rng = values[-2:] if "dropout" in attrs else []
-        qkv, g = (x.astype(DTYPES[launch["in"][0][0]].numpy).astype(np.float64) for x in (qkv, g))
+        qkv, g = (x.astype(DTYPES[launch["in"][0].dtype].numpy).astype(np.float64) for x in (qkv, g))
         out, lse = REGISTRY["causal_attention"].ref(attrs, qkv, *rng)
         if op.endswith("_q"):
             values[1], values[2] = out, lse
         else:
             values[1] = lse
             values[3] = REGISTRY["causal_attention_grad_q"].ref(attrs, qkv, out, lse, g, *rng)[1]
-    return [v.astype(DTYPES[b[0]].numpy) for v, b in zip(values, launch["in"])]  # each in its buffer's type
+    return [v.astype(DTYPES[b.dtype].numpy) for v, b in zip(values, launch["in"])]  # each in its buffer's type
 
 
 def _place(cp, buf):
     """A fresh array of its own for a plan buffer, starting `offset % 16` bytes past a 256-byte
     boundary (bf16 as its 16 bits: CuPy has no bfloat16)."""
     from graphgpt.runtime.cuda_backend import device_dtype
-    dtype, itemsize = device_dtype(buf[0]), DTYPES[buf[0]].bytes
-    shift, n = buf[1] % 16 // itemsize, int(np.prod(buf[2]))
-    return cp.empty(n + 16, dtype)[shift:shift + n].reshape(buf[2])
+    dtype, itemsize = device_dtype(buf.dtype), DTYPES[buf.dtype].bytes
+    shift, n = buf.offset % 16 // itemsize, int(np.prod(buf.shape))
+    return cp.empty(n + 16, dtype)[shift:shift + n].reshape(buf.shape)
 
 
 def _poison(array, dtype: str) -> None:
@@ -127,14 +128,14 @@ def _launch_twice(cp, modules: dict, launch: dict, rng) -> tuple:
     for array, value in zip(ins, host):
         array.set(value.view(array.dtype))
     outs = [_place(cp, buf) for buf in out_bufs]
-    before = rng.standard_normal(out_bufs[0][2]).astype(DTYPES[out_bufs[0][0]].numpy) if over else None
+    before = rng.standard_normal(out_bufs[0].shape).astype(DTYPES[out_bufs[0].dtype].numpy) if over else None
     results = []
     for _ in range(2):
         for out, buf in zip(outs, out_bufs):
             if over:
                 out.set(before.view(out.dtype))
             else:
-                _poison(out, buf[0])
+                _poison(out, buf.dtype)
         fn(tuple(cuda["grid"]), tuple(cuda["block"]), (*outs, *ins), shared_mem=cuda["smem"])
         results.append([cp.asnumpy(out) for out in outs])
     return launch, out_bufs, host, before, results
@@ -144,20 +145,20 @@ def _compare(launch: dict, out_bufs: list, host: list, before, results: list) ->
     """The launch's outputs against its op's float64 reference, rounded once as they are stored."""
     refs = REGISTRY[launch["op"]].ref(launch["attrs"], *(a.astype(np.float64) if a.dtype != np.int32 else a
                                                          for a in ([before] if before is not None else []) + host))
-    what = f"{launch['cuda']['kernel']} ({launch['op']} {[b[2] for b in out_bufs]} <- {[b[2] for b in launch['in']]})"
+    what = f"{launch['cuda']['kernel']} ({launch['op']} {[b.shape for b in out_bufs]} <- {[b.shape for b in launch['in']]})"
     for k, (buf, ref) in enumerate(zip(out_bufs, refs if len(out_bufs) > 1 else [refs])):
-        if buf[0] == "i32":  # indices: exactly the reference's
+        if buf.dtype == "i32":  # indices: exactly the reference's
             if not np.array_equal(results[0][k], ref) or not np.array_equal(results[1][k], ref):
                 return f"{what}: output {k}: {np.sum(results[0][k] != ref)} indices differ"
             continue
-        got = results[0][k].view(DTYPES[buf[0]].numpy).astype(np.float64)
-        ref = np.asarray(ref, np.float64).astype(DTYPES[buf[0]].numpy).astype(np.float64)  # rounded once, as stored
+        got = results[0][k].view(DTYPES[buf.dtype].numpy).astype(np.float64)
+        ref = np.asarray(ref, np.float64).astype(DTYPES[buf.dtype].numpy).astype(np.float64)  # rounded once, as stored
         if not np.isfinite(got).all():
             return f"{what}: output {k}: {np.size(got) - np.isfinite(got).sum()} non-finite values"
         if not np.array_equal(results[0][k], results[1][k]):
             return f"{what}: output {k}: a second launch gave different bits"
         err = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)
-        if err > (ROUNDS_INSIDE.get(buf[0], RTOL[buf[0]]) if launch["op"] in ATTENTION else RTOL[buf[0]]):
+        if err > (ROUNDS_INSIDE.get(buf.dtype, RTOL[buf.dtype]) if launch["op"] in ATTENTION else RTOL[buf.dtype]):
             return f"{what}: output {k}: relative error {err:.2e}"
     return None
 
@@ -186,7 +187,7 @@ def test_the_fused_loss_kernel_gives_the_bits_of_the_two_it_replaces(dtype, rows
     the same fresh random logits: the loss and every gradient element with the same bits."""
     import cupy as cp
     from graphgpt.runtime.cuda_backend import device_dtype
-    logits, ids, dloss = [dtype, 0, [rows, vocab]], ["i32", 0, [rows]], ["f32", 0, []]
+    logits, ids, dloss = Buffer(dtype, 0, (rows, vocab)), Buffer("i32", 0, (rows,)), Buffer("f32", 0, ())
     data = {"programs": {"loss": {"launches": [
         _launch("cross_entropy", logits, ids), _launch("cross_entropy_grad", logits, ids, dloss),
         _launch("cross_entropy_with_grad", logits, ids, dloss)]}}}

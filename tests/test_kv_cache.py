@@ -64,11 +64,13 @@ def test_cached_attention_is_causal_attention_one_row_at_a_time():
 def test_the_plan_decodes_one_position_per_sequence_against_caches_in_place(tmp_path):
     plan = _compiled(tmp_path, ["sample_batch=3", "dtype=bf16"])
     programs = plan.data["programs"]
-    assert programs["generate"]["inputs"] == {"tokens": ["i32", programs["generate"]["inputs"]["tokens"][1], [3, 16]]}
+    tokens = programs["generate"]["inputs"]["tokens"]
+    assert programs["generate"]["inputs"] == {"tokens": plan_io.Buffer("i32", tokens.offset, (3, 16))}
     inputs = programs["decode"]["inputs"]
     assert set(inputs) == {"tokens", DECODE_POSITION}
-    assert inputs["tokens"][2] == [3, 1] and inputs[DECODE_POSITION][::2] == ["i32", []]
-    assert programs["decode"]["outputs"]["logits"][2] == [3, 1, 100]
+    position = inputs[DECODE_POSITION]
+    assert inputs["tokens"].shape == (3, 1) and (position.dtype, position.shape) == ("i32", ())
+    assert programs["decode"]["outputs"]["logits"].shape == (3, 1, 100)
     caches = [t for t in plan.tensors if t["name"].startswith("kv_cache.")]
     assert [t["name"] for t in caches] == ["kv_cache.0", "kv_cache.1"]
     assert all(t["shape"] == [3, 16, 2, 2, 16] and t["dtype"] == "bf16" for t in caches)
@@ -87,10 +89,10 @@ def test_the_plan_decodes_one_position_per_sequence_against_caches_in_place(tmp_
         assert copies[f"{t['name']}.bf16"]["offset"] - regions["copies"][0] == (t["offset"] - regions["params"][0]) // 2
     for name in ("generate", "decode"):
         updates = [ln for ln in programs[name]["launches"] if ln["op"] == "cache_update"]
-        assert [ln["out"][1] for ln in updates] == [t["offset"] for t in caches]  # over the caches themselves
+        assert [ln["out"].offset for ln in updates] == [t["offset"] for t in caches]  # over the caches themselves
         assert not [ln for ln in programs[name]["launches"] if ln["op"] == "copy"]
     attention = [ln for ln in programs["decode"]["launches"] if ln["op"] == "cached_attention"]
-    assert [ln["in"][1][1] for ln in attention] == [t["offset"] for t in caches]
+    assert [ln["in"][1].offset for ln in attention] == [t["offset"] for t in caches]
     assert not any(ln["op"] == "cached_attention" for ln in programs["generate"]["launches"])
     assert "caches" not in json.dumps(programs["train"]) and "kv_cache" not in json.dumps(programs["train"])
 
@@ -139,7 +141,7 @@ def test_kv_cache_generation_gives_the_windowed_generators_tokens(tmp_path, extr
             cached = generate(backend, prompt, 12, 99, 98, rng=np.random.default_rng(5), kv_cache=True, **kw)
             used = calls[:]
             windowed = generate(backend, prompt, 12, 99, 98, rng=np.random.default_rng(5), kv_cache=False, **kw)
-            assert cached == windowed and len(cached) == plan.program("decode")["inputs"]["tokens"][2][0]
+            assert cached == windowed and len(cached) == plan.program("decode")["inputs"]["tokens"].shape[0]
             assert all(len(new) == 12 for new in cached)  # 98 never comes: no sequence stops early
             calls.clear()
         decoded = used.count("decode")
@@ -227,7 +229,7 @@ def test_cuda_kv_cache_greedy_equals_windowed_and_numpy(tmp_path, extra):
     plan = _compiled(tmp_path, extra)
     reference = _backend(plan)
     backend = _cuda(plan, reference)
-    rows, block = plan.program("generate")["inputs"]["tokens"][2]
+    rows, block = plan.program("generate")["inputs"]["tokens"].shape
     seq = np.random.default_rng(6).integers(0, 100, (rows, block), dtype=np.int32)
     for b in (backend, reference):
         b.run("generate", {"tokens": seq})

@@ -7,20 +7,21 @@ from graphgpt.compiler import compile_model
 from graphgpt.ops import REGISTRY
 from graphgpt.passes.memory import aligned
 from graphgpt.passes.multi_tensor import merge_launches
+from graphgpt.plan import Buffer
 from tests.conftest import ROOT
 
 PROGRAM = (("mul", (), (-1, -2)), ("add", (), (0, -3)))  # x0 * x1 + x2
 S = aligned(6 * 4) // 4  # where a region's second tensor starts when its first has 6 floats
 
 
-def f32(offset: int, shape: list) -> list:
+def f32(offset: int, shape: tuple) -> Buffer:
     """A float32 buffer `offset` elements into the arena."""
-    return ["f32", 4 * offset, shape]
+    return Buffer("f32", 4 * offset, shape)
 
 
 def launch(out: int, ins: list[int], n: int = 6, scalar: int = 1000) -> dict:
     """out = x0 * scalar + x2, the scalar's buffer shared; tensor buffers at the given offsets."""
-    return {"op": "fused", "out": f32(out, [n]), "in": [f32(ins[0], [n]), f32(scalar, []), f32(ins[1], [n])],
+    return {"op": "fused", "out": f32(out, (n,)), "in": [f32(ins[0], (n,)), f32(scalar, ()), f32(ins[1], (n,))],
             "attrs": {"program": PROGRAM}, "node": out, "where": "optimizer"}
 
 
@@ -28,8 +29,8 @@ def test_neighbours_in_every_region_join():
     a = launch(0, [200, 400])
     b = launch(S, [200 + S, 400 + S], n=8)
     (joined,) = merge_launches([a, b])
-    assert joined["out"] == f32(0, [S + 8]) and joined["attrs"]["tensors"] == 2
-    assert joined["in"] == [f32(200, [S + 8]), f32(1000, []), f32(400, [S + 8])]
+    assert joined["out"] == f32(0, (S + 8,)) and joined["attrs"]["tensors"] == 2
+    assert joined["in"] == [f32(200, (S + 8,)), f32(1000, ()), f32(400, (S + 8,))]
 
 
 def test_what_does_not_join():
@@ -40,7 +41,7 @@ def test_what_does_not_join():
     other = dict(launch(S, [200 + S, 400 + S]), attrs={"program": PROGRAM[:1]})
     assert len(merge_launches([a, other])) == 2                                    # another program
     broadcast = launch(S, [200 + S, 400 + S])
-    broadcast["in"][2] = f32(400 + S, [3])
+    broadcast["in"][2] = f32(400 + S, (3,))
     assert len(merge_launches([a, broadcast])) == 2                      # not full-size, not a scalar
 
 
@@ -53,7 +54,7 @@ def test_a_join_computes_what_its_launches_did():
 
     def run(ls):
         memory = arena.copy()
-        view = lambda b: memory[b[1] // 4:b[1] // 4 + int(np.prod(b[2]))].reshape(b[2])  # noqa: E731
+        view = lambda b: memory[b.offset // 4:b.offset // 4 + int(np.prod(b.shape))].reshape(b.shape)  # noqa: E731
         for ln in ls:
             view(ln["out"])[...] = REGISTRY[ln["op"]].ref(ln["attrs"], *(view(b) for b in ln["in"]))
         return memory
@@ -72,15 +73,15 @@ def test_the_optimizer_runs_as_one_launch(dtype):
     regions = data["arena"]["regions"]
     state, copies = regions["state"][0], regions.get("copies", [None])[0]
     starts = [state, state + regions["state"][1] // 2, 0] + ([copies] if dtype == "bf16" else [])
-    assert [b[1] for b in optimizer["outs"]] == starts  # m over m, v over v, weights, copies
+    assert [b.offset for b in optimizer["outs"]] == starts  # m over m, v over v, weights, copies
     n_params = sum(int(np.prod(t["shape"])) for t in data["tensors"] if t["kind"] == "param")
-    assert all(np.prod(b[2]) >= n_params for b in optimizer["outs"])
+    assert all(np.prod(b.shape) >= n_params for b in optimizer["outs"])
     assert not [ln for ln in launches if ln["op"] == "copy"]
 
 
 def cast(out: int, src: int, n: int) -> dict:
     """A float32 tensor's cast into a bf16 buffer; offsets in bytes."""
-    return {"op": "cast", "out": ["bf16", out, [n]], "in": [["f32", src, [n]]], "attrs": {"dtype": "bf16"},
+    return {"op": "cast", "out": Buffer("bf16", out, (n,)), "in": [Buffer("f32", src, (n,))], "attrs": {"dtype": "bf16"},
             "node": out, "where": "optimizer"}
 
 
@@ -89,7 +90,7 @@ def test_casts_of_weights_into_their_copies_join_at_the_weights_steps():
     region: 100 floats take a 512-byte slot, so the next weight and the next copy both start 128
     elements on (256 bytes into the copies). Anywhere else is not the next copy."""
     (joined,) = merge_launches([cast(0, 4096, 100), cast(256, 4096 + 512, 64)])
-    assert joined["out"] == ["bf16", 0, [192]] and joined["in"] == [["f32", 4096, [192]]]
+    assert joined["out"] == Buffer("bf16", 0, (192,)) and joined["in"] == [Buffer("f32", 4096, (192,))]
     assert joined["attrs"] == {"dtype": "bf16", "tensors": 2}
     assert len(merge_launches([cast(0, 4096, 100), cast(512, 4096 + 512, 64)])) == 2  # a copy skipped
     assert len(merge_launches([cast(0, 4096, 100), cast(256, 4096 + 1024, 64)])) == 2  # a weight skipped

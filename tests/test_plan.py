@@ -41,9 +41,43 @@ def test_memory_plan_is_consistent():
         mem = prog["memory"]
         assert mem["work_lower_bound"] <= mem["work_peak"] <= mem["work_sum"]
         for launch in prog["launches"]:
-            for buf in [launch["out"], *launch["in"]]:
-                assert 0 <= buf[1] and buf[1] + nbytes(buf) <= data["arena"]["bytes"]
-                assert buf[1] % DTYPES[buf[0]].bytes == 0, launch
+            for buf in map(plan_io.Buffer.from_json, [launch["out"], *launch["in"]]):
+                assert 0 <= buf.offset and buf.offset + nbytes(buf) <= data["arena"]["bytes"]
+                assert buf.offset % DTYPES[buf.dtype].bytes == 0, launch
+
+
+@pytest.mark.parametrize("overrides", [None, [*TINY, "dtype=bf16", "grad_accum=2"]], ids=["committed", "tiny-bf16-accumulate"])
+def test_a_loaded_plan_holds_typed_buffers_and_gives_back_its_bytes(tmp_path, overrides):
+    """plan.load makes every buffer a Buffer (a dtype's name, an int offset, a tuple of ints) and
+    leaves no [dtype, offset, shape] list behind; written again, the plan is plan.json's bytes."""
+    plan_dir = ROOT / "compiled"
+    if overrides is not None:
+        c = compile_model(ROOT / "model.py", overrides, log=lambda *a: None)
+        plan_dir = tmp_path / "plan"
+        plan_io.save(c.data, plan_dir, c.files)
+    loaded = plan_io.load(plan_dir)
+    typed, untyped = [], []
+
+    def walk(value):
+        if isinstance(value, plan_io.Buffer):
+            typed.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            if len(value) == 3 and isinstance(value[0], str) and isinstance(value[1], int) and isinstance(value[2], list):
+                untyped.append(value)
+            for item in value:
+                walk(item)
+    walk(loaded.data)
+    assert typed and not untyped, untyped[:3]
+    for buf in typed:
+        assert buf.dtype in DTYPES and type(buf.offset) is int, buf
+        assert type(buf.shape) is tuple and all(type(d) is int for d in buf.shape), buf
+    for program in loaded.data["programs"].values():
+        for launch in program["launches"]:
+            assert all(isinstance(b, plan_io.Buffer) for b in [launch["out"], *launch.get("outs", []), *launch["in"]])
+    assert plan_io.to_text(loaded.data).encode() == (plan_dir / "plan.json").read_bytes()
 
 
 def test_load_rejects_bad_plans(tmp_path):
@@ -76,8 +110,8 @@ def test_gpt2_124m_in_bf16_keeps_no_t_by_t_buffer():
     T = 1024
     buffers = [b for program in data["programs"].values() for launch in program["launches"]
                for b in [*launch.get("outs", [launch["out"]]), *launch["in"]]]
-    assert not [b for b in buffers if b[2][-2:] == [T, T]]
-    assert max(buffers, key=nbytes)[2] == [16, T, 50304]
+    assert not [b for b in buffers if b.shape[-2:] == (T, T)]
+    assert max(buffers, key=nbytes).shape == (16, T, 50304)
     ops = {launch["op"] for launch in data["programs"]["train"]["launches"]}
     assert {"causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv"} <= ops
     assert "causal_softmax" not in ops
@@ -96,7 +130,7 @@ def test_gpt2_124m_in_bf16_writes_the_fused_loss_gradient_over_the_logits(monkey
     assert len(fused) == 4
     for launch in fused:
         logits, loss, dlogits = launch["in"][0], *launch["outs"]
-        assert logits[2] == [4, 1024, 50304] and dlogits == logits
+        assert logits.shape == (4, 1024, 50304) and dlogits == logits
     with monkeypatch.context() as m:
         m.setattr(fuse_pass, "_loss_with_grad", lambda graph: graph)
         pair = compile_model(ROOT / "model.py", GPT2_124M_BF16, log=lambda *a: None).data

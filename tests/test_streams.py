@@ -5,6 +5,7 @@ import pytest
 from graphgpt.compiler import compile_model
 from graphgpt.dtypes import nbytes
 from graphgpt.passes.streams import MAIN, SIDE, assign_streams
+from graphgpt.plan import Buffer
 from tests.conftest import ROOT
 
 TWO_LAYERS = ["n_layer=2", "n_head=2", "n_embd=64", "block_size=64", "batch_size=4"]
@@ -14,7 +15,7 @@ GRADS = (1000, 1000)
 def launch(op, reads, writes, kind="reduction", kernel=None):
     """A launch touching [offset, offset + 4) of each named f32 buffer."""
     def bufs(offsets):
-        return [["f32", off, [1]] for off in offsets]
+        return [Buffer("f32", off, (1,)) for off in offsets]
     out = bufs(writes)
     return {"op": op, "kind": kind, "in": bufs(reads), "out": out[0], "outs": out,
             "cuda": {"kernel": kernel or f"{op}_kernel"}}
@@ -35,7 +36,7 @@ def happens_before(launches):
 
 def conflicts(a, b):
     def spans(bufs):
-        return [(x[1], x[1] + nbytes(x)) for x in bufs]
+        return [(x.offset, x.offset + nbytes(x)) for x in bufs]
 
     def overlap(xs, ys):
         return any(x0 < y1 and y0 < x1 for x0, x1 in xs for y0, y1 in ys)
@@ -104,7 +105,7 @@ def test_every_plan_orders_each_conflicting_pair_across_streams(overrides):
         for x in launches:
             if x["stream"] == SIDE:
                 assert x["kind"] not in ("matmul", "collective")
-                assert all(grads[0] <= b[1] < grads[0] + grads[1] for b in x.get("outs") or [x["out"]])
+                assert all(grads[0] <= b.offset < grads[0] + grads[1] for b in x.get("outs") or [x["out"]])
     train = data["programs"]["train" if "grad_accum=2" not in overrides else "accumulate"]["launches"]
     assert any(x["stream"] == SIDE for x in train)
     assert not any(x["stream"] == SIDE for x in data["programs"]["eval"]["launches"])

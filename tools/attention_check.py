@@ -31,6 +31,7 @@ from graphgpt.kernels import attention  # noqa: E402
 from graphgpt.numpy_ops import BY_OP  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
+from graphgpt.plan import Buffer  # noqa: E402
 from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 
@@ -53,15 +54,15 @@ OPS = ("causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv"
 
 def launches(b: int, h: int, t: int, d: int, dtype: str, attrs: dict) -> list[dict]:
     """The three launches of one attention, each buffer in an array of its own (offset 0)."""
-    qkv, x, rows = [dtype, 0, [b, t, 3, h, d]], [dtype, 0, [b, t, h, d]], ["f32", 0, [b, h, t]]
-    rng = [["i32", 0, []], ["i32", 0, []]] if "dropout" in attrs else []
+    qkv, x, rows = Buffer(dtype, 0, (b, t, 3, h, d)), Buffer(dtype, 0, (b, t, h, d)), Buffer("f32", 0, (b, h, t))
+    rng = [Buffer("i32", 0, ()), Buffer("i32", 0, ())] if "dropout" in attrs else []
     ins = {"causal_attention": [qkv, *rng],
            "causal_attention_grad_q": [qkv, x, rows, x, *rng],
            "causal_attention_grad_kv": [qkv, rows, x, rows, x, *rng]}
     out = []
     for op, inputs in ins.items():
-        specs = REGISTRY[op].infer(attrs, *[Spec(tuple(i[2]), i[0]) for i in inputs])
-        outs = [[s.dtype, 0, list(s.shape)] for s in (specs if isinstance(specs, list) else [specs])]
+        specs = REGISTRY[op].infer(attrs, *[Spec(i.shape, i.dtype) for i in inputs])
+        outs = [Buffer(s.dtype, 0, tuple(s.shape)) for s in (specs if isinstance(specs, list) else [specs])]
         out.append({"op": op, "out": outs[0], "outs": outs, "in": inputs, "attrs": attrs})
     return out
 

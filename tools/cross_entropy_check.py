@@ -25,6 +25,7 @@ from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.dtypes import DTYPES  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
+from graphgpt.plan import Buffer  # noqa: E402
 from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 
@@ -40,12 +41,12 @@ OPS = ("cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad")
 
 def launches(rows: int, vocab: int, dtype: str) -> list[dict]:
     """The three launches, each buffer at offset 0 of an array of its own."""
-    ins = [[dtype, 0, [rows, vocab]], ["i32", 0, [rows]], ["f32", 0, []]]
+    ins = [Buffer(dtype, 0, (rows, vocab)), Buffer("i32", 0, (rows,)), Buffer("f32", 0, ())]
     out = []
     for op in OPS:
         inputs = ins[:2] if op == "cross_entropy" else ins
-        specs = REGISTRY[op].infer({}, *[Spec(tuple(b[2]), b[0]) for b in inputs])
-        outs = [[s.dtype, 0, list(s.shape)] for s in (specs if isinstance(specs, list) else [specs])]
+        specs = REGISTRY[op].infer({}, *[Spec(b.shape, b.dtype) for b in inputs])
+        outs = [Buffer(s.dtype, 0, tuple(s.shape)) for s in (specs if isinstance(specs, list) else [specs])]
         out.append({"op": op, "out": outs[0], **({"outs": outs} if len(outs) > 1 else {}), "in": inputs, "attrs": {}})
     return out
 

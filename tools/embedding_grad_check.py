@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.kernels import embedding  # noqa: E402
+from graphgpt.plan import Buffer  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 
 ROWS, C, B, T = 50304, 768, 16, 1024
@@ -50,8 +51,8 @@ def render(cp, sum_floats: int, max_rows: int):
     saved = embedding.SUM_FLOATS, embedding.MAX_BLOCK_ROWS
     embedding.SUM_FLOATS, embedding.MAX_BLOCK_ROWS = sum_floats, max_rows
     try:
-        launch = {"op": "embedding_grad", "out": ["f32", 0, [ROWS, C]],
-                  "in": [["i32", 0, [B, T]], ["bf16", 0, [B, T, C]]], "attrs": {"dtype": "f32", "rows": ROWS}}
+        launch = {"op": "embedding_grad", "out": Buffer("f32", 0, (ROWS, C)),
+                  "in": [Buffer("i32", 0, (B, T)), Buffer("bf16", 0, (B, T, C))], "attrs": {"dtype": "f32", "rows": ROWS}}
         source = lower_plan({"programs": {"grad": {"launches": [launch]}}})["kernels/embedding.cu"]
     finally:
         embedding.SUM_FLOATS, embedding.MAX_BLOCK_ROWS = saved

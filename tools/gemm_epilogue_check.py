@@ -32,6 +32,7 @@ import statistics  # noqa: E402
 
 from graphgpt.kernels.gemm import lower_matmul  # noqa: E402
 from graphgpt.numpy_ops import GELU_C  # noqa: E402
+from graphgpt.plan import Buffer  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 from tools.cross_entropy_check import from_float32 as from_f32, rel_err, to_float64 as to_f64  # noqa: E402
 
@@ -56,8 +57,8 @@ def gemm_of(a, b, out, ta=False, tb=False) -> dict:
     return lower_matmul({"op": "matmul", "in": [a, b], "out": out, "attrs": {"ta": ta, "tb": tb}})["gemm"]
 
 
-def buf(dtype, shape):
-    return [dtype, 0, list(shape)]
+def buf(dtype, shape) -> Buffer:
+    return Buffer(dtype, 0, tuple(shape))
 
 
 def time_ms(cp, run, repeat: int) -> float:

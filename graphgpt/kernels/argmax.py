@@ -9,9 +9,9 @@ from .common import THREADS, Kernel, cdiv, index_type, row_vec, types
 
 def lower(launch) -> Kernel:
     x = launch["in"][0]
-    v, limit = x[2][-1], launch["attrs"]["limit"]
+    v, limit = x.shape[-1], launch["attrs"]["limit"]
     vec = row_vec(v, x)
     threads = min(THREADS, cdiv(cdiv(limit, vec), 32) * 32)
     return Kernel("argmax", {**types(launch), "v": v, "limit": limit, "vec": vec, "threads": threads,
-                             "itype": index_type(x[2])},
-                  (prod(x[2][:-1]), 1, 1), (threads, 1, 1))
+                             "itype": index_type(x.shape)},
+                  (prod(x.shape[:-1]), 1, 1), (threads, 1, 1))

@@ -71,8 +71,8 @@ def variant(dtype: str, t: int, d: int) -> str:
 
 def lower(launch) -> Kernel:
     qkv = launch["in"][0]
-    b, t, _, h, d = qkv[2]
-    heads, kind = b * h, variant(qkv[0], t, d)
+    b, t, _, h, d = qkv.shape
+    heads, kind = b * h, variant(qkv.dtype, t, d)
     attrs = launch["attrs"]
     params = {**types(launch), "op": launch["op"], "t": t, "d": d, "h": h, "heads": heads, "variant": kind,
               "scale": c_float(attrs["scale"]), "dropout": "dropout" in attrs}

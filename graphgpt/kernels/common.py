@@ -103,17 +103,17 @@ def index_type(*shapes) -> str:
 def width(*buffers) -> int:
     """Elements per 16-byte access of the widest float among these buffers: 4 for f32, 8 for bf16.
     A kernel moves the same number of elements of each of its operands at once."""
-    return VECTOR_BYTES // max((DTYPES[b[0]].bytes for b in buffers if DTYPES[b[0]].is_float), default=4)
+    return VECTOR_BYTES // max((DTYPES[b.dtype].bytes for b in buffers if DTYPES[b.dtype].is_float), default=4)
 
 
 def aligned_for(vec: int, *buffers) -> bool:
     """Every buffer starts where a `vec`-element access of its dtype is aligned."""
-    return all(b[1] % (vec * DTYPES[b[0]].bytes) == 0 for b in buffers)
+    return all(b.offset % (vec * DTYPES[b.dtype].bytes) == 0 for b in buffers)
 
 
 def types(launch) -> dict:
     """The C element types of a launch's output and inputs, as the templates declare them."""
-    return {"out_t": DTYPES[launch["out"][0]].ctype, "in_t": [DTYPES[b[0]].ctype for b in launch["in"]]}
+    return {"out_t": DTYPES[launch["out"].dtype].ctype, "in_t": [DTYPES[b.dtype].ctype for b in launch["in"]]}
 
 
 def cdiv(a: int, b: int) -> int:

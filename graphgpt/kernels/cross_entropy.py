@@ -11,13 +11,13 @@ from .common import THREADS, Kernel, cdiv, index_type, row_vec, types
 def lower(launch) -> Kernel:
     """A block per row for wide vocabularies, a warp per row for narrow ones."""
     op, logits = launch["op"], launch["in"][0]
-    v = logits[2][-1]
-    n = prod(logits[2][:-1])
+    v = logits.shape[-1]
+    n = prod(logits.shape[:-1])
     grad = launch.get("outs", [launch["out"]])[-1] if op != "cross_entropy" else None  # the rows written
     vec = row_vec(v, logits, *([grad] if grad else []))
     per_row = 32 if v // vec <= 32 * 8 else THREADS
     blocks = cdiv(n, THREADS // per_row)
     return Kernel(op, {**types(launch), "op": op, "loss": op != "cross_entropy_grad", "grad": grad is not None,
-                       "grad_t": DTYPES[grad[0]].ctype if grad else None, "n": n, "v": v, "vec": vec,
-                       "per_row": per_row, "blocks": blocks, "itype": index_type(logits[2])},
+                       "grad_t": DTYPES[grad.dtype].ctype if grad else None, "n": n, "v": v, "vec": vec,
+                       "per_row": per_row, "blocks": blocks, "itype": index_type(logits.shape)},
                   (blocks, 1, 1), (THREADS, 1, 1))

@@ -8,8 +8,8 @@ from .common import Kernel, c_float, cdiv, index_type, streaming, types
 
 
 def lower(launch) -> Kernel:
-    n, attrs = prod(launch["out"][2]), launch["attrs"]
+    n, attrs = prod(launch["out"].shape), launch["attrs"]
     grid, block = streaming(cdiv(n, 4))
     return Kernel("dropout", {**types(launch), "n": n, "site": attrs["site"], "threshold": drop_threshold(attrs["p"]),
-                              "scale": c_float(keep_scale(attrs["p"])), "itype": index_type(launch["out"][2])},
+                              "scale": c_float(keep_scale(attrs["p"])), "itype": index_type(launch["out"].shape)},
                   grid, block)

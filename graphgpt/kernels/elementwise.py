@@ -14,14 +14,14 @@ from .common import (Kernel, aligned_for, broadcast_shape, broadcast_strides, co
 def lower(launch) -> Kernel:
     """A pointwise op, or a fused chain of them: every step is evaluated per element in registers."""
     out = launch["out"]
-    shape = out[2]
+    shape = out.shape
     perm = launch["attrs"].get("perm")
     if perm is None:
-        extents, strides = collapse(shape, *(broadcast_strides(b[2], shape) for b in launch["in"]))
+        extents, strides = collapse(shape, *(broadcast_strides(b.shape, shape) for b in launch["in"]))
     else:  # the chain's result is written reshaped and transposed: operand strides in the output's order
-        chain = broadcast_shape(*(b[2] for b in launch["in"]))
+        chain = broadcast_shape(*(b.shape for b in launch["in"]))
         view = launch["attrs"].get("shape", chain)
-        operand_strides = [reshaped_strides(chain, broadcast_strides(b[2], chain), view) for b in launch["in"]]
+        operand_strides = [reshaped_strides(chain, broadcast_strides(b.shape, chain), view) for b in launch["in"]]
         extents, strides = collapse(shape, *([st[p] for p in perm] for st in operand_strides))
     outs = launch.get("outs", [out])  # fused_multi: one output per result, all of the same shape
     n, w = prod(shape), width(*outs, *launch["in"])
@@ -31,14 +31,14 @@ def lower(launch) -> Kernel:
     results = launch["attrs"].get("results", [len(steps(launch)) - 1])
     return Kernel(launch["op"], {**types(launch), "steps": steps(launch), "n": n, "vec": vec, "operands": operands,
                                  "results": [result(b, r) for b, r in zip(outs, results)],
-                                 "itype": index_type(shape, *(b[2] for b in launch["in"])), "threads": block[0]},
+                                 "itype": index_type(shape, *(b.shape for b in launch["in"])), "threads": block[0]},
                   grid, block)
 
 
 def result(buffer, ref: int) -> dict:
     """A program's result stored in `buffer`: its C type, and its value per element c (a step k >= 0,
     or external input -1 - i)."""
-    return {"t": DTYPES[buffer[0]].ctype, "value": f"s{ref}" if ref >= 0 else f"x{-1 - ref}.v[c]"}
+    return {"t": DTYPES[buffer.dtype].ctype, "value": f"s{ref}" if ref >= 0 else f"x{-1 - ref}.v[c]"}
 
 
 def steps(launch) -> list[dict]:

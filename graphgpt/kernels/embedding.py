@@ -15,21 +15,21 @@ def lower(launch) -> Kernel:
     out = launch["out"]
     if launch["op"] == "embedding":
         table, ids = launch["in"]
-        c, n = table[2][1], prod(ids[2])
+        c, n = table.shape[1], prod(ids.shape)
         w = width(out, table)
         vec = w if c % w == 0 and aligned_for(w, out, table) else 1
         grid, block = streaming(n * c // vec)
         return Kernel("embedding", {**types(launch), "op": "embedding", "n": n, "c": c, "vec": vec, "threads": block[0],
-                                    "itype": index_type(out[2], table[2])}, grid, block)
+                                    "itype": index_type(out.shape, table.shape)}, grid, block)
     if launch["op"] == "one_hot":
-        rows, n = out[2]
+        rows, n = out.shape
         w = width(out)
         vec = w if n % w == 0 and aligned_for(w, out) else 1
         grid, block = streaming(rows * n // vec)
         return Kernel("one_hot", {**types(launch), "op": "one_hot", "rows": rows, "n": n, "vec": vec,
-                                  "threads": block[0], "itype": index_type(out[2])}, grid, block)
+                                  "threads": block[0], "itype": index_type(out.shape)}, grid, block)
     ids, g = launch["in"]
-    rows, c = out[2]
+    rows, c = out.shape
     w = width(out, g)
     vec = w if c % w == 0 and aligned_for(w, out, g) else 1
     threads = min(THREADS, cdiv(c // vec, 32) * 32)
@@ -41,9 +41,9 @@ def lower(launch) -> Kernel:
     # groups of threads that share out a block's rows: as many as fit in 1024 threads and the sums,
     # so that a frequent id (in text, a few ids are most of them) is not summed row by row
     groups = max(1, min(1024 // threads, SUM_FLOATS // (block_rows * threads * vec)))
-    return Kernel("embedding_grad", {**types(launch), "op": "embedding_grad", "rows": rows, "c": c, "n": prod(ids[2]),
+    return Kernel("embedding_grad", {**types(launch), "op": "embedding_grad", "rows": rows, "c": c, "n": prod(ids.shape),
                                      "vec": vec, "threads": threads, "groups": groups, "block_rows": block_rows,
                                      "ids_per_thread": max(1, ID_CHUNK // (threads * groups)),
-                                     "itype": index_type(out[2], g[2])},
+                                     "itype": index_type(out.shape, g.shape)},
                   (cdiv(rows, block_rows), col_blocks, 1), (threads * groups, 1, 1),
                   smem=groups * block_rows * threads * vec * 4)

@@ -13,7 +13,7 @@ from ..ops.registry import prod
 
 
 def lower_matmul(launch: dict) -> dict:
-    (_, _, a_shape), (_, _, b_shape) = launch["in"][:2]
+    a_shape, b_shape = (b.shape for b in launch["in"][:2])
     ta, tb = launch["attrs"]["ta"], launch["attrs"]["tb"]
     m, k = (a_shape[-1], a_shape[-2]) if ta else (a_shape[-2], a_shape[-1])
     n = b_shape[-2] if tb else b_shape[-1]

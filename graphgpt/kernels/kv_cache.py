@@ -18,17 +18,17 @@ SMEM_LIMIT = 48 << 10  # shared memory without opting in: the scores of 12k posi
 def lower(launch) -> Kernel:
     if launch["op"] == "cache_update":
         cache, qkv, *position = launch["in"]
-        b, t, _, h, d = qkv[2]
+        b, t, _, h, d = qkv.shape
         row = 2 * h * d  # a position's keys and values, contiguous in qkv and in the cache
         vec = row_vec(row, cache, qkv)
         grid, block = streaming(b * t * row // vec)
-        return Kernel("cache_update", {**types(launch), "op": "cache_update", "b": b, "t": t, "l": cache[2][1],
+        return Kernel("cache_update", {**types(launch), "op": "cache_update", "b": b, "t": t, "l": cache.shape[1],
                                        "row": row, "hd": h * d, "vec": vec, "position": bool(position),
-                                       "itype": index_type(cache[2], qkv[2])},
+                                       "itype": index_type(cache.shape, qkv.shape)},
                       grid, block, args=[launch["out"], qkv, *position])  # the cache is the output
     qkv, cache, _ = launch["in"]
-    b, t, _, h, d = qkv[2]
-    length = cache[2][1]
+    b, t, _, h, d = qkv.shape
+    length = cache.shape[1]
     vec = row_vec(d, cache, qkv)
     # key slices of the value sums, a thread per (slice, vector of head dims)
     slices = max(1, ATTENTION_THREADS // (d // vec))
@@ -43,5 +43,5 @@ def lower(launch) -> Kernel:
     return Kernel("cached_attention", {**types(launch), "op": "cached_attention", "t": t, "h": h, "d": d,
                                        "l": length, "scale": c_float(launch["attrs"]["scale"]), "vec": vec,
                                        "threads": ATTENTION_THREADS, "slices": slices,
-                                       "itype": index_type(cache[2], qkv[2])},
+                                       "itype": index_type(cache.shape, qkv.shape)},
                   (h, b * t, 1), (ATTENTION_THREADS, 1, 1), smem=smem)

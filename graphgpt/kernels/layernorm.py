@@ -17,20 +17,20 @@ STATS = (2, 3)  # the backward's inputs mean and rstd: one float32 per row, read
 def lower(launch) -> Kernel:
     """A warp per row; rows up to 2048 floats stay in registers between the passes. The vector
     width is that of the rows (the statistics are read and written one per row)."""
-    *lead, c = launch["out"][2]
+    *lead, c = launch["out"].shape
     forward = launch["op"] in ("normalize", "fused_normalize")
-    rows_in = [b for i, b in enumerate(launch["in"]) if (prod(b[2]) > 1 if forward else i not in STATS)]
+    rows_in = [b for i, b in enumerate(launch["in"]) if (prod(b.shape) > 1 if forward else i not in STATS)]
     chained = launch.get("outs", [])[3:]  # fused_normalize: the chain's result
     rows, vec = prod(lead), row_vec(c, launch["out"], *chained, *rows_in)
     per_lane = cdiv(c // vec, 32)
     attrs = launch["attrs"]
     chain = {}
     if launch["op"] == "fused_normalize":  # operand j + 1 of the chain is input j + 1: a column vector or a scalar
-        chain = {"steps": steps(launch), "y_t": DTYPES[chained[0][0]].ctype,
-                 "operands": ["scalar" if prod(b[2]) == 1 else "column" for b in launch["in"][1:]]}
+        chain = {"steps": steps(launch), "y_t": DTYPES[chained[0].dtype].ctype,
+                 "operands": ["scalar" if prod(b.shape) == 1 else "column" for b in launch["in"][1:]]}
     return Kernel(launch["op"], {**types(launch), **chain, "op": launch["op"], "rows": rows, "c": c, "vec": vec,
                                  "per_lane": per_lane, "scaled": attrs.get("scaled", False),
                                  "accumulate": attrs.get("accumulate", False),
                                  "cached": per_lane * vec <= CACHED_ROW, "eps": c_float(attrs["eps"]),
-                                 "itype": index_type(launch["out"][2])},
+                                 "itype": index_type(launch["out"].shape)},
                   (cdiv(rows, WARPS), 1, 1), (THREADS, 1, 1))

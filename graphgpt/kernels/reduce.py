@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..dtypes import DTYPES, nbytes
 from ..ops.registry import prod
 from ..passes.memory import aligned
+from ..plan import Buffer
 from .common import (THREADS, WARPS, WAVE, Kernel, aligned_for, broadcast_shape, cdiv, contiguous_strides,
                      index_type, types, width)
 from .elementwise import result, steps
@@ -40,8 +41,8 @@ def lower(launch, work: int | None = None) -> Kernel:
                    "attrs": {"axes": [0], "keepdims": False, "program": square}})
         return Kernel(k.stem.replace("fused_sum", "sum_squares"), k.params, k.grid, k.block, args=[launch["out"], flat])
     outs, srcs = launch.get("outs", [launch["out"]]), launch["in"]
-    shape, axes = broadcast_shape(*(b[2] for b in srcs)), set(launch["attrs"]["axes"])
-    full = [b for b in srcs if prod(b[2]) == prod(shape)]  # the others are scalars (see fuse.py)
+    shape, axes = broadcast_shape(*(b.shape for b in srcs)), set(launch["attrs"]["axes"])
+    full = [b for b in srcs if prod(b.shape) == prod(shape)]  # the others are scalars (see fuse.py)
     prologue = {"steps": steps(launch) if launch["op"] == "fused_sum" else [],
                 "operands": ["full" if b in full else "scalar" for b in srcs],
                 "results": [result(b, r) for b, r in zip(outs, launch["attrs"].get("results", ()))]}
@@ -111,11 +112,11 @@ def _group(launch) -> Kernel:
                   (first_block, 1, 1), (32, WARPS, 1))
 
 
-def _flat_range(buffers) -> list:
+def _flat_range(buffers: list[Buffer]) -> Buffer:
     """Tensors that lie one after another in memory (each where the last one's aligned end is) as one
     flat buffer from the first's start to the last's end."""
     for prev, nxt in zip(buffers, buffers[1:]):
-        if nxt[0] != prev[0] or nxt[1] != prev[1] + aligned(nbytes(prev)):
+        if nxt.dtype != prev.dtype or nxt.offset != prev.offset + aligned(nbytes(prev)):
             raise ValueError("a multi-tensor reduction needs its tensors one after another in memory")
-    start, last = buffers[0][1], buffers[-1]
-    return [last[0], start, [(last[1] + nbytes(last) - start) // DTYPES[last[0]].bytes]]
+    start, last = buffers[0].offset, buffers[-1]
+    return Buffer(last.dtype, start, ((last.offset + nbytes(last) - start) // DTYPES[last.dtype].bytes,))

@@ -11,7 +11,7 @@ from .common import (Kernel, aligned_for, broadcast_strides, cdiv, collapse, con
 
 def lower(launch) -> Kernel:
     op, out, (src,) = launch["op"], launch["out"], launch["in"]
-    attrs, shape, in_shape = launch["attrs"], out[2], src[2]
+    attrs, shape, in_shape = launch["attrs"], out.shape, src.shape
     n = prod(shape)
     itype = index_type(shape, in_shape)
     if op in ("slice", "pad"):
@@ -35,12 +35,12 @@ def lower(launch) -> Kernel:
 def _window(launch, itype: str) -> Kernel:
     """slice and pad as rows: out[r, j] = in[r, j - shift] where 0 <= j - shift < in_row, else 0."""
     op, attrs, out, (src,) = launch["op"], launch["attrs"], launch["out"], launch["in"]
-    axis, in_shape = attrs["axis"], src[2]
+    axis, in_shape = attrs["axis"], src.shape
     inner = prod(in_shape[axis + 1:])
     in_row = in_shape[axis] * inner
-    out_row = out[2][axis] * inner
+    out_row = out.shape[axis] * inner
     shift = attrs["before"] * inner if op == "pad" else -attrs["start"] * inner
-    n = prod(out[2])
+    n = prod(out.shape)
     w = width(out, src)
     vec = w if all(x % w == 0 for x in (in_row, out_row, shift)) and aligned_for(w, out, src) else 1
     grid, block = streaming(n // vec)

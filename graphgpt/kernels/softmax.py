@@ -10,11 +10,11 @@ from .layernorm import CACHED_ROW
 def lower(launch) -> Kernel:
     """A warp per row of the (T, T) score matrices; row i reads only keys j <= i. Rows of up to
     2048 floats stay in registers between the forward's passes."""
-    *lead, t = launch["out"][2]
+    *lead, t = launch["out"].shape
     rows, vec = prod(lead), row_vec(t, launch["out"], *launch["in"])
     per_lane = cdiv(t // vec, 32)
     return Kernel(launch["op"], {**types(launch), "op": launch["op"], "rows": rows, "t": t, "vec": vec,
                                  "per_lane": per_lane, "cached": per_lane * vec <= CACHED_ROW,
                                  "scale": c_float(launch["attrs"]["scale"]),
-                                 "itype": index_type(launch["out"][2])},
+                                 "itype": index_type(launch["out"].shape)},
                   (cdiv(rows, WARPS), 1, 1), (THREADS, 1, 1))

@@ -40,7 +40,7 @@ def merge_launches(launches: list[dict], work_start: int | None = None) -> list[
 
 
 def _size(buf) -> int:
-    return prod(buf[2])
+    return prod(buf.shape)
 
 
 def _outs(launch: dict) -> list:
@@ -53,9 +53,9 @@ def _mergeable(launch: dict, work_start: int | None) -> bool:
     out = launch["out"]
     tensors = [b for b in (*_outs(launch), *launch["in"]) if _size(b) > 1]
     return (REGISTRY[launch["op"]].kind == "elementwise" and not {"perm", "shape"} & set(launch["attrs"])
-            and _size(out) > 1 and all(list(b[2]) == list(out[2]) for b in _outs(launch))
-            and all(_size(b) == 1 or list(b[2]) == list(out[2]) for b in launch["in"])
-            and (work_start is None or all(b[1] < work_start for b in tensors)))
+            and _size(out) > 1 and all(b.shape == out.shape for b in _outs(launch))
+            and all(_size(b) == 1 or b.shape == out.shape for b in launch["in"])
+            and (work_start is None or all(b.offset < work_start for b in tensors)))
 
 
 def _continues(prev: dict, nxt: dict, work_start: int | None) -> bool:
@@ -65,17 +65,17 @@ def _continues(prev: dict, nxt: dict, work_start: int | None) -> bool:
     if len(_outs(prev)) != len(_outs(nxt)):
         return False
     pairs = list(zip(_outs(prev), _outs(nxt))) + list(zip(prev["in"], nxt["in"]))
-    if any((_size(a) == 1) != (_size(b) == 1) or a[0] != b[0] for a, b in pairs):
+    if any((_size(a) == 1) != (_size(b) == 1) or a.dtype != b.dtype for a, b in pairs):
         return False
-    if any(a[:2] != b[:2] for a, b in pairs if _size(b) == 1):  # a scalar: the same one
+    if any(a.offset != b.offset for a, b in pairs if _size(b) == 1):  # a scalar: the same one
         return False
     tensors = [(a, b) for a, b in pairs if _size(b) > 1]
     # a tensor: the next one of its region, as many elements on as every other operand's next one,
     # which is where the widest operand's next slot starts (a bf16 weight copy lies as far into its
     # region as its float32 weight does into the params region, passes/memory.py)
-    widest = max((a for a, _ in tensors), key=lambda a: DTYPES[a[0]].bytes)
-    step = aligned(nbytes(widest)) // DTYPES[widest[0]].bytes
-    return all(b[1] == a[1] + step * DTYPES[a[0]].bytes for a, b in tensors)
+    widest = max((a for a, _ in tensors), key=lambda a: DTYPES[a.dtype].bytes)
+    step = aligned(nbytes(widest)) // DTYPES[widest.dtype].bytes
+    return all(b.offset == a.offset + step * DTYPES[a.dtype].bytes for a, b in tensors)
 
 
 def _computation(launch: dict) -> dict:
@@ -85,10 +85,10 @@ def _computation(launch: dict) -> dict:
 
 def _joined(prev: dict, nxt: dict) -> dict:
     """One launch over prev's range followed by nxt's (prev may already be a join)."""
-    total = (nxt["out"][1] + nbytes(nxt["out"]) - prev["out"][1]) // DTYPES[nxt["out"][0]].bytes
+    total = (nxt["out"].offset + nbytes(nxt["out"]) - prev["out"].offset) // DTYPES[nxt["out"].dtype].bytes
 
     def flat(buf):
-        return buf if _size(buf) == 1 else [buf[0], buf[1], [total]]
+        return buf if _size(buf) == 1 else buf._replace(shape=(total,))
 
     joined = {**prev, "out": flat(prev["out"]), "in": [flat(b) for b in prev["in"]],
               "attrs": dict(prev["attrs"], tensors=prev["attrs"].get("tensors", 1) + 1)}

@@ -37,7 +37,7 @@ def assign_streams(program: dict, grads: tuple[int, int]) -> None:
     launches = program["launches"]
     start, size = grads
     streams = [SIDE if launch["kind"] not in LIBRARY_KINDS
-               and all(start <= b[1] and b[1] + nbytes(b) <= start + size for b in _writes(launch)) else MAIN
+               and all(start <= b.offset and b.offset + nbytes(b) <= start + size for b in _writes(launch)) else MAIN
                for launch in launches]
     touched = [_touched(launch) for launch in launches]
     collective = [launch["kind"] == "collective" for launch in launches]
@@ -64,7 +64,7 @@ def _writes(launch: dict) -> list:
 def _touched(launch: dict) -> tuple[list, list, str | None]:
     """The byte ranges a launch reads and writes, and its kernel (None for a library call)."""
     def spans(buffers):
-        return [(b[1], b[1] + nbytes(b)) for b in buffers]
+        return [(b.offset, b.offset + nbytes(b)) for b in buffers]
     return spans(launch["in"]), spans(_writes(launch)), launch.get("cuda", {}).get("kernel")
 
 

@@ -66,12 +66,12 @@ class Cublas:
 
     def compute_type(self, g: dict) -> int:
         """float accumulation; TF32 tensor cores for float32 operands when asked for."""
-        return CUBLAS_COMPUTE_32F_FAST_TF32 if self.tf32 and g["a"][0] == "f32" else CUBLAS_COMPUTE_32F
+        return CUBLAS_COMPUTE_32F_FAST_TF32 if self.tf32 and g["a"].dtype == "f32" else CUBLAS_COMPUTE_32F
 
     def gemm(self, g: dict, a: int, b: int, c: int) -> None:
         """C = op(A) @ op(B) in cuBLAS's column-major terms; a, b, c are device pointers, and the
         dtypes are those of the plan buffers g["a"], g["b"], g["c"]."""
-        ta, tb, tc = (DTYPES[g[x][0]].cuda for x in "abc")
+        ta, tb, tc = (DTYPES[g[x].dtype].cuda for x in "abc")
         status = self._gemm(self.handle, g["transa"], g["transb"], g["m"], g["n"], g["k"],
                             ctypes.addressof(self.one), a, ta, g["lda"], g["stride_a"],
                             b, tb, g["ldb"], g["stride_b"], ctypes.addressof(self.zero),
@@ -112,7 +112,7 @@ class Cublas:
             set_attr(set_desc, desc, LT_DESC_AUX_DATA_TYPE, ctypes.c_int32(DTYPES[aux[1]].cuda))
 
         def layout(operand: str, rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
-            lay = new("MatrixLayout", ctypes.c_int(DTYPES[g[operand][0]].cuda), ctypes.c_uint64(rows),
+            lay = new("MatrixLayout", ctypes.c_int(DTYPES[g[operand].dtype].cuda), ctypes.c_uint64(rows),
                       ctypes.c_uint64(cols), ctypes.c_int64(ld))
             if g["batch"] > 1:
                 set_attr(lt.cublasLtMatrixLayoutSetAttribute, lay, LT_LAYOUT_BATCH_COUNT, ctypes.c_int32(g["batch"]))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..dtypes import DTYPES, nbytes
-from ..plan import Plan
+from ..plan import Buffer, Plan
 from . import check_arena_fits
 from .cublas import WORKSPACE_BYTES, Cublas
 from .dist import SingleWorld
@@ -123,12 +123,11 @@ class CudaBackend(WeightCopies):
         cp.cuda.Device().synchronize()
 
     # ---- binding the plan ----------------------------------------------------------------------
-    def view(self, buf):
-        name, off, shape = buf
-        return self.arena[off:off + nbytes(buf)].view(device_dtype(name)).reshape(shape)
+    def view(self, buf: Buffer):
+        return self.arena[buf.offset:buf.offset + nbytes(buf)].view(device_dtype(buf.dtype)).reshape(buf.shape)
 
-    def _pointer(self, buf) -> int:
-        return self.arena.data.ptr + buf[1]
+    def _pointer(self, buf: Buffer) -> int:
+        return self.arena.data.ptr + buf.offset
 
     def _bind(self, prog: dict) -> _Program:
         launches, pending = [], []  # pending: gradient buckets still being reduced
@@ -142,16 +141,16 @@ class CudaBackend(WeightCopies):
             waits = [done[j] for j in launch["waits"] if j in done]
             if launch["kind"] == "collective":
                 if self.collective:  # one process: the mean over ranks is the identity
-                    name, off, _ = launch["out"]
-                    padded = -(-nbytes(launch["out"]) // self.align) * self.align
-                    self.collective.add_to_bucket(launches, pending, name, off, padded, self, waits)
+                    out = launch["out"]
+                    padded = -(-nbytes(out) // self.align) * self.align
+                    self.collective.add_to_bucket(launches, pending, out.dtype, out.offset, padded, self, waits)
                     if i in done:  # a side launch waits for the reduction of its bucket
                         done[i] = launches[-1].done
                 else:
                     done.pop(i, None)
                 continue
             stream = streams[launch["stream"]]
-            if pending and any(grads_start <= b[1] < grads_start + grads_size for b in launch["in"]):
+            if pending and any(grads_start <= b.offset < grads_start + grads_size for b in launch["in"]):
                 launches.append(self.collective.join(pending, stream))
                 pending = []
             launches.append(_on_stream(self._bind_launch(launch), stream, self.stream, waits, done.get(i)))
@@ -159,7 +158,7 @@ class CudaBackend(WeightCopies):
             launches.append(self.collective.join(pending, self.stream))
 
         def staged(buffers):
-            return {name: (self.view(b), [self._pinned(tuple(b[2]), DTYPES[b[0]].numpy) for _ in range(SLOTS)])
+            return {name: (self.view(b), [self._pinned(b.shape, DTYPES[b.dtype].numpy) for _ in range(SLOTS)])
                     for name, b in buffers.items()}
         return _Program(launches, staged(prog["inputs"]), staged(prog["outputs"]),
                         [self.cp.cuda.Event(disable_timing=True) for _ in range(SLOTS)],
@@ -181,7 +180,7 @@ class CudaBackend(WeightCopies):
             g, epi = cuda["gemm"], cuda["epilogue"]
 
             def typed(b):  # (pointer, dtype) of a plan buffer, or None
-                return None if b is None else (self._pointer(b), b[0])
+                return None if b is None else (self._pointer(b), b.dtype)
             run = self.blas.lt_plan(g, self._pointer(g["a"]), self._pointer(g["b"]), self._pointer(g["c"]), epi["kind"],
                                     bias=typed(epi["bias"]), aux=typed(epi["aux"]),
                                     residual=None if epi["residual"] is None else self._pointer(epi["residual"]))
@@ -253,7 +252,7 @@ class CudaBackend(WeightCopies):
     # ---- persistent tensors --------------------------------------------------------------------
     def tensor(self, name: str, grad: bool = False):
         t = next(t for t in self.plan.tensors if t["name"] == name)
-        return self.view([t["dtype"], t["grad"] if grad else t["offset"], t["shape"]])
+        return self.view(Buffer.of_tensor(t, grad))
 
     def set_tensor(self, name: str, value: np.ndarray) -> None:
         self.sync()
@@ -283,7 +282,7 @@ class CudaBackend(WeightCopies):
     def region(self, name: str):
         """A region of float32 tensors (params, grads, state) as one flat array."""
         start, size = self.plan.data["arena"]["regions"][name]
-        return self.view(["f32", start, [size // DTYPES["f32"].bytes]])
+        return self.view(Buffer("f32", start, (size // DTYPES["f32"].bytes,)))
 
 
 class _Nccl:
@@ -349,7 +348,7 @@ class _HostReduce(_Nccl):
         for event in bucket.waits:
             backend.stream.wait_event(event)
         dt = DTYPES[bucket.dtype]
-        view = backend.view([bucket.dtype, bucket.offset, [bucket.count // dt.bytes]])
+        view = backend.view(Buffer(bucket.dtype, bucket.offset, (bucket.count // dt.bytes,)))
         host = self.cp.asnumpy(view, stream=backend.stream, blocking=True).view(dt.numpy)
         self.world.allreduce_mean(host)
         view.set(host.view(view.dtype), stream=backend.stream)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..dtypes import DTYPES, nbytes, numel, padded
 from ..numpy_ops import BY_OP
-from ..plan import Plan
+from ..plan import Buffer, Plan
 from . import check_arena_fits
 from .dist import SingleWorld
 from .weight_copies import WeightCopies
@@ -59,18 +59,17 @@ class NumpyBackend(WeightCopies):
         self.align = plan.data["arena"]["align"]
         consts = plan.data["consts"]
         for off, value in consts["values"]:
-            self.view([consts["dtype"], off, []])[...] = value
+            self.view(Buffer(consts["dtype"], off, ()))[...] = value
         self._programs = {name: self._bind(prog) for name, prog in plan.data["programs"].items()}
 
     def host_dtype(self, name: str) -> np.dtype:
         return self.dtype if name == "f32" else DTYPES[name].numpy
 
-    def view(self, buf) -> np.ndarray:
-        name, off, shape = buf
-        dt, step = self.host_dtype(name), DTYPES[name].bytes * self.scale  # bytes from one element to the next
-        start = off * self.scale
-        flat = self.arena[start:start + numel(shape) * step].view(dt)
-        return (flat if step == dt.itemsize else flat[::step // dt.itemsize]).reshape(shape)
+    def view(self, buf: Buffer) -> np.ndarray:
+        dt, step = self.host_dtype(buf.dtype), DTYPES[buf.dtype].bytes * self.scale  # bytes from one element to the next
+        start = buf.offset * self.scale
+        flat = self.arena[start:start + numel(buf.shape) * step].view(dt)
+        return (flat if step == dt.itemsize else flat[::step // dt.itemsize]).reshape(buf.shape)
 
     def _bind(self, prog: dict):
         steps, bucket = [], None  # bucket: [offset, bytes] of adjacent gradients reduced together
@@ -78,7 +77,7 @@ class NumpyBackend(WeightCopies):
             if launch["kind"] == "collective":
                 if self.world.size == 1:
                     continue  # one process: the mean over ranks is the identity
-                name, off, _ = launch["out"]
+                name, off = launch["out"].dtype, launch["out"].offset
                 slot = padded(nbytes(launch["out"]), self.align)
                 last = steps[-1] if steps and steps[-1][0] == "allreduce" and steps[-1][1] == name else None
                 bucket = _extend(last[2] if last else None, off, slot)
@@ -86,7 +85,7 @@ class NumpyBackend(WeightCopies):
                     steps.append(("allreduce", name, bucket))
                 continue
             ins = [self.view(b) for b in launch["in"]]
-            widen = [i for i, b in enumerate(launch["in"]) if b[0] != "f32" and DTYPES[b[0]].is_float]
+            widen = [i for i, b in enumerate(launch["in"]) if b.dtype != "f32" and DTYPES[b.dtype].is_float]
             outs = [self.view(b) for b in launch.get("outs", [launch["out"]])]
             steps.append(("launch", BY_OP[launch["op"]], launch["attrs"], ins, widen, outs))
         inputs = {k: self.view(b) for k, b in prog["inputs"].items()}
@@ -97,7 +96,7 @@ class NumpyBackend(WeightCopies):
     def tensor(self, name: str, grad: bool = False) -> np.ndarray:
         """A persistent tensor (parameter, its gradient, optimizer state) as a live view."""
         t = next(t for t in self.plan.tensors if t["name"] == name)
-        return self.view([t["dtype"], t["grad"] if grad else t["offset"], t["shape"]])
+        return self.view(Buffer.of_tensor(t, grad))
 
     def set_tensor(self, name: str, value: np.ndarray) -> None:
         self.tensor(name)[...] = value
@@ -115,7 +114,7 @@ class NumpyBackend(WeightCopies):
     def region(self, name: str) -> np.ndarray:
         """A region of float32 tensors (params, grads, state) as one flat array."""
         start, size = self.plan.data["arena"]["regions"][name]
-        return self.view(["f32", start, [size // DTYPES["f32"].bytes]])
+        return self.view(Buffer("f32", start, (size // DTYPES["f32"].bytes,)))
 
     def run(self, program: str, feeds: dict[str, np.ndarray | float], fetch=None) -> dict[str, np.ndarray]:
         """Run `program`; its outputs, or those named in `fetch`."""
@@ -131,7 +130,7 @@ class NumpyBackend(WeightCopies):
         for step in steps:
             if step[0] == "allreduce":  # a bucket of gradients to average over the ranks
                 _, name, (off, n) = step
-                self.world.allreduce_mean(self.view([name, off, [n // DTYPES[name].bytes]]))
+                self.world.allreduce_mean(self.view(Buffer(name, off, (n // DTYPES[name].bytes,))))
             else:
                 _, ref, attrs, ins, widen, outs = step
                 if widen:  # narrow floats are read as float32, as a kernel loads them

@@ -88,7 +88,7 @@ def _describe(launch: dict | None) -> tuple[str, int, int]:
         name += {"gelu_aux": " +gelu", "gelu_aux_bias": " +gelu", "dgelu": " +gelu_grad"}.get(epilogue.get("kind"), "")
         written = launch.get("outs", [launch["out"]])  # a GELU epilogue also writes its pre-activation
         return name, sum(nbytes(b) for b in [*written, *launch["in"]]), 2 * g["m"] * g["n"] * g["k"] * g["batch"]
-    buffers = {(b[0], b[1], tuple(b[2])) for b in [launch["out"], *launch["in"]]}
+    buffers = {launch["out"], *launch["in"]}
     return f"{launch['cuda']['kernel']} ({launch['op']})", sum(nbytes(b) for b in buffers), 0
 
 
