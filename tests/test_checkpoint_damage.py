@@ -158,11 +158,12 @@ def snapshot(directory) -> dict:
 
 @pytest.fixture(scope="module")
 def pristine(plan_and_data, tmp_path_factory):
-    """Checkpoints of steps 2 and 4, and the state an uninterrupted run has at step 6."""
+    """Checkpoints of steps 2 and 4, and the state an uninterrupted run has at step 6 (one learning-rate
+    schedule for both, which the checkpoints keep: the rate would otherwise decay over each run's --steps)."""
     base = tmp_path_factory.mktemp("runs")
-    proc = train(plan_and_data, "--steps", "4", "--save-every", "2", "--save", str(base / "run"))
+    proc = train(plan_and_data, "--steps", "4", "--decay-steps", "6", "--save-every", "2", "--save", str(base / "run"))
     assert proc.returncode == 0, proc.stderr
-    proc = train(plan_and_data, "--steps", "6", "--save", str(base / "whole"))
+    proc = train(plan_and_data, "--steps", "6", "--decay-steps", "6", "--save", str(base / "whole"))
     assert proc.returncode == 0, proc.stderr
     return base / "run", CheckpointDir(base / "whole").load(load_plan(plan_and_data[0]).digest)
 
