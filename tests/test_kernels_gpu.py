@@ -173,7 +173,7 @@ def test_kernels_match_numpy_references(name):
     files = lower_plan(data)
     modules = {path: cp.RawModule(code=source, options=NVRTC_OPTIONS) for path, source in files.items()}
     rng = np.random.default_rng(0)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
         checks = [pool.submit(_compare, *_launch_twice(cp, modules, launch, rng)) for launch in _distinct_launches(data)]
         failures = [f for check in checks if (f := check.result())]
     assert not failures, "\n".join(failures)

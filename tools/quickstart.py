@@ -10,7 +10,8 @@ and generate a sample at the end.
 
 Nothing is hidden: the two commands it runs (tools/compile.py and python -m graphgpt.run) are
 printed before they run, with every setting, to be run and changed by hand. The compile report
-goes to DIR/plan/report.txt, with one line on screen; DIR/log.jsonl holds the run's records.
+goes to DIR/plan/report.txt, with one line on screen; DIR/log-N.jsonl holds the run's records
+(N counts the quick starts run into DIR).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
 from graphgpt import plan as plan_io  # noqa: E402
-from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
+from graphgpt.errors import ArgumentParser, reported  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.runtime import cuda_available  # noqa: E402
 
@@ -47,7 +48,7 @@ def parse_args(argv):
         "Compile model.py (a small version of it on the CPU), train it on graphgpt's own source with a "
         "held-out tenth, print the held-out loss as it falls and a sample."))
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), metavar="DIR",
-                   help="where the plan and the log go (default: runs/quickstart/); must not hold an earlier quick start")
+                   help="where the plan and the logs go (default: runs/quickstart/)")
     p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto",
                    help="auto: the GPU when CuPy sees one (the full model), else NumPy (the small one)")
     p.add_argument("--steps", type=int, metavar="N", help="training steps (default: 800 on the CPU, 1000 on a GPU)")
@@ -67,9 +68,7 @@ def quickstart(args) -> int:
     backend = "cuda" if gpu else "numpy"
     settings = dict(GPU_RUN if gpu else CPU_RUN)
     steps = args.steps or settings["steps"]
-    plan, log = args.out / "plan", args.out / "log.jsonl"
-    if log.exists():
-        raise UserError(f"{args.out} holds an earlier quick start ({log}); remove it or choose another --out")
+    plan, log = args.out / "plan", _new_log(args.out)
 
     sets = [word for pair in (FULL_MODEL if gpu else SMALL_MODEL) + UPDATE for word in ("--set", pair)]
     compile_cmd = [sys.executable, str(ROOT / "tools" / "compile.py"), str(ROOT / "model.py"), "--out", str(plan), *sets]
@@ -99,6 +98,15 @@ def quickstart(args) -> int:
     print(_curve(log))
     print("next: the README's nanoGPT-style recipe (Training) trains a character model for 5000 steps")
     return 0
+
+
+def _new_log(out: Path) -> Path:
+    """DIR/log-N.jsonl, the first N free: a quick start run again keeps the earlier runs' logs (its
+    plan, which tools/compile.py writes whole, is compiled again)."""
+    n = 1
+    while os.path.lexists(out / f"log-{n}.jsonl"):
+        n += 1
+    return out / f"log-{n}.jsonl"
 
 
 def _shown(cmd: list[str]) -> str:
