@@ -40,7 +40,7 @@ import numpy as np
 
 from . import hf
 from .errors import UserError
-from .fsutil import atomic_write_text, fsync_dir, scratch_dir
+from .fsutil import atomic_write_text, fsync_dir, process_alive, scratch_dir
 from .tensor_files import load_safetensors, save_safetensors, save_seed_weights
 
 FORMAT = "graphgpt-checkpoint"
@@ -522,15 +522,7 @@ def _writer_alive(pid: int) -> bool:
     counts as dead: this process makes one checkpoint at a time and clears its temporaries on any
     exception, so one with our pid was left by an earlier process that had the same pid (a
     container's first process, restarted)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        pass  # another user's live process, or a number no process has: not ours to remove either way
-    return True
+    return pid != os.getpid() and process_alive(pid)
 
 
 def describe_weights(path, weights: dict[str, np.ndarray]) -> str:

@@ -77,3 +77,16 @@ def scratch_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists: a temporary named for a live writer is not a
+    leftover. Another user's process, or a number no process can have, counts as alive: not ours
+    to clear up either way."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

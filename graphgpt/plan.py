@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .errors import UserError
-from .fsutil import fsync_dir
+from .fsutil import fsync_dir, process_alive
 
 # 2: one byte-addressed arena, buffers [dtype, byte offset, shape]; 3: the generation programs
 # decode with key/value caches (caches, decode, cast_weights) and give their greedy next tokens;
@@ -238,7 +238,7 @@ def _remove_leftovers(out_dir: Path) -> None:
     that is gone."""
     for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*"):
         writer = _writer(path)
-        if writer is None or _alive(writer):
+        if writer is None or process_alive(writer):
             continue
         if path.name.endswith(".staging") or path.name.endswith(".old") and out_dir.exists():
             _remove_temporary(path)
@@ -252,16 +252,6 @@ def _writer(path: Path) -> int | None:
     except (OSError, UnicodeDecodeError):
         return None
     return int(found.group(1)) if found and not marker.is_symlink() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def replace_dir(new: Path, target: Path) -> None:

@@ -57,6 +57,24 @@ def run_cli(*args, cwd=ROOT, timeout=300):
                           timeout=timeout)
 
 
+def word_plan(base: Path, *extra: str) -> tuple[Path, Path]:
+    """A tiny plan (TINY, then `extra`) compiled into base/plan from a corpus of made-up words,
+    base/corpus.txt: (plan directory, corpus)."""
+    corpus = base / "corpus.txt"
+    corpus.write_text(" ".join(f"w{i % 37} q{i % 11}" for i in range(600)) + ". the end.")
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(base / "plan"), "--data", str(corpus),
+                   *sets([*TINY, *extra]))
+    assert proc.returncode == 0, proc.stderr
+    return base / "plan", corpus
+
+
+def train_numpy(plan_and_corpus: tuple[Path, Path], *args):
+    """python -m graphgpt.run on `word_plan`'s plan and corpus, on the NumPy backend, generating nothing."""
+    plan, corpus = plan_and_corpus
+    return run_cli("-m", "graphgpt.run", "--plan", str(plan), "--data", str(corpus), "--backend", "numpy",
+                   "--generate", "0", *args)
+
+
 def assert_user_error(proc, *fragments):
     """Bad input: exit status 2 and one line on stderr, `error: ...`, holding every fragment."""
     assert proc.returncode == 2, proc.stderr + proc.stdout

@@ -15,7 +15,7 @@ from graphgpt.checkpoint import MODEL, OPTIMIZER, CheckpointDir, Layout, Trainin
 from graphgpt.errors import UserError
 from graphgpt.plan import load as load_plan
 from graphgpt.tensor_files import load_safetensors, save_safetensors
-from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, sets
+from tests.conftest import assert_user_error, run_cli, train_numpy, word_plan
 
 DIGEST = "d1" * 32
 META = {"seed": int, "data_tokens": int, "sampler": dict, "best": (dict, type(None))}
@@ -136,19 +136,10 @@ def test_a_checkpoint_of_another_plan_is_refused_not_skipped(tmp_path):
 
 @pytest.fixture(scope="module")
 def plan_and_data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("damage")
-    corpus = base / "corpus.txt"
-    corpus.write_text(" ".join(f"w{i % 37} q{i % 11}" for i in range(600)) + ". the end.")
-    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(base / "plan"), "--data", str(corpus),
-                   *sets(TINY + ["lr=3e-3"]))
-    assert proc.returncode == 0, proc.stderr
-    return base / "plan", corpus
+    return word_plan(tmp_path_factory.mktemp("damage"), "lr=3e-3")
 
 
-def train(plan_and_data, *args):
-    plan, corpus = plan_and_data
-    return run_cli("-m", "graphgpt.run", "--plan", str(plan), "--data", str(corpus), "--backend", "numpy",
-                   "--generate", "0", *args)
+train = train_numpy
 
 
 def snapshot(directory) -> dict:

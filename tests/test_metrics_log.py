@@ -9,7 +9,7 @@ import pytest
 
 from graphgpt.errors import UserError
 from graphgpt.monitor import MetricsLog, log_header, new_run_id
-from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, sets
+from tests.conftest import assert_user_error, train_numpy, word_plan
 
 PLAN = "ab" * 32
 
@@ -123,18 +123,10 @@ def test_a_fifo_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def plan_and_data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("log")
-    corpus = base / "d.txt"
-    corpus.write_text(" ".join(f"w{i % 37} q{i % 11}" for i in range(600)) + ". the end.")
-    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(base / "plan"), "--data", str(corpus), *sets(TINY))
-    assert proc.returncode == 0, proc.stderr
-    return base / "plan", corpus
+    return word_plan(tmp_path_factory.mktemp("log"))
 
 
-def train(plan_and_data, *args):
-    plan, corpus = plan_and_data
-    return run_cli("-m", "graphgpt.run", "--plan", str(plan), "--data", str(corpus), "--backend", "numpy",
-                   "--generate", "0", *args)
+train = train_numpy
 
 
 @pytest.mark.parametrize("checkpointed", [False, True], ids=["new run", "run with a checkpoint"])

@@ -12,24 +12,16 @@ import pytest
 from graphgpt.checkpoint import CheckpointDir
 from graphgpt.errors import UserError
 from graphgpt.plan import load as load_plan
-from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, fill, run_cli, sets
+from tests.conftest import assert_user_error, fill, train_numpy, word_plan
 from tests.test_checkpoint_dir import DIGEST, assert_same_state, save, small_state
 
 
 @pytest.fixture(scope="module")
 def plan_and_data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("io")
-    corpus = base / "corpus.txt"
-    corpus.write_text(" ".join(f"w{i % 37} q{i % 11}" for i in range(600)) + ". the end.")
-    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(base / "plan"), "--data", str(corpus), *sets(TINY))
-    assert proc.returncode == 0, proc.stderr
-    return base / "plan", corpus
+    return word_plan(tmp_path_factory.mktemp("io"))
 
 
-def train(plan_and_data, *args):
-    plan, corpus = plan_and_data
-    return run_cli("-m", "graphgpt.run", "--plan", str(plan), "--data", str(corpus), "--backend", "numpy",
-                   "--generate", "0", *args)
+train = train_numpy
 
 
 def snapshot(directory) -> dict:

@@ -35,7 +35,7 @@ from graphgpt.data import (META_FILE, TOKEN_FORMAT, TOKEN_FORMAT_VERSION, TRAIN_
                            encoded_pieces, heldout_cut, open_data, read_token_meta, token_dtype,
                            tokenizer_digest, unknown_note)
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
-from graphgpt.fsutil import fsync_dir  # noqa: E402
+from graphgpt.fsutil import fsync_dir, process_alive  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
 
@@ -203,7 +203,7 @@ def remove_stale_staging(out: Path) -> None:
         if not match or entry.is_symlink() or not entry.is_dir():
             continue
         pid = int(match.group(1))
-        if pid != os.getpid() and _alive(pid):  # a prepare at work right now
+        if pid != os.getpid() and process_alive(pid):  # a prepare at work right now
             continue
         marker, expected = entry / MARKER, _marker_text(pid)
         if marker.is_symlink() or not marker.is_file():
@@ -217,16 +217,6 @@ def remove_stale_staging(out: Path) -> None:
         with contextlib.suppress(OSError):  # not empty: it holds something prepare.py did not write
             entry.rmdir()
             print(f"removed {entry}, left by an interrupted prepare (pid {pid})")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _marker_text(pid: int) -> bytes:
