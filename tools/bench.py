@@ -191,11 +191,12 @@ class TorchRunner:
                  device: str = "cuda"):
         import torch
         from tools.torch_gpt2 import GPT2, load_weights, make_optimizer, train_step, use_precision
+        from tools.torch_llama import Llama, is_llama
         self.torch, self.train_step, self.device = torch, train_step, torch.device(device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self.autocast = use_precision(precision)
-        model = GPT2.from_config(plan.config).to(self.device)
+        model = (Llama.from_plan(plan) if is_llama(plan) else GPT2.from_config(plan.config)).to(self.device)
         load_weights(model, weights)
         self.optimizer = make_optimizer(model, optimizer, plan.optimizer)
         self.model = torch.compile(model) if compiled else model
