@@ -173,7 +173,22 @@ def plan_data(name: str) -> dict:
     return data
 
 
-@pytest.fixture(scope="module", params=["tiny", "default", "default-bf16", "synthetic", "synthetic-bf16"])
+# The plans whose kernels NVRTC compiles here and tests/test_kernels_gpu.py runs against NumPy
+KERNEL_PLANS = ("tiny", "gpt2-124M", "default", "default-bf16", "synthetic", "synthetic-bf16")
+
+
+def test_every_family_and_every_op_it_renders_is_compiled_and_run_on_the_gpu():
+    """A new op or template family must come with launches in these plans (the synthetic ones take
+    any op), so it is compiled in CI and checked against NumPy on the GPU before it ships."""
+    launched = {launch["op"] for name in KERNEL_PLANS for program in plan_data(name)["programs"].values()
+                for launch in program["launches"]}
+    rendered = {name for name, op in REGISTRY.items() if op.template}
+    assert rendered <= launched, f"ops with a template but no launch here: {sorted(rendered - launched)}"
+    families = {p.name.removesuffix(".cu.j2") for p in (ROOT / "templates").glob("*.cu.j2")} - {"common"}
+    assert families == {REGISTRY[op].template for op in rendered}, "a template no op renders, or the reverse"
+
+
+@pytest.fixture(scope="module", params=[name for name in KERNEL_PLANS if name != "gpt2-124M"])
 def lowered(request):
     data = plan_data(request.param)
     before = copy.deepcopy(data)

@@ -25,7 +25,7 @@ from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
 from graphgpt.dtypes import DTYPES
 from graphgpt.ops import REGISTRY
 from graphgpt.plan import Buffer
-from tests.test_kernels_compile import _launch, plan_data
+from tests.test_kernels_compile import KERNEL_PLANS, _launch, plan_data
 
 pytestmark = pytest.mark.gpu
 RTOL = {"f32": 1e-5, "bf16": 2.0**-10}
@@ -163,7 +163,7 @@ def _compare(launch: dict, out_bufs: list, host: list, before, results: list) ->
     return None
 
 
-@pytest.mark.parametrize("name", ["tiny", "gpt2-124M", "default", "default-bf16", "synthetic", "synthetic-bf16"])
+@pytest.mark.parametrize("name", KERNEL_PLANS)
 def test_kernels_match_numpy_references(name):
     """The launches run one after another on the GPU; their float64 references, most of the time
     at GPT-2 124M's shapes, are computed on threads meanwhile (NumPy's large array operations let
