@@ -312,7 +312,8 @@ def causal_attention_grad_kv(attrs, *xs):
 @reference("cache_update")
 def cache_update(attrs, cache, *xs):
     """xs: the packed qkv or k and v, then the position when decoding."""
-    (_, k, v), position = _split_qkv(xs)
+    packed = xs[0].ndim == 5
+    (k, v), position = ((xs[0][:, :, 1], xs[0][:, :, 2]), xs[1:]) if packed else (xs[:2], xs[2:])
     out = cache.copy()
     p = int(position[0]) if position else 0
     rows = out[:, p:p + k.shape[1]]  # positions past the cache's end are not kept
