@@ -151,13 +151,18 @@ def causal_attention(*args, **kwargs) -> Value:
     (B, T, 3, H, D) (the QKV projection's output, reshaped). `dropout` drops attention
     probabilities inside the kernels, in the training program only. In the generation programs the
     keys and values also go to this layer's cache, and decoding attends over it."""
+    tracer = _tracer()
     tensors = 0
     while tensors < len(args) and isinstance(args[tensors], Value):
         tensors += 1
     if tensors not in (1, 3):
         raise GraphError(f"{user_line()}: causal_attention takes packed qkv or q, k and v, not {tensors} tensors")
-    qkv, scale, dropout = tuple(args[:tensors]), *_attention_options(*args[tensors:], **kwargs)
-    tracer, graph = _tracer(), qkv[0].graph
+    try:
+        scale, dropout = _attention_options(*args[tensors:], **kwargs)
+    except TypeError:
+        raise GraphError(f"{user_line()}: causal_attention takes (q, k, v, scale, dropout=0.0) or "
+                         "(qkv, scale, dropout=0.0)") from None
+    qkv, graph = tuple(args[:tensors]), args[0].graph
     if tracer.caches is not None:
         return _cached(tracer, qkv, scale)
     if dropout and tracer.training:

@@ -116,6 +116,8 @@ def test_the_dsl_takes_packed_or_separate_tensors():
         assert causal_attention(q, kv, kv, scale=0.25, dropout=0.1).shape == (2, 8, 4, 16)
         with pytest.raises(GraphError, match="packed qkv or q, k and v, not 2 tensors"):
             causal_attention(q, kv, 0.25)
+        with pytest.raises(GraphError, match=r"takes \(q, k, v, scale, dropout=0.0\) or \(qkv, scale"):
+            causal_attention(q, kv, kv, dropout=0.1)
     trace(build, FLOAT)
 
 
