@@ -19,6 +19,9 @@ from tests.conftest import ROOT, TINY
 
 PLANS = {"tiny": TINY, "default": [], "default-bf16": ["dtype=bf16"],
          "gpt2-124M": ["n_layer=1", "n_head=12", "n_embd=768", "block_size=1024", "batch_size=2", "vocab_size=50304"]}
+# tests/gqa_model.py, grouped-query attention with dropout, at head dim 64: bf16 takes the tensor cores
+GQA = ["n_layer=1", "n_head=4", "n_kv_head=2", "n_embd=256", "block_size=64", "vocab_size=128", "dropout=0.1"]
+GQA_PLANS = {"gqa": GQA, "gqa-bf16": [*GQA, "dtype=bf16"]}
 MAX_GRID = (2**31 - 1, 65535, 65535)
 MAX_SMEM = 227 << 10  # an H200 block's shared memory, static and dynamic
 
@@ -187,7 +190,8 @@ def plan_data(name: str) -> dict:
     """The plan's launches as the passes leave them: the compiler's own kernel lowering taken out."""
     if name.startswith("synthetic"):
         return synthetic_plan("bf16" if name.endswith("bf16") else "f32")
-    data = compile_model(ROOT / "model.py", PLANS[name], log=lambda *a: None).data
+    model, overrides = (ROOT / "tests" / "gqa_model.py", GQA_PLANS[name]) if name in GQA_PLANS else (ROOT / "model.py", PLANS[name])
+    data = compile_model(model, overrides, log=lambda *a: None).data
     for program in data["programs"].values():
         for launch in program["launches"]:
             if REGISTRY[launch["op"]].kind not in LIBRARY_KINDS:
@@ -195,7 +199,7 @@ def plan_data(name: str) -> dict:
     return data
 
 
-@pytest.fixture(scope="module", params=["tiny", "default", "default-bf16", "synthetic", "synthetic-bf16"])
+@pytest.fixture(scope="module", params=["tiny", "default", "default-bf16", "gqa-bf16", "synthetic", "synthetic-bf16"])
 def lowered(request):
     data = plan_data(request.param)
     before = copy.deepcopy(data)

@@ -1,7 +1,7 @@
 """Every rendered kernel against its op's NumPy reference, on the GPU.
 
 For each distinct (kernel, buffer shapes) launch of the tiny, a GPT-2 124M-shaped and the default
-plan (float32 and bf16), and of the synthetic launches of test_kernels_compile: fresh random
+plan (float32 and bf16), of a grouped-query model's (tests/gqa_model.py), and of the synthetic launches of test_kernels_compile: fresh random
 inputs of each buffer's dtype in their own arrays (placed at the launch's offset modulo 16 bytes,
 so alignment is what the plan has), an output poisoned with NaN, two launches (the second checks
 that reductions reset their tickets and give the same bits), and the float64 reference rounded
@@ -166,7 +166,8 @@ def _compare(launch: dict, out_bufs: list, host: list, before, results: list) ->
     return None
 
 
-@pytest.mark.parametrize("name", ["tiny", "gpt2-124M", "default", "default-bf16", "synthetic", "synthetic-bf16"])
+@pytest.mark.parametrize("name", ["tiny", "gpt2-124M", "default", "default-bf16", "gqa", "gqa-bf16", "synthetic",
+                                  "synthetic-bf16"])
 def test_kernels_match_numpy_references(name):
     """The launches run one after another on the GPU; their float64 references, most of the time
     at GPT-2 124M's shapes, are computed on threads meanwhile (NumPy's large array operations let
