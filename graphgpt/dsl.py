@@ -141,38 +141,59 @@ def causal_softmax(scores: Value, scale: float) -> Value:
     return scores.graph.add("causal_softmax", (scores,), scale=float(scale))
 
 
-def causal_attention(qkv: Value, scale: float, dropout: float = 0.0) -> Value:
-    """Per head, softmax(scale * q k^T with future keys masked out) v, from q, k and v packed as
-    (B, T, 3, H, D) (the QKV projection's output, reshaped), as (B, T, H, D): one fused op that never
-    stores the (T, T) scores (its log-sum-exp per query is kept for the backward). `dropout` drops
-    attention probabilities inside the kernels, in the training program only. In the generation
-    programs the keys and values also go to this layer's cache, and decoding attends over it."""
+def causal_attention(*args, **kwargs) -> Value:
+    """causal_attention(q, k, v, scale, dropout=0.0) or causal_attention(qkv, scale, dropout=0.0).
+
+    Per query head, softmax(scale * q k^T with future keys masked out) v, as (B, T, H, D): one fused
+    op that never stores the (T, T) scores (its log-sum-exp per query is kept for the backward).
+    q is (B, T, H, D) and k and v (B, T, Hkv, D), Hkv dividing H: grouped-query attention, query
+    head h reading key/value head h // (H / Hkv) in place, never a copy. Or q, k and v packed as
+    (B, T, 3, H, D) (the QKV projection's output, reshaped). `dropout` drops attention
+    probabilities inside the kernels, in the training program only. In the generation programs the
+    keys and values also go to this layer's cache, and decoding attends over it."""
     tracer = _tracer()
+    tensors = 0
+    while tensors < len(args) and isinstance(args[tensors], Value):
+        tensors += 1
+    if tensors not in (1, 3):
+        raise GraphError(f"{user_line()}: causal_attention takes packed qkv or q, k and v, not {tensors} tensors")
+    try:
+        scale, dropout = _attention_options(*args[tensors:], **kwargs)
+    except TypeError:
+        raise GraphError(f"{user_line()}: causal_attention takes (q, k, v, scale, dropout=0.0) or "
+                         "(qkv, scale, dropout=0.0)") from None
+    qkv, graph = tuple(args[:tensors]), args[0].graph
     if tracer.caches is not None:
-        return _cached(tracer, qkv, float(scale))
+        return _cached(tracer, qkv, scale)
     if dropout and tracer.training:
         site, seed, counter = tracer.dropout_site()
-        out, _lse = qkv.graph.add("causal_attention", (qkv, seed, counter), scale=float(scale),
-                                  dropout=_probability(dropout), site=site)
+        out, _lse = graph.add("causal_attention", (*qkv, seed, counter), scale=scale,
+                              dropout=_probability(dropout), site=site)
     else:
-        out, _lse = qkv.graph.add("causal_attention", (qkv,), scale=float(scale))
+        out, _lse = graph.add("causal_attention", qkv, scale=scale)
     return out
 
 
-def _cached(tracer: Tracer, qkv: Value, scale: float) -> Value:
-    """causal_attention in a generation program: the new keys and values are written into this
-    layer's cache in place (an update of the cache), and a decoding step reads them back from it."""
-    caches, graph = tracer.caches, qkv.graph
-    b, _, _, h, d = qkv.shape
-    cache = graph.add("cache", name=f"kv_cache.{caches.layers}", shape=(b, caches.length, 2, h, d), dtype=qkv.dtype)
+def _attention_options(scale: float, dropout: float = 0.0) -> tuple[float, float]:
+    return float(scale), dropout
+
+
+def _cached(tracer: Tracer, qkv: tuple[Value, ...], scale: float) -> Value:
+    """causal_attention in a generation program: the new keys and values (of the packed qkv, or k
+    and v) are written into this layer's cache of Hkv heads in place (an update of the cache), and
+    a decoding step reads them back from it."""
+    caches, graph = tracer.caches, qkv[0].graph
+    kv = qkv[-1].shape  # (B, T, 3, H, D) or v's (B, T, Hkv, D): the cache's heads and head dim last
+    cache = graph.add("cache", name=f"kv_cache.{caches.layers}", shape=(kv[0], caches.length, 2, *kv[-2:]),
+                      dtype=qkv[0].dtype)
     caches.layers += 1
     position = () if caches.position is None else (caches.position,)
-    written = graph.add("cache_update", (cache, qkv, *position))
+    written = graph.add("cache_update", (cache, *(qkv if len(qkv) == 1 else qkv[1:]), *position))
     graph.updates[cache.id] = written.id
     if caches.position is None:
-        out, _lse = graph.add("causal_attention", (qkv,), scale=scale)
+        out, _lse = graph.add("causal_attention", qkv, scale=scale)
         return out
-    return graph.add("cached_attention", (qkv, written, caches.position), scale=scale)
+    return graph.add("cached_attention", (qkv[0], written, caches.position), scale=scale)
 
 
 def position_rows(table: Value, t: int) -> Value:

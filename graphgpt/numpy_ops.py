@@ -230,16 +230,35 @@ def dropout(attrs, x, seed, counter):
     return np.where(keep, x * keep_scale(attrs["p"]), 0.0).astype(x.dtype)
 
 
-# ---- fused causal attention over packed (B, T, 3, H, D) q, k, v --------------------------------
+# ---- fused causal attention: packed (B, T, 3, H, D) q, k, v, or q (B, T, H, D), k, v (B, T, Hkv, D)
 def _heads(x):
     """(B, T, H, D) -> (B, H, T, D) and back: the per-head matrices."""
     return np.swapaxes(x, 1, 2)
 
 
-def _attention_probs(attrs, qkv, lse=None):
-    """Per head: q, k, v, the scaled causal scores' softmax (through the saved log-sum-exp when
-    given) and the log-sum-exp."""
-    q, k, v = (_heads(qkv[:, :, i]) for i in range(3))
+def _split_qkv(xs):
+    """q, k, v of an attention's inputs (packed: one 5-D array; separate: three), and the rest."""
+    if xs[0].ndim == 5:
+        return tuple(xs[0][:, :, i] for i in range(3)), xs[1:]
+    return tuple(xs[:3]), xs[3:]
+
+
+def _grouped(x, h: int):
+    """Key/value heads (B, Hkv, ..., D) as the H query heads read them: query head i reads head i // (H / Hkv)."""
+    return np.repeat(x, h // x.shape[1], axis=1)
+
+
+def _group_sums(x, hkv: int):
+    """Per-query-head gradients (B, H, T, D) summed over each key/value head's group."""
+    b, h, t, d = x.shape
+    return x.reshape(b, hkv, h // hkv, t, d).sum(2)
+
+
+def _attention_probs(attrs, q, k, v, lse=None):
+    """Per query head: q, k, v (the key/value heads repeated over their groups), the scaled causal
+    scores' softmax (through the saved log-sum-exp when given) and the log-sum-exp."""
+    q = _heads(q)
+    k, v = (_grouped(_heads(x), q.shape[1]) for x in (k, v))
     t = q.shape[-2]
     s = np.where(np.tri(t, dtype=bool), (q @ np.swapaxes(k, -1, -2)) * attrs["scale"], -np.inf)
     if lse is None:
@@ -261,42 +280,55 @@ def _score_grads(attrs, p, v, g, delta, rng):
 
 
 @reference("causal_attention")
-def causal_attention(attrs, qkv, *rng):
-    _, _, v, p, lse = _attention_probs(attrs, qkv)
+def causal_attention(attrs, *xs):
+    qkv, rng = _split_qkv(xs)
+    _, _, v, p, lse = _attention_probs(attrs, *qkv)
     return _heads((p * _attention_dropout(attrs, p, rng)) @ v), lse
 
 
 @reference("causal_attention_grad_q")
-def causal_attention_grad_q(attrs, qkv, out, lse, g, *rng):
-    _, k, v, p, _ = _attention_probs(attrs, qkv, lse)
+def causal_attention_grad_q(attrs, *xs):
+    qkv, (out, lse, g, *rng) = _split_qkv(xs)
+    _, k, v, p, _ = _attention_probs(attrs, *qkv, lse)
     g = _heads(g)
     delta = (g * _heads(out)).sum(-1)
     return _heads(attrs["scale"] * (_score_grads(attrs, p, v, g, delta, rng) @ k)), delta
 
 
 @reference("causal_attention_grad_kv")
-def causal_attention_grad_kv(attrs, qkv, lse, g, delta, dq, *rng):
-    q, _, v, p, _ = _attention_probs(attrs, qkv, lse)
+def causal_attention_grad_kv(attrs, *xs):
+    """Separate: dk, dv (B, T, Hkv, D). Packed: the query gradient (its last input) with them, as dqkv."""
+    packed = xs[0].ndim == 5
+    qkv, (lse, g, delta, *rest) = _split_qkv(xs)
+    dq, rng = (rest[0], rest[1:]) if packed else (None, rest)
+    q, _, v, p, _ = _attention_probs(attrs, *qkv, lse)
     g = _heads(g)
     dk = attrs["scale"] * (np.swapaxes(_score_grads(attrs, p, v, g, delta, rng), -1, -2) @ q)
     dv = np.swapaxes(p * _attention_dropout(attrs, p, rng), -1, -2) @ g
-    return np.stack([dq, _heads(dk), _heads(dv)], axis=2)
+    dk, dv = (_heads(_group_sums(x, qkv[1].shape[2])) for x in (dk, dv))
+    return np.stack([dq, dk, dv], axis=2) if packed else (dk, dv)
 
 
 @reference("cache_update")
-def cache_update(attrs, cache, qkv, *position):
+def cache_update(attrs, cache, *xs):
+    """xs: the packed qkv or k and v, then the position when decoding."""
+    packed = xs[0].ndim == 5
+    (k, v), position = ((xs[0][:, :, 1], xs[0][:, :, 2]), xs[1:]) if packed else (xs[:2], xs[2:])
     out = cache.copy()
     p = int(position[0]) if position else 0
-    rows = out[:, p:p + qkv.shape[1]]  # positions past the cache's end are not kept
-    rows[...] = qkv[:, :rows.shape[1], 1:]
+    rows = out[:, p:p + k.shape[1]]  # positions past the cache's end are not kept
+    rows[:, :, 0], rows[:, :, 1] = k[:, :rows.shape[1]], v[:, :rows.shape[1]]
     return out
 
 
 @reference("cached_attention")
-def cached_attention(attrs, qkv, cache, position):
-    t, p = qkv.shape[1], int(position)
+def cached_attention(attrs, q, cache, position):
+    """q: the packed qkv's queries, or q (B, T, H, D) over a cache of Hkv heads."""
+    q = q[:, :, 0] if q.ndim == 5 else q
+    t, p = q.shape[1], int(position)
     keys = min(cache.shape[1], p + t)  # what the last query sees; later rows are not read
-    q, k, v = _heads(qkv[:, :, 0]), _heads(cache[:, :keys, 0]), _heads(cache[:, :keys, 1])
+    q = _heads(q)
+    k, v = (_grouped(_heads(cache[:, :keys, i]), q.shape[1]) for i in range(2))
     s = attrs["scale"] * (q @ np.swapaxes(k, -1, -2))                     # (B, H, T, keys)
     s = np.where(np.arange(keys) > p + np.arange(t)[:, None], -np.inf, s)
     e = np.exp(s - s.max(-1, keepdims=True))

@@ -19,6 +19,9 @@ from tests.conftest import ROOT, TINY
 
 PLANS = {"tiny": TINY, "default": [], "default-bf16": ["dtype=bf16"],
          "gpt2-124M": ["n_layer=1", "n_head=12", "n_embd=768", "block_size=1024", "batch_size=2", "vocab_size=50304"]}
+# tests/gqa_model.py, grouped-query attention with dropout, at head dim 64: bf16 takes the tensor cores
+GQA = ["n_layer=1", "n_head=4", "n_kv_head=2", "n_embd=256", "block_size=64", "vocab_size=128", "dropout=0.1"]
+GQA_PLANS = {"gqa": GQA, "gqa-bf16": [*GQA, "dtype=bf16"]}
 MAX_GRID = (2**31 - 1, 65535, 65535)
 MAX_SMEM = 227 << 10  # an H200 block's shared memory, static and dynamic
 
@@ -40,23 +43,37 @@ def _ids(shape):
     return Buffer("i32", 0, tuple(shape))
 
 
-def _attention(f, f32, b, t, h, d, dropout=0.0) -> list[dict]:
-    """The fused attention's three launches over packed (B, T, 3, H, D) q, k, v of f's type, with
-    the RNG's seed and counter after their inputs when they drop."""
-    qkv, x, rows = f((b, t, 3, h, d)), f((b, t, h, d)), f32((b, h, t))
+def _attention(f, f32, b, t, h, d, dropout=0.0, kv_heads=None) -> list[dict]:
+    """The fused attention's three launches over packed (B, T, 3, H, D) q, k, v of f's type or,
+    given kv_heads, over q (B, T, H, D) with k and v (B, T, kv_heads, D), with the RNG's seed and
+    counter after their inputs when they drop."""
+    x, rows = f((b, t, h, d)), f32((b, h, t))
     rng, attrs = ([_ids([]), _ids([])], {"dropout": dropout, "site": 4}) if dropout else ([], {})
-    return [_launch("causal_attention", qkv, *rng, scale=0.3, **attrs),
-            _launch("causal_attention_grad_q", qkv, x, rows, x, *rng, scale=0.3, **attrs),
-            _launch("causal_attention_grad_kv", qkv, rows, x, rows, x, *rng, scale=0.3, **attrs)]
+    if kv_heads is None:
+        qkv = f((b, t, 3, h, d))
+        return [_launch("causal_attention", qkv, *rng, scale=0.3, **attrs),
+                _launch("causal_attention_grad_q", qkv, x, rows, x, *rng, scale=0.3, **attrs),
+                _launch("causal_attention_grad_kv", qkv, rows, x, rows, x, *rng, scale=0.3, **attrs)]
+    q, k, v = f((b, t, h, d)), f((b, t, kv_heads, d)), f((b, t, kv_heads, d))
+    return [_launch("causal_attention", q, k, v, *rng, scale=0.3, **attrs),
+            _launch("causal_attention_grad_q", q, k, v, x, rows, x, *rng, scale=0.3, **attrs),
+            _launch("causal_attention_grad_kv", q, k, v, rows, x, rows, *rng, scale=0.3, **attrs)]
 
 
-def _decoding(f, b, t, h, d, length) -> list[dict]:
+def _decoding(f, b, t, h, d, length, kv_heads=None) -> list[dict]:
     """A layer's decoding launches: t new positions written into a cache of `length` rows at the
-    position input, then their attention over it; and a whole window's prefill from row 0."""
-    cache, qkv, position = f((b, length, 2, h, d)), f((b, t, 3, h, d)), _ids([])
-    return [_launch("cache_update", cache, qkv, position),
-            _launch("cached_attention", qkv, cache, position, scale=0.4),
-            _launch("cache_update", cache, f((b, length, 3, h, d)))]
+    position input, then their attention over it; and a whole window's prefill from row 0. Given
+    kv_heads, the separate form's: q, k and v apart and a cache of kv_heads heads."""
+    position = _ids([])
+    if kv_heads is None:
+        cache, qkv = f((b, length, 2, h, d)), f((b, t, 3, h, d))
+        return [_launch("cache_update", cache, qkv, position),
+                _launch("cached_attention", qkv, cache, position, scale=0.4),
+                _launch("cache_update", cache, f((b, length, 3, h, d)))]
+    cache, q, kv = f((b, length, 2, kv_heads, d)), f((b, t, h, d)), f((b, t, kv_heads, d))
+    return [_launch("cache_update", cache, kv, kv, position),
+            _launch("cached_attention", q, cache, position, scale=0.4),
+            _launch("cache_update", cache, f((b, length, kv_heads, d)), f((b, length, kv_heads, d)))]
 
 
 def synthetic_plan(dtype: str = "f32") -> dict:
@@ -121,11 +138,15 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("causal_softmax_grad", _f((3, 5, 5)), _f((3, 5, 5)), scale=0.7),
         *_attention(_f, _f32, 2, 37, 3, 24),  # odd T and head dim: the CUDA-core kernels
         *_attention(_f, _f32, 1, 70, 2, 16, dropout=0.25),
+        *_attention(_f, _f32, 2, 37, 4, 24, kv_heads=2),  # grouped-query, on the CUDA cores
+        *_attention(_f, _f32, 1, 70, 4, 16, dropout=0.25, kv_heads=1),
         _launch("argmax", _f((3, 1000), 1), limit=999),
         _launch("argmax", _f((2, 5, 50304)), limit=50257),
         _launch("argmax", _f((4, 20)), limit=20),
         *_decoding(_f, 3, 1, 4, 24, 37),  # odd length, a head dim no 16-byte access divides in bf16
         *_decoding(_f, 2, 3, 2, 64, 130),  # several new positions per step
+        *_decoding(_f, 3, 1, 4, 24, 37, kv_heads=2),  # grouped-query caches
+        *_decoding(_f, 2, 3, 4, 64, 130, kv_heads=1),
         _launch("dropout", _f((5, 333)), _ids([]), _ids([]), p=0.1, site=2),
         _launch("cross_entropy", _f((37, 1000)), _ids([37])),
         _launch("cross_entropy_grad", _f((37, 1000)), _ids([37]), _f32(())),
@@ -157,6 +178,10 @@ def synthetic_plan(dtype: str = "f32") -> dict:
             *_attention(_f, _f32, 1, 192, 2, 64),   # and of 64 where 128 does not divide T
             *_attention(_f, _f32, 2, 128, 2, 64, dropout=0.2),
             *_attention(_f, _f32, 1, 128, 1, 128, dropout=0.1),
+            *_attention(_f, _f32, 2, 128, 4, 64, kv_heads=2),  # grouped-query on the tensor cores
+            *_attention(_f, _f32, 1, 192, 4, 128, kv_heads=1),
+            *_attention(_f, _f32, 1, 256, 4, 64, kv_heads=2),  # blocks of 128 rows
+            *_attention(_f, _f32, 2, 128, 4, 64, dropout=0.2, kv_heads=2),
         ]
     return {"programs": {"synthetic": {"launches": launches}}}
 
@@ -165,7 +190,8 @@ def plan_data(name: str) -> dict:
     """The plan's launches as the passes leave them: the compiler's own kernel lowering taken out."""
     if name.startswith("synthetic"):
         return synthetic_plan("bf16" if name.endswith("bf16") else "f32")
-    data = compile_model(ROOT / "model.py", PLANS[name], log=lambda *a: None).data
+    model, overrides = (ROOT / "tests" / "gqa_model.py", GQA_PLANS[name]) if name in GQA_PLANS else (ROOT / "model.py", PLANS[name])
+    data = compile_model(model, overrides, log=lambda *a: None).data
     for program in data["programs"].values():
         for launch in program["launches"]:
             if REGISTRY[launch["op"]].kind not in LIBRARY_KINDS:
@@ -174,7 +200,7 @@ def plan_data(name: str) -> dict:
 
 
 # The plans whose kernels NVRTC compiles here and tests/test_kernels_gpu.py runs against NumPy
-KERNEL_PLANS = ("tiny", "gpt2-124M", "default", "default-bf16", "synthetic", "synthetic-bf16")
+KERNEL_PLANS = ("tiny", "gpt2-124M", "default", "default-bf16", "gqa", "gqa-bf16", "synthetic", "synthetic-bf16")
 
 
 def test_every_family_and_every_op_it_renders_is_compiled_and_run_on_the_gpu():

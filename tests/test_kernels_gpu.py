@@ -1,7 +1,7 @@
 """Every rendered kernel against its op's NumPy reference, on the GPU.
 
 For each distinct (kernel, buffer shapes) launch of the tiny, a GPT-2 124M-shaped and the default
-plan (float32 and bf16), and of the synthetic launches of test_kernels_compile: fresh random
+plan (float32 and bf16), of a grouped-query model's (tests/gqa_model.py), and of the synthetic launches of test_kernels_compile: fresh random
 inputs of each buffer's dtype in their own arrays (placed at the launch's offset modulo 16 bytes,
 so alignment is what the plan has), an output poisoned with NaN, two launches (the second checks
 that reductions reset their tickets and give the same bits), and the float64 reference rounded
@@ -82,16 +82,19 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
     elif op == "argmax":  # equal maxima, whose first must win, and a NaN, which beats any number
         values[0] = np.round(2 * values[0]) / 2
         values[0].reshape(-1, values[0].shape[-1])[0, 7] = np.nan
-    elif op in ATTENTION[1:]:  # the saved log-sum-exp (and delta) of this qkv and this g
-        attrs, qkv, g = launch["attrs"], values[0], values[3 if op.endswith("_q") else 2]
+    elif op in ATTENTION[1:]:  # the saved log-sum-exp (and delta) of these q, k, v and this g
+        attrs = launch["attrs"]
+        n = 1 if len(launch["in"][0].shape) == 5 else 3  # the packed qkv, or q, k and v
         rng = values[-2:] if "dropout" in attrs else []
-        qkv, g = (x.astype(DTYPES[launch["in"][0].dtype].numpy).astype(np.float64) for x in (qkv, g))
-        out, lse = REGISTRY["causal_attention"].ref(attrs, qkv, *rng)
+        qkv, g = values[:n], values[n + (2 if op.endswith("_q") else 1)]
+        qkv, g = [x.astype(DTYPES[launch["in"][0].dtype].numpy).astype(np.float64) for x in qkv], \
+            g.astype(DTYPES[launch["in"][0].dtype].numpy).astype(np.float64)
+        out, lse = REGISTRY["causal_attention"].ref(attrs, *qkv, *rng)
         if op.endswith("_q"):
-            values[1], values[2] = out, lse
+            values[n], values[n + 1] = out, lse
         else:
-            values[1] = lse
-            values[3] = REGISTRY["causal_attention_grad_q"].ref(attrs, qkv, out, lse, g, *rng)[1]
+            values[n] = lse
+            values[n + 2] = REGISTRY["causal_attention_grad_q"].ref(attrs, *qkv, out, lse, g, *rng)[1]
     return [v.astype(DTYPES[b.dtype].numpy) for v, b in zip(values, launch["in"])]  # each in its buffer's type
 
 

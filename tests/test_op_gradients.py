@@ -120,6 +120,22 @@ def test_vjp_matches_finite_differences(op_name):
     check_vjp(op_name, specs, attrs)
 
 
+# causal_attention's separate form, grouped-query: q (B, T, H, D), k and v (B, T, Hkv, D), with
+# groups of two query heads, one group of all four, and dropout's masks in the grouped backward
+ATTENTION_VARIANTS = [
+    ([((2, 5, 4, 3), F), ((2, 5, 2, 3), F), ((2, 5, 2, 3), F)], {"scale": 0.7}),
+    ([((2, 5, 4, 3), F), ((2, 5, 1, 3), F), ((2, 5, 1, 3), F)], {"scale": 0.7}),
+    ([((1, 5, 4, 3), F), ((1, 5, 2, 3), F), ((1, 5, 2, 3), F), ("ids", (), 1000), ("ids", (), 1000)],
+     {"scale": 0.7, "dropout": 0.3, "site": 1}),
+]
+
+
+@pytest.mark.parametrize("variant", range(len(ATTENTION_VARIANTS)))
+def test_grouped_query_attention_vjp(variant):
+    specs, attrs = ATTENTION_VARIANTS[variant]
+    check_vjp("causal_attention", specs, attrs, seed=variant)
+
+
 @pytest.mark.parametrize("variant", range(len(MATMUL_VARIANTS)))
 def test_matmul_vjp_variants(variant):
     specs, attrs = MATMUL_VARIANTS[variant]

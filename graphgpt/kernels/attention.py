@@ -1,7 +1,12 @@
 """Fused causal attention and its two backward kernels (templates/attention.cu.j2).
 
-q, k and v come packed as (B, T, 3, H, D), the rest as (B, T, H, D) or (B, H, T): a block owns one
-batch entry and head (grid y) and tiles of its T rows (grid x). Two variants:
+q, k and v come packed as (B, T, 3, H, D), or apart as q (B, T, H, D) with k and v (B, T, Hkv, D)
+(grouped-query attention: query head h reads key/value head h // G, G = H / Hkv); the rest are
+(B, T, H, D) or (B, H, T). The kernels address q, k and v through row strides and a head mapping
+rendered in as constants: the packed form is the case of one buffer, rows 3 H D apart, groups of
+one. A block owns one batch entry and head (grid y) and tiles of its T rows (grid x); the separate
+form's key/value gradient owns a key/value head's rows and visits its group's query heads in
+turn, summing their gradients in registers. Two variants:
   mma  -- bf16 on tensor cores (mma.sync m16n8k16, float32 accumulators), flash-attention-2
           tiling: a block owns 64 or 128 rows, 16 or 32 a warp (mma_tiling), and walks the other
           side's TILE-row tiles through double-buffered shared memory (cp.async), a chunk of
@@ -69,13 +74,25 @@ def variant(dtype: str, t: int, d: int) -> str:
     return "mma" if dtype == "bf16" and d in MMA_HEAD_DIMS and t % TILE == 0 else "simt"
 
 
+def geometry(launch) -> tuple[int, int, int, int, int, bool]:
+    """(B, T, H, Hkv, D) of an attention launch, and whether its q, k and v come packed."""
+    x = launch["in"][0]
+    if len(x.shape) == 5:
+        b, t, _, h, d = x.shape
+        return b, t, h, h, d, True
+    b, t, h, d = x.shape
+    return b, t, h, launch["in"][1].shape[2], d, False
+
+
 def lower(launch) -> Kernel:
-    qkv = launch["in"][0]
-    b, t, _, h, d = qkv.shape
-    heads, kind = b * h, variant(qkv.dtype, t, d)
+    b, t, h, hkv, d, packed = geometry(launch)
+    grouped = launch["op"] == "causal_attention_grad_kv" and not packed  # a block per key/value head
+    heads, kind = b * (hkv if grouped else h), variant(launch["in"][0].dtype, t, d)
     attrs = launch["attrs"]
-    params = {**types(launch), "op": launch["op"], "t": t, "d": d, "h": h, "heads": heads, "variant": kind,
-              "scale": c_float(attrs["scale"]), "dropout": "dropout" in attrs}
+    # q's and k's and v's row strides, as the kernels' constants name them
+    strides = {"q_stride": "3 * C", "kv_stride": "3 * C"} if packed else {"q_stride": "C", "kv_stride": "CKV"}
+    params = {**types(launch), "op": launch["op"], "t": t, "d": d, "h": h, "hkv": hkv, "packed": packed, **strides,
+              "heads": heads, "variant": kind, "scale": c_float(attrs["scale"]), "dropout": "dropout" in attrs}
     if "dropout" in attrs:  # the probabilities' keep factors, drawn as the dropout op draws them
         params |= {"site": attrs["site"], "threshold": drop_threshold(attrs["dropout"]),
                    "keep_scale": c_float(keep_scale(attrs["dropout"]))}

@@ -148,17 +148,20 @@ register(Op("dropout", "nn", _dropout_infer, template="dropout",
 
 
 # ---- fused causal attention: softmax(scale * q k^T, keys j > query i masked) v ---------------
-# Flash attention: the (T x T) scores never reach memory. It reads q, k and v where the QKV
-# projection leaves them, packed as (B, T, 3, H, D), and writes the heads' outputs as (B, T, H, D),
-# the layout the output projection reads: no transposes around it. Its outputs: that, and each
-# query's log-sum-exp of its scaled scores ((B, H, T), float32), which the backward reads to
-# rebuild the probabilities tile by tile. With dropout (attrs dropout, site; the RNG's seed and
-# counter as two more inputs) the probabilities are dropped on their way to v inside the kernels,
-# each (batch, head, query, key) element by its own Philox word, as the dropout op numbers the
-# elements of a (B, H, T, T) tensor. The backward is two ops, each one kernel without
-# atomics: the query gradient (which also leaves delta_i = sum_d g_id out_id, float32, for the
-# second), then the key and value gradients, stored with the query gradient as the packed
-# (B, T, 3, H, D) gradient of qkv.
+# Flash attention: the (T x T) scores never reach memory. One family of ops in two forms, told
+# apart by their first input: packed, q, k and v where GPT-2's QKV projection leaves them,
+# (B, T, 3, H, D); or separate, q (B, T, H, D) with k and v (B, T, Hkv, D), Hkv dividing H
+# (grouped-query attention: query head h reads key/value head h // (H / Hkv), never a copy of
+# them). Both write the heads' outputs as (B, T, H, D), the layout the output projection reads:
+# no transposes around it. Its outputs: that, and each query's log-sum-exp of its scaled scores
+# ((B, H, T), float32), which the backward reads to rebuild the probabilities tile by tile. With
+# dropout (attrs dropout, site; the RNG's seed and counter as two more inputs) the probabilities
+# are dropped on their way to v inside the kernels, each (batch, head, query, key) element by its
+# own Philox word, as the dropout op numbers the elements of a (B, H, T, T) tensor. The backward
+# is two ops, each one kernel without atomics: the query gradient (which also leaves delta_i =
+# sum_d g_id out_id, float32, for the second), then the key and value gradients, summed over each
+# key/value head's group of query heads; the packed form stores them with the query gradient as
+# the packed (B, T, 3, H, D) gradient of qkv, the separate one as dk and dv (B, T, Hkv, D).
 def _packed(qkv: Spec) -> tuple[int, int, int, int]:
     float_spec(qkv)
     require(len(qkv.shape) == 5 and qkv.shape[2] == 3, f"needs packed (B, T, 3, H, D) q, k, v, got {qkv.shape}")
@@ -166,16 +169,41 @@ def _packed(qkv: Spec) -> tuple[int, int, int, int]:
     return b, t, h, d
 
 
-def _heads_spec(qkv: Spec, *xs: Spec) -> Spec:
-    b, t, h, d = _packed(qkv)
-    out = Spec((b, t, h, d), qkv.dtype)
+def _operands(inputs: tuple, named: int) -> tuple[tuple, tuple, tuple]:
+    """An attention op's inputs split into its q, k, v (the packed qkv alone, or three tensors: the
+    packed form's first input is 5-D), the `named` inputs after them, and the RNG's (the rest)."""
+    n = 1 if len(inputs[0].shape) == 5 else 3
+    require(len(inputs) >= n + named, "too few inputs")
+    return tuple(inputs[:n]), tuple(inputs[n:n + named]), tuple(inputs[n + named:])
+
+
+def _geometry(qkv: tuple) -> tuple[int, int, int, int, int]:
+    """(B, T, H, Hkv, D) of an attention's q, k, v, packed (Hkv = H) or separate."""
+    if len(qkv) == 1:
+        b, t, h, d = _packed(qkv[0])
+        return b, t, h, h, d
+    q, k, v = qkv
+    float_spec(q)
+    require(len(q.shape) == 4, f"needs q (B, T, H, D), got {q.shape}")
+    require(k == v, f"k {k.shape}:{k.dtype} and v {v.shape}:{v.dtype} differ")
+    require(len(k.shape) == 4 and k.dtype == q.dtype, f"needs k and v (B, T, Hkv, D) of q's {q.dtype}, got {k.shape}:{k.dtype}")
+    b, t, h, d = q.shape
+    require(k.shape[:2] == (b, t), f"k and v have (B, T) {k.shape[:2]}, q {(b, t)}")
+    require(k.shape[3] == d, f"k and v have head dim {k.shape[3]}, q {d}")
+    require(h % k.shape[2] == 0, f"{k.shape[2]} key/value heads do not divide {h} query heads")
+    return b, t, h, k.shape[2], d
+
+
+def _heads_spec(qkv: tuple, *xs: Spec) -> Spec:
+    b, t, h, _, d = _geometry(qkv)
+    out = Spec((b, t, h, d), qkv[0].dtype)
     for x in xs:
         require(x == out, f"{x.shape}:{x.dtype} is not (B, T, H, D) {out.shape}:{out.dtype}")
     return out
 
 
-def _row_stats(qkv: Spec, *stats: Spec) -> Spec:
-    b, t, h, _ = _packed(qkv)
+def _row_stats(qkv: tuple, *stats: Spec) -> Spec:
+    b, t, h, _, _ = _geometry(qkv)
     rows = Spec((b, h, t), "f32")
     for s in stats:
         require(s == rows, f"row statistics {s.shape}:{s.dtype} are not float32 of {rows.shape}")
@@ -192,38 +220,47 @@ def _attention_rng(attrs, rng) -> None:
     _rng_attrs({"p": attrs["dropout"], "site": attrs["site"]})
 
 
-def _attention_infer(attrs, qkv, *rng):
+def _attention_infer(attrs, *inputs):
+    qkv, _, rng = _operands(inputs, 0)
     _attention_rng(attrs, rng)
     return [_heads_spec(qkv), _row_stats(qkv)]
 
 
-def _attention_vjp(attrs, g, out, qkv, *rng):
+def _attention_vjp(attrs, g, out, *inputs):
+    qkv, _, rng = _operands(inputs, 0)
     if g[1] is not None:
-        raise UserError(f"{qkv.node.where}: causal_attention's log-sum-exp is saved for the backward; "
+        raise UserError(f"{qkv[0].node.where}: causal_attention's log-sum-exp is saved for the backward; "
                         "a loss that depends on it cannot be differentiated")
     graph = g[0].graph
-    dq, delta = graph.add("causal_attention_grad_q", (qkv, out[0], out[1], g[0], *rng), **attrs)
-    dqkv = graph.add("causal_attention_grad_kv", (qkv, out[1], g[0], delta, dq, *rng), **attrs)
-    return (dqkv, *(None for _ in rng))
+    dq, delta = graph.add("causal_attention_grad_q", (*qkv, out[0], out[1], g[0], *rng), **attrs)
+    if len(qkv) == 1:
+        dqkv = graph.add("causal_attention_grad_kv", (*qkv, out[1], g[0], delta, dq, *rng), **attrs)
+        return (dqkv, *(None for _ in rng))
+    dk, dv = graph.add("causal_attention_grad_kv", (*qkv, out[1], g[0], delta, *rng), **attrs)
+    return (dq, dk, dv, *(None for _ in rng))
 
 
-def _attention_grad_q_infer(attrs, qkv, out, lse, g, *rng):
+def _attention_grad_q_infer(attrs, *inputs):
+    qkv, (out, lse, g), rng = _operands(inputs, 3)
     _attention_rng(attrs, rng)
     return [_heads_spec(qkv, out, g), _row_stats(qkv, lse)]
 
 
-def _attention_grad_kv_infer(attrs, qkv, lse, g, delta, dq, *rng):
+def _attention_grad_kv_infer(attrs, *inputs):
+    """Inputs q, k, v, lse, g, delta: the packed form also takes dq, which it moves into dqkv."""
+    packed = len(inputs[0].shape) == 5
+    qkv, (lse, g, delta, *dq), rng = _operands(inputs, 4 if packed else 3)
     _attention_rng(attrs, rng)
-    _heads_spec(qkv, g, dq)
+    _heads_spec(qkv, g, *dq)
     _row_stats(qkv, lse, delta)
-    return qkv
+    return qkv[0] if packed else [qkv[1], qkv[2]]
 
 
-def _attention_flops(attrs, out, qkv: Spec, *rest) -> int:
-    """Two (T x T x D) products per head, as nanoGPT counts them (the masked half included, the
-    backward's recomputed scores not): the forward's q k^T and P v; the query gradient's g v^T and
-    dS k; the key/value gradient's P^T g and dS^T q."""
-    b, t, h, d = _packed(qkv)
+def _attention_flops(attrs, out, *inputs) -> int:
+    """Two (T x T x D) products per query head, as nanoGPT counts them (the masked half included,
+    the backward's recomputed scores not): the forward's q k^T and P v; the query gradient's g v^T
+    and dS k; the key/value gradient's P^T g and dS^T q."""
+    b, t, h, _, d = _geometry(_operands(inputs, 0)[0])
     return 2 * 2 * b * h * t * t * d
 
 
@@ -236,37 +273,56 @@ register(Op("causal_attention_grad_kv", "nn", _attention_grad_kv_infer, nondiff=
 
 
 # ---- decoding with key/value caches --------------------------------------------------------
-# A layer's cache holds the keys and values of every position decoded so far, as (B, L, 2, H, D) in
-# the compute type (L: the block size). `cache_update` writes the new positions' k and v (slots 1
-# and 2 of the packed qkv) into rows [p, p + T), p the program's int32 position input (0 without
-# one: the prefill of a whole window); it runs over the cache, which the plan keeps in place.
-# `cached_attention` is the causal attention of T new queries at positions p.. over the cache's
-# rows up to each query's own.
+# A layer's cache holds the keys and values of every position decoded so far, as (B, L, 2, Hkv, D)
+# in the compute type (L: the block size; Hkv = H for the packed form). `cache_update` writes the
+# new positions' k and v (slots 1 and 2 of the packed qkv, or the separate k and v) into rows
+# [p, p + T), p the program's int32 position input (0 without one: the prefill of a whole window);
+# it runs over the cache, which the plan keeps in place. `cached_attention` is the causal
+# attention of T new queries (the packed qkv's, or q) at positions p.. over the cache's rows up to
+# each query's own.
 DECODE_ONLY = "decoding only: the generation programs, which take no gradients"
 
 
-def _cache_spec(qkv: Spec, cache: Spec, *position: Spec) -> None:
-    b, t, h, d = _packed(qkv)
-    require(cache.dtype == qkv.dtype and len(cache.shape) == 5 and cache.shape[0] == b
-            and cache.shape[2:] == (2, h, d) and t <= cache.shape[1],
-            f"cache {cache.shape}:{cache.dtype} is not (B, L >= T, 2, H, D) of {qkv.shape}:{qkv.dtype}")
+def _cache_spec(qkv: tuple, cache: Spec, position: tuple) -> None:
+    """qkv: the packed qkv, or q, k, v (the query alone's geometry is checked against the cache's)."""
+    b, t, h, hkv, d = _geometry(qkv)
+    require(cache.dtype == qkv[0].dtype and len(cache.shape) == 5 and cache.shape[0] == b
+            and cache.shape[2:] == (2, hkv, d) and t <= cache.shape[1],
+            f"cache {cache.shape}:{cache.dtype} is not (B, L >= T, 2, Hkv, D) of {qkv[-1].shape}:{qkv[0].dtype}")
     require(len(position) <= 1 and all(p == Spec((), "i32") for p in position),
             "the position is one int32 scalar")
 
 
-def _cache_update_infer(attrs, cache, qkv, *position):
-    _cache_spec(qkv, cache, *position)
+def _cache_update_infer(attrs, cache, *inputs):
+    """Inputs: the cache, the packed qkv or k and v, and the position (when decoding)."""
+    if len(inputs[0].shape) == 5:
+        _cache_spec(inputs[:1], cache, inputs[1:])
+        return cache
+    require(len(inputs) >= 2, "too few inputs")
+    k, v, *position = inputs
+    _cache_spec((k, k, v), cache, tuple(position))  # k stands in for a query of Hkv heads
     return cache
 
 
-def _cached_attention_infer(attrs, qkv, cache, position):
-    _cache_spec(qkv, cache, position)
+def _decode_query(q: Spec, cache: Spec) -> tuple:
+    """The cached attention's query as the operands of _geometry: the packed qkv, or q with k and v
+    of the cache's key/value heads."""
+    if len(q.shape) == 5:
+        return (q,)
+    require(len(q.shape) == 4 and len(cache.shape) == 5, f"needs q (B, T, H, D) and a (B, L, 2, Hkv, D) cache, got {q.shape}, {cache.shape}")
+    kv = Spec(q.shape[:2] + cache.shape[3:], cache.dtype)
+    return q, kv, kv
+
+
+def _cached_attention_infer(attrs, q, cache, position):
+    qkv = _decode_query(q, cache)
+    _cache_spec(qkv, cache, (position,))
     return _heads_spec(qkv)
 
 
-def _cached_attention_flops(attrs, out, qkv: Spec, cache: Spec, position) -> int:
+def _cached_attention_flops(attrs, out, q: Spec, cache: Spec, position) -> int:
     """q k^T and P v over the whole cache, as nanoGPT counts attention (the masked part included)."""
-    b, t, h, d = _packed(qkv)
+    b, t, h, _, d = _geometry(_decode_query(q, cache))
     return 2 * 2 * b * h * t * cache.shape[1] * d
 
 
