@@ -15,6 +15,7 @@ Their weights, in a narrower compute type, are copies made once per generation (
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -188,6 +189,28 @@ def position_rows(table: Value, t: int) -> Value:
     return embedding(table, caches.position.reshape(1))
 
 
+def rotary(x: Value, base: float = 10000.0) -> Value:
+    """Rotary position embedding of x (B, T, H, D), D even, in Hugging Face LLaMA's convention
+    (rotate_half): columns i and i + D/2 are rotated by position * base^(-2i/D). The positions are
+    0..T-1, or, in the decode program, from its position input on; the cosines and sines are
+    tables the compiler computes (one row per position the program can see: the block, or the
+    key/value caches' length)."""
+    tracer = _tracer()
+    if x.ndim != 4 or x.shape[-1] % 2:
+        raise GraphError(f"{user_line()}: rotary: x must be (B, T, H, D) with D even, got {x.shape}")
+    if not (isinstance(base, (int, float)) and math.isfinite(base) and base > 0):
+        raise GraphError(f"{user_line()}: rotary: base must be a finite number > 0, got {base!r}")
+    caches = tracer.caches
+    rows = x.shape[1] if caches is None else caches.length
+    table = dict(shape=(rows, x.shape[-1] // 2), base=float(base))
+    cos, sin = (x.graph.const_tensor(name, **table) for name in ("rotary_cos", "rotary_sin"))
+    position = ()
+    if caches is not None and caches.position is not None:
+        caches.positioned = True  # its positions come from the decode program's input
+        position = (caches.position,)
+    return x.graph.add("rotary", (x, cos, sin, *position), inverse=False)
+
+
 def dropout(x: Value, p: float) -> Value:
     """Zero each element with probability p and scale the rest by 1 / (1 - p), in the training
     program; the evaluation and generation programs pass x through. The masks come from a
@@ -220,4 +243,4 @@ def cross_entropy(logits: Value, targets: Value) -> Value:
 
 
 __all__ = ["param", "layer_norm", "gelu", "causal_softmax", "causal_attention", "dropout", "matmul", "embedding",
-           "position_rows", "cross_entropy", "Value", "FLOAT", "INT", "trace", "Tracer", "KvCaches"]
+           "position_rows", "rotary", "cross_entropy", "Value", "FLOAT", "INT", "trace", "Tracer", "KvCaches"]
