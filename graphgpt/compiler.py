@@ -10,7 +10,7 @@ The programs compiled from one model:
   position), which also fills the key/value caches (the prefill of decoding);
 - "decode" (forward of one new position per sequence, sample_batch x 1, at the position input,
   against the caches: logits and greedy next tokens), for models whose attention is
-  `causal_attention` and whose positions come from `position_rows`;
+  `causal_attention` and whose positions come from `position_rows` or `rotary`;
 - "cast_weights", in plans that compute in a narrower type than float32: the weights' copies in
   that type, which every program reads instead of casting the weights (passes/weight_copies.py);
   the optimizer update keeps them current, and the runtime runs this program after anything else
@@ -257,7 +257,7 @@ def _generation(module, cfg: dict, vocab_in_use: int, log) -> dict[str, Graph]:
         programs["decode"] = decode
     else:
         why = ("its attention is not causal_attention" if not caches.layers
-               else "its position rows do not come from position_rows")
+               else "its positions come from neither position_rows nor rotary")
         log(f"  decode     none: {why}; generation reruns the whole window per token")
     return programs
 

@@ -10,7 +10,8 @@ operation appends a node that records the model file's line, so a shape error re
 
 The generation programs are traced with key/value caches (`KvCaches`): there `causal_attention`
 also writes each layer's keys and values into a cache of its own, and when decoding one position
-at a time it attends over that cache, while `position_rows` gives the current position's row.
+at a time it attends over that cache, while `position_rows` gives the current position's row and
+`rotary` reads its tables from the current position on.
 Their weights, in a narrower compute type, are copies made once per generation (`weight_copy`).
 """
 from __future__ import annotations
@@ -35,8 +36,8 @@ class KvCaches:
     """A generation program's key/value caches: `length` positions per attention layer. Without a
     `position` the program computes a whole window from position 0 and fills the caches (the
     prefill); with one (the decode program's int32 input) it computes the positions from there on
-    against them. After tracing: how many layers made caches, and whether the positions' rows came
-    from `position_rows` (a model that slices its position table itself cannot decode)."""
+    against them. After tracing: how many layers made caches, and whether the positions came from
+    `position_rows` or `rotary` (a model that slices its position table itself cannot decode)."""
     length: int
     position: Value | None = None
     layers: int = 0
