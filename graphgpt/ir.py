@@ -4,9 +4,9 @@ A `Graph` is an append-only list of `Node`s in topological order (inputs before 
 are `param` (trainable weights), `state` (optimizer state), `cache` (a layer's keys and values,
 kept between runs of the generation programs), `input` (fed each step: tokens, targets, runtime
 scalars such as the learning rate or a decoding position), `const` (a float scalar) and
-`const_tensor` (a table the compiler computes, such as rotary embedding's cosines). `updates` maps a param,
-state or cache node to the node holding its new value after one run; `grads` maps a param to its
-gradient.
+`const_tensor` (a table the compiler computes, such as rotary embedding's cosines). `updates` maps
+a param, state or cache node to the node holding its new value after one run; `grads` maps a param
+to its gradient.
 
 Every node records where it came from (`where`, the user's file:line) so that errors and graph
 dumps point at the model file, not at graphgpt.

@@ -12,8 +12,8 @@ say where it runs (0, the main stream, or 1, the side stream of the gradient bra
 which launches of its program, on the other stream, it waits for (passes/streams.py).
 `nvrtc_options` are what the kernel files compile with. A backend derives nothing.
 
-A plan with constant tensors also holds their values, constants.safetensors (float32, by name).
-A plan directory holds plan.json, report.txt, kernels/, graphs/ and manifest.json, which lists the
+A plan directory holds plan.json, report.txt, kernels/, graphs/, where the plan has constant
+tensors their float32 values by name (constants.safetensors), and manifest.json, which lists the
 others with their sizes and sha256: `save` replaces such a directory, unchanged since it was
 written (or an empty or missing one), as a whole, and refuses any other path untouched.
 """
