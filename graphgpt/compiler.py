@@ -10,7 +10,7 @@ The programs compiled from one model:
   position), which also fills the key/value caches (the prefill of decoding);
 - "decode" (forward of one new position per sequence, sample_batch x 1, at the position input,
   against the caches: logits and greedy next tokens), for models whose attention is
-  `causal_attention` and whose positions come from `position_rows`;
+  `causal_attention` and whose positions come from `position_rows` or `rotary`;
 - "cast_weights", in plans that compute in a narrower type than float32: the weights' copies in
   that type, which every program reads instead of casting the weights (passes/weight_copies.py);
   the optimizer update keeps them current, and the runtime runs this program after anything else
@@ -32,6 +32,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from . import codegen, dsl, model_size, optim, viz
 from .errors import ArgumentParser, UserError
 from .monitor import GuardedStdout
@@ -49,7 +51,9 @@ from .passes.simplify import simplify
 from .passes.streams import assign_streams
 from .passes.sum_groups import group_sums
 from .passes.weight_copies import with_weight_copies
-from .plan import SCHEMA_VERSION, Buffer, check_out, save
+from .ops.source import const_tensor_values
+from .plan import CONSTANTS_FILE, Buffer, check_out, save, schema_version
+from .tensor_files import safetensors_bytes
 from .schedule import DECODE_POSITION, NEXT_TOKEN
 from .bpe import KIND as BPE_KIND
 from .bpe import VOCAB_FILES, BpeTokenizer
@@ -211,6 +215,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
             if launch["op"] in ("matmul", "fused_matmul"):
                 launch["cuda"] = lower_matmul(launch)
     files = codegen.lower_plan(data)
+    files.update(_constant_files(programs))
     for program in data["programs"].values():  # after lowering: a kernel's launches share its scratch
         assign_streams(program, data["arena"]["regions"]["grads"])
     dumps = [forward_dump, joint_dump, graphs[backward].summary("optimized")]
@@ -252,7 +257,7 @@ def _generation(module, cfg: dict, vocab_in_use: int, log) -> dict[str, Graph]:
         programs["decode"] = decode
     else:
         why = ("its attention is not causal_attention" if not caches.layers
-               else "its position rows do not come from position_rows")
+               else "its positions come from neither position_rows nor rotary")
         log(f"  decode     none: {why}; generation reruns the whole window per token")
     return programs
 
@@ -380,19 +385,39 @@ def _plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Toke
     layout.regions["work"] = [layout.work_base, work]
     identity = {"model": model_path.read_text(), "config": model_cfg, "optimizer": opt_cfg,
                 "tokenizer": tokenizer.to_json()}
+    consts = {"dtype": CONST, "values": [[off, value] for value, off in
+                                         sorted(layout.consts.items(), key=lambda kv: kv[1])]}
+    tables = _const_tensors(programs)
+    if tables:  # a plan without them stays as plans were before they existed
+        consts["tensors"] = [{"name": n.name, "dtype": n.dtype, "shape": list(n.shape),
+                              "offset": layout.const_tensors[n.name]} for n in tables]
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schema_version(consts),
         "model_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(),
         "model_file": model_path.name,
         "config": model_cfg,
         "optimizer": opt_cfg,
         "arena": {"bytes": layout.work_base + work, "align": ALIGN, "regions": layout.regions},
         "tensors": tensors,
-        "consts": {"dtype": CONST, "values": [[off, value] for value, off in
-                                             sorted(layout.consts.items(), key=lambda kv: kv[1])]},
+        "consts": consts,
         "programs": {name: _program(g, mem, fusion, layout.work_base) for name, (g, mem) in programs.items()},
         "tokenizer": tokenizer.to_json(),
     }
+
+
+def _const_tensors(programs: dict[str, tuple[Graph, ProgramMemory]]) -> list:
+    """The plan's constant tensors, one node per name, in the order of first appearance (their
+    order in the arena)."""
+    return list({n.name: n for graph, _ in programs.values() for n in graph.of_op("const_tensor")}.values())
+
+
+def _constant_files(programs: dict[str, tuple[Graph, ProgramMemory]]) -> dict[str, bytes]:
+    """CONSTANTS_FILE: each constant tensor's values, computed in float64 and stored as float32
+    (nothing where the plan has none)."""
+    tables = _const_tensors(programs)
+    if not tables:
+        return {}
+    return {CONSTANTS_FILE: safetensors_bytes({n.name: const_tensor_values(n.attr).astype(np.float32) for n in tables})}
 
 
 def _program(graph: Graph, mem: ProgramMemory, fusion: bool, work_start: int) -> dict:

@@ -10,11 +10,13 @@ operation appends a node that records the model file's line, so a shape error re
 
 The generation programs are traced with key/value caches (`KvCaches`): there `causal_attention`
 also writes each layer's keys and values into a cache of its own, and when decoding one position
-at a time it attends over that cache, while `position_rows` gives the current position's row.
+at a time it attends over that cache, while `position_rows` gives the current position's row and
+`rotary` reads its tables from the current position on.
 Their weights, in a narrower compute type, are copies made once per generation (`weight_copy`).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -34,8 +36,8 @@ class KvCaches:
     """A generation program's key/value caches: `length` positions per attention layer. Without a
     `position` the program computes a whole window from position 0 and fills the caches (the
     prefill); with one (the decode program's int32 input) it computes the positions from there on
-    against them. After tracing: how many layers made caches, and whether the positions' rows came
-    from `position_rows` (a model that slices its position table itself cannot decode)."""
+    against them. After tracing: how many layers made caches, and whether the positions came from
+    `position_rows` or `rotary` (a model that slices its position table itself cannot decode)."""
     length: int
     position: Value | None = None
     layers: int = 0
@@ -209,6 +211,28 @@ def position_rows(table: Value, t: int) -> Value:
     return embedding(table, caches.position.reshape(1))
 
 
+def rotary(x: Value, base: float = 10000.0) -> Value:
+    """Rotary position embedding of x (B, T, H, D), D even, in Hugging Face LLaMA's convention
+    (rotate_half): columns i and i + D/2 are rotated by position * base^(-2i/D). The positions are
+    0..T-1, or, in the decode program, from its position input on; the cosines and sines are
+    tables the compiler computes (one row per position the program can see: the block, or the
+    key/value caches' length)."""
+    tracer = _tracer()
+    if x.ndim != 4 or x.shape[-1] % 2:
+        raise GraphError(f"{user_line()}: rotary: x must be (B, T, H, D) with D even, got {x.shape}")
+    if not (isinstance(base, (int, float)) and math.isfinite(base) and base > 0):
+        raise GraphError(f"{user_line()}: rotary: base must be a finite number > 0, got {base!r}")
+    caches = tracer.caches
+    rows = x.shape[1] if caches is None else caches.length
+    table = dict(shape=(rows, x.shape[-1] // 2), base=float(base))
+    cos, sin = (x.graph.const_tensor(name, **table) for name in ("rotary_cos", "rotary_sin"))
+    position = ()
+    if caches is not None and caches.position is not None:
+        caches.positioned = True  # its positions come from the decode program's input
+        position = (caches.position,)
+    return x.graph.add("rotary", (x, cos, sin, *position), inverse=False)
+
+
 def dropout(x: Value, p: float) -> Value:
     """Zero each element with probability p and scale the rest by 1 / (1 - p), in the training
     program; the evaluation and generation programs pass x through. The masks come from a
@@ -241,4 +265,4 @@ def cross_entropy(logits: Value, targets: Value) -> Value:
 
 
 __all__ = ["param", "layer_norm", "gelu", "causal_softmax", "causal_attention", "dropout", "matmul", "embedding",
-           "position_rows", "cross_entropy", "Value", "FLOAT", "INT", "trace", "Tracer", "KvCaches"]
+           "position_rows", "rotary", "cross_entropy", "Value", "FLOAT", "INT", "trace", "Tracer", "KvCaches"]

@@ -3,9 +3,10 @@
 A `Graph` is an append-only list of `Node`s in topological order (inputs before users). Sources
 are `param` (trainable weights), `state` (optimizer state), `cache` (a layer's keys and values,
 kept between runs of the generation programs), `input` (fed each step: tokens, targets, runtime
-scalars such as the learning rate or a decoding position) and `const`. `updates` maps a param,
-state or cache node to the node holding its new value after one run; `grads` maps a param to its
-gradient.
+scalars such as the learning rate or a decoding position), `const` (a float scalar) and
+`const_tensor` (a table the compiler computes, such as rotary embedding's cosines). `updates` maps
+a param, state or cache node to the node holding its new value after one run; `grads` maps a param
+to its gradient.
 
 Every node records where it came from (`where`, the user's file:line) so that errors and graph
 dumps point at the model file, not at graphgpt.
@@ -31,7 +32,8 @@ INT = "i32"
 TUPLE = "tuple"  # the dtype of a node with several outputs
 
 PERSISTENT_OPS = ("param", "state", "cache")  # sources with a slot of their own in the arena
-SOURCE_OPS = (*PERSISTENT_OPS, "input", "const")
+CONSTANT_OPS = ("const", "const_tensor")  # values the plan carries: the constants region of the arena
+SOURCE_OPS = (*PERSISTENT_OPS, "input", *CONSTANT_OPS)
 
 
 class GraphError(UserError):
@@ -84,7 +86,7 @@ class Graph:
     late: dict[int, int] = field(default_factory=dict)  # recomputed node -> the reader it runs just before
     locate: Callable[[], str | None] | None = None  # gives `where` for new nodes
     _next_id: int = 0
-    _consts: dict[tuple, int] = field(default_factory=dict)
+    _consts: dict[tuple | str, int] = field(default_factory=dict)  # a scalar's (value,), a table's name
 
     # ---- building -------------------------------------------------------------------------
     def add(self, op: str, inputs: Iterable["Value | int"] = (), **attrs) -> "Value | tuple[Value, ...]":
@@ -116,6 +118,16 @@ class Graph:
         if key not in self._consts:
             self._consts[key] = self.add("const", value=float(value)).id
         return Value(self, self._consts[key])
+
+    def const_tensor(self, table: str, shape: tuple[int, ...], **params) -> "Value":
+        """A float32 tensor of constants, table `table` (ops/source.py's TABLES) of `params`;
+        equal tables share one node, and across programs one slot, by their name."""
+        shown = ",".join(f"{k}={v!r}" for k, v in sorted(params.items()))
+        name = f"{table}[{'x'.join(map(str, shape))}]({shown})"
+        if name not in self._consts:
+            self._consts[name] = self.add("const_tensor", name=name, table=table, shape=tuple(shape),
+                                          dtype=FLOAT, **params).id
+        return Value(self, self._consts[name])
 
     def value(self, node_id: int) -> "Value":
         return Value(self, node_id)

@@ -15,6 +15,7 @@ import math
 from .dtypes import DTYPES, nbytes
 from .numpy_ops import BY_OP
 from .plan import Buffer as PlanBuffer  # the record; Buffer below is its schema
+from .plan import schema_version
 from .runtime.cublas import LT_EPILOGUES
 
 
@@ -193,6 +194,24 @@ def _tensor_in_arena(tensor, path, plan):
         _in_arena(PlanBuffer.of_tensor(tensor, grad=True), f"{path}.grad", plan)
 
 
+def _const_tensor_in_region(tensor, path, plan):
+    """A constant tensor lies in the arena's constants region, which no program writes."""
+    buf = PlanBuffer.of_tensor(tensor)
+    start, size = plan["arena"]["regions"]["consts"]
+    if not (start <= buf.offset and buf.offset + nbytes(buf) <= start + size):
+        _fail(f"{path}.offset", f"bytes {buf.offset} to {buf.offset + nbytes(buf)} are not within the constants "
+                                f"region [{start}, {start + size})")
+
+
+def _version_describes_plan(plan_data, path, plan):
+    """Version 10 is that of a plan with constant tensors, 9 of one without (plan.schema_version)."""
+    expected = schema_version(plan_data["consts"])
+    if plan_data["schema_version"] != expected:
+        _fail("schema_version", f"{plan_data['schema_version']}, but a plan "
+                                f"{'with' if plan_data['consts'].get('tensors') else 'without'} constant tensors "
+                                f"has version {expected}")
+
+
 def _kernel_file_exists(call, path, plan):
     if call["file"] not in plan.kernel_files:
         _fail(f"{path}.file", f"{call['file']!r} is not among the plan's kernels/*.cu")
@@ -299,7 +318,10 @@ ARENA = Obj({"bytes": Int(), "align": SIZE,
 TENSOR = Obj({"name": Str(), "kind": Str("param", "state", "cache"), "dtype": Str(*DTYPES), "shape": List(Int()),
               "offset": Int(), "init": Str("normal", "zeros", "ones"), "std": Num(0)},
              {"grad": Int()}, checks=[_tensor_in_arena])
-CONSTS = Obj({"dtype": Str(*DTYPES), "values": List(Tuple(Int(), Num(), what="[offset, value]"))})
+CONST_TENSOR = Obj({"name": Str(), "dtype": Str("f32"), "shape": List(Int()), "offset": Int()},
+                   checks=[_const_tensor_in_region])
+CONSTS = Obj({"dtype": Str(*DTYPES), "values": List(Tuple(Int(), Num(), what="[offset, value]"))},
+             {"tensors": List(CONST_TENSOR)})
 GEMM = Obj({"transa": FLAG, "transb": FLAG, "m": SIZE, "n": SIZE, "k": SIZE, "batch": SIZE,
             "a": BUFFER, "b": BUFFER, "c": BUFFER, "lda": SIZE, "ldb": SIZE, "ldc": SIZE,
             "stride_a": Int(), "stride_b": Int(), "stride_c": Int()})
@@ -323,7 +345,7 @@ PROGRAM = Obj({"inputs": Map(BUFFER, INPUT_NAMES), "outputs": Map(BUFFER), "laun
 PLAN = Obj({"arena": ARENA, "schema_version": Int(), "model_hash": Str(), "config": CONFIG, "optimizer": OPTIMIZER,
             "tokenizer": TOKENIZER, "tensors": List(TENSOR), "consts": CONSTS, "programs": Map(PROGRAM),
             "nvrtc_options": List(Str())},
-           {"model_file": Str()}, checks=[_tokenizer_fits, _programs_complete])
+           {"model_file": Str()}, checks=[_tokenizer_fits, _programs_complete, _version_describes_plan])
 
 
 class _Context(dict):

@@ -76,6 +76,15 @@ def _decoding(f, b, t, h, d, length, kv_heads=None) -> list[dict]:
             _launch("cache_update", cache, f((b, length, kv_heads, d)), f((b, length, kv_heads, d)))]
 
 
+def _rotary(f, f32, b, t, h, d, rows, offset=0) -> list[dict]:
+    """Rotary over x (B, T, H, D) of f's type with float32 tables of `rows` positions: the forward
+    from position 0, its inverse (the gradient), and from the decode program's position input."""
+    x, table = f((b, t, h, d), offset), f32((rows, d // 2))
+    return [_launch("rotary", x, table, table, inverse=False, out_offset=offset),
+            _launch("rotary", x, table, table, inverse=True),
+            _launch("rotary", x, table, table, _ids([]), inverse=False)]
+
+
 def synthetic_plan(dtype: str = "f32") -> dict:
     """Launches GPT-2's plans do not make but another model may: every kernel mode, odd widths,
     offsets that rule out 16-byte accesses, with every float of type `dtype` (the loss and its
@@ -148,6 +157,9 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         *_decoding(_f, 3, 1, 4, 24, 37, kv_heads=2),  # grouped-query caches
         *_decoding(_f, 2, 3, 4, 64, 130, kv_heads=1),
         _launch("dropout", _f((5, 333)), _ids([]), _ids([]), p=0.1, site=2),
+        *_rotary(_f, _f32, 2, 8, 3, 16, 8),         # vectors of pairs
+        *_rotary(_f, _f32, 3, 5, 2, 6, 9, 1),       # odd half-rows, misaligned: pair by pair
+        *_rotary(_f, _f32, 1, 1, 4, 64, 37),        # one decoded position, LLaMA's head size
         _launch("cross_entropy", _f((37, 1000)), _ids([37])),
         _launch("cross_entropy_grad", _f((37, 1000)), _ids([37]), _f32(())),
         _launch("cross_entropy", _f((5, 3001)), _ids([5])),

@@ -23,6 +23,7 @@ import pytest
 
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
 from graphgpt.dtypes import DTYPES
+from graphgpt.numpy_ops import BY_OP
 from graphgpt.ops import REGISTRY
 from graphgpt.plan import Buffer
 from tests.test_kernels_compile import KERNEL_PLANS, _launch, plan_data
@@ -49,6 +50,8 @@ def _int_range(launch: dict) -> int:
         return launch["out"].shape[1] - ins[0].shape[1] + 1
     if op == "cached_attention":
         return ins[1].shape[1] - ins[0].shape[1] + 1
+    if op == "rotary":            # the position: every row read falls inside the tables
+        return ins[1].shape[0] - ins[0].shape[1] + 1
     if op == "dropout" or op in ATTENTION:
         return 2**31 - 1          # the RNG's seed and counter: any bits
     if op == "embedding":
@@ -220,3 +223,31 @@ def test_the_fused_loss_kernel_gives_the_bits_of_the_two_it_replaces(dtype, rows
     assert loss_fused.tobytes() == loss_pair.tobytes(), (float(loss_fused), float(loss_pair))
     assert grad_fused.tobytes() == grad_pair.tobytes()
     assert not np.array_equal(grad_fused, cp.asnumpy(z).view(DTYPES[dtype].numpy)), "the logits were not overwritten"
+
+
+@pytest.mark.parametrize("dtype,shape,rows,positioned", [("f32", (2, 64, 4, 64), 64, False), ("bf16", (2, 64, 4, 64), 64, False),
+                                                         ("f32", (3, 5, 2, 6), 9, False), ("bf16", (2, 1, 4, 128), 100, True)])
+def test_rotary_gives_the_numpy_backends_bits(dtype, shape, rows, positioned):
+    """The rotary kernel, forward and inverse, rounds each product and sum as NumPy's float32 does,
+    and once as it stores: the NumPy backend's bits on fresh inputs, over a poisoned output."""
+    import cupy as cp
+    from graphgpt.runtime.cuda_backend import device_dtype
+    x, table, position = Buffer(dtype, 0, shape), Buffer("f32", 0, (rows, shape[-1] // 2)), Buffer("i32", 0, ())
+    extra = [position] if positioned else []
+    launches = [_launch("rotary", x, table, table, *extra, inverse=inverse) for inverse in (False, True)]
+    module = cp.RawModule(code=lower_plan({"programs": {"p": {"launches": launches}}})["kernels/rotary.cu"],
+                          options=NVRTC_OPTIONS)
+    rng = np.random.default_rng()
+    host = rng.standard_normal(shape).astype(np.float32).astype(DTYPES[dtype].numpy)
+    angles = rng.uniform(0, 100, (rows, shape[-1] // 2))
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    p = np.int32(rng.integers(0, rows - shape[1] + 1))
+    ins = [cp.asarray(host.view(device_dtype(dtype))), cp.asarray(cos), cp.asarray(sin), *([cp.asarray(p)] if positioned else [])]
+    for launch in launches:
+        cuda = launch["cuda"]
+        out = cp.full(shape, 0x7FC0 if dtype == "bf16" else np.nan, device_dtype(dtype))
+        module.get_function(cuda["kernel"])(tuple(cuda["grid"]), tuple(cuda["block"]), (out, *ins))
+        got = cp.asnumpy(out).view(DTYPES[dtype].numpy)
+        want = BY_OP["rotary"](launch["attrs"], host.astype(np.float32), cos, sin, *([p] if positioned else []))
+        assert want.dtype == np.float32
+        assert got.tobytes() == want.astype(DTYPES[dtype].numpy).tobytes(), launch["attrs"]

@@ -13,7 +13,8 @@ from graphgpt.reference import evaluate
 
 F, I = "f32", "i32"
 
-# op -> (input specs as (shape, dtype) or ("ids", shape, upper bound), attrs)
+# op -> (input specs as (shape, dtype), ("ids", shape, upper bound) or ("table", shape): a float
+# input the op takes no gradient for, such as rotary's cosines and sines; attrs)
 CASES = {
     "add": ([((3, 4), F), ((4,), F)], {}),
     "sub": ([((3, 1), F), ((3, 4), F)], {}),
@@ -40,6 +41,8 @@ CASES = {
     "dropout": ([((3, 8), F), ("ids", (), 1000), ("ids", (), 1000)], {"p": 0.3, "site": 2}),
     "cross_entropy": ([((6, 5), F), ("ids", (6,), 5)], {}),
     "embedding": ([((7, 3), F), ("ids", (2, 4), 7)], {}),
+    # the tables are any values: the VJP is the transposed map, whatever the rotation's entries
+    "rotary": ([((2, 3, 2, 4), F), ("table", (5, 2)), ("table", (5, 2))], {"inverse": False}),
     # to the compute type: the identity (a cast to bf16 rounds, and the float64 check cannot see
     # through rounding; tests/test_bf16.py checks that one)
     "cast": ([((2, 3), F)], {"dtype": "f32"}),
@@ -52,6 +55,13 @@ MATMUL_VARIANTS = [
     ([((2, 4, 3), F), ((2, 5, 4), F)], {"ta": True, "tb": True}),
     ([((2, 3, 4), F), ((4, 5), F)], {"ta": False, "tb": False}),
     ([((2, 3, 4), F), ((5, 4), F)], {"ta": False, "tb": True}),
+]
+
+
+# rotary's inverse (its own gradient) and its rows from a position input (decoding) too
+ROTARY_VARIANTS = [
+    ([((2, 3, 2, 4), F), ("table", (5, 2)), ("table", (5, 2))], {"inverse": True}),
+    ([((1, 3, 2, 6), F), ("table", (5, 3)), ("table", (5, 3)), ("ids", (), 3)], {"inverse": False}),
 ]
 
 
@@ -72,6 +82,8 @@ def _inputs(specs, rng):
     for spec in specs:
         if spec[0] == "ids":
             arrays.append(rng.integers(0, spec[2], spec[1]).astype(np.int32))
+        elif spec[0] == "table":
+            arrays.append(rng.uniform(-1.0, 1.0, spec[1]))
         else:
             arrays.append(rng.uniform(0.5, 1.5, spec[0]) * rng.choice([-1.0, 1.0], spec[0]))
     return arrays
@@ -90,7 +102,7 @@ def check_vjp(op_name, specs, attrs, seed=0):
         out = out[0]
     weight = g.add("input", name="w", shape=out.shape, dtype=F)
     loss = (out * weight).sum()
-    wrt = [v.id for v, a in zip(ins, arrays) if a.dtype != np.int32]
+    wrt = [v.id for v, a, spec in zip(ins, arrays, specs) if a.dtype != np.int32 and spec[0] != "table"]
     grads = autodiff.grad(g, loss, wrt)
     w = rng.standard_normal(out.shape)
     feeds = {f"x{i}": a for i, a in enumerate(arrays)} | {"w": w}
@@ -100,7 +112,7 @@ def check_vjp(op_name, specs, attrs, seed=0):
         return float(evaluate(g, feeds)[loss.id])
 
     for k, (v, a) in enumerate(zip(ins, arrays)):
-        if a.dtype == np.int32:
+        if v.id not in wrt:
             continue
         numeric = np.zeros_like(a)
         for idx in np.ndindex(a.shape):
@@ -140,6 +152,12 @@ def test_grouped_query_attention_vjp(variant):
 def test_matmul_vjp_variants(variant):
     specs, attrs = MATMUL_VARIANTS[variant]
     check_vjp("matmul", specs, attrs, seed=variant)
+
+
+@pytest.mark.parametrize("variant", range(len(ROTARY_VARIANTS)))
+def test_rotary_vjp_variants(variant):
+    specs, attrs = ROTARY_VARIANTS[variant]
+    check_vjp("rotary", specs, attrs, seed=variant)
 
 
 def test_every_op_has_one_numpy_reference_and_no_reference_is_stale():

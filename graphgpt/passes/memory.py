@@ -1,7 +1,9 @@
 """Static memory plan: every tensor gets a fixed byte offset in one arena.
 
 The arena is laid out as   [params | grads | optimizer state | weight copies | constants | inputs |
-work], with the key/value caches of the generation programs at the start of the work region.
+work] (constants: the float32 scalars, then the constant tensors, such as rotary tables, which
+the backends load from the plan directory and no program writes), with the key/value caches of
+the generation programs at the start of the work region.
 Parameters, their gradients and the optimizer state have fixed slots, parameters and gradients in
 the same order (so the gradients form one flat buffer, and an allreduce or a multi-tensor
 optimizer can treat them as a single array). The weights' copies in the compute type
@@ -46,7 +48,7 @@ import numpy as np
 
 from ..dtypes import DTYPES, padded
 from ..errors import UserError
-from ..ir import PERSISTENT_OPS, SOURCE_OPS, Graph, Node
+from ..ir import CONSTANT_OPS, PERSISTENT_OPS, SOURCE_OPS, Graph, Node
 from ..ops import REGISTRY
 from ..ops.registry import prod
 
@@ -63,7 +65,8 @@ class Layout:
     """The persistent part of the arena, shared by all programs of one plan (byte offsets)."""
     tensors: dict[str, int] = field(default_factory=dict)   # param/state/cache name -> offset
     grads: dict[str, int] = field(default_factory=dict)     # param name -> offset of its gradient
-    consts: dict[float, int] = field(default_factory=dict)
+    consts: dict[float, int] = field(default_factory=dict)        # scalar value -> offset
+    const_tensors: dict[str, int] = field(default_factory=dict)   # const_tensor name -> offset
     regions: dict[str, list[int]] = field(default_factory=dict)  # name -> [start, size]
 
     @property
@@ -79,6 +82,10 @@ class Layout:
         """The slot of a param, state or cache node."""
         grad_of = n.attr.get("grad_of")
         return self.grads[grad_of] if grad_of else self.tensors[n.name]
+
+    def constant(self, n: Node) -> int:
+        """The slot of a const (by its value) or a const_tensor (by its name)."""
+        return self.const_tensors[n.name] if n.name else self.consts[n.attr["value"]]
 
 
 def persistent_layout(*graphs: Graph) -> Layout:
@@ -114,7 +121,13 @@ def persistent_layout(*graphs: Graph) -> Layout:
     width = DTYPES[CONST].bytes
     lay.consts = {v: start + i * width for i, v in enumerate(values)}
     top += len(values) * width
-    lay.regions["consts"] = [start, len(values) * width]
+    # the constant tensors after the scalars, in order of first appearance, each on a boundary
+    tables = {n.name: n.nbytes for g in graphs for n in g.of_op("const_tensor")}
+    for name, size in tables.items():
+        top = aligned(top)
+        lay.const_tensors[name] = top
+        top += size
+    lay.regions["consts"] = [start, top - start]
     lay.regions["inputs"] = [aligned(top), max((sum(aligned(n.nbytes) for n in g.of_op("input")) for g in graphs),
                                                 default=0)]
     top = lay.work_base
@@ -220,8 +233,8 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     for n in nodes.values():
         if n.op in PERSISTENT_OPS:
             fixed[n.id] = layout.offset(n)
-        elif n.op == "const":
-            fixed[n.id] = layout.consts[n.attr["value"]]
+        elif n.op in CONSTANT_OPS:
+            fixed[n.id] = layout.constant(n)
         elif n.op == "input":
             fixed[n.id] = input_top
             input_top += aligned(n.nbytes)

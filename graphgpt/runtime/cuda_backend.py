@@ -104,6 +104,8 @@ class CudaBackend(WeightCopies):
         consts, host = plan.data["consts"], np.zeros(size, np.uint8)
         for off, value in consts["values"]:
             host[off - start:off - start + DTYPES[consts["dtype"]].bytes].view(DTYPES[consts["dtype"]].numpy)[0] = value
+        for buf, values in plan.constant_buffers():  # the constant tensors, float32
+            host[buf.offset - start:buf.offset - start + nbytes(buf)] = values.reshape(-1).view(np.uint8)
         self.arena[start:start + size].set(host)
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.blas = Cublas(self.stream.ptr, self.workspace.data.ptr, tf32)
