@@ -131,6 +131,12 @@ def layer_norm(x: Value, weight: Value, bias: Value, eps: float = 1e-5) -> Value
     return normalized * weight + bias
 
 
+def rms_norm(x: Value, weight: Value | None = None, eps: float = 1e-5) -> Value:
+    """x * rsqrt(mean(x^2 over the last axis) + eps), times a per-column weight when given."""
+    normalized, _rstd = x.graph.add("rms_normalize", (x,), eps=float(eps))  # the statistic: for the backward
+    return normalized if weight is None else normalized * weight
+
+
 def gelu(x: Value) -> Value:
     """GELU, tanh approximation (GPT-2's)."""
     return x.graph.add("gelu", (x,))
@@ -219,5 +225,5 @@ def cross_entropy(logits: Value, targets: Value) -> Value:
     return logits.graph.add("cross_entropy", (logits, targets))
 
 
-__all__ = ["param", "layer_norm", "gelu", "causal_softmax", "causal_attention", "dropout", "matmul", "embedding",
+__all__ = ["param", "layer_norm", "rms_norm", "gelu", "causal_softmax", "causal_attention", "dropout", "matmul", "embedding",
            "position_rows", "cross_entropy", "Value", "FLOAT", "INT", "trace", "Tracer", "KvCaches"]

@@ -35,6 +35,7 @@ CASES = {
     "concat": ([((2, 1, 3), F), ((2, 2, 3), F), ((2, 1, 3), F)], {"axis": 1}),
     "copy": ([((2, 3), F)], {}),
     "normalize": ([((3, 6), F)], {"eps": 1e-5}),
+    "rms_normalize": ([((3, 6), F)], {"eps": 1e-5}),
     "causal_softmax": ([((2, 4, 4), F)], {"scale": 0.7}),
     "causal_attention": ([((2, 5, 3, 2, 3), F)], {"scale": 0.7}),
     "dropout": ([((3, 8), F), ("ids", (), 1000), ("ids", (), 1000)], {"p": 0.3, "site": 2}),

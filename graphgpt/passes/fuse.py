@@ -119,15 +119,21 @@ def _sum_with_prologue(n: Node) -> bool:
     return reduction is not None and reduction.with_prologue is None
 
 
+def _program(n: Node) -> tuple:
+    """A pointwise node's steps: a fused chain's program, or a lone op as a program of one step."""
+    return n.attr["program"] if n.op == "fused" else ((n.op, n.attrs, tuple(-1 - k for k in range(len(n.inputs)))),)
+
+
 def _normalize_epilogues(graph: Graph) -> Graph:
-    """Step 5's LayerNorm forward rule. The chain takes the normalised rows and, besides them,
-    only values available where the normalize runs: one per column, or scalars (gamma and beta).
-    The normalize becomes a fused_normalize at its place; the chain's result keeps its id, as the
-    new op's fourth output. The normalised rows stay an output of their own (the backward's
+    """Step 5's row normaliser forward rule. The chain (a fused one, or one pointwise op such as
+    RMSNorm's weight multiply) takes the normalised rows and, besides them, only values available
+    where the normaliser runs: one per column, or scalars (gamma and beta). The normaliser becomes
+    its epilogue form (fused_normalize) at its place; the chain's result keeps its id, as the new
+    op's last output. The normalised rows stay an output of their own (the backward's
     sum(g * x_hat) reads them)."""
     place = {i: k for k, i in enumerate(graph.nodes)}
-    chains: dict[int, tuple[Node, int]] = {}  # normalize id -> the chain it takes in, and the rows' id
-    for f in graph.of_op("fused"):
+    chains: dict[int, tuple[Node, int]] = {}  # normaliser id -> the chain it takes in, and the rows' id
+    for f in (m for m in graph.nodes.values() if REGISTRY[m.op].kind == "elementwise"):
         rows = [graph.nodes[i] for i in f.inputs if graph.nodes[i].shape == f.shape]
         if {"perm", "shape"} & set(f.attr) or len(rows) != 1 or REGISTRY[rows[0].op].kind != "projection":
             continue
@@ -147,7 +153,7 @@ def _normalize_epilogues(graph: Graph) -> Graph:
             others = tuple(i for i in f.inputs if i != rows_id)
             arg = {-1 - k: -1 if i == rows_id else -2 - others.index(i) for k, i in enumerate(f.inputs)}
             program = tuple((op, attrs, tuple(a if a >= 0 else arg[a] for a in args))
-                            for op, attrs, args in f.attr["program"])
+                            for op, attrs, args in _program(f))
             n = replace(n, op=REGISTRY[n.op].row_normaliser.with_epilogue, inputs=(*n.inputs, *others),
                         attrs=frozen_attrs({**n.attr, "program": program}), specs=(*n.specs, (f.shape, f.dtype)))
         elif n.id in taken:
@@ -253,9 +259,7 @@ def _joined_programs(members: list[Node]) -> tuple[list[int], tuple, tuple[int, 
     read by a later one taken from its step; the program's inputs, and each member's step."""
     program, externals, step_of = [], [], {}
     for n in members:
-        own = (n.op, n.attrs, tuple(-1 - k for k in range(len(n.inputs))))  # a lone op as a program
-        steps = n.attr["program"] if n.op == "fused" else (own,)
-        base = len(program)
+        steps, base = _program(n), len(program)
 
         def arg(a: int) -> int:
             if a >= 0:
