@@ -61,6 +61,37 @@ def gelu_grad(attrs, x, g):
     return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * x * x))
 
 
+@reference("sigmoid")
+def sigmoid(attrs, x):
+    return np.exp(-np.logaddexp(0.0, -x))  # 1 / (1 + exp(-x)), without exp's overflow
+
+
+@reference("square")
+def square(attrs, x):
+    return x * x
+
+
+@reference("silu")
+def silu(attrs, x):
+    return x * sigmoid(attrs, x)
+
+
+@reference("silu_grad")
+def silu_grad(attrs, x, g):
+    s = sigmoid(attrs, x)
+    return g * s * (1.0 + x * (1.0 - s))
+
+
+@reference("relu")
+def relu(attrs, x):
+    return np.maximum(x, x.dtype.type(0))
+
+
+@reference("relu_grad")
+def relu_grad(attrs, x, g):
+    return np.where(x > 0, g, g.dtype.type(0))
+
+
 def _run_program(program, inputs) -> list:
     """A fused chain's steps (op, attrs, args) in order: arg k >= 0 is step k, -1 - i input i.
     Every step's value."""

@@ -105,8 +105,8 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("sub", _f((6, 1)), _f((6, 8))),
         _launch("div", _f((8, 16), 2), _f((8, 16))),
         _launch("maximum", _f((33,)), _f(())),
-        *(_launch(op, _f((64,))) for op in ("neg", "exp", "log", "sqrt", "tanh", "gelu")),
-        _launch("gelu_grad", _f((3, 7)), _f((3, 7))),
+        *(_launch(op, _f((64,))) for op in ("neg", "exp", "log", "sqrt", "tanh", "gelu", "silu", "sigmoid", "relu", "square")),
+        *(_launch(op, _f((3, 7)), _f((3, 7))) for op in ("gelu_grad", "silu_grad", "relu_grad")),
         _launch("fused", _f((6, 8)), _f((8,)), _f((6, 1)), program=[
             ["exp", [], [-1]], ["log", [], [0]], ["tanh", [], [1]], ["neg", [], [2]],
             ["maximum", [], [3, -2]], ["sqrt", [], [-3]], ["div", [], [4, 5]]]),

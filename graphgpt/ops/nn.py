@@ -33,6 +33,21 @@ register(Op("gelu_grad", "elementwise", _same, nondiff=BACKWARD_ONLY,
                  f" * (1.0f + 3.0f * 0.044715f * a * a))"))
 
 
+# ---- SiLU (x * sigmoid(x), LLaMA's gate) and ReLU: their derivatives read the input -----------
+_SIGMOID = "(1.0f / (1.0f + expf(-a)))"
+register(Op("silu", "elementwise", _same,
+            vjp=lambda a, g, out, x: (g.graph.add("silu_grad", (x, g)),),
+            template="elementwise", expr=f"a * {_SIGMOID}"))
+register(Op("silu_grad", "elementwise", _same, nondiff=BACKWARD_ONLY, template="elementwise",
+            expr=f"b * {_SIGMOID} * (1.0f + a * (1.0f - {_SIGMOID}))"))
+# a NaN passes through ReLU, as through np.maximum(x, 0): a NaN loss must show
+register(Op("relu", "elementwise", _same,
+            vjp=lambda a, g, out, x: (g.graph.add("relu_grad", (x, g)),),
+            template="elementwise", expr="(a > 0.0f || a != a) ? a : 0.0f"))
+register(Op("relu_grad", "elementwise", _same, nondiff=BACKWARD_ONLY, template="elementwise",
+            expr="a > 0.0f ? b : 0.0f"))
+
+
 # ---- row normalisers: each row normalised over the last axis, its statistics saved ------------
 # normalize is LayerNorm without its affine part (that is plain mul/add in the model); its
 # statistics are each row's mean and reciprocal standard deviation. rms_normalize is RMSNorm

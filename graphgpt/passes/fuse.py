@@ -9,7 +9,8 @@
    without a bf16 rounding on the way.
 2. A sum of pads that tile one axis becomes a concat, which the memory plan builds in place: each
    piece is computed straight into its slice (this is how the q, k, v gradients meet), so neither
-   the pads nor the adds run.
+   the pads nor the adds run. Only along an axis whose pieces are contiguous (every axis before it
+   of extent 1); the gradients of slices of an inner axis stay pads and adds.
 3. A GEMM takes in the bias and residual adds that read it (fused_matmul): cuBLASLt adds them as it
    writes the product.
 4. Pointwise chains: a pointwise node is folded into its users when all of them are pointwise ops
@@ -22,10 +23,11 @@
      kernels walk all of them with the input's indexing;
    - a chain read only by a transpose (seen through a reshape, as where attention splits heads)
      is computed in the transpose's output order (attrs "shape" and "perm" of the fused node);
-   - LayerNorm's backward takes in the gradient's scaling by gamma before it and the residual
-     stream's gradient accumulation after it (fused_normalize_grad);
-   - LayerNorm's forward takes in the chain that reads its normalised rows, x_hat * gamma + beta
-     (fused_normalize): the kernel stores both, so the affine part is not a pass of its own.
+   - a row normaliser's backward (LayerNorm's, RMSNorm's) takes in the gradient's scaling by gamma
+     before it and the residual stream's gradient accumulation after it (fused_normalize_grad);
+   - a row normaliser's forward takes in the chain that reads its normalised rows, x_hat * gamma +
+     beta (fused_normalize), or the one op that does, RMSNorm's x_hat * weight: the kernel stores
+     both, so the affine part is not a pass of its own.
    - a plain sum and a fused_sum over the same leading axes, the sum's input an operand of the
      fused_sum's prologue, become one fused_sum with both results (attrs "results"): LayerNorm's
      beta and gamma gradients, sum(g) and sum(g * xhat), read g once.
@@ -51,6 +53,7 @@ from dataclasses import replace
 
 from ..ir import SOURCE_OPS, TUPLE, Graph, Node
 from ..ops import REGISTRY
+from ..ops.shape import contiguous_along
 from ..rewrite import Rewrite, frozen_attrs, pinned, projection, remove_dead, substitute
 
 # Measured on an H200 (tools/gemm_epilogue_check.py): cuBLASLt's GELU-gradient epilogue adds 43 us
@@ -467,8 +470,8 @@ def _concat_of_pads(g: Graph, n: Node) -> Node | None:
         else:
             return None
     axis = leaves[0].attr["axis"]
-    if any(p.attr["axis"] != axis for p in leaves):
-        return None
+    if any(p.attr["axis"] != axis for p in leaves) or not contiguous_along(n.shape, axis):
+        return None  # a concat is built in place, of contiguous pieces only: the pads and adds stay
     leaves.sort(key=lambda p: p.attr["before"])
     end = 0
     for p in leaves:  # sorted by start: disjoint and gap-free exactly when each starts where the last ended
