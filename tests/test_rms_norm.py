@@ -3,8 +3,9 @@ backward by declaring the RowNormaliser trait, and trains."""
 import numpy as np
 import pytest
 
+from graphgpt.compiler import compile_model
 from graphgpt.ops import REGISTRY
-from tests.models import assert_trains_as_unfused, compiled
+from tests.models import FAST, MODELS, assert_trains_as_unfused, compiled, train
 
 
 def test_the_reference_divides_each_row_by_its_root_mean_square():
@@ -36,3 +37,17 @@ def test_rms_norm_runs_as_the_fused_normaliser_forward_and_backward(overrides):
 
 def test_the_fused_plan_trains_as_the_unfused_one_and_its_loss_falls():
     assert_trains_as_unfused("rms_mlp")
+
+
+def test_remat_all_recomputes_rms_norms_rows_and_computes_the_same():
+    """Recompute reads the trait: the rows and the weighted rows come back in the backward (the
+    normaliser runs again), the one statistic is the forward's."""
+    def run(remat):
+        data = compile_model(MODELS / "rms_mlp.py", FAST, remat=remat, log=lambda *a: None).data
+        ops = [launch["op"] for launch in data["programs"]["train"]["launches"]]
+        return ops.count("fused_rms_normalize"), data["programs"]["train"]["memory"]["work_peak"], train(data, 3, np.float64)
+    (kept, peak, (losses, params)), (again, remat_peak, (remat_losses, remat_params)) = run("none"), run("all")
+    assert (kept, again) == (3, 6) and remat_peak < peak
+    np.testing.assert_allclose(remat_losses, losses, rtol=1e-12)
+    for name, value in params.items():
+        np.testing.assert_allclose(remat_params[name], value, rtol=1e-12, atol=1e-15, err_msg=name)
