@@ -24,6 +24,7 @@ from typing import Callable
 
 from .errors import UserError
 from .ir import FLOAT, INT, Graph, GraphError, Value
+from .ops.shape import contiguous_along
 from .schedule import DROPOUT_COUNTER, DROPOUT_SEED
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -133,9 +134,36 @@ def layer_norm(x: Value, weight: Value, bias: Value, eps: float = 1e-5) -> Value
     return normalized * weight + bias
 
 
+def rms_norm(x: Value, weight: Value | None = None, eps: float = 1e-5) -> Value:
+    """x * rsqrt(mean(x^2 over the last axis) + eps), times a per-column weight when given."""
+    normalized, _rstd = x.graph.add("rms_normalize", (x,), eps=float(eps))  # the statistic: for the backward
+    return normalized if weight is None else normalized * weight
+
+
 def gelu(x: Value) -> Value:
     """GELU, tanh approximation (GPT-2's)."""
     return x.graph.add("gelu", (x,))
+
+
+def silu(x: Value) -> Value:
+    """x * sigmoid(x) (LLaMA's gate)."""
+    return x.graph.add("silu", (x,))
+
+
+def sigmoid(x: Value) -> Value:
+    return x.graph.add("sigmoid", (x,))
+
+
+def relu(x: Value) -> Value:
+    return x.graph.add("relu", (x,))
+
+
+def square(x: Value) -> Value:
+    return x.graph.add("square", (x,))
+
+
+def exp(x: Value) -> Value:
+    return x.graph.add("exp", (x,))
 
 
 def causal_softmax(scores: Value, scale: float) -> Value:
@@ -250,6 +278,32 @@ def _probability(p: float) -> float:
     return float(p)
 
 
+def concat(xs, axis: int = -1) -> Value:
+    """The values joined along `axis`; they agree on every other axis and in dtype. Where the
+    pieces are contiguous runs of the result (every axis before `axis` of extent 1) it is a concat,
+    which the plan builds in place, each piece computed into its part of the result; along an inner
+    axis each piece is padded with zeros to the result's shape and the pads are added."""
+    xs = list(xs)
+    if not xs or not all(isinstance(x, Value) for x in xs):
+        raise GraphError(f"{user_line()}: concat takes a list of one or more values")
+    first = xs[0]
+    if not -first.ndim <= axis < first.ndim:
+        raise GraphError(f"{user_line()}: concat: axis {axis} is out of range for shape {first.shape}")
+    axis %= first.ndim
+    rest = [(x.shape[:axis], x.shape[axis + 1:], x.dtype) for x in xs]
+    if any(r != rest[0] for r in rest):
+        raise GraphError(f"{user_line()}: concat: the values differ outside axis {axis}: "
+                         + ", ".join(f"{x.shape}:{x.dtype}" for x in xs))
+    if contiguous_along(first.shape, axis):
+        return first.graph.add("concat", xs, axis=axis)
+    total, start, out = sum(x.shape[axis] for x in xs), 0, None
+    for x in xs:
+        piece = x.graph.add("pad", (x,), axis=axis, before=start, after=total - start - x.shape[axis])
+        start += x.shape[axis]
+        out = piece if out is None else out + piece
+    return out
+
+
 def matmul(a: Value, b: Value, ta: bool = False, tb: bool = False) -> Value:
     """op(a) @ op(b), op transposing the last two axes when its flag is set."""
     return a.graph.add("matmul", (a, b), ta=bool(ta), tb=bool(tb))
@@ -264,5 +318,6 @@ def cross_entropy(logits: Value, targets: Value) -> Value:
     return logits.graph.add("cross_entropy", (logits, targets))
 
 
-__all__ = ["param", "layer_norm", "gelu", "causal_softmax", "causal_attention", "dropout", "matmul", "embedding",
-           "position_rows", "rotary", "cross_entropy", "Value", "FLOAT", "INT", "trace", "Tracer", "KvCaches"]
+__all__ = ["param", "layer_norm", "rms_norm", "gelu", "silu", "sigmoid", "relu", "square", "exp", "causal_softmax",
+           "causal_attention", "dropout", "concat", "matmul", "embedding", "position_rows", "rotary", "cross_entropy",
+           "Value", "FLOAT", "INT", "trace", "Tracer", "KvCaches"]

@@ -266,15 +266,26 @@ class Value:
         return self.graph.add("broadcast_to", (self,), shape=tuple(shape))
 
     def __getitem__(self, index) -> "Value":
-        """Basic indexing on the leading axis: `x[i]` drops it, `x[a:b]` keeps it."""
+        """Basic indexing: `x[i]` drops the leading axis; contiguous slices (step 1, negative
+        bounds counted from the end) keep their axes, on any of them: `x[a:b]`, `x[:, a:b]`,
+        `x[..., a:b]`. Each slice of an axis is one slice op; a whole axis (`:`) is none."""
         if isinstance(index, int):
             i = index % self.shape[0] if self.ndim else index
             return self.graph.add("slice", (self,), axis=0, start=i, stop=i + 1).reshape(self.shape[1:])
-        if isinstance(index, slice) and index.step in (None, 1):
-            start, stop, _ = index.indices(self.shape[0])
-            return self.graph.add("slice", (self,), axis=0, start=start, stop=stop)
-        raise GraphError(_located(self.graph.locate() if self.graph.locate else None,
-                                  f"unsupported index {index!r}: use an int or a[start:stop] on the first axis"))
+        items = index if isinstance(index, tuple) else (index,)
+        if sum(item is Ellipsis for item in items) == 1:
+            at = next(k for k, item in enumerate(items) if item is Ellipsis)
+            items = items[:at] + (slice(None),) * (self.ndim - len(items) + 1) + items[at + 1:]
+        if len(items) > self.ndim or not all(isinstance(s, slice) and s.step in (None, 1) for s in items):
+            raise GraphError(_located(self.graph.locate() if self.graph.locate else None,
+                                      f"unsupported index {index!r} of a value of shape {self.shape}: use x[i] on "
+                                      "the first axis, or contiguous slices such as x[a:b], x[:, a:b], x[..., a:b]"))
+        out = self
+        for axis, s in enumerate(items):
+            if (s.start, s.stop) != (None, None):
+                start, stop, _ = s.indices(self.shape[axis])
+                out = self.graph.add("slice", (out,), axis=axis, start=start, stop=stop)
+        return out
 
     def __repr__(self) -> str:
         n = self.node

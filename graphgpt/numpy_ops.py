@@ -61,6 +61,37 @@ def gelu_grad(attrs, x, g):
     return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * x * x))
 
 
+@reference("sigmoid")
+def sigmoid(attrs, x):
+    return np.exp(-np.logaddexp(0.0, -x))  # 1 / (1 + exp(-x)), without exp's overflow
+
+
+@reference("square")
+def square(attrs, x):
+    return x * x
+
+
+@reference("silu")
+def silu(attrs, x):
+    return x * sigmoid(attrs, x)
+
+
+@reference("silu_grad")
+def silu_grad(attrs, x, g):
+    s = sigmoid(attrs, x)
+    return g * s * (1.0 + x * (1.0 - s))
+
+
+@reference("relu")
+def relu(attrs, x):
+    return np.maximum(x, x.dtype.type(0))
+
+
+@reference("relu_grad")
+def relu_grad(attrs, x, g):
+    return np.where(x > 0, g, g.dtype.type(0))
+
+
 def _run_program(program, inputs) -> list:
     """A fused chain's steps (op, attrs, args) in order: arg k >= 0 is step k, -1 - i input i.
     Every step's value."""
@@ -139,7 +170,7 @@ def fused_matmul(attrs, a, b, *rest):
     return out + rest.pop(0) if attrs["residual"] else out
 
 
-# ---- LayerNorm without its affine part --------------------------------------------------------
+# ---- row normalisers: LayerNorm without its affine part, RMSNorm without its weight ------------
 @reference("normalize")
 def normalize(attrs, x):
     """The normalised rows, and each row's mean and rstd."""
@@ -149,11 +180,11 @@ def normalize(attrs, x):
     return xc * rstd[..., None], mean, rstd
 
 
-@reference("fused_normalize")
-def fused_normalize(attrs, x, *operands):
-    """normalize's outputs, and its chain of the normalised rows as they are before rounding."""
-    xhat, mean, rstd = normalize(attrs, x)
-    return xhat, mean, rstd, _run_program(attrs["program"], (xhat, *operands))[-1]
+@reference("rms_normalize")
+def rms_normalize(attrs, x):
+    """The rows divided by their root mean square (not centred), and each row's rstd."""
+    rstd = 1.0 / np.sqrt((x * x).mean(-1) + attrs["eps"])
+    return x * rstd[..., None], rstd
 
 
 @reference("normalize_grad")
@@ -162,13 +193,36 @@ def normalize_grad(attrs, x, g, mean, rstd):
     return rstd[..., None] * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
 
 
-@reference("fused_normalize_grad")
-def fused_normalize_grad(attrs, x, g, mean, rstd, *rest):
-    rest = list(rest)
-    if attrs["scaled"]:
-        g = g * rest.pop(0)
-    dx = normalize_grad(attrs, x, g, mean, rstd)
-    return dx + rest.pop(0) if attrs["accumulate"] else dx
+@reference("rms_normalize_grad")
+def rms_normalize_grad(attrs, x, g, rstd):
+    xhat = x * rstd[..., None]
+    return rstd[..., None] * (g - xhat * (g * xhat).mean(-1, keepdims=True))
+
+
+def _with_epilogue(plain: Callable) -> Callable:
+    """A normaliser's outputs, and its chain of the normalised rows as they are before rounding."""
+    def fused(attrs, x, *operands):
+        outs = plain(attrs, x)
+        return (*outs, _run_program(attrs["program"], (outs[0], *operands))[-1])
+    return fused
+
+
+def _scaled_and_accumulated(grad: Callable, n_statistics: int) -> Callable:
+    """A normaliser's backward with g scaled by gamma (attrs "scaled") and the residual's gradient
+    added (attrs "accumulate"). Inputs: x, g, the statistics, [gamma], [residual]."""
+    def fused(attrs, x, g, *rest):
+        statistics, rest = rest[:n_statistics], list(rest[n_statistics:])
+        if attrs["scaled"]:
+            g = g * rest.pop(0)
+        dx = grad(attrs, x, g, *statistics)
+        return dx + rest.pop(0) if attrs["accumulate"] else dx
+    return fused
+
+
+reference("fused_normalize")(_with_epilogue(normalize))
+reference("fused_rms_normalize")(_with_epilogue(rms_normalize))
+reference("fused_normalize_grad")(_scaled_and_accumulated(normalize_grad, 2))
+reference("fused_rms_normalize_grad")(_scaled_and_accumulated(rms_normalize_grad, 1))
 
 
 # ---- causal softmax ---------------------------------------------------------------------------

@@ -131,8 +131,8 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("sub", _f((6, 1)), _f((6, 8))),
         _launch("div", _f((8, 16), 2), _f((8, 16))),
         _launch("maximum", _f((33,)), _f(())),
-        *(_launch(op, _f((64,))) for op in ("neg", "exp", "log", "sqrt", "tanh", "gelu")),
-        _launch("gelu_grad", _f((3, 7)), _f((3, 7))),
+        *(_launch(op, _f((64,))) for op in ("neg", "exp", "log", "sqrt", "tanh", "gelu", "silu", "sigmoid", "relu", "square")),
+        *(_launch(op, _f((3, 7)), _f((3, 7))) for op in ("gelu_grad", "silu_grad", "relu_grad")),
         _launch("fused", _f((6, 8)), _f((8,)), _f((6, 1)), program=[
             ["exp", [], [-1]], ["log", [], [0]], ["tanh", [], [1]], ["neg", [], [2]],
             ["maximum", [], [3, -2]], ["sqrt", [], [-3]], ["div", [], [4, 5]]]),
@@ -142,6 +142,17 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("normalize_grad", _f((8, 1536)), _f((8, 1536)), _f32((8,)), _f32((8,)), eps=1e-5),
         _launch("normalize", _f((10, 100)), eps=1e-5),
         _launch("normalize_grad", _f((7, 50)), _f((7, 50)), _f32((7,)), _f32((7,)), eps=1e-5),
+        # RMSNorm's uncentred forms of the same kernels: uncached and partial rows, the weight as the
+        # forward's epilogue, the backward scaled by it and accumulating into a residual gradient
+        _launch("rms_normalize", _f((16, 3000)), eps=1e-5),
+        _launch("rms_normalize", _f((10, 100)), eps=1e-6),
+        _launch("rms_normalize_grad", _f((16, 3000)), _f((16, 3000)), _f32((16,)), eps=1e-5),
+        _launch("rms_normalize_grad", _f((7, 50)), _f((7, 50)), _f32((7,)), eps=1e-5),
+        _launch("fused_rms_normalize", _f((6, 96)), _f((96,)), eps=1e-5, program=[["mul", [], [-1, -2]]]),
+        _launch("fused_rms_normalize_grad", _f((6, 96)), _f((6, 96)), _f32((6,)), _f((96,)), _f((6, 96)),
+                eps=1e-5, scaled=True, accumulate=True),
+        _launch("fused_rms_normalize_grad", _f((5, 40)), _f((5, 40)), _f32((5,)), _f((5, 40)),
+                eps=1e-5, scaled=False, accumulate=True),
         _launch("causal_softmax", _f((3, 5, 5)), scale=0.7),
         _launch("causal_softmax", _f((2, 2100, 2100)), scale=0.05),  # a row too long for registers
         _launch("causal_softmax_grad", _f((3, 5, 5)), _f((3, 5, 5)), scale=0.7),

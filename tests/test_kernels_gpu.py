@@ -32,6 +32,9 @@ pytestmark = pytest.mark.gpu
 RTOL = {"f32": 1e-5, "bf16": 2.0**-10}
 ROUNDS_INSIDE = {"bf16": 1e-2}  # kernels whose second product takes bf16 operands they computed
 ATTENTION = ("causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv")
+# a row normaliser, its backward and its fused backward -> the normaliser (LayerNorm's, RMSNorm's)
+NORMALISER_OF = {name: plain for plain, op in REGISTRY.items() if op.row_normaliser and op.row_normaliser.grad
+                 for name in (plain, op.row_normaliser.grad, op.row_normaliser.fused_grad)}
 
 
 def _distinct_launches(data: dict) -> list[dict]:
@@ -76,10 +79,11 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
             values.append(rng.standard_normal(buf.shape, dtype=np.float32))
     if op == "causal_softmax_grad":  # y must be a causal softmax: zero above the diagonal
         values[0] = REGISTRY["causal_softmax"].ref({"scale": 1.0}, 3 * values[0]).astype(np.float32)
-    elif op in ("normalize", "normalize_grad", "fused_normalize_grad"):
+    elif op in NORMALISER_OF:
         values[0] = 2 * values[0] + 3  # rows with a mean to remove
-        if op != "normalize":  # the row statistics the forward saved
-            _, values[2], values[3] = REGISTRY["normalize"].ref({"eps": launch["attrs"]["eps"]}, values[0])
+        if op != NORMALISER_OF[op]:  # the row statistics the forward saved
+            _, *statistics = REGISTRY[NORMALISER_OF[op]].ref({"eps": launch["attrs"]["eps"]}, values[0])
+            values[2:2 + len(statistics)] = statistics
     elif op.startswith("cross_entropy"):
         values[0] *= 3
     elif op == "argmax":  # equal maxima, whose first must win, and a NaN, which beats any number

@@ -54,6 +54,8 @@ unary("exp", "expf(a)", lambda a, g, out, x: (g * out,))
 unary("log", "logf(a)", lambda a, g, out, x: (g / x,))
 unary("sqrt", "sqrtf(a)", lambda a, g, out, x: ((g * 0.5) / out,))
 unary("tanh", "tanhf(a)", lambda a, g, out, x: (g * (1.0 - out * out),))
+unary("sigmoid", "1.0f / (1.0f + expf(-a))", lambda a, g, out, x: (g * (out * (1.0 - out)),))
+unary("square", "a * a", lambda a, g, out, x: (g * (x * 2.0),))
 
 
 # ---- cast: a float tensor in another float type. Rounding happens where a value is stored, so a

@@ -33,19 +33,40 @@ register(Op("gelu_grad", "elementwise", _same, nondiff=BACKWARD_ONLY,
                  f" * (1.0f + 3.0f * 0.044715f * a * a))"))
 
 
-# ---- normalize: LayerNorm without its affine part (that is plain mul/add in the model) -------
-# Its outputs: the normalised rows, and each row's mean and reciprocal standard deviation (float32,
-# one per row), saved for the backward as llm.c saves them, so the backward does not recompute them.
-def _normalize_infer(attrs, x):
-    float_spec(x)
-    return [x, Spec(x.shape[:-1], "f32"), Spec(x.shape[:-1], "f32")]
+# ---- SiLU (x * sigmoid(x), LLaMA's gate) and ReLU: their derivatives read the input -----------
+_SIGMOID = "(1.0f / (1.0f + expf(-a)))"
+register(Op("silu", "elementwise", _same,
+            vjp=lambda a, g, out, x: (g.graph.add("silu_grad", (x, g)),),
+            template="elementwise", expr=f"a * {_SIGMOID}"))
+register(Op("silu_grad", "elementwise", _same, nondiff=BACKWARD_ONLY, template="elementwise",
+            expr=f"b * {_SIGMOID} * (1.0f + a * (1.0f - {_SIGMOID}))"))
+# a NaN passes through ReLU, as through np.maximum(x, 0): a NaN loss must show
+register(Op("relu", "elementwise", _same,
+            vjp=lambda a, g, out, x: (g.graph.add("relu_grad", (x, g)),),
+            template="elementwise", expr="(a > 0.0f || a != a) ? a : 0.0f"))
+register(Op("relu_grad", "elementwise", _same, nondiff=BACKWARD_ONLY, template="elementwise",
+            expr="a > 0.0f ? b : 0.0f"))
 
 
-def _normalize_vjp(attrs, g, out, x):
-    if g[1] is not None or g[2] is not None:
-        raise UserError(f"{x.node.where}: normalize's mean and rstd are saved for the backward; "
-                        "a loss that depends on them cannot be differentiated")
-    return (g[0].graph.add("normalize_grad", (x, g[0], out[1], out[2]), eps=attrs["eps"]),)
+# ---- row normalisers: each row normalised over the last axis, its statistics saved ------------
+# normalize is LayerNorm without its affine part (that is plain mul/add in the model); its
+# statistics are each row's mean and reciprocal standard deviation. rms_normalize is RMSNorm
+# without its weight: the rows are not centred, and the one statistic is the reciprocal root mean
+# square. Both are float32, one per row, saved for the backward as llm.c saves them, so the
+# backward does not recompute them.
+#
+# fused_<name> is the normaliser with the pointwise chain that reads its rows (LayerNorm's affine
+# part, x_hat * gamma + beta; RMSNorm's weight), made by the fusion pass: the kernel applies
+# attrs["program"] to each normalised element as it stores it, and stores the chain's result as
+# its last output. The program's input -1 is the normalised element (unrounded), -2 - j the op's
+# input 1 + j: one value per column, or a scalar.
+#
+# fused_<name>_grad is the backward as llm.c writes LayerNorm's, made by the fusion pass: the
+# incoming gradient is scaled by the per-column gamma as the row is loaded (attrs["scaled"]: input
+# gamma follows the row statistics) and the result is added to the residual stream's gradient as
+# it is stored (attrs["accumulate"]: input residual comes last), so neither g * gamma nor the
+# unaccumulated dx goes to memory. Inputs: x, g, the statistics, [gamma], [residual].
+FUSION_MADE = "made by the fusion pass, which runs after autodiff"
 
 
 def _stats_spec(x: Spec, *stats: Spec) -> None:
@@ -53,59 +74,61 @@ def _stats_spec(x: Spec, *stats: Spec) -> None:
         require(s == Spec(x.shape[:-1], "f32"), f"row statistics {s.shape}:{s.dtype} are not float32 of {x.shape[:-1]}")
 
 
-def _normalize_grad_infer(attrs, x, g, mean, rstd):
-    _same(attrs, x, g)
-    _stats_spec(x, mean, rstd)
-    return x
+def _register_row_normaliser(name: str, statistics: tuple[str, ...]) -> None:
+    """The normaliser `name`, whose outputs are the rows and the named statistics, with its
+    epilogue form and its two backward ops."""
+    n_stats = len(statistics)
+
+    def infer(attrs, x):
+        float_spec(x)
+        return [x, *(Spec(x.shape[:-1], "f32") for _ in statistics)]
+
+    def vjp(attrs, g, out, x):
+        if any(gi is not None for gi in g[1:]):
+            raise UserError(f"{x.node.where}: {name}'s {' and '.join(statistics)} are saved for the backward; "
+                            "a loss that depends on them cannot be differentiated")
+        return (g[0].graph.add(f"{name}_grad", (x, g[0], *out[1:]), eps=attrs["eps"]),)
+
+    def grad_infer(attrs, x, g, *stats):
+        _same(attrs, x, g)
+        require(len(stats) == n_stats, f"needs the {n_stats} row statistics")
+        _stats_spec(x, *stats)
+        return x
+
+    def fused_infer(attrs, x, *operands):
+        for o in operands:
+            require(o.shape == x.shape[-1:] or o.shape == (), f"operand {o.shape} is neither a column vector of "
+                                                              f"{x.shape} nor a scalar")
+        out = infer(attrs, x)
+        y = step_specs(attrs, (x, *operands))[-1]
+        require(y.shape == x.shape, f"the chain gives {y.shape}, not the rows' {x.shape}")
+        return [*out, y]
+
+    def fused_grad_infer(attrs, x, g, *rest):
+        rest = list(rest)
+        grad_infer(attrs, x, g, *rest[:n_stats])
+        del rest[:n_stats]
+        if attrs["scaled"]:
+            gamma = rest.pop(0)
+            require(gamma.shape == x.shape[-1:] and gamma.dtype == x.dtype,
+                    f"gamma {gamma.shape}:{gamma.dtype} is not one value per column of {x.shape}:{x.dtype}")
+        if attrs["accumulate"]:
+            _same(attrs, x, rest.pop(0))
+        require(not rest, "too many inputs")
+        return x
+
+    stats_at = tuple(range(1, 1 + n_stats))
+    register(Op(name, "nn", infer, vjp=vjp, template="layernorm",
+                row_normaliser=RowNormaliser(rows=0, statistics=stats_at, with_epilogue=f"fused_{name}",
+                                             grad=f"{name}_grad", fused_grad=f"fused_{name}_grad")))
+    register(Op(f"{name}_grad", "nn", grad_infer, nondiff=BACKWARD_ONLY, template="layernorm"))
+    register(Op(f"fused_{name}", "nn", fused_infer, nondiff=FUSION_MADE, template="layernorm",
+                row_normaliser=RowNormaliser(rows=0, statistics=stats_at)))
+    register(Op(f"fused_{name}_grad", "nn", fused_grad_infer, nondiff=FUSION_MADE, template="layernorm"))
 
 
-register(Op("normalize", "nn", _normalize_infer, vjp=_normalize_vjp, template="layernorm",
-            row_normaliser=RowNormaliser(rows=0, statistics=(1, 2), with_epilogue="fused_normalize",
-                                         grad="normalize_grad", fused_grad="fused_normalize_grad")))
-register(Op("normalize_grad", "nn", _normalize_grad_infer, nondiff=BACKWARD_ONLY, template="layernorm"))
-
-
-# normalize with the pointwise chain that reads its rows (LayerNorm's affine part, x_hat * gamma +
-# beta), made by the fusion pass: the kernel applies attrs["program"] to each normalised element
-# as it stores it, and stores the chain's result as a fourth output. The program's input -1 is the
-# normalised element (unrounded), -2 - j the op's input 1 + j: one value per column, or a scalar.
-# Outputs: x_hat, mean, rstd (as normalize's), the chain's result.
-def _fused_normalize_infer(attrs, x, *operands):
-    for o in operands:
-        require(o.shape == x.shape[-1:] or o.shape == (), f"operand {o.shape} is neither a column vector of "
-                                                          f"{x.shape} nor a scalar")
-    out = _normalize_infer(attrs, x)
-    y = step_specs(attrs, (x, *operands))[-1]
-    require(y.shape == x.shape, f"the chain gives {y.shape}, not the rows' {x.shape}")
-    return [*out, y]
-
-
-register(Op("fused_normalize", "nn", _fused_normalize_infer,
-            nondiff="made by the fusion pass, which runs after autodiff", template="layernorm",
-            row_normaliser=RowNormaliser(rows=0, statistics=(1, 2))))
-
-
-# LayerNorm's backward as llm.c writes it, made by the fusion pass: the incoming gradient is scaled
-# by the per-column gamma as the row is loaded (attrs["scaled"]: input gamma follows the row
-# statistics) and the result is added to the residual stream's gradient as it is stored
-# (attrs["accumulate"]: input residual comes last), so neither g * gamma nor the unaccumulated dx
-# goes to memory. Inputs: x, g, mean, rstd, [gamma], [residual].
-def _fused_normalize_grad_infer(attrs, x, g, mean, rstd, *rest):
-    _same(attrs, x, g)
-    _stats_spec(x, mean, rstd)
-    rest = list(rest)
-    if attrs["scaled"]:
-        gamma = rest.pop(0)
-        require(gamma.shape == x.shape[-1:] and gamma.dtype == x.dtype,
-                f"gamma {gamma.shape}:{gamma.dtype} is not one value per column of {x.shape}:{x.dtype}")
-    if attrs["accumulate"]:
-        _same(attrs, x, rest.pop(0))
-    require(not rest, "too many inputs")
-    return x
-
-
-register(Op("fused_normalize_grad", "nn", _fused_normalize_grad_infer,
-            nondiff="made by the fusion pass, which runs after autodiff", template="layernorm"))
+_register_row_normaliser("normalize", ("mean", "rstd"))
+_register_row_normaliser("rms_normalize", ("rstd",))
 
 
 # ---- causal softmax: softmax(scale * x) over the last axis, key j > query i masked out --------

@@ -64,10 +64,15 @@ def _slice_vjp(a, g, out, x):
                         after=x.shape[a["axis"]] - a["stop"]),)
 
 
+def contiguous_along(shape, axis: int) -> bool:
+    """A range of indices along `axis` is one contiguous run of memory: every axis before it has
+    extent 1. A slice of such a range is a view, and a concat of such pieces is built in place."""
+    return prod(shape[:axis]) == 1
+
+
 def _slice_view(a, x, itemsize: int) -> int | None:
-    """A slice is a contiguous run of its input when every axis before its own has extent 1."""
     axis = a["axis"]
-    return a["start"] * prod(x.shape[axis + 1:]) * itemsize if prod(x.shape[:axis]) == 1 else None
+    return a["start"] * prod(x.shape[axis + 1:]) * itemsize if contiguous_along(x.shape, axis) else None
 
 
 register(Op("slice", "shape", _slice_infer, vjp=_slice_vjp, template="shape", view=_slice_view))
@@ -117,4 +122,4 @@ register(Op("concat", "shape", _concat_infer,
 register(Op("copy", "shape", lambda a, x: x,
             vjp=lambda a, g, out, x: (g,), template="shape"))
 
-__all__ = ["unbroadcast", "ShapeMismatch"]
+__all__ = ["unbroadcast", "contiguous_along", "ShapeMismatch"]

@@ -9,7 +9,8 @@
    without a bf16 rounding on the way.
 2. A sum of pads that tile one axis becomes a concat, which the memory plan builds in place: each
    piece is computed straight into its slice (this is how the q, k, v gradients meet), so neither
-   the pads nor the adds run.
+   the pads nor the adds run. Only along an axis whose pieces are contiguous (every axis before it
+   of extent 1); the gradients of slices of an inner axis stay pads and adds.
 3. A GEMM takes in the bias and residual adds that read it (fused_matmul): cuBLASLt adds them as it
    writes the product.
 4. Pointwise chains: a pointwise node is folded into its users when all of them are pointwise ops
@@ -22,10 +23,11 @@
      kernels walk all of them with the input's indexing;
    - a chain read only by a transpose (seen through a reshape, as where attention splits heads)
      is computed in the transpose's output order (attrs "shape" and "perm" of the fused node);
-   - LayerNorm's backward takes in the gradient's scaling by gamma before it and the residual
-     stream's gradient accumulation after it (fused_normalize_grad);
-   - LayerNorm's forward takes in the chain that reads its normalised rows, x_hat * gamma + beta
-     (fused_normalize): the kernel stores both, so the affine part is not a pass of its own.
+   - a row normaliser's backward (LayerNorm's, RMSNorm's) takes in the gradient's scaling by gamma
+     before it and the residual stream's gradient accumulation after it (fused_normalize_grad);
+   - a row normaliser's forward takes in the chain that reads its normalised rows, x_hat * gamma +
+     beta (fused_normalize), or the one op that does, RMSNorm's x_hat * weight: the kernel stores
+     both, so the affine part is not a pass of its own.
    - a plain sum and a fused_sum over the same leading axes, the sum's input an operand of the
      fused_sum's prologue, become one fused_sum with both results (attrs "results"): LayerNorm's
      beta and gamma gradients, sum(g) and sum(g * xhat), read g once.
@@ -51,6 +53,7 @@ from dataclasses import replace
 
 from ..ir import SOURCE_OPS, TUPLE, Graph, Node
 from ..ops import REGISTRY
+from ..ops.shape import contiguous_along
 from ..rewrite import Rewrite, frozen_attrs, pinned, projection, remove_dead, substitute
 
 # Measured on an H200 (tools/gemm_epilogue_check.py): cuBLASLt's GELU-gradient epilogue adds 43 us
@@ -119,15 +122,21 @@ def _sum_with_prologue(n: Node) -> bool:
     return reduction is not None and reduction.with_prologue is None
 
 
+def _program(n: Node) -> tuple:
+    """A pointwise node's steps: a fused chain's program, or a lone op as a program of one step."""
+    return n.attr["program"] if n.op == "fused" else ((n.op, n.attrs, tuple(-1 - k for k in range(len(n.inputs)))),)
+
+
 def _normalize_epilogues(graph: Graph) -> Graph:
-    """Step 5's LayerNorm forward rule. The chain takes the normalised rows and, besides them,
-    only values available where the normalize runs: one per column, or scalars (gamma and beta).
-    The normalize becomes a fused_normalize at its place; the chain's result keeps its id, as the
-    new op's fourth output. The normalised rows stay an output of their own (the backward's
+    """Step 5's row normaliser forward rule. The chain (a fused one, or one pointwise op such as
+    RMSNorm's weight multiply) takes the normalised rows and, besides them, only values available
+    where the normaliser runs: one per column, or scalars (gamma and beta). The normaliser becomes
+    its epilogue form (fused_normalize) at its place; the chain's result keeps its id, as the new
+    op's last output. The normalised rows stay an output of their own (the backward's
     sum(g * x_hat) reads them)."""
     place = {i: k for k, i in enumerate(graph.nodes)}
-    chains: dict[int, tuple[Node, int]] = {}  # normalize id -> the chain it takes in, and the rows' id
-    for f in graph.of_op("fused"):
+    chains: dict[int, tuple[Node, int]] = {}  # normaliser id -> the chain it takes in, and the rows' id
+    for f in (m for m in graph.nodes.values() if REGISTRY[m.op].kind == "elementwise"):
         rows = [graph.nodes[i] for i in f.inputs if graph.nodes[i].shape == f.shape]
         if {"perm", "shape"} & set(f.attr) or len(rows) != 1 or REGISTRY[rows[0].op].kind != "projection":
             continue
@@ -147,7 +156,7 @@ def _normalize_epilogues(graph: Graph) -> Graph:
             others = tuple(i for i in f.inputs if i != rows_id)
             arg = {-1 - k: -1 if i == rows_id else -2 - others.index(i) for k, i in enumerate(f.inputs)}
             program = tuple((op, attrs, tuple(a if a >= 0 else arg[a] for a in args))
-                            for op, attrs, args in f.attr["program"])
+                            for op, attrs, args in _program(f))
             n = replace(n, op=REGISTRY[n.op].row_normaliser.with_epilogue, inputs=(*n.inputs, *others),
                         attrs=frozen_attrs({**n.attr, "program": program}), specs=(*n.specs, (f.shape, f.dtype)))
         elif n.id in taken:
@@ -253,9 +262,7 @@ def _joined_programs(members: list[Node]) -> tuple[list[int], tuple, tuple[int, 
     read by a later one taken from its step; the program's inputs, and each member's step."""
     program, externals, step_of = [], [], {}
     for n in members:
-        own = (n.op, n.attrs, tuple(-1 - k for k in range(len(n.inputs))))  # a lone op as a program
-        steps = n.attr["program"] if n.op == "fused" else (own,)
-        base = len(program)
+        steps, base = _program(n), len(program)
 
         def arg(a: int) -> int:
             if a >= 0:
@@ -463,8 +470,8 @@ def _concat_of_pads(g: Graph, n: Node) -> Node | None:
         else:
             return None
     axis = leaves[0].attr["axis"]
-    if any(p.attr["axis"] != axis for p in leaves):
-        return None
+    if any(p.attr["axis"] != axis for p in leaves) or not contiguous_along(n.shape, axis):
+        return None  # a concat is built in place, of contiguous pieces only: the pads and adds stay
     leaves.sort(key=lambda p: p.attr["before"])
     end = 0
     for p in leaves:  # sorted by start: disjoint and gap-free exactly when each starts where the last ended

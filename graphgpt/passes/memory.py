@@ -51,6 +51,7 @@ from ..errors import UserError
 from ..ir import CONSTANT_OPS, PERSISTENT_OPS, SOURCE_OPS, Graph, Node
 from ..ops import REGISTRY
 from ..ops.registry import prod
+from ..ops.shape import contiguous_along
 
 ALIGN = 256  # bytes: where every tensor starts
 CONST = "f32"  # scalar constants are stored as float32
@@ -192,8 +193,9 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
             pieces = _concat_pieces(n, nodes, resolve, unplaceable)
             if isinstance(pieces, str):
                 if REGISTRY[n.op].template is None:
-                    raise UserError(f"{n.where}: {n.op} (node {nid}) cannot be built in place ({pieces}), "
-                                    f"and op {n.op} has no CUDA template to run it")
+                    raise UserError(f"{n.where}: {n.op} of {len(n.inputs)} pieces along axis {n.attr['axis']} "
+                                    f"cannot be built: {pieces}; it runs no kernel, each piece must be "
+                                    "computed into its part of the result")
                 continue
             for root, off in pieces:  # a piece's views move along with it
                 parent[root] = (nid, off)
@@ -347,17 +349,17 @@ def _concat_pieces(n: Node, nodes: dict[int, Node], resolve, unplaceable: set[in
     """(root, byte offset in the concat) of each input's buffer, if every input can be computed
     directly into its slice of the concat; otherwise why not."""
     axis = n.attr["axis"]
-    if prod(n.shape[:axis]) != 1:
+    if not contiguous_along(n.shape, axis):
         return f"its pieces are not contiguous along axis {axis}"
     inner, start, pieces = prod(n.shape[axis + 1:]) * DTYPES[n.dtype].bytes, 0, []
-    for i in n.inputs:
+    for k, i in enumerate(n.inputs, 1):
         root, shift = resolve(i)
         if shift or nodes[root].nbytes != nodes[i].nbytes:
-            return f"input {i} is part of another buffer"
+            return f"piece {k} is part of another value's memory (a slice or reshape of it)"
         if root in unplaceable:
-            return f"input {i} is a gradient, update, output or source"
+            return f"piece {k} is a parameter, input, gradient, update or output, which keeps its own memory"
         if any(root == r for r, _ in pieces):
-            return f"input {i} is given twice"
+            return f"piece {k} is given twice"
         pieces.append((root, start * inner))
         start += nodes[i].shape[axis]
     return pieces
