@@ -39,8 +39,9 @@ from .fsutil import fsync_dir, process_alive
 # 6: a fused_sum may sum several values into several outputs (attrs "results"); 7: fused_normalize
 # (LayerNorm's affine part stored by its normalize) and sum_group (column sums in one launch);
 # 8: every launch names its stream and the launches it waits for; 9: the NVRTC options of the
-# kernel files ("nvrtc_options")
-SCHEMA_VERSION = 9
+# kernel files ("nvrtc_options"); 10: the device the kernels are sized for ("target": its name, SM
+# count and shared memory)
+SCHEMA_VERSION = 10
 # The program that writes every weight's copy in the compute type from the weights: a backend
 # runs it before its next program whenever something other than a program wrote the weights.
 CAST_WEIGHTS = "cast_weights"

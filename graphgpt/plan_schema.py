@@ -319,10 +319,11 @@ LAUNCH = Switch(lambda launch: "collective" if launch.get("kind") == "collective
 })
 PROGRAM = Obj({"inputs": Map(BUFFER, INPUT_NAMES), "outputs": Map(BUFFER), "launches": List(LAUNCH),
                "matmul_flops": Int()}, checks=[_waits_exist])
+TARGET = Obj({"name": Str(), "sms": SIZE, "smem_per_block": SIZE, "smem_per_sm": SIZE})
 # The arena first: every buffer after it is checked against its size.
 PLAN = Obj({"arena": ARENA, "schema_version": Int(), "model_hash": Str(), "config": CONFIG, "optimizer": OPTIMIZER,
             "tokenizer": TOKENIZER, "tensors": List(TENSOR), "consts": CONSTS, "programs": Map(PROGRAM),
-            "nvrtc_options": List(Str())},
+            "nvrtc_options": List(Str()), "target": TARGET},
            {"model_file": Str()}, checks=[_tokenizer_fits, _programs_complete])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..dtypes import DTYPES
 from ..ops.registry import prod
+from ..target import Target
 from .common import THREADS, WARPS, Kernel, c_float, cdiv, index_type, row_vec, types
 from .elementwise import steps
 
@@ -14,7 +15,7 @@ CACHED_ROW = 64  # floats per lane a warp keeps in registers (2048 per row)
 STATS = (2, 3)  # the backward's inputs mean and rstd: one float32 per row, read one at a time
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     """A warp per row; rows up to 2048 floats stay in registers between the passes. The vector
     width is that of the rows (the statistics are read and written one per row)."""
     *lead, c = launch["out"].shape
