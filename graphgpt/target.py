@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .errors import UserError
-
-WAVES = 4  # a wave: blocks that fill the SMs this many times, what split reductions aim for
+WAVES = 4  # a wave of blocks fills the SMs this many times
 
 
 @dataclass(frozen=True)
@@ -24,6 +22,7 @@ class Target:
 
     @property
     def wave(self) -> int:
+        """Blocks that fill the SMs a few times: what split reductions aim for."""
         return WAVES * self.sms
 
     def to_json(self) -> dict:
@@ -37,10 +36,5 @@ TARGETS = {t.name: t for t in (
     Target("h200", sms=132, **HOPPER_SMEM),
     Target("h100-pcie", sms=114, **HOPPER_SMEM),
 )}
+# The H100/H200 class, named as the device --device-memory assumes by default (model_size.py)
 DEFAULT = TARGETS["h200"]
-
-
-def by_name(name: str) -> Target:
-    if name not in TARGETS:
-        raise UserError(f"unknown target '{name}'; known targets: {', '.join(TARGETS)}")
-    return TARGETS[name]
