@@ -43,11 +43,9 @@ from .tensor_files import load_safetensors
 # 6: a fused_sum may sum several values into several outputs (attrs "results"); 7: fused_normalize
 # (LayerNorm's affine part stored by its normalize) and sum_group (column sums in one launch);
 # 8: every launch names its stream and the launches it waits for; 9: the NVRTC options of the
-# kernel files ("nvrtc_options"); 10: constant tensors (consts.tensors), their values in
-# constants.safetensors. A plan is written with the oldest version that describes it: one without
-# constant tensors is a version 9 plan, byte for byte as before, which a graphgpt of version 9 reads.
+# kernel files ("nvrtc_options"); 10: the device the kernels are sized for ("target": its name, SM
+# count and shared memory), and constant tensors (consts.tensors), their values in constants.safetensors
 SCHEMA_VERSION = 10
-READABLE_VERSIONS = (9, SCHEMA_VERSION)
 # The float32 values of a plan's constant tensors (rotary embedding's tables), by name: the
 # compiler computes them, the backends load them into the arena's constants region.
 CONSTANTS_FILE = "constants.safetensors"
@@ -78,11 +76,6 @@ class Buffer(NamedTuple):
     def of_tensor(cls, tensor: dict, grad: bool = False) -> "Buffer":
         """A persistent tensor of the plan's "tensors", or with `grad` its gradient's slot."""
         return cls(tensor["dtype"], tensor["grad"] if grad else tensor["offset"], tuple(tensor["shape"]))
-
-
-def schema_version(consts: dict) -> int:
-    """The version a plan with these "consts" is written with: 10 where it has constant tensors, else 9."""
-    return SCHEMA_VERSION if consts.get("tensors") else READABLE_VERSIONS[0]
 
 
 @dataclass
@@ -318,9 +311,9 @@ def load(plan_dir) -> Plan:
     except RecursionError:
         raise UserError(f"{path} is not a plan: its JSON nests deeper than any plan does") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version not in READABLE_VERSIONS:
-        raise UserError(f"{path} has schema version {version}; this graphgpt reads versions "
-                        f"{' and '.join(map(str, READABLE_VERSIONS))}: recompile it with tools/compile.py")
+    if version != SCHEMA_VERSION:
+        raise UserError(f"{path} has schema version {version}; this graphgpt reads version "
+                        f"{SCHEMA_VERSION}: recompile it with tools/compile.py")
     kernels = {}
     for kernel in sorted((plan_dir / "kernels").glob("*.cu")):
         try:

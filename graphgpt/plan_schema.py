@@ -15,7 +15,6 @@ import math
 from .dtypes import DTYPES, nbytes
 from .numpy_ops import BY_OP
 from .plan import Buffer as PlanBuffer  # the record; Buffer below is its schema
-from .plan import schema_version
 from .runtime.cublas import LT_EPILOGUES
 
 
@@ -203,15 +202,6 @@ def _const_tensor_in_region(tensor, path, plan):
                                 f"region [{start}, {start + size})")
 
 
-def _version_describes_plan(plan_data, path, plan):
-    """Version 10 is that of a plan with constant tensors, 9 of one without (plan.schema_version)."""
-    expected = schema_version(plan_data["consts"])
-    if plan_data["schema_version"] != expected:
-        _fail("schema_version", f"{plan_data['schema_version']}, but a plan "
-                                f"{'with' if plan_data['consts'].get('tensors') else 'without'} constant tensors "
-                                f"has version {expected}")
-
-
 def _kernel_file_exists(call, path, plan):
     if call["file"] not in plan.kernel_files:
         _fail(f"{path}.file", f"{call['file']!r} is not among the plan's kernels/*.cu")
@@ -343,11 +333,12 @@ LAUNCH = Switch(lambda launch: "collective" if launch.get("kind") == "collective
 })
 PROGRAM = Obj({"inputs": Map(BUFFER, INPUT_NAMES), "outputs": Map(BUFFER), "launches": List(LAUNCH),
                "matmul_flops": Int()}, checks=[_waits_exist])
+TARGET = Obj({"name": Str(), "sms": SIZE, "smem_per_block": SIZE, "smem_per_sm": SIZE})
 # The arena first: every buffer after it is checked against its size.
 PLAN = Obj({"arena": ARENA, "schema_version": Int(), "model_hash": Str(), "config": CONFIG, "optimizer": OPTIMIZER,
             "tokenizer": TOKENIZER, "tensors": List(TENSOR), "consts": CONSTS, "programs": Map(PROGRAM),
-            "nvrtc_options": List(Str())},
-           {"model_file": Str()}, checks=[_tokenizer_fits, _programs_complete, _version_describes_plan])
+            "nvrtc_options": List(Str()), "target": TARGET},
+           {"model_file": Str()}, checks=[_tokenizer_fits, _programs_complete])
 
 
 class _Context(dict):

@@ -15,6 +15,7 @@ from graphgpt.dtypes import DTYPES, nbytes
 from graphgpt.ops import REGISTRY
 from graphgpt.ops.registry import Spec
 from graphgpt.plan import Buffer
+from graphgpt.target import DEFAULT
 from tests.conftest import ROOT, TINY
 
 PLANS = {"tiny": TINY, "default": [], "default-bf16": ["dtype=bf16"],
@@ -23,7 +24,6 @@ PLANS = {"tiny": TINY, "default": [], "default-bf16": ["dtype=bf16"],
 GQA = ["n_layer=1", "n_head=4", "n_kv_head=2", "n_embd=256", "block_size=64", "vocab_size=128", "dropout=0.1"]
 GQA_PLANS = {"gqa": GQA, "gqa-bf16": [*GQA, "dtype=bf16"]}
 MAX_GRID = (2**31 - 1, 65535, 65535)
-MAX_SMEM = 227 << 10  # an H200 block's shared memory, static and dynamic
 
 
 def _launch(op, *inputs, out_offset=0, **attrs):
@@ -241,7 +241,7 @@ def test_every_family_and_every_op_it_renders_is_compiled_and_run_on_the_gpu():
 def lowered(request):
     data = plan_data(request.param)
     before = copy.deepcopy(data)
-    return before, data, lower_plan(data)
+    return before, data, lower_plan(data, DEFAULT)
 
 
 def test_every_kernel_file_compiles_for_sm90(lowered):
@@ -279,7 +279,7 @@ def test_every_launch_names_a_kernel_of_its_file(lowered):
             assert all(1 <= g <= m for g, m in zip(cuda["grid"], MAX_GRID)), cuda
             x, y, z = cuda["block"]
             assert 1 <= x * y * z <= 1024 and z <= 64, cuda
-            assert 0 <= cuda["smem"] <= MAX_SMEM, cuda
+            assert 0 <= cuda["smem"] <= DEFAULT.smem_per_block, cuda
 
 
 def test_kernel_names_are_unique_and_defined_once(lowered):
@@ -298,7 +298,7 @@ def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faste
     (264): blocks of 128 rows; else 64 (PERFORMANCE.md). The seed's 2 x 96 would be 192."""
     f = lambda shape: Buffer("bf16", 0, shape)  # noqa: E731
     plan = {"programs": {"p": {"launches": _attention(f, lambda shape: Buffer("f32", 0, shape), b, t, h, d, dropout)}}}
-    lower_plan(plan)
+    lower_plan(plan, DEFAULT)
     for launch in plan["programs"]["p"]["launches"]:
         assert launch["cuda"]["grid"][:2] == [t // rows, b * h] and launch["cuda"]["block"][0] == 128, launch["op"]
 
@@ -308,7 +308,7 @@ def test_lowering_is_deterministic():
         runs = []
         for _ in range(2):
             data = plan_data(name)
-            files = lower_plan(data)
+            files = lower_plan(data, DEFAULT)
             runs.append((json.dumps(data, sort_keys=True), files))
         assert runs[0] == runs[1]
 

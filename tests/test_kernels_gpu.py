@@ -26,6 +26,7 @@ from graphgpt.dtypes import DTYPES
 from graphgpt.numpy_ops import BY_OP
 from graphgpt.ops import REGISTRY
 from graphgpt.plan import Buffer
+from graphgpt.target import DEFAULT
 from tests.test_kernels_compile import KERNEL_PLANS, _launch, plan_data
 
 pytestmark = pytest.mark.gpu
@@ -180,7 +181,7 @@ def test_kernels_match_numpy_references(name):
     go of the interpreter's lock)."""
     import cupy as cp
     data = plan_data(name)
-    files = lower_plan(data)
+    files = lower_plan(data, DEFAULT)
     modules = {path: cp.RawModule(code=source, options=NVRTC_OPTIONS) for path, source in files.items()}
     rng = np.random.default_rng(0)
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
@@ -201,7 +202,7 @@ def test_the_fused_loss_kernel_gives_the_bits_of_the_two_it_replaces(dtype, rows
     data = {"programs": {"loss": {"launches": [
         _launch("cross_entropy", logits, ids), _launch("cross_entropy_grad", logits, ids, dloss),
         _launch("cross_entropy_with_grad", logits, ids, dloss)]}}}
-    module = cp.RawModule(code=lower_plan(data)["kernels/cross_entropy.cu"], options=NVRTC_OPTIONS)
+    module = cp.RawModule(code=lower_plan(data, DEFAULT)["kernels/cross_entropy.cu"], options=NVRTC_OPTIONS)
     forward, grad, fused = ((module.get_function(ln["cuda"]["kernel"]), ln["cuda"])
                             for ln in data["programs"]["loss"]["launches"])
     rng = np.random.default_rng()

@@ -112,10 +112,10 @@ def test_both_numpy_widths_load_the_tables_and_training_leaves_them(rotary_plan)
         np.testing.assert_array_equal(backend.view(buf), values)
 
 
-def test_a_plan_without_constant_tensors_keeps_schema_9_and_no_constants_file():
+def test_a_plan_without_constant_tensors_lists_none_and_has_no_constants_file():
     compiled = compile_model(ROOT / "model.py", ["n_layer=1", "n_embd=16", "n_head=2", "block_size=8"],
                              log=lambda *a: None)
-    assert compiled.data["schema_version"] == 9 and "tensors" not in compiled.data["consts"]
+    assert "tensors" not in compiled.data["consts"]
     assert plan_io.CONSTANTS_FILE not in compiled.files
 
 
@@ -138,12 +138,10 @@ def test_a_plan_whose_tables_are_missing_or_wrong_is_refused_in_one_line(rotary_
         plan_io.load(plan_dir)
 
 
-def test_the_schema_version_says_whether_a_plan_has_constant_tensors(rotary_plan):
+def test_the_schema_keeps_constant_tensors_inside_the_constants_region(rotary_plan):
     data = json.loads((rotary_plan / plan_io.PLAN_FILE).read_text())
     kernels = [f"kernels/{p.name}" for p in (rotary_plan / "kernels").iterdir()]
     plan_schema.check(data, kernels)
-    with pytest.raises(plan_schema.PlanError, match="schema_version: 9, but a plan with constant tensors has version 10"):
-        plan_schema.check(dict(data, schema_version=9), kernels)
     outside = json.loads(json.dumps(data))
     outside["consts"]["tensors"][1]["offset"] = 0
     with pytest.raises(plan_schema.PlanError, match=r"consts.tensors\[1\].offset: bytes 0 to 512 are not within"):

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from ..dtypes import DTYPES
 from ..numpy_ops import drop_threshold, keep_scale
-from .common import SMS, WAVE, Kernel, c_float, cdiv, types
+from ..target import Target
+from .common import Kernel, c_float, cdiv, types
 
 TILE = 64                 # rows of the other side's tiles a tensor-core block walks
 MMA_HEAD_DIMS = (64, 128)
@@ -42,12 +43,12 @@ ONE_TILE = (1, 4, 64)
 TWO_TILES = {"causal_attention": (2, 4, 64), "causal_attention_grad_q": (2, 4, 32), "causal_attention_grad_kv": (2, 4, 32)}
 
 
-def mma_tiling(op: str, t: int, d: int, dropout: bool, heads: int) -> tuple[int, int, int]:
+def mma_tiling(op: str, t: int, d: int, dropout: bool, heads: int, target: Target) -> tuple[int, int, int]:
     """The tiling of op's tensor-core kernel for sequences of t rows, head dim d and `heads`
-    sequences of rows (batch entries times heads)."""
+    sequences of rows (batch entries times heads), on `target`'s SMs."""
     two = TWO_TILES[op]
     rows = 16 * two[0] * two[1]
-    fits = d == 64 and not dropout and t % rows == 0 and t // rows * heads >= WAVE // 2
+    fits = d == 64 and not dropout and t % rows == 0 and t // rows * heads >= target.wave // 2
     return two if fits else ONE_TILE
 
 
@@ -58,10 +59,10 @@ def mma_tiling(op: str, t: int, d: int, dropout: bool, heads: int) -> tuple[int,
 MAX_RESIDENT = 3
 
 
-def resident_blocks(blocks: int) -> int:
+def resident_blocks(blocks: int, target: Target) -> int:
     """The blocks an SM must hold for the whole grid to run at once, or 1 (no bound) where more
     than MAX_RESIDENT would be needed."""
-    need = cdiv(blocks, SMS)
+    need = cdiv(blocks, target.sms)
     return need if need <= MAX_RESIDENT else 1
 
 
@@ -84,7 +85,7 @@ def geometry(launch) -> tuple[int, int, int, int, int, bool]:
     return b, t, h, launch["in"][1].shape[2], d, False
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     b, t, h, hkv, d, packed = geometry(launch)
     grouped = launch["op"] == "causal_attention_grad_kv" and not packed  # a block per key/value head
     heads, kind = b * (hkv if grouped else h), variant(launch["in"][0].dtype, t, d)
@@ -99,7 +100,7 @@ def lower(launch) -> Kernel:
     if kind == "simt":  # two tiles of the other side as float32, and the backward's lse and delta rows
         smem = (2 * SIMT_ROWS * d + (2 * SIMT_ROWS if launch["op"] == "causal_attention_grad_kv" else 0)) * 4
         return Kernel(launch["op"], params, (cdiv(t, SIMT_ROWS), heads, 1), (SIMT_THREADS, 1, 1), smem=smem)
-    m_tiles, warps, chunk = mma_tiling(launch["op"], t, d, "dropout" in attrs, heads)
+    m_tiles, warps, chunk = mma_tiling(launch["op"], t, d, "dropout" in attrs, heads, target)
     own = 16 * m_tiles * warps
     row = (d + PAD) * DTYPES["bf16"].bytes
     # shared tiles: the forward keeps its queries and double-buffers keys and values; the query
@@ -108,5 +109,5 @@ def lower(launch) -> Kernel:
     owned = 1 if launch["op"] == "causal_attention" else 2
     stats = 2 * 2 * TILE * 4 if launch["op"] == "causal_attention_grad_kv" else 0
     return Kernel(launch["op"], {**params, "tile": TILE, "pad": PAD, "warps": warps, "mt": m_tiles, "chunk": chunk,
-                                 "min_blocks": resident_blocks(t // own * heads)},
+                                 "min_blocks": resident_blocks(t // own * heads, target)},
                   (t // own, heads, 1), (32 * warps, 1, 1), smem=(owned * own + 4 * TILE) * row + stats)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from ..dtypes import DTYPES
 from ..errors import UserError
+from ..target import Target
 from .common import Kernel, c_float, index_type, row_vec, streaming, types
 
 ATTENTION_THREADS = 256
 SMEM_LIMIT = 48 << 10  # shared memory without opting in: the scores of 12k positions in float32
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     if launch["op"] == "cache_update":
         cache, *sources = launch["in"]
         packed = len(sources[0].shape) == 5

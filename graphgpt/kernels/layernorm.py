@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..dtypes import DTYPES
 from ..ops.registry import prod
+from ..target import Target
 from .common import THREADS, WARPS, Kernel, c_float, cdiv, index_type, row_vec, types
 from .elementwise import steps
 
@@ -16,7 +17,7 @@ CHAINED = ("fused_normalize", "fused_rms_normalize")  # the forward with its cha
 UNCENTRED = ("rms_normalize", "fused_rms_normalize", "rms_normalize_grad", "fused_rms_normalize_grad")
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     """A warp per row; rows up to 2048 floats stay in registers between the passes. The vector
     width is that of the rows (the statistics are read and written one per row)."""
     *lead, c = launch["out"].shape

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from ..ops.registry import prod
+from ..target import Target
 from .common import Kernel, index_type, row_vec, streaming, types
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     out, (x, cos, sin, *position) = launch["out"], launch["in"]
     _, t, heads, d = x.shape
     half, pairs = d // 2, prod(x.shape) // 2
