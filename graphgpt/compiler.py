@@ -41,7 +41,7 @@ from .ops import REGISTRY
 from .passes.chunk_classifier import chunk_classifier
 from .passes.embedding_grads import one_hot_embedding_grads
 from .passes.fuse import fuse, gelu_epilogues
-from .passes.memory import ALIGN, CONST, Layout, ProgramMemory, persistent_layout, plan_program
+from .passes.memory import CONST, Layout, ProgramMemory, persistent_layout, plan_program
 from .passes.multi_tensor import merge_launches
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
@@ -49,7 +49,7 @@ from .passes.simplify import simplify
 from .passes.streams import assign_streams
 from .passes.sum_groups import group_sums
 from .passes.weight_copies import with_weight_copies
-from .plan import SCHEMA_VERSION, Buffer, check_out, save
+from .plan import ALIGN, SCHEMA_VERSION, Buffer, check_out, save
 from .schedule import DECODE_POSITION, NEXT_TOKEN
 from .bpe import KIND as BPE_KIND
 from .bpe import VOCAB_FILES, BpeTokenizer

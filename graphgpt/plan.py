@@ -29,8 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from .dtypes import padded
 from .errors import UserError
 from .fsutil import fsync_dir, process_alive
+
+ALIGN = 256  # bytes: where every tensor of the arena starts (plan.json's arena "align")
+
+
+def aligned(nbytes: int) -> int:
+    return padded(nbytes, ALIGN)
 
 # 2: one byte-addressed arena, buffers [dtype, byte offset, shape]; 3: the generation programs
 # decode with key/value caches (caches, decode, cast_weights) and give their greedy next tokens;
