@@ -63,8 +63,8 @@ What an op is, which simplification, fusion and the memory plan read instead of 
                                       and output spec: simplify drops the node (a reshape to the
                                       same shape, a slice of everything, a sum over no axes)
   reinterprets                        the output is input 0's elements in the same order, in another
-                                      shape (reshape): one of another is one of the first's input,
-                                      and a fold may look through it
+                                      shape (reshape): applied to another's output it may read
+                                      that one's input instead, and a fold may look through it
   permutes                            the output is input 0 with its axes permuted by attrs "perm"
                                       (transpose): a pointwise chain can store in that order, and
                                       a swap of the last two axes folds into a matrix product

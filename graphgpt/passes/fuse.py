@@ -442,8 +442,9 @@ def _fold_casts(graph: Graph) -> Graph:
     for n in graph.nodes.values():
         src = graph.nodes[n.inputs[0]] if REGISTRY[n.op].casts else None
         view = None
-        if src is not None and REGISTRY[src.op].reinterprets and private(src, n.id):  # cast(reshape(sum)): the bias
-            view, src = src, graph.nodes[src.inputs[0]]                     # gradient of a broadcast add
+        # cast(reshape(sum)): the bias gradient of a broadcast add
+        if src is not None and REGISTRY[src.op].reinterprets and private(src, n.id):
+            view, src = src, graph.nodes[src.inputs[0]]
         if src is not None and REGISTRY[src.op].stores_any_float and private(src, (view or n).id):
             folded = replace(src, dtype=n.dtype, attrs=frozen_attrs({**src.attr, "dtype": n.attr["dtype"]}))
             if view is None:
