@@ -35,14 +35,12 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from .errors import UserError
 from .kernels import FAMILIES, Kernel
 from .ops import REGISTRY
+from .ops.registry import LIBRARY_KINDS
 from .target import Target
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 ENV = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
                   trim_blocks=True, lstrip_blocks=True)
-
-LIBRARY_KINDS = ("matmul", "collective")  # launches a backend hands to cuBLAS and NCCL
-
 
 # What every kernel file is compiled with, here and by the runtime (the plan's "nvrtc_options").
 # The templates' generic lambdas (`[&](const auto* src, ...)`) are device code; the NVRTC of the

@@ -32,9 +32,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .dtypes import padded
 from .errors import UserError
 from .fsutil import fsync_dir, process_alive
 from .tensor_files import load_safetensors
+
+ALIGN = 256  # bytes: where every tensor of the arena starts (plan.json's arena "align")
+
+
+def aligned(nbytes: int) -> int:
+    return padded(nbytes, ALIGN)
 
 # 2: one byte-addressed arena, buffers [dtype, byte offset, shape]; 3: the generation programs
 # decode with key/value caches (caches, decode, cast_weights) and give their greedy next tokens;

@@ -11,9 +11,9 @@ import numpy as np
 from .ir import PERSISTENT_OPS, Graph
 from .ops import REGISTRY
 from .ops.source import const_tensor_values
-from .passes.memory import ALIGN, CONST, Layout, ProgramMemory
+from .passes.memory import CONST, Layout, ProgramMemory
 from .passes.multi_tensor import merge_launches
-from .plan import CONSTANTS_FILE, SCHEMA_VERSION, Buffer
+from .plan import ALIGN, CONSTANTS_FILE, SCHEMA_VERSION, Buffer
 from .tensor_files import safetensors_bytes
 from .target import Target
 from .tokenizer import Tokenizer

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from ..dtypes import DTYPES, nbytes
 from ..ops.registry import prod
-from ..passes.memory import aligned
-from ..plan import Buffer
+from ..plan import Buffer, aligned
 from ..target import Target
 from .common import (THREADS, WARPS, Kernel, aligned_for, broadcast_shape, cdiv, contiguous_strides,
                      index_type, types, width)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..errors import UserError
 from ..numpy_ops import GELU_C
 from .fused import step_specs
-from .registry import Op, RowNormaliser, Spec, float_spec, out_dtype, prod, register, require
+from .registry import GemmEpilogue, Op, RowLoss, RowNormaliser, Spec, float_spec, out_dtype, prod, register, require
 
 BACKWARD_ONLY = "backward-only: emitted by a VJP rule, checked through its forward op's gradient test"
 
@@ -26,9 +26,10 @@ def _same(attrs, x, *rest):
 _TANH = f"tanhf({GELU_C!r}f * (a + 0.044715f * a * a * a))"
 register(Op("gelu", "elementwise", _same,
             vjp=lambda a, g, out, x: (g.graph.add("gelu_grad", (x, g)),),
-            template="elementwise", expr=f"0.5f * a * (1.0f + {_TANH})"))
+            template="elementwise", expr=f"0.5f * a * (1.0f + {_TANH})", gemm_epilogue=GemmEpilogue("gelu"),
+            remat_root="gelu"))
 register(Op("gelu_grad", "elementwise", _same, nondiff=BACKWARD_ONLY,
-            template="elementwise",
+            template="elementwise", gemm_epilogue=GemmEpilogue("gelu_grad", grad=True),
             expr=f"b * (0.5f * (1.0f + {_TANH}) + 0.5f * a * (1.0f - {_TANH} * {_TANH}) * {GELU_C!r}f"
                  f" * (1.0f + 3.0f * 0.044715f * a * a))"))
 
@@ -140,7 +141,7 @@ def _square(attrs, x, *rest):
 
 register(Op("causal_softmax", "nn", _square,
             vjp=lambda a, g, out, x: (g.graph.add("causal_softmax_grad", (out, g), scale=a["scale"]),),
-            template="softmax"))
+            template="softmax", remat_root="attention"))
 register(Op("causal_softmax_grad", "nn", _square,
             nondiff=BACKWARD_ONLY, template="softmax"))
 
@@ -417,7 +418,7 @@ def _ce_grad_infer(attrs, logits, targets, g):
 
 register(Op("cross_entropy", "nn", _ce_infer,
             vjp=lambda a, g, out, z, t: (g.graph.add("cross_entropy_grad", (z, t, g)), None),
-            template="cross_entropy"))
+            template="cross_entropy", loss=RowLoss(grad="cross_entropy_grad", with_grad="cross_entropy_with_grad")))
 register(Op("cross_entropy_grad", "nn", _ce_grad_infer,
             nondiff=BACKWARD_ONLY, template="cross_entropy",
             # a row's statistics are read whole before its gradient is written, each element by
@@ -456,7 +457,7 @@ register(Op("embedding", "nn", _emb_infer,
             vjp=lambda a, g, out, w, ids: (g.graph.add("embedding_grad", (ids, g), rows=w.shape[0]), None),
             template="embedding"))
 register(Op("embedding_grad", "nn", _emb_grad_infer,
-            nondiff=BACKWARD_ONLY, template="embedding", stores_any_float=True))
+            nondiff=BACKWARD_ONLY, template="embedding", stores_any_float=True, scatters_rows=True))
 
 
 # one_hot(ids): a (rows, ids) matrix of zeros with a one at (id, i) for the i-th id; the embedding

@@ -18,14 +18,15 @@ def _declared(attrs, *inputs) -> Spec:
     return Spec(tuple(attrs["shape"]), attrs.get("dtype", "f32"))
 
 
-for _name in ("param", "state", "input"):
-    register(Op(_name, "source", _declared, nondiff="a source: its value is fed, not computed"))
+for _name, _region in (("param", "params"), ("state", "state"), ("input", "inputs")):
+    register(Op(_name, "source", _declared, nondiff="a source: its value is fed, not computed", source=_region))
 # The keys and values the generation programs keep per layer: persistent like the optimizer state,
 # but in the compute type, never checkpointed, and written by the programs alone.
-register(Op("cache", "source", _declared, nondiff="a key/value cache: written by decoding, not differentiated"))
+register(Op("cache", "source", _declared, nondiff="a key/value cache: written by decoding, not differentiated",
+            source="caches"))
 
 register(Op("const", "source", lambda attrs: Spec((), "f32"),
-            nondiff="a constant: nothing to differentiate"))
+            nondiff="a constant: nothing to differentiate", source="consts"))
 
 
 # ---- constant tensors: tables the compiler computes ---------------------------------------------
@@ -59,4 +60,5 @@ def const_tensor_values(attrs) -> np.ndarray:
     return values
 
 
-register(Op("const_tensor", "source", _const_tensor_infer, nondiff="a constant: nothing to differentiate"))
+register(Op("const_tensor", "source", _const_tensor_infer, nondiff="a constant: nothing to differentiate",
+            source="consts"))

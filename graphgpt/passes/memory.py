@@ -46,19 +46,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dtypes import DTYPES, padded
+from ..dtypes import DTYPES
 from ..errors import UserError
-from ..ir import CONSTANT_OPS, PERSISTENT_OPS, SOURCE_OPS, Graph, Node
+from ..ir import Graph, Node
 from ..ops import REGISTRY
-from ..ops.registry import prod
+from ..ops.registry import PERSISTENT_REGIONS, prod
 from ..ops.shape import contiguous_along
+from ..plan import aligned
 
-ALIGN = 256  # bytes: where every tensor starts
 CONST = "f32"  # scalar constants are stored as float32
-
-
-def aligned(nbytes: int) -> int:
-    return padded(nbytes, ALIGN)
 
 
 @dataclass
@@ -102,13 +98,15 @@ def persistent_layout(*graphs: Graph) -> Layout:
             top += aligned(size)
         lay.regions[name] = [start, top - start]
 
-    def slots(op: str) -> list[tuple[str, int]]:
-        sizes = {n.name: n.nbytes for g in graphs for n in g.of_op(op)
-                 if "grad_of" not in n.attr and "copy_of" not in n.attr}
+    def of_region(name: str) -> list[Node]:
+        return [n for g in graphs for n in g.nodes.values() if region_of(n) == name]
+
+    def slots(name: str) -> list[tuple[str, int]]:
+        sizes = {n.name: n.nbytes for n in of_region(name) if "grad_of" not in n.attr and "copy_of" not in n.attr}
         return list(sizes.items())
 
-    params = slots("param")
-    copies_of = [n for g in graphs for n in g.of_op("cache") if "copy_of" in n.attr]
+    params = slots("params")
+    copies_of = [n for n in of_region("caches") if "copy_of" in n.attr]
     # a program that reads a weight only through its copy has no node of the weight itself
     params += list({n.attr["copy_of"]: n.size * DTYPES["f32"].bytes for n in copies_of
                     if n.attr["copy_of"] not in dict(params)}.items())
@@ -117,23 +115,28 @@ def persistent_layout(*graphs: Graph) -> Layout:
     region("state", slots("state"), lay.tensors)
     copies(lay, copies_of)
     top = aligned(sum(lay.regions["copies"]))
-    values = sorted({n.attr["value"] for g in graphs for n in g.of_op("const")})
+    values = sorted({n.attr["value"] for n in of_region("consts")})
     start = top
     width = DTYPES[CONST].bytes
     lay.consts = {v: start + i * width for i, v in enumerate(values)}
     top += len(values) * width
     # the constant tensors after the scalars, in order of first appearance, each on a boundary
-    tables = {n.name: n.nbytes for g in graphs for n in g.of_op("const_tensor")}
+    tables = {n.name: n.nbytes for g in graphs for n in g.nodes.values() if region_of(n) == "consts" and n.name}
     for name, size in tables.items():
         top = aligned(top)
         lay.const_tensors[name] = top
         top += size
     lay.regions["consts"] = [start, top - start]
-    lay.regions["inputs"] = [aligned(top), max((sum(aligned(n.nbytes) for n in g.of_op("input")) for g in graphs),
-                                                default=0)]
+    lay.regions["inputs"] = [aligned(top), max((sum(aligned(n.nbytes) for n in g.nodes.values()
+                                                     if region_of(n) == "inputs") for g in graphs), default=0)]
     top = lay.work_base
-    region("caches", slots("cache"), lay.tensors)
+    region("caches", slots("caches"), lay.tensors)
     return lay
+
+
+def region_of(n: Node) -> str | None:
+    """The arena region a source's value lies in, as its op declares; None for a computed node."""
+    return REGISTRY[n.op].source
 
 
 def copies(lay: Layout, nodes: list[Node]) -> None:
@@ -180,7 +183,7 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
             off += shift
         return nid, off
 
-    unplaceable = pinned | set(graph.outputs.values()) | {n.id for n in nodes.values() if n.op in SOURCE_OPS}
+    unplaceable = pinned | set(graph.outputs.values()) | {n.id for n in nodes.values() if region_of(n)}
     in_place_concats, placed = set(), set()  # concats built in place; the pieces computed into them
     for nid in order:
         n = nodes[nid]
@@ -233,15 +236,15 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     fixed: dict[int, int] = {}
     input_top = layout.inputs_base
     for n in nodes.values():
-        if n.op in PERSISTENT_OPS:
+        if region_of(n) in PERSISTENT_REGIONS:
             fixed[n.id] = layout.offset(n)
-        elif n.op in CONSTANT_OPS:
+        elif region_of(n) == "consts":
             fixed[n.id] = layout.constant(n)
-        elif n.op == "input":
+        elif region_of(n) == "inputs":
             fixed[n.id] = input_top
             input_top += aligned(n.nbytes)
     for p, g in graph.grads.items():
-        assert g not in fixed and nodes[g].op not in SOURCE_OPS, \
+        assert g not in fixed and not region_of(nodes[g]), \
             f"gradient of {nodes[p].name} has no memory of its own"
         fixed[g] = layout.grads[nodes[p].name]
     slot_users = Counter(fixed.values())
@@ -329,7 +332,7 @@ def _buffers(nodes, readers, pos, resolve):
 
 def _kv_cache(n: Node) -> bool:
     """A cache that lies in the work region (a weight's copy has a region of its own)."""
-    return n.op == "cache" and "copy_of" not in n.attr
+    return region_of(n) == "caches" and "copy_of" not in n.attr
 
 
 def _in_place_op(n: Node) -> bool:
