@@ -115,13 +115,14 @@ def persistent_layout(*graphs: Graph) -> Layout:
     region("state", slots("state"), lay.tensors)
     copies(lay, copies_of)
     top = aligned(sum(lay.regions["copies"]))
-    values = sorted({n.attr["value"] for n in of_region("consts")})
+    # scalar constants by value; constant tensors (which have names) after them
+    values = sorted({n.attr["value"] for n in of_region("consts") if not n.name})
     start = top
     width = DTYPES[CONST].bytes
     lay.consts = {v: start + i * width for i, v in enumerate(values)}
     top += len(values) * width
     # the constant tensors after the scalars, in order of first appearance, each on a boundary
-    tables = {n.name: n.nbytes for g in graphs for n in g.nodes.values() if region_of(n) == "consts" and n.name}
+    tables = {n.name: n.nbytes for n in of_region("consts") if n.name}
     for name, size in tables.items():
         top = aligned(top)
         lay.const_tensors[name] = top
