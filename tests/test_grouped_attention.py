@@ -39,7 +39,7 @@ def test_references_are_attention_over_the_groups_key_value_heads(kv_heads):
     through the repeats (the gradient of a repeated head is the sum over its group)."""
     rng = np.random.default_rng(kv_heads)
     b, t, h, d, scale = 2, 7, 4, 5, 0.4
-    q, k, v = rng.standard_normal((b, t, h, d)), rng.standard_normal((b, t, kv_heads, d)), rng.standard_normal((b, t, kv_heads, d))
+    q, k, v = (rng.standard_normal((b, t, heads, d)) for heads in (h, kv_heads, kv_heads))
     out, lse = BY_OP["causal_attention"]({"scale": scale}, q, k, v)
     np.testing.assert_allclose(out, _attention64(q, k, v, scale), rtol=1e-12, atol=1e-12)
     assert lse.shape == (b, h, t)
@@ -63,7 +63,8 @@ def test_one_key_value_head_per_query_head_is_the_packed_form():
     rng = np.random.default_rng(3)
     qkv = rng.standard_normal((2, 6, 3, 2, 4))
     q, k, v = (np.ascontiguousarray(qkv[:, :, i]) for i in range(3))
-    packed, separate = BY_OP["causal_attention"]({"scale": 0.5}, qkv), BY_OP["causal_attention"]({"scale": 0.5}, q, k, v)
+    packed = BY_OP["causal_attention"]({"scale": 0.5}, qkv)
+    separate = BY_OP["causal_attention"]({"scale": 0.5}, q, k, v)
     np.testing.assert_array_equal(packed[0], separate[0])
     np.testing.assert_array_equal(packed[1], separate[1])
 
@@ -73,7 +74,7 @@ def test_grouped_caches_decode_as_the_whole_window():
     the fused attention's row."""
     rng = np.random.default_rng(4)
     b, t, h, hkv, d, length = 2, 6, 4, 2, 3, 9
-    q, k, v = rng.standard_normal((b, t, h, d)), rng.standard_normal((b, t, hkv, d)), rng.standard_normal((b, t, hkv, d))
+    q, k, v = (rng.standard_normal((b, t, heads, d)) for heads in (h, hkv, hkv))
     whole, _ = BY_OP["causal_attention"]({"scale": 0.6}, q, k, v)
     cache = 1e3 * rng.standard_normal((b, length, 2, hkv, d))
     for p in range(t):
@@ -138,7 +139,8 @@ def trained(tmp_path_factory):
     for step in range(30):
         scalars = schedule.step_scalars(plan.optimizer, step) | schedule.dropout_scalars(1, step)
         feeds = {name: scalars[name] for name, buf in plan.program("train")["inputs"].items() if not buf.shape}
-        losses.append(float(backend.run("train", {"tokens": tokens, "targets": np.roll(tokens, -1, 1), **feeds})["loss"]))
+        batch = {"tokens": tokens, "targets": np.roll(tokens, -1, 1)}
+        losses.append(float(backend.run("train", {**batch, **feeds})["loss"]))
     return plan, backend, losses
 
 

@@ -213,8 +213,10 @@ def plan_data(name: str) -> dict:
     """The plan's launches as the passes leave them: the compiler's own kernel lowering taken out."""
     if name.startswith("synthetic"):
         return synthetic_plan("bf16" if name.endswith("bf16") else "f32")
-    model, overrides = (ROOT / "tests" / "gqa_model.py", GQA_PLANS[name]) if name in GQA_PLANS else (ROOT / "model.py", PLANS[name])
-    data = compile_model(model, overrides, log=lambda *a: None).data
+    if name in GQA_PLANS:
+        data = compile_model(ROOT / "tests" / "gqa_model.py", GQA_PLANS[name], log=lambda *a: None).data
+    else:
+        data = compile_model(ROOT / "model.py", PLANS[name], log=lambda *a: None).data
     for program in data["programs"].values():
         for launch in program["launches"]:
             if REGISTRY[launch["op"]].kind not in LIBRARY_KINDS:

@@ -210,7 +210,8 @@ def _geometry(qkv: tuple) -> tuple[int, int, int, int, int]:
     float_spec(q)
     require(len(q.shape) == 4, f"needs q (B, T, H, D), got {q.shape}")
     require(k == v, f"k {k.shape}:{k.dtype} and v {v.shape}:{v.dtype} differ")
-    require(len(k.shape) == 4 and k.dtype == q.dtype, f"needs k and v (B, T, Hkv, D) of q's {q.dtype}, got {k.shape}:{k.dtype}")
+    require(len(k.shape) == 4 and k.dtype == q.dtype,
+            f"needs k and v (B, T, Hkv, D) of q's {q.dtype}, got {k.shape}:{k.dtype}")
     b, t, h, d = q.shape
     require(k.shape[:2] == (b, t), f"k and v have (B, T) {k.shape[:2]}, q {(b, t)}")
     require(k.shape[3] == d, f"k and v have head dim {k.shape[3]}, q {d}")
@@ -333,7 +334,8 @@ def _decode_query(q: Spec, cache: Spec) -> tuple:
     of the cache's key/value heads."""
     if len(q.shape) == 5:
         return (q,)
-    require(len(q.shape) == 4 and len(cache.shape) == 5, f"needs q (B, T, H, D) and a (B, L, 2, Hkv, D) cache, got {q.shape}, {cache.shape}")
+    require(len(q.shape) == 4 and len(cache.shape) == 5,
+            f"needs q (B, T, H, D) and a (B, L, 2, Hkv, D) cache, got {q.shape}, {cache.shape}")
     kv = Spec(q.shape[:2] + cache.shape[3:], cache.dtype)
     return q, kv, kv
 
