@@ -107,6 +107,8 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("broadcast_to", _f(()), shape=[10]),
         _launch("slice", _f((4, 10, 6)), axis=1, start=2, stop=7),
         _launch("slice", _f((10, 8)), axis=0, start=3, stop=9),
+        _launch("slice", _f((4, 6, 48)), axis=2, start=16, stop=32),  # k of a projection's q, k, v
+        _launch("slice", _f((3, 5, 7)), axis=2, start=4, stop=7),
         _launch("pad", _f((4, 5, 6)), axis=1, before=2, after=3),
         _launch("pad", _f((4, 8, 4)), axis=2, before=4, after=0),
         _launch("copy", _f((7, 5), 1), out_offset=2),

@@ -436,8 +436,7 @@ def _ce_with_grad_infer(attrs, logits, targets, g):
     return [_ce_infer(attrs, logits, targets), _ce_grad_infer(attrs, logits, targets, g)]
 
 
-register(Op("cross_entropy_with_grad", "nn", _ce_with_grad_infer,
-            nondiff="made by the fusion pass, which runs after autodiff", template="cross_entropy",
+register(Op("cross_entropy_with_grad", "nn", _ce_with_grad_infer, nondiff=FUSION_MADE, template="cross_entropy",
             overwrites=lambda attrs, n_inputs: ((1, 0),)))
 
 

@@ -35,7 +35,8 @@ Aliasing, which the memory planner reads instead of knowing ops by name:
                                       as nanoGPT's estimate counts them, for the plan's MFU (ops
                                       without matrix products: 0)
 Traits, which fusion and recompute read instead of knowing ops by name:
-  row_normaliser                      a RowNormaliser: it normalises each row (LayerNorm's normalize)
+  row_normaliser                      a RowNormaliser: it normalises each row (LayerNorm's normalize,
+                                      RMSNorm's rms_normalize)
   reduction                           a Reduction: a sum over chosen axes, run by the reduction
                                       kernels by rows or by columns
   gemm_epilogues                      a matrix product cuBLASLt can finish in its epilogue (a bias,
