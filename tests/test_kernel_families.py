@@ -3,6 +3,7 @@ up only the names of ops whose registry entry has template == <family> (common.p
 which are no template's, excepted). A family that tests for another family's op has taken over a
 decision that belongs to that op's entry."""
 import ast
+import re
 
 from graphgpt.kernels import NOT_FAMILIES
 from graphgpt.ops import REGISTRY
@@ -76,3 +77,21 @@ def test_each_family_names_only_its_own_ops():
         if others := sorted(n for n in names if REGISTRY[n].template != path.stem):
             foreign[path.name] = {n: REGISTRY[n].template for n in others}
     assert not foreign, f"a family names ops of other families (op: its template): {foreign}"
+
+
+# A block's thread count written into a template: `__launch_bounds__(256)`, rows of a block
+# (`blockIdx.x) * 8`), a block-wide stride (`+= 256`). The family chooses these and renders them in.
+THREAD_LITERALS = re.compile(r"__launch_bounds__\(\s*\d|blockIdx\.[xyz]\)?\s*\*\s*\d|\+=\s*(?:64|128|256|512|1024)\b")
+
+
+def test_templates_take_thread_counts_from_their_family():
+    found = [f"{p.name}:{i}: {line.strip()}" for p in sorted((ROOT / "templates").glob("*.cu.j2"))
+             for i, line in enumerate(p.read_text().splitlines(), 1) if THREAD_LITERALS.search(line)]
+    assert not found, "thread counts belong in the family's parameters:\n" + "\n".join(found)
+
+
+def test_the_thread_literal_pattern_finds_what_it_should():
+    for line in ("__launch_bounds__(256) k()", "row = static_cast<idx>(blockIdx.x) * 8 + t", "u += 256) {"):
+        assert THREAD_LITERALS.search(line), line
+    for line in ("__launch_bounds__({{ k.threads }})", "blockIdx.x) * {{ k.warps }}", "i += 4;"):
+        assert not THREAD_LITERALS.search(line), line

@@ -99,7 +99,8 @@ def lower(launch, target: Target) -> Kernel:
                    "keep_scale": c_float(keep_scale(attrs["dropout"]))}
     if kind == "simt":  # two tiles of the other side as float32, and the backward's lse and delta rows
         smem = (2 * SIMT_ROWS * d + (2 * SIMT_ROWS if launch["op"] == "causal_attention_grad_kv" else 0)) * 4
-        return Kernel(launch["op"], params, (cdiv(t, SIMT_ROWS), heads, 1), (SIMT_THREADS, 1, 1), smem=smem)
+        return Kernel(launch["op"], {**params, "threads": SIMT_THREADS}, (cdiv(t, SIMT_ROWS), heads, 1),
+                      (SIMT_THREADS, 1, 1), smem=smem)
     m_tiles, warps, chunk = mma_tiling(launch["op"], t, d, "dropout" in attrs, heads, target)
     own = 16 * m_tiles * warps
     row = (d + PAD) * DTYPES["bf16"].bytes

@@ -18,7 +18,7 @@ def lower(launch, target: Target) -> Kernel:
     vec = row_vec(v, logits, *([grad] if grad else []))
     per_row = 32 if v // vec <= 32 * 8 else THREADS
     blocks = cdiv(n, THREADS // per_row)
-    return Kernel(op, {**types(launch), "op": op, "loss": op != "cross_entropy_grad", "grad": grad is not None,
+    return Kernel(op, {**types(launch), "threads": THREADS, "op": op, "loss": op != "cross_entropy_grad", "grad": grad is not None,
                        "grad_t": DTYPES[grad.dtype].ctype if grad else None, "n": n, "v": v, "vec": vec,
                        "per_row": per_row, "blocks": blocks, "itype": index_type(logits.shape)},
                   (blocks, 1, 1), (THREADS, 1, 1))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..dtypes import DTYPES
 from ..errors import UserError
 from ..target import Target
-from .common import Kernel, c_float, index_type, row_vec, streaming, types
+from .common import THREADS, Kernel, c_float, index_type, row_vec, streaming, types
 
 ATTENTION_THREADS = 256
 SMEM_LIMIT = 48 << 10  # shared memory without opting in: the scores of 12k positions in float32
@@ -27,7 +27,7 @@ def lower(launch, target: Target) -> Kernel:
         row = 2 * hd  # a position's keys and values: contiguous in qkv and in the cache; k's, then v's apart
         vec = row_vec(row if packed else hd, cache, *kv)  # a separate form's vector falls in k or in v
         grid, block = streaming(b * t * row // vec)
-        return Kernel("cache_update", {**types(launch), "op": "cache_update", "b": b, "t": t, "l": cache.shape[1],
+        return Kernel("cache_update", {**types(launch), "threads": THREADS, "op": "cache_update", "b": b, "t": t, "l": cache.shape[1],
                                        "row": row, "hd": hd, "vec": vec, "position": bool(position), "packed": packed,
                                        "itype": index_type(cache.shape, *(x.shape for x in kv))},
                       grid, block, args=[launch["out"], *kv, *position])  # the cache is the output

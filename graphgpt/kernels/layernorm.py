@@ -34,7 +34,7 @@ def lower(launch, target: Target) -> Kernel:
     if op in CHAINED:  # operand j + 1 of the chain is input j + 1: a column vector or a scalar
         chain = {"steps": steps(launch), "y_t": DTYPES[chained[0].dtype].ctype,
                  "operands": ["scalar" if prod(b.shape) == 1 else "column" for b in launch["in"][1:]]}
-    return Kernel(op, {**types(launch), **chain, "op": op, "forward": forward, "chained": op in CHAINED,
+    return Kernel(op, {**types(launch), **chain, "threads": THREADS, "warps": WARPS, "op": op, "forward": forward, "chained": op in CHAINED,
                        "centred": centred, "gamma_at": 2 + n_stats, "rows": rows, "c": c, "vec": vec,
                        "per_lane": per_lane, "scaled": attrs.get("scaled", False),
                        "accumulate": attrs.get("accumulate", False),

@@ -60,7 +60,7 @@ def lower(launch, target: Target, work: int | None = None) -> Kernel:
     kept = [[e, s] for r, e, s in runs if not r]
     reduced = [[e, s] for r, e, s in runs if r]
     n_out, n_red = prod(e for e, _ in kept), prod(e for e, _ in reduced)
-    common = {**types(launch), "itype": index_type(shape), "n_out": n_out, "n_red": n_red, "kept": kept,
+    common = {**types(launch), "threads": THREADS, "itype": index_type(shape), "n_out": n_out, "n_red": n_red, "kept": kept,
               "reduced": reduced, **prologue}
     if kept and (not runs or not runs[-1][0]):
         w = width(*outs, *full)
@@ -109,7 +109,7 @@ def _group(launch, target: Target) -> Kernel:
         x_blocks, splits = k.grid[0], k.grid[1]
         params.append({**k.params, "x_blocks": x_blocks, "blocks": x_blocks * splits, "first_block": first_block})
         first_block += x_blocks * splits
-    return Kernel("sum_group", {"members": params, "vec": max(k["vec"] for k in params)},
+    return Kernel("sum_group", {"threads": THREADS, "members": params, "vec": max(k["vec"] for k in params)},
                   (first_block, 1, 1), (32, WARPS, 1))
 
 

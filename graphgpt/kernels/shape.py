@@ -9,6 +9,8 @@ from ..target import Target
 from .common import (Kernel, aligned_for, broadcast_strides, cdiv, collapse, contiguous_strides, index_type, operand,
                      streaming, types, width)
 
+TILE_ROWS = 8  # a tiled transpose's block: 32 x TILE_ROWS threads, each moving 32 / TILE_ROWS of a 32x32 tile
+
 
 def lower(launch, target: Target) -> Kernel:
     op, out, (src,) = launch["op"], launch["out"], launch["in"]
@@ -60,5 +62,6 @@ def _tiled_transpose(launch, extents: list[int], strides: list[int], itype: str)
     params = {**types(launch), "mode": "tile", "itype": itype, "ex": extents[-1], "sx": strides[-1], "ey": extents[y],
               "oy": out_strides[y], "tiles_x": tiles_x, "batch": n_batch,
               "in_batch": [[extents[i], strides[i]] for i in batch],
-              "out_batch": [[extents[i], out_strides[i]] for i in batch]}
-    return Kernel("transpose", params, (tiles_x * tiles_y, 1, min(n_batch, 65535)), (32, 8, 1))
+              "out_batch": [[extents[i], out_strides[i]] for i in batch], "tile_rows": TILE_ROWS,
+              "threads": 32 * TILE_ROWS}
+    return Kernel("transpose", params, (tiles_x * tiles_y, 1, min(n_batch, 65535)), (32, TILE_ROWS, 1))

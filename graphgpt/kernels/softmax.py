@@ -14,7 +14,7 @@ def lower(launch, target: Target) -> Kernel:
     *lead, t = launch["out"].shape
     rows, vec = prod(lead), row_vec(t, launch["out"], *launch["in"])
     per_lane = cdiv(t // vec, 32)
-    return Kernel(launch["op"], {**types(launch), "op": launch["op"], "rows": rows, "t": t, "vec": vec,
+    return Kernel(launch["op"], {**types(launch), "threads": THREADS, "warps": WARPS, "op": launch["op"], "rows": rows, "t": t, "vec": vec,
                                  "per_lane": per_lane, "cached": per_lane * vec <= CACHED_ROW,
                                  "scale": c_float(launch["attrs"]["scale"]),
                                  "itype": index_type(launch["out"].shape)},
