@@ -1,0 +1,260 @@
+"""Hugging Face LLaMA directories: --init-from reads a LlamaForCausalLM's, tools/export_hf.py
+writes one, and tools/compile.py --hf-config takes its sizes.
+
+The tests write a tiny LlamaForCausalLM directory of random weights themselves (Hugging Face's
+names, Linear weights (out, in), grouped-query attention: four query heads over two key/value
+heads) and check that every tensor lands where models/llama.py declares it, transposed, that
+export after import gives back the same tensors bit for bit, and that every config.json field
+models/llama.py cannot follow, or that differs from the plan, is refused in one line naming the
+file and the field. `file_logits` is the file's LLaMA written out in NumPy (float64), the
+independent reference for the logits.
+"""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from graphgpt import hf
+from graphgpt.errors import UserError
+from graphgpt.tensor_files import load_safetensors, save_safetensors
+from tests.conftest import COMPILE, ROOT, run_cli, sets
+
+L, H, HKV, C, F, T, V = 2, 4, 2, 16, 40, 8, 128  # the plan's sizes; its char vocabulary has 99 tokens
+D = C // H
+THETA, EPS = 1000.0, 1e-5
+CONFIG = {"n_layer": L, "n_head": H, "n_kv_head": HKV, "n_embd": C, "n_hidden": F, "rope_base": THETA,
+          "norm_eps": EPS, "vocab_size": V, "block_size": T, "batch_size": 2}  # a plan's, with tie_weights
+SETTINGS = [f"n_layer={L}", f"n_head={H}", f"n_kv_head={HKV}", f"n_embd={C}", f"n_hidden={F}", f"rope_base={THETA}",
+            f"norm_eps={EPS}", f"block_size={T}", "batch_size=2", f"vocab_size={V}"]
+
+
+def plan_shapes(tied: bool) -> dict[str, tuple]:
+    """The parameters models/llama.py declares for CONFIG: graphgpt's names, (in, out) matrices."""
+    shapes = {"embed_tokens.weight": (V, C), "norm.weight": (C,)}
+    for i in range(L):
+        a, m = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
+        shapes |= {f"layers.{i}.input_layernorm.weight": (C,), f"layers.{i}.post_attention_layernorm.weight": (C,),
+                   a + "q_proj.weight": (C, H * D), a + "k_proj.weight": (C, HKV * D), a + "v_proj.weight": (C, HKV * D),
+                   a + "o_proj.weight": (H * D, C), m + "gate_proj.weight": (C, F), m + "up_proj.weight": (C, F),
+                   m + "down_proj.weight": (F, C)}
+    return shapes if tied else shapes | {"lm_head.weight": (C, V)}
+
+
+def write_llama(path, vocab=V, tied=False, seed=0, **config):
+    """A LlamaForCausalLM directory of random weights, its config.json as transformers writes it."""
+    rng = np.random.default_rng(seed)
+    t = {"model.embed_tokens.weight": (vocab, C), "model.norm.weight": (C,)}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        t |= {p + "input_layernorm.weight": (C,), p + "post_attention_layernorm.weight": (C,),
+              p + "self_attn.q_proj.weight": (H * D, C), p + "self_attn.k_proj.weight": (HKV * D, C),
+              p + "self_attn.v_proj.weight": (HKV * D, C), p + "self_attn.o_proj.weight": (C, H * D),
+              p + "mlp.gate_proj.weight": (F, C), p + "mlp.up_proj.weight": (F, C), p + "mlp.down_proj.weight": (C, F)}
+    if not tied:
+        t["lm_head.weight"] = (vocab, C)
+    tensors = {name: (1 + rng.normal(0, 0.1, shape) if len(shape) == 1 else rng.normal(0, 0.3, shape)).astype(np.float32)
+               for name, shape in t.items()}
+    for i in range(L):  # the rotary table older files store per layer: a buffer, not a weight
+        tensors[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = (THETA ** (-np.arange(0, D, 2) / D)).astype(np.float32)
+    path.mkdir(parents=True, exist_ok=True)
+    save_safetensors(path / "model.safetensors", tensors, {"format": "pt"})
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab, "hidden_size": C,
+           "intermediate_size": F, "num_hidden_layers": L, "num_attention_heads": H, "num_key_value_heads": HKV,
+           "head_dim": D, "hidden_act": "silu", "max_position_embeddings": T, "rms_norm_eps": EPS,
+           "rope_theta": THETA, "rope_scaling": None, "attention_bias": False, "mlp_bias": False,
+           "attention_dropout": 0.0, "tie_word_embeddings": tied, "bos_token_id": 1, "eos_token_id": 2,
+           "torch_dtype": "float32", **config}
+    (path / "config.json").write_text(json.dumps(cfg))
+    return tensors
+
+
+def file_logits(tensors: dict, tokens: np.ndarray, tied=False) -> np.ndarray:
+    """LlamaForCausalLM's forward written out in NumPy (float64) from the file's own tensors:
+    RMSNorm, rotary positions in the rotate_half convention with rope_theta, grouped-query
+    attention by repeating each key/value head for its query heads, SwiGLU, Linear as x @ W.T."""
+    t = {k: v.astype(np.float64) for k, v in tensors.items()}
+    B, n = tokens.shape
+
+    def norm(x, name):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + EPS) * t[name]
+
+    def linear(x, name):
+        return x @ t[name].T
+
+    def heads(z, count):  # (B, n, count * D) -> (B, count, n, D)
+        return z.reshape(B, n, count, D).transpose(0, 2, 1, 3)
+
+    angles = np.arange(n)[:, None] * THETA ** (-np.arange(0, D, 2) / D)[None]  # (n, D/2)
+    cos, sin = np.cos(np.concatenate([angles, angles], -1)), np.sin(np.concatenate([angles, angles], -1))
+
+    def rope(z):
+        return z * cos + np.concatenate([-z[..., D // 2:], z[..., :D // 2]], -1) * sin
+
+    x = t["model.embed_tokens.weight"][tokens]
+    for i in range(L):
+        p = f"model.layers.{i}."
+        h = norm(x, p + "input_layernorm.weight")
+        q = rope(heads(linear(h, p + "self_attn.q_proj.weight"), H))
+        k = rope(heads(linear(h, p + "self_attn.k_proj.weight"), HKV)).repeat(H // HKV, axis=1)
+        v = heads(linear(h, p + "self_attn.v_proj.weight"), HKV).repeat(H // HKV, axis=1)
+        s = np.where(np.tri(n, dtype=bool), q @ k.transpose(0, 1, 3, 2) / np.sqrt(D), -np.inf)
+        a = np.exp(s - s.max(-1, keepdims=True))
+        y = ((a / a.sum(-1, keepdims=True)) @ v).transpose(0, 2, 1, 3).reshape(B, n, C)
+        x = x + linear(y, p + "self_attn.o_proj.weight")
+        h = norm(x, p + "post_attention_layernorm.weight")
+        gate = linear(h, p + "mlp.gate_proj.weight")
+        x = x + linear(gate / (1 + np.exp(-gate)) * linear(h, p + "mlp.up_proj.weight"), p + "mlp.down_proj.weight")
+    return norm(x, "model.norm.weight") @ t["model.embed_tokens.weight" if tied else "lm_head.weight"].T
+
+
+def load(path, tied=False, **change):
+    return hf.load(path, CONFIG | {"tie_weights": int(tied)} | change, plan_shapes(tied))
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_every_tensor_lands_by_name_transposed_with_padding(tmp_path, tied):
+    tensors = write_llama(tmp_path / "m", vocab=101, tied=tied)
+    weights = load(tmp_path / "m", tied)
+    assert {n: w.shape for n, w in weights.items()} == plan_shapes(tied)
+    np.testing.assert_array_equal(weights["embed_tokens.weight"][:101], tensors["model.embed_tokens.weight"])
+    assert not weights["embed_tokens.weight"][101:].any()                  # padded rows start at zero
+    if not tied:
+        np.testing.assert_array_equal(weights["lm_head.weight"][:, :101], tensors["lm_head.weight"].T)
+        assert not weights["lm_head.weight"][:, 101:].any()
+    for name, value in weights.items():
+        if name not in ("embed_tokens.weight", "lm_head.weight"):
+            theirs = tensors["model." + name]
+            np.testing.assert_array_equal(value, theirs.T if theirs.ndim == 2 else theirs, err_msg=name)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_export_after_import_gives_the_same_tensors(tmp_path, tied):
+    tensors = write_llama(tmp_path / "m", tied=tied)
+    weights = load(tmp_path / "m", tied)
+    config = CONFIG | {"tie_weights": int(tied)}
+    hf.save(tmp_path / "out", weights, config, eos_id=98)
+    back = load_safetensors(tmp_path / "out" / "model.safetensors")
+    assert set(back) == {n for n in tensors if not n.endswith(".inv_freq")}
+    for name, value in back.items():
+        assert value.tobytes() == tensors[name].tobytes() and value.shape == tensors[name].shape, name
+    again = load(tmp_path / "out", tied)
+    assert all(again[n].tobytes() == weights[n].tobytes() for n in weights)
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    original = json.loads((tmp_path / "m" / "config.json").read_text())
+    for field in ("model_type", "architectures", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                  "hidden_size", "intermediate_size", "head_dim", "rope_theta", "rms_norm_eps", "rope_scaling",
+                  "hidden_act", "attention_bias", "mlp_bias", "tie_word_embeddings", "vocab_size",
+                  "max_position_embeddings"):
+        assert written[field] == original[field], field
+    assert (written["bos_token_id"], written["eos_token_id"], written["torch_dtype"]) == (98, 98, "float32")
+
+
+# Each field of config.json that models/llama.py cannot follow or that differs from the plan:
+# the change, and what the one line says after the file's name.
+MISMATCHES = [
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu': models/llama.py's MLP is SwiGLU (silu)"),
+    ({"num_hidden_layers": 3}, "num_hidden_layers 3, the plan's n_layer is 2"),
+    ({"num_attention_heads": 2, "head_dim": None}, "num_attention_heads 2, the plan's n_head is 4"),
+    ({"num_key_value_heads": 4}, "num_key_value_heads 4, the plan's n_kv_head is 2"),
+    ({"num_key_value_heads": None}, "num_key_value_heads 4, the plan's n_kv_head is 2"),  # null: one per query head
+    ({"hidden_size": 32, "head_dim": None}, "hidden_size 32, the plan's n_embd is 16"),
+    ({"intermediate_size": 48}, "intermediate_size 48, the plan's MLP width is 40"),
+    ({"rope_theta": 500000.0}, "rope_theta 500000.0, the plan's rope_base is 1000.0"),
+    ({"rms_norm_eps": 1e-6}, "rms_norm_eps 1e-06, the plan's norm_eps is 1e-05"),
+    ({"tie_word_embeddings": True}, "tie_word_embeddings true, the plan's tie_weights is false"),
+    ({"vocab_size": 200}, "vocab_size 200 is more than the plan's 128"),
+    ({"head_dim": 8}, "head_dim 8: models/llama.py's is hidden_size / num_attention_heads, 4"),
+    ({"attention_bias": True}, "attention_bias is true; models/llama.py has no biases"),
+    ({"mlp_bias": True}, "mlp_bias is true; models/llama.py has no biases"),
+    ({"rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192, "rope_type": "llama3"}},
+     "rope_scaling {\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+     "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}: scaled rotary positions ('llama3') "
+     "are not supported; models/llama.py's are unscaled"),
+    ({"rope_scaling": None, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": THETA}},
+     "rope_parameters {\"rope_type\": \"linear\", \"factor\": 2.0, \"rope_theta\": 1000.0}: scaled rotary positions "
+     "('linear') are not supported"),
+    ({"model_type": "mistral"}, "model_type 'mistral'; graphgpt reads 'gpt2' and 'llama'"),
+    ({"num_hidden_layers": "2"}, 'num_hidden_layers is "2", not an integer'),
+    ({"rope_scaling": "none"}, 'rope_scaling is "none", not an object or null'),
+    ({"tie_word_embeddings": 0}, "tie_word_embeddings is 0, not true or false"),
+]
+
+
+def rewrite_config(directory, change: dict) -> None:
+    cfg = json.loads((directory / "config.json").read_text()) | change
+    (directory / "config.json").write_text(json.dumps({k: v for k, v in cfg.items()}))
+
+
+@pytest.mark.parametrize("change, message", MISMATCHES, ids=[next(iter(c)) + "-" + str(i) for i, (c, _) in enumerate(MISMATCHES)])
+def test_a_config_field_that_does_not_fit_is_one_line_naming_file_and_field(tmp_path, change, message):
+    write_llama(tmp_path / "m")
+    rewrite_config(tmp_path / "m", change)
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'm' / 'config.json'}: {message}")) as raised:
+        load(tmp_path / "m")
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("field", ["model_type", "num_hidden_layers", "num_attention_heads", "hidden_size",
+                                   "intermediate_size", "vocab_size"])
+def test_a_config_json_that_lacks_a_required_field_names_it(tmp_path, field):
+    write_llama(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config[field]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'm' / 'config.json'}: no {field} field")):
+        load(tmp_path / "m")
+
+
+def test_fields_it_lacks_take_transformers_defaults(tmp_path):
+    """A config.json without the optional fields reads as transformers' LlamaConfig does: silu,
+    no biases, no scaling, rope_theta 10000, rms_norm_eps 1e-6, an untied head and as many
+    key/value heads as query heads."""
+    write_llama(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    for field in ("hidden_act", "attention_bias", "mlp_bias", "rope_scaling", "head_dim", "tie_word_embeddings",
+                  "rope_theta", "rms_norm_eps", "num_key_value_heads", "max_position_embeddings"):
+        del cfg[field]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="num_key_value_heads 4, the plan's n_kv_head is 2"):
+        load(tmp_path / "m")
+    assert hf.settings(tmp_path / "m") == [f"n_layer={L}", f"n_head={H}", f"n_kv_head={H}", f"n_embd={C}",
+                                           f"n_hidden={F}", "rope_base=10000.0", "norm_eps=1e-06", f"vocab_size={V}",
+                                           "block_size=2048", "tie_weights=0"]
+
+
+def test_transformers_5_rotary_parameters_are_read(tmp_path):
+    """transformers 5 writes rope_parameters, rope_theta inside it; "default" is unscaled."""
+    write_llama(tmp_path / "m")
+    rewrite_config(tmp_path / "m", {"rope_theta": 10000.0, "rope_scaling": None,
+                                    "rope_parameters": {"rope_type": "default", "rope_theta": THETA}})
+    assert set(load(tmp_path / "m")) == set(plan_shapes(False))
+
+
+def test_a_gpt2_plan_refuses_a_llama_directory_and_the_reverse(tmp_path):
+    write_llama(tmp_path / "m")
+    gpt2 = {"wte": (V, C), "wpe": (T, C)}
+    with pytest.raises(UserError, match="model_type 'llama', a LLaMA model, but the plan's parameters are not LLaMA's"):
+        hf.load(tmp_path / "m", CONFIG, gpt2)
+    with pytest.raises(UserError, match="neither model.py's .GPT-2. nor models/llama.py's"):
+        hf.save(tmp_path / "out", {"wte": np.zeros((V, C), np.float32), "lm_head.weight": np.zeros((C, V))}, CONFIG, 0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_hf_config_gives_the_compile_settings_and_set_wins(tmp_path):
+    """tools/compile.py --hf-config DIR takes the sizes of DIR's config.json; --set overrides."""
+    write_llama(tmp_path / "m")
+    assert hf.settings(tmp_path / "m") == SETTINGS[:7] + [f"vocab_size={V}", f"block_size={T}", "tie_weights=0"]
+    from tests.test_hf import write_hf
+    write_hf(tmp_path / "gpt2", positions=16)
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "plan"), "--hf-config",
+                   str(tmp_path / "gpt2"), *sets(["block_size=8", "batch_size=2"]))
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "plan" / "plan.json").read_text())["config"]
+    assert (config["n_layer"], config["n_head"], config["n_embd"], config["vocab_size"], config["block_size"],
+            config["tie_weights"]) == (2, 2, 16, 128, 8, 1)
+    rewrite_config(tmp_path / "gpt2", {"activation_function": "relu"})
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "plan2"), "--hf-config", str(tmp_path / "gpt2"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "activation_function 'relu'" in proc.stderr
+    assert not (tmp_path / "plan2").exists()
