@@ -258,3 +258,21 @@ def test_hf_config_gives_the_compile_settings_and_set_wins(tmp_path):
     proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "plan2"), "--hf-config", str(tmp_path / "gpt2"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "activation_function 'relu'" in proc.stderr
     assert not (tmp_path / "plan2").exists()
+
+
+def test_a_bfloat16_file_is_read_as_float32_exactly(tmp_path):
+    """LLaMA's weights usually come in bfloat16: each value is widened to float32 unchanged."""
+    tensors = write_llama(tmp_path / "m")
+    bits = {name: (value.view(np.uint32) >> 16).astype("<u2") for name, value in tensors.items()}
+    header, offset = {}, 0
+    for name, value in bits.items():
+        header[name] = {"dtype": "BF16", "shape": list(value.shape), "data_offsets": [offset, offset + value.nbytes]}
+        offset += value.nbytes
+    head = json.dumps(header).encode()
+    (tmp_path / "m" / "model.safetensors").write_bytes(
+        len(head).to_bytes(8, "little") + head + b"".join(v.tobytes() for v in bits.values()))
+    weights = load(tmp_path / "m")
+    q = bits["model.layers.1.self_attn.q_proj.weight"].astype(np.uint32) << 16
+    np.testing.assert_array_equal(weights["layers.1.self_attn.q_proj.weight"], q.view(np.float32).T)
+    assert all(w.dtype == np.float32 for w in weights.values())
+    np.testing.assert_allclose(weights["norm.weight"], tensors["model.norm.weight"], rtol=2 ** -7)
