@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import UserError
 from ..tensor_files import load_safetensors
 from . import gpt2, llama
-from .files import CONFIG, WEIGHTS, check_types, is_hf_dir, read_config, write  # noqa: F401 (the package's names)
+from .files import CONFIG, WEIGHTS, check_types, is_hf_dir, read_config, write  # noqa: F401 (is_hf_dir: the package's)
 
 FAMILIES = {family.MODEL_TYPE: family for family in (gpt2, llama)}
 
