@@ -276,3 +276,24 @@ def test_a_bfloat16_file_is_read_as_float32_exactly(tmp_path):
     np.testing.assert_array_equal(weights["layers.1.self_attn.q_proj.weight"], q.view(np.float32).T)
     assert all(w.dtype == np.float32 for w in weights.values())
     np.testing.assert_allclose(weights["norm.weight"], tensors["model.norm.weight"], rtol=2 ** -7)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_transformers_agrees_with_the_reference_and_reloads_the_export_bit_for_bit(tmp_path, tied):
+    """Where PyTorch and transformers are importable: their LlamaForCausalLM built from the file
+    computes file_logits (float64; within 1e-5, as transformers computes its rotary tables in
+    float32), and it reloads an export's tensors bit for bit."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    tensors = write_llama(tmp_path / "m", tied=tied)
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float64).eval()
+    tokens = np.random.default_rng(3).integers(0, V, (2, T))
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(tokens)).logits.numpy()
+    np.testing.assert_allclose(theirs, file_logits(tensors, tokens, tied), rtol=0, atol=1e-5)
+    hf.save(tmp_path / "out", load(tmp_path / "m", tied), CONFIG | {"tie_weights": int(tied)}, eos_id=98)
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).state_dict()
+    tied_head = {"lm_head.weight": "model.embed_tokens.weight"} if tied else {}
+    assert set(again) == {n for n in tensors if not n.endswith(".inv_freq")} | set(tied_head)
+    for name, value in again.items():
+        assert value.numpy().tobytes() == tensors[tied_head.get(name, name)].tobytes(), name
