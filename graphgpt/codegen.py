@@ -32,15 +32,15 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from .errors import UserError
 from .kernels import FAMILIES, Kernel
 from .ops import REGISTRY
+from .ops.registry import LIBRARY_KINDS
+from .target import Target
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 ENV = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
                   trim_blocks=True, lstrip_blocks=True)
-
-LIBRARY_KINDS = ("matmul", "collective")  # launches a backend hands to cuBLAS and NCCL
-
 
 # What every kernel file is compiled with, here and by the runtime (the plan's "nvrtc_options").
 # The templates' generic lambdas (`[&](const auto* src, ...)`) are device code; the NVRTC of the
@@ -49,10 +49,10 @@ LIBRARY_KINDS = ("matmul", "collective")  # launches a backend hands to cuBLAS a
 NVRTC_OPTIONS = ("--std=c++17", "--device-as-default-execution-space")
 
 
-def lower_plan(data: dict) -> dict[str, str]:
-    """Give every launch of every program its kernel, in `launch["cuda"]` (matmul and collective
-    launches are left as they are), and the plan the NVRTC options its kernels need; returns the
-    kernel files {"kernels/<family>.cu": source}."""
+def lower_plan(data: dict, target: Target) -> dict[str, str]:
+    """Give every launch of every program its kernel for `target`, in `launch["cuda"]` (matmul and
+    collective launches are left as they are), and the plan the NVRTC options its kernels need;
+    returns the kernel files {"kernels/<family>.cu": source}."""
     data["nvrtc_options"] = list(NVRTC_OPTIONS)
     kernels: dict[str, dict[str, str]] = {}   # family -> kernel name -> text, in order of first use
     rendered: dict[str, tuple[str, str]] = {}
@@ -63,15 +63,29 @@ def lower_plan(data: dict) -> dict[str, str]:
                 continue
             if op.template is None:
                 raise ValueError(f"op {op.name} names no CUDA template in its registry entry")
-            k = FAMILIES[op.template](launch)
+            k = FAMILIES[op.template](launch, target)
             name, text = _render(op.template, k, rendered)
             if kernels.setdefault(op.template, {}).setdefault(name, text) != text:
                 raise RuntimeError(f"kernel name {name} is shared by two different kernels")
             launch["cuda"] = {"kernel": name, "file": f"kernels/{op.template}.cu", "grid": list(k.grid),
                               "block": list(k.block), "smem": k.smem,
                               "args": k.args or [*launch.get("outs", [launch["out"]]), *launch["in"]]}
+    _check_shared_memory(data, target)
     return {f"kernels/{family}.cu": _kernel_file(family, list(texts.values()))
             for family, texts in sorted(kernels.items())}
+
+
+def _check_shared_memory(data: dict, target: Target) -> None:
+    """Refuse a kernel that asks for more shared memory than a block of the target has: it would
+    fail at its first launch. After every launch is lowered, so that a family's own refusal, which
+    says what to change, comes first."""
+    for program in data["programs"].values():
+        for launch in program["launches"]:
+            smem = launch.get("cuda", {}).get("smem", 0)
+            if smem > target.smem_per_block:
+                raise UserError(f"{launch.get('where') or launch['op']}: its {launch['op']} kernel needs {smem} bytes "
+                                f"of shared memory, more than a block has on target {target.name} "
+                                f"({target.smem_per_block})")
 
 
 def _render(family: str, k: Kernel, memo: dict[str, tuple[str, str]]) -> tuple[str, str]:

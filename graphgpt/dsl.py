@@ -10,11 +10,13 @@ operation appends a node that records the model file's line, so a shape error re
 
 The generation programs are traced with key/value caches (`KvCaches`): there `causal_attention`
 also writes each layer's keys and values into a cache of its own, and when decoding one position
-at a time it attends over that cache, while `position_rows` gives the current position's row.
+at a time it attends over that cache, while `position_rows` gives the current position's row and
+`rotary` reads its tables from the current position on.
 Their weights, in a narrower compute type, are copies made once per generation (`weight_copy`).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import Callable
 
 from .errors import UserError
 from .ir import FLOAT, INT, Graph, GraphError, Value
+from .ops.shape import contiguous_along
 from .schedule import DROPOUT_COUNTER, DROPOUT_SEED
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -34,8 +37,8 @@ class KvCaches:
     """A generation program's key/value caches: `length` positions per attention layer. Without a
     `position` the program computes a whole window from position 0 and fills the caches (the
     prefill); with one (the decode program's int32 input) it computes the positions from there on
-    against them. After tracing: how many layers made caches, and whether the positions' rows came
-    from `position_rows` (a model that slices its position table itself cannot decode)."""
+    against them. After tracing: how many layers made caches, and whether the positions came from
+    `position_rows` or `rotary` (a model that slices its position table itself cannot decode)."""
     length: int
     position: Value | None = None
     layers: int = 0
@@ -131,9 +134,36 @@ def layer_norm(x: Value, weight: Value, bias: Value, eps: float = 1e-5) -> Value
     return normalized * weight + bias
 
 
+def rms_norm(x: Value, weight: Value | None = None, eps: float = 1e-5) -> Value:
+    """x * rsqrt(mean(x^2 over the last axis) + eps), times a per-column weight when given."""
+    normalized, _rstd = x.graph.add("rms_normalize", (x,), eps=float(eps))  # the statistic: for the backward
+    return normalized if weight is None else normalized * weight
+
+
 def gelu(x: Value) -> Value:
     """GELU, tanh approximation (GPT-2's)."""
     return x.graph.add("gelu", (x,))
+
+
+def silu(x: Value) -> Value:
+    """x * sigmoid(x) (LLaMA's gate)."""
+    return x.graph.add("silu", (x,))
+
+
+def sigmoid(x: Value) -> Value:
+    return x.graph.add("sigmoid", (x,))
+
+
+def relu(x: Value) -> Value:
+    return x.graph.add("relu", (x,))
+
+
+def square(x: Value) -> Value:
+    return x.graph.add("square", (x,))
+
+
+def exp(x: Value) -> Value:
+    return x.graph.add("exp", (x,))
 
 
 def causal_softmax(scores: Value, scale: float) -> Value:
@@ -141,38 +171,59 @@ def causal_softmax(scores: Value, scale: float) -> Value:
     return scores.graph.add("causal_softmax", (scores,), scale=float(scale))
 
 
-def causal_attention(qkv: Value, scale: float, dropout: float = 0.0) -> Value:
-    """Per head, softmax(scale * q k^T with future keys masked out) v, from q, k and v packed as
-    (B, T, 3, H, D) (the QKV projection's output, reshaped), as (B, T, H, D): one fused op that never
-    stores the (T, T) scores (its log-sum-exp per query is kept for the backward). `dropout` drops
-    attention probabilities inside the kernels, in the training program only. In the generation
-    programs the keys and values also go to this layer's cache, and decoding attends over it."""
+def causal_attention(*args, **kwargs) -> Value:
+    """causal_attention(q, k, v, scale, dropout=0.0) or causal_attention(qkv, scale, dropout=0.0).
+
+    Per query head, softmax(scale * q k^T with future keys masked out) v, as (B, T, H, D): one fused
+    op that never stores the (T, T) scores (its log-sum-exp per query is kept for the backward).
+    q is (B, T, H, D) and k and v (B, T, Hkv, D), Hkv dividing H: grouped-query attention, query
+    head h reading key/value head h // (H / Hkv) in place, never a copy. Or q, k and v packed as
+    (B, T, 3, H, D) (the QKV projection's output, reshaped). `dropout` drops attention
+    probabilities inside the kernels, in the training program only. In the generation programs the
+    keys and values also go to this layer's cache, and decoding attends over it."""
     tracer = _tracer()
+    tensors = 0
+    while tensors < len(args) and isinstance(args[tensors], Value):
+        tensors += 1
+    if tensors not in (1, 3):
+        raise GraphError(f"{user_line()}: causal_attention takes packed qkv or q, k and v, not {tensors} tensors")
+    try:
+        scale, dropout = _attention_options(*args[tensors:], **kwargs)
+    except TypeError:
+        raise GraphError(f"{user_line()}: causal_attention takes (q, k, v, scale, dropout=0.0) or "
+                         "(qkv, scale, dropout=0.0)") from None
+    qkv, graph = tuple(args[:tensors]), args[0].graph
     if tracer.caches is not None:
-        return _cached(tracer, qkv, float(scale))
+        return _cached(tracer, qkv, scale)
     if dropout and tracer.training:
         site, seed, counter = tracer.dropout_site()
-        out, _lse = qkv.graph.add("causal_attention", (qkv, seed, counter), scale=float(scale),
-                                  dropout=_probability(dropout), site=site)
+        out, _lse = graph.add("causal_attention", (*qkv, seed, counter), scale=scale,
+                              dropout=_probability(dropout), site=site)
     else:
-        out, _lse = qkv.graph.add("causal_attention", (qkv,), scale=float(scale))
+        out, _lse = graph.add("causal_attention", qkv, scale=scale)
     return out
 
 
-def _cached(tracer: Tracer, qkv: Value, scale: float) -> Value:
-    """causal_attention in a generation program: the new keys and values are written into this
-    layer's cache in place (an update of the cache), and a decoding step reads them back from it."""
-    caches, graph = tracer.caches, qkv.graph
-    b, _, _, h, d = qkv.shape
-    cache = graph.add("cache", name=f"kv_cache.{caches.layers}", shape=(b, caches.length, 2, h, d), dtype=qkv.dtype)
+def _attention_options(scale: float, dropout: float = 0.0) -> tuple[float, float]:
+    return float(scale), dropout
+
+
+def _cached(tracer: Tracer, qkv: tuple[Value, ...], scale: float) -> Value:
+    """causal_attention in a generation program: the new keys and values (of the packed qkv, or k
+    and v) are written into this layer's cache of Hkv heads in place (an update of the cache), and
+    a decoding step reads them back from it."""
+    caches, graph = tracer.caches, qkv[0].graph
+    kv = qkv[-1].shape  # (B, T, 3, H, D) or v's (B, T, Hkv, D): the cache's heads and head dim last
+    cache = graph.add("cache", name=f"kv_cache.{caches.layers}", shape=(kv[0], caches.length, 2, *kv[-2:]),
+                      dtype=qkv[0].dtype)
     caches.layers += 1
     position = () if caches.position is None else (caches.position,)
-    written = graph.add("cache_update", (cache, qkv, *position))
+    written = graph.add("cache_update", (cache, *(qkv if len(qkv) == 1 else qkv[1:]), *position))
     graph.updates[cache.id] = written.id
     if caches.position is None:
-        out, _lse = graph.add("causal_attention", (qkv,), scale=scale)
+        out, _lse = graph.add("causal_attention", qkv, scale=scale)
         return out
-    return graph.add("cached_attention", (qkv, written, caches.position), scale=scale)
+    return graph.add("cached_attention", (qkv[0], written, caches.position), scale=scale)
 
 
 def position_rows(table: Value, t: int) -> Value:
@@ -186,6 +237,28 @@ def position_rows(table: Value, t: int) -> Value:
         raise GraphError(f"{user_line()}: position_rows: decoding computes one position at a time, not {t}")
     caches.positioned = True
     return embedding(table, caches.position.reshape(1))
+
+
+def rotary(x: Value, base: float = 10000.0) -> Value:
+    """Rotary position embedding of x (B, T, H, D), D even, in Hugging Face LLaMA's convention
+    (rotate_half): columns i and i + D/2 are rotated by position * base^(-2i/D). The positions are
+    0..T-1, or, in the decode program, from its position input on; the cosines and sines are
+    tables the compiler computes (one row per position the program can see: the block, or the
+    key/value caches' length)."""
+    tracer = _tracer()
+    if x.ndim != 4 or x.shape[-1] % 2:
+        raise GraphError(f"{user_line()}: rotary: x must be (B, T, H, D) with D even, got {x.shape}")
+    if not (isinstance(base, (int, float)) and math.isfinite(base) and base > 0):
+        raise GraphError(f"{user_line()}: rotary: base must be a finite number > 0, got {base!r}")
+    caches = tracer.caches
+    rows = x.shape[1] if caches is None else caches.length
+    table = dict(shape=(rows, x.shape[-1] // 2), base=float(base))
+    cos, sin = (x.graph.const_tensor(name, **table) for name in ("rotary_cos", "rotary_sin"))
+    position = ()
+    if caches is not None and caches.position is not None:
+        caches.positioned = True  # its positions come from the decode program's input
+        position = (caches.position,)
+    return x.graph.add("rotary", (x, cos, sin, *position), inverse=False)
 
 
 def dropout(x: Value, p: float) -> Value:
@@ -205,6 +278,32 @@ def _probability(p: float) -> float:
     return float(p)
 
 
+def concat(xs, axis: int = -1) -> Value:
+    """The values joined along `axis`; they agree on every other axis and in dtype. Where the
+    pieces are contiguous runs of the result (every axis before `axis` of extent 1) it is a concat,
+    which the plan builds in place, each piece computed into its part of the result; along an inner
+    axis each piece is padded with zeros to the result's shape and the pads are added."""
+    xs = list(xs)
+    if not xs or not all(isinstance(x, Value) for x in xs):
+        raise GraphError(f"{user_line()}: concat takes a list of one or more values")
+    first = xs[0]
+    if not -first.ndim <= axis < first.ndim:
+        raise GraphError(f"{user_line()}: concat: axis {axis} is out of range for shape {first.shape}")
+    axis %= first.ndim
+    rest = [(x.shape[:axis], x.shape[axis + 1:], x.dtype) for x in xs]
+    if any(r != rest[0] for r in rest):
+        raise GraphError(f"{user_line()}: concat: the values differ outside axis {axis}: "
+                         + ", ".join(f"{x.shape}:{x.dtype}" for x in xs))
+    if contiguous_along(first.shape, axis):
+        return first.graph.add("concat", xs, axis=axis)
+    total, start, out = sum(x.shape[axis] for x in xs), 0, None
+    for x in xs:
+        piece = x.graph.add("pad", (x,), axis=axis, before=start, after=total - start - x.shape[axis])
+        start += x.shape[axis]
+        out = piece if out is None else out + piece
+    return out
+
+
 def matmul(a: Value, b: Value, ta: bool = False, tb: bool = False) -> Value:
     """op(a) @ op(b), op transposing the last two axes when its flag is set."""
     return a.graph.add("matmul", (a, b), ta=bool(ta), tb=bool(tb))
@@ -219,5 +318,6 @@ def cross_entropy(logits: Value, targets: Value) -> Value:
     return logits.graph.add("cross_entropy", (logits, targets))
 
 
-__all__ = ["param", "layer_norm", "gelu", "causal_softmax", "causal_attention", "dropout", "matmul", "embedding",
-           "position_rows", "cross_entropy", "Value", "FLOAT", "INT", "trace", "Tracer", "KvCaches"]
+__all__ = ["param", "layer_norm", "rms_norm", "gelu", "silu", "sigmoid", "relu", "square", "exp", "causal_softmax",
+           "causal_attention", "dropout", "concat", "matmul", "embedding", "position_rows", "rotary", "cross_entropy",
+           "Value", "FLOAT", "INT", "trace", "Tracer", "KvCaches"]

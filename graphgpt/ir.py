@@ -3,9 +3,10 @@
 A `Graph` is an append-only list of `Node`s in topological order (inputs before users). Sources
 are `param` (trainable weights), `state` (optimizer state), `cache` (a layer's keys and values,
 kept between runs of the generation programs), `input` (fed each step: tokens, targets, runtime
-scalars such as the learning rate or a decoding position) and `const`. `updates` maps a param,
-state or cache node to the node holding its new value after one run; `grads` maps a param to its
-gradient.
+scalars such as the learning rate or a decoding position), `const` (a float scalar) and
+`const_tensor` (a table the compiler computes, such as rotary embedding's cosines). `updates` maps
+a param, state or cache node to the node holding its new value after one run; `grads` maps a param
+to its gradient.
 
 Every node records where it came from (`where`, the user's file:line) so that errors and graph
 dumps point at the model file, not at graphgpt.
@@ -31,7 +32,8 @@ INT = "i32"
 TUPLE = "tuple"  # the dtype of a node with several outputs
 
 PERSISTENT_OPS = ("param", "state", "cache")  # sources with a slot of their own in the arena
-SOURCE_OPS = (*PERSISTENT_OPS, "input", "const")
+CONSTANT_OPS = ("const", "const_tensor")  # values the plan carries: the constants region of the arena
+SOURCE_OPS = (*PERSISTENT_OPS, "input", *CONSTANT_OPS)
 
 
 class GraphError(UserError):
@@ -84,7 +86,7 @@ class Graph:
     late: dict[int, int] = field(default_factory=dict)  # recomputed node -> the reader it runs just before
     locate: Callable[[], str | None] | None = None  # gives `where` for new nodes
     _next_id: int = 0
-    _consts: dict[tuple, int] = field(default_factory=dict)
+    _consts: dict[tuple | str, int] = field(default_factory=dict)  # a scalar's (value,), a table's name
 
     # ---- building -------------------------------------------------------------------------
     def add(self, op: str, inputs: Iterable["Value | int"] = (), **attrs) -> "Value | tuple[Value, ...]":
@@ -116,6 +118,16 @@ class Graph:
         if key not in self._consts:
             self._consts[key] = self.add("const", value=float(value)).id
         return Value(self, self._consts[key])
+
+    def const_tensor(self, table: str, shape: tuple[int, ...], **params) -> "Value":
+        """A float32 tensor of constants, table `table` (ops/source.py's TABLES) of `params`;
+        equal tables share one node, and across programs one slot, by their name."""
+        shown = ",".join(f"{k}={v!r}" for k, v in sorted(params.items()))
+        name = f"{table}[{'x'.join(map(str, shape))}]({shown})"
+        if name not in self._consts:
+            self._consts[name] = self.add("const_tensor", name=name, table=table, shape=tuple(shape),
+                                          dtype=FLOAT, **params).id
+        return Value(self, self._consts[name])
 
     def value(self, node_id: int) -> "Value":
         return Value(self, node_id)
@@ -254,15 +266,26 @@ class Value:
         return self.graph.add("broadcast_to", (self,), shape=tuple(shape))
 
     def __getitem__(self, index) -> "Value":
-        """Basic indexing on the leading axis: `x[i]` drops it, `x[a:b]` keeps it."""
+        """Basic indexing: `x[i]` drops the leading axis; contiguous slices (step 1, negative
+        bounds counted from the end) keep their axes, on any of them: `x[a:b]`, `x[:, a:b]`,
+        `x[..., a:b]`. Each slice of an axis is one slice op; a whole axis (`:`) is none."""
         if isinstance(index, int):
             i = index % self.shape[0] if self.ndim else index
             return self.graph.add("slice", (self,), axis=0, start=i, stop=i + 1).reshape(self.shape[1:])
-        if isinstance(index, slice) and index.step in (None, 1):
-            start, stop, _ = index.indices(self.shape[0])
-            return self.graph.add("slice", (self,), axis=0, start=start, stop=stop)
-        raise GraphError(_located(self.graph.locate() if self.graph.locate else None,
-                                  f"unsupported index {index!r}: use an int or a[start:stop] on the first axis"))
+        items = index if isinstance(index, tuple) else (index,)
+        if sum(item is Ellipsis for item in items) == 1:
+            at = next(k for k, item in enumerate(items) if item is Ellipsis)
+            items = items[:at] + (slice(None),) * (self.ndim - len(items) + 1) + items[at + 1:]
+        if len(items) > self.ndim or not all(isinstance(s, slice) and s.step in (None, 1) for s in items):
+            raise GraphError(_located(self.graph.locate() if self.graph.locate else None,
+                                      f"unsupported index {index!r} of a value of shape {self.shape}: use x[i] on "
+                                      "the first axis, or contiguous slices such as x[a:b], x[:, a:b], x[..., a:b]"))
+        out = self
+        for axis, s in enumerate(items):
+            if (s.start, s.stop) != (None, None):
+                start, stop, _ = s.indices(self.shape[axis])
+                out = self.graph.add("slice", (out,), axis=axis, start=start, stop=stop)
+        return out
 
     def __repr__(self) -> str:
         n = self.node

@@ -61,6 +61,37 @@ def gelu_grad(attrs, x, g):
     return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * x * x))
 
 
+@reference("sigmoid")
+def sigmoid(attrs, x):
+    return np.exp(-np.logaddexp(0.0, -x))  # 1 / (1 + exp(-x)), without exp's overflow
+
+
+@reference("square")
+def square(attrs, x):
+    return x * x
+
+
+@reference("silu")
+def silu(attrs, x):
+    return x * sigmoid(attrs, x)
+
+
+@reference("silu_grad")
+def silu_grad(attrs, x, g):
+    s = sigmoid(attrs, x)
+    return g * s * (1.0 + x * (1.0 - s))
+
+
+@reference("relu")
+def relu(attrs, x):
+    return np.maximum(x, x.dtype.type(0))
+
+
+@reference("relu_grad")
+def relu_grad(attrs, x, g):
+    return np.where(x > 0, g, g.dtype.type(0))
+
+
 def _run_program(program, inputs) -> list:
     """A fused chain's steps (op, attrs, args) in order: arg k >= 0 is step k, -1 - i input i.
     Every step's value."""
@@ -139,7 +170,7 @@ def fused_matmul(attrs, a, b, *rest):
     return out + rest.pop(0) if attrs["residual"] else out
 
 
-# ---- LayerNorm without its affine part --------------------------------------------------------
+# ---- row normalisers: LayerNorm without its affine part, RMSNorm without its weight ------------
 @reference("normalize")
 def normalize(attrs, x):
     """The normalised rows, and each row's mean and rstd."""
@@ -149,11 +180,11 @@ def normalize(attrs, x):
     return xc * rstd[..., None], mean, rstd
 
 
-@reference("fused_normalize")
-def fused_normalize(attrs, x, *operands):
-    """normalize's outputs, and its chain of the normalised rows as they are before rounding."""
-    xhat, mean, rstd = normalize(attrs, x)
-    return xhat, mean, rstd, _run_program(attrs["program"], (xhat, *operands))[-1]
+@reference("rms_normalize")
+def rms_normalize(attrs, x):
+    """The rows divided by their root mean square (not centred), and each row's rstd."""
+    rstd = 1.0 / np.sqrt((x * x).mean(-1) + attrs["eps"])
+    return x * rstd[..., None], rstd
 
 
 @reference("normalize_grad")
@@ -162,13 +193,36 @@ def normalize_grad(attrs, x, g, mean, rstd):
     return rstd[..., None] * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
 
 
-@reference("fused_normalize_grad")
-def fused_normalize_grad(attrs, x, g, mean, rstd, *rest):
-    rest = list(rest)
-    if attrs["scaled"]:
-        g = g * rest.pop(0)
-    dx = normalize_grad(attrs, x, g, mean, rstd)
-    return dx + rest.pop(0) if attrs["accumulate"] else dx
+@reference("rms_normalize_grad")
+def rms_normalize_grad(attrs, x, g, rstd):
+    xhat = x * rstd[..., None]
+    return rstd[..., None] * (g - xhat * (g * xhat).mean(-1, keepdims=True))
+
+
+def _with_epilogue(plain: Callable) -> Callable:
+    """A normaliser's outputs, and its chain of the normalised rows as they are before rounding."""
+    def fused(attrs, x, *operands):
+        outs = plain(attrs, x)
+        return (*outs, _run_program(attrs["program"], (outs[0], *operands))[-1])
+    return fused
+
+
+def _scaled_and_accumulated(grad: Callable, n_statistics: int) -> Callable:
+    """A normaliser's backward with g scaled by gamma (attrs "scaled") and the residual's gradient
+    added (attrs "accumulate"). Inputs: x, g, the statistics, [gamma], [residual]."""
+    def fused(attrs, x, g, *rest):
+        statistics, rest = rest[:n_statistics], list(rest[n_statistics:])
+        if attrs["scaled"]:
+            g = g * rest.pop(0)
+        dx = grad(attrs, x, g, *statistics)
+        return dx + rest.pop(0) if attrs["accumulate"] else dx
+    return fused
+
+
+reference("fused_normalize")(_with_epilogue(normalize))
+reference("fused_rms_normalize")(_with_epilogue(rms_normalize))
+reference("fused_normalize_grad")(_scaled_and_accumulated(normalize_grad, 2))
+reference("fused_rms_normalize_grad")(_scaled_and_accumulated(rms_normalize_grad, 1))
 
 
 # ---- causal softmax ---------------------------------------------------------------------------
@@ -230,16 +284,35 @@ def dropout(attrs, x, seed, counter):
     return np.where(keep, x * keep_scale(attrs["p"]), 0.0).astype(x.dtype)
 
 
-# ---- fused causal attention over packed (B, T, 3, H, D) q, k, v --------------------------------
+# ---- fused causal attention: packed (B, T, 3, H, D) q, k, v, or q (B, T, H, D), k, v (B, T, Hkv, D)
 def _heads(x):
     """(B, T, H, D) -> (B, H, T, D) and back: the per-head matrices."""
     return np.swapaxes(x, 1, 2)
 
 
-def _attention_probs(attrs, qkv, lse=None):
-    """Per head: q, k, v, the scaled causal scores' softmax (through the saved log-sum-exp when
-    given) and the log-sum-exp."""
-    q, k, v = (_heads(qkv[:, :, i]) for i in range(3))
+def _split_qkv(xs):
+    """q, k, v of an attention's inputs (packed: one 5-D array; separate: three), and the rest."""
+    if xs[0].ndim == 5:
+        return tuple(xs[0][:, :, i] for i in range(3)), xs[1:]
+    return tuple(xs[:3]), xs[3:]
+
+
+def _grouped(x, h: int):
+    """Key/value heads (B, Hkv, ..., D) as the H query heads read them: query head i reads head i // (H / Hkv)."""
+    return np.repeat(x, h // x.shape[1], axis=1)
+
+
+def _group_sums(x, hkv: int):
+    """Per-query-head gradients (B, H, T, D) summed over each key/value head's group."""
+    b, h, t, d = x.shape
+    return x.reshape(b, hkv, h // hkv, t, d).sum(2)
+
+
+def _attention_probs(attrs, q, k, v, lse=None):
+    """Per query head: q, k, v (the key/value heads repeated over their groups), the scaled causal
+    scores' softmax (through the saved log-sum-exp when given) and the log-sum-exp."""
+    q = _heads(q)
+    k, v = (_grouped(_heads(x), q.shape[1]) for x in (k, v))
     t = q.shape[-2]
     s = np.where(np.tri(t, dtype=bool), (q @ np.swapaxes(k, -1, -2)) * attrs["scale"], -np.inf)
     if lse is None:
@@ -261,46 +334,71 @@ def _score_grads(attrs, p, v, g, delta, rng):
 
 
 @reference("causal_attention")
-def causal_attention(attrs, qkv, *rng):
-    _, _, v, p, lse = _attention_probs(attrs, qkv)
+def causal_attention(attrs, *xs):
+    qkv, rng = _split_qkv(xs)
+    _, _, v, p, lse = _attention_probs(attrs, *qkv)
     return _heads((p * _attention_dropout(attrs, p, rng)) @ v), lse
 
 
 @reference("causal_attention_grad_q")
-def causal_attention_grad_q(attrs, qkv, out, lse, g, *rng):
-    _, k, v, p, _ = _attention_probs(attrs, qkv, lse)
+def causal_attention_grad_q(attrs, *xs):
+    qkv, (out, lse, g, *rng) = _split_qkv(xs)
+    _, k, v, p, _ = _attention_probs(attrs, *qkv, lse)
     g = _heads(g)
     delta = (g * _heads(out)).sum(-1)
     return _heads(attrs["scale"] * (_score_grads(attrs, p, v, g, delta, rng) @ k)), delta
 
 
 @reference("causal_attention_grad_kv")
-def causal_attention_grad_kv(attrs, qkv, lse, g, delta, dq, *rng):
-    q, _, v, p, _ = _attention_probs(attrs, qkv, lse)
+def causal_attention_grad_kv(attrs, *xs):
+    """Separate: dk, dv (B, T, Hkv, D). Packed: the query gradient (its last input) with them, as dqkv."""
+    packed = xs[0].ndim == 5
+    qkv, (lse, g, delta, *rest) = _split_qkv(xs)
+    dq, rng = (rest[0], rest[1:]) if packed else (None, rest)
+    q, _, v, p, _ = _attention_probs(attrs, *qkv, lse)
     g = _heads(g)
     dk = attrs["scale"] * (np.swapaxes(_score_grads(attrs, p, v, g, delta, rng), -1, -2) @ q)
     dv = np.swapaxes(p * _attention_dropout(attrs, p, rng), -1, -2) @ g
-    return np.stack([dq, _heads(dk), _heads(dv)], axis=2)
+    dk, dv = (_heads(_group_sums(x, qkv[1].shape[2])) for x in (dk, dv))
+    return np.stack([dq, dk, dv], axis=2) if packed else (dk, dv)
 
 
 @reference("cache_update")
-def cache_update(attrs, cache, qkv, *position):
+def cache_update(attrs, cache, *xs):
+    """xs: the packed qkv or k and v, then the position when decoding."""
+    packed = xs[0].ndim == 5
+    (k, v), position = ((xs[0][:, :, 1], xs[0][:, :, 2]), xs[1:]) if packed else (xs[:2], xs[2:])
     out = cache.copy()
     p = int(position[0]) if position else 0
-    rows = out[:, p:p + qkv.shape[1]]  # positions past the cache's end are not kept
-    rows[...] = qkv[:, :rows.shape[1], 1:]
+    rows = out[:, p:p + k.shape[1]]  # positions past the cache's end are not kept
+    rows[:, :, 0], rows[:, :, 1] = k[:, :rows.shape[1]], v[:, :rows.shape[1]]
     return out
 
 
 @reference("cached_attention")
-def cached_attention(attrs, qkv, cache, position):
-    t, p = qkv.shape[1], int(position)
+def cached_attention(attrs, q, cache, position):
+    """q: the packed qkv's queries, or q (B, T, H, D) over a cache of Hkv heads."""
+    q = q[:, :, 0] if q.ndim == 5 else q
+    t, p = q.shape[1], int(position)
     keys = min(cache.shape[1], p + t)  # what the last query sees; later rows are not read
-    q, k, v = _heads(qkv[:, :, 0]), _heads(cache[:, :keys, 0]), _heads(cache[:, :keys, 1])
+    q = _heads(q)
+    k, v = (_grouped(_heads(cache[:, :keys, i]), q.shape[1]) for i in range(2))
     s = attrs["scale"] * (q @ np.swapaxes(k, -1, -2))                     # (B, H, T, keys)
     s = np.where(np.arange(keys) > p + np.arange(t)[:, None], -np.inf, s)
     e = np.exp(s - s.max(-1, keepdims=True))
     return _heads((e / e.sum(-1, keepdims=True)) @ v)
+
+
+@reference("rotary")
+def rotary(attrs, x, cos, sin, *position):
+    """Pairs (i, i + D/2) of x (B, T, H, D) rotated by the tables' rows p..p+T-1 (p: the position
+    input, else 0); with attrs["inverse"] the other way."""
+    t, half, p = x.shape[1], x.shape[-1] // 2, int(position[0]) if position else 0
+    c, s = cos[None, p:p + t, None, :], sin[None, p:p + t, None, :]
+    if attrs["inverse"]:
+        s = -s
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
 
 
 @reference("argmax")

@@ -12,7 +12,8 @@ say where it runs (0, the main stream, or 1, the side stream of the gradient bra
 which launches of its program, on the other stream, it waits for (passes/streams.py).
 `nvrtc_options` are what the kernel files compile with. A backend derives nothing.
 
-A plan directory holds plan.json, report.txt, kernels/, graphs/ and manifest.json, which lists the
+A plan directory holds plan.json, report.txt, kernels/, graphs/, where the plan has constant
+tensors their float32 values by name (constants.safetensors), and manifest.json, which lists the
 others with their sizes and sha256: `save` replaces such a directory, unchanged since it was
 written (or an empty or missing one), as a whole, and refuses any other path untouched.
 """
@@ -29,8 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
+from .dtypes import padded
 from .errors import UserError
 from .fsutil import fsync_dir, process_alive
+from .tensor_files import load_safetensors
+
+ALIGN = 256  # bytes: where every tensor of the arena starts (plan.json's arena "align")
+
+
+def aligned(nbytes: int) -> int:
+    return padded(nbytes, ALIGN)
 
 # 2: one byte-addressed arena, buffers [dtype, byte offset, shape]; 3: the generation programs
 # decode with key/value caches (caches, decode, cast_weights) and give their greedy next tokens;
@@ -39,8 +50,12 @@ from .fsutil import fsync_dir, process_alive
 # 6: a fused_sum may sum several values into several outputs (attrs "results"); 7: fused_normalize
 # (LayerNorm's affine part stored by its normalize) and sum_group (column sums in one launch);
 # 8: every launch names its stream and the launches it waits for; 9: the NVRTC options of the
-# kernel files ("nvrtc_options")
-SCHEMA_VERSION = 9
+# kernel files ("nvrtc_options"); 10: the device the kernels are sized for ("target": its name, SM
+# count and shared memory), and constant tensors (consts.tensors), their values in constants.safetensors
+SCHEMA_VERSION = 10
+# The float32 values of a plan's constant tensors (rotary embedding's tables), by name: the
+# compiler computes them, the backends load them into the arena's constants region.
+CONSTANTS_FILE = "constants.safetensors"
 # The program that writes every weight's copy in the compute type from the weights: a backend
 # runs it before its next program whenever something other than a program wrote the weights.
 CAST_WEIGHTS = "cast_weights"
@@ -75,6 +90,12 @@ class Plan:
     data: dict
     digest: str  # sha256 of plan.json's bytes: equal plans, equal digests
     kernels: dict[str, str] = field(default_factory=dict)  # "kernels/<family>.cu" -> CUDA source
+    constants: dict[str, np.ndarray] = field(default_factory=dict)  # a constant tensor's name -> float32 values
+
+    def constant_buffers(self) -> list[tuple[Buffer, np.ndarray]]:
+        """Where each constant tensor goes in the arena, and its values."""
+        return [(Buffer(t["dtype"], t["offset"], tuple(t["shape"])), self.constants[t["name"]])
+                for t in self.data["consts"].get("tensors", [])]
 
     @property
     def config(self) -> dict:
@@ -311,9 +332,29 @@ def load(plan_dir) -> Plan:
         plan_schema.check(data, kernels)
     except plan_schema.PlanError as e:
         raise UserError(f"{path}: {e} (recompile it with tools/compile.py)") from None
+    constants = _constants(plan_dir, data["consts"].get("tensors", []))
     for program in data["programs"].values():
         _type_buffers(program)
-    return Plan(data, hashlib.sha256(raw).hexdigest(), kernels)
+    return Plan(data, hashlib.sha256(raw).hexdigest(), kernels, constants)
+
+
+def _constants(plan_dir: Path, listed: list[dict]) -> dict[str, np.ndarray]:
+    """The constant tensors plan.json lists (plan_schema has checked the list), from the plan's
+    CONSTANTS_FILE: each there, float32 and of its shape."""
+    if not listed:
+        return {}
+    path = plan_dir / CONSTANTS_FILE
+    if not path.is_file():
+        raise UserError(f"{plan_dir} holds no {CONSTANTS_FILE}, which its plan's constant tensors are read from "
+                        f"(recompile it with tools/compile.py)")
+    values = load_safetensors(path)
+    for t in listed:
+        found = values.get(t["name"])
+        if found is None or found.dtype != np.float32 or list(found.shape) != t["shape"]:
+            got = "missing" if found is None else f"{found.dtype} of shape {list(found.shape)}"
+            raise UserError(f"{path}: constant {t['name']!r} is {got}, not float32 of shape {t['shape']} "
+                            f"(recompile it with tools/compile.py)")
+    return {t["name"]: values[t["name"]] for t in listed}
 
 
 def _type_buffers(program: dict) -> None:

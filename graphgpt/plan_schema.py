@@ -193,6 +193,15 @@ def _tensor_in_arena(tensor, path, plan):
         _in_arena(PlanBuffer.of_tensor(tensor, grad=True), f"{path}.grad", plan)
 
 
+def _const_tensor_in_region(tensor, path, plan):
+    """A constant tensor lies in the arena's constants region, which no program writes."""
+    buf = PlanBuffer.of_tensor(tensor)
+    start, size = plan["arena"]["regions"]["consts"]
+    if not (start <= buf.offset and buf.offset + nbytes(buf) <= start + size):
+        _fail(f"{path}.offset", f"bytes {buf.offset} to {buf.offset + nbytes(buf)} are not within the constants "
+                                f"region [{start}, {start + size})")
+
+
 def _kernel_file_exists(call, path, plan):
     if call["file"] not in plan.kernel_files:
         _fail(f"{path}.file", f"{call['file']!r} is not among the plan's kernels/*.cu")
@@ -266,9 +275,11 @@ ATTRS = {
     "sum_group": Obj({"members": List(Tuple(Str(*BY_OP), PAIRS, Int(), what="a member [op, attributes, inputs]"))}),
     "matmul": Obj({"ta": BOOL, "tb": BOOL}),
     "fused_matmul": Obj({"ta": BOOL, "tb": BOOL, "bias": BOOL, "residual": BOOL}, {"gelu": BOOL, "gelu_grad": BOOL}),
-    "normalize": Obj({"eps": Num(positive=True)}),
+    "normalize": Obj({"eps": Num(positive=True)}), "rms_normalize": Obj({"eps": Num(positive=True)}),
     "fused_normalize": Obj({"eps": Num(positive=True), "program": STEPS}),
+    "fused_rms_normalize": Obj({"eps": Num(positive=True), "program": STEPS}),
     "fused_normalize_grad": Obj({"scaled": BOOL, "accumulate": BOOL}),
+    "fused_rms_normalize_grad": Obj({"scaled": BOOL, "accumulate": BOOL}),
     "causal_softmax": Obj(SCALE), "causal_softmax_grad": Obj(SCALE), "cached_attention": Obj(SCALE),
     "causal_attention": ATTENTION, "causal_attention_grad_q": ATTENTION, "causal_attention_grad_kv": ATTENTION,
     "dropout": Obj({"p": Num(0, 1, open_high=True), "site": Int()}),
@@ -299,7 +310,10 @@ ARENA = Obj({"bytes": Int(), "align": SIZE,
 TENSOR = Obj({"name": Str(), "kind": Str("param", "state", "cache"), "dtype": Str(*DTYPES), "shape": List(Int()),
               "offset": Int(), "init": Str("normal", "zeros", "ones"), "std": Num(0)},
              {"grad": Int()}, checks=[_tensor_in_arena])
-CONSTS = Obj({"dtype": Str(*DTYPES), "values": List(Tuple(Int(), Num(), what="[offset, value]"))})
+CONST_TENSOR = Obj({"name": Str(), "dtype": Str("f32"), "shape": List(Int()), "offset": Int()},
+                   checks=[_const_tensor_in_region])
+CONSTS = Obj({"dtype": Str(*DTYPES), "values": List(Tuple(Int(), Num(), what="[offset, value]"))},
+             {"tensors": List(CONST_TENSOR)})
 GEMM = Obj({"transa": FLAG, "transb": FLAG, "m": SIZE, "n": SIZE, "k": SIZE, "batch": SIZE,
             "a": BUFFER, "b": BUFFER, "c": BUFFER, "lda": SIZE, "ldb": SIZE, "ldc": SIZE,
             "stride_a": Int(), "stride_b": Int(), "stride_c": Int()})
@@ -319,10 +333,11 @@ LAUNCH = Switch(lambda launch: "collective" if launch.get("kind") == "collective
 })
 PROGRAM = Obj({"inputs": Map(BUFFER, INPUT_NAMES), "outputs": Map(BUFFER), "launches": List(LAUNCH),
                "matmul_flops": Int()}, checks=[_waits_exist])
+TARGET = Obj({"name": Str(), "sms": SIZE, "smem_per_block": SIZE, "smem_per_sm": SIZE})
 # The arena first: every buffer after it is checked against its size.
 PLAN = Obj({"arena": ARENA, "schema_version": Int(), "model_hash": Str(), "config": CONFIG, "optimizer": OPTIMIZER,
             "tokenizer": TOKENIZER, "tensors": List(TENSOR), "consts": CONSTS, "programs": Map(PROGRAM),
-            "nvrtc_options": List(Str())},
+            "nvrtc_options": List(Str()), "target": TARGET},
            {"model_file": Str()}, checks=[_tokenizer_fits, _programs_complete])
 
 

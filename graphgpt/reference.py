@@ -9,6 +9,7 @@ import numpy as np
 
 from .ir import Graph
 from .ops import REGISTRY
+from .ops.source import const_tensor_values
 
 
 def evaluate(graph: Graph, feeds: dict[str, np.ndarray], dtype=np.float64) -> dict[int, np.ndarray]:
@@ -17,6 +18,8 @@ def evaluate(graph: Graph, feeds: dict[str, np.ndarray], dtype=np.float64) -> di
     for n in graph.nodes.values():
         if n.op == "const":
             values[n.id] = np.asarray(n.attr["value"], dtype)
+        elif n.op == "const_tensor":
+            values[n.id] = const_tensor_values(n.attr).astype(dtype)
         elif n.op in ("param", "state", "cache", "input"):
             v = np.asarray(feeds[n.name])
             values[n.id] = v.astype(np.int32 if n.dtype == "i32" else dtype).reshape(n.shape)

@@ -33,6 +33,11 @@ BF16 = "BF16"  # bfloat16, which NumPy lacks: read as its bits (a float32's uppe
 def save_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
                      metadata: dict[str, str] | None = None) -> None:
     """Write `tensors` in insertion order, with optional string metadata, atomically."""
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors file of `tensors` in insertion order, with optional string metadata."""
     header: dict = {}
     if metadata:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
@@ -53,7 +58,7 @@ def save_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
         offset += len(data)
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)  # the format pads the header so the data starts 8-aligned
-    atomic_write_bytes(path, struct.pack("<Q", len(head)) + head + b"".join(chunks))
+    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

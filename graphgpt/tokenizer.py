@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from graphgpt.bpe import KIND as BPE_KIND
-from graphgpt.bpe import BpeTokenizer
+from graphgpt.bpe import VOCAB_FILES, BpeTokenizer
 from graphgpt.errors import UserError
 
 EOS = "[EOS]"
@@ -231,3 +231,21 @@ def build_tokenizer(kind: str, text: str | None) -> Tokenizer:
             raise UserError("cannot build a word vocabulary: the data has no tokens")
         return Tokenizer("word", words + [EOS])
     raise UserError(f"unknown tokenizer kind {kind!r}; expected 'word' or 'char'")
+
+
+def compile_tokenizer(data_path: Path | None, kind: str | None,
+                      vocab_path: Path | None = None) -> Tokenizer | BpeTokenizer:
+    """The tokenizer a compile puts in its plan, from tools/compile.py's --data, --tokenizer and --vocab."""
+    if kind == BPE_KIND:
+        if vocab_path is None:
+            raise UserError("--tokenizer gpt2 reads GPT-2's vocabulary from disk: pass --vocab PATH "
+                            f"(encoder.json, vocab.json, a .tiktoken file, or a directory holding {' or '.join(VOCAB_FILES)})")
+        return BpeTokenizer.from_file(vocab_path)
+    if vocab_path is not None:
+        raise UserError("--vocab is GPT-2's vocabulary, for --tokenizer gpt2")
+    if data_path is None:
+        if kind == "word":
+            raise UserError("the word tokenizer builds its vocabulary from data: pass --data FILE")
+        return build_tokenizer("char", None)
+    from graphgpt.data import read_corpus
+    return build_tokenizer(kind or "word", read_corpus(data_path))

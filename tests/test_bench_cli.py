@@ -72,6 +72,22 @@ def test_bad_arguments(plan_dir, args, fragment):
     assert_user_error(run_bench(*(["--plan", str(plan_dir)] if args else []), *args), fragment)
 
 
+def test_llmc_refuses_a_plan_it_cannot_train_and_a_missing_binary(plan_dir, tmp_path):
+    assert_user_error(run_bench("--plan", str(plan_dir), "--llmc", str(tmp_path)), "llm.c trains GPT-2 of depth")
+    shaped = tmp_path / "d6"
+    compiled = compile_model(ROOT / "model.py", ["n_layer=6", "n_head=6", "n_embd=384", "block_size=8", "batch_size=1",
+                                                 "vocab_size=50304", "tie_weights=1", "dtype=bf16"], log=lambda *a: None)
+    save(compiled.data, shaped, compiled.files)
+    assert_user_error(run_bench("--plan", str(shaped), "--llmc", str(tmp_path / "train_gpt2cu")), "not an executable file")
+
+
+def test_llmc_step_lines_are_read_as_llmc_prints_them():
+    """train_gpt2.cu's printf of a step, filled in: the loss and the step's milliseconds."""
+    line = ("step %4d/%d | loss %7.6f (%+.2fz)| norm %6.4f (%+.2fz)| lr %.2e | %.2f ms | %.1f%% bf16 MFU | %.0f tok/s"
+            % (7, 60, 10.987654, 0.0, 1.2345, -0.5, 6e-4, 34.27, 51.3, 478000))
+    assert bench.llmc.STEP.findall(line + "\n" + line) == [("10.987654", "34.27")] * 2
+
+
 def test_json_into_a_directory(plan_dir, tmp_path):
     assert_user_error(run_bench("--plan", str(plan_dir), "--json", str(tmp_path)), "is a directory")
 

@@ -96,10 +96,11 @@ def test_cuda_draws_the_numpy_masks():
     import cupy as cp
 
     from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
+    from graphgpt.target import DEFAULT
     from tests.test_kernels_compile import _launch
     n, p, site, seed, counter = 100_003, 0.3, 5, 1234, 77
     launch = _launch("dropout", Buffer("f32", 0, (n,)), Buffer("i32", 0, ()), Buffer("i32", 0, ()), p=p, site=site)
-    files = lower_plan({"programs": {"m": {"launches": [launch]}}})
+    files = lower_plan({"programs": {"m": {"launches": [launch]}}}, DEFAULT)
     fn = cp.RawModule(code=files["kernels/dropout.cu"], options=NVRTC_OPTIONS).get_function(launch["cuda"]["kernel"])
     out = cp.full(n, np.nan, cp.float32)
     fn(tuple(launch["cuda"]["grid"]), tuple(launch["cuda"]["block"]),

@@ -15,12 +15,15 @@ from graphgpt.dtypes import DTYPES, nbytes
 from graphgpt.ops import REGISTRY
 from graphgpt.ops.registry import Spec
 from graphgpt.plan import Buffer
+from graphgpt.target import DEFAULT
 from tests.conftest import ROOT, TINY
 
 PLANS = {"tiny": TINY, "default": [], "default-bf16": ["dtype=bf16"],
          "gpt2-124M": ["n_layer=1", "n_head=12", "n_embd=768", "block_size=1024", "batch_size=2", "vocab_size=50304"]}
+# tests/gqa_model.py, grouped-query attention with dropout, at head dim 64: bf16 takes the tensor cores
+GQA = ["n_layer=1", "n_head=4", "n_kv_head=2", "n_embd=256", "block_size=64", "vocab_size=128", "dropout=0.1"]
+GQA_PLANS = {"gqa": GQA, "gqa-bf16": [*GQA, "dtype=bf16"]}
 MAX_GRID = (2**31 - 1, 65535, 65535)
-MAX_SMEM = 227 << 10  # an H200 block's shared memory, static and dynamic
 
 
 def _launch(op, *inputs, out_offset=0, **attrs):
@@ -40,23 +43,46 @@ def _ids(shape):
     return Buffer("i32", 0, tuple(shape))
 
 
-def _attention(f, f32, b, t, h, d, dropout=0.0) -> list[dict]:
-    """The fused attention's three launches over packed (B, T, 3, H, D) q, k, v of f's type, with
-    the RNG's seed and counter after their inputs when they drop."""
-    qkv, x, rows = f((b, t, 3, h, d)), f((b, t, h, d)), f32((b, h, t))
+def _attention(f, f32, b, t, h, d, dropout=0.0, kv_heads=None) -> list[dict]:
+    """The fused attention's three launches over packed (B, T, 3, H, D) q, k, v of f's type or,
+    given kv_heads, over q (B, T, H, D) with k and v (B, T, kv_heads, D), with the RNG's seed and
+    counter after their inputs when they drop."""
+    x, rows = f((b, t, h, d)), f32((b, h, t))
     rng, attrs = ([_ids([]), _ids([])], {"dropout": dropout, "site": 4}) if dropout else ([], {})
-    return [_launch("causal_attention", qkv, *rng, scale=0.3, **attrs),
-            _launch("causal_attention_grad_q", qkv, x, rows, x, *rng, scale=0.3, **attrs),
-            _launch("causal_attention_grad_kv", qkv, rows, x, rows, x, *rng, scale=0.3, **attrs)]
+    if kv_heads is None:
+        qkv = f((b, t, 3, h, d))
+        return [_launch("causal_attention", qkv, *rng, scale=0.3, **attrs),
+                _launch("causal_attention_grad_q", qkv, x, rows, x, *rng, scale=0.3, **attrs),
+                _launch("causal_attention_grad_kv", qkv, rows, x, rows, x, *rng, scale=0.3, **attrs)]
+    q, k, v = f((b, t, h, d)), f((b, t, kv_heads, d)), f((b, t, kv_heads, d))
+    return [_launch("causal_attention", q, k, v, *rng, scale=0.3, **attrs),
+            _launch("causal_attention_grad_q", q, k, v, x, rows, x, *rng, scale=0.3, **attrs),
+            _launch("causal_attention_grad_kv", q, k, v, rows, x, rows, *rng, scale=0.3, **attrs)]
 
 
-def _decoding(f, b, t, h, d, length) -> list[dict]:
+def _decoding(f, b, t, h, d, length, kv_heads=None) -> list[dict]:
     """A layer's decoding launches: t new positions written into a cache of `length` rows at the
-    position input, then their attention over it; and a whole window's prefill from row 0."""
-    cache, qkv, position = f((b, length, 2, h, d)), f((b, t, 3, h, d)), _ids([])
-    return [_launch("cache_update", cache, qkv, position),
-            _launch("cached_attention", qkv, cache, position, scale=0.4),
-            _launch("cache_update", cache, f((b, length, 3, h, d)))]
+    position input, then their attention over it; and a whole window's prefill from row 0. Given
+    kv_heads, the separate form's: q, k and v apart and a cache of kv_heads heads."""
+    position = _ids([])
+    if kv_heads is None:
+        cache, qkv = f((b, length, 2, h, d)), f((b, t, 3, h, d))
+        return [_launch("cache_update", cache, qkv, position),
+                _launch("cached_attention", qkv, cache, position, scale=0.4),
+                _launch("cache_update", cache, f((b, length, 3, h, d)))]
+    cache, q, kv = f((b, length, 2, kv_heads, d)), f((b, t, h, d)), f((b, t, kv_heads, d))
+    return [_launch("cache_update", cache, kv, kv, position),
+            _launch("cached_attention", q, cache, position, scale=0.4),
+            _launch("cache_update", cache, f((b, length, kv_heads, d)), f((b, length, kv_heads, d)))]
+
+
+def _rotary(f, f32, b, t, h, d, rows, offset=0) -> list[dict]:
+    """Rotary over x (B, T, H, D) of f's type with float32 tables of `rows` positions: the forward
+    from position 0, its inverse (the gradient), and from the decode program's position input."""
+    x, table = f((b, t, h, d), offset), f32((rows, d // 2))
+    return [_launch("rotary", x, table, table, inverse=False, out_offset=offset),
+            _launch("rotary", x, table, table, inverse=True),
+            _launch("rotary", x, table, table, _ids([]), inverse=False)]
 
 
 def synthetic_plan(dtype: str = "f32") -> dict:
@@ -105,8 +131,8 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("sub", _f((6, 1)), _f((6, 8))),
         _launch("div", _f((8, 16), 2), _f((8, 16))),
         _launch("maximum", _f((33,)), _f(())),
-        *(_launch(op, _f((64,))) for op in ("neg", "exp", "log", "sqrt", "tanh", "gelu")),
-        _launch("gelu_grad", _f((3, 7)), _f((3, 7))),
+        *(_launch(op, _f((64,))) for op in ("neg", "exp", "log", "sqrt", "tanh", "gelu", "silu", "sigmoid", "relu", "square")),
+        *(_launch(op, _f((3, 7)), _f((3, 7))) for op in ("gelu_grad", "silu_grad", "relu_grad")),
         _launch("fused", _f((6, 8)), _f((8,)), _f((6, 1)), program=[
             ["exp", [], [-1]], ["log", [], [0]], ["tanh", [], [1]], ["neg", [], [2]],
             ["maximum", [], [3, -2]], ["sqrt", [], [-3]], ["div", [], [4, 5]]]),
@@ -116,17 +142,35 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("normalize_grad", _f((8, 1536)), _f((8, 1536)), _f32((8,)), _f32((8,)), eps=1e-5),
         _launch("normalize", _f((10, 100)), eps=1e-5),
         _launch("normalize_grad", _f((7, 50)), _f((7, 50)), _f32((7,)), _f32((7,)), eps=1e-5),
+        # RMSNorm's uncentred forms of the same kernels: uncached and partial rows, the weight as the
+        # forward's epilogue, the backward scaled by it and accumulating into a residual gradient
+        _launch("rms_normalize", _f((16, 3000)), eps=1e-5),
+        _launch("rms_normalize", _f((10, 100)), eps=1e-6),
+        _launch("rms_normalize_grad", _f((16, 3000)), _f((16, 3000)), _f32((16,)), eps=1e-5),
+        _launch("rms_normalize_grad", _f((7, 50)), _f((7, 50)), _f32((7,)), eps=1e-5),
+        _launch("fused_rms_normalize", _f((6, 96)), _f((96,)), eps=1e-5, program=[["mul", [], [-1, -2]]]),
+        _launch("fused_rms_normalize_grad", _f((6, 96)), _f((6, 96)), _f32((6,)), _f((96,)), _f((6, 96)),
+                eps=1e-5, scaled=True, accumulate=True),
+        _launch("fused_rms_normalize_grad", _f((5, 40)), _f((5, 40)), _f32((5,)), _f((5, 40)),
+                eps=1e-5, scaled=False, accumulate=True),
         _launch("causal_softmax", _f((3, 5, 5)), scale=0.7),
         _launch("causal_softmax", _f((2, 2100, 2100)), scale=0.05),  # a row too long for registers
         _launch("causal_softmax_grad", _f((3, 5, 5)), _f((3, 5, 5)), scale=0.7),
         *_attention(_f, _f32, 2, 37, 3, 24),  # odd T and head dim: the CUDA-core kernels
         *_attention(_f, _f32, 1, 70, 2, 16, dropout=0.25),
+        *_attention(_f, _f32, 2, 37, 4, 24, kv_heads=2),  # grouped-query, on the CUDA cores
+        *_attention(_f, _f32, 1, 70, 4, 16, dropout=0.25, kv_heads=1),
         _launch("argmax", _f((3, 1000), 1), limit=999),
         _launch("argmax", _f((2, 5, 50304)), limit=50257),
         _launch("argmax", _f((4, 20)), limit=20),
         *_decoding(_f, 3, 1, 4, 24, 37),  # odd length, a head dim no 16-byte access divides in bf16
         *_decoding(_f, 2, 3, 2, 64, 130),  # several new positions per step
+        *_decoding(_f, 3, 1, 4, 24, 37, kv_heads=2),  # grouped-query caches
+        *_decoding(_f, 2, 3, 4, 64, 130, kv_heads=1),
         _launch("dropout", _f((5, 333)), _ids([]), _ids([]), p=0.1, site=2),
+        *_rotary(_f, _f32, 2, 8, 3, 16, 8),         # vectors of pairs
+        *_rotary(_f, _f32, 3, 5, 2, 6, 9, 1),       # odd half-rows, misaligned: pair by pair
+        *_rotary(_f, _f32, 1, 1, 4, 64, 37),        # one decoded position, LLaMA's head size
         _launch("cross_entropy", _f((37, 1000)), _ids([37])),
         _launch("cross_entropy_grad", _f((37, 1000)), _ids([37]), _f32(())),
         _launch("cross_entropy", _f((5, 3001)), _ids([5])),
@@ -157,6 +201,10 @@ def synthetic_plan(dtype: str = "f32") -> dict:
             *_attention(_f, _f32, 1, 192, 2, 64),   # and of 64 where 128 does not divide T
             *_attention(_f, _f32, 2, 128, 2, 64, dropout=0.2),
             *_attention(_f, _f32, 1, 128, 1, 128, dropout=0.1),
+            *_attention(_f, _f32, 2, 128, 4, 64, kv_heads=2),  # grouped-query on the tensor cores
+            *_attention(_f, _f32, 1, 192, 4, 128, kv_heads=1),
+            *_attention(_f, _f32, 1, 256, 4, 64, kv_heads=2),  # blocks of 128 rows
+            *_attention(_f, _f32, 2, 128, 4, 64, dropout=0.2, kv_heads=2),
         ]
     return {"programs": {"synthetic": {"launches": launches}}}
 
@@ -165,7 +213,10 @@ def plan_data(name: str) -> dict:
     """The plan's launches as the passes leave them: the compiler's own kernel lowering taken out."""
     if name.startswith("synthetic"):
         return synthetic_plan("bf16" if name.endswith("bf16") else "f32")
-    data = compile_model(ROOT / "model.py", PLANS[name], log=lambda *a: None).data
+    if name in GQA_PLANS:
+        data = compile_model(ROOT / "tests" / "gqa_model.py", GQA_PLANS[name], log=lambda *a: None).data
+    else:
+        data = compile_model(ROOT / "model.py", PLANS[name], log=lambda *a: None).data
     for program in data["programs"].values():
         for launch in program["launches"]:
             if REGISTRY[launch["op"]].kind not in LIBRARY_KINDS:
@@ -173,11 +224,26 @@ def plan_data(name: str) -> dict:
     return data
 
 
-@pytest.fixture(scope="module", params=["tiny", "default", "default-bf16", "synthetic", "synthetic-bf16"])
+# The plans whose kernels NVRTC compiles here and tests/test_kernels_gpu.py runs against NumPy
+KERNEL_PLANS = ("tiny", "gpt2-124M", "default", "default-bf16", "gqa", "gqa-bf16", "synthetic", "synthetic-bf16")
+
+
+def test_every_family_and_every_op_it_renders_is_compiled_and_run_on_the_gpu():
+    """A new op or template family must come with launches in these plans (the synthetic ones take
+    any op), so it is compiled in CI and checked against NumPy on the GPU before it ships."""
+    launched = {launch["op"] for name in KERNEL_PLANS for program in plan_data(name)["programs"].values()
+                for launch in program["launches"]}
+    rendered = {name for name, op in REGISTRY.items() if op.template}
+    assert rendered <= launched, f"ops with a template but no launch here: {sorted(rendered - launched)}"
+    families = {p.name.removesuffix(".cu.j2") for p in (ROOT / "templates").glob("*.cu.j2")} - {"common"}
+    assert families == {REGISTRY[op].template for op in rendered}, "a template no op renders, or the reverse"
+
+
+@pytest.fixture(scope="module", params=[name for name in KERNEL_PLANS if name != "gpt2-124M"])
 def lowered(request):
     data = plan_data(request.param)
     before = copy.deepcopy(data)
-    return before, data, lower_plan(data)
+    return before, data, lower_plan(data, DEFAULT)
 
 
 def test_every_kernel_file_compiles_for_sm90(lowered):
@@ -215,7 +281,7 @@ def test_every_launch_names_a_kernel_of_its_file(lowered):
             assert all(1 <= g <= m for g, m in zip(cuda["grid"], MAX_GRID)), cuda
             x, y, z = cuda["block"]
             assert 1 <= x * y * z <= 1024 and z <= 64, cuda
-            assert 0 <= cuda["smem"] <= MAX_SMEM, cuda
+            assert 0 <= cuda["smem"] <= DEFAULT.smem_per_block, cuda
 
 
 def test_kernel_names_are_unique_and_defined_once(lowered):
@@ -234,7 +300,7 @@ def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faste
     (264): blocks of 128 rows; else 64 (PERFORMANCE.md). The seed's 2 x 96 would be 192."""
     f = lambda shape: Buffer("bf16", 0, shape)  # noqa: E731
     plan = {"programs": {"p": {"launches": _attention(f, lambda shape: Buffer("f32", 0, shape), b, t, h, d, dropout)}}}
-    lower_plan(plan)
+    lower_plan(plan, DEFAULT)
     for launch in plan["programs"]["p"]["launches"]:
         assert launch["cuda"]["grid"][:2] == [t // rows, b * h] and launch["cuda"]["block"][0] == 128, launch["op"]
 
@@ -244,7 +310,7 @@ def test_lowering_is_deterministic():
         runs = []
         for _ in range(2):
             data = plan_data(name)
-            files = lower_plan(data)
+            files = lower_plan(data, DEFAULT)
             runs.append((json.dumps(data, sort_keys=True), files))
         assert runs[0] == runs[1]
 

@@ -1,7 +1,7 @@
 """Every rendered kernel against its op's NumPy reference, on the GPU.
 
 For each distinct (kernel, buffer shapes) launch of the tiny, a GPT-2 124M-shaped and the default
-plan (float32 and bf16), and of the synthetic launches of test_kernels_compile: fresh random
+plan (float32 and bf16), of a grouped-query model's (tests/gqa_model.py), and of the synthetic launches of test_kernels_compile: fresh random
 inputs of each buffer's dtype in their own arrays (placed at the launch's offset modulo 16 bytes,
 so alignment is what the plan has), an output poisoned with NaN, two launches (the second checks
 that reductions reset their tickets and give the same bits), and the float64 reference rounded
@@ -23,14 +23,19 @@ import pytest
 
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
 from graphgpt.dtypes import DTYPES
+from graphgpt.numpy_ops import BY_OP
 from graphgpt.ops import REGISTRY
 from graphgpt.plan import Buffer
-from tests.test_kernels_compile import _launch, plan_data
+from graphgpt.target import DEFAULT
+from tests.test_kernels_compile import KERNEL_PLANS, _launch, plan_data
 
 pytestmark = pytest.mark.gpu
 RTOL = {"f32": 1e-5, "bf16": 2.0**-10}
 ROUNDS_INSIDE = {"bf16": 1e-2}  # kernels whose second product takes bf16 operands they computed
 ATTENTION = ("causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv")
+# a row normaliser, its backward and its fused backward -> the normaliser (LayerNorm's, RMSNorm's)
+NORMALISER_OF = {name: plain for plain, op in REGISTRY.items() if op.row_normaliser and op.row_normaliser.grad
+                 for name in (plain, op.row_normaliser.grad, op.row_normaliser.fused_grad)}
 
 
 def _distinct_launches(data: dict) -> list[dict]:
@@ -49,6 +54,8 @@ def _int_range(launch: dict) -> int:
         return launch["out"].shape[1] - ins[0].shape[1] + 1
     if op == "cached_attention":
         return ins[1].shape[1] - ins[0].shape[1] + 1
+    if op == "rotary":            # the position: every row read falls inside the tables
+        return ins[1].shape[0] - ins[0].shape[1] + 1
     if op == "dropout" or op in ATTENTION:
         return 2**31 - 1          # the RNG's seed and counter: any bits
     if op == "embedding":
@@ -73,25 +80,29 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
             values.append(rng.standard_normal(buf.shape, dtype=np.float32))
     if op == "causal_softmax_grad":  # y must be a causal softmax: zero above the diagonal
         values[0] = REGISTRY["causal_softmax"].ref({"scale": 1.0}, 3 * values[0]).astype(np.float32)
-    elif op in ("normalize", "normalize_grad", "fused_normalize_grad"):
+    elif op in NORMALISER_OF:
         values[0] = 2 * values[0] + 3  # rows with a mean to remove
-        if op != "normalize":  # the row statistics the forward saved
-            _, values[2], values[3] = REGISTRY["normalize"].ref({"eps": launch["attrs"]["eps"]}, values[0])
+        if op != NORMALISER_OF[op]:  # the row statistics the forward saved
+            _, *statistics = REGISTRY[NORMALISER_OF[op]].ref({"eps": launch["attrs"]["eps"]}, values[0])
+            values[2:2 + len(statistics)] = statistics
     elif op.startswith("cross_entropy"):
         values[0] *= 3
     elif op == "argmax":  # equal maxima, whose first must win, and a NaN, which beats any number
         values[0] = np.round(2 * values[0]) / 2
         values[0].reshape(-1, values[0].shape[-1])[0, 7] = np.nan
-    elif op in ATTENTION[1:]:  # the saved log-sum-exp (and delta) of this qkv and this g
-        attrs, qkv, g = launch["attrs"], values[0], values[3 if op.endswith("_q") else 2]
+    elif op in ATTENTION[1:]:  # the saved log-sum-exp (and delta) of these q, k, v and this g
+        attrs = launch["attrs"]
+        n = 1 if len(launch["in"][0].shape) == 5 else 3  # the packed qkv, or q, k and v
         rng = values[-2:] if "dropout" in attrs else []
-        qkv, g = (x.astype(DTYPES[launch["in"][0].dtype].numpy).astype(np.float64) for x in (qkv, g))
-        out, lse = REGISTRY["causal_attention"].ref(attrs, qkv, *rng)
+        qkv, g = values[:n], values[n + (2 if op.endswith("_q") else 1)]
+        qkv, g = [x.astype(DTYPES[launch["in"][0].dtype].numpy).astype(np.float64) for x in qkv], \
+            g.astype(DTYPES[launch["in"][0].dtype].numpy).astype(np.float64)
+        out, lse = REGISTRY["causal_attention"].ref(attrs, *qkv, *rng)
         if op.endswith("_q"):
-            values[1], values[2] = out, lse
+            values[n], values[n + 1] = out, lse
         else:
-            values[1] = lse
-            values[3] = REGISTRY["causal_attention_grad_q"].ref(attrs, qkv, out, lse, g, *rng)[1]
+            values[n] = lse
+            values[n + 2] = REGISTRY["causal_attention_grad_q"].ref(attrs, *qkv, out, lse, g, *rng)[1]
     return [v.astype(DTYPES[b.dtype].numpy) for v, b in zip(values, launch["in"])]  # each in its buffer's type
 
 
@@ -163,14 +174,14 @@ def _compare(launch: dict, out_bufs: list, host: list, before, results: list) ->
     return None
 
 
-@pytest.mark.parametrize("name", ["tiny", "gpt2-124M", "default", "default-bf16", "synthetic", "synthetic-bf16"])
+@pytest.mark.parametrize("name", KERNEL_PLANS)
 def test_kernels_match_numpy_references(name):
     """The launches run one after another on the GPU; their float64 references, most of the time
     at GPT-2 124M's shapes, are computed on threads meanwhile (NumPy's large array operations let
     go of the interpreter's lock)."""
     import cupy as cp
     data = plan_data(name)
-    files = lower_plan(data)
+    files = lower_plan(data, DEFAULT)
     modules = {path: cp.RawModule(code=source, options=NVRTC_OPTIONS) for path, source in files.items()}
     rng = np.random.default_rng(0)
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
@@ -191,7 +202,7 @@ def test_the_fused_loss_kernel_gives_the_bits_of_the_two_it_replaces(dtype, rows
     data = {"programs": {"loss": {"launches": [
         _launch("cross_entropy", logits, ids), _launch("cross_entropy_grad", logits, ids, dloss),
         _launch("cross_entropy_with_grad", logits, ids, dloss)]}}}
-    module = cp.RawModule(code=lower_plan(data)["kernels/cross_entropy.cu"], options=NVRTC_OPTIONS)
+    module = cp.RawModule(code=lower_plan(data, DEFAULT)["kernels/cross_entropy.cu"], options=NVRTC_OPTIONS)
     forward, grad, fused = ((module.get_function(ln["cuda"]["kernel"]), ln["cuda"])
                             for ln in data["programs"]["loss"]["launches"])
     rng = np.random.default_rng()
@@ -217,3 +228,31 @@ def test_the_fused_loss_kernel_gives_the_bits_of_the_two_it_replaces(dtype, rows
     assert loss_fused.tobytes() == loss_pair.tobytes(), (float(loss_fused), float(loss_pair))
     assert grad_fused.tobytes() == grad_pair.tobytes()
     assert not np.array_equal(grad_fused, cp.asnumpy(z).view(DTYPES[dtype].numpy)), "the logits were not overwritten"
+
+
+@pytest.mark.parametrize("dtype,shape,rows,positioned", [("f32", (2, 64, 4, 64), 64, False), ("bf16", (2, 64, 4, 64), 64, False),
+                                                         ("f32", (3, 5, 2, 6), 9, False), ("bf16", (2, 1, 4, 128), 100, True)])
+def test_rotary_gives_the_numpy_backends_bits(dtype, shape, rows, positioned):
+    """The rotary kernel, forward and inverse, rounds each product and sum as NumPy's float32 does,
+    and once as it stores: the NumPy backend's bits on fresh inputs, over a poisoned output."""
+    import cupy as cp
+    from graphgpt.runtime.cuda_backend import device_dtype
+    x, table, position = Buffer(dtype, 0, shape), Buffer("f32", 0, (rows, shape[-1] // 2)), Buffer("i32", 0, ())
+    extra = [position] if positioned else []
+    launches = [_launch("rotary", x, table, table, *extra, inverse=inverse) for inverse in (False, True)]
+    module = cp.RawModule(code=lower_plan({"programs": {"p": {"launches": launches}}})["kernels/rotary.cu"],
+                          options=NVRTC_OPTIONS)
+    rng = np.random.default_rng()
+    host = rng.standard_normal(shape).astype(np.float32).astype(DTYPES[dtype].numpy)
+    angles = rng.uniform(0, 100, (rows, shape[-1] // 2))
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    p = np.int32(rng.integers(0, rows - shape[1] + 1))
+    ins = [cp.asarray(host.view(device_dtype(dtype))), cp.asarray(cos), cp.asarray(sin), *([cp.asarray(p)] if positioned else [])]
+    for launch in launches:
+        cuda = launch["cuda"]
+        out = cp.full(shape, 0x7FC0 if dtype == "bf16" else np.nan, device_dtype(dtype))
+        module.get_function(cuda["kernel"])(tuple(cuda["grid"]), tuple(cuda["block"]), (out, *ins))
+        got = cp.asnumpy(out).view(DTYPES[dtype].numpy)
+        want = BY_OP["rotary"](launch["attrs"], host.astype(np.float32), cos, sin, *([p] if positioned else []))
+        assert want.dtype == np.float32
+        assert got.tobytes() == want.astype(DTYPES[dtype].numpy).tobytes(), launch["attrs"]

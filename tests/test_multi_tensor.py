@@ -5,7 +5,7 @@ import pytest
 
 from graphgpt.compiler import compile_model
 from graphgpt.ops import REGISTRY
-from graphgpt.passes.memory import aligned
+from graphgpt.plan import aligned
 from graphgpt.passes.multi_tensor import merge_launches
 from graphgpt.plan import Buffer
 from tests.conftest import ROOT

@@ -102,6 +102,8 @@ CASES = [
     ("wait for a launch that does not exist", setter(launch(3), "waits", [10**6]),
      "programs.train.launches[3].waits: launch 1000000 does not exist"),
     ("nvrtc options missing", deleter(top, "nvrtc_options"), "(top level): missing key 'nvrtc_options'"),
+    ("no target", deleter(top, "target"), "(top level): missing key 'target'"),
+    ("target of no SMs", setter(lambda d: d["target"], "sms", 0), "target.sms: 0 is out of range (expected >= 1)"),
 ]
 
 

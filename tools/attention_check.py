@@ -33,6 +33,7 @@ from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
 from graphgpt.plan import Buffer  # noqa: E402
 from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
+from graphgpt.target import DEFAULT  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 
 SHAPES = [  # (label, B, H, T, D, dtype, dropout)
@@ -98,7 +99,7 @@ def time_ms(cp, fn, repeat: int, warmup: int = 3) -> float:
 def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
     attrs = {"scale": 1.0 / np.sqrt(d), **({"dropout": dropout, "site": SITE} if dropout else {})}
     plan = {"programs": {"attention": {"launches": launches(b, h, t, d, dtype, attrs)}}}
-    files = lower_plan(plan)
+    files = lower_plan(plan, DEFAULT)
     module = cp.RawModule(code=files["kernels/attention.cu"], options=NVRTC_OPTIONS)
     rng = np.random.default_rng(0)
     shapes = {"qkv": (b, t, 3, h, d), "g": (b, t, h, d)}
@@ -151,7 +152,7 @@ def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
           "grad_q": time_ms(cp, steps[1][0], repeat), "grad_kv": time_ms(cp, steps[2][0], repeat)}
     flops = 4 * b * h * t * t * d / 2
     kind = attention.variant(dtype, t, d)
-    tiling = "/".join(",".join(map(str, attention.mma_tiling(op, t, d, bool(dropout), b * h))) for op in OPS) if kind == "mma" else ""
+    tiling = "/".join(",".join(map(str, attention.mma_tiling(op, t, d, bool(dropout), b * h, DEFAULT))) for op in OPS) if kind == "mma" else ""
     row = {"shape": label, "B": b, "H": h, "T": t, "D": d, "dtype": dtype, "dropout": dropout, "variant": kind, "tiling": tiling,
            "errors": errors, "ok": deterministic and all(e <= TOLERANCE[dtype] for e in errors.values()),
            "deterministic": deterministic, "ms": ms, "spill": max(local_bytes.values()),
@@ -210,9 +211,9 @@ def tiled(by_op: dict | None):
         return contextlib.nullcontext()
     plan_tiling = attention.mma_tiling
 
-    def chosen(op, t, d, dropout, heads):
+    def chosen(op, t, d, dropout, heads, target):
         m, w, _ = by_op[op]
-        return by_op[op] if t % (16 * m * w) == 0 else plan_tiling(op, t, d, dropout, heads)
+        return by_op[op] if t % (16 * m * w) == 0 else plan_tiling(op, t, d, dropout, heads, target)
     return mock.patch.object(attention, "mma_tiling", chosen)
 
 

@@ -36,6 +36,7 @@ from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.fsutil import atomic_write_text  # noqa: E402
 from graphgpt.runtime import cuda_available, make_backend  # noqa: E402
 from graphgpt.train import init_params, program_inputs  # noqa: E402
+from tools import llmc  # noqa: E402
 
 MIN_WARMUP = 2  # graphgpt captures its CUDA graph on the second step; torch.compile compiles on the first
 
@@ -58,6 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--optimizer", choices=("exact", "torch"), default="exact",
                    help="torch rows' optimizer: graphgpt's Adam/AdamW formula or torch.optim.Adam/AdamW "
                         "(default: exact)")
+    p.add_argument("--llmc", type=Path, metavar="BINARY",
+                   help="add a row for llm.c's train_gpt2cu (built), run on the plan's GPT-2 (tools/llmc.py)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write every number, the device and the command here")
     args = p.parse_args(argv)
     if args.steps < 1:
@@ -191,11 +194,12 @@ class TorchRunner:
                  device: str = "cuda"):
         import torch
         from tools.torch_gpt2 import GPT2, load_weights, make_optimizer, train_step, use_precision
+        from tools.torch_llama import Llama, is_llama
         self.torch, self.train_step, self.device = torch, train_step, torch.device(device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self.autocast = use_precision(precision)
-        model = GPT2.from_config(plan.config).to(self.device)
+        model = (Llama.from_plan(plan) if is_llama(plan) else GPT2.from_config(plan.config)).to(self.device)
         load_weights(model, weights)
         self.optimizer = make_optimizer(model, optimizer, plan.optimizer)
         self.model = torch.compile(model) if compiled else model
@@ -342,6 +346,8 @@ def bench(args, argv: list[str]) -> int:
     if "train" not in plan.data["programs"]:
         raise UserError(f"{args.plan} was compiled with grad_accum={plan.optimizer['grad_accum']}; tools/bench.py "
                         "times the one-program step of a grad_accum=1 plan")
+    if args.llmc is not None:
+        llmc.check(plan, args.llmc)
     use_torch = want_torch(args.torch)
     if not cuda_available():
         raise UserError("no NVIDIA GPU visible to CuPy: tools/bench.py measures on the GPU")
@@ -371,10 +377,14 @@ def bench(args, argv: list[str]) -> int:
     for name, options in methods(use_torch, args.tf32, args.eager_only, plan.config.get("dtype") == "bf16"):
         print(f"  {name} ...", flush=True)
         rows.append(Row(name, *run_method(plan, weights, batch, args, **options)))
+    if args.llmc is not None:
+        print("  llm.c ...", flush=True)
+        ms, peak_bytes, loss, _ = llmc.run(plan, args.llmc, args.steps * args.repeat, args.warmup)
+        rows.append(Row("llm.c", ms, peak_bytes, "llm.c's device memory usage", loss))
     print(format_table(summarize(rows, tokens_per_step, flops, peak)))
     print("MFU: the plan's GEMM FLOPs per step at the measured GEMM rate. vs eager: torch eager's ms/step over "
           "the row's. peak MiB: graphgpt's arena; torch's max_memory_allocated. loss: after the same steps "
-          "from the same weights.")
+          "from the same weights (llm.c: from its own random weights, on random tokens).")
     if args.json:
         data = dict(report(args, argv, plan, device, versions, rows), peak_gemm_flops=peak, matmul_flops_per_step=flops)
         atomic_write_text(args.json, json.dumps(data, indent=1) + "\n")

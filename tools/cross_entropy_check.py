@@ -28,6 +28,7 @@ from graphgpt.ops.registry import Spec  # noqa: E402
 from graphgpt.plan import Buffer  # noqa: E402
 from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
+from graphgpt.target import DEFAULT  # noqa: E402
 
 TOLERANCE = {"bf16": 4e-3, "f32": 1e-5}  # the gradient's; bf16's is its rounding on store (2^-9 relative)
 SHAPES = [  # (label, rows, vocabulary, dtype)
@@ -79,7 +80,7 @@ def rel_err(cp, got, ref) -> float:
 
 def check_shape(cp, label: str, rows: int, vocab: int, dtype: str, repeat: int, seed: int) -> dict:
     plan = {"programs": {"loss": {"launches": launches(rows, vocab, dtype)}}}
-    module = cp.RawModule(code=lower_plan(plan)["kernels/cross_entropy.cu"], options=NVRTC_OPTIONS)
+    module = cp.RawModule(code=lower_plan(plan, DEFAULT)["kernels/cross_entropy.cu"], options=NVRTC_OPTIONS)
     kernels = {ln["op"]: (module.get_function(ln["cuda"]["kernel"]), ln["cuda"])
                for ln in plan["programs"]["loss"]["launches"]}
     pristine = random_logits(cp, rows, vocab, dtype, seed)

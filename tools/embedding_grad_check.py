@@ -29,6 +29,7 @@ from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.kernels import embedding  # noqa: E402
 from graphgpt.plan import Buffer  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
+from graphgpt.target import DEFAULT  # noqa: E402
 
 ROWS, C, B, T = 50304, 768, 16, 1024
 TOLERANCE = 1e-5  # float32 sums of bf16 rows
@@ -53,7 +54,7 @@ def render(cp, sum_floats: int, max_rows: int):
     try:
         launch = {"op": "embedding_grad", "out": Buffer("f32", 0, (ROWS, C)),
                   "in": [Buffer("i32", 0, (B, T)), Buffer("bf16", 0, (B, T, C))], "attrs": {"dtype": "f32", "rows": ROWS}}
-        source = lower_plan({"programs": {"grad": {"launches": [launch]}}})["kernels/embedding.cu"]
+        source = lower_plan({"programs": {"grad": {"launches": [launch]}}}, DEFAULT)["kernels/embedding.cu"]
     finally:
         embedding.SUM_FLOATS, embedding.MAX_BLOCK_ROWS = saved
     cuda = launch["cuda"]

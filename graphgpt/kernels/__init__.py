@@ -1,6 +1,6 @@
 """The kernel families: one module per template in templates/, each turning one launch of the plan
 into a Kernel (the template's parameters, its launch geometry and dynamic shared memory) with its
-`lower(launch)`.
+`lower(launch, target)`, for the device the plan is compiled for (graphgpt/target.py).
 
 A new kernel touches its op's registry entry (which names the family), its family module here and
 its template, and nothing else: every module of this package but common.py and gemm.py is a

@@ -4,10 +4,11 @@ order, then a tree of comparisons that keeps NumPy's choice (the first of equal 
 from __future__ import annotations
 
 from ..ops.registry import prod
+from ..target import Target
 from .common import THREADS, Kernel, cdiv, index_type, row_vec, types
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     x = launch["in"][0]
     v, limit = x.shape[-1], launch["attrs"]["limit"]
     vec = row_vec(v, x)

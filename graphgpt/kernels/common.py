@@ -16,8 +16,6 @@ from ..ops.registry import prod
 VECTOR_BYTES = 16  # one vector access
 THREADS = 256      # threads per block of the streaming and row kernels
 WARPS = THREADS // 32
-SMS = 132          # an H200's streaming multiprocessors
-WAVE = 4 * SMS     # blocks that fill the SMs a few times: what split reductions aim for
 
 
 @dataclass

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from ..dtypes import DTYPES
 from ..ops.registry import prod
+from ..target import Target
 from .common import THREADS, Kernel, cdiv, index_type, row_vec, types
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     """A block per row for wide vocabularies, a warp per row for narrow ones."""
     op, logits = launch["op"], launch["in"][0]
     v = logits.shape[-1]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ..numpy_ops import drop_threshold, keep_scale
 from ..ops.registry import prod
+from ..target import Target
 from .common import Kernel, c_float, cdiv, index_type, streaming, types
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     n, attrs = prod(launch["out"].shape), launch["attrs"]
     grid, block = streaming(cdiv(n, 4))
     return Kernel("dropout", {**types(launch), "n": n, "site": attrs["site"], "threshold": drop_threshold(attrs["p"]),

@@ -7,11 +7,12 @@ from __future__ import annotations
 from ..dtypes import DTYPES
 from ..ops import REGISTRY
 from ..ops.registry import prod
+from ..target import Target
 from .common import (Kernel, aligned_for, broadcast_shape, broadcast_strides, collapse, index_type, operand,
                      reshaped_strides, streaming, types, width)
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     """A pointwise op, or a fused chain of them: every step is evaluated per element in registers."""
     out = launch["out"]
     shape = out.shape

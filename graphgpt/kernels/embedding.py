@@ -4,14 +4,15 @@ atomics) and one_hot (the ids as a (rows, ids) matrix of zeros and ones), templa
 from __future__ import annotations
 
 from ..ops.registry import prod
-from .common import THREADS, WAVE, Kernel, aligned_for, cdiv, index_type, streaming, types, width
+from ..target import Target
+from .common import THREADS, Kernel, aligned_for, cdiv, index_type, streaming, types, width
 
 ID_CHUNK = 2048  # ids an embedding-gradient block reads per round (8 KiB of shared memory)
 SUM_FLOATS = 24576  # a block's running sums, in dynamic shared memory: 96 KiB, two blocks per SM
 MAX_BLOCK_ROWS = 32  # table rows one embedding-gradient block owns, at most
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     out = launch["out"]
     if launch["op"] == "embedding":
         table, ids = launch["in"]
@@ -37,7 +38,7 @@ def lower(launch) -> Kernel:
     # table rows a block owns: as many as its sums have room for (every block scans all ids, so
     # fewer blocks read them fewer times), yet few enough that the blocks fill the GPU (a small
     # table is better spread one row per block)
-    block_rows = max(1, min(MAX_BLOCK_ROWS, SUM_FLOATS // (threads * vec), rows * col_blocks // WAVE))
+    block_rows = max(1, min(MAX_BLOCK_ROWS, SUM_FLOATS // (threads * vec), rows * col_blocks // target.wave))
     # groups of threads that share out a block's rows: as many as fit in 1024 threads and the sums,
     # so that a frequent id (in text, a few ids are most of them) is not summed row by row
     groups = max(1, min(1024 // threads, SUM_FLOATS // (block_rows * threads * vec)))

@@ -1,36 +1,43 @@
-"""normalize, fused_normalize, normalize_grad and fused_normalize_grad (templates/layernorm.cu.j2):
-a warp per row.
+"""The row normalisers (templates/layernorm.cu.j2), a warp per row: LayerNorm's normalize,
+fused_normalize, normalize_grad and fused_normalize_grad, and RMSNorm's uncentred forms of the
+same four (rms_normalize, ...), whose one statistic is rstd.
 """
 from __future__ import annotations
 
 from ..dtypes import DTYPES
 from ..ops.registry import prod
+from ..target import Target
 from .common import THREADS, WARPS, Kernel, c_float, cdiv, index_type, row_vec, types
 from .elementwise import steps
 
 CACHED_ROW = 64  # floats per lane a warp keeps in registers (2048 per row)
 
+FORWARD = ("normalize", "fused_normalize", "rms_normalize", "fused_rms_normalize")
+CHAINED = ("fused_normalize", "fused_rms_normalize")  # the forward with its chain: its last output
+UNCENTRED = ("rms_normalize", "fused_rms_normalize", "rms_normalize_grad", "fused_rms_normalize_grad")
 
-STATS = (2, 3)  # the backward's inputs mean and rstd: one float32 per row, read one at a time
 
-
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     """A warp per row; rows up to 2048 floats stay in registers between the passes. The vector
     width is that of the rows (the statistics are read and written one per row)."""
     *lead, c = launch["out"].shape
-    forward = launch["op"] in ("normalize", "fused_normalize")
-    rows_in = [b for i, b in enumerate(launch["in"]) if (prod(b.shape) > 1 if forward else i not in STATS)]
-    chained = launch.get("outs", [])[3:]  # fused_normalize: the chain's result
+    op = launch["op"]
+    forward, centred = op in FORWARD, op not in UNCENTRED
+    n_stats = 2 if centred else 1  # mean and rstd, or rstd: the backward's inputs 2.., one float32 per row
+    stats = range(2, 2 + n_stats)
+    rows_in = [b for i, b in enumerate(launch["in"]) if (prod(b.shape) > 1 if forward else i not in stats)]
+    chained = launch.get("outs", [])[1 + n_stats:]  # fused_(rms_)normalize: the chain's result
     rows, vec = prod(lead), row_vec(c, launch["out"], *chained, *rows_in)
     per_lane = cdiv(c // vec, 32)
     attrs = launch["attrs"]
     chain = {}
-    if launch["op"] == "fused_normalize":  # operand j + 1 of the chain is input j + 1: a column vector or a scalar
+    if op in CHAINED:  # operand j + 1 of the chain is input j + 1: a column vector or a scalar
         chain = {"steps": steps(launch), "y_t": DTYPES[chained[0].dtype].ctype,
                  "operands": ["scalar" if prod(b.shape) == 1 else "column" for b in launch["in"][1:]]}
-    return Kernel(launch["op"], {**types(launch), **chain, "op": launch["op"], "rows": rows, "c": c, "vec": vec,
-                                 "per_lane": per_lane, "scaled": attrs.get("scaled", False),
-                                 "accumulate": attrs.get("accumulate", False),
-                                 "cached": per_lane * vec <= CACHED_ROW, "eps": c_float(attrs["eps"]),
-                                 "itype": index_type(launch["out"].shape)},
+    return Kernel(op, {**types(launch), **chain, "op": op, "forward": forward, "chained": op in CHAINED,
+                       "centred": centred, "gamma_at": 2 + n_stats, "rows": rows, "c": c, "vec": vec,
+                       "per_lane": per_lane, "scaled": attrs.get("scaled", False),
+                       "accumulate": attrs.get("accumulate", False),
+                       "cached": per_lane * vec <= CACHED_ROW, "eps": c_float(attrs["eps"]),
+                       "itype": index_type(launch["out"].shape)},
                   (cdiv(rows, WARPS), 1, 1), (THREADS, 1, 1))

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from ..dtypes import DTYPES, nbytes
 from ..ops.registry import prod
-from ..passes.memory import aligned
-from ..plan import Buffer
-from .common import (THREADS, WARPS, WAVE, Kernel, aligned_for, broadcast_shape, cdiv, contiguous_strides,
+from ..plan import Buffer, aligned
+from ..target import Target
+from .common import (THREADS, WARPS, Kernel, aligned_for, broadcast_shape, cdiv, contiguous_strides,
                      index_type, types, width)
 from .elementwise import result, steps
 
@@ -21,7 +21,7 @@ GROUP_WAVES = 1
 SPLIT_ROWS = 64  # fewest rows a split of a column reduction walks
 
 
-def lower(launch, work: int | None = None) -> Kernel:
+def lower(launch, target: Target, work: int | None = None) -> Kernel:
     """sum over any axes. The input's axes fold into alternating runs of kept and reduced axes:
     rows -- the innermost run is reduced: threads of a warp (or block) share one output and walk
             its contiguous elements;
@@ -31,14 +31,14 @@ def lower(launch, work: int | None = None) -> Kernel:
     finish adds their partial sums in a fixed order, so results do not depend on timing. A fused_sum
     with several results (one output each) sums them all in one pass, in cols mode. A cols-mode
     reduction's splits are long enough to spread `work` (column blocks times rows: its own, or a
-    sum_group's share) over WAVE blocks, and at least SPLIT_ROWS rows."""
+    sum_group's share) over a wave of the target's blocks, and at least SPLIT_ROWS rows."""
     if launch["op"] == "sum_group":
-        return _group(launch)
+        return _group(launch, target)
     if launch["op"] == "sum_squares":
         flat = _flat_range(launch["in"])
         square = [["mul", [], [-1, -1]]]
         k = lower({"op": "fused_sum", "out": launch["out"], "in": [flat],
-                   "attrs": {"axes": [0], "keepdims": False, "program": square}})
+                   "attrs": {"axes": [0], "keepdims": False, "program": square}}, target)
         return Kernel(k.stem.replace("fused_sum", "sum_squares"), k.params, k.grid, k.block, args=[launch["out"], flat])
     outs, srcs = launch.get("outs", [launch["out"]]), launch["in"]
     shape, axes = broadcast_shape(*(b.shape for b in srcs)), set(launch["attrs"]["axes"])
@@ -66,7 +66,7 @@ def lower(launch, work: int | None = None) -> Kernel:
         w = width(*outs, *full)
         vec = w if kept[-1][0] % w == 0 and aligned_for(w, *outs, *full) else 1
         x_blocks = cdiv(n_out // vec, 32)
-        rows = max(SPLIT_ROWS, cdiv(work or x_blocks * n_red, WAVE))
+        rows = max(SPLIT_ROWS, cdiv(work or x_blocks * n_red, target.wave))
         chunk = cdiv(n_red, min(cdiv(n_red, rows), MAX_SPLITS))
         splits = cdiv(n_red, chunk)
         return Kernel(f"{stem}_cols", dict(common, mode="cols", vec=vec, splits=splits, chunk=chunk),
@@ -79,16 +79,17 @@ def lower(launch, work: int | None = None) -> Kernel:
     if n_vec <= 32 * 16:  # a warp per output
         return Kernel(f"{stem}_rows", dict(common, mode="warp", vec=vec, splits=1, chunk=n_vec),
                       (cdiv(n_out, WARPS), 1, 1), (THREADS, 1, 1))
-    splits = 1 if n_out >= WAVE // 2 else max(1, min(cdiv(WAVE, n_out), cdiv(n_vec, THREADS * 8), MAX_SPLITS))
+    wave = target.wave
+    splits = 1 if n_out >= wave // 2 else max(1, min(cdiv(wave, n_out), cdiv(n_vec, THREADS * 8), MAX_SPLITS))
     chunk = cdiv(n_vec, splits)
     splits = cdiv(n_vec, chunk)
     return Kernel(f"{stem}_rows", dict(common, mode="block", vec=vec, splits=splits, chunk=chunk),
                   (n_out, splits, 1), (THREADS, 1, 1))
 
 
-def _group(launch) -> Kernel:
+def _group(launch, target: Target) -> Kernel:
     """A sum_group: each member lowered as its own cols-mode launch, all with splits of one length,
-    the group's work spread over GROUP_WAVES times WAVE blocks (alone, each would ask for WAVE of
+    the group's work spread over GROUP_WAVES waves of blocks (alone, each would ask for a wave of
     its own), and their grids laid one after another along x."""
     members, at, first_out = [], 0, 0
     for op, attrs, n in launch["attrs"]["members"]:
@@ -98,13 +99,13 @@ def _group(launch) -> Kernel:
         members.append({"op": op, "attrs": attrs, "in": launch["in"][at:at + n], "out": outs[0],
                         **({"outs": outs} if results > 1 else {})})
         at, first_out = at + n, first_out + results
-    alone = [lower(m) for m in members]
+    alone = [lower(m, target) for m in members]
     if any(k.params["mode"] != "cols" for k in alone):
         raise ValueError("a sum_group's members are column sums (cols mode)")
     work = sum(k.grid[0] * k.params["n_red"] for k in alone) // GROUP_WAVES
     params, first_block = [], 0
     for m in members:
-        k = lower(m, work)
+        k = lower(m, target, work)
         x_blocks, splits = k.grid[0], k.grid[1]
         params.append({**k.params, "x_blocks": x_blocks, "blocks": x_blocks * splits, "first_block": first_block})
         first_block += x_blocks * splits

@@ -5,11 +5,12 @@ axis through a shared-memory tile.
 from __future__ import annotations
 
 from ..ops.registry import prod
+from ..target import Target
 from .common import (Kernel, aligned_for, broadcast_strides, cdiv, collapse, contiguous_strides, index_type, operand,
                      streaming, types, width)
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     op, out, (src,) = launch["op"], launch["out"], launch["in"]
     attrs, shape, in_shape = launch["attrs"], out.shape, src.shape
     n = prod(shape)

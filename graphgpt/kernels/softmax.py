@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..ops.registry import prod
+from ..target import Target
 from .common import THREADS, WARPS, Kernel, c_float, cdiv, index_type, row_vec, types
 from .layernorm import CACHED_ROW
 
 
-def lower(launch) -> Kernel:
+def lower(launch, target: Target) -> Kernel:
     """A warp per row of the (T, T) score matrices; row i reads only keys j <= i. Rows of up to
     2048 floats stay in registers between the forward's passes."""
     *lead, t = launch["out"].shape

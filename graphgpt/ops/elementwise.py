@@ -28,9 +28,9 @@ def _unary_infer(attrs, x):
     return float_spec(x)
 
 
-def binary(name, expr, vjp=None, nondiff=None):
+def binary(name, expr, vjp=None, nondiff=None, **traits):
     register(Op(name, "elementwise", _binary_infer, vjp=vjp, nondiff=nondiff,
-                template="elementwise", expr=expr, overwrites=any_input))
+                template="elementwise", expr=expr, overwrites=any_input, **traits))
 
 
 def unary(name, expr, vjp=None, nondiff=None):
@@ -38,11 +38,11 @@ def unary(name, expr, vjp=None, nondiff=None):
                 template="elementwise", expr=expr, overwrites=any_input))
 
 
-binary("add", "a + b", lambda a, g, out, x, y: (unbroadcast(g, x.shape), unbroadcast(g, y.shape)))
+binary("add", "a + b", lambda a, g, out, x, y: (unbroadcast(g, x.shape), unbroadcast(g, y.shape)), adds=True)
 binary("sub", "a - b",
        lambda a, g, out, x, y: (unbroadcast(g, x.shape), unbroadcast(-g, y.shape)))
 binary("mul", "a * b",
-       lambda a, g, out, x, y: (unbroadcast(g * y, x.shape), unbroadcast(g * x, y.shape)))
+       lambda a, g, out, x, y: (unbroadcast(g * y, x.shape), unbroadcast(g * x, y.shape)), multiplies=True)
 binary("div", "a / b", lambda a, g, out, x, y: (unbroadcast(g / y, x.shape),
                                               unbroadcast(-(g * out) / y, y.shape)))
 # np.maximum propagates a NaN from either side (fmaxf would drop it): a NaN gradient norm must show.
@@ -54,6 +54,8 @@ unary("exp", "expf(a)", lambda a, g, out, x: (g * out,))
 unary("log", "logf(a)", lambda a, g, out, x: (g / x,))
 unary("sqrt", "sqrtf(a)", lambda a, g, out, x: ((g * 0.5) / out,))
 unary("tanh", "tanhf(a)", lambda a, g, out, x: (g * (1.0 - out * out),))
+unary("sigmoid", "1.0f / (1.0f + expf(-a))", lambda a, g, out, x: (g * (out * (1.0 - out)),))
+unary("square", "a * a", lambda a, g, out, x: (g * (x * 2.0),))
 
 
 # ---- cast: a float tensor in another float type. Rounding happens where a value is stored, so a
@@ -71,4 +73,4 @@ def _cast_expr(attrs) -> str:
 
 register(Op("cast", "elementwise", _cast_infer,
             vjp=lambda a, g, out, x: (g.graph.add("cast", (g,), dtype=x.dtype),),
-            template="elementwise", expr=_cast_expr, overwrites=any_input))
+            template="elementwise", expr=_cast_expr, overwrites=any_input, casts=True))

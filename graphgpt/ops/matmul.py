@@ -6,7 +6,7 @@ flags let the backward use the operands in place instead of materialising transp
 """
 from __future__ import annotations
 
-from .registry import Op, Spec, float_spec, out_dtype, prod, register, require
+from .registry import MatrixProduct, Op, Spec, float_spec, out_dtype, prod, register, require
 
 
 def _mk(x, t):
@@ -46,7 +46,8 @@ def _flops(attrs, out, a: Spec, b: Spec, *rest) -> int:
     return 2 * prod(product.shape) * (a.shape[-2] if attrs["ta"] else a.shape[-1])
 
 
-register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True, flops=_flops, gemm_epilogues=True))
+register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True, flops=_flops, gemm_epilogues=True,
+            matrix_product=MatrixProduct(with_epilogue="fused_matmul")))
 
 
 # A GEMM with its epilogue, made by the fusion pass: op(a) @ op(b) [+ bias] [+ residual], the bias
@@ -87,4 +88,5 @@ def _fused_overwrites(attrs, n_inputs: int):
 
 
 register(Op("fused_matmul", "matmul", _fused_infer, flops=_flops, overwrites=_fused_overwrites,
-            nondiff="made by the fusion pass, which runs after autodiff", gemm_epilogues=True))
+            nondiff="made by the fusion pass, which runs after autodiff", gemm_epilogues=True,
+            matrix_product=MatrixProduct()))

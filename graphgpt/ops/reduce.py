@@ -21,7 +21,7 @@ def _sum_vjp(a, g, out, x):
 
 
 register(Op("sum", "reduction", _sum_infer, vjp=_sum_vjp, template="reduce", stores_any_float=True,
-            reduction=Reduction(with_prologue="fused_sum")))
+            reduction=Reduction(with_prologue="fused_sum"), identity=lambda a, x, out: not a["axes"]))
 
 
 # The squared L2 norm of many tensors together: the optimizer's global gradient norm in one

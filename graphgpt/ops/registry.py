@@ -40,6 +40,44 @@ Traits, which fusion and recompute read instead of knowing ops by name:
                                       kernels by rows or by columns
   gemm_epilogues                      a matrix product cuBLASLt can finish in its epilogue (a bias,
                                       a residual, GELU or GELU's gradient applied as it is written)
+  matrix_product                      a MatrixProduct: op(a) @ op(b), the operands' transposes in
+                                      attrs "ta" and "tb", and the op it becomes with epilogues
+  gemm_epilogue                       a GemmEpilogue: a pointwise op a GEMM can apply as it writes
+  loss                                a RowLoss: a loss over rows of logits, its gradient op and the
+                                      op computing both in one pass (fusion, the classifier's chunks)
+  remat_root                          the rematerialisation policy (passes/remat.py) that recomputes
+                                      its output for the backward: "attention" (the attention
+                                      probabilities), "gelu" (an MLP's activation); "all" recomputes
+                                      these, pointwise ops and a row normaliser's rows
+  scatters_rows                       it sums the rows of input 1 into the output's rows (attrs
+                                      "rows" of them) that input 0's ids name, which one_hot(ids)
+                                      times those rows computes too (passes/embedding_grads.py)
+What an op is, which simplification, fusion and the memory plan read instead of its name:
+  source                              a source's arena region (passes/memory.py): "params" (a
+                                      trainable parameter: it has a gradient, and a compute-type
+                                      copy in a narrow plan), "state" (optimizer state), "caches"
+                                      (key/value caches; with attrs copy_of, a weight's copy),
+                                      "inputs" (fed each step), "consts" (attrs "value"); the first
+                                      three (PERSISTENT_REGIONS) hold a slot of their own across steps
+  identity(attrs, x, out)             the output is input 0 unchanged, for these attrs, input spec
+                                      and output spec: simplify drops the node (a reshape to the
+                                      same shape, a slice of everything, a sum over no axes)
+  reinterprets                        the output is input 0's elements in the same order, in another
+                                      shape (reshape): applied to another's output it may read
+                                      that one's input instead, and a fold may look through it
+  permutes                            the output is input 0 with its axes permuted by attrs "perm"
+                                      (transpose): a pointwise chain can store in that order, and
+                                      a swap of the last two axes folds into a matrix product
+  pads                                the output is input 0 with zeros before (attrs "before") and
+                                      after it along attrs "axis" (pad): a sum of pads that tile
+                                      the axis is a concat
+  casts                               the output is input 0 in the float type attrs "dtype" (cast):
+                                      a producer that stores any float takes it in, and a cast of
+                                      a parameter is its weight's copy
+  adds, multiplies                    the pointwise sum or product of two operands: a GEMM adds a
+                                      sum's other operand in its epilogue (a bias, a residual), a
+                                      product by the constant 1 is its other operand, a row
+                                      normaliser's backward takes in a scaling of its gradient
 
 dtypes: floats are f32, bf16 or f16 (dtypes.py). A rule gives its output's dtype; references
 compute in the float type they are given (float32, or float64 in tests: a backend reads narrower
@@ -91,6 +129,35 @@ class Reduction:
 
 
 @dataclass(frozen=True)
+class MatrixProduct:
+    """op(a) @ op(b), op transposing the last two axes where attrs "ta" / "tb" say so: simplify folds
+    a transposed operand into the flag, and a transpose of the product into the swapped product.
+    `with_epilogue` names the op that also adds a bias or residual or applies a GemmEpilogue as it
+    writes (attrs "bias", "residual", and each epilogue's attr); None for that op, which is
+    therefore not a plain product."""
+    with_epilogue: str | None = None
+
+
+@dataclass(frozen=True)
+class GemmEpilogue:
+    """A pointwise op a GEMM's epilogue form (MatrixProduct.with_epilogue) applies as it writes,
+    asked for by its boolean attr `attr`: with `grad` False the op of the product, which the GEMM
+    then also writes as a second output (the pre-activation); with `grad` True the op's gradient
+    op(pre, g), computed where g is the product (the GEMM reads pre as its last input)."""
+    attr: str
+    grad: bool = False
+
+
+@dataclass(frozen=True)
+class RowLoss:
+    """A loss over rows of logits (input 0) and targets (input 1). `grad` names its gradient op,
+    grad(logits, targets, seed), and `with_grad` the op computing the loss and that gradient in one
+    pass over the logits, its outputs (loss, gradient)."""
+    grad: str
+    with_grad: str
+
+
+@dataclass(frozen=True)
 class Op:
     name: str
     kind: str  # source | elementwise | reduction | matmul | shape | nn
@@ -109,17 +176,38 @@ class Op:
     row_normaliser: RowNormaliser | None = None
     reduction: Reduction | None = None
     gemm_epilogues: bool = False
+    matrix_product: MatrixProduct | None = None
+    gemm_epilogue: GemmEpilogue | None = None
+    loss: RowLoss | None = None
+    remat_root: str | None = None
+    scatters_rows: bool = False
+    source: str | None = None
+    identity: Callable[[dict, Spec, Spec], bool] = lambda attrs, x, out: False
+    reinterprets: bool = False
+    permutes: bool = False
+    pads: bool = False
+    casts: bool = False
+    adds: bool = False
+    multiplies: bool = False
 
     def c_expr(self, attrs: dict) -> str | None:
         return self.expr(attrs) if callable(self.expr) else self.expr
 
+    @property
+    def plain_product(self) -> bool:
+        """A matrix product without epilogues: op(a) @ op(b) and nothing else."""
+        return self.matrix_product is not None and self.matrix_product.with_epilogue is not None
+
 
 REGISTRY: dict[str, Op] = {}
+LIBRARY_KINDS = ("matmul", "collective")  # kinds whose launches a backend hands to cuBLAS and NCCL
+PERSISTENT_REGIONS = ("params", "state", "caches")  # sources with a slot of their own in the arena
 
 
 def register(op: Op) -> Op:
     assert op.name not in REGISTRY, f"op {op.name} registered twice"
     assert (op.vjp is None) != (op.nondiff is None), f"op {op.name}: give a vjp or say why not"
+    assert (op.kind == "source") == (op.source is not None), f"op {op.name}: a source names its arena region"
     if op.kind != "source":
         assert op.ref is None and op.name in BY_OP, f"op {op.name}: its reference belongs in numpy_ops.py"
         op = replace(op, ref=BY_OP[op.name])

@@ -16,6 +16,10 @@ def unbroadcast(g, shape: tuple[int, ...]):
     return g.sum(axes).reshape(shape)
 
 
+def _same_shape(attrs, x: Spec, out: Spec) -> bool:
+    return x.shape == out.shape
+
+
 def _reshape_infer(attrs, x):
     shape = tuple(attrs["shape"])
     require(all(d >= 0 for d in shape) and prod(shape) == prod(x.shape),
@@ -25,7 +29,7 @@ def _reshape_infer(attrs, x):
 
 register(Op("reshape", "shape", _reshape_infer,
             vjp=lambda a, g, out, x: (g.reshape(x.shape),), template="shape",
-            view=lambda a, x, itemsize: 0))
+            view=lambda a, x, itemsize: 0, reinterprets=True, identity=_same_shape))
 
 
 def _transpose_infer(attrs, x):
@@ -35,7 +39,8 @@ def _transpose_infer(attrs, x):
 
 
 register(Op("transpose", "shape", _transpose_infer,
-            vjp=lambda a, g, out, x: (g.transpose(tuple(np.argsort(a["perm"]).tolist())),), template="shape"))
+            vjp=lambda a, g, out, x: (g.transpose(tuple(np.argsort(a["perm"]).tolist())),), template="shape",
+            permutes=True, identity=lambda a, x, out: list(a["perm"]) == list(range(len(out.shape)))))
 
 
 def _broadcast_infer(attrs, x):
@@ -49,7 +54,7 @@ def _broadcast_infer(attrs, x):
 
 
 register(Op("broadcast_to", "shape", _broadcast_infer,
-            vjp=lambda a, g, out, x: (unbroadcast(g, x.shape),), template="shape"))
+            vjp=lambda a, g, out, x: (unbroadcast(g, x.shape),), template="shape", identity=_same_shape))
 
 
 def _slice_infer(attrs, x):
@@ -64,13 +69,19 @@ def _slice_vjp(a, g, out, x):
                         after=x.shape[a["axis"]] - a["stop"]),)
 
 
+def contiguous_along(shape, axis: int) -> bool:
+    """A range of indices along `axis` is one contiguous run of memory: every axis before it has
+    extent 1. A slice of such a range is a view, and a concat of such pieces is built in place."""
+    return prod(shape[:axis]) == 1
+
+
 def _slice_view(a, x, itemsize: int) -> int | None:
-    """A slice is a contiguous run of its input when every axis before its own has extent 1."""
     axis = a["axis"]
-    return a["start"] * prod(x.shape[axis + 1:]) * itemsize if prod(x.shape[:axis]) == 1 else None
+    return a["start"] * prod(x.shape[axis + 1:]) * itemsize if contiguous_along(x.shape, axis) else None
 
 
-register(Op("slice", "shape", _slice_infer, vjp=_slice_vjp, template="shape", view=_slice_view))
+register(Op("slice", "shape", _slice_infer, vjp=_slice_vjp, template="shape", view=_slice_view,
+            identity=lambda a, x, out: a["start"] == 0 and a["stop"] == x.shape[a["axis"]]))
 
 
 def _pad_infer(attrs, x):
@@ -86,7 +97,9 @@ def _pad_vjp(a, g, out, x):
     return (g.graph.add("slice", (g,), axis=a["axis"], start=start, stop=start + x.shape[a["axis"]]),)
 
 
-register(Op("pad", "shape", _pad_infer, vjp=_pad_vjp, template="shape"))
+# a pad of nothing: the gradient of a slice that took everything
+register(Op("pad", "shape", _pad_infer, vjp=_pad_vjp, template="shape", pads=True,
+            identity=lambda a, x, out: a["before"] == a["after"] == 0))
 
 
 def _concat_infer(attrs, *xs):
@@ -117,4 +130,4 @@ register(Op("concat", "shape", _concat_infer,
 register(Op("copy", "shape", lambda a, x: x,
             vjp=lambda a, g, out, x: (g,), template="shape"))
 
-__all__ = ["unbroadcast", "ShapeMismatch"]
+__all__ = ["unbroadcast", "contiguous_along", "ShapeMismatch"]

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..ir import Graph, Node
+from ..ops import REGISTRY
 from ..rewrite import Rewrite, frozen_attrs, remove_dead
 
 # A chunk's logits at most this large: GPT-2 124M's bf16 logits (1.5 GiB) in four chunks. Each
@@ -46,8 +47,9 @@ ACCUMULATE = "f32"  # the weight gradient's sum over the chunks
 
 @dataclass
 class Classifier:
-    """The nodes of the pattern: loss = cross_entropy(z, t) with z = a @ W, and its gradient dz
-    read by row-wise GEMMs (the input's gradient) and, through a reshape to rows, by GEMMs that
+    """The nodes of the pattern, by what their ops declare: loss = a row loss (cross_entropy) of
+    z = a @ W (a plain matrix product) and targets t, and its gradient dz (the loss's grad op) read
+    by row-wise products (the input's gradient) and, through a reshape to rows, by products that
     contract over the rows (the weight's gradient)."""
     loss: Node
     logits: Node
@@ -65,13 +67,14 @@ def classifier(graph: Graph) -> Classifier | None:
         return None
     nodes, users = graph.nodes, graph.users()
     loss = nodes[graph.outputs["loss"]]
-    if loss.op != "cross_entropy":
+    row_loss = REGISTRY[loss.op].loss
+    if row_loss is None:
         return None
     z = nodes[loss.inputs[0]]
-    if z.op != "matmul" or z.attr["ta"] or len(nodes[z.inputs[1]].shape) != 2 or len(z.shape) < 3:
+    if not _product(z) or z.attr["ta"] or len(nodes[z.inputs[1]].shape) != 2 or len(z.shape) < 3:
         return None
     grads = [nodes[u] for u in users[z.id] if u != loss.id]
-    if len(grads) != 1 or grads[0].op != "cross_entropy_grad" or grads[0].inputs[:2] != loss.inputs:
+    if len(grads) != 1 or grads[0].op != row_loss.grad or grads[0].inputs[:2] != loss.inputs:
         return None
     grad, rows = grads[0], z.size // z.shape[-1]
     place = {nid: k for k, nid in enumerate(nodes)}
@@ -79,23 +82,31 @@ def classifier(graph: Graph) -> Classifier | None:
         return None  # the loss is read before its gradient exists: the chunks could not come first
     row_gemms, flat, weight_gemms = [], None, []
     for u in (nodes[i] for i in users[grad.id]):
-        if u.op == "matmul" and u.inputs[0] == grad.id and not u.attr["ta"] and len(nodes[u.inputs[1]].shape) == 2:
+        if _product(u) and u.inputs[0] == grad.id and not u.attr["ta"] and len(nodes[u.inputs[1]].shape) == 2:
             row_gemms.append(u)
-        elif u.op == "reshape" and u.shape == (rows, z.shape[-1]) and flat is None:
+        elif _reshape(u) and u.shape == (rows, z.shape[-1]) and flat is None:
             flat = u
         else:
             return None
     for u in (nodes[i] for i in users[flat.id]) if flat else ():
         other = nodes[u.inputs[1] if u.inputs[0] == flat.id else u.inputs[0]]
-        if not (u.op == "matmul" and u.attr["ta"] and not u.attr["tb"] and other.shape[0] == rows
+        if not (_product(u) and u.attr["ta"] and not u.attr["tb"] and other.shape[0] == rows
                 and len(other.shape) == 2 and flat.id in u.inputs and other.id != flat.id):
             return None
         # the other operand's rows, from something computed before the gradient: the chunks run there
-        source = other if place[other.id] < place[grad.id] else nodes[other.inputs[0]] if other.op == "reshape" else None
+        source = other if place[other.id] < place[grad.id] else nodes[other.inputs[0]] if _reshape(other) else None
         if source is None or place[source.id] > place[grad.id] or source.shape[0] not in (rows, z.shape[0]):
             return None
         weight_gemms.append((u, source))
     return Classifier(loss, z, grad, row_gemms, flat, weight_gemms, rows)
+
+
+def _product(n: Node) -> bool:
+    return REGISTRY[n.op].plain_product
+
+
+def _reshape(n: Node) -> bool:
+    return REGISTRY[n.op].reinterprets
 
 
 def _chunk_count(found: Classifier | None, requested: int) -> int:
@@ -133,7 +144,7 @@ def chunk_classifier(graph: Graph, requested: int) -> tuple[Graph, int]:
     sums: dict[int, int] = {}  # weight GEMM -> the node that holds the chunks' sum
     for m, _ in found.weight_gemms:
         readers = [nodes[u] for u in users[m.id]]
-        casts_up = len(readers) == 1 and readers[0].op == "cast" and readers[0].dtype == ACCUMULATE
+        casts_up = len(readers) == 1 and REGISTRY[readers[0].op].casts and readers[0].dtype == ACCUMULATE
         sums[m.id] = readers[0].id if casts_up else m.id
     replaced = {z.id, loss.id, grad.id, *(m.id for m, _ in found.weight_gemms)} | ({found.flat.id} if found.flat else set())
 
@@ -146,16 +157,16 @@ def chunk_classifier(graph: Graph, requested: int) -> tuple[Graph, int]:
     def emit_chunks() -> None:
         running = None
         g = nodes[seed]
-        share = (out.const(g.attr["value"] / chunks) if g.op == "const" else
+        share = (out.const(g.attr["value"] / chunks) if REGISTRY[g.op].source == "consts" else
                  out.add("mul", (seed, out.const(1.0 / chunks))))
         for k in range(chunks):
             a_k = out.add("slice", (a,), axis=0, start=k * per, stop=(k + 1) * per)
             t_k = out.add("slice", (targets,), axis=0, start=k * per, stop=(k + 1) * per)
-            z_k = out.add("matmul", (a_k, weight), ta=False, tb=z.attr["tb"])
-            loss_k = out.add("cross_entropy", (z_k, t_k))
-            dz_k = out.add("cross_entropy_grad", (z_k, t_k, share))
+            z_k = out.add(z.op, (a_k, weight), ta=False, tb=z.attr["tb"])
+            loss_k = out.add(loss.op, (z_k, t_k))
+            dz_k = out.add(grad.op, (z_k, t_k, share))
             for m in found.row_gemms:
-                pieces[m.id].append(out.add("matmul", (dz_k, m.inputs[1]), ta=False, tb=m.attr["tb"]).id)
+                pieces[m.id].append(out.add(m.op, (dz_k, m.inputs[1]), ta=False, tb=m.attr["tb"]).id)
             flat_k = dz_k.reshape(chunk_rows, z.shape[-1]) if found.flat else None
             for m, source in found.weight_gemms:
                 if source.shape[0] == found.rows:  # the rows themselves
@@ -164,7 +175,7 @@ def chunk_classifier(graph: Graph, requested: int) -> tuple[Graph, int]:
                     rows_k = out.add("slice", (source.id,), axis=0, start=k * per, stop=(k + 1) * per)
                     rows_k = rows_k.reshape(chunk_rows, source.size // found.rows)
                 x_k, y_k = (flat_k, rows_k) if m.inputs[0] == found.flat.id else (rows_k, flat_k)
-                product = out.add("matmul", (x_k, y_k), ta=True, tb=False)
+                product = out.add(m.op, (x_k, y_k), ta=True, tb=False)
                 if product.dtype != ACCUMULATE:
                     product = out.add("cast", (product,), dtype=ACCUMULATE)
                 before = partial.get(m.id, (None, None))[0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..ir import Graph, Node
+from ..ops import REGISTRY
 from ..ops.registry import prod
 from ..rewrite import Rewrite, frozen_attrs
 
@@ -27,7 +28,7 @@ ONE_HOT_ELEMENTS = 1 << 23  # 16 MiB of bf16
 
 
 def one_hot_embedding_grads(graph: Graph) -> Graph:
-    small = {n.id for n in graph.of_op("embedding_grad") if _small(graph, n)}
+    small = {n.id for n in graph.nodes.values() if REGISTRY[n.op].scatters_rows and _small(graph, n)}
     if not small:
         return graph
     rw = Rewrite(graph)

@@ -9,7 +9,8 @@
    without a bf16 rounding on the way.
 2. A sum of pads that tile one axis becomes a concat, which the memory plan builds in place: each
    piece is computed straight into its slice (this is how the q, k, v gradients meet), so neither
-   the pads nor the adds run.
+   the pads nor the adds run. Only along an axis whose pieces are contiguous (every axis before it
+   of extent 1); the gradients of slices of an inner axis stay pads and adds.
 3. A GEMM takes in the bias and residual adds that read it (fused_matmul): cuBLASLt adds them as it
    writes the product.
 4. Pointwise chains: a pointwise node is folded into its users when all of them are pointwise ops
@@ -22,10 +23,11 @@
      kernels walk all of them with the input's indexing;
    - a chain read only by a transpose (seen through a reshape, as where attention splits heads)
      is computed in the transpose's output order (attrs "shape" and "perm" of the fused node);
-   - LayerNorm's backward takes in the gradient's scaling by gamma before it and the residual
-     stream's gradient accumulation after it (fused_normalize_grad);
-   - LayerNorm's forward takes in the chain that reads its normalised rows, x_hat * gamma + beta
-     (fused_normalize): the kernel stores both, so the affine part is not a pass of its own.
+   - a row normaliser's backward (LayerNorm's, RMSNorm's) takes in the gradient's scaling by gamma
+     before it and the residual stream's gradient accumulation after it (fused_normalize_grad);
+   - a row normaliser's forward takes in the chain that reads its normalised rows, x_hat * gamma +
+     beta (fused_normalize), or the one op that does, RMSNorm's x_hat * weight: the kernel stores
+     both, so the affine part is not a pass of its own.
    - a plain sum and a fused_sum over the same leading axes, the sum's input an operand of the
      fused_sum's prologue, become one fused_sum with both results (attrs "results"): LayerNorm's
      beta and gamma gradients, sum(g) and sum(g * xhat), read g once.
@@ -49,8 +51,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import SOURCE_OPS, TUPLE, Graph, Node
+from ..ir import TUPLE, Graph, Node
 from ..ops import REGISTRY
+from ..ops.shape import contiguous_along
 from ..rewrite import Rewrite, frozen_attrs, pinned, projection, remove_dead, substitute
 
 # Measured on an H200 (tools/gemm_epilogue_check.py): cuBLASLt's GELU-gradient epilogue adds 43 us
@@ -79,9 +82,9 @@ def fuse(graph: Graph) -> Graph:
             if all(graph.nodes[i].size in (1, src.size) for i in chain.inputs):
                 prologues[n.id] = chain
     folded = {graph.nodes[s].inputs[0] for s in prologues}
-    for n in graph.of_op("transpose"):
+    for n in (m for m in graph.nodes.values() if REGISTRY[m.op].permutes):
         src, reshaped = graph.nodes[n.inputs[0]], {}
-        if src.op == "reshape" and src.id not in needed and users[src.id] == [n.id]:
+        if REGISTRY[src.op].reinterprets and src.id not in needed and users[src.id] == [n.id]:
             reshaped, src = {"shape": src.shape}, graph.nodes[src.inputs[0]]
         if pointwise(src) and src.id not in needed and len(users[src.id]) == 1:
             chain = _fused_node(graph, src, inlined)
@@ -119,15 +122,26 @@ def _sum_with_prologue(n: Node) -> bool:
     return reduction is not None and reduction.with_prologue is None
 
 
+def _chain(n: Node) -> bool:
+    """A pointwise chain of step 4: one output, computed by the steps of attrs["program"]."""
+    return REGISTRY[n.op].kind == "elementwise" and "program" in n.attr and not n.specs
+
+
+def _program(n: Node) -> tuple:
+    """A pointwise node's steps: a fused chain's program, or a lone op as a program of one step."""
+    return n.attr["program"] if _chain(n) else ((n.op, n.attrs, tuple(-1 - k for k in range(len(n.inputs)))),)
+
+
 def _normalize_epilogues(graph: Graph) -> Graph:
-    """Step 5's LayerNorm forward rule. The chain takes the normalised rows and, besides them,
-    only values available where the normalize runs: one per column, or scalars (gamma and beta).
-    The normalize becomes a fused_normalize at its place; the chain's result keeps its id, as the
-    new op's fourth output. The normalised rows stay an output of their own (the backward's
+    """Step 5's row normaliser forward rule. The chain (a fused one, or one pointwise op such as
+    RMSNorm's weight multiply) takes the normalised rows and, besides them, only values available
+    where the normaliser runs: one per column, or scalars (gamma and beta). The normaliser becomes
+    its epilogue form (fused_normalize) at its place; the chain's result keeps its id, as the new
+    op's last output. The normalised rows stay an output of their own (the backward's
     sum(g * x_hat) reads them)."""
     place = {i: k for k, i in enumerate(graph.nodes)}
-    chains: dict[int, tuple[Node, int]] = {}  # normalize id -> the chain it takes in, and the rows' id
-    for f in graph.of_op("fused"):
+    chains: dict[int, tuple[Node, int]] = {}  # normaliser id -> the chain it takes in, and the rows' id
+    for f in (m for m in graph.nodes.values() if REGISTRY[m.op].kind == "elementwise"):
         rows = [graph.nodes[i] for i in f.inputs if graph.nodes[i].shape == f.shape]
         if {"perm", "shape"} & set(f.attr) or len(rows) != 1 or REGISTRY[rows[0].op].kind != "projection":
             continue
@@ -137,7 +151,8 @@ def _normalize_epilogues(graph: Graph) -> Graph:
                 or norm.id in chains):
             continue
         others = [graph.nodes[i] for i in f.inputs if i != rows[0].id]
-        if all(o.shape in (f.shape[-1:], ()) and (o.op in SOURCE_OPS or place[o.id] < place[norm.id]) for o in others):
+        if all(o.shape in (f.shape[-1:], ()) and (REGISTRY[o.op].kind == "source" or place[o.id] < place[norm.id])
+               for o in others):
             chains[norm.id] = f, rows[0].id
     taken = {f.id: norm for norm, (f, _) in chains.items()}
     rw = Rewrite(graph)
@@ -147,7 +162,7 @@ def _normalize_epilogues(graph: Graph) -> Graph:
             others = tuple(i for i in f.inputs if i != rows_id)
             arg = {-1 - k: -1 if i == rows_id else -2 - others.index(i) for k, i in enumerate(f.inputs)}
             program = tuple((op, attrs, tuple(a if a >= 0 else arg[a] for a in args))
-                            for op, attrs, args in f.attr["program"])
+                            for op, attrs, args in _program(f))
             n = replace(n, op=REGISTRY[n.op].row_normaliser.with_epilogue, inputs=(*n.inputs, *others),
                         attrs=frozen_attrs({**n.attr, "program": program}), specs=(*n.specs, (f.shape, f.dtype)))
         elif n.id in taken:
@@ -253,9 +268,7 @@ def _joined_programs(members: list[Node]) -> tuple[list[int], tuple, tuple[int, 
     read by a later one taken from its step; the program's inputs, and each member's step."""
     program, externals, step_of = [], [], {}
     for n in members:
-        own = (n.op, n.attrs, tuple(-1 - k for k in range(len(n.inputs))))  # a lone op as a program
-        steps = n.attr["program"] if n.op == "fused" else (own,)
-        base = len(program)
+        steps, base = _program(n), len(program)
 
         def arg(a: int) -> int:
             if a >= 0:
@@ -282,14 +295,14 @@ def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> 
         inputs, eaten, at = [x, g, *statistics], set(), n.id
         attrs = {"eps": n.attr["eps"], "scaled": False, "accumulate": False}
         m = graph.nodes[g]
-        if m.op == "mul" and m.id not in needed and users[m.id] == [n.id]:
+        if REGISTRY[m.op].multiplies and m.id not in needed and users[m.id] == [n.id]:
             for dy, gamma in (m.inputs, m.inputs[::-1]):
                 if graph.nodes[dy].shape == n.shape and graph.nodes[gamma].shape == n.shape[-1:]:
                     inputs, attrs["scaled"] = [x, dy, *statistics, gamma], True
                     eaten.add(m.id)
                     break
         a = graph.nodes[users[n.id][0]] if len(users[n.id]) == 1 else None
-        if (a is not None and a.op == "add" and n.id not in needed and a.id not in taken
+        if (a is not None and REGISTRY[a.op].adds and n.id not in needed and a.id not in taken
                 and len(set(a.inputs)) == 2 and all(graph.nodes[i].shape == n.shape for i in a.inputs)):
             inputs.append(next(i for i in a.inputs if i != n.id))
             attrs["accumulate"], at = True, a.id
@@ -306,12 +319,12 @@ def _loss_with_grad(graph: Graph) -> Graph:
     in the backward, as soon as the logits exist. Its loss output keeps the loss's id (the
     program's output, and the boundary remat.py draws between forward and backward); its gradient
     output gets a new id, which the gradient's readers are given instead."""
-    losses = {n.inputs: n for n in graph.of_op("cross_entropy")}
+    losses = {(REGISTRY[n.op].loss.grad, n.inputs): n for n in graph.nodes.values() if REGISTRY[n.op].loss}
     place = {nid: k for k, nid in enumerate(graph.nodes)}
     users = graph.users()
     pairs: dict[int, Node] = {}  # gradient id -> its loss node
-    for g in graph.of_op("cross_entropy_grad"):
-        loss = losses.pop(g.inputs[:2], None)
+    for g in graph.nodes.values():
+        loss = losses.pop((g.op, g.inputs[:2]), None)
         # the loss moves to the gradient's place: only where nothing reads it before that
         if loss is not None and all(place[u] > place[g.id] for u in users[loss.id]):
             pairs[g.id] = loss
@@ -327,7 +340,7 @@ def _loss_with_grad(graph: Graph) -> Graph:
             continue
         loss, grad = pairs[n.id], rw.fresh_id()
         rw.rename(n.id, grad)
-        rw.put(replace(rw.read(n), op="cross_entropy_with_grad", shape=(), dtype=TUPLE,
+        rw.put(replace(rw.read(n), op=REGISTRY[loss.op].loss.with_grad, shape=(), dtype=TUPLE,
                        specs=((loss.shape, loss.dtype), (n.shape, n.dtype))))
         for index, (nid, value) in enumerate(((loss.id, loss), (grad, n))):
             rw.put(projection(nid, n.id, index, value))
@@ -348,9 +361,10 @@ def gelu_epilogues(graph: Graph) -> Graph:
                 and not n.attr["ta"] and n.shape[-1] % 8 == 0)
 
     takes: dict[int, Node] = {}  # a GEMM -> the GELU it takes in (its first GELU reader)
-    for n in graph.of_op("gelu"):
-        gemm = graph.nodes[n.inputs[0]]
-        if one_gemm(gemm) and gemm.id not in takes:
+    for n in graph.nodes.values():
+        epilogue = REGISTRY[n.op].gemm_epilogue
+        gemm = graph.nodes[n.inputs[0]] if epilogue and not epilogue.grad else None
+        if gemm is not None and one_gemm(gemm) and gemm.id not in takes:
             takes[gemm.id] = n
     gelus = {n.id: gemm for gemm, n in takes.items()}
     # The tuple keeps the GEMM's id and place; GELU's output keeps GELU's id and place, and the
@@ -362,26 +376,36 @@ def gelu_epilogues(graph: Graph) -> Graph:
             gelu, pre = takes[n.id], rw.fresh_id()
             rw.rename(n.id, pre)
             attrs = {"ta": n.attr["ta"], "tb": n.attr["tb"], "bias": n.attr.get("bias", False), "residual": False,
-                     "gelu": True}
-            rw.put(replace(n, op="fused_matmul", attrs=frozen_attrs(attrs), shape=(), dtype=TUPLE,
+                     REGISTRY[gelu.op].gemm_epilogue.attr: True}
+            rw.put(replace(n, op=_epilogue_form(n), attrs=frozen_attrs(attrs), shape=(), dtype=TUPLE,
                            specs=((gelu.shape, gelu.dtype), (n.shape, n.dtype))))
             rw.put(projection(pre, n.id, 1, n))
         elif n.id in gelus:
             rw.put(projection(n.id, gelus[n.id], 0, n))
-        elif n.op == "gelu_grad" and _dgelu_gemm(graph, graph.nodes[n.id], users, needed, one_gemm):
+        elif _dgelu_gemm(graph, graph.nodes[n.id], users, needed, one_gemm):
             gemm = rw.graph.nodes[n.inputs[1]]
-            attrs = {"ta": gemm.attr["ta"], "tb": gemm.attr["tb"], "bias": False, "residual": False, "gelu_grad": True}
-            rw.put(replace(n, op="fused_matmul", inputs=(*gemm.inputs, n.inputs[0]), attrs=frozen_attrs(attrs)))
+            attrs = {"ta": gemm.attr["ta"], "tb": gemm.attr["tb"], "bias": False, "residual": False,
+                     REGISTRY[n.op].gemm_epilogue.attr: True}
+            rw.put(replace(n, op=_epilogue_form(gemm), inputs=(*gemm.inputs, n.inputs[0]), attrs=frozen_attrs(attrs)))
         else:
             rw.put(n)
     return remove_dead(rw.finish())
 
 
 def _dgelu_gemm(graph: Graph, n: Node, users, needed: set[int], one_gemm) -> bool:
-    """gelu_grad(pre, g) where g is a plain GEMM's product that nothing else reads."""
+    """gelu_grad(pre, g) (an epilogue's gradient op) where g is a plain GEMM's product that nothing
+    else reads."""
+    epilogue = REGISTRY[n.op].gemm_epilogue
+    if epilogue is None or not epilogue.grad:
+        return False
     pre, g = (graph.nodes[i] for i in n.inputs)
-    return (g.op == "matmul" and one_gemm(g) and users[g.id] == [n.id] and g.id not in needed
+    return (REGISTRY[g.op].plain_product and one_gemm(g) and users[g.id] == [n.id] and g.id not in needed
             and (pre.shape, pre.dtype) == (g.shape, g.dtype) and g.size >= GELU_GRAD_MIN_ELEMENTS)
+
+
+def _epilogue_form(gemm: Node) -> str:
+    """The op a GEMM becomes with epilogues: a plain product's epilogue form, or its own op."""
+    return REGISTRY[gemm.op].matrix_product.with_epilogue or gemm.op
 
 
 def _gemm_epilogues(graph: Graph) -> Graph:
@@ -392,7 +416,7 @@ def _gemm_epilogues(graph: Graph) -> Graph:
     absorbed: dict[int, Node] = {}  # an add that became a fused_matmul: the node it became
     for n in graph.nodes.values():
         rw.put(n)
-        if n.op != "add" or len(set(n.inputs)) != 2:
+        if not REGISTRY[n.op].adds or len(set(n.inputs)) != 2:
             continue
         for inner, other in (n.inputs, n.inputs[::-1]):
             base = absorbed.get(inner) or graph.nodes[inner]
@@ -409,7 +433,7 @@ def _gemm_epilogues(graph: Graph) -> Graph:
             a, b, *extra = base.inputs
             bias = [other] if role == "bias" else extra[:1] if attrs["bias"] else []
             residual = [other] if role == "residual" else extra[-1:] if attrs["residual"] else []
-            absorbed[n.id] = rw.put(replace(n, op="fused_matmul", inputs=(a, b, *bias, *residual),
+            absorbed[n.id] = rw.put(replace(n, op=_epilogue_form(base), inputs=(a, b, *bias, *residual),
                                             attrs=frozen_attrs(attrs)))
             break
     return remove_dead(rw.finish())
@@ -423,10 +447,11 @@ def _fold_casts(graph: Graph) -> Graph:
         return users[src.id] == [reader] and src.id not in needed
 
     for n in graph.nodes.values():
-        src = graph.nodes[n.inputs[0]] if n.op == "cast" else None
+        src = graph.nodes[n.inputs[0]] if REGISTRY[n.op].casts else None
         view = None
-        if src is not None and src.op == "reshape" and private(src, n.id):  # cast(reshape(sum)): the bias
-            view, src = src, graph.nodes[src.inputs[0]]                     # gradient of a broadcast add
+        # cast(reshape(sum)): the bias gradient of a broadcast add
+        if src is not None and REGISTRY[src.op].reinterprets and private(src, n.id):
+            view, src = src, graph.nodes[src.inputs[0]]
         if src is not None and REGISTRY[src.op].stores_any_float and private(src, (view or n).id):
             folded = replace(src, dtype=n.dtype, attrs=frozen_attrs({**src.attr, "dtype": n.attr["dtype"]}))
             if view is None:
@@ -441,7 +466,7 @@ def _fold_casts(graph: Graph) -> Graph:
 def _concats(graph: Graph) -> Graph:
     rw = Rewrite(graph)
     for n in graph.nodes.values():
-        rw.put((_concat_of_pads(graph, n) if n.op == "add" else None) or n)
+        rw.put((_concat_of_pads(graph, n) if REGISTRY[n.op].adds else None) or n)
     return remove_dead(rw.finish())
 
 
@@ -456,15 +481,15 @@ def _concat_of_pads(g: Graph, n: Node) -> Node | None:
         if m.id in seen:  # a value summed twice cannot be one element of a tiling
             return None
         seen.add(m.id)
-        if m.op == "add" and all(g.nodes[i].shape == n.shape for i in m.inputs):
+        if REGISTRY[m.op].adds and all(g.nodes[i].shape == n.shape for i in m.inputs):
             stack.extend(g.nodes[i] for i in m.inputs)
-        elif m.op == "pad" and m.shape == n.shape:
+        elif REGISTRY[m.op].pads and m.shape == n.shape:
             leaves.append(m)
         else:
             return None
     axis = leaves[0].attr["axis"]
-    if any(p.attr["axis"] != axis for p in leaves):
-        return None
+    if any(p.attr["axis"] != axis for p in leaves) or not contiguous_along(n.shape, axis):
+        return None  # a concat is built in place, of contiguous pieces only: the pads and adds stay
     leaves.sort(key=lambda p: p.attr["before"])
     end = 0
     for p in leaves:  # sorted by start: disjoint and gap-free exactly when each starts where the last ended

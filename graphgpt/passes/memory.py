@@ -1,7 +1,9 @@
 """Static memory plan: every tensor gets a fixed byte offset in one arena.
 
 The arena is laid out as   [params | grads | optimizer state | weight copies | constants | inputs |
-work], with the key/value caches of the generation programs at the start of the work region.
+work] (constants: the float32 scalars, then the constant tensors, such as rotary tables, which
+the backends load from the plan directory and no program writes), with the key/value caches of
+the generation programs at the start of the work region.
 Parameters, their gradients and the optimizer state have fixed slots, parameters and gradients in
 the same order (so the gradients form one flat buffer, and an allreduce or a multi-tensor
 optimizer can treat them as a single array). The weights' copies in the compute type
@@ -44,18 +46,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dtypes import DTYPES, padded
+from ..dtypes import DTYPES
 from ..errors import UserError
-from ..ir import PERSISTENT_OPS, SOURCE_OPS, Graph, Node
+from ..ir import Graph, Node
 from ..ops import REGISTRY
-from ..ops.registry import prod
+from ..ops.registry import PERSISTENT_REGIONS, prod
+from ..ops.shape import contiguous_along
+from ..plan import aligned
 
-ALIGN = 256  # bytes: where every tensor starts
 CONST = "f32"  # scalar constants are stored as float32
-
-
-def aligned(nbytes: int) -> int:
-    return padded(nbytes, ALIGN)
 
 
 @dataclass
@@ -63,7 +62,8 @@ class Layout:
     """The persistent part of the arena, shared by all programs of one plan (byte offsets)."""
     tensors: dict[str, int] = field(default_factory=dict)   # param/state/cache name -> offset
     grads: dict[str, int] = field(default_factory=dict)     # param name -> offset of its gradient
-    consts: dict[float, int] = field(default_factory=dict)
+    consts: dict[float, int] = field(default_factory=dict)        # scalar value -> offset
+    const_tensors: dict[str, int] = field(default_factory=dict)   # const_tensor name -> offset
     regions: dict[str, list[int]] = field(default_factory=dict)  # name -> [start, size]
 
     @property
@@ -80,6 +80,10 @@ class Layout:
         grad_of = n.attr.get("grad_of")
         return self.grads[grad_of] if grad_of else self.tensors[n.name]
 
+    def constant(self, n: Node) -> int:
+        """The slot of a const (by its value) or a const_tensor (by its name)."""
+        return self.const_tensors[n.name] if n.name else self.consts[n.attr["value"]]
+
 
 def persistent_layout(*graphs: Graph) -> Layout:
     """Slots for the params, states and caches of all programs of a plan, in order of first
@@ -94,13 +98,15 @@ def persistent_layout(*graphs: Graph) -> Layout:
             top += aligned(size)
         lay.regions[name] = [start, top - start]
 
-    def slots(op: str) -> list[tuple[str, int]]:
-        sizes = {n.name: n.nbytes for g in graphs for n in g.of_op(op)
-                 if "grad_of" not in n.attr and "copy_of" not in n.attr}
+    def of_region(name: str) -> list[Node]:
+        return [n for g in graphs for n in g.nodes.values() if region_of(n) == name]
+
+    def slots(name: str) -> list[tuple[str, int]]:
+        sizes = {n.name: n.nbytes for n in of_region(name) if "grad_of" not in n.attr and "copy_of" not in n.attr}
         return list(sizes.items())
 
-    params = slots("param")
-    copies_of = [n for g in graphs for n in g.of_op("cache") if "copy_of" in n.attr]
+    params = slots("params")
+    copies_of = [n for n in of_region("caches") if "copy_of" in n.attr]
     # a program that reads a weight only through its copy has no node of the weight itself
     params += list({n.attr["copy_of"]: n.size * DTYPES["f32"].bytes for n in copies_of
                     if n.attr["copy_of"] not in dict(params)}.items())
@@ -109,17 +115,29 @@ def persistent_layout(*graphs: Graph) -> Layout:
     region("state", slots("state"), lay.tensors)
     copies(lay, copies_of)
     top = aligned(sum(lay.regions["copies"]))
-    values = sorted({n.attr["value"] for g in graphs for n in g.of_op("const")})
+    # scalar constants by value; constant tensors (which have names) after them
+    values = sorted({n.attr["value"] for n in of_region("consts") if not n.name})
     start = top
     width = DTYPES[CONST].bytes
     lay.consts = {v: start + i * width for i, v in enumerate(values)}
     top += len(values) * width
-    lay.regions["consts"] = [start, len(values) * width]
-    lay.regions["inputs"] = [aligned(top), max((sum(aligned(n.nbytes) for n in g.of_op("input")) for g in graphs),
-                                                default=0)]
+    # the constant tensors after the scalars, in order of first appearance, each on a boundary
+    tables = {n.name: n.nbytes for n in of_region("consts") if n.name}
+    for name, size in tables.items():
+        top = aligned(top)
+        lay.const_tensors[name] = top
+        top += size
+    lay.regions["consts"] = [start, top - start]
+    lay.regions["inputs"] = [aligned(top), max((sum(aligned(n.nbytes) for n in g.nodes.values()
+                                                     if region_of(n) == "inputs") for g in graphs), default=0)]
     top = lay.work_base
-    region("caches", slots("cache"), lay.tensors)
+    region("caches", slots("caches"), lay.tensors)
     return lay
+
+
+def region_of(n: Node) -> str | None:
+    """The arena region a source's value lies in, as its op declares; None for a computed node."""
+    return REGISTRY[n.op].source
 
 
 def copies(lay: Layout, nodes: list[Node]) -> None:
@@ -166,7 +184,7 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
             off += shift
         return nid, off
 
-    unplaceable = pinned | set(graph.outputs.values()) | {n.id for n in nodes.values() if n.op in SOURCE_OPS}
+    unplaceable = pinned | set(graph.outputs.values()) | {n.id for n in nodes.values() if region_of(n)}
     in_place_concats, placed = set(), set()  # concats built in place; the pieces computed into them
     for nid in order:
         n = nodes[nid]
@@ -179,8 +197,9 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
             pieces = _concat_pieces(n, nodes, resolve, unplaceable)
             if isinstance(pieces, str):
                 if REGISTRY[n.op].template is None:
-                    raise UserError(f"{n.where}: {n.op} (node {nid}) cannot be built in place ({pieces}), "
-                                    f"and op {n.op} has no CUDA template to run it")
+                    raise UserError(f"{n.where}: {n.op} of {len(n.inputs)} pieces along axis {n.attr['axis']} "
+                                    f"cannot be built: {pieces}; it runs no kernel, each piece must be "
+                                    "computed into its part of the result")
                 continue
             for root, off in pieces:  # a piece's views move along with it
                 parent[root] = (nid, off)
@@ -218,15 +237,15 @@ def plan_program(graph: Graph, order: list[int], layout: Layout) -> ProgramMemor
     fixed: dict[int, int] = {}
     input_top = layout.inputs_base
     for n in nodes.values():
-        if n.op in PERSISTENT_OPS:
+        if region_of(n) in PERSISTENT_REGIONS:
             fixed[n.id] = layout.offset(n)
-        elif n.op == "const":
-            fixed[n.id] = layout.consts[n.attr["value"]]
-        elif n.op == "input":
+        elif region_of(n) == "consts":
+            fixed[n.id] = layout.constant(n)
+        elif region_of(n) == "inputs":
             fixed[n.id] = input_top
             input_top += aligned(n.nbytes)
     for p, g in graph.grads.items():
-        assert g not in fixed and nodes[g].op not in SOURCE_OPS, \
+        assert g not in fixed and not region_of(nodes[g]), \
             f"gradient of {nodes[p].name} has no memory of its own"
         fixed[g] = layout.grads[nodes[p].name]
     slot_users = Counter(fixed.values())
@@ -314,7 +333,7 @@ def _buffers(nodes, readers, pos, resolve):
 
 def _kv_cache(n: Node) -> bool:
     """A cache that lies in the work region (a weight's copy has a region of its own)."""
-    return n.op == "cache" and "copy_of" not in n.attr
+    return region_of(n) == "caches" and "copy_of" not in n.attr
 
 
 def _in_place_op(n: Node) -> bool:
@@ -334,17 +353,17 @@ def _concat_pieces(n: Node, nodes: dict[int, Node], resolve, unplaceable: set[in
     """(root, byte offset in the concat) of each input's buffer, if every input can be computed
     directly into its slice of the concat; otherwise why not."""
     axis = n.attr["axis"]
-    if prod(n.shape[:axis]) != 1:
+    if not contiguous_along(n.shape, axis):
         return f"its pieces are not contiguous along axis {axis}"
     inner, start, pieces = prod(n.shape[axis + 1:]) * DTYPES[n.dtype].bytes, 0, []
-    for i in n.inputs:
+    for k, i in enumerate(n.inputs, 1):
         root, shift = resolve(i)
         if shift or nodes[root].nbytes != nodes[i].nbytes:
-            return f"input {i} is part of another buffer"
+            return f"piece {k} is part of another value's memory (a slice or reshape of it)"
         if root in unplaceable:
-            return f"input {i} is a gradient, update, output or source"
+            return f"piece {k} is a parameter, input, gradient, update or output, which keeps its own memory"
         if any(root == r for r, _ in pieces):
-            return f"input {i} is given twice"
+            return f"piece {k} is given twice"
         pieces.append((root, start * inner))
         start += nodes[i].shape[axis]
     return pieces

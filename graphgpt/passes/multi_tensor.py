@@ -24,7 +24,7 @@ from __future__ import annotations
 from ..dtypes import DTYPES, nbytes
 from ..ops import REGISTRY
 from ..ops.registry import prod
-from .memory import aligned
+from ..plan import aligned
 
 
 def merge_launches(launches: list[dict], work_start: int | None = None) -> list[dict]:

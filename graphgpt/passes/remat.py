@@ -1,10 +1,10 @@
 """Rematerialisation: recompute activations in the backward instead of keeping them.
 
 Policy: a forward node is recomputed for its backward readers when
-  - it is one of the policy's roots -- "attention": causal softmax; "gelu": the MLP's GELU outputs
-    (as torch.compile's partitioner recomputes pointwise ops); "all": causal softmax, pointwise ops
-    (a fused chain included) and LayerNorm's normalised rows -- together with the producers that
-    feed only it (the attention scores' GEMM); an output of an op with several is recomputed by
+  - it is one of the policy's roots, as ops declare them (registry's remat_root) -- "attention":
+    causal softmax; "gelu": the MLP's GELU outputs (as torch.compile's partitioner recomputes
+    pointwise ops); "all": those, pointwise ops (a fused chain included) and LayerNorm's normalised
+    rows -- together with the plain matrix products that feed only it (the attention scores' GEMM); an output of an op with several is recomputed by
     running that op again, all its outputs with it (LayerNorm's statistics come out again too,
     unread: the backward reads the ones the forward saved);
   - recomputing adds no memory: the inputs at the edge of what is recomputed are sources or are
@@ -22,14 +22,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import SOURCE_OPS, Graph, Node
+from ..ir import Graph, Node
 from ..ops import REGISTRY
 from ..rewrite import Rewrite, fresh_id, pinned
 
 POLICIES = ("none", "attention", "gelu", "all")
 AUTO = "auto"  # the compiler's default: attention where that saves a quarter of the work region
 WORTH_IT = 0.25
-FEEDERS = ("matmul",)  # recomputed only as the private input of a root
 
 
 def choose(work_peaks: dict[str, int]) -> str:
@@ -47,15 +46,14 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
         return graph
 
     def root(n: Node) -> bool:
-        if policy == "gelu":
-            return n.op == "gelu"
-        if policy == "all" and REGISTRY[n.op].kind == "elementwise":
-            return True
-        if policy == "all" and REGISTRY[n.op].kind == "projection":
+        op = REGISTRY[n.op]
+        if policy != "all":
+            return op.remat_root == policy
+        if op.kind == "projection":
             # a row normaliser's rows and its epilogue's result; its statistics are saved, not recomputed
             normaliser = REGISTRY[graph.nodes[n.inputs[0]].op].row_normaliser
             return normaliser is not None and n.attr["index"] not in normaliser.statistics
-        return n.op == "causal_softmax"
+        return op.kind == "elementwise" or op.remat_root is not None
 
     boundary = graph.outputs["loss"]  # autodiff emits every backward node after the loss
     users, kept = graph.users(), pinned(graph)
@@ -74,9 +72,10 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
         part = []
         for i in n.inputs:
             x = graph.nodes[i]
-            if x.op in SOURCE_OPS or late_readers(i):
+            if REGISTRY[x.op].kind == "source" or late_readers(i):
                 continue
-            if x.op in FEEDERS and users[i] == [n.id] and x.id not in kept:
+            # a plain product is recomputed only as the private input of a root
+            if REGISTRY[x.op].plain_product and users[i] == [n.id] and x.id not in kept:
                 sub = chain(x)
                 if sub is None:
                     return None

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..ir import SOURCE_OPS, Graph
+from ..ir import Graph
 from ..ops import REGISTRY
 from .memory import view_shift
 
 
 def schedule(graph: Graph) -> list[int]:
-    urgent = {i for i, n in graph.nodes.items() if n.op in SOURCE_OPS or REGISTRY[n.op].kind == "collective"
+    urgent = {i for i, n in graph.nodes.items() if REGISTRY[n.op].kind in ("source", "collective")
               or view_shift(n, graph.nodes) is not None}
     urgent |= set(graph.updates.values())
 
@@ -34,5 +34,5 @@ def schedule(graph: Graph) -> list[int]:
         at = n.inputs[0] if REGISTRY[n.op].kind == "projection" else i
         return (0 if i in urgent else 1, graph.late.get(at, at), i)
     order = nx.lexicographical_topological_sort(graph.to_networkx(), key=priority)
-    return [i for i in order if graph.nodes[i].op not in SOURCE_OPS]
+    return [i for i in order if REGISTRY[graph.nodes[i].op].kind != "source"]
 

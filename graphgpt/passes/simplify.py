@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..ir import Graph, Node
+from ..ops import REGISTRY
 from ..rewrite import Rewrite, frozen_attrs, remove_dead
 
 
@@ -31,25 +32,20 @@ def simplify(graph: Graph) -> Graph:
 
 
 def _noop_input(g: Graph, n: Node) -> int | None:
-    """The input a node merely passes through, if it is a no-op."""
-    a = n.attr
-    x = g.nodes[n.inputs[0]] if n.inputs else None
-    if n.op in ("reshape", "broadcast_to") and x.shape == n.shape:
-        return x.id
-    if n.op == "transpose" and list(a["perm"]) == list(range(len(n.shape))):
-        return x.id
-    if n.op == "slice" and a["start"] == 0 and a["stop"] == x.shape[a["axis"]]:
-        return x.id
-    if n.op == "pad" and a["before"] == a["after"] == 0:  # the gradient of a slice that took everything
-        return x.id
-    if n.op == "sum" and not a["axes"]:
-        return x.id
-    if n.op == "mul":
+    """The input a node merely passes through, if it is a no-op (as its op declares)."""
+    op = REGISTRY[n.op]
+    if n.inputs and op.identity(n.attr, g.nodes[n.inputs[0]], n):
+        return n.inputs[0]
+    if op.multiplies:
         for keep, other in ((0, 1), (1, 0)):
             o = g.nodes[n.inputs[other]]
-            if o.op == "const" and o.attr["value"] == 1.0 and g.nodes[n.inputs[keep]].shape == n.shape:
+            if _constant(o) and o.attr["value"] == 1.0 and g.nodes[n.inputs[keep]].shape == n.shape:
                 return n.inputs[keep]
     return None
+
+
+def _constant(n: Node) -> bool:
+    return REGISTRY[n.op].source == "consts"
 
 
 def _fold(g: Graph, n: Node, users: dict[int, list[int]]) -> Node:
@@ -57,22 +53,27 @@ def _fold(g: Graph, n: Node, users: dict[int, list[int]]) -> Node:
     the matmul's transpose flag, and the same swap of a matmul's result (read by nothing else) ->
     the product of the swapped operands, (a b)^T = b^T a^T: a tied lm_head (x @ wte.T) reads wte as
     it is, and its gradient comes out in wte's layout."""
-    if n.op == "reshape" and g.nodes[n.inputs[0]].op == "reshape":
+    op = REGISTRY[n.op]
+    if op.reinterprets and REGISTRY[g.nodes[n.inputs[0]].op].reinterprets:
         return replace(n, inputs=g.nodes[n.inputs[0]].inputs)
-    if n.op == "transpose" and _swaps_last_two(n.attr["perm"]):
+    if _swap_of_last_two(n):
         x = g.nodes[n.inputs[0]]
-        if x.op == "matmul" and len(users.get(x.id, ())) == 1:
+        if REGISTRY[x.op].plain_product and len(users.get(x.id, ())) == 1:
             a = x.attr
             attrs = dict(a, ta=not a["tb"], tb=not a["ta"])
-            return replace(n, op="matmul", inputs=x.inputs[::-1], attrs=frozen_attrs(attrs))
-    if n.op == "matmul":
+            return replace(n, op=x.op, inputs=x.inputs[::-1], attrs=frozen_attrs(attrs))
+    if op.plain_product:
         attrs, inputs = n.attr, list(n.inputs)
         for k, flag in enumerate(("ta", "tb")):
             x = g.nodes[inputs[k]]
-            if x.op == "transpose" and _swaps_last_two(x.attr["perm"]):
+            if _swap_of_last_two(x):
                 inputs[k], attrs[flag] = x.inputs[0], not attrs[flag]
         return replace(n, inputs=tuple(inputs), attrs=frozen_attrs(attrs))
     return n
+
+
+def _swap_of_last_two(n: Node) -> bool:
+    return REGISTRY[n.op].permutes and _swaps_last_two(n.attr["perm"])
 
 
 def _swaps_last_two(perm) -> bool:

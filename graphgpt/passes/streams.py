@@ -25,8 +25,8 @@ launches follow every launch of the programs before it.
 """
 from __future__ import annotations
 
-from ..codegen import LIBRARY_KINDS  # cuBLAS and NCCL calls, which stay on the main stream
 from ..dtypes import nbytes
+from ..ops.registry import LIBRARY_KINDS  # cuBLAS and NCCL calls, which stay on the main stream
 
 MAIN, SIDE = 0, 1
 

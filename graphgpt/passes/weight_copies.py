@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from ..dsl import FLOAT, weight_copy
 from ..ir import Graph, Node
+from ..ops import REGISTRY
 from ..plan import CAST_WEIGHTS
 from ..rewrite import frozen_attrs
 
@@ -36,7 +37,7 @@ def cast_weights(programs) -> Graph:
     """The program that writes the copy of every weight the programs read (their cache nodes
     with attribute copy_of), each cast straight into the copy's slot."""
     graph = Graph()
-    copies = {n.name: n for g in programs for n in g.of_op("cache") if "copy_of" in n.attr}
+    copies = {n.name: n for g in programs for n in g.nodes.values() if _region(n) == "caches" and "copy_of" in n.attr}
     for copy in copies.values():
         weight = graph.add("param", name=copy.attr["copy_of"], shape=copy.shape, dtype=FLOAT)
         slot = graph.add("cache", **copy.attr)
@@ -49,19 +50,24 @@ def read_weight_copies(graph: Graph, dtype: str) -> Graph:
     each updated parameter's copy is updated with it."""
     copies = {}  # parameter name -> its copy's node id
     for n in list(graph.nodes.values()):
-        x = graph.nodes[n.inputs[0]] if n.op == "cast" else None
-        if x is not None and x.op == "param" and n.dtype == dtype:
+        x = graph.nodes[n.inputs[0]] if REGISTRY[n.op].casts else None
+        if x is not None and _region(x) == "params" and n.dtype == dtype:
             # the same id, so every reader of the cast now reads the copy
             graph.nodes[n.id] = replace(n, op="cache", inputs=(), attrs=frozen_attrs(_copy(x, dtype)))
             copies[x.name] = n.id
     for p, new in list(graph.updates.items()):
         param = graph.nodes[p]
-        if param.op != "param":
+        if _region(param) != "params":
             continue
         if param.name not in copies:  # a program without the forward: the update program
             copies[param.name] = graph.add("cache", **_copy(param, dtype)).id
         graph.updates[copies[param.name]] = graph.add("cast", (new,), dtype=dtype).id
     return graph
+
+
+def _region(n: Node) -> str | None:
+    """The arena region of a source's value (a parameter's: params), None for a computed node."""
+    return REGISTRY[n.op].source
 
 
 def _copy(param: Node, dtype: str) -> dict:

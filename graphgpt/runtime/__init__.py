@@ -22,6 +22,15 @@ def check_arena_fits(nbytes: int, memory: int, where: str) -> None:
                         f"of {where}: it cannot run here")
 
 
+def target_mismatch(target: dict, sms: int) -> str | None:
+    """A line saying so when the GPU's `sms` streaming multiprocessors are not those the plan's
+    kernels were sized for (the plan still runs: only its grids fill this GPU less evenly)."""
+    if sms == target["sms"]:
+        return None
+    return (f"warning: the plan's kernels are sized for target {target['name']} ({target['sms']} SMs); this GPU has "
+            f"{sms} SMs: the plan runs, its grids spread less evenly over them")
+
+
 def make_backend(name: str, plan: Plan, dtype=np.float32, graph: bool = True, tf32: bool = False, world=None):
     """'auto' takes the GPU when CuPy sees one, else NumPy. `graph` and `tf32` apply to CUDA;
     rank r of a data-parallel world uses GPU r % device_count."""

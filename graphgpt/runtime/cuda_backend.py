@@ -12,13 +12,14 @@ with events: the host never waits inside a step, only when it reads a result.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..dtypes import DTYPES, nbytes
 from ..plan import Buffer, Plan
-from . import check_arena_fits
+from . import check_arena_fits, target_mismatch
 from .cublas import WORKSPACE_BYTES, Cublas
 from .dist import SingleWorld
 from .weight_copies import WeightCopies
@@ -96,6 +97,9 @@ class CudaBackend(WeightCopies):
         cp.cuda.Device(self.world.rank % cp.cuda.runtime.getDeviceCount()).use()
         check_arena_fits(plan.data["arena"]["bytes"] + WORKSPACE_BYTES, cp.cuda.runtime.memGetInfo()[1],
                          f"GPU {cp.cuda.Device().id}'s memory")
+        mismatch = target_mismatch(plan.data["target"], cp.cuda.Device().attributes["MultiProcessorCount"])
+        if mismatch and self.world.rank == 0:
+            print(mismatch, file=sys.stderr, flush=True)
         self.arena = cp.zeros(plan.data["arena"]["bytes"], cp.uint8)
         self.align = plan.data["arena"]["align"]
         self.workspace = cp.empty(WORKSPACE_BYTES, cp.uint8)
@@ -104,6 +108,8 @@ class CudaBackend(WeightCopies):
         consts, host = plan.data["consts"], np.zeros(size, np.uint8)
         for off, value in consts["values"]:
             host[off - start:off - start + DTYPES[consts["dtype"]].bytes].view(DTYPES[consts["dtype"]].numpy)[0] = value
+        for buf, values in plan.constant_buffers():  # the constant tensors, float32
+            host[buf.offset - start:buf.offset - start + nbytes(buf)] = values.reshape(-1).view(np.uint8)
         self.arena[start:start + size].set(host)
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.blas = Cublas(self.stream.ptr, self.workspace.data.ptr, tf32)

@@ -60,6 +60,8 @@ class NumpyBackend(WeightCopies):
         consts = plan.data["consts"]
         for off, value in consts["values"]:
             self.view(Buffer(consts["dtype"], off, ()))[...] = value
+        for buf, values in plan.constant_buffers():  # computed in float64, stored as float32
+            self.view(buf)[...] = values
         self._programs = {name: self._bind(prog) for name, prog in plan.data["programs"].items()}
 
     def host_dtype(self, name: str) -> np.dtype:

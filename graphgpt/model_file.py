@@ -1,0 +1,136 @@
+"""The model file a compile reads and its settings: the file imported, with its failures named at
+the model's line; its CONFIG and the optimizer's defaults with --set applied, range-checked before
+anything is traced."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import traceback
+from pathlib import Path
+
+from . import optim
+from .errors import UserError
+
+SIZES = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "sample_batch")  # CONFIG keys that must be >= 1
+COMPUTE_DTYPES = ("f32", "bf16")  # dtype=: the type activations and GEMM operands are stored in
+# How a model's attention may be computed: one fused kernel that keeps no (T x T) scores, or the
+# explicit scores, causal softmax and two batched GEMMs (the probabilities then live in memory,
+# where --remat attention can recompute them).
+ATTENTION = ("fused", "softmax")
+# settings every model has, unless its CONFIG says otherwise; sample_batch: the sequences the
+# generation programs compute together
+# classifier_chunks: the training step's logits are computed this many chunks of the batch at a
+# time (passes/chunk_classifier.py; 0: as many as keep a chunk's logits within CHUNK_BYTES)
+MODEL_DEFAULTS = {"dtype": "f32", "sample_batch": 1, "classifier_chunks": 0}
+
+
+def load_model(path: Path):
+    """Import a model file; errors name the file and line."""
+    if path.is_dir():
+        raise UserError(f"model file {path} is a directory: name the model's .py file")
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist" if not path.exists() else f"model file {path} is not a regular file")
+    spec = importlib.util.spec_from_file_location(f"graphgpt_model_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"{path.name}{'' if e.lineno is None else f':{e.lineno}'}: syntax error: {e.msg}") from None
+    except (Exception, SystemExit) as e:  # the model's own code failed or exited: point at its line
+        raise UserError(f"{user_frame(e, path)}: {failure(e)} while the model file was imported") from None
+    for attr in ("CONFIG", "forward"):
+        if not hasattr(module, attr):
+            raise UserError(f"{path.name} defines no {attr} (a model file needs CONFIG and forward)")
+    if not (isinstance(module.CONFIG, dict) and all(isinstance(k, str) for k in module.CONFIG)):
+        raise UserError(f"{path.name}: CONFIG must be a dict of settings by name, got {type(module.CONFIG).__name__}")
+    if not callable(module.forward):
+        raise UserError(f"{path.name}: forward must be a function forward(idx, cfg)")
+    return module
+
+
+def failure(e: BaseException) -> str:
+    """An exception the model file raised, in words; SystemExit is the model's sys.exit()."""
+    if isinstance(e, SystemExit):
+        return f"the model called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {e}"
+
+
+def user_frame(e: BaseException, path: Path) -> str:
+    """file:line of the model file's innermost frame in e's traceback (the file alone if none)."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+    return f"{path.name}:{frames[-1].lineno}" if frames else path.name
+
+
+def parse_overrides(pairs: list[str], defaults: dict) -> dict:
+    """--set key=value, typed like the default it replaces."""
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise UserError(f"--set expects key=value, got '{pair}'")
+        if key not in defaults:
+            raise UserError(f"unknown --set key '{key}'; known keys: {', '.join(sorted(defaults))}")
+        kind = type(defaults[key])
+        try:  # an integer key takes digits only: 1e30 or 2.5 is no layer count
+            out[key] = int(text) if kind is int else float(text) if kind is float else text
+        except ValueError:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise UserError(f"--set {key}: '{shown}' is not {'an integer (digits only)' if kind is int else 'a number'}") from None
+    return out
+
+
+def settings(module, model_path: Path, overrides: list[str]) -> tuple[dict, dict]:
+    """The model's CONFIG and the optimizer's DEFAULTS with --set applied, range-checked."""
+    model_cfg, opt_cfg = {**MODEL_DEFAULTS, **module.CONFIG}, dict(optim.DEFAULTS)
+    chosen = parse_overrides(overrides, {**model_cfg, **opt_cfg})
+    model_cfg.update({k: v for k, v in chosen.items() if k in model_cfg})
+    opt_cfg.update({k: v for k, v in chosen.items() if k in opt_cfg})
+    for key in ("batch_size", "block_size"):
+        if key not in model_cfg:
+            raise UserError(f"{model_path.name}: CONFIG has no {key} (a model needs batch_size and block_size)")
+    origin = _origin(overrides, module.CONFIG, model_path.name)
+    optim.check(opt_cfg, origin)
+    check_model_config(model_cfg, origin)
+    return model_cfg, opt_cfg
+
+
+def _origin(overrides: list[str], config: dict, model_name: str):
+    """Where a setting's value came from, for error messages: --set, the model file or the default."""
+    given = dict(pair.partition("=")[::2] for pair in overrides)
+
+    def origin(key: str) -> str:
+        if key in given:
+            return f"--set {key}={given[key]}"
+        if key in config:
+            return f"{model_name}: CONFIG {key}={config[key]}"
+        return f"{key}={({**MODEL_DEFAULTS, **optim.DEFAULTS})[key]} (the default)"
+    return origin
+
+
+def check_model_config(cfg: dict, origin=None) -> None:
+    """Refuse model settings outside their range, for the keys the CONFIG has (every float must be
+    finite)."""
+    need = optim.requirement(cfg, origin)
+    for key in SIZES:
+        if key in cfg:
+            need(key, isinstance(cfg[key], int) and cfg[key] >= 1, "an integer >= 1")
+    if "vocab_size" in cfg:
+        need("vocab_size", isinstance(cfg["vocab_size"], int) and cfg["vocab_size"] >= 0,
+             "an integer >= 0 (0: the tokenizer's size)")
+    if "dtype" in cfg:
+        need("dtype", cfg["dtype"] in COMPUTE_DTYPES, " or ".join(COMPUTE_DTYPES))
+    if "attention" in cfg:
+        need("attention", cfg["attention"] in ATTENTION, " or ".join(ATTENTION))
+    if "tie_weights" in cfg:
+        need("tie_weights", cfg["tie_weights"] in (0, 1), "0 or 1")
+    if "classifier_chunks" in cfg:
+        need("classifier_chunks", isinstance(cfg["classifier_chunks"], int) and cfg["classifier_chunks"] >= 0
+             and cfg.get("batch_size", 1) % max(cfg["classifier_chunks"], 1) == 0,
+             f"an integer >= 0 that divides batch_size {cfg.get('batch_size')} (0: chosen by the logits' size)")
+    if "dropout" in cfg:
+        need("dropout", isinstance(cfg["dropout"], (int, float)) and 0 <= cfg["dropout"] < 1, "a probability in [0, 1)")
+    if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"]:
+        raise UserError(f"n_embd {cfg['n_embd']} is not divisible by n_head {cfg['n_head']}")
+    for key, value in cfg.items():
+        if isinstance(value, float):
+            need(key, math.isfinite(value), "a finite number")

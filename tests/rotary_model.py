@@ -1,0 +1,40 @@
+"""A tiny LLaMA-style attention model for the rotary tests: separate q, k and v projections, rotary
+position embedding on q and k (no position table), packed into the (B, T, 3, H, D) that the fused
+causal attention reads. Pre-LayerNorm blocks with a GELU MLP, as model.py's."""
+import math
+
+from graphgpt.dsl import causal_attention, embedding, gelu, layer_norm, param, rotary
+
+CONFIG = dict(n_layer=2, n_head=2, n_embd=16, block_size=8, batch_size=2, vocab_size=0, rotary_base=10000.0)
+
+
+def linear(x, name, n_in, n_out):
+    return x @ param(f"{name}.weight", (n_in, n_out)) + param(f"{name}.bias", (n_out,), init="zeros")
+
+
+def norm(x, name, n):
+    return layer_norm(x, param(f"{name}.weight", (n,), init="ones"), param(f"{name}.bias", (n,), init="zeros"))
+
+
+def attention(x, name, cfg):
+    B, T, C = x.shape
+    H = cfg["n_head"]
+    D = C // H
+    q, k, v = (linear(x, f"{name}.{part}", C, C).reshape(B, T, H, D) for part in ("q", "k", "v"))
+    q, k = rotary(q, cfg["rotary_base"]), rotary(k, cfg["rotary_base"])
+    # packed as the fused attention reads them: each computed straight into its third of a
+    # (3, B, T, H, D) concat (contiguous pieces: built in place), then (B, T, 3, H, D)
+    pieces = [t.reshape(1, B, T, H, D) for t in (q, k, v)]
+    qkv = x.graph.add("concat", pieces, axis=0).transpose(1, 2, 0, 3, 4)
+    y = causal_attention(qkv, 1.0 / math.sqrt(D))
+    return linear(y.reshape(B, T, C), f"{name}.proj", C, C)
+
+
+def forward(idx, cfg):
+    C = cfg["n_embd"]
+    wte = param("wte", (cfg["vocab_size"], C))
+    x = embedding(wte, idx)
+    for i in range(cfg["n_layer"]):
+        x = x + attention(norm(x, f"h.{i}.ln_1", C), f"h.{i}.attn", cfg)
+        x = x + linear(gelu(linear(norm(x, f"h.{i}.ln_2", C), f"h.{i}.fc", C, 4 * C)), f"h.{i}.mlp", 4 * C, C)
+    return norm(x, "ln_f", C) @ param("lm_head.weight", (C, cfg["vocab_size"]))
