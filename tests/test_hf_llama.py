@@ -7,18 +7,33 @@ heads) and check that every tensor lands where models/llama.py declares it, tran
 export after import gives back the same tensors bit for bit, and that every config.json field
 models/llama.py cannot follow, or that differs from the plan, is refused in one line naming the
 file and the field. `file_logits` is the file's LLaMA written out in NumPy (float64), the
-independent reference for the logits.
+independent reference: models/llama.py compiled and started from the file computes its logits
+within 1e-5 in float32 and its greedy tokens, with and without the key/value caches. Where
+PyTorch and transformers are importable, their LlamaForCausalLM agrees with both, reloads an
+export bit for bit, and a model it saved itself compiles, loads and decodes as it does.
 """
 import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from graphgpt import hf
+from graphgpt import plan as plan_io
+from graphgpt.checkpoint import load_weights
+from graphgpt.compiler import compile_model
 from graphgpt.errors import UserError
+from graphgpt.runtime.numpy_backend import NumpyBackend
+from graphgpt.sample import generate
 from graphgpt.tensor_files import load_safetensors, save_safetensors
-from tests.conftest import COMPILE, ROOT, run_cli, sets
+from graphgpt.train import init_params
+from tests.conftest import COMPILE, ROOT, assert_user_error, fill, run_cli, sets
+from tests.test_hf import export_cli
+
+LLAMA = ROOT / "models" / "llama.py"
 
 L, H, HKV, C, F, T, V = 2, 4, 2, 16, 40, 8, 128  # the plan's sizes; its char vocabulary has 99 tokens
 D = C // H
@@ -297,3 +312,169 @@ def test_transformers_agrees_with_the_reference_and_reloads_the_export_bit_for_b
     assert set(again) == {n for n in tensors if not n.endswith(".inv_freq")} | set(tied_head)
     for name, value in again.items():
         assert value.numpy().tobytes() == tensors[tied_head.get(name, name)].tobytes(), name
+
+
+# ---- with models/llama.py compiled ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    """models/llama.py compiled for the file's sizes: {tied: plan directory}."""
+    root = tmp_path_factory.mktemp("llama")
+    for tied in (False, True):
+        compiled = compile_model(LLAMA, SETTINGS + [f"tie_weights={int(tied)}"], log=lambda *a: None)
+        plan_io.save(compiled.data, root / f"plan{int(tied)}", compiled.files)
+    return {tied: root / f"plan{int(tied)}" for tied in (False, True)}
+
+
+def test_the_compiled_plan_declares_what_the_tests_assume(plans):
+    for tied, directory in plans.items():
+        plan = plan_io.load(directory)
+        assert {t["name"]: tuple(t["shape"]) for t in plan.params} == plan_shapes(tied)
+        assert all(plan.config[k] == v for k, v in CONFIG.items())
+
+
+def backend_with(plan, weights, dtype=np.float32):
+    backend = NumpyBackend(plan, dtype)
+    for name, value in weights.items():
+        backend.set_tensor(name, value)
+    return backend
+
+
+def greedy(logits_of, prompt, n, window=T):
+    """n tokens after `prompt`, each the most likely of the 99 in use after the window so far."""
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(logits_of(np.array([ids[-window:]]))[0, -1, :99].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_logits_and_greedy_tokens_equal_the_files_llama(tmp_path, plans, tied):
+    """float32 NumPy against the float64 reference within 1e-5, and the same greedy tokens, with
+    and without the key/value caches (the file's 99 tokens padded to the plan's 128); where
+    transformers is importable, against its LlamaForCausalLM built from the same directory too."""
+    tensors = write_llama(tmp_path / "m", tied=tied, vocab=99)
+    plan = plan_io.load(plans[tied])
+    weights = hf.load(tmp_path / "m", plan.config, plan_shapes(tied))
+    backend = backend_with(plan, weights)
+    tokens = np.random.default_rng(2).integers(0, 99, (1, T)).astype(np.int32)
+    ours = backend.run("generate", {"tokens": tokens})["logits"]
+    reference = file_logits(tensors, tokens, tied)
+    np.testing.assert_allclose(ours[..., :99], reference, rtol=0, atol=1e-5)
+    prompt = [3, 1, 4]
+    expected = greedy(lambda ids: file_logits(tensors, ids, tied), prompt, T - len(prompt))
+    for kv_cache in (True, False):  # the end-of-text id past the 99 in use: no sequence stops early
+        assert generate(backend, prompt, T - len(prompt), 99, V - 1, kv_cache=kv_cache)[0] == expected
+    try:
+        import torch
+        from transformers import LlamaForCausalLM
+    except ImportError:
+        return
+    model = LlamaForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
+    with torch.no_grad():
+        def logits_of(ids):
+            return model(torch.from_numpy(ids).long()).logits.numpy()
+        np.testing.assert_allclose(ours[..., :99], logits_of(tokens), rtol=0, atol=1e-5)
+        assert greedy(logits_of, prompt, T - len(prompt)) == expected
+
+
+# One of each kind, by the start of its line: a field models/llama.py cannot follow, one that
+# differs from the plan's config, one from its parameter shapes, a field of the wrong type, another
+# family. Every field's line is checked in-process above; these show that such a line is the
+# command's one line and its status 2.
+ON_THE_COMMAND_LINE = ("rope_scaling {", "num_key_value_heads 4", "intermediate_size 48", 'num_hidden_layers is "2"',
+                       "model_type 'mistral'")
+
+
+def test_a_mismatch_is_one_line_and_status_2_from_the_command_line(tmp_path, plans):
+    """python -m graphgpt.run --init-from, one process per kind of mismatch, all at once."""
+    cases = {message: change for change, message in MISMATCHES if message.startswith(ON_THE_COMMAND_LINE)}
+    assert len(cases) == len(ON_THE_COMMAND_LINE)
+    procs = {}
+    for i, (message, change) in enumerate(cases.items()):
+        write_llama(tmp_path / f"m{i}")
+        rewrite_config(tmp_path / f"m{i}", change)
+        procs[f"--init-from {tmp_path / f'm{i}' / 'config.json'}: {message}"] = subprocess.Popen(
+            [sys.executable, "-m", "graphgpt.run", "--plan", str(plans[False]), "--init-from", str(tmp_path / f"m{i}"),
+             "--steps", "1", "--backend", "numpy", "--generate", "0"],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert_user_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), line)
+
+
+def test_compile_init_from_train_and_export_from_the_command_line(tmp_path):
+    """compile --hf-config, run --init-from, export, and --init-from the export: the exported
+    tensors are the trained checkpoint's, in Hugging Face's layout."""
+    write_llama(tmp_path / "m")
+    plan = tmp_path / "plan"
+    proc = run_cli(COMPILE, str(LLAMA), "--out", str(plan), "--hf-config", str(tmp_path / "m"), *sets(["batch_size=2"]))
+    assert proc.returncode == 0, proc.stderr
+    assert all(plan_io.load(plan).config[k] == v for k, v in CONFIG.items())
+    proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--init-from", str(tmp_path / "m"), "--steps", "2",
+                   "--backend", "numpy", "--generate", "0", "--save", str(tmp_path / "ckpt"))
+    assert proc.returncode == 0, proc.stderr
+    assert (f"from a Hugging Face LLaMA directory {tmp_path / 'm'} (num_hidden_layers {L}, num_attention_heads {H}, "
+            f"num_key_value_heads {HKV}, hidden_size {C}, intermediate_size {F}, vocab_size {V})") in proc.stdout
+    proc = run_cli("tools/export_hf.py", "--plan", str(plan), "--weights", str(tmp_path / "ckpt"),
+                   "--out", str(tmp_path / "exported"))
+    assert proc.returncode == 0, proc.stderr
+    trained = load_weights(tmp_path / "ckpt")
+    exported = load_safetensors(tmp_path / "exported" / "model.safetensors")
+    np.testing.assert_array_equal(exported["model.layers.1.self_attn.k_proj.weight"],
+                                  trained["layers.1.self_attn.k_proj.weight"].T)
+    proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--init-from", str(tmp_path / "exported"),
+                   "--steps", "0", "--backend", "numpy", "--generate", "0")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_plan_of_neither_family_is_not_exported(tmp_path):
+    plan = tmp_path / "plan"
+    compiled = compile_model(ROOT / "models" / "speedrun.py", SETTINGS[:5] + ["block_size=8", "batch_size=2"],
+                             log=lambda *a: None)
+    plan_io.save(compiled.data, plan, compiled.files)
+    save_safetensors(tmp_path / "w.safetensors", init_params(plan_io.load(plan), 0))
+    assert_user_error(run_cli("tools/export_hf.py", "--plan", str(plan), "--weights", str(tmp_path / "w.safetensors"),
+                              "--out", str(tmp_path / "out")), "neither model.py's (GPT-2) nor models/llama.py's")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_leaves_no_partial_export_and_keeps_the_old_one(plans, small_fs, tmp_path):
+    plan = plan_io.load(plans[False])
+    for seed in (0, 1):
+        save_safetensors(tmp_path / f"w{seed}.safetensors", init_params(plan, seed))
+    out = small_fs / "export"
+    assert export_cli(plans[False], tmp_path / "w0.safetensors", out).returncode == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fill(small_fs)
+    assert_user_error(export_cli(plans[False], tmp_path / "w1.safetensors", out), f"cannot write --out {out}",
+                      "the export there is as it was")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert_user_error(export_cli(plans[False], tmp_path / "w1.safetensors", small_fs / "fresh"), "nothing was written")
+    assert sorted(p.name for p in small_fs.iterdir() if not p.name.startswith("filler")) == ["export"]
+
+
+def test_a_llama_transformers_saved_itself_compiles_loads_and_decodes_as_it_does(tmp_path):
+    """Where PyTorch and transformers are importable: a random LlamaForCausalLM of sizes the other
+    tests do not use, saved by transformers (its own config.json), gives a plan through
+    --hf-config whose logits are transformers' within 1e-5 in float32, with its greedy tokens."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=48, num_attention_heads=6, num_key_value_heads=3, intermediate_size=72,
+                                      num_hidden_layers=3, vocab_size=99, max_position_embeddings=24, rope_theta=50000.0,
+                                      rms_norm_eps=1e-5, initializer_range=0.2)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "m")
+    proc = run_cli(COMPILE, str(LLAMA), "--out", str(tmp_path / "plan"), "--hf-config", str(tmp_path / "m"),
+                   *sets(["batch_size=1"]))
+    assert proc.returncode == 0, proc.stderr
+    plan = plan_io.load(tmp_path / "plan")
+    backend = backend_with(plan, hf.load(tmp_path / "m", plan.config, {t["name"]: tuple(t["shape"]) for t in plan.params}))
+    tokens = np.random.default_rng(5).integers(0, 99, (1, 24)).astype(np.int32)
+    with torch.no_grad():
+        def logits_of(ids):
+            return model(torch.from_numpy(ids).long()).logits.numpy()
+        np.testing.assert_allclose(backend.run("generate", {"tokens": tokens})["logits"], logits_of(tokens), rtol=0, atol=1e-5)
+        prompt = [5, 17, 3]
+        assert generate(backend, prompt, 20, 99, 127)[0] == greedy(logits_of, prompt, 20, window=24)
