@@ -399,12 +399,13 @@ def _checkpoint_weights(checkpoint: Path) -> dict[str, np.ndarray]:
 
 def initial_weights(path, plan) -> dict[str, np.ndarray]:
     """--init-from's weights: a .safetensors file, a checkpoint (or a directory of them) or a
-    Hugging Face GPT-2 directory, which must hold exactly the plan's parameters."""
+    Hugging Face GPT-2 or LLaMA directory, which must hold exactly the plan's parameters."""
+    shapes = {t["name"]: tuple(t["shape"]) for t in plan.params}
     try:
-        weights = hf.load(path, plan.config) if hf.is_hf_dir(path) else load_weights(path)
+        weights = hf.load(path, plan.config, shapes) if hf.is_hf_dir(path) else load_weights(path)
     except UserError as e:
         raise UserError(f"--init-from {e}") from None
-    if problem := _mismatch(weights, {t["name"]: (tuple(t["shape"]), None) for t in plan.params}):
+    if problem := _mismatch(weights, {name: (shape, None) for name, shape in shapes.items()}):
         raise UserError(f"--init-from {path} {problem}")
     return weights
 
@@ -531,9 +532,7 @@ def describe_weights(path, weights: dict[str, np.ndarray]) -> str:
     path = Path(path)
     count = f"loaded {sum(int(w.size) for w in weights.values()) / 1e6:.2f}M parameters"
     if hf.is_hf_dir(path):
-        config = json.loads((path / hf.CONFIG).read_text("utf-8"))  # checked when it was loaded
-        sizes = ", ".join(f"{k} {config[k]}" for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions"))
-        return f"{count} from a Hugging Face GPT-2 directory {path} ({sizes})"
+        return f"{count} from {hf.describe(path)}"
     if path.is_file():
         return f"{count} from a .safetensors file {path}"
     checkpoint = path if (path / STATE).exists() else CheckpointDir(path).latest()

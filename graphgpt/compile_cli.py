@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import model_size, optim
+from . import hf, model_size, optim
 from .bpe import KIND as BPE_KIND
 from .compile_report import summary
 from .compiler import compile_model
@@ -50,6 +50,9 @@ def main(argv=None) -> int:
                    help="override a CONFIG key, the compute type (dtype=f32|bf16), sample_batch, "
                         "classifier_chunks (the training logits' chunks of the batch; 0: by their size) "
                         "or an optimizer key (see below), e.g. --set n_layer=2 n_embd=128 (repeatable)")
+    p.add_argument("--hf-config", type=Path, metavar="DIR",
+                   help="the model's sizes from a Hugging Face directory's config.json: a GPT-2's for model.py, "
+                        "a LLaMA's for models/llama.py (--set overrides them)")
     p.add_argument("--data", type=Path, help="build the tokenizer's vocabulary from this text file")
     p.add_argument("--tokenizer", choices=("word", "char", BPE_KIND),
                    help="word (the seed's; default with --data), char (default without) or gpt2 "
@@ -79,6 +82,8 @@ def main(argv=None) -> int:
                 if stray else "the following arguments are required: model")
     try:
         check_out(args.out)  # before any work: a bad --out costs nothing
+        if args.hf_config:  # first, so that an explicit --set of the same key wins
+            overrides = hf.settings(args.hf_config) + overrides
         compiled = compile_model(args.model, overrides, args.data, args.tokenizer, fusion=not args.no_fuse,
                                  remat=args.remat, vocab_path=args.vocab, device_bytes=args.device_memory,
                                  target=TARGETS[args.target], log=lambda line: None)

@@ -271,7 +271,8 @@ ATTRS = {
     "fused": Obj({"program": STEPS}, {"shape": List(Int()), "perm": List(Int())}),
     "sum": Obj({"axes": List(Int()), "keepdims": BOOL}),
     "fused_multi": Obj({"program": STEPS, "results": List(SIGNED)}),
-    # a fused_sum of one result (RMSNorm's weight gradient) has no "results"; LayerNorm's pair has two
+    # results only where it sums several (a plain sum paired with it); a lone one, such as RMSNorm's
+    # weight gradient (no bias gradient beside it), has one result and no list
     "fused_sum": Obj({"program": STEPS, "axes": List(Int()), "keepdims": BOOL}, {"results": List(SIGNED)}),
     "sum_group": Obj({"members": List(Tuple(Str(*BY_OP), PAIRS, Int(), what="a member [op, attributes, inputs]"))}),
     "matmul": Obj({"ta": BOOL, "tb": BOOL}),

@@ -27,6 +27,7 @@ _DTYPES = {
     "BOOL": np.bool_,
 }
 _CODES = {np.dtype(t): code for code, t in _DTYPES.items()}
+BF16 = "BF16"  # bfloat16, which NumPy lacks: read as its bits (a float32's upper half), then widened
 
 
 def save_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
@@ -61,7 +62,8 @@ def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] |
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Tensors of a safetensors file, in header order, as writable native-endian arrays."""
+    """Tensors of a safetensors file, in header order, as writable native-endian arrays (bfloat16
+    ones as float32, exactly)."""
     raw = _read(path)
     if len(raw) < 8:
         raise UserError(f"{path}: not a safetensors file ({len(raw)} bytes, shorter than its header size)")
@@ -87,7 +89,7 @@ def _tensor(path, name: str, entry, data: memoryview) -> np.ndarray:
     if not isinstance(entry, dict):
         raise bad("has no header entry object")
     code = entry.get("dtype")
-    dtype = _DTYPES.get(code) if isinstance(code, str) else None
+    dtype = (np.uint16 if code == BF16 else _DTYPES.get(code)) if isinstance(code, str) else None
     if dtype is None:
         raise bad(f"has unsupported dtype {code!r}")
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
@@ -101,7 +103,8 @@ def _tensor(path, name: str, entry, data: memoryview) -> np.ndarray:
     if end - begin != count * np.dtype(dtype).itemsize:
         raise bad(f"has {end - begin} data bytes for shape {shape} of {code}")
     little = np.dtype(dtype).newbyteorder("<")
-    return np.frombuffer(data, dtype=little, count=count, offset=begin).reshape(shape).astype(dtype)
+    tensor = np.frombuffer(data, dtype=little, count=count, offset=begin).reshape(shape).astype(dtype)
+    return (tensor.astype(np.uint32) << 16).view(np.float32) if code == BF16 else tensor
 
 
 def _is_count(value) -> bool:

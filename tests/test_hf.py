@@ -57,10 +57,15 @@ def plan_of(*extra):
     return Plan(compile_model(ROOT / "model.py", SHAPE + list(extra), log=lambda *a: None).data, "hf")
 
 
+def load(path, plan):
+    """hf.load for a compiled plan: its config and its parameters' shapes."""
+    return hf.load(path, plan.config, {t["name"]: tuple(t["shape"]) for t in plan.params})
+
+
 def test_every_tensor_lands_by_name_with_padding_and_crop(tmp_path):
     tensors = write_hf(tmp_path / "m", vocab=101, positions=12)
     plan = plan_of("tie_weights=1")
-    weights = hf.load(tmp_path / "m", plan.config)
+    weights = load(tmp_path / "m", plan)
     assert set(weights) == {t["name"] for t in plan.params}
     np.testing.assert_array_equal(weights["wte"][:101], tensors["transformer.wte.weight"])
     assert not weights["wte"][101:].any()                                   # padded rows start at zero
@@ -74,20 +79,20 @@ def test_every_tensor_lands_by_name_with_padding_and_crop(tmp_path):
 def test_export_after_import_gives_the_same_tensors(tmp_path, tied):
     tensors = write_hf(tmp_path / "m", tied=tied)
     plan = plan_of(f"tie_weights={int(tied)}")
-    weights = hf.load(tmp_path / "m", plan.config)
+    weights = load(tmp_path / "m", plan)
     hf.save(tmp_path / "out", weights, plan.config, eos_id=98)
     back = load_safetensors(tmp_path / "out" / "model.safetensors")
     assert set(back) == {n for n in tensors if not n.endswith(".attn.bias")}
     for name, value in back.items():
         assert value.tobytes() == tensors[name].tobytes(), name
-    again = hf.load(tmp_path / "out", plan.config)
+    again = load(tmp_path / "out", plan)
     assert all(again[n].tobytes() == weights[n].tobytes() for n in weights)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is tied
 
 
 def test_a_tied_file_starts_an_untied_plan_with_lm_head_as_wte_transposed(tmp_path):
     tensors = write_hf(tmp_path / "m")
-    weights = hf.load(tmp_path / "m", plan_of().config)
+    weights = load(tmp_path / "m", plan_of())
     np.testing.assert_array_equal(weights["lm_head.weight"], tensors["transformer.wte.weight"].T)
 
 
@@ -142,7 +147,7 @@ def test_logits_equal_an_independent_pytorch_gpt2(tmp_path):
     from tools.torch_gpt2 import GPT2, load_weights
     write_hf(tmp_path / "m")
     plan = plan_of("tie_weights=1")
-    weights = hf.load(tmp_path / "m", plan.config)
+    weights = load(tmp_path / "m", plan)
     tokens = np.random.default_rng(1).integers(0, 99, (1, T)).astype(np.int32)
     ours = graphgpt_logits(plan, weights, tokens)
     model = GPT2.from_config(plan.config).double()
@@ -194,12 +199,12 @@ def test_the_round_trip_keeps_the_files_logits(tmp_path):
     file's GPT-2 computes, and its exported and re-imported weights compute the same bits."""
     tensors = write_hf(tmp_path / "m")
     plan = plan_of("tie_weights=1")
-    weights = hf.load(tmp_path / "m", plan.config)
+    weights = load(tmp_path / "m", plan)
     tokens = np.random.default_rng(2).integers(0, 99, (1, T)).astype(np.int32)
     ours = graphgpt_logits(plan, weights, tokens)
     np.testing.assert_allclose(ours, file_logits(tensors, tokens), rtol=1e-9, atol=1e-9)
     hf.save(tmp_path / "out", weights, plan.config, eos_id=98)
-    again = graphgpt_logits(plan, hf.load(tmp_path / "out", plan.config), tokens)
+    again = graphgpt_logits(plan, load(tmp_path / "out", plan), tokens)
     assert again.tobytes() == ours.tobytes()
 
 
@@ -223,7 +228,7 @@ def test_a_config_json_of_the_wrong_shape_names_the_file_and_field(tmp_path, con
         config = json.loads((tmp_path / "m" / "config.json").read_text()) | config
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'm' / message}")):
-        hf.load(tmp_path / "m", CONFIG)
+        hf.load(tmp_path / "m", CONFIG, {})
 
 
 @pytest.mark.parametrize("field", ["model_type", "n_layer", "n_head", "n_embd", "vocab_size", "n_positions"])
@@ -233,7 +238,7 @@ def test_a_config_json_that_lacks_a_field_names_it(tmp_path, field):
     del config[field]
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'm' / 'config.json'}: no {field} field")):
-        hf.load(tmp_path / "m", CONFIG)
+        hf.load(tmp_path / "m", CONFIG, {})
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
-"""python tools/export_hf.py --plan DIR --weights PATH --out DIR: a Hugging Face GPT-2 directory.
+"""python tools/export_hf.py --plan DIR --weights PATH --out DIR: a Hugging Face model directory.
 
-Writes `config.json` and `model.safetensors` of a `GPT2LMHeadModel` (graphgpt/hf.py has the
-layout) from a plan and its weights: a checkpoint, a directory of checkpoints (the latest), or a
-.safetensors file of the plan's parameters. `--init-from` reads such a directory back, weight for
+Writes `config.json` and `model.safetensors` of a `GPT2LMHeadModel` (a plan of model.py) or a
+`LlamaForCausalLM` (a plan of models/llama.py; graphgpt/hf/ has the layouts) from a plan and its
+weights: a checkpoint, a directory of checkpoints (the latest), or a .safetensors file of the
+plan's parameters. `--init-from` reads such a directory back, weight for
 weight. --out must be new, empty, or a directory this tool wrote (exactly those two files).
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ from graphgpt.tokenizer import Tokenizer  # noqa: E402
 def main(argv=None) -> int:
     sys.stdout = GuardedStdout(sys.stdout)
     p = ArgumentParser(prog="tools/export_hf.py", description=(
-        "Write a plan's weights as a Hugging Face GPT2LMHeadModel directory (config.json, model.safetensors)."))
+        "Write a plan's weights as a Hugging Face GPT2LMHeadModel or LlamaForCausalLM directory "
+        "(config.json, model.safetensors)."))
     p.add_argument("--plan", type=Path, required=True, help="the compiled plan the weights belong to")
     p.add_argument("--weights", type=Path, required=True,
                    help="a checkpoint, a directory of checkpoints (its latest) or a .safetensors file")
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
 def export(plan_dir: Path, weights_path: Path, out: Path) -> None:
     check_out(out)
     plan = plan_io.load(plan_dir)
+    hf.family_of_params(t["name"] for t in plan.params)  # a plan of neither family: refused before reading weights
     weights = load_weights(weights_path)
     expected = {t["name"]: tuple(t["shape"]) for t in plan.params}
     if {n: tuple(w.shape) for n, w in weights.items()} != expected:

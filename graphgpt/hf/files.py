@@ -1,0 +1,89 @@
+"""What every Hugging Face family shares: the directory's two files, config.json's type checks,
+the vocabulary's padding and the lm_head, which Hugging Face stores (vocab, n_embd) where graphgpt
+keeps (n_embd, vocab)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..fsutil import atomic_write_text
+from ..tensor_files import save_safetensors
+
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+HEAD = "lm_head.weight"  # Hugging Face's name and graphgpt's, for both families
+
+_IS = {"a string": lambda v: isinstance(v, str), "an integer": lambda v: type(v) is int,
+       "an integer or null": lambda v: v is None or type(v) is int, "a number": lambda v: type(v) in (int, float),
+       "true or false": lambda v: isinstance(v, bool), "an object or null": lambda v: v is None or isinstance(v, dict)}
+
+
+def is_hf_dir(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / CONFIG).is_file() and (Path(path) / WEIGHTS).is_file()
+
+
+def read_config(path: Path) -> dict:
+    """config.json of directory `path`, a JSON object."""
+    try:
+        hf = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path / CONFIG}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{path / CONFIG}: a JSON {type(hf).__name__}, where a Hugging Face config is an object")
+    return hf
+
+
+def check_types(path: Path, hf: dict, fields: dict[str, tuple[str, bool]]) -> None:
+    """One line naming the file and the field: each of `fields` (name -> (its type in words,
+    required)) is present where required and of its type."""
+    for name, (kind, required) in fields.items():
+        if name not in hf:
+            if required:
+                raise UserError(f"{path}: no {name} field")
+        elif not _IS[kind](hf[name]):
+            raise UserError(f"{path}: {name} is {json.dumps(hf[name])}, not {kind}")
+
+
+def requirement(path: Path):
+    """need(ok, what): one line naming the file, where `ok` is false."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise UserError(f"{path}: {what}")
+    return need
+
+
+def pad_rows(table: np.ndarray, rows: int) -> np.ndarray:
+    """A vocabulary table with the plan's `rows`: the rows past the file's start at zero."""
+    if table.shape[0] > rows:
+        raise UserError(f"a table of {table.shape[0]} rows does not fit the plan's {rows}")
+    return np.concatenate([table, np.zeros((rows - table.shape[0], *table.shape[1:]), table.dtype)])
+
+
+def lm_head(path: Path, tensors: dict, tied: bool, table: np.ndarray, config: dict) -> dict[str, np.ndarray]:
+    """The plan's lm_head.weight (n_embd, vocab), none for a tied plan: a file whose head is tied
+    (`tied`) gives its token table's transpose (`table`, padded), an untied one its lm_head.weight."""
+    if config.get("tie_weights"):
+        if not tied:
+            raise UserError(f"{path}: its lm_head is not tied to the token embedding (tie_word_embeddings false); "
+                            "compile the plan with tie_weights=0")
+        return {}
+    if tied:
+        return {HEAD: table.T.copy()}
+    if HEAD not in tensors:
+        raise UserError(f"{path / WEIGHTS}: tie_word_embeddings is false but there is no {HEAD}")
+    return {HEAD: pad_rows(np.asarray(tensors[HEAD], np.float32), config["vocab_size"]).T.copy()}
+
+
+def head_tensor(weights: dict[str, np.ndarray], config: dict) -> dict[str, np.ndarray]:
+    """Hugging Face's lm_head.weight (vocab, n_embd) of an untied plan; none for a tied one."""
+    if config.get("tie_weights"):
+        return {}
+    return {HEAD: np.ascontiguousarray(np.asarray(weights[HEAD], np.float32).T)}
+
+
+def write(path: Path, tensors: dict[str, np.ndarray], hf: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    save_safetensors(path / WEIGHTS, tensors, {"format": "pt"})
+    atomic_write_text(path / CONFIG, json.dumps(hf, indent=2) + "\n")
