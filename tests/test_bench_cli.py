@@ -17,7 +17,7 @@ import pytest
 
 from graphgpt import optim, schedule
 from graphgpt.compiler import compile_model
-from graphgpt.plan import Plan, save
+from graphgpt.plan import Plan, load, save
 from graphgpt.runtime import cuda_available
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import init_params
@@ -49,6 +49,14 @@ def torch_stubs(tmp_path_factory) -> dict:
 
 def tiny_compiled(extra=()):
     return compile_model(ROOT / "model.py", TINY + list(extra), log=lambda *a: None)
+
+
+LLAMA = ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=32", "n_hidden=48", "rope_base=10000", "vocab_size=0",
+         "block_size=8", "batch_size=2"]
+
+
+def tiny_llama(extra=()):
+    return compile_model(ROOT / "models" / "llama.py", LLAMA + list(extra), log=lambda *a: None)
 
 
 @pytest.fixture(scope="module")
@@ -208,14 +216,18 @@ def test_synthetic_batch_targets_are_the_next_tokens():
 
 
 # ---- the torch runner, on the CPU ---------------------------------------------------------------
-@pytest.mark.parametrize("compiled, optimizer", [(False, ["optimizer=adam"]), (True, ["optimizer=adam"]),
-                                                 (False, ["optimizer=adamw", "weight_decay=0.1"])],
-                         ids=["adam", "adam-compiled", "adamw"])
+@pytest.mark.parametrize("model, compiled, optimizer", [
+    (tiny_compiled, False, ["optimizer=adam"]), (tiny_compiled, True, ["optimizer=adam"]),
+    (tiny_compiled, False, ["optimizer=adamw", "weight_decay=0.1"]),
+    (tiny_llama, False, ["optimizer=adamw", "weight_decay=0.1"])], ids=["adam", "adam-compiled", "adamw", "llama"])
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-def test_torch_runner_trains_what_graphgpt_trains(compiled, optimizer):
-    """The runner's steps (float32) end at the NumPy backend's loss after as many updates."""
+def test_torch_runner_trains_what_graphgpt_trains(model, compiled, optimizer, tmp_path):
+    """The runner's steps (float32) end at the NumPy backend's loss after as many updates: GPT-2
+    (tools/torch_gpt2.py) and LLaMA with grouped-query attention (tools/torch_llama.py)."""
     pytest.importorskip("torch", exc_type=ImportError)
-    plan = Plan(tiny_compiled(["lr=1e-2", *optimizer]).data, "t")
+    made = model(["lr=1e-2", *optimizer])
+    save(made.data, tmp_path / "plan", made.files)  # with its constant tables, where it has them
+    plan = load(tmp_path / "plan")
     weights, batch = init_params(plan, seed=0), bench.synthetic_batch(plan.config)
     runner = bench.TorchRunner(plan, weights, batch, compiled=compiled, precision="fp32", optimizer="exact",
                                device="cpu")
