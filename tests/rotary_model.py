@@ -1,6 +1,6 @@
 """A tiny LLaMA-style attention model for the rotary tests: separate q, k and v projections, rotary
-position embedding on q and k (no position table), packed into the (B, T, 3, H, D) that the fused
-causal attention reads. Pre-LayerNorm blocks with a GELU MLP, as model.py's."""
+position embedding on q and k (no position table), and the fused causal attention of the three.
+Pre-LayerNorm blocks with a GELU MLP, as model.py's."""
 import math
 
 from graphgpt.dsl import causal_attention, embedding, gelu, layer_norm, param, rotary
@@ -22,11 +22,7 @@ def attention(x, name, cfg):
     D = C // H
     q, k, v = (linear(x, f"{name}.{part}", C, C).reshape(B, T, H, D) for part in ("q", "k", "v"))
     q, k = rotary(q, cfg["rotary_base"]), rotary(k, cfg["rotary_base"])
-    # packed as the fused attention reads them: each computed straight into its third of a
-    # (3, B, T, H, D) concat (contiguous pieces: built in place), then (B, T, 3, H, D)
-    pieces = [t.reshape(1, B, T, H, D) for t in (q, k, v)]
-    qkv = x.graph.add("concat", pieces, axis=0).transpose(1, 2, 0, 3, 4)
-    y = causal_attention(qkv, 1.0 / math.sqrt(D))
+    y = causal_attention(q, k, v, 1.0 / math.sqrt(D))
     return linear(y.reshape(B, T, C), f"{name}.proj", C, C)
 
 
