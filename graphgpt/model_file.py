@@ -11,7 +11,8 @@ from pathlib import Path
 from . import optim
 from .errors import UserError
 
-SIZES = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "sample_batch")  # CONFIG keys that must be >= 1
+SIZES = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "batch_size", "sample_batch")  # CONFIG keys that must be >= 1
+POSITIVE = ("rope_base", "norm_eps")  # CONFIG numbers that must be > 0
 COMPUTE_DTYPES = ("f32", "bf16")  # dtype=: the type activations and GEMM operands are stored in
 # How a model's attention may be computed: one fused kernel that keeps no (T x T) scores, or the
 # explicit scores, causal softmax and two batched GEMMs (the probabilities then live in memory,
@@ -117,6 +118,12 @@ def check_model_config(cfg: dict, origin=None) -> None:
     if "vocab_size" in cfg:
         need("vocab_size", isinstance(cfg["vocab_size"], int) and cfg["vocab_size"] >= 0,
              "an integer >= 0 (0: the tokenizer's size)")
+    if "n_hidden" in cfg:
+        need("n_hidden", isinstance(cfg["n_hidden"], int) and cfg["n_hidden"] >= 0,
+             "an integer >= 0 (0: the model file's rule)")
+    for key in POSITIVE:
+        if key in cfg:
+            need(key, isinstance(cfg[key], (int, float)) and cfg[key] > 0, "a number > 0")
     if "dtype" in cfg:
         need("dtype", cfg["dtype"] in COMPUTE_DTYPES, " or ".join(COMPUTE_DTYPES))
     if "attention" in cfg:

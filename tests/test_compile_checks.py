@@ -74,6 +74,22 @@ def test_a_setting_out_of_range_is_refused(tmp_path, settings, message):
     assert not (tmp_path / "plan").exists()
 
 
+LLAMA_BAD = [
+    (["n_kv_head=0"], "--set n_kv_head=0: n_kv_head must be an integer >= 1"),
+    (["n_hidden=-5"], "--set n_hidden=-5: n_hidden must be an integer >= 0 (0: the model file's rule)"),
+    (["rope_base=-2"], "--set rope_base=-2: rope_base must be a number > 0"),
+    (["norm_eps=0"], "--set norm_eps=0: norm_eps must be a number > 0"),
+    (["n_kv_head=3"], "causal_attention: 3 key/value heads do not divide 4 query heads"),
+]
+
+
+@pytest.mark.parametrize("settings,message", LLAMA_BAD, ids=[" ".join(s) for s, _ in LLAMA_BAD])
+def test_a_llama_setting_out_of_range_is_refused(tmp_path, settings, message):
+    small = ["n_layer=1", "n_head=4", "n_kv_head=2", "n_embd=32", "n_hidden=64", "vocab_size=0", "block_size=8"]
+    assert_refused(compile_cli(tmp_path / "plan", *small, *settings, model=ROOT / "models" / "llama.py"), message)
+    assert not (tmp_path / "plan").exists()
+
+
 def test_the_model_files_config_is_checked_and_named(tmp_path):
     text = (ROOT / "model.py").read_text()
     model = tmp_path / "model.py"

@@ -3,7 +3,9 @@ backward by declaring the RowNormaliser trait, and trains."""
 import numpy as np
 import pytest
 
+from graphgpt import dsl
 from graphgpt.compiler import compile_model
+from graphgpt.ir import GraphError
 from graphgpt.ops import REGISTRY
 from tests.models import FAST, MODELS, assert_trains_as_unfused, compiled, train
 
@@ -51,3 +53,12 @@ def test_remat_all_recomputes_rms_norms_rows_and_computes_the_same():
     np.testing.assert_allclose(remat_losses, losses, rtol=1e-12)
     for name, value in params.items():
         np.testing.assert_allclose(remat_params[name], value, rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1.0, float("nan")])
+def test_a_normaliser_refuses_an_eps_that_is_not_a_finite_number_above_zero(eps):
+    def build(tracer):
+        x = tracer.input("x", (2, 4))
+        dsl.rms_norm(x, eps=eps)
+    with pytest.raises(GraphError, match="rms_normalize: eps must be a finite number > 0"):
+        dsl.trace(build)

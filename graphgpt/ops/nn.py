@@ -6,6 +6,8 @@ single kernel. Backward-only ops are never differentiated again, so they carry n
 """
 from __future__ import annotations
 
+import math
+
 from ..errors import UserError
 from ..numpy_ops import GELU_C
 from .fused import step_specs
@@ -82,6 +84,7 @@ def _register_row_normaliser(name: str, statistics: tuple[str, ...]) -> None:
 
     def infer(attrs, x):
         float_spec(x)
+        require(math.isfinite(attrs["eps"]) and attrs["eps"] > 0, f"eps must be a finite number > 0, got {attrs['eps']}")
         return [x, *(Spec(x.shape[:-1], "f32") for _ in statistics)]
 
     def vjp(attrs, g, out, x):
