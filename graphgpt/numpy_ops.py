@@ -92,18 +92,21 @@ def relu_grad(attrs, x, g):
     return np.where(x > 0, g, g.dtype.type(0))
 
 
-def _run_program(program, inputs) -> list:
-    """A fused chain's steps (op, attrs, args) in order: arg k >= 0 is step k, -1 - i input i.
-    Every step's value."""
+def run_program(program, inputs, step: Callable | None = None) -> list:
+    """The one walk of a fused chain's program, which the NumPy backend, the registry's shape rules
+    and the pointwise kernels' code share: its steps (op, attrs, args) in order, arg k >= 0 naming
+    step k's value and -1 - i input i; `step(op, attrs, args)` gives a step's value (by default its
+    NumPy reference). Every step's value."""
+    step = step or (lambda op, attrs, args: BY_OP[op](attrs, *args))
     values = []
     for op, attrs, args in program:
-        values.append(BY_OP[op](dict(attrs), *[values[a] if a >= 0 else inputs[-1 - a] for a in args]))
+        values.append(step(op, dict(attrs), [values[a] if a >= 0 else inputs[-1 - a] for a in args]))
     return values
 
 
 @reference("fused")
 def fused(attrs, *arrays):
-    out = _run_program(attrs["program"], arrays)[-1]
+    out = run_program(attrs["program"], arrays)[-1]
     if "shape" in attrs:
         out = out.reshape(attrs["shape"])
     return out.transpose(attrs["perm"]) if "perm" in attrs else out
@@ -117,7 +120,7 @@ def sum_(attrs, x):
 
 @reference("fused_multi")
 def fused_multi(attrs, *arrays):
-    values = _run_program(attrs["program"], arrays)
+    values = run_program(attrs["program"], arrays)
     return tuple(values[r] for r in attrs["results"])
 
 
@@ -125,7 +128,7 @@ def fused_multi(attrs, *arrays):
 def fused_sum(attrs, *arrays):
     if "results" not in attrs:
         return sum_(attrs, fused(attrs, *arrays))
-    values = _run_program(attrs["program"], arrays)
+    values = run_program(attrs["program"], arrays)
     return tuple(sum_(attrs, values[r] if r >= 0 else arrays[-1 - r]) for r in attrs["results"])
 
 
@@ -203,7 +206,7 @@ def _with_epilogue(plain: Callable) -> Callable:
     """A normaliser's outputs, and its chain of the normalised rows as they are before rounding."""
     def fused(attrs, x, *operands):
         outs = plain(attrs, x)
-        return (*outs, _run_program(attrs["program"], (outs[0], *operands))[-1])
+        return (*outs, run_program(attrs["program"], (outs[0], *operands))[-1])
     return fused
 
 

@@ -5,6 +5,7 @@ several results (fused_multi) stores each.
 from __future__ import annotations
 
 from ..dtypes import DTYPES
+from ..numpy_ops import run_program
 from ..ops import REGISTRY
 from ..ops.registry import prod
 from ..target import Target
@@ -47,9 +48,12 @@ def steps(launch) -> list[dict]:
     program = launch["attrs"]["program"] if "program" in launch["attrs"] else \
         [[launch["op"], launch["attrs"], [-1 - i for i in range(len(launch["in"]))]]]
     steps = []
-    for op, attrs, args in program:
-        expr = REGISTRY[op].c_expr(dict(attrs))
+
+    def step(op, attrs, args) -> str:
+        expr = REGISTRY[op].c_expr(attrs)
         if expr is None:
             raise ValueError(f"op {op} in a pointwise kernel has no C expression in its registry entry")
-        steps.append({"op": op, "expr": expr, "args": [f"s{a}" if a >= 0 else f"x{-1 - a}" for a in args]})
+        steps.append({"op": op, "expr": expr, "args": args})
+        return f"s{len(steps) - 1}"  # the variable later steps read it from
+    run_program(program, [f"x{i}" for i in range(len(launch["in"]))], step)
     return steps

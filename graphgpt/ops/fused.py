@@ -22,20 +22,13 @@ LayerNorm's two parameter gradients, sum(g) and sum(g * xhat), so g is read once
 """
 from __future__ import annotations
 
+from ..numpy_ops import run_program
 from .registry import REGISTRY, Op, Reduction, Spec, any_input, register
-
-
-def _run(program, inputs, step) -> list:
-    """Every step's value, in order."""
-    values = []
-    for op, attrs, args in program:
-        values.append(step(op, dict(attrs), [values[a] if a >= 0 else inputs[-1 - a] for a in args]))
-    return values
 
 
 def step_specs(attrs, specs) -> list[Spec]:
     """The spec of every step of attrs["program"] over these input specs."""
-    return _run(attrs["program"], specs, lambda op, a, ins: REGISTRY[op].infer(a, *ins))
+    return run_program(attrs["program"], specs, lambda op, a, ins: REGISTRY[op].infer(a, *ins))
 
 
 def _infer(attrs, *specs: Spec) -> Spec:
