@@ -26,12 +26,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import codegen, dsl, model_size, optim, viz
+from . import dsl, model_size, optim, viz
 from .bpe import KIND as BPE_KIND
 from .compile_report import optimizer_settings, report
 from .errors import UserError
 from .ir import INT, Graph
-from .kernels.gemm import lower_matmul
 from .model_file import failure, load_model, settings, user_frame
 from .passes.chunk_classifier import chunk_classifier
 from .passes.embedding_grads import one_hot_embedding_grads
@@ -40,9 +39,9 @@ from .passes.memory import persistent_layout, plan_program
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
 from .passes.schedule import schedule
 from .passes.simplify import simplify
-from .passes.streams import assign_streams
 from .passes.sum_groups import group_sums
 from .passes.weight_copies import with_weight_copies
+from .lowering import lower
 from .plan_assembly import constant_files, plan_data, program_stats
 from .schedule import DECODE_POSITION, NEXT_TOKEN
 from .target import DEFAULT, Target
@@ -123,15 +122,8 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
 
     programs = {name: (g, peaks[chosen] if name == backward else plan_program(g, schedule(g), layout))
                 for name, g in graphs.items()}
-    data = plan_data(model_path, model_cfg, opt_cfg, tokenizer, layout, programs, fusion, target)
-    for program in data["programs"].values():
-        for launch in program["launches"]:
-            if launch["op"] in ("matmul", "fused_matmul"):
-                launch["cuda"] = lower_matmul(launch)
-    files = codegen.lower_plan(data, target)
-    files.update(constant_files(programs))
-    for program in data["programs"].values():  # after lowering: a kernel's launches share its scratch
-        assign_streams(program, data["arena"]["regions"]["grads"])
+    data = plan_data(model_path, model_cfg, opt_cfg, tokenizer, layout, programs, target)
+    files = {**lower(data, target, join=fusion), **constant_files(programs)}
     dumps = [forward_dump, joint_dump, graphs[backward].summary("optimized")]
     if "update" in graphs:
         dumps.append(graphs["update"].summary("update"))

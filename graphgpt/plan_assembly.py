@@ -12,7 +12,6 @@ from .ir import PERSISTENT_OPS, Graph
 from .ops import REGISTRY
 from .ops.source import const_tensor_values
 from .passes.memory import CONST, Layout, ProgramMemory
-from .passes.multi_tensor import merge_launches
 from .plan import ALIGN, CONSTANTS_FILE, SCHEMA_VERSION, Buffer
 from .tensor_files import safetensors_bytes
 from .target import Target
@@ -20,7 +19,7 @@ from .tokenizer import Tokenizer
 
 
 def plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Tokenizer, layout: Layout,
-              programs: dict[str, tuple[Graph, ProgramMemory]], fusion: bool, target: Target) -> dict:
+              programs: dict[str, tuple[Graph, ProgramMemory]], target: Target) -> dict:
     """plan.json's contents before kernel lowering: the identity, settings, arena, tensors, constants
     and every program's launches, for `target`."""
     by_name = {}  # gradient accumulators are not listed: they are their parameters' "grad" slots
@@ -55,7 +54,7 @@ def plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Token
         "arena": {"bytes": layout.work_base + work, "align": ALIGN, "regions": layout.regions},
         "tensors": tensors,
         "consts": consts,
-        "programs": {name: _program(g, mem, fusion, layout.work_base) for name, (g, mem) in programs.items()},
+        "programs": {name: _program(g, mem) for name, (g, mem) in programs.items()},
         "tokenizer": tokenizer.to_json(),
     }
 
@@ -75,7 +74,7 @@ def constant_files(programs: dict[str, tuple[Graph, ProgramMemory]]) -> dict[str
     return {CONSTANTS_FILE: safetensors_bytes({n.name: const_tensor_values(n.attr).astype(np.float32) for n in tables})}
 
 
-def _program(graph: Graph, mem: ProgramMemory, fusion: bool, work_start: int) -> dict:
+def _program(graph: Graph, mem: ProgramMemory) -> dict:
     def buf(nid: int) -> Buffer:
         n = graph.nodes[nid]
         return Buffer(n.dtype, mem.offsets[nid], n.shape)
@@ -90,8 +89,6 @@ def _program(graph: Graph, mem: ProgramMemory, fusion: bool, work_start: int) ->
     for new, state in mem.copies:
         launches.append({"op": "copy", "kind": REGISTRY["copy"].kind, "out": buf(state), "in": [buf(new)],
                          "attrs": {}, "node": new, "where": "update of " + graph.nodes[state].name})
-    if fusion:
-        launches = merge_launches(launches, work_start)
     inputs = {n.name: buf(n.id) for n in graph.of_op("input")}
     return {
         "inputs": dict(sorted(inputs.items())),

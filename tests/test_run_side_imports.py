@@ -8,7 +8,7 @@ from tests.conftest import COMPILE, ROOT, TINY, sets
 COMPILE_HALF = ("graphgpt.ops", "graphgpt.passes", "graphgpt.optim", "graphgpt.compiler", "graphgpt.codegen",
                 "graphgpt.kernels", "graphgpt.ir", "graphgpt.autodiff", "graphgpt.dsl", "graphgpt.reference",
                 "graphgpt.viz", "graphgpt.target", "graphgpt.compile_cli", "graphgpt.model_file",
-                "graphgpt.plan_assembly", "graphgpt.compile_report")
+                "graphgpt.plan_assembly", "graphgpt.compile_report", "graphgpt.lowering")
 
 TRAIN = """
 import sys
