@@ -67,12 +67,30 @@ def lower_plan(data: dict, target: Target) -> dict[str, str]:
             name, text = _render(op.template, k, rendered)
             if kernels.setdefault(op.template, {}).setdefault(name, text) != text:
                 raise RuntimeError(f"kernel name {name} is shared by two different kernels")
+            args = k.args or [*launch.get("outs", [launch["out"]]), *launch["in"]]
+            _check_parameters(name, text, len(args))
             launch["cuda"] = {"kernel": name, "file": f"kernels/{op.template}.cu", "grid": list(k.grid),
-                              "block": list(k.block), "smem": k.smem,
-                              "args": k.args or [*launch.get("outs", [launch["out"]]), *launch["in"]]}
+                              "block": list(k.block), "smem": k.smem, "args": args}
     _check_shared_memory(data, target)
     return {f"kernels/{family}.cu": _kernel_file(family, list(texts.values()))
             for family, texts in sorted(kernels.items())}
+
+
+def _check_parameters(name: str, text: str, n_args: int) -> None:
+    """The rendered kernel takes one pointer per buffer its launch passes: checked here, where a
+    template and its family disagree, instead of at the launch, where it would read past its
+    arguments."""
+    start = text.index(f" {name}(") + len(name) + 2
+    depth, params, at = 1, 1, start
+    while depth:
+        c = text[at]
+        depth += (c == "(") - (c == ")")
+        params += c == "," and depth == 1
+        at += 1
+    if not text[start:at - 1].strip():
+        params = 0
+    if params != n_args:
+        raise ValueError(f"kernel {name} takes {params} parameters, but its launch passes {n_args} buffers")
 
 
 def _check_shared_memory(data: dict, target: Target) -> None:

@@ -336,3 +336,12 @@ def test_compiling_leaves_pythons_shared_bytes_alone():
     handing it `b" " * 1` (the interpreter's one shared b" ") would turn every b" " into b"\\x00"."""
     compile_cuda('extern "C" __global__ void k() {}', "sm_90")
     assert b" " == bytes([32]) and b" " * 3 == bytes([32, 32, 32])
+
+
+def test_a_kernel_whose_parameters_differ_from_its_launchs_buffers_is_refused_when_rendered():
+    """A launch with one buffer more than its template declares (here a normalize given a second
+    input) is refused by codegen, before any GPU would read past the kernel's arguments."""
+    launch = _launch("normalize", Buffer("f32", 0, (4, 64)), eps=1e-5)
+    launch["in"].append(Buffer("f32", 4096, (64,)))
+    with pytest.raises(ValueError, match=r"takes 4 parameters, but its launch passes 5 buffers"):
+        lower_plan({"programs": {"p": {"launches": [launch]}}}, DEFAULT)
