@@ -240,7 +240,7 @@ def test_rotary_gives_the_numpy_backends_bits(dtype, shape, rows, positioned):
     x, table, position = Buffer(dtype, 0, shape), Buffer("f32", 0, (rows, shape[-1] // 2)), Buffer("i32", 0, ())
     extra = [position] if positioned else []
     launches = [_launch("rotary", x, table, table, *extra, inverse=inverse) for inverse in (False, True)]
-    module = cp.RawModule(code=lower_plan({"programs": {"p": {"launches": launches}}})["kernels/rotary.cu"],
+    module = cp.RawModule(code=lower_plan({"programs": {"p": {"launches": launches}}}, DEFAULT)["kernels/rotary.cu"],
                           options=NVRTC_OPTIONS)
     rng = np.random.default_rng()
     host = rng.standard_normal(shape).astype(np.float32).astype(DTYPES[dtype].numpy)

@@ -12,6 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..dtypes import DTYPES, nbytes
+from ..plan import Buffer
 from .cuda_backend import device_dtype
 
 
@@ -30,7 +31,7 @@ def gemm_rate(cp, stream, blas, dtype: str, n: int = 4096) -> float:
     one = np.ones(1, DTYPES[dtype].numpy).view(device_dtype(dtype))  # 1.0 in that type
     a, b, c = (cp.full((n, n), one[0], one.dtype) for _ in range(3))
     g = {"transa": 0, "transb": 0, "m": n, "n": n, "k": n, "lda": n, "ldb": n, "ldc": n,
-         "stride_a": 0, "stride_b": 0, "stride_c": 0, "batch": 1, **{x: [dtype, 0, [n, n]] for x in "abc"}}
+         "stride_a": 0, "stride_b": 0, "stride_c": 0, "batch": 1, **{x: Buffer(dtype, 0, (n, n)) for x in "abc"}}
     ms = _median_ms(cp, stream, lambda: blas.gemm(g, a.data.ptr, b.data.ptr, c.data.ptr))
     return 2 * n ** 3 / (ms / 1e3)
 
