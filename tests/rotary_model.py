@@ -3,17 +3,10 @@ position embedding on q and k (no position table), and the fused causal attentio
 Pre-LayerNorm blocks with a GELU MLP, as model.py's."""
 import math
 
-from graphgpt.dsl import causal_attention, embedding, gelu, layer_norm, param, rotary
+from graphgpt.dsl import causal_attention, embedding, gelu, param, rotary
+from tests.gqa_model import linear, norm
 
 CONFIG = dict(n_layer=2, n_head=2, n_embd=16, block_size=8, batch_size=2, vocab_size=0, rotary_base=10000.0)
-
-
-def linear(x, name, n_in, n_out):
-    return x @ param(f"{name}.weight", (n_in, n_out)) + param(f"{name}.bias", (n_out,), init="zeros")
-
-
-def norm(x, name, n):
-    return layer_norm(x, param(f"{name}.weight", (n,), init="ones"), param(f"{name}.bias", (n,), init="zeros"))
 
 
 def attention(x, name, cfg):
