@@ -129,7 +129,7 @@ def test_gpt2_124m_in_bf16_writes_the_fused_loss_gradient_over_the_logits(monkey
     fused = [launch for launch in data["programs"]["train"]["launches"] if launch["op"] == "cross_entropy_with_grad"]
     assert len(fused) == 4
     for launch in fused:
-        logits, loss, dlogits = launch["in"][0], *launch["outs"]
+        logits, _loss, dlogits = launch["in"][0], *launch["outs"]
         assert logits.shape == (4, 1024, 50304) and dlogits == logits
     with monkeypatch.context() as m:
         m.setattr(fuse_pass, "_loss_with_grad", lambda graph: graph)

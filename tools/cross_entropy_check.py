@@ -26,7 +26,6 @@ from graphgpt.dtypes import DTYPES  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
 from graphgpt.plan import Buffer  # noqa: E402
-from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
 
