@@ -1,4 +1,5 @@
-"""Pointwise arithmetic with NumPy broadcasting, and casts between float types.
+"""Pointwise arithmetic with NumPy broadcasting, casts between float types, and the activations
+(GELU, SiLU, ReLU) with their backward-only derivatives: the elementwise kernel family.
 
 Both operands of a binary op have one dtype, except that a scalar (a constant, a learning rate)
 takes the dtype of the tensor it meets: it is read into a float register like any operand."""
@@ -7,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import DTYPES
-from .registry import FLOATS, Op, Spec, any_input, float_spec, register, require
+from ..numpy_ops import GELU_C
+from .registry import BACKWARD_ONLY, FLOATS, GemmEpilogue, Op, Spec, any_input, float_spec, register, require, same
 from .shape import unbroadcast
 
 
@@ -74,3 +76,31 @@ def _cast_expr(attrs) -> str:
 register(Op("cast", "elementwise", _cast_infer,
             vjp=lambda a, g, out, x: (g.graph.add("cast", (g,), dtype=x.dtype),),
             template="elementwise", expr=_cast_expr, overwrites=any_input, casts=True))
+
+
+# ---- GELU, tanh approximation ------------------------------------------------------------------
+# The same formulas in CUDA C; the repeated tanh is one call after the compiler's CSE.
+_TANH = f"tanhf({GELU_C!r}f * (a + 0.044715f * a * a * a))"
+register(Op("gelu", "elementwise", same,
+            vjp=lambda a, g, out, x: (g.graph.add("gelu_grad", (x, g)),),
+            template="elementwise", expr=f"0.5f * a * (1.0f + {_TANH})", gemm_epilogue=GemmEpilogue("gelu"),
+            remat_root="gelu"))
+register(Op("gelu_grad", "elementwise", same, nondiff=BACKWARD_ONLY,
+            template="elementwise", gemm_epilogue=GemmEpilogue("gelu_grad", grad=True),
+            expr=f"b * (0.5f * (1.0f + {_TANH}) + 0.5f * a * (1.0f - {_TANH} * {_TANH}) * {GELU_C!r}f"
+                 f" * (1.0f + 3.0f * 0.044715f * a * a))"))
+
+
+# ---- SiLU (x * sigmoid(x), LLaMA's gate) and ReLU: their derivatives read the input -----------
+_SIGMOID = "(1.0f / (1.0f + expf(-a)))"
+register(Op("silu", "elementwise", same,
+            vjp=lambda a, g, out, x: (g.graph.add("silu_grad", (x, g)),),
+            template="elementwise", expr=f"a * {_SIGMOID}"))
+register(Op("silu_grad", "elementwise", same, nondiff=BACKWARD_ONLY, template="elementwise",
+            expr=f"b * {_SIGMOID} * (1.0f + a * (1.0f - {_SIGMOID}))"))
+# a NaN passes through ReLU, as through np.maximum(x, 0): a NaN loss must show
+register(Op("relu", "elementwise", same,
+            vjp=lambda a, g, out, x: (g.graph.add("relu_grad", (x, g)),),
+            template="elementwise", expr="(a > 0.0f || a != a) ? a : 0.0f"))
+register(Op("relu_grad", "elementwise", same, nondiff=BACKWARD_ONLY, template="elementwise",
+            expr="a > 0.0f ? b : 0.0f"))

@@ -87,6 +87,7 @@ A new op registers here and gets its gradient test, its NumPy execution and its 
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
@@ -112,7 +113,7 @@ class RowNormaliser:
     rows as it stores them (an affine part), whose result is its last output; None for that op.
     `grad` names its backward op, grad(x, g, *statistics), and `fused_grad` the one that also
     scales g by a per-column weight as it loads it and adds its result to a residual gradient
-    as it stores it (attrs "scaled", "accumulate"; see ops/nn.py's fused_normalize_grad)."""
+    as it stores it (attrs "scaled", "accumulate"; see ops/layernorm.py)."""
     rows: int
     statistics: tuple[int, ...]
     with_epilogue: str | None = None
@@ -190,6 +191,7 @@ class Op:
     casts: bool = False
     adds: bool = False
     multiplies: bool = False
+    module: str = ""  # the module that registered it (set by `register`): a family's is ops/<template>.py
 
     def c_expr(self, attrs: dict) -> str | None:
         return self.expr(attrs) if callable(self.expr) else self.expr
@@ -212,6 +214,7 @@ def register(op: Op) -> Op:
     if op.kind != "source":
         assert op.ref is None and op.name in BY_OP, f"op {op.name}: its reference belongs in numpy_ops.py"
         op = replace(op, ref=BY_OP[op.name])
+    op = replace(op, module=sys._getframe(1).f_globals["__name__"])  # where it is declared
     REGISTRY[op.name] = op
     return op
 
@@ -246,3 +249,15 @@ def out_dtype(attrs: dict, default: str) -> str:
     dtype = attrs.get("dtype", default)
     require(dtype in FLOATS, f"unknown float dtype {dtype}")
     return dtype
+
+
+BACKWARD_ONLY = "backward-only: emitted by a VJP rule, checked through its forward op's gradient test"
+FUSION_MADE = "made by the fusion pass, which runs after autodiff"
+
+
+def same(attrs, x, *rest):
+    """The shape rule of an op whose operands and output are one float shape and type."""
+    float_spec(x)
+    for r in rest:
+        require(r.shape == x.shape and r.dtype == x.dtype, f"operands differ: {x.shape} vs {r.shape}")
+    return x

@@ -286,7 +286,7 @@ def _joined_programs(members: list[Node]) -> tuple[list[int], tuple, tuple[int, 
 
 def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> tuple[dict[int, Node], set[int]]:
     """A row normaliser's backward (LayerNorm's): grad(x, dy * gamma), added to the residual's
-    gradient, becomes one fused_grad (fused_normalize_grad, see ops/nn.py). Returns the new nodes
+    gradient, becomes one fused_grad (fused_normalize_grad, see ops/layernorm.py). Returns the new nodes
     by the id they replace, and the ids they absorb."""
     fused_grad = {t.grad: t.fused_grad for t in (op.row_normaliser for op in REGISTRY.values()) if t and t.grad}
     rows, absorbed = {}, set()
