@@ -98,10 +98,11 @@ def test_the_thread_literal_pattern_finds_what_it_should():
 
 
 def test_a_familys_ops_are_registered_beside_it():
-    """ops/<family>.py registers the ops kernels/<family>.py lowers and templates/<family>.cu.j2
-    renders: an op family is found under one name. The chains the fusion pass makes (ops/fused.py)
-    run in the families of their steps."""
+    """ops/<family>.py registers the ops whose references numpy_ops/<family>.py holds,
+    kernels/<family>.py lowers and templates/<family>.cu.j2 renders: an op family is found under
+    one name. The chains the fusion pass makes (ops/fused.py) run in the families of their steps."""
     for name, op in REGISTRY.items():
         if op.template:
             assert op.module in (f"graphgpt.ops.{op.template}", "graphgpt.ops.fused"), (name, op.module)
+            assert op.ref.__module__ == f"graphgpt.numpy_ops.{op.template}", (name, op.ref.__module__)
             assert (KERNELS / f"{op.template}.py").is_file() and (ROOT / "templates" / f"{op.template}.cu.j2").is_file()

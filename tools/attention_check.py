@@ -3,7 +3,7 @@
 For each shape, the three kernels (forward, query gradient, key/value gradient) are rendered from
 templates/attention.cu.j2 exactly as a plan renders them, run on fresh random inputs with their
 outputs poisoned (NaN) before each launch, and checked against the float64 NumPy references of
-graphgpt/numpy_ops.py on two batch entries (norm-relative error: 1e-2 in bf16, 1e-5 in float32). Then
+graphgpt/numpy_ops/attention.py on two batch entries (norm-relative error: 1e-2 in bf16, 1e-5 in float32). Then
 each is timed with CUDA events (the median of `--repeat` launches after warm-up; the backward as
 its two kernels together and each alone), with PyTorch's
 scaled_dot_product_attention (causal, same shapes and type) forward and forward + backward timed

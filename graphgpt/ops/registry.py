@@ -212,7 +212,7 @@ def register(op: Op) -> Op:
     assert (op.vjp is None) != (op.nondiff is None), f"op {op.name}: give a vjp or say why not"
     assert (op.kind == "source") == (op.source is not None), f"op {op.name}: a source names its arena region"
     if op.kind != "source":
-        assert op.ref is None and op.name in BY_OP, f"op {op.name}: its reference belongs in numpy_ops.py"
+        assert op.ref is None and op.name in BY_OP, f"op {op.name}: its reference belongs in graphgpt/numpy_ops/"
         op = replace(op, ref=BY_OP[op.name])
     op = replace(op, module=sys._getframe(1).f_globals["__name__"])  # where it is declared
     REGISTRY[op.name] = op
