@@ -23,6 +23,7 @@ constants) and the work region, which is as large as the largest program needs.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     elif model_cfg["vocab_size"] < len(tokenizer.vocab):
         raise UserError(f"vocab_size {model_cfg['vocab_size']} is smaller than the tokenizer's "
                         f"{len(tokenizer.vocab)} tokens")
-    model_size.check_fits(model_cfg, device_bytes)
+    with _model_code(module):
+        model_size.check_fits(model_cfg, device_bytes, getattr(module, "parameters", None))
     log(f"compiling {model_path.name}: " + " ".join(f"{k}={v}" for k, v in model_cfg.items()))
     log(f"  optimizer  {optimizer_settings(opt_cfg)}")
     source = vocab_path if tokenizer.kind == BPE_KIND else data_path and data_path.name
@@ -191,10 +193,16 @@ def _trace(module, cfg: dict, batch: int, seq: int, with_loss: bool, training: b
             tracer.graph.outputs["logits"] = logits.id
             if greedy:
                 tracer.graph.outputs[NEXT_TOKEN] = logits.graph.add("argmax", (logits,), limit=greedy).id
-    try:
+    with _model_code(module):
         return dsl.trace(build, cfg["dtype"], training, caches).graph
+
+
+@contextmanager
+def _model_code(module):
+    """Run the model file's code: what it raises (or its sys.exit) is one line naming its line."""
+    try:
+        yield
     except UserError:
         raise
     except (Exception, SystemExit) as e:
-        path = Path(module.__file__)
-        raise UserError(f"{user_frame(e, path)}: {failure(e)}") from None
+        raise UserError(f"{user_frame(e, Path(module.__file__))}: {failure(e)}") from None

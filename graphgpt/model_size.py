@@ -1,12 +1,16 @@
-"""How large a GPT-2 configuration is, from its CONFIG alone, before anything is traced.
+"""How large a model is, from its CONFIG alone, before anything is traced.
 
 Tracing a model builds a node per op, so a configuration of absurd size (`n_layer=10**20`,
 `n_embd=10**6`) would trace until memory runs out. Its parameters and a lower bound of its arena
 are arithmetic on the CONFIG, so such a model is refused at once, naming both numbers and the
-memory of the largest device the plan targets. The compiled plan's exact arena is checked against
-the same target once it is known.
+memory of the largest device the plan targets. A model file counts its own parameters when it
+defines `parameters(cfg)` (models/llama.py does); a CONFIG with GPT-2's keys and no such function
+is counted as GPT-2. The compiled plan's exact arena is checked against the same target once it is
+known.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 from .errors import UserError
 
@@ -24,22 +28,26 @@ def parameters(cfg: dict) -> int:
     return V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C + head
 
 
-def arena_lower_bound(cfg: dict) -> int:
+def arena_lower_bound(cfg: dict, n_params: int | None = None) -> int:
     """Bytes no plan of this configuration can do without: weights, gradients and Adam's moments
-    in float32, and one (batch, block, n_embd) activation with the token ids and targets."""
+    in float32 (of `n_params`, by default GPT-2's count), and one (batch, block, n_embd) activation
+    with the token ids and targets."""
     rows = max(cfg["batch_size"], cfg.get("sample_batch", 1)) * cfg["block_size"]
     activation = 2 if cfg.get("dtype") == "bf16" else 4
-    return ADAM_BYTES * parameters(cfg) + rows * cfg["n_embd"] * activation + 2 * rows * 4
+    n_params = parameters(cfg) if n_params is None else n_params
+    return ADAM_BYTES * n_params + rows * cfg["n_embd"] * activation + 2 * rows * 4
 
 
-def check_fits(cfg: dict, device_bytes: int) -> None:
-    """Refuse a GPT-2 configuration (one with every key of GPT2_KEYS) whose arena cannot fit the
-    device; other models are checked once compiled (`check_arena`)."""
+def check_fits(cfg: dict, device_bytes: int, count: Callable[[dict], int] | None = None) -> None:
+    """Refuse a configuration whose arena cannot fit the device, its parameters counted by `count`
+    (the model file's own), else by GPT-2's formula where the CONFIG has every key of GPT2_KEYS;
+    other models are checked once compiled (`check_arena`)."""
     if not all(isinstance(cfg.get(key), int) for key in GPT2_KEYS):
         return
-    need = arena_lower_bound(cfg)
+    n_params = (count or parameters)(cfg)
+    need = arena_lower_bound(cfg, n_params)
     if need > device_bytes:
-        raise UserError(f"the model has {parameters(cfg):.3g} parameters and needs at least {_gb(need)} of arena, "
+        raise UserError(f"the model has {n_params:.3g} parameters and needs at least {_gb(need)} of arena, "
                         f"more than the {_gb(device_bytes)} of the largest device it targets (--device-memory)")
 
 

@@ -35,6 +35,15 @@ def hidden_size(cfg) -> int:
     return MULTIPLE_OF * -(-hidden // MULTIPLE_OF)
 
 
+def parameters(cfg) -> int:
+    """The parameters forward declares, counted from cfg alone (compile refuses a size that cannot
+    fit before tracing it)."""
+    C, V, H, H_kv = cfg["n_embd"], cfg["vocab_size"], cfg["n_head"], cfg["n_kv_head"]
+    D = C // H
+    layer = 2 * C + 2 * C * H * D + 2 * C * H_kv * D + 3 * C * hidden_size(cfg)  # norms, q and o, k and v, MLP
+    return V * C + cfg["n_layer"] * layer + C + (0 if cfg["tie_weights"] else C * V)
+
+
 def attention(x, i, cfg):
     B, T, C = x.shape
     H, H_kv = cfg["n_head"], cfg["n_kv_head"]

@@ -23,6 +23,15 @@ CONFIG = dict(
 )
 
 
+def parameters(cfg) -> int:
+    """The parameters forward declares, counted from cfg alone (compile refuses a size that cannot
+    fit before tracing it)."""
+    C, V, H, H_kv = cfg["n_embd"], cfg["vocab_size"], cfg["n_head"], cfg["n_kv_head"]
+    D, F = C // H, cfg["n_hidden"] or 4 * C
+    layer = 2 * C * H * D + 2 * C * H_kv * D + 2 * C * F  # q and proj, k and v, the MLP
+    return V * C + cfg["n_layer"] * layer + (0 if cfg["tie_weights"] else C * V)
+
+
 def attention(x, i, cfg):
     B, T, C = x.shape
     H, H_kv = cfg["n_head"], cfg["n_kv_head"]

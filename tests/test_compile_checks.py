@@ -17,6 +17,7 @@ import pytest
 from graphgpt import model_size, optim, plan as plan_io, schedule
 from graphgpt.compiler import compile_model
 from graphgpt.errors import UserError
+from graphgpt.model_file import load_model
 from tests.conftest import COMPILE, ROOT, TINY, fill, run_cli, sets
 
 
@@ -361,3 +362,33 @@ def test_an_integer_key_takes_digits_only(tmp_path, setting):
 def test_a_head_too_wide_for_decoding_is_named(tmp_path):
     assert_refused(compile_cli(tmp_path / "p", "n_embd=8192", "n_head=1", "n_layer=1", "block_size=8", "batch_size=2"),
                    "decoding sums a head's 8192 dimensions in shared memory, which holds 49152 bytes")
+
+
+@pytest.mark.parametrize("model, settings", [
+    ("llama", ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=32", "n_hidden=0", "tie_weights=0"]),
+    ("llama", ["n_layer=3", "n_head=4", "n_kv_head=1", "n_embd=64", "n_hidden=96", "tie_weights=1"]),
+    ("speedrun", ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=32", "n_hidden=0", "tie_weights=0"]),
+])
+def test_a_model_file_counts_its_own_parameters(model, settings):
+    """models/llama.py's and models/speedrun.py's parameters(cfg) is what their forward declares,
+    so the size check before tracing is exact for them, where GPT-2's formula is not."""
+    path = ROOT / "models" / f"{model}.py"
+    data = compile_model(path, settings + ["vocab_size=128", "block_size=8", "batch_size=2"], log=lambda *a: None).data
+    declared = sum(math.prod(t["shape"]) for t in data["tensors"] if t["kind"] == "param")
+    module = load_model(path)
+    assert module.parameters(data["config"]) == declared
+    assert model_size.parameters(data["config"]) != declared  # GPT-2's count would have been wrong
+
+
+def test_a_llama_too_large_is_refused_before_tracing_by_its_own_count():
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=r"the model has 2\.18e\+27 parameters and needs at least 3\.49e\+19 GB of arena"):
+        compile_model(ROOT / "models" / "llama.py", ["n_layer=10000000000000000000"], log=lambda *a: None)
+    assert time.perf_counter() - started < 10
+
+
+def test_a_parameter_count_that_raises_is_one_line_naming_its_line(tmp_path):
+    model = tmp_path / "counted.py"
+    model.write_text((ROOT / "model.py").read_text() + "\n\ndef parameters(cfg):\n    return cfg['n_layer'] // 0\n")
+    assert_refused(compile_cli(tmp_path / "plan", *TINY, model=model), "counted.py:77: ZeroDivisionError")
+    assert not (tmp_path / "plan").exists()
