@@ -69,12 +69,8 @@ BAD_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("settings,message", BAD_SETTINGS, ids=[" ".join(s) for s, _ in BAD_SETTINGS])
-def test_a_setting_out_of_range_is_refused(tmp_path, settings, message):
-    assert_refused(compile_cli(tmp_path / "plan", *settings), message)
-    assert not (tmp_path / "plan").exists()
-
-
+# models/llama.py's own keys, on a small LLaMA
+LLAMA_SMALL = ["n_layer=1", "n_head=4", "n_kv_head=2", "n_embd=32", "n_hidden=64", "vocab_size=0", "block_size=8"]
 LLAMA_BAD = [
     (["n_kv_head=0"], "--set n_kv_head=0: n_kv_head must be an integer >= 1"),
     (["n_hidden=-5"], "--set n_hidden=-5: n_hidden must be an integer >= 0 (0: the model file's rule)"),
@@ -82,12 +78,14 @@ LLAMA_BAD = [
     (["norm_eps=0"], "--set norm_eps=0: norm_eps must be a number > 0"),
     (["n_kv_head=3"], "causal_attention: 3 key/value heads do not divide 4 query heads"),
 ]
+OUT_OF_RANGE = ([("model.py", s, m) for s, m in BAD_SETTINGS]
+                + [("models/llama.py", LLAMA_SMALL + s, m) for s, m in LLAMA_BAD])
 
 
-@pytest.mark.parametrize("settings,message", LLAMA_BAD, ids=[" ".join(s) for s, _ in LLAMA_BAD])
-def test_a_llama_setting_out_of_range_is_refused(tmp_path, settings, message):
-    small = ["n_layer=1", "n_head=4", "n_kv_head=2", "n_embd=32", "n_hidden=64", "vocab_size=0", "block_size=8"]
-    assert_refused(compile_cli(tmp_path / "plan", *small, *settings, model=ROOT / "models" / "llama.py"), message)
+@pytest.mark.parametrize("model,settings,message", OUT_OF_RANGE,
+                         ids=[f"{model} {s[-1]}" for model, s, _ in OUT_OF_RANGE])
+def test_a_setting_out_of_range_is_refused(tmp_path, model, settings, message):
+    assert_refused(compile_cli(tmp_path / "plan", *settings, model=ROOT / model), message)
     assert not (tmp_path / "plan").exists()
 
 
