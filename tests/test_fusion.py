@@ -1,4 +1,7 @@
 """The fusion pass changes how a step runs, never what it computes."""
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,7 +11,7 @@ from graphgpt.data import SequentialSampler
 from graphgpt.ops import REGISTRY
 from graphgpt.ops.registry import Spec
 from graphgpt.passes import fuse as fuse_pass
-from graphgpt.plan import Plan
+from graphgpt import plan as plan_io
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import Trainer
 from tests.conftest import ROOT
@@ -16,8 +19,11 @@ from tests.conftest import ROOT
 TWO_LAYERS = ["n_layer=2", "n_head=4", "n_embd=64", "block_size=32", "batch_size=4"]
 
 
-def three_steps(overrides, fusion, dtype):
-    plan = Plan(compile_model(ROOT / "model.py", overrides, fusion=fusion, log=lambda *a: None).data, "t")
+def three_steps(overrides, fusion, dtype, model=ROOT / "model.py"):
+    compiled = compile_model(model, overrides, fusion=fusion, log=lambda *a: None)
+    with tempfile.TemporaryDirectory() as out:  # through its files: a model's constant tensors are one
+        plan_io.save(compiled.data, Path(out) / "plan", compiled.files)
+        plan = plan_io.load(Path(out) / "plan")
     tokens = np.random.default_rng(0).integers(0, plan.config["vocab_size"], 40_000).astype(np.int32)
     backend = NumpyBackend(plan, dtype)
     trainer = Trainer(plan, backend, SequentialSampler(tokens, plan.config["batch_size"], plan.config["block_size"]))
@@ -93,10 +99,36 @@ def test_the_update_as_one_launch_trains_bit_for_bit_as_its_parts(monkeypatch, o
     """Step 6 joins m, v, the weights (and bf16 copies) into one launch; computed apart, in the
     launches that each read what the one before wrote, every bit is the same."""
     losses, params, n = three_steps(overrides, True, dtype)
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m:  # nor joined by step 7, as siblings that read the gradient
         m.setattr(fuse_pass, "_update_groups", lambda graph: graph)
+        m.setattr(fuse_pass, "_sibling_chains", lambda graph: graph)
         apart_losses, apart, n_apart = three_steps(overrides, True, dtype)
     assert n == n_apart - (3 if "dtype=bf16" in overrides else 2)
+    assert losses == apart_losses
+    for name, value in apart.items():
+        np.testing.assert_array_equal(params[name], value, err_msg=name)
+
+
+LLAMA = ROOT / "models" / "llama.py"
+LLAMA_TWO_LAYERS = ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=64", "n_hidden=96", "block_size=32",
+                    "batch_size=4", "vocab_size=256"]
+
+
+@pytest.mark.parametrize("overrides,dtype", [(LLAMA_TWO_LAYERS, np.float64), (LLAMA_TWO_LAYERS + ["dtype=bf16"], np.float32),
+                                             (LLAMA_TWO_LAYERS + ["dtype=bf16", "grad_accum=2"], np.float32)],
+                         ids=["float64", "bf16", "bf16-accumulating"])
+def test_swiglus_two_gradients_are_one_launch_that_trains_bit_for_bit_as_two(monkeypatch, overrides, dtype):
+    """Step 7: the gradients of SwiGLU's gate and up projection, two chains that read the gate and
+    the product's gradient, are one fused_multi writing both; apart, every bit is the same."""
+    losses, params, n = three_steps(overrides, True, dtype, LLAMA)
+    data = compile_model(LLAMA, overrides, log=lambda *a: None).data
+    backward = data["programs"]["accumulate" if "grad_accum=2" in overrides else "train"]["launches"]
+    pairs = [x for x in backward if x["op"] == "fused_multi" and {s[0] for s in x["attrs"]["program"]} >= {"silu", "silu_grad"}]
+    assert len(pairs) == 2 and all(len(x["outs"]) == 2 and len(x["in"]) == 3 for x in pairs)  # gate, up, the gradient
+    with monkeypatch.context() as m:
+        m.setattr(fuse_pass, "_sibling_chains", lambda graph: graph)
+        apart_losses, apart, n_apart = three_steps(overrides, True, dtype, LLAMA)
+    assert n == n_apart - 2
     assert losses == apart_losses
     for name, value in apart.items():
         np.testing.assert_array_equal(params[name], value, err_msg=name)
@@ -217,7 +249,7 @@ def test_gelu_and_its_gradient_run_in_the_gemms_beside_them(remat):
 def _first_gradients(overrides) -> tuple[float, dict[str, np.ndarray], int]:
     """The loss and every parameter's gradient of one bf16 step from the initial weights, and the
     step's launch count."""
-    plan = Plan(compile_model(ROOT / "model.py", overrides, log=lambda *a: None).data, "t")
+    plan = plan_io.Plan(compile_model(ROOT / "model.py", overrides, log=lambda *a: None).data, "t")
     backend = NumpyBackend(plan, np.float32)
     B, T = plan.config["batch_size"], plan.config["block_size"]
     Trainer(plan, backend, SequentialSampler(np.zeros(1000, np.int32), B, T))  # the initial weights

@@ -36,6 +36,10 @@ GEMMs, other reductions, row ops and broadcasts to larger shapes otherwise stay 
    reads, become one fused_multi with a result for each: a weight's Adam moments, the weight and
    its bf16 copy are one kernel that reads the gradient, the moments and the weight once, instead
    of four that each re-read what the one before wrote.
+7. Two pointwise chains of one shape that read a tensor of that shape in common, neither reading
+   the other, become one fused_multi with a result for each, which reads their operands once:
+   SwiGLU's backward, whose gate and up-projection gradients both read the gate and the gradient
+   of the product.
 
 `gelu_epilogues` runs after rematerialisation (which recomputes GELU outputs by their op) and
 gives GELU and its gradient to the bf16 GEMMs next to them, cuBLASLt's GELU epilogues:
@@ -107,7 +111,7 @@ def fuse(graph: Graph) -> Graph:
         elif pointwise(n) and any(i in inlined for i in n.inputs):
             n = _fused_node(graph, n, inlined)
         rw.put(n)
-    return _update_groups(_paired_sums(_normalize_epilogues(rw.finish())))
+    return _sibling_chains(_update_groups(_paired_sums(_normalize_epilogues(rw.finish()))))
 
 
 def _prologue_form(n: Node) -> str | None:
@@ -261,6 +265,54 @@ def _update_groups(graph: Graph) -> Graph:
     for i in moved:
         del graph.nodes[i]
     return graph
+
+
+def _sibling_chains(graph: Graph) -> Graph:
+    """Step 7. The fused_multi takes the earlier chain's id, and its place where every operand of
+    the later one is computed by then, else the later one's place where nothing reads the earlier
+    result before it (so neither chain reads the other). The later chain's result keeps its id,
+    the earlier's gets a new one, which its readers are given instead."""
+    place = {i: k for k, i in enumerate(graph.nodes)}
+    users = graph.users()
+
+    def chain(n: Node) -> bool:
+        return REGISTRY[n.op].kind == "elementwise" and not n.specs and not {"perm", "shape"} & set(n.attr)
+
+    def joinable(first: Node, later: Node) -> bool:
+        return (first.id not in taken and chain(first) and first.shape == later.shape
+                and place[first.id] < place[later.id] and later.id not in users[first.id]
+                and (all(place[i] < place[first.id] for i in later.inputs)
+                     or all(place[w] > place[later.id] for w in users[first.id])))
+    at: dict[int, tuple[Node, Node]] = {}  # where a pair's fused_multi goes -> (the earlier, the later)
+    taken: set[int] = set()
+    for f in (m for m in graph.nodes.values() if chain(m) and m.id not in taken):
+        for i in dict.fromkeys(f.inputs):
+            s = next((graph.nodes[u] for u in users[i] if graph.nodes[i].shape == f.shape
+                      and joinable(graph.nodes[u], f)), None)
+            if s is not None:
+                early = all(place[i] < place[s.id] for i in f.inputs)
+                at[s.id if early else f.id] = (s, f)
+                taken |= {s.id, f.id}
+                break
+    if not at:
+        return graph
+    rw = Rewrite(graph)
+    for n in graph.nodes.values():
+        if n.id in taken and n.id not in at:
+            continue  # computed at the pair's place
+        if n.id not in at:
+            rw.keep(n)
+            continue
+        first, later = at[n.id]
+        inputs, program, results = _joined_programs([first, later])
+        rw.put(rw.read(replace(later, id=first.id, op="fused_multi", inputs=tuple(inputs), shape=(), dtype=TUPLE,
+                               attrs=frozen_attrs({"program": program, "results": results}),
+                               specs=((first.shape, first.dtype), (later.shape, later.dtype)), where=first.where)))
+        fresh = rw.fresh_id()
+        rw.rename(first.id, fresh)
+        for k, (nid, m) in enumerate(((fresh, first), (later.id, later))):
+            rw.put(projection(nid, first.id, k, m))
+    return rw.finish()
 
 
 def _joined_programs(members: list[Node]) -> tuple[list[int], tuple, tuple[int, ...]]:
