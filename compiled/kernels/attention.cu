@@ -112,18 +112,23 @@ __device__ __forceinline__ float quad_max(float x)
 
 
 // ---- tensor cores: shared-memory tiles, ldmatrix and mma.sync m16n8k16 (bf16 in, f32 out) -----
+
 __device__ __forceinline__ unsigned smem_addr(const void* p)
 {
     unsigned a;
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
     return a;
 }
+// 16 bytes from global to shared memory without a register between, and their waits: the
+// caller commits its copies as a group and waits until at most N groups are in flight.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(smem_addr(dst)), "l"(src) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+
 
 // Four 8x8 b16 matrices, each lane giving one row address (lanes 8m..8m+7: matrix m's rows).
 // Without .trans lane l receives row l/4, columns 2(l%4), 2(l%4)+1 of each; with .trans the

@@ -126,6 +126,22 @@ __device__ __forceinline__ MaxSum warp_merge(MaxSum a)
 }
 
 
+__device__ __forceinline__ unsigned smem_addr(const void* p)
+{
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+// 16 bytes from global to shared memory without a register between, and their waits: the
+// caller commits its copies as a group and waits until at most N groups are in flight.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+
 // merge over a 1-D block of WARPS warps, returned to every thread
 template <int WARPS> __device__ __forceinline__ MaxSum block_merge(MaxSum a)
 {
@@ -138,10 +154,10 @@ template <int WARPS> __device__ __forceinline__ MaxSum block_merge(MaxSum a)
     return warp_merge(threadIdx.x % 32 < WARPS ? partial[threadIdx.x % 32] : MaxSum{neg_inf(), 0.0f});
 }
 
-__device__ float cross_entropy_with_grad_6ca5884adc_loss[4096];
-__device__ unsigned int cross_entropy_with_grad_6ca5884adc_ticket;
+__device__ float cross_entropy_with_grad_30dc888b31_loss[4096];
+__device__ unsigned int cross_entropy_with_grad_30dc888b31_ticket;
 // cross_entropy_with_grad: 4096 rows of 99 logits, 32 threads per row, VEC = 1
-extern "C" __global__ void __launch_bounds__(256) cross_entropy_with_grad_6ca5884adc(float* __restrict__ out, float* dz_out, const float* logits, const int* __restrict__ targets, const float* __restrict__ dloss)
+extern "C" __global__ void __launch_bounds__(256) cross_entropy_with_grad_30dc888b31(float* __restrict__ out, float* dz_out, const float* logits, const int* __restrict__ targets, const float* __restrict__ dloss)
 {
     constexpr int VEC = 1, V = 99, PER_ROW = 32, THREADS = 256;
     using idx = unsigned int;
@@ -149,39 +165,40 @@ extern "C" __global__ void __launch_bounds__(256) cross_entropy_with_grad_6ca588
     const idx row = static_cast<idx>(blockIdx.x) * (THREADS / PER_ROW) + threadIdx.x / PER_ROW;
     const bool live = row < 4096;  // no early exit: the whole block meets at the barriers below
     const auto* z = logits + (live ? row : 0) * V;
+    const auto* x = z;
     MaxSum ms = {neg_inf(), 0.0f};
     if (live)
         for (int u = lane; u < V / VEC; u += PER_ROW) {
-            const Vec<VEC> v = load<VEC>(z + u * VEC);
+            const Vec<VEC> v = load<VEC>(x + u * VEC);
 #pragma unroll
             for (int c = 0; c < VEC; ++c) push(ms, v.v[c]);
         }
     ms = warp_merge(ms);
     const int target = live ? targets[row] : 0;
     // every lane holds the same merged statistics: the target's owner stores the row's loss
-    if (live && (target / VEC) % PER_ROW == lane) cross_entropy_with_grad_6ca5884adc_loss[row] = logf(ms.s) + ms.m - to_float(z[target]);
+    if (live && (target / VEC) % PER_ROW == lane) cross_entropy_with_grad_30dc888b31_loss[row] = logf(ms.s) + ms.m - to_float(x[target]);
     const float scale = to_float(dloss[0]) / 4096, inv = 1.0f / ms.s;
     auto* dz = dz_out + (live ? row : 0) * V;
     if (live)
         for (int u = lane; u < V / VEC; u += PER_ROW) {
-            const Vec<VEC> v = load<VEC>(z + u * VEC);
+            const Vec<VEC> v = load<VEC>(x + u * VEC);
             Vec<VEC> d;
 #pragma unroll
             for (int c = 0; c < VEC; ++c)
                 d.v[c] = (expf(v.v[c] - ms.m) * inv - (u * VEC + c == target ? 1.0f : 0.0f)) * scale;
             store<VEC>(dz + u * VEC, d);
         }
-    if (!last_block(&cross_entropy_with_grad_6ca5884adc_ticket, 512)) return;
+    if (!last_block(&cross_entropy_with_grad_30dc888b31_ticket, 512)) return;
     float total = 0.0f;
-    for (idx r = threadIdx.x; r < 4096; r += THREADS) total += __ldcg(cross_entropy_with_grad_6ca5884adc_loss + r);
+    for (idx r = threadIdx.x; r < 4096; r += THREADS) total += __ldcg(cross_entropy_with_grad_30dc888b31_loss + r);
     total = block_sum<THREADS / 32>(total);
     if (threadIdx.x == 0) put(out, total / 4096);
 }
 
-__device__ float cross_entropy_23afd59830_loss[4096];
-__device__ unsigned int cross_entropy_23afd59830_ticket;
+__device__ float cross_entropy_95184d3997_loss[4096];
+__device__ unsigned int cross_entropy_95184d3997_ticket;
 // cross_entropy: 4096 rows of 99 logits, 32 threads per row, VEC = 1
-extern "C" __global__ void __launch_bounds__(256) cross_entropy_23afd59830(float* __restrict__ out, const float* __restrict__ logits, const int* __restrict__ targets)
+extern "C" __global__ void __launch_bounds__(256) cross_entropy_95184d3997(float* __restrict__ out, const float* __restrict__ logits, const int* __restrict__ targets)
 {
     constexpr int VEC = 1, V = 99, PER_ROW = 32, THREADS = 256;
     using idx = unsigned int;
@@ -189,18 +206,19 @@ extern "C" __global__ void __launch_bounds__(256) cross_entropy_23afd59830(float
     const idx row = static_cast<idx>(blockIdx.x) * (THREADS / PER_ROW) + threadIdx.x / PER_ROW;
     const bool live = row < 4096;  // no early exit: the whole block meets at the barriers below
     const auto* z = logits + (live ? row : 0) * V;
+    const auto* x = z;
     MaxSum ms = {neg_inf(), 0.0f};
     if (live)
         for (int u = lane; u < V / VEC; u += PER_ROW) {
-            const Vec<VEC> v = load<VEC>(z + u * VEC);
+            const Vec<VEC> v = load<VEC>(x + u * VEC);
 #pragma unroll
             for (int c = 0; c < VEC; ++c) push(ms, v.v[c]);
         }
     ms = warp_merge(ms);
-    if (live && lane == 0) cross_entropy_23afd59830_loss[row] = logf(ms.s) + ms.m - to_float(z[targets[row]]);
-    if (!last_block(&cross_entropy_23afd59830_ticket, 512)) return;
+    if (live && lane == 0) cross_entropy_95184d3997_loss[row] = logf(ms.s) + ms.m - to_float(x[targets[row]]);
+    if (!last_block(&cross_entropy_95184d3997_ticket, 512)) return;
     float total = 0.0f;
-    for (idx r = threadIdx.x; r < 4096; r += THREADS) total += __ldcg(cross_entropy_23afd59830_loss + r);
+    for (idx r = threadIdx.x; r < 4096; r += THREADS) total += __ldcg(cross_entropy_95184d3997_loss + r);
     total = block_sum<THREADS / 32>(total);
     if (threadIdx.x == 0) put(out, total / 4096);
 }

@@ -8,17 +8,35 @@ from ..ops.registry import prod
 from ..target import Target
 from .common import THREADS, Kernel, cdiv, index_type, row_vec, types
 
+# A block that copies its row to shared memory first: two of them an SM, so that one reads while
+# the other computes; twice THREADS, since its passes are expf-bound once the row is read once.
+STAGED_THREADS = 2 * THREADS
+STAGED_BLOCKS = 2
+STATIC_SMEM = 1 << 10  # what a block's reductions and the loss's ticket take beside the row (at most)
+
+
+def staged(v: int, vec: int, dtype: str, target: Target) -> bool:
+    """Whether a block's row of v logits goes through shared memory: 16-byte vectors, and room
+    for STAGED_BLOCKS rows on an SM."""
+    row = v * DTYPES[dtype].bytes
+    return vec * DTYPES[dtype].bytes == 16 and STAGED_BLOCKS * (row + STATIC_SMEM) <= target.smem_per_sm
+
 
 def lower(launch, target: Target) -> Kernel:
-    """A block per row for wide vocabularies, a warp per row for narrow ones."""
+    """A block per row for wide vocabularies, its row staged in shared memory where it fits; a
+    warp per row for narrow ones."""
     op, logits = launch["op"], launch["in"][0]
     v = logits.shape[-1]
     n = prod(logits.shape[:-1])
     grad = launch.get("outs", [launch["out"]])[-1] if op != "cross_entropy" else None  # the rows written
     vec = row_vec(v, logits, *([grad] if grad else []))
-    per_row = 32 if v // vec <= 32 * 8 else THREADS
-    blocks = cdiv(n, THREADS // per_row)
-    return Kernel(op, {**types(launch), "threads": THREADS, "op": op, "loss": op != "cross_entropy_grad", "grad": grad is not None,
+    wide = v // vec > 32 * 8
+    stage = wide and staged(v, vec, logits.dtype, target)
+    threads = STAGED_THREADS if stage else THREADS
+    per_row = threads if wide else 32
+    blocks = cdiv(n, threads // per_row)
+    return Kernel(op, {**types(launch), "threads": threads, "op": op, "loss": op != "cross_entropy_grad", "grad": grad is not None,
                        "grad_t": DTYPES[grad.dtype].ctype if grad else None, "n": n, "v": v, "vec": vec,
-                       "per_row": per_row, "blocks": blocks, "itype": index_type(logits.shape)},
-                  (blocks, 1, 1), (THREADS, 1, 1))
+                       "per_row": per_row, "blocks": blocks, "itype": index_type(logits.shape), "staged": stage,
+                       "min_blocks": STAGED_BLOCKS},
+                  (blocks, 1, 1), (threads, 1, 1), smem=v * DTYPES[logits.dtype].bytes if stage else 0)
