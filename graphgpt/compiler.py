@@ -34,7 +34,7 @@ from .errors import UserError
 from .ir import INT, Graph
 from .model_file import failure, load_model, settings, user_frame
 from .passes.chunk_classifier import chunk_classifier
-from .passes.embedding_grads import one_hot_embedding_grads
+from .passes.embedding_grads import embedding_grads
 from .passes.fuse import fuse, gelu_epilogues
 from .passes.memory import persistent_layout, plan_program
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
@@ -99,7 +99,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     graphs = with_weight_copies(graphs, model_cfg["dtype"])
     log(f"  trace      forward {len(forward_dump['nodes'])} nodes, joint {len(graphs[backward].nodes)} nodes")
 
-    graphs = {name: one_hot_embedding_grads(simplify(g)) for name, g in graphs.items()}
+    graphs = {name: embedding_grads(simplify(g)) for name, g in graphs.items()}
     log(f"  simplify   {_node_counts(graphs)}")
     graphs[backward], chunks = chunk_classifier(graphs[backward], model_cfg["classifier_chunks"])
     log("  classifier " + (f"{chunks} chunks of {B // chunks} sequences" if chunks > 1 else "the whole batch at once"))

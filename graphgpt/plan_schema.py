@@ -287,6 +287,7 @@ ATTRS = {
     "dropout": Obj({"p": Num(0, 1, open_high=True), "site": Int()}),
     "argmax": Obj({"limit": SIZE}),
     "embedding_grad": Obj({"rows": SIZE}), "one_hot": Obj({"rows": SIZE}),
+    "id_order": Obj({"rows": SIZE}), "embedding_grad_sorted": Obj({"rows": SIZE}),
     "reshape": Obj({"shape": List(Int())}), "broadcast_to": Obj({"shape": List(Int())}),
     "transpose": Obj({"perm": List(Int())}), "concat": Obj({"axis": SIGNED}),
     "slice": Obj({"axis": SIGNED, "start": SIGNED, "stop": SIGNED}),

@@ -183,6 +183,10 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("embedding", _f((40, 6)), _ids([3, 11])),
         _launch("embedding_grad", _ids([300]), _f((300, 50)), rows=7),
         _launch("embedding_grad", _ids([1000]), _f((1000, 2048)), rows=500),
+        _launch("id_order", _ids([300]), rows=7),
+        _launch("id_order", _ids([16, 1024]), rows=50304),  # GPT-2 124M's: 64 KiB of keys
+        _launch("embedding_grad_sorted", _ids([300 + 7 + 1]), _f((300, 50)), rows=7),
+        _launch("embedding_grad_sorted", _ids([1000 + 500 + 1]), _f((2, 500, 2048)), rows=500),
     ]
     if dtype != "f32":
         launches += [

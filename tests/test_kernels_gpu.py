@@ -60,7 +60,7 @@ def _int_range(launch: dict) -> int:
         return 2**31 - 1          # the RNG's seed and counter: any bits
     if op == "embedding":
         return ins[0].shape[0]    # table rows
-    if op in ("embedding_grad", "one_hot"):
+    if op in ("embedding_grad", "one_hot", "id_order", "embedding_grad_sorted"):
         return launch["attrs"]["rows"]
     return ins[0].shape[-1]       # cross-entropy targets: the vocabulary
 
@@ -87,6 +87,9 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
             values[2:2 + len(statistics)] = statistics
     elif op.startswith("cross_entropy"):
         values[0] *= 3
+    elif op == "embedding_grad_sorted":  # the order of random ids: each row's run of positions
+        n = int(np.prod(launch["in"][1].shape[:-1]))
+        values[0] = BY_OP["id_order"](launch["attrs"], values[0][:n])
     elif op == "argmax":  # equal maxima, whose first must win, and a NaN, which beats any number
         values[0] = np.round(2 * values[0]) / 2
         values[0].reshape(-1, values[0].shape[-1])[0, 7] = np.nan

@@ -1,5 +1,7 @@
 """embedding (a gather of table rows), embedding_grad (a deterministic scatter-add without
-atomics) and one_hot (the ids as a (rows, ids) matrix of zeros and ones), templates/embedding.cu.j2.
+atomics), one_hot (the ids as a (rows, ids) matrix of zeros and ones), id_order (the ids' positions
+sorted by id, in one block) and embedding_grad_sorted (each table row summed from its run of that
+order), templates/embedding.cu.j2.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from .common import THREADS, Kernel, aligned_for, cdiv, index_type, streaming, t
 ID_CHUNK = 2048  # ids an embedding-gradient block reads per round (8 KiB of shared memory)
 SUM_FLOATS = 24576  # a block's running sums, in dynamic shared memory: 96 KiB, two blocks per SM
 MAX_BLOCK_ROWS = 32  # table rows one embedding-gradient block owns, at most
+SORT_THREADS = 1024  # id_order's one block
+SORTED_BLOCK_ROWS = 4  # table rows a block of the sorted embedding gradient sums, one after another
 
 
 def lower(launch, target: Target) -> Kernel:
@@ -29,6 +33,22 @@ def lower(launch, target: Target) -> Kernel:
         grid, block = streaming(rows * n // vec)
         return Kernel("one_hot", {**types(launch), "op": "one_hot", "rows": rows, "n": n, "vec": vec,
                                   "threads": block[0], "itype": index_type(out.shape)}, grid, block)
+    if launch["op"] == "id_order":
+        (ids,) = launch["in"]
+        n = prod(ids.shape)
+        keys = 1 << (n - 1).bit_length()  # the sort's keys: a power of two, padded past the ids
+        return Kernel("id_order", {**types(launch), "op": "id_order", "n": n, "rows": launch["attrs"]["rows"],
+                                   "n_keys": keys, "threads": SORT_THREADS}, (1, 1, 1), (SORT_THREADS, 1, 1), smem=4 * keys)
+    if launch["op"] == "embedding_grad_sorted":
+        order, g = launch["in"]
+        rows, c = out.shape
+        w = width(out, g)
+        vec = w if c % w == 0 and aligned_for(w, out, g) else 1
+        threads = min(THREADS, cdiv(c // vec, 32) * 32)
+        return Kernel("embedding_grad_sorted", {**types(launch), "op": "embedding_grad_sorted", "rows": rows, "c": c,
+                                                "n": prod(g.shape[:-1]), "vec": vec, "threads": threads,
+                                                "block_rows": SORTED_BLOCK_ROWS, "itype": index_type(out.shape, g.shape)},
+                      (cdiv(rows, SORTED_BLOCK_ROWS), cdiv(c, threads * vec), 1), (threads, 1, 1))
     ids, g = launch["in"]
     rows, c = out.shape
     w = width(out, g)

@@ -33,3 +33,24 @@ def _one_hot_infer(attrs, ids):
 
 
 register(Op("one_hot", "nn", _one_hot_infer, nondiff=BACKWARD_ONLY, template="embedding"))
+
+
+# id_order(ids): the ids' positions sorted by (id, position), then where each table row's run of
+# them starts: one i32 vector of n + rows + 1 (its last entry n). A large table's embedding
+# gradient sums each row's gradient rows through it (passes/embedding_grads.py).
+def _id_order_infer(attrs, ids):
+    require(ids.dtype == "i32", f"ids must be i32, got {ids.dtype}")
+    return Spec((prod(ids.shape) + attrs["rows"] + 1,), "i32")
+
+
+def _sorted_grad_infer(attrs, order, g):
+    float_spec(g)
+    n = prod(g.shape[:-1])
+    require(order.dtype == "i32" and order.shape == (n + attrs["rows"] + 1,),
+            f"order {order.shape} is not id_order's of {n} ids and {attrs['rows']} rows")
+    return Spec((attrs["rows"], g.shape[-1]), out_dtype(attrs, g.dtype))
+
+
+register(Op("id_order", "nn", _id_order_infer, nondiff=BACKWARD_ONLY, template="embedding"))
+register(Op("embedding_grad_sorted", "nn", _sorted_grad_infer, nondiff=BACKWARD_ONLY, template="embedding",
+            stores_any_float=True))
