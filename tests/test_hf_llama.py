@@ -167,6 +167,8 @@ def test_export_after_import_gives_the_same_tensors(tmp_path, tied):
 
 # Each field of config.json that models/llama.py cannot follow or that differs from the plan:
 # the change, and what the one line says after the file's name.
+LLAMA3_SCALING = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+                  "rope_type": "llama3"}  # LLaMA 3.1's, as transformers 4 writes it
 MISMATCHES = [
     ({"hidden_act": "gelu"}, "hidden_act 'gelu': models/llama.py's MLP is SwiGLU (silu)"),
     ({"num_hidden_layers": 3}, "num_hidden_layers 3, the plan's n_layer is 2"),
@@ -179,17 +181,29 @@ MISMATCHES = [
     ({"rms_norm_eps": 1e-6}, "rms_norm_eps 1e-06, the plan's norm_eps is 1e-05"),
     ({"tie_word_embeddings": True}, "tie_word_embeddings true, the plan's tie_weights is false"),
     ({"vocab_size": 200}, "vocab_size 200 is more than the plan's 128"),
-    ({"head_dim": 8}, "head_dim 8: models/llama.py's is hidden_size / num_attention_heads, 4"),
-    ({"attention_bias": True}, "attention_bias is true; models/llama.py has no biases"),
-    ({"mlp_bias": True}, "mlp_bias is true; models/llama.py has no biases"),
-    ({"rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                       "original_max_position_embeddings": 8192, "rope_type": "llama3"}},
-     "rope_scaling {\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
-     "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}: scaled rotary positions ('llama3') "
-     "are not supported; models/llama.py's are unscaled"),
-    ({"rope_scaling": None, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": THETA}},
-     "rope_parameters {\"rope_type\": \"linear\", \"factor\": 2.0, \"rope_theta\": 1000.0}: scaled rotary positions "
-     "('linear') are not supported"),
+    ({"head_dim": 8}, "head_dim 8, the plan's head_dim is 4"),
+    ({"attention_bias": True}, "attention_bias true, the plan's attention_bias is false"),
+    ({"mlp_bias": True}, "mlp_bias true, the plan's mlp_bias is false"),
+    ({"rope_scaling": LLAMA3_SCALING},
+     "rotary scaling {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+     "\"original_max_position_embeddings\": 8192}, the plan's (rope_scaling and its rope_ settings) is null"),
+    ({"rope_scaling": None, "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": THETA}},
+     "rope_parameters {\"rope_type\": \"yarn\", \"factor\": 2.0, \"rope_theta\": 1000.0}: scaled rotary positions "
+     "('yarn') are not supported; models/llama.py's are unscaled, 'linear' or 'llama3'"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}},
+     "rope_scaling {\"type\": \"dynamic\", \"factor\": 2.0}: scaled rotary positions ('dynamic') are not supported"),
+    ({"rope_scaling": {"type": "linear"}}, "rope_scaling {\"type\": \"linear\"}: no factor"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}},
+     "rope_scaling {\"rope_type\": \"linear\", \"factor\": 2.0, \"partial_rotary_factor\": 0.5}: "
+     "models/llama.py does not read partial_rotary_factor"),
+    ({"rope_scaling": LLAMA3_SCALING | {"high_freq_factor": 1.0}},
+     f"rope_scaling {json.dumps(LLAMA3_SCALING | {'high_freq_factor': 1.0})}: "
+     "'llama3' scaling's high_freq_factor 1.0 must exceed its low_freq_factor 1.0"),
+    ({"rope_scaling": LLAMA3_SCALING | {"original_max_position_embeddings": 8192.0}},
+     f"rope_scaling {json.dumps(LLAMA3_SCALING | {'original_max_position_embeddings': 8192.0})}: "
+     "'llama3' scaling's original_max_position_embeddings must be an integer >= 1, got 8192.0"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": -2}},
+     "rope_scaling {\"rope_type\": \"linear\", \"factor\": -2}: 'linear' scaling's factor must be a finite number > 0, got -2"),
     ({"model_type": "mistral"}, "model_type 'mistral'; graphgpt reads 'gpt2' and 'llama'"),
     ({"num_hidden_layers": "2"}, 'num_hidden_layers is "2", not an integer'),
     ({"rope_scaling": "none"}, 'rope_scaling is "none", not an object or null'),
@@ -235,8 +249,9 @@ def test_fields_it_lacks_take_transformers_defaults(tmp_path):
     with pytest.raises(UserError, match="num_key_value_heads 4, the plan's n_kv_head is 2"):
         load(tmp_path / "m")
     assert hf.settings(tmp_path / "m") == [f"n_layer={L}", f"n_head={H}", f"n_kv_head={H}", f"n_embd={C}",
-                                           f"n_hidden={F}", "rope_base=10000.0", "norm_eps=1e-06", f"vocab_size={V}",
-                                           "block_size=2048", "tie_weights=0"]
+                                           f"head_dim={D}", f"n_hidden={F}", "rope_base=10000.0", "rope_scaling=none",
+                                           "norm_eps=1e-06", f"vocab_size={V}", "block_size=1024", "tie_weights=0",
+                                           "attention_bias=0", "mlp_bias=0"]
 
 
 def test_transformers_5_rotary_parameters_are_read(tmp_path):
@@ -260,7 +275,9 @@ def test_a_gpt2_plan_refuses_a_llama_directory_and_the_reverse(tmp_path):
 def test_hf_config_gives_the_compile_settings_and_set_wins(tmp_path):
     """tools/compile.py --hf-config DIR takes the sizes of DIR's config.json; --set overrides."""
     write_llama(tmp_path / "m")
-    assert hf.settings(tmp_path / "m") == SETTINGS[:7] + [f"vocab_size={V}", f"block_size={T}", "tie_weights=0"]
+    assert hf.settings(tmp_path / "m") == (SETTINGS[:4] + [f"head_dim={D}"] + SETTINGS[4:6] + ["rope_scaling=none", SETTINGS[6]]
+                                           + [f"vocab_size={V}", f"block_size={T}", "tie_weights=0", "attention_bias=0",
+                                              "mlp_bias=0"])
     from tests.test_hf import write_hf
     write_hf(tmp_path / "gpt2", positions=16)
     proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "plan"), "--hf-config",
@@ -381,7 +398,7 @@ def test_logits_and_greedy_tokens_equal_the_files_llama(tmp_path, plans, tied):
 # differs from the plan's config, one from its parameter shapes, a field of the wrong type, another
 # family. Every field's line is checked in-process above; these show that such a line is the
 # command's one line and its status 2.
-ON_THE_COMMAND_LINE = ("rope_scaling {", "num_key_value_heads 4", "intermediate_size 48", 'num_hidden_layers is "2"',
+ON_THE_COMMAND_LINE = ("rope_scaling {\"type\": \"dynamic\"", "num_key_value_heads 4", "intermediate_size 48", 'num_hidden_layers is "2"',
                        "model_type 'mistral'")
 
 
