@@ -29,6 +29,7 @@ from graphgpt.errors import UserError
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.sample import generate
 from graphgpt.tensor_files import load_safetensors, save_safetensors
+from graphgpt.tokenizer import Tokenizer, encode_prompt
 from graphgpt.train import init_params
 from tests.conftest import COMPILE, ROOT, assert_user_error, fill, run_cli, sets
 from tests.test_hf import export_cli
@@ -494,3 +495,120 @@ def test_a_llama_transformers_saved_itself_compiles_loads_and_decodes_as_it_does
         np.testing.assert_allclose(backend.run("generate", {"tokens": tokens})["logits"], logits_of(tokens), rtol=0, atol=1e-5)
         prompt = [5, 17, 3]
         assert generate(backend, prompt, 20, 99, eos_id=127)[0] == greedy(logits_of, prompt, 20, window=24)  # never ends
+
+
+# ---- LlamaForCausalLM configurations in the shapes of released ones, shrunk --------------------
+# Each a LlamaConfig's arguments besides the sizes all share (SHRUNK): LLaMA 3.2's llama3 scaling
+# (its original context shrunk so that the scaling turns the frequencies of a 24-token window),
+# tied embeddings, an explicit head_dim and 131072 positions; LLaMA 2's (a key/value head per query
+# head, rope_theta 10000); one key/value head for all query heads; linear scaling in transformers
+# 4's spelling ("type"); biases in attention and MLP; a head_dim that is not hidden_size / heads.
+SHRUNK = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=56, num_hidden_layers=2,
+              vocab_size=99, max_position_embeddings=24, rms_norm_eps=1e-5, rope_theta=500000.0, initializer_range=0.2)
+RELEASED = {
+    "llama3.2": dict(tie_word_embeddings=True, head_dim=8, max_position_embeddings=131072,
+                     rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 256}),
+    "llama2": dict(num_key_value_heads=4, rope_theta=10000.0, max_position_embeddings=4096, rms_norm_eps=1e-6),
+    "mqa": dict(num_key_value_heads=1),
+    "linear": dict(rope_theta=10000.0, rope_scaling={"type": "linear", "factor": 4.0}),
+    "biases": dict(attention_bias=True, mlp_bias=True),
+    "head_dim": dict(hidden_size=40, head_dim=12, num_key_value_heads=4),
+}
+WINDOW = 24  # the plans' block_size: --set wins over max_position_embeddings
+
+
+def transformers_llama(torch, transformers, directory, **config):
+    """A random LlamaForCausalLM of SHRUNK sizes and `config`, saved by transformers (safetensors)."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**SHRUNK | config)).eval()
+    with torch.no_grad():  # biases start at zero: draw them so that they count
+        for name, value in model.named_parameters():
+            if name.endswith(".bias"):
+                value.normal_(0, 0.2)
+    model.save_pretrained(directory)
+    return model
+
+
+@pytest.mark.parametrize("kind", RELEASED)
+def test_a_released_configuration_loads_decodes_and_exports_as_transformers_does(tmp_path, kind):
+    """Where PyTorch and transformers are importable: the plan --hf-config's settings give (block_size
+    set) computes transformers' float32 logits within 1e-5 and its greedy tokens, with and without
+    the key/value caches, and the export reloads into transformers bit for bit, its rotary
+    frequencies included."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = transformers_llama(torch, transformers, tmp_path / "m", **RELEASED[kind])
+    settings = hf.settings(tmp_path / "m")
+    assert f"block_size={min(model.config.max_position_embeddings, 1024)}" in settings
+    compiled = compile_model(LLAMA, settings + [f"block_size={WINDOW}", "batch_size=1"], log=lambda *a: None)
+    plan_io.save(compiled.data, tmp_path / "plan", compiled.files)
+    plan = plan_io.load(tmp_path / "plan")
+    weights = hf.load(tmp_path / "m", plan.config, {t["name"]: tuple(t["shape"]) for t in plan.params})
+    backend = backend_with(plan, weights)
+    tokens = np.random.default_rng(5).integers(0, 99, (1, WINDOW)).astype(np.int32)
+    with torch.no_grad():
+        def logits_of(ids):
+            return model(torch.from_numpy(ids).long()).logits.numpy()
+        np.testing.assert_allclose(backend.run("generate", {"tokens": tokens})["logits"], logits_of(tokens), rtol=0, atol=1e-5)
+        prompt = [5, 17, 3]
+        expected = greedy(logits_of, prompt, WINDOW - len(prompt), window=WINDOW)
+    for kv_cache in (True, False):  # the end-of-text id past the 99 in use: no sequence stops early
+        assert generate(backend, prompt, WINDOW - len(prompt), 99, eos_id=127, kv_cache=kv_cache)[0] == expected
+    hf.save(tmp_path / "out", weights, plan.config, eos_id=98)
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    theirs, ours = model.state_dict(), again.state_dict()
+    assert set(theirs) == set(ours)
+    for name, value in theirs.items():
+        assert ours[name].numpy().tobytes() == value.numpy().tobytes(), name
+    assert again.model.rotary_emb.inv_freq.numpy().tobytes() == model.model.rotary_emb.inv_freq.numpy().tobytes()
+
+
+def test_a_131072_position_config_compiles_runs_and_generates_from_the_command_line(tmp_path):
+    """Where PyTorch and transformers are importable: LLaMA 3.2's max_position_embeddings of 131072
+    gives a plan of block_size 1024 through the documented commands (compile --hf-config, run
+    --init-from with greedy generation), whose tokens are transformers'."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = transformers_llama(torch, transformers, tmp_path / "m", **RELEASED["llama3.2"])
+    proc = run_cli(COMPILE, str(LLAMA), "--out", str(tmp_path / "plan"), "--hf-config", str(tmp_path / "m"),
+                   *sets(["batch_size=1"]))
+    assert proc.returncode == 0, proc.stderr
+    plan = plan_io.load(tmp_path / "plan")
+    assert plan.config["block_size"] == 1024
+    tokenizer = Tokenizer.from_json(plan.tokenizer)
+    prompt = encode_prompt(tokenizer, "Hello").tolist()
+    with torch.no_grad():
+        expected = greedy(lambda ids: model(torch.from_numpy(ids).long()).logits.numpy(), prompt, 20, window=1024)
+    assert tokenizer.eos_id not in expected  # the whole 20 are generated
+    proc = run_cli("-m", "graphgpt.sample", "--plan", str(tmp_path / "plan"), "--init-from", str(tmp_path / "m"),
+                   "--prompt", "Hello", "--tokens", "20", "--backend", "numpy")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].endswith(f"over 1 sequences): {tokenizer.decode(prompt + expected)}"), proc.stdout
+
+
+@pytest.mark.gpu
+def test_cuda_computes_numpys_llama_with_a_head_dim_of_its_own_biases_and_llama3_scaling(tmp_path):
+    """models/llama.py with head_dim 12 (neither n_embd / n_head nor a tensor-core width: the CUDA
+    cores' attention), biases and LLaMA 3's scaling, in float32: CUDA's window logits are NumPy's,
+    and its greedy tokens through the caches are NumPy's and its own through the window."""
+    from graphgpt.runtime.cuda_backend import CudaBackend
+    settings = ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=40", "head_dim=12", "n_hidden=56", "vocab_size=99",
+                "block_size=32", "batch_size=1", "attention_bias=1", "mlp_bias=1", "rope_scaling=llama3",
+                "rope_factor=32", "rope_original_max_position=256"]
+    compiled = compile_model(LLAMA, settings, log=lambda *a: None)
+    plan_io.save(compiled.data, tmp_path / "plan", compiled.files)
+    plan = plan_io.load(tmp_path / "plan")
+    rng = np.random.default_rng(0)
+    weights = {t["name"]: rng.normal(1 if len(t["shape"]) == 1 else 0, 0.2, t["shape"]).astype(np.float32)
+               for t in plan.params}
+    reference, backend = backend_with(plan, weights), CudaBackend(plan)
+    for name, value in weights.items():
+        backend.set_tensor(name, value)
+    tokens = rng.integers(0, 99, (1, 32)).astype(np.int32)
+    want = reference.run("generate", {"tokens": tokens})["logits"].astype(np.float64)
+    got = np.asarray(backend.run("generate", {"tokens": tokens})["logits"], np.float64)
+    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+    prompt = [5, 17, 3]
+    cached = generate(backend, prompt, 20, 99, eos_id=98)
+    assert cached == generate(backend, prompt, 20, 99, eos_id=98, kv_cache=False) == generate(reference, prompt, 20, 99, eos_id=98)
