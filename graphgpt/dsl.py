@@ -24,8 +24,8 @@ from typing import Callable
 
 from .errors import UserError
 from .ir import FLOAT, INT, Graph, GraphError, Value
-from .ops.rotary import rotary_scaling
 from .ops.shape import contiguous_along
+from .rope_scaling import rotary_scaling
 from .schedule import DROPOUT_COUNTER, DROPOUT_SEED
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -248,7 +248,7 @@ def rotary(x: Value, base: float = 10000.0, scaling: dict | None = None) -> Valu
     key/value caches' length). `scaling` scales the frequencies as transformers' rope_type does:
     {"rope_type": "linear", "factor": f} or {"rope_type": "llama3", "factor": f,
     "low_freq_factor": l, "high_freq_factor": h, "original_max_position_embeddings": n}
-    (ops/rotary.py)."""
+    (graphgpt/rope_scaling.py)."""
     tracer = _tracer()
     if x.ndim != 4 or x.shape[-1] % 2:
         raise GraphError(f"{user_line()}: rotary: x must be (B, T, H, D) with D even, got {x.shape}")

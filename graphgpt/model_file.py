@@ -10,13 +10,13 @@ from pathlib import Path
 
 from . import optim
 from .errors import UserError
-from .ops.rotary import SCALINGS
+from .rope_scaling import SCALINGS
 
 SIZES = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "batch_size", "sample_batch",
          "rope_original_max_position")  # CONFIG keys that must be >= 1
 POSITIVE = ("rope_base", "norm_eps", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor")  # numbers > 0
 FLAGS = ("tie_weights", "attention_bias", "mlp_bias")  # CONFIG keys that are 0 or 1
-ROPE_SCALINGS = ("none", *SCALINGS)  # rope_scaling=: how the rotary frequencies are scaled (ops/rotary.py)
+ROPE_SCALINGS = ("none", *SCALINGS)  # rope_scaling=: how the rotary frequencies are scaled (rope_scaling.py)
 COMPUTE_DTYPES = ("f32", "bf16")  # dtype=: the type activations and GEMM operands are stored in
 # How a model's attention may be computed: one fused kernel that keeps no (T x T) scores, or the
 # explicit scores, causal softmax and two batched GEMMs (the probabilities then live in memory,

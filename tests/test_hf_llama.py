@@ -263,6 +263,25 @@ def test_transformers_5_rotary_parameters_are_read(tmp_path):
     assert set(load(tmp_path / "m")) == set(plan_shapes(False))
 
 
+def test_llama_3_2s_config_json_gives_its_settings(tmp_path):
+    """LLaMA 3.2 1B's config.json as released (transformers 4's spelling: rope_theta beside a
+    llama3 rope_scaling; 131072 positions, eos ids in a list), at this file's sizes: its settings
+    scale the rotary frequencies as it does and train on a window of 1024, and the plan they
+    compile loads it."""
+    write_llama(tmp_path / "m", tied=True)
+    rewrite_config(tmp_path / "m", {"rope_scaling": LLAMA3_SCALING | {"factor": 32.0}, "rope_theta": THETA,
+                                    "max_position_embeddings": 131072, "torch_dtype": "bfloat16", "bos_token_id": 128000,
+                                    "eos_token_id": [128001, 128008, 128009], "pretraining_tp": 1,
+                                    "transformers_version": "4.45.0.dev0"})
+    settings = hf.settings(tmp_path / "m")
+    assert settings == (SETTINGS[:4] + [f"head_dim={D}"] + SETTINGS[4:6]
+                        + ["rope_scaling=llama3", "rope_factor=32.0", "rope_low_freq_factor=1.0", "rope_high_freq_factor=4.0",
+                           "rope_original_max_position=8192", SETTINGS[6], f"vocab_size={V}", "block_size=1024",
+                           "tie_weights=1", "attention_bias=0", "mlp_bias=0"])
+    compiled = compile_model(LLAMA, settings + [f"block_size={T}", "batch_size=1"], log=lambda *a: None)
+    assert set(hf.load(tmp_path / "m", compiled.data["config"], plan_shapes(True))) == set(plan_shapes(True))
+
+
 def test_a_gpt2_plan_refuses_a_llama_directory_and_the_reverse(tmp_path):
     write_llama(tmp_path / "m")
     gpt2 = {"wte": (V, C), "wpe": (T, C)}

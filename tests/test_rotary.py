@@ -14,8 +14,8 @@ from graphgpt.data import SequentialSampler
 from graphgpt.errors import UserError
 from graphgpt.ir import GraphError
 from graphgpt.numpy_ops import BY_OP
-from graphgpt.ops.rotary import inverse_frequencies, rotary_scaling
 from graphgpt.ops.source import const_tensor_values
+from graphgpt.rope_scaling import inverse_frequencies, rotary_scaling
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.sample import generate
 from graphgpt.schedule import DECODE_POSITION

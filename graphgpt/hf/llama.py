@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..ops.rotary import SCALINGS, rotary_scaling
+from ..rope_scaling import SCALINGS, rotary_scaling
 from .files import HEAD, WEIGHTS, head_tensor, lm_head, pad_rows, requirement
 
 MODEL_TYPE, NAME = "llama", "LLaMA"
@@ -48,7 +48,7 @@ FIELDS = {"model_type": ("a string", True), "num_hidden_layers": ("an integer", 
 DEFAULTS = {"hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "attention_bias": False,
             "mlp_bias": False, "max_position_embeddings": 2048}
 PLAIN_ROPE = {"rope_type", "type", "rope_theta"}  # the keys of rotary parameters without scaling
-# models/llama.py's settings of each scaling parameter (transformers' names, ops/rotary.py's SCALINGS)
+# models/llama.py's settings of each scaling parameter (transformers' names, rope_scaling.py's SCALINGS)
 ROPE_SETTINGS = {"factor": "rope_factor", "low_freq_factor": "rope_low_freq_factor",
                  "high_freq_factor": "rope_high_freq_factor", "original_max_position_embeddings": "rope_original_max_position"}
 
@@ -182,13 +182,12 @@ def hf_tensors(weights: dict[str, np.ndarray], config: dict) -> dict[str, np.nda
 def hf_config(weights: dict[str, np.ndarray], config: dict, eos_id: int) -> dict:
     """A config.json transformers' LlamaForCausalLM loads (4 and 5 alike: rope_theta beside
     rope_scaling, null where unscaled)."""
-    rope = plan_rope(config)
     return {"architectures": ["LlamaForCausalLM"], "model_type": MODEL_TYPE, "vocab_size": config["vocab_size"],
             "hidden_size": config["n_embd"], "intermediate_size": int(weights[GATE].shape[1]),
             "num_hidden_layers": config["n_layer"], "num_attention_heads": config["n_head"],
             "num_key_value_heads": config["n_kv_head"], "head_dim": plan_head_dim(config),
             "hidden_act": "silu", "max_position_embeddings": config["block_size"], "rms_norm_eps": config["norm_eps"],
-            "rope_theta": config["rope_base"], "rope_scaling": rope and rope | {"rope_theta": config["rope_base"]},
+            "rope_theta": config["rope_base"], "rope_scaling": plan_rope(config),
             "attention_bias": bool(config.get("attention_bias")), "mlp_bias": bool(config.get("mlp_bias")),
             "attention_dropout": 0.0, "initializer_range": 0.02, "pretraining_tp": 1, "use_cache": True,
             "tie_word_embeddings": bool(config["tie_weights"]), "bos_token_id": eos_id, "eos_token_id": eos_id,

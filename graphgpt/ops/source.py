@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import DTYPES
+from ..rope_scaling import SCALINGS, inverse_frequencies
 from .registry import Op, Spec, register, require
-from .rotary import SCALINGS, inverse_frequencies
 
 
 def _declared(attrs, *inputs) -> Spec:
@@ -38,7 +38,7 @@ register(Op("const", "source", lambda attrs: Spec((), "f32"),
 # checkpointed.
 def _rotary_angles(attrs) -> np.ndarray:
     """angle[p, i] = p * inv_freq[i] for the positions p < rows and the pairs i < D / 2: Hugging
-    Face LLaMA's base^(-2i / D), scaled where the attributes name a scaling (ops/rotary.py)."""
+    Face LLaMA's base^(-2i / D), scaled where the attributes name a scaling (rope_scaling.py)."""
     rows, half = attrs["shape"]
     scaling = {k: attrs[k] for k in ("rope_type", *SCALINGS.get(attrs.get("rope_type"), ())) if k in attrs}
     inv_freq = inverse_frequencies(half, attrs["base"], **scaling)
