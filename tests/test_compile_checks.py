@@ -374,6 +374,8 @@ def test_a_head_too_wide_for_decoding_is_named(tmp_path):
 @pytest.mark.parametrize("model, settings", [
     ("llama", ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=32", "n_hidden=0", "tie_weights=0"]),
     ("llama", ["n_layer=3", "n_head=4", "n_kv_head=1", "n_embd=64", "n_hidden=96", "tie_weights=1"]),
+    ("llama", ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=30", "head_dim=6", "n_hidden=40", "tie_weights=0",
+               "attention_bias=1", "mlp_bias=1"]),
     ("speedrun", ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=32", "n_hidden=0", "tie_weights=0"]),
 ])
 def test_a_model_file_counts_its_own_parameters(model, settings):
