@@ -250,7 +250,7 @@ def test_fields_it_lacks_take_transformers_defaults(tmp_path):
     with pytest.raises(UserError, match="num_key_value_heads 4, the plan's n_kv_head is 2"):
         load(tmp_path / "m")
     assert hf.settings(tmp_path / "m") == [f"n_layer={L}", f"n_head={H}", f"n_kv_head={H}", f"n_embd={C}",
-                                           f"head_dim={D}", f"n_hidden={F}", "rope_base=10000.0", "rope_scaling=none",
+                                           "head_dim=0", f"n_hidden={F}", "rope_base=10000.0", "rope_scaling=none",
                                            "norm_eps=1e-06", f"vocab_size={V}", "block_size=1024", "tie_weights=0",
                                            "attention_bias=0", "mlp_bias=0"]
 
@@ -274,7 +274,7 @@ def test_llama_3_2s_config_json_gives_its_settings(tmp_path):
                                     "eos_token_id": [128001, 128008, 128009], "pretraining_tp": 1,
                                     "transformers_version": "4.45.0.dev0"})
     settings = hf.settings(tmp_path / "m")
-    assert settings == (SETTINGS[:4] + [f"head_dim={D}"] + SETTINGS[4:6]
+    assert settings == (SETTINGS[:4] + ["head_dim=0"] + SETTINGS[4:6]
                         + ["rope_scaling=llama3", "rope_factor=32.0", "rope_low_freq_factor=1.0", "rope_high_freq_factor=4.0",
                            "rope_original_max_position=8192", SETTINGS[6], f"vocab_size={V}", "block_size=1024",
                            "tie_weights=1", "attention_bias=0", "mlp_bias=0"])
@@ -295,7 +295,7 @@ def test_a_gpt2_plan_refuses_a_llama_directory_and_the_reverse(tmp_path):
 def test_hf_config_gives_the_compile_settings_and_set_wins(tmp_path):
     """tools/compile.py --hf-config DIR takes the sizes of DIR's config.json; --set overrides."""
     write_llama(tmp_path / "m")
-    assert hf.settings(tmp_path / "m") == (SETTINGS[:4] + [f"head_dim={D}"] + SETTINGS[4:6] + ["rope_scaling=none", SETTINGS[6]]
+    assert hf.settings(tmp_path / "m") == (SETTINGS[:4] + ["head_dim=0"] + SETTINGS[4:6] + ["rope_scaling=none", SETTINGS[6]]
                                            + [f"vocab_size={V}", f"block_size={T}", "tie_weights=0", "attention_bias=0",
                                               "mlp_bias=0"])
     from tests.test_hf import write_hf

@@ -201,10 +201,12 @@ def sizes(hf: dict) -> dict:
 
 
 def settings(hf: dict) -> dict:
-    """models/llama.py's --set keys for this config.json (checked)."""
+    """models/llama.py's --set keys for this config.json (checked); head_dim 0 where it is
+    hidden_size / num_attention_heads, so that a --set of other sizes keeps that rule."""
     rope = scaling(hf) or {"rope_type": "none"}
     return {"n_layer": hf["num_hidden_layers"], "n_head": hf["num_attention_heads"],
-            "n_kv_head": field(hf, "num_key_value_heads"), "n_embd": hf["hidden_size"], "head_dim": head_dim(hf),
+            "n_kv_head": field(hf, "num_key_value_heads"), "n_embd": hf["hidden_size"],
+            "head_dim": 0 if head_dim(hf) == hf["hidden_size"] // hf["num_attention_heads"] else head_dim(hf),
             "n_hidden": hf["intermediate_size"], "rope_base": float(field(hf, "rope_theta")),
             "rope_scaling": rope["rope_type"],
             **{ROPE_SETTINGS[k]: rope[k] for k in SCALINGS.get(rope["rope_type"], ())},
