@@ -376,11 +376,11 @@ def backend_with(plan, weights, dtype=np.float32):
     return backend
 
 
-def greedy(logits_of, prompt, n, window=T):
-    """n tokens after `prompt`, each the most likely of the 99 in use after the window so far."""
+def greedy(logits_of, prompt, n, window=T, vocab=99):
+    """n tokens after `prompt`, each the most likely of the first `vocab` after the window so far."""
     ids = list(prompt)
     for _ in range(n):
-        ids.append(int(logits_of(np.array([ids[-window:]]))[0, -1, :99].argmax()))
+        ids.append(int(logits_of(np.array([ids[-window:]]))[0, -1, :vocab].argmax()))
     return ids[len(prompt):]
 
 
@@ -583,23 +583,27 @@ def test_a_released_configuration_loads_decodes_and_exports_as_transformers_does
     assert again.model.rotary_emb.inv_freq.numpy().tobytes() == model.model.rotary_emb.inv_freq.numpy().tobytes()
 
 
-def test_a_131072_position_config_compiles_runs_and_generates_from_the_command_line(tmp_path):
+def test_a_131072_position_config_compiles_and_generates_from_the_command_line(tmp_path):
     """Where PyTorch and transformers are importable: LLaMA 3.2's max_position_embeddings of 131072
-    gives a plan of block_size 1024 through the documented commands (compile --hf-config, run
-    --init-from with greedy generation), whose tokens are transformers'."""
+    gives a plan of block_size 1024 through the documented commands (compile --hf-config, then
+    graphgpt.sample), whose greedy tokens are transformers', chosen among all 1000 of its
+    vocabulary (more than the plan's character tokenizer holds: those past it read [UNK])."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    model = transformers_llama(torch, transformers, tmp_path / "m", **RELEASED["llama3.2"])
+    model = transformers_llama(torch, transformers, tmp_path / "m", **RELEASED["llama3.2"] | {"vocab_size": 1000})
     proc = run_cli(COMPILE, str(LLAMA), "--out", str(tmp_path / "plan"), "--hf-config", str(tmp_path / "m"),
                    *sets(["batch_size=1"]))
     assert proc.returncode == 0, proc.stderr
     plan = plan_io.load(tmp_path / "plan")
-    assert plan.config["block_size"] == 1024
     tokenizer = Tokenizer.from_json(plan.tokenizer)
+    assert (plan.config["block_size"], plan.config["vocab_size"], len(tokenizer.vocab)) == (1024, 1000, 99)
     prompt = encode_prompt(tokenizer, "Hello").tolist()
     with torch.no_grad():
-        expected = greedy(lambda ids: model(torch.from_numpy(ids).long()).logits.numpy(), prompt, 20, window=1024)
-    assert tokenizer.eos_id not in expected  # the whole 20 are generated
+        expected = greedy(lambda ids: model(torch.from_numpy(ids).long()).logits.numpy(), prompt, 20, window=1024,
+                          vocab=1000)
+    assert max(expected) >= 99 and tokenizer.eos_id not in expected  # ids past the tokenizer's; no early end
+    backend = backend_with(plan, hf.load(tmp_path / "m", plan.config, {t["name"]: tuple(t["shape"]) for t in plan.params}))
+    assert generate(backend, prompt, 20, 99, tokenizer.eos_id)[0] == expected
     proc = run_cli("-m", "graphgpt.sample", "--plan", str(tmp_path / "plan"), "--init-from", str(tmp_path / "m"),
                    "--prompt", "Hello", "--tokens", "20", "--backend", "numpy")
     assert proc.returncode == 0, proc.stderr
