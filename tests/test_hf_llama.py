@@ -553,8 +553,8 @@ def transformers_llama(torch, transformers, directory, **config):
 def test_a_released_configuration_loads_decodes_and_exports_as_transformers_does(tmp_path, kind):
     """Where PyTorch and transformers are importable: the plan --hf-config's settings give (block_size
     set) computes transformers' float32 logits within 1e-5 and its greedy tokens, with and without
-    the key/value caches, and the export reloads into transformers bit for bit, its rotary
-    frequencies included."""
+    the key/value caches, and the export reloads into transformers and into the plan bit for bit,
+    its rotary frequencies included."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     model = transformers_llama(torch, transformers, tmp_path / "m", **RELEASED[kind])
@@ -581,6 +581,8 @@ def test_a_released_configuration_loads_decodes_and_exports_as_transformers_does
     for name, value in theirs.items():
         assert ours[name].numpy().tobytes() == value.numpy().tobytes(), name
     assert again.model.rotary_emb.inv_freq.numpy().tobytes() == model.model.rotary_emb.inv_freq.numpy().tobytes()
+    back = hf.load(tmp_path / "out", plan.config, {t["name"]: tuple(t["shape"]) for t in plan.params})
+    assert all(back[name].tobytes() == value.tobytes() for name, value in weights.items())
 
 
 def test_a_131072_position_config_compiles_and_generates_from_the_command_line(tmp_path):
