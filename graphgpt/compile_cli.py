@@ -52,7 +52,8 @@ def main(argv=None) -> int:
                         "or an optimizer key (see below), e.g. --set n_layer=2 n_embd=128 (repeatable)")
     p.add_argument("--hf-config", type=Path, metavar="DIR",
                    help="the model's sizes from a Hugging Face directory's config.json: a GPT-2's for model.py, "
-                        "a LLaMA's for models/llama.py (--set overrides them)")
+                        "a LLaMA's for models/llama.py (--set overrides them); greedy generation then "
+                        "chooses among its vocab_size tokens, as transformers does")
     p.add_argument("--data", type=Path, help="build the tokenizer's vocabulary from this text file")
     p.add_argument("--tokenizer", choices=("word", "char", BPE_KIND),
                    help="word (the seed's; default with --data), char (default without) or gpt2 "
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
             overrides = hf.settings(args.hf_config) + overrides
         compiled = compile_model(args.model, overrides, args.data, args.tokenizer, fusion=not args.no_fuse,
                                  remat=args.remat, vocab_path=args.vocab, device_bytes=args.device_memory,
-                                 target=TARGETS[args.target], log=lambda line: None)
+                                 target=TARGETS[args.target], log=lambda line: None,
+                                 vocab_in_use=args.hf_config and hf.vocabulary(args.hf_config))
         save(compiled.data, args.out, compiled.files)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

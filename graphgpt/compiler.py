@@ -60,10 +60,12 @@ class Compiled:
 def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path | None = None,
                   tokenizer_kind: str | None = None, fusion: bool = True, remat: str = AUTO,
                   vocab_path: Path | None = None, device_bytes: int = int(model_size.DEFAULT_DEVICE_GB * 1e9),
-                  target: Target = DEFAULT, log=print) -> Compiled:
+                  target: Target = DEFAULT, log=print, vocab_in_use: int | None = None) -> Compiled:
     """Compile a model file into a plan whose kernels are sized for `target`. `log` gets each
     stage's line as it ends; the report holds them too. A model whose arena cannot fit
-    `device_bytes` is refused, before tracing where its CONFIG says its size."""
+    `device_bytes` is refused, before tracing where its CONFIG says its size. Greedy generation
+    chooses among the tokenizer's ids, or the first `vocab_in_use` (a Hugging Face directory's
+    vocabulary, as transformers chooses)."""
     t0 = time.perf_counter()
     stages, show = [], log  # stages: the report's record of each one
 
@@ -95,7 +97,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
     graphs.update(_add_training(graphs[backward], opt_cfg))
     joint_dump = graphs[backward].summary("joint")
     graphs["eval"] = _trace(module, model_cfg, B, T, with_loss=True)
-    graphs.update(_generation(module, model_cfg, len(tokenizer.vocab), log))
+    graphs.update(_generation(module, model_cfg, min(vocab_in_use or len(tokenizer.vocab), model_cfg["vocab_size"]), log))
     graphs = with_weight_copies(graphs, model_cfg["dtype"])
     log(f"  trace      forward {len(forward_dump['nodes'])} nodes, joint {len(graphs[backward].nodes)} nodes")
 
@@ -156,7 +158,7 @@ def _add_training(graph: Graph, opt_cfg: dict) -> dict[str, Graph]:
 def _generation(module, cfg: dict, vocab_in_use: int, log) -> dict[str, Graph]:
     """The generate program (a whole window, which fills the key/value caches) and, where the
     model allows, the decode program (one position per sequence against the caches); their greedy
-    next tokens are chosen among the tokenizer's `vocab_in_use` ids."""
+    next tokens are chosen among the first `vocab_in_use` ids."""
     G, T = cfg["sample_batch"], cfg["block_size"]
     programs = {"generate": _trace(module, cfg, G, T, with_loss=False, caches=dsl.KvCaches(T), greedy=vocab_in_use)}
     caches = dsl.KvCaches(T)

@@ -25,6 +25,7 @@ from typing import Callable
 from .errors import UserError
 from .ir import FLOAT, INT, Graph, GraphError, Value
 from .ops.shape import contiguous_along
+from .rope_scaling import rotary_scaling
 from .schedule import DROPOUT_COUNTER, DROPOUT_SEED
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -239,20 +240,27 @@ def position_rows(table: Value, t: int) -> Value:
     return embedding(table, caches.position.reshape(1))
 
 
-def rotary(x: Value, base: float = 10000.0) -> Value:
+def rotary(x: Value, base: float = 10000.0, scaling: dict | None = None) -> Value:
     """Rotary position embedding of x (B, T, H, D), D even, in Hugging Face LLaMA's convention
     (rotate_half): columns i and i + D/2 are rotated by position * base^(-2i/D). The positions are
     0..T-1, or, in the decode program, from its position input on; the cosines and sines are
     tables the compiler computes (one row per position the program can see: the block, or the
-    key/value caches' length)."""
+    key/value caches' length). `scaling` scales the frequencies as transformers' rope_type does:
+    {"rope_type": "linear", "factor": f} or {"rope_type": "llama3", "factor": f,
+    "low_freq_factor": l, "high_freq_factor": h, "original_max_position_embeddings": n}
+    (graphgpt/rope_scaling.py)."""
     tracer = _tracer()
     if x.ndim != 4 or x.shape[-1] % 2:
         raise GraphError(f"{user_line()}: rotary: x must be (B, T, H, D) with D even, got {x.shape}")
     if not (isinstance(base, (int, float)) and math.isfinite(base) and base > 0):
         raise GraphError(f"{user_line()}: rotary: base must be a finite number > 0, got {base!r}")
+    try:
+        scaled = rotary_scaling(scaling)
+    except ValueError as e:
+        raise GraphError(f"{user_line()}: rotary: {e}") from None
     caches = tracer.caches
     rows = x.shape[1] if caches is None else caches.length
-    table = dict(shape=(rows, x.shape[-1] // 2), base=float(base))
+    table = dict(shape=(rows, x.shape[-1] // 2), base=float(base), **scaled)
     cos, sin = (x.graph.const_tensor(name, **table) for name in ("rotary_cos", "rotary_sin"))
     position = ()
     if caches is not None and caches.position is not None:

@@ -10,9 +10,13 @@ from pathlib import Path
 
 from . import optim
 from .errors import UserError
+from .rope_scaling import SCALINGS
 
-SIZES = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "batch_size", "sample_batch")  # CONFIG keys that must be >= 1
-POSITIVE = ("rope_base", "norm_eps")  # CONFIG numbers that must be > 0
+SIZES = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "batch_size", "sample_batch",
+         "rope_original_max_position")  # CONFIG keys that must be >= 1
+POSITIVE = ("rope_base", "norm_eps", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor")  # numbers > 0
+FLAGS = ("tie_weights", "attention_bias", "mlp_bias")  # CONFIG keys that are 0 or 1
+ROPE_SCALINGS = ("none", *SCALINGS)  # rope_scaling=: how the rotary frequencies are scaled (rope_scaling.py)
 COMPUTE_DTYPES = ("f32", "bf16")  # dtype=: the type activations and GEMM operands are stored in
 # How a model's attention may be computed: one fused kernel that keeps no (T x T) scores, or the
 # explicit scores, causal softmax and two batched GEMMs (the probabilities then live in memory,
@@ -121,6 +125,8 @@ def check_model_config(cfg: dict, origin=None) -> None:
     if "n_hidden" in cfg:
         need("n_hidden", isinstance(cfg["n_hidden"], int) and cfg["n_hidden"] >= 0,
              "an integer >= 0 (0: the model file's rule)")
+    if "head_dim" in cfg:
+        need("head_dim", isinstance(cfg["head_dim"], int) and cfg["head_dim"] >= 0, "an integer >= 0 (0: n_embd / n_head)")
     for key in POSITIVE:
         if key in cfg:
             need(key, isinstance(cfg[key], (int, float)) and cfg[key] > 0, "a number > 0")
@@ -128,15 +134,21 @@ def check_model_config(cfg: dict, origin=None) -> None:
         need("dtype", cfg["dtype"] in COMPUTE_DTYPES, " or ".join(COMPUTE_DTYPES))
     if "attention" in cfg:
         need("attention", cfg["attention"] in ATTENTION, " or ".join(ATTENTION))
-    if "tie_weights" in cfg:
-        need("tie_weights", cfg["tie_weights"] in (0, 1), "0 or 1")
+    for key in FLAGS:
+        if key in cfg:
+            need(key, cfg[key] in (0, 1), "0 or 1")
+    if "rope_scaling" in cfg:
+        need("rope_scaling", cfg["rope_scaling"] in ROPE_SCALINGS, " or ".join(ROPE_SCALINGS))
+    if cfg.get("rope_scaling") == "llama3" and "rope_high_freq_factor" in cfg:
+        need("rope_high_freq_factor", cfg["rope_high_freq_factor"] > cfg.get("rope_low_freq_factor", 0),
+             f"a number above rope_low_freq_factor {cfg.get('rope_low_freq_factor')}")
     if "classifier_chunks" in cfg:
         need("classifier_chunks", isinstance(cfg["classifier_chunks"], int) and cfg["classifier_chunks"] >= 0
              and cfg.get("batch_size", 1) % max(cfg["classifier_chunks"], 1) == 0,
              f"an integer >= 0 that divides batch_size {cfg.get('batch_size')} (0: chosen by the logits' size)")
     if "dropout" in cfg:
         need("dropout", isinstance(cfg["dropout"], (int, float)) and 0 <= cfg["dropout"] < 1, "a probability in [0, 1)")
-    if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"]:
+    if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"] and not cfg.get("head_dim"):
         raise UserError(f"n_embd {cfg['n_embd']} is not divisible by n_head {cfg['n_head']}")
     for key, value in cfg.items():
         if isinstance(value, float):

@@ -11,7 +11,7 @@ outgrows block_size, every token reruns the window of the last block_size tokens
 generator always does, and as --no-kv-cache does from the start).
 
 `python -m graphgpt.sample --plan DIR --init-from PATH` generates from a checkpoint, a
-.safetensors file or a Hugging Face GPT-2 directory, with no training.
+.safetensors file or a Hugging Face GPT-2 or LLaMA directory, with no training.
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def parse_args(argv):
     p.add_argument("--plan", required=True, help="the compiled plan (its generate program and tokenizer)")
     p.add_argument("--init-from", required=True, metavar="PATH",
                    help="the weights: a checkpoint (or a directory of them), a .safetensors file, or a "
-                        "Hugging Face GPT-2 directory")
+                        "Hugging Face GPT-2 or LLaMA directory")
     p.add_argument("--prompt", default="", help="the text to continue (default: none, start after end-of-text)")
     p.add_argument("--tokens", type=int, default=100, metavar="N", help="tokens to generate (default 100)")
     p.add_argument("--samples", type=int, default=1, metavar="K",

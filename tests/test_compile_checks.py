@@ -77,6 +77,15 @@ LLAMA_BAD = [
     (["rope_base=-2"], "--set rope_base=-2: rope_base must be a number > 0"),
     (["norm_eps=0"], "--set norm_eps=0: norm_eps must be a number > 0"),
     (["n_kv_head=3"], "causal_attention: 3 key/value heads do not divide 4 query heads"),
+    (["head_dim=-8"], "--set head_dim=-8: head_dim must be an integer >= 0 (0: n_embd / n_head)"),
+    (["attention_bias=2"], "--set attention_bias=2: attention_bias must be 0 or 1"),
+    (["mlp_bias=-1"], "--set mlp_bias=-1: mlp_bias must be 0 or 1"),
+    (["rope_scaling=yarn"], "--set rope_scaling=yarn: rope_scaling must be none or linear or llama3"),
+    (["rope_scaling=linear", "rope_factor=0"], "--set rope_factor=0: rope_factor must be a number > 0"),
+    (["rope_scaling=llama3", "rope_low_freq_factor=4"],
+     "llama.py: CONFIG rope_high_freq_factor=4.0: rope_high_freq_factor must be a number above rope_low_freq_factor 4.0"),
+    (["rope_scaling=llama3", "rope_original_max_position=0"],
+     "--set rope_original_max_position=0: rope_original_max_position must be an integer >= 1"),
 ]
 OUT_OF_RANGE = ([("model.py", s, m) for s, m in BAD_SETTINGS]
                 + [("models/llama.py", LLAMA_SMALL + s, m) for s, m in LLAMA_BAD])
@@ -365,6 +374,8 @@ def test_a_head_too_wide_for_decoding_is_named(tmp_path):
 @pytest.mark.parametrize("model, settings", [
     ("llama", ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=32", "n_hidden=0", "tie_weights=0"]),
     ("llama", ["n_layer=3", "n_head=4", "n_kv_head=1", "n_embd=64", "n_hidden=96", "tie_weights=1"]),
+    ("llama", ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=30", "head_dim=6", "n_hidden=40", "tie_weights=0",
+               "attention_bias=1", "mlp_bias=1"]),
     ("speedrun", ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=32", "n_hidden=0", "tie_weights=0"]),
 ])
 def test_a_model_file_counts_its_own_parameters(model, settings):

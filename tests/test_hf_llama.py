@@ -29,6 +29,7 @@ from graphgpt.errors import UserError
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.sample import generate
 from graphgpt.tensor_files import load_safetensors, save_safetensors
+from graphgpt.tokenizer import Tokenizer, encode_prompt
 from graphgpt.train import init_params
 from tests.conftest import COMPILE, ROOT, assert_user_error, fill, run_cli, sets
 from tests.test_hf import export_cli
@@ -167,6 +168,8 @@ def test_export_after_import_gives_the_same_tensors(tmp_path, tied):
 
 # Each field of config.json that models/llama.py cannot follow or that differs from the plan:
 # the change, and what the one line says after the file's name.
+LLAMA3_SCALING = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+                  "rope_type": "llama3"}  # LLaMA 3.1's, as transformers 4 writes it
 MISMATCHES = [
     ({"hidden_act": "gelu"}, "hidden_act 'gelu': models/llama.py's MLP is SwiGLU (silu)"),
     ({"num_hidden_layers": 3}, "num_hidden_layers 3, the plan's n_layer is 2"),
@@ -179,17 +182,29 @@ MISMATCHES = [
     ({"rms_norm_eps": 1e-6}, "rms_norm_eps 1e-06, the plan's norm_eps is 1e-05"),
     ({"tie_word_embeddings": True}, "tie_word_embeddings true, the plan's tie_weights is false"),
     ({"vocab_size": 200}, "vocab_size 200 is more than the plan's 128"),
-    ({"head_dim": 8}, "head_dim 8: models/llama.py's is hidden_size / num_attention_heads, 4"),
-    ({"attention_bias": True}, "attention_bias is true; models/llama.py has no biases"),
-    ({"mlp_bias": True}, "mlp_bias is true; models/llama.py has no biases"),
-    ({"rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                       "original_max_position_embeddings": 8192, "rope_type": "llama3"}},
-     "rope_scaling {\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
-     "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}: scaled rotary positions ('llama3') "
-     "are not supported; models/llama.py's are unscaled"),
-    ({"rope_scaling": None, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": THETA}},
-     "rope_parameters {\"rope_type\": \"linear\", \"factor\": 2.0, \"rope_theta\": 1000.0}: scaled rotary positions "
-     "('linear') are not supported"),
+    ({"head_dim": 8}, "head_dim 8, the plan's head_dim is 4"),
+    ({"attention_bias": True}, "attention_bias true, the plan's attention_bias is false"),
+    ({"mlp_bias": True}, "mlp_bias true, the plan's mlp_bias is false"),
+    ({"rope_scaling": LLAMA3_SCALING},
+     "rotary scaling {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+     "\"original_max_position_embeddings\": 8192}, the plan's (rope_scaling and its rope_ settings) is null"),
+    ({"rope_scaling": None, "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": THETA}},
+     "rope_parameters {\"rope_type\": \"yarn\", \"factor\": 2.0, \"rope_theta\": 1000.0}: scaled rotary positions "
+     "('yarn') are not supported; models/llama.py's are unscaled, 'linear' or 'llama3'"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}},
+     "rope_scaling {\"type\": \"dynamic\", \"factor\": 2.0}: scaled rotary positions ('dynamic') are not supported"),
+    ({"rope_scaling": {"type": "linear"}}, "rope_scaling {\"type\": \"linear\"}: no factor"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}},
+     "rope_scaling {\"rope_type\": \"linear\", \"factor\": 2.0, \"partial_rotary_factor\": 0.5}: "
+     "models/llama.py does not read partial_rotary_factor"),
+    ({"rope_scaling": LLAMA3_SCALING | {"high_freq_factor": 1.0}},
+     f"rope_scaling {json.dumps(LLAMA3_SCALING | {'high_freq_factor': 1.0})}: "
+     "'llama3' scaling's high_freq_factor 1.0 must exceed its low_freq_factor 1.0"),
+    ({"rope_scaling": LLAMA3_SCALING | {"original_max_position_embeddings": 8192.0}},
+     f"rope_scaling {json.dumps(LLAMA3_SCALING | {'original_max_position_embeddings': 8192.0})}: "
+     "'llama3' scaling's original_max_position_embeddings must be an integer >= 1, got 8192.0"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": -2}},
+     "rope_scaling {\"rope_type\": \"linear\", \"factor\": -2}: 'linear' scaling's factor must be a finite number > 0, got -2"),
     ({"model_type": "mistral"}, "model_type 'mistral'; graphgpt reads 'gpt2' and 'llama'"),
     ({"num_hidden_layers": "2"}, 'num_hidden_layers is "2", not an integer'),
     ({"rope_scaling": "none"}, 'rope_scaling is "none", not an object or null'),
@@ -235,8 +250,9 @@ def test_fields_it_lacks_take_transformers_defaults(tmp_path):
     with pytest.raises(UserError, match="num_key_value_heads 4, the plan's n_kv_head is 2"):
         load(tmp_path / "m")
     assert hf.settings(tmp_path / "m") == [f"n_layer={L}", f"n_head={H}", f"n_kv_head={H}", f"n_embd={C}",
-                                           f"n_hidden={F}", "rope_base=10000.0", "norm_eps=1e-06", f"vocab_size={V}",
-                                           "block_size=2048", "tie_weights=0"]
+                                           "head_dim=0", f"n_hidden={F}", "rope_base=10000.0", "rope_scaling=none",
+                                           "norm_eps=1e-06", f"vocab_size={V}", "block_size=1024", "tie_weights=0",
+                                           "attention_bias=0", "mlp_bias=0"]
 
 
 def test_transformers_5_rotary_parameters_are_read(tmp_path):
@@ -245,6 +261,25 @@ def test_transformers_5_rotary_parameters_are_read(tmp_path):
     rewrite_config(tmp_path / "m", {"rope_theta": 10000.0, "rope_scaling": None,
                                     "rope_parameters": {"rope_type": "default", "rope_theta": THETA}})
     assert set(load(tmp_path / "m")) == set(plan_shapes(False))
+
+
+def test_llama_3_2s_config_json_gives_its_settings(tmp_path):
+    """LLaMA 3.2 1B's config.json as released (transformers 4's spelling: rope_theta beside a
+    llama3 rope_scaling; 131072 positions, eos ids in a list), at this file's sizes: its settings
+    scale the rotary frequencies as it does and train on a window of 1024, and the plan they
+    compile loads it."""
+    write_llama(tmp_path / "m", tied=True)
+    rewrite_config(tmp_path / "m", {"rope_scaling": LLAMA3_SCALING | {"factor": 32.0}, "rope_theta": THETA,
+                                    "max_position_embeddings": 131072, "torch_dtype": "bfloat16", "bos_token_id": 128000,
+                                    "eos_token_id": [128001, 128008, 128009], "pretraining_tp": 1,
+                                    "transformers_version": "4.45.0.dev0"})
+    settings = hf.settings(tmp_path / "m")
+    assert settings == (SETTINGS[:4] + ["head_dim=0"] + SETTINGS[4:6]
+                        + ["rope_scaling=llama3", "rope_factor=32.0", "rope_low_freq_factor=1.0", "rope_high_freq_factor=4.0",
+                           "rope_original_max_position=8192", SETTINGS[6], f"vocab_size={V}", "block_size=1024",
+                           "tie_weights=1", "attention_bias=0", "mlp_bias=0"])
+    compiled = compile_model(LLAMA, settings + [f"block_size={T}", "batch_size=1"], log=lambda *a: None)
+    assert set(hf.load(tmp_path / "m", compiled.data["config"], plan_shapes(True))) == set(plan_shapes(True))
 
 
 def test_a_gpt2_plan_refuses_a_llama_directory_and_the_reverse(tmp_path):
@@ -260,7 +295,9 @@ def test_a_gpt2_plan_refuses_a_llama_directory_and_the_reverse(tmp_path):
 def test_hf_config_gives_the_compile_settings_and_set_wins(tmp_path):
     """tools/compile.py --hf-config DIR takes the sizes of DIR's config.json; --set overrides."""
     write_llama(tmp_path / "m")
-    assert hf.settings(tmp_path / "m") == SETTINGS[:7] + [f"vocab_size={V}", f"block_size={T}", "tie_weights=0"]
+    assert hf.settings(tmp_path / "m") == (SETTINGS[:4] + ["head_dim=0"] + SETTINGS[4:6] + ["rope_scaling=none", SETTINGS[6]]
+                                           + [f"vocab_size={V}", f"block_size={T}", "tie_weights=0", "attention_bias=0",
+                                              "mlp_bias=0"])
     from tests.test_hf import write_hf
     write_hf(tmp_path / "gpt2", positions=16)
     proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "plan"), "--hf-config",
@@ -339,11 +376,11 @@ def backend_with(plan, weights, dtype=np.float32):
     return backend
 
 
-def greedy(logits_of, prompt, n, window=T):
-    """n tokens after `prompt`, each the most likely of the 99 in use after the window so far."""
+def greedy(logits_of, prompt, n, window=T, vocab=99):
+    """n tokens after `prompt`, each the most likely of the first `vocab` after the window so far."""
     ids = list(prompt)
     for _ in range(n):
-        ids.append(int(logits_of(np.array([ids[-window:]]))[0, -1, :99].argmax()))
+        ids.append(int(logits_of(np.array([ids[-window:]]))[0, -1, :vocab].argmax()))
     return ids[len(prompt):]
 
 
@@ -381,7 +418,7 @@ def test_logits_and_greedy_tokens_equal_the_files_llama(tmp_path, plans, tied):
 # differs from the plan's config, one from its parameter shapes, a field of the wrong type, another
 # family. Every field's line is checked in-process above; these show that such a line is the
 # command's one line and its status 2.
-ON_THE_COMMAND_LINE = ("rope_scaling {", "num_key_value_heads 4", "intermediate_size 48", 'num_hidden_layers is "2"',
+ON_THE_COMMAND_LINE = ("rope_scaling {\"type\": \"dynamic\"", "num_key_value_heads 4", "intermediate_size 48", 'num_hidden_layers is "2"',
                        "model_type 'mistral'")
 
 
@@ -477,3 +514,126 @@ def test_a_llama_transformers_saved_itself_compiles_loads_and_decodes_as_it_does
         np.testing.assert_allclose(backend.run("generate", {"tokens": tokens})["logits"], logits_of(tokens), rtol=0, atol=1e-5)
         prompt = [5, 17, 3]
         assert generate(backend, prompt, 20, 99, eos_id=127)[0] == greedy(logits_of, prompt, 20, window=24)  # never ends
+
+
+# ---- LlamaForCausalLM configurations in the shapes of released ones, shrunk --------------------
+# Each a LlamaConfig's arguments besides the sizes all share (SHRUNK): LLaMA 3.2's llama3 scaling
+# (its original context shrunk so that the scaling turns the frequencies of a 24-token window),
+# tied embeddings, an explicit head_dim and 131072 positions; LLaMA 2's (a key/value head per query
+# head, rope_theta 10000); one key/value head for all query heads; linear scaling in transformers
+# 4's spelling ("type"); biases in attention and MLP; a head_dim that is not hidden_size / heads.
+SHRUNK = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=56, num_hidden_layers=2,
+              vocab_size=99, max_position_embeddings=24, rms_norm_eps=1e-5, rope_theta=500000.0, initializer_range=0.2)
+RELEASED = {
+    "llama3.2": dict(tie_word_embeddings=True, head_dim=8, max_position_embeddings=131072,
+                     rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 256}),
+    "llama2": dict(num_key_value_heads=4, rope_theta=10000.0, max_position_embeddings=4096, rms_norm_eps=1e-6),
+    "mqa": dict(num_key_value_heads=1),
+    "linear": dict(rope_theta=10000.0, rope_scaling={"type": "linear", "factor": 4.0}),
+    "biases": dict(attention_bias=True, mlp_bias=True),
+    "head_dim": dict(hidden_size=40, head_dim=12, num_key_value_heads=4),
+}
+WINDOW = 24  # the plans' block_size: --set wins over max_position_embeddings
+
+
+def transformers_llama(torch, transformers, directory, **config):
+    """A random LlamaForCausalLM of SHRUNK sizes and `config`, saved by transformers (safetensors)."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**SHRUNK | config)).eval()
+    with torch.no_grad():  # biases start at zero: draw them so that they count
+        for name, value in model.named_parameters():
+            if name.endswith(".bias"):
+                value.normal_(0, 0.2)
+    model.save_pretrained(directory)
+    return model
+
+
+@pytest.mark.parametrize("kind", RELEASED)
+def test_a_released_configuration_loads_decodes_and_exports_as_transformers_does(tmp_path, kind):
+    """Where PyTorch and transformers are importable: the plan --hf-config's settings give (block_size
+    set) computes transformers' float32 logits within 1e-5 and its greedy tokens, with and without
+    the key/value caches, and the export reloads into transformers and into the plan bit for bit,
+    its rotary frequencies included."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = transformers_llama(torch, transformers, tmp_path / "m", **RELEASED[kind])
+    settings = hf.settings(tmp_path / "m")
+    assert f"block_size={min(model.config.max_position_embeddings, 1024)}" in settings
+    compiled = compile_model(LLAMA, settings + [f"block_size={WINDOW}", "batch_size=1"], log=lambda *a: None)
+    plan_io.save(compiled.data, tmp_path / "plan", compiled.files)
+    plan = plan_io.load(tmp_path / "plan")
+    weights = hf.load(tmp_path / "m", plan.config, {t["name"]: tuple(t["shape"]) for t in plan.params})
+    backend = backend_with(plan, weights)
+    tokens = np.random.default_rng(5).integers(0, 99, (1, WINDOW)).astype(np.int32)
+    with torch.no_grad():
+        def logits_of(ids):
+            return model(torch.from_numpy(ids).long()).logits.numpy()
+        np.testing.assert_allclose(backend.run("generate", {"tokens": tokens})["logits"], logits_of(tokens), rtol=0, atol=1e-5)
+        prompt = [5, 17, 3]
+        expected = greedy(logits_of, prompt, WINDOW - len(prompt), window=WINDOW)
+    for kv_cache in (True, False):  # the end-of-text id past the 99 in use: no sequence stops early
+        assert generate(backend, prompt, WINDOW - len(prompt), 99, eos_id=127, kv_cache=kv_cache)[0] == expected
+    hf.save(tmp_path / "out", weights, plan.config, eos_id=98)
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    theirs, ours = model.state_dict(), again.state_dict()
+    assert set(theirs) == set(ours)
+    for name, value in theirs.items():
+        assert ours[name].numpy().tobytes() == value.numpy().tobytes(), name
+    assert again.model.rotary_emb.inv_freq.numpy().tobytes() == model.model.rotary_emb.inv_freq.numpy().tobytes()
+    back = hf.load(tmp_path / "out", plan.config, {t["name"]: tuple(t["shape"]) for t in plan.params})
+    assert all(back[name].tobytes() == value.tobytes() for name, value in weights.items())
+
+
+def test_a_131072_position_config_compiles_and_generates_from_the_command_line(tmp_path):
+    """Where PyTorch and transformers are importable: LLaMA 3.2's max_position_embeddings of 131072
+    gives a plan of block_size 1024 through the documented commands (compile --hf-config, then
+    graphgpt.sample), whose greedy tokens are transformers', chosen among all 1000 of its
+    vocabulary (more than the plan's character tokenizer holds: those past it read [UNK])."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = transformers_llama(torch, transformers, tmp_path / "m", **RELEASED["llama3.2"] | {"vocab_size": 1000})
+    proc = run_cli(COMPILE, str(LLAMA), "--out", str(tmp_path / "plan"), "--hf-config", str(tmp_path / "m"),
+                   *sets(["batch_size=1"]))
+    assert proc.returncode == 0, proc.stderr
+    plan = plan_io.load(tmp_path / "plan")
+    tokenizer = Tokenizer.from_json(plan.tokenizer)
+    assert (plan.config["block_size"], plan.config["vocab_size"], len(tokenizer.vocab)) == (1024, 1000, 99)
+    prompt = encode_prompt(tokenizer, "Hello").tolist()
+    with torch.no_grad():
+        expected = greedy(lambda ids: model(torch.from_numpy(ids).long()).logits.numpy(), prompt, 20, window=1024,
+                          vocab=1000)
+    assert max(expected) >= 99 and tokenizer.eos_id not in expected  # ids past the tokenizer's; no early end
+    backend = backend_with(plan, hf.load(tmp_path / "m", plan.config, {t["name"]: tuple(t["shape"]) for t in plan.params}))
+    assert generate(backend, prompt, 20, 99, tokenizer.eos_id)[0] == expected
+    proc = run_cli("-m", "graphgpt.sample", "--plan", str(tmp_path / "plan"), "--init-from", str(tmp_path / "m"),
+                   "--prompt", "Hello", "--tokens", "20", "--backend", "numpy")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].endswith(f"over 1 sequences): {tokenizer.decode(prompt + expected)}"), proc.stdout
+
+
+@pytest.mark.gpu
+def test_cuda_computes_numpys_llama_with_a_head_dim_of_its_own_biases_and_llama3_scaling(tmp_path):
+    """models/llama.py with head_dim 12 (neither n_embd / n_head nor a tensor-core width: the CUDA
+    cores' attention), biases and LLaMA 3's scaling, in float32: CUDA's window logits are NumPy's,
+    and its greedy tokens through the caches are NumPy's and its own through the window."""
+    from graphgpt.runtime.cuda_backend import CudaBackend
+    settings = ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=40", "head_dim=12", "n_hidden=56", "vocab_size=99",
+                "block_size=32", "batch_size=1", "attention_bias=1", "mlp_bias=1", "rope_scaling=llama3",
+                "rope_factor=32", "rope_original_max_position=256"]
+    compiled = compile_model(LLAMA, settings, log=lambda *a: None)
+    plan_io.save(compiled.data, tmp_path / "plan", compiled.files)
+    plan = plan_io.load(tmp_path / "plan")
+    rng = np.random.default_rng(0)
+    weights = {t["name"]: rng.normal(1 if len(t["shape"]) == 1 else 0, 0.2, t["shape"]).astype(np.float32)
+               for t in plan.params}
+    reference, backend = backend_with(plan, weights), CudaBackend(plan)
+    for name, value in weights.items():
+        backend.set_tensor(name, value)
+    tokens = rng.integers(0, 99, (1, 32)).astype(np.int32)
+    want = reference.run("generate", {"tokens": tokens})["logits"].astype(np.float64)
+    got = np.asarray(backend.run("generate", {"tokens": tokens})["logits"], np.float64)
+    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+    prompt = [5, 17, 3]
+    cached = generate(backend, prompt, 20, 99, eos_id=98)
+    assert cached == generate(backend, prompt, 20, 99, eos_id=98, kv_cache=False) == generate(reference, prompt, 20, 99, eos_id=98)

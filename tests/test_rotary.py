@@ -3,6 +3,7 @@ against LLaMA's rotation written out independently, the tables a compile writes 
 load, a tiny LLaMA-style model (tests/rotary_model.py) that trains on NumPy and decodes through its
 key/value caches as its windows do, and the one-line errors of bad input."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from graphgpt.data import SequentialSampler
 from graphgpt.errors import UserError
 from graphgpt.ir import GraphError
 from graphgpt.numpy_ops import BY_OP
+from graphgpt.ops.source import const_tensor_values
+from graphgpt.rope_scaling import inverse_frequencies, rotary_scaling
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.sample import generate
 from graphgpt.schedule import DECODE_POSITION
@@ -53,13 +56,67 @@ def test_the_reference_is_llamas_rotation(base):
 
 
 def test_the_compiler_computes_the_tables_in_float64():
-    from graphgpt.ops.source import const_tensor_values
     cos = const_tensor_values({"table": "rotary_cos", "shape": (16, 4), "base": 10000.0})
     sin = const_tensor_values({"table": "rotary_sin", "shape": (16, 4), "base": 10000.0})
     expected = tables(16, 8, 10000.0)
     assert cos.dtype == np.float64
     np.testing.assert_allclose(cos, expected[0], rtol=0, atol=1e-15)
     np.testing.assert_allclose(sin, expected[1], rtol=0, atol=1e-15)
+
+
+# ---- scaled frequencies -----------------------------------------------------------------------
+LLAMA_3_2 = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": 8192}  # LLaMA 3.2's rope_scaling; 3.1's has factor 8
+
+
+def llama3_frequency(inv_freq: float, factor: float, low: float, high: float, original: int) -> float:
+    """Meta's apply_scaling of LLaMA 3.1, one frequency at a time in Python floats: kept above the
+    high-frequency wavelength cut, divided by factor below the low one, blended in between."""
+    wavelength = 2 * math.pi / inv_freq
+    if wavelength < original / high:
+        return inv_freq
+    if wavelength > original / low:
+        return inv_freq / factor
+    smooth = (original / wavelength - low) / (high - low)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+@pytest.mark.parametrize("half, base, scaling", [
+    (32, 500000.0, LLAMA_3_2),
+    (64, 500000.0, LLAMA_3_2 | {"factor": 8.0}),
+    (4, 500000.0, LLAMA_3_2 | {"original_max_position_embeddings": 256}),  # one frequency of each kind
+    (8, 10000.0, {"rope_type": "linear", "factor": 4.0}),
+])
+def test_scaled_frequencies_are_the_float64_formulas(half, base, scaling):
+    plain = [base ** (-2 * i / (2 * half)) for i in range(half)]
+    if scaling["rope_type"] == "linear":
+        expected = [f / scaling["factor"] for f in plain]
+    else:
+        expected = [llama3_frequency(f, scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"],
+                                     scaling["original_max_position_embeddings"]) for f in plain]
+    got = inverse_frequencies(half, base, **rotary_scaling(scaling))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(inverse_frequencies(half, base), plain, rtol=1e-15, atol=0)
+    cos = const_tensor_values({"table": "rotary_cos", "shape": (5, half), "base": base, **rotary_scaling(scaling)})
+    np.testing.assert_allclose(cos, np.cos(np.outer(np.arange(5), expected)), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("head_dim, base, scaling", [(64, 500000.0, LLAMA_3_2), (128, 500000.0, LLAMA_3_2 | {"factor": 8.0}),
+                                                     (8, 500000.0, LLAMA_3_2 | {"original_max_position_embeddings": 256}),
+                                                     (16, 10000.0, {"rope_type": "linear", "factor": 2.0})])
+def test_scaled_frequencies_are_transformers(head_dim, base, scaling):
+    """Where PyTorch and transformers are importable: their inv_freq (float32) for the same
+    parameters, LLaMA 3.2 1B's and 3.1 8B's among them."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    config = transformers.LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, max_position_embeddings=131072,
+                                      rope_parameters=scaling | {"rope_theta": base})
+    theirs, attention_factor = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](config)
+    assert attention_factor == 1.0  # neither scaling scales the cosines and sines themselves
+    ours = inverse_frequencies(head_dim // 2, base, **rotary_scaling(scaling))
+    np.testing.assert_allclose(ours, theirs.double().numpy(), rtol=2e-6, atol=0)
 
 
 # ---- the plan's constant tensors --------------------------------------------------------------
@@ -185,9 +242,9 @@ def test_decoding_gives_the_windows_logits_and_greedy_tokens(rotary_plan):
 
 
 # ---- bad input --------------------------------------------------------------------------------
-def _trace(shape, base=10000.0, caches=None):
+def _trace(shape, base=10000.0, caches=None, scaling=None):
     def build(tracer):
-        dsl.rotary(tracer.input("x", shape), base)
+        dsl.rotary(tracer.input("x", shape), base, scaling)
     return dsl.trace(build, caches=caches)
 
 
@@ -202,6 +259,22 @@ def _trace(shape, base=10000.0, caches=None):
 def test_bad_input_is_a_graph_error_naming_the_line(shape, base, caches, message):
     with pytest.raises(GraphError) as refused:
         _trace(shape, base, None if caches is None else dsl.KvCaches(caches))
+    text = str(refused.value)
+    assert text.startswith("test_rotary.py:") and message in text and "\n" not in text, text
+
+
+@pytest.mark.parametrize("scaling, message", [
+    ({"rope_type": "yarn", "factor": 2.0}, "rotary: scaling must be None or a dict with rope_type 'linear' or 'llama3', "
+                                           "got {'rope_type': 'yarn', 'factor': 2.0}"),
+    ({"rope_type": "linear"}, "rotary: 'linear' scaling takes factor, got "),
+    ({"rope_type": "linear", "factor": float("nan")}, "rotary: 'linear' scaling's factor must be a finite number > 0, got nan"),
+    (LLAMA_3_2 | {"low_freq_factor": 4.0}, "rotary: 'llama3' scaling's high_freq_factor 4.0 must exceed its low_freq_factor 4.0"),
+    (LLAMA_3_2 | {"original_max_position_embeddings": 0},
+     "rotary: 'llama3' scaling's original_max_position_embeddings must be an integer >= 1, got 0"),
+], ids=["unknown kind", "no factor", "factor nan", "high not above low", "original 0"])
+def test_a_bad_scaling_is_a_graph_error_naming_the_line(scaling, message):
+    with pytest.raises(GraphError) as refused:
+        _trace((1, 4, 2, 6), scaling=scaling)
     text = str(refused.value)
     assert text.startswith("test_rotary.py:") and message in text and "\n" not in text, text
 

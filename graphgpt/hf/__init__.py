@@ -55,6 +55,11 @@ def settings(path: Path) -> list[str]:
     return [f"{key}={value}" for key, value in family.settings(hf).items()]
 
 
+def vocabulary(path: Path) -> int:
+    """The tokens a Hugging Face directory's model was trained on: its config.json's vocab_size."""
+    return _checked_config(path)[1]["vocab_size"]
+
+
 def describe(path: Path) -> str:
     """What a Hugging Face directory (already loaded, so checked) is, in words, with its sizes."""
     hf = read_config(Path(path))

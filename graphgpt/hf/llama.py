@@ -6,10 +6,14 @@ models/llama.py names its parameters as Hugging Face does without the "model." p
 `lm_head.weight` in both). Hugging Face stores a Linear's weight (out, in), graphgpt (in, out), so
 every matrix but the token table is transposed on the way in and out. Both apply rotary
 positions in the rotate_half convention (pairs i and i + D/2), so q and k move unpermuted. As for
-GPT-2, a vocabulary padded in the plan starts its extra rows at zero. A field config.json does
-not hold takes transformers' LlamaConfig default. Refused, each in one line: another activation,
-biases, a head_dim other than n_embd / n_head, and scaled rotary positions (LLaMA 3.1's "llama3",
-linear, dynamic, YaRN...), which models/llama.py does not implement.
+GPT-2, a vocabulary padded in the plan starts its extra rows at zero; biases (attention_bias,
+mlp_bias) move as they are. A field config.json does not hold takes transformers' LlamaConfig
+default. Rotary positions scaled "linear" or "llama3" (LLaMA 3.1 to 3.3) become models/llama.py's
+rope_ settings; refused, each in one line: another activation and other scalings (dynamic, YaRN,
+longrope...), which models/llama.py does not implement.
+
+config.json's max_position_embeddings is the longest context the model takes, not a length to
+train on: the plan's block_size is the smaller of it and BLOCK_SIZE (--set block_size wins).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..rope_scaling import SCALINGS, rotary_scaling
 from .files import HEAD, WEIGHTS, head_tensor, lm_head, pad_rows, requirement
 
 MODEL_TYPE, NAME = "llama", "LLaMA"
@@ -27,6 +32,7 @@ EMBEDDING = "embed_tokens.weight"
 BUFFERS = (".rotary_emb.inv_freq",)  # older files' rotary tables: buffers, not parameters
 GATE = "layers.0.mlp.gate_proj.weight"  # its shape (n_embd, width) gives the plan's MLP width
 DEFAULT_THETA = 10000.0  # transformers' rope_theta where config.json names none
+BLOCK_SIZE = 1024  # the longest block_size --hf-config gives (a 131072-position window would not fit)
 
 # The fields of config.json that are read: (their type in words, required). Those not required
 # default as in transformers' LlamaConfig. transformers 4 writes rope_theta and rope_scaling,
@@ -42,6 +48,9 @@ FIELDS = {"model_type": ("a string", True), "num_hidden_layers": ("an integer", 
 DEFAULTS = {"hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "attention_bias": False,
             "mlp_bias": False, "max_position_embeddings": 2048}
 PLAIN_ROPE = {"rope_type", "type", "rope_theta"}  # the keys of rotary parameters without scaling
+# models/llama.py's settings of each scaling parameter (transformers' names, rope_scaling.py's SCALINGS)
+ROPE_SETTINGS = {"factor": "rope_factor", "low_freq_factor": "rope_low_freq_factor",
+                 "high_freq_factor": "rope_high_freq_factor", "original_max_position_embeddings": "rope_original_max_position"}
 
 
 def owns(names) -> bool:
@@ -64,21 +73,55 @@ def rope_parameters(hf: dict) -> dict:
     return hf.get("rope_scaling") or hf.get("rope_parameters") or {}
 
 
+def rope_kind(hf: dict) -> str:
+    rope = rope_parameters(hf)
+    return rope.get("rope_type", rope.get("type", "default"))
+
+
+def scaling(hf: dict) -> dict | None:
+    """rotary's scaling of a checked config.json: None where unscaled. A "llama3" scaling without
+    original_max_position_embeddings takes max_position_embeddings, as transformers 5 does."""
+    kind, rope = rope_kind(hf), rope_parameters(hf)
+    if kind == "default":
+        return None
+    defaults = {"original_max_position_embeddings": field(hf, "max_position_embeddings")}
+    return {"rope_type": kind, **{k: rope.get(k, defaults.get(k)) for k in SCALINGS[kind]}}
+
+
+def head_dim(hf: dict) -> int:
+    return hf["head_dim"] if hf.get("head_dim") is not None else hf["hidden_size"] // hf["num_attention_heads"]
+
+
 def check_model(path: Path, hf: dict) -> None:
     """One line naming config.json (`path`) and the first field that models/llama.py cannot follow."""
     need = requirement(path)
     need(field(hf, "hidden_act") == "silu", f"hidden_act {field(hf, 'hidden_act')!r}: models/llama.py's MLP is SwiGLU (silu)")
-    rope = rope_parameters(hf)
-    name = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    need(kind == "default" and set(rope) <= PLAIN_ROPE,
-         f"{name} {json.dumps(rope)}: scaled rotary positions ({kind!r}) are not supported; "
-         "models/llama.py's are unscaled")
-    for flag in ("attention_bias", "mlp_bias"):
-        need(not field(hf, flag), f"{flag} is true; models/llama.py has no biases")
-    head_dim = hf["hidden_size"] // hf["num_attention_heads"] if hf["num_attention_heads"] > 0 else None
-    need(hf.get("head_dim") in (None, head_dim),
-         f"head_dim {hf.get('head_dim')}: models/llama.py's is hidden_size / num_attention_heads, {head_dim}")
+    need(hf["num_attention_heads"] > 0 and head_dim(hf) > 0,
+         f"num_attention_heads {hf['num_attention_heads']} and head_dim {hf.get('head_dim')}: no heads to attend with")
+    rope, kind = rope_parameters(hf), rope_kind(hf)
+    name = f"{'rope_scaling' if hf.get('rope_scaling') else 'rope_parameters'} {json.dumps(rope)}"
+    need(kind == "default" or kind in SCALINGS,
+         f"{name}: scaled rotary positions ({kind!r}) are not supported; models/llama.py's are unscaled, "
+         + " or ".join(map(repr, SCALINGS)))
+    # partial_rotary_factor: transformers' default LLaMA ignores it, its scalings do not
+    known = PLAIN_ROPE | set(SCALINGS.get(kind, ())) | ({"partial_rotary_factor"} if kind == "default" else set())
+    need(set(rope) <= known, f"{name}: models/llama.py does not read {', '.join(sorted(set(rope) - known))}")
+    need(kind == "default" or hf.get("partial_rotary_factor", 1.0) == 1.0,
+         f"partial_rotary_factor {hf.get('partial_rotary_factor')}: models/llama.py rotates every dimension")
+    missing = [k for k in SCALINGS.get(kind, ()) if k not in rope and k != "original_max_position_embeddings"]
+    need(not missing, f"{name}: no {', '.join(missing)}")
+    try:
+        rotary_scaling(scaling(hf))
+    except ValueError as e:
+        need(False, f"{name}: {e}")
+
+
+def plan_rope(config: dict) -> dict | None:
+    """rotary's scaling of a plan of models/llama.py (a plan from before the rope_ settings: None)."""
+    kind = config.get("rope_scaling", "none")
+    if kind == "none":
+        return None
+    return {"rope_type": kind, **{k: config[ROPE_SETTINGS[k]] for k in SCALINGS[kind]}}
 
 
 def check_plan(path: Path, hf: dict, config: dict, shapes: dict) -> None:
@@ -93,11 +136,22 @@ def check_plan(path: Path, hf: dict, config: dict, shapes: dict) -> None:
                                 ("intermediate_size", "MLP width", width),
                                 ("rope_theta", "rope_base", config.get("rope_base")),
                                 ("rms_norm_eps", "norm_eps", config.get("norm_eps")),
-                                ("tie_word_embeddings", "tie_weights", bool(config.get("tie_weights")))):
+                                ("tie_word_embeddings", "tie_weights", bool(config.get("tie_weights"))),
+                                ("attention_bias", "attention_bias", bool(config.get("attention_bias"))),
+                                ("mlp_bias", "mlp_bias", bool(config.get("mlp_bias")))):
         mine = field(hf, theirs)
         need(mine == value, f"{theirs} {json.dumps(mine)}, the plan's {ours} is {json.dumps(value)}")
+    ours = plan_head_dim(config)
+    need(head_dim(hf) == ours, f"head_dim {head_dim(hf)}, the plan's head_dim is {ours}")
+    theirs, ours = scaling(hf), plan_rope(config)
+    need(theirs == ours, f"rotary scaling {json.dumps(theirs)}, the plan's (rope_scaling and its rope_ settings) "
+                         f"is {json.dumps(ours)}")
     need(hf["vocab_size"] <= config["vocab_size"],
          f"vocab_size {hf['vocab_size']} is more than the plan's {config['vocab_size']}")
+
+
+def plan_head_dim(config: dict) -> int:
+    return config.get("head_dim") or config["n_embd"] // config["n_head"]
 
 
 def weights(path: Path, hf: dict, tensors: dict, config: dict) -> dict[str, np.ndarray]:
@@ -126,14 +180,15 @@ def hf_tensors(weights: dict[str, np.ndarray], config: dict) -> dict[str, np.nda
 
 
 def hf_config(weights: dict[str, np.ndarray], config: dict, eos_id: int) -> dict:
-    """A config.json transformers' LlamaForCausalLM loads (4 and 5 alike: rope_theta beside a
-    null rope_scaling)."""
+    """A config.json transformers' LlamaForCausalLM loads (4 and 5 alike: rope_theta beside
+    rope_scaling, null where unscaled)."""
     return {"architectures": ["LlamaForCausalLM"], "model_type": MODEL_TYPE, "vocab_size": config["vocab_size"],
             "hidden_size": config["n_embd"], "intermediate_size": int(weights[GATE].shape[1]),
             "num_hidden_layers": config["n_layer"], "num_attention_heads": config["n_head"],
-            "num_key_value_heads": config["n_kv_head"], "head_dim": config["n_embd"] // config["n_head"],
+            "num_key_value_heads": config["n_kv_head"], "head_dim": plan_head_dim(config),
             "hidden_act": "silu", "max_position_embeddings": config["block_size"], "rms_norm_eps": config["norm_eps"],
-            "rope_theta": config["rope_base"], "rope_scaling": None, "attention_bias": False, "mlp_bias": False,
+            "rope_theta": config["rope_base"], "rope_scaling": plan_rope(config),
+            "attention_bias": bool(config.get("attention_bias")), "mlp_bias": bool(config.get("mlp_bias")),
             "attention_dropout": 0.0, "initializer_range": 0.02, "pretraining_tp": 1, "use_cache": True,
             "tie_word_embeddings": bool(config["tie_weights"]), "bos_token_id": eos_id, "eos_token_id": eos_id,
             "torch_dtype": "float32"}
@@ -146,9 +201,16 @@ def sizes(hf: dict) -> dict:
 
 
 def settings(hf: dict) -> dict:
-    """models/llama.py's --set keys for this config.json (checked)."""
+    """models/llama.py's --set keys for this config.json (checked); head_dim 0 where it is
+    hidden_size / num_attention_heads, so that a --set of other sizes keeps that rule."""
+    rope = scaling(hf) or {"rope_type": "none"}
     return {"n_layer": hf["num_hidden_layers"], "n_head": hf["num_attention_heads"],
             "n_kv_head": field(hf, "num_key_value_heads"), "n_embd": hf["hidden_size"],
+            "head_dim": 0 if head_dim(hf) == hf["hidden_size"] // hf["num_attention_heads"] else head_dim(hf),
             "n_hidden": hf["intermediate_size"], "rope_base": float(field(hf, "rope_theta")),
+            "rope_scaling": rope["rope_type"],
+            **{ROPE_SETTINGS[k]: rope[k] for k in SCALINGS.get(rope["rope_type"], ())},
             "norm_eps": float(field(hf, "rms_norm_eps")), "vocab_size": hf["vocab_size"],
-            "block_size": field(hf, "max_position_embeddings"), "tie_weights": int(field(hf, "tie_word_embeddings"))}
+            "block_size": min(field(hf, "max_position_embeddings"), BLOCK_SIZE),
+            "tie_weights": int(field(hf, "tie_word_embeddings")), "attention_bias": int(field(hf, "attention_bias")),
+            "mlp_bias": int(field(hf, "mlp_bias"))}

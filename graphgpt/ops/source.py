@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import DTYPES
+from ..rope_scaling import SCALINGS, inverse_frequencies
 from .registry import Op, Spec, register, require
 
 
@@ -36,10 +37,11 @@ register(Op("const", "source", lambda attrs: Spec((), "f32"),
 # runs. Equal attributes, equal values: programs share one slot per table. Never trained, never
 # checkpointed.
 def _rotary_angles(attrs) -> np.ndarray:
-    """angle[p, i] = p * base^(-2i / D) for the positions p < rows and the pairs i < D / 2 (Hugging
-    Face LLaMA's inv_freq)."""
+    """angle[p, i] = p * inv_freq[i] for the positions p < rows and the pairs i < D / 2: Hugging
+    Face LLaMA's base^(-2i / D), scaled where the attributes name a scaling (rope_scaling.py)."""
     rows, half = attrs["shape"]
-    inv_freq = float(attrs["base"]) ** (-np.arange(half, dtype=np.float64) * 2 / (2 * half))
+    scaling = {k: attrs[k] for k in ("rope_type", *SCALINGS.get(attrs.get("rope_type"), ())) if k in attrs}
+    inv_freq = inverse_frequencies(half, attrs["base"], **scaling)
     return np.arange(rows, dtype=np.float64)[:, None] * inv_freq[None, :]
 
 
