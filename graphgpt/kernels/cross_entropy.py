@@ -11,10 +11,10 @@ from .common import THREADS, Kernel, cdiv, index_type, row_vec, types
 
 def lower(launch, target: Target) -> Kernel:
     """A block per row for wide vocabularies, a warp per row for narrow ones."""
-    op, logits = launch["op"], launch["in"][0]
+    op, logits = launch.op, launch.ins[0]
     v = logits.shape[-1]
     n = prod(logits.shape[:-1])
-    grad = launch.get("outs", [launch["out"]])[-1] if op != "cross_entropy" else None  # the rows written
+    grad = launch.outputs[-1] if op != "cross_entropy" else None  # the rows written
     vec = row_vec(v, logits, *([grad] if grad else []))
     per_row = 32 if v // vec <= 32 * 8 else THREADS
     blocks = cdiv(n, THREADS // per_row)

@@ -13,23 +13,23 @@ MAX_BLOCK_ROWS = 32  # table rows one embedding-gradient block owns, at most
 
 
 def lower(launch, target: Target) -> Kernel:
-    out = launch["out"]
-    if launch["op"] == "embedding":
-        table, ids = launch["in"]
+    out = launch.out
+    if launch.op == "embedding":
+        table, ids = launch.ins
         c, n = table.shape[1], prod(ids.shape)
         w = width(out, table)
         vec = w if c % w == 0 and aligned_for(w, out, table) else 1
         grid, block = streaming(n * c // vec)
         return Kernel("embedding", {**types(launch), "op": "embedding", "n": n, "c": c, "vec": vec, "threads": block[0],
                                     "itype": index_type(out.shape, table.shape)}, grid, block)
-    if launch["op"] == "one_hot":
+    if launch.op == "one_hot":
         rows, n = out.shape
         w = width(out)
         vec = w if n % w == 0 and aligned_for(w, out) else 1
         grid, block = streaming(rows * n // vec)
         return Kernel("one_hot", {**types(launch), "op": "one_hot", "rows": rows, "n": n, "vec": vec,
                                   "threads": block[0], "itype": index_type(out.shape)}, grid, block)
-    ids, g = launch["in"]
+    ids, g = launch.ins
     rows, c = out.shape
     w = width(out, g)
     vec = w if c % w == 0 and aligned_for(w, out, g) else 1
