@@ -99,18 +99,21 @@ def _optional_buffer(raw) -> Buffer | None:
     return None if raw is None else Buffer.from_json(raw)
 
 
-def _plain(value):
-    """A record's field as JSON: a buffer as its list, a tuple as a list, None as null."""
-    if isinstance(value, Buffer):
-        return value.to_json()
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
+def _as_json(obj):
+    """The JSON a record stands for (a Buffer its list), within dicts, lists and tuples of JSON and
+    records."""
+    if hasattr(obj, "to_json"):
+        return obj.to_json()
+    if isinstance(obj, dict):
+        return {k: _as_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_as_json(v) for v in obj]
+    return obj
 
 
 def _fields_json(record) -> dict:
     """A flat record as the JSON object of its fields, in their order."""
-    return {f.name: _plain(getattr(record, f.name)) for f in fields(record)}
+    return {f.name: _as_json(getattr(record, f.name)) for f in fields(record)}
 
 
 @dataclass(frozen=True)
@@ -229,8 +232,8 @@ class Launch:
     def to_json(self) -> dict:
         raw = {"op": self.op, "kind": self.kind, "out": self.out.to_json()}
         if self.outs is not None:
-            raw["outs"] = _plain(self.outs)
-        raw.update({"in": _plain(self.ins), "attrs": _as_json(self.attrs), "node": self.node, "where": self.where})
+            raw["outs"] = _as_json(self.outs)
+        raw.update({"in": _as_json(self.ins), "attrs": _as_json(self.attrs), "node": self.node, "where": self.where})
         if self.cuda is not None:
             raw["cuda"] = self.cuda.to_json()
         return {**raw, "stream": self.stream, "waits": list(self.waits)}
@@ -238,9 +241,9 @@ class Launch:
 
 @dataclass(frozen=True, kw_only=True)
 class Program:
-    """One program of the plan: its inputs and outputs by name, its launches in order, what its
-    work region holds at its peak (work_peak, work_sum, work_lower_bound: bytes, for the report)
-    and the FLOPs of its matrix products per run (for MFU)."""
+    """One program of the plan: its inputs and outputs by name, its launches in order, the bytes of
+    work region it needs (work_peak; work_sum and work_lower_bound beside it, for the report) and
+    the FLOPs of its matrix products per run (for MFU)."""
     inputs: dict[str, Buffer] = field(default_factory=dict)
     outputs: dict[str, Buffer] = field(default_factory=dict)
     launches: tuple[Launch, ...] = ()
@@ -314,17 +317,6 @@ def to_text(data: dict) -> str:
             return "[\n" + ",\n".join(inner + dump(v, inner) for v in obj) + "\n" + indent + "]"
         return json.dumps(obj, separators=(",", ":"))
     return dump(_as_json(data), "") + "\n"
-
-
-def _as_json(obj):
-    """The JSON a record stands for, within dicts and lists of JSON and records."""
-    if hasattr(obj, "to_json"):
-        return obj.to_json()
-    if isinstance(obj, dict):
-        return {k: _as_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_as_json(v) for v in obj]
-    return obj
 
 
 def _is_leaf(obj) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 
 from ..dtypes import DTYPES
-from ..plan import Gemm
+from ..plan import Buffer, Gemm
 
 CUDA_R_32F = 0
 CUBLAS_COMPUTE_32F = 68
@@ -112,7 +112,7 @@ class Cublas:
             set_attr(set_desc, desc, LT_DESC_AUX_LD, ctypes.c_int64(g.ldc))
             set_attr(set_desc, desc, LT_DESC_AUX_DATA_TYPE, ctypes.c_int32(DTYPES[aux[1]].cuda))
 
-        def layout(operand, rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
+        def layout(operand: Buffer, rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
             lay = new("MatrixLayout", ctypes.c_int(DTYPES[operand.dtype].cuda), ctypes.c_uint64(rows),
                       ctypes.c_uint64(cols), ctypes.c_int64(ld))
             if g.batch > 1:
