@@ -10,9 +10,7 @@ import pytest
 from graphgpt import plan as plan_io
 from graphgpt.compiler import compile_model
 from tests.conftest import ROOT
-
-LLAMA = ["n_layer=2", "n_head=4", "n_kv_head=2", "n_embd=32", "n_hidden=48", "rope_base=10000", "vocab_size=0",
-         "block_size=8", "batch_size=2"]
+from tests.test_bench_cli import LLAMA  # a tiny LLaMA: grouped-query attention, rotary, SwiGLU
 RECORDS = (plan_io.Program, plan_io.Launch, plan_io.KernelCall, plan_io.GemmCall, plan_io.Gemm, plan_io.Epilogue)
 # Every key of a record's JSON: a string subscript with one of these in the runtime reads a record as a dict.
 RECORD_KEYS = frozenset({f.name for record in RECORDS for f in dataclasses.fields(record)} | {"in"})
