@@ -9,7 +9,7 @@ its slot: a CUDA graph replays its kernels' arguments as they were captured. Lau
 the same text share one kernel, named after a hash of that text, so names are stable from one
 compile to the next.
 
-Conventions the backend relies on (also recorded per launch in `launch["cuda"]`):
+Conventions the backend relies on (also recorded per launch in its `cuda` call, a plan.KernelCall):
   - arguments are the launch's buffers, outputs first (`outs` of an op with several, else `out`),
     then its inputs in order, each a pointer to its dtype's C type (dtypes.py) at the buffer's
     first byte (arena base + offset);
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -36,6 +37,7 @@ from .errors import UserError
 from .kernels import FAMILIES, Kernel
 from .ops import REGISTRY
 from .ops.registry import LIBRARY_KINDS
+from .plan import KernelCall, Launch
 from .target import Target
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -50,27 +52,32 @@ NVRTC_OPTIONS = ("--std=c++17", "--device-as-default-execution-space")
 
 
 def lower_plan(data: dict, target: Target) -> dict[str, str]:
-    """Give every launch of every program its kernel for `target`, in `launch["cuda"]` (matmul and
-    collective launches are left as they are), and the plan the NVRTC options its kernels need;
-    returns the kernel files {"kernels/<family>.cu": source}."""
+    """Give every launch of every program of `data` (plan.Program records, replaced by the lowered
+    ones) its kernel for `target`, as its `cuda` call (matmul and collective launches are left as
+    they are), and the plan the NVRTC options its kernels need; returns the kernel files
+    {"kernels/<family>.cu": source}."""
     data["nvrtc_options"] = list(NVRTC_OPTIONS)
     kernels: dict[str, dict[str, str]] = {}   # family -> kernel name -> text, in order of first use
     rendered: dict[str, tuple[str, str]] = {}
-    for program in data["programs"].values():
-        for launch in program["launches"]:
-            op = REGISTRY[launch["op"]]
-            if op.kind in LIBRARY_KINDS:
-                continue
-            if op.template is None:
-                raise ValueError(f"op {op.name} names no CUDA template in its registry entry")
-            k = FAMILIES[op.template](launch, target)
-            name, text = _render(op.template, k, rendered)
-            if kernels.setdefault(op.template, {}).setdefault(name, text) != text:
-                raise RuntimeError(f"kernel name {name} is shared by two different kernels")
-            args = k.args or [*launch.get("outs", [launch["out"]]), *launch["in"]]
-            _check_parameters(name, text, len(args))
-            launch["cuda"] = {"kernel": name, "file": f"kernels/{op.template}.cu", "grid": list(k.grid),
-                              "block": list(k.block), "smem": k.smem, "args": args}
+
+    def lowered(launch: Launch) -> Launch:
+        op = REGISTRY[launch.op]
+        if op.kind in LIBRARY_KINDS:
+            return launch
+        if op.template is None:
+            raise ValueError(f"op {op.name} names no CUDA template in its registry entry")
+        k = FAMILIES[op.template](launch, target)
+        name, text = _render(op.template, k, rendered)
+        if kernels.setdefault(op.template, {}).setdefault(name, text) != text:
+            raise RuntimeError(f"kernel name {name} is shared by two different kernels")
+        args = tuple(k.args or (*launch.outputs, *launch.ins))
+        _check_parameters(name, text, len(args))
+        return replace(launch, cuda=KernelCall(name, f"kernels/{op.template}.cu", tuple(k.grid), tuple(k.block),
+                                               k.smem, args))
+
+    programs = data["programs"]
+    for name, program in programs.items():
+        programs[name] = replace(program, launches=tuple(lowered(launch) for launch in program.launches))
     _check_shared_memory(data, target)
     return {f"kernels/{family}.cu": _kernel_file(family, list(texts.values()))
             for family, texts in sorted(kernels.items())}
@@ -98,10 +105,10 @@ def _check_shared_memory(data: dict, target: Target) -> None:
     fail at its first launch. After every launch is lowered, so that a family's own refusal, which
     says what to change, comes first."""
     for program in data["programs"].values():
-        for launch in program["launches"]:
-            smem = launch.get("cuda", {}).get("smem", 0)
+        for launch in program.launches:
+            smem = launch.cuda.smem if isinstance(launch.cuda, KernelCall) else 0
             if smem > target.smem_per_block:
-                raise UserError(f"{launch.get('where') or launch['op']}: its {launch['op']} kernel needs {smem} bytes "
+                raise UserError(f"{launch.where or launch.op}: its {launch.op} kernel needs {smem} bytes "
                                 f"of shared memory, more than a block has on target {target.name} "
                                 f"({target.smem_per_block})")
 

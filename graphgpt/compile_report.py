@@ -32,7 +32,7 @@ def report(data: dict, programs, backward: str, unfused: dict | None, remat: dic
     for name in ("params", "grads", "state", "consts", "inputs", "work", "caches"):
         lines.append(f"  {name:<19} {mib(regions[name][1])}" + ("  (generation's, within work)" if name == "caches" else ""))
     for name, (graph, mem) in programs.items():
-        st = dict(program_stats(graph, mem), launches=len(data["programs"][name]["launches"]))  # multi-tensor joins
+        st = dict(program_stats(graph, mem), launches=len(data["programs"][name].launches))  # multi-tensor joins
         lines += [f"program {name}",
                   f"  launches            {st['launches']}",
                   f"  bytes moved (est.)  {st['bytes'] / 1e9:9.2f} GB",
@@ -63,7 +63,7 @@ def summary(data: dict, seconds: float, out: Path) -> str:
     """What the screen shows of a compile that took `seconds`: the plan's size in one line, its
     optimizer in the next."""
     n_params = sum(_numel(t["shape"]) for t in data["tensors"] if t["kind"] == "param")
-    launches = sum(len(p["launches"]) for p in data["programs"].values())
+    launches = sum(len(p.launches) for p in data["programs"].values())
     return (f"compiled {data['model_file']} in {seconds:.1f} s: {n_params:,} parameters, "
             f"arena {data['arena']['bytes'] / 2**20:.2f} MiB, {launches} launches in {len(data['programs'])} programs; "
             f"report: {out / 'report.txt'}\n"

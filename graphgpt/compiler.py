@@ -139,7 +139,7 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
         unfused = rematerialize(unfused, chosen)
         baseline = program_stats(unfused, plan_program(unfused, schedule(unfused), persistent_layout(unfused)))
     model_size.check_arena(data["arena"]["bytes"], device_bytes)
-    log(f"  plan       {sum(len(p['launches']) for p in data['programs'].values())} launches")
+    log(f"  plan       {sum(len(p.launches) for p in data['programs'].values())} launches")
     text = "\n".join(stages) + "\n\n" + report(data, programs, backward, baseline, peaks, chosen)
     files["report.txt"] = text
     return Compiled(data, files, text, time.perf_counter() - t0)

@@ -5,6 +5,8 @@ family's template for the target (codegen.py), and each launch gets its stream a
 waits for (passes/streams.py), once the kernels and their scratch are known."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from . import codegen
 from .kernels.gemm import lower_matmul
 from .ops import REGISTRY
@@ -14,16 +16,17 @@ from .target import Target
 
 
 def lower(data: dict, target: Target, join: bool) -> dict[str, str]:
-    """Lower every program of plan.json's `data` in place (with `join`, neighbouring launches
-    joined first); returns the kernel files {"kernels/<family>.cu": source}."""
+    """Lower every program of plan.json's `data` (its "programs" replaced by the lowered ones;
+    with `join`, neighbouring launches joined first); returns the kernel files
+    {"kernels/<family>.cu": source}."""
     work_start = data["arena"]["regions"]["work"][0]
-    for program in data["programs"].values():
-        if join:
-            program["launches"] = merge_launches(program["launches"], work_start)
-        for launch in program["launches"]:
-            if REGISTRY[launch["op"]].kind == "matmul":
-                launch["cuda"] = lower_matmul(launch)
+    programs = data["programs"]
+    for name, program in programs.items():
+        launches = merge_launches(program.launches, work_start) if join else program.launches
+        programs[name] = replace(program, launches=tuple(
+            replace(launch, cuda=lower_matmul(launch)) if REGISTRY[launch.op].kind == "matmul" else launch
+            for launch in launches))
     files = codegen.lower_plan(data, target)
-    for program in data["programs"].values():  # after the kernels: a kernel's launches share its scratch
-        assign_streams(program, data["arena"]["regions"]["grads"])
+    for name, program in programs.items():  # after the kernels: a kernel's launches share its scratch
+        programs[name] = assign_streams(program, data["arena"]["regions"]["grads"])
     return files

@@ -12,6 +12,11 @@ say where it runs (0, the main stream, or 1, the side stream of the gradient bra
 which launches of its program, on the other stream, it waits for (passes/streams.py).
 `nvrtc_options` are what the kernel files compile with. A backend derives nothing.
 
+Programs, launches and their calls are records (`Program`, `Launch`, `KernelCall`, `GemmCall`),
+which the compiler builds and a backend reads by attribute; each has one `from_json` and one
+`to_json`, and `to_text` writes them as the JSON they stand for. The rest of plan.json (settings,
+arena, tensors, tokenizer) stays as parsed JSON.
+
 A plan directory holds plan.json, report.txt, kernels/, graphs/, where the plan has constant
 tensors their float32 values by name (constants.safetensors), and manifest.json, which lists the
 others with their sizes and sha256: `save` replaces such a directory, unchanged since it was
@@ -26,7 +31,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -51,8 +56,10 @@ def aligned(nbytes: int) -> int:
 # (LayerNorm's affine part stored by its normalize) and sum_group (column sums in one launch);
 # 8: every launch names its stream and the launches it waits for; 9: the NVRTC options of the
 # kernel files ("nvrtc_options"); 10: the device the kernels are sized for ("target": its name, SM
-# count and shared memory), and constant tensors (consts.tensors), their values in constants.safetensors
-SCHEMA_VERSION = 10
+# count and shared memory), and constant tensors (consts.tensors), their values in constants.safetensors;
+# 11: every launch names its node and where, every program its memory (records shared by the compiler
+# and the backends: plan.Program, Launch, KernelCall, GemmCall)
+SCHEMA_VERSION = 11
 # The float32 values of a plan's constant tensors (rotary embedding's tables), by name: the
 # compiler computes them, the backends load them into the arena's constants region.
 CONSTANTS_FILE = "constants.safetensors"
@@ -83,6 +90,178 @@ class Buffer(NamedTuple):
     def of_tensor(cls, tensor: dict, grad: bool = False) -> "Buffer":
         """A persistent tensor of the plan's "tensors", or with `grad` its gradient's slot."""
         return cls(tensor["dtype"], tensor["grad"] if grad else tensor["offset"], tuple(tensor["shape"]))
+
+    def to_json(self) -> list:
+        return [self.dtype, self.offset, list(self.shape)]
+
+
+def _optional_buffer(raw) -> Buffer | None:
+    return None if raw is None else Buffer.from_json(raw)
+
+
+def _as_json(obj):
+    """The JSON a record stands for (a Buffer its list), within dicts, lists and tuples of JSON and
+    records."""
+    if hasattr(obj, "to_json"):
+        return obj.to_json()
+    if isinstance(obj, dict):
+        return {k: _as_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_as_json(v) for v in obj]
+    return obj
+
+
+def _fields_json(record) -> dict:
+    """A flat record as the JSON object of its fields, in their order."""
+    return {f.name: _as_json(getattr(record, f.name)) for f in fields(record)}
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """A launch of one rendered kernel (codegen.py): its name in its kernel file, grid, block, bytes
+    of dynamic shared memory and the buffers it takes, outputs first."""
+    kernel: str
+    file: str                   # "kernels/<family>.cu"
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    smem: int
+    args: tuple[Buffer, ...]
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "KernelCall":
+        return cls(raw["kernel"], raw["file"], tuple(raw["grid"]), tuple(raw["block"]), raw["smem"],
+                   tuple(Buffer.from_json(b) for b in raw["args"]))
+
+    def to_json(self) -> dict:
+        return _fields_json(self)
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One cuBLAS strided-batched GEMM in cuBLAS's column-major terms (kernels/gemm.py): C = op(A) op(B)."""
+    transa: int
+    transb: int
+    m: int
+    n: int
+    k: int
+    a: Buffer
+    lda: int
+    stride_a: int
+    b: Buffer
+    ldb: int
+    stride_b: int
+    c: Buffer
+    ldc: int
+    stride_c: int
+    batch: int
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "Gemm":
+        return cls(**{f.name: Buffer.from_json(raw[f.name]) if f.name in ("a", "b", "c") else raw[f.name] for f in fields(cls)})
+
+    def to_json(self) -> dict:
+        return _fields_json(self)
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What cuBLASLt adds as it writes a GEMM's product: its kind (a key of runtime.cublas's
+    LT_EPILOGUES), the bias vector, the aux matrix (GELU's pre-activation) and the residual."""
+    kind: str
+    bias: Buffer | None
+    aux: Buffer | None
+    residual: Buffer | None
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "Epilogue":
+        return cls(raw["kind"], *(_optional_buffer(raw[key]) for key in ("bias", "aux", "residual")))
+
+    def to_json(self) -> dict:
+        return _fields_json(self)
+
+
+@dataclass(frozen=True)
+class GemmCall:
+    """A matrix product's library call: a cuBLAS GEMM, or with an epilogue one cuBLASLt matmul."""
+    gemm: Gemm
+    epilogue: Epilogue | None = None
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "GemmCall":
+        return cls(Gemm.from_json(raw["gemm"]), Epilogue.from_json(raw["epilogue"]) if "epilogue" in raw else None)
+
+    def to_json(self) -> dict:
+        return {"gemm": self.gemm.to_json(), **({"epilogue": self.epilogue.to_json()} if self.epilogue else {})}
+
+
+def _call_from_json(raw: dict) -> KernelCall | GemmCall:
+    return GemmCall.from_json(raw) if "gemm" in raw else KernelCall.from_json(raw)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Launch:
+    """One step of a program: its op, kind and attributes, the buffers it writes and reads, where it
+    came from, its CUDA call (None for a collective, which a backend runs itself) and its stream and
+    the launches of its program it waits for. A launch built only to lower one kernel may leave
+    kind, node and where out."""
+    op: str
+    kind: str = ""
+    out: Buffer
+    outs: tuple[Buffer, ...] | None = None  # an op with several outputs: all of them, `out` first
+    ins: tuple[Buffer, ...]                 # plan.json's "in"
+    attrs: dict = field(default_factory=dict)  # op-specific, as its NumPy reference reads them
+    node: int = 0                           # the graph node it runs
+    where: str | None = None                # the model file's line, or what else made it (None: nothing to say)
+    cuda: KernelCall | GemmCall | None = None
+    stream: int = 0
+    waits: tuple[int, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[Buffer, ...]:
+        """Every buffer the launch writes, `out` first."""
+        return self.outs or (self.out,)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "Launch":
+        return cls(op=raw["op"], kind=raw["kind"], out=Buffer.from_json(raw["out"]),
+                   outs=tuple(Buffer.from_json(b) for b in raw["outs"]) if "outs" in raw else None,
+                   ins=tuple(Buffer.from_json(b) for b in raw["in"]), attrs=raw["attrs"], node=raw["node"],
+                   where=raw["where"], cuda=_call_from_json(raw["cuda"]) if "cuda" in raw else None,
+                   stream=raw["stream"], waits=tuple(raw["waits"]))
+
+    def to_json(self) -> dict:
+        raw = {"op": self.op, "kind": self.kind, "out": self.out.to_json()}
+        if self.outs is not None:
+            raw["outs"] = _as_json(self.outs)
+        raw.update({"in": _as_json(self.ins), "attrs": _as_json(self.attrs), "node": self.node, "where": self.where})
+        if self.cuda is not None:
+            raw["cuda"] = self.cuda.to_json()
+        return {**raw, "stream": self.stream, "waits": list(self.waits)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Program:
+    """One program of the plan: its inputs and outputs by name, its launches in order, the bytes of
+    work region it needs (work_peak; work_sum and work_lower_bound beside it, for the report) and
+    the FLOPs of its matrix products per run (for MFU)."""
+    inputs: dict[str, Buffer] = field(default_factory=dict)
+    outputs: dict[str, Buffer] = field(default_factory=dict)
+    launches: tuple[Launch, ...] = ()
+    memory: dict[str, int] = field(default_factory=dict)
+    matmul_flops: int = 0
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "Program":
+        return cls(inputs={name: Buffer.from_json(b) for name, b in raw["inputs"].items()},
+                   outputs={name: Buffer.from_json(b) for name, b in raw["outputs"].items()},
+                   launches=tuple(Launch.from_json(launch) for launch in raw["launches"]),
+                   memory=raw["memory"], matmul_flops=raw["matmul_flops"])
+
+    def to_json(self) -> dict:
+        return {"inputs": {name: b.to_json() for name, b in self.inputs.items()},
+                "outputs": {name: b.to_json() for name, b in self.outputs.items()},
+                "launches": [launch.to_json() for launch in self.launches],
+                "memory": self.memory, "matmul_flops": self.matmul_flops}
 
 
 @dataclass
@@ -117,13 +296,17 @@ class Plan:
     def params(self) -> list[dict]:
         return [t for t in self.tensors if t["kind"] == "param"]
 
-    def program(self, name: str) -> dict:
-        return self.data["programs"][name]
+    @property
+    def programs(self) -> dict[str, Program]:
+        return self.data["programs"]
+
+    def program(self, name: str) -> Program:
+        return self.programs[name]
 
 
 def to_text(data: dict) -> str:
-    """Deterministic JSON: one launch or tensor per line, so plans diff well in git. A tuple (a
-    Buffer) is written as the list it stands for."""
+    """Deterministic JSON: one launch or tensor per line, so plans diff well in git. A record (a
+    Program, a Buffer) is written as the JSON it stands for."""
     def dump(obj, indent: str) -> str:
         if isinstance(obj, dict) and obj and not _is_leaf(obj):
             inner = indent + " "
@@ -133,7 +316,7 @@ def to_text(data: dict) -> str:
             inner = indent + " "
             return "[\n" + ",\n".join(inner + dump(v, inner) for v in obj) + "\n" + indent + "]"
         return json.dumps(obj, separators=(",", ":"))
-    return dump(data, "") + "\n"
+    return dump(_as_json(data), "") + "\n"
 
 
 def _is_leaf(obj) -> bool:
@@ -333,8 +516,7 @@ def load(plan_dir) -> Plan:
     except plan_schema.PlanError as e:
         raise UserError(f"{path}: {e} (recompile it with tools/compile.py)") from None
     constants = _constants(plan_dir, data["consts"].get("tensors", []))
-    for program in data["programs"].values():
-        _type_buffers(program)
+    data["programs"] = {name: Program.from_json(program) for name, program in data["programs"].items()}
     return Plan(data, hashlib.sha256(raw).hexdigest(), kernels, constants)
 
 
@@ -356,22 +538,3 @@ def _constants(plan_dir: Path, listed: list[dict]) -> dict[str, np.ndarray]:
                             f"(recompile it with tools/compile.py)")
     return {t["name"]: values[t["name"]] for t in listed}
 
-
-def _type_buffers(program: dict) -> None:
-    """Every buffer of a program, which plan_schema has checked, as a Buffer (in place): its
-    inputs and outputs, its launches' and their CUDA calls'."""
-    def typed(raw):
-        return None if raw is None else Buffer.from_json(raw)
-    for io in ("inputs", "outputs"):
-        program[io] = {name: typed(raw) for name, raw in program[io].items()}
-    for launch in program["launches"]:
-        launch["out"] = typed(launch["out"])
-        for key in ("outs", "in"):
-            if key in launch:
-                launch[key] = [typed(raw) for raw in launch[key]]
-        cuda = launch.get("cuda", {})
-        if "args" in cuda:
-            cuda["args"] = [typed(raw) for raw in cuda["args"]]
-        for call, keys in (("gemm", ("a", "b", "c")), ("epilogue", ("bias", "aux", "residual"))):
-            if call in cuda:
-                cuda[call].update({key: typed(cuda[call][key]) for key in keys})

@@ -12,7 +12,7 @@ from .ir import PERSISTENT_OPS, Graph
 from .ops import REGISTRY
 from .ops.source import const_tensor_values
 from .passes.memory import CONST, Layout, ProgramMemory
-from .plan import ALIGN, CONSTANTS_FILE, SCHEMA_VERSION, Buffer
+from .plan import ALIGN, CONSTANTS_FILE, SCHEMA_VERSION, Buffer, Launch, Program
 from .tensor_files import safetensors_bytes
 from .target import Target
 from .tokenizer import Tokenizer
@@ -74,7 +74,7 @@ def constant_files(programs: dict[str, tuple[Graph, ProgramMemory]]) -> dict[str
     return {CONSTANTS_FILE: safetensors_bytes({n.name: const_tensor_values(n.attr).astype(np.float32) for n in tables})}
 
 
-def _program(graph: Graph, mem: ProgramMemory) -> dict:
+def _program(graph: Graph, mem: ProgramMemory) -> Program:
     def buf(nid: int) -> Buffer:
         n = graph.nodes[nid]
         return Buffer(n.dtype, mem.offsets[nid], n.shape)
@@ -83,20 +83,20 @@ def _program(graph: Graph, mem: ProgramMemory) -> dict:
     for nid in mem.launches:
         n = graph.nodes[nid]
         outs = {"out": buf(nid)} if not n.specs else {"out": buf(projections[nid][0]),
-                                                       "outs": [buf(o) for o in projections[nid]]}
-        launches.append({"op": n.op, "kind": REGISTRY[n.op].kind, **outs, "in": [buf(i) for i in n.inputs],
-                         "attrs": {k: v for k, v in n.attrs}, "node": nid, "where": n.where})
+                                                       "outs": tuple(buf(o) for o in projections[nid])}
+        launches.append(Launch(op=n.op, kind=REGISTRY[n.op].kind, **outs, ins=tuple(buf(i) for i in n.inputs),
+                               attrs={k: v for k, v in n.attrs}, node=nid, where=n.where))
     for new, state in mem.copies:
-        launches.append({"op": "copy", "kind": REGISTRY["copy"].kind, "out": buf(state), "in": [buf(new)],
-                         "attrs": {}, "node": new, "where": "update of " + graph.nodes[state].name})
+        launches.append(Launch(op="copy", kind=REGISTRY["copy"].kind, out=buf(state), ins=(buf(new),),
+                               node=new, where="update of " + graph.nodes[state].name))
     inputs = {n.name: buf(n.id) for n in graph.of_op("input")}
-    return {
-        "inputs": dict(sorted(inputs.items())),
-        "outputs": {k: buf(v) for k, v in graph.outputs.items()},
-        "launches": launches,
-        "memory": {"work_peak": mem.work_size, "work_sum": mem.work_sum, "work_lower_bound": mem.lower_bound},
-        "matmul_flops": program_stats(graph, mem)["flops"],  # per run, of the matrix products (for MFU)
-    }
+    return Program(
+        inputs=dict(sorted(inputs.items())),
+        outputs={k: buf(v) for k, v in graph.outputs.items()},
+        launches=tuple(launches),
+        memory={"work_peak": mem.work_size, "work_sum": mem.work_sum, "work_lower_bound": mem.lower_bound},
+        matmul_flops=program_stats(graph, mem)["flops"],  # per run, of the matrix products (for MFU)
+    )
 
 
 def program_stats(graph: Graph, mem: ProgramMemory) -> dict:

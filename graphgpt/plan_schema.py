@@ -327,15 +327,16 @@ CUDA = Switch(lambda call: "gemm" if "gemm" in call else "kernel", {
                    "args": List(BUFFER)}, checks=[_kernel_file_exists]),
 })
 _LAUNCH = {"op": Str(), "kind": Str(), "out": BUFFER, "in": List(BUFFER), "attrs": Map(Anything()),
-           "stream": FLAG, "waits": List(Int())}
+           "node": Int(), "where": Nullable(Str()), "stream": FLAG, "waits": List(Int())}
 # A collective (the gradients' mean over ranks) is run by the backend itself; every other launch
 # names its kernel or library call.
 LAUNCH = Switch(lambda launch: "collective" if launch.get("kind") == "collective" else "call", {
     "collective": Obj(_LAUNCH, {"outs": List(BUFFER)}, checks=[_op_and_attrs]),
     "call": Obj({**_LAUNCH, "cuda": CUDA}, {"outs": List(BUFFER)}, checks=[_op_and_attrs]),
 })
+MEMORY = Obj({"work_peak": Int(), "work_sum": Int(), "work_lower_bound": Int()})
 PROGRAM = Obj({"inputs": Map(BUFFER, INPUT_NAMES), "outputs": Map(BUFFER), "launches": List(LAUNCH),
-               "matmul_flops": Int()}, checks=[_waits_exist])
+               "memory": MEMORY, "matmul_flops": Int()}, checks=[_waits_exist])
 TARGET = Obj({"name": Str(), "sms": SIZE, "smem_per_block": SIZE, "smem_per_sm": SIZE})
 # The arena first: every buffer after it is checked against its size.
 PLAN = Obj({"arena": ARENA, "schema_version": Int(), "model_hash": Str(), "config": CONFIG, "optimizer": OPTIMIZER,

@@ -414,7 +414,7 @@ def _profile(plan, backend, sampler) -> None:
     """Each launch of the program with the forward and backward, timed; its scalars are zero (a
     step size of 0 leaves the weights as they are)."""
     from .runtime.profile import ceilings, format_profile, profile
-    program = "train" if "train" in plan.data["programs"] else "accumulate"
+    program = "train" if "train" in plan.programs else "accumulate"
     zeros = {name: 0.0 for name in scalar_inputs(plan, program)}
     feeds = program_inputs(plan, program, sampler.next_batch(), zeros)
     print(format_profile(profile(backend, program, feeds), ceilings(backend)))

@@ -33,8 +33,8 @@ def generate(backend, prompt: list[int], n_new: int, vocab_in_use: int, eos_id: 
     sequence stops after its EOS. kv_cache: decode against the caches where the plan has a decode
     program (else every token reruns the window)."""
     plan = backend.plan
-    rows, block = plan.program("generate")["inputs"]["tokens"].shape
-    decode = kv_cache and "decode" in plan.data["programs"]
+    rows, block = plan.program("generate").inputs["tokens"].shape
+    decode = kv_cache and "decode" in plan.programs
     fetch = (NEXT_TOKEN,) if temperature <= 0 else ("logits",)  # greedy: the programs' own choice
     ids = np.array([list(prompt) or [eos_id]] * rows, np.int32)
     new: list[list[int]] = [[] for _ in range(rows)]

@@ -24,7 +24,7 @@ class TrainingStopped(Exception):
 
 def scalar_inputs(plan: Plan, program: str) -> list[str]:
     """The names of a program's scalar inputs (shape []), as its plan declares them."""
-    return [name for name, buf in plan.program(program)["inputs"].items() if not buf.shape]
+    return [name for name, buf in plan.program(program).inputs.items() if not buf.shape]
 
 
 def program_inputs(plan: Plan, program: str, batch=None, scalars: dict[str, float] | None = None) -> dict:

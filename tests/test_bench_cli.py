@@ -192,8 +192,8 @@ def test_the_plan_counts_the_gemm_flops_as_nanogpt_estimates_them(attention):
     L, C, H, T, B, V = (cfg[k] for k in ("n_layer", "n_embd", "n_head", "block_size", "batch_size", "vocab_size"))
     weights = L * 12 * C * C + C * V
     tokens = B * T
-    assert data["programs"]["train"]["matmul_flops"] == 6 * weights * tokens + 12 * L * H * (C // H) * T * tokens
-    assert data["programs"]["eval"]["matmul_flops"] * 3 == data["programs"]["train"]["matmul_flops"]
+    assert data["programs"]["train"].matmul_flops == 6 * weights * tokens + 12 * L * H * (C // H) * T * tokens
+    assert data["programs"]["eval"].matmul_flops * 3 == data["programs"]["train"].matmul_flops
 
 
 def test_rows_in_table_order():

@@ -39,25 +39,25 @@ def test_a_bf16_plan_computes_in_bf16_and_keeps_float32_where_it_must():
     # master weights, their gradients and Adam's moments in float32; decoding's caches in bf16
     assert kept == {"param": {"f32"}, "state": {"f32"}, "cache": {"bf16"}}
     train = data["programs"]["train"]
-    assert train["outputs"]["loss"].dtype == "f32" and train["inputs"]["tokens"].dtype == "i32"
-    gemms = [ln for ln in train["launches"] if ln["kind"] == "matmul"]
-    assert all(ln["in"][0].dtype == ln["in"][1].dtype == "bf16" for ln in gemms)
+    assert train.outputs["loss"].dtype == "f32" and train.inputs["tokens"].dtype == "i32"
+    gemms = [ln for ln in train.launches if ln.kind == "matmul"]
+    assert all(ln.ins[0].dtype == ln.ins[1].dtype == "bf16" for ln in gemms)
     grads_start, grads_size = data["arena"]["regions"]["grads"]
-    weight_grads = [ln for ln in gemms if grads_start <= ln["out"].offset < grads_start + grads_size]
+    weight_grads = [ln for ln in gemms if grads_start <= ln.out.offset < grads_start + grads_size]
     # every weight matrix's gradient comes out of its GEMM in float32: the cast is folded in (wte's
     # too, a small table's one-hot GEMM; wpe's comes from a sum over the batch, not from a GEMM)
     assert len(weight_grads) == sum(len(t["shape"]) == 2 and t["kind"] == "param" for t in data["tensors"]) - 1
-    assert all(ln["out"].dtype == "f32" for ln in weight_grads)
-    activations = [ln["out"].dtype for ln in gemms if ln not in weight_grads]
+    assert all(ln.out.dtype == "f32" for ln in weight_grads)
+    activations = [ln.out.dtype for ln in gemms if ln not in weight_grads]
     assert set(activations) == {"bf16"}
-    assert {ln["out"].dtype for ln in train["launches"] if ln["kind"] == "collective"} <= {"f32"}
-    assert data["programs"]["generate"]["outputs"]["logits"].dtype == "bf16"
+    assert {ln.out.dtype for ln in train.launches if ln.kind == "collective"} <= {"f32"}
+    assert data["programs"]["generate"].outputs["logits"].dtype == "bf16"
 
 
 def test_a_bf16_plan_needs_less_work_memory():
     """Activations at half the bytes; the bf16 copies of the weights the GEMMs read take some back."""
     f32, bf16 = plan_of(*SMALL).data, plan_of(*SMALL, "dtype=bf16").data
-    peak = {name: d["programs"]["train"]["memory"]["work_peak"] for name, d in (("f32", f32), ("bf16", bf16))}
+    peak = {name: d["programs"]["train"].memory["work_peak"] for name, d in (("f32", f32), ("bf16", bf16))}
     assert peak["bf16"] < 0.7 * peak["f32"]
 
 

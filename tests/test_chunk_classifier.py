@@ -31,7 +31,7 @@ def _first_step(overrides, dtype) -> tuple[float, dict[str, np.ndarray], int]:
     tokens = np.random.default_rng(0).integers(0, plan.config["vocab_size"], (B, T))
     loss = backend.run("train", {"tokens": tokens, "targets": np.roll(tokens, -1, 1), "step_size": 0.0})["loss"]
     grads = {t["name"]: backend.get_tensor(t["name"], grad=True) for t in plan.params}
-    losses = [ln for ln in data["programs"]["train"]["launches"] if ln["op"].startswith("cross_entropy")]
+    losses = [ln for ln in data["programs"]["train"].launches if ln.op.startswith("cross_entropy")]
     return float(loss), grads, len(losses)
 
 
@@ -76,19 +76,19 @@ def test_gpt2_124m_holds_one_chunks_logits_at_a_time():
     and the weight gradient is summed over the chunks in its own float32 slot, each GEMM adding
     onto the sum so far (beta = 1, in place)."""
     data = _compiled(GPT2_124M_BF16)
-    train = data["programs"]["train"]["launches"]
+    train = data["programs"]["train"].launches
     lm_head = next(t for t in data["tensors"] if t["name"] == "lm_head.weight")
-    assert not [b for ln in train for b in [*ln.get("outs", [ln["out"]]), *ln["in"]] if b.shape == (16, 1024, 50304)]
-    logits = [ln["out"] for ln in train if ln["op"] == "matmul" and ln["out"].shape == (4, 1024, 50304)]
+    assert not [b for ln in train for b in [*ln.outputs, *ln.ins] if b.shape == (16, 1024, 50304)]
+    logits = [ln.out for ln in train if ln.op == "matmul" and ln.out.shape == (4, 1024, 50304)]
     assert len(logits) == 4 and len(set(logits)) == 1
     for ln in train:
-        if ln["op"] == "cross_entropy_with_grad":
-            assert ln["in"][0] == ln["outs"][1] == logits[0]
-    sums = [ln for ln in train if ln["out"].shape == (768, 50304) and ln["kind"] == "matmul"]
-    assert [ln["op"] for ln in sums] == ["matmul"] + ["fused_matmul"] * 3
-    assert {ln["out"].offset for ln in sums} == {lm_head["grad"]} and {ln["out"].dtype for ln in sums} == {"f32"}
-    assert all(ln["in"][-1] == ln["out"] for ln in sums[1:])
-    rows = sorted(ln["out"].offset for ln in train if ln["op"] == "matmul" and ln["out"].shape == (4, 1024, 768))
+        if ln.op == "cross_entropy_with_grad":
+            assert ln.ins[0] == ln.outs[1] == logits[0]
+    sums = [ln for ln in train if ln.out.shape == (768, 50304) and ln.kind == "matmul"]
+    assert [ln.op for ln in sums] == ["matmul"] + ["fused_matmul"] * 3
+    assert {ln.out.offset for ln in sums} == {lm_head["grad"]} and {ln.out.dtype for ln in sums} == {"f32"}
+    assert all(ln.ins[-1] == ln.out for ln in sums[1:])
+    rows = sorted(ln.out.offset for ln in train if ln.op == "matmul" and ln.out.shape == (4, 1024, 768))
     assert len(rows) == 4 and np.all(np.diff(rows) == 4 * 1024 * 768 * 2)
 
 
@@ -99,8 +99,8 @@ def test_gpt2_124m_holds_one_chunks_logits_at_a_time():
     (TWO_LAYERS, 1),
 ], ids=["124M-bf16", "T2048", "124M-f32", "small-vocabulary"])
 def test_the_default_chunks_keep_each_chunks_logits_within_512_mib(overrides, chunks):
-    launches = _compiled(overrides)["programs"]["train"]["launches"]
-    assert sum(ln["op"] == "cross_entropy_with_grad" for ln in launches) == chunks
+    launches = _compiled(overrides)["programs"]["train"].launches
+    assert sum(ln.op == "cross_entropy_with_grad" for ln in launches) == chunks
 
 
 @pytest.mark.parametrize("value,message", [
@@ -128,6 +128,6 @@ def test_logits_that_are_not_a_gemms_product_stay_whole_or_are_refused_chunks(tm
     model = tmp_path / "scaled.py"
     model.write_text(SCALED_LOGITS)
     data = compile_model(model, [], log=lambda *a: None).data
-    assert sum(ln["op"] == "cross_entropy_with_grad" for ln in data["programs"]["train"]["launches"]) == 1
+    assert sum(ln.op == "cross_entropy_with_grad" for ln in data["programs"]["train"].launches) == 1
     with pytest.raises(UserError, match="classifier_chunks=2: the training loss is not the cross-entropy"):
         compile_model(model, ["classifier_chunks=2"], log=lambda *a: None)

@@ -223,15 +223,14 @@ def test_bf16_seed_workload_is_within_2_percent_of_fp32(tmp_path, seed_corpus):
 def test_the_side_stream_trains_bit_for_bit_as_one_stream(graph):
     """The gradient branch's kernels on the side stream (passes/streams.py) give the same bits as
     the same plan with every launch on the main stream."""
-    import copy
+    from dataclasses import replace
 
     from graphgpt.runtime.cuda_backend import CudaBackend
     plan = small_plan("dtype=bf16")
-    assert any(x["stream"] for x in plan.data["programs"]["train"]["launches"])
-    one = copy.deepcopy(plan.data)
-    for program in one["programs"].values():
-        for x in program["launches"]:
-            x["stream"], x["waits"] = 0, []
+    assert any(x.stream for x in plan.programs["train"].launches)
+    one = dict(plan.data, programs={name: replace(program, launches=tuple(replace(x, stream=0, waits=())
+                                                                         for x in program.launches))
+                                    for name, program in plan.programs.items()})
     one_stream = Plan(one, "one stream", plan.kernels)
     losses, params = train(CudaBackend(plan, graph=graph), plan, steps=4)
     ref_losses, ref_params = train(CudaBackend(one_stream, graph=graph), one_stream, steps=4)

@@ -72,13 +72,13 @@ def test_fused_attention_drops_what_the_dropout_op_drops():
     for name, value in softmax_params.items():
         np.testing.assert_allclose(fused_params[name], value, rtol=1e-10, atol=1e-14, err_msg=name)
     assert abs(fused[0] - plain[0]) > 1e-4  # the masks change the loss
-    train_ops = {launch["op"] for launch in fused_plan.program("train")["launches"]}
+    train_ops = {launch.op for launch in fused_plan.program("train").launches}
     assert "dropout" in train_ops
     for program in ("eval", "generate"):  # no masks outside training
         prog = fused_plan.program(program)
-        assert "dropout" not in {launch["op"] for launch in prog["launches"]}
-        assert not {DROPOUT_SEED, DROPOUT_COUNTER} & set(prog["inputs"])
-        assert all("dropout" not in launch["attrs"] for launch in prog["launches"])
+        assert "dropout" not in {launch.op for launch in prog.launches}
+        assert not {DROPOUT_SEED, DROPOUT_COUNTER} & set(prog.inputs)
+        assert all("dropout" not in launch.attrs for launch in prog.launches)
 
 
 def test_dropout_out_of_range_is_one_line_and_status_2(tmp_path):
@@ -97,13 +97,15 @@ def test_cuda_draws_the_numpy_masks():
 
     from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
     from graphgpt.target import DEFAULT
-    from tests.test_kernels_compile import _launch
+    from tests.test_kernels_compile import _launch, program_data
     n, p, site, seed, counter = 100_003, 0.3, 5, 1234, 77
-    launch = _launch("dropout", Buffer("f32", 0, (n,)), Buffer("i32", 0, ()), Buffer("i32", 0, ()), p=p, site=site)
-    files = lower_plan({"programs": {"m": {"launches": [launch]}}}, DEFAULT)
-    fn = cp.RawModule(code=files["kernels/dropout.cu"], options=NVRTC_OPTIONS).get_function(launch["cuda"]["kernel"])
+    data = program_data([_launch("dropout", Buffer("f32", 0, (n,)), Buffer("i32", 0, ()), Buffer("i32", 0, ()),
+                                 p=p, site=site)])
+    files = lower_plan(data, DEFAULT)
+    (launch,) = data["programs"]["p"].launches
+    fn = cp.RawModule(code=files["kernels/dropout.cu"], options=NVRTC_OPTIONS).get_function(launch.cuda.kernel)
     out = cp.full(n, np.nan, cp.float32)
-    fn(tuple(launch["cuda"]["grid"]), tuple(launch["cuda"]["block"]),
+    fn(tuple(launch.cuda.grid), tuple(launch.cuda.block),
        (out, cp.ones(n, cp.float32), cp.asarray(np.int32(seed)), cp.asarray(np.int32(counter))))
     got = cp.asnumpy(out)
     np.testing.assert_array_equal(got != 0, keep_mask((n,), p, site, seed, counter))

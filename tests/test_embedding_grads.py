@@ -16,7 +16,7 @@ TWO_LAYERS = ["n_layer=2", "n_head=4", "n_embd=64", "block_size=32", "batch_size
 
 
 def ops(data: dict) -> list[str]:
-    return [x["op"] for x in data["programs"]["train"]["launches"]]
+    return [x.op for x in data["programs"]["train"].launches]
 
 
 def test_one_hot_has_a_one_at_each_ids_row():
@@ -47,11 +47,11 @@ def test_a_tables_gradient_is_a_gemm_small_and_sorted_large(overrides, form):
     assert ops(data).count("id_order") == ops(data).count("embedding_grad_sorted") == (form == "sorted")
     gemm = form == "one_hot"
     if gemm:
-        launches = data["programs"]["train"]["launches"]
-        at = next(i for i, x in enumerate(launches) if x["op"] == "one_hot")
+        launches = data["programs"]["train"].launches
+        at = next(i for i, x in enumerate(launches) if x.op == "one_hot")
         product = launches[at + 1]
-        assert product["in"][0] == launches[at]["out"] and product["kind"] == "matmul"
-        assert product["out"].dtype == "f32"  # the cast folded in: float32 sums
+        assert product.ins[0] == launches[at].out and product.kind == "matmul"
+        assert product.out.dtype == "f32"  # the cast folded in: float32 sums
 
 
 def wte_gradient(overrides, dtype=np.float64) -> np.ndarray:

@@ -39,13 +39,13 @@ def test_eval_loss_is_the_train_loss_and_changes_nothing(compiled):
 def test_eval_is_the_forward_alone(compiled):
     data = compiled.data
     train, ev = data["programs"]["train"], data["programs"]["eval"]
-    assert set(ev["inputs"]) == {"tokens", "targets"} and list(ev["outputs"]) == ["loss"]
-    assert ev["inputs"]["tokens"].shape == train["inputs"]["tokens"].shape  # batch_size x block_size
-    ops = {ln["op"] for ln in ev["launches"]}
+    assert set(ev.inputs) == {"tokens", "targets"} and list(ev.outputs) == ["loss"]
+    assert ev.inputs["tokens"].shape == train.inputs["tokens"].shape  # batch_size x block_size
+    ops = {ln.op for ln in ev.launches}
     assert not {op for op in ops if "grad" in op or REGISTRY[op].kind == "collective"}, ops
     assert "sum_squares" not in ops
     work_start = data["arena"]["regions"]["work"][0]
-    assert all(ln["out"].offset >= work_start for ln in ev["launches"])  # writes only work
-    assert len(ev["launches"]) < len(train["launches"])
-    assert ev["memory"]["work_peak"] < train["memory"]["work_peak"]
+    assert all(ln.out.offset >= work_start for ln in ev.launches)  # writes only work
+    assert len(ev.launches) < len(train.launches)
+    assert ev.memory["work_peak"] < train.memory["work_peak"]
     assert "program eval" in compiled.report

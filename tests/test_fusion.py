@@ -28,7 +28,7 @@ def three_steps(overrides, fusion, dtype, model=ROOT / "model.py"):
     backend = NumpyBackend(plan, dtype)
     trainer = Trainer(plan, backend, SequentialSampler(tokens, plan.config["batch_size"], plan.config["block_size"]))
     losses = [m["loss"] for m in trainer.steps(3)]
-    launches = sum(len(plan.program(name)["launches"]) for name in ("train", "accumulate", "update")
+    launches = sum(len(plan.program(name).launches) for name in ("train", "accumulate", "update")
                    if name in plan.data["programs"])
     return losses, {t["name"]: backend.get_tensor(t["name"]) for t in plan.params}, launches
 
@@ -45,7 +45,7 @@ def test_fused_plan_computes_what_the_unfused_one_does(overrides, dtype, rtol):
 
 
 def _ops(data: dict, program: str) -> list[str]:
-    return [launch["op"] for launch in data["programs"][program]["launches"]]
+    return [launch.op for launch in data["programs"][program].launches]
 
 
 def test_the_fused_loss_op_computes_what_the_loss_and_its_gradient_compute():
@@ -66,10 +66,10 @@ def test_the_loss_and_its_gradient_run_as_one_launch_where_both_are_computed(set
     assert ops.count("cross_entropy_with_grad") == 1
     assert not {"cross_entropy", "cross_entropy_grad"} & set(ops)
     assert _ops(data, "eval").count("cross_entropy") == 1 and "cross_entropy_with_grad" not in _ops(data, "eval")
-    (fused,) = [ln for ln in data["programs"][program]["launches"] if ln["op"] == "cross_entropy_with_grad"]
-    loss, dlogits = fused["outs"]
-    assert data["programs"][program]["outputs"]["loss"] == loss
-    assert dlogits == fused["in"][0], "the gradient is written over the logits"
+    (fused,) = [ln for ln in data["programs"][program].launches if ln.op == "cross_entropy_with_grad"]
+    loss, dlogits = fused.outs
+    assert data["programs"][program].outputs["loss"] == loss
+    assert dlogits == fused.ins[0], "the gradient is written over the logits"
     unfused = compile_model(ROOT / "model.py", [*TWO_LAYERS, *settings], fusion=False, log=lambda *a: None).data
     assert {"cross_entropy", "cross_entropy_grad"} <= set(_ops(unfused, program))
 
@@ -142,9 +142,9 @@ def test_layernorms_two_parameter_gradients_are_one_pass_that_trains_bit_for_bit
     losses, params, n = three_steps(overrides, True, dtype)
     data = compile_model(ROOT / "model.py", overrides, log=lambda *a: None).data
     backward = "accumulate" if "grad_accum=2" in overrides else "train"
-    paired = [x for x in data["programs"][backward]["launches"] if x["op"] == "fused_sum" and "results" in x["attrs"]]
+    paired = [x for x in data["programs"][backward].launches if x.op == "fused_sum" and "results" in x.attrs]
     assert len(paired) == 5  # two LayerNorms a layer and the final one
-    assert all(len(x["outs"]) == 2 and x["cuda"]["kernel"].startswith("fused_sum_cols") for x in paired)
+    assert all(len(x.outs) == 2 and x.cuda.kernel.startswith("fused_sum_cols") for x in paired)
     with monkeypatch.context() as m:
         m.setattr(fuse_pass, "_paired_sums", lambda graph: graph)
         apart_losses, apart, n_apart = three_steps(overrides, True, dtype)
@@ -164,8 +164,8 @@ def test_layernorms_affine_part_is_stored_by_the_normalize_kernel(monkeypatch, o
     for program in ("train", "eval"):
         ops = _ops(data, program)
         assert ops.count("fused_normalize") == 5 and "normalize" not in ops, program  # two a layer, ln_f
-    (first, *_) = [x for x in data["programs"]["train"]["launches"] if x["op"] == "fused_normalize"]
-    assert len(first["outs"]) == 4 and [b.shape for b in first["in"][1:]] == [(64,), (64,)]  # x, gamma, beta
+    (first, *_) = [x for x in data["programs"]["train"].launches if x.op == "fused_normalize"]
+    assert len(first.outs) == 4 and [b.shape for b in first.ins[1:]] == [(64,), (64,)]  # x, gamma, beta
     with monkeypatch.context() as m:
         m.setattr(fuse_pass, "_normalize_epilogues", lambda graph: graph)
         apart_losses, apart, n_apart = three_steps(overrides, True, dtype)
@@ -185,12 +185,12 @@ def test_a_layers_column_sums_run_as_one_launch_that_trains_bit_for_bit_as_its_m
     losses, params, n = three_steps(overrides, True, np.float32)
     data = compile_model(ROOT / "model.py", overrides, log=lambda *a: None).data
     backward = data["programs"]["accumulate" if "grad_accum=2" in overrides else "train"]
-    groups = [x for x in backward["launches"] if x["op"] == "sum_group"]
-    assert not [x for x in backward["launches"] if x["op"] in ("sum", "fused_sum")]
+    groups = [x for x in backward.launches if x.op == "sum_group"]
+    assert not [x for x in backward.launches if x.op in ("sum", "fused_sum")]
     # ln_f's pair and the last layer's last bias; the rest of that layer's with the first layer's
     # last bias; the rest of the first layer's with wpe's gradient (a sum over the batch)
-    assert [len(x["attrs"]["members"]) for x in groups] == [2, 6, 6]
-    assert sum(len(x["outs"]) for x in groups) == 2 * 5 + 4 * 2 + 1  # LayerNorms, biases, wpe's sum over the batch
+    assert [len(x.attrs["members"]) for x in groups] == [2, 6, 6]
+    assert sum(len(x.outs) for x in groups) == 2 * 5 + 4 * 2 + 1  # LayerNorms, biases, wpe's sum over the batch
     with monkeypatch.context() as m:
         m.setattr(compiler, "group_sums", lambda graph: graph)
         apart_losses, apart, n_apart = three_steps(overrides, True, np.float32)
@@ -200,14 +200,14 @@ def test_a_layers_column_sums_run_as_one_launch_that_trains_bit_for_bit_as_its_m
     for name, value in apart.items():
         np.testing.assert_array_equal(params[name], value, err_msg=name)
     program = "accumulate" if "grad_accum=2" in overrides else "train"
-    assert backward["memory"]["work_peak"] <= alone["programs"][program]["memory"]["work_peak"]
+    assert backward.memory["work_peak"] <= alone["programs"][program].memory["work_peak"]
 
 
 def _gelu_launches(data: dict, program: str) -> dict[str, int]:
-    launches = data["programs"][program]["launches"]
-    return {"gelu": sum(ln["op"] == "gelu" for ln in launches), "gelu_grad": sum(ln["op"] == "gelu_grad" for ln in launches),
-            "in a GEMM": sum(ln["attrs"].get("gelu", False) for ln in launches),
-            "its gradient in a GEMM": sum(ln["attrs"].get("gelu_grad", False) for ln in launches)}
+    launches = data["programs"][program].launches
+    return {"gelu": sum(ln.op == "gelu" for ln in launches), "gelu_grad": sum(ln.op == "gelu_grad" for ln in launches),
+            "in a GEMM": sum(ln.attrs.get("gelu", False) for ln in launches),
+            "its gradient in a GEMM": sum(ln.attrs.get("gelu_grad", False) for ln in launches)}
 
 
 @pytest.fixture
@@ -238,12 +238,12 @@ def test_gelu_and_its_gradient_run_in_the_gemms_beside_them(remat):
     assert _gelu_launches(data, "train") == {"gelu": recomputed, "gelu_grad": 0, "in a GEMM": 2,
                                              "its gradient in a GEMM": 2}
     assert _gelu_launches(data, "eval") == {"gelu": 0, "gelu_grad": 0, "in a GEMM": 2, "its gradient in a GEMM": 0}
-    launches = data["programs"]["train"]["launches"]
-    pre = [ln["outs"][1] for ln in launches if ln["attrs"].get("gelu")]
-    grads = [ln for ln in launches if ln["attrs"].get("gelu_grad")]
-    assert sorted(ln["in"][2].offset for ln in grads) == sorted(b.offset for b in pre)
+    launches = data["programs"]["train"].launches
+    pre = [ln.outs[1] for ln in launches if ln.attrs.get("gelu")]
+    grads = [ln for ln in launches if ln.attrs.get("gelu_grad")]
+    assert sorted(ln.ins[2].offset for ln in grads) == sorted(b.offset for b in pre)
     if remat == "gelu":
-        assert sorted(ln["in"][0].offset for ln in launches if ln["op"] == "gelu") == sorted(b.offset for b in pre)
+        assert sorted(ln.ins[0].offset for ln in launches if ln.op == "gelu") == sorted(b.offset for b in pre)
 
 
 def _first_gradients(overrides) -> tuple[float, dict[str, np.ndarray], int]:
@@ -256,7 +256,7 @@ def _first_gradients(overrides) -> tuple[float, dict[str, np.ndarray], int]:
     tokens = np.random.default_rng(0).integers(0, plan.config["vocab_size"], (B, T))
     loss = backend.run("train", {"tokens": tokens, "targets": np.roll(tokens, -1, 1), "step_size": 0.0})["loss"]
     grads = {t["name"]: backend.get_tensor(t["name"], grad=True) for t in plan.params}
-    return float(loss), grads, len(plan.program("train")["launches"])
+    return float(loss), grads, len(plan.program("train").launches)
 
 
 @pytest.mark.usefixtures("gradient_epilogues_everywhere")

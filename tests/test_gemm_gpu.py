@@ -13,7 +13,7 @@ from graphgpt.dtypes import DTYPES
 from graphgpt.kernels.gemm import lower_matmul
 from graphgpt.ops import REGISTRY
 from graphgpt.ops.registry import Spec
-from graphgpt.plan import Buffer
+from graphgpt.plan import Buffer, Launch
 
 pytestmark = pytest.mark.gpu
 RTOL = {"f32": 1e-5, "bf16": 2.0**-10}
@@ -33,7 +33,7 @@ CASES = [  # (a shape, b shape, ta, tb, bias, residual)
 ]
 
 
-def _launch(a_shape, b_shape, ta, tb, bias, residual, operands="f32", output="f32") -> dict:
+def _launch(a_shape, b_shape, ta, tb, bias, residual, operands="f32", output="f32") -> Launch:
     attrs = {"ta": ta, "tb": tb} if operands == output else {"ta": ta, "tb": tb, "dtype": output}
     op = "matmul"
     out_shape = REGISTRY["matmul"].infer(attrs, Spec(a_shape, operands), Spec(b_shape, operands)).shape
@@ -43,11 +43,11 @@ def _launch(a_shape, b_shape, ta, tb, bias, residual, operands="f32", output="f3
         ins += ([out_shape[-1:]] if bias else []) + ([out_shape] if residual else [])
     types = [operands, operands] + [output] * (len(ins) - 2)  # the epilogue's operands are the output's type
     offsets = np.cumsum([0] + [int(np.prod(s)) * 4 for s in ins])
-    return {"op": op, "attrs": attrs, "out": Buffer(output, int(offsets[-1]), tuple(out_shape)),
-            "in": [Buffer(t, int(o), tuple(s)) for t, o, s in zip(types, offsets, ins)]}
+    return Launch(op=op, kind="matmul", attrs=attrs, out=Buffer(output, int(offsets[-1]), tuple(out_shape)),
+                  ins=tuple(Buffer(t, int(o), tuple(s)) for t, o, s in zip(types, offsets, ins)))
 
 
-def _run_lowered(launch: dict, host: list, in_place: bool = False) -> list:
+def _run_lowered(launch: Launch, host: list, in_place: bool = False) -> list:
     """The launch as the plan lowers it, on fresh device copies of `host` (its inputs) with every
     output poisoned first (`in_place`: the output is the residual's own memory, as the plan places
     a sum over chunks); its outputs as float64."""
@@ -58,24 +58,22 @@ def _run_lowered(launch: dict, host: list, in_place: bool = False) -> list:
     stream = cp.cuda.Stream(non_blocking=True)
     workspace = cp.empty(WORKSPACE_BYTES, cp.uint8)
     blas = Cublas(stream.ptr, workspace.data.ptr)
-    outs = launch.get("outs", [launch["out"]])
+    outs = launch.outputs
     try:
-        devs = [cp.asarray(h.view(device_dtype(b.dtype))) for h, b in zip(host, launch["in"])]
+        devs = [cp.asarray(h.view(device_dtype(b.dtype))) for h, b in zip(host, launch.ins)]
         results = [cp.full(b.shape, 0x7FC0 if b.dtype == "bf16" else np.nan, device_dtype(b.dtype)) for b in outs]
         if in_place:
             results[0] = devs[-1]
-        ptr = {id(b): d.data.ptr for b, d in zip([*launch["in"], *outs], [*devs, *results])}
-        ptr[id(launch["out"])] = results[0].data.ptr
-        g = cuda["gemm"]
+        ptr = {id(b): d.data.ptr for b, d in zip([*launch.ins, *outs], [*devs, *results])}
+        ptr[id(launch.out)] = results[0].data.ptr
+        g, epi = cuda.gemm, cuda.epilogue
         with stream:
-            if "epilogue" in cuda:
-                epi = cuda["epilogue"]
-                typed = {k: None if epi[k] is None else (ptr[id(epi[k])], epi[k].dtype) for k in ("bias", "aux")}
-                residual = None if epi["residual"] is None else ptr[id(epi["residual"])]
-                blas.lt_plan(g, ptr[id(g["a"])], ptr[id(g["b"])], ptr[id(g["c"])], epi["kind"],
-                             residual=residual, **typed)()
+            if epi is not None:
+                typed = {k: None if b is None else (ptr[id(b)], b.dtype) for k, b in (("bias", epi.bias), ("aux", epi.aux))}
+                residual = None if epi.residual is None else ptr[id(epi.residual)]
+                blas.lt_plan(g, ptr[id(g.a)], ptr[id(g.b)], ptr[id(g.c)], epi.kind, residual=residual, **typed)()
             else:
-                blas.gemm(g, ptr[id(g["a"])], ptr[id(g["b"])], ptr[id(g["c"])])
+                blas.gemm(g, ptr[id(g.a)], ptr[id(g.b)], ptr[id(g.c)])
         stream.synchronize()
         return [cp.asnumpy(r).view(DTYPES[b.dtype].numpy).astype(np.float64) for r, b in zip(results, outs)]
     finally:
@@ -101,10 +99,10 @@ def test_gemm_matches_numpy(case, types):
         pytest.skip("a plan folds a cast only into a GEMM without a bias")
     launch = _launch(*case, *types)
     rng = np.random.default_rng(0)
-    host = [rng.standard_normal(b.shape).astype(DTYPES[b.dtype].numpy) for b in launch["in"]]
+    host = [rng.standard_normal(b.shape).astype(DTYPES[b.dtype].numpy) for b in launch.ins]
     (got,) = _run_lowered(launch, host)
-    ref = REGISTRY[launch["op"]].ref(launch["attrs"], *(h.astype(np.float64) for h in host))
-    _assert_close(got, ref, launch["out"].dtype)
+    ref = REGISTRY[launch.op].ref(launch.attrs, *(h.astype(np.float64) for h in host))
+    _assert_close(got, ref, launch.out.dtype)
 
 
 @pytest.mark.parametrize("types", [("f32", "f32"), ("bf16", "f32")], ids=lambda t: f"{t[0]}->{t[1]}")
@@ -114,10 +112,10 @@ def test_gemm_adds_its_residual_in_place(types):
     new sum one buffer."""
     launch = _launch((132, 96), (132, 64), True, False, False, True, *types)
     rng = np.random.default_rng(2)
-    host = [rng.standard_normal(b.shape).astype(DTYPES[b.dtype].numpy) for b in launch["in"]]
+    host = [rng.standard_normal(b.shape).astype(DTYPES[b.dtype].numpy) for b in launch.ins]
     (got,) = _run_lowered(launch, host, in_place=True)
-    ref = REGISTRY[launch["op"]].ref(launch["attrs"], *(h.astype(np.float64) for h in host))
-    _assert_close(got, ref, launch["out"].dtype)
+    ref = REGISTRY[launch.op].ref(launch.attrs, *(h.astype(np.float64) for h in host))
+    _assert_close(got, ref, launch.out.dtype)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
@@ -136,8 +134,9 @@ def test_gelu_epilogues_match_numpy(epilogue, dtype):
         shapes = [x_shape, (64, 96)] + ([(96,)] if attrs["bias"] else [])
     offsets = np.cumsum([0] + [int(np.prod(s)) * 4 for s in shapes] + [int(np.prod(out_shape)) * 4] * 2)
     outs = [Buffer(dtype, int(offsets[-3]), tuple(out_shape)), Buffer(dtype, int(offsets[-2]), tuple(out_shape))]
-    launch = {"op": "fused_matmul", "attrs": attrs, "in": [Buffer(dtype, int(o), tuple(s)) for o, s in zip(offsets, shapes)],
-              "out": outs[0], **({"outs": outs} if attrs.get("gelu") else {})}
+    launch = Launch(op="fused_matmul", kind="matmul", attrs=attrs,
+                    ins=tuple(Buffer(dtype, int(o), tuple(s)) for o, s in zip(offsets, shapes)),
+                    out=outs[0], outs=tuple(outs) if attrs.get("gelu") else None)
     host = [(2 * rng.standard_normal(s) / np.sqrt(64)).astype(DTYPES[dtype].numpy) for s in shapes]
     got = _run_lowered(launch, host)
     exact = [h.astype(np.float64) for h in host]

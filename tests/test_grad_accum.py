@@ -8,7 +8,7 @@ from graphgpt.codegen import compile_cuda
 from graphgpt.compiler import compile_model
 from graphgpt.ops import REGISTRY
 from graphgpt.passes.multi_tensor import merge_launches
-from graphgpt.plan import Buffer, Plan
+from graphgpt.plan import Buffer, Launch, Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import init_params
 from tests.conftest import ROOT, TINY
@@ -30,7 +30,7 @@ def backend(plan: Plan) -> NumpyBackend:
 
 
 def collectives(program: dict) -> list[dict]:
-    return [ln for ln in program["launches"] if REGISTRY[ln["op"]].kind == "collective"]
+    return [ln for ln in program.launches if REGISTRY[ln.op].kind == "collective"]
 
 
 @pytest.mark.parametrize("k,fusion", [(2, True), (3, True), (2, False)], ids=["k2", "k3", "k2-unfused"])
@@ -66,11 +66,11 @@ def test_the_update_averages_over_ranks_and_the_accumulate_program_does_not():
     n_params = sum(t["kind"] == "param" for t in data["tensors"])
     assert len(collectives(update)) == n_params
     grads_start, grads_size = data["arena"]["regions"]["grads"]
-    assert all(grads_start <= ln["out"].offset < grads_start + grads_size for ln in collectives(update))
-    assert set(accumulate["inputs"]) == {"tokens", "targets", optim.ACCUMULATE}
-    assert set(accumulate["outputs"]) == {"loss"}
-    assert set(update["inputs"]) == set(optim.scalar_inputs(data["optimizer"]))
-    assert set(update["outputs"]) == {"grad_norm"}
+    assert all(grads_start <= ln.out.offset < grads_start + grads_size for ln in collectives(update))
+    assert set(accumulate.inputs) == {"tokens", "targets", optim.ACCUMULATE}
+    assert set(accumulate.outputs) == {"loss"}
+    assert set(update.inputs) == set(optim.scalar_inputs(data["optimizer"]))
+    assert set(update.outputs) == {"grad_norm"}
 
 
 def test_accumulators_are_the_gradient_slots():
@@ -91,7 +91,7 @@ def test_work_memory_is_one_micro_batch():
     """Four micro-batches take one micro-batch's work memory, not four. The accumulate program
     also holds each new gradient in a buffer of its own until it is added into its slot (train
     writes it into the slot): in this tiny model that is a few percent more."""
-    peaks = {k: max(p["memory"]["work_peak"] for p in compiled(4, k).data["programs"].values()) for k in (1, 4)}
+    peaks = {k: max(p.memory["work_peak"] for p in compiled(4, k).data["programs"].values()) for k in (1, 4)}
     assert abs(peaks[4] - peaks[1]) <= 0.1 * peaks[1], peaks
 
 
@@ -105,11 +105,11 @@ def test_launches_over_work_buffers_do_not_join():
     """Accumulations of neighbouring gradients could line up in the work region as well; joined,
     they would write a work buffer's leftover padding into the gradient region's zero padding,
     which the norm sums."""
-    def accumulation(acc: int, grad: int) -> dict:
+    def accumulation(acc: int, grad: int) -> Launch:
         program = (("mul", (), (-1, -2)), ("add", (), (0, -3)))
-        return {"op": "fused", "out": Buffer("f32", acc, (6,)),
-                "in": [Buffer("f32", acc, (6,)), Buffer("f32", 900, ()), Buffer("f32", grad, (6,))],
-                "attrs": {"program": program}, "node": acc, "where": "gradient accumulation"}
+        return Launch(op="fused", kind="elementwise", out=Buffer("f32", acc, (6,)),
+                      ins=(Buffer("f32", acc, (6,)), Buffer("f32", 900, ()), Buffer("f32", grad, (6,))),
+                      attrs={"program": program}, node=acc, where="gradient accumulation")
     pair = [accumulation(0, 1024), accumulation(256, 1280)]  # byte offsets: 256-byte slots
     assert len(merge_launches(pair)) == 1
     assert len(merge_launches(pair, work_start=1024)) == 2
@@ -118,8 +118,8 @@ def test_launches_over_work_buffers_do_not_join():
 def test_the_accumulating_plans_kernels_compile():
     compiled = compile_model(ROOT / "model.py", MODEL + [f"batch_size={MICRO}", "grad_accum=2"], log=lambda *a: None)
     for program in ("accumulate", "update"):
-        for launch in compiled.data["programs"][program]["launches"]:
-            assert "cuda" in launch or REGISTRY[launch["op"]].kind == "collective", launch["op"]
+        for launch in compiled.data["programs"][program].launches:
+            assert launch.cuda is not None or REGISTRY[launch.op].kind == "collective", launch.op
     for path, source in compiled.files.items():
         if path.startswith("kernels/"):
             assert compile_cuda(source, "sm_90"), path

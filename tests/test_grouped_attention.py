@@ -138,7 +138,7 @@ def trained(tmp_path_factory):
     losses = []
     for step in range(30):
         scalars = schedule.step_scalars(plan.optimizer, step) | schedule.dropout_scalars(1, step)
-        feeds = {name: scalars[name] for name, buf in plan.program("train")["inputs"].items() if not buf.shape}
+        feeds = {name: scalars[name] for name, buf in plan.program("train").inputs.items() if not buf.shape}
         batch = {"tokens": tokens, "targets": np.roll(tokens, -1, 1)}
         losses.append(float(backend.run("train", {**batch, **feeds})["loss"]))
     return plan, backend, losses
@@ -146,15 +146,15 @@ def trained(tmp_path_factory):
 
 def test_the_model_reads_k_and_v_in_place_and_learns(trained):
     plan, _, losses = trained
-    train = plan.program("train")["launches"]
-    ops = [ln["op"] for ln in train]
+    train = plan.program("train").launches
+    ops = [ln.op for ln in train]
     assert ops.count("causal_attention") == 2 and ops.count("causal_attention_grad_kv") == 2
     for ln in train:
-        if ln["op"] == "causal_attention":
-            assert [b.shape for b in ln["in"][:3]] == [(2, 16, 4, 8), (2, 16, 2, 8), (2, 16, 2, 8)]
-            assert ln["attrs"]["dropout"] == 0.1
-        if ln["op"] == "causal_attention_grad_kv":
-            assert [b.shape for b in ln["outs"]] == [(2, 16, 2, 8), (2, 16, 2, 8)]
+        if ln.op == "causal_attention":
+            assert [b.shape for b in ln.ins[:3]] == [(2, 16, 4, 8), (2, 16, 2, 8), (2, 16, 2, 8)]
+            assert ln.attrs["dropout"] == 0.1
+        if ln.op == "causal_attention_grad_kv":
+            assert [b.shape for b in ln.outs] == [(2, 16, 2, 8), (2, 16, 2, 8)]
     assert not [op for op in ops if op in ("broadcast_to", "concat")]  # no copy of k or v
     caches = [t for t in plan.tensors if t["name"].startswith("kv_cache.")]
     assert [t["shape"] for t in caches] == [[1, 16, 2, 2, 8]] * 2  # Hkv heads

@@ -3,8 +3,8 @@
 NVRTC comes with the dev extra (cuda-bindings + the NVRTC wheel); without it these tests fail.
 """
 import copy
-import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ from graphgpt.compiler import compile_model
 from graphgpt.dtypes import DTYPES, nbytes
 from graphgpt.ops import REGISTRY
 from graphgpt.ops.registry import Spec
-from graphgpt.plan import Buffer
+from graphgpt.plan import Buffer, Launch, Program, to_text
 from graphgpt.target import DEFAULT
 from tests.conftest import ROOT, TINY
 
@@ -35,15 +35,20 @@ def _launch(op, *inputs, out_offset=0, **attrs):
     for spec in out if isinstance(out, list) else [out]:
         outs.append(Buffer(spec.dtype, at, tuple(spec.shape)))
         at += -(-int(np.prod(spec.shape)) * DTYPES[spec.dtype].bytes // 256) * 256
-    launch = {"op": op, "out": outs[0], "in": list(inputs), "attrs": attrs, "node": 0, "where": "synthetic"}
-    return dict(launch, outs=outs) if isinstance(out, list) else launch
+    return Launch(op=op, kind=REGISTRY[op].kind, out=outs[0], outs=tuple(outs) if isinstance(out, list) else None,
+                  ins=tuple(inputs), attrs=attrs, node=0, where="synthetic")
+
+
+def program_data(launches, name: str = "p") -> dict:
+    """A plan's data as lower_plan takes it, with one program of these launches."""
+    return {"programs": {name: Program(launches=tuple(launches))}}
 
 
 def _ids(shape):
     return Buffer("i32", 0, tuple(shape))
 
 
-def _attention(f, f32, b, t, h, d, dropout=0.0, kv_heads=None) -> list[dict]:
+def _attention(f, f32, b, t, h, d, dropout=0.0, kv_heads=None) -> list[Launch]:
     """The fused attention's three launches over packed (B, T, 3, H, D) q, k, v of f's type or,
     given kv_heads, over q (B, T, H, D) with k and v (B, T, kv_heads, D), with the RNG's seed and
     counter after their inputs when they drop."""
@@ -212,7 +217,7 @@ def synthetic_plan(dtype: str = "f32") -> dict:
             *_attention(_f, _f32, 1, 256, 4, 64, kv_heads=2),  # blocks of 128 rows
             *_attention(_f, _f32, 2, 128, 4, 64, dropout=0.2, kv_heads=2),
         ]
-    return {"programs": {"synthetic": {"launches": launches}}}
+    return program_data(launches, "synthetic")
 
 
 def plan_data(name: str) -> dict:
@@ -223,10 +228,10 @@ def plan_data(name: str) -> dict:
         data = compile_model(ROOT / "tests" / "gqa_model.py", GQA_PLANS[name], log=lambda *a: None).data
     else:
         data = compile_model(ROOT / "model.py", PLANS[name], log=lambda *a: None).data
-    for program in data["programs"].values():
-        for launch in program["launches"]:
-            if REGISTRY[launch["op"]].kind not in LIBRARY_KINDS:
-                launch.pop("cuda", None)
+    for name, program in data["programs"].items():
+        data["programs"][name] = replace(program, launches=tuple(
+            launch if REGISTRY[launch.op].kind in LIBRARY_KINDS else replace(launch, cuda=None)
+            for launch in program.launches))
     return data
 
 
@@ -237,8 +242,8 @@ KERNEL_PLANS = ("tiny", "gpt2-124M", "default", "default-bf16", "gqa", "gqa-bf16
 def test_every_family_and_every_op_it_renders_is_compiled_and_run_on_the_gpu():
     """A new op or template family must come with launches in these plans (the synthetic ones take
     any op), so it is compiled in CI and checked against NumPy on the GPU before it ships."""
-    launched = {launch["op"] for name in KERNEL_PLANS for program in plan_data(name)["programs"].values()
-                for launch in program["launches"]}
+    launched = {launch.op for name in KERNEL_PLANS for program in plan_data(name)["programs"].values()
+                for launch in program.launches}
     rendered = {name for name, op in REGISTRY.items() if op.template}
     assert rendered <= launched, f"ops with a template but no launch here: {sorted(rendered - launched)}"
     families = {p.name.removesuffix(".cu.j2") for p in (ROOT / "templates").glob("*.cu.j2")} - {"common"}
@@ -265,29 +270,29 @@ def test_every_kernel_file_compiles_for_sm90(lowered):
 def test_every_launch_names_a_kernel_of_its_file(lowered):
     before, data, files = lowered
     for name, program in data["programs"].items():
-        for old, launch in zip(before["programs"][name]["launches"], program["launches"]):
-            if REGISTRY[launch["op"]].kind in LIBRARY_KINDS:
+        for old, launch in zip(before["programs"][name].launches, program.launches):
+            if REGISTRY[launch.op].kind in LIBRARY_KINDS:
                 assert launch == old, "matmul and collective launches are left as they are"
                 continue
-            cuda = launch["cuda"]
-            assert {k: v for k, v in launch.items() if k != "cuda"} == old
-            source = files[cuda["file"]]
-            params = re.search(rf'extern "C" __global__ void (?:__launch_bounds__\(\d+(?:, \d+)?\) )?{cuda["kernel"]}\((.*)\)',
+            cuda = launch.cuda
+            assert replace(launch, cuda=None) == old
+            source = files[cuda.file]
+            params = re.search(rf'extern "C" __global__ void (?:__launch_bounds__\(\d+(?:, \d+)?\) )?{cuda.kernel}\((.*)\)',
                                source)
-            assert params, f"{cuda['kernel']} is not defined in {cuda['file']}"
-            if launch["op"] == "sum_squares":  # its tensors as one flat range, from the first to the last
-                (flat,) = cuda["args"][1:]
-                first, last = launch["in"][0], launch["in"][-1]
+            assert params, f"{cuda.kernel} is not defined in {cuda.file}"
+            if launch.op == "sum_squares":  # its tensors as one flat range, from the first to the last
+                (flat,) = cuda.args[1:]
+                first, last = launch.ins[0], launch.ins[-1]
                 assert flat.offset == first.offset and flat.offset + nbytes(flat) == last.offset + nbytes(last)
-            elif launch["op"] == "cache_update":  # it writes over the cache it is given: passed once
-                assert launch["in"][0] == launch["out"] and cuda["args"] == [launch["out"], *launch["in"][1:]]
+            elif launch.op == "cache_update":  # it writes over the cache it is given: passed once
+                assert launch.ins[0] == launch.out and cuda.args == (launch.out, *launch.ins[1:])
             else:
-                assert cuda["args"] == [*launch.get("outs", [launch["out"]]), *launch["in"]]
-            assert params.group(1).count(",") + 1 == len(cuda["args"])
-            assert all(1 <= g <= m for g, m in zip(cuda["grid"], MAX_GRID)), cuda
-            x, y, z = cuda["block"]
+                assert cuda.args == (*launch.outputs, *launch.ins)
+            assert params.group(1).count(",") + 1 == len(cuda.args)
+            assert all(1 <= g <= m for g, m in zip(cuda.grid, MAX_GRID)), cuda
+            x, y, z = cuda.block
             assert 1 <= x * y * z <= 1024 and z <= 64, cuda
-            assert 0 <= cuda["smem"] <= DEFAULT.smem_per_block, cuda
+            assert 0 <= cuda.smem <= DEFAULT.smem_per_block, cuda
 
 
 def test_kernel_names_are_unique_and_defined_once(lowered):
@@ -305,10 +310,10 @@ def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faste
     """Head dim 64 without dropout, T a multiple of 128 and at least two such blocks per SM
     (264): blocks of 128 rows; else 64 (PERFORMANCE.md). The seed's 2 x 96 would be 192."""
     f = lambda shape: Buffer("bf16", 0, shape)  # noqa: E731
-    plan = {"programs": {"p": {"launches": _attention(f, lambda shape: Buffer("f32", 0, shape), b, t, h, d, dropout)}}}
+    plan = program_data(_attention(f, lambda shape: Buffer("f32", 0, shape), b, t, h, d, dropout))
     lower_plan(plan, DEFAULT)
-    for launch in plan["programs"]["p"]["launches"]:
-        assert launch["cuda"]["grid"][:2] == [t // rows, b * h] and launch["cuda"]["block"][0] == 128, launch["op"]
+    for launch in plan["programs"]["p"].launches:
+        assert launch.cuda.grid[:2] == (t // rows, b * h) and launch.cuda.block[0] == 128, launch.op
 
 
 def test_lowering_is_deterministic():
@@ -317,7 +322,7 @@ def test_lowering_is_deterministic():
         for _ in range(2):
             data = plan_data(name)
             files = lower_plan(data, DEFAULT)
-            runs.append((json.dumps(data, sort_keys=True), files))
+            runs.append((to_text(data), files))
         assert runs[0] == runs[1]
 
 
@@ -346,6 +351,6 @@ def test_a_kernel_whose_parameters_differ_from_its_launchs_buffers_is_refused_wh
     """A launch with one buffer more than its template declares (here a normalize given a second
     input) is refused by codegen, before any GPU would read past the kernel's arguments."""
     launch = _launch("normalize", Buffer("f32", 0, (4, 64)), eps=1e-5)
-    launch["in"].append(Buffer("f32", 4096, (64,)))
+    launch = replace(launch, ins=(*launch.ins, Buffer("f32", 4096, (64,))))
     with pytest.raises(ValueError, match=r"takes 4 parameters, but its launch passes 5 buffers"):
-        lower_plan({"programs": {"p": {"launches": [launch]}}}, DEFAULT)
+        lower_plan(program_data([launch]), DEFAULT)

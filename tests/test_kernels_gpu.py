@@ -17,6 +17,7 @@ gradients become bf16 operands of the second product, as in flash attention, so 
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,9 +26,9 @@ from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
 from graphgpt.dtypes import DTYPES
 from graphgpt.numpy_ops import BY_OP
 from graphgpt.ops import REGISTRY
-from graphgpt.plan import Buffer
+from graphgpt.plan import Buffer, KernelCall, Launch
 from graphgpt.target import DEFAULT
-from tests.test_kernels_compile import KERNEL_PLANS, _launch, plan_data
+from tests.test_kernels_compile import KERNEL_PLANS, _launch, plan_data, program_data
 
 pytestmark = pytest.mark.gpu
 RTOL = {"f32": 1e-5, "bf16": 2.0**-10}
@@ -38,20 +39,20 @@ NORMALISER_OF = {name: plain for plain, op in REGISTRY.items() if op.row_normali
                  for name in (plain, op.row_normaliser.grad, op.row_normaliser.fused_grad)}
 
 
-def _distinct_launches(data: dict) -> list[dict]:
+def _distinct_launches(data: dict) -> list[Launch]:
     seen = {}
     for program in data["programs"].values():
-        for launch in program["launches"]:
-            if "kernel" in launch.get("cuda", {}):
-                key = (launch["cuda"]["kernel"], json.dumps([b.shape for b in launch["cuda"]["args"]]))
+        for launch in program.launches:
+            if isinstance(launch.cuda, KernelCall):
+                key = (launch.cuda.kernel, json.dumps([b.shape for b in launch.cuda.args]))
                 seen.setdefault(key, launch)
     return list(seen.values())
 
 
-def _int_range(launch: dict) -> int:
-    op, ins = launch["op"], launch["in"]
+def _int_range(launch: Launch) -> int:
+    op, ins = launch.op, launch.ins
     if op == "cache_update":      # the position: every new row falls inside the cache
-        return launch["out"].shape[1] - ins[0].shape[1] + 1
+        return launch.out.shape[1] - ins[0].shape[1] + 1
     if op == "cached_attention":
         return ins[1].shape[1] - ins[0].shape[1] + 1
     if op == "rotary":            # the position: every row read falls inside the tables
@@ -61,17 +62,17 @@ def _int_range(launch: dict) -> int:
     if op == "embedding":
         return ins[0].shape[0]    # table rows
     if op in ("embedding_grad", "one_hot", "id_order", "embedding_grad_sorted"):
-        return launch["attrs"]["rows"]
+        return launch.attrs["rows"]
     return ins[0].shape[-1]       # cross-entropy targets: the vocabulary
 
 
-def _inputs(launch: dict, rng) -> list[np.ndarray]:
+def _inputs(launch: Launch, rng) -> list[np.ndarray]:
     """Valid random inputs for a launch."""
-    op = launch["op"]
-    steps = [s[0] for s in launch["attrs"]["program"]] if "program" in launch["attrs"] else [op]
+    op = launch.op
+    steps = [s[0] for s in launch.attrs["program"]] if "program" in launch.attrs else [op]
     positive = "log" in steps or "sqrt" in steps
     values = []
-    for buf in launch["in"]:
+    for buf in launch.ins:
         if buf.dtype == "i32":
             values.append(rng.integers(0, _int_range(launch), buf.shape, dtype=np.int32))
         elif positive:  # scalars (Adam's 1 - beta) at most 1: a moment's update stays a mean of positives
@@ -83,30 +84,30 @@ def _inputs(launch: dict, rng) -> list[np.ndarray]:
     elif op in NORMALISER_OF:
         values[0] = 2 * values[0] + 3  # rows with a mean to remove
         if op != NORMALISER_OF[op]:  # the row statistics the forward saved
-            _, *statistics = REGISTRY[NORMALISER_OF[op]].ref({"eps": launch["attrs"]["eps"]}, values[0])
+            _, *statistics = REGISTRY[NORMALISER_OF[op]].ref({"eps": launch.attrs["eps"]}, values[0])
             values[2:2 + len(statistics)] = statistics
     elif op.startswith("cross_entropy"):
         values[0] *= 3
     elif op == "embedding_grad_sorted":  # the order of random ids: each row's run of positions
-        n = int(np.prod(launch["in"][1].shape[:-1]))
-        values[0] = BY_OP["id_order"](launch["attrs"], values[0][:n])
+        n = int(np.prod(launch.ins[1].shape[:-1]))
+        values[0] = BY_OP["id_order"](launch.attrs, values[0][:n])
     elif op == "argmax":  # equal maxima, whose first must win, and a NaN, which beats any number
         values[0] = np.round(2 * values[0]) / 2
         values[0].reshape(-1, values[0].shape[-1])[0, 7] = np.nan
     elif op in ATTENTION[1:]:  # the saved log-sum-exp (and delta) of these q, k, v and this g
-        attrs = launch["attrs"]
-        n = 1 if len(launch["in"][0].shape) == 5 else 3  # the packed qkv, or q, k and v
+        attrs = launch.attrs
+        n = 1 if len(launch.ins[0].shape) == 5 else 3  # the packed qkv, or q, k and v
         rng = values[-2:] if "dropout" in attrs else []
         qkv, g = values[:n], values[n + (2 if op.endswith("_q") else 1)]
-        qkv, g = [x.astype(DTYPES[launch["in"][0].dtype].numpy).astype(np.float64) for x in qkv], \
-            g.astype(DTYPES[launch["in"][0].dtype].numpy).astype(np.float64)
+        qkv, g = [x.astype(DTYPES[launch.ins[0].dtype].numpy).astype(np.float64) for x in qkv], \
+            g.astype(DTYPES[launch.ins[0].dtype].numpy).astype(np.float64)
         out, lse = REGISTRY["causal_attention"].ref(attrs, *qkv, *rng)
         if op.endswith("_q"):
             values[n], values[n + 1] = out, lse
         else:
             values[n] = lse
             values[n + 2] = REGISTRY["causal_attention_grad_q"].ref(attrs, *qkv, out, lse, g, *rng)[1]
-    return [v.astype(DTYPES[b.dtype].numpy) for v, b in zip(values, launch["in"])]  # each in its buffer's type
+    return [v.astype(DTYPES[b.dtype].numpy) for v, b in zip(values, launch.ins)]  # each in its buffer's type
 
 
 def _place(cp, buf):
@@ -123,22 +124,22 @@ def _poison(array, dtype: str) -> None:
     array.fill(-1 if dtype == "i32" else 0x7FC0 if dtype == "bf16" else np.nan)
 
 
-def _launch_twice(cp, modules: dict, launch: dict, rng) -> tuple:
+def _launch_twice(cp, modules: dict, launch: Launch, rng) -> tuple:
     """Run a launch twice on fresh inputs, its outputs poisoned before each; returns what `_compare`
     needs: the launch (reading its kernel's arguments), the output buffers, the host inputs, the
     output's starting values where it is written in place, and both launches' outputs."""
-    cuda = launch["cuda"]
-    n_out = len(launch.get("outs", [launch["out"]]))
-    out_bufs = cuda["args"][:n_out]
+    cuda = launch.cuda
+    n_out = len(launch.outputs)
+    out_bufs = cuda.args[:n_out]
     # an op that writes some rows over its input 0 (a cache update) gets that input as its output
     # buffer: it starts as random values instead of poison, and the rows left alone must stay so
-    over = REGISTRY[launch["op"]].in_place and REGISTRY[launch["op"]].view is None
-    launch = dict(launch, **{"in": cuda["args"][n_out:]})  # a multi-tensor reduction reads one flat range
-    fn = modules[cuda["file"]].get_function(cuda["kernel"])
-    if cuda["smem"] > 48 << 10:
-        fn.max_dynamic_shared_size_bytes = cuda["smem"]
+    over = REGISTRY[launch.op].in_place and REGISTRY[launch.op].view is None
+    launch = replace(launch, ins=cuda.args[n_out:])  # a multi-tensor reduction reads one flat range
+    fn = modules[cuda.file].get_function(cuda.kernel)
+    if cuda.smem > 48 << 10:
+        fn.max_dynamic_shared_size_bytes = cuda.smem
     host = _inputs(launch, rng)
-    ins = [_place(cp, buf) for buf in launch["in"]]
+    ins = [_place(cp, buf) for buf in launch.ins]
     for array, value in zip(ins, host):
         array.set(value.view(array.dtype))
     outs = [_place(cp, buf) for buf in out_bufs]
@@ -150,16 +151,16 @@ def _launch_twice(cp, modules: dict, launch: dict, rng) -> tuple:
                 out.set(before.view(out.dtype))
             else:
                 _poison(out, buf.dtype)
-        fn(tuple(cuda["grid"]), tuple(cuda["block"]), (*outs, *ins), shared_mem=cuda["smem"])
+        fn(tuple(cuda.grid), tuple(cuda.block), (*outs, *ins), shared_mem=cuda.smem)
         results.append([cp.asnumpy(out) for out in outs])
     return launch, out_bufs, host, before, results
 
 
-def _compare(launch: dict, out_bufs: list, host: list, before, results: list) -> str | None:
+def _compare(launch: Launch, out_bufs: list, host: list, before, results: list) -> str | None:
     """The launch's outputs against its op's float64 reference, rounded once as they are stored."""
-    refs = REGISTRY[launch["op"]].ref(launch["attrs"], *(a.astype(np.float64) if a.dtype != np.int32 else a
+    refs = REGISTRY[launch.op].ref(launch.attrs, *(a.astype(np.float64) if a.dtype != np.int32 else a
                                                          for a in ([before] if before is not None else []) + host))
-    what = f"{launch['cuda']['kernel']} ({launch['op']} {[b.shape for b in out_bufs]} <- {[b.shape for b in launch['in']]})"
+    what = f"{launch.cuda.kernel} ({launch.op} {[b.shape for b in out_bufs]} <- {[b.shape for b in launch.ins]})"
     for k, (buf, ref) in enumerate(zip(out_bufs, refs if len(out_bufs) > 1 else [refs])):
         if buf.dtype == "i32":  # indices: exactly the reference's
             if not np.array_equal(results[0][k], ref) or not np.array_equal(results[1][k], ref):
@@ -172,7 +173,7 @@ def _compare(launch: dict, out_bufs: list, host: list, before, results: list) ->
         if not np.array_equal(results[0][k], results[1][k]):
             return f"{what}: output {k}: a second launch gave different bits"
         err = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)
-        if err > (ROUNDS_INSIDE.get(buf.dtype, RTOL[buf.dtype]) if launch["op"] in ATTENTION else RTOL[buf.dtype]):
+        if err > (ROUNDS_INSIDE.get(buf.dtype, RTOL[buf.dtype]) if launch.op in ATTENTION else RTOL[buf.dtype]):
             return f"{what}: output {k}: relative error {err:.2e}"
     return None
 
@@ -202,12 +203,11 @@ def test_the_fused_loss_kernel_gives_the_bits_of_the_two_it_replaces(dtype, rows
     import cupy as cp
     from graphgpt.runtime.cuda_backend import device_dtype
     logits, ids, dloss = Buffer(dtype, 0, (rows, vocab)), Buffer("i32", 0, (rows,)), Buffer("f32", 0, ())
-    data = {"programs": {"loss": {"launches": [
-        _launch("cross_entropy", logits, ids), _launch("cross_entropy_grad", logits, ids, dloss),
-        _launch("cross_entropy_with_grad", logits, ids, dloss)]}}}
+    data = program_data([_launch("cross_entropy", logits, ids), _launch("cross_entropy_grad", logits, ids, dloss),
+                         _launch("cross_entropy_with_grad", logits, ids, dloss)], "loss")
     module = cp.RawModule(code=lower_plan(data, DEFAULT)["kernels/cross_entropy.cu"], options=NVRTC_OPTIONS)
-    forward, grad, fused = ((module.get_function(ln["cuda"]["kernel"]), ln["cuda"])
-                            for ln in data["programs"]["loss"]["launches"])
+    forward, grad, fused = ((module.get_function(ln.cuda.kernel), ln.cuda)
+                            for ln in data["programs"]["loss"].launches)
     rng = np.random.default_rng()
     z = cp.asarray((3 * rng.standard_normal((rows, vocab))).astype(DTYPES[dtype].numpy).view(device_dtype(dtype)))
     targets = cp.asarray(rng.integers(0, vocab, rows, dtype=np.int32))
@@ -215,9 +215,9 @@ def test_the_fused_loss_kernel_gives_the_bits_of_the_two_it_replaces(dtype, rows
 
     def run(kernel, *args):
         fn, cuda = kernel
-        if cuda["smem"] > 48 << 10:  # a wide row staged in shared memory
-            fn.max_dynamic_shared_size_bytes = cuda["smem"]
-        fn(tuple(cuda["grid"]), tuple(cuda["block"]), args, shared_mem=cuda["smem"])
+        if cuda.smem > 48 << 10:  # a wide row staged in shared memory
+            fn.max_dynamic_shared_size_bytes = cuda.smem
+        fn(tuple(cuda.grid), tuple(cuda.block), args, shared_mem=cuda.smem)
 
     results = []
     for kernels in ([forward, grad], [fused]):
@@ -244,20 +244,19 @@ def test_rotary_gives_the_numpy_backends_bits(dtype, shape, rows, positioned):
     from graphgpt.runtime.cuda_backend import device_dtype
     x, table, position = Buffer(dtype, 0, shape), Buffer("f32", 0, (rows, shape[-1] // 2)), Buffer("i32", 0, ())
     extra = [position] if positioned else []
-    launches = [_launch("rotary", x, table, table, *extra, inverse=inverse) for inverse in (False, True)]
-    module = cp.RawModule(code=lower_plan({"programs": {"p": {"launches": launches}}}, DEFAULT)["kernels/rotary.cu"],
-                          options=NVRTC_OPTIONS)
+    data = program_data([_launch("rotary", x, table, table, *extra, inverse=inverse) for inverse in (False, True)])
+    module = cp.RawModule(code=lower_plan(data, DEFAULT)["kernels/rotary.cu"], options=NVRTC_OPTIONS)
     rng = np.random.default_rng()
     host = rng.standard_normal(shape).astype(np.float32).astype(DTYPES[dtype].numpy)
     angles = rng.uniform(0, 100, (rows, shape[-1] // 2))
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
     p = np.int32(rng.integers(0, rows - shape[1] + 1))
     ins = [cp.asarray(host.view(device_dtype(dtype))), cp.asarray(cos), cp.asarray(sin), *([cp.asarray(p)] if positioned else [])]
-    for launch in launches:
-        cuda = launch["cuda"]
+    for launch in data["programs"]["p"].launches:
+        cuda = launch.cuda
         out = cp.full(shape, 0x7FC0 if dtype == "bf16" else np.nan, device_dtype(dtype))
-        module.get_function(cuda["kernel"])(tuple(cuda["grid"]), tuple(cuda["block"]), (out, *ins))
+        module.get_function(cuda.kernel)(tuple(cuda.grid), tuple(cuda.block), (out, *ins))
         got = cp.asnumpy(out).view(DTYPES[dtype].numpy)
-        want = BY_OP["rotary"](launch["attrs"], host.astype(np.float32), cos, sin, *([p] if positioned else []))
+        want = BY_OP["rotary"](launch.attrs, host.astype(np.float32), cos, sin, *([p] if positioned else []))
         assert want.dtype == np.float32
-        assert got.tobytes() == want.astype(DTYPES[dtype].numpy).tobytes(), launch["attrs"]
+        assert got.tobytes() == want.astype(DTYPES[dtype].numpy).tobytes(), launch.attrs

@@ -64,13 +64,13 @@ def test_cached_attention_is_causal_attention_one_row_at_a_time():
 def test_the_plan_decodes_one_position_per_sequence_against_caches_in_place(tmp_path):
     plan = _compiled(tmp_path, ["sample_batch=3", "dtype=bf16"])
     programs = plan.data["programs"]
-    tokens = programs["generate"]["inputs"]["tokens"]
-    assert programs["generate"]["inputs"] == {"tokens": plan_io.Buffer("i32", tokens.offset, (3, 16))}
-    inputs = programs["decode"]["inputs"]
+    tokens = programs["generate"].inputs["tokens"]
+    assert programs["generate"].inputs == {"tokens": plan_io.Buffer("i32", tokens.offset, (3, 16))}
+    inputs = programs["decode"].inputs
     assert set(inputs) == {"tokens", DECODE_POSITION}
     position = inputs[DECODE_POSITION]
     assert inputs["tokens"].shape == (3, 1) and (position.dtype, position.shape) == ("i32", ())
-    assert programs["decode"]["outputs"]["logits"].shape == (3, 1, 100)
+    assert programs["decode"].outputs["logits"].shape == (3, 1, 100)
     caches = [t for t in plan.tensors if t["name"].startswith("kv_cache.")]
     assert [t["name"] for t in caches] == ["kv_cache.0", "kv_cache.1"]
     assert all(t["shape"] == [3, 16, 2, 2, 16] and t["dtype"] == "bf16" for t in caches)
@@ -83,18 +83,19 @@ def test_the_plan_decodes_one_position_per_sequence_against_caches_in_place(tmp_
     def sizes(ts):
         return sum(-(-int(np.prod(t["shape"])) * 2 // 256) * 256 for t in ts)
     assert regions["caches"][0] == regions["work"][0] and regions["caches"][1] == sizes(caches)
-    assert programs["train"]["memory"]["work_peak"] > regions["caches"][1]
+    assert programs["train"].memory["work_peak"] > regions["caches"][1]
     assert regions["copies"][1] == regions["params"][1] // 2 and regions["copies"][0] < regions["work"][0]
     for t in plan.params:  # as many elements into their region as the weights into theirs
         assert copies[f"{t['name']}.bf16"]["offset"] - regions["copies"][0] == (t["offset"] - regions["params"][0]) // 2
     for name in ("generate", "decode"):
-        updates = [ln for ln in programs[name]["launches"] if ln["op"] == "cache_update"]
-        assert [ln["out"].offset for ln in updates] == [t["offset"] for t in caches]  # over the caches themselves
-        assert not [ln for ln in programs[name]["launches"] if ln["op"] == "copy"]
-    attention = [ln for ln in programs["decode"]["launches"] if ln["op"] == "cached_attention"]
-    assert [ln["in"][1].offset for ln in attention] == [t["offset"] for t in caches]
-    assert not any(ln["op"] == "cached_attention" for ln in programs["generate"]["launches"])
-    assert "caches" not in json.dumps(programs["train"]) and "kv_cache" not in json.dumps(programs["train"])
+        updates = [ln for ln in programs[name].launches if ln.op == "cache_update"]
+        assert [ln.out.offset for ln in updates] == [t["offset"] for t in caches]  # over the caches themselves
+        assert not [ln for ln in programs[name].launches if ln.op == "copy"]
+    attention = [ln for ln in programs["decode"].launches if ln.op == "cached_attention"]
+    assert [ln.ins[1].offset for ln in attention] == [t["offset"] for t in caches]
+    assert not any(ln.op == "cached_attention" for ln in programs["generate"].launches)
+    train = json.dumps(programs["train"].to_json())
+    assert "caches" not in train and "kv_cache" not in train
 
 
 def test_a_model_that_cannot_decode_compiles_without_a_decode_program(tmp_path):
@@ -141,7 +142,7 @@ def test_kv_cache_generation_gives_the_windowed_generators_tokens(tmp_path, extr
             cached = generate(backend, prompt, 12, 99, 98, rng=np.random.default_rng(5), kv_cache=True, **kw)
             used = calls[:]
             windowed = generate(backend, prompt, 12, 99, 98, rng=np.random.default_rng(5), kv_cache=False, **kw)
-            assert cached == windowed and len(cached) == plan.program("decode")["inputs"]["tokens"].shape[0]
+            assert cached == windowed and len(cached) == plan.program("decode").inputs["tokens"].shape[0]
             assert all(len(new) == 12 for new in cached)  # 98 never comes: no sequence stops early
             calls.clear()
         decoded = used.count("decode")
@@ -229,7 +230,7 @@ def test_cuda_kv_cache_greedy_equals_windowed_and_numpy(tmp_path, extra):
     plan = _compiled(tmp_path, extra)
     reference = _backend(plan)
     backend = _cuda(plan, reference)
-    rows, block = plan.program("generate")["inputs"]["tokens"].shape
+    rows, block = plan.program("generate").inputs["tokens"].shape
     seq = np.random.default_rng(6).integers(0, 100, (rows, block), dtype=np.int32)
     for b in (backend, reference):
         b.run("generate", {"tokens": seq})
@@ -264,7 +265,7 @@ def test_bf16_generation_reads_the_weights_as_they_are_now(tmp_path):
     the weights are written: after that, it generates what a fresh backend with the new weights does."""
     plan = _compiled(tmp_path, ["dtype=bf16", "sample_batch=2"])
     assert "cast_weights" in plan.data["programs"] and not any(
-        ln["op"] == "cast" for name in ("generate", "decode") for ln in plan.program(name)["launches"])
+        ln.op == "cast" for name in ("generate", "decode") for ln in plan.program(name).launches)
     changed, fresh = _backend(plan, seed=3), _backend(plan, seed=4)
     before = generate(changed, [1, 2, 3], 8, 99, 98)
     for t in plan.params:

@@ -1,5 +1,7 @@
 """Multi-tensor launches: which neighbouring pointwise launches join, and that a join computes the
 same as the launches it replaces."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,7 @@ from graphgpt.compiler import compile_model
 from graphgpt.ops import REGISTRY
 from graphgpt.plan import aligned
 from graphgpt.passes.multi_tensor import merge_launches
-from graphgpt.plan import Buffer
+from graphgpt.plan import Buffer, Launch
 from tests.conftest import ROOT
 
 PROGRAM = (("mul", (), (-1, -2)), ("add", (), (0, -3)))  # x0 * x1 + x2
@@ -19,18 +21,18 @@ def f32(offset: int, shape: tuple) -> Buffer:
     return Buffer("f32", 4 * offset, shape)
 
 
-def launch(out: int, ins: list[int], n: int = 6, scalar: int = 1000) -> dict:
+def launch(out: int, ins: list[int], n: int = 6, scalar: int = 1000) -> Launch:
     """out = x0 * scalar + x2, the scalar's buffer shared; tensor buffers at the given offsets."""
-    return {"op": "fused", "out": f32(out, (n,)), "in": [f32(ins[0], (n,)), f32(scalar, ()), f32(ins[1], (n,))],
-            "attrs": {"program": PROGRAM}, "node": out, "where": "optimizer"}
+    return Launch(op="fused", kind="elementwise", out=f32(out, (n,)), ins=(f32(ins[0], (n,)), f32(scalar, ()), f32(ins[1], (n,))),
+                  attrs={"program": PROGRAM}, node=out, where="optimizer")
 
 
 def test_neighbours_in_every_region_join():
     a = launch(0, [200, 400])
     b = launch(S, [200 + S, 400 + S], n=8)
     (joined,) = merge_launches([a, b])
-    assert joined["out"] == f32(0, (S + 8,)) and joined["attrs"]["tensors"] == 2
-    assert joined["in"] == [f32(200, (S + 8,)), f32(1000, ()), f32(400, (S + 8,))]
+    assert joined.out == f32(0, (S + 8,)) and joined.attrs["tensors"] == 2
+    assert joined.ins == (f32(200, (S + 8,)), f32(1000, ()), f32(400, (S + 8,)))
 
 
 def test_what_does_not_join():
@@ -38,10 +40,10 @@ def test_what_does_not_join():
     assert len(merge_launches([a, launch(S, [200 + S, 404 + S])])) == 2            # one operand elsewhere
     assert len(merge_launches([a, launch(S, [200 + S, 400 + S], scalar=1001)])) == 2  # another scalar
     assert len(merge_launches([a, launch(S + 4, [204 + S, 404 + S])])) == 2        # a gap in the output
-    other = dict(launch(S, [200 + S, 400 + S]), attrs={"program": PROGRAM[:1]})
+    other = replace(launch(S, [200 + S, 400 + S]), attrs={"program": PROGRAM[:1]})
     assert len(merge_launches([a, other])) == 2                                    # another program
-    broadcast = launch(S, [200 + S, 400 + S])
-    broadcast["in"][2] = f32(400 + S, (3,))
+    full = launch(S, [200 + S, 400 + S])
+    broadcast = replace(full, ins=(*full.ins[:2], f32(400 + S, (3,))))
     assert len(merge_launches([a, broadcast])) == 2                      # not full-size, not a scalar
 
 
@@ -56,7 +58,7 @@ def test_a_join_computes_what_its_launches_did():
         memory = arena.copy()
         view = lambda b: memory[b.offset // 4:b.offset // 4 + int(np.prod(b.shape))].reshape(b.shape)  # noqa: E731
         for ln in ls:
-            view(ln["out"])[...] = REGISTRY[ln["op"]].ref(ln["attrs"], *(view(b) for b in ln["in"]))
+            view(ln.out)[...] = REGISTRY[ln.op].ref(ln.attrs, *(view(b) for b in ln.ins))
         return memory
     separate, joined = run(launches), run(merge_launches(launches))
     np.testing.assert_array_equal(joined, separate)
@@ -67,22 +69,22 @@ def test_the_optimizer_runs_as_one_launch(dtype):
     """m, v, the parameters and (bf16) their copies, each over its whole region, written over
     the old values: one pass that reads the gradients, moments and weights once."""
     data = compile_model(ROOT / "model.py", [f"dtype={dtype}"], log=lambda *a: None).data
-    launches = data["programs"]["train"]["launches"]
-    (optimizer,) = [ln for ln in launches if "tensors" in ln["attrs"]]
-    assert optimizer is launches[-1] and optimizer["op"] == "fused_multi"
+    launches = data["programs"]["train"].launches
+    (optimizer,) = [ln for ln in launches if "tensors" in ln.attrs]
+    assert optimizer is launches[-1] and optimizer.op == "fused_multi"
     regions = data["arena"]["regions"]
     state, copies = regions["state"][0], regions.get("copies", [None])[0]
     starts = [state, state + regions["state"][1] // 2, 0] + ([copies] if dtype == "bf16" else [])
-    assert [b.offset for b in optimizer["outs"]] == starts  # m over m, v over v, weights, copies
+    assert [b.offset for b in optimizer.outs] == starts  # m over m, v over v, weights, copies
     n_params = sum(int(np.prod(t["shape"])) for t in data["tensors"] if t["kind"] == "param")
-    assert all(np.prod(b.shape) >= n_params for b in optimizer["outs"])
-    assert not [ln for ln in launches if ln["op"] == "copy"]
+    assert all(np.prod(b.shape) >= n_params for b in optimizer.outs)
+    assert not [ln for ln in launches if ln.op == "copy"]
 
 
-def cast(out: int, src: int, n: int) -> dict:
+def cast(out: int, src: int, n: int) -> Launch:
     """A float32 tensor's cast into a bf16 buffer; offsets in bytes."""
-    return {"op": "cast", "out": Buffer("bf16", out, (n,)), "in": [Buffer("f32", src, (n,))], "attrs": {"dtype": "bf16"},
-            "node": out, "where": "optimizer"}
+    return Launch(op="cast", kind="elementwise", out=Buffer("bf16", out, (n,)), ins=(Buffer("f32", src, (n,)),),
+                  attrs={"dtype": "bf16"}, node=out, where="optimizer")
 
 
 def test_casts_of_weights_into_their_copies_join_at_the_weights_steps():
@@ -90,8 +92,8 @@ def test_casts_of_weights_into_their_copies_join_at_the_weights_steps():
     region: 100 floats take a 512-byte slot, so the next weight and the next copy both start 128
     elements on (256 bytes into the copies). Anywhere else is not the next copy."""
     (joined,) = merge_launches([cast(0, 4096, 100), cast(256, 4096 + 512, 64)])
-    assert joined["out"] == Buffer("bf16", 0, (192,)) and joined["in"] == [Buffer("f32", 4096, (192,))]
-    assert joined["attrs"] == {"dtype": "bf16", "tensors": 2}
+    assert joined.out == Buffer("bf16", 0, (192,)) and joined.ins == (Buffer("f32", 4096, (192,)),)
+    assert joined.attrs == {"dtype": "bf16", "tensors": 2}
     assert len(merge_launches([cast(0, 4096, 100), cast(512, 4096 + 512, 64)])) == 2  # a copy skipped
     assert len(merge_launches([cast(0, 4096, 100), cast(256, 4096 + 1024, 64)])) == 2  # a weight skipped
-    assert len(merge_launches([cast(0, 4096, 128), dict(cast(256, 4096 + 512, 64), attrs={"dtype": "f32"})])) == 2
+    assert len(merge_launches([cast(0, 4096, 128), replace(cast(256, 4096 + 512, 64), attrs={"dtype": "f32"})])) == 2

@@ -1,4 +1,5 @@
 """Plans are deterministic, the committed plan is current, and the memory plan is sound."""
+import dataclasses
 import json
 
 import pytest
@@ -37,19 +38,21 @@ def test_memory_plan_is_consistent():
     regions = data["arena"]["regions"]
     params = [t for t in data["tensors"] if t["kind"] == "param"]
     assert [t["grad"] - t["offset"] for t in params] == [regions["grads"][0] - regions["params"][0]] * len(params)
-    for prog in data["programs"].values():
-        mem = prog["memory"]
+    for raw in data["programs"].values():
+        prog = plan_io.Program.from_json(raw)
+        mem = prog.memory
         assert mem["work_lower_bound"] <= mem["work_peak"] <= mem["work_sum"]
-        for launch in prog["launches"]:
-            for buf in map(plan_io.Buffer.from_json, [launch["out"], *launch["in"]]):
+        for launch in prog.launches:
+            for buf in [*launch.outputs, *launch.ins]:
                 assert 0 <= buf.offset and buf.offset + nbytes(buf) <= data["arena"]["bytes"]
                 assert buf.offset % DTYPES[buf.dtype].bytes == 0, launch
 
 
 @pytest.mark.parametrize("overrides", [None, [*TINY, "dtype=bf16", "grad_accum=2"]], ids=["committed", "tiny-bf16-accumulate"])
 def test_a_loaded_plan_holds_typed_buffers_and_gives_back_its_bytes(tmp_path, overrides):
-    """plan.load makes every buffer a Buffer (a dtype's name, an int offset, a tuple of ints) and
-    leaves no [dtype, offset, shape] list behind; written again, the plan is plan.json's bytes."""
+    """plan.load makes every program a Program record, every launch a Launch and every buffer a
+    Buffer (a dtype's name, an int offset, a tuple of ints), and leaves no [dtype, offset, shape]
+    list behind; written again, the plan is plan.json's bytes."""
     plan_dir = ROOT / "compiled"
     if overrides is not None:
         c = compile_model(ROOT / "model.py", overrides, log=lambda *a: None)
@@ -61,6 +64,12 @@ def test_a_loaded_plan_holds_typed_buffers_and_gives_back_its_bytes(tmp_path, ov
     def walk(value):
         if isinstance(value, plan_io.Buffer):
             typed.append(value)
+        elif dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name))
+        elif isinstance(value, tuple):
+            for item in value:
+                walk(item)
         elif isinstance(value, dict):
             for item in value.values():
                 walk(item)
@@ -74,9 +83,11 @@ def test_a_loaded_plan_holds_typed_buffers_and_gives_back_its_bytes(tmp_path, ov
     for buf in typed:
         assert buf.dtype in DTYPES and type(buf.offset) is int, buf
         assert type(buf.shape) is tuple and all(type(d) is int for d in buf.shape), buf
-    for program in loaded.data["programs"].values():
-        for launch in program["launches"]:
-            assert all(isinstance(b, plan_io.Buffer) for b in [launch["out"], *launch.get("outs", []), *launch["in"]])
+    assert loaded.programs and all(isinstance(p, plan_io.Program) for p in loaded.programs.values())
+    for program in loaded.programs.values():
+        for launch in program.launches:
+            assert isinstance(launch, plan_io.Launch)
+            assert all(isinstance(b, plan_io.Buffer) for b in [*launch.outputs, *launch.ins])
     assert plan_io.to_text(loaded.data).encode() == (plan_dir / "plan.json").read_bytes()
 
 
@@ -95,7 +106,7 @@ def test_memory_plan_reaches_the_lower_bound_where_the_heap_fragments():
     config = ["n_layer=2", "n_head=8", "n_embd=32", "block_size=512", "batch_size=2", "attention=softmax"]
     peaks = {}
     for remat in ("none", "attention", "all"):
-        memory = compile_model(ROOT / "model.py", config, remat=remat, log=lambda *a: None).data["programs"]["train"]["memory"]
+        memory = compile_model(ROOT / "model.py", config, remat=remat, log=lambda *a: None).data["programs"]["train"].memory
         assert memory["work_peak"] <= 1.01 * memory["work_lower_bound"], (remat, memory)
         peaks[remat] = memory["work_peak"]
     assert peaks["all"] <= peaks["attention"] < peaks["none"], peaks
@@ -108,11 +119,11 @@ def test_gpt2_124m_in_bf16_keeps_no_t_by_t_buffer():
              "dtype=bf16"]
     data = compile_model(ROOT / "model.py", shape, log=lambda *a: None).data
     T = 1024
-    buffers = [b for program in data["programs"].values() for launch in program["launches"]
-               for b in [*launch.get("outs", [launch["out"]]), *launch["in"]]]
+    buffers = [b for program in data["programs"].values() for launch in program.launches
+               for b in [*launch.outputs, *launch.ins]]
     assert not [b for b in buffers if b.shape[-2:] == (T, T)]
     assert max(buffers, key=nbytes).shape == (16, T, 50304)
-    ops = {launch["op"] for launch in data["programs"]["train"]["launches"]}
+    ops = {launch.op for launch in data["programs"]["train"].launches}
     assert {"causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv"} <= ops
     assert "causal_softmax" not in ops
 
@@ -126,17 +137,17 @@ def test_gpt2_124m_in_bf16_writes_the_fused_loss_gradient_over_the_logits(monkey
     still takes its chunk's logits' buffer, so the arena is what the plan with two launches needs,
     not larger."""
     data = compile_model(ROOT / "model.py", GPT2_124M_BF16, log=lambda *a: None).data
-    fused = [launch for launch in data["programs"]["train"]["launches"] if launch["op"] == "cross_entropy_with_grad"]
+    fused = [launch for launch in data["programs"]["train"].launches if launch.op == "cross_entropy_with_grad"]
     assert len(fused) == 4
     for launch in fused:
-        logits, _loss, dlogits = launch["in"][0], *launch["outs"]
+        logits, _loss, dlogits = launch.ins[0], *launch.outs
         assert logits.shape == (4, 1024, 50304) and dlogits == logits
     with monkeypatch.context() as m:
         m.setattr(fuse_pass, "_loss_with_grad", lambda graph: graph)
         pair = compile_model(ROOT / "model.py", GPT2_124M_BF16, log=lambda *a: None).data
-    assert "cross_entropy_with_grad" not in {launch["op"] for launch in pair["programs"]["train"]["launches"]}
+    assert "cross_entropy_with_grad" not in {launch.op for launch in pair["programs"]["train"].launches}
     assert data["arena"]["bytes"] <= pair["arena"]["bytes"]
-    assert data["programs"]["train"]["memory"]["work_peak"] <= pair["programs"]["train"]["memory"]["work_peak"]
+    assert data["programs"]["train"].memory["work_peak"] <= pair["programs"]["train"].memory["work_peak"]
 
 
 def test_gpt2_124m_in_bf16_fits_torch_compiles_memory():

@@ -32,9 +32,9 @@ def test_they_fuse_into_the_pointwise_chains_around_them():
     """tests/models/split_qkv.py: sigmoid(q) * v is one launch, and silu(gate) * up + square(up) *
     exp(-square(gate)) one more; relu(k), read by the concat's pad alone, is a launch of its own."""
     data = compiled("split_qkv")
-    launches = data["programs"]["eval"]["launches"]
-    chains = [[step[0] for step in ln["attrs"]["program"]] for ln in launches if ln["op"] == "fused"]
+    launches = data["programs"]["eval"].launches
+    chains = [[step[0] for step in ln.attrs["program"]] for ln in launches if ln.op == "fused"]
     assert chains == [["sigmoid", "mul"], ["silu", "mul", "square", "square", "neg", "exp", "mul", "add"]]
-    assert [ln["op"] for ln in launches if ln["op"] in NEW] == ["relu"]
-    backward = [ln for ln in data["programs"]["train"]["launches"] if ln["op"] == "fused"]
-    assert any("silu_grad" in [step[0] for step in ln["attrs"]["program"]] for ln in backward)
+    assert [ln.op for ln in launches if ln.op in NEW] == ["relu"]
+    backward = [ln for ln in data["programs"]["train"].launches if ln.op == "fused"]
+    assert any("silu_grad" in [step[0] for step in ln.attrs["program"]] for ln in backward)

@@ -18,7 +18,7 @@ def three_steps(remat: str):
     trainer = Trainer(plan, backend, SequentialSampler(tokens, plan.config["batch_size"], plan.config["block_size"]))
     losses = [m["loss"] for m in trainer.steps(3)]
     params = {t["name"]: backend.get_tensor(t["name"]) for t in plan.params}
-    return losses, params, plan.program("train")["memory"]["work_peak"]
+    return losses, params, plan.program("train").memory["work_peak"]
 
 
 def test_remat_computes_the_same_with_less_memory():

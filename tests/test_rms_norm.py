@@ -25,15 +25,15 @@ def test_rms_norm_runs_as_the_fused_normaliser_forward_and_backward(overrides):
     are the backward kernel's; no mul runs on its own."""
     data = compiled("rms_mlp", overrides)
     for program in ("train", "eval"):
-        ops = [launch["op"] for launch in data["programs"][program]["launches"]]
+        ops = [launch.op for launch in data["programs"][program].launches]
         assert ops.count("fused_rms_normalize") == 3, ops  # a layer's and the final one
         assert not {"rms_normalize", "mul"} & set(ops), ops
-    grads = [ln for ln in data["programs"]["train"]["launches"] if ln["op"] == "fused_rms_normalize_grad"]
-    assert [(g["attrs"]["scaled"], g["attrs"]["accumulate"]) for g in grads] == [(True, False)] + [(True, True)] * 2
-    assert not {"rms_normalize_grad", "mul"} & {ln["op"] for ln in data["programs"]["train"]["launches"]}
-    first = next(ln for ln in data["programs"]["train"]["launches"] if ln["op"] == "fused_rms_normalize")
-    assert len(first["outs"]) == 3 and [b.shape for b in first["in"][1:]] == [(16,)]  # rows, rstd, rows * weight
-    unfused = {ln["op"] for ln in compiled("rms_mlp", overrides, fusion=False)["programs"]["train"]["launches"]}
+    grads = [ln for ln in data["programs"]["train"].launches if ln.op == "fused_rms_normalize_grad"]
+    assert [(g.attrs["scaled"], g.attrs["accumulate"]) for g in grads] == [(True, False)] + [(True, True)] * 2
+    assert not {"rms_normalize_grad", "mul"} & {ln.op for ln in data["programs"]["train"].launches}
+    first = next(ln for ln in data["programs"]["train"].launches if ln.op == "fused_rms_normalize")
+    assert len(first.outs) == 3 and [b.shape for b in first.ins[1:]] == [(16,)]  # rows, rstd, rows * weight
+    unfused = {ln.op for ln in compiled("rms_mlp", overrides, fusion=False)["programs"]["train"].launches}
     assert {"rms_normalize", "rms_normalize_grad", "mul"} <= unfused
 
 
@@ -46,8 +46,8 @@ def test_remat_all_recomputes_rms_norms_rows_and_computes_the_same():
     normaliser runs again), the one statistic is the forward's."""
     def run(remat):
         data = compile_model(MODELS / "rms_mlp.py", FAST, remat=remat, log=lambda *a: None).data
-        ops = [launch["op"] for launch in data["programs"]["train"]["launches"]]
-        return ops.count("fused_rms_normalize"), data["programs"]["train"]["memory"]["work_peak"], train(data, 3, np.float64)
+        ops = [launch.op for launch in data["programs"]["train"].launches]
+        return ops.count("fused_rms_normalize"), data["programs"]["train"].memory["work_peak"], train(data, 3, np.float64)
     (kept, peak, (losses, params)), (again, remat_peak, (remat_losses, remat_params)) = run("none"), run("all")
     assert (kept, again) == (3, 6) and remat_peak < peak
     np.testing.assert_allclose(remat_losses, losses, rtol=1e-12)

@@ -131,7 +131,7 @@ def rotary_plan(tmp_path_factory):
 def test_a_plan_carries_its_tables_in_the_constants_region(rotary_plan):
     plan = plan_io.load(rotary_plan)
     data = plan.data
-    assert data["schema_version"] == 10
+    assert data["schema_version"] == plan_io.SCHEMA_VERSION
     listed = data["consts"]["tensors"]
     assert [t["name"] for t in listed] == ["rotary_cos[16x8](base=10000.0)", "rotary_sin[16x8](base=10000.0)"]
     cos, sin = tables(16, 16, 10000.0)
@@ -145,14 +145,14 @@ def test_a_plan_carries_its_tables_in_the_constants_region(rotary_plan):
     # every program reads the same two tables, and nothing writes the constants region
     offsets = {t["offset"] for t in listed}
     for name, program in data["programs"].items():
-        rotary = [ln for ln in program["launches"] if ln["op"] == "rotary"]
-        assert rotary and all({ln["in"][1].offset, ln["in"][2].offset} == offsets for ln in rotary), name
-        for ln in program["launches"]:
-            for out in ln.get("outs", [ln["out"]]):
-                assert not start <= out.offset < start + size, (name, ln["op"])
-    decode = [ln for ln in data["programs"]["decode"]["launches"] if ln["op"] == "rotary"]
-    assert all(ln["in"][3] == data["programs"]["decode"]["inputs"][DECODE_POSITION] for ln in decode)
-    backward = [ln for ln in data["programs"]["train"]["launches"] if ln["op"] == "rotary" and ln["attrs"]["inverse"]]
+        rotary = [ln for ln in program.launches if ln.op == "rotary"]
+        assert rotary and all({ln.ins[1].offset, ln.ins[2].offset} == offsets for ln in rotary), name
+        for ln in program.launches:
+            for out in ln.outputs:
+                assert not start <= out.offset < start + size, (name, ln.op)
+    decode = [ln for ln in data["programs"]["decode"].launches if ln.op == "rotary"]
+    assert all(ln.ins[3] == data["programs"]["decode"].inputs[DECODE_POSITION] for ln in decode)
+    backward = [ln for ln in data["programs"]["train"].launches if ln.op == "rotary" and ln.attrs["inverse"]]
     assert len(backward) == 4  # q and k of two layers
 
 

@@ -111,8 +111,8 @@ def test_a_model_the_plan_cannot_slice_or_join_is_refused_naming_its_line(tmp_pa
 
 def test_a_model_that_splits_its_projection_into_q_k_v_trains_on_numpy():
     data = compiled("split_qkv")
-    slices = [ln for ln in data["programs"]["train"]["launches"] if ln["op"] == "slice"]
-    assert sorted((s["attrs"]["axis"], s["attrs"]["start"], s["attrs"]["stop"]) for s in slices[:3]) == \
+    slices = [ln for ln in data["programs"]["train"].launches if ln.op == "slice"]
+    assert sorted((s.attrs["axis"], s.attrs["start"], s.attrs["stop"]) for s in slices[:3]) == \
         [(2, 0, 16), (2, 16, 32), (2, 32, 48)]  # q, k and v: slices of the last axis, each a launch
-    assert "concat" not in {ln["op"] for ln in data["programs"]["train"]["launches"]}
+    assert "concat" not in {ln.op for ln in data["programs"]["train"].launches}
     assert_trains_as_unfused("split_qkv")

@@ -1,11 +1,13 @@
 """The side stream (passes/streams.py): which launches run there, and that every launch that
 touches bytes another stream's launch touches (one of them writing) is ordered after it."""
+from dataclasses import replace
+
 import pytest
 
 from graphgpt.compiler import compile_model
 from graphgpt.dtypes import nbytes
 from graphgpt.passes.streams import MAIN, SIDE, assign_streams
-from graphgpt.plan import Buffer
+from graphgpt.plan import Buffer, KernelCall, Launch, Program
 from tests.conftest import ROOT
 
 TWO_LAYERS = ["n_layer=2", "n_head=2", "n_embd=64", "block_size=64", "batch_size=4"]
@@ -15,10 +17,15 @@ GRADS = (1000, 1000)
 def launch(op, reads, writes, kind="reduction", kernel=None):
     """A launch touching [offset, offset + 4) of each named f32 buffer."""
     def bufs(offsets):
-        return [Buffer("f32", off, (1,)) for off in offsets]
+        return tuple(Buffer("f32", off, (1,)) for off in offsets)
     out = bufs(writes)
-    return {"op": op, "kind": kind, "in": bufs(reads), "out": out[0], "outs": out,
-            "cuda": {"kernel": kernel or f"{op}_kernel"}}
+    return Launch(op=op, kind=kind, ins=bufs(reads), out=out[0], outs=out,
+                  cuda=KernelCall(kernel or f"{op}_kernel", "kernels/synthetic.cu", (1, 1, 1), (1, 1, 1), 0, out))
+
+
+def streams(launches):
+    """The launches as assign_streams gives them back."""
+    return assign_streams(Program(launches=tuple(launches)), GRADS).launches
 
 
 def happens_before(launches):
@@ -26,11 +33,11 @@ def happens_before(launches):
     after, last = [], {}
     for i, x in enumerate(launches):
         seen = set()
-        for j in [last.get(x["stream"]), *x["waits"]]:
+        for j in [last.get(x.stream), *x.waits]:
             if j is not None:
                 seen |= after[j] | {j}
         after.append(seen)
-        last[x["stream"]] = i
+        last[x.stream] = i
     return after
 
 
@@ -40,15 +47,19 @@ def conflicts(a, b):
 
     def overlap(xs, ys):
         return any(x0 < y1 and y0 < x1 for x0, x1 in xs for y0, y1 in ys)
-    aw, bw = spans(a.get("outs") or [a["out"]]), spans(b.get("outs") or [b["out"]])
-    return (overlap(aw, spans(b["in"]) + bw) or overlap(spans(a["in"]), bw)
-            or a.get("cuda", {}).get("kernel") == b.get("cuda", {}).get("kernel") is not None)
+    aw, bw = spans(a.outputs), spans(b.outputs)
+    return (overlap(aw, spans(b.ins) + bw) or overlap(spans(a.ins), bw)
+            or _kernel(a) == _kernel(b) is not None)
+
+
+def _kernel(launch):
+    return launch.cuda.kernel if isinstance(launch.cuda, KernelCall) else None
 
 
 def unordered_conflicts(launches):
     after = happens_before(launches)
     return [(j, i) for i, x in enumerate(launches) for j in range(i)
-            if launches[j]["stream"] != x["stream"] and j not in after[i] and conflicts(x, launches[j])]
+            if launches[j].stream != x.stream and j not in after[i] and conflicts(x, launches[j])]
 
 
 def test_a_rewritten_buffer_waits_for_the_other_streams_reader():
@@ -61,9 +72,9 @@ def test_a_rewritten_buffer_waits_for_the_other_streams_reader():
         launch("sum_squares", [1000, 1004], [400]),                # main: reads both gradients
         launch("embedding_grad", [0], [1008], kind="nn"),          # side, no conflict since the last wait
     ]
-    assign_streams({"launches": launches}, GRADS)
-    assert [x["stream"] for x in launches] == [MAIN, SIDE, MAIN, MAIN, SIDE, MAIN, SIDE]
-    assert [x["waits"] for x in launches] == [[], [0], [], [1], [2], [4], []]
+    launches = streams(launches)
+    assert [x.stream for x in launches] == [MAIN, SIDE, MAIN, MAIN, SIDE, MAIN, SIDE]
+    assert [x.waits for x in launches] == [(), (0,), (), (1,), (2,), (4,), ()]
     assert unordered_conflicts(launches) == []
 
 
@@ -71,23 +82,21 @@ def test_two_launches_of_one_kernel_on_two_streams_are_ordered():
     """A reduction's partials live in its kernel's scratch, which all its launches share."""
     launches = [launch("gelu_grad", [0], [100], kind="elementwise"), launch("sum", [100], [1000]),
                 launch("sum", [0], [500])]
-    assign_streams({"launches": launches}, GRADS)
-    assert [x["stream"] for x in launches] == [MAIN, SIDE, MAIN]
-    assert launches[2]["waits"] == [1]
+    launches = streams(launches)
+    assert [x.stream for x in launches] == [MAIN, SIDE, MAIN]
+    assert launches[2].waits == (1,)
 
 
 def test_the_checker_sees_a_missing_wait():
     launches = [launch("gelu_grad", [0], [100], kind="elementwise"), launch("sum", [100], [1000])]
-    assign_streams({"launches": launches}, GRADS)
-    launches[1]["waits"] = []
-    assert unordered_conflicts(launches) == [(0, 1)]
+    first, second = streams(launches)
+    assert unordered_conflicts([first, replace(second, waits=())]) == [(0, 1)]
 
 
 def test_library_calls_and_launches_writing_elsewhere_stay_on_the_main_stream():
     launches = [launch("matmul", [0], [1000], kind="matmul"), launch("allreduce_mean", [1000], [1000], kind="collective"),
                 launch("sum", [0], [1000, 2000]), launch("sum", [0], [996])]
-    assign_streams({"launches": launches}, GRADS)
-    assert [x["stream"] for x in launches] == [MAIN] * 4
+    assert [x.stream for x in streams(launches)] == [MAIN] * 4
 
 
 @pytest.mark.parametrize("overrides", [
@@ -100,15 +109,15 @@ def test_every_plan_orders_each_conflicting_pair_across_streams(overrides):
     data = compile_model(ROOT / "model.py", overrides, log=lambda *a: None).data
     grads = data["arena"]["regions"]["grads"]
     for name, program in data["programs"].items():
-        launches = program["launches"]
+        launches = program.launches
         assert unordered_conflicts(launches) == [], name
         for x in launches:
-            if x["stream"] == SIDE:
-                assert x["kind"] not in ("matmul", "collective")
-                assert all(grads[0] <= b.offset < grads[0] + grads[1] for b in x.get("outs") or [x["out"]])
-    train = data["programs"]["train" if "grad_accum=2" not in overrides else "accumulate"]["launches"]
-    assert any(x["stream"] == SIDE for x in train)
-    assert not any(x["stream"] == SIDE for x in data["programs"]["eval"]["launches"])
+            if x.stream == SIDE:
+                assert x.kind not in ("matmul", "collective")
+                assert all(grads[0] <= b.offset < grads[0] + grads[1] for b in x.outputs)
+    train = data["programs"]["train" if "grad_accum=2" not in overrides else "accumulate"].launches
+    assert any(x.stream == SIDE for x in train)
+    assert not any(x.stream == SIDE for x in data["programs"]["eval"].launches)
 
 
 def test_the_bf16_backward_runs_beside_its_side_launches():
@@ -117,17 +126,17 @@ def test_the_bf16_backward_runs_beside_its_side_launches():
     bytes it reads (at once, in this small plan, for the first group), or where the update's
     gradient norm reads what they wrote."""
     data = compile_model(ROOT / "model.py", [*TWO_LAYERS, "dtype=bf16"], log=lambda *a: None).data
-    launches = data["programs"]["train"]["launches"]
-    side = [i for i, x in enumerate(launches) if x["stream"] == SIDE]
-    assert [launches[i]["op"] for i in side] == ["sum_group"] * 3
+    launches = data["programs"]["train"].launches
+    side = [i for i, x in enumerate(launches) if x.stream == SIDE]
+    assert [launches[i].op for i in side] == ["sum_group"] * 3
     overlapped = set(side)
     for i, x in enumerate(launches):
-        if x["stream"] == MAIN and x["kind"] != "collective":
-            for j in x["waits"]:
-                if x["op"] != "sum_squares":  # the update needs every gradient
-                    assert conflicts({**x, "in": []}, launches[j]), (i, j)  # it rewrites bytes j read
-                if not any(launches[k]["stream"] == MAIN and launches[k]["kind"] != "collective" for k in range(j + 1, i)):
+        if x.stream == MAIN and x.kind != "collective":
+            for j in x.waits:
+                if x.op != "sum_squares":  # the update needs every gradient
+                    assert conflicts(replace(x, ins=()), launches[j]), (i, j)  # it rewrites bytes j read
+                if not any(launches[k].stream == MAIN and launches[k].kind != "collective" for k in range(j + 1, i)):
                     overlapped.discard(j)
     assert len(overlapped) == len(side) - 1
-    norm = next(x for x in launches if x["op"] == "sum_squares")
-    assert norm["waits"] == [side[-1]]
+    norm = next(x for x in launches if x.op == "sum_squares")
+    assert norm.waits == (side[-1],)

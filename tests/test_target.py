@@ -11,7 +11,7 @@ from graphgpt.plan import Buffer
 from graphgpt.runtime import target_mismatch
 from graphgpt.target import DEFAULT, TARGETS, Target
 from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, sets
-from tests.test_kernels_compile import _attention, _launch
+from tests.test_kernels_compile import _attention, _launch, program_data
 
 
 def test_the_default_is_the_h100_h200_class_and_the_committed_plan_names_it():
@@ -37,10 +37,9 @@ def test_the_plan_names_the_target_it_was_compiled_for(tmp_path):
 def test_a_split_reduction_fills_a_wave_of_its_targets_sms(name):
     """One output summed over 4.9M floats: as many splits as blocks fill the target's SMs four times."""
     target = TARGETS[name]
-    data = {"programs": {"p": {"launches": [_launch("sum", Buffer("f32", 0, (1, 4 * 2048 * 600)), axes=[1],
-                                                    keepdims=False)]}}}
+    data = program_data([_launch("sum", Buffer("f32", 0, (1, 4 * 2048 * 600)), axes=[1], keepdims=False)])
     lower_plan(data, target)
-    assert data["programs"]["p"]["launches"][0]["cuda"]["grid"] == [1, 4 * target.sms, 1]
+    assert data["programs"]["p"].launches[0].cuda.grid == (1, 4 * target.sms, 1)
 
 
 def test_attention_asks_for_the_blocks_an_sm_of_its_target_must_hold():
@@ -49,17 +48,17 @@ def test_attention_asks_for_the_blocks_an_sm_of_its_target_must_hold():
     f = lambda shape: Buffer("bf16", 0, shape)  # noqa: E731
     bounds = {}
     for name in ("h200", "h100-pcie"):
-        plan = {"programs": {"p": {"launches": _attention(f, lambda shape: Buffer("f32", 0, shape), 16, 256, 6, 64)}}}
+        plan = program_data(_attention(f, lambda shape: Buffer("f32", 0, shape), 16, 256, 6, 64))
         source = lower_plan(plan, TARGETS[name])["kernels/attention.cu"]
         bounds[name] = set(re.findall(r"__launch_bounds__\((\d+(?:, \d+)?)\)", source))
-        assert all(launch["cuda"]["grid"] == [4, 96, 1] for launch in plan["programs"]["p"]["launches"])
+        assert all(launch.cuda.grid == (4, 96, 1) for launch in plan["programs"]["p"].launches)
     assert bounds == {"h200": {"128, 3"}, "h100-pcie": {"128"}}
 
 
 def test_a_kernel_with_more_shared_memory_than_a_block_of_the_target_has_is_refused():
     small = Target("small", sms=132, smem_per_block=8 << 10, smem_per_sm=16 << 10)
     f = lambda shape: Buffer("f32", 0, shape)  # noqa: E731
-    plan = {"programs": {"p": {"launches": _attention(f, f, 2, 64, 2, 64, 0.0)}}}
+    plan = program_data(_attention(f, f, 2, 64, 2, 64, 0.0))
     with pytest.raises(UserError, match=r"synthetic: its causal_attention kernel needs 16384 bytes of shared memory, "
                                         r"more than a block has on target small \(8192\)"):
         lower_plan(plan, small)

@@ -33,7 +33,7 @@ def test_whole_graph_gradient_matches_finite_differences(tiny_plan, tied):
         tiny_plan = Plan(compile_model(ROOT / "model.py", TINY + ["tie_weights=1"], log=lambda *a: None).data, "tied")
         assert "lm_head.weight" not in {t["name"] for t in tiny_plan.params}
         # wte.T and the gradient's transpose are read through the GEMMs' flags: nothing is copied
-        assert "transpose" not in {launch["op"] for launch in tiny_plan.program("train")["launches"]}
+        assert "transpose" not in {launch.op for launch in tiny_plan.program("train").launches}
     be, feeds = _setup(tiny_plan)
     be.run("train", feeds)  # step size 0: parameters stay, gradients land in the grad region
     rng = np.random.default_rng(1)

@@ -34,19 +34,19 @@ def copies_match_weights(backend, plan: Plan) -> bool:
 
 def test_the_training_step_reads_the_copies_and_its_update_writes_them_in_one_launch():
     plan = plan_of()
-    launches = plan.program("train")["launches"]
+    launches = plan.program("train").launches
     start, size = plan.data["arena"]["regions"]["copies"]
     params_start, params_size = plan.data["arena"]["regions"]["params"]
-    writes = [b for ln in launches for b in ln.get("outs", [ln["out"]]) if start <= b.offset < start + size]
+    writes = [b for ln in launches for b in ln.outputs if start <= b.offset < start + size]
     # the update's last result, over every weight: the cast of the new weight (fuse.py step 6)
-    assert writes == [Buffer("bf16", start, (size // 2,))] and writes[0] is launches[-1]["outs"][-1]
-    assert launches[-1]["attrs"]["program"][-1][0] == "cast"
-    assert not [ln for ln in launches if ln["op"] == "cast" and ln["in"][0].offset < params_start + params_size]
-    assert not [ln for ln in launches if ln["op"] == "copy"]  # each copy is written over itself
-    gemm_operands = [b.offset for ln in launches if ln["kind"] == "matmul" for b in ln["in"]]
+    assert writes == [Buffer("bf16", start, (size // 2,))] and writes[0] is launches[-1].outs[-1]
+    assert launches[-1].attrs["program"][-1][0] == "cast"
+    assert not [ln for ln in launches if ln.op == "cast" and ln.ins[0].offset < params_start + params_size]
+    assert not [ln for ln in launches if ln.op == "copy"]  # each copy is written over itself
+    gemm_operands = [b.offset for ln in launches if ln.kind == "matmul" for b in ln.ins]
     assert any(start <= off < start + size for off in gemm_operands)  # the weights, in bf16
     assert not any(params_start <= off < params_start + params_size for off in gemm_operands)
-    assert len(plan.program(CAST_WEIGHTS)["launches"]) == 1
+    assert len(plan.program(CAST_WEIGHTS).launches) == 1
     assert CAST_WEIGHTS not in plan_of("dtype=f32").data["programs"]
 
 
@@ -78,9 +78,9 @@ def test_weights_written_from_outside_are_cast_before_the_next_program():
 def test_an_accumulating_plan_writes_the_copies_in_its_update_program():
     plan = plan_of("grad_accum=2")
     copies = plan.data["arena"]["regions"]["copies"][0]
-    assert plan.program("update")["launches"][-1]["outs"][-1].offset == copies
-    assert not [ln for ln in plan.program("accumulate")["launches"] if ln["op"] == "cast"
-                and ln["in"][0].offset < plan.data["arena"]["regions"]["grads"][0]]
+    assert plan.program("update").launches[-1].outs[-1].offset == copies
+    assert not [ln for ln in plan.program("accumulate").launches if ln.op == "cast"
+                and ln.ins[0].offset < plan.data["arena"]["regions"]["grads"][0]]
     t = trainer(plan)
     for _ in range(2):
         next(t.steps(1))

@@ -31,7 +31,7 @@ from graphgpt.kernels import attention  # noqa: E402
 from graphgpt.numpy_ops import BY_OP  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
-from graphgpt.plan import Buffer  # noqa: E402
+from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
@@ -53,7 +53,7 @@ TOLERANCE = {"bf16": 1e-2, "f32": 1e-5}
 OPS = ("causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv")
 
 
-def launches(b: int, h: int, t: int, d: int, dtype: str, attrs: dict) -> list[dict]:
+def launches(b: int, h: int, t: int, d: int, dtype: str, attrs: dict) -> list[Launch]:
     """The three launches of one attention, each buffer in an array of its own (offset 0)."""
     qkv, x, rows = Buffer(dtype, 0, (b, t, 3, h, d)), Buffer(dtype, 0, (b, t, h, d)), Buffer("f32", 0, (b, h, t))
     rng = [Buffer("i32", 0, ()), Buffer("i32", 0, ())] if "dropout" in attrs else []
@@ -64,7 +64,7 @@ def launches(b: int, h: int, t: int, d: int, dtype: str, attrs: dict) -> list[di
     for op, inputs in ins.items():
         specs = REGISTRY[op].infer(attrs, *[Spec(i.shape, i.dtype) for i in inputs])
         outs = [Buffer(s.dtype, 0, tuple(s.shape)) for s in (specs if isinstance(specs, list) else [specs])]
-        out.append({"op": op, "out": outs[0], "outs": outs, "in": inputs, "attrs": attrs})
+        out.append(Launch(op=op, out=outs[0], outs=tuple(outs), ins=tuple(inputs), attrs=attrs))
     return out
 
 
@@ -98,7 +98,7 @@ def time_ms(cp, fn, repeat: int, warmup: int = 3) -> float:
 
 def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
     attrs = {"scale": 1.0 / np.sqrt(d), **({"dropout": dropout, "site": SITE} if dropout else {})}
-    plan = {"programs": {"attention": {"launches": launches(b, h, t, d, dtype, attrs)}}}
+    plan = {"programs": {"attention": Program(launches=tuple(launches(b, h, t, d, dtype, attrs)))}}
     files = lower_plan(plan, DEFAULT)
     module = cp.RawModule(code=files["kernels/attention.cu"], options=NVRTC_OPTIONS)
     rng = np.random.default_rng(0)
@@ -107,7 +107,7 @@ def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
     dev = {n: to_device(cp, a, dtype) for n, a in host.items()}
     rng = [cp.asarray(np.int32(SEED)), cp.asarray(np.int32(COUNTER))] if dropout else []
     host_rng = [np.int32(SEED), np.int32(COUNTER)] if dropout else []
-    fwd, grad_q, grad_kv = plan["programs"]["attention"]["launches"]
+    fwd, grad_q, grad_kv = plan["programs"]["attention"].launches
     kinds = {"out": dtype, "lse": "f32", "dq": dtype, "delta": "f32", "dqkv": dtype}
     shapes |= {"out": (b, t, h, d), "lse": (b, h, t), "dq": (b, t, h, d), "delta": (b, h, t), "dqkv": (b, t, 3, h, d)}
     bufs = {name: cp.empty(shapes[name], device_dtype(kind)) for name, kind in kinds.items()}
@@ -115,13 +115,13 @@ def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
     local_bytes = {}  # per kernel: the stack frame its registers spill to
 
     def run(launch, outs, ins):
-        cuda = launch["cuda"]
-        fn = module.get_function(cuda["kernel"])
-        if cuda["smem"] > 48 << 10:
-            fn.max_dynamic_shared_size_bytes = cuda["smem"]
-        local_bytes[launch["op"]] = fn.attributes["local_size_bytes"]
-        return lambda: fn(tuple(cuda["grid"]), tuple(cuda["block"]), (*[bufs[o] for o in outs], *ins),
-                          shared_mem=cuda["smem"])
+        cuda = launch.cuda
+        fn = module.get_function(cuda.kernel)
+        if cuda.smem > 48 << 10:
+            fn.max_dynamic_shared_size_bytes = cuda.smem
+        local_bytes[launch.op] = fn.attributes["local_size_bytes"]
+        return lambda: fn(tuple(cuda.grid), tuple(cuda.block), (*[bufs[o] for o in outs], *ins),
+                          shared_mem=cuda.smem)
 
     steps = [(run(fwd, ["out", "lse"], [dev["qkv"], *rng]), ["out", "lse"]),
              (run(grad_q, ["dq", "delta"], [dev["qkv"], bufs["out"], bufs["lse"], dev["g"], *rng]), ["dq", "delta"]),

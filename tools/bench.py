@@ -343,7 +343,7 @@ def report(args, argv: list[str], plan, device: str, versions: dict, rows: list[
 
 def bench(args, argv: list[str]) -> int:
     plan = plan_io.load(args.plan)
-    if "train" not in plan.data["programs"]:
+    if "train" not in plan.programs:
         raise UserError(f"{args.plan} was compiled with grad_accum={plan.optimizer['grad_accum']}; tools/bench.py "
                         "times the one-program step of a grad_accum=1 plan")
     if args.llmc is not None:
@@ -370,7 +370,7 @@ def bench(args, argv: list[str]) -> int:
           f"= {tokens_per_step} tokens/step; {device}, {precision(plan, args)}; "
           f"{args.warmup} warm-up steps, then {args.repeat} blocks of {args.steps} steps (median)", flush=True)
     weights, batch = init_params(plan, seed=0), synthetic_batch(cfg)
-    peak, flops = peak_gemm_rate(plan, args.tf32), plan.program("train")["matmul_flops"]
+    peak, flops = peak_gemm_rate(plan, args.tf32), plan.program("train").matmul_flops
     print(f"  GEMM rate measured: {peak / 1e12:.1f} TFLOP/s ({precision(plan, args)}); "
           f"{flops / 1e9:.1f} GFLOP of GEMMs per step", flush=True)
     rows = []

@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
     if not cuda_available():
         raise UserError("tools/bench_decode.py needs an NVIDIA GPU with CuPy")
     plan = plan_io.load(args.plan)
-    if "decode" not in plan.data["programs"]:
+    if "decode" not in plan.programs:
         raise UserError(f"{args.plan} has no decode program (its model does not decode with caches)")
     block, rows = plan.config["block_size"], plan.config["sample_batch"]
     if args.prompt + args.tokens > block:

@@ -46,7 +46,7 @@ def gradients(overrides: list[str], dtype, fusion: bool = True, batch: int = 0) 
     starts = rng.integers(0, text.size - T - 1, B)
     x = np.stack([text[s:s + T] for s in starts]).astype(np.int32)
     y = np.stack([text[s + 1:s + T + 1] for s in starts]).astype(np.int32)
-    feeds = {"tokens": x, "targets": y, **{k: 0.0 for k in plan.program("train")["inputs"] if k not in ("tokens", "targets")}}
+    feeds = {"tokens": x, "targets": y, **{k: 0.0 for k in plan.program("train").inputs if k not in ("tokens", "targets")}}
     backend.run("train", feeds)
     return {t["name"]: backend.get_tensor(t["name"], grad=True).astype(np.float64) for t in plan.params}
 

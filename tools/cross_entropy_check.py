@@ -25,7 +25,7 @@ from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.dtypes import DTYPES  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
-from graphgpt.plan import Buffer  # noqa: E402
+from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
 
@@ -39,7 +39,7 @@ SHAPES = [  # (label, rows, vocabulary, dtype)
 OPS = ("cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad")
 
 
-def launches(rows: int, vocab: int, dtype: str) -> list[dict]:
+def launches(rows: int, vocab: int, dtype: str) -> list[Launch]:
     """The three launches, each buffer at offset 0 of an array of its own."""
     ins = [Buffer(dtype, 0, (rows, vocab)), Buffer("i32", 0, (rows,)), Buffer("f32", 0, ())]
     out = []
@@ -47,7 +47,7 @@ def launches(rows: int, vocab: int, dtype: str) -> list[dict]:
         inputs = ins[:2] if op == "cross_entropy" else ins
         specs = REGISTRY[op].infer({}, *[Spec(b.shape, b.dtype) for b in inputs])
         outs = [Buffer(s.dtype, 0, tuple(s.shape)) for s in (specs if isinstance(specs, list) else [specs])]
-        out.append({"op": op, "out": outs[0], **({"outs": outs} if len(outs) > 1 else {}), "in": inputs, "attrs": {}})
+        out.append(Launch(op=op, out=outs[0], outs=tuple(outs) if len(outs) > 1 else None, ins=tuple(inputs)))
     return out
 
 
@@ -78,10 +78,9 @@ def rel_err(cp, got, ref) -> float:
 
 
 def check_shape(cp, label: str, rows: int, vocab: int, dtype: str, repeat: int, seed: int) -> dict:
-    plan = {"programs": {"loss": {"launches": launches(rows, vocab, dtype)}}}
+    plan = {"programs": {"loss": Program(launches=tuple(launches(rows, vocab, dtype)))}}
     module = cp.RawModule(code=lower_plan(plan, DEFAULT)["kernels/cross_entropy.cu"], options=NVRTC_OPTIONS)
-    kernels = {ln["op"]: (module.get_function(ln["cuda"]["kernel"]), ln["cuda"])
-               for ln in plan["programs"]["loss"]["launches"]}
+    kernels = {ln.op: (module.get_function(ln.cuda.kernel), ln.cuda) for ln in plan["programs"]["loss"].launches}
     pristine = random_logits(cp, rows, vocab, dtype, seed)
     targets = cp.asarray(np.random.default_rng(seed).integers(0, vocab, rows, dtype=np.int32))
     g = cp.asarray(np.float32(1.0))
@@ -89,9 +88,9 @@ def check_shape(cp, label: str, rows: int, vocab: int, dtype: str, repeat: int, 
 
     def launch(op, *args):
         fn, cuda = kernels[op]
-        if cuda["smem"] > 48 << 10:  # a wide row staged in shared memory
-            fn.max_dynamic_shared_size_bytes = cuda["smem"]
-        fn(tuple(cuda["grid"]), tuple(cuda["block"]), args, shared_mem=cuda["smem"])
+        if cuda.smem > 48 << 10:  # a wide row staged in shared memory
+            fn.max_dynamic_shared_size_bytes = cuda.smem
+        fn(tuple(cuda.grid), tuple(cuda.block), args, shared_mem=cuda.smem)
 
     variants = {"pair": lambda: (launch("cross_entropy", loss, z, targets),
                                  launch("cross_entropy_grad", z, z, targets, g)),

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.kernels import embedding  # noqa: E402
-from graphgpt.plan import Buffer  # noqa: E402
+from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
 
@@ -48,18 +48,20 @@ def draw_ids(kind: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def render(cp, sum_floats: int, max_rows: int):
-    """The kernel as a plan renders it with these constants, and its launch record."""
+    """The kernel as a plan renders it with these constants, and its kernel call."""
     saved = embedding.SUM_FLOATS, embedding.MAX_BLOCK_ROWS
     embedding.SUM_FLOATS, embedding.MAX_BLOCK_ROWS = sum_floats, max_rows
     try:
-        launch = {"op": "embedding_grad", "out": Buffer("f32", 0, (ROWS, C)),
-                  "in": [Buffer("i32", 0, (B, T)), Buffer("bf16", 0, (B, T, C))], "attrs": {"dtype": "f32", "rows": ROWS}}
-        source = lower_plan({"programs": {"grad": {"launches": [launch]}}}, DEFAULT)["kernels/embedding.cu"]
+        launch = Launch(op="embedding_grad", out=Buffer("f32", 0, (ROWS, C)),
+                        ins=(Buffer("i32", 0, (B, T)), Buffer("bf16", 0, (B, T, C))), attrs={"dtype": "f32", "rows": ROWS})
+        plan = {"programs": {"grad": Program(launches=(launch,))}}
+        source = lower_plan(plan, DEFAULT)["kernels/embedding.cu"]
     finally:
         embedding.SUM_FLOATS, embedding.MAX_BLOCK_ROWS = saved
-    cuda = launch["cuda"]
-    fn = cp.RawModule(code=source, options=NVRTC_OPTIONS).get_function(cuda["kernel"])
-    fn.max_dynamic_shared_size_bytes = cuda["smem"]
+    (launch,) = plan["programs"]["grad"].launches
+    cuda = launch.cuda
+    fn = cp.RawModule(code=source, options=NVRTC_OPTIONS).get_function(cuda.kernel)
+    fn.max_dynamic_shared_size_bytes = cuda.smem
     return fn, cuda
 
 
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
         for kind, ids_host in draws.items():
             ids = cp.asarray(ids_host)
             out.fill(np.nan)
-            fn(tuple(cuda["grid"]), tuple(cuda["block"]), (out, ids, g), shared_mem=cuda["smem"])
+            fn(tuple(cuda.grid), tuple(cuda.block), (out, ids, g), shared_mem=cuda.smem)
             ref = cp.zeros((ROWS, C), cp.float64)
             cp.add.at(ref, ids.reshape(-1), g64)
             got = out.astype(cp.float64)
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
             for k in range(args.repeat + 3):
                 start, end = cp.cuda.Event(), cp.cuda.Event()
                 start.record()
-                fn(tuple(cuda["grid"]), tuple(cuda["block"]), (out, ids, g), shared_mem=cuda["smem"])
+                fn(tuple(cuda.grid), tuple(cuda.block), (out, ids, g), shared_mem=cuda.smem)
                 end.record()
                 end.synchronize()
                 if k >= 3:
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
             moved = ROWS * C * 4 + B * T * C * 2 + B * T * 4  # the table written, the rows and ids read
             counts = np.bincount(ids_host.reshape(-1), minlength=ROWS)
             ok &= err <= TOLERANCE
-            print(f"{sum_floats:>5}:{max_rows:<5} {cuda['grid'][0]:6} {cuda['block'][0]:5} {cuda['smem']:6} {kind:8} "
+            print(f"{sum_floats:>5}:{max_rows:<5} {cuda.grid[0]:6} {cuda.block[0]:5} {cuda.smem:6} {kind:8} "
                   f"{int((counts > 0).sum()):8} {counts.max() / counts.sum():6.3f} {err:8.1e} "
                   f"{'yes' if err <= TOLERANCE else 'NO '} {ms:7.3f} {moved / ms / 1e6:7.0f}")
     return 0 if ok else 1

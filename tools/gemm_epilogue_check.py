@@ -32,7 +32,7 @@ import statistics  # noqa: E402
 
 from graphgpt.kernels.gemm import lower_matmul  # noqa: E402
 from graphgpt.numpy_ops import GELU_C  # noqa: E402
-from graphgpt.plan import Buffer  # noqa: E402
+from graphgpt.plan import Buffer, Gemm, Launch  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 from tools.cross_entropy_check import from_float32 as from_f32, rel_err, to_float64 as to_f64  # noqa: E402
 
@@ -53,8 +53,8 @@ def gelu_grad64(cp, x):
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * x * x)
 
 
-def gemm_of(a, b, out, ta=False, tb=False) -> dict:
-    return lower_matmul({"op": "matmul", "in": [a, b], "out": out, "attrs": {"ta": ta, "tb": tb}})["gemm"]
+def gemm_of(a, b, out, ta=False, tb=False) -> Gemm:
+    return lower_matmul(Launch(op="matmul", ins=(a, b), out=out, attrs={"ta": ta, "tb": tb})).gemm
 
 
 def buf(dtype, shape) -> Buffer:

@@ -9,8 +9,8 @@ from .common import THREADS, Kernel, cdiv, index_type, row_vec, types
 
 
 def lower(launch, target: Target) -> Kernel:
-    x = launch["in"][0]
-    v, limit = x.shape[-1], launch["attrs"]["limit"]
+    x = launch.ins[0]
+    v, limit = x.shape[-1], launch.attrs["limit"]
     vec = row_vec(v, x)
     threads = min(THREADS, cdiv(cdiv(limit, vec), 32) * 32)
     return Kernel("argmax", {**types(launch), "v": v, "limit": limit, "vec": vec, "threads": threads,

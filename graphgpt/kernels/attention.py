@@ -77,38 +77,38 @@ def variant(dtype: str, t: int, d: int) -> str:
 
 def geometry(launch) -> tuple[int, int, int, int, int, bool]:
     """(B, T, H, Hkv, D) of an attention launch, and whether its q, k and v come packed."""
-    x = launch["in"][0]
+    x = launch.ins[0]
     if len(x.shape) == 5:
         b, t, _, h, d = x.shape
         return b, t, h, h, d, True
     b, t, h, d = x.shape
-    return b, t, h, launch["in"][1].shape[2], d, False
+    return b, t, h, launch.ins[1].shape[2], d, False
 
 
 def lower(launch, target: Target) -> Kernel:
     b, t, h, hkv, d, packed = geometry(launch)
-    grouped = launch["op"] == "causal_attention_grad_kv" and not packed  # a block per key/value head
-    heads, kind = b * (hkv if grouped else h), variant(launch["in"][0].dtype, t, d)
-    attrs = launch["attrs"]
+    grouped = launch.op == "causal_attention_grad_kv" and not packed  # a block per key/value head
+    heads, kind = b * (hkv if grouped else h), variant(launch.ins[0].dtype, t, d)
+    attrs = launch.attrs
     # q's and k's and v's row strides, as the kernels' constants name them
     strides = {"q_stride": "3 * C", "kv_stride": "3 * C"} if packed else {"q_stride": "C", "kv_stride": "CKV"}
-    params = {**types(launch), "op": launch["op"], "t": t, "d": d, "h": h, "hkv": hkv, "packed": packed, **strides,
+    params = {**types(launch), "op": launch.op, "t": t, "d": d, "h": h, "hkv": hkv, "packed": packed, **strides,
               "heads": heads, "variant": kind, "scale": c_float(attrs["scale"]), "dropout": "dropout" in attrs}
     if "dropout" in attrs:  # the probabilities' keep factors, drawn as the dropout op draws them
         params |= {"site": attrs["site"], "threshold": drop_threshold(attrs["dropout"]),
                    "keep_scale": c_float(keep_scale(attrs["dropout"]))}
     if kind == "simt":  # two tiles of the other side as float32, and the backward's lse and delta rows
-        smem = (2 * SIMT_ROWS * d + (2 * SIMT_ROWS if launch["op"] == "causal_attention_grad_kv" else 0)) * 4
-        return Kernel(launch["op"], {**params, "threads": SIMT_THREADS}, (cdiv(t, SIMT_ROWS), heads, 1),
+        smem = (2 * SIMT_ROWS * d + (2 * SIMT_ROWS if launch.op == "causal_attention_grad_kv" else 0)) * 4
+        return Kernel(launch.op, {**params, "threads": SIMT_THREADS}, (cdiv(t, SIMT_ROWS), heads, 1),
                       (SIMT_THREADS, 1, 1), smem=smem)
-    m_tiles, warps, chunk = mma_tiling(launch["op"], t, d, "dropout" in attrs, heads, target)
+    m_tiles, warps, chunk = mma_tiling(launch.op, t, d, "dropout" in attrs, heads, target)
     own = 16 * m_tiles * warps
     row = (d + PAD) * DTYPES["bf16"].bytes
     # shared tiles: the forward keeps its queries and double-buffers keys and values; the query
     # gradient also keeps its output gradients; the key/value gradient keeps its keys and values
     # and double-buffers queries and output gradients, with their rows' lse and delta
-    owned = 1 if launch["op"] == "causal_attention" else 2
-    stats = 2 * 2 * TILE * 4 if launch["op"] == "causal_attention_grad_kv" else 0
-    return Kernel(launch["op"], {**params, "tile": TILE, "pad": PAD, "warps": warps, "mt": m_tiles, "chunk": chunk,
+    owned = 1 if launch.op == "causal_attention" else 2
+    stats = 2 * 2 * TILE * 4 if launch.op == "causal_attention_grad_kv" else 0
+    return Kernel(launch.op, {**params, "tile": TILE, "pad": PAD, "warps": warps, "mt": m_tiles, "chunk": chunk,
                                  "min_blocks": resident_blocks(t // own * heads, target)},
                   (t // own, heads, 1), (32 * warps, 1, 1), smem=(owned * own + 4 * TILE) * row + stats)

@@ -111,7 +111,7 @@ def aligned_for(vec: int, *buffers) -> bool:
 
 def types(launch) -> dict:
     """The C element types of a launch's output and inputs, as the templates declare them."""
-    return {"out_t": DTYPES[launch["out"].dtype].ctype, "in_t": [DTYPES[b.dtype].ctype for b in launch["in"]]}
+    return {"out_t": DTYPES[launch.out.dtype].ctype, "in_t": [DTYPES[b.dtype].ctype for b in launch.ins]}
 
 
 def cdiv(a: int, b: int) -> int:

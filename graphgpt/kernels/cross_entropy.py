@@ -25,10 +25,10 @@ def staged(v: int, vec: int, dtype: str, target: Target) -> bool:
 def lower(launch, target: Target) -> Kernel:
     """A block per row for wide vocabularies, its row staged in shared memory where it fits; a
     warp per row for narrow ones."""
-    op, logits = launch["op"], launch["in"][0]
+    op, logits = launch.op, launch.ins[0]
     v = logits.shape[-1]
     n = prod(logits.shape[:-1])
-    grad = launch.get("outs", [launch["out"]])[-1] if op != "cross_entropy" else None  # the rows written
+    grad = launch.outputs[-1] if op != "cross_entropy" else None  # the rows written
     vec = row_vec(v, logits, *([grad] if grad else []))
     wide = v // vec > 32 * 8
     stage = wide and staged(v, vec, logits.dtype, target)

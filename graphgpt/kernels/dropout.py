@@ -9,8 +9,8 @@ from .common import THREADS, Kernel, c_float, cdiv, index_type, streaming, types
 
 
 def lower(launch, target: Target) -> Kernel:
-    n, attrs = prod(launch["out"].shape), launch["attrs"]
+    n, attrs = prod(launch.out.shape), launch.attrs
     grid, block = streaming(cdiv(n, 4))
     return Kernel("dropout", {**types(launch), "threads": THREADS, "n": n, "site": attrs["site"], "threshold": drop_threshold(attrs["p"]),
-                              "scale": c_float(keep_scale(attrs["p"])), "itype": index_type(launch["out"].shape)},
+                              "scale": c_float(keep_scale(attrs["p"])), "itype": index_type(launch.out.shape)},
                   grid, block)

@@ -15,25 +15,25 @@ from .common import (Kernel, aligned_for, broadcast_shape, broadcast_strides, co
 
 def lower(launch, target: Target) -> Kernel:
     """A pointwise op, or a fused chain of them: every step is evaluated per element in registers."""
-    out = launch["out"]
+    out = launch.out
     shape = out.shape
-    perm = launch["attrs"].get("perm")
+    perm = launch.attrs.get("perm")
     if perm is None:
-        extents, strides = collapse(shape, *(broadcast_strides(b.shape, shape) for b in launch["in"]))
+        extents, strides = collapse(shape, *(broadcast_strides(b.shape, shape) for b in launch.ins))
     else:  # the chain's result is written reshaped and transposed: operand strides in the output's order
-        chain = broadcast_shape(*(b.shape for b in launch["in"]))
-        view = launch["attrs"].get("shape", chain)
-        operand_strides = [reshaped_strides(chain, broadcast_strides(b.shape, chain), view) for b in launch["in"]]
+        chain = broadcast_shape(*(b.shape for b in launch.ins))
+        view = launch.attrs.get("shape", chain)
+        operand_strides = [reshaped_strides(chain, broadcast_strides(b.shape, chain), view) for b in launch.ins]
         extents, strides = collapse(shape, *([st[p] for p in perm] for st in operand_strides))
-    outs = launch.get("outs", [out])  # fused_multi: one output per result, all of the same shape
-    n, w = prod(shape), width(*outs, *launch["in"])
+    outs = launch.outputs  # fused_multi: one output per result, all of the same shape
+    n, w = prod(shape), width(*outs, *launch.ins)
     vec = w if n % w == 0 and aligned_for(w, *outs) and (not extents or extents[-1] % w == 0) else 1
     grid, block = streaming(n // vec)
-    operands = [operand(extents, st, b, vec) for st, b in zip(strides, launch["in"])]
-    results = launch["attrs"].get("results", [len(steps(launch)) - 1])
-    return Kernel(launch["op"], {**types(launch), "steps": steps(launch), "n": n, "vec": vec, "operands": operands,
+    operands = [operand(extents, st, b, vec) for st, b in zip(strides, launch.ins)]
+    results = launch.attrs.get("results", [len(steps(launch)) - 1])
+    return Kernel(launch.op, {**types(launch), "steps": steps(launch), "n": n, "vec": vec, "operands": operands,
                                  "results": [result(b, r) for b, r in zip(outs, results)],
-                                 "itype": index_type(shape, *(b.shape for b in launch["in"])), "threads": block[0]},
+                                 "itype": index_type(shape, *(b.shape for b in launch.ins)), "threads": block[0]},
                   grid, block)
 
 
@@ -45,8 +45,8 @@ def result(buffer, ref: int) -> dict:
 
 def steps(launch) -> list[dict]:
     """The op's C expressions in evaluation order; an argument is operand "x<i>" or step "s<k>"."""
-    program = launch["attrs"]["program"] if "program" in launch["attrs"] else \
-        [[launch["op"], launch["attrs"], [-1 - i for i in range(len(launch["in"]))]]]
+    program = launch.attrs["program"] if "program" in launch.attrs else \
+        [[launch.op, launch.attrs, [-1 - i for i in range(len(launch.ins))]]]
     steps = []
 
     def step(op, attrs, args) -> str:
@@ -55,5 +55,5 @@ def steps(launch) -> list[dict]:
             raise ValueError(f"op {op} in a pointwise kernel has no C expression in its registry entry")
         steps.append({"op": op, "expr": expr, "args": args})
         return f"s{len(steps) - 1}"  # the variable later steps read it from
-    run_program(program, [f"x{i}" for i in range(len(launch["in"]))], step)
+    run_program(program, [f"x{i}" for i in range(len(launch.ins))], step)
     return steps

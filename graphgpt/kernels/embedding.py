@@ -17,30 +17,30 @@ SORTED_BLOCK_ROWS = 4  # table rows a block of the sorted embedding gradient sum
 
 
 def lower(launch, target: Target) -> Kernel:
-    out = launch["out"]
-    if launch["op"] == "embedding":
-        table, ids = launch["in"]
+    out = launch.out
+    if launch.op == "embedding":
+        table, ids = launch.ins
         c, n = table.shape[1], prod(ids.shape)
         w = width(out, table)
         vec = w if c % w == 0 and aligned_for(w, out, table) else 1
         grid, block = streaming(n * c // vec)
         return Kernel("embedding", {**types(launch), "op": "embedding", "n": n, "c": c, "vec": vec, "threads": block[0],
                                     "itype": index_type(out.shape, table.shape)}, grid, block)
-    if launch["op"] == "one_hot":
+    if launch.op == "one_hot":
         rows, n = out.shape
         w = width(out)
         vec = w if n % w == 0 and aligned_for(w, out) else 1
         grid, block = streaming(rows * n // vec)
         return Kernel("one_hot", {**types(launch), "op": "one_hot", "rows": rows, "n": n, "vec": vec,
                                   "threads": block[0], "itype": index_type(out.shape)}, grid, block)
-    if launch["op"] == "id_order":
-        (ids,) = launch["in"]
+    if launch.op == "id_order":
+        (ids,) = launch.ins
         n = prod(ids.shape)
         keys = 1 << (n - 1).bit_length()  # the sort's keys: a power of two, padded past the ids
-        return Kernel("id_order", {**types(launch), "op": "id_order", "n": n, "rows": launch["attrs"]["rows"],
+        return Kernel("id_order", {**types(launch), "op": "id_order", "n": n, "rows": launch.attrs["rows"],
                                    "n_keys": keys, "threads": SORT_THREADS}, (1, 1, 1), (SORT_THREADS, 1, 1), smem=4 * keys)
-    if launch["op"] == "embedding_grad_sorted":
-        order, g = launch["in"]
+    if launch.op == "embedding_grad_sorted":
+        order, g = launch.ins
         rows, c = out.shape
         w = width(out, g)
         vec = w if c % w == 0 and aligned_for(w, out, g) else 1
@@ -49,7 +49,7 @@ def lower(launch, target: Target) -> Kernel:
                                                 "n": prod(g.shape[:-1]), "vec": vec, "threads": threads,
                                                 "block_rows": SORTED_BLOCK_ROWS, "itype": index_type(out.shape, g.shape)},
                       (cdiv(rows, SORTED_BLOCK_ROWS), cdiv(c, threads * vec), 1), (threads, 1, 1))
-    ids, g = launch["in"]
+    ids, g = launch.ins
     rows, c = out.shape
     w = width(out, g)
     vec = w if c % w == 0 and aligned_for(w, out, g) else 1

@@ -10,35 +10,35 @@ operands swap places and every leading dimension is the stored row length.
 from __future__ import annotations
 
 from ..ops.registry import prod
+from ..plan import Epilogue, Gemm, GemmCall, Launch
 
 
-def lower_matmul(launch: dict) -> dict:
-    a_shape, b_shape = (b.shape for b in launch["in"][:2])
-    ta, tb = launch["attrs"]["ta"], launch["attrs"]["tb"]
+def lower_matmul(launch: Launch) -> GemmCall:
+    a_shape, b_shape = (b.shape for b in launch.ins[:2])
+    ta, tb = launch.attrs["ta"], launch.attrs["tb"]
     m, k = (a_shape[-1], a_shape[-2]) if ta else (a_shape[-2], a_shape[-1])
     n = b_shape[-2] if tb else b_shape[-1]
     batch = prod(a_shape[:-2])
     if len(b_shape) == 2 and not ta:  # a shared weight: fold the batch into the rows, one GEMM
         m, batch = m * batch, 1
-    gemm = {
-        "transa": int(tb), "transb": int(ta),  # the swapped operands' flags
-        "m": n, "n": m, "k": k,
-        "a": launch["in"][1], "lda": b_shape[-1], "stride_a": 0 if len(b_shape) == 2 else n * k,
-        "b": launch["in"][0], "ldb": a_shape[-1], "stride_b": m * k if batch > 1 else 0,
-        "c": launch["out"], "ldc": n, "stride_c": m * n if batch > 1 else 0,
-        "batch": batch,
-    }
-    if launch["op"] == "matmul":
-        return {"gemm": gemm}
-    attrs, extra = launch["attrs"], list(launch["in"][2:])
+    gemm = Gemm(
+        transa=int(tb), transb=int(ta),  # the swapped operands' flags
+        m=n, n=m, k=k,
+        a=launch.ins[1], lda=b_shape[-1], stride_a=0 if len(b_shape) == 2 else n * k,
+        b=launch.ins[0], ldb=a_shape[-1], stride_b=m * k if batch > 1 else 0,
+        c=launch.out, ldc=n, stride_c=m * n if batch > 1 else 0,
+        batch=batch,
+    )
+    if launch.op == "matmul":
+        return GemmCall(gemm)
+    attrs, extra = launch.attrs, list(launch.ins[2:])
     bias = extra.pop(0) if attrs["bias"] else None
     if attrs.get("gelu"):  # GELU of the biased product into out, the biased product into aux
-        kind, aux = ("gelu_aux_bias" if bias else "gelu_aux"), launch["outs"][1]
+        kind, aux = ("gelu_aux_bias" if bias else "gelu_aux"), launch.outs[1]
     elif attrs.get("gelu_grad"):  # the product times GELU's derivative at aux
         kind, aux = "dgelu", extra.pop(0)
     else:
         kind, aux = ("bias" if bias else "default"), None
     if aux is not None and (batch > 1 or n % 8):
         raise ValueError(f"a GELU epilogue needs one GEMM of a width that is a multiple of 8, not {batch} x {m}x{n}")
-    return {"gemm": gemm, "epilogue": {"kind": kind, "bias": bias, "aux": aux,
-                                       "residual": extra.pop(0) if attrs["residual"] else None}}
+    return GemmCall(gemm, Epilogue(kind, bias, aux, extra.pop(0) if attrs["residual"] else None))

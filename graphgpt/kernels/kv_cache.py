@@ -18,8 +18,8 @@ SMEM_LIMIT = 48 << 10  # shared memory without opting in: the scores of 12k posi
 
 
 def lower(launch, target: Target) -> Kernel:
-    if launch["op"] == "cache_update":
-        cache, *sources = launch["in"]
+    if launch.op == "cache_update":
+        cache, *sources = launch.ins
         packed = len(sources[0].shape) == 5
         kv, position = (sources[:1], sources[1:]) if packed else (sources[:2], sources[2:])
         b, t = kv[0].shape[:2]
@@ -30,8 +30,8 @@ def lower(launch, target: Target) -> Kernel:
         return Kernel("cache_update", {**types(launch), "threads": THREADS, "op": "cache_update", "b": b, "t": t, "l": cache.shape[1],
                                        "row": row, "hd": hd, "vec": vec, "position": bool(position), "packed": packed,
                                        "itype": index_type(cache.shape, *(x.shape for x in kv))},
-                      grid, block, args=[launch["out"], *kv, *position])  # the cache is the output
-    qkv, cache, _ = launch["in"]
+                      grid, block, args=[launch.out, *kv, *position])  # the cache is the output
+    qkv, cache, _ = launch.ins
     packed = len(qkv.shape) == 5
     b, t, h, d = (qkv.shape[:2] + qkv.shape[3:]) if packed else qkv.shape
     length = cache.shape[1]
@@ -48,7 +48,7 @@ def lower(launch, target: Target) -> Kernel:
                         f"which has room for {room} at head dimension {d}: use a smaller block_size")
     return Kernel("cached_attention", {**types(launch), "op": "cached_attention", "t": t, "h": h, "d": d,
                                        "packed": packed, "hkv": cache.shape[3],
-                                       "l": length, "scale": c_float(launch["attrs"]["scale"]), "vec": vec,
+                                       "l": length, "scale": c_float(launch.attrs["scale"]), "vec": vec,
                                        "threads": ATTENTION_THREADS, "slices": slices,
                                        "itype": index_type(cache.shape, qkv.shape)},
                   (h, b * t, 1), (ATTENTION_THREADS, 1, 1), smem=smem)

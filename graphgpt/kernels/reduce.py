@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..dtypes import DTYPES, nbytes
 from ..ops.registry import prod
-from ..plan import Buffer, aligned
+from ..plan import Buffer, Launch, aligned
 from ..target import Target
 from .common import (THREADS, WARPS, Kernel, aligned_for, broadcast_shape, cdiv, contiguous_strides,
                      index_type, types, width)
@@ -32,20 +32,20 @@ def lower(launch, target: Target, work: int | None = None) -> Kernel:
     with several results (one output each) sums them all in one pass, in cols mode. A cols-mode
     reduction's splits are long enough to spread `work` (column blocks times rows: its own, or a
     sum_group's share) over a wave of the target's blocks, and at least SPLIT_ROWS rows."""
-    if launch["op"] == "sum_group":
+    if launch.op == "sum_group":
         return _group(launch, target)
-    if launch["op"] == "sum_squares":
-        flat = _flat_range(launch["in"])
+    if launch.op == "sum_squares":
+        flat = _flat_range(launch.ins)
         square = [["mul", [], [-1, -1]]]
-        k = lower({"op": "fused_sum", "out": launch["out"], "in": [flat],
-                   "attrs": {"axes": [0], "keepdims": False, "program": square}}, target)
-        return Kernel(k.stem.replace("fused_sum", "sum_squares"), k.params, k.grid, k.block, args=[launch["out"], flat])
-    outs, srcs = launch.get("outs", [launch["out"]]), launch["in"]
-    shape, axes = broadcast_shape(*(b.shape for b in srcs)), set(launch["attrs"]["axes"])
+        k = lower(Launch(op="fused_sum", out=launch.out, ins=(flat,),
+                         attrs={"axes": [0], "keepdims": False, "program": square}), target)
+        return Kernel(k.stem.replace("fused_sum", "sum_squares"), k.params, k.grid, k.block, args=[launch.out, flat])
+    outs, srcs = launch.outputs, launch.ins
+    shape, axes = broadcast_shape(*(b.shape for b in srcs)), set(launch.attrs["axes"])
     full = [b for b in srcs if prod(b.shape) == prod(shape)]  # the others are scalars (see fuse.py)
-    prologue = {"steps": steps(launch) if launch["op"] == "fused_sum" else [],
+    prologue = {"steps": steps(launch) if launch.op == "fused_sum" else [],
                 "operands": ["full" if b in full else "scalar" for b in srcs],
-                "results": [result(b, r) for b, r in zip(outs, launch["attrs"].get("results", ()))]}
+                "results": [result(b, r) for b, r in zip(outs, launch.attrs.get("results", ()))]}
     stem = "fused_sum" if prologue["steps"] else "sum"
     strides = contiguous_strides(shape)
     runs: list[list] = []   # [reduced, extent, stride], outermost first
@@ -92,12 +92,12 @@ def _group(launch, target: Target) -> Kernel:
     the group's work spread over GROUP_WAVES waves of blocks (alone, each would ask for a wave of
     its own), and their grids laid one after another along x."""
     members, at, first_out = [], 0, 0
-    for op, attrs, n in launch["attrs"]["members"]:
+    for op, attrs, n in launch.attrs["members"]:
         attrs = dict(attrs)
         results = len(attrs.get("results", ())) or 1
-        outs = launch["outs"][first_out:first_out + results]
-        members.append({"op": op, "attrs": attrs, "in": launch["in"][at:at + n], "out": outs[0],
-                        **({"outs": outs} if results > 1 else {})})
+        outs = launch.outs[first_out:first_out + results]
+        members.append(Launch(op=op, attrs=attrs, ins=launch.ins[at:at + n], out=outs[0],
+                              outs=outs if results > 1 else None))
         at, first_out = at + n, first_out + results
     alone = [lower(m, target) for m in members]
     if any(k.params["mode"] != "cols" for k in alone):

@@ -7,11 +7,11 @@ from .common import Kernel, index_type, row_vec, streaming, types
 
 
 def lower(launch, target: Target) -> Kernel:
-    out, (x, cos, sin, *position) = launch["out"], launch["in"]
+    out, (x, cos, sin, *position) = launch.out, launch.ins
     _, t, heads, d = x.shape
     half, pairs = d // 2, prod(x.shape) // 2
     vec = row_vec(half, out, x, cos, sin)  # a vector stays in its half-row, aligned in all four
     grid, block = streaming(pairs // vec)
     return Kernel("rotary", {**types(launch), "pairs": pairs, "half": half, "heads": heads, "t": t, "vec": vec,
-                             "threads": block[0], "inverse": launch["attrs"]["inverse"], "positioned": bool(position),
+                             "threads": block[0], "inverse": launch.attrs["inverse"], "positioned": bool(position),
                              "itype": index_type(out.shape)}, grid, block)

@@ -13,8 +13,8 @@ TILE_ROWS = 8  # a tiled transpose's block: 32 x TILE_ROWS threads, each moving 
 
 
 def lower(launch, target: Target) -> Kernel:
-    op, out, (src,) = launch["op"], launch["out"], launch["in"]
-    attrs, shape, in_shape = launch["attrs"], out.shape, src.shape
+    op, out, (src,) = launch.op, launch.out, launch.ins
+    attrs, shape, in_shape = launch.attrs, out.shape, src.shape
     n = prod(shape)
     itype = index_type(shape, in_shape)
     if op in ("slice", "pad"):
@@ -37,7 +37,7 @@ def lower(launch, target: Target) -> Kernel:
 
 def _window(launch, itype: str) -> Kernel:
     """slice and pad as rows: out[r, j] = in[r, j - shift] where 0 <= j - shift < in_row, else 0."""
-    op, attrs, out, (src,) = launch["op"], launch["attrs"], launch["out"], launch["in"]
+    op, attrs, out, (src,) = launch.op, launch.attrs, launch.out, launch.ins
     axis, in_shape = attrs["axis"], src.shape
     inner = prod(in_shape[axis + 1:])
     in_row = in_shape[axis] * inner

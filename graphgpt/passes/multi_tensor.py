@@ -21,16 +21,18 @@ and nothing in between breaks the order (they are neighbours in the list, and a 
 launch's element i depends only on element i of its operands)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..dtypes import DTYPES, nbytes
 from ..ops import REGISTRY
 from ..ops.registry import prod
-from ..plan import aligned
+from ..plan import Launch, aligned
 
 
-def merge_launches(launches: list[dict], work_start: int | None = None) -> list[dict]:
+def merge_launches(launches, work_start: int | None = None) -> list[Launch]:
     """Join neighbouring launches; `work_start` is the byte offset where the arena's work region
     begins (None: no operand lies in one)."""
-    out: list[dict] = []
+    out: list[Launch] = []
     for launch in launches:
         if out and _continues(out[-1], launch, work_start):
             out[-1] = _joined(out[-1], launch)
@@ -43,28 +45,24 @@ def _size(buf) -> int:
     return prod(buf.shape)
 
 
-def _outs(launch: dict) -> list:
-    return launch.get("outs", [launch["out"]])
-
-
-def _mergeable(launch: dict, work_start: int | None) -> bool:
+def _mergeable(launch: Launch, work_start: int | None) -> bool:
     """Pointwise over its output's shape: every other output is that shape, every operand that
     shape or a scalar, and no tensor lies in the work region."""
-    out = launch["out"]
-    tensors = [b for b in (*_outs(launch), *launch["in"]) if _size(b) > 1]
-    return (REGISTRY[launch["op"]].kind == "elementwise" and not {"perm", "shape"} & set(launch["attrs"])
-            and _size(out) > 1 and all(b.shape == out.shape for b in _outs(launch))
-            and all(_size(b) == 1 or b.shape == out.shape for b in launch["in"])
+    out = launch.out
+    tensors = [b for b in (*launch.outputs, *launch.ins) if _size(b) > 1]
+    return (REGISTRY[launch.op].kind == "elementwise" and not {"perm", "shape"} & set(launch.attrs)
+            and _size(out) > 1 and all(b.shape == out.shape for b in launch.outputs)
+            and all(_size(b) == 1 or b.shape == out.shape for b in launch.ins)
             and (work_start is None or all(b.offset < work_start for b in tensors)))
 
 
-def _continues(prev: dict, nxt: dict, work_start: int | None) -> bool:
-    if not (_mergeable(prev, work_start) and _mergeable(nxt, work_start)) or prev["op"] != nxt["op"] \
-            or _computation(prev) != _computation(nxt) or len(prev["in"]) != len(nxt["in"]):
+def _continues(prev: Launch, nxt: Launch, work_start: int | None) -> bool:
+    if not (_mergeable(prev, work_start) and _mergeable(nxt, work_start)) or prev.op != nxt.op \
+            or _computation(prev) != _computation(nxt) or len(prev.ins) != len(nxt.ins):
         return False
-    if len(_outs(prev)) != len(_outs(nxt)):
+    if len(prev.outputs) != len(nxt.outputs):
         return False
-    pairs = list(zip(_outs(prev), _outs(nxt))) + list(zip(prev["in"], nxt["in"]))
+    pairs = list(zip(prev.outputs, nxt.outputs)) + list(zip(prev.ins, nxt.ins))
     if any((_size(a) == 1) != (_size(b) == 1) or a.dtype != b.dtype for a, b in pairs):
         return False
     if any(a.offset != b.offset for a, b in pairs if _size(b) == 1):  # a scalar: the same one
@@ -78,20 +76,18 @@ def _continues(prev: dict, nxt: dict, work_start: int | None) -> bool:
     return all(b.offset == a.offset + step * DTYPES[a.dtype].bytes for a, b in tensors)
 
 
-def _computation(launch: dict) -> dict:
+def _computation(launch: Launch) -> dict:
     """What a launch computes per element: its attributes but the count of tensors it joins."""
-    return {k: v for k, v in launch["attrs"].items() if k != "tensors"}
+    return {k: v for k, v in launch.attrs.items() if k != "tensors"}
 
 
-def _joined(prev: dict, nxt: dict) -> dict:
+def _joined(prev: Launch, nxt: Launch) -> Launch:
     """One launch over prev's range followed by nxt's (prev may already be a join)."""
-    total = (nxt["out"].offset + nbytes(nxt["out"]) - prev["out"].offset) // DTYPES[nxt["out"].dtype].bytes
+    total = (nxt.out.offset + nbytes(nxt.out) - prev.out.offset) // DTYPES[nxt.out.dtype].bytes
 
     def flat(buf):
         return buf if _size(buf) == 1 else buf._replace(shape=(total,))
 
-    joined = {**prev, "out": flat(prev["out"]), "in": [flat(b) for b in prev["in"]],
-              "attrs": dict(prev["attrs"], tensors=prev["attrs"].get("tensors", 1) + 1)}
-    if "outs" in prev:
-        joined["outs"] = [flat(b) for b in prev["outs"]]
-    return joined
+    return replace(prev, out=flat(prev.out), ins=tuple(flat(b) for b in prev.ins),
+                   outs=None if prev.outs is None else tuple(flat(b) for b in prev.outs),
+                   attrs=dict(prev.attrs, tensors=prev.attrs.get("tensors", 1) + 1))

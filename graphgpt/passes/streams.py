@@ -15,7 +15,7 @@ conflict too, so a buffer is never rewritten while the other stream still reads 
 of one kernel also conflict: a reduction split over blocks keeps its partials in its module's
 `__device__` scratch, which one kernel's launches share.
 
-Each launch gets `stream` and `waits` (indices of the launches of its program it waits for). A
+Each launch gets its `stream` and `waits` (indices of the launches of its program it waits for). A
 gradient's allreduce (a collective, on the main stream's list) waits for the side launch that
 wrote it, but a backend runs the reduction on a communication stream, or not at all in one
 process, so its waits order nothing else; and no side launch touches a gradient after its
@@ -25,47 +25,48 @@ launches follow every launch of the programs before it.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..dtypes import nbytes
 from ..ops.registry import LIBRARY_KINDS  # cuBLAS and NCCL calls, which stay on the main stream
+from ..plan import KernelCall, Launch, Program
 
 MAIN, SIDE = 0, 1
 
 
-def assign_streams(program: dict, grads: tuple[int, int]) -> None:
-    """Give each launch of `program` its stream and waits; grads is the gradients' region
+def assign_streams(program: Program, grads: tuple[int, int]) -> Program:
+    """`program` with each launch given its stream and waits; grads is the gradients' region
     (start, size) in the arena."""
-    launches = program["launches"]
+    launches = program.launches
     start, size = grads
-    streams = [SIDE if launch["kind"] not in LIBRARY_KINDS
-               and all(start <= b.offset and b.offset + nbytes(b) <= start + size for b in _writes(launch)) else MAIN
+    streams = [SIDE if launch.kind not in LIBRARY_KINDS
+               and all(start <= b.offset and b.offset + nbytes(b) <= start + size for b in launch.outputs) else MAIN
                for launch in launches]
     touched = [_touched(launch) for launch in launches]
-    collective = [launch["kind"] == "collective" for launch in launches]
+    collective = [launch.kind == "collective" for launch in launches]
     followed = {MAIN: -1, SIDE: -1}  # per stream: the last launch of the other stream it waits for
+    placed = []
     for i, launch in enumerate(launches):
-        own = streams[i]
-        launch["stream"], launch["waits"] = own, []
+        own, waits = streams[i], []
         for j in range(i - 1, followed[own], -1):
             if streams[j] == own or not _conflict(touched[i], touched[j]):
                 continue
             if collective[j]:
-                raise ValueError(f"launch {i} ({launch['op']}) on the side stream touches a gradient after "
+                raise ValueError(f"launch {i} ({launch.op}) on the side stream touches a gradient after "
                                  f"its allreduce (launch {j})")
-            launch["waits"].append(j)
+            waits.append(j)
             if not collective[i]:  # a reduction runs on a stream of its own, which its waits order
                 followed[own] = j
             break
+        placed.append(replace(launch, stream=own, waits=tuple(waits)))
+    return replace(program, launches=tuple(placed))
 
 
-def _writes(launch: dict) -> list:
-    return launch.get("outs") or [launch["out"]]
-
-
-def _touched(launch: dict) -> tuple[list, list, str | None]:
+def _touched(launch: Launch) -> tuple[list, list, str | None]:
     """The byte ranges a launch reads and writes, and its kernel (None for a library call)."""
     def spans(buffers):
         return [(b.offset, b.offset + nbytes(b)) for b in buffers]
-    return spans(launch["in"]), spans(_writes(launch)), launch.get("cuda", {}).get("kernel")
+    return spans(launch.ins), spans(launch.outputs), launch.cuda.kernel if isinstance(launch.cuda, KernelCall) else None
 
 
 def _conflict(a, b) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 
 from ..dtypes import DTYPES
+from ..plan import Buffer, Gemm
 
 CUDA_R_32F = 0
 CUBLAS_COMPUTE_32F = 68
@@ -64,21 +65,21 @@ class Cublas:
         fn.restype = i
         self._gemm = fn
 
-    def compute_type(self, g: dict) -> int:
+    def compute_type(self, g: Gemm) -> int:
         """float accumulation; TF32 tensor cores for float32 operands when asked for."""
-        return CUBLAS_COMPUTE_32F_FAST_TF32 if self.tf32 and g["a"].dtype == "f32" else CUBLAS_COMPUTE_32F
+        return CUBLAS_COMPUTE_32F_FAST_TF32 if self.tf32 and g.a.dtype == "f32" else CUBLAS_COMPUTE_32F
 
-    def gemm(self, g: dict, a: int, b: int, c: int) -> None:
+    def gemm(self, g: Gemm, a: int, b: int, c: int) -> None:
         """C = op(A) @ op(B) in cuBLAS's column-major terms; a, b, c are device pointers, and the
-        dtypes are those of the plan buffers g["a"], g["b"], g["c"]."""
-        ta, tb, tc = (DTYPES[g[x].dtype].cuda for x in "abc")
-        status = self._gemm(self.handle, g["transa"], g["transb"], g["m"], g["n"], g["k"],
-                            ctypes.addressof(self.one), a, ta, g["lda"], g["stride_a"],
-                            b, tb, g["ldb"], g["stride_b"], ctypes.addressof(self.zero),
-                            c, tc, g["ldc"], g["stride_c"], g["batch"], self.compute_type(g), CUBLAS_GEMM_DEFAULT)
+        dtypes are those of the plan buffers g.a, g.b, g.c."""
+        ta, tb, tc = (DTYPES[x.dtype].cuda for x in (g.a, g.b, g.c))
+        status = self._gemm(self.handle, g.transa, g.transb, g.m, g.n, g.k,
+                            ctypes.addressof(self.one), a, ta, g.lda, g.stride_a,
+                            b, tb, g.ldb, g.stride_b, ctypes.addressof(self.zero),
+                            c, tc, g.ldc, g.stride_c, g.batch, self.compute_type(g), CUBLAS_GEMM_DEFAULT)
         self._check(status, "cublasGemmStridedBatchedEx")
 
-    def lt_plan(self, g: dict, a: int, b: int, d: int, epilogue: str = "default", bias: tuple | None = None,
+    def lt_plan(self, g: Gemm, a: int, b: int, d: int, epilogue: str = "default", bias: tuple | None = None,
                 residual: int | None = None, aux: tuple | None = None):
         """The cuBLASLt call for one fused_matmul on these device pointers: D = op(A) op(B) with
         `epilogue` (a key of LT_EPILOGUES), `bias` and `aux` as (pointer, plan dtype), [+ residual];
@@ -99,8 +100,8 @@ class Cublas:
             self._check(fn(obj, attr, ctypes.byref(value), ctypes.sizeof(value)), fn.__name__)
 
         desc = new("MatmulDesc", ctypes.c_int(self.compute_type(g)), ctypes.c_int(CUDA_R_32F))
-        set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSA, ctypes.c_int32(g["transa"]))
-        set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSB, ctypes.c_int32(g["transb"]))
+        set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSA, ctypes.c_int32(g.transa))
+        set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSB, ctypes.c_int32(g.transb))
         set_desc = lt.cublasLtMatmulDescSetAttribute
         set_attr(set_desc, desc, LT_DESC_EPILOGUE, ctypes.c_uint32(LT_EPILOGUES[epilogue]))
         if bias is not None:  # before the heuristic, which looks at its alignment and type
@@ -108,22 +109,22 @@ class Cublas:
             set_attr(set_desc, desc, LT_DESC_BIAS_DATA_TYPE, ctypes.c_int32(DTYPES[bias[1]].cuda))
         if aux is not None:  # the pre-activation, laid out as D
             set_attr(set_desc, desc, LT_DESC_AUX_POINTER, ctypes.c_void_p(aux[0]))
-            set_attr(set_desc, desc, LT_DESC_AUX_LD, ctypes.c_int64(g["ldc"]))
+            set_attr(set_desc, desc, LT_DESC_AUX_LD, ctypes.c_int64(g.ldc))
             set_attr(set_desc, desc, LT_DESC_AUX_DATA_TYPE, ctypes.c_int32(DTYPES[aux[1]].cuda))
 
-        def layout(operand: str, rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
-            lay = new("MatrixLayout", ctypes.c_int(DTYPES[g[operand].dtype].cuda), ctypes.c_uint64(rows),
+        def layout(operand: Buffer, rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
+            lay = new("MatrixLayout", ctypes.c_int(DTYPES[operand.dtype].cuda), ctypes.c_uint64(rows),
                       ctypes.c_uint64(cols), ctypes.c_int64(ld))
-            if g["batch"] > 1:
-                set_attr(lt.cublasLtMatrixLayoutSetAttribute, lay, LT_LAYOUT_BATCH_COUNT, ctypes.c_int32(g["batch"]))
+            if g.batch > 1:
+                set_attr(lt.cublasLtMatrixLayoutSetAttribute, lay, LT_LAYOUT_BATCH_COUNT, ctypes.c_int32(g.batch))
                 set_attr(lt.cublasLtMatrixLayoutSetAttribute, lay, LT_LAYOUT_STRIDED_BATCH_OFFSET,
                          ctypes.c_int64(stride))
             return lay
 
-        m, n, k = g["m"], g["n"], g["k"]  # the stored matrices: op(A) is m x k, op(B) is k x n
-        a_lay = layout("a", *((k, m) if g["transa"] else (m, k)), g["lda"], g["stride_a"])
-        b_lay = layout("b", *((n, k) if g["transb"] else (k, n)), g["ldb"], g["stride_b"])
-        c_lay = layout("c", m, n, g["ldc"], g["stride_c"])  # D, and C: the residual, of D's type
+        m, n, k = g.m, g.n, g.k  # the stored matrices: op(A) is m x k, op(B) is k x n
+        a_lay = layout(g.a, *((k, m) if g.transa else (m, k)), g.lda, g.stride_a)
+        b_lay = layout(g.b, *((n, k) if g.transb else (k, n)), g.ldb, g.stride_b)
+        c_lay = layout(g.c, m, n, g.ldc, g.stride_c)  # D, and C: the residual, of D's type
         pref = new("MatmulPreference")
         set_attr(lt.cublasLtMatmulPreferenceSetAttribute, pref, LT_PREF_MAX_WORKSPACE_BYTES,
                  ctypes.c_uint64(WORKSPACE_BYTES))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..dtypes import DTYPES, nbytes
-from ..plan import Buffer, Plan
+from ..plan import Buffer, GemmCall, Launch, Plan, Program
 from . import check_arena_fits, target_mismatch
 from .cublas import WORKSPACE_BYTES, Cublas
 from .dist import SingleWorld
@@ -125,7 +125,7 @@ class CudaBackend(WeightCopies):
         self.modules = {path: cp.RawModule(code=src, options=options)
                         for path, src in sorted(plan.kernels.items())}
         self._pinned = cupyx.empty_pinned
-        self.programs = {name: self._bind(prog) for name, prog in plan.data["programs"].items()}
+        self.programs = {name: self._bind(prog) for name, prog in plan.programs.items()}
         cp.cuda.Device().synchronize()
 
     # ---- binding the plan ----------------------------------------------------------------------
@@ -135,19 +135,19 @@ class CudaBackend(WeightCopies):
     def _pointer(self, buf: Buffer) -> int:
         return self.arena.data.ptr + buf.offset
 
-    def _bind(self, prog: dict) -> _Program:
+    def _bind(self, prog: Program) -> _Program:
         launches, pending = [], []  # pending: gradient buckets still being reduced
         grads_start, grads_size = self.plan.data["arena"]["regions"]["grads"]
-        plan_launches = prog["launches"]
-        side = self._side_stream() if any(launch["stream"] for launch in plan_launches) else None
+        plan_launches = prog.launches
+        side = self._side_stream() if any(launch.stream for launch in plan_launches) else None
         streams = (self.stream, side)
         # an event after each launch that a launch of the other stream waits for
-        done = {j: self.cp.cuda.Event(disable_timing=True) for launch in plan_launches for j in launch["waits"]}
+        done = {j: self.cp.cuda.Event(disable_timing=True) for launch in plan_launches for j in launch.waits}
         for i, launch in enumerate(plan_launches):
-            waits = [done[j] for j in launch["waits"] if j in done]
-            if launch["kind"] == "collective":
+            waits = [done[j] for j in launch.waits if j in done]
+            if launch.kind == "collective":
                 if self.collective:  # one process: the mean over ranks is the identity
-                    out = launch["out"]
+                    out = launch.out
                     padded = -(-nbytes(out) // self.align) * self.align
                     self.collective.add_to_bucket(launches, pending, out.dtype, out.offset, padded, self, waits)
                     if i in done:  # a side launch waits for the reduction of its bucket
@@ -155,8 +155,8 @@ class CudaBackend(WeightCopies):
                 else:
                     done.pop(i, None)
                 continue
-            stream = streams[launch["stream"]]
-            if pending and any(grads_start <= b.offset < grads_start + grads_size for b in launch["in"]):
+            stream = streams[launch.stream]
+            if pending and any(grads_start <= b.offset < grads_start + grads_size for b in launch.ins):
                 launches.append(self.collective.join(pending, stream))
                 pending = []
             launches.append(_on_stream(self._bind_launch(launch), stream, self.stream, waits, done.get(i)))
@@ -166,7 +166,7 @@ class CudaBackend(WeightCopies):
         def staged(buffers):
             return {name: (self.view(b), [self._pinned(b.shape, DTYPES[b.dtype].numpy) for _ in range(SLOTS)])
                     for name, b in buffers.items()}
-        return _Program(launches, staged(prog["inputs"]), staged(prog["outputs"]),
+        return _Program(launches, staged(prog.inputs), staged(prog.outputs),
                         [self.cp.cuda.Event(disable_timing=True) for _ in range(SLOTS)],
                         *((_follow(self.cp, self.stream, side), _follow(self.cp, side, self.stream)) if side else ()))
 
@@ -177,31 +177,31 @@ class CudaBackend(WeightCopies):
             self.side = self.cp.cuda.Stream(non_blocking=True)
         return self.side
 
-    def _bind_launch(self, launch: dict):
-        cuda = launch["cuda"]
-        if "gemm" in cuda and launch["stream"]:
-            raise ValueError(f"the plan puts a cuBLAS call ({launch['op']}) on stream {launch['stream']}; "
+    def _bind_launch(self, launch: Launch):
+        cuda = launch.cuda
+        if isinstance(cuda, GemmCall) and launch.stream:
+            raise ValueError(f"the plan puts a cuBLAS call ({launch.op}) on stream {launch.stream}; "
                              f"this backend runs them on the main stream")
-        if "epilogue" in cuda:
-            g, epi = cuda["gemm"], cuda["epilogue"]
+        if isinstance(cuda, GemmCall) and cuda.epilogue:
+            g, epi = cuda.gemm, cuda.epilogue
 
             def typed(b):  # (pointer, dtype) of a plan buffer, or None
                 return None if b is None else (self._pointer(b), b.dtype)
-            run = self.blas.lt_plan(g, self._pointer(g["a"]), self._pointer(g["b"]), self._pointer(g["c"]), epi["kind"],
-                                    bias=typed(epi["bias"]), aux=typed(epi["aux"]),
-                                    residual=None if epi["residual"] is None else self._pointer(epi["residual"]))
-        elif "gemm" in cuda:
-            g = cuda["gemm"]
-            a, b, c = self._pointer(g["a"]), self._pointer(g["b"]), self._pointer(g["c"])
+            run = self.blas.lt_plan(g, self._pointer(g.a), self._pointer(g.b), self._pointer(g.c), epi.kind,
+                                    bias=typed(epi.bias), aux=typed(epi.aux),
+                                    residual=None if epi.residual is None else self._pointer(epi.residual))
+        elif isinstance(cuda, GemmCall):
+            g = cuda.gemm
+            a, b, c = self._pointer(g.a), self._pointer(g.b), self._pointer(g.c)
 
             def run():
                 self.blas.gemm(g, a, b, c)
         else:
-            fn = self.modules[cuda["file"]].get_function(cuda["kernel"])
-            grid, block, smem = tuple(cuda["grid"]), tuple(cuda["block"]), cuda["smem"]
+            fn = self.modules[cuda.file].get_function(cuda.kernel)
+            grid, block, smem = cuda.grid, cuda.block, cuda.smem
             if smem > STATIC_SMEM_LIMIT:  # beyond 48 KiB a kernel must opt in to dynamic shared memory
                 fn.max_dynamic_shared_size_bytes = smem
-            args = tuple(self.view(b) for b in cuda["args"])
+            args = tuple(self.view(b) for b in cuda.args)
 
             def run():
                 fn(grid, block, args, shared_mem=smem)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..dtypes import DTYPES, nbytes, numel, padded
 from ..numpy_ops import BY_OP
-from ..plan import Buffer, Plan
+from ..plan import Buffer, Plan, Program
 from . import check_arena_fits
 from .dist import SingleWorld
 from .weight_copies import WeightCopies
@@ -62,7 +62,7 @@ class NumpyBackend(WeightCopies):
             self.view(Buffer(consts["dtype"], off, ()))[...] = value
         for buf, values in plan.constant_buffers():  # computed in float64, stored as float32
             self.view(buf)[...] = values
-        self._programs = {name: self._bind(prog) for name, prog in plan.data["programs"].items()}
+        self._programs = {name: self._bind(prog) for name, prog in plan.programs.items()}
 
     def host_dtype(self, name: str) -> np.dtype:
         return self.dtype if name == "f32" else DTYPES[name].numpy
@@ -73,25 +73,25 @@ class NumpyBackend(WeightCopies):
         flat = self.arena[start:start + numel(buf.shape) * step].view(dt)
         return (flat if step == dt.itemsize else flat[::step // dt.itemsize]).reshape(buf.shape)
 
-    def _bind(self, prog: dict):
+    def _bind(self, prog: Program):
         steps, bucket = [], None  # bucket: [offset, bytes] of adjacent gradients reduced together
-        for launch in prog["launches"]:
-            if launch["kind"] == "collective":
+        for launch in prog.launches:
+            if launch.kind == "collective":
                 if self.world.size == 1:
                     continue  # one process: the mean over ranks is the identity
-                name, off = launch["out"].dtype, launch["out"].offset
-                slot = padded(nbytes(launch["out"]), self.align)
+                name, off = launch.out.dtype, launch.out.offset
+                slot = padded(nbytes(launch.out), self.align)
                 last = steps[-1] if steps and steps[-1][0] == "allreduce" and steps[-1][1] == name else None
                 bucket = _extend(last[2] if last else None, off, slot)
                 if last is None or last[2] is not bucket:
                     steps.append(("allreduce", name, bucket))
                 continue
-            ins = [self.view(b) for b in launch["in"]]
-            widen = [i for i, b in enumerate(launch["in"]) if b.dtype != "f32" and DTYPES[b.dtype].is_float]
-            outs = [self.view(b) for b in launch.get("outs", [launch["out"]])]
-            steps.append(("launch", BY_OP[launch["op"]], launch["attrs"], ins, widen, outs))
-        inputs = {k: self.view(b) for k, b in prog["inputs"].items()}
-        outputs = {k: self.view(b) for k, b in prog["outputs"].items()}
+            ins = [self.view(b) for b in launch.ins]
+            widen = [i for i, b in enumerate(launch.ins) if b.dtype != "f32" and DTYPES[b.dtype].is_float]
+            outs = [self.view(b) for b in launch.outputs]
+            steps.append(("launch", BY_OP[launch.op], launch.attrs, ins, widen, outs))
+        inputs = {k: self.view(b) for k, b in prog.inputs.items()}
+        outputs = {k: self.view(b) for k, b in prog.outputs.items()}
         return steps, inputs, outputs
 
     # ---- the backend interface the trainer uses ----------------------------------------------

@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..dtypes import DTYPES, nbytes
-from ..plan import Buffer
+from ..plan import Buffer, Gemm, GemmCall, Launch
 from .cuda_backend import device_dtype
 
 
@@ -30,8 +30,9 @@ def gemm_rate(cp, stream, blas, dtype: str, n: int = 4096) -> float:
     """FLOP/s of an n x n x n GEMM with operands and output of `dtype`, through `blas` (runtime.cublas)."""
     one = np.ones(1, DTYPES[dtype].numpy).view(device_dtype(dtype))  # 1.0 in that type
     a, b, c = (cp.full((n, n), one[0], one.dtype) for _ in range(3))
-    g = {"transa": 0, "transb": 0, "m": n, "n": n, "k": n, "lda": n, "ldb": n, "ldc": n,
-         "stride_a": 0, "stride_b": 0, "stride_c": 0, "batch": 1, **{x: Buffer(dtype, 0, (n, n)) for x in "abc"}}
+    square = Buffer(dtype, 0, (n, n))
+    g = Gemm(transa=0, transb=0, m=n, n=n, k=n, a=square, lda=n, stride_a=0, b=square, ldb=n, stride_b=0,
+             c=square, ldc=n, stride_c=0, batch=1)
     ms = _median_ms(cp, stream, lambda: blas.gemm(g, a.data.ptr, b.data.ptr, c.data.ptr))
     return 2 * n ** 3 / (ms / 1e3)
 
@@ -78,19 +79,19 @@ def profile(backend, program: str, feeds: dict, repeats: int = 5) -> list[dict]:
     return sorted(({"name": k, **v} for k, v in rows.items()), key=lambda r: -r["ms"])
 
 
-def _describe(launch: dict | None) -> tuple[str, int, int]:
+def _describe(launch: Launch | None) -> tuple[str, int, int]:
     if launch is None:
         return "allreduce (join)", 0, 0
-    if "gemm" in launch["cuda"]:
-        g = launch["cuda"]["gemm"]
-        name = f"gemm {g['m']}x{g['n']}x{g['k']}" + (f" x{g['batch']}" if g["batch"] > 1 else "")
-        epilogue = launch["cuda"].get("epilogue", {})
-        name += "".join(f" +{k}" for k in ("bias", "residual") if epilogue.get(k))
-        name += {"gelu_aux": " +gelu", "gelu_aux_bias": " +gelu", "dgelu": " +gelu_grad"}.get(epilogue.get("kind"), "")
-        written = launch.get("outs", [launch["out"]])  # a GELU epilogue also writes its pre-activation
-        return name, sum(nbytes(b) for b in [*written, *launch["in"]]), 2 * g["m"] * g["n"] * g["k"] * g["batch"]
-    buffers = {launch["out"], *launch["in"]}
-    return f"{launch['cuda']['kernel']} ({launch['op']})", sum(nbytes(b) for b in buffers), 0
+    if isinstance(launch.cuda, GemmCall):
+        g, epilogue = launch.cuda.gemm, launch.cuda.epilogue
+        name = f"gemm {g.m}x{g.n}x{g.k}" + (f" x{g.batch}" if g.batch > 1 else "")
+        if epilogue:
+            name += "".join(f" +{k}" for k, b in (("bias", epilogue.bias), ("residual", epilogue.residual)) if b)
+            name += {"gelu_aux": " +gelu", "gelu_aux_bias": " +gelu", "dgelu": " +gelu_grad"}.get(epilogue.kind, "")
+        # a GELU epilogue also writes its pre-activation
+        return name, sum(nbytes(b) for b in [*launch.outputs, *launch.ins]), 2 * g.m * g.n * g.k * g.batch
+    buffers = {launch.out, *launch.ins}
+    return f"{launch.cuda.kernel} ({launch.op})", sum(nbytes(b) for b in buffers), 0
 
 
 def format_profile(rows: list[dict], ceiling: dict[str, float], top: int = 25) -> str:

@@ -22,7 +22,7 @@ class WeightCopies:
         """A weight (`name`; None: all of them) was written from outside a program."""
         if self._weight_names is None:
             self._weight_names = frozenset(t["name"] for t in self.plan.params)
-        if CAST_WEIGHTS in self.plan.data["programs"] and (name is None or name in self._weight_names):
+        if CAST_WEIGHTS in self.plan.programs and (name is None or name in self._weight_names):
             self._copies_stale = True
 
     def refresh_copies(self, program: str) -> None:
