@@ -122,9 +122,9 @@ def test_swiglus_two_gradients_are_one_launch_that_trains_bit_for_bit_as_two(mon
     the product's gradient, are one fused_multi writing both; apart, every bit is the same."""
     losses, params, n = three_steps(overrides, True, dtype, LLAMA)
     data = compile_model(LLAMA, overrides, log=lambda *a: None).data
-    backward = data["programs"]["accumulate" if "grad_accum=2" in overrides else "train"]["launches"]
-    pairs = [x for x in backward if x["op"] == "fused_multi" and {s[0] for s in x["attrs"]["program"]} >= {"silu", "silu_grad"}]
-    assert len(pairs) == 2 and all(len(x["outs"]) == 2 and len(x["in"]) == 3 for x in pairs)  # gate, up, the gradient
+    backward = data["programs"]["accumulate" if "grad_accum=2" in overrides else "train"].launches
+    pairs = [x for x in backward if x.op == "fused_multi" and {s[0] for s in x.attrs["program"]} >= {"silu", "silu_grad"}]
+    assert len(pairs) == 2 and all(len(x.outputs) == 2 and len(x.ins) == 3 for x in pairs)  # gate, up, the gradient
     with monkeypatch.context() as m:
         m.setattr(fuse_pass, "_sibling_chains", lambda graph: graph)
         apart_losses, apart, n_apart = three_steps(overrides, True, dtype, LLAMA)

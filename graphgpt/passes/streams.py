@@ -2,7 +2,7 @@
 
 A layer's backward ends with kernels whose results are parameter gradients and nothing else: the
 column sums of its bias and LayerNorm gradients (the sum groups) and, at the end, a large
-table's embedding gradient (a scatter-add; a small one's is a GEMM, passes/embedding_grads.py). No later launch of the backward reads them; only the update does. On the main stream
+table's embedding gradient (passes/embedding_grads.py). No later launch of the backward reads them; only the update does. On the main stream
 each waits for the one before it and the next layer's GEMMs wait for it, though on the seed each
 keeps the GPU's SMs only partly busy for its 10-20 us. So every launch that is not a library call
 (cuBLAS, NCCL) and writes only into the gradients' region runs on stream SIDE, and the rest on
