@@ -219,7 +219,10 @@ def test_synthetic_batch_targets_are_the_next_tokens():
 @pytest.mark.parametrize("model, compiled, optimizer", [
     (tiny_compiled, False, ["optimizer=adam"]), (tiny_compiled, True, ["optimizer=adam"]),
     (tiny_compiled, False, ["optimizer=adamw", "weight_decay=0.1"]),
-    (tiny_llama, False, ["optimizer=adamw", "weight_decay=0.1"])], ids=["adam", "adam-compiled", "adamw", "llama"])
+    (tiny_llama, False, ["optimizer=adamw", "weight_decay=0.1"]),
+    (tiny_llama, False, ["head_dim=6", "attention_bias=1", "mlp_bias=1", "rope_scaling=llama3", "rope_factor=4.0",
+                         "rope_original_max_position=8"])],
+    ids=["adam", "adam-compiled", "adamw", "llama", "llama-head-dim-biases-scaled"])
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_torch_runner_trains_what_graphgpt_trains(model, compiled, optimizer, tmp_path):
     """The runner's steps (float32) end at the NumPy backend's loss after as many updates: GPT-2
