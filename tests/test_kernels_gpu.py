@@ -260,3 +260,34 @@ def test_rotary_gives_the_numpy_backends_bits(dtype, shape, rows, positioned):
         want = BY_OP["rotary"](launch.attrs, host.astype(np.float32), cos, sin, *([p] if positioned else []))
         assert want.dtype == np.float32
         assert got.tobytes() == want.astype(DTYPES[dtype].numpy).tobytes(), launch.attrs
+
+
+@pytest.mark.parametrize("n,rows,pattern", [(16384, 50304, "random"), (16384, 50304, "one id"), (16384, 50304, "last row"),
+                                            (300, 7, "two ids"), (1000, 3, "random")])
+def test_sorted_embedding_gradient_on_adversarial_ids(n, rows, pattern):
+    """id_order's one-block sort and the sorted gradient on ids a text can give: every id the same
+    (one table row sums all n gradient rows), only the table's last row, two alternating ids, and
+    counts that are not a power of two (the sort's padding): over poisoned outputs, the order and
+    the float32 sums (added in position order, as np.add.at adds) are NumPy's bits."""
+    import cupy as cp
+    rng = np.random.default_rng()
+    ids = {"random": rng.integers(0, rows, n), "one id": np.full(n, rows // 2), "last row": np.full(n, rows - 1),
+           "two ids": np.arange(n) % 2 * (rows - 1)}[pattern].astype(np.int32)
+    c = 64
+    ids_buf, g_buf = Buffer("i32", 0, (n,)), Buffer("f32", 0, (n, c))
+    order_buf = Buffer("i32", 0, (n + rows + 1,))
+    data = program_data([_launch("id_order", ids_buf, rows=rows), _launch("embedding_grad_sorted", order_buf, g_buf, rows=rows)])
+    module = cp.RawModule(code=lower_plan(data, DEFAULT)["kernels/embedding.cu"], options=NVRTC_OPTIONS)
+    sort, grad = data["programs"]["p"].launches
+    g = rng.standard_normal((n, c)).astype(np.float32)
+    order, out = cp.full(n + rows + 1, -1, np.int32), cp.full((rows, c), np.nan, np.float32)
+    for launch, args in ((sort, (order, cp.asarray(ids))), (grad, (out, order, cp.asarray(g)))):
+        fn, cuda = module.get_function(launch.cuda.kernel), launch.cuda
+        if cuda.smem > 48 << 10:
+            fn.max_dynamic_shared_size_bytes = cuda.smem
+        fn(tuple(cuda.grid), tuple(cuda.block), args, shared_mem=cuda.smem)
+    want_order = BY_OP["id_order"]({"rows": rows}, ids)
+    np.testing.assert_array_equal(cp.asnumpy(order), want_order)
+    want = BY_OP["embedding_grad_sorted"]({"rows": rows}, want_order, g)
+    assert want.dtype == np.float32
+    assert cp.asnumpy(out).tobytes() == want.tobytes()
