@@ -20,6 +20,17 @@ _IS = {"a string": lambda v: isinstance(v, str), "an integer": lambda v: type(v)
        "true or false": lambda v: isinstance(v, bool), "an object or null": lambda v: v is None or isinstance(v, dict)}
 
 
+def model_tensors(path: Path, tensors: dict, prefix: str, skipped: tuple[str, ...], family: str):
+    """(name without `prefix`, float32 value) of each tensor of directory `path` but the lm_head
+    and the buffers whose names end in `skipped`; one line for a tensor not under `prefix`."""
+    for name, value in tensors.items():
+        if name == HEAD or name.endswith(skipped):
+            continue
+        if not name.startswith(prefix):
+            raise UserError(f"{path / WEIGHTS}: tensor {name} is not a {family}'s")
+        yield name[len(prefix):], np.asarray(value, np.float32)
+
+
 def is_hf_dir(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / CONFIG).is_file() and (Path(path) / WEIGHTS).is_file()
 

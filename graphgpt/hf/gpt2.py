@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .files import HEAD, WEIGHTS, head_tensor, lm_head, pad_rows, requirement
+from .files import HEAD, WEIGHTS, head_tensor, lm_head, model_tensors, pad_rows, requirement
 
 MODEL_TYPE, NAME = "gpt2", "GPT-2"
 PREFIX = "transformer."
@@ -69,14 +69,8 @@ def check_plan(path: Path, hf: dict, config: dict, shapes: dict) -> None:
 def weights(path: Path, hf: dict, tensors: dict, config: dict) -> dict[str, np.ndarray]:
     """The plan's parameters (graphgpt's names) from directory `path`'s checked config and tensors."""
     V, T = config["vocab_size"], config["block_size"]
-    out = {}
-    for name, value in tensors.items():
-        if name == HEAD or name.endswith(MASKS):
-            continue
-        if not name.startswith(PREFIX):
-            raise UserError(f"{path / WEIGHTS}: tensor {name} is not a GPT2LMHeadModel's")
-        name = name[len(PREFIX):]
-        out[EMBEDDINGS.get(name, name)] = np.asarray(value, np.float32)
+    out = {EMBEDDINGS.get(name, name): value
+           for name, value in model_tensors(path, tensors, PREFIX, MASKS, "GPT2LMHeadModel")}
     for name in ("wte", "wpe"):
         if name not in out:
             raise UserError(f"{path / WEIGHTS}: no transformer.{name}.weight")

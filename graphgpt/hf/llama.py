@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..rope_scaling import SCALINGS, rotary_scaling
-from .files import HEAD, WEIGHTS, head_tensor, lm_head, pad_rows, requirement
+from .files import HEAD, WEIGHTS, head_tensor, lm_head, model_tensors, pad_rows, requirement
 
 MODEL_TYPE, NAME = "llama", "LLaMA"
 PREFIX = "model."
@@ -156,14 +156,8 @@ def plan_head_dim(config: dict) -> int:
 
 def weights(path: Path, hf: dict, tensors: dict, config: dict) -> dict[str, np.ndarray]:
     """The plan's parameters (graphgpt's names) from directory `path`'s checked config and tensors."""
-    out = {}
-    for name, value in tensors.items():
-        if name == HEAD or name.endswith(BUFFERS):
-            continue
-        if not name.startswith(PREFIX):
-            raise UserError(f"{path / WEIGHTS}: tensor {name} is not a LlamaForCausalLM's")
-        name, value = name[len(PREFIX):], np.asarray(value, np.float32)
-        out[name] = value.T.copy() if value.ndim == 2 and name != EMBEDDING else value
+    out = {name: value.T.copy() if value.ndim == 2 and name != EMBEDDING else value
+           for name, value in model_tensors(path, tensors, PREFIX, BUFFERS, "LlamaForCausalLM")}
     if EMBEDDING not in out:
         raise UserError(f"{path / WEIGHTS}: no {PREFIX}{EMBEDDING}")
     out[EMBEDDING] = pad_rows(out[EMBEDDING], config["vocab_size"])

@@ -42,18 +42,14 @@ def lower(launch, target: Target) -> Kernel:
     if launch.op == "embedding_grad_sorted":
         order, g = launch.ins
         rows, c = out.shape
-        w = width(out, g)
-        vec = w if c % w == 0 and aligned_for(w, out, g) else 1
-        threads = min(THREADS, cdiv(c // vec, 32) * 32)
+        vec, threads = _row_lanes(out, g)
         return Kernel("embedding_grad_sorted", {**types(launch), "op": "embedding_grad_sorted", "rows": rows, "c": c,
                                                 "n": prod(g.shape[:-1]), "vec": vec, "threads": threads,
                                                 "block_rows": SORTED_BLOCK_ROWS, "itype": index_type(out.shape, g.shape)},
                       (cdiv(rows, SORTED_BLOCK_ROWS), cdiv(c, threads * vec), 1), (threads, 1, 1))
     ids, g = launch.ins
     rows, c = out.shape
-    w = width(out, g)
-    vec = w if c % w == 0 and aligned_for(w, out, g) else 1
-    threads = min(THREADS, cdiv(c // vec, 32) * 32)
+    vec, threads = _row_lanes(out, g)
     col_blocks = cdiv(c, threads * vec)
     # table rows a block owns: as many as its sums have room for (every block scans all ids, so
     # fewer blocks read them fewer times), yet few enough that the blocks fill the GPU (a small
@@ -68,3 +64,12 @@ def lower(launch, target: Target) -> Kernel:
                                      "itype": index_type(out.shape, g.shape)},
                   (cdiv(rows, block_rows), col_blocks, 1), (threads * groups, 1, 1),
                   smem=groups * block_rows * threads * vec * 4)
+
+
+def _row_lanes(out, g) -> tuple[int, int]:
+    """An embedding gradient's vector width and threads across a table row of `out` summed from
+    rows of `g`: a thread a vector, in whole warps."""
+    c = out.shape[1]
+    w = width(out, g)
+    vec = w if c % w == 0 and aligned_for(w, out, g) else 1
+    return vec, min(THREADS, cdiv(c // vec, 32) * 32)

@@ -207,13 +207,20 @@ def _paired_sums(graph: Graph) -> Graph:
             continue
         first, s, f = pairs[n.id]
         results = (-1 - f.inputs.index(s.inputs[0]), len(f.attr["program"]) - 1)
-        rw.put(replace(rw.read(f), id=first.id, attrs=frozen_attrs({**dict(f.attrs), "results": results}),
-                       shape=(), dtype=TUPLE, specs=((s.shape, s.dtype), (f.shape, f.dtype)), where=first.where))
-        fresh = rw.fresh_id()
-        rw.rename(first.id, fresh)
-        for k, m in enumerate((s, f)):
-            rw.put(projection(fresh if m is first else m.id, first.id, k, m))
+        _put_pair(rw, replace(rw.read(f), id=first.id, attrs=frozen_attrs({**dict(f.attrs), "results": results}),
+                              shape=(), dtype=TUPLE, specs=((s.shape, s.dtype), (f.shape, f.dtype)), where=first.where),
+                  first, (s, f))
     return rw.finish()
+
+
+def _put_pair(rw: Rewrite, joined: Node, first: Node, members: tuple[Node, Node]) -> None:
+    """Steps 5 and 7: `joined`, at the earlier member `first`'s id, then its outputs, the members'
+    values in order. Each keeps its id but first's, which moves to a new one its readers follow."""
+    rw.put(joined)
+    fresh = rw.fresh_id()
+    rw.rename(first.id, fresh)
+    for k, m in enumerate(members):
+        rw.put(projection(fresh if m is first else m.id, first.id, k, m))
 
 
 def _same_sum(graph: Graph, s: Node, f: Node) -> bool:
@@ -305,13 +312,10 @@ def _sibling_chains(graph: Graph) -> Graph:
             continue
         first, later = at[n.id]
         inputs, program, results = _joined_programs([first, later])
-        rw.put(rw.read(replace(later, id=first.id, op="fused_multi", inputs=tuple(inputs), shape=(), dtype=TUPLE,
-                               attrs=frozen_attrs({"program": program, "results": results}),
-                               specs=((first.shape, first.dtype), (later.shape, later.dtype)), where=first.where)))
-        fresh = rw.fresh_id()
-        rw.rename(first.id, fresh)
-        for k, (nid, m) in enumerate(((fresh, first), (later.id, later))):
-            rw.put(projection(nid, first.id, k, m))
+        _put_pair(rw, rw.read(replace(later, id=first.id, op="fused_multi", inputs=tuple(inputs), shape=(), dtype=TUPLE,
+                                      attrs=frozen_attrs({"program": program, "results": results}),
+                                      specs=((first.shape, first.dtype), (later.shape, later.dtype)), where=first.where)),
+                  first, (first, later))
     return rw.finish()
 
 
