@@ -5,8 +5,8 @@ the gradient rows of its own ids in order. Its time therefore depends on the ids
 every block has a few rows to add; in text, a few frequent ids (and in a byte-pair vocabulary they
 have small numbers, so they share blocks) give one block most of the rows. For GPT-2 124M's shape
 (16 x 1024 ids, a 50304 x 768 table, bf16 gradient rows, float32 table) the kernel is rendered as a
-plan of a table too large for the sorted form renders it (a plan of this shape sorts its ids
-once instead, passes/embedding_grads.py) and run on ids drawn three ways:
+plan renders it for more ids than one block sorts (2^15 a step; a plan of this shape sorts
+its ids once instead, passes/embedding_grads.py) and run on ids drawn three ways:
   uniform -- every id equally likely (tools/bench.py's synthetic batch);
   zipf    -- the k-th id with probability ~ 1/k (word frequencies in text; small ids frequent);
   few     -- 99 ids, each equally likely (a character vocabulary, as in the seed's corpus).
