@@ -74,6 +74,16 @@ __device__ __forceinline__ uint4 philox(uint4 c, uint2 k)
     return c;
 }
 
+
+// 2^x as the special-function unit's one instruction: exp2f's extra steps keep results below
+// 2^-126, which no probability or softmax term needs (ex2(-inf) is 0)
+__device__ __forceinline__ float ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // Attention dropout: probability (row, key) of head bh is element (bh T + row) T + key of a
 // (B, H, T, T) tensor, as the dropout op numbers it. Its keep factor: 1 / (1 - p) where word
 // e % 4 of Philox((e / 4, counter, 0, 0), (seed, site)) is at least p * 2^32, else 0.
@@ -188,7 +198,7 @@ template <int ROWS, int D, int S, int THREADS> __device__ __forceinline__ void t
 }
 
 // causal_attention (CUDA cores): 96 heads of T = 256, D = 64, scale 0.125f; 32 rows a block, 4 threads a row
-extern "C" __global__ void __launch_bounds__(128) causal_attention_042c671a58(float* __restrict__ out, float* __restrict__ lse_out, const float* __restrict__ qkv)
+extern "C" __global__ void __launch_bounds__(128) causal_attention_92af00c62c(float* __restrict__ out, float* __restrict__ lse_out, const float* __restrict__ qkv)
 {
     constexpr int T = 256, D = 64, H = 6, C = H * D, E = (D + 3) / 4, R = 32;
     constexpr float SL2 = 0.125f * LOG2E;
@@ -244,13 +254,13 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_042c671a58(fl
             s[j] = k0 + j <= i ? dot(qv, As + j * D) * SL2 : ninf();
             mx = fmaxf(mx, s[j]);
         }
-        const float alpha = exp2f(m - mx);  // key 0 is always visible, so mx is finite from the first tile on
+        const float alpha = ex2(m - mx);  // key 0 is always visible, so mx is finite from the first tile on
         l *= alpha;
 #pragma unroll
         for (int e = 0; e < E; ++e) acc[e] *= alpha;
 #pragma unroll
         for (int j = 0; j < R; ++j) {
-            float p = exp2f(s[j] - mx);
+            float p = ex2(s[j] - mx);
             l += p;
 #pragma unroll
             for (int e = 0; e < E; ++e)
@@ -266,7 +276,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_042c671a58(fl
 }
 
 // causal_attention_grad_q (CUDA cores): 96 heads of T = 256, D = 64, scale 0.125f; 32 rows a block, 4 threads a row
-extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_q_4020cdcae8(float* __restrict__ dq, float* __restrict__ delta_out, const float* __restrict__ qkv, const float* __restrict__ out, const float* __restrict__ lse, const float* __restrict__ g)
+extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_q_dd6d058d93(float* __restrict__ dq, float* __restrict__ delta_out, const float* __restrict__ qkv, const float* __restrict__ out, const float* __restrict__ lse, const float* __restrict__ g)
 {
     constexpr int T = 256, D = 64, H = 6, C = H * D, E = (D + 3) / 4, R = 32;
     constexpr float SL2 = 0.125f * LOG2E;
@@ -326,7 +336,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_q_4020cd
 #pragma unroll 4
         for (int j = 0; j < R; ++j) {
             const float s = dot(qv, As + j * D), dp = dot(gv, Bs + j * D);
-            const float ds = live && k0 + j <= i ? exp2f(s * SL2 - lse2) * (dp - dlt) : 0.0f;
+            const float ds = live && k0 + j <= i ? ex2(fmaf(s, SL2, -lse2)) * (dp - dlt) : 0.0f;
 #pragma unroll
             for (int e = 0; e < E; ++e)
                 if (dim(e) < D) acc[e] += ds * As[j * D + dim(e)];
@@ -340,7 +350,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_q_4020cd
 }
 
 // causal_attention_grad_kv (CUDA cores): 96 heads of T = 256, D = 64, scale 0.125f; 32 rows a block, 4 threads a row
-extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_kv_0fb8d15d47(float* __restrict__ dqkv, const float* __restrict__ qkv, const float* __restrict__ lse, const float* __restrict__ g, const float* __restrict__ delta, const float* __restrict__ dq)
+extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_kv_7d5edd17ff(float* __restrict__ dqkv, const float* __restrict__ qkv, const float* __restrict__ lse, const float* __restrict__ g, const float* __restrict__ delta, const float* __restrict__ dq)
 {
     constexpr int T = 256, D = 64, H = 6, C = H * D, E = (D + 3) / 4, R = 32;
     constexpr float SL2 = 0.125f * LOG2E;
@@ -400,7 +410,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_kv_0fb8d
         for (int ii = 0; ii < R; ++ii) {
             const int qi = q0 + ii;
             const float s = dot(kv, As + ii * D), dp = dot(vv, Bs + ii * D);
-            const float p = live && qi >= j && qi < T ? exp2f(s * SL2 - Ls[ii]) : 0.0f;
+            const float p = live && qi >= j && qi < T ? ex2(fmaf(s, SL2, -Ls[ii])) : 0.0f;
             constexpr float kept = 1.0f;
             const float ds = p * (kept * dp - Ds[ii]);
 #pragma unroll
@@ -423,7 +433,7 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_grad_kv_0fb8d
 }
 
 // causal_attention (CUDA cores): 6 heads of T = 256, D = 64, scale 0.125f; 32 rows a block, 4 threads a row
-extern "C" __global__ void __launch_bounds__(128) causal_attention_094b56fc82(float* __restrict__ out, float* __restrict__ lse_out, const float* __restrict__ qkv)
+extern "C" __global__ void __launch_bounds__(128) causal_attention_ab0fdfe57a(float* __restrict__ out, float* __restrict__ lse_out, const float* __restrict__ qkv)
 {
     constexpr int T = 256, D = 64, H = 6, C = H * D, E = (D + 3) / 4, R = 32;
     constexpr float SL2 = 0.125f * LOG2E;
@@ -479,13 +489,13 @@ extern "C" __global__ void __launch_bounds__(128) causal_attention_094b56fc82(fl
             s[j] = k0 + j <= i ? dot(qv, As + j * D) * SL2 : ninf();
             mx = fmaxf(mx, s[j]);
         }
-        const float alpha = exp2f(m - mx);  // key 0 is always visible, so mx is finite from the first tile on
+        const float alpha = ex2(m - mx);  // key 0 is always visible, so mx is finite from the first tile on
         l *= alpha;
 #pragma unroll
         for (int e = 0; e < E; ++e) acc[e] *= alpha;
 #pragma unroll
         for (int j = 0; j < R; ++j) {
-            float p = exp2f(s[j] - mx);
+            float p = ex2(s[j] - mx);
             l += p;
 #pragma unroll
             for (int e = 0; e < E; ++e)
