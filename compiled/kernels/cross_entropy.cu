@@ -142,6 +142,28 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
 
+
+// 2^x as the special-function unit's one instruction: exp2f's extra steps keep results below
+// 2^-126, which no probability or softmax term needs (ex2(-inf) is 0)
+__device__ __forceinline__ float ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+constexpr float LOG2E = 1.4426950408889634f;
+// wait until at most n of this thread's groups of copies are in flight, n < N
+template <int N> __device__ __forceinline__ void cp_async_wait_pieces(int n)
+{
+    if constexpr (N > 1) {
+        if (n == N - 1) return cp_async_wait<N - 1>();
+        return cp_async_wait_pieces<N - 1>(n);
+    } else {
+        cp_async_wait<0>();
+    }
+}
+
 // merge over a 1-D block of WARPS warps, returned to every thread
 template <int WARPS> __device__ __forceinline__ MaxSum block_merge(MaxSum a)
 {

@@ -13,6 +13,7 @@ from .common import THREADS, Kernel, cdiv, index_type, row_vec, types
 STAGED_THREADS = 2 * THREADS
 STAGED_BLOCKS = 2
 STATIC_SMEM = 1 << 10  # what a block's reductions and the loss's ticket take beside the row (at most)
+STAGED_PIECES = 4  # groups a staged row is copied in: a thread sums each as it lands, while the rest are on their way
 
 
 def staged(v: int, vec: int, dtype: str, target: Target) -> bool:
@@ -37,6 +38,6 @@ def lower(launch, target: Target) -> Kernel:
     blocks = cdiv(n, threads // per_row)
     return Kernel(op, {**types(launch), "threads": threads, "op": op, "loss": op != "cross_entropy_grad", "grad": grad is not None,
                        "grad_t": DTYPES[grad.dtype].ctype if grad else None, "n": n, "v": v, "vec": vec,
-                       "per_row": per_row, "blocks": blocks, "itype": index_type(logits.shape), "staged": stage,
+                       "per_row": per_row, "blocks": blocks, "itype": index_type(logits.shape), "staged": stage, "pieces": STAGED_PIECES,
                        "min_blocks": STAGED_BLOCKS},
                   (blocks, 1, 1), (threads, 1, 1), smem=v * DTYPES[logits.dtype].bytes if stage else 0)
