@@ -6,6 +6,8 @@ import pytest
 
 from graphgpt.compiler import compile_model
 from graphgpt.dtypes import nbytes
+from graphgpt.ops import REGISTRY
+from graphgpt.ops.registry import BACKWARD_ONLY
 from graphgpt.passes.streams import MAIN, SIDE, assign_streams
 from graphgpt.plan import Buffer, KernelCall, Launch, Program
 from tests.conftest import ROOT
@@ -64,7 +66,7 @@ def unordered_conflicts(launches):
 
 def test_a_rewritten_buffer_waits_for_the_other_streams_reader():
     launches = [
-        launch("gelu_grad", [0], [100], kind="elementwise"),       # main: the gradient g
+        launch("mul", [0], [100], kind="elementwise"),             # main: the gradient g
         launch("sum", [100], [1000]),                              # side: a bias gradient from g
         launch("matmul", [100, 200], [300], kind="matmul"),        # main: reads g too, no wait
         launch("add", [300], [100], kind="elementwise"),           # main: g's bytes reused: after the sum
@@ -80,7 +82,7 @@ def test_a_rewritten_buffer_waits_for_the_other_streams_reader():
 
 def test_two_launches_of_one_kernel_on_two_streams_are_ordered():
     """A reduction's partials live in its kernel's scratch, which all its launches share."""
-    launches = [launch("gelu_grad", [0], [100], kind="elementwise"), launch("sum", [100], [1000]),
+    launches = [launch("mul", [0], [100], kind="elementwise"), launch("sum", [100], [1000]),
                 launch("sum", [0], [500])]
     launches = streams(launches)
     assert [x.stream for x in launches] == [MAIN, SIDE, MAIN]
@@ -88,7 +90,7 @@ def test_two_launches_of_one_kernel_on_two_streams_are_ordered():
 
 
 def test_the_checker_sees_a_missing_wait():
-    launches = [launch("gelu_grad", [0], [100], kind="elementwise"), launch("sum", [100], [1000])]
+    launches = [launch("mul", [0], [100], kind="elementwise"), launch("sum", [100], [1000])]
     first, second = streams(launches)
     assert unordered_conflicts([first, replace(second, waits=())]) == [(0, 1)]
 
@@ -111,10 +113,11 @@ def test_every_plan_orders_each_conflicting_pair_across_streams(overrides):
     for name, program in data["programs"].items():
         launches = program.launches
         assert unordered_conflicts(launches) == [], name
-        for x in launches:
-            if x.stream == SIDE:
+        for i, x in enumerate(launches):
+            if x.stream == SIDE:  # a gradient's side work, or backward work on the program's inputs alone
                 assert x.kind not in ("matmul", "collective")
-                assert all(grads[0] <= b.offset < grads[0] + grads[1] for b in x.outputs)
+                assert (all(grads[0] <= b.offset < grads[0] + grads[1] for b in x.outputs)
+                        or REGISTRY[x.op].nondiff == BACKWARD_ONLY and not any(conflicts(replace(x, outs=()), w) for w in launches[:i]))
     train = data["programs"]["train" if "grad_accum=2" not in overrides else "accumulate"].launches
     assert any(x.stream == SIDE for x in train)
     assert not any(x.stream == SIDE for x in data["programs"]["eval"].launches)
@@ -124,16 +127,20 @@ def test_the_bf16_backward_runs_beside_its_side_launches():
     """The sum groups overlap the rest of the backward: the main stream goes on past each (its
     allreduce waits for it on a stream of its own) and waits for one only where the arena reuses
     bytes it reads (at once, in this small plan, for the first group), or where the update's
-    gradient norm reads what they wrote."""
+    gradient norm reads what they wrote. The one-hot matrix of the ids runs first, beside the
+    forward, and its GEMM in the backward waits for it."""
     data = compile_model(ROOT / "model.py", [*TWO_LAYERS, "dtype=bf16"], log=lambda *a: None).data
     launches = data["programs"]["train"].launches
     side = [i for i, x in enumerate(launches) if x.stream == SIDE]
-    assert [launches[i].op for i in side] == ["sum_group"] * 3
+    assert [launches[i].op for i in side] == ["one_hot"] + ["sum_group"] * 3 and side[0] == 0
+    reader = next(i for i, x in enumerate(launches) if launches[0].out in x.ins)
+    assert launches[reader].kind == "matmul" and 0 in happens_before(launches)[reader]
+    side = side[1:]
     overlapped = set(side)
     for i, x in enumerate(launches):
         if x.stream == MAIN and x.kind != "collective":
             for j in x.waits:
-                if x.op != "sum_squares":  # the update needs every gradient
+                if x.op != "sum_squares" and j != 0:  # the update needs every gradient
                     assert conflicts(replace(x, ins=()), launches[j]), (i, j)  # it rewrites bytes j read
                 if not any(launches[k].stream == MAIN and launches[k].kind != "collective" for k in range(j + 1, i)):
                     overlapped.discard(j)

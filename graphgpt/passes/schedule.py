@@ -13,7 +13,10 @@ else). A recomputed node (graph.late) takes its reader's place in that
 order, so it runs as late as it can. An output of an op with several takes its op's place: it is
 written when the op runs, so its readers are not held back behind unrelated work by its own id
 (the fused loss's gradient output gets a new id, and would otherwise wait for the recomputed
-activations the backward needs only later).
+activations the backward needs only later). Backward work that reads nothing but the step's
+inputs (the ids' order for a large table's embedding gradient) goes first as well: beside the
+forward, on the side stream where only the gradient branch reads it (passes/streams.py), instead
+of in the backward's chain.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import networkx as nx
 
 from ..ir import Graph
 from ..ops import REGISTRY
+from ..ops.registry import BACKWARD_ONLY
 from .memory import view_shift
 
 
@@ -28,6 +32,8 @@ def schedule(graph: Graph) -> list[int]:
     urgent = {i for i, n in graph.nodes.items() if REGISTRY[n.op].kind in ("source", "collective")
               or view_shift(n, graph.nodes) is not None}
     urgent |= set(graph.updates.values())
+    urgent |= {i for i, n in graph.nodes.items() if REGISTRY[n.op].nondiff == BACKWARD_ONLY
+               and all(REGISTRY[graph.nodes[j].op].kind == "source" for j in n.inputs)}
 
     def priority(i: int) -> tuple[int, int, int]:
         n = graph.nodes[i]

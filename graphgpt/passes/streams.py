@@ -5,8 +5,10 @@ column sums of its bias and LayerNorm gradients (the sum groups) and, at the end
 table's embedding gradient (passes/embedding_grads.py). No later launch of the backward reads them; only the update does. On the main stream
 each waits for the one before it and the next layer's GEMMs wait for it, though on the seed each
 keeps the GPU's SMs only partly busy for its 10-20 us. So every launch that is not a library call
-(cuBLAS, NCCL) and writes only into the gradients' region runs on stream SIDE, and the rest on
-MAIN.
+(cuBLAS, NCCL) and writes only into the gradients' region runs on stream SIDE. So does backward
+work that reads only the program's inputs (the ids' order that a large table's embedding
+gradient is summed from): passes/schedule.py puts it first, so it overlaps the forward, and is
+done long before its reader waits for it. The rest run on MAIN.
 
 What each launch must wait for comes from the bytes it touches, after the memory plan: a launch
 waits for the last launch of the other stream that writes what it reads or writes, or reads what
@@ -28,7 +30,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..dtypes import nbytes
-from ..ops.registry import LIBRARY_KINDS  # cuBLAS and NCCL calls, which stay on the main stream
+from ..ops import REGISTRY
+from ..ops.registry import BACKWARD_ONLY, LIBRARY_KINDS
 from ..plan import KernelCall, Launch, Program
 
 MAIN, SIDE = 0, 1
@@ -39,10 +42,14 @@ def assign_streams(program: Program, grads: tuple[int, int]) -> Program:
     (start, size) in the arena."""
     launches = program.launches
     start, size = grads
+    touched = [_touched(launch) for launch in launches]
     streams = [SIDE if launch.kind not in LIBRARY_KINDS
                and all(start <= b.offset and b.offset + nbytes(b) <= start + size for b in launch.outputs) else MAIN
                for launch in launches]
-    touched = [_touched(launch) for launch in launches]
+    for i, launch in enumerate(launches):
+        if (launch.kind not in LIBRARY_KINDS and REGISTRY[launch.op].nondiff == BACKWARD_ONLY
+                and not any(_overlap(touched[i][0], touched[j][1]) for j in range(i))):
+            streams[i] = SIDE
     collective = [launch.kind == "collective" for launch in launches]
     followed = {MAIN: -1, SIDE: -1}  # per stream: the last launch of the other stream it waits for
     placed = []
