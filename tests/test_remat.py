@@ -39,3 +39,16 @@ def test_auto_recomputes_attention_only_where_it_saves_a_quarter_of_the_memory()
     assert chosen(TWO_LAYERS) == "none"  # 32 tokens: the probabilities are a small part of the work region
     long_sequences = ["n_layer=4", "n_head=8", "n_embd=32", "block_size=512", "batch_size=2", "attention=softmax"]
     assert chosen(long_sequences) == "attention"
+
+
+def test_recomputed_gelu_outputs_are_computed_where_they_are_read():
+    """A clone runs just before the GEMM that reads it, not at the start of the backward: there the
+    bf16 plan with GELU in its GEMMs' epilogues and the classifier in chunks (whose nodes, made
+    last, carry the largest ids) would hold every layer's recomputed output at once, and --remat
+    gelu would save nothing."""
+    overrides = ["n_layer=4", "n_head=4", "n_embd=64", "block_size=64", "batch_size=8", "dtype=bf16",
+                 "classifier_chunks=2"]
+    peak = {policy: compile_model(ROOT / "model.py", overrides, remat=policy, log=lambda *a: None)
+            .data["programs"]["train"].memory["work_peak"] for policy in ("none", "gelu")}
+    gelu_output = 8 * 64 * 4 * 64 * 2  # B T 4C bf16 bytes: one layer's
+    assert peak["none"] - peak["gelu"] >= (4 - 1) * gelu_output, peak

@@ -25,6 +25,7 @@ from dataclasses import replace
 from ..ir import Graph, Node
 from ..ops import REGISTRY
 from ..rewrite import Rewrite, fresh_id, pinned
+from .memory import view_shift
 
 POLICIES = ("none", "attention", "gelu", "all")
 AUTO = "auto"  # the compiler's default: attention where that saves a quarter of the work region
@@ -97,20 +98,30 @@ def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
     for root, plan in plans.items():
         for orig in plan:
             clone_of.setdefault(orig, None)
-    first_late: dict[int, int] = {}
+    def first_work(i: int) -> int:
+        """The first backward node that computes from i, through the views that only rename it: a
+        view runs as soon as its input exists (passes/schedule.py), so a clone scheduled by its
+        view reader's id would come at the start of the backward and live through all of it."""
+        return min(first_work(u) if view_shift(graph.nodes[u], graph.nodes) is not None else u
+                   for u in late_readers(i))
+
+    first_late: dict[int, int] = {}  # where each clone enters the graph: before its first reader
+    needed: dict[int, int] = {}      # where the schedule places it: before the first that computes
     for root, plan in plans.items():
         for orig in plan:
             first_late[orig] = min(first_late.get(orig, 1 << 62), min(late_readers(root)))
+            needed[orig] = min(needed.get(orig, 1 << 62), first_work(root))
     for orig in sorted(clone_of, reverse=True):  # a clone's inputs must be recomputed before it
         for i in graph.nodes[orig].inputs:
             if i in clone_of:
                 first_late[i] = min(first_late[i], first_late[orig])
+                needed[i] = min(needed[i], needed[orig])
     # The clones' ids are drawn from the input graph itself, so the variants built from one graph
     # (one per policy, which the compiler compares) never give one id to two different clones.
     for orig in sorted(clone_of):
         clone_of[orig] = fresh_id(graph)
     rw = Rewrite(graph)
-    rw.graph.late = {clone_of[o]: first_late[o] for o in clone_of}
+    rw.graph.late = {clone_of[o]: needed[o] for o in clone_of}
     pending = sorted(clone_of, key=lambda o: (first_late[o], o))
     for n in graph.nodes.values():
         while pending and first_late[pending[0]] == n.id:  # clones enter just before their reader

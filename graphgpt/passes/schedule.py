@@ -39,6 +39,19 @@ def schedule(graph: Graph) -> list[int]:
         n = graph.nodes[i]
         at = n.inputs[0] if REGISTRY[n.op].kind == "projection" else i
         return (0 if i in urgent else 1, graph.late.get(at, at), i)
-    order = nx.lexicographical_topological_sort(graph.to_networkx(), key=priority)
+    order = nx.lexicographical_topological_sort(_clones_wait(graph), key=priority)
     return [i for i in order if REGISTRY[graph.nodes[i].op].kind != "source"]
 
+
+def _clones_wait(graph: Graph) -> nx.DiGraph:
+    """The graph's dependencies, and a recomputed node's on everything else its reader needs: a
+    clone is ready only when its reader would be, so it is not computed early and kept (node ids
+    order the backward only roughly: the classifier's chunks, made later, have the largest)."""
+    g = graph.to_networkx()
+    for clone, reader in graph.late.items():
+        if reader not in graph.nodes:
+            continue
+        for p in graph.nodes[reader].inputs:
+            if p != clone and not nx.has_path(g, clone, p):
+                g.add_edge(p, clone)
+    return g
