@@ -117,7 +117,8 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
         graphs = {name: g if name == backward else group_sums(gelu_epilogues(g)) for name, g in graphs.items()}
     layout = persistent_layout(*graphs.values())
     peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}
-    chosen = choose({policy: m.work_size for policy, m in peaks.items()}) if remat == AUTO else remat
+    chosen = (choose({policy: m.work_size for policy, m in peaks.items()}, room=device_bytes - layout.work_base)
+              if remat == AUTO else remat)
     graphs[backward] = variants[chosen]
     log(f"  remat      {chosen}{' (auto)' if remat == AUTO else ''}: "
         f"{len(graphs[backward].late)} activations recomputed in the backward")

@@ -1,8 +1,10 @@
 """--remat trades recomputation for memory: the same results, a smaller work region."""
 import numpy as np
+import pytest
 
 from graphgpt.compiler import compile_model
 from graphgpt.data import SequentialSampler
+from graphgpt.errors import UserError
 from graphgpt.plan import Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import Trainer
@@ -52,3 +54,23 @@ def test_recomputed_gelu_outputs_are_computed_where_they_are_read():
             .data["programs"]["train"].memory["work_peak"] for policy in ("none", "gelu")}
     gelu_output = 8 * 64 * 4 * 64 * 2  # B T 4C bf16 bytes: one layer's
     assert peak["none"] - peak["gelu"] >= (4 - 1) * gelu_output, peak
+
+
+def test_auto_recomputes_what_it_must_for_the_plan_to_fit_the_device():
+    """auto keeps everything where the arena fits --device-memory, recomputes the GELU outputs
+    where only that fits, and otherwise names the smallest arena it could plan in its refusal."""
+    overrides = ["n_layer=4", "n_head=4", "n_embd=64", "block_size=64", "batch_size=8", "dtype=bf16",
+                 "classifier_chunks=2"]
+    plans = {policy: compile_model(ROOT / "model.py", overrides, remat=policy, log=lambda *a: None).data
+             for policy in ("none", "gelu", "all")}
+    arena = {policy: data["arena"]["bytes"] for policy, data in plans.items()}
+    assert arena["all"] < arena["gelu"] < arena["none"], arena
+
+    def chosen(device_bytes):
+        report = compile_model(ROOT / "model.py", overrides, device_bytes=device_bytes, log=lambda *a: None).report
+        return next(line.split()[1] for line in report.splitlines() if line.endswith("<- this plan"))
+    assert chosen(arena["none"]) == "none"
+    assert chosen(arena["none"] - 1) == "gelu"
+    assert chosen(arena["gelu"] - 1) == "all"
+    with pytest.raises(UserError, match=f"arena is {arena['all'] / 1e9:.4g} GB"):
+        chosen(arena["all"] - 1)

@@ -32,14 +32,20 @@ AUTO = "auto"  # the compiler's default: attention where that saves a quarter of
 WORTH_IT = 0.25
 
 
-def choose(work_peaks: dict[str, int]) -> str:
-    """The policy `auto` stands for, given each policy's work peak: recompute the attention
-    probabilities when that saves at least a quarter of the work region. They grow with the square
-    of the sequence length and every other activation linearly, so long sequences recompute them
-    (GPT-2 124M at 1024 tokens: a third of the region) and short ones keep them (the seed's 256
-    tokens: a sixth), sparing a GEMM and a softmax per layer."""
+def choose(work_peaks: dict[str, int], room: int | None = None) -> str:
+    """The policy `auto` stands for, given each policy's work peak and the bytes the work region
+    may take on the target (None: no bound): recompute the attention probabilities when that saves
+    at least a quarter of the work region. They grow with the square of the sequence length and
+    every other activation linearly, so long sequences recompute them (GPT-2 124M at 1024 tokens: a
+    third of the region) and short ones keep them (the seed's 256 tokens: a sixth), sparing a GEMM
+    and a softmax per layer. Where that does not fit, the GELU outputs are recomputed too, one
+    elementwise pass a layer, and then everything `all` names; where nothing fits, the smallest
+    (whose arena the refusal then names)."""
     saved = work_peaks["none"] - work_peaks["attention"]
-    return "attention" if saved >= WORTH_IT * work_peaks["none"] else "none"
+    chosen = "attention" if saved >= WORTH_IT * work_peaks["none"] else "none"
+    if room is None or work_peaks[chosen] <= room:
+        return chosen
+    return next((p for p in ("gelu", "all") if work_peaks[p] <= room), min(work_peaks, key=work_peaks.get))
 
 
 def rematerialize(graph: Graph, policy: str = "attention") -> Graph:
