@@ -56,6 +56,23 @@ def test_recomputed_gelu_outputs_are_computed_where_they_are_read():
     assert peak["none"] - peak["gelu"] >= (4 - 1) * gelu_output, peak
 
 
+def test_a_bf16_plan_recomputing_its_gelu_outputs_trains_as_one_keeping_them():
+    """The clones run late, in memory the plan reuses: the NumPy backend runs that arena. The
+    recomputed GELU reads the bf16 pre-activation, where the forward's ran in its GEMM's epilogue on
+    the float32 product, so the two agree to bf16's precision, not bit for bit."""
+    overrides = ["n_layer=2", "n_head=4", "n_embd=64", "block_size=64", "batch_size=8", "dtype=bf16",
+                 "classifier_chunks=2"]
+    losses = {}
+    for policy in ("none", "gelu"):
+        plan = Plan(compile_model(ROOT / "model.py", overrides, remat=policy, log=lambda *a: None).data, "t")
+        tokens = np.random.default_rng(0).integers(0, plan.config["vocab_size"], 10_000).astype(np.int32)
+        trainer = Trainer(plan, NumpyBackend(plan, np.float32),
+                          SequentialSampler(tokens, plan.config["batch_size"], plan.config["block_size"]))
+        losses[policy] = [m["loss"] for m in trainer.steps(3)]
+    assert losses["gelu"][0] == losses["none"][0]  # the first forward is the same computation
+    np.testing.assert_allclose(losses["gelu"], losses["none"], rtol=1e-4)
+
+
 def test_auto_recomputes_what_it_must_for_the_plan_to_fit_the_device():
     """auto keeps everything where the arena fits --device-memory, recomputes the GELU outputs
     where only that fits, and otherwise names the smallest arena it could plan in its refusal."""
