@@ -67,13 +67,15 @@ def main(argv=None) -> int:
                    help="activations recomputed in the backward instead of kept: none, attention (the "
                         "attention probabilities), gelu (the MLP's GELU outputs), all (attention "
                         "probabilities, LayerNorm and GELU outputs), or auto "
-                        "(default: attention where that saves a quarter of the work memory, else none)")
+                        "(default: attention where that saves a quarter of the work memory, else none; then gelu, then "
+                        "all, where the plan would not otherwise fit --device-memory)")
     p.add_argument("--target", choices=list(TARGETS), default=DEFAULT.name, metavar="NAME",
                    help=f"the GPU the kernels' grids are sized for: {', '.join(TARGETS)} "
                         f"(default: {DEFAULT.name}); the plan runs on others, less evenly spread over their SMs")
     p.add_argument("--device-memory", type=_gigabytes, default=int(model_size.DEFAULT_DEVICE_GB * 1e9), metavar="GB",
                    help=f"memory of the largest device the plan is for; a larger model is refused before it "
-                        f"is traced (default: {model_size.DEFAULT_DEVICE_GB:g}, an H200's)")
+                        f"is traced, and --remat auto recomputes what it must to fit "
+                        f"(default: {model_size.DEFAULT_DEVICE_GB:g}, an H200's)")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     overrides = [pair for group in args.overrides for pair in group]

@@ -28,7 +28,7 @@ from ..rewrite import Rewrite, fresh_id, pinned
 from .memory import view_shift
 
 POLICIES = ("none", "attention", "gelu", "all")
-AUTO = "auto"  # the compiler's default: attention where that saves a quarter of the work region
+AUTO = "auto"  # the compiler's default: attention where that saves a quarter of the work region (see `choose`)
 WORTH_IT = 0.25
 
 
