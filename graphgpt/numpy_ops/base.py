@@ -17,13 +17,23 @@ def reference(*names: str):
     return register
 
 
-def run_program(program, inputs, step: Callable | None = None) -> list:
+def run_program(program, inputs, step: Callable | None = None, keep=None) -> list:
     """The one walk of a fused chain's program, which the NumPy backend, the registry's shape rules
     and the pointwise kernels' code share: its steps (op, attrs, args) in order, arg k >= 0 naming
     step k's value and -1 - i input i; `step(op, attrs, args)` gives a step's value (by default its
-    NumPy reference). Every step's value."""
+    NumPy reference). Every step's value; given `keep` (step indices, negative from the end), the
+    others are None, each dropped after its last reader so that a long chain over large arrays
+    holds only the values still to be read."""
     step = step or (lambda op, attrs, args: BY_OP[op](attrs, *args))
+    last_read = {}
+    if keep is not None:
+        kept = {k % len(program) for k in keep}
+        for i, (_, _, args) in enumerate(program):
+            last_read.update((a, i) for a in args if a >= 0 and a not in kept)
     values = []
-    for op, attrs, args in program:
+    for i, (op, attrs, args) in enumerate(program):
         values.append(step(op, dict(attrs), [values[a] if a >= 0 else inputs[-1 - a] for a in args]))
+        for a in args:
+            if last_read.get(a) == i:
+                values[a] = None
     return values

@@ -75,7 +75,7 @@ def relu_grad(attrs, x, g):
 
 @reference("fused")
 def fused(attrs, *arrays):
-    out = run_program(attrs["program"], arrays)[-1]
+    out = run_program(attrs["program"], arrays, keep=[-1])[-1]
     if "shape" in attrs:
         out = out.reshape(attrs["shape"])
     return out.transpose(attrs["perm"]) if "perm" in attrs else out
@@ -83,5 +83,5 @@ def fused(attrs, *arrays):
 
 @reference("fused_multi")
 def fused_multi(attrs, *arrays):
-    values = run_program(attrs["program"], arrays)
+    values = run_program(attrs["program"], arrays, keep=attrs["results"])
     return tuple(values[r] for r in attrs["results"])

@@ -41,7 +41,7 @@ def _with_epilogue(plain: Callable) -> Callable:
     """A normaliser's outputs, and its chain of the normalised rows as they are before rounding."""
     def fused(attrs, x, *operands):
         outs = plain(attrs, x)
-        return (*outs, run_program(attrs["program"], (outs[0], *operands))[-1])
+        return (*outs, run_program(attrs["program"], (outs[0], *operands), keep=[-1])[-1])
     return fused
 
 

@@ -16,7 +16,7 @@ def sum_(attrs, x):
 def fused_sum(attrs, *arrays):
     if "results" not in attrs:
         return sum_(attrs, fused(attrs, *arrays))
-    values = run_program(attrs["program"], arrays)
+    values = run_program(attrs["program"], arrays, keep=[r for r in attrs["results"] if r >= 0])
     return tuple(sum_(attrs, values[r] if r >= 0 else arrays[-1 - r]) for r in attrs["results"])
 
 

@@ -11,6 +11,7 @@ room for a float64, and the other types keep their size with every element at it
 """
 from __future__ import annotations
 
+import ctypes
 import os
 
 import numpy as np
@@ -35,6 +36,17 @@ def _extend(bucket: list | None, off: int, n: int) -> list:
     return [off, n]
 
 
+def _reuse_freed_memory() -> None:
+    """Every large temporary of a launch is a fresh mmap that its first writes fault in page by
+    page, and which free() unmaps again: most of a step's time where page faults are dear (a
+    sandboxed CI machine). Glibc's heap, told never to map and never to trim, hands the freed
+    blocks to the next launch instead. Other C libraries keep their defaults."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(-4, 0)  # M_MMAP_MAX
+        mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
+
+
 class Finished:
     """The NumPy backend computes while enqueueing: its results are ready at once."""
 
@@ -50,6 +62,7 @@ class NumpyBackend(WeightCopies):
     pipeline_depth = 0  # synchronous: nothing to overlap
 
     def __init__(self, plan: Plan, dtype=np.float32, world=None):
+        _reuse_freed_memory()
         self.plan, self.dtype, self.world = plan, np.dtype(dtype), world or SingleWorld()
         self.scale = self.dtype.itemsize // DTYPES["f32"].bytes  # 2 when float32 runs as float64
         self.compute = np.float32 if self.scale == 1 else self.dtype
