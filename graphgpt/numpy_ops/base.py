@@ -21,9 +21,9 @@ def run_program(program, inputs, step: Callable | None = None, keep=None) -> lis
     """The one walk of a fused chain's program, which the NumPy backend, the registry's shape rules
     and the pointwise kernels' code share: its steps (op, attrs, args) in order, arg k >= 0 naming
     step k's value and -1 - i input i; `step(op, attrs, args)` gives a step's value (by default its
-    NumPy reference). Every step's value; given `keep` (step indices, negative from the end), the
-    others are None, each dropped after its last reader so that a long chain over large arrays
-    holds only the values still to be read."""
+    NumPy reference). Every step's value; given `keep` (step indices, negative from the end), each
+    other value that a later step reads is dropped (None) after its last reader, so that a long
+    chain over large arrays holds only the values still to be read."""
     step = step or (lambda op, attrs, args: BY_OP[op](attrs, *args))
     last_read = {}
     if keep is not None:
