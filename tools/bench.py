@@ -324,6 +324,7 @@ def out_of_memory_errors(use_torch: bool) -> tuple[type, ...]:
 def free_cached_memory(use_torch: bool) -> None:
     """Give back what the failed row's allocator holds, for the rows after it."""
     import cupy
+    gc.collect()
     cupy.get_default_memory_pool().free_all_blocks()
     if use_torch:
         import torch
@@ -417,10 +418,12 @@ def bench(args, argv: list[str]) -> int:
         print(f"  {name} ...", flush=True)
         try:
             rows.append(Row(name, *run_method(plan, weights, batch, args, **options)))
+            continue
         except out_of_memory as e:  # the other rows still run: the table says which did not fit
-            rows.append(Row(name, [], 0, "", float("nan"), failed=f"out of memory: {str(e).splitlines()[0][:160]}"))
-            print(f"  {name}: {rows[-1].failed}", flush=True)
-            free_cached_memory(use_torch)
+            failed = f"out of memory: {str(e).splitlines()[0][:160]}"
+        rows.append(Row(name, [], 0, "", float("nan"), failed=failed))
+        print(f"  {name}: {failed}", flush=True)
+        free_cached_memory(use_torch)  # here, where the exception no longer holds the failed row's tensors
     if args.llmc is not None:
         print("  llm.c ...", flush=True)
         ms, peak_bytes, loss, _ = llmc.run(plan, args.llmc, args.steps * args.repeat, args.warmup)
