@@ -22,10 +22,32 @@ def reported(work, *args) -> int:
     """Run a tool's `work(*args)` and give its exit status: a UserError is one line and 2, Ctrl-C
     is 130, and otherwise `work`'s own status (0 for None)."""
     try:
-        return work(*args) or 0
+        return _signals_unmasked(work, *args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+
+
+def _signals_unmasked(work, *args) -> int:
+    """work(*args), where Ctrl-C or a termination signal stays itself when, on its way out, other
+    code raised an error over it: a signal's exception can arrive inside threading's own lock
+    handling (a worker pool's result being awaited), whose clean-up then fails with a RuntimeError
+    of its own. The signal is what happened, and what the tool reports."""
+    try:
+        return work(*args) or 0
+    except Exception as e:
+        under = e.__context__
+        while under is not None and not _is_signal(under):
+            under = under.__context__
+        if under is None:
+            raise
+        raise under from None
+
+
+def _is_signal(e: BaseException) -> bool:
+    """Ctrl-C's KeyboardInterrupt, or the BaseException a tool raises for SIGTERM or SIGHUP: not an
+    error, and not the exits a generator or sys.exit make."""
+    return not isinstance(e, (Exception, GeneratorExit, SystemExit))

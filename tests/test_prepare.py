@@ -11,7 +11,7 @@ import pytest
 
 from graphgpt import plan as plan_io
 from graphgpt.data import load_tokens, tokenizer_digest
-from graphgpt.errors import UserError
+from graphgpt.errors import UserError, reported
 from graphgpt.tokenizer import Tokenizer
 from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, fill, run_cli, run_into_head, sets
 
@@ -259,6 +259,29 @@ def test_a_signal_midway_removes_the_temporaries(tmp_path, long_text, word_plan,
     lines = err.strip().splitlines()
     assert proc.returncode == status and len(lines) == 1 and lines[0].startswith(message), err
     assert snapshot(out) == before  # hidden files included: no staging directory is left
+
+
+class Hangup(BaseException):
+    """What a tool raises for SIGHUP (tools/prepare.py's Terminated)."""
+
+
+def test_a_signal_stays_the_signal_when_its_unwinding_raises_another_error(capsys):
+    """A signal's exception can land inside threading's lock handling, whose clean-up then raises
+    RuntimeError over it (a pool's result being awaited): the tool still reports the signal."""
+    def signalled(first: BaseException):
+        def work():
+            try:
+                raise first
+            finally:
+                raise RuntimeError("cannot release un-acquired lock")
+        return work
+
+    assert reported(signalled(KeyboardInterrupt())) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    with pytest.raises(Hangup):
+        reported(signalled(Hangup()))
+    with pytest.raises(RuntimeError, match="un-acquired"):  # an error under an error stays an error
+        reported(signalled(ValueError("a bug")))
 
 
 def test_the_temporaries_of_a_killed_prepare_are_removed_by_the_next(tmp_path, long_text, corpus, word_plan):
