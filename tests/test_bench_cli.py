@@ -17,6 +17,7 @@ import pytest
 
 from graphgpt import optim, schedule
 from graphgpt.compiler import compile_model
+from graphgpt.errors import UserError
 from graphgpt.plan import Plan, load, save
 from graphgpt.runtime import cuda_available
 from graphgpt.runtime.numpy_backend import NumpyBackend
@@ -206,6 +207,27 @@ def test_rows_in_table_order():
                                                                           "torch eager"]
     bf16 = bench.methods(True, False, bf16=True)
     assert [(n, o.get("precision")) for n, o in bf16[2:]] == [("torch eager bf16", "bf16"), ("torch.compile bf16", "bf16")]
+    assert [n for n, _ in bench.methods(True, False, bf16=True, compiled_only=True)][2:] == ["torch.compile bf16"]
+    assert [n for n, _ in bench.methods(True, False, compiled_only=True)][2:] == ["torch.compile", "torch.compile bf16"]
+
+
+def test_eager_only_and_compiled_only_together_are_refused(plan_dir):
+    with pytest.raises(UserError, match="no PyTorch row"):
+        bench.parse_args(["--plan", str(plan_dir), "--eager-only", "--compiled-only"])
+
+
+def test_a_row_that_ran_out_of_memory_is_shown_and_the_others_keep_their_ratios(plan_dir):
+    rows = [bench.Row("graphgpt graph", [2.0], 2**20, "arena_bytes", 4.5),
+            bench.Row("torch eager bf16", [], 0, "", float("nan"), failed="out of memory: CUDA out of memory"),
+            bench.Row("torch.compile bf16", [3.0], 2**20, "torch", 4.5)]
+    bench.summarize(rows, tokens_per_step=1000)
+    assert rows[0].derived["ms_per_step"] == 2.0 and rows[0].derived["vs_torch_eager"] is None
+    assert rows[1].derived["ms_per_step"] is None
+    table = bench.format_table(rows).splitlines()
+    assert table[2].split()[:4] == ["torch", "eager", "bf16", "out"] and "CUDA out of memory" in table[2]
+    args = bench.parse_args(["--plan", str(plan_dir)])
+    data = json.loads(json.dumps(bench.report(args, [], Plan(tiny_compiled().data, "t"), "GPU 0", {}, rows)))
+    assert [r.get("failed", "") for r in data["rows"]] == ["", "out of memory: CUDA out of memory", ""]
 
 
 def test_synthetic_batch_targets_are_the_next_tokens():

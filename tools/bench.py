@@ -34,7 +34,7 @@ from graphgpt import schedule  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.fsutil import atomic_write_text  # noqa: E402
-from graphgpt.runtime import cuda_available, make_backend  # noqa: E402
+from graphgpt.runtime import ArenaTooLarge, cuda_available, make_backend  # noqa: E402
 from graphgpt.train import init_params, program_inputs  # noqa: E402
 from tools import llmc  # noqa: E402
 
@@ -56,6 +56,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="time PyTorch too (default: when torch is importable)")
     p.add_argument("--eager-only", action="store_true",
                    help="of the PyTorch rows, only eager (torch.compile's compilation takes minutes on large models)")
+    p.add_argument("--compiled-only", action="store_true",
+                   help="of the PyTorch rows, only torch.compile (eager holds every activation: on large models it "
+                        "runs out of memory first)")
     p.add_argument("--optimizer", choices=("exact", "torch"), default="exact",
                    help="torch rows' optimizer: graphgpt's Adam/AdamW formula or torch.optim.Adam/AdamW "
                         "(default: exact)")
@@ -70,6 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.warmup < MIN_WARMUP:
         raise UserError(f"--warmup must be at least {MIN_WARMUP} (the first steps load kernels, capture the "
                         f"CUDA graph and run torch.compile), got {args.warmup}")
+    if args.eager_only and args.compiled_only:
+        raise UserError("--eager-only and --compiled-only leave no PyTorch row between them; give one")
     if args.json is not None and args.json.is_dir():
         raise UserError(f"--json {args.json} is a directory; name a file")
     return args
@@ -236,6 +241,7 @@ class Row:
     memory_source: str
     final_loss: float
     derived: dict = field(default_factory=dict)
+    failed: str = ""         # why the row has no time (it ran out of memory)
 
 
 def summarize(rows: list[Row], tokens_per_step: int, flops_per_step: float = 0.0,
@@ -243,12 +249,16 @@ def summarize(rows: list[Row], tokens_per_step: int, flops_per_step: float = 0.0
     """Median ms/step, tokens/s, MFU (the step's GEMM FLOPs at the measured peak rate, when one is
     given) and the speed-up over torch eager (above 1: faster than eager)."""
     for r in rows:
+        if r.failed:
+            r.derived = {"ms_per_step": None, "tokens_per_s": None, "mfu": None, "vs_torch_eager": None}
+            continue
         r.derived = {"ms_per_step": statistics.median(r.ms)}
         r.derived["tokens_per_s"] = tokens_per_step / (r.derived["ms_per_step"] / 1e3)
         r.derived["mfu"] = flops_per_step / (r.derived["ms_per_step"] / 1e3) / peak_flops if peak_flops else None
-    eager = next((r for r in rows if r.name.startswith("torch eager")), None)
+    eager = next((r for r in rows if r.name.startswith("torch eager") and not r.failed), None)
     for r in rows:
-        r.derived["vs_torch_eager"] = eager.derived["ms_per_step"] / r.derived["ms_per_step"] if eager else None
+        if not r.failed:
+            r.derived["vs_torch_eager"] = eager.derived["ms_per_step"] / r.derived["ms_per_step"] if eager else None
     return rows
 
 
@@ -256,6 +266,9 @@ def format_table(rows: list[Row]) -> str:
     lines = [f"{'method':<20} {'ms/step':>9} {'tokens/s':>12} {'MFU':>6} {'vs eager':>9} {'peak MiB':>9} {'loss':>8}"]
     for r in rows:
         d = r.derived
+        if r.failed:
+            lines.append(f"{r.name:<20} {r.failed}")
+            continue
         ratio = f"{d['vs_torch_eager']:.2f}x" if d["vs_torch_eager"] is not None else "-"
         mfu = f"{d['mfu']:.1%}" if d.get("mfu") is not None else "-"
         lines.append(f"{r.name:<20} {d['ms_per_step']:>9.3f} {d['tokens_per_s']:>12,.0f} {mfu:>6} {ratio:>9} "
@@ -263,21 +276,24 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def methods(use_torch: bool, tf32: bool, eager_only: bool = False, bf16: bool = False) -> list[tuple[str, dict]]:
+def methods(use_torch: bool, tf32: bool, eager_only: bool = False, bf16: bool = False,
+            compiled_only: bool = False) -> list[tuple[str, dict]]:
     """(row name, runner arguments), in table order. A bf16 plan is timed against PyTorch under
     bf16 autocast, eager and compiled."""
     out = [("graphgpt graph", dict(kind="graphgpt", graph=True)),
            ("graphgpt no-graph", dict(kind="graphgpt", graph=False))]
-    if use_torch and bf16:
-        out += [("torch eager bf16", dict(kind="torch", compiled=False, precision="bf16"))]
-        if not eager_only:
-            out += [("torch.compile bf16", dict(kind="torch", compiled=True, precision="bf16"))]
-    elif use_torch:
+    if not use_torch:
+        return out
+    if bf16:
+        torch_rows = [("torch eager bf16", dict(kind="torch", compiled=False, precision="bf16")),
+                      ("torch.compile bf16", dict(kind="torch", compiled=True, precision="bf16"))]
+    else:
         precision = "tf32" if tf32 else "fp32"
-        out += [("torch eager", dict(kind="torch", compiled=False, precision=precision))]
-        if not eager_only:
-            out += [("torch.compile", dict(kind="torch", compiled=True, precision=precision)),
-                    ("torch.compile bf16", dict(kind="torch", compiled=True, precision="bf16"))]
+        torch_rows = [("torch eager", dict(kind="torch", compiled=False, precision=precision)),
+                      ("torch.compile", dict(kind="torch", compiled=True, precision=precision)),
+                      ("torch.compile bf16", dict(kind="torch", compiled=True, precision="bf16"))]
+    out += [(name, o) for name, o in torch_rows
+            if not (eager_only and o["compiled"]) and not (compiled_only and not o["compiled"])]
     return out
 
 
@@ -292,6 +308,27 @@ def run_method(plan, weights, batch, args, kind: str, **options) -> tuple[list[f
         return ms, runner.peak_bytes(), runner.memory_source, loss
     finally:
         runner.close()
+
+
+def out_of_memory_errors(use_torch: bool) -> tuple[type, ...]:
+    """What a row that does not fit the GPU raises: graphgpt's refusal of an arena larger than the
+    GPU (before it allocates), CuPy's and PyTorch's allocation failures."""
+    import cupy
+    errors: tuple[type, ...] = (ArenaTooLarge, cupy.cuda.memory.OutOfMemoryError)
+    if use_torch:
+        import torch
+        errors += (torch.cuda.OutOfMemoryError,)
+    return errors
+
+
+def free_cached_memory(use_torch: bool) -> None:
+    """Give back what the failed row's allocator holds, for the rows after it."""
+    import cupy
+    gc.collect()
+    cupy.get_default_memory_pool().free_all_blocks()
+    if use_torch:
+        import torch
+        torch.cuda.empty_cache()
 
 
 def peak_gemm_rate(plan, tf32: bool) -> float:
@@ -337,7 +374,8 @@ def report(args, argv: list[str], plan, device: str, versions: dict, rows: list[
         "steps": args.steps, "warmup": args.warmup, "repeat": args.repeat,
         "versions": versions,
         "rows": [{"name": r.name, **r.derived, "ms_per_step_blocks": r.ms, "peak_bytes": r.peak_bytes,
-                  "memory": r.memory_source, "final_loss": r.final_loss} for r in rows],
+                  "memory": r.memory_source, "final_loss": r.final_loss, **({"failed": r.failed} if r.failed else {})}
+                 for r in rows],
     }
 
 
@@ -374,9 +412,18 @@ def bench(args, argv: list[str]) -> int:
     print(f"  GEMM rate measured: {peak / 1e12:.1f} TFLOP/s ({precision(plan, args)}); "
           f"{flops / 1e9:.1f} GFLOP of GEMMs per step", flush=True)
     rows = []
-    for name, options in methods(use_torch, args.tf32, args.eager_only, plan.config.get("dtype") == "bf16"):
+    out_of_memory = out_of_memory_errors(use_torch)
+    for name, options in methods(use_torch, args.tf32, args.eager_only, plan.config.get("dtype") == "bf16",
+                                 args.compiled_only):
         print(f"  {name} ...", flush=True)
-        rows.append(Row(name, *run_method(plan, weights, batch, args, **options)))
+        try:
+            rows.append(Row(name, *run_method(plan, weights, batch, args, **options)))
+            continue
+        except out_of_memory as e:  # the other rows still run: the table says which did not fit
+            failed = f"out of memory: {str(e).splitlines()[0][:160]}"
+        rows.append(Row(name, [], 0, "", float("nan"), failed=failed))
+        print(f"  {name}: {failed}", flush=True)
+        free_cached_memory(use_torch)  # here, where the exception no longer holds the failed row's tensors
     if args.llmc is not None:
         print("  llm.c ...", flush=True)
         ms, peak_bytes, loss, _ = llmc.run(plan, args.llmc, args.steps * args.repeat, args.warmup)

@@ -15,11 +15,15 @@ def cuda_available() -> bool:
         return False
 
 
+class ArenaTooLarge(UserError):
+    """A plan whose arena is larger than the memory it would live in."""
+
+
 def check_arena_fits(nbytes: int, memory: int, where: str) -> None:
     """Refuse, before allocating it, an arena larger than the memory it would live in."""
     if nbytes > memory:
-        raise UserError(f"the plan's arena needs {nbytes / 2**30:,.2f} GiB, more than the {memory / 2**30:,.2f} GiB "
-                        f"of {where}: it cannot run here")
+        raise ArenaTooLarge(f"the plan's arena needs {nbytes / 2**30:,.2f} GiB, more than the "
+                            f"{memory / 2**30:,.2f} GiB of {where}: it cannot run here")
 
 
 def target_mismatch(target: dict, sms: int) -> str | None:
