@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import UserError
+from .families.shape.ops import contiguous_along
 from .ir import FLOAT, INT, Graph, GraphError, Value
-from .ops.shape import contiguous_along
 from .rope_scaling import rotary_scaling
 from .schedule import DROPOUT_COUNTER, DROPOUT_SEED
 

@@ -16,7 +16,7 @@ import numpy as np
 @dataclass(frozen=True)
 class DType:
     name: str       # the plan's and the graph's spelling
-    ctype: str      # the element type in the rendered CUDA C (bf16, f16: templates/common.cu.j2)
+    ctype: str      # the element type in the rendered CUDA C (bf16, f16: graphgpt/families/common.cu.j2)
     bytes: int
     cuda: int       # cudaDataType_t, for cuBLAS
     nccl: int       # ncclDataType_t

@@ -258,7 +258,7 @@ PROGRAM_IO = {"train": (("tokens", "targets"), ("loss", "grad_norm")),
               "generate": (("tokens",), ("logits", "next_token")),
               "decode": (("tokens", "position"), ("logits", "next_token"))}
 
-# The attributes each op's NumPy reference reads (numpy_ops/): the CUDA backend reads none, its
+# The attributes each op's NumPy reference reads: the CUDA backend reads none, its
 # kernels have them rendered in.
 BOOL, SIGNED = Bool(), Int(-2**31)
 NO_ATTRS = Obj({})

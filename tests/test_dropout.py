@@ -9,7 +9,7 @@ import pytest
 
 from graphgpt.compiler import compile_model
 from graphgpt.data import SequentialSampler
-from graphgpt.numpy_ops import keep_mask, philox4x32_10
+from graphgpt.families.dropout.reference import keep_mask, philox4x32_10
 from graphgpt.plan import Buffer, Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.schedule import DROPOUT_COUNTER, DROPOUT_SEED, dropout_scalars

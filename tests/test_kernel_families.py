@@ -1,15 +1,17 @@
-"""A kernel family lowers the ops that name it: each graphgpt/kernels/<family>.py compares and looks
-up only the names of ops whose registry entry has template == <family> (common.py and gemm.py,
-which are no template's, excepted). A family that tests for another family's op has taken over a
+"""A kernel family is a directory of its own, and lowers the ops that name it: each
+graphgpt/families/<family>/lowering.py compares and looks up only the names of ops whose registry
+entry has template == <family>. A family that tests for another family's op has taken over a
 decision that belongs to that op's entry."""
 import ast
 import re
+import subprocess
+import sys
 
-from graphgpt.kernels import NOT_FAMILIES
+import pytest
+
+from graphgpt.families import DIRECTORY, NAMES, PARTS
 from graphgpt.ops import REGISTRY
 from tests.conftest import ROOT
-
-KERNELS = ROOT / "graphgpt" / "kernels"
 
 
 def _is_op(e: ast.expr, bound: set[str]) -> bool:
@@ -67,15 +69,14 @@ def test_names_are_found():
 
 
 def test_each_family_names_only_its_own_ops():
-    families = sorted(p for p in KERNELS.glob("*.py") if p.stem not in NOT_FAMILIES and p.stem != "__init__")
-    assert families
+    assert NAMES
     foreign = {}
-    for path in families:
-        names = op_names(path.read_text())
+    for family in NAMES:
+        names = op_names((DIRECTORY / family / "lowering.py").read_text())
         unknown = names - set(REGISTRY)
-        assert not unknown, f"{path.name} names ops that are not registered: {sorted(unknown)}"
-        if others := sorted(n for n in names if REGISTRY[n].template != path.stem):
-            foreign[path.name] = {n: REGISTRY[n].template for n in others}
+        assert not unknown, f"{family}'s lowering names ops that are not registered: {sorted(unknown)}"
+        if others := sorted(n for n in names if REGISTRY[n].template != family):
+            foreign[family] = {n: REGISTRY[n].template for n in others}
     assert not foreign, f"a family names ops of other families (op: its template): {foreign}"
 
 
@@ -85,7 +86,9 @@ THREAD_LITERALS = re.compile(r"__launch_bounds__\(\s*\d|blockIdx\.[xyz]\)?\s*\*\
 
 
 def test_templates_take_thread_counts_from_their_family():
-    found = [f"{p.name}:{i}: {line.strip()}" for p in sorted((ROOT / "templates").glob("*.cu.j2"))
+    templates = sorted(DIRECTORY.glob("**/*.cu.j2"))
+    assert len(templates) == len(NAMES) + 1  # and common.cu.j2
+    found = [f"{p.name}:{i}: {line.strip()}" for p in templates
              for i, line in enumerate(p.read_text().splitlines(), 1) if THREAD_LITERALS.search(line)]
     assert not found, "thread counts belong in the family's parameters:\n" + "\n".join(found)
 
@@ -97,12 +100,32 @@ def test_the_thread_literal_pattern_finds_what_it_should():
         assert not THREAD_LITERALS.search(line), line
 
 
+def test_a_family_stands_in_one_directory():
+    """graphgpt/families/<family>/ holds its registry entries, their references, its lowering and its
+    template, and nothing else."""
+    for family in NAMES:
+        files = {p.name for p in (DIRECTORY / family).iterdir() if p.name != "__pycache__"}
+        assert files == {"__init__.py", *(f"{part}.py" for part in PARTS), f"{family}.cu.j2"}, (family, files)
+
+
 def test_a_familys_ops_are_registered_beside_it():
-    """ops/<family>.py registers the ops whose references numpy_ops/<family>.py holds,
-    kernels/<family>.py lowers and templates/<family>.cu.j2 renders: an op family is found under
-    one name. The chains the fusion pass makes (ops/fused.py) run in the families of their steps."""
+    """An op rendered by a family's template is registered by that family's ops.py and computed by its
+    reference.py. The chains the fusion pass makes (ops/fused.py) run in the families of their steps."""
+    rendered = {op.template for op in REGISTRY.values() if op.template}
+    assert rendered == set(NAMES), "a family no op names, or an op naming no family"
     for name, op in REGISTRY.items():
         if op.template:
-            assert op.module in (f"graphgpt.ops.{op.template}", "graphgpt.ops.fused"), (name, op.module)
-            assert op.ref.__module__ == f"graphgpt.numpy_ops.{op.template}", (name, op.ref.__module__)
-            assert (KERNELS / f"{op.template}.py").is_file() and (ROOT / "templates" / f"{op.template}.cu.j2").is_file()
+            family = f"graphgpt.families.{op.template}"
+            assert op.module in (f"{family}.ops", "graphgpt.ops.fused"), (name, op.module)
+            assert op.ref.__module__ == f"{family}.reference", (name, op.ref.__module__)
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_any_familys_module_can_be_the_first_one_imported(part):
+    """A family's module imports the registry or the reference table, and some import another
+    family's: in a fresh interpreter, each imports whole."""
+    procs = {family: subprocess.Popen([sys.executable, "-c", f"import graphgpt.families.{family}.{part}"], cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for family in NAMES}
+    errors = {family: proc.communicate(timeout=120)[1] for family, proc in procs.items()}
+    assert not {family: errors[family].strip().splitlines()[-1] for family, proc in procs.items() if proc.returncode}

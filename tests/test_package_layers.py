@@ -1,11 +1,15 @@
 """The compiler's layers import downwards only: the kernel families lower launches without the
-passes, and the passes rewrite graphs and plan memory without the code generator or the kernels."""
+passes, and the passes rewrite graphs and plan memory without the code generator or the lowerings."""
 import ast
+from fnmatch import fnmatch
 
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "graphgpt"
-FORBIDDEN = {"kernels": ("graphgpt.passes",), "passes": ("graphgpt.codegen", "graphgpt.kernels")}
+# a layer's files, and the modules they must not import
+LAYERS = {"lowering": ("kernels/*.py", "families/*/lowering.py"), "passes": ("passes/*.py",)}
+FORBIDDEN = {"lowering": ("graphgpt.passes*",),
+             "passes": ("graphgpt.codegen*", "graphgpt.kernels*", "graphgpt.families.*.lowering*")}
 
 
 def imported_modules(path) -> set[str]:
@@ -24,20 +28,24 @@ def imported_modules(path) -> set[str]:
 
 
 def crossings(layer: str) -> dict[str, list[str]]:
-    return {p.name: bad for p in sorted((PACKAGE / layer).glob("*.py"))
-            if (bad := sorted(m for m in imported_modules(p) if m.startswith(FORBIDDEN[layer])))}
+    files = sorted(p for pattern in LAYERS[layer] for p in PACKAGE.glob(pattern))
+    assert files
+    return {str(p.relative_to(PACKAGE)): bad for p in files
+            if (bad := sorted(m for m in imported_modules(p) if any(fnmatch(m, f) for f in FORBIDDEN[layer])))}
 
 
 def test_imports_are_resolved():
-    reduce = imported_modules(PACKAGE / "kernels" / "reduce.py")
-    assert {"graphgpt.plan", "graphgpt.kernels.common", "graphgpt.dtypes.nbytes"} <= reduce
+    reduce = imported_modules(PACKAGE / "families" / "reduce" / "lowering.py")
+    assert {"graphgpt.plan", "graphgpt.kernels.common", "graphgpt.dtypes.nbytes",
+            "graphgpt.families.elementwise.lowering"} <= reduce
     fuse = imported_modules(PACKAGE / "passes" / "fuse.py")
     assert "graphgpt.ops.REGISTRY" in fuse and "graphgpt.rewrite" in fuse
+    assert fnmatch("graphgpt.families.reduce.lowering.steps", FORBIDDEN["passes"][-1])
 
 
-def test_kernels_import_no_pass():
-    assert not crossings("kernels")
+def test_lowerings_import_no_pass():
+    assert not crossings("lowering")
 
 
-def test_passes_import_neither_codegen_nor_kernels():
+def test_passes_import_neither_codegen_nor_lowerings():
     assert not crossings("passes")

@@ -1,11 +1,11 @@
 """python tools/attention_check.py: the fused attention kernels checked and timed in one GPU run.
 
 For each shape, the three kernels (forward, query gradient, key/value gradient) are rendered from
-templates/attention.cu.j2 exactly as a plan renders them, run on fresh random inputs with their
-outputs poisoned (NaN) before each launch, and checked against the float64 NumPy references of
-graphgpt/numpy_ops/attention.py on two batch entries (norm-relative error: 1e-2 in bf16, 1e-5 in float32). Then
-each is timed with CUDA events (the median of `--repeat` launches after warm-up; the backward as
-its two kernels together and each alone), with PyTorch's
+graphgpt/families/attention/attention.cu.j2 exactly as a plan renders them, run on fresh random
+inputs with their outputs poisoned (NaN) before each launch, and checked against the float64 NumPy
+references of graphgpt/families/attention/reference.py on two batch entries (norm-relative error:
+1e-2 in bf16, 1e-5 in float32). Then each is timed with CUDA events (the median of `--repeat`
+launches after warm-up; the backward as its two kernels together and each alone), with PyTorch's
 scaled_dot_product_attention (causal, same shapes and type) forward and forward + backward timed
 in the same process when PyTorch is importable. FLOPs count the causal half: forward 4·B·H·T²·D/2,
 backward 2.5 times that (five T x T x D products to the forward's two). The last column is the
@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.dtypes import DTYPES  # noqa: E402
-from graphgpt.kernels import attention  # noqa: E402
+from graphgpt.families.attention import lowering as attention  # noqa: E402
 from graphgpt.numpy_ops import BY_OP  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
@@ -224,9 +224,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch's timings")
     p.add_argument("--tiling", action="append", type=tiling_arg, metavar="M,W,C[/M,W,C/M,W,C]",
                    help="run the tensor-core kernels with this tiling instead of the plan's "
-                        "(graphgpt/kernels/attention.py, mma_tiling): M 16-row m-tiles a warp, W warps, the other "
-                        "side's rows C at a time; one for all three kernels or forward/grad_q/grad_kv. Repeat to "
-                        "compare several; each shape runs once per tiling, PyTorch timed on the first")
+                        "(graphgpt/families/attention/lowering.py, mma_tiling): M 16-row m-tiles a warp, W warps, "
+                        "the other side's rows C at a time; one for all three kernels or forward/grad_q/grad_kv. "
+                        "Repeat to compare several; each shape runs once per tiling, PyTorch timed on the first")
     args = p.parse_args(argv)
     import cupy as cp
     torch = None

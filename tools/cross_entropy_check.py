@@ -1,7 +1,7 @@
 """python tools/cross_entropy_check.py: the fused loss kernel checked against the two it replaces, and timed.
 
 For each shape (rows x vocabulary), cross_entropy, cross_entropy_grad and cross_entropy_with_grad
-are rendered from templates/cross_entropy.cu.j2 as a plan renders them and run as a training plan
+are rendered from their template (graphgpt/families/cross_entropy/) as a plan renders them and run as a training plan
 runs them, the gradient written over the logits: the pair (the loss, then its gradient) and the
 fused kernel, each on a fresh copy of the same random logits with the loss poisoned (NaN) first.
 The fused kernel must give the pair's bits (loss and every gradient element); both are compared

@@ -1,6 +1,6 @@
 """python tools/embedding_grad_check.py: the embedding gradient kernel against float64, and timed, by how the ids fall.
 
-templates/embedding.cu.j2's embedding_grad gives each block a few table rows, and each block sums
+graphgpt/families/embedding/embedding.cu.j2's embedding_grad gives each block a few table rows, and each block sums
 the gradient rows of its own ids in order. Its time therefore depends on the ids: spread evenly,
 every block has a few rows to add; in text, a few frequent ids (and in a byte-pair vocabulary they
 have small numbers, so they share blocks) give one block most of the rows. For GPT-2 124M's shape
@@ -13,7 +13,7 @@ its ids once instead, passes/embedding_grads.py) and run on ids drawn three ways
 Each run's table is poisoned (NaN) first and checked against a float64 scatter-add on the GPU
 (norm-relative); then timed with CUDA events, median of `--repeat` runs after three of warm-up.
 `--variants` also renders the kernel with other shares of its shared memory and rows per block
-(kernels/embedding.py's SUM_FLOATS and MAX_BLOCK_ROWS), the plan's own first.
+(the family's lowering.py: SUM_FLOATS and MAX_BLOCK_ROWS), the plan's own first.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import statistics  # noqa: E402
 import numpy as np  # noqa: E402
 
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
-from graphgpt.kernels import embedding  # noqa: E402
+from graphgpt.families.embedding import lowering as embedding  # noqa: E402
 from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402

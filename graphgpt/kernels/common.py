@@ -1,7 +1,7 @@
 """What every kernel family's lowering shares: the Kernel record and the layout arithmetic.
 
-A family module (one per template in templates/) turns one launch of the plan into a Kernel: the
-template's parameters and the launch geometry. Every launch's shapes, attributes and operand
+A family's lowering (graphgpt/families/<family>/lowering.py) turns one launch of the plan into a
+Kernel: the template's parameters and the launch geometry. Every launch's shapes, attributes and operand
 offsets are known at compile time, so extents, strides and constants become literals.
 """
 from __future__ import annotations

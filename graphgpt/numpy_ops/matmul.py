@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..families.elementwise.reference import gelu, gelu_grad
 from .base import reference
-from .elementwise import gelu, gelu_grad
 
 
 @reference("matmul")

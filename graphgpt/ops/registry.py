@@ -12,7 +12,7 @@ An `Op` carries, in one place, everything the compiler and the backends need to 
                                       With several outputs, g and out are lists (g[k] is None where
                                       output k gets no gradient)
   nondiff                             why an op has no VJP (sources, backward-only, optimizer ops)
-  template                            the CUDA kernel family rendering it (templates/<template>.cu.j2);
+  template                            the CUDA kernel family rendering it (graphgpt/families/<template>/);
                                       None for sources and for matmul (cuBLAS)
   expr                                pointwise ops: the CUDA C float expression of one element, with
                                       the operands named a and b (or a function of the attrs giving it)
@@ -113,7 +113,7 @@ class RowNormaliser:
     rows as it stores them (an affine part), whose result is its last output; None for that op.
     `grad` names its backward op, grad(x, g, *statistics), and `fused_grad` the one that also
     scales g by a per-column weight as it loads it and adds its result to a residual gradient
-    as it stores it (attrs "scaled", "accumulate"; see ops/layernorm.py)."""
+    as it stores it (attrs "scaled", "accumulate"; see families/layernorm/ops.py)."""
     rows: int
     statistics: tuple[int, ...]
     with_epilogue: str | None = None
@@ -191,7 +191,7 @@ class Op:
     casts: bool = False
     adds: bool = False
     multiplies: bool = False
-    module: str = ""  # the module that registered it (set by `register`): a family's is ops/<template>.py
+    module: str = ""  # the module that registered it (set by `register`): families/<template>/ops.py for a family's
 
     def c_expr(self, attrs: dict) -> str | None:
         return self.expr(attrs) if callable(self.expr) else self.expr
@@ -212,7 +212,7 @@ def register(op: Op) -> Op:
     assert (op.vjp is None) != (op.nondiff is None), f"op {op.name}: give a vjp or say why not"
     assert (op.kind == "source") == (op.source is not None), f"op {op.name}: a source names its arena region"
     if op.kind != "source":
-        assert op.ref is None and op.name in BY_OP, f"op {op.name}: its reference belongs in graphgpt/numpy_ops/"
+        assert op.ref is None and op.name in BY_OP, f"op {op.name}: its family's reference.py computes it"
         op = replace(op, ref=BY_OP[op.name])
     op = replace(op, module=sys._getframe(1).f_globals["__name__"])  # where it is declared
     REGISTRY[op.name] = op

@@ -55,9 +55,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..families.shape.ops import contiguous_along
 from ..ir import TUPLE, Graph, Node
 from ..ops import REGISTRY
-from ..ops.shape import contiguous_along
 from ..rewrite import Rewrite, frozen_attrs, pinned, projection, remove_dead, substitute
 
 # Measured on an H200 (tools/gemm_epilogue_check.py): cuBLASLt's GELU-gradient epilogue adds 43 us
@@ -342,8 +342,8 @@ def _joined_programs(members: list[Node]) -> tuple[list[int], tuple, tuple[int, 
 
 def _normalize_grads(graph: Graph, users, needed: set[int], taken: set[int]) -> tuple[dict[int, Node], set[int]]:
     """A row normaliser's backward (LayerNorm's): grad(x, dy * gamma), added to the residual's
-    gradient, becomes one fused_grad (fused_normalize_grad, see ops/layernorm.py). Returns the new nodes
-    by the id they replace, and the ids they absorb."""
+    gradient, becomes one fused_grad (fused_normalize_grad, see families/layernorm/ops.py). Returns the
+    new nodes by the id they replace, and the ids they absorb."""
     fused_grad = {t.grad: t.fused_grad for t in (op.row_normaliser for op in REGISTRY.values()) if t and t.grad}
     rows, absorbed = {}, set()
     for n in (m for m in graph.nodes.values() if m.op in fused_grad):

@@ -48,10 +48,10 @@ import numpy as np
 
 from ..dtypes import DTYPES
 from ..errors import UserError
+from ..families.shape.ops import contiguous_along
 from ..ir import Graph, Node
 from ..ops import REGISTRY
 from ..ops.registry import PERSISTENT_REGIONS, prod
-from ..ops.shape import contiguous_along
 from ..plan import aligned
 
 CONST = "f32"  # scalar constants are stored as float32

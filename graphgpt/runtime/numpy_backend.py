@@ -1,4 +1,5 @@
-"""The NumPy backend: runs a plan launch by launch with each op's NumPy reference (graphgpt/numpy_ops/).
+"""The NumPy backend: runs a plan launch by launch with each op's NumPy reference (a family's
+reference.py, gathered in graphgpt/numpy_ops).
 
 It is the oracle every other backend is checked against. All tensors are views into one byte
 arena at the offsets the memory plan chose, so the plan's aliasing and in-place updates are

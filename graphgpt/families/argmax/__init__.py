@@ -1,0 +1,1 @@
+"""The greedy next token: a row's argmax."""

@@ -1,0 +1,1 @@
+"""Fused causal attention (flash attention 2, packed or grouped-query heads, dropout) and its backward."""

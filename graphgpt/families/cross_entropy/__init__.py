@@ -1,0 +1,1 @@
+"""The classifier's loss and its gradient, fused over chunks of the logits."""

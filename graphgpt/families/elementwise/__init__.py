@@ -1,0 +1,1 @@
+"""Pointwise arithmetic, casts and activations, and the fused chains of them."""

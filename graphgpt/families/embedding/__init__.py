@@ -1,0 +1,1 @@
+"""Embedding rows gathered by ids, and their gradient summed into the table."""

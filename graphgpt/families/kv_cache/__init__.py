@@ -1,0 +1,1 @@
+"""Decoding with key/value caches: the caches' update and attention over them."""

@@ -1,0 +1,1 @@
+"""The row normalisers (LayerNorm, RMSNorm), forward and backward, fused with their neighbours."""

@@ -1,0 +1,1 @@
+"""Sums over chosen axes, and many small column sums in one launch."""

@@ -1,0 +1,1 @@
+"""Rotary positions (RoPE) on queries and keys."""

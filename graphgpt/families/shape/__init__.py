@@ -1,0 +1,1 @@
+"""Data movement without arithmetic: copies, broadcasts, transposes, slices, pads, concat."""

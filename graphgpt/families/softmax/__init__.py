@@ -1,0 +1,1 @@
+"""The causal softmax of explicit attention scores and its backward."""
