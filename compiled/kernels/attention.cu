@@ -83,6 +83,8 @@ __device__ __forceinline__ float ex2(float x)
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
+// e^x = 2^(x LOG2E); ln(x) = log2(x) LN2
+constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
 
 // Attention dropout: probability (row, key) of head bh is element (bh T + row) T + key of a
 // (B, H, T, T) tensor, as the dropout op numbers it. Its keep factor: 1 / (1 - p) where word
@@ -106,7 +108,6 @@ __device__ __forceinline__ void keep_pair(const Dropout& d, unsigned long long e
     k0 = (high ? r.z : r.x) >= d.threshold ? d.scale : 0.0f;
     k1 = (high ? r.w : r.y) >= d.threshold ? d.scale : 0.0f;
 }
-constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
 __device__ __forceinline__ float ninf() { return __int_as_float(0xff800000); }
 // The four lanes of a quad (lane % 4) share a row: sums over them leave the same bits in each.
 __device__ __forceinline__ float quad_sum(float x)

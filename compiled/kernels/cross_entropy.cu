@@ -151,8 +151,9 @@ __device__ __forceinline__ float ex2(float x)
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
+// e^x = 2^(x LOG2E); ln(x) = log2(x) LN2
+constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
 
-constexpr float LOG2E = 1.4426950408889634f;
 // wait until at most n of this thread's groups of copies are in flight, n < N
 template <int N> __device__ __forceinline__ void cp_async_wait_pieces(int n)
 {
