@@ -58,7 +58,7 @@ template <int N> __device__ __forceinline__ Vec<N> splat(float x)
 }
 
 // Philox4x32-10 (Salmon et al., SC'11): four random words from a counter and a key, as
-// numpy_ops.philox4x32_10 computes them.
+// philox4x32_10 in families/dropout/reference.py computes them.
 __device__ __forceinline__ uint4 philox(uint4 c, uint2 k)
 {
 #pragma unroll

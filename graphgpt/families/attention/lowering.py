@@ -19,7 +19,7 @@ The forward and the query gradient own query rows (the last, with the most keys 
 the key/value gradient owns key rows and visits the queries at and after them. No kernel adds
 into memory another block writes: the backward is deterministic. With dropout every kernel draws
 the keep factor of each probability it uses from Philox, as the dropout op numbers a (B, H, T, T)
-tensor (numpy_ops.keep_mask).
+tensor (keep_mask in the dropout family's reference.py).
 """
 from __future__ import annotations
 

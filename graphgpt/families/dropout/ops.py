@@ -7,7 +7,7 @@ from ...ops.registry import Op, Spec, float_spec, register, require
 # ---- dropout: elements dropped with probability p, the rest scaled by 1 / (1 - p) ------------
 # The mask is a function of the element's index, the dropout site (attrs["site"], numbered in the
 # model) and two int32 program inputs, the run's seed and a counter of micro-batches (Philox4x32-10,
-# numpy_ops.keep_mask): nothing is stored, and the backward draws the same mask again, so the
+# reference.keep_mask): nothing is stored, and the backward draws the same mask again, so the
 # gradient is the same op applied to the incoming gradient.
 def scalar_i32(*xs: Spec) -> None:
     for x in xs:
