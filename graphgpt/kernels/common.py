@@ -1,8 +1,8 @@
 """What every kernel family's lowering shares: the Kernel record and the layout arithmetic.
 
 A family's lowering (graphgpt/families/<family>/lowering.py) turns one launch of the plan into a
-Kernel: the template's parameters and the launch geometry. Every launch's shapes, attributes and operand
-offsets are known at compile time, so extents, strides and constants become literals.
+Kernel: the template's parameters and the launch geometry. Every launch's shapes, attributes and
+operand offsets are known at compile time, so extents, strides and constants become literals.
 """
 from __future__ import annotations
 

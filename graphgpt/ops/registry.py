@@ -191,7 +191,7 @@ class Op:
     casts: bool = False
     adds: bool = False
     multiplies: bool = False
-    module: str = ""  # the module that registered it (set by `register`): families/<template>/ops.py for a family's
+    module: str = ""  # the module that registered it (set by `register`): a family's ops.py
 
     def c_expr(self, attrs: dict) -> str | None:
         return self.expr(attrs) if callable(self.expr) else self.expr

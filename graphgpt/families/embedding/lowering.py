@@ -1,7 +1,7 @@
 """embedding (a gather of table rows), embedding_grad (a deterministic scatter-add without
 atomics), one_hot (the ids as a (rows, ids) matrix of zeros and ones), id_order (the ids' positions
 sorted by id, in one block) and embedding_grad_sorted (each table row summed from its run of that
-order), embedding.cu.j2.
+order): the kernels of embedding.cu.j2.
 """
 from __future__ import annotations
 
