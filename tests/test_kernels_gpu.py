@@ -186,7 +186,7 @@ def test_kernels_match_numpy_references(name):
     import cupy as cp
     data = plan_data(name)
     files = lower_plan(data, DEFAULT)
-    modules = {path: cp.RawModule(code=source, options=NVRTC_OPTIONS) for path, source in files.items()}
+    modules = {path: cp.RawModule(code=source, options=tuple(data["nvrtc_options"])) for path, source in files.items()}
     rng = np.random.default_rng(0)
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
         checks = [pool.submit(_compare, *_launch_twice(cp, modules, launch, rng)) for launch in _distinct_launches(data)]

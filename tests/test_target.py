@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from graphgpt.codegen import lower_plan
+from graphgpt.codegen import lower_plan, nvrtc_options
 from graphgpt.errors import UserError
 from graphgpt.plan import Buffer
-from graphgpt.runtime import target_mismatch
+from graphgpt.runtime import check_architecture, target_mismatch
 from graphgpt.target import DEFAULT, TARGETS, Target
 from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, sets
 from tests.test_kernels_compile import _attention, _launch, program_data
@@ -43,12 +43,13 @@ def test_a_split_reduction_fills_a_wave_of_its_targets_sms(name):
 
 
 def test_attention_asks_for_the_blocks_an_sm_of_its_target_must_hold():
-    """The seed's bf16 attention (16 x 6 heads of 256 rows): 384 blocks of 64 rows, three an SM of
-    132; 114 SMs would need four, more than MAX_RESIDENT, so no bound."""
+    """The seed's bf16 attention with dropout (16 x 6 heads of 256 rows), all three kernels on
+    mma.sync: 384 blocks of 64 rows, three an SM of 132; 114 SMs would need four, more than
+    MAX_RESIDENT, so no bound."""
     f = lambda shape: Buffer("bf16", 0, shape)  # noqa: E731
     bounds = {}
     for name in ("h200", "h100-pcie"):
-        plan = program_data(_attention(f, lambda shape: Buffer("f32", 0, shape), 16, 256, 6, 64))
+        plan = program_data(_attention(f, lambda shape: Buffer("f32", 0, shape), 16, 256, 6, 64, dropout=0.2))
         source = lower_plan(plan, TARGETS[name])["kernels/attention.cu"]
         bounds[name] = set(re.findall(r"__launch_bounds__\((\d+(?:, \d+)?)\)", source))
         assert all(launch.cuda.grid == (4, 96, 1) for launch in plan["programs"]["p"].launches)
@@ -62,6 +63,18 @@ def test_a_kernel_with_more_shared_memory_than_a_block_of_the_target_has_is_refu
     with pytest.raises(UserError, match=r"synthetic: its causal_attention kernel needs 16384 bytes of shared memory, "
                                         r"more than a block has on target small \(8192\)"):
         lower_plan(plan, small)
+
+
+def test_a_gpu_of_another_architecture_is_refused_in_one_line():
+    """A plan whose kernels use Hopper's own instructions (sm_90a) loads on compute capability 9.0
+    alone; one without them names no architecture and runs anywhere."""
+    hopper = nvrtc_options({"sm_90a"})
+    check_architecture(hopper, "90")
+    check_architecture(nvrtc_options(set()), "80")
+    with pytest.raises(UserError, match=r"^the plan's kernels use instructions that only sm_90a GPUs run, and this "
+                                        r"GPU is sm_80: run the plan on an sm_90a GPU, or compile a float32 plan "
+                                        r"for this one$"):
+        check_architecture(hopper, "80")
 
 
 def test_the_backend_says_so_in_one_line_when_the_gpus_sm_count_is_not_the_targets():

@@ -25,7 +25,7 @@ from unittest import mock  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
+from graphgpt.codegen import lower_plan  # noqa: E402
 from graphgpt.dtypes import DTYPES  # noqa: E402
 from graphgpt.families.attention import lowering as attention  # noqa: E402
 from graphgpt.numpy_ops import BY_OP  # noqa: E402
@@ -100,7 +100,7 @@ def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
     attrs = {"scale": 1.0 / np.sqrt(d), **({"dropout": dropout, "site": SITE} if dropout else {})}
     plan = {"programs": {"attention": Program(launches=tuple(launches(b, h, t, d, dtype, attrs)))}}
     files = lower_plan(plan, DEFAULT)
-    module = cp.RawModule(code=files["kernels/attention.cu"], options=NVRTC_OPTIONS)
+    module = cp.RawModule(code=files["kernels/attention.cu"], options=tuple(plan["nvrtc_options"]))
     rng = np.random.default_rng(0)
     shapes = {"qkv": (b, t, 3, h, d), "g": (b, t, h, d)}
     host = {n: rng.standard_normal(shape).astype(DTYPES[dtype].numpy).astype(np.float64) for n, shape in shapes.items()}
@@ -151,8 +151,11 @@ def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
           "bwd": time_ms(cp, lambda: (steps[1][0](), steps[2][0]()), repeat),
           "grad_q": time_ms(cp, steps[1][0], repeat), "grad_kv": time_ms(cp, steps[2][0], repeat)}
     flops = 4 * b * h * t * t * d / 2
-    kind = attention.variant(dtype, t, d)
-    tiling = "/".join(",".join(map(str, attention.mma_tiling(op, t, d, bool(dropout), b * h, DEFAULT))) for op in OPS) if kind == "mma" else ""
+    kinds = [attention.variant(dtype, t, d, op, bool(dropout)) for op in OPS]
+    kind = kinds[0] if kinds[0] == kinds[1] else f"{kinds[0]}/{kinds[1]}"
+    tiling = "/".join(",".join(map(str, attention.WGMMA_TILING[d] if v == "wgmma" else
+                                    attention.mma_tiling(op, t, d, bool(dropout), b * h, DEFAULT)))
+                      for op, v in zip(OPS, kinds) if v != "simt")
     row = {"shape": label, "B": b, "H": h, "T": t, "D": d, "dtype": dtype, "dropout": dropout, "variant": kind, "tiling": tiling,
            "errors": errors, "ok": deterministic and all(e <= TOLERANCE[dtype] for e in errors.values()),
            "deterministic": deterministic, "ms": ms, "spill": max(local_bytes.values()),
@@ -217,6 +220,35 @@ def tiled(by_op: dict | None):
     return mock.patch.object(attention, "mma_tiling", chosen)
 
 
+def forward_arg(text: str):
+    """'mma', or a Hopper forward's tiling G,N,B (warpgroups a block, keys a tile, blocks an SM)."""
+    if text == "mma":
+        return text
+    try:
+        g, n, blocks = (int(x) for x in text.split(","))
+    except ValueError:
+        g = 0
+    if g not in (1, 2, 3) or n not in (64, 128) or blocks not in (1, 2, 3):
+        raise argparse.ArgumentTypeError(f"{text!r}: want mma, or G,N,B: G 1 to 3 warpgroups, N 64 or 128 keys "
+                                         f"a tile, B 1 to 3 blocks an SM")
+    return g, n, blocks
+
+
+def forward(choice):
+    """The forward rendered as `choice` says (forward_arg) where the plan would take the Hopper
+    kernel: the tensor-core kernel of the mma variant, or the Hopper one with another tiling."""
+    if choice is None:
+        return contextlib.nullcontext()
+    if choice == "mma":
+        plan_variant = attention.variant
+
+        def chosen(dtype, t, d, op="causal_attention", dropout=False):
+            kind = plan_variant(dtype, t, d, op, dropout)
+            return "mma" if kind == "wgmma" else kind
+        return mock.patch.object(attention, "variant", chosen)
+    return mock.patch.dict(attention.WGMMA_TILING, {64: choice, 128: choice})
+
+
 def main(argv=None) -> int:
     p = ArgumentParser(prog="tools/attention_check.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=20, help="timed launches per kernel; the median is shown")
@@ -227,6 +259,10 @@ def main(argv=None) -> int:
                         "(graphgpt/families/attention/lowering.py, mma_tiling): M 16-row m-tiles a warp, W warps, "
                         "the other side's rows C at a time; one for all three kernels or forward/grad_q/grad_kv. "
                         "Repeat to compare several; each shape runs once per tiling, PyTorch timed on the first")
+    p.add_argument("--forward", action="append", type=forward_arg, metavar="mma|G,N,B",
+                   help="the forward where the plan takes Hopper's warpgroup products (lowering.py, variant): "
+                        "mma for the mma.sync kernel, or the Hopper kernel with G warpgroups a block, N keys a "
+                        "tile and B blocks an SM. Repeat to compare several, as --tiling")
     args = p.parse_args(argv)
     import cupy as cp
     torch = None
@@ -238,14 +274,15 @@ def main(argv=None) -> int:
     rows = []
     for s in SHAPES:
         if not args.only or s[0] in args.only:
-            for n, by_op in enumerate(args.tiling or [None]):
-                with tiled(by_op):
+            runs = [(by_op, choice) for by_op in args.tiling or [None] for choice in args.forward or [None]]
+            for n, (by_op, choice) in enumerate(runs):
+                with tiled(by_op), forward(choice):
                     rows.append(check_shape(cp, *s, args.repeat, torch if n == 0 else None))
-    print(f"{'shape':9} {'B':>3} {'H':>3} {'T':>5} {'D':>4} {'type':5} {'drop':>4} {'kernel':5} {'tiling':20} {'max err':>8} ok  "
+    print(f"{'shape':9} {'B':>3} {'H':>3} {'T':>5} {'D':>4} {'type':5} {'drop':>4} {'kernel':9} {'tiling':20} {'max err':>8} ok  "
           f"{'fwd ms':>7} {'bwd ms':>7} {'dq ms':>7} {'dkv ms':>7} {'fwd TF/s':>8} {'bwd TF/s':>8} {'sdpa fwd':>8} {'sdpa bwd':>8} spill")
     for r in rows:
         t = r.get("torch_ms", {})
-        print(f"{r['shape']:9} {r['B']:3} {r['H']:3} {r['T']:5} {r['D']:4} {r['dtype']:5} {r['dropout']:4.2f} {r['variant']:5} {r['tiling']:20} "
+        print(f"{r['shape']:9} {r['B']:3} {r['H']:3} {r['T']:5} {r['D']:4} {r['dtype']:5} {r['dropout']:4.2f} {r['variant']:9} {r['tiling']:20} "
               f"{max(r['errors'].values()):8.1e} {'yes' if r['ok'] else 'NO '} {r['ms']['fwd']:7.3f} "
               f"{r['ms']['bwd']:7.3f} {r['ms']['grad_q']:7.3f} {r['ms']['grad_kv']:7.3f} {r['tflops']['fwd']:8.1f} "
               f"{r['tflops']['bwd']:8.1f} {t.get('fwd', float('nan')):8.3f} {t.get('bwd', float('nan')):8.3f} {r['spill']:5}")

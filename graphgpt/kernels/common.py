@@ -19,8 +19,6 @@ WARPS = THREADS // 32
 
 
 @dataclass
-
-
 class Kernel:
     """A launch's kernel before naming: template parameters and launch geometry."""
     stem: str                      # the name's readable part
@@ -29,6 +27,7 @@ class Kernel:
     block: tuple[int, int, int]
     args: list | None = None       # the kernel's buffers when not the launch's (out, *in)
     smem: int = 0                  # bytes of dynamic shared memory
+    arch: str | None = None        # the GPU architecture whose own instructions it uses (sm_90a), if any
 
 
 def contiguous_strides(shape) -> list[int]:

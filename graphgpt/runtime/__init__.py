@@ -26,6 +26,18 @@ def check_arena_fits(nbytes: int, memory: int, where: str) -> None:
                             f"{memory / 2**30:,.2f} GiB of {where}: it cannot run here")
 
 
+def check_architecture(nvrtc_options: list[str], capability: str) -> None:
+    """Refuse a GPU (compute capability `capability`: '90' for Hopper) whose architecture is not
+    the one whose own instructions the plan's kernels use (an NVRTC option naming it, such as
+    `--gpu-architecture=sm_90a` for Hopper's warpgroup products): they would not load."""
+    for option in nvrtc_options:
+        if option.startswith("--gpu-architecture="):
+            arch = option.split("=", 1)[1]
+            if arch.removeprefix("sm_").rstrip("a") != capability:
+                raise UserError(f"the plan's kernels use instructions that only {arch} GPUs run, and this GPU "
+                                f"is sm_{capability}: run the plan on an {arch} GPU, or compile a float32 plan for this one")
+
+
 def target_mismatch(target: dict, sms: int) -> str | None:
     """A line saying so when the GPU's `sms` streaming multiprocessors are not those the plan's
     kernels were sized for (the plan still runs: only its grids fill this GPU less evenly)."""

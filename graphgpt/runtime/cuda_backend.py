@@ -19,7 +19,7 @@ import numpy as np
 
 from ..dtypes import DTYPES, nbytes
 from ..plan import Buffer, GemmCall, Launch, Plan, Program
-from . import check_arena_fits, target_mismatch
+from . import check_architecture, check_arena_fits, target_mismatch
 from .cublas import WORKSPACE_BYTES, Cublas
 from .dist import SingleWorld
 from .weight_copies import WeightCopies
@@ -97,6 +97,7 @@ class CudaBackend(WeightCopies):
         cp.cuda.Device(self.world.rank % cp.cuda.runtime.getDeviceCount()).use()
         check_arena_fits(plan.data["arena"]["bytes"] + WORKSPACE_BYTES, cp.cuda.runtime.memGetInfo()[1],
                          f"GPU {cp.cuda.Device().id}'s memory")
+        check_architecture(plan.data["nvrtc_options"], cp.cuda.Device().compute_capability)
         mismatch = target_mismatch(plan.data["target"], cp.cuda.Device().attributes["MultiProcessorCount"])
         if mismatch and self.world.rank == 0:
             print(mismatch, file=sys.stderr, flush=True)

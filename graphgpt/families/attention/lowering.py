@@ -71,8 +71,27 @@ SIMT_THREADS = 4 * SIMT_ROWS
 PAD = 8                   # bf16 a shared-memory row is padded by: ldmatrix rows fall in distinct banks
 
 
-def variant(dtype: str, t: int, d: int) -> str:
-    return "mma" if dtype == "bf16" and d in MMA_HEAD_DIMS and t % TILE == 0 else "simt"
+# The forward's Hopper variant (wgmma, sm_90a), by head dim: (warpgroups a block, keys a tile,
+# blocks an SM). A warpgroup owns 64 queries; its output's accumulators (D / 2 registers a thread)
+# and one tile's scores (keys / 2) must fit beside each other without spilling, with the blocks an
+# SM asks for: ptxas's count is in docs/PERFORMANCE.md.
+WGMMA_TILING = {64: (2, 64, 2), 128: (2, 64, 1)}
+WGMMA_STAGES = 3  # key/value tiles in shared memory: one loading, one read by each of the two products
+
+
+def wgmma_rows(d: int) -> int:
+    """The queries a Hopper forward block owns at head dim d."""
+    return 64 * WGMMA_TILING[d][0]
+
+
+def variant(dtype: str, t: int, d: int, op: str = "causal_attention", dropout: bool = False) -> str:
+    """Which kernel serves op: 'wgmma' (the bf16 forward without dropout, where T holds whole
+    blocks), 'mma' (bf16 at head dims 64 and 128, T a multiple of the tile) or 'simt'."""
+    if dtype != "bf16" or d not in MMA_HEAD_DIMS or t % TILE:
+        return "simt"
+    if op == "causal_attention" and not dropout and d in WGMMA_TILING and t % wgmma_rows(d) == 0:
+        return "wgmma"
+    return "mma"
 
 
 def geometry(launch) -> tuple[int, int, int, int, int, bool]:
@@ -88,8 +107,8 @@ def geometry(launch) -> tuple[int, int, int, int, int, bool]:
 def lower(launch, target: Target) -> Kernel:
     b, t, h, hkv, d, packed = geometry(launch)
     grouped = launch.op == "causal_attention_grad_kv" and not packed  # a block per key/value head
-    heads, kind = b * (hkv if grouped else h), variant(launch.ins[0].dtype, t, d)
     attrs = launch.attrs
+    heads, kind = b * (hkv if grouped else h), variant(launch.ins[0].dtype, t, d, launch.op, "dropout" in attrs)
     # q's and k's and v's row strides, as the kernels' constants name them
     strides = {"q_stride": "3 * C", "kv_stride": "3 * C"} if packed else {"q_stride": "C", "kv_stride": "CKV"}
     params = {**types(launch), "op": launch.op, "t": t, "d": d, "h": h, "hkv": hkv, "packed": packed, **strides,
@@ -101,6 +120,12 @@ def lower(launch, target: Target) -> Kernel:
         smem = (2 * SIMT_ROWS * d + (2 * SIMT_ROWS if launch.op == "causal_attention_grad_kv" else 0)) * 4
         return Kernel(launch.op, {**params, "threads": SIMT_THREADS}, (cdiv(t, SIMT_ROWS), heads, 1),
                       (SIMT_THREADS, 1, 1), smem=smem)
+    if kind == "wgmma":  # the queries, and STAGES tiles of keys and of values; the swizzle's alignment
+        groups, keys, blocks = WGMMA_TILING[d]
+        own, bf16 = wgmma_rows(d), DTYPES["bf16"].bytes
+        smem = (own + 2 * WGMMA_STAGES * keys) * d * bf16 + 1024
+        return Kernel(launch.op, {**params, "groups": groups, "key_tile": keys, "stages": WGMMA_STAGES, "min_blocks": blocks},
+                      (t // own, heads, 1), (128 * groups, 1, 1), smem=smem, arch="sm_90a")
     m_tiles, warps, chunk = mma_tiling(launch.op, t, d, "dropout" in attrs, heads, target)
     own = 16 * m_tiles * warps
     row = (d + PAD) * DTYPES["bf16"].bytes
