@@ -10,6 +10,8 @@ scaled_dot_product_attention (causal, same shapes and type) forward and forward 
 in the same process when PyTorch is importable. FLOPs count the causal half: forward 4·B·H·T²·D/2,
 backward 2.5 times that (five T x T x D products to the forward's two). The last column is the
 largest stack frame of the three kernels in bytes: registers spilled to local memory.
+`--tiling` renders the mma.sync kernels with other tilings and `--forward` the forward with the
+mma.sync kernel or other Hopper tilings, to compare them in the same run.
 """
 from __future__ import annotations
 

@@ -6,7 +6,13 @@ q, k and v come packed as (B, T, 3, H, D), or apart as q (B, T, H, D) with k and
 rendered in as constants: the packed form is the case of one buffer, rows 3 H D apart, groups of
 one. A block owns one batch entry and head (grid y) and tiles of its T rows (grid x); the separate
 form's key/value gradient owns a key/value head's rows and visits its group's query heads in
-turn, summing their gradients in registers. Two variants:
+turn, summing their gradients in registers. Three variants:
+  wgmma -- the forward in bf16 without dropout on Hopper's warpgroup products (wgmma.mma_async,
+          sm_90a), flash-attention-3's overlap within a warpgroup: a block of warpgroups owns 64
+          queries each and walks the keys in tiles through WGMMA_STAGES stages of 128-byte-swizzled
+          shared memory (cp.async); a tile's scores are issued with the previous tile's product
+          with V, and its softmax runs while that product does. For head dims 64 and 128 and T a
+          multiple of the block's queries.
   mma  -- bf16 on tensor cores (mma.sync m16n8k16, float32 accumulators), flash-attention-2
           tiling: a block owns 64 or 128 rows, 16 or 32 a warp (mma_tiling), and walks the other
           side's TILE-row tiles through double-buffered shared memory (cp.async), a chunk of
