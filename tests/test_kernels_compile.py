@@ -337,10 +337,10 @@ def test_the_forward_runs_on_hoppers_warpgroup_products_where_its_blocks_fit(b, 
     assert ("--gpu-architecture=sm_90a" in plan["nvrtc_options"]) == hopper
     assert ("wgmma.mma_async" in source) == ("__device__ __forceinline__ void wgmma_ss64(" in source) == hopper
     if hopper:
-        groups, keys, blocks = attention.WGMMA_TILING[d]
+        groups, keys, stages, blocks = attention.WGMMA_TILING[d]
         assert forward.cuda.grid[:2] == (t // (64 * groups), b * h) and forward.cuda.block[0] == 128 * groups
         assert f"__launch_bounds__({128 * groups}, {blocks}) {forward.cuda.kernel}(" in source
-        assert forward.cuda.smem == (64 * groups + 2 * attention.WGMMA_STAGES * keys) * d * 2 + 1024
+        assert forward.cuda.smem == (64 * groups + 2 * stages * keys) * d * 2 + 1024
     assert all(launch.cuda.block[0] == 128 for launch in backward)
 
 

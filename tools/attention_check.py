@@ -223,17 +223,18 @@ def tiled(by_op: dict | None):
 
 
 def forward_arg(text: str):
-    """'mma', or a Hopper forward's tiling G,N,B (warpgroups a block, keys a tile, blocks an SM)."""
+    """'mma', or a Hopper forward's tiling G,N,S,B (warpgroups a block, keys a tile, stages, blocks
+    an SM)."""
     if text == "mma":
         return text
     try:
-        g, n, blocks = (int(x) for x in text.split(","))
+        g, n, stages, blocks = (int(x) for x in text.split(","))
     except ValueError:
         g = 0
-    if g not in (1, 2, 3) or n not in (64, 128) or blocks not in (1, 2, 3):
-        raise argparse.ArgumentTypeError(f"{text!r}: want mma, or G,N,B: G 1 to 3 warpgroups, N 64 or 128 keys "
-                                         f"a tile, B 1 to 3 blocks an SM")
-    return g, n, blocks
+    if g not in (1, 2, 3) or n not in (64, 128) or not 3 <= stages <= 6 or blocks not in (1, 2, 3):
+        raise argparse.ArgumentTypeError(f"{text!r}: want mma, or G,N,S,B: G 1 to 3 warpgroups, N 64 or 128 keys "
+                                         f"a tile, S 3 to 6 stages, B 1 to 3 blocks an SM")
+    return g, n, stages, blocks
 
 
 def forward(choice):
@@ -261,10 +262,10 @@ def main(argv=None) -> int:
                         "(graphgpt/families/attention/lowering.py, mma_tiling): M 16-row m-tiles a warp, W warps, "
                         "the other side's rows C at a time; one for all three kernels or forward/grad_q/grad_kv. "
                         "Repeat to compare several; each shape runs once per tiling, PyTorch timed on the first")
-    p.add_argument("--forward", action="append", type=forward_arg, metavar="mma|G,N,B",
+    p.add_argument("--forward", action="append", type=forward_arg, metavar="mma|G,N,S,B",
                    help="the forward where the plan takes Hopper's warpgroup products (lowering.py, variant): "
                         "mma for the mma.sync kernel, or the Hopper kernel with G warpgroups a block, N keys a "
-                        "tile and B blocks an SM. Repeat to compare several, as --tiling")
+                        "tile, S stages and B blocks an SM. Repeat to compare several, as --tiling")
     args = p.parse_args(argv)
     import cupy as cp
     torch = None

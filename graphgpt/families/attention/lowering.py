@@ -9,7 +9,7 @@ form's key/value gradient owns a key/value head's rows and visits its group's qu
 turn, summing their gradients in registers. Three variants:
   wgmma -- the forward in bf16 without dropout on Hopper's warpgroup products (wgmma.mma_async,
           sm_90a), flash-attention-3's overlap within a warpgroup: a block of warpgroups owns 64
-          queries each and walks the keys in tiles through WGMMA_STAGES stages of 128-byte-swizzled
+          queries each and walks the keys in tiles through stages (WGMMA_TILING) of 128-byte-swizzled
           shared memory (cp.async); a tile's scores are issued with the previous tile's product
           with V, and its softmax runs while that product does. For head dims 64 and 128 and T a
           multiple of the block's queries.
@@ -78,11 +78,11 @@ PAD = 8                   # bf16 a shared-memory row is padded by: ldmatrix rows
 
 
 # The forward's Hopper variant (wgmma, sm_90a), by head dim: (warpgroups a block, keys a tile,
-# blocks an SM). A warpgroup owns 64 queries; its output's accumulators (D / 2 registers a thread)
-# and one tile's scores (keys / 2) must fit beside each other without spilling, with the blocks an
-# SM asks for: ptxas's count is in docs/PERFORMANCE.md.
-WGMMA_TILING = {64: (2, 64, 2), 128: (2, 64, 1)}
-WGMMA_STAGES = 3  # key/value tiles in shared memory: one loading, one read by each of the two products
+# stages, blocks an SM). A warpgroup owns 64 queries; its output's accumulators (D / 2 registers a
+# thread) and one tile's scores (keys / 2) must fit beside each other without spilling, with the
+# blocks an SM asks for. Of the stages of key/value tiles in shared memory, two are read by the
+# two products in flight and the rest are loading. Measured in docs/PERFORMANCE.md.
+WGMMA_TILING = {64: (2, 64, 4, 2), 128: (2, 64, 4, 1)}
 
 
 def wgmma_rows(d: int) -> int:
@@ -127,10 +127,10 @@ def lower(launch, target: Target) -> Kernel:
         return Kernel(launch.op, {**params, "threads": SIMT_THREADS}, (cdiv(t, SIMT_ROWS), heads, 1),
                       (SIMT_THREADS, 1, 1), smem=smem)
     if kind == "wgmma":  # the queries, and STAGES tiles of keys and of values; the swizzle's alignment
-        groups, keys, blocks = WGMMA_TILING[d]
+        groups, keys, stages, blocks = WGMMA_TILING[d]
         own, bf16 = wgmma_rows(d), DTYPES["bf16"].bytes
-        smem = (own + 2 * WGMMA_STAGES * keys) * d * bf16 + 1024
-        return Kernel(launch.op, {**params, "groups": groups, "key_tile": keys, "stages": WGMMA_STAGES, "min_blocks": blocks},
+        smem = (own + 2 * stages * keys) * d * bf16 + 1024
+        return Kernel(launch.op, {**params, "groups": groups, "key_tile": keys, "stages": stages, "min_blocks": blocks},
                       (t // own, heads, 1), (128 * groups, 1, 1), smem=smem, arch="sm_90a")
     m_tiles, warps, chunk = mma_tiling(launch.op, t, d, "dropout" in attrs, heads, target)
     own = 16 * m_tiles * warps
