@@ -308,7 +308,7 @@ def test_kernel_names_are_unique_and_defined_once(lowered):
                                                   (16, 6, 256, 64, 0.0, 64), (2, 2, 1024, 64, 0.0, 64)],
                          ids=["124M", "T192", "dropout", "D128", "seed", "small-grid"])
 def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faster(b, h, t, d, dropout, rows):
-    """The mma.sync kernels (the backward's, and the forward's where Hopper's does not serve it):
+    """The mma.sync kernels (the key/value gradient's, and the others' where Hopper's do not serve them):
     head dim 64 without dropout, T a multiple of 128 and at least two such blocks per SM (264):
     blocks of 128 rows; else 64 (PERFORMANCE.md). The seed's 2 x 96 would be 192."""
     f = lambda shape: Buffer("bf16", 0, shape)  # noqa: E731
@@ -316,7 +316,7 @@ def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faste
     lower_plan(plan, DEFAULT)
     launches = plan["programs"]["p"].launches
     mma = [ln for ln in launches if attention.variant("bf16", t, d, ln.op, dropout > 0) == "mma"]
-    assert len(mma) == len(launches) - (dropout == 0 and t % 128 == 0)
+    assert len(mma) == len(launches) - 2 * (dropout == 0 and t % 128 == 0)
     for launch in mma:
         assert launch.cuda.grid[:2] == (t // rows, b * h) and launch.cuda.block[0] == 128, launch.op
 
@@ -325,23 +325,24 @@ def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faste
     (16, 12, 1024, 64, 0.0, None, True), (16, 6, 1024, 128, 0.0, None, True), (16, 12, 1024, 64, 0.0, 4, True),
     (16, 6, 256, 64, 0.0, None, True), (16, 12, 1024, 64, 0.1, None, False), (16, 12, 192, 64, 0.0, None, False)],
     ids=["124M", "D128", "grouped", "seed", "dropout", "T192"])
-def test_the_forward_runs_on_hoppers_warpgroup_products_where_its_blocks_fit(b, h, t, d, dropout, kv_heads, hopper):
+def test_the_forward_and_query_gradient_run_on_hoppers_warpgroup_products_where_their_blocks_fit(
+        b, h, t, d, dropout, kv_heads, hopper):
     """bf16 without dropout, T a multiple of a block's 128 queries (two warpgroups of 64): the
-    forward takes the wgmma kernel, the plan's NVRTC options name sm_90a and the file's prelude
-    has the helpers; the backward stays on mma.sync. Elsewhere nothing names sm_90a, so such a plan
-    runs on any GPU."""
+    forward and the query gradient take the wgmma kernels, the plan's NVRTC options name sm_90a and
+    the file's prelude has the helpers; the key/value gradient stays on mma.sync. Elsewhere nothing
+    names sm_90a, so such a plan runs on any GPU."""
     f = lambda shape: Buffer("bf16", 0, shape)  # noqa: E731
     plan = program_data(_attention(f, lambda shape: Buffer("f32", 0, shape), b, t, h, d, dropout, kv_heads))
     source = lower_plan(plan, DEFAULT)["kernels/attention.cu"]
-    forward, *backward = plan["programs"]["p"].launches
+    *queries, keys_values = plan["programs"]["p"].launches
     assert ("--gpu-architecture=sm_90a" in plan["nvrtc_options"]) == hopper
     assert ("wgmma.mma_async" in source) == ("__device__ __forceinline__ void wgmma_ss64(" in source) == hopper
-    if hopper:
-        groups, keys, stages, blocks = attention.WGMMA_TILING[d]
-        assert forward.cuda.grid[:2] == (t // (64 * groups), b * h) and forward.cuda.block[0] == 128 * groups
-        assert f"__launch_bounds__({128 * groups}, {blocks}) {forward.cuda.kernel}(" in source
-        assert forward.cuda.smem == (64 * groups + 2 * stages * keys) * d * 2 + 1024
-    assert all(launch.cuda.block[0] == 128 for launch in backward)
+    for launch, owned in zip(queries, (1, 2)) if hopper else ():  # the queries (and their output gradients)
+        groups, keys, stages, blocks = attention.WGMMA_TILING[launch.op][d]
+        assert launch.cuda.grid[:2] == (t // (64 * groups), b * h) and launch.cuda.block[0] == 128 * groups
+        assert f"__launch_bounds__({128 * groups}, {blocks}) {launch.cuda.kernel}(" in source
+        assert launch.cuda.smem == (owned * 64 * groups + 2 * stages * keys) * d * 2 + 1024
+    assert keys_values.cuda.block[0] == 128
 
 
 def test_lowering_is_deterministic():

@@ -155,7 +155,7 @@ def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
     flops = 4 * b * h * t * t * d / 2
     kinds = [attention.variant(dtype, t, d, op, bool(dropout)) for op in OPS]
     kind = kinds[0] if kinds[0] == kinds[1] else f"{kinds[0]}/{kinds[1]}"
-    tiling = "/".join(",".join(map(str, attention.WGMMA_TILING[d] if v == "wgmma" else
+    tiling = "/".join(",".join(map(str, attention.WGMMA_TILING[op][d] if v == "wgmma" else
                                     attention.mma_tiling(op, t, d, bool(dropout), b * h, DEFAULT)))
                       for op, v in zip(OPS, kinds) if v != "simt")
     row = {"shape": label, "B": b, "H": h, "T": t, "D": d, "dtype": dtype, "dropout": dropout, "variant": kind, "tiling": tiling,
@@ -223,16 +223,21 @@ def tiled(by_op: dict | None):
 
 
 def forward_arg(text: str):
-    """'mma', or a Hopper forward's tiling G,N,S,B (warpgroups a block, keys a tile, stages, blocks
-    an SM)."""
-    if text == "mma":
-        return text
+    """'mma', or a Hopper tiling (hopper_tiling)."""
+    try:
+        return text if text == "mma" else hopper_tiling(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("want G,N,S,B", "want mma or G,N,S,B")) from None
+
+
+def hopper_tiling(text: str) -> tuple[int, int, int, int]:
+    """A Hopper kernel's tiling G,N,S,B: warpgroups a block, keys a tile, stages, blocks an SM."""
     try:
         g, n, stages, blocks = (int(x) for x in text.split(","))
     except ValueError:
         g = 0
     if g not in (1, 2, 3) or n not in (64, 128) or not 3 <= stages <= 6 or blocks not in (1, 2, 3):
-        raise argparse.ArgumentTypeError(f"{text!r}: want mma, or G,N,S,B: G 1 to 3 warpgroups, N 64 or 128 keys "
+        raise argparse.ArgumentTypeError(f"{text!r}: want G,N,S,B: G 1 to 3 warpgroups, N 64 or 128 keys "
                                          f"a tile, S 3 to 6 stages, B 1 to 3 blocks an SM")
     return g, n, stages, blocks
 
@@ -247,9 +252,16 @@ def forward(choice):
 
         def chosen(dtype, t, d, op="causal_attention", dropout=False):
             kind = plan_variant(dtype, t, d, op, dropout)
-            return "mma" if kind == "wgmma" else kind
+            return "mma" if kind == "wgmma" and op == "causal_attention" else kind
         return mock.patch.object(attention, "variant", chosen)
-    return mock.patch.dict(attention.WGMMA_TILING, {64: choice, 128: choice})
+    return mock.patch.dict(attention.WGMMA_TILING["causal_attention"], {64: choice, 128: choice})
+
+
+def grad_q(choice):
+    """The query gradient's Hopper kernel with the tiling `choice` (G,N,S,B), or the plan's."""
+    if choice is None:
+        return contextlib.nullcontext()
+    return mock.patch.dict(attention.WGMMA_TILING["causal_attention_grad_q"], {64: choice, 128: choice})
 
 
 def main(argv=None) -> int:
@@ -266,6 +278,8 @@ def main(argv=None) -> int:
                    help="the forward where the plan takes Hopper's warpgroup products (lowering.py, variant): "
                         "mma for the mma.sync kernel, or the Hopper kernel with G warpgroups a block, N keys a "
                         "tile, S stages and B blocks an SM. Repeat to compare several, as --tiling")
+    p.add_argument("--grad-q", action="append", type=hopper_tiling, metavar="G,N,S,B",
+                   help="the query gradient's Hopper kernel with this tiling instead of the plan's; repeat to compare")
     args = p.parse_args(argv)
     import cupy as cp
     torch = None
@@ -277,9 +291,10 @@ def main(argv=None) -> int:
     rows = []
     for s in SHAPES:
         if not args.only or s[0] in args.only:
-            runs = [(by_op, choice) for by_op in args.tiling or [None] for choice in args.forward or [None]]
-            for n, (by_op, choice) in enumerate(runs):
-                with tiled(by_op), forward(choice):
+            runs = [(by_op, choice, dq) for by_op in args.tiling or [None] for choice in args.forward or [None]
+                    for dq in args.grad_q or [None]]
+            for n, (by_op, choice, dq) in enumerate(runs):
+                with tiled(by_op), forward(choice), grad_q(dq):
                     rows.append(check_shape(cp, *s, args.repeat, torch if n == 0 else None))
     print(f"{'shape':9} {'B':>3} {'H':>3} {'T':>5} {'D':>4} {'type':5} {'drop':>4} {'kernel':9} {'tiling':20} {'max err':>8} ok  "
           f"{'fwd ms':>7} {'bwd ms':>7} {'dq ms':>7} {'dkv ms':>7} {'fwd TF/s':>8} {'bwd TF/s':>8} {'sdpa fwd':>8} {'sdpa bwd':>8} spill")
