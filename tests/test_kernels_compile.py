@@ -315,33 +315,42 @@ def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faste
     plan = program_data(_attention(f, lambda shape: Buffer("f32", 0, shape), b, t, h, d, dropout))
     lower_plan(plan, DEFAULT)
     launches = plan["programs"]["p"].launches
-    mma = [ln for ln in launches if attention.variant("bf16", t, d, ln.op, dropout > 0) == "mma"]
-    assert len(mma) == len(launches) - 2 * (dropout == 0 and t % 128 == 0)
-    for launch in mma:
-        assert launch.cuda.grid[:2] == (t // rows, b * h) and launch.cuda.block[0] == 128, launch.op
+    kinds = {launch.op: attention.variant("bf16", t, d, launch.op, dropout > 0) for launch in launches}
+    hopper = {op for op in attention.WGMMA_TILING if dropout == 0 and t % attention.wgmma_rows(op, d) == 0}
+    assert {op for op, kind in kinds.items() if kind == "wgmma"} == hopper
+    for launch in launches:
+        if kinds[launch.op] == "mma":
+            assert launch.cuda.grid[:2] == (t // rows, b * h) and launch.cuda.block[0] == 128, launch.op
+
+
+BOTH = {"causal_attention", "causal_attention_grad_q"}
 
 
 @pytest.mark.parametrize("b,h,t,d,dropout,kv_heads,hopper", [
-    (16, 12, 1024, 64, 0.0, None, True), (16, 6, 1024, 128, 0.0, None, True), (16, 12, 1024, 64, 0.0, 4, True),
-    (16, 6, 256, 64, 0.0, None, True), (16, 12, 1024, 64, 0.1, None, False), (16, 12, 192, 64, 0.0, None, False)],
-    ids=["124M", "D128", "grouped", "seed", "dropout", "T192"])
+    (16, 12, 1024, 64, 0.0, None, BOTH), (16, 6, 1024, 128, 0.0, None, BOTH), (16, 12, 1024, 64, 0.0, 4, BOTH),
+    (16, 6, 256, 64, 0.0, None, BOTH), (16, 12, 1024, 64, 0.1, None, set()),
+    (16, 12, 192, 64, 0.0, None, {"causal_attention_grad_q"}), (16, 6, 192, 128, 0.0, None, set())],
+    ids=["124M", "D128", "grouped", "seed", "dropout", "T192", "T192-D128"])
 def test_the_forward_and_query_gradient_run_on_hoppers_warpgroup_products_where_their_blocks_fit(
         b, h, t, d, dropout, kv_heads, hopper):
-    """bf16 without dropout, T a multiple of a block's 128 queries (two warpgroups of 64): the
-    forward and the query gradient take the wgmma kernels, the plan's NVRTC options name sm_90a and
-    the file's prelude has the helpers; the key/value gradient stays on mma.sync. Elsewhere nothing
-    names sm_90a, so such a plan runs on any GPU."""
+    """bf16 without dropout, T a multiple of a block's queries (64 a warpgroup: 128 for the forward,
+    and for the query gradient 64 at head dim 64, 128 at 128): those kernels take wgmma, the plan's
+    NVRTC options name sm_90a and the file's prelude has the helpers; the key/value gradient stays
+    on mma.sync. Elsewhere nothing names sm_90a, so such a plan runs on any GPU."""
     f = lambda shape: Buffer("bf16", 0, shape)  # noqa: E731
     plan = program_data(_attention(f, lambda shape: Buffer("f32", 0, shape), b, t, h, d, dropout, kv_heads))
     source = lower_plan(plan, DEFAULT)["kernels/attention.cu"]
     *queries, keys_values = plan["programs"]["p"].launches
-    assert ("--gpu-architecture=sm_90a" in plan["nvrtc_options"]) == hopper
-    assert ("wgmma.mma_async" in source) == ("__device__ __forceinline__ void wgmma_ss64(" in source) == hopper
-    for launch, owned in zip(queries, (1, 2)) if hopper else ():  # the queries (and their output gradients)
-        groups, keys, stages, blocks = attention.WGMMA_TILING[launch.op][d]
-        assert launch.cuda.grid[:2] == (t // (64 * groups), b * h) and launch.cuda.block[0] == 128 * groups
-        assert f"__launch_bounds__({128 * groups}, {blocks}) {launch.cuda.kernel}(" in source
-        assert launch.cuda.smem == (owned * 64 * groups + 2 * stages * keys) * d * 2 + 1024
+    assert ("--gpu-architecture=sm_90a" in plan["nvrtc_options"]) == bool(hopper)
+    assert ("wgmma.mma_async" in source) == ("__device__ __forceinline__ void wgmma_ss64(" in source) == bool(hopper)
+    for launch, owned in zip(queries, (1, 2)):  # the queries (and their output gradients)
+        if launch.op in hopper:
+            groups, keys, stages, blocks = attention.WGMMA_TILING[launch.op][d]
+            assert launch.cuda.grid[:2] == (t // (64 * groups), b * h) and launch.cuda.block[0] == 128 * groups
+            assert f"__launch_bounds__({128 * groups}, {blocks}) {launch.cuda.kernel}(" in source
+            assert launch.cuda.smem == (owned * 64 * groups + 2 * stages * keys) * d * 2 + 1024
+        else:
+            assert f"{launch.op} (Hopper" not in source
     assert keys_values.cuda.block[0] == 128
 
 

@@ -85,7 +85,7 @@ PAD = 8                   # bf16 a shared-memory row is padded by: ldmatrix rows
 # stages of key/value tiles in shared memory, two are read by the two products in flight and the
 # rest are loading. Measured in docs/PERFORMANCE.md.
 WGMMA_TILING = {"causal_attention": {64: (2, 64, 4, 2), 128: (2, 64, 4, 1)},
-                "causal_attention_grad_q": {64: (2, 64, 4, 1), 128: (2, 64, 4, 1)}}
+                "causal_attention_grad_q": {64: (1, 64, 4, 2), 128: (2, 64, 4, 1)}}
 
 
 def wgmma_rows(op: str, d: int) -> int:
