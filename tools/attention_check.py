@@ -10,8 +10,9 @@ scaled_dot_product_attention (causal, same shapes and type) forward and forward 
 in the same process when PyTorch is importable. FLOPs count the causal half: forward 4·B·H·T²·D/2,
 backward 2.5 times that (five T x T x D products to the forward's two). The last column is the
 largest stack frame of the three kernels in bytes: registers spilled to local memory.
-`--tiling` renders the mma.sync kernels with other tilings and `--forward` the forward with the
-mma.sync kernel or other Hopper tilings, to compare them in the same run.
+`--tiling` renders the mma.sync kernels with other tilings, `--forward` the forward with the
+mma.sync kernel or other Hopper tilings and `--grad-q` the query gradient with other Hopper tilings,
+to compare them in the same run; the kernel column names each kernel's variant where they differ.
 """
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ def check_shape(cp, label, b, h, t, d, dtype, dropout, repeat, torch) -> dict:
           "grad_q": time_ms(cp, steps[1][0], repeat), "grad_kv": time_ms(cp, steps[2][0], repeat)}
     flops = 4 * b * h * t * t * d / 2
     kinds = [attention.variant(dtype, t, d, op, bool(dropout)) for op in OPS]
-    kind = kinds[0] if kinds[0] == kinds[1] else f"{kinds[0]}/{kinds[1]}"
+    kind = kinds[0] if len(set(kinds)) == 1 else "/".join(kinds)
     tiling = "/".join(",".join(map(str, attention.WGMMA_TILING[op][d] if v == "wgmma" else
                                     attention.mma_tiling(op, t, d, bool(dropout), b * h, DEFAULT)))
                       for op, v in zip(OPS, kinds) if v != "simt")
@@ -254,14 +255,14 @@ def forward(choice):
             kind = plan_variant(dtype, t, d, op, dropout)
             return "mma" if kind == "wgmma" and op == "causal_attention" else kind
         return mock.patch.object(attention, "variant", chosen)
-    return mock.patch.dict(attention.WGMMA_TILING["causal_attention"], {64: choice, 128: choice})
+    return hopper_tiled("causal_attention", choice)
 
 
-def grad_q(choice):
-    """The query gradient's Hopper kernel with the tiling `choice` (G,N,S,B), or the plan's."""
+def hopper_tiled(op: str, choice):
+    """op's Hopper kernel with the tiling `choice` (G,N,S,B) at both head dims, or the plan's."""
     if choice is None:
         return contextlib.nullcontext()
-    return mock.patch.dict(attention.WGMMA_TILING["causal_attention_grad_q"], {64: choice, 128: choice})
+    return mock.patch.dict(attention.WGMMA_TILING[op], {64: choice, 128: choice})
 
 
 def main(argv=None) -> int:
@@ -294,7 +295,7 @@ def main(argv=None) -> int:
             runs = [(by_op, choice, dq) for by_op in args.tiling or [None] for choice in args.forward or [None]
                     for dq in args.grad_q or [None]]
             for n, (by_op, choice, dq) in enumerate(runs):
-                with tiled(by_op), forward(choice), grad_q(dq):
+                with tiled(by_op), forward(choice), hopper_tiled("causal_attention_grad_q", dq):
                     rows.append(check_shape(cp, *s, args.repeat, torch if n == 0 else None))
     print(f"{'shape':9} {'B':>3} {'H':>3} {'T':>5} {'D':>4} {'type':5} {'drop':>4} {'kernel':9} {'tiling':20} {'max err':>8} ok  "
           f"{'fwd ms':>7} {'bwd ms':>7} {'dq ms':>7} {'dkv ms':>7} {'fwd TF/s':>8} {'bwd TF/s':>8} {'sdpa fwd':>8} {'sdpa bwd':>8} spill")
