@@ -308,7 +308,7 @@ def test_kernel_names_are_unique_and_defined_once(lowered):
                                                   (16, 6, 256, 64, 0.0, 64), (2, 2, 1024, 64, 0.0, 64)],
                          ids=["124M", "T192", "dropout", "D128", "seed", "small-grid"])
 def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faster(b, h, t, d, dropout, rows):
-    """The mma.sync kernels (the key/value gradient's, and the others' where Hopper's do not serve them):
+    """The mma.sync kernels (where Hopper's do not serve them):
     head dim 64 without dropout, T a multiple of 128 and at least two such blocks per SM (264):
     blocks of 128 rows; else 64 (PERFORMANCE.md). The seed's 2 x 96 would be 192."""
     f = lambda shape: Buffer("bf16", 0, shape)  # noqa: E731
@@ -316,42 +316,45 @@ def test_tensor_core_attention_blocks_own_128_rows_where_that_was_measured_faste
     lower_plan(plan, DEFAULT)
     launches = plan["programs"]["p"].launches
     kinds = {launch.op: attention.variant("bf16", t, d, launch.op, dropout > 0) for launch in launches}
-    hopper = {op for op in attention.WGMMA_TILING if dropout == 0 and t % attention.wgmma_rows(op, d) == 0}
+    hopper = {op for op in attention.WGMMA_TILING if dropout == 0 and attention.wgmma_fits(op, t, d)}
     assert {op for op, kind in kinds.items() if kind == "wgmma"} == hopper
     for launch in launches:
         if kinds[launch.op] == "mma":
             assert launch.cuda.grid[:2] == (t // rows, b * h) and launch.cuda.block[0] == 128, launch.op
 
 
-BOTH = {"causal_attention", "causal_attention_grad_q"}
+ALL = {"causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv"}
 
 
 @pytest.mark.parametrize("b,h,t,d,dropout,kv_heads,hopper", [
-    (16, 12, 1024, 64, 0.0, None, BOTH), (16, 6, 1024, 128, 0.0, None, BOTH), (16, 12, 1024, 64, 0.0, 4, BOTH),
-    (16, 6, 256, 64, 0.0, None, BOTH), (16, 12, 1024, 64, 0.1, None, set()),
-    (16, 12, 192, 64, 0.0, None, {"causal_attention_grad_q"}), (16, 6, 192, 128, 0.0, None, set())],
+    (16, 12, 1024, 64, 0.0, None, ALL), (16, 6, 1024, 128, 0.0, None, ALL), (16, 12, 1024, 64, 0.0, 4, ALL),
+    (16, 6, 256, 64, 0.0, None, ALL), (16, 12, 1024, 64, 0.1, None, set()),
+    (16, 12, 192, 64, 0.0, None, ALL - {"causal_attention"}),
+    (16, 6, 192, 128, 0.0, None, {"causal_attention_grad_kv"})],
     ids=["124M", "D128", "grouped", "seed", "dropout", "T192", "T192-D128"])
-def test_the_forward_and_query_gradient_run_on_hoppers_warpgroup_products_where_their_blocks_fit(
+def test_attention_runs_on_hoppers_warpgroup_products_where_its_blocks_and_tiles_fit(
         b, h, t, d, dropout, kv_heads, hopper):
-    """bf16 without dropout, T a multiple of a block's queries (64 a warpgroup: 128 for the forward,
-    and for the query gradient 64 at head dim 64, 128 at 128): those kernels take wgmma, the plan's
-    NVRTC options name sm_90a and the file's prelude has the helpers; the key/value gradient stays
-    on mma.sync. Elsewhere nothing names sm_90a, so such a plan runs on any GPU."""
+    """bf16 without dropout, T a multiple of a block's rows (64 a warpgroup: 128 for the forward,
+    for the query gradient 64 at head dim 64 and 128 at 128, and 64 for the key/value gradient)
+    and of its tiles: those kernels take wgmma, the plan's NVRTC options name sm_90a and the
+    file's prelude has the helpers; the rest stay on mma.sync. Elsewhere nothing names sm_90a, so
+    such a plan runs on any GPU."""
     f = lambda shape: Buffer("bf16", 0, shape)  # noqa: E731
     plan = program_data(_attention(f, lambda shape: Buffer("f32", 0, shape), b, t, h, d, dropout, kv_heads))
     source = lower_plan(plan, DEFAULT)["kernels/attention.cu"]
-    *queries, keys_values = plan["programs"]["p"].launches
     assert ("--gpu-architecture=sm_90a" in plan["nvrtc_options"]) == bool(hopper)
     assert ("wgmma.mma_async" in source) == ("__device__ __forceinline__ void wgmma_ss64(" in source) == bool(hopper)
-    for launch, owned in zip(queries, (1, 2)):  # the queries (and their output gradients)
+    for launch in plan["programs"]["p"].launches:
         if launch.op in hopper:
-            groups, keys, stages, blocks = attention.WGMMA_TILING[launch.op][d]
-            assert launch.cuda.grid[:2] == (t // (64 * groups), b * h) and launch.cuda.block[0] == 128 * groups
+            groups, rows, stages, blocks = attention.WGMMA_TILING[launch.op][d]
+            heads = b * (kv_heads or h) if launch.op == "causal_attention_grad_kv" else b * h
+            assert launch.cuda.grid[:2] == (t // (64 * groups), heads) and launch.cuda.block[0] == 128 * groups
             assert f"__launch_bounds__({128 * groups}, {blocks}) {launch.cuda.kernel}(" in source
-            assert launch.cuda.smem == (owned * 64 * groups + 2 * stages * keys) * d * 2 + 1024
+            owned = 1 if launch.op == "causal_attention" else 2  # the owned rows' matrices: q; q and g; k and v
+            stats = 2 * stages * rows * 4 if launch.op == "causal_attention_grad_kv" else 0
+            assert launch.cuda.smem == (owned * 64 * groups + 2 * stages * rows) * d * 2 + stats + 1024
         else:
             assert f"{launch.op} (Hopper" not in source
-    assert keys_values.cuda.block[0] == 128
 
 
 def test_lowering_is_deterministic():

@@ -11,8 +11,8 @@ in the same process when PyTorch is importable. FLOPs count the causal half: for
 backward 2.5 times that (five T x T x D products to the forward's two). The last column is the
 largest stack frame of the three kernels in bytes: registers spilled to local memory.
 `--tiling` renders the mma.sync kernels with other tilings, `--forward` the forward with the
-mma.sync kernel or other Hopper tilings and `--grad-q` the query gradient with other Hopper tilings,
-to compare them in the same run; the kernel column names each kernel's variant where they differ.
+mma.sync kernel or other Hopper tilings, and `--grad-q` and `--grad-kv` the backward's kernels the
+same ways, to compare them in the same run; the kernel column names each kernel's variant where they differ.
 """
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def tiled(by_op: dict | None):
     return mock.patch.object(attention, "mma_tiling", chosen)
 
 
-def forward_arg(text: str):
+def kernel_arg(text: str):
     """'mma', or a Hopper tiling (hopper_tiling)."""
     try:
         return text if text == "mma" else hopper_tiling(text)
@@ -232,36 +232,29 @@ def forward_arg(text: str):
 
 
 def hopper_tiling(text: str) -> tuple[int, int, int, int]:
-    """A Hopper kernel's tiling G,N,S,B: warpgroups a block, keys a tile, stages, blocks an SM."""
+    """A Hopper kernel's tiling G,N,S,B: warpgroups a block, rows of the other side a tile, stages, blocks an SM."""
     try:
         g, n, stages, blocks = (int(x) for x in text.split(","))
     except ValueError:
         g = 0
-    if g not in (1, 2, 3) or n not in (64, 128) or not 3 <= stages <= 6 or blocks not in (1, 2, 3):
-        raise argparse.ArgumentTypeError(f"{text!r}: want G,N,S,B: G 1 to 3 warpgroups, N 64 or 128 keys "
+    if g not in (1, 2, 3) or n not in (32, 64, 128) or not 3 <= stages <= 6 or blocks not in (1, 2, 3):
+        raise argparse.ArgumentTypeError(f"{text!r}: want G,N,S,B: G 1 to 3 warpgroups, N 32, 64 or 128 rows "
                                          f"a tile, S 3 to 6 stages, B 1 to 3 blocks an SM")
     return g, n, stages, blocks
 
 
-def forward(choice):
-    """The forward rendered as `choice` says (forward_arg) where the plan would take the Hopper
-    kernel: the tensor-core kernel of the mma variant, or the Hopper one with another tiling."""
+def kernel_choice(op: str, choice):
+    """op rendered as `choice` says (kernel_arg) where the plan would take the Hopper kernel: the
+    tensor-core kernel of the mma variant, or the Hopper one with another tiling at both head dims."""
     if choice is None:
         return contextlib.nullcontext()
     if choice == "mma":
         plan_variant = attention.variant
 
-        def chosen(dtype, t, d, op="causal_attention", dropout=False):
-            kind = plan_variant(dtype, t, d, op, dropout)
-            return "mma" if kind == "wgmma" and op == "causal_attention" else kind
+        def chosen(dtype, t, d, which="causal_attention", dropout=False):
+            kind = plan_variant(dtype, t, d, which, dropout)
+            return "mma" if kind == "wgmma" and which == op else kind
         return mock.patch.object(attention, "variant", chosen)
-    return hopper_tiled("causal_attention", choice)
-
-
-def hopper_tiled(op: str, choice):
-    """op's Hopper kernel with the tiling `choice` (G,N,S,B) at both head dims, or the plan's."""
-    if choice is None:
-        return contextlib.nullcontext()
     return mock.patch.dict(attention.WGMMA_TILING[op], {64: choice, 128: choice})
 
 
@@ -275,12 +268,11 @@ def main(argv=None) -> int:
                         "(graphgpt/families/attention/lowering.py, mma_tiling): M 16-row m-tiles a warp, W warps, "
                         "the other side's rows C at a time; one for all three kernels or forward/grad_q/grad_kv. "
                         "Repeat to compare several; each shape runs once per tiling, PyTorch timed on the first")
-    p.add_argument("--forward", action="append", type=forward_arg, metavar="mma|G,N,S,B",
-                   help="the forward where the plan takes Hopper's warpgroup products (lowering.py, variant): "
-                        "mma for the mma.sync kernel, or the Hopper kernel with G warpgroups a block, N keys a "
-                        "tile, S stages and B blocks an SM. Repeat to compare several, as --tiling")
-    p.add_argument("--grad-q", action="append", type=hopper_tiling, metavar="G,N,S,B",
-                   help="the query gradient's Hopper kernel with this tiling instead of the plan's; repeat to compare")
+    for flag, op in (("--forward", "forward"), ("--grad-q", "query gradient"), ("--grad-kv", "key/value gradient")):
+        p.add_argument(flag, action="append", type=kernel_arg, metavar="mma|G,N,S,B",
+                       help=f"the {op} where the plan takes Hopper's warpgroup products (lowering.py, variant): mma for "
+                            "the mma.sync kernel, or the Hopper kernel with G warpgroups a block, N rows of the other "
+                            "side a tile, S stages and B blocks an SM. Repeat to compare several, as --tiling")
     args = p.parse_args(argv)
     import cupy as cp
     torch = None
@@ -292,10 +284,10 @@ def main(argv=None) -> int:
     rows = []
     for s in SHAPES:
         if not args.only or s[0] in args.only:
-            runs = [(by_op, choice, dq) for by_op in args.tiling or [None] for choice in args.forward or [None]
-                    for dq in args.grad_q or [None]]
-            for n, (by_op, choice, dq) in enumerate(runs):
-                with tiled(by_op), forward(choice), hopper_tiled("causal_attention_grad_q", dq):
+            runs = [(by_op, choice, dq, dkv) for by_op in args.tiling or [None] for choice in args.forward or [None]
+                    for dq in args.grad_q or [None] for dkv in args.grad_kv or [None]]
+            for n, (by_op, choice, dq, dkv) in enumerate(runs):
+                with tiled(by_op), kernel_choice(OPS[0], choice), kernel_choice(OPS[1], dq), kernel_choice(OPS[2], dkv):
                     rows.append(check_shape(cp, *s, args.repeat, torch if n == 0 else None))
     print(f"{'shape':9} {'B':>3} {'H':>3} {'T':>5} {'D':>4} {'type':5} {'drop':>4} {'kernel':9} {'tiling':20} {'max err':>8} ok  "
           f"{'fwd ms':>7} {'bwd ms':>7} {'dq ms':>7} {'dkv ms':>7} {'fwd TF/s':>8} {'bwd TF/s':>8} {'sdpa fwd':>8} {'sdpa bwd':>8} spill")

@@ -7,13 +7,14 @@ rendered in as constants: the packed form is the case of one buffer, rows 3 H D 
 one. A block owns one batch entry and head (grid y) and tiles of its T rows (grid x); the separate
 form's key/value gradient owns a key/value head's rows and visits its group's query heads in
 turn, summing their gradients in registers. Three variants:
-  wgmma -- the forward and the query gradient in bf16 without dropout on Hopper's warpgroup
-          products (wgmma.mma_async, sm_90a), flash-attention-3's overlap within a warpgroup: a
-          block of warpgroups owns 64 queries each and walks the keys in tiles through stages
-          (WGMMA_TILING) of 128-byte-swizzled shared memory (cp.async); a tile's scores are issued
-          with the previous tile's second product (with V, or the query gradient's with K), and
-          its probabilities are computed while that product runs. For head dims 64 and 128 and T
-          a multiple of the block's queries.
+  wgmma -- bf16 without dropout on Hopper's warpgroup products (wgmma.mma_async, sm_90a),
+          flash-attention-3's overlap within a warpgroup: a block of warpgroups owns 64 rows
+          each (queries; the key/value gradient's, keys and values) and walks the other side in
+          tiles through stages (WGMMA_TILING) of 128-byte-swizzled shared memory (cp.async); a
+          tile's scores are issued with the previous tile's products (the forward's with V, the
+          query gradient's with K, the key/value gradient's two with Q and G), and its
+          probabilities are computed while those run. For head dims 64 and 128 and T a multiple
+          of the block's rows and of the tiles.
   mma  -- bf16 on tensor cores (mma.sync m16n8k16, float32 accumulators), flash-attention-2
           tiling: a block owns 64 or 128 rows, 16 or 32 a warp (mma_tiling), and walks the other
           side's TILE-row tiles through double-buffered shared memory (cp.async), a chunk of
@@ -78,28 +79,33 @@ SIMT_THREADS = 4 * SIMT_ROWS
 PAD = 8                   # bf16 a shared-memory row is padded by: ldmatrix rows fall in distinct banks
 
 
-# The Hopper variant (wgmma, sm_90a) of the forward and the query gradient, by op and head dim:
-# (warpgroups a block, keys a tile, stages, blocks an SM). A warpgroup owns 64 queries; its
-# accumulators (D / 2 registers a thread) and one tile's scores (keys / 2; the query gradient also
+# The Hopper variant (wgmma, sm_90a), by op and head dim: (warpgroups a block, rows of the other
+# side a tile, stages, blocks an SM). A warpgroup owns 64 rows; its accumulators (D / 2 registers
+# a thread; the key/value gradient's two) and one tile's scores (rows / 2; the backward's also
 # g v^T's) must fit beside each other without spilling, with the blocks an SM asks for. Of the
-# stages of key/value tiles in shared memory, two are read by the two products in flight and the
-# rest are loading. Measured in docs/PERFORMANCE.md.
+# stages of tiles in shared memory, two are read by the products in flight and the rest are
+# loading. Measured in docs/PERFORMANCE.md.
 WGMMA_TILING = {"causal_attention": {64: (2, 64, 4, 2), 128: (2, 64, 4, 1)},
-                "causal_attention_grad_q": {64: (1, 64, 4, 2), 128: (2, 64, 4, 1)}}
+                "causal_attention_grad_q": {64: (1, 64, 4, 2), 128: (2, 64, 4, 1)},
+                "causal_attention_grad_kv": {64: (1, 64, 4, 2), 128: (1, 32, 4, 2)}}
 
 
 def wgmma_rows(op: str, d: int) -> int:
-    """The queries a Hopper block of op owns at head dim d."""
+    """The rows a Hopper block of op owns at head dim d."""
     return 64 * WGMMA_TILING[op][d][0]
 
 
+def wgmma_fits(op: str, t: int, d: int) -> bool:
+    """Whether T holds whole blocks and whole tiles of op's Hopper kernel at head dim d."""
+    return d in WGMMA_TILING.get(op, {}) and t % wgmma_rows(op, d) == 0 and t % WGMMA_TILING[op][d][1] == 0
+
+
 def variant(dtype: str, t: int, d: int, op: str = "causal_attention", dropout: bool = False) -> str:
-    """Which kernel serves op: 'wgmma' (the bf16 forward and query gradient without dropout,
-    where T holds whole blocks), 'mma' (bf16 at head dims 64 and 128, T a multiple of the tile) or
-    'simt'."""
+    """Which kernel serves op: 'wgmma' (bf16 without dropout, where T holds whole blocks and tiles),
+    'mma' (bf16 at head dims 64 and 128, T a multiple of the tile) or 'simt'."""
     if dtype != "bf16" or d not in MMA_HEAD_DIMS or t % TILE:
         return "simt"
-    if not dropout and d in WGMMA_TILING.get(op, {}) and t % wgmma_rows(op, d) == 0:
+    if not dropout and wgmma_fits(op, t, d):
         return "wgmma"
     return "mma"
 
@@ -130,12 +136,13 @@ def lower(launch, target: Target) -> Kernel:
         smem = (2 * SIMT_ROWS * d + (2 * SIMT_ROWS if launch.op == "causal_attention_grad_kv" else 0)) * 4
         return Kernel(launch.op, {**params, "threads": SIMT_THREADS}, (cdiv(t, SIMT_ROWS), heads, 1),
                       (SIMT_THREADS, 1, 1), smem=smem)
-    if kind == "wgmma":  # the queries (and their output gradients), stages of keys and of values; the swizzle's alignment
-        groups, keys, stages, blocks = WGMMA_TILING[launch.op][d]
+    if kind == "wgmma":  # the owned rows (and the backward's second matrix of them), stages of the other side's two; the swizzle's alignment
+        groups, rows, stages, blocks = WGMMA_TILING[launch.op][d]
         own, bf16 = wgmma_rows(launch.op, d), DTYPES["bf16"].bytes
         owned = 1 if launch.op == "causal_attention" else 2
-        smem = (owned * own + 2 * stages * keys) * d * bf16 + 1024
-        return Kernel(launch.op, {**params, "groups": groups, "key_tile": keys, "stages": stages, "min_blocks": blocks},
+        stats = 2 * stages * rows * 4 if launch.op == "causal_attention_grad_kv" else 0  # the query tiles' lse and delta
+        smem = (owned * own + 2 * stages * rows) * d * bf16 + stats + 1024
+        return Kernel(launch.op, {**params, "groups": groups, "tile_rows": rows, "stages": stages, "min_blocks": blocks},
                       (t // own, heads, 1), (128 * groups, 1, 1), smem=smem, arch="sm_90a")
     m_tiles, warps, chunk = mma_tiling(launch.op, t, d, "dropout" in attrs, heads, target)
     own = 16 * m_tiles * warps
