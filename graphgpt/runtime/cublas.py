@@ -4,13 +4,15 @@ CUDA graph.
 CuPy's own cuBLAS wrappers refuse to run while a stream is being captured. The same library
 called directly works, provided the handle has a workspace of its own (so cuBLAS allocates
 nothing during capture). We bind the libcublas that CuPy already loaded, so both share one copy,
-and the libcublasLt it loads with it. cuBLASLt runs the GEMMs with an epilogue (fused_matmul): its
-descriptors and algorithm are chosen once, when a plan is bound, so a step only calls
-cublasLtMatmul.
+and the libcublasLt it loads with it. cuBLASLt runs a plan's matrix products: their descriptors
+and algorithm are chosen once, when a plan is bound (among several candidates, by
+runtime/gemm_choice.py), so a step only calls cublasLtMatmul.
 """
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
+from typing import Callable
 
 from ..dtypes import DTYPES
 from ..plan import Buffer, Gemm
@@ -29,8 +31,26 @@ LT_DESC_AUX_POINTER, LT_DESC_AUX_LD, LT_DESC_AUX_DATA_TYPE, LT_DESC_BIAS_DATA_TY
 # the bias pointer the sums of op(A)'s rows / op(B)'s columns over k, a weight gradient's bias
 # gradient (measured by tools/gemm_epilogue_check.py, slower than the column sums plans run).
 LT_EPILOGUES = {"default": 1, "bias": 4, "gelu_aux": 160, "gelu_aux_bias": 164, "dgelu": 192, "bgrada": 256, "bgradb": 512}
+# What each epilogue writes besides D, by the roles of Trial.run's pointers
+LT_WRITES = {"gelu_aux": ("aux",), "gelu_aux_bias": ("aux",), "bgrada": ("bias",), "bgradb": ("bias",)}
 LT_LAYOUT_BATCH_COUNT, LT_LAYOUT_STRIDED_BATCH_OFFSET = 5, 6
 LT_PREF_MAX_WORKSPACE_BYTES = 1
+CANDIDATES = 8  # of cuBLASLt's heuristic answers, offered to a chooser
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A matmul's candidate algorithms, cuBLASLt's best guess first, to run on memory of a
+    chooser's own: run(i, **pointers) runs candidate i with device pointers by role, as keywords
+    (a, b and d; c, the residual, where the product adds one; bias and aux where its epilogue has
+    them), each addressing as much memory as `operands` gives for its role, (plan dtype, elements);
+    `written` names the roles it writes, and `key` is the same for matmuls that have the same
+    candidates."""
+    count: int
+    operands: dict
+    written: tuple[str, ...]
+    key: tuple
+    run: Callable[..., None]
 
 
 class _HeuristicResult(ctypes.Structure):  # cublasLtMatmulHeuristicResult_t
@@ -80,10 +100,12 @@ class Cublas:
         self._check(status, "cublasGemmStridedBatchedEx")
 
     def lt_plan(self, g: Gemm, a: int, b: int, d: int, epilogue: str = "default", bias: tuple | None = None,
-                residual: int | None = None, aux: tuple | None = None):
-        """The cuBLASLt call for one fused_matmul on these device pointers: D = op(A) op(B) with
+                residual: int | None = None, aux: tuple | None = None,
+                choose: Callable[[Trial], int] | None = None):
+        """The cuBLASLt call for one matrix product on these device pointers: D = op(A) op(B) with
         `epilogue` (a key of LT_EPILOGUES), `bias` and `aux` as (pointer, plan dtype), [+ residual];
-        descriptors and algorithm chosen now. Returns run()."""
+        descriptors and algorithm chosen now: cuBLASLt's first heuristic answer, or the one that
+        `choose` picks from a Trial of the first CANDIDATES. Returns run()."""
         if self.lt is None:
             self.lt = _library("libcublasLt")
             self._check(self.lt.cublasLtCreate(ctypes.byref(self.lt_handle)), "cublasLtCreate")
@@ -104,13 +126,18 @@ class Cublas:
         set_attr(lt.cublasLtMatmulDescSetAttribute, desc, LT_DESC_TRANSB, ctypes.c_int32(g.transb))
         set_desc = lt.cublasLtMatmulDescSetAttribute
         set_attr(set_desc, desc, LT_DESC_EPILOGUE, ctypes.c_uint32(LT_EPILOGUES[epilogue]))
+
+        def point(bias_at: int | None, aux_at: int | None) -> None:  # the epilogue's vectors, in the descriptor
+            if bias_at is not None:
+                set_attr(set_desc, desc, LT_DESC_BIAS_POINTER, ctypes.c_void_p(bias_at))
+            if aux_at is not None:
+                set_attr(set_desc, desc, LT_DESC_AUX_POINTER, ctypes.c_void_p(aux_at))
         if bias is not None:  # before the heuristic, which looks at its alignment and type
-            set_attr(set_desc, desc, LT_DESC_BIAS_POINTER, ctypes.c_void_p(bias[0]))
             set_attr(set_desc, desc, LT_DESC_BIAS_DATA_TYPE, ctypes.c_int32(DTYPES[bias[1]].cuda))
         if aux is not None:  # the pre-activation, laid out as D
-            set_attr(set_desc, desc, LT_DESC_AUX_POINTER, ctypes.c_void_p(aux[0]))
             set_attr(set_desc, desc, LT_DESC_AUX_LD, ctypes.c_int64(g.ldc))
             set_attr(set_desc, desc, LT_DESC_AUX_DATA_TYPE, ctypes.c_int32(DTYPES[aux[1]].cuda))
+        point(bias and bias[0], aux and aux[0])
 
         def layout(operand: Buffer, rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
             lay = new("MatrixLayout", ctypes.c_int(DTYPES[operand.dtype].cuda), ctypes.c_uint64(rows),
@@ -128,17 +155,41 @@ class Cublas:
         pref = new("MatmulPreference")
         set_attr(lt.cublasLtMatmulPreferenceSetAttribute, pref, LT_PREF_MAX_WORKSPACE_BYTES,
                  ctypes.c_uint64(WORKSPACE_BYTES))
-        result, found = _HeuristicResult(), ctypes.c_int(0)
-        self._check(lt.cublasLtMatmulAlgoGetHeuristic(self.lt_handle, desc, a_lay, b_lay, c_lay, c_lay, pref, 1,
-                                                      ctypes.byref(result), ctypes.byref(found)),
+        results, found = (_HeuristicResult * (CANDIDATES if choose else 1))(), ctypes.c_int(0)
+        self._check(lt.cublasLtMatmulAlgoGetHeuristic(self.lt_handle, desc, a_lay, b_lay, c_lay, c_lay, pref, len(results),
+                                                      results, ctypes.byref(found)),
                     "cublasLtMatmulAlgoGetHeuristic")
         if found.value < 1:
             raise RuntimeError(f"cuBLASLt has no algorithm for a {m}x{n}x{k} GEMM with this epilogue")
         alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0 if residual is None else 1.0)
-        args = (self.lt_handle, desc, ctypes.byref(alpha), p(a), a_lay, p(b), b_lay, ctypes.byref(beta),
-                p(d if residual is None else residual), c_lay, p(d), c_lay, ctypes.byref(result.algo),
-                self.workspace, ctypes.c_size_t(WORKSPACE_BYTES), self.stream)
         matmul = lt.cublasLtMatmul
+
+        def call(i: int, a: int, b: int, c: int, d: int) -> tuple:  # cublasLtMatmul's arguments
+            return (self.lt_handle, desc, ctypes.byref(alpha), p(a), a_lay, p(b), b_lay, ctypes.byref(beta),
+                    p(c), c_lay, p(d), c_lay, ctypes.byref(results[i].algo),
+                    self.workspace, ctypes.c_size_t(WORKSPACE_BYTES), self.stream)
+        chosen = 0
+        if choose is not None and found.value > 1:
+            def trial(i: int, a: int, b: int, d: int, c: int | None = None, bias: int | None = None,
+                      aux: int | None = None) -> None:
+                point(bias, aux)
+                self._check(matmul(*call(i, a, b, d if c is None else c, d)), "cublasLtMatmul")
+
+            def extent(rows: int, cols: int, ld: int, stride: int) -> int:  # elements a column-major operand spans
+                return (cols - 1) * ld + rows + (g.batch - 1) * stride
+            d_extent = extent(m, n, g.ldc, g.stride_c)
+            operands = {"a": (g.a.dtype, extent(*((k, m) if g.transa else (m, k)), g.lda, g.stride_a)),
+                        "b": (g.b.dtype, extent(*((n, k) if g.transb else (k, n)), g.ldb, g.stride_b)),
+                        "d": (g.c.dtype, d_extent)}
+            operands |= {"c": (g.c.dtype, d_extent)} if residual is not None else {}
+            operands |= {"bias": (bias[1], m)} if bias is not None else {}
+            operands |= {"aux": (aux[1], d_extent)} if aux is not None else {}
+            shape = (g.transa, g.transb, m, n, k, g.lda, g.ldb, g.ldc, g.stride_a, g.stride_b, g.stride_c, g.batch)
+            key = (shape, g.a.dtype, g.b.dtype, g.c.dtype, epilogue, bias and bias[1], aux and aux[1], residual is None,
+                   tuple(bytes(r.algo) for r in results[:found.value]))
+            chosen = choose(Trial(found.value, operands, ("d", *LT_WRITES.get(epilogue, ())), key, trial))
+            point(bias and bias[0], aux and aux[0])
+        args = call(chosen, a, b, d if residual is None else residual, d)
 
         def run() -> None:
             self._check(matmul(*args), "cublasLtMatmul")

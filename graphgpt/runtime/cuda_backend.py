@@ -1,4 +1,5 @@
-"""The CUDA backend: the plan's rendered kernels through CuPy, its GEMMs through cuBLAS.
+"""The CUDA backend: the plan's rendered kernels through CuPy, its GEMMs through cuBLASLt (each
+product's algorithm chosen when the plan is bound, runtime/gemm_choice.py).
 
 One byte arena is allocated once; every launch reads and writes views of it at the plan's byte
 offsets, on one non-default stream; the launches a plan puts on its side stream (the gradient
@@ -22,6 +23,7 @@ from ..plan import Buffer, GemmCall, Launch, Plan, Program
 from . import check_architecture, check_arena_fits, target_mismatch
 from .cublas import WORKSPACE_BYTES, Cublas
 from .dist import SingleWorld
+from .gemm_choice import GemmChooser
 from .weight_copies import WeightCopies
 
 SLOTS = 2  # pinned buffers per input/output: one being filled while the other is in flight
@@ -114,6 +116,7 @@ class CudaBackend(WeightCopies):
         self.arena[start:start + size].set(host)
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.blas = Cublas(self.stream.ptr, self.workspace.data.ptr, tf32)
+        self.choose_gemm = GemmChooser(cp, self.stream)
         self.collective, self.side = None, None
         if self.world.size > 1 or self.world.force_collectives:
             # NCCL refuses two ranks on one GPU; those fall back to MPI through host memory,
@@ -128,6 +131,7 @@ class CudaBackend(WeightCopies):
         self._pinned = cupyx.empty_pinned
         self.programs = {name: self._bind(prog) for name, prog in plan.programs.items()}
         cp.cuda.Device().synchronize()
+        cp.get_default_memory_pool().free_all_blocks()  # the products' trials' scratch memory
 
     # ---- binding the plan ----------------------------------------------------------------------
     def view(self, buf: Buffer):
@@ -183,20 +187,16 @@ class CudaBackend(WeightCopies):
         if isinstance(cuda, GemmCall) and launch.stream:
             raise ValueError(f"the plan puts a cuBLAS call ({launch.op}) on stream {launch.stream}; "
                              f"this backend runs them on the main stream")
-        if isinstance(cuda, GemmCall) and cuda.epilogue:
+        if isinstance(cuda, GemmCall):
             g, epi = cuda.gemm, cuda.epilogue
 
             def typed(b):  # (pointer, dtype) of a plan buffer, or None
                 return None if b is None else (self._pointer(b), b.dtype)
-            run = self.blas.lt_plan(g, self._pointer(g.a), self._pointer(g.b), self._pointer(g.c), epi.kind,
-                                    bias=typed(epi.bias), aux=typed(epi.aux),
-                                    residual=None if epi.residual is None else self._pointer(epi.residual))
-        elif isinstance(cuda, GemmCall):
-            g = cuda.gemm
-            a, b, c = self._pointer(g.a), self._pointer(g.b), self._pointer(g.c)
-
-            def run():
-                self.blas.gemm(g, a, b, c)
+            run = self.blas.lt_plan(g, self._pointer(g.a), self._pointer(g.b), self._pointer(g.c),
+                                    epi.kind if epi else "default", bias=typed(epi and epi.bias),
+                                    aux=typed(epi and epi.aux),
+                                    residual=None if epi is None or epi.residual is None else self._pointer(epi.residual),
+                                    choose=self.choose_gemm)
         else:
             fn = self.modules[cuda.file].get_function(cuda.kernel)
             grid, block, smem = cuda.grid, cuda.block, cuda.smem
