@@ -224,22 +224,17 @@ def tiled(by_op: dict | None):
 
 
 def kernel_arg(text: str):
-    """'mma', or a Hopper tiling (hopper_tiling)."""
-    try:
-        return text if text == "mma" else hopper_tiling(text)
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(str(e).replace("want G,N,S,B", "want mma or G,N,S,B")) from None
-
-
-def hopper_tiling(text: str) -> tuple[int, int, int, int]:
-    """A Hopper kernel's tiling G,N,S,B: warpgroups a block, rows of the other side a tile, stages, blocks an SM."""
+    """'mma', or a Hopper kernel's tiling G,N,S,B: warpgroups a block, rows of the other side a
+    tile, stages, blocks an SM."""
+    if text == "mma":
+        return text
     try:
         g, n, stages, blocks = (int(x) for x in text.split(","))
     except ValueError:
         g = 0
     if g not in (1, 2, 3) or n not in (32, 64, 128) or not 3 <= stages <= 6 or blocks not in (1, 2, 3):
-        raise argparse.ArgumentTypeError(f"{text!r}: want G,N,S,B: G 1 to 3 warpgroups, N 32, 64 or 128 rows "
-                                         f"a tile, S 3 to 6 stages, B 1 to 3 blocks an SM")
+        raise argparse.ArgumentTypeError(f"{text!r}: want mma or G,N,S,B: G 1 to 3 warpgroups, N 32, 64 or 128 "
+                                         f"rows a tile, S 3 to 6 stages, B 1 to 3 blocks an SM")
     return g, n, stages, blocks
 
 
