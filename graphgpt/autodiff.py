@@ -16,7 +16,7 @@ from .ops import REGISTRY
 def grad(graph: Graph, loss: Value, wrt: list[int]) -> dict[int, Value]:
     """Add the gradient of scalar `loss` with respect to each node in `wrt`; return them by id."""
     assert loss.shape == (), "the loss must be a scalar"
-    on_path = _depends_on(graph, set(wrt))
+    on_path = graph.depends_on(set(wrt))  # the only nodes worth differentiating
     seed = graph.const(1.0)  # constants are float32: a loss of another type gets the seed in its own
     if loss.dtype != seed.dtype:
         seed = graph.add("cast", (seed,), dtype=loss.dtype)
@@ -52,11 +52,3 @@ def grad(graph: Graph, loss: Value, wrt: list[int]) -> dict[int, Value]:
         raise UserError(f"the loss does not depend on: {', '.join(missing)}")
     return {i: cotangent[i] for i in wrt}
 
-
-def _depends_on(graph: Graph, roots: set[int]) -> set[int]:
-    """Nodes whose value depends on any of `roots` (the only ones worth differentiating)."""
-    hit = set(roots)
-    for n in graph.nodes.values():
-        if any(i in hit for i in n.inputs):
-            hit.add(n.id)
-    return hit

@@ -48,7 +48,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("compiled"), help="plan directory (default: compiled/)")
     p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a CONFIG key, the compute type (dtype=f32|bf16), sample_batch, "
-                        "classifier_chunks (the training logits' chunks of the batch; 0: by their size) "
+                        "classifier_chunks (the training logits' chunks of the batch; 0: by their size), "
+                        "fp8 (the weights whose forward products train on E4M3 operands: name patterns, "
+                        "comma-separated, e.g. fp8=wte) "
                         "or an optimizer key (see below), e.g. --set n_layer=2 n_embd=128 (repeatable)")
     p.add_argument("--hf-config", type=Path, metavar="DIR",
                    help="the model's sizes from a Hugging Face directory's config.json: a GPT-2's for model.py, "

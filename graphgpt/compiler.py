@@ -35,6 +35,7 @@ from .ir import INT, Graph
 from .model_file import failure, load_model, settings, user_frame
 from .passes.chunk_classifier import chunk_classifier
 from .passes.embedding_grads import embedding_grads
+from .passes.fp8 import fp8_products
 from .passes.fuse import fuse, gelu_epilogues
 from .passes.memory import persistent_layout, plan_program
 from .passes.remat import AUTO, POLICIES, choose, rematerialize
@@ -115,6 +116,10 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
         # then the column sums that can run together, on the final graphs
         variants = {policy: group_sums(gelu_epilogues(g)) for policy, g in variants.items()}
         graphs = {name: g if name == backward else group_sums(gelu_epilogues(g)) for name, g in graphs.items()}
+    if model_cfg.get("fp8"):
+        variants = {policy: fp8_products(g, model_cfg["fp8"]) for policy, g in variants.items()}
+        scaled = sum(1 for n in variants["none"].nodes.values() if n.attr.get("fp8"))
+        log(f"  fp8        {scaled} forward products of the training step on E4M3 operands")
     layout = persistent_layout(*graphs.values())
     peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}
     chosen = (choose({policy: m.work_size for policy, m in peaks.items()}, room=device_bytes - layout.work_base)

@@ -4,6 +4,9 @@ runtime (arena views, cuBLAS, NCCL, host transfers) alike.
 A plan buffer is `[dtype, byte offset, shape]`: one byte-addressed arena holds every tensor, and
 the dtype says how its bytes read. Floats narrower than 32 bits are storage types only: kernels
 load them into float registers, compute in float and round once, to nearest even, on store.
+E4M3 (FP8: 4 exponent bits, 3 mantissa bits, no infinities, largest finite 448) holds only the
+operands of FP8 matrix products, written by the quantize kernels (passes/fp8.py); no other op reads
+or writes it, so it is not among FLOATS.
 """
 from __future__ import annotations
 
@@ -30,8 +33,11 @@ DTYPES = {d.name: d for d in (
     DType("f16", "f16", 2, 2, 6, np.dtype(np.float16), True),         # CUDA_R_16F, ncclFloat16
     DType("i32", "int", 4, 10, 2, np.dtype(np.int32), False),         # CUDA_R_32I, ncclInt32
     DType("u8", "unsigned char", 1, 8, 1, np.dtype(np.uint8), False),  # CUDA_R_8U, ncclUint8
+    DType("e4m3", "e4m3", 1, 28, 10, np.dtype(ml_dtypes.float8_e4m3fn), True),  # CUDA_R_8F_E4M3, ncclFloat8e4m3
 )}
-FLOATS = tuple(name for name, d in DTYPES.items() if d.is_float)
+FP8 = "e4m3"
+E4M3_MAX = 448.0  # its largest finite value
+FLOATS = tuple(name for name, d in DTYPES.items() if d.is_float and name != FP8)  # what ops compute and store in
 
 
 def numel(shape) -> int:

@@ -140,6 +140,14 @@ class Graph:
                 out[i].append(n.id)
         return out
 
+    def depends_on(self, roots: set[int]) -> set[int]:
+        """The nodes whose value depends on any of `roots` (the roots among them)."""
+        hit = set(roots)
+        for n in self.nodes.values():
+            if any(i in hit for i in n.inputs):
+                hit.add(n.id)
+        return hit
+
     def of_op(self, *ops: str) -> list[Node]:
         return [n for n in self.nodes.values() if n.op in ops]
 

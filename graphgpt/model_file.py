@@ -27,6 +27,9 @@ ATTENTION = ("fused", "softmax")
 # classifier_chunks: the training step's logits are computed this many chunks of the batch at a
 # time (passes/chunk_classifier.py; 0: as many as keep a chunk's logits within CHUNK_BYTES)
 MODEL_DEFAULTS = {"dtype": "f32", "sample_batch": 1, "classifier_chunks": 0}
+# settings a model has only where given: fp8, the weights (name patterns, comma-separated) whose
+# forward products the training step runs on E4M3 operands (passes/fp8.py)
+OPTIONAL = {"fp8": ""}
 
 
 def load_model(path: Path):
@@ -87,8 +90,8 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
 def settings(module, model_path: Path, overrides: list[str]) -> tuple[dict, dict]:
     """The model's CONFIG and the optimizer's DEFAULTS with --set applied, range-checked."""
     model_cfg, opt_cfg = {**MODEL_DEFAULTS, **module.CONFIG}, dict(optim.DEFAULTS)
-    chosen = parse_overrides(overrides, {**model_cfg, **opt_cfg})
-    model_cfg.update({k: v for k, v in chosen.items() if k in model_cfg})
+    chosen = parse_overrides(overrides, {**OPTIONAL, **model_cfg, **opt_cfg})
+    model_cfg.update({k: v for k, v in chosen.items() if k in model_cfg or k in OPTIONAL})
     opt_cfg.update({k: v for k, v in chosen.items() if k in opt_cfg})
     for key in ("batch_size", "block_size"):
         if key not in model_cfg:
@@ -146,6 +149,8 @@ def check_model_config(cfg: dict, origin=None) -> None:
         need("classifier_chunks", isinstance(cfg["classifier_chunks"], int) and cfg["classifier_chunks"] >= 0
              and cfg.get("batch_size", 1) % max(cfg["classifier_chunks"], 1) == 0,
              f"an integer >= 0 that divides batch_size {cfg.get('batch_size')} (0: chosen by the logits' size)")
+    if "fp8" in cfg:
+        need("fp8", isinstance(cfg["fp8"], str), "weight names (shell-style patterns), comma-separated")
     if "dropout" in cfg:
         need("dropout", isinstance(cfg["dropout"], (int, float)) and 0 <= cfg["dropout"] < 1, "a probability in [0, 1)")
     if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"] and not cfg.get("head_dim"):

@@ -181,17 +181,36 @@ class Epilogue:
 
 
 @dataclass(frozen=True)
+class Scales:
+    """An FP8 product's float32 scalars that undo its operands' scaling, in cuBLAS's names for the
+    operands: cuBLASLt multiplies the accumulator by both."""
+    a: Buffer
+    b: Buffer
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "Scales":
+        return cls(Buffer.from_json(raw["a"]), Buffer.from_json(raw["b"]))
+
+    def to_json(self) -> dict:
+        return _fields_json(self)
+
+
+@dataclass(frozen=True)
 class GemmCall:
-    """A matrix product's library call: a cuBLAS GEMM, or with an epilogue one cuBLASLt matmul."""
+    """A matrix product's cuBLASLt call: the GEMM, and what it adds as it writes (its epilogue) and
+    multiplies by (an FP8 product's scales)."""
     gemm: Gemm
     epilogue: Epilogue | None = None
+    scales: Scales | None = None
 
     @classmethod
     def from_json(cls, raw: dict) -> "GemmCall":
-        return cls(Gemm.from_json(raw["gemm"]), Epilogue.from_json(raw["epilogue"]) if "epilogue" in raw else None)
+        return cls(Gemm.from_json(raw["gemm"]), Epilogue.from_json(raw["epilogue"]) if "epilogue" in raw else None,
+                   Scales.from_json(raw["scales"]) if "scales" in raw else None)
 
     def to_json(self) -> dict:
-        return {"gemm": self.gemm.to_json(), **({"epilogue": self.epilogue.to_json()} if self.epilogue else {})}
+        return {"gemm": self.gemm.to_json(), **({"epilogue": self.epilogue.to_json()} if self.epilogue else {}),
+                **({"scales": self.scales.to_json()} if self.scales else {})}
 
 
 def _call_from_json(raw: dict) -> KernelCall | GemmCall:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .dtypes import DTYPES, nbytes
+from .dtypes import DTYPES, FP8, nbytes
 from .numpy_ops import BY_OP
 from .plan import Buffer as PlanBuffer  # the record; Buffer below is its schema
 from .runtime.cublas import LT_EPILOGUES
@@ -275,8 +275,9 @@ ATTRS = {
     # weight gradient (no bias gradient beside it), has one result and no list
     "fused_sum": Obj({"program": STEPS, "axes": List(Int()), "keepdims": BOOL}, {"results": List(SIGNED)}),
     "sum_group": Obj({"members": List(Tuple(Str(*BY_OP), PAIRS, Int(), what="a member [op, attributes, inputs]"))}),
-    "matmul": Obj({"ta": BOOL, "tb": BOOL}),
-    "fused_matmul": Obj({"ta": BOOL, "tb": BOOL, "bias": BOOL, "residual": BOOL}, {"gelu": BOOL, "gelu_grad": BOOL}),
+    "matmul": Obj({"ta": BOOL, "tb": BOOL}, {"fp8": BOOL, "dtype": Str(*DTYPES)}),
+    "fused_matmul": Obj({"ta": BOOL, "tb": BOOL, "bias": BOOL, "residual": BOOL},
+                        {"gelu": BOOL, "gelu_grad": BOOL, "fp8": BOOL, "dtype": Str(*DTYPES)}),
     "normalize": Obj({"eps": Num(positive=True)}), "rms_normalize": Obj({"eps": Num(positive=True)}),
     "fused_normalize": Obj({"eps": Num(positive=True), "program": STEPS}),
     "fused_rms_normalize": Obj({"eps": Num(positive=True), "program": STEPS}),
@@ -286,6 +287,7 @@ ATTRS = {
     "causal_attention": ATTENTION, "causal_attention_grad_q": ATTENTION, "causal_attention_grad_kv": ATTENTION,
     "dropout": Obj({"p": Num(0, 1, open_high=True), "site": Int()}),
     "argmax": Obj({"limit": SIZE}),
+    "quantize": Obj({"transpose": BOOL, "dtype": Str(FP8)}),
     "embedding_grad": Obj({"rows": SIZE}), "one_hot": Obj({"rows": SIZE}),
     "id_order": Obj({"rows": SIZE}), "embedding_grad_sorted": Obj({"rows": SIZE}),
     "reshape": Obj({"shape": List(Int())}), "broadcast_to": Obj({"shape": List(Int())}),
@@ -322,7 +324,8 @@ GEMM = Obj({"transa": FLAG, "transb": FLAG, "m": SIZE, "n": SIZE, "k": SIZE, "ba
             "stride_a": Int(), "stride_b": Int(), "stride_c": Int()})
 CUDA = Switch(lambda call: "gemm" if "gemm" in call else "kernel", {
     "gemm": Obj({"gemm": GEMM}, {"epilogue": Obj({"kind": Str(*LT_EPILOGUES), "bias": Nullable(BUFFER),
-                                                  "aux": Nullable(BUFFER), "residual": Nullable(BUFFER)})}),
+                                                  "aux": Nullable(BUFFER), "residual": Nullable(BUFFER)}),
+                                 "scales": Obj({"a": BUFFER, "b": BUFFER})}),
     "kernel": Obj({"kernel": Str(), "file": Str(), "grid": List(SIZE, 3), "block": List(SIZE, 3), "smem": Int(),
                    "args": List(BUFFER)}, checks=[_kernel_file_exists]),
 })

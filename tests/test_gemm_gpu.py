@@ -9,7 +9,7 @@ round differently, so the norm-relative error stays within 2^-10; a float32 outp
 import numpy as np
 import pytest
 
-from graphgpt.dtypes import DTYPES
+from graphgpt.dtypes import DTYPES, FP8
 from graphgpt.kernels.gemm import lower_matmul
 from graphgpt.ops import REGISTRY
 from graphgpt.ops.registry import Spec
@@ -72,8 +72,9 @@ def _run_lowered(launch: Launch, host: list, in_place: bool = False, choose=True
         typed = {k: None if epi is None or b is None else (ptr[id(b)], b.dtype)
                  for k, b in (("bias", epi and epi.bias), ("aux", epi and epi.aux))}
         residual = None if epi is None or epi.residual is None else ptr[id(epi.residual)]
+        scales = cuda.scales and (ptr[id(cuda.scales.a)], ptr[id(cuda.scales.b)])
         run = blas.lt_plan(g, ptr[id(g.a)], ptr[id(g.b)], ptr[id(g.c)], epi.kind if epi else "default",
-                           residual=residual, choose=GemmChooser(cp, stream) if choose else None, **typed)
+                           residual=residual, scales=scales, choose=GemmChooser(cp, stream) if choose else None, **typed)
         with stream:
             run()
         stream.synchronize()
@@ -184,3 +185,48 @@ def test_the_chosen_algorithm_gives_the_bits_of_cublasLts_first():
         blas.close()
     assert len(chooser.chosen) == 1  # cuBLASLt offered more than one algorithm, and they were tried
     assert not bool(cp.isnan(outs[0]).any()) and bool(cp.array_equal(outs[0], outs[1])), chooser.chosen
+
+
+# An FP8 product's float32 output: the tensor cores' FP8 accumulator keeps fewer bits than float32
+# does (7.7e-5 from float64 at k = 64 on an H100, where float32 operands give under 1e-5); a bf16
+# output's rounding hides it.
+FP8_RTOL = {"f32": 2.0**-12}
+SCALED_CASES = [  # (output dtype, epilogue attrs): the forward products passes/fp8.py makes
+    ("bf16", {}),                                     # a classifier's logits
+    ("f32", {}),
+    ("bf16", {"bias": True}),
+    ("bf16", {"residual": True}),                     # an attention projection adding the residual stream
+    ("bf16", {"bias": True, "residual": True}),
+    ("bf16", {"bias": True, "gelu": True}),           # GPT-2's first MLP product
+]
+
+
+@pytest.mark.parametrize("dtype,epilogue", SCALED_CASES,
+                         ids=lambda c: c if isinstance(c, str) else "+".join(c) or "plain")
+def test_fp8_products_match_numpy(dtype, epilogue):
+    """An FP8 product, x (4, 32, 64) against a (96, 64) weight, both E4M3 and read along k, its
+    accumulator multiplied by the two operands' factors: against the float64 product of the same
+    E4M3 values, every partial product exact, rounded once to the output's type."""
+    rng = np.random.default_rng(4)
+    x_shape, w_shape, out_shape = (4, 32, 64), (96, 64), (4, 32, 96)
+    attrs = {"ta": False, "tb": True, "fp8": True, "dtype": dtype}
+    shapes, types = [x_shape, w_shape, (), ()], [FP8, FP8, "f32", "f32"]
+    op = "matmul"
+    if epilogue:
+        op, attrs = "fused_matmul", {**attrs, "bias": False, "residual": False, **epilogue}
+        shapes += [(96,)] * attrs["bias"] + [out_shape] * attrs["residual"]
+        types += [dtype] * (attrs["bias"] + attrs["residual"])
+    offsets = np.cumsum([0] + [max(int(np.prod(s)), 1) * 4 for s in shapes] + [int(np.prod(out_shape)) * 4] * 2)
+    outs = [Buffer(dtype, int(offsets[-3]), out_shape), Buffer(dtype, int(offsets[-2]), out_shape)]
+    launch = Launch(op=op, kind="matmul", attrs=attrs,
+                    ins=tuple(Buffer(t, int(o), tuple(s)) for t, o, s in zip(types, offsets, shapes)),
+                    out=outs[0], outs=tuple(outs) if attrs.get("gelu") else None)
+    host = [(16 * rng.standard_normal(shapes[0])).astype(DTYPES[FP8].numpy),
+            (40 * rng.standard_normal(shapes[1])).astype(DTYPES[FP8].numpy),
+            np.array(2.0**-7, np.float32), np.array(2.0**-9, np.float32),
+            *(rng.standard_normal(s).astype(DTYPES[dtype].numpy) for s in shapes[4:])]
+    got = _run_lowered(launch, host)
+    ref = REGISTRY[op].ref(attrs, *(h.astype(np.float64) for h in host))
+    for g, r in zip(got, ref if attrs.get("gelu") else (ref,)):
+        err = _error(g, r, dtype)
+        assert err <= FP8_RTOL.get(dtype, RTOL[dtype]), f"relative error {err:.2e}"

@@ -11,7 +11,7 @@ import pytest
 
 from graphgpt.codegen import LIBRARY_KINDS, compile_cuda, lower_plan
 from graphgpt.compiler import compile_model
-from graphgpt.dtypes import DTYPES, nbytes
+from graphgpt.dtypes import DTYPES, FP8, nbytes
 from graphgpt.families import NAMES
 from graphgpt.families.attention import lowering as attention
 from graphgpt.ops import REGISTRY
@@ -172,6 +172,16 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("argmax", _f((3, 1000), 1), limit=999),
         _launch("argmax", _f((2, 5, 50304)), limit=50257),
         _launch("argmax", _f((4, 20)), limit=20),
+        # FP8 operands: abs_max in blocks whose last adds a second level, over a wave of blocks, and
+        # in one misaligned block; quantize as x lies (16-byte vectors, misaligned ones) and
+        # transposed (partial tiles, misaligned rows of x)
+        _launch("abs_max", _f((37, 1000))),
+        _launch("abs_max", _f((4096, 768))),
+        _launch("abs_max", _f((3, 5), 1)),
+        _launch("quantize", _f((4, 37, 24)), _f32(()), transpose=False, dtype=FP8),
+        _launch("quantize", _f((5, 7), 1), _f32(()), transpose=False, dtype=FP8),
+        _launch("quantize", _f((3, 80, 48)), _f32(()), transpose=True, dtype=FP8),
+        _launch("quantize", _f((32, 48), 1), _f32(()), transpose=True, dtype=FP8),
         *_decoding(_f, 3, 1, 4, 24, 37),  # odd length, a head dim no 16-byte access divides in bf16
         *_decoding(_f, 2, 3, 2, 64, 130),  # several new positions per step
         *_decoding(_f, 3, 1, 4, 24, 37, kv_heads=2),  # grouped-query caches

@@ -13,6 +13,8 @@ and float64 results fall on different sides of a rounding boundary, by one bf16 
 relative) on those few elements, so the norm-relative error stays far below 2^-8: within 2^-10.
 The fused attention's tensor-core kernels also round inside: the probabilities and score
 gradients become bf16 operands of the second product, as in flash attention, so theirs is 1e-2.
+An E4M3 output (quantize's) is the reference's bits: its power-of-two scale makes x 2^e exact in
+float32 and float64 alike, so both round the same value once.
 """
 import json
 import os
@@ -23,7 +25,7 @@ import numpy as np
 import pytest
 
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
-from graphgpt.dtypes import DTYPES
+from graphgpt.dtypes import DTYPES, FP8
 from graphgpt.numpy_ops import BY_OP
 from graphgpt.ops import REGISTRY
 from graphgpt.plan import Buffer, KernelCall, Launch
@@ -31,7 +33,7 @@ from graphgpt.target import DEFAULT
 from tests.test_kernels_compile import KERNEL_PLANS, _launch, plan_data, program_data
 
 pytestmark = pytest.mark.gpu
-RTOL = {"f32": 1e-5, "bf16": 2.0**-10}
+RTOL = {"f32": 1e-5, "bf16": 2.0**-10, FP8: 0.0}
 ROUNDS_INSIDE = {"bf16": 1e-2}  # kernels whose second product takes bf16 operands they computed
 ATTENTION = ("causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv")
 # a row normaliser, its backward and its fused backward -> the normaliser (LayerNorm's, RMSNorm's)
@@ -94,6 +96,8 @@ def _inputs(launch: Launch, rng) -> list[np.ndarray]:
     elif op == "argmax":  # equal maxima, whose first must win, and a NaN, which beats any number
         values[0] = np.round(2 * values[0]) / 2
         values[0].reshape(-1, values[0].shape[-1])[0, 7] = np.nan
+    elif op == "quantize":  # amax: x's abs_max, of x as its buffer holds it
+        values[1] = BY_OP["abs_max"]({}, values[0].astype(DTYPES[launch.ins[0].dtype].numpy).astype(np.float32))
     elif op in ATTENTION[1:]:  # the saved log-sum-exp (and delta) of these q, k, v and this g
         attrs = launch.attrs
         n = 1 if len(launch.ins[0].shape) == 5 else 3  # the packed qkv, or q, k and v
@@ -112,7 +116,7 @@ def _inputs(launch: Launch, rng) -> list[np.ndarray]:
 
 def _place(cp, buf):
     """A fresh array of its own for a plan buffer, starting `offset % 16` bytes past a 256-byte
-    boundary (bf16 as its 16 bits: CuPy has no bfloat16)."""
+    boundary (bf16 and E4M3 as their bits: CuPy has neither)."""
     from graphgpt.runtime.cuda_backend import device_dtype
     dtype, itemsize = device_dtype(buf.dtype), DTYPES[buf.dtype].bytes
     shift, n = buf.offset % 16 // itemsize, int(np.prod(buf.shape))
@@ -120,8 +124,8 @@ def _place(cp, buf):
 
 
 def _poison(array, dtype: str) -> None:
-    """NaN in a float output (bf16's as bits); -1, no index, in an int32 one."""
-    array.fill(-1 if dtype == "i32" else 0x7FC0 if dtype == "bf16" else np.nan)
+    """NaN in a float output (bf16's and E4M3's as bits); -1, no index, in an int32 one."""
+    array.fill(-1 if dtype == "i32" else 0x7FC0 if dtype == "bf16" else 0x7F if dtype == FP8 else np.nan)
 
 
 def _launch_twice(cp, modules: dict, launch: Launch, rng) -> tuple:
@@ -291,3 +295,44 @@ def test_sorted_embedding_gradient_on_adversarial_ids(n, rows, pattern):
     want = BY_OP["embedding_grad_sorted"]({"rows": rows}, want_order, g)
     assert want.dtype == np.float32
     assert cp.asnumpy(out).tobytes() == want.tobytes()
+
+
+QUANTIZED = {"normal": 3.0, "huge": 2.0**100, "small": 2.0**-118, "tiny": 2.0**-130, "zeros": 0.0, "nan": 1.0}
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+@pytest.mark.parametrize("shape,transpose,values", [
+    ((3, 1000, 24), False, "normal"), ((3, 1008, 48), True, "normal"), ((4096, 768), True, "huge"),
+    ((768, 3072), True, "tiny"), ((64, 3072), False, "small"), ((16, 7), False, "zeros"), ((7, 50), False, "nan"), ((64, 32), True, "nan")])
+def test_abs_max_and_quantize_give_the_references_bits(dtype, shape, transpose, values):
+    """abs_max, then quantize reading its result, as the fp8 pass chains them, over poisoned outputs
+    on fresh random x: the largest magnitude exactly (NaN where x holds one), the E4M3 copy the
+    reference's bytes and the factor its float32 bits. x standard normal times QUANTIZED[values]:
+    huge (a negative exponent), small (the exponent at its bound, some elements float32
+    subnormals: zeros of their signs), tiny (all subnormal: unscaled, zeros of their signs), zeros
+    (nothing to scale) or with one NaN (amax NaN: unscaled); the shapes leave partial tiles."""
+    import cupy as cp
+    from graphgpt.runtime.cuda_backend import device_dtype
+    x_buf = Buffer(dtype, 0, shape)
+    find = _launch("abs_max", x_buf)
+    data = program_data([find, _launch("quantize", x_buf, find.out, transpose=transpose, dtype=FP8)])
+    module = cp.RawModule(code=lower_plan(data, DEFAULT)["kernels/quantize.cu"], options=NVRTC_OPTIONS)
+    find, quantize = data["programs"]["p"].launches
+    rng = np.random.default_rng()
+    x = rng.standard_normal(shape, dtype=np.float32) * np.float32(QUANTIZED[values])
+    if values == "nan":
+        x.flat[rng.integers(x.size)] = np.nan
+    host = x.astype(DTYPES[dtype].numpy)
+    x_dev = cp.asarray(host.view(device_dtype(dtype)))
+    amax, factor = cp.full((), np.nan, np.float32), cp.full((), np.nan, np.float32)
+    q = cp.full(quantize.out.shape, 0x7F, np.uint8)  # E4M3's NaN
+    for launch, args in ((find, (amax, x_dev)), (quantize, (q, factor, x_dev, amax))):
+        cuda = launch.cuda
+        module.get_function(cuda.kernel)(tuple(cuda.grid), tuple(cuda.block), args)
+    want_amax = BY_OP["abs_max"]({}, host.astype(np.float32))
+    want_q, want_factor = BY_OP["quantize"](quantize.attrs, host.astype(np.float32), want_amax)
+    assert np.array_equal(cp.asnumpy(amax), want_amax, equal_nan=True), (float(amax), float(want_amax))
+    got_q = cp.asnumpy(q)
+    want_q = want_q.astype(DTYPES[FP8].numpy).view(np.uint8)
+    assert got_q.tobytes() == want_q.tobytes(), f"{np.sum(got_q != want_q)} of {got_q.size} bytes differ"
+    assert cp.asnumpy(factor).tobytes() == want_factor.tobytes(), (float(factor), float(want_factor))

@@ -82,8 +82,12 @@ def assert_same_state(a, b):
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), name
 
 
-@pytest.mark.parametrize("settings", [[], ["grad_accum=2"], ["grad_accum=2", "dropout=0.2"]],
-                         ids=["plain", "accumulating", "accumulating-dropout"])
+# bf16 with the classifier's and each layer's first MLP product in FP8 (passes/fp8.py)
+FP8 = ["dtype=bf16", "vocab_size=64", "fp8=lm_head.weight,h.*.mlp.c_fc.weight"]
+
+
+@pytest.mark.parametrize("settings", [[], ["grad_accum=2"], ["grad_accum=2", "dropout=0.2"], FP8],
+                         ids=["plain", "accumulating", "accumulating-dropout", "fp8"])
 def test_ten_resume_ten_equals_twenty(tmp_path, plan, corpus, settings):
     """With dropout too: the resumed run draws the masks the uninterrupted one drew."""
     if settings:
@@ -163,7 +167,7 @@ def _saving(save_dir) -> bool:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("settings", [[], ["grad_accum=3"], ["dropout=0.2"]], ids=["plain", "accumulating", "dropout"])
+@pytest.mark.parametrize("settings", [[], ["grad_accum=3"], ["dropout=0.2"], FP8], ids=["plain", "accumulating", "dropout", "fp8"])
 def test_ten_resume_ten_equals_twenty_on_cuda_with_the_graph(tmp_path, plan, corpus, settings):
     if settings:
         plan = compile_plan(tmp_path / "variant", corpus, *settings)

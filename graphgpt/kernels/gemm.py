@@ -3,14 +3,18 @@ to one cuBLASLt matmul with the same operands plus its epilogue: the bias vector
 cuBLAS row, which is our column), C = the residual, added with beta = 1, and GELU or its
 derivative with the pre-activation as cuBLASLt's aux matrix (laid out as the product).
 
+An FP8 product carries its operands' dequantisation factors, which cuBLASLt multiplies
+the accumulator by, in cuBLAS's names for the operands.
+
 cuBLAS is column-major; our buffers are row-major. A row-major (M, N) matrix is the same bytes as
 a column-major (N, M) one, so C = op(A) @ op(B) is computed as C^T = op(B)^T @ op(A)^T: the
 operands swap places and every leading dimension is the stored row length.
 """
 from __future__ import annotations
 
+from ..numpy_ops.matmul import SCALES
 from ..ops.registry import prod
-from ..plan import Epilogue, Gemm, GemmCall, Launch
+from ..plan import Epilogue, Gemm, GemmCall, Launch, Scales
 
 
 def lower_matmul(launch: Launch) -> GemmCall:
@@ -29,9 +33,13 @@ def lower_matmul(launch: Launch) -> GemmCall:
         c=launch.out, ldc=n, stride_c=m * n if batch > 1 else 0,
         batch=batch,
     )
-    if launch.op == "matmul":
-        return GemmCall(gemm)
     attrs, extra = launch.attrs, list(launch.ins[2:])
+    scales = None
+    if attrs.get("fp8"):  # our a's factor, then b's: cuBLAS's b, then its a
+        b_scale, a_scale = extra[:SCALES]
+        scales, extra = Scales(a_scale, b_scale), extra[SCALES:]
+    if launch.op == "matmul":
+        return GemmCall(gemm, scales=scales)
     bias = extra.pop(0) if attrs["bias"] else None
     if attrs.get("gelu"):  # GELU of the biased product into out, the biased product into aux
         kind, aux = ("gelu_aux_bias" if bias else "gelu_aux"), launch.outs[1]
@@ -41,4 +49,4 @@ def lower_matmul(launch: Launch) -> GemmCall:
         kind, aux = ("bias" if bias else "default"), None
     if aux is not None and (batch > 1 or n % 8):
         raise ValueError(f"a GELU epilogue needs one GEMM of a width that is a multiple of 8, not {batch} x {m}x{n}")
-    return GemmCall(gemm, Epilogue(kind, bias, aux, extra.pop(0) if attrs["residual"] else None))
+    return GemmCall(gemm, Epilogue(kind, bias, aux, extra.pop(0) if attrs["residual"] else None), scales)

@@ -6,9 +6,20 @@ import numpy as np
 from ..families.elementwise.reference import gelu, gelu_grad
 from .base import reference
 
+SCALES = 2  # an FP8 product's inputs after its operands: each operand's dequantisation factor
+
 
 @reference("matmul")
-def matmul(attrs, a, b):
+def matmul(attrs, a, b, *scales):
+    """An FP8 product's operands come as the values of their E4M3 elements: their product is
+    exact in float32, the sum rounds as a GEMM's accumulator does, and the two factors are powers
+    of two."""
+    if scales:
+        return _product(attrs, a, b) * (scales[0] * scales[1])
+    return _product(attrs, a, b)
+
+
+def _product(attrs, a, b):
     if attrs["tb"]:
         b = np.swapaxes(b, -1, -2)
     if b.ndim == 2 and a.ndim > 2:  # one large GEMM instead of a loop over the batch
@@ -21,7 +32,8 @@ def matmul(attrs, a, b):
 @reference("fused_matmul")
 def fused_matmul(attrs, a, b, *rest):
     """The epilogue on the unrounded product, as cuBLASLt applies it to its accumulator."""
-    out, rest = matmul(attrs, a, b), list(rest)
+    scales = SCALES if attrs.get("fp8") else 0
+    out, rest = matmul(attrs, a, b, *rest[:scales]), list(rest[scales:])
     if attrs["bias"]:
         out = out + rest.pop(0)
     if attrs.get("gelu"):

@@ -3,9 +3,16 @@
 matmul(a, b, ta, tb) = op(a) @ op(b) where op transposes the last two axes when its flag is set.
 `b` is either batched like `a` or a plain matrix shared by every batch entry (a weight); the
 flags let the backward use the operands in place instead of materialising transposes.
+
+With attrs["fp8"] the product is an FP8 one (passes/fp8.py): both operands E4M3, each read
+along k (ta False, tb True, as cuBLASLt's FP8 kernels require), followed by two float32 scalars,
+the factors that undo each operand's scaling; the product is multiplied by both before its
+epilogue, and stored in attrs["dtype"].
 """
 from __future__ import annotations
 
+from ..dtypes import FP8
+from ..numpy_ops.matmul import SCALES
 from .registry import MatrixProduct, Op, Spec, float_spec, out_dtype, prod, register, require
 
 
@@ -13,9 +20,23 @@ def _mk(x, t):
     return (x[-1], x[-2]) if t else (x[-2], x[-1])
 
 
-def _infer(attrs, a, b):
-    float_spec(a), float_spec(b)
-    require(a.dtype == b.dtype, f"operands differ in dtype: {a.dtype} and {b.dtype}")
+def _operands(attrs, a, b, scales) -> str:
+    """Check the operands' types (and an FP8 product's factors); the product's dtype."""
+    if not attrs.get("fp8"):
+        require(not scales, "too many inputs")
+        float_spec(a), float_spec(b)
+        require(a.dtype == b.dtype, f"operands differ in dtype: {a.dtype} and {b.dtype}")
+        return out_dtype(attrs, a.dtype)
+    require(a.dtype == b.dtype == FP8, f"an FP8 product's operands are {FP8}, not {a.dtype} and {b.dtype}")
+    require(not attrs["ta"] and attrs["tb"], "an FP8 product reads both operands along k (ta=False, tb=True)")
+    require(len(scales) == SCALES and all(s.shape == () and s.dtype == "f32" for s in scales),
+            "an FP8 product takes each operand's float32 factor after the operands")
+    require("dtype" in attrs, "an FP8 product names the dtype it stores")
+    return out_dtype(attrs, attrs["dtype"])
+
+
+def _infer(attrs, a, b, *scales):
+    dtype = _operands(attrs, a, b, scales)
     require(len(a.shape) >= 2 and len(b.shape) >= 2, "needs operands of rank >= 2")
     (m, k), (k2, n) = _mk(a.shape, attrs["ta"]), _mk(b.shape, attrs["tb"])
     require(k == k2, f"inner dimensions differ: {k} vs {k2}")
@@ -23,9 +44,7 @@ def _infer(attrs, a, b):
         require(not attrs["ta"] or len(a.shape) == 2, "a shared right operand needs ta=False")
     else:
         require(a.shape[:-2] == b.shape[:-2], f"batch dimensions differ: {a.shape[:-2]} vs {b.shape[:-2]}")
-    return Spec(a.shape[:-2] + (m, n), out_dtype(attrs, a.dtype))
-
-
+    return Spec(a.shape[:-2] + (m, n), dtype)
 
 
 def _vjp(attrs, g, out, a, b):
@@ -42,8 +61,8 @@ def _vjp(attrs, g, out, a, b):
 
 
 def _flops(attrs, out, a: Spec, b: Spec, *rest) -> int:
-    product = _infer({"ta": attrs["ta"], "tb": attrs["tb"]}, a, b)
-    return 2 * prod(product.shape) * (a.shape[-2] if attrs["ta"] else a.shape[-1])
+    (m, k), n = _mk(a.shape, attrs["ta"]), _mk(b.shape, attrs["tb"])[1]
+    return 2 * prod(a.shape[:-2]) * m * n * k
 
 
 register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True, flops=_flops, gemm_epilogues=True,
@@ -51,7 +70,8 @@ register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True, flops=_
 
 
 # A GEMM with its epilogue, made by the fusion pass: op(a) @ op(b) [+ bias] [+ residual], the bias
-# one value per output column (attrs["bias"]: input 2), the residual of the output's shape
+# one value per output column (attrs["bias"]: the input after the operands and an FP8 product's
+# factors), the residual of the output's shape
 # (attrs["residual"]: the last input). cuBLASLt adds both as it writes the product (a bias
 # epilogue, and C with beta = 1), so neither sum makes a pass over memory of its own.
 # With attrs["gelu"] (no residual) it has two outputs: GELU of the biased product, and the biased
@@ -60,8 +80,9 @@ register(Op("matmul", "matmul", _infer, vjp=_vjp, stores_any_float=True, flops=_
 # times GELU's derivative there: the gradient of the pre-activation, when the product is that of
 # GELU's output. cuBLASLt computes GELU (tanh approximation) from the float accumulator.
 def _fused_infer(attrs, a, b, *rest):
-    out = _infer(attrs, a, b)
-    rest = list(rest)
+    scales = SCALES if attrs.get("fp8") else 0
+    out = _infer(attrs, a, b, *rest[:scales])
+    rest = list(rest[scales:])
     if attrs["bias"]:
         bias = rest.pop(0)
         require(bias.shape == out.shape[-1:], f"bias {bias.shape} is not one value per column of {out.shape}")

@@ -25,6 +25,7 @@ WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
 # cublasLt.h
 LT_DESC_TRANSA, LT_DESC_TRANSB, LT_DESC_EPILOGUE, LT_DESC_BIAS_POINTER = 3, 4, 7, 8
 LT_DESC_AUX_POINTER, LT_DESC_AUX_LD, LT_DESC_AUX_DATA_TYPE, LT_DESC_BIAS_DATA_TYPE = 11, 12, 22, 26
+LT_DESC_A_SCALE_POINTER, LT_DESC_B_SCALE_POINTER = 17, 18  # device float32s the accumulator is multiplied by
 # cublasLtEpilogue_t, by the names plans use. "bias" adds a vector to every column of D (cuBLAS's
 # rows, our columns); "gelu_aux[_bias]" stores the [biased] product in aux and writes GELU (tanh)
 # of it; "dgelu" multiplies the product by GELU's derivative at aux; "bgrada"/"bgradb" write into
@@ -43,7 +44,7 @@ class Trial:
     """A matmul's candidate algorithms, cuBLASLt's best guess first, to run on memory of a
     chooser's own: run(i, **pointers) runs candidate i with device pointers by role, as keywords
     (a, b and d; c, the residual, where the product adds one; bias and aux where its epilogue has
-    them), each addressing as much memory as `operands` gives for its role, (plan dtype, elements);
+    them; scale_a and scale_b for an FP8 product), each addressing as much memory as `operands` gives for its role, (plan dtype, elements);
     `written` names the roles it writes, and `key` is the same for matmuls that have the same
     candidates."""
     count: int
@@ -100,10 +101,11 @@ class Cublas:
         self._check(status, "cublasGemmStridedBatchedEx")
 
     def lt_plan(self, g: Gemm, a: int, b: int, d: int, epilogue: str = "default", bias: tuple | None = None,
-                residual: int | None = None, aux: tuple | None = None,
+                residual: int | None = None, aux: tuple | None = None, scales: tuple[int, int] | None = None,
                 choose: Callable[[Trial], int] | None = None):
         """The cuBLASLt call for one matrix product on these device pointers: D = op(A) op(B) with
         `epilogue` (a key of LT_EPILOGUES), `bias` and `aux` as (pointer, plan dtype), [+ residual];
+        an FP8 product's A and B multiplied by the float32s at `scales` (two pointers);
         descriptors and algorithm chosen now: cuBLASLt's first heuristic answer, or the one that
         `choose` picks from a Trial of the first CANDIDATES. Returns run()."""
         if self.lt is None:
@@ -127,17 +129,20 @@ class Cublas:
         set_desc = lt.cublasLtMatmulDescSetAttribute
         set_attr(set_desc, desc, LT_DESC_EPILOGUE, ctypes.c_uint32(LT_EPILOGUES[epilogue]))
 
-        def point(bias_at: int | None, aux_at: int | None) -> None:  # the epilogue's vectors, in the descriptor
+        def point(bias_at: int | None, aux_at: int | None, scales_at: tuple | None) -> None:  # pointers in the descriptor
             if bias_at is not None:
                 set_attr(set_desc, desc, LT_DESC_BIAS_POINTER, ctypes.c_void_p(bias_at))
             if aux_at is not None:
                 set_attr(set_desc, desc, LT_DESC_AUX_POINTER, ctypes.c_void_p(aux_at))
+            if scales_at is not None:
+                for attr, at in zip((LT_DESC_A_SCALE_POINTER, LT_DESC_B_SCALE_POINTER), scales_at):
+                    set_attr(set_desc, desc, attr, ctypes.c_void_p(at))
         if bias is not None:  # before the heuristic, which looks at its alignment and type
             set_attr(set_desc, desc, LT_DESC_BIAS_DATA_TYPE, ctypes.c_int32(DTYPES[bias[1]].cuda))
         if aux is not None:  # the pre-activation, laid out as D
             set_attr(set_desc, desc, LT_DESC_AUX_LD, ctypes.c_int64(g.ldc))
             set_attr(set_desc, desc, LT_DESC_AUX_DATA_TYPE, ctypes.c_int32(DTYPES[aux[1]].cuda))
-        point(bias and bias[0], aux and aux[0])
+        point(bias and bias[0], aux and aux[0], scales)
 
         def layout(operand: Buffer, rows: int, cols: int, ld: int, stride: int) -> ctypes.c_void_p:
             lay = new("MatrixLayout", ctypes.c_int(DTYPES[operand.dtype].cuda), ctypes.c_uint64(rows),
@@ -171,8 +176,8 @@ class Cublas:
         chosen = 0
         if choose is not None and found.value > 1:
             def trial(i: int, a: int, b: int, d: int, c: int | None = None, bias: int | None = None,
-                      aux: int | None = None) -> None:
-                point(bias, aux)
+                      aux: int | None = None, scale_a: int | None = None, scale_b: int | None = None) -> None:
+                point(bias, aux, scales and (scale_a, scale_b))
                 self._check(matmul(*call(i, a, b, d if c is None else c, d)), "cublasLtMatmul")
 
             def extent(rows: int, cols: int, ld: int, stride: int) -> int:  # elements a column-major operand spans
@@ -184,11 +189,12 @@ class Cublas:
             operands |= {"c": (g.c.dtype, d_extent)} if residual is not None else {}
             operands |= {"bias": (bias[1], m)} if bias is not None else {}
             operands |= {"aux": (aux[1], d_extent)} if aux is not None else {}
+            operands |= {"scale_a": ("f32", 1), "scale_b": ("f32", 1)} if scales is not None else {}
             shape = (g.transa, g.transb, m, n, k, g.lda, g.ldb, g.ldc, g.stride_a, g.stride_b, g.stride_c, g.batch)
             key = (shape, g.a.dtype, g.b.dtype, g.c.dtype, epilogue, bias and bias[1], aux and aux[1], residual is None,
-                   tuple(bytes(r.algo) for r in results[:found.value]))
+                   scales is None, tuple(bytes(r.algo) for r in results[:found.value]))
             chosen = choose(Trial(found.value, operands, ("d", *LT_WRITES.get(epilogue, ())), key, trial))
-            point(bias and bias[0], aux and aux[0])
+            point(bias and bias[0], aux and aux[0], scales)
         args = call(chosen, a, b, d if residual is None else residual, d)
 
         def run() -> None:

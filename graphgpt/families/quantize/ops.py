@@ -1,0 +1,43 @@
+"""FP8 operands: the quantize kernel family. The fp8 pass (passes/fp8.py) makes its ops, for the
+operands of the matrix products it runs on E4M3."""
+from __future__ import annotations
+
+from ...dtypes import FP8
+from ...ops.registry import Op, Spec, float_spec, prod, register, require
+
+FP8_MADE = "made by the fp8 pass, which runs after autodiff"
+MULTIPLE = 16  # a transposed copy's rows and columns are multiples of this, as FP8 products need them
+
+
+# ---- abs_max: a tensor's largest magnitude ---------------------------------------------------
+# max |x| over all elements, float32 (NaN where any element is NaN, as np.max(np.abs(x))): what
+# quantize chooses its scale by. A maximum is the same in any order, so its blocks' partial
+# maxima need no fixed order to give the same bits every run.
+def _abs_max_infer(attrs, x):
+    float_spec(x)
+    return Spec((), "f32")
+
+
+register(Op("abs_max", "reduction", _abs_max_infer, nondiff=FP8_MADE, template="quantize"))
+
+
+# ---- quantize: the E4M3 copy ---------------------------------------------------------------
+# x times 2^e rounded to attrs "dtype" (E4M3), and 2^-e, the factor that undoes the scale, a
+# float32 scalar; amax is x's abs_max, and e the largest with amax 2^e at most E4M3's largest
+# value (reference.py: scale_exponent). x has rank 2 or more: its last two axes are a matrix.
+# With attrs "transpose", the copy is of x's rows (its leading axes flattened) transposed, (cols,
+# rows): an FP8 product reads both operands along k, so a weight stored (k, n) goes in as (n, k).
+def _quantize_infer(attrs, x, amax):
+    float_spec(x)
+    require(len(x.shape) >= 2, f"needs a matrix or a stack of them, got shape {x.shape}")
+    require(amax.shape == () and amax.dtype == "f32", f"amax must be a float32 scalar, got {amax.dtype} {amax.shape}")
+    require(attrs["dtype"] == FP8, f"quantizes to {FP8}, not {attrs['dtype']}")
+    if not attrs["transpose"]:
+        return [Spec(x.shape, FP8), Spec((), "f32")]
+    rows, cols = prod(x.shape[:-1]), x.shape[-1]
+    require(rows % MULTIPLE == 0 and cols % MULTIPLE == 0,
+            f"a transposed copy needs rows and columns that are multiples of {MULTIPLE}, got {rows} x {cols}")
+    return [Spec((cols, rows), FP8), Spec((), "f32")]
+
+
+register(Op("quantize", "nn", _quantize_infer, nondiff=FP8_MADE, template="quantize"))
