@@ -17,6 +17,12 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
+    def require_gpu(self, why: str) -> None:
+        """One line and exit status 2 where CuPy sees no NVIDIA GPU; `why` says what needs one."""
+        from .runtime import cuda_available
+        if not cuda_available():
+            self.error(f"no NVIDIA GPU visible to CuPy: {why}")
+
 
 def reported(work, *args) -> int:
     """Run a tool's `work(*args)` and give its exit status: a UserError is one line and 2, Ctrl-C

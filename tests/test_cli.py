@@ -183,3 +183,13 @@ def test_train_save_generate(tmp_path, tiny_plan, corpus):
     assert sample.split(":", 1)[1] == next(line for line in again.stdout.splitlines()
                                            if line.startswith("sample (")).split(":", 1)[1]
     assert "trained" not in again.stdout
+
+
+@pytest.mark.parametrize("harness", ["attention_check", "cross_entropy_check", "embedding_grad_check",
+                                     "gemm_epilogue_check", "quantize_check"])
+def test_a_kernel_harness_without_a_gpu_is_one_line(harness):
+    from graphgpt.runtime import cuda_available
+    if cuda_available():
+        pytest.skip("this machine has a GPU: the harness runs")
+    proc = run_cli(str(ROOT / "tools" / f"{harness}.py"))
+    assert_user_error(proc, "no NVIDIA GPU visible to CuPy")

@@ -269,6 +269,7 @@ def main(argv=None) -> int:
                             "the mma.sync kernel, or the Hopper kernel with G warpgroups a block, N rows of the other "
                             "side a tile, S stages and B blocks an SM. Repeat to compare several, as --tiling")
     args = p.parse_args(argv)
+    p.require_gpu("this harness runs the kernels")
     import cupy as cp
     torch = None
     if not args.no_torch:

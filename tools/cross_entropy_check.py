@@ -145,6 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", help="shape labels to run (default: all)")
     p.add_argument("--seed", type=int, default=None, help="the random logits' seed (default: a fresh one, printed)")
     args = p.parse_args(argv)
+    p.require_gpu("this harness runs the kernels")
     import cupy as cp
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
     print(f"seed {seed}")

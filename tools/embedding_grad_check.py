@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="*", default=[], metavar="FLOATS:ROWS",
                    help="other SUM_FLOATS:MAX_BLOCK_ROWS to render and time, e.g. 12288:32")
     args = p.parse_args(argv)
+    p.require_gpu("this harness runs the kernels")
     import cupy as cp
     variants = [(embedding.SUM_FLOATS, embedding.MAX_BLOCK_ROWS)] + [tuple(map(int, v.split(":"))) for v in args.variants]
     rng = np.random.default_rng(args.seed)

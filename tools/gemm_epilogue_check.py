@@ -143,6 +143,7 @@ def main() -> int:
     parser = ArgumentParser(prog="tools/gemm_epilogue_check.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
+    parser.require_gpu("this harness runs the kernels")
     import cupy as cp
 
     from graphgpt.runtime.cublas import WORKSPACE_BYTES, Cublas

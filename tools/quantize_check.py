@@ -24,7 +24,6 @@ from graphgpt.numpy_ops import BY_OP  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
 from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
-from graphgpt.runtime import cuda_available  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
 from tools.attention_check import time_ms  # noqa: E402
 from tools.cross_entropy_check import from_float32  # noqa: E402
@@ -88,8 +87,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.only or ()) - {s[0] for s in SHAPES})
     if unknown:
         p.error(f"--only: unknown shape {', '.join(unknown)}; known: {', '.join(s[0] for s in SHAPES)}")
-    if not cuda_available():
-        p.error("no NVIDIA GPU visible to CuPy: this harness runs the kernels")
+    p.require_gpu("this harness runs the kernels")
     import cupy as cp
     print(f"seed {args.seed}")
     rows = [check_shape(cp, *s, args.repeat, args.seed) for s in SHAPES if not args.only or s[0] in args.only]
