@@ -37,6 +37,7 @@ DTYPES = {d.name: d for d in (
 )}
 FP8 = "e4m3"
 E4M3_MAX = 448.0  # its largest finite value
+FP8_MULTIPLE = 16  # cuBLASLt's FP8 products need every dimension a multiple of this
 FLOATS = tuple(name for name, d in DTYPES.items() if d.is_float and name != FP8)  # what ops compute and store in
 
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 from dataclasses import replace
 from fnmatch import fnmatchcase
 
-from ..dtypes import FP8
+from ..dtypes import FP8, FP8_MULTIPLE
 from ..errors import UserError
 from ..ir import Graph, Node
 from ..ops import REGISTRY
 from ..rewrite import Rewrite, frozen_attrs, remove_dead
 
 TARGETS = "targets"  # the training program's input that only the loss and its gradient read
-ALIGN = 16  # cuBLASLt's FP8 products need every dimension a multiple of this
 SHOWN = 8  # weights an error lists
 
 
@@ -125,6 +124,6 @@ def _check_shape(n: Node, a: Node, b: Node, weight: str) -> None:
         raise UserError(f"{n.where}: fp8: the product with {weight} is not rows times a shared weight, "
                         f"which an FP8 product needs")
     rows = a.size // a.shape[-1]
-    if any(d % ALIGN for d in (rows, *b.shape)):
+    if any(d % FP8_MULTIPLE for d in (rows, *b.shape)):
         raise UserError(f"{n.where}: fp8: the product of {rows} rows with {weight} {list(b.shape)} has a dimension "
-                        f"that is not a multiple of {ALIGN}, which cuBLASLt's FP8 products need")
+                        f"that is not a multiple of {FP8_MULTIPLE}, which cuBLASLt's FP8 products need")

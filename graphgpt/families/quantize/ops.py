@@ -2,11 +2,10 @@
 operands of the matrix products it runs on E4M3."""
 from __future__ import annotations
 
-from ...dtypes import FP8
+from ...dtypes import FP8, FP8_MULTIPLE
 from ...ops.registry import Op, Spec, float_spec, prod, register, require
 
 FP8_MADE = "made by the fp8 pass, which runs after autodiff"
-MULTIPLE = 16  # a transposed copy's rows and columns are multiples of this, as FP8 products need them
 
 
 # ---- abs_max: a tensor's largest magnitude ---------------------------------------------------
@@ -35,8 +34,8 @@ def _quantize_infer(attrs, x, amax):
     if not attrs["transpose"]:
         return [Spec(x.shape, FP8), Spec((), "f32")]
     rows, cols = prod(x.shape[:-1]), x.shape[-1]
-    require(rows % MULTIPLE == 0 and cols % MULTIPLE == 0,
-            f"a transposed copy needs rows and columns that are multiples of {MULTIPLE}, got {rows} x {cols}")
+    require(rows % FP8_MULTIPLE == 0 and cols % FP8_MULTIPLE == 0,
+            f"a transposed copy needs rows and columns that are multiples of {FP8_MULTIPLE}, got {rows} x {cols}")
     return [Spec((cols, rows), FP8), Spec((), "f32")]
 
 
