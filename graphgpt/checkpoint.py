@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from . import hf
+from .dtypes import DTYPES
 from .errors import UserError
 from .fsutil import atomic_write_text, fsync_dir, process_alive, scratch_dir
 from .tensor_files import load_safetensors, save_safetensors, save_seed_weights
@@ -81,8 +82,6 @@ class Layout:
 
     @classmethod
     def of(cls, plan, meta: dict[str, type | tuple[type, ...]] | None = None) -> Layout:
-        from .dtypes import DTYPES  # here, not at the top: ml_dtypes takes most of a second to import
-
         def tensors(kind: str) -> dict:
             return {t["name"]: (tuple(t["shape"]), DTYPES[t["dtype"]].numpy) for t in plan.tensors
                     if t["kind"] == kind}

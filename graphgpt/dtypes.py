@@ -10,9 +10,9 @@ or writes it, so it is not among FLOATS.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 
@@ -23,17 +23,30 @@ class DType:
     bytes: int
     cuda: int       # cudaDataType_t, for cuBLAS
     nccl: int       # ncclDataType_t
-    numpy: np.dtype
+    numpy_name: str  # NumPy's name of the type; ml_dtypes.NAME for the floats NumPy lacks
     is_float: bool
+
+    @property
+    def numpy(self) -> np.dtype:
+        return _numpy_dtype(self.numpy_name)
+
+
+@functools.cache
+def _numpy_dtype(name: str) -> np.dtype:
+    module, _, attr = name.rpartition(".")
+    if module == "ml_dtypes":  # imported where a narrow float is first used: it takes over a second on a slow machine
+        import ml_dtypes
+        return np.dtype(getattr(ml_dtypes, attr))
+    return np.dtype(getattr(np, name))
 
 
 DTYPES = {d.name: d for d in (
-    DType("f32", "float", 4, 0, 7, np.dtype(np.float32), True),       # CUDA_R_32F, ncclFloat32
-    DType("bf16", "bf16", 2, 14, 9, np.dtype(ml_dtypes.bfloat16), True),  # CUDA_R_16BF, ncclBfloat16
-    DType("f16", "f16", 2, 2, 6, np.dtype(np.float16), True),         # CUDA_R_16F, ncclFloat16
-    DType("i32", "int", 4, 10, 2, np.dtype(np.int32), False),         # CUDA_R_32I, ncclInt32
-    DType("u8", "unsigned char", 1, 8, 1, np.dtype(np.uint8), False),  # CUDA_R_8U, ncclUint8
-    DType("e4m3", "e4m3", 1, 28, 10, np.dtype(ml_dtypes.float8_e4m3fn), True),  # CUDA_R_8F_E4M3, ncclFloat8e4m3
+    DType("f32", "float", 4, 0, 7, "float32", True),          # CUDA_R_32F, ncclFloat32
+    DType("bf16", "bf16", 2, 14, 9, "ml_dtypes.bfloat16", True),  # CUDA_R_16BF, ncclBfloat16
+    DType("f16", "f16", 2, 2, 6, "float16", True),            # CUDA_R_16F, ncclFloat16
+    DType("i32", "int", 4, 10, 2, "int32", False),            # CUDA_R_32I, ncclInt32
+    DType("u8", "unsigned char", 1, 8, 1, "uint8", False),    # CUDA_R_8U, ncclUint8
+    DType("e4m3", "e4m3", 1, 28, 10, "ml_dtypes.float8_e4m3fn", True),  # CUDA_R_8F_E4M3, ncclFloat8e4m3
 )}
 FP8 = "e4m3"
 E4M3_MAX = 448.0  # its largest finite value

@@ -41,3 +41,24 @@ def test_training_imports_nothing_of_the_compiler(tmp_path):
     loaded = modules.split()
     assert {"graphgpt.runtime.numpy_backend", "graphgpt.families.attention.reference"} <= set(loaded)
     assert not [m for m in loaded if m.startswith(COMPILE_HALF) or FAMILY_COMPILE_PARTS.fullmatch(m)], loaded
+
+
+NARROW_FLOATS_UNUSED = """
+import sys
+from graphgpt.compile_cli import main
+status = main(sys.argv[1:])
+print(status, "ml_dtypes" in sys.modules)
+"""
+
+
+def test_a_float32_plan_compiles_and_trains_without_importing_ml_dtypes(tmp_path):
+    """ml_dtypes gives NumPy bf16 and E4M3, and takes over a second to import on a slow machine;
+    a plan without them compiles and trains without it, so the commands, and their one-line
+    refusals of bad input, answer at once."""
+    env_args = dict(cwd=ROOT, capture_output=True, text=True, timeout=300)
+    plan = tmp_path / "plan"
+    proc = subprocess.run([sys.executable, "-c", NARROW_FLOATS_UNUSED, "model.py", "--out", str(plan), *sets(TINY)], **env_args)
+    assert proc.stdout.split()[-2:] == ["0", "False"], proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-c", TRAIN + 'print("ml_dtypes" in sys.modules)', str(plan)], **env_args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "False", proc.stdout
