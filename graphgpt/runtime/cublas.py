@@ -26,6 +26,7 @@ WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
 LT_DESC_TRANSA, LT_DESC_TRANSB, LT_DESC_EPILOGUE, LT_DESC_BIAS_POINTER = 3, 4, 7, 8
 LT_DESC_AUX_POINTER, LT_DESC_AUX_LD, LT_DESC_AUX_DATA_TYPE, LT_DESC_BIAS_DATA_TYPE = 11, 12, 22, 26
 LT_DESC_A_SCALE_POINTER, LT_DESC_B_SCALE_POINTER = 17, 18  # device float32s the accumulator is multiplied by
+LT_DESC_FAST_ACCUM = 25  # an FP8 product's sums kept in the tensor cores' accumulator, never moved to float32 registers
 # cublasLtEpilogue_t, by the names plans use. "bias" adds a vector to every column of D (cuBLAS's
 # rows, our columns); "gelu_aux[_bias]" stores the [biased] product in aux and writes GELU (tanh)
 # of it; "dgelu" multiplies the product by GELU's derivative at aux; "bgrada"/"bgradb" write into
@@ -137,6 +138,8 @@ class Cublas:
             if scales_at is not None:
                 for attr, at in zip((LT_DESC_A_SCALE_POINTER, LT_DESC_B_SCALE_POINTER), scales_at):
                     set_attr(set_desc, desc, attr, ctypes.c_void_p(at))
+        if scales is not None:  # the forward's FP8 products, as Transformer Engine runs them
+            set_attr(set_desc, desc, LT_DESC_FAST_ACCUM, ctypes.c_int8(1))
         if bias is not None:  # before the heuristic, which looks at its alignment and type
             set_attr(set_desc, desc, LT_DESC_BIAS_DATA_TYPE, ctypes.c_int32(DTYPES[bias[1]].cuda))
         if aux is not None:  # the pre-activation, laid out as D
