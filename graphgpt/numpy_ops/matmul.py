@@ -12,8 +12,8 @@ SCALES = 2  # an FP8 product's inputs after its operands: each operand's dequant
 @reference("matmul")
 def matmul(attrs, a, b, *scales):
     """An FP8 product's operands come as the values of their E4M3 elements: their product is
-    exact in float32, the sum rounds as a GEMM's accumulator does, and the two factors are powers
-    of two."""
+    exact in float32, the sum is float32's (the GPU's FP8 accumulator keeps fewer bits, which
+    tests/test_gemm_gpu.py's bound allows for), and the two factors are powers of two."""
     if scales:
         return _product(attrs, a, b) * (scales[0] * scales[1])
     return _product(attrs, a, b)

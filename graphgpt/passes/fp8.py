@@ -3,8 +3,9 @@ operands (`--set fp8=PATTERNS`: weight names, shell-style patterns, comma-separa
 
 Each chosen product op(x) @ W becomes the scaled product of x and W quantized: a tensor's largest
 magnitude (abs_max) gives it the power-of-two scale that puts that magnitude at most at E4M3's
-largest value, 448; the tensor is rounded to E4M3 at that scale (quantize); and cuBLASLt multiplies
-the float32 accumulator by the two factors that undo the scales. The scales come from the step's
+largest value, 448; the tensor is rounded to E4M3 at that scale (quantize); and cuBLASLt sums the
+products in the FP8 tensor cores' accumulator and multiplies the sums by the two factors that undo
+the scales. The scales come from the step's
 own tensors, so no state carries over from one step to the next, and a power of two changes no
 bit but the exponent. cuBLASLt's FP8 products read both operands along k, so a weight stored
 (k, n) is quantized into its transpose, (n, k).
