@@ -4,11 +4,11 @@ product's algorithm chosen when the plan is bound, runtime/gemm_choice.py).
 One byte arena is allocated once; every launch reads and writes views of it at the plan's byte
 offsets, on one non-default stream; the launches a plan puts on its side stream (the gradient
 branch's kernels, passes/streams.py) on a second one, ordered by events where the plan says they
-wait. A program runs eagerly the first time
-(which also loads every module and warms cuBLAS up); after that, unless graphs are off, it is
-captured into a CUDA graph once and replayed, so a training step costs one graph launch plus the
-copies of its inputs and outputs. Inputs go up and outputs come down through pinned buffers
-with events: the host never waits inside a step, only when it reads a result.
+wait. A program runs eagerly the first time (which also loads every module and warms cuBLAS up);
+after that, unless graphs are off, it is captured into a CUDA graph once (its memsets made
+kernels, runtime/step_graph.py) and replayed, so a training step costs one graph launch plus the
+copies of its inputs and outputs. Inputs go up and outputs come down through pinned buffers with
+events: the host never waits inside a step, only when it reads a result.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from . import check_architecture, check_arena_fits, target_mismatch
 from .cublas import WORKSPACE_BYTES, Cublas
 from .dist import SingleWorld
 from .gemm_choice import GemmChooser
+from .step_graph import FILL_KERNEL, StepGraph
 from .weight_copies import WeightCopies
 
 SLOTS = 2  # pinned buffers per input/output: one being filled while the other is in flight
@@ -132,6 +133,7 @@ class CudaBackend(WeightCopies):
         options = tuple(plan.data["nvrtc_options"])
         self.modules = {path: cp.RawModule(code=src, options=options)
                         for path, src in sorted(plan.kernels.items())}
+        self._fill = cp.RawKernel(FILL_KERNEL, "fill")  # the graphs' memsets, as kernels
         self._pinned = cupyx.empty_pinned
         self.programs = {name: self._bind(prog) for name, prog in plan.programs.items()}
         cp.cuda.Device().synchronize()
@@ -239,11 +241,7 @@ class CudaBackend(WeightCopies):
             self._queue(prog)
             return
         if prog.graph is None:
-            self.stream.begin_capture()
-            try:
-                self._queue(prog)
-            finally:
-                prog.graph = self.stream.end_capture()
+            prog.graph = StepGraph(self.cp, self.stream, lambda: self._queue(prog), self._fill.kernel.ptr)
         prog.graph.launch(self.stream)
 
     @staticmethod
