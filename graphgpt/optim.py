@@ -100,12 +100,23 @@ def _gradients(graph: Graph, loss: Value) -> tuple[list[Value], dict[int, Value]
     return params, autodiff.grad(graph, loss, [p.id for p in params])
 
 
+def _decayed(param: Value, cfg: dict) -> bool:
+    """AdamW's weight decay applies to tensors of rank >= 2 (nanoGPT's rule)."""
+    return cfg["optimizer"] == "adamw" and bool(cfg["weight_decay"]) and param.ndim >= 2
+
+
 def add_update(graph: Graph, params: list[Value], grads: dict[int, Value], cfg: dict) -> None:
     """Average the gradients over the ranks, clip them by their global norm, apply Adam/AdamW."""
     graph.locate = lambda: "optimizer"
+    # The parameters that take the same update one after another: the decayed ones first, then the
+    # rest, each group in the model's order. Parameters and gradients are laid out in the order they
+    # are updated here (passes/memory.py), and the states of a kind are created, laid out and
+    # updated in it (all m, then all v), so each group's update runs as one multi-tensor launch
+    # (passes/multi_tensor.py), and the gradient norm sums the gradients in it, one range.
+    params = sorted(params, key=lambda p: not _decayed(p, cfg))
     # Data-parallel ranks average their gradients here; in one process this is a no-op.
     grads = {p: graph.add("allreduce_mean", (g,)) for p, g in grads.items()}
-    norm = graph.add("sqrt", (graph.add("sum_squares", tuple(grads.values())),))
+    norm = graph.add("sqrt", (graph.add("sum_squares", tuple(grads[p.id] for p in params)),))
     graph.outputs["grad_norm"] = norm.id
     scale = None
     if cfg["grad_clip"] > 0:  # scale = clip / max(norm, clip): 1 below the threshold
@@ -113,9 +124,6 @@ def add_update(graph: Graph, params: list[Value], grads: dict[int, Value], cfg: 
         scale = clip / graph.add("maximum", (norm, clip))
     scalars = {name: graph.add("input", name=name, shape=(), dtype="f32") for name in scalar_inputs(cfg)}
     b1, b2, eps = cfg["beta1"], cfg["beta2"], cfg["eps"]
-    # One kind of value at a time, over all parameters (all m, then all v, then the parameters): the
-    # states of a kind are created, laid out and updated in parameter order, so each kind's update
-    # runs as one multi-tensor launch (passes/multi_tensor.py).
     ms = {p.id: graph.add("state", name=f"adam.m.{p.node.name}", shape=p.shape, dtype="f32") for p in params}
     vs = {p.id: graph.add("state", name=f"adam.v.{p.node.name}", shape=p.shape, dtype="f32") for p in params}
 
@@ -131,7 +139,7 @@ def add_update(graph: Graph, params: list[Value], grads: dict[int, Value], cfg: 
             m_hat = m_new * scalars["bias1"]
             denom = graph.add("sqrt", (v_new,)) * scalars["bias2"] + eps
             step = m_hat / denom
-            if cfg["weight_decay"] and p.ndim >= 2:
+            if _decayed(p, cfg):
                 step = step + p * cfg["weight_decay"]
             step = step * scalars["lr"]
         graph.updates[p.id] = (p - step).id

@@ -33,7 +33,8 @@ def plan_data(model_path: Path, model_cfg: dict, opt_cfg: dict, tokenizer: Token
             if n.op == "param":
                 t["grad"] = layout.grads[n.name]
             by_name[n.name] = t
-    tensors = sorted(by_name.values(), key=lambda t: t["offset"])
+    # by kind, each in the model's order (which initial weights are drawn in), not the arena's
+    tensors = sorted(by_name.values(), key=lambda t: PERSISTENT_OPS.index(t["kind"]))
     work = max(m.work_size for _, m in programs.values())
     layout.regions["work"] = [layout.work_base, work]
     identity = {"model": model_path.read_text(), "config": model_cfg, "optimizer": opt_cfg,

@@ -81,6 +81,28 @@ def test_the_optimizer_runs_as_one_launch(dtype):
     assert not [ln for ln in launches if ln.op == "copy"]
 
 
+def test_adamw_decays_the_matrices_in_one_launch_and_updates_the_rest_in_another():
+    """AdamW decays tensors of rank 2 and up, not the rest: two updates that compute different
+    things. The decayed parameters lie first, in the model's order, then the rest, so the update is
+    two launches whatever the depth, the first over the decayed ones' whole range. The weights'
+    order in the plan, which initial weights are drawn in, is still the model's."""
+    common = ["dtype=bf16", "optimizer=adamw", "n_layer=3"]
+    decayed = compile_model(ROOT / "model.py", [*common, "weight_decay=0.1"], log=lambda *a: None).data
+    plain = compile_model(ROOT / "model.py", [*common, "weight_decay=0"], log=lambda *a: None).data
+    params = [t for t in decayed["tensors"] if t["kind"] == "param"]
+    assert [t["name"] for t in params] == [t["name"] for t in plain["tensors"] if t["kind"] == "param"]
+    ranked = sorted(params, key=lambda t: t["offset"])
+    n_matrices = sum(len(t["shape"]) >= 2 for t in params)
+    assert all(len(t["shape"]) >= 2 for t in ranked[:n_matrices]) and 0 < n_matrices < len(params)
+    updates = [ln for ln in decayed["programs"]["train"].launches if ln.op == "fused_multi"]
+    assert [ln.attrs["tensors"] for ln in updates] == [n_matrices, len(params) - n_matrices]
+    last = ranked[n_matrices - 1]
+    weights = updates[0].outs[2]
+    assert weights.offset == 0 and weights.shape == ((last["offset"] + 4 * int(np.prod(last["shape"]))) // 4,)
+    (one,) = [ln for ln in plain["programs"]["train"].launches if ln.op == "fused_multi"]
+    assert one.attrs["tensors"] == len(params)
+
+
 def cast(out: int, src: int, n: int) -> Launch:
     """A float32 tensor's cast into a bf16 buffer; offsets in bytes."""
     return Launch(op="cast", kind="elementwise", out=Buffer("bf16", out, (n,)), ins=(Buffer("f32", src, (n,)),),

@@ -105,7 +105,11 @@ def persistent_layout(*graphs: Graph) -> Layout:
         sizes = {n.name: n.nbytes for n in of_region(name) if "grad_of" not in n.attr and "copy_of" not in n.attr}
         return list(sizes.items())
 
-    params = slots("params")
+    # in the order the optimizer updates them (optim.add_update puts the parameters that take the
+    # same update together), so that each group's update is one multi-tensor launch
+    updated = [n.name for g in graphs for i in g.updates if region_of(n := g.nodes[i]) == "params"]
+    rank = {name: i for i, name in enumerate(dict.fromkeys(updated))}
+    params = sorted(slots("params"), key=lambda slot: rank.get(slot[0], len(rank)))
     copies_of = [n for n in of_region("caches") if "copy_of" in n.attr]
     # a program that reads a weight only through its copy has no node of the weight itself
     params += list({n.attr["copy_of"]: n.size * DTYPES["f32"].bytes for n in copies_of
