@@ -50,7 +50,8 @@ def main(argv=None) -> int:
                    help="override a CONFIG key, the compute type (dtype=f32|bf16), sample_batch, "
                         "classifier_chunks (the training logits' chunks of the batch; 0: by their size), "
                         "fp8 (the weights whose forward products train on E4M3 operands: name patterns, "
-                        "comma-separated, e.g. fp8=wte) "
+                        "comma-separated, e.g. fp8=wte), fp8_grad (the weights whose input-gradient products "
+                        "train on E5M2 gradients and E4M3 weights, e.g. fp8_grad=wte) "
                         "or an optimizer key (see below), e.g. --set n_layer=2 n_embd=128 (repeatable)")
     p.add_argument("--hf-config", type=Path, metavar="DIR",
                    help="the model's sizes from a Hugging Face directory's config.json: a GPT-2's for model.py, "

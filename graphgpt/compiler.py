@@ -30,6 +30,7 @@ from pathlib import Path
 from . import dsl, model_size, optim, viz
 from .bpe import KIND as BPE_KIND
 from .compile_report import optimizer_settings, report
+from .dtypes import E5M2
 from .errors import UserError
 from .ir import INT, Graph
 from .model_file import failure, load_model, settings, user_frame
@@ -116,10 +117,13 @@ def compile_model(model_path: Path, overrides: list[str] = (), data_path: Path |
         # then the column sums that can run together, on the final graphs
         variants = {policy: group_sums(gelu_epilogues(g)) for policy, g in variants.items()}
         graphs = {name: g if name == backward else group_sums(gelu_epilogues(g)) for name, g in graphs.items()}
-    if model_cfg.get("fp8"):
-        variants = {policy: fp8_products(g, model_cfg["fp8"]) for policy, g in variants.items()}
-        scaled = sum(1 for n in variants["none"].nodes.values() if n.attr.get("fp8"))
-        log(f"  fp8        {scaled} forward products of the training step on E4M3 operands")
+    if model_cfg.get("fp8") or model_cfg.get("fp8_grad"):
+        variants = {policy: fp8_products(g, model_cfg.get("fp8", ""), model_cfg.get("fp8_grad", ""))
+                    for policy, g in variants.items()}
+        scaled = [n for n in variants["none"].nodes.values() if n.attr.get("fp8")]
+        gradients = sum(1 for n in scaled if variants["none"].nodes[n.inputs[0]].dtype == E5M2)
+        log(f"  fp8        {len(scaled) - gradients} forward products of the training step on E4M3 operands, "
+            f"{gradients} backward products on E5M2 gradients")
     layout = persistent_layout(*graphs.values())
     peaks = {policy: plan_program(g, schedule(g), layout) for policy, g in variants.items()}
     chosen = (choose({policy: m.work_size for policy, m in peaks.items()}, room=device_bytes - layout.work_base)

@@ -4,14 +4,16 @@ runtime (arena views, cuBLAS, NCCL, host transfers) alike.
 A plan buffer is `[dtype, byte offset, shape]`: one byte-addressed arena holds every tensor, and
 the dtype says how its bytes read. Floats narrower than 32 bits are storage types only: kernels
 load them into float registers, compute in float and round once, to nearest even, on store.
-E4M3 (FP8: 4 exponent bits, 3 mantissa bits, no infinities, largest finite 448) holds only the
-operands of FP8 matrix products, written by the quantize kernels (passes/fp8.py); no other op reads
-or writes it, so it is not among FLOATS.
+The two FP8 types hold only the operands of FP8 matrix products (passes/fp8.py), so they are not
+among FLOATS: E4M3 (4 exponent bits, 3 mantissa bits, no infinities, largest finite 448) the
+forward's operands and the weights, written by the quantize kernels; E5M2 (5 and 2, largest finite
+57344) the gradients that backward products read, which need its range more than its precision.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,11 +49,21 @@ DTYPES = {d.name: d for d in (
     DType("i32", "int", 4, 10, 2, "int32", False),            # CUDA_R_32I, ncclInt32
     DType("u8", "unsigned char", 1, 8, 1, "uint8", False),    # CUDA_R_8U, ncclUint8
     DType("e4m3", "e4m3", 1, 28, 10, "ml_dtypes.float8_e4m3fn", True),  # CUDA_R_8F_E4M3, ncclFloat8e4m3
+    DType("e5m2", "e5m2", 1, 29, 11, "ml_dtypes.float8_e5m2", True),    # CUDA_R_8F_E5M2, ncclFloat8e5m2
 )}
-FP8 = "e4m3"
-E4M3_MAX = 448.0  # its largest finite value
+FP8, E5M2 = "e4m3", "e5m2"  # the forward's and the weights' FP8 type; the gradients'
+E4M3_MAX = 448.0  # E4M3's largest finite value
+
+
+class FP8Range(NamedTuple):
+    """What the FP8 copies' scales are chosen by (families/quantize/reference.py)."""
+    largest: float    # the largest finite value
+    smallest: int     # the exponent of the smallest subnormal, 2^smallest
+
+
+FP8_TYPES = {FP8: FP8Range(E4M3_MAX, -9), E5M2: FP8Range(57344.0, -16)}
 FP8_MULTIPLE = 16  # cuBLASLt's FP8 products need every dimension a multiple of this
-FLOATS = tuple(name for name, d in DTYPES.items() if d.is_float and name != FP8)  # what ops compute and store in
+FLOATS = tuple(name for name, d in DTYPES.items() if d.is_float and name not in FP8_TYPES)  # what ops compute and store in
 
 
 def numel(shape) -> int:

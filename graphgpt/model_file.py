@@ -28,8 +28,9 @@ ATTENTION = ("fused", "softmax")
 # time (passes/chunk_classifier.py; 0: as many as keep a chunk's logits within CHUNK_BYTES)
 MODEL_DEFAULTS = {"dtype": "f32", "sample_batch": 1, "classifier_chunks": 0}
 # settings a model has only where given: fp8, the weights (name patterns, comma-separated) whose
-# forward products the training step runs on E4M3 operands (passes/fp8.py)
-OPTIONAL = {"fp8": ""}
+# forward products the training step runs on E4M3 operands; fp8_grad, those whose products that
+# take the gradient to the input it runs on E5M2 gradients and E4M3 weights (passes/fp8.py)
+OPTIONAL = {"fp8": "", "fp8_grad": ""}
 
 
 def load_model(path: Path):
@@ -149,8 +150,9 @@ def check_model_config(cfg: dict, origin=None) -> None:
         need("classifier_chunks", isinstance(cfg["classifier_chunks"], int) and cfg["classifier_chunks"] >= 0
              and cfg.get("batch_size", 1) % max(cfg["classifier_chunks"], 1) == 0,
              f"an integer >= 0 that divides batch_size {cfg.get('batch_size')} (0: chosen by the logits' size)")
-    if "fp8" in cfg:
-        need("fp8", isinstance(cfg["fp8"], str), "weight names (shell-style patterns), comma-separated")
+    for key in ("fp8", "fp8_grad"):
+        if key in cfg:
+            need(key, isinstance(cfg[key], str), "weight names (shell-style patterns), comma-separated")
     if "dropout" in cfg:
         need("dropout", isinstance(cfg["dropout"], (int, float)) and 0 <= cfg["dropout"] < 1, "a probability in [0, 1)")
     if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"] and not cfg.get("head_dim"):

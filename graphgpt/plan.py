@@ -183,13 +183,17 @@ class Epilogue:
 @dataclass(frozen=True)
 class Scales:
     """An FP8 product's float32 scalars that undo its operands' scaling, in cuBLAS's names for the
-    operands: cuBLASLt multiplies the accumulator by both."""
+    operands: cuBLASLt multiplies the accumulator by both. `fast`: the sums stay in the FP8 tensor
+    cores' accumulator through the whole of k (Transformer Engine's forward products); otherwise
+    cuBLASLt moves them into float32 registers every few k-steps (its backward products)."""
     a: Buffer
     b: Buffer
+    fast: bool
 
     @classmethod
     def from_json(cls, raw: dict) -> "Scales":
-        return cls(Buffer.from_json(raw["a"]), Buffer.from_json(raw["b"]))
+        # a plan whose FP8 products are all forward ones may leave `fast` out: they all keep their sums
+        return cls(Buffer.from_json(raw["a"]), Buffer.from_json(raw["b"]), raw.get("fast", True))
 
     def to_json(self) -> dict:
         return _fields_json(self)

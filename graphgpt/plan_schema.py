@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .dtypes import DTYPES, FP8, nbytes
+from .dtypes import DTYPES, FP8_TYPES, nbytes
 from .numpy_ops import BY_OP
 from .plan import Buffer as PlanBuffer  # the record; Buffer below is its schema
 from .runtime.cublas import LT_EPILOGUES
@@ -287,7 +287,8 @@ ATTRS = {
     "causal_attention": ATTENTION, "causal_attention_grad_q": ATTENTION, "causal_attention_grad_kv": ATTENTION,
     "dropout": Obj({"p": Num(0, 1, open_high=True), "site": Int()}),
     "argmax": Obj({"limit": SIZE}),
-    "quantize": Obj({"transpose": BOOL, "dtype": Str(FP8)}),
+    "quantize": Obj({"transpose": BOOL, "dtype": Str(*FP8_TYPES)}),
+    "cross_entropy_with_grad": Obj({}, {"fp8_grad": Str(*FP8_TYPES), "grad_dtype": Str(*DTYPES)}),
     "embedding_grad": Obj({"rows": SIZE}), "one_hot": Obj({"rows": SIZE}),
     "id_order": Obj({"rows": SIZE}), "embedding_grad_sorted": Obj({"rows": SIZE}),
     "reshape": Obj({"shape": List(Int())}), "broadcast_to": Obj({"shape": List(Int())}),
@@ -325,7 +326,7 @@ GEMM = Obj({"transa": FLAG, "transb": FLAG, "m": SIZE, "n": SIZE, "k": SIZE, "ba
 CUDA = Switch(lambda call: "gemm" if "gemm" in call else "kernel", {
     "gemm": Obj({"gemm": GEMM}, {"epilogue": Obj({"kind": Str(*LT_EPILOGUES), "bias": Nullable(BUFFER),
                                                   "aux": Nullable(BUFFER), "residual": Nullable(BUFFER)}),
-                                 "scales": Obj({"a": BUFFER, "b": BUFFER})}),
+                                 "scales": Obj({"a": BUFFER, "b": BUFFER}, {"fast": BOOL})}),
     "kernel": Obj({"kernel": Str(), "file": Str(), "grid": List(SIZE, 3), "block": List(SIZE, 3), "smem": Int(),
                    "args": List(BUFFER)}, checks=[_kernel_file_exists]),
 })

@@ -1,11 +1,13 @@
-"""FP8 forward products (`--set fp8=...`, passes/fp8.py): which products the pass quantizes, what
-the plan then holds, and the step the NumPy backend trains with them."""
+"""FP8 products (`--set fp8=...` forward, `fp8_grad=...` the input gradients, passes/fp8.py): which
+products the pass quantizes, what the plan then holds, and the step the NumPy backend trains with
+them."""
 import numpy as np
 import pytest
 
 from graphgpt.compiler import compile_model
 from graphgpt.data import SequentialSampler
-from graphgpt.dtypes import DTYPES, FP8
+from graphgpt.dtypes import DTYPES, E5M2, FP8, FP8_TYPES
+from graphgpt.families.quantize.reference import scale_exponent
 from graphgpt.ops import REGISTRY
 from graphgpt.plan import Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
@@ -36,10 +38,72 @@ def test_the_training_forwards_chosen_products_and_no_others_run_on_e4m3():
             assert not any(ln.attrs.get("fp8") or ln.op in ("quantize", "abs_max") for ln in program.launches), name
 
 
+def test_the_classifiers_input_gradient_runs_on_the_losss_e5m2_copy():
+    """fp8_grad=lm_head.weight: each chunk's dz @ W^T reads the E5M2 copy of dz that the loss kernel
+    writes beside it (no abs_max or quantize pass over dz) and W's E4M3 copy, made once for both
+    chunks, its sums moved into float32 as it goes; no forward product changes."""
+    data = _compiled("fp8_grad=lm_head.weight", "classifier_chunks=2")
+    train = data["programs"]["train"].launches
+    scaled = [ln for ln in train if ln.attrs.get("fp8")]
+    assert [(ln.ins[0].dtype, ln.ins[1].dtype, ln.cuda.scales.fast) for ln in scaled] == [(E5M2, FP8, False)] * 2
+    losses = [ln for ln in train if ln.op == "cross_entropy_with_grad"]
+    assert [ln.attrs for ln in losses] == [{"fp8_grad": E5M2, "grad_dtype": "bf16"}] * 2
+    for loss, product in zip(losses, scaled):
+        copy, factor = loss.outs[2:]
+        assert (copy.dtype, copy.shape, factor.dtype) == (E5M2, loss.outs[1].shape, "f32")
+        assert product.ins[0] == copy and product.ins[2] == factor
+    quantized = [ln for ln in train if ln.op in ("quantize", "abs_max")]
+    assert [(ln.op, ln.ins[0].shape) for ln in quantized] == [("abs_max", (64, 112)), ("quantize", (64, 112))]
+    together = [ln for ln in _compiled(CHOSEN, "fp8_grad=lm_head.weight", "classifier_chunks=2")["programs"]["train"].launches
+                if ln.attrs.get("fp8")]
+    assert len(together) == 2 + 2 + 2  # the forward's four, and the two chunks' input gradients
+
+
+def test_a_gradient_no_loss_computes_is_quantized_by_its_own_passes():
+    """fp8_grad=h.*.mlp.c_fc.weight: each layer's dh @ W^T reads dh quantized to E5M2 at the scale
+    of its abs_max, and the weight's E4M3 copy; in a step, the loss is bf16's to the bit and the
+    gradients move, a little."""
+    setting = "fp8_grad=h.*.mlp.c_fc.weight"
+    train = _compiled(setting)["programs"]["train"].launches
+    scaled = [ln for ln in train if ln.attrs.get("fp8")]
+    assert [(ln.ins[0].dtype, ln.ins[1].dtype, ln.cuda.scales.fast) for ln in scaled] == [(E5M2, FP8, False)] * 2
+    made = {ln.outs[0]: ln for ln in train if ln.op == "quantize"}
+    for product in scaled:
+        gradient = made[product.ins[0]]
+        assert gradient.attrs["dtype"] == E5M2 and gradient.ins[0].shape == (4, 32, 256)
+        assert any(ln.op == "abs_max" and ln.ins[0] == gradient.ins[0] and ln.out == gradient.ins[1] for ln in train)
+    loss, grads = _first_step(setting)
+    bf16_loss, bf16_grads = _first_step()
+    assert loss == bf16_loss
+    errors = {name: np.linalg.norm(grads[name] - want) / np.linalg.norm(want) for name, want in bf16_grads.items()}
+    assert max(errors.values()) <= 0.1 and errors["wte"] > 0, errors
+
+
+def test_the_losss_copy_is_what_quantize_makes_of_the_stored_gradient_at_its_bound():
+    """The reference of the loss with its gradient's copy: the gradient rounded to its stored type,
+    then scaled by the power of two that puts the bound |g| / rows in E5M2's top binade."""
+    rng = np.random.default_rng(5)
+    logits = (4 * rng.standard_normal((3, 16, 48))).astype(np.float32)
+    targets = rng.integers(0, 48, (3, 16)).astype(np.int32)
+    g = np.float32(0.5)
+    ref = REGISTRY["cross_entropy_with_grad"].ref
+    loss, grad = ref({}, logits, targets, g)
+    got = ref({"fp8_grad": E5M2, "grad_dtype": "bf16"}, logits, targets, g)
+    assert got[0] == loss and np.array_equal(got[1], grad)
+    copy, factor = got[2:]
+    e = scale_exponent(0.5 / 48, E5M2)
+    assert e == 16 + 6 and float(factor) == 2.0 ** -e  # 0.5 / 48 = 0.667 2^-6; 57344 = 0.875 2^16
+    stored = grad.astype(DTYPES["bf16"].numpy).astype(np.float32)
+    assert np.array_equal(copy, (stored * np.float32(2.0 ** e)).astype(DTYPES[E5M2].numpy).astype(np.float32))
+    largest = FP8_TYPES[E5M2].largest
+    assert np.abs(copy).max() <= largest and np.abs(copy).max() > largest / 8
+    assert np.abs(copy * factor - stored).max() <= np.abs(stored).max() * 2.0 ** -3
+
+
 def test_every_product_is_as_before_without_the_setting():
     """The pass changes nothing it is not asked to: the plan's launches are those of a plan
     compiled without fp8."""
-    with_empty, without = _compiled("fp8="), _compiled()
+    with_empty, without = _compiled("fp8=", "fp8_grad="), _compiled()
     for name, program in without["programs"].items():
         assert [(ln.op, ln.attrs) for ln in with_empty["programs"][name].launches] == \
                [(ln.op, ln.attrs) for ln in program.launches], name
@@ -68,6 +132,19 @@ def test_an_fp8_step_stays_near_the_bf16_step():
         assert err <= 0.1, f"{name}: relative difference {err:.2e}"
 
 
+def test_an_fp8_grad_step_has_the_bf16_steps_loss_and_gradients_near_its_own():
+    """The E5M2 gradient changes only the backward: the loss is bf16's to the bit, the gradients
+    move by what E5M2's 2 bits of mantissa cost, and every parameter's gradient moves (the
+    classifier's input gradient reaches them all) but the classifier's own weight's, which reads dz
+    in bf16."""
+    loss, grads = _first_step("fp8_grad=lm_head.weight")
+    bf16_loss, bf16_grads = _first_step()
+    assert loss == bf16_loss
+    for name, want in bf16_grads.items():
+        err = np.linalg.norm(grads[name] - want) / np.linalg.norm(want)
+        assert (err == 0) == (name == "lm_head.weight") and err <= 0.1, f"{name}: relative difference {err:.2e}"
+
+
 def test_an_fp8_products_reference_is_the_product_of_the_dequantized_operands():
     """Powers of two undo the scales exactly, so scaling the product or the operands is the same."""
     rng = np.random.default_rng(3)
@@ -81,6 +158,8 @@ def test_an_fp8_products_reference_is_the_product_of_the_dequantized_operands():
 @pytest.mark.parametrize("setting,fragments", [
     ("fp8=wte", ["fp8=wte names no weight", "lm_head.weight"]),
     ("fp8=lm_head.weight,nothing.*", ["fp8=nothing.*"]),
+    ("fp8_grad=wte", ["fp8_grad=wte names no weight a backward matrix product takes a gradient through",
+                      "lm_head.weight"]),
 ])
 def test_a_pattern_that_names_no_weight_is_refused(tmp_path, setting, fragments):
     proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "p"), *sets([*SMALL, setting]))

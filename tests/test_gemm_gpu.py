@@ -9,7 +9,7 @@ round differently, so the norm-relative error stays within 2^-10; a float32 outp
 import numpy as np
 import pytest
 
-from graphgpt.dtypes import DTYPES, FP8
+from graphgpt.dtypes import DTYPES, E5M2, FP8
 from graphgpt.kernels.gemm import lower_matmul
 from graphgpt.ops import REGISTRY
 from graphgpt.ops.registry import Spec
@@ -74,7 +74,8 @@ def _run_lowered(launch: Launch, host: list, in_place: bool = False, choose=True
         residual = None if epi is None or epi.residual is None else ptr[id(epi.residual)]
         scales = cuda.scales and (ptr[id(cuda.scales.a)], ptr[id(cuda.scales.b)])
         run = blas.lt_plan(g, ptr[id(g.a)], ptr[id(g.b)], ptr[id(g.c)], epi.kind if epi else "default",
-                           residual=residual, scales=scales, choose=GemmChooser(cp, stream) if choose else None, **typed)
+                           residual=residual, scales=scales, fast_accumulation=bool(cuda.scales and cuda.scales.fast),
+                           choose=GemmChooser(cp, stream) if choose else None, **typed)
         with stream:
             run()
         stream.synchronize()
@@ -191,26 +192,31 @@ def test_the_chosen_algorithm_gives_the_bits_of_cublasLts_first():
 # does (7.7e-5 from float64 at k = 64 on an H100, where float32 operands give under 1e-5); a bf16
 # output's rounding hides it.
 FP8_RTOL = {"f32": 2.0**-12}
-SCALED_CASES = [  # (output dtype, epilogue attrs): the forward products passes/fp8.py makes
-    ("bf16", {}),                                     # a classifier's logits
-    ("f32", {}),
-    ("bf16", {"bias": True}),
-    ("bf16", {"residual": True}),                     # an attention projection adding the residual stream
-    ("bf16", {"bias": True, "residual": True}),
-    ("bf16", {"bias": True, "gelu": True}),           # GPT-2's first MLP product
+SCALED_CASES = [  # (x's type, output dtype, epilogue attrs): the products passes/fp8.py makes
+    (FP8, "bf16", {}),                                # a classifier's logits
+    (FP8, "f32", {}),
+    (FP8, "bf16", {"bias": True}),
+    (FP8, "bf16", {"residual": True}),                # an attention projection adding the residual stream
+    (FP8, "bf16", {"bias": True, "residual": True}),
+    (FP8, "bf16", {"bias": True, "gelu": True}),      # GPT-2's first MLP product
+    (E5M2, "bf16", {}),                               # the classifier's input gradient
+    (E5M2, "f32", {}),
 ]
 
 
-@pytest.mark.parametrize("dtype,epilogue", SCALED_CASES,
+@pytest.mark.parametrize("x_type,dtype,epilogue", SCALED_CASES,
                          ids=lambda c: c if isinstance(c, str) else "+".join(c) or "plain")
-def test_fp8_products_match_numpy(dtype, epilogue):
-    """An FP8 product, x (4, 32, 64) against a (96, 64) weight, both E4M3 and read along k, its
+def test_fp8_products_match_numpy(x_type, dtype, epilogue):
+    """An FP8 product, x (4, 32, k) against a (96, k) E4M3 weight, both read along k, its
     accumulator multiplied by the two operands' factors: against the float64 product of the same
-    E4M3 values, every partial product exact, rounded once to the output's type."""
+    FP8 values, every partial product exact, rounded once to the output's type. x is E4M3 (a
+    forward product, k = 64, its sums in the FP8 accumulator) or an E5M2 gradient (k = 2048, its
+    sums moved into float32 as they go)."""
     rng = np.random.default_rng(4)
-    x_shape, w_shape, out_shape = (4, 32, 64), (96, 64), (4, 32, 96)
+    k = 64 if x_type == FP8 else 2048
+    x_shape, w_shape, out_shape = (4, 32, k), (96, k), (4, 32, 96)
     attrs = {"ta": False, "tb": True, "fp8": True, "dtype": dtype}
-    shapes, types = [x_shape, w_shape, (), ()], [FP8, FP8, "f32", "f32"]
+    shapes, types = [x_shape, w_shape, (), ()], [x_type, FP8, "f32", "f32"]
     op = "matmul"
     if epilogue:
         op, attrs = "fused_matmul", {**attrs, "bias": False, "residual": False, **epilogue}
@@ -221,7 +227,7 @@ def test_fp8_products_match_numpy(dtype, epilogue):
     launch = Launch(op=op, kind="matmul", attrs=attrs,
                     ins=tuple(Buffer(t, int(o), tuple(s)) for t, o, s in zip(types, offsets, shapes)),
                     out=outs[0], outs=tuple(outs) if attrs.get("gelu") else None)
-    host = [(16 * rng.standard_normal(shapes[0])).astype(DTYPES[FP8].numpy),
+    host = [(16 * rng.standard_normal(shapes[0])).astype(DTYPES[x_type].numpy),
             (40 * rng.standard_normal(shapes[1])).astype(DTYPES[FP8].numpy),
             np.array(2.0**-7, np.float32), np.array(2.0**-9, np.float32),
             *(rng.standard_normal(s).astype(DTYPES[dtype].numpy) for s in shapes[4:])]

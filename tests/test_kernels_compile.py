@@ -11,7 +11,7 @@ import pytest
 
 from graphgpt.codegen import LIBRARY_KINDS, compile_cuda, lower_plan
 from graphgpt.compiler import compile_model
-from graphgpt.dtypes import DTYPES, FP8, nbytes
+from graphgpt.dtypes import DTYPES, E5M2, FP8, nbytes
 from graphgpt.families import NAMES
 from graphgpt.families.attention import lowering as attention
 from graphgpt.ops import REGISTRY
@@ -182,6 +182,8 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("quantize", _f((5, 7), 1), _f32(()), transpose=False, dtype=FP8),
         _launch("quantize", _f((3, 80, 48)), _f32(()), transpose=True, dtype=FP8),
         _launch("quantize", _f((32, 48), 1), _f32(()), transpose=True, dtype=FP8),
+        _launch("quantize", _f((4, 37, 24)), _f32(()), transpose=False, dtype=E5M2),  # a gradient's copies
+        _launch("quantize", _f((3, 80, 48)), _f32(()), transpose=True, dtype=E5M2),
         *_decoding(_f, 3, 1, 4, 24, 37),  # odd length, a head dim no 16-byte access divides in bf16
         *_decoding(_f, 2, 3, 2, 64, 130),  # several new positions per step
         *_decoding(_f, 3, 1, 4, 24, 37, kv_heads=2),  # grouped-query caches
@@ -197,6 +199,8 @@ def synthetic_plan(dtype: str = "f32") -> dict:
         _launch("cross_entropy_with_grad", _f((37, 1000)), _ids([37]), _f32(())),  # a warp per row
         _launch("cross_entropy_with_grad", _f((5, 50304)), _ids([5]), _f32(())),   # a block per row
         _launch("cross_entropy_with_grad", _f((3, 3000)), _ids([3]), _f32(()), out_offset=2),  # misaligned
+        *(_launch("cross_entropy_with_grad", _f(shape), _ids(shape[:1]), _f32(()), fp8_grad=E5M2, grad_dtype=dtype)
+          for shape in ((37, 1000), (5, 50304))),  # also writing the gradient's E5M2 copy
         _launch("embedding", _f((40, 6)), _ids([3, 11])),
         _launch("embedding_grad", _ids([300]), _f((300, 50)), rows=7),
         _launch("embedding_grad", _ids([1000]), _f((1000, 2048)), rows=500),

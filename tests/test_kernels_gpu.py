@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
-from graphgpt.dtypes import DTYPES, FP8
+from graphgpt.dtypes import DTYPES, E5M2, FP8
 from graphgpt.numpy_ops import BY_OP
 from graphgpt.ops import REGISTRY
 from graphgpt.plan import Buffer, KernelCall, Launch
@@ -239,6 +239,43 @@ def test_the_fused_loss_kernel_gives_the_bits_of_the_two_it_replaces(dtype, rows
     assert not np.array_equal(grad_fused, cp.asnumpy(z).view(DTYPES[dtype].numpy)), "the logits were not overwritten"
 
 
+@pytest.mark.parametrize("dtype,rows,vocab", [("bf16", 37, 1000), ("f32", 5, 3001), ("bf16", 64, 50304)])
+def test_the_loss_kernels_e5m2_copy_is_quantize_of_its_own_gradient(dtype, rows, vocab):
+    """cross_entropy_with_grad also writing its gradient's E5M2 copy (passes/fp8.py's fp8_grad),
+    over a poisoned copy and factor, on fresh random logits: the loss and the gradient with the bits
+    of the kernel without the copy, and the copy and its factor with the bits quantize's reference
+    makes of that stored gradient at the bound |dloss| / rows (a warp a row, a block a row with
+    scalar loads, a block a row staged in shared memory)."""
+    import cupy as cp
+    from graphgpt.runtime.cuda_backend import device_dtype
+    logits, ids, dloss = Buffer(dtype, 0, (rows, vocab)), Buffer("i32", 0, (rows,)), Buffer("f32", 0, ())
+    data = program_data([_launch("cross_entropy_with_grad", logits, ids, dloss),
+                         _launch("cross_entropy_with_grad", logits, ids, dloss, fp8_grad=E5M2, grad_dtype=dtype)], "loss")
+    module = cp.RawModule(code=lower_plan(data, DEFAULT)["kernels/cross_entropy.cu"], options=NVRTC_OPTIONS)
+    rng = np.random.default_rng()
+    z = cp.asarray((3 * rng.standard_normal((rows, vocab))).astype(DTYPES[dtype].numpy).view(device_dtype(dtype)))
+    targets = cp.asarray(rng.integers(0, vocab, rows, dtype=np.int32))
+    g = np.float32(rng.uniform(0.5, 2.0))
+    results = []
+    for launch in data["programs"]["loss"].launches:
+        fn, cuda = module.get_function(launch.cuda.kernel), launch.cuda
+        if cuda.smem > 48 << 10:
+            fn.max_dynamic_shared_size_bytes = cuda.smem
+        loss, dz = cp.full((), np.nan, np.float32), z.copy()
+        copy, factor = cp.full((rows, vocab), 0x7F, np.uint8), cp.full((), np.nan, np.float32)  # E5M2's NaN
+        copies = (copy, factor) if launch.attrs else ()
+        fn(tuple(cuda.grid), tuple(cuda.block), (loss, dz, *copies, dz, targets, cp.asarray(g)), shared_mem=cuda.smem)
+        results.append((cp.asnumpy(loss), cp.asnumpy(dz).view(DTYPES[dtype].numpy), cp.asnumpy(copy), cp.asnumpy(factor)))
+    (loss, grad, _, _), (loss_c, grad_c, copy, factor) = results
+    assert loss_c.tobytes() == loss.tobytes() and grad_c.tobytes() == grad.tobytes()
+    want_q, want_factor = BY_OP["quantize"]({"dtype": E5M2, "transpose": False}, grad.astype(np.float32),
+                                            np.float32(g) / np.float32(rows))
+    want_q = want_q.astype(DTYPES[E5M2].numpy).view(np.uint8)
+    assert copy.tobytes() == want_q.tobytes(), f"{np.sum(copy != want_q)} of {copy.size} bytes differ"
+    assert factor.tobytes() == want_factor.tobytes(), (float(factor), float(want_factor))
+    assert np.count_nonzero(want_q & 0x7F) > copy.size // 2  # most of the copy is not flushed to zero
+
+
 @pytest.mark.parametrize("dtype,shape,rows,positioned", [("f32", (2, 64, 4, 64), 64, False), ("bf16", (2, 64, 4, 64), 64, False),
                                                          ("f32", (3, 5, 2, 6), 9, False), ("bf16", (2, 1, 4, 128), 100, True)])
 def test_rotary_gives_the_numpy_backends_bits(dtype, shape, rows, positioned):
@@ -300,13 +337,14 @@ def test_sorted_embedding_gradient_on_adversarial_ids(n, rows, pattern):
 QUANTIZED = {"normal": 3.0, "huge": 2.0**100, "small": 2.0**-118, "tiny": 2.0**-130, "zeros": 0.0, "nan": 1.0}
 
 
+@pytest.mark.parametrize("fp8", [FP8, E5M2])
 @pytest.mark.parametrize("dtype", ["bf16", "f32"])
 @pytest.mark.parametrize("shape,transpose,values", [
     ((3, 1000, 24), False, "normal"), ((3, 1008, 48), True, "normal"), ((4096, 768), True, "huge"),
     ((768, 3072), True, "tiny"), ((64, 3072), False, "small"), ((16, 7), False, "zeros"), ((7, 50), False, "nan"), ((64, 32), True, "nan")])
-def test_abs_max_and_quantize_give_the_references_bits(dtype, shape, transpose, values):
+def test_abs_max_and_quantize_give_the_references_bits(dtype, shape, transpose, values, fp8):
     """abs_max, then quantize reading its result, as the fp8 pass chains them, over poisoned outputs
-    on fresh random x: the largest magnitude exactly (NaN where x holds one), the E4M3 copy the
+    on fresh random x: the largest magnitude exactly (NaN where x holds one), the FP8 copy the
     reference's bytes and the factor its float32 bits. x standard normal times QUANTIZED[values]:
     huge (a negative exponent), small (the exponent at its bound, some elements float32
     subnormals: zeros of their signs), tiny (all subnormal: unscaled, zeros of their signs), zeros
@@ -315,7 +353,7 @@ def test_abs_max_and_quantize_give_the_references_bits(dtype, shape, transpose, 
     from graphgpt.runtime.cuda_backend import device_dtype
     x_buf = Buffer(dtype, 0, shape)
     find = _launch("abs_max", x_buf)
-    data = program_data([find, _launch("quantize", x_buf, find.out, transpose=transpose, dtype=FP8)])
+    data = program_data([find, _launch("quantize", x_buf, find.out, transpose=transpose, dtype=fp8)])
     module = cp.RawModule(code=lower_plan(data, DEFAULT)["kernels/quantize.cu"], options=NVRTC_OPTIONS)
     find, quantize = data["programs"]["p"].launches
     rng = np.random.default_rng()
@@ -325,7 +363,7 @@ def test_abs_max_and_quantize_give_the_references_bits(dtype, shape, transpose, 
     host = x.astype(DTYPES[dtype].numpy)
     x_dev = cp.asarray(host.view(device_dtype(dtype)))
     amax, factor = cp.full((), np.nan, np.float32), cp.full((), np.nan, np.float32)
-    q = cp.full(quantize.out.shape, 0x7F, np.uint8)  # E4M3's NaN
+    q = cp.full(quantize.out.shape, 0x7F, np.uint8)  # a NaN of both types
     for launch, args in ((find, (amax, x_dev)), (quantize, (q, factor, x_dev, amax))):
         cuda = launch.cuda
         module.get_function(cuda.kernel)(tuple(cuda.grid), tuple(cuda.block), args)
@@ -333,6 +371,6 @@ def test_abs_max_and_quantize_give_the_references_bits(dtype, shape, transpose, 
     want_q, want_factor = BY_OP["quantize"](quantize.attrs, host.astype(np.float32), want_amax)
     assert np.array_equal(cp.asnumpy(amax), want_amax, equal_nan=True), (float(amax), float(want_amax))
     got_q = cp.asnumpy(q)
-    want_q = want_q.astype(DTYPES[FP8].numpy).view(np.uint8)
+    want_q = want_q.astype(DTYPES[fp8].numpy).view(np.uint8)
     assert got_q.tobytes() == want_q.tobytes(), f"{np.sum(got_q != want_q)} of {got_q.size} bytes differ"
     assert cp.asnumpy(factor).tobytes() == want_factor.tobytes(), (float(factor), float(want_factor))

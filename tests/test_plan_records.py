@@ -82,3 +82,17 @@ def test_the_scan_finds_a_launch_read_as_a_dict():
 def test_the_runtime_reads_launches_by_attribute():
     found = {path.name: hits for path in sorted(RUNTIME.glob("*.py")) if (hits := record_subscripts(path.read_text()))}
     assert not found, found
+
+
+def test_an_fp8_products_scales_go_to_json_and_back_and_a_plan_without_fast_keeps_its_sums():
+    """Each FP8 product's call says whether its sums stay in the FP8 accumulator (the forward's) or
+    move into float32 (an E5M2 gradient's); a plan whose calls leave it out has only forward ones."""
+    data = compile_model(ROOT / "model.py", ["n_layer=1", "n_head=2", "n_embd=32", "block_size=16", "batch_size=2",
+                                             "vocab_size=112", "dtype=bf16", "fp8=lm_head.weight", "fp8_grad=lm_head.weight"],
+                         log=lambda *a: None).data
+    raw = data["programs"]["train"].to_json()
+    program = round_trip(raw)
+    scaled = [launch.cuda.scales for launch in program.launches if isinstance(launch.cuda, plan_io.GemmCall) and launch.cuda.scales]
+    assert sorted(s.fast for s in scaled) == [False, True]
+    without = {k: v for k, v in scaled[0].to_json().items() if k != "fast"}
+    assert plan_io.Scales.from_json(without).fast

@@ -8,8 +8,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from graphgpt.dtypes import E4M3_MAX, FP8
-from graphgpt.families.quantize.reference import MAX_EXPONENT, MIN_EXPONENT, MIN_NORMAL, abs_max, quantize, scale_exponent
+from graphgpt.dtypes import DTYPES, E4M3_MAX, E5M2, FP8, FP8_TYPES
+from graphgpt.families.quantize.reference import MIN_NORMAL, abs_max, exponents, quantize, scale_exponent
+
+MIN_EXPONENT, MAX_EXPONENT, _ = exponents(FP8)
 from graphgpt.ir import Graph, GraphError
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -40,13 +42,21 @@ def test_the_scale_at_e4m3s_top_and_past_it():
         [8, 8, 7, 0, -1, MAX_EXPONENT, 0]
 
 
-def test_a_float32_subnormal_scaled_as_far_as_allowed_rounds_to_a_signed_zero():
+@pytest.mark.parametrize("fp8", [FP8, E5M2])
+def test_a_float32_subnormal_scaled_as_far_as_allowed_rounds_to_a_signed_zero(fp8):
     """What the GPU's flushed subnormals give: the largest scale leaves a subnormal under half of
-    E4M3's smallest subnormal, 2^-9."""
+    the type's smallest subnormal (E4M3's 2^-9, E5M2's 2^-16)."""
     tiny = np.array([2.0 ** -126 * 0.99, -(2.0 ** -149)], np.float32)
-    q, _ = quantize({"transpose": False, "dtype": "e4m3"}, tiny, np.float32(2.0 ** -110))
-    assert scale_exponent(2.0 ** -110) == MAX_EXPONENT
-    assert q.astype(ml_dtypes.float8_e4m3fn).view(np.uint8).tolist() == [0x00, 0x80]
+    q, _ = quantize({"transpose": False, "dtype": fp8}, tiny, np.float32(2.0 ** -110))
+    assert scale_exponent(2.0 ** -110, fp8) == exponents(fp8)[1]
+    assert q.astype(DTYPES[fp8].numpy).view(np.uint8).tolist() == [0x00, 0x80]
+
+
+def test_the_fp8_ranges_are_the_types_own():
+    """dtypes.py states each FP8 type's range, so that choosing a scale needs no ml_dtypes import."""
+    for name, (largest, smallest) in FP8_TYPES.items():
+        info = ml_dtypes.finfo(DTYPES[name].numpy)
+        assert (float(info.max), float(info.smallest_subnormal)) == (largest, 2.0 ** smallest), name
 
 
 @pytest.mark.parametrize("amax", [0.0, math.inf, math.nan])

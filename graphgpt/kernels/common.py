@@ -28,6 +28,7 @@ class Kernel:
     args: list | None = None       # the kernel's buffers when not the launch's (out, *in)
     smem: int = 0                  # bytes of dynamic shared memory
     arch: str | None = None        # the GPU architecture whose own instructions it uses (sm_90a), if any
+    helpers: tuple[str, ...] = ()  # helpers its family's prelude renders only for kernels that ask (fp8)
 
 
 def contiguous_strides(shape) -> list[int]:

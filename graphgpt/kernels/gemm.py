@@ -4,7 +4,9 @@ cuBLAS row, which is our column), C = the residual, added with beta = 1, and GEL
 derivative with the pre-activation as cuBLASLt's aux matrix (laid out as the product).
 
 An FP8 product carries its operands' dequantisation factors, which cuBLASLt multiplies
-the accumulator by, in cuBLAS's names for the operands.
+the accumulator by, in cuBLAS's names for the operands. A product of two E4M3 operands (the
+forward's) keeps its sums in the FP8 tensor cores' accumulator; one that reads an E5M2 gradient
+(the backward's, long sums of small terms) has cuBLASLt move them into float32 as it goes.
 
 cuBLAS is column-major; our buffers are row-major. A row-major (M, N) matrix is the same bytes as
 a column-major (N, M) one, so C = op(A) @ op(B) is computed as C^T = op(B)^T @ op(A)^T: the
@@ -12,6 +14,7 @@ operands swap places and every leading dimension is the stored row length.
 """
 from __future__ import annotations
 
+from ..dtypes import FP8
 from ..numpy_ops.matmul import SCALES
 from ..ops.registry import prod
 from ..plan import Epilogue, Gemm, GemmCall, Launch, Scales
@@ -37,7 +40,8 @@ def lower_matmul(launch: Launch) -> GemmCall:
     scales = None
     if attrs.get("fp8"):  # our a's factor, then b's: cuBLAS's b, then its a
         b_scale, a_scale = extra[:SCALES]
-        scales, extra = Scales(a_scale, b_scale), extra[SCALES:]
+        fast = launch.ins[0].dtype == launch.ins[1].dtype == FP8
+        scales, extra = Scales(a_scale, b_scale, fast), extra[SCALES:]
     if launch.op == "matmul":
         return GemmCall(gemm, scales=scales)
     bias = extra.pop(0) if attrs["bias"] else None

@@ -4,14 +4,14 @@ matmul(a, b, ta, tb) = op(a) @ op(b) where op transposes the last two axes when 
 `b` is either batched like `a` or a plain matrix shared by every batch entry (a weight); the
 flags let the backward use the operands in place instead of materialising transposes.
 
-With attrs["fp8"] the product is an FP8 one (passes/fp8.py): both operands E4M3, each read
-along k (ta False, tb True, as cuBLASLt's FP8 kernels require), followed by two float32 scalars,
-the factors that undo each operand's scaling; the product is multiplied by both before its
-epilogue, and stored in attrs["dtype"].
+With attrs["fp8"] the product is an FP8 one (passes/fp8.py): both operands FP8, E4M3 or E5M2 (a
+gradient) but not both E5M2, each read along k (ta False, tb True, as cuBLASLt's FP8 kernels
+require), followed by two float32 scalars, the factors that undo each operand's scaling; the
+product is multiplied by both before its epilogue, and stored in attrs["dtype"].
 """
 from __future__ import annotations
 
-from ..dtypes import FP8
+from ..dtypes import FP8, FP8_TYPES
 from ..numpy_ops.matmul import SCALES
 from .registry import MatrixProduct, Op, Spec, float_spec, out_dtype, prod, register, require
 
@@ -27,7 +27,8 @@ def _operands(attrs, a, b, scales) -> str:
         float_spec(a), float_spec(b)
         require(a.dtype == b.dtype, f"operands differ in dtype: {a.dtype} and {b.dtype}")
         return out_dtype(attrs, a.dtype)
-    require(a.dtype == b.dtype == FP8, f"an FP8 product's operands are {FP8}, not {a.dtype} and {b.dtype}")
+    require(a.dtype in FP8_TYPES and b.dtype in FP8_TYPES and FP8 in (a.dtype, b.dtype),
+            f"an FP8 product's operands are FP8, at least one {FP8}, not {a.dtype} and {b.dtype}")
     require(not attrs["ta"] and attrs["tb"], "an FP8 product reads both operands along k (ta=False, tb=True)")
     require(len(scales) == SCALES and all(s.shape == () and s.dtype == "f32" for s in scales),
             "an FP8 product takes each operand's float32 factor after the operands")

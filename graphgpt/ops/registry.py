@@ -154,7 +154,11 @@ class GemmEpilogue:
 class RowLoss:
     """A loss over rows of logits (input 0) and targets (input 1). `grad` names its gradient op,
     grad(logits, targets, seed), and `with_grad` the op computing the loss and that gradient in one
-    pass over the logits, its outputs (loss, gradient)."""
+    pass over the logits, its outputs (loss, gradient). No element of the gradient is larger in
+    magnitude than |seed| / rows, so with attrs "fp8_grad" (an FP8 type) and "grad_dtype" (the
+    gradient's) `with_grad` also writes the gradient's FP8 copy, at the power-of-two scale that
+    quantize would take for that bound, and the factor that undoes it: outputs (loss, gradient,
+    copy, factor), the copy what quantize makes of the stored gradient (passes/fp8.py)."""
     grad: str
     with_grad: str
 

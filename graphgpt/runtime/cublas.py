@@ -103,10 +103,11 @@ class Cublas:
 
     def lt_plan(self, g: Gemm, a: int, b: int, d: int, epilogue: str = "default", bias: tuple | None = None,
                 residual: int | None = None, aux: tuple | None = None, scales: tuple[int, int] | None = None,
-                choose: Callable[[Trial], int] | None = None):
+                fast_accumulation: bool = False, choose: Callable[[Trial], int] | None = None):
         """The cuBLASLt call for one matrix product on these device pointers: D = op(A) op(B) with
         `epilogue` (a key of LT_EPILOGUES), `bias` and `aux` as (pointer, plan dtype), [+ residual];
-        an FP8 product's A and B multiplied by the float32s at `scales` (two pointers);
+        an FP8 product's A and B multiplied by the float32s at `scales` (two pointers), its sums
+        kept in the FP8 accumulator where `fast_accumulation` says;
         descriptors and algorithm chosen now: cuBLASLt's first heuristic answer, or the one that
         `choose` picks from a Trial of the first CANDIDATES. Returns run()."""
         if self.lt is None:
@@ -138,7 +139,7 @@ class Cublas:
             if scales_at is not None:
                 for attr, at in zip((LT_DESC_A_SCALE_POINTER, LT_DESC_B_SCALE_POINTER), scales_at):
                     set_attr(set_desc, desc, attr, ctypes.c_void_p(at))
-        if scales is not None:  # the forward's FP8 products, as Transformer Engine runs them
+        if scales is not None and fast_accumulation:
             set_attr(set_desc, desc, LT_DESC_FAST_ACCUM, ctypes.c_int8(1))
         if bias is not None:  # before the heuristic, which looks at its alignment and type
             set_attr(set_desc, desc, LT_DESC_BIAS_DATA_TYPE, ctypes.c_int32(DTYPES[bias[1]].cuda))
@@ -195,7 +196,7 @@ class Cublas:
             operands |= {"scale_a": ("f32", 1), "scale_b": ("f32", 1)} if scales is not None else {}
             shape = (g.transa, g.transb, m, n, k, g.lda, g.ldb, g.ldc, g.stride_a, g.stride_b, g.stride_c, g.batch)
             key = (shape, g.a.dtype, g.b.dtype, g.c.dtype, epilogue, bias and bias[1], aux and aux[1], residual is None,
-                   scales is None, tuple(bytes(r.algo) for r in results[:found.value]))
+                   scales is None, fast_accumulation, tuple(bytes(r.algo) for r in results[:found.value]))
             chosen = choose(Trial(found.value, operands, ("d", *LT_WRITES.get(epilogue, ())), key, trial))
             point(bias and bias[0], aux and aux[0], scales)
         args = call(chosen, a, b, d if residual is None else residual, d)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dtypes import DTYPES, FP8, nbytes
+from ..dtypes import DTYPES, FP8_TYPES, nbytes
 from ..plan import Buffer, GemmCall, Launch, Plan, Program
 from . import check_architecture, check_arena_fits, target_mismatch
 from .cublas import WORKSPACE_BYTES, Cublas
@@ -29,11 +29,11 @@ from .weight_copies import WeightCopies
 
 SLOTS = 2  # pinned buffers per input/output: one being filled while the other is in flight
 STATIC_SMEM_LIMIT = 48 << 10  # shared memory a kernel may use without opting in
-NARROW_BITS = {"bf16": np.uint16, FP8: np.uint8}  # plan dtypes CuPy holds as their bits
+NARROW_BITS = {"bf16": np.uint16} | {t: np.uint8 for t in FP8_TYPES}  # plan dtypes CuPy holds as their bits
 
 
 def device_dtype(name: str) -> np.dtype:
-    """How CuPy holds a plan dtype: bf16 and E4M3 as their bits (CuPy has neither type; kernels
+    """How CuPy holds a plan dtype: bf16 and the FP8 types as their bits (CuPy has neither type; kernels
     and cuBLASLt see them as they are)."""
     if name in NARROW_BITS:
         return np.dtype(NARROW_BITS[name])
@@ -203,7 +203,7 @@ class CudaBackend(WeightCopies):
                                     aux=typed(epi and epi.aux),
                                     residual=None if epi is None or epi.residual is None else self._pointer(epi.residual),
                                     scales=cuda.scales and (self._pointer(cuda.scales.a), self._pointer(cuda.scales.b)),
-                                    choose=self.choose_gemm)
+                                    fast_accumulation=bool(cuda.scales and cuda.scales.fast), choose=self.choose_gemm)
         else:
             fn = self.modules[cuda.file].get_function(cuda.kernel)
             grid, block, smem = cuda.grid, cuda.block, cuda.smem

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import DTYPES, FP8
+from ..dtypes import DTYPES, E5M2, FP8
 
 REPEATS = 7  # timed runs of each candidate; the median counts
 
@@ -49,12 +49,16 @@ class GemmChooser:
         return min(times, key=lambda i: (times[i], i))
 
     def _scratch(self, dtype: str, elements: int):
-        """Device memory for `elements` of a plan dtype, standard normal values (E4M3: any finite
-        value, each code but the two NaNs, 0x7f and 0xff), as bytes."""
+        """Device memory for `elements` of a plan dtype, standard normal values (FP8: any finite
+        value: E4M3's codes but the two NaNs, 0x7f and 0xff; E5M2's of magnitude below its
+        infinity, 0x7c), as bytes."""
         cp = self.cp
         if dtype == FP8:
             codes = self.random.integers(0, 254, elements).astype(cp.uint8)
             return codes + (codes >= 0x7F).astype(cp.uint8)
+        if dtype == E5M2:
+            signs = self.random.integers(0, 2, elements).astype(cp.uint8) << 7
+            return self.random.integers(0, 0x7C, elements).astype(cp.uint8) | signs
         values = self.random.standard_normal(elements, dtype=cp.float32)
         if dtype == "bf16":  # the upper halves of float32s are bf16 values
             return (values.view(cp.uint32) >> 16).astype(cp.uint16).view(cp.uint8)

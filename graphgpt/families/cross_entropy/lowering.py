@@ -1,5 +1,6 @@
 """cross_entropy, cross_entropy_grad and the two in one launch, cross_entropy_with_grad
-(cross_entropy.cu.j2): a warp or a block per row.
+(cross_entropy.cu.j2): a warp or a block per row. The last also writes the gradient's FP8 copy
+where its attrs ask (passes/fp8.py).
 """
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from ...dtypes import DTYPES
 from ...kernels.common import THREADS, Kernel, cdiv, index_type, row_vec, types
 from ...ops.registry import prod
 from ...target import Target
+from ..quantize.reference import exponents
 
 # A block that copies its row to shared memory first: two of them an SM, so that one reads while
 # the other computes; twice THREADS, since its passes are expf-bound once the row is read once.
@@ -29,15 +31,19 @@ def lower(launch, target: Target) -> Kernel:
     op, logits = launch.op, launch.ins[0]
     v = logits.shape[-1]
     n = prod(logits.shape[:-1])
-    grad = launch.outputs[-1] if op != "cross_entropy" else None  # the rows written
-    vec = row_vec(v, logits, *([grad] if grad else []))
+    grad = None if op == "cross_entropy" else launch.outputs[op != "cross_entropy_grad"]  # the rows written
+    fp8 = launch.attrs.get("fp8_grad")
+    copy = launch.outputs[2] if fp8 else None  # the gradient's FP8 copy, then its factor
+    vec = row_vec(v, logits, *(b for b in (grad, copy) if b))
     wide = v // vec > 32 * 8
     stage = wide and staged(v, vec, logits.dtype, target)
     threads = STAGED_THREADS if stage else THREADS
     per_row = threads if wide else 32
     blocks = cdiv(n, threads // per_row)
     return Kernel(op, {**types(launch), "threads": threads, "op": op, "loss": op != "cross_entropy_grad", "grad": grad is not None,
-                       "grad_t": DTYPES[grad.dtype].ctype if grad else None, "n": n, "v": v, "vec": vec,
+                       "grad_t": DTYPES[grad.dtype].ctype if grad else None,
+                       "fp8_t": fp8 and DTYPES[fp8].ctype, "exponents": fp8 and exponents(fp8), "n": n, "v": v, "vec": vec,
                        "per_row": per_row, "blocks": blocks, "itype": index_type(logits.shape), "staged": stage, "pieces": STAGED_PIECES,
                        "min_blocks": STAGED_BLOCKS},
-                  (blocks, 1, 1), (threads, 1, 1), smem=v * DTYPES[logits.dtype].bytes if stage else 0)
+                  (blocks, 1, 1), (threads, 1, 1), smem=v * DTYPES[logits.dtype].bytes if stage else 0,
+                  helpers=("fp8",) if fp8 else ())

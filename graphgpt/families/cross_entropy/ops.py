@@ -1,6 +1,7 @@
 """The classifier's loss and its gradient: the cross_entropy kernel family."""
 from __future__ import annotations
 
+from ...dtypes import FP8_TYPES
 from ...ops.registry import BACKWARD_ONLY, FUSION_MADE, Op, RowLoss, Spec, float_spec, register, require
 
 
@@ -31,9 +32,16 @@ register(Op("cross_entropy_grad", "nn", _ce_grad_infer,
 # Both in one launch, made by the fusion pass where a program computes the loss and its gradient
 # of the same logits (training; evaluation keeps the plain forward): the gradient's kernel already
 # has each row's max and sum of exponentials, so the row's loss costs one more read of an element,
-# not a second pass over the logits. Outputs: the loss, then the gradient, again over the logits.
+# not a second pass over the logits. Outputs: the loss, then the gradient, again over the logits;
+# with attrs "fp8_grad", the gradient's FP8 copy and its factor (RowLoss).
 def _ce_with_grad_infer(attrs, logits, targets, g):
-    return [_ce_infer(attrs, logits, targets), _ce_grad_infer(attrs, logits, targets, g)]
+    grad = _ce_grad_infer(attrs, logits, targets, g)
+    outs = [_ce_infer(attrs, logits, targets), grad]
+    if attrs.get("fp8_grad"):
+        require(attrs["fp8_grad"] in FP8_TYPES, f"fp8_grad must be one of {', '.join(FP8_TYPES)}, not {attrs['fp8_grad']}")
+        require(attrs.get("grad_dtype") == grad.dtype, f"grad_dtype must be the gradient's {grad.dtype}")
+        outs += [Spec(grad.shape, attrs["fp8_grad"]), Spec((), "f32")]
+    return outs
 
 
 register(Op("cross_entropy_with_grad", "nn", _ce_with_grad_infer, nondiff=FUSION_MADE, template="cross_entropy",

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...dtypes import DTYPES
 from ...numpy_ops.base import reference
+from ..quantize.reference import quantize
 
 
 def _log_softmax(z):
@@ -27,5 +29,12 @@ def cross_entropy_grad(attrs, logits, targets, g):
 
 @reference("cross_entropy_with_grad")
 def cross_entropy_with_grad(attrs, logits, targets, g):
-    """The loss and its gradient of one pass over the logits: what the two ops compute apart."""
-    return cross_entropy(attrs, logits, targets), cross_entropy_grad(attrs, logits, targets, g)
+    """The loss and its gradient of one pass over the logits: what the two ops compute apart. With
+    attrs "fp8_grad", also the stored gradient's FP8 copy and its factor, quantized at the bound
+    |g| / rows on its magnitude (RowLoss), which the kernel computes in float32."""
+    loss, grad = cross_entropy(attrs, logits, targets), cross_entropy_grad(attrs, logits, targets, g)
+    if not attrs.get("fp8_grad"):
+        return loss, grad
+    stored = grad.astype(DTYPES[attrs["grad_dtype"]].numpy).astype(grad.dtype)
+    bound = np.float32(abs(np.float32(g))) / np.float32(targets.size)
+    return (loss, grad, *quantize({"dtype": attrs["fp8_grad"], "transpose": False}, stored, bound))

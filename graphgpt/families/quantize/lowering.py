@@ -7,9 +7,9 @@ from __future__ import annotations
 from ...kernels.common import THREADS, VECTOR_BYTES, Kernel, aligned_for, cdiv, index_type, row_vec, types
 from ...ops.registry import prod
 from ...target import Target
-from .reference import MAX_EXPONENT, MIN_EXPONENT
+from .reference import exponents
 
-VEC = 8  # elements a thread of the plain copy moves at once: 16 bytes of bf16 in, 8 of E4M3 out
+VEC = 8  # elements a thread of the plain copy moves at once: 16 bytes of bf16 in, 8 of FP8 out
 # A transposed copy's tile: GROUPS threads across a row of it, a vector each (with 16-byte vectors,
 # 128 bytes of the row: one coalesced access), and TILE_ROWS rows down, GROUPS groups of 16 (each
 # group 16 bytes of a row of the copy: one store), every thread reading 4 rows.
@@ -51,7 +51,7 @@ def _plain(launch, target: Target) -> Kernel:
     n = prod(x.shape)
     vec = VEC if n % VEC == 0 and aligned_for(VEC, q, x) else 1
     blocks, threads, steps = _strided(n // vec, target)
-    return Kernel("quantize", {**types(launch), "mode": "plain", "exponents": (MIN_EXPONENT, MAX_EXPONENT), "n": n, "vec": vec, "blocks": blocks,
+    return Kernel("quantize", {**types(launch), "mode": "plain", "exponents": exponents(launch.out.dtype), "n": n, "vec": vec, "blocks": blocks,
                                "threads": threads, "steps": steps, "itype": index_type(x.shape)},
                   (blocks, 1, 1), (threads, 1, 1))
 
@@ -67,7 +67,7 @@ def _transposed(launch) -> Kernel:
     rows, cols = prod(x.shape[:-1]), x.shape[-1]
     vec = row_vec(cols, x)
     tile_cols = GROUPS * vec
-    return Kernel("quantize_transposed", {**types(launch), "mode": "transposed", "exponents": (MIN_EXPONENT, MAX_EXPONENT), "rows": rows, "cols": cols, "vec": vec,
+    return Kernel("quantize_transposed", {**types(launch), "mode": "transposed", "exponents": exponents(launch.out.dtype), "rows": rows, "cols": cols, "vec": vec,
                                           "groups": GROUPS, "tile_rows": TILE_ROWS, "tile_cols": tile_cols,
                                           "threads": TILE_THREADS, "itype": index_type(x.shape)},
                   (cdiv(rows, TILE_ROWS), cdiv(cols, tile_cols), 1), (TILE_THREADS, 1, 1))
