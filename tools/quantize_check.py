@@ -1,10 +1,11 @@
 """python tools/quantize_check.py: the FP8 kernels (abs_max, quantize) checked against NumPy, and timed.
 
-For each shape (rows x columns of a bf16 or float32 matrix, copied as it lies or transposed),
+For each shape (rows x columns of a bf16 or float32 matrix, copied as it lies or transposed, to
+E4M3 or to E5M2),
 abs_max and quantize are rendered from their template (graphgpt/families/quantize/) as a plan
 renders them and run as the fp8 pass chains them, quantize reading abs_max's result, over poisoned
 outputs on fresh random x (3 x standard normal). The largest magnitude must be NumPy's exactly, the
-E4M3 copy the NumPy reference's bytes and the factor its float32 bits. Then each kernel is timed with
+FP8 copy the NumPy reference's bytes and the factor its float32 bits. Then each kernel is timed with
 CUDA events around its launch alone, median of `--repeat` runs after warm-up, and shown as GB/s of
 the bytes it must move (abs_max: x read once; quantize: x read once, the copy written once).
 """
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import numpy as np  # noqa: E402
 
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
-from graphgpt.dtypes import DTYPES, FP8  # noqa: E402
+from graphgpt.dtypes import DTYPES, E5M2, FP8  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 from graphgpt.numpy_ops import BY_OP  # noqa: E402
 from graphgpt.ops import REGISTRY  # noqa: E402
@@ -28,32 +29,34 @@ from graphgpt.target import DEFAULT  # noqa: E402
 from tools.attention_check import time_ms  # noqa: E402
 from tools.cross_entropy_check import from_float32  # noqa: E402
 
-SHAPES = [  # (label, rows, columns, dtype, transposed)
-    ("124M-acts", 16 * 1024, 768, "bf16", False),   # a GPT-2 124M step's activations into a 768-wide product
-    ("seed-acts", 4 * 1024, 768, "bf16", False),
-    ("wte", 50304, 768, "bf16", False),             # GPT-2's token embedding, the classifier's weight
-    ("wte-T", 50304, 768, "bf16", True),
-    ("fc-T", 768, 3072, "bf16", True),              # an MLP's first weight (k, n), quantized as (n, k)
+SHAPES = [  # (label, rows, columns, dtype, transposed, FP8 type)
+    ("124M-acts", 16 * 1024, 768, "bf16", False, FP8),   # a GPT-2 124M step's activations into a 768-wide product
+    ("seed-acts", 4 * 1024, 768, "bf16", False, FP8),
+    ("wte", 50304, 768, "bf16", False, FP8),             # GPT-2's token embedding, the classifier's weight
+    ("wte-T", 50304, 768, "bf16", True, FP8),
+    ("fc-T", 768, 3072, "bf16", True, FP8),              # an MLP's first weight (k, n), quantized as (n, k)
+    ("124M-dh", 16 * 1024, 3072, "bf16", False, E5M2),   # the gradient into an MLP's first product (fp8_grad)
 ]
 
 
-def launches(rows: int, cols: int, dtype: str, transpose: bool) -> list[Launch]:
-    """abs_max of x and quantize of x reading it, each buffer at offset 0 of an array of its own."""
+def launches(rows: int, cols: int, dtype: str, transpose: bool, fp8: str) -> list[Launch]:
+    """abs_max of x and quantize of x to `fp8` reading it, each buffer at offset 0 of an array of its own."""
     x = Buffer(dtype, 0, (rows, cols))
     amax = Buffer("f32", 0, ())
-    specs = REGISTRY["quantize"].infer({"transpose": transpose, "dtype": FP8}, Spec(x.shape, x.dtype), Spec((), "f32"))
+    attrs = {"transpose": transpose, "dtype": fp8}
+    specs = REGISTRY["quantize"].infer(attrs, Spec(x.shape, x.dtype), Spec((), "f32"))
     q, factor = (Buffer(s.dtype, 0, tuple(s.shape)) for s in specs)
     return [Launch(op="abs_max", out=amax, ins=(x,)),
-            Launch(op="quantize", out=q, outs=(q, factor), ins=(x, amax), attrs={"transpose": transpose, "dtype": FP8})]
+            Launch(op="quantize", out=q, outs=(q, factor), ins=(x, amax), attrs=attrs)]
 
 
-def check_shape(cp, label: str, rows: int, cols: int, dtype: str, transpose: bool, repeat: int, seed: int) -> dict:
-    plan = {"programs": {"fp8": Program(launches=tuple(launches(rows, cols, dtype, transpose)))}}
+def check_shape(cp, label: str, rows: int, cols: int, dtype: str, transpose: bool, fp8: str, repeat: int, seed: int) -> dict:
+    plan = {"programs": {"fp8": Program(launches=tuple(launches(rows, cols, dtype, transpose, fp8)))}}
     module = cp.RawModule(code=lower_plan(plan, DEFAULT)["kernels/quantize.cu"], options=NVRTC_OPTIONS)
     find, quantize = plan["programs"]["fp8"].launches
     x = from_float32(cp, 3 * cp.random.default_rng(seed).standard_normal((rows, cols), dtype=cp.float32), dtype)
     amax, factor = cp.full((), np.nan, np.float32), cp.full((), np.nan, np.float32)
-    q = cp.full(quantize.out.shape, 0x7F, np.uint8)  # E4M3's NaN
+    q = cp.full(quantize.out.shape, 0x7F, np.uint8)  # a NaN of both FP8 types
     kernels = {"abs_max": (module.get_function(find.cuda.kernel), find.cuda, (amax, x)),
                "quantize": (module.get_function(quantize.cuda.kernel), quantize.cuda, (q, factor, x, amax))}
 
@@ -67,13 +70,13 @@ def check_shape(cp, label: str, rows: int, cols: int, dtype: str, transpose: boo
     want_amax = BY_OP["abs_max"]({}, host)
     want_q, want_factor = BY_OP["quantize"](quantize.attrs, host, want_amax)
     got_q = cp.asnumpy(q)
-    want_q = want_q.astype(DTYPES[FP8].numpy).view(np.uint8)
+    want_q = want_q.astype(DTYPES[fp8].numpy).view(np.uint8)
     checks = {"amax": cp.asnumpy(amax).tobytes() == want_amax.tobytes(),
               "q": got_q.tobytes() == want_q.tobytes(), "factor": cp.asnumpy(factor).tobytes() == want_factor.tobytes()}
     ms = {name: time_ms(cp, lambda name=name: launch(name), repeat) for name in kernels}
     x_bytes = rows * cols * DTYPES[dtype].bytes
     moved = {"abs_max": x_bytes, "quantize": x_bytes + rows * cols}
-    return {"shape": label, "rows": rows, "cols": cols, "dtype": dtype, "transpose": transpose, "checks": checks,
+    return {"shape": label, "rows": rows, "cols": cols, "dtype": dtype, "transpose": transpose, "fp8": fp8, "checks": checks,
             "ok": all(checks.values()), "ms": ms, "GBps": {name: moved[name] / ms[name] / 1e6 for name in ms}}
 
 
@@ -91,12 +94,12 @@ def main(argv=None) -> int:
     import cupy as cp
     print(f"seed {args.seed}")
     rows = [check_shape(cp, *s, args.repeat, args.seed) for s in SHAPES if not args.only or s[0] in args.only]
-    print(f"{'shape':10} {'rows':>6} {'cols':>5} {'type':5} {'T':1} {'amax':4} {'q':4} {'1/s':4} ok  "
+    print(f"{'shape':10} {'rows':>6} {'cols':>5} {'type':5} {'T':1} {'to':4} {'amax':4} {'q':4} {'1/s':4} ok  "
           f"{'abs_max ms':>10} {'GB/s':>6} {'quantize ms':>11} {'GB/s':>6}")
     yes = {True: "yes", False: "NO"}
     for r in rows:
         ms, gbps, c = r["ms"], r["GBps"], r["checks"]
-        print(f"{r['shape']:10} {r['rows']:6} {r['cols']:5} {r['dtype']:5} {'T' if r['transpose'] else '-'} "
+        print(f"{r['shape']:10} {r['rows']:6} {r['cols']:5} {r['dtype']:5} {'T' if r['transpose'] else '-'} {r['fp8']:4} "
               f"{yes[c['amax']]:4} {yes[c['q']]:4} {yes[c['factor']]:4} {yes[r['ok']]:3} "
               f"{ms['abs_max']:10.4f} {gbps['abs_max']:6.0f} {ms['quantize']:11.4f} {gbps['quantize']:6.0f}")
     return 0 if all(r["ok"] for r in rows) else 1
