@@ -55,8 +55,8 @@ def fp8_products(graph: Graph, forward: str, gradients: str = "") -> Graph:
         return graph
     backward = graph.depends_on({n.id for n in graph.nodes.values()
                                  if REGISTRY[n.op].source == "inputs" and n.name == TARGETS})
-    chosen = {i: FP8 for i in _chosen_products(graph, wanted, backward, "fp8")}
-    chosen |= {i: E5M2 for i in _chosen_products(graph, through, backward, "fp8_grad")}
+    chosen = {i: FP8 for i in _chosen_products(graph, wanted, backward, of_backward=False)}
+    chosen |= {i: E5M2 for i in _chosen_products(graph, through, backward, of_backward=True)}
     carried = _loss_gradients(graph, [graph.nodes[i].inputs[0] for i, t in chosen.items() if t == E5M2])
     rw, made = Rewrite(graph), {}
     for n in graph.nodes.values():
@@ -122,11 +122,11 @@ def _with_copy(rw: Rewrite, made: dict, n: Node, gradient: int) -> None:
     made[("loss", gradient)] = tuple(outs)
 
 
-def _chosen_products(graph: Graph, wanted: tuple[str, ...], backward: set[int], setting: str) -> set[int]:
+def _chosen_products(graph: Graph, wanted: tuple[str, ...], backward: set[int], of_backward: bool) -> set[int]:
     """The matrix products whose right operand is a weight `wanted` names, of the forward (setting
     fp8) or of the backward (fp8_grad), each checked for the shapes cuBLASLt's FP8 products take;
     every pattern must name at least one."""
-    nodes, of_backward = graph.nodes, setting == "fp8_grad"
+    nodes, setting = graph.nodes, "fp8_grad" if of_backward else "fp8"
 
     def candidate(n: Node) -> bool:
         return (REGISTRY[n.op].matrix_product is not None and (n.id in backward) == of_backward

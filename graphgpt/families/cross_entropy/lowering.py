@@ -31,9 +31,11 @@ def lower(launch, target: Target) -> Kernel:
     op, logits = launch.op, launch.ins[0]
     v = logits.shape[-1]
     n = prod(logits.shape[:-1])
-    grad = None if op == "cross_entropy" else launch.outputs[op != "cross_entropy_grad"]  # the rows written
-    fp8 = launch.attrs.get("fp8_grad")
-    copy = launch.outputs[2] if fp8 else None  # the gradient's FP8 copy, then its factor
+    # the rows written: the gradient op's one output, or the one-pass op's second (after the loss),
+    # followed there by the gradient's FP8 copy and its factor where its attrs ask for them
+    outs, fp8 = launch.outputs, launch.attrs.get("fp8_grad")
+    grad = None if op == "cross_entropy" else outs[0] if op == "cross_entropy_grad" else outs[1]
+    copy = outs[2] if fp8 else None
     vec = row_vec(v, logits, *(b for b in (grad, copy) if b))
     wide = v // vec > 32 * 8
     stage = wide and staged(v, vec, logits.dtype, target)

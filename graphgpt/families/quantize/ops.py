@@ -1,5 +1,5 @@
 """FP8 operands: the quantize kernel family. The fp8 pass (passes/fp8.py) makes its ops, for the
-operands of the matrix products it runs on E4M3."""
+operands of the matrix products it runs on FP8: E4M3 copies, and E5M2 copies of gradients."""
 from __future__ import annotations
 
 from ...dtypes import FP8_MULTIPLE, FP8_TYPES
