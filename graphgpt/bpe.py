@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import jsontext
 from .errors import UserError
 
 KIND = "gpt2"
@@ -64,7 +65,7 @@ def read_vocabulary(path: Path) -> tuple[list[bytes], dict[str, int]]:
 
 def _json_ranks(path: Path, text: str) -> tuple[dict[bytes, int], dict[str, int]]:
     try:
-        encoder = json.loads(text)
+        encoder = jsontext.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"--vocab {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
     if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):

@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import hf
+from . import hf, jsontext
 from .dtypes import DTYPES
 from .errors import UserError
-from .fsutil import atomic_write_text, fsync_dir, process_alive, scratch_dir
+from .fsutil import atomic_write_text, fsync_dir, process_alive, scratch_dir, unwritable
 from .tensor_files import load_safetensors, save_safetensors, save_seed_weights
 
 FORMAT = "graphgpt-checkpoint"
@@ -111,14 +111,19 @@ class CheckpointDir:
         self.run = run  # the id of the run that saves here, recorded in each checkpoint
 
     def check_writable(self) -> None:
-        """Create the directory if needed and prove a file can be made in it, before any training
-        time is spent. The probe is an anonymous temporary file, so even kill -9 leaves nothing."""
+        """Prove, before any training time is spent, that a checkpoint can be written: a file can be
+        made in the directory, or, while it is yet to be made (by the first save, so that a run
+        refused later leaves no directory behind), in the one that will hold it. The probe is an
+        anonymous temporary file, so even kill -9 leaves nothing."""
+        if os.path.lexists(self.path) and not self.path.is_dir():
+            raise UserError(f"{self.path}: exists and is not a directory")
+        if not self.path.exists():
+            if problem := unwritable(self.path):
+                raise UserError(f"{self.path}: cannot be made ({problem})")
+            return
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.path):
                 pass
-        except FileExistsError:
-            raise UserError(f"{self.path}: exists and is not a directory") from None
         except OSError as e:
             raise UserError(f"{self.path}: not a writable directory ({e.strerror or e})") from None
 
@@ -314,7 +319,7 @@ def read_state(checkpoint: str | os.PathLike) -> dict:
         raise UserError(f"{checkpoint}: not a directory, so not a graphgpt checkpoint")
     state = checkpoint / STATE
     try:
-        record = json.loads(state.read_text("utf-8"))
+        record = jsontext.loads(state.read_text("utf-8"))
     except (FileNotFoundError, NotADirectoryError):
         raise UserError(f"{checkpoint}: not a graphgpt checkpoint (no {STATE})") from None
     except OSError as e:

@@ -12,7 +12,7 @@ from . import hf, model_size, optim
 from .bpe import KIND as BPE_KIND
 from .compile_report import summary
 from .compiler import compile_model
-from .errors import ArgumentParser, UserError
+from .errors import REFUSALS, ArgumentParser, in_words
 from .model_file import MODEL_DEFAULTS
 from .monitor import GuardedStdout
 from .passes.remat import AUTO, POLICIES
@@ -36,7 +36,8 @@ SETTINGS_HELP = (
     "vocab_size, attention, dropout, tie_weights), " + ", ".join(f"{k}={v}" for k, v in MODEL_DEFAULTS.items())
     + ", and the optimizer with its learning-rate schedule (defaults): "
     + " ".join(f"{k}={v}" for k, v in optim.DEFAULTS.items())
-    + ". Integer keys take digits only. The report (DIR/report.txt) lists every setting.")
+    + ". Integer keys take ASCII digits only, the others a decimal or scientific number; every number must be "
+    "one float32 holds. The report (DIR/report.txt) lists every setting.")
 
 
 def main(argv=None) -> int:
@@ -44,7 +45,8 @@ def main(argv=None) -> int:
     p = ArgumentParser(prog="tools/compile.py", description=(
         "Compile a GPT-2 model file into a training plan: trace, autodiff, optimizer, passes, "
         "memory plan, graph dumps."), epilog=SETTINGS_HELP)
-    p.add_argument("model", type=Path, nargs="?", help="the model file (CONFIG + forward), e.g. model.py")
+    p.add_argument("model", type=Path, nargs="?", help="the model file (Python source named *.py: CONFIG + forward), "
+                                                       "e.g. model.py")
     p.add_argument("--out", type=Path, default=Path("compiled"), help="plan directory (default: compiled/)")
     p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a CONFIG key, the compute type (dtype=f32|bf16), sample_batch, "
@@ -55,7 +57,8 @@ def main(argv=None) -> int:
                         "or an optimizer key (see below), e.g. --set n_layer=2 n_embd=128 (repeatable)")
     p.add_argument("--hf-config", type=Path, metavar="DIR",
                    help="the model's sizes from a Hugging Face directory's config.json: a GPT-2's for model.py, "
-                        "a LLaMA's for models/llama.py (--set overrides them); greedy generation then "
+                        "a LLaMA's for models/llama.py (--set overrides them; a value out of range is named by its "
+                        "field); greedy generation then "
                         "chooses among its vocab_size tokens, as transformers does")
     p.add_argument("--data", type=Path, help="build the tokenizer's vocabulary from this text file")
     p.add_argument("--tokenizer", choices=("word", "char", BPE_KIND),
@@ -95,8 +98,8 @@ def main(argv=None) -> int:
                                  target=TARGETS[args.target], log=lambda line: None,
                                  vocab_in_use=args.hf_config and hf.vocabulary(args.hf_config))
         save(compiled.data, args.out, compiled.files)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except REFUSALS as e:
+        print(f"error: {in_words(e)}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as e:  # save's staging directory is gone already
         what = "terminated by SIGTERM" if isinstance(e, Terminated) else "interrupted"

@@ -33,6 +33,7 @@ from typing import BinaryIO, Iterator, NamedTuple
 import numpy as np
 
 import graphgpt
+from graphgpt import jsontext
 from graphgpt.errors import UserError
 from graphgpt.tokenizer import Tokenizer
 
@@ -199,7 +200,7 @@ def read_token_meta(directory: Path) -> dict | None:
     """The meta.json tools/prepare.py wrote in `directory`, or None where there is none of its kind."""
     try:
         with open_data(Path(directory) / META_FILE, META_FILE) as f:
-            meta = json.loads(f.read(_META_BYTES))
+            meta = jsontext.loads(f.read(_META_BYTES))
     except (UserError, OSError, ValueError):  # absent, no file, unreadable or not JSON: not prepare.py's
         return None
     return meta if isinstance(meta, dict) and meta.get("format") == TOKEN_FORMAT else None

@@ -1,7 +1,7 @@
 """Bad user input: the one exception type for it, and the argument parser every tool uses.
 
-Command-line entry points catch `UserError`, print its message as a single line and exit with
-status 2; anything else is a bug in graphgpt and keeps its traceback.
+Command-line entry points catch `UserError` (and a PermissionError: REFUSALS), print its message as a
+single line and exit with status 2; anything else is a bug in graphgpt and keeps its traceback.
 """
 import argparse
 import sys
@@ -9,6 +9,18 @@ import sys
 
 class UserError(Exception):
     """Bad input from the user: a model file, a plan, a data file or a command-line value."""
+
+
+# What stops a tool as bad input does, one line and status 2: a UserError, or a path the user's
+# permissions keep graphgpt from (a directory it may not search, a file it may not read or write).
+REFUSALS = (UserError, PermissionError)
+
+
+def in_words(e: BaseException) -> str:
+    """The line a tool prints after `error: ` for one of REFUSALS."""
+    if isinstance(e, PermissionError):
+        return f"{e.filename}: permission denied" if e.filename else f"permission denied ({e})"
+    return str(e)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -29,8 +41,8 @@ def reported(work, *args) -> int:
     is 130, and otherwise `work`'s own status (0 for None)."""
     try:
         return _signals_unmasked(work, *args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except REFUSALS as e:
+        print(f"error: {in_words(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -4,13 +4,14 @@ anything is traced."""
 from __future__ import annotations
 
 import importlib.util
-import math
+import re
 import traceback
 from pathlib import Path
 
 from . import optim
 from .errors import UserError
-from .rope_scaling import SCALINGS
+from .rope_scaling import SCALINGS, SETTINGS as ROPE_SETTINGS
+from .schedule import IN_FLOAT32, POSITIVE_IN_FLOAT32, finite, integer, positive
 
 SIZES = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "batch_size", "sample_batch",
          "rope_original_max_position")  # CONFIG keys that must be >= 1
@@ -31,6 +32,12 @@ MODEL_DEFAULTS = {"dtype": "f32", "sample_batch": 1, "classifier_chunks": 0}
 # forward products the training step runs on E4M3 operands; fp8_grad, those whose products that
 # take the gradient to the input it runs on E5M2 gradients and E4M3 weights (passes/fp8.py)
 OPTIONAL = {"fp8": "", "fp8_grad": ""}
+# What --set reads as an integer: ASCII digits (int() would take 1_0, +1, " 1" and other scripts'
+# digits too); a leading '-' is read, so that a negative size is refused by its range.
+INTEGER = re.compile(r"-?[0-9]+")
+# ... and as a number: a decimal or scientific literal, or a word float() reads (nan, inf,
+# infinity), which the range checks then refuse as not finite.
+NUMBER = re.compile(r"[-+]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|nan|inf|infinity)", re.IGNORECASE)
 
 
 def load_model(path: Path):
@@ -40,6 +47,10 @@ def load_model(path: Path):
     if not path.is_file():
         raise UserError(f"model file {path} does not exist" if not path.exists() else f"model file {path} is not a regular file")
     spec = importlib.util.spec_from_file_location(f"graphgpt_model_{path.stem}", path)
+    # Not a suffix Python imports (m.txt, m): read as source anyway, it would share the bytecode
+    # cache of an m.py beside it, which Python names by the stem alone.
+    if spec is None:
+        raise UserError(f"model file {path} is not named as Python source: a model file's name ends in .py")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
@@ -70,6 +81,17 @@ def user_frame(e: BaseException, path: Path) -> str:
     return f"{path.name}:{frames[-1].lineno}" if frames else path.name
 
 
+class Given(str):
+    """A KEY=VALUE setting passed with --set's that came from elsewhere (a Hugging Face config.json's
+    field, for --hf-config): error messages name `source` where they name a --set pair as itself."""
+    source: str
+
+    def __new__(cls, pair: str, source: str):
+        given = super().__new__(cls, pair)
+        given.source = source
+        return given
+
+
 def parse_overrides(pairs: list[str], defaults: dict) -> dict:
     """--set key=value, typed like the default it replaces."""
     out = {}
@@ -78,14 +100,29 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
         if not sep:
             raise UserError(f"--set expects key=value, got '{pair}'")
         if key not in defaults:
-            raise UserError(f"unknown --set key '{key}'; known keys: {', '.join(sorted(defaults))}")
+            unknown = f"{pair.source}: the model file has no setting {key}" if isinstance(pair, Given) else \
+                f"unknown --set key '{key}'"
+            raise UserError(f"{unknown}; known keys: {', '.join(sorted(defaults))}")
         kind = type(defaults[key])
-        try:  # an integer key takes digits only: 1e30 or 2.5 is no layer count
-            out[key] = int(text) if kind is int else float(text) if kind is float else text
-        except ValueError:
+        out[key] = _typed(text, kind)
+        if out[key] is None:  # an integer key takes digits only: 1e30 or 2.5 is no layer count
             shown = text if len(text) <= 40 else text[:37] + "..."
-            raise UserError(f"--set {key}: '{shown}' is not {'an integer (digits only)' if kind is int else 'a number'}") from None
+            where = pair.source if isinstance(pair, Given) else f"--set {key}"
+            raise UserError(f"{where}: {shown!r} is not {'an integer (digits only)' if kind is int else 'a number'}")
     return out
+
+
+def _typed(text: str, kind: type):
+    """--set's text as a value of `kind`, the type of the default it replaces; None where it is
+    not one (INTEGER and NUMBER say what an int and a float are)."""
+    if kind not in (int, float):
+        return text
+    if not (INTEGER if kind is int else NUMBER).fullmatch(text):
+        return None
+    try:
+        return kind(text)
+    except ValueError:  # more digits than int() converts (sys.set_int_max_str_digits)
+        return None
 
 
 def settings(module, model_path: Path, overrides: list[str]) -> tuple[dict, dict]:
@@ -100,16 +137,32 @@ def settings(module, model_path: Path, overrides: list[str]) -> tuple[dict, dict
     origin = _origin(overrides, module.CONFIG, model_path.name)
     optim.check(opt_cfg, origin)
     check_model_config(model_cfg, origin)
+    _check_rope_settings({pair.partition("=")[0] for pair in overrides if not isinstance(pair, Given)}, model_cfg,
+                         origin)
     return model_cfg, opt_cfg
+
+
+def _check_rope_settings(keys: set[str], cfg: dict, origin) -> None:
+    """Refuse a rope_ scaling parameter that --set sets (`keys`) where the model's rope_scaling does
+    not read it. A model file's CONFIG holds them all, whichever kind it chooses, and a config.json
+    gives those of its own kind, which a --set rope_scaling may then replace."""
+    if "rope_scaling" not in cfg:
+        return
+    for name, key in ROPE_SETTINGS.items():
+        readers = [kind for kind, names in SCALINGS.items() if name in names]
+        if key in keys and cfg["rope_scaling"] not in readers:
+            raise UserError(f"{origin(key)}: {key} is read only with rope_scaling {' or '.join(readers)}, "
+                            f"not with {origin('rope_scaling')}")
 
 
 def _origin(overrides: list[str], config: dict, model_name: str):
     """Where a setting's value came from, for error messages: --set, the model file or the default."""
-    given = dict(pair.partition("=")[::2] for pair in overrides)
+    given = {pair.partition("=")[0]: pair for pair in overrides}
 
     def origin(key: str) -> str:
         if key in given:
-            return f"--set {key}={given[key]}"
+            pair = given[key]
+            return pair.source if isinstance(pair, Given) else f"--set {pair}"
         if key in config:
             return f"{model_name}: CONFIG {key}={config[key]}"
         return f"{key}={({**MODEL_DEFAULTS, **optim.DEFAULTS})[key]} (the default)"
@@ -118,22 +171,22 @@ def _origin(overrides: list[str], config: dict, model_name: str):
 
 def check_model_config(cfg: dict, origin=None) -> None:
     """Refuse model settings outside their range, for the keys the CONFIG has (every float must be
-    finite)."""
+    finite in float32, the type the step computes in)."""
     need = optim.requirement(cfg, origin)
     for key in SIZES:
         if key in cfg:
-            need(key, isinstance(cfg[key], int) and cfg[key] >= 1, "an integer >= 1")
+            need(key, integer(cfg[key]) and cfg[key] >= 1, "an integer >= 1")
     if "vocab_size" in cfg:
-        need("vocab_size", isinstance(cfg["vocab_size"], int) and cfg["vocab_size"] >= 0,
+        need("vocab_size", integer(cfg["vocab_size"]) and cfg["vocab_size"] >= 0,
              "an integer >= 0 (0: the tokenizer's size)")
     if "n_hidden" in cfg:
-        need("n_hidden", isinstance(cfg["n_hidden"], int) and cfg["n_hidden"] >= 0,
+        need("n_hidden", integer(cfg["n_hidden"]) and cfg["n_hidden"] >= 0,
              "an integer >= 0 (0: the model file's rule)")
     if "head_dim" in cfg:
-        need("head_dim", isinstance(cfg["head_dim"], int) and cfg["head_dim"] >= 0, "an integer >= 0 (0: n_embd / n_head)")
+        need("head_dim", integer(cfg["head_dim"]) and cfg["head_dim"] >= 0, "an integer >= 0 (0: n_embd / n_head)")
     for key in POSITIVE:
         if key in cfg:
-            need(key, isinstance(cfg[key], (int, float)) and cfg[key] > 0, "a number > 0")
+            need(key, positive(cfg[key]), f"a number > 0 {POSITIVE_IN_FLOAT32}")
     if "dtype" in cfg:
         need("dtype", cfg["dtype"] in COMPUTE_DTYPES, " or ".join(COMPUTE_DTYPES))
     if "attention" in cfg:
@@ -147,16 +200,16 @@ def check_model_config(cfg: dict, origin=None) -> None:
         need("rope_high_freq_factor", cfg["rope_high_freq_factor"] > cfg.get("rope_low_freq_factor", 0),
              f"a number above rope_low_freq_factor {cfg.get('rope_low_freq_factor')}")
     if "classifier_chunks" in cfg:
-        need("classifier_chunks", isinstance(cfg["classifier_chunks"], int) and cfg["classifier_chunks"] >= 0
+        need("classifier_chunks", integer(cfg["classifier_chunks"]) and cfg["classifier_chunks"] >= 0
              and cfg.get("batch_size", 1) % max(cfg["classifier_chunks"], 1) == 0,
              f"an integer >= 0 that divides batch_size {cfg.get('batch_size')} (0: chosen by the logits' size)")
     for key in ("fp8", "fp8_grad"):
         if key in cfg:
             need(key, isinstance(cfg[key], str), "weight names (shell-style patterns), comma-separated")
     if "dropout" in cfg:
-        need("dropout", isinstance(cfg["dropout"], (int, float)) and 0 <= cfg["dropout"] < 1, "a probability in [0, 1)")
+        need("dropout", finite(cfg["dropout"]) and 0 <= cfg["dropout"] < 1, "a probability in [0, 1)")
     if "n_embd" in cfg and "n_head" in cfg and cfg["n_embd"] % cfg["n_head"] and not cfg.get("head_dim"):
         raise UserError(f"n_embd {cfg['n_embd']} is not divisible by n_head {cfg['n_head']}")
     for key, value in cfg.items():
         if isinstance(value, float):
-            need(key, math.isfinite(value), "a finite number")
+            need(key, finite(value), f"a finite number {IN_FLOAT32}")

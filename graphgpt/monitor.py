@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from . import jsontext
 from .errors import UserError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, unwritable
 
 
 class Progress:
@@ -117,14 +118,10 @@ class MetricsLog:
         if self.path.exists() and not resuming:
             raise UserError(f"--log {self.path} already exists; a new run does not overwrite it "
                             "(remove it, choose another name, or --resume to continue that run)")
-        parent = self.path.parent
-        if parent.exists() and not parent.is_dir():
-            raise UserError(f"--log {self.path}: {parent} is not a directory")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--log {self.path}: cannot create {parent}: {e.strerror or e}") from None
-        if not os.access(parent, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+        # the directory is made by open(), once every other check of the run has passed
+        if problem := unwritable(self.path.parent):
+            raise UserError(f"--log {self.path}: {problem}")
+        if self.path.exists() and not os.access(self.path, os.W_OK):
             raise UserError(f"--log {self.path} is not writable")
         if self.path.exists():
             self.previous = self._own_header(header or {})
@@ -134,7 +131,7 @@ class MetricsLog:
         try:
             with open(self.path, "rb") as f:
                 first = f.readline(1 << 16)
-            found = json.loads(first)
+            found = jsontext.loads(first)
         except OSError as e:
             raise UserError(f"--log {self.path}: cannot read it: {e.strerror or e}") from None
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -194,7 +191,7 @@ class MetricsLog:
 
 def _step_of(line: str) -> int | None:
     try:
-        return int(json.loads(line)["step"])
+        return int(jsontext.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return None  # a line cut short by a crash
 

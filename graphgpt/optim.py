@@ -19,7 +19,8 @@ from typing import Callable
 from . import autodiff
 from .errors import UserError
 from .ir import Graph, Node, Value
-from .schedule import check_schedule, finite, requirement
+from .schedule import (IN_FLOAT32, NORMAL_FLOAT32, POSITIVE_IN_FLOAT32, check_schedule, finite, integer, positive,
+                       requirement)
 
 # The seed's optimizer: Adam(0.9, 0.95, 1e-8), no weight decay, linear decay 1e-4 -> 1e-5 over
 # 10k steps, global-norm clipping at 1.0. AdamW with warmup + cosine is the alternative.
@@ -42,16 +43,19 @@ ACCUMULATE = "accumulate"  # the accumulating program's flag input: 0.0 on a ste
 
 
 def check(cfg: dict, origin: Callable[[str], str] | None = None) -> None:
-    """Refuse optimizer settings outside their range (every float must be finite)."""
+    """Refuse optimizer settings outside their range (every float must be finite in float32, the
+    type the update computes in)."""
     need = requirement(cfg, origin)
     need("optimizer", cfg["optimizer"] in ("adam", "adamw"), "adam or adamw")
     check_schedule(cfg, origin)
     for key in ("beta1", "beta2"):
         need(key, finite(cfg[key]) and 0 <= cfg[key] < 1, "a finite number in [0, 1)")
-    need("eps", finite(cfg["eps"]) and cfg["eps"] > 0, "a finite number > 0")
-    need("grad_clip", finite(cfg["grad_clip"]) and cfg["grad_clip"] >= 0, "a finite number >= 0 (0 disables clipping)")
-    need("weight_decay", finite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0, "a finite number >= 0")
-    need("grad_accum", cfg["grad_accum"] >= 1, "an integer >= 1")
+    need("eps", positive(cfg["eps"]), f"a finite number > 0 {POSITIVE_IN_FLOAT32}")
+    clip = cfg["grad_clip"]
+    need("grad_clip", finite(clip) and (clip == 0 or positive(clip)),
+         f"a finite number >= 0 (0 disables clipping; a threshold in {NORMAL_FLOAT32})")
+    need("weight_decay", finite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0, f"a finite number >= 0 {IN_FLOAT32}")
+    need("grad_accum", integer(cfg["grad_accum"]) and cfg["grad_accum"] >= 1, "an integer >= 1")
     if cfg["optimizer"] == "adam" and cfg["weight_decay"]:
         raise UserError("weight_decay needs optimizer=adamw (the seed's Adam has none)")
 

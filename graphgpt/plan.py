@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import jsontext
 from .dtypes import padded
 from .errors import UserError
 from .fsutil import fsync_dir, process_alive
@@ -374,7 +375,7 @@ def _differs_from_manifest(path: Path) -> str | None:
     """How the directory differs from what its manifest lists (None: not at all): every file listed,
     of its size and sha256, and nothing else, no symbolic link, no folder of its own."""
     try:
-        listed = json.loads((path / MANIFEST).read_bytes())["files"]
+        listed = jsontext.loads((path / MANIFEST).read_bytes())["files"]
         sizes = {rel: int(f["bytes"]) for rel, f in listed.items()}
         hashes = {rel: str(f["sha256"]) for rel, f in listed.items()}
     except FileNotFoundError:
@@ -510,6 +511,8 @@ def load(plan_dir) -> Plan:
     plan_dir = Path(plan_dir)
     path = plan_dir / PLAN_FILE
     if not plan_dir.is_dir():
+        if plan_dir.exists():
+            raise UserError(f"plan directory {plan_dir} is not a directory: name the directory tools/compile.py wrote")
         raise UserError(f"plan directory {plan_dir} does not exist (compile one: python tools/compile.py model.py --out {plan_dir})")
     if not path.is_file():
         raise UserError(f"{plan_dir} holds no {PLAN_FILE}: not a compiled plan")
@@ -518,11 +521,9 @@ def load(plan_dir) -> Plan:
     except OSError as e:
         raise UserError(f"{path} cannot be read: {e.strerror}") from None
     try:
-        data = json.loads(raw)
+        data = jsontext.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
-    except RecursionError:
-        raise UserError(f"{path} is not a plan: its JSON nests deeper than any plan does") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
         raise UserError(f"{path} has schema version {version}; this graphgpt reads version "
@@ -538,9 +539,23 @@ def load(plan_dir) -> Plan:
         plan_schema.check(data, kernels)
     except plan_schema.PlanError as e:
         raise UserError(f"{path}: {e} (recompile it with tools/compile.py)") from None
+    if _edited(plan_dir, raw):
+        raise UserError(f"{path} was changed after it was compiled (its {MANIFEST} lists other bytes): "
+                        f"a plan's parts are made together, so recompile it with tools/compile.py")
     constants = _constants(plan_dir, data["consts"].get("tensors", []))
     data["programs"] = {name: Program.from_json(program) for name, program in data["programs"].items()}
     return Plan(data, hashlib.sha256(raw).hexdigest(), kernels, constants)
+
+
+def _edited(plan_dir: Path, raw: bytes) -> bool:
+    """Whether the plan's manifest lists plan.json with other bytes than `raw`. Its buffers, shapes
+    and launches are consistent only as compiled; the kernels may be edited, and a plan without a
+    readable manifest is taken as it is."""
+    try:
+        listed = jsontext.loads((plan_dir / MANIFEST).read_bytes())["files"][PLAN_FILE]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return listed != hashlib.sha256(raw).hexdigest()
 
 
 def _constants(plan_dir: Path, listed: list[dict]) -> dict[str, np.ndarray]:

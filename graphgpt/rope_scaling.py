@@ -16,6 +16,9 @@ import numpy as np
 # rope_type, so an unscaled table's attributes are its base alone.
 SCALINGS = {"linear": ("factor",),
             "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+# A model file's setting of each parameter (models/llama.py's; its rope_scaling setting names the kind)
+SETTINGS = {"factor": "rope_factor", "low_freq_factor": "rope_low_freq_factor",
+            "high_freq_factor": "rope_high_freq_factor", "original_max_position_embeddings": "rope_original_max_position"}
 
 
 def rotary_scaling(scaling: dict | None) -> dict:
@@ -33,6 +36,8 @@ def rotary_scaling(scaling: dict | None) -> dict:
     attrs = {"rope_type": kind, **{k: scaling[k] for k in names}}
     for key in names:
         value = attrs[key]
+        if isinstance(value, bool):  # an int to Python, neither a count nor a factor
+            raise ValueError(f"{kind!r} scaling's {key} must be a number, got {value!r}")
         if key == "original_max_position_embeddings":
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{kind!r} scaling's {key} must be an integer >= 1, got {value!r}")

@@ -20,7 +20,7 @@ import numpy as np
 from . import plan as plan_io
 from .checkpoint import CheckpointDir, Layout, TrainingState, checkpoints_home, describe_weights, initial_weights
 from .data import SAMPLERS, default_corpus, load_dataset, load_tokens, make_sampler, split_heldout
-from .errors import ArgumentParser, UserError
+from .errors import REFUSALS, ArgumentParser, UserError, in_words
 from .monitor import GuardedStdout, MetricsLog, Progress, log_header, new_run_id
 from .runtime import make_backend
 from .runtime.dist import EveryRankError, check_same_run, current_world
@@ -121,8 +121,8 @@ def main(argv=None) -> int:
         return run(args, world)
     except EveryRankError as e:
         return _fail(world, f"error: {e}", 2, everyone_stops=True)
-    except UserError as e:
-        return _fail(world, f"error: {e}", 2)
+    except REFUSALS as e:
+        return _fail(world, f"error: {in_words(e)}", 2)
     except TrainingStopped as e:
         return _fail(world, f"error: {e}", 1, everyone_stops=True)
     except KeyboardInterrupt:

@@ -15,10 +15,12 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import jsontext
 from .errors import UserError
 
 HEADER = "graphgpt_log"  # the key of a log's header record
 METRICS = ("loss", "lr", "grad_norm", "ms", "tokens_per_s", "train_loss", "val_loss")
+MAX_STEP = 2 ** 53  # past it, floats no longer tell steps apart: no run gets there
 
 
 @dataclass
@@ -50,7 +52,7 @@ class RunLog:
 
 def read(path: str | Path) -> RunLog:
     """The log at `path`, checked: a regular UTF-8 file of JSON objects, with at least one step
-    record, whose steps are whole numbers and whose metrics are numbers."""
+    record, whose steps are whole numbers up to MAX_STEP and whose metrics are numbers, read as floats."""
     path = Path(path)
     try:
         mode = path.stat().st_mode
@@ -82,19 +84,30 @@ def _parse(path: Path, number: int, line: str) -> dict | None:
     """The record on line `number`; None for a last line cut short."""
     where = f"{path}:{number}"
     try:
-        record = json.loads(line)
+        record = jsontext.loads(line)
     except json.JSONDecodeError as e:
         if not line.endswith("\n") and line.strip():
             return None
         raise UserError(f"{where}: not JSON ({e.msg}), not a run's log") from None
     if not isinstance(record, dict):
         raise UserError(f"{where}: a JSON {type(record).__name__}, where a run's log has objects")
-    if "step" in record and not (_is_int(record["step"]) and record["step"] >= 0):
-        raise UserError(f"{where}: step {json.dumps(record['step'])} is not a whole number >= 0")
+    if "step" in record and not (_is_int(record["step"]) and 0 <= record["step"] <= MAX_STEP):
+        raise UserError(f"{where}: step {json.dumps(record['step'])[:40]} is not a whole number from 0 to 2**53")
     for name in METRICS:
-        if name in record and not (isinstance(record[name], (int, float)) and not isinstance(record[name], bool)):
-            raise UserError(f"{where}: {name} {json.dumps(record[name])} is not a number")
+        if name in record:
+            if not (isinstance(record[name], (int, float)) and not isinstance(record[name], bool)):
+                raise UserError(f"{where}: {name} {json.dumps(record[name])} is not a number")
+            record[name] = _as_float(record[name])
     return record
+
+
+def _as_float(value: int | float) -> float:
+    """A metric as the float the tools compute with; an integer beyond float's range is the
+    infinity of its sign, which they show as a value not finite."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _is_int(v: object) -> bool:

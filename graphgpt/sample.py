@@ -107,6 +107,9 @@ def check_sampling_arguments(p, args) -> None:
         p.error(f"--top-k must not be negative, got {args.top_k}")
     if not 0 < args.top_p <= 1:
         p.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature == 0 and (args.top_k or args.top_p < 1):
+        p.error(f"--{'top-k' if args.top_k else 'top-p'} narrows sampling, which --temperature T > 0 turns on "
+                "(the default, 0, is greedy)")
 
 
 def parse_args(argv):
@@ -129,6 +132,8 @@ def parse_args(argv):
     for name in ("tokens", "samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.seed < 0:
+        p.error(f"--seed must not be negative, got {args.seed}")
     check_sampling_arguments(p, args)
     return args
 
@@ -136,7 +141,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     from . import plan as plan_io
     from .checkpoint import describe_weights, initial_weights
-    from .errors import UserError
+    from .errors import REFUSALS, in_words
     from .runtime import make_backend
     from .monitor import GuardedStdout
     from .tokenizer import Tokenizer, encode_prompt
@@ -162,8 +167,8 @@ def main(argv=None) -> int:
                 done += 1
                 print(f"sample {done} ({len(new)} tokens, {rate:.1f} tokens/s over {len(batch)} sequences): "
                       f"{tokenizer.decode(prompt + new)}", flush=True)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except REFUSALS as e:
+        print(f"error: {in_words(e)}", file=sys.stderr)
         return 2
     return 0
 

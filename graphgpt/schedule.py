@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
+
 from .errors import UserError
 
 # The optimizer settings a run may change without recompiling: the update reads them only through
@@ -54,8 +56,27 @@ def requirement(cfg: dict, origin: Callable[[str], str] | None = None) -> Callab
     return need
 
 
+# The step computes in float32: a float setting must be a number float32 holds, and one that must
+# be > 0 must not round to zero there, nor to a subnormal, which GPU code may flush to zero.
+FLOAT32_MAX, FLOAT32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
+IN_FLOAT32 = f"(float32's range: at most {FLOAT32_MAX:.2g})"
+NORMAL_FLOAT32 = f"float32's normal range: {FLOAT32_TINY:.2g} to {FLOAT32_MAX:.2g}"
+POSITIVE_IN_FLOAT32 = f"({NORMAL_FLOAT32})"
+
+
+def integer(x) -> bool:
+    """An int that is not a bool (True is an int to Python, not a count to a setting)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    """A number (not a bool) that float32 holds: neither NaN nor beyond float32's largest."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= FLOAT32_MAX
+
+
+def positive(x) -> bool:
+    """A number > 0 that float32 holds as a normal number."""
+    return finite(x) and x >= FLOAT32_TINY
 
 
 def check_schedule(cfg: dict, origin: Callable[[str], str] | None = None) -> None:
@@ -64,11 +85,12 @@ def check_schedule(cfg: dict, origin: Callable[[str], str] | None = None) -> Non
     need = requirement(cfg, origin)
     need("lr_schedule", cfg["lr_schedule"] in ("linear", "cosine"), "linear or cosine")
     lr, min_lr = cfg["lr"], cfg["min_lr"]
-    need("lr", finite(lr) and lr > 0, "a finite number > 0")
+    need("lr", positive(lr), f"a finite number > 0 {POSITIVE_IN_FLOAT32}")
     need("min_lr", finite(min_lr) and 0 <= min_lr <= lr, f"a finite number with 0 <= min_lr <= lr ({lr})")
     steps = cfg["decay_steps"]
-    need("decay_steps", steps >= 1, "an integer >= 1")
-    need("warmup_steps", 0 <= cfg["warmup_steps"] < steps, f"an integer >= 0 and < decay_steps ({steps})")
+    need("decay_steps", integer(steps) and steps >= 1, "an integer >= 1")
+    need("warmup_steps", integer(cfg["warmup_steps"]) and 0 <= cfg["warmup_steps"] < steps,
+         f"an integer >= 0 and < decay_steps ({steps})")
 
 
 def lr_at(cfg: dict, t: int) -> float:

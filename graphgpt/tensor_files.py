@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graphgpt import jsontext
 from graphgpt.errors import UserError
 from graphgpt.fsutil import atomic_write_bytes
 
@@ -72,7 +73,7 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise UserError(f"{path}: safetensors header size {head_len} runs past the end of the "
                         f"{len(raw)}-byte file")
     try:
-        header = json.loads(raw[8:8 + head_len].decode("utf-8"))
+        header = jsontext.loads(raw[8:8 + head_len].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: safetensors header is not valid JSON ({e})") from None
     if not isinstance(header, dict):

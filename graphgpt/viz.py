@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from . import jsontext
 from .errors import ArgumentParser, UserError
 from .fsutil import atomic_write_text
 from .ops import REGISTRY
@@ -341,7 +342,7 @@ def _check_replaceable(out_dir: Path, stem: str) -> None:
 
 def _read_json(path: Path) -> object:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return jsontext.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError:

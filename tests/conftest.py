@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SEED_CORPUS = Path(os.environ.get("GRAPHGPT_SEED_CORPUS", ROOT.parent / "shared" / "data" / "dummy.txt"))
 TINY = ["n_layer=2", "n_head=2", "n_embd=16", "block_size=8", "batch_size=2"]
 COMPILE = str(ROOT / "tools" / "compile.py")
+# JSON nested deeper than json.loads can recurse: every JSON reader takes it as a damaged file
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
 # Processes started as a user would: graphgpt from this checkout. Open MPI refuses to start as
 # root unless told; MPICH ignores these.
 MPI_ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
@@ -49,12 +51,26 @@ def seed_corpus() -> Path:
     return SEED_CORPUS
 
 
-def run_cli(*args, cwd=ROOT, timeout=300):
-    """Run a command-line entry point as a user would; returns the CompletedProcess."""
+def run_cli(*args, cwd=ROOT, timeout=300, bound_by_file_modes=False):
+    """Run a command-line entry point as a user would; returns the CompletedProcess. With
+    `bound_by_file_modes`, a root process meets file and directory modes as any other user does."""
     import subprocess
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, preexec_fn=_without_root_file_access if bound_by_file_modes else None)
+
+
+def _without_root_file_access() -> None:
+    """In a child about to exec: drop the capabilities by which root passes file modes
+    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from the bounding set, which an exec as root draws its
+    capabilities from. Without root there is nothing to drop."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+    prctl, capbset_drop = ctypes.CDLL(None, use_errno=True).prctl, 24
+    for cap in (1, 2):
+        if prctl(capbset_drop, cap, 0, 0, 0) != 0:
+            os._exit(77)  # the test sees status 77 and skips: this machine lets no process drop them
 
 
 def word_plan(base: Path, *extra: str) -> tuple[Path, Path]:

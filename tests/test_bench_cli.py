@@ -1,4 +1,5 @@
-"""tools/bench.py without a GPU: its command line, its pure parts, and its torch runner on the CPU.
+"""tools/bench.py without a GPU: its command line (and bench_decode.py's --json), its pure parts, and its
+torch runner on the CPU.
 
 The GPU timings themselves need CuPy and a GPU. Here: bad input is one line and exit status 2
 (a machine without a GPU says so), the timing loop and the table are checked with a host clock,
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -23,16 +25,16 @@ from graphgpt.runtime import cuda_available
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.train import init_params
 from tests.conftest import ROOT, TINY, assert_user_error
-from tools import bench
+from tools import bench, bench_decode
 
 BENCH = str(ROOT / "tools" / "bench.py")
 
 
-def run_bench(*args, torch_stub=None):
+def run_bench(*args, torch_stub=None, tool=BENCH):
     """torch_stub: a directory put first on the path to stand in for the installed torch."""
     path = [str(p) for p in (torch_stub, ROOT) if p]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
-    return subprocess.run([sys.executable, BENCH, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, tool, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -99,6 +101,36 @@ def test_llmc_step_lines_are_read_as_llmc_prints_them():
 
 def test_json_into_a_directory(plan_dir, tmp_path):
     assert_user_error(run_bench("--plan", str(plan_dir), "--json", str(tmp_path)), "is a directory")
+
+
+TOOLS = {"tools/bench.py": bench, "tools/bench_decode.py": bench_decode}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("content", [
+    b"my notes\n",
+    b'{"command": "python tools/plot.py run.jsonl"}',  # another tool's
+    b'{"results": {}}',
+    b"\xff\xfe",
+])
+def test_json_refuses_a_file_the_tool_did_not_write(plan_dir, tmp_path, tool, content):
+    """Before any work, the GPU check included: the file stays as it was."""
+    out = tmp_path / "results.json"
+    out.write_bytes(content)
+    assert_user_error(run_bench("--plan", str(plan_dir), "--json", str(out), tool=str(ROOT / tool)),
+                      f"--json {out} is a file that {tool} did not write")
+    assert out.read_bytes() == content
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_json_replaces_a_report_of_the_same_tool_only(plan_dir, tmp_path, tool):
+    report = tmp_path / "report.json"
+    command = shlex.join(["python", tool, "--plan", str(plan_dir)])  # as the tool records itself
+    report.write_text(json.dumps({"date": "2025-01-01", "command": command, "results": {}}))
+    assert TOOLS[tool].parse_args(["--plan", str(plan_dir), "--json", str(report)]).json == report
+    other, = set(TOOLS) - {tool}
+    with pytest.raises(UserError, match="did not write"):
+        TOOLS[other].parse_args(["--plan", str(plan_dir), "--json", str(report)])
 
 
 def test_missing_or_foreign_plan(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from graphgpt.bpe import ENDOFTEXT, BpeTokenizer, byte_symbols
 from graphgpt.tokenizer import Tokenizer
-from tests.conftest import COMPILE, ROOT, run_cli
+from tests.conftest import COMPILE, DEEP_JSON, ROOT, assert_user_error, run_cli
 
 tiktoken = pytest.importorskip("tiktoken")
 
@@ -148,6 +148,14 @@ def test_bad_vocabulary_arguments_are_one_line_and_status_2(tmp_path, args, mess
     proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "p"), *args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "p").exists()
+
+
+def test_a_vocabulary_nested_too_deeply_is_one_line_and_status_2(tmp_path):
+    (tmp_path / "encoder.json").write_text(DEEP_JSON)
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "p"), "--tokenizer", "gpt2",
+                   "--vocab", str(tmp_path / "encoder.json"))
+    assert_user_error(proc, f"--vocab {tmp_path / 'encoder.json'}: not valid JSON (arrays or objects nested too deeply")
+    assert not (tmp_path / "p").exists()
 
 
 def test_a_vocabulary_without_every_byte_is_refused(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from graphgpt.checkpoint import MODEL, OPTIMIZER, CheckpointDir, Layout, Trainin
 from graphgpt.errors import UserError
 from graphgpt.plan import load as load_plan
 from graphgpt.tensor_files import load_safetensors, save_safetensors
-from tests.conftest import assert_user_error, run_cli, train_numpy, word_plan
+from tests.conftest import DEEP_JSON, assert_user_error, run_cli, train_numpy, word_plan
 
 DIGEST = "d1" * 32
 META = {"seed": int, "data_tokens": int, "sampler": dict, "best": (dict, type(None))}
@@ -79,6 +80,10 @@ DAMAGES = {
      "model.safetensors: safetensors header size"),
     "state.json not JSON": (lambda c: (c / "state.json").write_text('{"step": 4,'),
      "state.json: not valid JSON"),
+    "state.json nested too deeply": (lambda c: (c / "state.json").write_text(DEEP_JSON),
+     "state.json: not valid JSON (arrays or objects nested too deeply"),
+    "tensor header nested too deeply": (lambda c: (c / MODEL).write_bytes(struct.pack("<Q", len(DEEP_JSON)) + DEEP_JSON.encode()),
+     "model.safetensors: safetensors header is not valid JSON (arrays or objects nested too deeply"),
     "state.json not an object": (lambda c: (c / "state.json").write_text("[4]"),
      "state.json: not a JSON object"),
     "state.json field missing": (lambda c: edit_state(c / "state.json", lambda r: r.pop("model_hash")),
@@ -113,7 +118,8 @@ def test_each_damage_is_one_line_naming_the_file(tmp_path, damage):
         checkpoints.load(DIGEST, layout=LAYOUT)
 
 
-@pytest.mark.parametrize("damage", ["optimizer tensor missing", "state.json not JSON", "step directory a symlink"])
+@pytest.mark.parametrize("damage", ["optimizer tensor missing", "state.json not JSON", "state.json nested too deeply",
+                                    "tensor header nested too deeply", "step directory a symlink"])
 def test_a_damaged_latest_falls_back_to_the_newest_whole_one_with_a_warning(tmp_path, capsys, damage):
     checkpoints = saved(tmp_path / "run", 2, 4)
     DAMAGES[damage][0](tmp_path / "run" / "step_00000004")
@@ -187,7 +193,8 @@ def test_a_run_resumes_from_the_older_checkpoint_past_a_damaged_latest(plan_and_
         assert {**final.params, **final.optimizer}[name].tobytes() == value.tobytes(), name
 
 
-@pytest.mark.parametrize("damage", ["state.json not JSON", "meta field mistyped", "step directory a symlink"])
+@pytest.mark.parametrize("damage", ["state.json not JSON", "state.json nested too deeply", "tensor header nested too deeply",
+                                    "meta field mistyped", "step directory a symlink"])
 def test_no_whole_checkpoint_is_refused_never_a_fresh_run_over_them(plan_and_data, pristine, tmp_path, damage):
     run = damaged_copy(pristine, tmp_path, damage)
     DAMAGES["garbage tensor file"][0](run / "step_00000002")

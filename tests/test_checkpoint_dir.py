@@ -223,12 +223,17 @@ def test_load_weights_from_each_kind_of_path(tmp_path):
 
 
 def test_check_writable(tmp_path):
+    """A directory yet to be made is checked in the one that will hold it and made by the first
+    save only, so a run refused after the check leaves none behind."""
     nested = tmp_path / "a" / "b" / "run"
     CheckpointDir(nested).check_writable()
-    assert nested.is_dir() and list(nested.iterdir()) == []  # the probe is gone
+    assert not (tmp_path / "a").exists()
+    nested.mkdir(parents=True)
+    CheckpointDir(nested).check_writable()
+    assert list(nested.iterdir()) == []  # the probe is gone
     regular = tmp_path / "file"
     regular.write_text("x")
-    for bad, why in [(regular, "exists and is not a directory"), (regular / "run", "not a writable directory")]:
+    for bad, why in [(regular, "exists and is not a directory"), (regular / "run", f"cannot be made \\({regular} is not a directory")]:
         with pytest.raises(UserError, match=why) as error:
             CheckpointDir(bad).check_writable()
         assert str(error.value).startswith(str(bad)) and "\n" not in str(error.value)

@@ -193,3 +193,28 @@ def test_a_kernel_harness_without_a_gpu_is_one_line(harness):
         pytest.skip("this machine has a GPU: the harness runs")
     proc = run_cli(str(ROOT / "tools" / f"{harness}.py"))
     assert_user_error(proc, "no NVIDIA GPU visible to CuPy")
+
+
+UNREACHABLE = {  # a tool pointed at a path inside a directory the user may not search
+    "compile --out": lambda d, plan, corpus: [COMPILE, str(ROOT / "model.py"), "--out", str(d / "plan")],
+    "compile's model file": lambda d, plan, corpus: [COMPILE, str(d / "model.py")],
+    "run --plan": lambda d, plan, corpus: ["-m", "graphgpt.run", "--plan", str(d / "plan")],
+    "run --data": lambda d, plan, corpus: ["-m", "graphgpt.run", "--plan", str(plan), "--data", str(d / "text.txt")],
+    "run --log": lambda d, plan, corpus: ["-m", "graphgpt.run", "--plan", str(plan), "--data", str(corpus),
+                                          "--log", str(d / "log.jsonl")],
+    "sample --init-from": lambda d, plan, corpus: ["-m", "graphgpt.sample", "--plan", str(plan), "--init-from", str(d / "ck")],
+}
+
+
+@pytest.mark.parametrize("what", UNREACHABLE)
+def test_a_path_the_user_may_not_reach_is_one_line(tmp_path, tiny_plan, corpus, what):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    try:
+        proc = run_cli(*UNREACHABLE[what](locked, tiny_plan, corpus), bound_by_file_modes=True)
+    finally:
+        locked.chmod(0o700)
+    if proc.returncode == 77:
+        pytest.skip("this machine lets no process give up root's way past file modes")
+    assert_user_error(proc, f"{locked}/", "permission denied")
+    assert not any(locked.iterdir())

@@ -17,8 +17,8 @@ import pytest
 from graphgpt import model_size, optim, plan as plan_io, schedule
 from graphgpt.compiler import compile_model
 from graphgpt.errors import UserError
-from graphgpt.model_file import load_model
-from tests.conftest import COMPILE, ROOT, TINY, fill, run_cli, sets
+from graphgpt.model_file import load_model, settings as model_settings
+from tests.conftest import COMPILE, DEEP_JSON, ROOT, TINY, fill, run_cli, sets
 
 
 
@@ -210,8 +210,10 @@ def test_out_that_merely_looks_like_a_plan_is_left_alone(tmp_path, tiny_plan):
     (lambda out: (out / "report.txt").write_text("edited"), "report.txt was changed after it was compiled"),
     (lambda out: (out / "kernels" / "reduce.cu").unlink(), "kernels/reduce.cu is missing"),
     (lambda out: (out / "manifest.json").write_text("{"), "its manifest.json cannot be read"),
+    (lambda out: (out / "manifest.json").write_text(DEEP_JSON), "its manifest.json cannot be read"),
     (lambda out: (out / "link").symlink_to(out / "plan.json"), "link is a symbolic link"),
-], ids=["a file added", "a folder added", "a file edited", "a file removed", "a damaged manifest", "a link"])
+], ids=["a file added", "a folder added", "a file edited", "a file removed", "a damaged manifest",
+        "a manifest nested too deeply", "a link"])
 def test_out_at_a_plan_that_was_changed_is_left_alone(tmp_path, tiny_plan, change, reason):
     out = tmp_path / "plan"
     shutil.copytree(tiny_plan, out)
@@ -401,3 +403,95 @@ def test_a_parameter_count_that_raises_is_one_line_naming_its_line(tmp_path):
     model.write_text((ROOT / "model.py").read_text() + "\n\ndef parameters(cfg):\n    return cfg['n_layer'] // 0\n")
     assert_refused(compile_cli(tmp_path / "plan", *TINY, model=model), "counted.py:77: ZeroDivisionError")
     assert not (tmp_path / "plan").exists()
+
+
+# ---- what --set reads as a number, and what float32 holds --------------------------------------
+@pytest.mark.parametrize("setting", ["n_layer=1_0", "n_layer=+1", "n_layer= 1", "n_layer=1 ", "n_layer=\u0663",
+                                     "n_layer=1\n", "decay_steps=１０"])
+def test_an_integer_key_takes_ascii_digits_only(setting):
+    key, value = setting.split("=")
+    with pytest.raises(UserError, match=re.escape(f"--set {key}: {value!r} is not an integer (digits only)")):
+        compile_model(ROOT / "model.py", TINY + [setting], log=lambda *a: None)
+
+
+@pytest.mark.parametrize("setting", ["lr=1_0", "lr=\u0663", "lr= 1e-3", "eps=1e-8_0", "lr=0x10", "lr=1e", "lr=."])
+def test_a_float_key_takes_a_decimal_or_scientific_number(setting):
+    key, value = setting.split("=")
+    with pytest.raises(UserError, match=re.escape(f"--set {key}: {value!r} is not a number")):
+        compile_model(ROOT / "model.py", TINY + [setting], log=lambda *a: None)
+
+
+def test_numbers_as_written_are_read():
+    module = load_model(ROOT / "model.py")
+    _, opt = model_settings(module, ROOT / "model.py", TINY + ["lr=+3E-4", "min_lr=.5e-5", "beta1=0.", "decay_steps=0100"])
+    assert (opt["lr"], opt["min_lr"], opt["beta1"], opt["decay_steps"]) == (3e-4, 0.5e-5, 0.0, 100)
+
+
+@pytest.mark.parametrize("settings,message", [
+    (["lr=1e39", "min_lr=0"], "--set lr=1e39: lr must be a finite number > 0 (float32's normal range: 1.2e-38 to 3.4e+38)"),
+    (["lr=1e-39", "min_lr=0"], "--set lr=1e-39: lr must be a finite number > 0 (float32's normal range"),
+    (["eps=1e-50"], "--set eps=1e-50: eps must be a finite number > 0 (float32's normal range"),
+    (["grad_clip=1e-50"], "--set grad_clip=1e-50: grad_clip must be a finite number >= 0 (0 disables clipping; "
+                          "a threshold in float32's normal range"),
+    (["optimizer=adamw", "weight_decay=1e39"], "--set weight_decay=1e39: weight_decay must be a finite number >= 0"),
+    (["dropout=-1e39"], "--set dropout=-1e39: dropout must be a probability in [0, 1)"),
+])
+def test_a_float_setting_must_be_held_by_float32(tmp_path, settings, message):
+    assert_refused(compile_cli(tmp_path / "plan", *TINY, *settings), message)
+    assert not (tmp_path / "plan").exists()
+
+
+def test_a_model_files_own_float_must_be_held_by_float32(tmp_path):
+    model = tmp_path / "model.py"
+    model.write_text((ROOT / "model.py").read_text().replace("    vocab_size=0,", "    vocab_size=0,\n    spare=0.5,", 1))
+    with pytest.raises(UserError, match=re.escape("--set spare=-4e38: spare must be a finite number (float32's range")):
+        compile_model(model, TINY + ["spare=-4e38"], log=lambda *a: None)
+    llama = ROOT / "models" / "llama.py"
+    for setting in ("rope_base=1e39", "norm_eps=1e-40"):
+        with pytest.raises(UserError, match=re.escape(f"--set {setting}: {setting.split('=')[0]} must be a number > 0 "
+                                                      "(float32's normal range: 1.2e-38 to 3.4e+38)")):
+            compile_model(llama, LLAMA_SMALL + [setting], log=lambda *a: None)
+
+
+@pytest.mark.parametrize("setting", ["batch_size=True", "n_layer=True", "block_size=False", "vocab_size=True"])
+def test_a_bool_is_no_integer_in_a_models_config(tmp_path, setting):
+    key, value = setting.split("=")
+    model = tmp_path / "model.py"
+    model.write_text(re.sub(rf"\n    {key}=\d+,", f"\n    {key}={value},", (ROOT / "model.py").read_text(), count=1))
+    assert f"{key}={value}," in model.read_text()
+    settings = [s for s in TINY if not s.startswith(key)]
+    assert_refused(compile_cli(tmp_path / "plan", *settings, model=model),
+                   f"model.py: CONFIG {key}={value}: {key} must be an integer >= ")
+
+
+@pytest.mark.parametrize("key", ["grad_accum", "decay_steps", "warmup_steps"])
+def test_a_bool_is_no_integer_in_the_optimizers_settings(key):
+    with pytest.raises(UserError, match=f"{key}=True: {key} must be an integer"):
+        optim.check(dict(optim.DEFAULTS, **{key: True}))
+
+
+@pytest.mark.parametrize("settings,message", [
+    (["rope_factor=2"], "--set rope_factor=2: rope_factor is read only with rope_scaling linear or llama3, "
+                        "not with llama.py: CONFIG rope_scaling=none"),
+    (["rope_scaling=linear", "rope_low_freq_factor=2"],
+     "--set rope_low_freq_factor=2: rope_low_freq_factor is read only with rope_scaling llama3, not with "
+     "--set rope_scaling=linear"),
+    (["rope_high_freq_factor=8"], "rope_high_freq_factor is read only with rope_scaling llama3"),
+    (["rope_original_max_position=64"], "rope_original_max_position is read only with rope_scaling llama3"),
+])
+def test_a_rope_scaling_parameter_without_its_scaling_is_refused(tmp_path, settings, message):
+    assert_refused(compile_cli(tmp_path / "plan", *LLAMA_SMALL, *settings, model=ROOT / "models" / "llama.py"), message)
+
+
+def test_a_rope_scaling_parameter_with_its_scaling_is_taken():
+    llama = ROOT / "models" / "llama.py"
+    cfg, _ = model_settings(load_model(llama), llama, LLAMA_SMALL + ["rope_scaling=linear", "rope_factor=2"])
+    assert (cfg["rope_scaling"], cfg["rope_factor"]) == ("linear", 2.0)
+
+
+def test_a_model_file_not_named_as_python_source_is_one_line(tmp_path):
+    for name in ("m.txt", "m"):
+        shutil.copy(ROOT / "model.py", tmp_path / name)
+        assert_refused(compile_cli(tmp_path / "plan", *TINY, model=tmp_path / name),
+                       f"model file {tmp_path / name} is not named as Python source: a model file's name ends in .py")
+    assert not (tmp_path / "plan").exists() and not (tmp_path / "__pycache__").exists()

@@ -2,11 +2,12 @@
 binary file, a directory, command-line bytes that are not text. Each is one line and exit status 2
 before any work, and none of them hangs: every process runs under a timeout."""
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, sets
+from tests.conftest import COMPILE, DEEP_JSON, ROOT, TINY, assert_user_error, run_cli, sets
 
 PREPARE = str(ROOT / "tools" / "prepare.py")
 HANG = 60  # seconds: far beyond what a refusal takes, far below a test run's patience
@@ -81,6 +82,13 @@ def test_run_refuses_another_directory_or_another_plans_tokens(plans, tmp_path):
     word, char, prepared, _ = plans
     assert_user_error(train(word, "--data", tmp_path), f"data directory {tmp_path} has no meta.json")
     assert_user_error(train(char, "--data", prepared), "holds ids of tokenizer", "prepare it again")
+
+
+def test_run_refuses_a_directory_whose_meta_json_nests_too_deeply(plans, tmp_path):
+    word, _, prepared, _ = plans
+    shutil.copytree(prepared, tmp_path / "data")
+    (tmp_path / "data" / "meta.json").write_text(DEEP_JSON)
+    assert_user_error(train(word, "--data", tmp_path / "data"), f"data directory {tmp_path / 'data'} has no meta.json")
 
 
 def test_run_counts_the_characters_read_as_unk(plans, tmp_path):

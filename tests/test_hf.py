@@ -21,7 +21,7 @@ from graphgpt.plan import Plan
 from graphgpt.runtime.numpy_backend import NumpyBackend
 from graphgpt.tensor_files import load_safetensors, save_safetensors
 from graphgpt.train import init_params
-from tests.conftest import COMPILE, ROOT, assert_user_error, fill, run_cli
+from tests.conftest import COMPILE, DEEP_JSON, ROOT, assert_user_error, fill, run_cli
 
 L, H, C, T, V = 2, 2, 16, 8, 128  # the plan; its char vocabulary has 99 tokens
 CONFIG = {"n_layer": L, "n_head": H, "n_embd": C, "block_size": T, "vocab_size": V}  # a plan's, for checks of config.json
@@ -107,7 +107,8 @@ def test_init_from_and_export_from_the_command_line(tmp_path):
     proc = run_cli("tools/export_hf.py", "--plan", str(plan), "--weights", str(tmp_path / "ckpt"),
                    "--out", str(tmp_path / "exported"))
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["config.json", "graphgpt-export.json",
+                                                                         "model.safetensors"]
     proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--init-from", str(tmp_path / "exported"),
                    "--steps", "0", "--backend", "numpy", "--generate", "0")
     assert proc.returncode == 0, proc.stderr
@@ -231,6 +232,14 @@ def test_a_config_json_of_the_wrong_shape_names_the_file_and_field(tmp_path, con
         hf.load(tmp_path / "m", CONFIG, {})
 
 
+def test_a_config_json_nested_too_deeply_is_one_line_and_status_2(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(DEEP_JSON)
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "plan"), "--hf-config", str(tmp_path / "m"))
+    assert_user_error(proc, f"{tmp_path / 'm' / 'config.json'}: cannot read it (arrays or objects nested too deeply")
+    assert not (tmp_path / "plan").exists()
+
+
 @pytest.mark.parametrize("field", ["model_type", "n_layer", "n_head", "n_embd", "vocab_size", "n_positions"])
 def test_a_config_json_that_lacks_a_field_names_it(tmp_path, field):
     write_hf(tmp_path / "m")
@@ -287,6 +296,62 @@ def export_cli(plan, weights, out):
     return run_cli("tools/export_hf.py", "--plan", str(plan), "--weights", str(weights), "--out", str(out))
 
 
+def contents(path):
+    return {p.name: p.read_bytes() for p in path.iterdir()}
+
+
+def test_export_refuses_a_hugging_face_directory_it_did_not_write(tmp_path, tiny):
+    """A downloaded GPT-2, the directory --init-from read, holds the same two files an export
+    writes, but not the manifest: it is kept, and the export refused in one line."""
+    plan, weights, _ = tiny
+    write_hf(tmp_path / "downloaded")
+    before = contents(tmp_path / "downloaded")
+    assert_user_error(export_cli(plan, weights, tmp_path / "downloaded"),
+                      f"--out {tmp_path / 'downloaded'} is not an export of tools/export_hf.py",
+                      "it holds no graphgpt-export.json")
+    assert contents(tmp_path / "downloaded") == before
+    assert [p.name for p in tmp_path.iterdir()] == ["downloaded"]
+
+
+def swap_config(out):
+    (out / "config.json").write_text('{"my": "own config"}')
+
+
+def swap_weights(out):
+    (out / "model.safetensors").write_bytes(b"MINE")
+
+
+def lose_manifest(out):
+    (out / "graphgpt-export.json").unlink()
+
+
+def link_weights(out):
+    (out.parent / "elsewhere.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    (out / "model.safetensors").unlink()
+    (out / "model.safetensors").symlink_to(out.parent / "elsewhere.safetensors")
+
+
+@pytest.mark.parametrize("change, why", [
+    (swap_config, "config.json was changed after it was exported"),
+    (swap_weights, "model.safetensors was changed after it was exported"),
+    (lose_manifest, "it holds no graphgpt-export.json"),
+    (link_weights, "model.safetensors is a symbolic link"),
+])
+def test_export_replaces_its_own_export_only_as_it_wrote_it(tmp_path, tiny, change, why):
+    plan, first, second = tiny
+    out = tmp_path / "export"
+    assert export_cli(plan, first, out).returncode == 0
+    proc = export_cli(plan, second, out)
+    assert proc.returncode == 0, proc.stderr
+    assert export_cli(plan, second, tmp_path / "fresh").returncode == 0
+    assert contents(out) == contents(tmp_path / "fresh")
+    change(out)
+    before = contents(out)
+    assert_user_error(export_cli(plan, first, out),
+                      f"--out {out} is not an export of tools/export_hf.py as it wrote it ({why})")
+    assert contents(out) == before
+
+
 def test_a_full_disk_leaves_no_partial_export_and_keeps_the_old_one(tiny, small_fs):
     plan, first, second = tiny
     out = small_fs / "export"
@@ -308,3 +373,23 @@ def test_a_read_only_filesystem_is_one_line_and_keeps_the_export(tiny, small_fs)
     assert remount.returncode == 0, remount.stderr
     assert_user_error(export_cli(plan, second, out), f"--out {out}: {small_fs} is on a read-only filesystem")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and [p.name for p in small_fs.iterdir()] == ["export"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_positions": -5}, "n_positions -5: block_size must be an integer >= 1"),
+    ({"n_layer": 0}, "n_layer 0: n_layer must be an integer >= 1"),
+    ({"vocab_size": -1}, "vocab_size -1: vocab_size must be an integer >= 0"),
+])
+def test_hf_config_values_out_of_range_name_the_file_and_field(tmp_path, change, message):
+    write_hf(tmp_path / "m", **change)
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "plan"), "--hf-config", str(tmp_path / "m"),
+                   "--set", "batch_size=2")
+    assert_user_error(proc, f"{tmp_path / 'm' / 'config.json'}: {message}")
+    assert "--set" not in proc.stderr and not (tmp_path / "plan").exists()
+
+
+def test_a_set_value_over_a_hf_config_value_is_named_as_set(tmp_path):
+    write_hf(tmp_path / "m")
+    proc = run_cli(COMPILE, str(ROOT / "model.py"), "--out", str(tmp_path / "plan"), "--hf-config", str(tmp_path / "m"),
+                   "--set", "n_layer=0")
+    assert_user_error(proc, "--set n_layer=0: n_layer must be an integer >= 1")

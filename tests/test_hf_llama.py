@@ -637,3 +637,43 @@ def test_cuda_computes_numpys_llama_with_a_head_dim_of_its_own_biases_and_llama3
     prompt = [5, 17, 3]
     cached = generate(backend, prompt, 20, 99, eos_id=98)
     assert cached == generate(backend, prompt, 20, 99, eos_id=98, kv_cache=False) == generate(reference, prompt, 20, 99, eos_id=98)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rope_theta": -1}, "rope_theta -1.0: rope_base must be a number > 0"),
+    ({"rope_theta": 1e39}, "rope_theta 1e+39: rope_base must be a number > 0 (float32's normal range"),
+    ({"rope_scaling": None, "rope_parameters": {"rope_type": "default", "rope_theta": 0}},
+     "rope_parameters.rope_theta 0.0: rope_base must be a number > 0"),
+    ({"rms_norm_eps": 1e-50}, "rms_norm_eps 1e-50: norm_eps must be a number > 0 (float32's normal range"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 1e39}},
+     "rope_scaling.factor 1e+39: rope_factor must be a number > 0 (float32's normal range"),
+    ({"max_position_embeddings": 0}, "max_position_embeddings 0: block_size must be an integer >= 1"),
+    ({"num_key_value_heads": 0}, "num_key_value_heads 0: n_kv_head must be an integer >= 1"),
+])
+def test_hf_config_values_out_of_range_name_the_file_and_field(tmp_path, change, message):
+    write_llama(tmp_path / "m")
+    rewrite_config(tmp_path / "m", change)
+    proc = run_cli(COMPILE, str(LLAMA), "--out", str(tmp_path / "plan"), "--hf-config", str(tmp_path / "m"),
+                   *sets(["batch_size=2"]))
+    assert_user_error(proc, f"{tmp_path / 'm' / 'config.json'}: {message}")
+    assert "--set" not in proc.stderr and not (tmp_path / "plan").exists()
+
+
+def test_set_rope_scaling_none_over_a_scaled_config_is_taken(tmp_path):
+    """The config.json's own scaling parameters are not refused where --set rope_scaling drops
+    the scaling they belong to (--set wins); one that --set gives is."""
+    write_llama(tmp_path / "m")
+    rewrite_config(tmp_path / "m", {"rope_scaling": LLAMA3_SCALING})
+    settings = hf.settings(tmp_path / "m") + ["rope_scaling=none", "batch_size=1"]
+    assert compile_model(LLAMA, settings, log=lambda *a: None).data["config"]["rope_scaling"] == "none"
+    with pytest.raises(UserError, match=re.escape("--set rope_factor=2: rope_factor is read only with rope_scaling "
+                                                  "linear or llama3, not with --set rope_scaling=none")):
+        compile_model(LLAMA, settings + ["rope_factor=2"], log=lambda *a: None)
+
+
+@pytest.mark.parametrize("key", ["factor", "original_max_position_embeddings"])
+def test_a_bool_in_the_rotary_scaling_is_refused(tmp_path, key):
+    write_llama(tmp_path / "m")
+    rewrite_config(tmp_path / "m", {"rope_scaling": LLAMA3_SCALING | {key: True}})
+    with pytest.raises(UserError, match=re.escape(f"'llama3' scaling's {key} must be a number, got True")):
+        hf.settings(tmp_path / "m")

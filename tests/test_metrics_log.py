@@ -9,7 +9,7 @@ import pytest
 
 from graphgpt.errors import UserError
 from graphgpt.monitor import MetricsLog, log_header, new_run_id
-from tests.conftest import assert_user_error, train_numpy, word_plan
+from tests.conftest import DEEP_JSON, assert_user_error, train_numpy, word_plan
 
 PLAN = "ab" * 32
 
@@ -53,6 +53,18 @@ def test_a_resumed_run_trims_only_its_own_log(tmp_path):
     assert lines(path) == [header, {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}, {"step": 3, "loss": 7.0}]
 
 
+def test_a_line_nested_too_deeply_is_dropped_as_damage_when_a_resumed_run_trims_its_log(tmp_path):
+    path, header = tmp_path / "run.jsonl", log_header(new_run_id(), PLAN, save="/ck")
+    written_log(path, header, [1, 2])
+    with open(path, "a") as f:
+        f.write(DEEP_JSON + "\n")
+    log = MetricsLog(path)
+    log.check(header, resuming=True)
+    log.open(header, keep_through=2)
+    log.close()
+    assert lines(path) == [header, {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
+
+
 def test_a_run_restarted_from_step_0_takes_over_the_log_of_its_own_checkpoint_directory(tmp_path):
     """Killed before its first checkpoint, a run is started again with the same command line: its
     log is that of the same plan and checkpoint directory, and starts again under the new run's id."""
@@ -76,6 +88,7 @@ FOREIGN = {
     "binary bytes": b"\xff\xfe\x00garbage\n",
     "a header of another format": b'{"graphgpt_log": 2, "run": "r"}\n',
     "a JSON list": b"[1, 2]\n",
+    "JSON nested too deeply": DEEP_JSON.encode() + b"\n",
 }
 
 

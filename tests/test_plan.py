@@ -94,6 +94,9 @@ def test_a_loaded_plan_holds_typed_buffers_and_gives_back_its_bytes(tmp_path, ov
 def test_load_rejects_bad_plans(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         plan_io.load(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="notes.txt is not a directory"):
+        plan_io.load(tmp_path / "notes.txt")
     (tmp_path / "plan.json").write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         plan_io.load(tmp_path)
@@ -187,3 +190,21 @@ def test_an_output_of_an_op_with_several_may_take_its_inputs_buffer():
 def test_an_output_keeps_its_own_buffer_where_the_input_is_read_later():
     at = _loss_and_grad_plan(read_logits_after=True)
     assert abs(at["dlogits"] - at["logits"]) >= 4 * 64 * 4, "the gradient overlaps the logits, read after it"
+
+
+def test_a_plan_edited_after_its_compile_is_refused_and_its_kernels_may_be_edited(tmp_path):
+    """plan.json's buffers, shapes and launches agree only as compiled (a batch size changed in its
+    config alone would fail mid-run), so a plan.json other than its manifest lists is one line;
+    a kernel's source is the user's to change."""
+    plan_dir = tmp_path / "plan"
+    c = compile_model(ROOT / "model.py", TINY, log=lambda *a: None)
+    plan_io.save(c.data, plan_dir, c.files)
+    kernel = next((plan_dir / "kernels").glob("*.cu"))
+    kernel.write_text(kernel.read_text() + "\n// the user's own note\n")
+    plan_io.load(plan_dir)
+    data = json.loads((plan_dir / "plan.json").read_text())
+    data["config"]["batch_size"] += 1
+    (plan_dir / "plan.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="plan.json was changed after it was compiled .* recompile it") as refused:
+        plan_io.load(plan_dir)
+    assert "\n" not in str(refused.value)

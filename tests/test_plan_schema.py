@@ -148,9 +148,12 @@ def test_a_plan_that_is_not_an_object(tmp_path):
         plan_io.load(tmp_path)
 
 
-def test_json_nested_past_pythons_recursion_limit(tmp_path):
-    (tmp_path / "plan.json").write_text("[" * 100000 + "]" * 100000)
-    with pytest.raises(UserError, match="its JSON nests deeper than any plan does"):
+@pytest.mark.parametrize("text,why", [("[" * 100000 + "]" * 100000, "nested too deeply"),
+                                      ('{"schema_version": ' + "9" * 5000 + "}", "more digits than Python converts")],
+                         ids=["nested past the recursion limit", "a 5000-digit number"])
+def test_json_that_python_cannot_read_whole(tmp_path, text, why):
+    (tmp_path / "plan.json").write_text(text)
+    with pytest.raises(UserError, match=f"is not valid JSON .*{why}"):
         plan_io.load(tmp_path)
 
 

@@ -4,6 +4,7 @@ The page parses as XML; every drawn point, mapped back through its chart's axes,
 log; several runs give several lines and legend entries; bad input is one line and exit 2 with
 nothing written; where Chromium is installed, a headless screenshot shows the runs' colours.
 """
+import itertools
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import zlib
 
 import pytest
 
-from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, run_cli, sets
+from tests.conftest import COMPILE, DEEP_JSON, ROOT, TINY, assert_user_error, run_cli, sets
 
 TOOL = str(ROOT / "tools" / "plot.py")
 NS = {"h": "http://www.w3.org/1999/xhtml", "s": "http://www.w3.org/2000/svg"}
@@ -192,7 +193,53 @@ def test_non_finite_values_are_not_drawn_and_said(tmp_path):
     assert plot(log, "--out", out).returncode == 0
     (points,) = [p for r, m, p in drawn(page(out))["Loss by step"] if m == "loss"]
     close(points, [(1, 2.0), (2, 1.5)], 3, 0.5)
-    assert "run 1: 2 non-finite loss value(s) not drawn, the first at step 3" in out.read_text()
+    assert "run 1: 2 loss point(s) not drawn (a value not finite, or outside the magnitudes 1e-300 to 1e+300 " \
+           "a chart holds), the first at step 3" in out.read_text()
+
+
+ABSURD = {  # records appended to a real run's log (its steps 1 to 8), and what of them is said not drawn
+    "a loss of 401 digits": (['{"step": 9, "loss": 1' + "0" * 400 + "}"], "Loss by step", "1 loss point(s)", "step 9"),
+    "step times summing past float's range": (['{"step": 9, "loss": 2.0, "ms": 1e308}', '{"step": 10, "loss": 2.0, "ms": 1e308}'],
+                                              "Loss by training time", "2 loss point(s)", "training time (s) 1e+305"),
+    "a loss of 1e308": (['{"step": 9, "loss": 1e308}'], "Loss by step", "1 loss point(s)", "step 9"),
+}
+
+
+@pytest.mark.parametrize("absurd", ABSURD, ids=list(ABSURD))
+def test_absurd_values_are_not_drawn_and_said_and_the_rest_of_the_run_is(tmp_path, graphgpt_log, absurd):
+    lines, title, points, first = ABSURD[absurd]
+    log = tmp_path / "run.jsonl"
+    log.write_text(graphgpt_log.read_text() + "".join(line + "\n" for line in lines))
+    out = tmp_path / "run.html"
+    proc = plot(log, "--out", out)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert f"run 1: {points} not drawn" in out.read_text() and f"the first at {first}</li>" in out.read_text()
+    logged = records(graphgpt_log)
+    xs = ([total / 1e3 for total in itertools.accumulate(r.get("ms", 0.0) for r in logged)]
+          if title == "Loss by training time" else [r["step"] for r in logged])
+    want = [(x, r["loss"]) for x, r in zip(xs, logged) if "loss" in r]
+    (points,) = [p for _, m, p in drawn(page(out))[title] if m == "loss"]
+    close(points, want, max(x for x, _ in want), max(v for _, v in want) - min(v for _, v in want))
+
+
+def test_values_of_any_scale_get_an_axis_that_fits_them(tmp_path):
+    """Losses equal to 12 digits, gradient norms across 400 decades: drawn at their values, on
+    axes of a few ticks; a learning rate too small for any axis is said not drawn."""
+    log = tmp_path / "run.jsonl"
+    losses, norms = (1e-13, 2e-13, 1.5e-13), (1e-200, 1.0, 1e200)
+    log.write_text("".join(json.dumps({"step": s, "loss": v, "grad_norm": n, "lr": 5e-324}) + "\n"
+                           for s, v, n in zip((1, 2, 3), losses, norms)))
+    out = tmp_path / "run.html"
+    proc = plot(log, "--out", out)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    charts = drawn(page(out))
+    close(charts["Loss by step"][0][2], list(zip((1, 2, 3), losses)), 2, 1e-13)
+    decades = [(x, math.log10(y)) for x, y in charts["Gradient norm"][0][2]]  # to the page's 1/100 pixel
+    assert all(abs(x - s) < 1e-3 and abs(d - math.log10(n)) < 0.05 for (x, d), s, n in zip(decades, (1, 2, 3), norms))
+    (norm_chart,) = [svg for svg in page(out).iter(f"{{{NS['s']}}}svg") if svg.get("aria-label") == "Gradient norm"]
+    y_ticks = [text for text in norm_chart.iter(f"{{{NS['s']}}}text") if text.get("class") == "tick" and text.get("text-anchor") == "end"]
+    assert 3 <= len(y_ticks) <= 9, [tick.text for tick in y_ticks]
+    assert charts["Learning rate"] == [] and "run 1: 3 lr point(s) not drawn" in out.read_text()
 
 
 def test_a_report_is_replaced_but_nothing_else_is(tmp_path):
@@ -220,6 +267,9 @@ def test_a_report_is_replaced_but_nothing_else_is(tmp_path):
     ('{"step": 1, "loss": "low"}\n', 'loss "low" is not a number'),
     ('{"step": 1, "lr": true}\n', "lr true is not a number"),
     (b"\xff\xfe\x00bin", "is not UTF-8 text"),
+    ('{"step": 1, "loss": 2.0}\n' + DEEP_JSON + "\n", ":2: not JSON (arrays or objects nested too deeply)"),
+    ('{"step": 1, "loss": 1' + "0" * 5000 + "}\n", ":1: not JSON (an integer of more digits than Python converts)"),
+    ('{"step": 9007199254740993, "loss": 2.0}\n', "step 9007199254740993 is not a whole number from 0 to 2**53"),
 ])
 def test_bad_logs_are_one_line_and_nothing_is_written(tmp_path, content, message):
     log = tmp_path / "run.jsonl"

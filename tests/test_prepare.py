@@ -13,7 +13,7 @@ from graphgpt import plan as plan_io
 from graphgpt.data import load_tokens, tokenizer_digest
 from graphgpt.errors import UserError, reported
 from graphgpt.tokenizer import Tokenizer
-from tests.conftest import COMPILE, ROOT, TINY, assert_user_error, fill, run_cli, run_into_head, sets
+from tests.conftest import COMPILE, DEEP_JSON, ROOT, TINY, assert_user_error, fill, run_cli, run_into_head, sets
 
 PREPARE = str(ROOT / "tools" / "prepare.py")
 
@@ -199,6 +199,10 @@ def test_out_that_is_a_file(tmp_path, corpus, word_plan):
     {"train.bin": b"\x01\x00"},
     {"val.bin": b"\x01\x00"},
     {"train.bin": b"\x01\x00", "meta.json": b'{"vocab_size": 50257}'},  # another tool's meta.json
+    {"train.bin": b"\x01\x00", "meta.json": DEEP_JSON.encode()},
+    {"meta.json": b"MY META\n"},  # a meta.json alone is the user's as much as a train.bin is
+    {"meta.json": b'{"vocab_size": 50257}'},
+    {"meta.json": b'{"format": "graphgpt-tokens", "notes": "mine"}'},  # not the fields prepare.py writes
 ])
 def test_out_holding_token_files_of_another_tool(tmp_path, corpus, word_plan, files):
     out = tmp_path / "out"

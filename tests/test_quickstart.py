@@ -3,6 +3,8 @@ it compiles, shows the commands it runs, trains with a held-out loss that falls 
 sample. The full run is timed by hand (README: Quick start)."""
 import json
 
+import pytest
+
 from tests.conftest import ROOT, assert_user_error, run_cli, run_into_head, step_records
 
 TOOL = str(ROOT / "tools" / "quickstart.py")
@@ -33,6 +35,14 @@ def test_a_short_quickstart_trains_evaluates_and_samples(tmp_path):
 
 def test_bad_steps_are_one_line():
     assert_user_error(run_cli(TOOL, "--steps", "0"), "--steps must be at least 1")
+
+
+def test_cuda_without_a_gpu_is_refused_before_the_compile(tmp_path):
+    from graphgpt.runtime import cuda_available
+    if cuda_available():
+        pytest.skip("this machine has the GPU the test is about lacking")
+    assert_user_error(run_cli(TOOL, "--out", str(tmp_path / "qs"), "--backend", "cuda"), "no NVIDIA GPU visible to CuPy")
+    assert not (tmp_path / "qs").exists()
 
 
 def test_a_closed_stdout_does_not_stop_it(tmp_path):

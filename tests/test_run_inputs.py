@@ -64,6 +64,7 @@ CASES = [
     ("temperature inf", lambda c: ["--temperature", "inf"], "--temperature must be a finite number >= 0"),
     ("negative temperature", lambda c: ["--temperature", "-0.5"], "--temperature must be a finite number >= 0"),
     ("negative top-k", lambda c: ["--top-k", "-3"], "--top-k must not be negative"),
+    ("top-k without a temperature", lambda c: ["--top-k", "5"], "--top-k narrows sampling"),
     ("negative generate", lambda c: ["--generate", "-1"], "--generate must not be negative"),
     ("zero eval batches", lambda c: ["--eval-batches", "0"], "--eval-batches must be at least 1"),
     ("negative eval-every", lambda c: ["--eval-every", "-5"], "--eval-every must not be negative"),
@@ -207,6 +208,17 @@ def test_non_finite_loss_stops_at_its_step(tmp_path, ctx):
     assert CheckpointDir(save).load(load(plan).digest).step == bad - 1  # the last good one, intact
     assert f"step_{bad - 1:08d}" in lines[0]
     assert json.loads(log.read_text().splitlines()[-1])["step"] == bad
+
+
+def test_a_refused_run_leaves_no_directory_of_its_own(tmp_path, ctx):
+    """--save's and --log's directories are made once every check has passed: a run refused over
+    its data makes neither."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    proc = run_cli("-m", "graphgpt.run", "--plan", str(ctx.plan), "--data", str(empty), "--steps", "3", "--backend",
+                   "numpy", "--save", str(tmp_path / "ck" / "deep"), "--log", str(tmp_path / "logs" / "deep" / "x.jsonl"))
+    assert_user_error(proc, str(empty))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]
 
 
 def test_closed_stdout_does_not_stop_a_save(tmp_path, ctx):

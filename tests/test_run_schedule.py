@@ -89,15 +89,31 @@ def test_a_resumed_run_keeps_its_schedule_unless_a_flag_changes_it(tmp_path, pla
     assert state["meta"]["schedule"]["min_lr"] == 5e-4  # the next resume keeps the change
 
 
-def test_a_damaged_saved_schedule_is_refused(tmp_path, plan_and_corpus):
+@pytest.mark.parametrize("key, value, message", [
+    ("decay_steps", "many", "state.json"),
+    ("lr", 1e308, "lr=1e+308 (the checkpoint's): lr must be a finite number > 0 (float32's normal range"),
+], ids=["not a number", "beyond float32"])
+def test_a_damaged_saved_schedule_is_refused(tmp_path, plan_and_corpus, key, value, message):
     save = tmp_path / "ck"
     train(plan_and_corpus, "--steps", "3", "--save", str(save))
     state_file = save / "step_00000003" / "state.json"
     state = json.loads(state_file.read_text())
-    state["meta"]["schedule"]["decay_steps"] = "many"
+    state["meta"]["schedule"][key] = value
     state_file.write_text(json.dumps(state))
     plan, corpus = plan_and_corpus
     proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--data", str(corpus), "--backend", "numpy",
                    "--steps", "4", "--resume", str(save))
-    assert_user_error(proc, "state.json")
+    assert_user_error(proc, message)
+    assert "step " not in proc.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "1e39", "--min-lr", "0"], "--lr 1e+39: lr must be a finite number > 0 (float32's normal range"),
+    (["--lr", "1e-39", "--min-lr", "0"], "--lr 1e-39: lr must be a finite number > 0 (float32's normal range"),
+])
+def test_a_rate_float32_does_not_hold_is_refused(plan_and_corpus, flags, message):
+    plan, corpus = plan_and_corpus
+    proc = run_cli("-m", "graphgpt.run", "--plan", str(plan), "--data", str(corpus), "--backend", "numpy",
+                   "--steps", "5", *flags)
+    assert_user_error(proc, message)
     assert "step " not in proc.stdout

@@ -70,6 +70,9 @@ def test_sampled_samples_differ_and_repeat_with_the_seed(trained):
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--tokens", "0"], "--tokens must be at least 1"),
     (["--temperature", "-1"], "--temperature must be"),
+    (["--seed", "-1"], "--seed must not be negative"),
+    (["--top-k", "5"], "--top-k narrows sampling, which --temperature T > 0 turns on"),
+    (["--top-p", "0.5"], "--top-p narrows sampling, which --temperature T > 0 turns on"),
 ])
 def test_bad_arguments_are_one_line_and_status_2(trained, args, message):
     root, _ = trained

@@ -103,7 +103,7 @@ def test_a_read_only_directory_is_refused_before_any_work(plan_and_data, small_f
         proc = train(plan_and_data, "--steps", "4", "--resume", str(small_fs / "run"))
         assert_user_error(proc, f"--resume {small_fs / 'run'}: not a writable directory (Read-only file system)")
         proc = train(plan_and_data, "--steps", "4", "--log", str(small_fs / "new.jsonl"))
-        assert_user_error(proc, f"--log {small_fs / 'new.jsonl'} is not writable")
+        assert_user_error(proc, f"--log {small_fs / 'new.jsonl'}: {small_fs} is on a read-only filesystem")
         assert snapshot(small_fs) == before
     finally:
         remount(small_fs, "rw")

@@ -18,6 +18,7 @@ import pytest
 from graphgpt import viz
 from graphgpt.errors import UserError
 from graphgpt.ops import REGISTRY
+from tests.conftest import DEEP_JSON
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -285,10 +286,11 @@ def test_cli_writes_beside_the_input_or_into_out(tmp_path):
 def test_cli_bad_input_is_one_line_and_status_2(tmp_path):
     (tmp_path / "text.json").write_text("not json {", encoding="utf-8")
     (tmp_path / "list.json").write_text("[1, 2]", encoding="utf-8")
+    (tmp_path / "deep.json").write_text(DEEP_JSON, encoding="utf-8")
     (tmp_path / "later.json").write_text(json.dumps({"nodes": [
         {"id": 0, "op": "neg", "inputs": [3], "shape": [], "dtype": "f32"}]}), encoding="utf-8")
     (tmp_path / "good.json").write_text(json.dumps(small_graph()), encoding="utf-8")
-    cases = [["missing.json"], ["text.json"], ["list.json"], ["later.json"],
+    cases = [["missing.json"], ["text.json"], ["list.json"], ["deep.json"], ["later.json"],
              ["good.json", "--out", "text.json"]]   # --out names a file, not a directory
     for args in cases:
         done = run_tool(*args, cwd=tmp_path)

@@ -24,13 +24,14 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from graphgpt import schedule  # noqa: E402
+from graphgpt import jsontext, schedule  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.fsutil import atomic_write_text  # noqa: E402
@@ -39,6 +40,7 @@ from graphgpt.train import init_params, program_inputs  # noqa: E402
 from tools import llmc  # noqa: E402
 
 MIN_WARMUP = 2  # graphgpt captures its CUDA graph on the second step; torch.compile compiles on the first
+REPORT_BYTES = 1 << 20  # a --json report is kilobytes: a larger file is not one, and is not read
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -64,7 +66,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(default: exact)")
     p.add_argument("--llmc", type=Path, metavar="BINARY",
                    help="add a row for llm.c's train_gpt2cu (built), run on the plan's GPT-2 (tools/llmc.py)")
-    p.add_argument("--json", type=Path, metavar="OUT", help="write every number, the device and the command here")
+    p.add_argument("--json", type=Path, metavar="OUT",
+                   help="write every number, the device and the command here: a new file or an earlier report of "
+                        "this tool's")
     args = p.parse_args(argv)
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
@@ -75,9 +79,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         f"CUDA graph and run torch.compile), got {args.warmup}")
     if args.eager_only and args.compiled_only:
         raise UserError("--eager-only and --compiled-only leave no PyTorch row between them; give one")
-    if args.json is not None and args.json.is_dir():
-        raise UserError(f"--json {args.json} is a directory; name a file")
+    check_json_out(args.json, "tools/bench.py")
     return args
+
+
+def check_json_out(path: Path | None, tool: str) -> None:
+    """--json may name a new file or a report of `tool` (its "command" says so), which the run
+    replaces; any other file there is the user's, and is refused before any work."""
+    if path is None or not os.path.lexists(path):
+        return
+    if path.is_dir():
+        raise UserError(f"--json {path} is a directory; name a file")
+    if not is_report(path, tool):
+        raise UserError(f"--json {path} is a file that {tool} did not write; it is left as it is (name a new file)")
+
+
+def is_report(path: Path, tool: str) -> bool:
+    """Whether `path` is a --json report that `tool` wrote: a JSON object whose command runs it."""
+    if path.is_symlink() or not path.is_file() or path.stat().st_size > REPORT_BYTES:
+        return False
+    try:
+        report = jsontext.loads(path.read_bytes())
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON
+        return False
+    command = report.get("command") if isinstance(report, dict) else None
+    return isinstance(command, str) and command.startswith(f"python {tool} ")
 
 
 def want_torch(flag: bool | None) -> bool:

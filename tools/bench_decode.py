@@ -38,6 +38,7 @@ from graphgpt.fsutil import atomic_write_text  # noqa: E402
 from graphgpt.runtime import cuda_available, make_backend  # noqa: E402
 from graphgpt.sample import generate  # noqa: E402
 from graphgpt.train import init_params  # noqa: E402
+from tools.bench import check_json_out  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -52,13 +53,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True, help="time PyTorch too (default)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="of the PyTorch rows, also torch.compile's (default; it compiles for a minute or more)")
-    p.add_argument("--json", type=Path, metavar="OUT", help="write every number, the device and the command here")
+    p.add_argument("--json", type=Path, metavar="OUT",
+                   help="write every number, the device and the command here: a new file or an earlier report of "
+                        "this tool's")
     args = p.parse_args(argv)
     for name in ("prompt", "tokens", "repeat"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.json is not None and args.json.is_dir():
-        raise UserError(f"--json {args.json} is a directory; name a file")
+    check_json_out(args.json, "tools/bench_decode.py")
     return args
 
 

@@ -4,7 +4,9 @@ Writes `config.json` and `model.safetensors` of a `GPT2LMHeadModel` (a plan of m
 `LlamaForCausalLM` (a plan of models/llama.py; graphgpt/hf/ has the layouts) from a plan and its
 weights: a checkpoint, a directory of checkpoints (the latest), or a .safetensors file of the
 plan's parameters. `--init-from` reads such a directory back, weight for
-weight. --out must be new, empty, or a directory this tool wrote (exactly those two files).
+weight. Beside them, written last, graphgpt-export.json lists the two files with their sizes and
+sha256: --out must be new, empty, or a directory this tool wrote and nobody changed since (what its
+manifest lists and nothing else), so that a downloaded model is never replaced.
 """
 from __future__ import annotations
 
@@ -61,14 +63,15 @@ def export(plan_dir: Path, weights_path: Path, out: Path) -> None:
 
 
 def check_out(out: Path) -> None:
-    """--out may be new, empty, or an export of this tool's (its two files and nothing else),
-    in a directory that can take a new one beside it."""
+    """--out may be new, empty, or an export of this tool's exactly as it wrote it, in a directory
+    that can take a new one beside it."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise UserError(f"--out {out} is not a directory; it is left as it is")
     if problem := unwritable(out.parent):
         raise UserError(f"--out {out}: {problem}")
-    if out.is_dir() and set(p.name for p in out.iterdir()) - {hf.CONFIG, hf.WEIGHTS}:
-        raise UserError(f"--out {out} holds files other than {hf.CONFIG} and {hf.WEIGHTS}; it is left as it is")
+    if out.is_dir() and any(out.iterdir()) and (differs := hf.differs_from_export(out)):
+        raise UserError(f"--out {out} is not an export of tools/export_hf.py as it wrote it ({differs}); "
+                        "it is left as it is (--out takes a new or empty directory or an earlier export)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Reads the JSONL logs of graphgpt.run's `--log` (and tools/recipe_torch.py's, whi
 evaluations) and writes one self-contained HTML page: inline SVG drawn here, no script, nothing
 fetched. Charts: the training loss and the evaluations' losses against steps and against training
 time, the learning rate, the gradient norm and tokens/s against steps; every run in its colour,
-with a legend and a table of the runs. A metric a run's log lacks is named under its chart.
+with a legend and a table of the runs. A metric a run's log lacks is named under its chart, and so
+are the points left out: a value not finite, or of a size no axis holds (a loss of 1e308).
 
 Every drawn line carries `data-run` and `data-metric`, and every plot area its axes' domains and
 pixel ranges (`data-x`, `data-y`), so a test can map each point back to the log's value.
@@ -31,6 +32,9 @@ STYLES = {"loss": ("training batch", 1.2, "", 0.45, 0),
           "train_loss": ("training windows (evaluation)", 1.6, "2 3", 1.0, 2.6),
           "val_loss": ("held out (evaluation)", 2.2, "7 4", 1.0, 3.2)}
 LOG_SPREAD = 8  # a loss or gradient-norm axis turns logarithmic once its largest value is this many times its least
+LOG_TICKS = 8  # at most about this many decades ticked on a logarithmic axis
+# The magnitudes (and 0) a chart draws: past them an axis's arithmetic under- or overflows.
+SMALLEST, LARGEST = 1e-300, 1e300
 MAX_MARKERS = 80  # more evaluations than this on one line: the line alone
 
 
@@ -54,21 +58,27 @@ class Axis:
         return log_ticks(self.lo, self.hi) if self.log else linear_ticks(self.lo, self.hi)
 
 
+def drawable(v: float) -> bool:
+    return math.isfinite(v) and (v == 0 or SMALLEST <= abs(v) <= LARGEST)
+
+
 def linear_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
     """Multiples of 1, 2 or 5 times a power of ten, about `count` of them, from the first at or
-    below `lo` to the first at or above `hi`."""
-    if hi <= lo:
+    below `lo` to the first at or above `hi`; values that agree to 9 digits get an axis a tenth
+    either side of them. Ticks are rounded to 12 significant digits, so that tiny ones stay apart."""
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi)):
         lo, hi = (lo - 1, hi + 1) if lo == 0 else (lo - abs(lo) / 10, hi + abs(hi) / 10)
     raw = (hi - lo) / count
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
-    return [round(k * step, 12) for k in range(first, last + 1)]
+    return [float(f"{k * step:.12g}") for k in range(first, last + 1)]
 
 
 def log_ticks(lo: float, hi: float) -> list[float]:
     """Ticks inside [lo, hi] at 1, 2 and 5 times powers of ten (fewer when many decades)."""
-    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    span = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    decades = span[::math.ceil(len(span) / LOG_TICKS)]
     mantissas = (1, 2, 5) if len(decades) <= 3 else (1,)
     ticks = [m * 10.0 ** d for d in decades for m in mantissas if lo * (1 - 1e-9) <= m * 10.0 ** d <= hi * (1 + 1e-9)]
     if len(ticks) < 3:  # less than a decade: linear ticks read better, and are still true positions
@@ -124,13 +134,15 @@ class Chart:
         self.notes: list[str] = []
 
     def add(self, line: Line) -> None:
-        finite = [(x, y) for x, y in zip(line.xs, line.ys) if math.isfinite(y)]
-        if len(finite) < len(line.ys):
-            first = next(x for x, y in zip(line.xs, line.ys) if not math.isfinite(y))
-            self.notes.append(f"run {line.run + 1}: {len(line.ys) - len(finite)} non-finite {line.metric} "
-                              f"value(s) not drawn, the first at {self.xlabel} {first:g}")
-        if finite:
-            self.lines.append(Line(line.run, line.metric, [p[0] for p in finite], [p[1] for p in finite]))
+        points = list(zip(line.xs, line.ys))
+        kept = [(x, y) for x, y in points if drawable(x) and drawable(y)]
+        if len(kept) < len(points):
+            first = next(x for x, y in points if not (drawable(x) and drawable(y)))
+            self.notes.append(f"run {line.run + 1}: {len(points) - len(kept)} {line.metric} point(s) not drawn "
+                              f"(a value not finite, or outside the magnitudes {SMALLEST:g} to {LARGEST:g} a "
+                              f"chart holds), the first at {self.xlabel} {first:g}")
+        if kept:
+            self.lines.append(Line(line.run, line.metric, [p[0] for p in kept], [p[1] for p in kept]))
 
     def svg(self) -> str:
         w, h = self.width, self.height
@@ -228,7 +240,7 @@ def about(log: runlog.RunLog) -> list[str]:
 
 def charts(logs: list[runlog.RunLog]) -> list[tuple[Chart, str]]:
     """(chart, its size class) for the page, each with every run that logged its metric."""
-    longest = max(max(log.wall_seconds()) for log in logs)
+    longest = max((s for log in logs for s in log.wall_seconds() if drawable(s)), default=0.0)
     unit, per = wall_unit(longest)
     by_step = Chart("Loss by step", "step", "loss", 600, 360, may_log=True)
     by_time = Chart("Loss by training time", f"training time ({unit})", "loss", 600, 360, may_log=True)

@@ -43,6 +43,9 @@ CHUNK_BYTES = 4 << 20  # text encoded per piece: a worker holds some ten times t
 WORKERS = min(8, os.cpu_count() or 1)
 PROGRESS_STEPS = 10  # progress lines for a text of more than one piece
 
+# The fields of the meta.json prepare.py writes: a meta.json without exactly these is a user's.
+META_FIELDS = {"format", "version", "dtype", "vocab_size", "tokenizer_sha256", "train_tokens", "val_tokens", "source"}
+
 # The staging directory's name, and the marker file in it that says prepare.py made it.
 STAGING = re.compile(r"\.graphgpt-prepare\.(\d+)\.\w+\.staging")
 MARKER = ".graphgpt-staging"
@@ -120,16 +123,18 @@ def prepare(text_path: Path, plan_dir: Path, out: Path, val_fraction: float, chu
 
 
 def check_out(out: Path) -> None:
-    """--out is a directory (or not yet there) whose token files, if any, prepare.py wrote."""
+    """--out is a directory (or not yet there) whose token files and meta.json, if any, prepare.py
+    wrote: its meta.json says so."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is not a directory")
     for name in (TRAIN_FILE, VAL_FILE, META_FILE):
         if (out / name).is_dir():
             raise UserError(f"--out {out} holds a directory {name}, where prepare.py writes a file")
-    present = [name for name in (TRAIN_FILE, VAL_FILE) if (out / name).exists()]
-    if present and read_token_meta(out) is None:
-        raise UserError(f"--out {out} holds {' and '.join(present)} not written by tools/prepare.py "
-                        f"(no {META_FILE} of format {TOKEN_FORMAT}); choose another --out")
+    present = [name for name in (TRAIN_FILE, VAL_FILE, META_FILE) if os.path.lexists(out / name)]
+    meta = read_token_meta(out)
+    if present and (meta is None or meta.keys() != META_FIELDS or (out / META_FILE).is_symlink()):
+        raise UserError(f"--out {out} holds {', '.join(present)} not written by tools/prepare.py (no {META_FILE} "
+                        f"of format {TOKEN_FORMAT} with the fields it writes); choose another --out")
 
 
 def split_point(total: int, val_fraction: float, text_path: Path) -> int:

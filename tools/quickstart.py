@@ -55,6 +55,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be at least 1, got {args.steps}")
+    if args.backend == "cuda":  # before the compile, which would otherwise be done for nothing
+        p.require_gpu("--backend cuda trains on one")
     return args
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from ..errors import UserError
 from ..tensor_files import load_safetensors
 from . import gpt2, llama
-from .files import CONFIG, WEIGHTS, check_types, is_hf_dir, read_config, write  # noqa: F401 (is_hf_dir: the package's)
+from .files import (CONFIG, MANIFEST, WEIGHTS, check_types, differs_from_export, is_hf_dir,  # noqa: F401
+                    read_config, write)  # (is_hf_dir, differs_from_export: the package's)
 
 FAMILIES = {family.MODEL_TYPE: family for family in (gpt2, llama)}
 
@@ -50,9 +51,12 @@ def load(path: Path, config: dict, shapes: dict[str, tuple]) -> dict[str, np.nda
 
 
 def settings(path: Path) -> list[str]:
-    """The model file's --set pairs (KEY=VALUE) that a Hugging Face directory's config.json gives."""
+    """The model file's --set pairs (KEY=VALUE) that a Hugging Face directory's config.json gives,
+    each naming the file and the field it came from in the compiler's errors."""
+    from ..model_file import Given  # here: the compiler's module, and the run side imports this package
     family, hf = _checked_config(path)
-    return [f"{key}={value}" for key, value in family.settings(hf).items()]
+    return [Given(f"{key}={value}", f"{Path(path) / CONFIG}: {field} {value}")
+            for key, (value, field) in family.settings(hf).items()]
 
 
 def vocabulary(path: Path) -> int:
@@ -80,6 +84,7 @@ def family_of_params(names):
 
 def save(path: Path, weights: dict[str, np.ndarray], config: dict, eos_id: int) -> None:
     """Write `weights` (graphgpt's names, the plan's `config`) as a Hugging Face directory of their
-    family; `eos_id` is the plan's tokenizer's end-of-text id."""
+    family, with the manifest that marks it as graphgpt's; `eos_id` is the plan's tokenizer's
+    end-of-text id."""
     family = family_of_params(weights)
     write(Path(path), family.hf_tensors(weights, config), family.hf_config(weights, config, eos_id))

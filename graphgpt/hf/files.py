@@ -1,18 +1,23 @@
-"""What every Hugging Face family shares: the directory's two files, config.json's type checks,
-the vocabulary's padding and the lm_head, which Hugging Face stores (vocab, n_embd) where graphgpt
-keeps (n_embd, vocab)."""
+"""What every Hugging Face family shares: the directory's two files (and the manifest an export
+writes beside them), config.json's type checks, the vocabulary's padding and the lm_head, which
+Hugging Face stores (vocab, n_embd) where graphgpt keeps (n_embd, vocab)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from .. import jsontext
 from ..errors import UserError
-from ..fsutil import atomic_write_text
-from ..tensor_files import save_safetensors
+from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..tensor_files import safetensors_bytes
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+# Written last by an export: the two files' sizes and sha256. A downloaded or hand-made directory
+# has none, so only a directory graphgpt exported, unchanged since, is ever replaced by an export.
+MANIFEST = "graphgpt-export.json"
 HEAD = "lm_head.weight"  # Hugging Face's name and graphgpt's, for both families
 
 _IS = {"a string": lambda v: isinstance(v, str), "an integer": lambda v: type(v) is int,
@@ -38,7 +43,7 @@ def is_hf_dir(path: Path) -> bool:
 def read_config(path: Path) -> dict:
     """config.json of directory `path`, a JSON object."""
     try:
-        hf = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+        hf = jsontext.loads((path / CONFIG).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path / CONFIG}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(hf, dict):
@@ -95,6 +100,41 @@ def head_tensor(weights: dict[str, np.ndarray], config: dict) -> dict[str, np.nd
 
 
 def write(path: Path, tensors: dict[str, np.ndarray], hf: dict) -> None:
+    """The directory's two files, then the manifest that lists them."""
+    contents = {WEIGHTS: safetensors_bytes(tensors, {"format": "pt"}),
+                CONFIG: (json.dumps(hf, indent=2) + "\n").encode()}
     path.mkdir(parents=True, exist_ok=True)
-    save_safetensors(path / WEIGHTS, tensors, {"format": "pt"})
-    atomic_write_text(path / CONFIG, json.dumps(hf, indent=2) + "\n")
+    for name, content in contents.items():
+        atomic_write_bytes(path / name, content)
+    listed = {name: {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+              for name, content in contents.items()}
+    atomic_write_text(path / MANIFEST, json.dumps({"files": listed}, indent=1) + "\n")
+
+
+def differs_from_export(path: Path) -> str | None:
+    """How directory `path` differs from an export as graphgpt wrote it (None: not at all): the
+    files its manifest lists, each of its size and sha256, and nothing else, no symbolic link."""
+    try:
+        listed = jsontext.loads((path / MANIFEST).read_bytes())["files"]
+        expected = {name: (int(f["bytes"]), str(f["sha256"])) for name, f in listed.items()}
+    except FileNotFoundError:
+        return f"it holds no {MANIFEST}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"its {MANIFEST} cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})"
+    for entry in path.iterdir():
+        if entry.is_symlink():
+            return f"{entry.name} is a symbolic link"
+        if entry.name != MANIFEST and entry.name not in expected:
+            return f"{entry.name} is not a file of the export"
+    for name, (size, digest) in expected.items():
+        entry = path / name
+        if not entry.is_file():
+            return f"{name} is missing"
+        if entry.stat().st_size != size or _sha256(entry) != digest:
+            return f"{name} was changed after it was exported"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -104,6 +104,7 @@ def sizes(hf: dict) -> dict:
 
 
 def settings(hf: dict) -> dict:
-    """model.py's --set keys for this config.json (checked)."""
-    return {"n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"], "vocab_size": hf["vocab_size"],
-            "block_size": hf["n_positions"], "tie_weights": int(hf.get("tie_word_embeddings", True))}
+    """model.py's --set keys for this config.json (checked), each as (value, the field it comes from)."""
+    return {**{key: (hf[key], key) for key in ("n_layer", "n_head", "n_embd", "vocab_size")},
+            "block_size": (hf["n_positions"], "n_positions"),
+            "tie_weights": (int(hf.get("tie_word_embeddings", True)), "tie_word_embeddings")}

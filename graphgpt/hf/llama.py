@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..rope_scaling import SCALINGS, rotary_scaling
+from ..rope_scaling import SCALINGS, SETTINGS as ROPE_SETTINGS, rotary_scaling
 from .files import HEAD, WEIGHTS, head_tensor, lm_head, model_tensors, pad_rows, requirement
 
 MODEL_TYPE, NAME = "llama", "LLaMA"
@@ -48,9 +48,6 @@ FIELDS = {"model_type": ("a string", True), "num_hidden_layers": ("an integer", 
 DEFAULTS = {"hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "attention_bias": False,
             "mlp_bias": False, "max_position_embeddings": 2048}
 PLAIN_ROPE = {"rope_type", "type", "rope_theta"}  # the keys of rotary parameters without scaling
-# models/llama.py's settings of each scaling parameter (transformers' names, rope_scaling.py's SCALINGS)
-ROPE_SETTINGS = {"factor": "rope_factor", "low_freq_factor": "rope_low_freq_factor",
-                 "high_freq_factor": "rope_high_freq_factor", "original_max_position_embeddings": "rope_original_max_position"}
 
 
 def owns(names) -> bool:
@@ -71,6 +68,11 @@ def rope_parameters(hf: dict) -> dict:
     """The rotary positions' parameters, as transformers reads them: rope_scaling, else
     rope_parameters, else none."""
     return hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+
+
+def rope_field(hf: dict) -> str:
+    """The field of config.json that rope_parameters reads (rope_scaling where neither is given)."""
+    return "rope_parameters" if hf.get("rope_parameters") and not hf.get("rope_scaling") else "rope_scaling"
 
 
 def rope_kind(hf: dict) -> str:
@@ -99,7 +101,7 @@ def check_model(path: Path, hf: dict) -> None:
     need(hf["num_attention_heads"] > 0 and head_dim(hf) > 0,
          f"num_attention_heads {hf['num_attention_heads']} and head_dim {hf.get('head_dim')}: no heads to attend with")
     rope, kind = rope_parameters(hf), rope_kind(hf)
-    name = f"{'rope_scaling' if hf.get('rope_scaling') else 'rope_parameters'} {json.dumps(rope)}"
+    name = f"{rope_field(hf)} {json.dumps(rope)}"
     need(kind == "default" or kind in SCALINGS,
          f"{name}: scaled rotary positions ({kind!r}) are not supported; models/llama.py's are unscaled, "
          + " or ".join(map(repr, SCALINGS)))
@@ -195,16 +197,23 @@ def sizes(hf: dict) -> dict:
 
 
 def settings(hf: dict) -> dict:
-    """models/llama.py's --set keys for this config.json (checked); head_dim 0 where it is
-    hidden_size / num_attention_heads, so that a --set of other sizes keeps that rule."""
-    rope = scaling(hf) or {"rope_type": "none"}
-    return {"n_layer": hf["num_hidden_layers"], "n_head": hf["num_attention_heads"],
-            "n_kv_head": field(hf, "num_key_value_heads"), "n_embd": hf["hidden_size"],
-            "head_dim": 0 if head_dim(hf) == hf["hidden_size"] // hf["num_attention_heads"] else head_dim(hf),
-            "n_hidden": hf["intermediate_size"], "rope_base": float(field(hf, "rope_theta")),
-            "rope_scaling": rope["rope_type"],
-            **{ROPE_SETTINGS[k]: rope[k] for k in SCALINGS.get(rope["rope_type"], ())},
-            "norm_eps": float(field(hf, "rms_norm_eps")), "vocab_size": hf["vocab_size"],
-            "block_size": min(field(hf, "max_position_embeddings"), BLOCK_SIZE),
-            "tie_weights": int(field(hf, "tie_word_embeddings")), "attention_bias": int(field(hf, "attention_bias")),
-            "mlp_bias": int(field(hf, "mlp_bias"))}
+    """models/llama.py's --set keys for this config.json (checked), each as (value, the field it
+    comes from); head_dim 0 where it is hidden_size / num_attention_heads, so that a --set of other
+    sizes keeps that rule."""
+    rope, where, given = scaling(hf) or {"rope_type": "none"}, rope_field(hf), rope_parameters(hf)
+
+    def of(name: str, value=None) -> tuple:
+        return field(hf, name) if value is None else value, name
+    return {"n_layer": of("num_hidden_layers"), "n_head": of("num_attention_heads"), "n_kv_head": of("num_key_value_heads"),
+            "n_embd": of("hidden_size"),
+            "head_dim": of("head_dim", 0 if head_dim(hf) == hf["hidden_size"] // hf["num_attention_heads"] else head_dim(hf)),
+            "n_hidden": of("intermediate_size"),
+            "rope_base": of(f"{where}.rope_theta" if "rope_theta" in given else "rope_theta", float(field(hf, "rope_theta"))),
+            "rope_scaling": (rope["rope_type"], where),
+            **{ROPE_SETTINGS[k]: of(f"{where}.{k}" if k in given else "max_position_embeddings", rope[k])
+               for k in SCALINGS.get(rope["rope_type"], ())},
+            "norm_eps": of("rms_norm_eps", float(field(hf, "rms_norm_eps"))), "vocab_size": of("vocab_size"),
+            "block_size": of("max_position_embeddings", min(field(hf, "max_position_embeddings"), BLOCK_SIZE)),
+            "tie_weights": of("tie_word_embeddings", int(field(hf, "tie_word_embeddings"))),
+            "attention_bias": of("attention_bias", int(field(hf, "attention_bias"))),
+            "mlp_bias": of("mlp_bias", int(field(hf, "mlp_bias")))}
