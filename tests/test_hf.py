@@ -379,6 +379,7 @@ def test_a_read_only_filesystem_is_one_line_and_keeps_the_export(tiny, small_fs)
     ({"n_positions": -5}, "n_positions -5: block_size must be an integer >= 1"),
     ({"n_layer": 0}, "n_layer 0: n_layer must be an integer >= 1"),
     ({"vocab_size": -1}, "vocab_size -1: vocab_size must be an integer >= 0"),
+    ({"vocab_size": 0}, "vocab_size 0: a model's vocab_size is at least 1"),
 ])
 def test_hf_config_values_out_of_range_name_the_file_and_field(tmp_path, change, message):
     write_hf(tmp_path / "m", **change)

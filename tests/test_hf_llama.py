@@ -649,6 +649,7 @@ def test_cuda_computes_numpys_llama_with_a_head_dim_of_its_own_biases_and_llama3
      "rope_scaling.factor 1e+39: rope_factor must be a number > 0 (float32's normal range"),
     ({"max_position_embeddings": 0}, "max_position_embeddings 0: block_size must be an integer >= 1"),
     ({"num_key_value_heads": 0}, "num_key_value_heads 0: n_kv_head must be an integer >= 1"),
+    ({"intermediate_size": 0}, "intermediate_size 0: a model's intermediate_size is at least 1"),
 ])
 def test_hf_config_values_out_of_range_name_the_file_and_field(tmp_path, change, message):
     write_llama(tmp_path / "m")

@@ -21,6 +21,9 @@ from .files import (CONFIG, MANIFEST, WEIGHTS, check_types, differs_from_export,
                     read_config, write)  # (is_hf_dir, differs_from_export: the package's)
 
 FAMILIES = {family.MODEL_TYPE: family for family in (gpt2, llama)}
+# Settings a model file reads 0 as a rule for (the tokenizer's vocabulary, the MLP's usual width):
+# a config.json's 0 there is no model, not a wish for the rule.
+RULES_AT_ZERO = ("vocab_size", "n_hidden")
 
 
 def _checked_config(path: Path):
@@ -55,8 +58,12 @@ def settings(path: Path) -> list[str]:
     each naming the file and the field it came from in the compiler's errors."""
     from ..model_file import Given  # here: the compiler's module, and the run side imports this package
     family, hf = _checked_config(path)
-    return [Given(f"{key}={value}", f"{Path(path) / CONFIG}: {field} {value}")
-            for key, (value, field) in family.settings(hf).items()]
+    given = family.settings(hf)
+    for key in RULES_AT_ZERO:
+        value, field = given.get(key, (None, None))
+        if value == 0:
+            raise UserError(f"{Path(path) / CONFIG}: {field} 0: a model's {field} is at least 1")
+    return [Given(f"{key}={value}", f"{Path(path) / CONFIG}: {field} {value}") for key, (value, field) in given.items()]
 
 
 def vocabulary(path: Path) -> int:
