@@ -25,6 +25,7 @@ silently: a resume takes an older whole one with a warning naming both, or refus
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import operator
 import os
@@ -126,6 +127,24 @@ class CheckpointDir:
                 pass
         except OSError as e:
             raise UserError(f"{self.path}: not a writable directory ({e.strerror or e})") from None
+
+    def hold(self) -> None:
+        """Make the directory and keep it this process's until it ends: a second run saving here
+        at the same time would write over this one's checkpoints and prune them. The hold is an
+        advisory lock on the directory itself (flock), which the kernel lets go when the process
+        ends, by kill -9 too, so it leaves nothing behind."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise UserError(f"{self.path}: cannot be made ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{self.path}: another run is saving checkpoints here now; "
+                            "one run at a time saves into a directory") from None
+        self._held = fd  # open for the process's life: closing it would let the lock go
 
     def checkpoints(self) -> list[int]:
         """Steps of the complete checkpoints present, ascending."""

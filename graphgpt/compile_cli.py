@@ -12,7 +12,7 @@ from . import hf, model_size, optim
 from .bpe import KIND as BPE_KIND
 from .compile_report import summary
 from .compiler import compile_model
-from .errors import REFUSALS, ArgumentParser, in_words
+from .errors import REFUSALS, ArgumentParser, Signalled, in_words, stop_on_termination
 from .model_file import MODEL_DEFAULTS
 from .monitor import GuardedStdout
 from .passes.remat import AUTO, POLICIES
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
                         f"is traced, and --remat auto recomputes what it must to fit "
                         f"(default: {model_size.DEFAULT_DEVICE_GB:g}, an H200's)")
     args = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_termination()
     overrides = [pair for group in args.overrides for pair in group]
     if args.model is None:  # --set takes every word up to the next option, a model file after it too
         stray = [pair for pair in overrides if "=" not in pair]
@@ -101,18 +101,9 @@ def main(argv=None) -> int:
     except REFUSALS as e:
         print(f"error: {in_words(e)}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, Terminated) as e:  # save's staging directory is gone already
-        what = "terminated by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+    except (KeyboardInterrupt, Signalled) as e:  # save's staging directory is gone already
+        what = f"terminated by {e.name}" if isinstance(e, Signalled) else "interrupted"
         print(f"{what}: --out {args.out} left as it was", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+        return 128 + (e.sig if isinstance(e, Signalled) else signal.SIGINT)
     print(summary(compiled.data, compiled.seconds, args.out), end="")
     return 0
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised where the compile is so that it unwinds as Ctrl-C does (no model file's
-    `except Exception` catches it) and a plan half written is removed."""
-
-
-def _terminate(signum, frame):
-    raise Terminated

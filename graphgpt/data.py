@@ -13,7 +13,8 @@ batches the uninterrupted run would have read.
 
 Token files (`.bin`, written by tools/prepare.py) are nanoGPT's format: flat ids, no header. They
 are memory-mapped, so a data set larger than memory trains without being loaded; a directory
-prepare.py wrote gives its train.bin and val.bin. Text is read in pieces and encoded piece by
+prepare.py wrote gives its train.bin and val.bin, once their sizes are the token counts its
+meta.json records. Text is read in pieces and encoded piece by
 piece, within a bound on memory. Every data path must be a regular file, checked before it is
 opened (a FIFO would block, a device never ends), and text must be text: a binary file given as
 text is refused, never trained on.
@@ -50,6 +51,9 @@ META_FILE = "meta.json"
 TOKEN_FORMAT = "graphgpt-tokens"
 TOKEN_FORMAT_VERSION = 1
 TRAIN_FILE, VAL_FILE = "train.bin", "val.bin"
+# The field of meta.json that records how many ids each token file holds: the files of two
+# preparations side by side (a prepare killed midway through its commit) disagree with it.
+COUNT_FIELDS = {TRAIN_FILE: "train_tokens", VAL_FILE: "val_tokens"}
 _META_BYTES = 1 << 16  # more than any meta.json prepare.py writes: a larger file is not one
 
 # Ids per step when checking a token file's range: a few million at a time keeps memory flat for
@@ -198,31 +202,69 @@ def tokenizer_digest(tokenizer: Tokenizer) -> str:
 
 def read_token_meta(directory: Path) -> dict | None:
     """The meta.json tools/prepare.py wrote in `directory`, or None where there is none of its kind."""
-    try:
-        with open_data(Path(directory) / META_FILE, META_FILE) as f:
-            meta = jsontext.loads(f.read(_META_BYTES))
-    except (UserError, OSError, ValueError):  # absent, no file, unreadable or not JSON: not prepare.py's
+    opened = _open_token_meta(Path(directory))
+    if opened is None:
         return None
-    return meta if isinstance(meta, dict) and meta.get("format") == TOKEN_FORMAT else None
+    opened[0].close()
+    return opened[1]
+
+
+def _open_token_meta(directory: Path) -> tuple[BinaryIO, dict] | None:
+    """(the open file, its fields) of the meta.json tools/prepare.py wrote in `directory`, or None."""
+    try:
+        f = open_data(directory / META_FILE, META_FILE)
+    except (UserError, OSError):  # absent, no file, unreadable: not prepare.py's
+        return None
+    try:
+        meta = jsontext.loads(f.read(_META_BYTES))
+    except (OSError, ValueError):  # unreadable or not JSON: not prepare.py's
+        meta = None
+    if isinstance(meta, dict) and meta.get("format") == TOKEN_FORMAT:
+        return f, meta
+    f.close()
+    return None
 
 
 def load_dataset(path: str | os.PathLike, tokenizer: Tokenizer,
                  vocab_size: int) -> tuple[np.ndarray, np.ndarray | None, str]:
     """(training tokens, held-out tokens or None, description) of --data: a file (`load_tokens`),
     or a directory tools/prepare.py wrote, as nanoGPT's data directories: its train.bin, and its
-    val.bin as the held-out tokens where it has one."""
+    val.bin as the held-out tokens where its meta.json records any.
+
+    The files must be one preparation's: each holds the ids its meta.json counts, and there is no
+    val.bin where it counts none. meta.json stays open while the token files are opened and must
+    still be the one at its path afterwards: prepare.py replaces it before its first token file
+    and after its last, so the files opened are those it describes."""
     path = Path(path)
     if not path.is_dir():
         tokens, description = load_tokens(path, tokenizer, vocab_size)
         return tokens, None, description
-    if read_token_meta(path) is None:
+    opened = _open_token_meta(path)
+    if opened is None:
         raise UserError(f"data directory {path} has no {META_FILE} of tools/prepare.py; pass a text "
                         f"file, a .bin token file, or a directory that tools/prepare.py wrote")
-    if not (path / TRAIN_FILE).exists():
-        raise UserError(f"data directory {path} has no {TRAIN_FILE}; prepare it again: "
-                        f"python tools/prepare.py TEXT --plan PLAN --out {path}")
-    train, _ = load_tokens(path / TRAIN_FILE, tokenizer, vocab_size)
-    val = load_tokens(path / VAL_FILE, tokenizer, vocab_size)[0] if (path / VAL_FILE).exists() else None
+    meta_file, meta = opened
+    with meta_file:
+        if not (path / TRAIN_FILE).exists():
+            raise UserError(f"data directory {path} has no {TRAIN_FILE}; {_again(path)}")
+        dtype = token_dtype(vocab_size)
+        _check_meta(path / TRAIN_FILE, meta, tokenizer, dtype)
+        train_count, val_count = (_recorded_count(path, meta, name) for name in (TRAIN_FILE, VAL_FILE))
+        val_there = os.path.lexists(path / VAL_FILE)
+        if val_there and not val_count:
+            raise UserError(f"data directory {path} has a {VAL_FILE}, its {META_FILE} records "
+                            f"{COUNT_FIELDS[VAL_FILE]} 0: they are of different preparations; {_again(path)}")
+        if val_count and not val_there:
+            raise UserError(f"data directory {path} has no {VAL_FILE}, its {META_FILE} records "
+                            f"{COUNT_FIELDS[VAL_FILE]} {val_count:,}; {_again(path)}")
+        train = _open_token_file(path / TRAIN_FILE, dtype, vocab_size, train_count)
+        val = _open_token_file(path / VAL_FILE, dtype, vocab_size, val_count) if val_count else None
+        if not _still_at(meta_file, path / META_FILE):
+            raise UserError(f"data directory {path} changed while it was read (a tools/prepare.py "
+                            f"writing into it?); run again once that has finished")
+    for name, tokens in ((TRAIN_FILE, train), (VAL_FILE, val)):
+        if tokens is not None:
+            _check_ids(path / name, tokens, vocab_size)
     held = f", {VAL_FILE} held out" if val is not None else ""
     return train, val, f"{path}/{TRAIN_FILE} ({train.dtype} token files{held})"
 
@@ -231,35 +273,66 @@ def load_tokens(path: str | os.PathLike, tokenizer: Tokenizer, vocab_size: int) 
     """(tokens, description for the progress line) of a data file.
 
     A `.bin` file is a token file, memory-mapped read-only; any other file is text, encoded here
-    piece by piece (`encode_text_file`).
+    piece by piece (`encode_text_file`). A token file beside a prepare.py meta.json holds ids of
+    this plan's tokenizer and, if it is the train.bin or val.bin the meta.json counts, that many.
     """
     path = Path(path)
     if path.suffix == ".bin":
-        tokens = _open_token_file(path, tokenizer, vocab_size)
+        dtype = token_dtype(vocab_size)
+        meta, count = read_token_meta(path.parent), None
+        if meta is not None:
+            _check_meta(path, meta, tokenizer, dtype)
+            if COUNT_FIELDS.get(path.name) in meta:
+                count = _recorded_count(path.parent, meta, path.name)
+        tokens = _open_token_file(path, dtype, vocab_size, count)
+        _check_ids(path, tokens, vocab_size)
         return tokens, f"{path} ({tokens.dtype} token file)"
     tokens, unknown = encode_text_file(path, tokenizer, token_dtype(vocab_size))
     return tokens, f"{path}{unknown_note(path, unknown, len(tokens) - 1, tokenizer)}"
 
 
-def _open_token_file(path: Path, tokenizer: Tokenizer, vocab_size: int) -> np.memmap:
-    dtype = token_dtype(vocab_size)
+def _again(directory: Path) -> str:
+    return f"prepare it again: python tools/prepare.py TEXT --plan PLAN --out {directory}"
+
+
+def _open_token_file(path: Path, dtype: np.dtype, vocab_size: int, count: int | None) -> np.memmap:
+    """The token file `path` mapped as `dtype` ids; `count`: how many it must hold, if known."""
     with open_data(path, "token file") as f:
         size = os.fstat(f.fileno()).st_size
         if size % dtype.itemsize:
             raise UserError(f"token file {path} has {size} bytes, not a whole number of {dtype} ids "
                             f"({dtype.itemsize} bytes each for a vocabulary of {vocab_size})")
-        _check_meta(path, tokenizer, dtype)
-        tokens = np.memmap(f, dtype=dtype, mode="r")  # the map keeps the file once f is closed
-    _check_ids(path, tokens, vocab_size)
-    return tokens
+        if count is not None and size != count * dtype.itemsize:
+            raise UserError(f"data directory {path.parent}: {path.name} holds {size // dtype.itemsize:,} "
+                            f"{dtype} ids, its {META_FILE} records {COUNT_FIELDS[path.name]} {count:,}: "
+                            f"they are of different preparations; {_again(path.parent)}")
+        return np.memmap(f, dtype=dtype, mode="r")  # the map keeps the file once f is closed
 
 
-def _check_meta(path: Path, tokenizer: Tokenizer, dtype: np.dtype) -> None:
-    """A token file beside a prepare.py meta.json holds ids of this plan's tokenizer, as `dtype`."""
-    meta = read_token_meta(path.parent)
-    if meta is None:
-        return
-    again = f"prepare it again: python tools/prepare.py TEXT --plan PLAN --out {path.parent}"
+def _recorded_count(directory: Path, meta: dict, name: str) -> int:
+    """How many ids meta.json records for its token file `name`. prepare.py's meta.json of a
+    commit under way records none (null), so that no token file is read beside it."""
+    field = COUNT_FIELDS[name]
+    value = meta.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"data directory {directory}: its {META_FILE} records {field} "
+                        f"{json.dumps(value)}, not a token count (a tools/prepare.py into it was "
+                        f"interrupted, or is at work); {_again(directory)}")
+    return value
+
+
+def _still_at(f: BinaryIO, path: Path) -> bool:
+    """Whether the open file `f` is still the file at `path`: nothing was renamed over it. Being
+    open, its inode cannot be reused by a file renamed there since."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except OSError:
+        return False
+
+
+def _check_meta(path: Path, meta: dict, tokenizer: Tokenizer, dtype: np.dtype) -> None:
+    """A token file beside the prepare.py meta.json `meta` holds ids of this plan's tokenizer, as `dtype`."""
+    again = _again(path.parent)
     ours, theirs = tokenizer_digest(tokenizer), str(meta.get("tokenizer_sha256"))
     if theirs != ours:
         raise UserError(f"token file {path} holds ids of tokenizer {theirs[:12]} (its {META_FILE}), "

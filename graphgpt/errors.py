@@ -4,6 +4,7 @@ Command-line entry points catch `UserError` (and a PermissionError: REFUSALS), p
 single line and exit with status 2; anything else is a bug in graphgpt and keeps its traceback.
 """
 import argparse
+import signal
 import sys
 
 
@@ -14,6 +15,27 @@ class UserError(Exception):
 # What stops a tool as bad input does, one line and status 2: a UserError, or a path the user's
 # permissions keep graphgpt from (a directory it may not search, a file it may not read or write).
 REFUSALS = (UserError, PermissionError)
+
+
+class Signalled(BaseException):
+    """SIGTERM (a kill, a scheduler's preemption) or SIGHUP (a closed terminal), raised where the
+    tool is so that it unwinds as Ctrl-C does: its temporaries are removed on the way out, and no
+    `except Exception` (a model file's) catches it."""
+
+    def __init__(self, sig: int):
+        super().__init__(sig)
+        self.sig, self.name = sig, signal.Signals(sig).name
+
+
+TERMINATIONS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_on_termination() -> None:
+    """From now on SIGTERM and SIGHUP raise Signalled wherever the tool is."""
+    def stop(sig, frame):
+        raise Signalled(sig)
+    for sig in TERMINATIONS:
+        signal.signal(sig, stop)
 
 
 def in_words(e: BaseException) -> str:

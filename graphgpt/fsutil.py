@@ -6,7 +6,9 @@ fsynced before the rename and the directory entry after it.
 """
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +35,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def remove_dead_writers_temporaries(path: str | os.PathLike) -> None:
+    """Remove what writers of `path` killed mid-write left beside it: atomic_write_bytes's
+    temporaries, `.NAME.PID.RANDOM.tmp`, of a PID no longer running (a live writer's stay)."""
+    path = Path(path)
+    ours = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.\w+\.tmp")
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        found = ours.fullmatch(leftover.name)
+        if found and leftover.is_file() and not leftover.is_symlink() and not process_alive(int(found.group(1))):
+            leftover.unlink(missing_ok=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -41,6 +54,25 @@ def _umask() -> int:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_create_text(path: str | os.PathLike, text: str) -> None:
+    """Make `path` hold `text`, whole, only where nothing is there: FileExistsError where another
+    writer got there first, between a check that it was free and now (a link, unlike a rename,
+    refuses an existing name)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    fsync_dir(path.parent)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -80,13 +112,24 @@ def scratch_dir(path: Path) -> Iterator[Path]:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with this pid exists: a temporary named for a live writer is not a
+    """Whether a process with this pid is running: a temporary named for a live writer is not a
     leftover. Another user's process, or a number no process can have, counts as alive: not ours
-    to clear up either way."""
+    to clear up either way. A zombie, dead but not yet reaped by its parent (a writer killed under
+    `timeout -s KILL` may stay one for long), is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError):
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Linux: the state in /proc/PID/stat, the field after the command's closing parenthesis, is
+    Z. Where there is no such file (another system, no /proc), kill's answer stands."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:].startswith(b"Z")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import jsontext
 from .errors import UserError
-from .fsutil import atomic_write_text, unwritable
+from .fsutil import atomic_create_text, atomic_write_text, remove_dead_writers_temporaries, unwritable
 
 
 class Progress:
@@ -156,14 +156,18 @@ class MetricsLog:
         if self.path is None:
             return
         try:
+            remove_dead_writers_temporaries(self.path)  # a rewrite that a kill cut short
             if self.previous is not None and keep_through is not None:
                 kept_header = self.previous if self.previous.get("run") == header.get("run") else header
                 kept = [line for line in self.path.read_text("utf-8", errors="replace").splitlines(keepends=True)[1:]
                         if (step := _step_of(line)) is not None and step <= keep_through]
                 atomic_write_text(self.path, json.dumps(kept_header) + "\n" + "".join(kept))
-            elif not self.path.exists():
-                atomic_write_text(self.path, json.dumps(header) + "\n")
+            else:  # a new file, made whole, and only where no other run has made one since check()
+                atomic_create_text(self.path, json.dumps(header) + "\n")
             self.file = open(self.path, "ab", buffering=0)
+        except FileExistsError:
+            raise UserError(f"--log {self.path} was made by another run meanwhile; a new run does not "
+                            "overwrite it (choose another name)") from None
         except OSError as e:
             raise UserError(f"--log {self.path}: cannot write it ({e.strerror or e}); it is as it was") from None
 

@@ -24,6 +24,7 @@ written (or an empty or missing one), as a whole, and refuses any other path unt
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -31,6 +32,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -71,7 +74,8 @@ PLAN_FILE = "plan.json"
 # Every file of a plan with its size and sha256, written last: `compile --out` replaces only a
 # directory that holds exactly these files, unchanged.
 MANIFEST = "manifest.json"
-# In a staging or set-aside directory of `save`: a directory without it is never removed.
+# In a staging or set-aside directory (`staging_beside`, `replace_dir`: compile's and export_hf's): a
+# directory without it is never removed.
 TEMPORARY_MARKER = ".graphgpt-temporary"
 
 
@@ -352,8 +356,10 @@ def _is_leaf(obj) -> bool:
 
 def check_out(out_dir) -> None:
     """Refuse an output path that `save` would lose work at: it may be missing, an empty directory
-    or a directory that holds exactly what a graphgpt compile wrote there (its manifest says what)."""
+    or a directory that holds exactly what a graphgpt compile wrote there (its manifest says what).
+    A plan a killed compile had set aside is put back first."""
     out_dir = Path(out_dir)
+    put_back(out_dir)
     if out_dir.is_symlink():
         raise UserError(f"--out {out_dir} is a symbolic link: name the directory itself")
     if not out_dir.exists():
@@ -413,23 +419,17 @@ def save(data: dict, out_dir: Path, files: dict[str, str | bytes]) -> None:
     so a failure leaves the old plan as it was. A failure to write is one line (UserError)."""
     out_dir = Path(out_dir)
     check_out(out_dir)  # again: the path may have changed while the plan was compiled
-    contents, staging = plan_files(data, files), None
+    contents = plan_files(data, files)
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(out_dir)
-        staging = _temporary_dir(out_dir, ".staging")
-        plan_dir = staging / out_dir.name  # a folder of its own: mkdtemp's is private (0700), a plan is not
-        for rel, content in contents.items():  # in order: the manifest last
-            _write_synced(plan_dir / rel, content)
-        for folder in {(plan_dir / rel).parent for rel in contents}:
-            fsync_dir(folder)
-        replace_dir(plan_dir, out_dir)
+        with staging_beside(out_dir) as plan_dir:
+            for rel, content in contents.items():  # in order: the manifest last
+                _write_synced(plan_dir / rel, content)
+            for folder in {(plan_dir / rel).parent for rel in contents}:
+                fsync_dir(folder)
+            replace_dir(plan_dir, out_dir)
     except OSError as e:
         kept = "the old plan is kept" if out_dir.exists() else "nothing was written"
         raise UserError(f"cannot write the plan to {out_dir}: {e.strerror or e}; {kept}") from None
-    finally:
-        if staging is not None:
-            _remove_temporary(staging)
 
 
 def _write_synced(path: Path, content: bytes) -> None:
@@ -439,6 +439,22 @@ def _write_synced(path: Path, content: bytes) -> None:
         f.write(content)
         f.flush()
         os.fsync(f.fileno())
+
+
+@contextmanager
+def staging_beside(target: Path) -> Iterator[Path]:
+    """A new empty directory to fill and `replace_dir` in place of `target`, inside a marked
+    temporary beside it that is removed on the way out, whatever happened. What killed writers
+    left beside `target` is cleared up first (`_remove_leftovers`)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target)
+    staging = _temporary_dir(target, ".staging")
+    try:
+        new = staging / target.name  # a folder of its own: mkdtemp's is private (0700), the result is not
+        new.mkdir()
+        yield new
+    finally:
+        _remove_temporary(staging)
 
 
 def _temporary_dir(beside: Path, suffix: str) -> Path:
@@ -455,28 +471,65 @@ def _temporary_dir(beside: Path, suffix: str) -> Path:
 
 
 def _remove_temporary(path: Path) -> None:
+    """Remove a marked temporary directory, its marker last: one whose removal a kill or an error
+    cut short is still marked, and a later run removes the rest."""
     marker = path / TEMPORARY_MARKER
-    if marker.is_file() and not marker.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+    if not marker.is_file() or marker.is_symlink():
+        return
+    with contextlib.suppress(OSError):
+        for entry in path.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry != marker:
+                entry.unlink()
+        marker.unlink()
+        path.rmdir()
 
 
-def _remove_leftovers(out_dir: Path) -> None:
-    """Remove what a killed compile left beside out_dir: its staging directory and, once out_dir
-    is there again, the old plan it had set aside. Only directories with the marker of a writer
-    that is gone."""
-    for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*"):
-        writer = _writer(path)
-        if writer is None or process_alive(writer):
-            continue
-        if path.name.endswith(".staging") or path.name.endswith(".old") and out_dir.exists():
-            _remove_temporary(path)
+def put_back(target: Path) -> None:
+    """Where `target` is missing because a writer was killed in `replace_dir` between its two
+    renames, rename the old directory it had set aside back to `target`. The old copy, not the new
+    one: it was whole when it was moved aside in one rename, and the killed run never said it had
+    finished. A live writer's set-aside copy is its own business."""
+    if os.path.lexists(target):
+        return
+    for aside in _dead_writers(target):
+        old = aside / target.name
+        if aside.name.endswith(".old") and old.is_dir() and not old.is_symlink():
+            try:
+                os.replace(old, target)
+                fsync_dir(target.parent)
+            except OSError as e:
+                raise UserError(f"{target} is missing: a run killed while replacing it set the old one aside "
+                                f"as {old}, which cannot be moved back ({e.strerror or e})") from None
+            _remove_temporary(aside)
+            return
 
 
-def _writer(path: Path) -> int | None:
-    """The pid in a temporary directory's marker; None where there is no marker of graphgpt's."""
+def _remove_leftovers(target: Path) -> None:
+    """Put back an old directory a killed writer had set aside (`put_back`), then remove the rest
+    of what killed writers left beside `target`: staging directories, old copies set aside once the
+    new one was in place, and either one's remains where a kill cut its removal short."""
+    put_back(target)
+    for path in _dead_writers(target):  # none holds the only copy of `target` any more: it is back
+        _remove_temporary(path)
+
+
+def _dead_writers(target: Path) -> list[Path]:
+    """The temporary directories beside `target` whose marker names `target` and a writer that is gone."""
+    found = []
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        writer = _writer(path, target)
+        if writer is not None and not process_alive(writer):
+            found.append(path)
+    return found
+
+
+def _writer(path: Path, target: Path) -> int | None:
+    """The pid in a temporary directory's marker; None where there is no marker of graphgpt's for `target`."""
     marker = path / TEMPORARY_MARKER
     try:
-        found = re.fullmatch(r"graphgpt temporary beside .*, pid (\d+)\n", marker.read_text())
+        found = re.fullmatch(rf"graphgpt temporary beside {re.escape(target.name)}, pid (\d+)\n", marker.read_text())
     except (OSError, UnicodeDecodeError):
         return None
     return int(found.group(1)) if found and not marker.is_symlink() else None
@@ -485,7 +538,8 @@ def _writer(path: Path) -> int | None:
 def replace_dir(new: Path, target: Path) -> None:
     """Swap a fully written directory `new` in place of `target` (missing, empty or a plan). The old
     directory moves aside into a marked temporary directory and is removed only once the new one
-    is in place; if the swap fails, it is moved back."""
+    is in place; if the swap fails, it is moved back, and if the process is killed between the two
+    renames, the next run of a tool puts it back (`put_back`)."""
     if not target.exists():
         os.replace(new, target)
         fsync_dir(target.parent)
@@ -494,13 +548,12 @@ def replace_dir(new: Path, target: Path) -> None:
     old = aside / target.name
     try:
         os.replace(target, old)
-    except BaseException:
-        _remove_temporary(aside)
-        raise
-    try:
         os.replace(new, target)
     except BaseException:
-        os.replace(old, target)  # should this fail too, the old plan stays in `aside`, not lost
+        # Where it was cut short is read from the disk: a signal's exception can arrive just after
+        # a rename that took place.
+        if not os.path.lexists(target) and old.is_dir():
+            os.replace(old, target)  # should this fail too, the old one stays in `aside` for `put_back`
         _remove_temporary(aside)
         raise
     fsync_dir(target.parent)
@@ -510,6 +563,7 @@ def replace_dir(new: Path, target: Path) -> None:
 def load(plan_dir) -> Plan:
     plan_dir = Path(plan_dir)
     path = plan_dir / PLAN_FILE
+    put_back(plan_dir)
     if not plan_dir.is_dir():
         if plan_dir.exists():
             raise UserError(f"plan directory {plan_dir} is not a directory: name the directory tools/compile.py wrote")

@@ -20,7 +20,7 @@ import numpy as np
 from . import plan as plan_io
 from .checkpoint import CheckpointDir, Layout, TrainingState, checkpoints_home, describe_weights, initial_weights
 from .data import SAMPLERS, default_corpus, load_dataset, load_tokens, make_sampler, split_heldout
-from .errors import REFUSALS, ArgumentParser, UserError, in_words
+from .errors import REFUSALS, TERMINATIONS, ArgumentParser, Signalled, UserError, in_words
 from .monitor import GuardedStdout, MetricsLog, Progress, log_header, new_run_id
 from .runtime import make_backend
 from .runtime.dist import EveryRankError, check_same_run, current_world
@@ -127,6 +127,8 @@ def main(argv=None) -> int:
         return _fail(world, f"error: {e}", 1, everyone_stops=True)
     except KeyboardInterrupt:
         return _fail(world, "interrupted", 130)
+    except Signalled as e:
+        return _fail(world, f"terminated by {e.name}", 128 + e.sig)
     except SystemExit as e:
         if world is not None and world.size > 1:
             world.abort(e.code if isinstance(e.code, int) else 1)
@@ -192,6 +194,11 @@ def run(args, world) -> int:
     splits = {"train": train_tokens, **({"val": val_tokens} if val_tokens is not None else {})}
     evaluating = args.eval_every > 0 or val_tokens is not None
 
+    if saves is not None and lead:  # the last check, as the work begins: no other run saves here meanwhile
+        try:
+            saves.hold()
+        except UserError as e:
+            raise UserError(f"{'--resume' if args.save == checkpoints_home(args.resume) else '--save'} {e}") from None
     backend = make_backend(args.backend, plan, graph=not args.no_graph, tf32=args.tf32, world=world)
     if args.profile and backend.name != "cuda":
         raise UserError("--profile times CUDA kernels: it needs the CUDA backend (--backend cuda)")
@@ -283,7 +290,7 @@ def _train(args, plan, trainer: Trainer, evaluation: Evaluation | None, meta: di
 
 
 class _Stops:
-    """SIGINT and SIGTERM (a scheduler's preemption, `kill`) stop the run by unwinding, as Ctrl-C
+    """SIGINT, SIGTERM (a scheduler's preemption, `kill`) and SIGHUP stop the run by unwinding, as Ctrl-C
     does, so that open files are closed and temporaries removed; inside `held()` a signal waits
     until the block is done, so a checkpoint being written is finished first."""
 
@@ -291,7 +298,7 @@ class _Stops:
         self.holding, self.pending = False, None
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, *TERMINATIONS):
             signal.signal(sig, self._handle)
 
     def _handle(self, sig, frame) -> None:
@@ -304,7 +311,7 @@ class _Stops:
     def _stop(sig) -> None:
         if sig == signal.SIGINT:
             raise KeyboardInterrupt
-        sys.exit(128 + sig)
+        raise Signalled(sig)
 
     @contextlib.contextmanager
     def held(self):

@@ -397,3 +397,22 @@ def test_kill_9_at_random_moments_never_loses_or_damages_a_checkpoint(tmp_path):
     steps = checkpoints.checkpoints()
     assert sorted(p.name for p in directory.iterdir()) == ["latest"] + [f"step_{s:08d}" for s in steps]
     assert len(steps) <= checkpoint_worker.KEEP + 1  # a kill before pruning leaves one extra
+
+
+def test_a_directory_is_held_by_one_process_until_it_ends(tmp_path):
+    """hold() makes the directory and keeps it the process's: another holder is refused in one
+    line while the first lives, and a holder killed by SIGKILL lets it go, leaving nothing."""
+    run_dir = tmp_path / "a" / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from graphgpt.checkpoint import CheckpointDir; "
+                               f"CheckpointDir({str(run_dir)!r}).hold(); print('held', flush=True); time.sleep(60)"],
+                              cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match="another run is saving checkpoints here now") as refused:
+            CheckpointDir(run_dir).hold()
+        assert str(refused.value).startswith(str(run_dir)) and "\n" not in str(refused.value)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    CheckpointDir(run_dir).hold()
+    assert list(run_dir.iterdir()) == []

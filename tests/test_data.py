@@ -360,9 +360,9 @@ def test_split_heldout_refuses_a_fraction_outside_0_1(fraction):
 WORDS = Tokenizer("word", ["the", "cat", "sat", ".", "[EOS]"])
 
 
-def write_meta(directory, tokenizer, dtype):
+def write_meta(directory, tokenizer, dtype, **counts):
     meta = {"format": "graphgpt-tokens", "version": 1, "dtype": dtype,
-            "tokenizer_sha256": tokenizer_digest(tokenizer)}
+            "tokenizer_sha256": tokenizer_digest(tokenizer), **counts}
     (directory / "meta.json").write_text(json.dumps(meta))
 
 
@@ -516,7 +516,7 @@ def prepared_dir(tmp_path, val: bool = True):
     np.array([0, 1, 2, 3, 0], dtype=np.uint16).tofile(tmp_path / "train.bin")
     if val:
         np.array([2, 1], dtype=np.uint16).tofile(tmp_path / "val.bin")
-    write_meta(tmp_path, WORDS, "uint16")
+    write_meta(tmp_path, WORDS, "uint16", train_tokens=5, val_tokens=2 if val else 0)
     return tmp_path
 
 

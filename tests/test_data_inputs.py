@@ -1,6 +1,7 @@
 """Data paths and prompts as a user gives them to compile, run and prepare: a FIFO, a device, a
 binary file, a directory, command-line bytes that are not text. Each is one line and exit status 2
 before any work, and none of them hangs: every process runs under a timeout."""
+import json
 import os
 import shutil
 from pathlib import Path
@@ -82,6 +83,73 @@ def test_run_refuses_another_directory_or_another_plans_tokens(plans, tmp_path):
     word, char, prepared, _ = plans
     assert_user_error(train(word, "--data", tmp_path), f"data directory {tmp_path} has no meta.json")
     assert_user_error(train(char, "--data", prepared), "holds ids of tokenizer", "prepare it again")
+
+
+@pytest.fixture(scope="module")
+def other_preparations(plans, tmp_path_factory):
+    """Directories prepared from the same corpus with --val-fraction 0.5 and 0: files of other sizes."""
+    word, _, _, corpus = plans
+    tmp = tmp_path_factory.mktemp("other")
+    for fraction in ("0.5", "0"):
+        proc = run_cli(PREPARE, str(corpus), "--plan", str(word), "--out", str(tmp / fraction),
+                       "--val-fraction", fraction)
+        assert proc.returncode == 0, proc.stderr
+    return tmp / "0.5", tmp / "0"
+
+
+def counts(directory):
+    meta = json.loads((directory / "meta.json").read_text())
+    return meta["train_tokens"], meta["val_tokens"]
+
+
+# What disagrees in a prepared directory, made from the prepared one (`data`, a copy), the one of
+# --val-fraction 0.5 (`half`) and the one of --val-fraction 0 (`whole`); and the fragment naming it.
+INCONSISTENT = {
+    "train.bin of another preparation": lambda data, half, whole: (
+        shutil.copy(half / "train.bin", data / "train.bin"),
+        f"train.bin holds {counts(half)[0]:,} uint16 ids, its meta.json records train_tokens {counts(data)[0]:,}"),
+    "val.bin of another preparation": lambda data, half, whole: (
+        shutil.copy(half / "val.bin", data / "val.bin"),
+        f"val.bin holds {counts(half)[1]:,} uint16 ids, its meta.json records val_tokens {counts(data)[1]:,}"),
+    "meta.json of another preparation": lambda data, half, whole: (
+        shutil.copy(half / "meta.json", data / "meta.json"),
+        f"train.bin holds {(data / 'train.bin').stat().st_size // 2:,} uint16 ids, its meta.json records "
+        f"train_tokens {counts(half)[0]:,}"),
+    "a val.bin beside val_tokens 0": lambda data, half, whole: (
+        [shutil.copy(whole / name, data / name) for name in ("meta.json", "train.bin")],
+        "has a val.bin, its meta.json records val_tokens 0"),
+    "no val.bin beside val_tokens above 0": lambda data, half, whole: (
+        (data / "val.bin").unlink(), f"has no val.bin, its meta.json records val_tokens {counts(data)[1]:,}"),
+    "meta.json records no counts": lambda data, half, whole: (
+        (data / "meta.json").write_text(json.dumps(
+            dict(json.loads((data / "meta.json").read_text()), train_tokens=None, val_tokens=None))),
+        "its meta.json records train_tokens null, not a token count"),
+}
+
+
+@pytest.mark.parametrize("case", INCONSISTENT)
+def test_run_refuses_a_prepared_directory_whose_files_disagree(plans, other_preparations, tmp_path, case):
+    word, _, prepared, _ = plans
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    _, fragment = INCONSISTENT[case](data, *other_preparations)
+    assert_user_error(train(word, "--data", data), f"data directory {data}", fragment,
+                      f"prepare it again: python tools/prepare.py TEXT --plan PLAN --out {data}")
+
+
+def test_run_refuses_a_token_file_its_meta_json_disagrees_with(plans, other_preparations, tmp_path):
+    """Named one by one, train.bin and val.bin still hold the counts the meta.json beside them records."""
+    word, _, prepared, _ = plans
+    half, whole = other_preparations
+    data = tmp_path / "data"
+    shutil.copytree(whole, data)
+    shutil.copy(prepared / "val.bin", data / "val.bin")  # stale: meta.json records val_tokens 0
+    assert_user_error(train(word, "--data", data / "train.bin", "--val-data", data / "val.bin"),
+                      f"val.bin holds {counts(prepared)[1]:,} uint16 ids, its meta.json records val_tokens 0")
+    shutil.copy(half / "train.bin", data / "train.bin")
+    assert_user_error(train(word, "--data", data / "train.bin"),
+                      f"train.bin holds {counts(half)[0]:,} uint16 ids, its meta.json records train_tokens "
+                      f"{counts(whole)[0]:,}")
 
 
 def test_run_refuses_a_directory_whose_meta_json_nests_too_deeply(plans, tmp_path):

@@ -171,3 +171,36 @@ def test_a_resumed_run_continues_its_own_log_and_refuses_another_runs(plan_and_d
     assert records[0]["graphgpt_log"] == 1 and records[0]["seed"] == 0 and records[0]["save"] == str(run.resolve())
     assert records[0]["run"] == json.loads((run / "step_00000004" / "state.json").read_text())["run"]
     assert [r["step"] for r in records[1:]] == [1, 2, 3, 4]
+
+
+def test_a_log_another_run_makes_after_the_check_is_left_to_it(tmp_path):
+    """Two new runs with one --log: both find the name free, the first to make the file keeps it,
+    and the second is refused in one line instead of writing over it or into it."""
+    path = tmp_path / "run.jsonl"
+    log = MetricsLog(path)
+    log.check({"run": "mine"})
+    path.write_text('{"graphgpt_log": 1, "run": "theirs"}\n')
+    with pytest.raises(UserError, match="was made by another run meanwhile"):
+        log.open({"graphgpt_log": 1, "run": "mine"})
+    assert path.read_text() == '{"graphgpt_log": 1, "run": "theirs"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]
+
+
+def test_a_rewrite_a_kill_cut_short_is_cleared_by_the_next_open(tmp_path):
+    """A resumed run rewrites its log through a temporary beside it; a kill mid-write leaves that
+    temporary, named with the dead writer's pid, which the next run removes. A live writer's, and
+    a file of the user's of another name, stay."""
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = tmp_path / "run.jsonl"
+    left = tmp_path / f".run.jsonl.{int(dead.stdout)}.k3j_x9.tmp"
+    live = tmp_path / f".run.jsonl.{os.getpid()}.a1b2c3.tmp"
+    mine = tmp_path / ".run.jsonl.notes.tmp"
+    for f in (left, live, mine):
+        f.write_text("{")
+    log = MetricsLog(path)
+    log.check({"run": "r"})
+    log.open({"graphgpt_log": 1, "run": "r"})
+    log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, mine.name])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from graphgpt import plan as plan_io
-from graphgpt.data import load_tokens, tokenizer_digest
+from graphgpt.data import load_dataset, load_tokens, tokenizer_digest
 from graphgpt.errors import UserError, reported
 from graphgpt.tokenizer import Tokenizer
 from tests.conftest import COMPILE, DEEP_JSON, ROOT, TINY, assert_user_error, fill, run_cli, run_into_head, sets
@@ -237,14 +237,20 @@ def staging_dirs(out):
     return sorted(p.name for p in out.glob(".graphgpt-prepare.*"))
 
 
-def interrupted(text, plan, out, sig):
-    """Start a prepare and send it `sig` once it reports progress, midway through its writing."""
+def started(text, plan, out):
+    """A prepare of `text` (long.txt), once it reports progress: midway through its writing."""
     proc = subprocess.Popen([sys.executable, PREPARE, str(text), "--plan", str(plan), "--out", str(out),
                              "--chunk-bytes", str(1 << 18)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     line = proc.stdout.readline()
     assert "% of long.txt" in line, line + proc.stderr.read()
     assert [name.split(".")[2] for name in staging_dirs(out)] == [str(proc.pid)]
+    return proc
+
+
+def interrupted(text, plan, out, sig):
+    """Start a prepare and send it `sig` once it reports progress, midway through its writing."""
+    proc = started(text, plan, out)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     return proc, err
@@ -266,7 +272,7 @@ def test_a_signal_midway_removes_the_temporaries(tmp_path, long_text, word_plan,
 
 
 class Hangup(BaseException):
-    """What a tool raises for SIGHUP (tools/prepare.py's Terminated)."""
+    """An exception a tool raises for a signal, as errors.Signalled is."""
 
 
 def test_a_signal_stays_the_signal_when_its_unwinding_raises_another_error(capsys):
@@ -326,6 +332,125 @@ def test_only_the_staging_directories_of_dead_prepares_are_removed(tmp_path, cor
     left = {d: sorted(p.name for p in (out / d).iterdir()) for d in staging_dirs(out)}
     assert left == {**{d: sorted(files) for d, files in layout.items()},
                     f".graphgpt-prepare.{dead[2]}.d4.staging": ["notes.txt"]}
+
+
+# Runs tools/prepare.py (argv[3:]) and SIGKILLs it just before its argv[2]-th rename or removal of
+# a file of --out (argv[1]) itself, the files a reader sees: every step of its commit, one at a time.
+KILL_BEFORE_STEP = """
+import os, runpy, signal, sys
+out, step = os.path.abspath(sys.argv[1]), int(sys.argv[2])
+steps = 0
+def kill_at_step(event, args):
+    global steps
+    if event in ("os.rename", "os.remove"):
+        target = args[1] if event == "os.rename" else args[0]
+        if os.path.dirname(os.path.abspath(os.fsdecode(target))) == out:
+            steps += 1
+            if steps == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(kill_at_step)
+sys.argv = sys.argv[3:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0])
+def test_a_kill_at_any_step_of_the_commit_leaves_no_mix_that_training_reads(tmp_path, corpus, word_plan, fraction):
+    """A prepare of another text of as many tokens (sizes alone cannot tell the two apart), killed
+    before each step of its commit in turn, leaves the old set, the new set or one that training
+    refuses; a prepare again then leaves the new set."""
+    new_text = CORPUS.replace("quick brown", "brown quick")
+    other = tmp_path / "other.txt"
+    other.write_bytes(new_text.encode("utf-8"))
+    tokenizer, vocab_size = tokenizer_of(word_plan), plan_io.load(word_plan).config["vocab_size"]
+    old_ids, new_ids = tokenizer.encode(CORPUS), tokenizer.encode(new_text)
+    assert len(old_ids) == len(new_ids) and not np.array_equal(old_ids, new_ids)
+    old_cut, new_cut = int(len(old_ids) * 0.9), int(len(new_ids) * (1 - fraction))
+    old = (old_ids[:old_cut], old_ids[old_cut:])
+    new = (new_ids[:new_cut], new_ids[new_cut:] if fraction else None)
+
+    def read(out):
+        train, val, _ = load_dataset(out, tokenizer, vocab_size)
+        return train, val
+
+    def same(got, want):
+        return np.array_equal(got[0], want[0]) and (
+            got[1] is None if want[1] is None else got[1] is not None and np.array_equal(got[1], want[1]))
+
+    step = 1
+    while True:
+        out = tmp_path / f"out{step}"
+        assert prepare(corpus, word_plan, out).returncode == 0
+        proc = run_cli("-c", KILL_BEFORE_STEP, str(out), str(step), PREPARE, str(other), "--plan", str(word_plan),
+                       "--out", str(out), "--val-fraction", str(fraction))
+        if proc.returncode == 0:  # no step left to kill it before
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        try:
+            got = read(out)
+        except UserError as e:
+            assert "prepare it again" in str(e)
+        else:
+            mixed = not (same(got, old) or same(got, new))
+            assert not mixed, f"killed before step {step}: training reads a mix of the two texts"
+        again = prepare(other, word_plan, out, "--val-fraction", fraction)
+        assert again.returncode == 0, again.stderr
+        assert same(read(out), new)
+        step += 1
+    assert same(read(out), new)
+    assert step > 3  # train.bin, val.bin and meta.json each changed in a step of their own
+
+
+# Runs graphgpt.run (argv[4:]) and, as it opens the val.bin of --data argv[1], runs a whole
+# prepare (argv[3]) of the text argv[2] into that directory: one committed between the reader's
+# opening of train.bin and of val.bin.
+PREPARE_WHILE_READING = """
+import os, runpy, subprocess, sys
+out, text, prepare = sys.argv[1:4]
+val = os.path.join(os.path.abspath(out), "val.bin")
+plan = sys.argv[sys.argv.index("--plan") + 1]
+done = False
+def prepare_meanwhile(event, args):
+    global done
+    if (event == "open" and not done and isinstance(args[0], (str, bytes, os.PathLike))
+            and os.path.abspath(os.fsdecode(args[0])) == val):
+        done = True
+        subprocess.run([sys.executable, prepare, text, "--plan", plan, "--out", out], check=True)
+sys.addaudithook(prepare_meanwhile)
+sys.argv = [sys.argv[0], *sys.argv[4:]]
+runpy.run_module("graphgpt.run", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_training_refuses_a_directory_a_prepare_commits_into_while_it_reads(tmp_path, corpus, word_plan, prepared):
+    """The old text's train.bin and the new one's val.bin, of as many tokens as the old ones, would
+    pass every size check; the meta.json read first is no longer there once both are open."""
+    other = tmp_path / "other.txt"
+    other.write_bytes(CORPUS.replace("quick brown", "brown quick").encode("utf-8"))
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    proc = run_cli("-c", PREPARE_WHILE_READING, str(out), str(other), PREPARE, "--plan", str(word_plan),
+                   "--data", str(out), "--steps", "1", "--backend", "numpy", "--generate", "0")
+    assert_user_error(proc, f"data directory {out} changed while it was read")
+    assert json.loads((out / "meta.json").read_text())["source"] == "other.txt"  # the prepare did run
+
+
+def test_a_second_prepare_into_the_same_out_is_refused_while_the_first_works(tmp_path, long_text, corpus, word_plan):
+    out = tmp_path / "out"
+    first = started(long_text, word_plan, out)
+    second = prepare(corpus, word_plan, out)
+    assert_user_error(second, f"another tools/prepare.py is writing into --out {out}")
+    assert second.stdout == ""  # refused before it tokenised anything
+    assert [name.split(".")[2] for name in staging_dirs(out)] == [str(first.pid)]
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["source"] == "long.txt"
+    assert [(out / name).stat().st_size // 2 for name in ("train.bin", "val.bin")] == [meta["train_tokens"],
+                                                                                      meta["val_tokens"]]
+    third = prepare(corpus, word_plan, out)  # the lock ended with the first
+    assert third.returncode == 0, third.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
 
 
 @pytest.mark.parametrize("full", ["before", "midway"])

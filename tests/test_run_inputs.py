@@ -221,6 +221,25 @@ def test_a_refused_run_leaves_no_directory_of_its_own(tmp_path, ctx):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]
 
 
+def test_a_run_saving_where_another_run_saves_now_is_refused(tmp_path, ctx):
+    """Two runs started with one --save would write over each other's checkpoints: while one holds
+    the directory (it has not saved yet, so the other's check for checkpoints finds none), the
+    other is refused in one line, before its first step."""
+    save = tmp_path / "ck"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from graphgpt.checkpoint import CheckpointDir; "
+                               f"CheckpointDir({str(save)!r}).hold(); print('held', flush=True); time.sleep(60)"],
+                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_cli("-m", "graphgpt.run", "--plan", str(ctx.plan), "--data", str(ctx.corpus), "--steps", "3",
+                       "--backend", "numpy", "--save", str(save))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_user_error(proc, f"--save {save}: another run is saving checkpoints here now")
+    assert "step " not in proc.stdout and list(save.iterdir()) == []
+
+
 def test_closed_stdout_does_not_stop_a_save(tmp_path, ctx):
     """`| head -1`: the reader goes away after the first line; the run still trains and saves."""
     save = tmp_path / "ck"

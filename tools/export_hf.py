@@ -6,11 +6,13 @@ weights: a checkpoint, a directory of checkpoints (the latest), or a .safetensor
 plan's parameters. `--init-from` reads such a directory back, weight for
 weight. Beside them, written last, graphgpt-export.json lists the two files with their sizes and
 sha256: --out must be new, empty, or a directory this tool wrote and nobody changed since (what its
-manifest lists and nothing else), so that a downloaded model is never replaced.
+manifest lists and nothing else), so that a downloaded model is never replaced. It is written
+whole in a marked staging directory beside --out and swapped in as compile's plans are
+(graphgpt/plan.py's `staging_beside`, `replace_dir`): what a killed export left is put back or
+removed by the next.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -19,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from graphgpt import hf  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.checkpoint import load_weights  # noqa: E402
-from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
-from graphgpt.fsutil import scratch_dir, unwritable  # noqa: E402
+from graphgpt.errors import ArgumentParser, Signalled, UserError, reported, stop_on_termination  # noqa: E402
+from graphgpt.fsutil import unwritable  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
-from graphgpt.plan import replace_dir  # noqa: E402
+from graphgpt.plan import put_back, replace_dir, staging_beside  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
 
 
@@ -36,7 +38,12 @@ def main(argv=None) -> int:
                    help="a checkpoint, a directory of checkpoints (its latest) or a .safetensors file")
     p.add_argument("--out", type=Path, required=True, help="the directory to write")
     args = p.parse_args(argv)
-    return reported(export, args.plan, args.weights, args.out)
+    stop_on_termination()
+    try:
+        return reported(export, args.plan, args.weights, args.out)
+    except Signalled as e:
+        print(f"terminated by {e.name}: --out {args.out} left as it was", file=sys.stderr)
+        return 128 + e.sig
 
 
 def export(plan_dir: Path, weights_path: Path, out: Path) -> None:
@@ -52,8 +59,7 @@ def export(plan_dir: Path, weights_path: Path, out: Path) -> None:
     # directory and an earlier export as it was.
     existed = out.exists()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with scratch_dir(out.parent / f".{out.name}.export.{os.getpid()}.tmp") as staging:
+        with staging_beside(out) as staging:
             hf.save(staging, weights, plan.config, eos_id)
             replace_dir(staging, out)
     except OSError as e:
@@ -64,7 +70,8 @@ def export(plan_dir: Path, weights_path: Path, out: Path) -> None:
 
 def check_out(out: Path) -> None:
     """--out may be new, empty, or an export of this tool's exactly as it wrote it, in a directory
-    that can take a new one beside it."""
+    that can take a new one beside it. An export a killed one had set aside is put back first."""
+    put_back(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise UserError(f"--out {out} is not a directory; it is left as it is")
     if problem := unwritable(out.parent):

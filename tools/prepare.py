@@ -8,33 +8,37 @@ meta.json, which records the tokenizer so that a file is never trained with anot
 The text is read and encoded in pieces, several at a time, and the ids are streamed to disk, so a
 corpus larger than memory can be prepared. Every file is written into a staging directory in
 --out, fsynced and renamed into place only once all of them are complete: an error, a full disk,
-Ctrl-C, SIGTERM or SIGHUP leaves --out as it was. The staging directory carries a marker file
-naming this tool and its pid; one that a killed prepare left (its pid gone) is removed by the next
-prepare into the same --out, and nothing without the marker ever is.
+Ctrl-C, SIGTERM or SIGHUP leaves --out as it was. The renames never show a reader the files of two
+preparations as one: meta.json first becomes one that counts no tokens, which training refuses,
+and becomes the new one only once the token files are in place (`Staging.commit`). The staging
+directory carries a marker file naming this tool and its pid; one that a killed prepare left (its
+pid gone) is removed by the next prepare into the same --out, and nothing without the marker ever
+is. One prepare at a time writes into an --out: it holds an advisory lock on the directory from
+its checks to the end of its commit, and another is refused meanwhile.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import re
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, installed or not
 
 import numpy as np  # noqa: E402
 
 from graphgpt import plan as plan_io  # noqa: E402
-from graphgpt.data import (META_FILE, TOKEN_FORMAT, TOKEN_FORMAT_VERSION, TRAIN_FILE, VAL_FILE,  # noqa: E402
-                           encoded_pieces, heldout_cut, open_data, read_token_meta, token_dtype,
+from graphgpt.data import (COUNT_FIELDS, META_FILE, TOKEN_FORMAT, TOKEN_FORMAT_VERSION, TRAIN_FILE,  # noqa: E402
+                           VAL_FILE, encoded_pieces, heldout_cut, open_data, read_token_meta, token_dtype,
                            tokenizer_digest, unknown_note)
-from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
+from graphgpt.errors import ArgumentParser, Signalled, UserError, reported, stop_on_termination  # noqa: E402
 from graphgpt.fsutil import fsync_dir, process_alive  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
@@ -49,10 +53,8 @@ META_FIELDS = {"format", "version", "dtype", "vocab_size", "tokenizer_sha256", "
 # The staging directory's name, and the marker file in it that says prepare.py made it.
 STAGING = re.compile(r"\.graphgpt-prepare\.(\d+)\.\w+\.staging")
 MARKER = ".graphgpt-staging"
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so that the staging directory is removed on the way out."""
+# In the staging directory: the meta.json --out holds while the token files are being renamed.
+PENDING_META = "pending-meta.json"
 
 
 def main(argv=None) -> int:
@@ -68,17 +70,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sys.stdout = GuardedStdout(sys.stdout)  # `| head -1`: the work goes on, quietly
 
-    def terminate(signum, frame):
-        raise Terminated(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # a kill, a closed terminal
-        signal.signal(sig, terminate)
+    stop_on_termination()
     try:
         return reported(prepare, args.text, args.plan, args.out, args.val_fraction, args.chunk_bytes)
-    except Terminated as e:
-        name = signal.Signals(e.args[0]).name
-        print(f"terminated by {name}: --out {args.out} left as it was", file=sys.stderr)
-        return 128 + e.args[0]
+    except Signalled as e:
+        print(f"terminated by {e.name}: --out {args.out} left as it was", file=sys.stderr)
+        return 128 + e.sig
 
 
 def prepare(text_path: Path, plan_dir: Path, out: Path, val_fraction: float, chunk_bytes: int) -> None:
@@ -95,25 +92,22 @@ def prepare(text_path: Path, plan_dir: Path, out: Path, val_fraction: float, chu
     tokenizer = Tokenizer.from_json(plan.tokenizer)
     vocab_size = plan.config["vocab_size"]
     dtype = token_dtype(vocab_size)
-    check_out(out)
-    text = open_data(text_path)
     try:
-        with text:
-            remove_stale_staging(out)
-            with Staging(out) as staging:
-                train = staging.open(TRAIN_FILE)
-                total, unknown = encode_file(text, text_path, tokenizer, dtype, train, chunk_bytes)
-                note = unknown_note(text_path, unknown, total - 1, tokenizer)
-                cut = split_point(total, val_fraction, text_path)
-                if cut < total:
-                    move_tail(train, staging.open(VAL_FILE), cut * dtype.itemsize)
-                meta = {"format": TOKEN_FORMAT, "version": TOKEN_FORMAT_VERSION, "dtype": dtype.name,
-                        "vocab_size": vocab_size, "tokenizer_sha256": tokenizer_digest(tokenizer),
-                        "train_tokens": cut, "val_tokens": total - cut, "source": text_path.name}
-                staging.open(META_FILE).write(json.dumps(meta, indent=1).encode() + b"\n")
-                staging.commit()
-        if cut == total:  # a val.bin of an earlier run (check_out made sure) would not match train.bin
-            (out / VAL_FILE).unlink(missing_ok=True)
+        with locked(out):
+            check_out(out)
+            with open_data(text_path) as text:
+                remove_stale_staging(out)
+                with Staging(out) as staging:
+                    train = staging.open(TRAIN_FILE)
+                    total, unknown = encode_file(text, text_path, tokenizer, dtype, train, chunk_bytes)
+                    note = unknown_note(text_path, unknown, total - 1, tokenizer)
+                    cut = split_point(total, val_fraction, text_path)
+                    if cut < total:
+                        move_tail(train, staging.open(VAL_FILE), cut * dtype.itemsize)
+                    meta = {"format": TOKEN_FORMAT, "version": TOKEN_FORMAT_VERSION, "dtype": dtype.name,
+                            "vocab_size": vocab_size, "tokenizer_sha256": tokenizer_digest(tokenizer),
+                            "train_tokens": cut, "val_tokens": total - cut, "source": text_path.name}
+                    staging.commit(meta)
     except OSError as e:  # a full disk, an unwritable --out, a failing read
         where = f" ({e.filename})" if e.filename else ""
         raise UserError(f"cannot prepare {out}: {e.strerror or e}{where}; --out left as it was") from None
@@ -122,11 +116,45 @@ def prepare(text_path: Path, plan_dir: Path, out: Path, val_fraction: float, chu
           f"in {time.perf_counter() - start:.1f} s")
 
 
-def check_out(out: Path) -> None:
-    """--out is a directory (or not yet there) whose token files and meta.json, if any, prepare.py
-    wrote: its meta.json says so."""
-    if out.exists() and not out.is_dir():
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """--out, made if missing, held against any other prepare.py into it for the block: an
+    advisory lock (flock) on the directory itself, which leaves no file behind and which the kernel
+    drops when the process ends, however it ends. A directory made here that the block leaves
+    empty by failing is removed, while the lock still keeps others out."""
+    if os.path.lexists(out) and not out.is_dir():
         raise UserError(f"--out {out} is not a directory")
+    while True:
+        made = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"another tools/prepare.py is writing into --out {out}; wait for it to "
+                            f"finish, or choose another --out") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(out)):
+                break
+        os.close(fd)  # the directory locked is gone: a prepare that made it removed it on failing
+    try:
+        yield
+    except BaseException:
+        for directory in made:
+            with contextlib.suppress(OSError):  # not empty: someone else wrote there meanwhile
+                directory.rmdir()
+        raise
+    finally:
+        os.close(fd)
+
+
+def check_out(out: Path) -> None:
+    """--out is a directory whose token files and meta.json, if any, prepare.py wrote: its
+    meta.json says so (also the one a commit that was killed midway left)."""
     for name in (TRAIN_FILE, VAL_FILE, META_FILE):
         if (out / name).is_dir():
             raise UserError(f"--out {out} holds a directory {name}, where prepare.py writes a file")
@@ -216,7 +244,7 @@ def remove_stale_staging(out: Path) -> None:
         with open(marker, "rb") as f:
             if f.read(len(expected) + 1) != expected:
                 continue
-        for name in (TRAIN_FILE, VAL_FILE, META_FILE, MARKER):
+        for name in (TRAIN_FILE, VAL_FILE, META_FILE, PENDING_META, MARKER):
             with contextlib.suppress(FileNotFoundError):
                 (entry / name).unlink()
         with contextlib.suppress(OSError):  # not empty: it holds something prepare.py did not write
@@ -229,23 +257,21 @@ def _marker_text(pid: int) -> bytes:
 
 
 class Staging:
-    """Files written in a staging directory in `out`, renamed into place together by `commit`.
+    """The token files written in a staging directory in `out`, which `commit` swaps in for those
+    of `out`.
 
     Leaving the with-block without committing (an error, Ctrl-C, SIGTERM) removes the staging
-    directory and the directories this created, so --out is left as it was found.
+    directory, so --out is left as it was found.
     """
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.dir: Path | None = None  # made on entering, under a name no other directory has
-        self._made: list[Path] = []  # directories created here, deepest first
         self._staging = False  # self.dir is there, to be removed
         self._files: dict[str, BinaryIO] = {}  # target name -> its file in the staging directory
 
     def __enter__(self) -> Staging:
-        self._made = [d for d in (self.out, *self.out.parents) if not d.exists()]
         try:
-            self.out.mkdir(parents=True, exist_ok=True)
             self.dir = Path(tempfile.mkdtemp(prefix=f".graphgpt-prepare.{os.getpid()}.", suffix=".staging",
                                              dir=self.out))
             self._staging = True
@@ -257,23 +283,45 @@ class Staging:
         return self
 
     def open(self, name: str) -> BinaryIO:
-        """A new file that `commit` will rename to out/name."""
+        """A new file in the staging directory, for out/name."""
         f = open(self.dir / name, "x+b")  # unlike mkstemp's 0600, the permissions any new file gets
         self._files[name] = f
         return f
 
-    def commit(self) -> None:
-        """fsync every file, rename them into place in the order they were opened, fsync --out."""
+    def commit(self, meta: dict) -> None:
+        """Swap the token files opened and `meta` in for those of --out, so that at every instant a
+        reader finds the old set, the new set, or a meta.json that counts no tokens (which it
+        refuses, and which check_out still knows as prepare.py's):
+
+        1. meta.json becomes `meta` without counts;
+        2. train.bin and val.bin are renamed into place, an old val.bin not replaced is removed;
+        3. meta.json becomes `meta`.
+
+        Everything is written and fsynced before the first rename, and each step is made durable
+        (the directory fsynced) before the next, so a crash of the machine keeps the order too.
+        """
+        pending = dict(meta, **dict.fromkeys(COUNT_FIELDS.values()))
+        for name, fields in ((PENDING_META, pending), (META_FILE, meta)):
+            self.open(name).write(json.dumps(fields, indent=1).encode() + b"\n")
         for f in self._files.values():
             f.flush()
             os.fsync(f.fileno())
-        for name, f in self._files.items():
             f.close()
-            os.replace(self.dir / name, self.out / name)
-        self._files.clear()
-        fsync_dir(self.out)  # the renames themselves survive a crash
+        self._place(PENDING_META, META_FILE)
+        fsync_dir(self.out)
+        for name in (TRAIN_FILE, VAL_FILE):
+            if name in self._files:
+                self._place(name, name)
+            else:  # an old val.bin (check_out made sure it is prepare.py's) would not continue train.bin
+                (self.out / name).unlink(missing_ok=True)
+        fsync_dir(self.out)
+        self._place(META_FILE, META_FILE)
+        fsync_dir(self.out)
         self._remove_staging()
-        self._made.clear()
+
+    def _place(self, name: str, target: str) -> None:
+        os.replace(self.dir / name, self.out / target)
+        del self._files[name]
 
     def __exit__(self, *exc) -> None:
         for name, f in self._files.items():
@@ -281,9 +329,6 @@ class Staging:
             (self.dir / name).unlink(missing_ok=True)
         self._files.clear()
         self._remove_staging()
-        for directory in self._made:
-            with contextlib.suppress(OSError):  # not empty: someone else wrote there meanwhile
-                directory.rmdir()
 
     def _remove_staging(self) -> None:
         if self._staging:
