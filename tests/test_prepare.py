@@ -438,7 +438,11 @@ def test_training_refuses_a_directory_a_prepare_commits_into_while_it_reads(tmp_
 def test_a_second_prepare_into_the_same_out_is_refused_while_the_first_works(tmp_path, long_text, corpus, word_plan):
     out = tmp_path / "out"
     first = started(long_text, word_plan, out)
-    second = prepare(corpus, word_plan, out)
+    first.send_signal(signal.SIGSTOP)  # held midway, however fast the machine: the second meets it working
+    try:
+        second = prepare(corpus, word_plan, out)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert_user_error(second, f"another tools/prepare.py is writing into --out {out}")
     assert second.stdout == ""  # refused before it tokenised anything
     assert [name.split(".")[2] for name in staging_dirs(out)] == [str(first.pid)]
