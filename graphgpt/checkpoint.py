@@ -25,7 +25,6 @@ silently: a resume takes an older whole one with a warning naming both, or refus
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import operator
 import os
@@ -42,7 +41,7 @@ import numpy as np
 from . import hf, jsontext
 from .dtypes import DTYPES
 from .errors import UserError
-from .fsutil import atomic_write_text, fsync_dir, process_alive, scratch_dir, unwritable
+from .fsutil import atomic_write_text, fsync_dir, lock_exclusively, process_alive, scratch_dir, unwritable
 from .tensor_files import load_safetensors, save_safetensors, save_seed_weights
 
 FORMAT = "graphgpt-checkpoint"
@@ -139,11 +138,14 @@ class CheckpointDir:
         except OSError as e:
             raise UserError(f"{self.path}: cannot be made ({e.strerror or e})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = lock_exclusively(fd)
         except BlockingIOError:
             os.close(fd)
             raise UserError(f"{self.path}: another run is saving checkpoints here now; "
                             "one run at a time saves into a directory") from None
+        if not held:
+            print(f"warning: {self.path}: its filesystem keeps no locks, so nothing stops another run "
+                  "saving here at the same time", file=sys.stderr)
         self._held = fd  # open for the process's life: closing it would let the lock go
 
     def checkpoints(self) -> list[int]:

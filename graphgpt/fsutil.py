@@ -6,6 +6,8 @@ fsynced before the rename and the directory entry after it.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import glob
 import os
 import re
@@ -33,6 +35,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+# What flock says on a filesystem that keeps no such locks (some network filesystems)
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+
+
+def lock_exclusively(fd: int) -> bool:
+    """Take an advisory lock (flock) on the open file or directory `fd`, which the kernel lets go
+    when the process ends, kill -9 too: True; BlockingIOError where another process holds it;
+    False where the filesystem keeps no such locks, and keeping to one writer is the user's."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError as e:
+        if e.errno in NO_LOCKS:
+            return False
+        raise
+    return True
 
 
 def remove_dead_writers_temporaries(path: str | os.PathLike) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -39,7 +38,7 @@ from graphgpt.data import (COUNT_FIELDS, META_FILE, TOKEN_FORMAT, TOKEN_FORMAT_V
                            VAL_FILE, encoded_pieces, heldout_cut, open_data, read_token_meta, token_dtype,
                            tokenizer_digest, unknown_note)
 from graphgpt.errors import ArgumentParser, Signalled, UserError, reported, stop_on_termination  # noqa: E402
-from graphgpt.fsutil import fsync_dir, process_alive  # noqa: E402
+from graphgpt.fsutil import fsync_dir, lock_exclusively, process_alive  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
 
@@ -129,7 +128,9 @@ def locked(out: Path) -> Iterator[None]:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not lock_exclusively(fd):
+                print(f"warning: --out {out}: its filesystem keeps no locks, so nothing stops another "
+                      "prepare.py writing here at the same time", file=sys.stderr)
         except BlockingIOError:
             os.close(fd)
             raise UserError(f"another tools/prepare.py is writing into --out {out}; wait for it to "
