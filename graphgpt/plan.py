@@ -593,23 +593,24 @@ def load(plan_dir) -> Plan:
         plan_schema.check(data, kernels)
     except plan_schema.PlanError as e:
         raise UserError(f"{path}: {e} (recompile it with tools/compile.py)") from None
-    if _edited(plan_dir, raw):
+    digest = hashlib.sha256(raw).hexdigest()
+    if _edited(plan_dir, digest):
         raise UserError(f"{path} was changed after it was compiled (its {MANIFEST} lists other bytes): "
                         f"a plan's parts are made together, so recompile it with tools/compile.py")
     constants = _constants(plan_dir, data["consts"].get("tensors", []))
     data["programs"] = {name: Program.from_json(program) for name, program in data["programs"].items()}
-    return Plan(data, hashlib.sha256(raw).hexdigest(), kernels, constants)
+    return Plan(data, digest, kernels, constants)
 
 
-def _edited(plan_dir: Path, raw: bytes) -> bool:
-    """Whether the plan's manifest lists plan.json with other bytes than `raw`. Its buffers, shapes
+def _edited(plan_dir: Path, digest: str) -> bool:
+    """Whether the plan's manifest lists plan.json with another sha256 than `digest`. Its buffers, shapes
     and launches are consistent only as compiled; the kernels may be edited, and a plan without a
     readable manifest is taken as it is."""
     try:
         listed = jsontext.loads((plan_dir / MANIFEST).read_bytes())["files"][PLAN_FILE]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return listed != hashlib.sha256(raw).hexdigest()
+    return listed != digest
 
 
 def _constants(plan_dir: Path, listed: list[dict]) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan
-from graphgpt.dtypes import DTYPES, E5M2, FP8
+from graphgpt.dtypes import DTYPES, E5M2, FP8, FP8_TYPES
 from graphgpt.numpy_ops import BY_OP
 from graphgpt.ops import REGISTRY
 from graphgpt.plan import Buffer, KernelCall, Launch
@@ -33,7 +33,11 @@ from graphgpt.target import DEFAULT
 from tests.test_kernels_compile import KERNEL_PLANS, _launch, plan_data, program_data
 
 pytestmark = pytest.mark.gpu
-RTOL = {"f32": 1e-5, "bf16": 2.0**-10, FP8: 0.0}
+# E4M3 outputs are quantize's, of exact inputs; an E5M2 copy (the loss kernel's) is of a bf16
+# gradient that the float64 reference rounds on its own: a bf16 step there flips an E5M2 rounding
+# about once in 2^5, by an E5M2 step, 2^-2 (its bits against quantize of the kernel's own gradient
+# are checked apart, in test_the_loss_kernels_e5m2_copy_is_quantize_of_its_own_gradient)
+RTOL = {"f32": 1e-5, "bf16": 2.0**-10, FP8: 0.0, E5M2: 2.0**-4}
 ROUNDS_INSIDE = {"bf16": 1e-2}  # kernels whose second product takes bf16 operands they computed
 ATTENTION = ("causal_attention", "causal_attention_grad_q", "causal_attention_grad_kv")
 # a row normaliser, its backward and its fused backward -> the normaliser (LayerNorm's, RMSNorm's)
@@ -124,8 +128,8 @@ def _place(cp, buf):
 
 
 def _poison(array, dtype: str) -> None:
-    """NaN in a float output (bf16's and E4M3's as bits); -1, no index, in an int32 one."""
-    array.fill(-1 if dtype == "i32" else 0x7FC0 if dtype == "bf16" else 0x7F if dtype == FP8 else np.nan)
+    """NaN in a float output (bf16's and the FP8 types' as bits); -1, no index, in an int32 one."""
+    array.fill(-1 if dtype == "i32" else 0x7FC0 if dtype == "bf16" else 0x7F if dtype in FP8_TYPES else np.nan)
 
 
 def _launch_twice(cp, modules: dict, launch: Launch, rng) -> tuple:
@@ -363,7 +367,7 @@ def test_abs_max_and_quantize_give_the_references_bits(dtype, shape, transpose, 
     host = x.astype(DTYPES[dtype].numpy)
     x_dev = cp.asarray(host.view(device_dtype(dtype)))
     amax, factor = cp.full((), np.nan, np.float32), cp.full((), np.nan, np.float32)
-    q = cp.full(quantize.out.shape, 0x7F, np.uint8)  # a NaN of both types
+    q = cp.full(quantize.out.shape, 0xFF, np.uint8)  # a NaN of both types, not the one the kernel writes
     for launch, args in ((find, (amax, x_dev)), (quantize, (q, factor, x_dev, amax))):
         cuda = launch.cuda
         module.get_function(cuda.kernel)(tuple(cuda.grid), tuple(cuda.block), args)
@@ -371,6 +375,7 @@ def test_abs_max_and_quantize_give_the_references_bits(dtype, shape, transpose, 
     want_q, want_factor = BY_OP["quantize"](quantize.attrs, host.astype(np.float32), want_amax)
     assert np.array_equal(cp.asnumpy(amax), want_amax, equal_nan=True), (float(amax), float(want_amax))
     got_q = cp.asnumpy(q)
-    want_q = want_q.astype(DTYPES[fp8].numpy).view(np.uint8)
+    # the GPU's conversion writes every NaN as 0x7F, whatever its sign (ml_dtypes' E5M2 keeps the sign)
+    want_q = np.where(np.isnan(want_q), np.uint8(0x7F), want_q.astype(DTYPES[fp8].numpy).view(np.uint8))
     assert got_q.tobytes() == want_q.tobytes(), f"{np.sum(got_q != want_q)} of {got_q.size} bytes differ"
     assert cp.asnumpy(factor).tobytes() == want_factor.tobytes(), (float(factor), float(want_factor))
