@@ -4,12 +4,12 @@ anything is traced."""
 from __future__ import annotations
 
 import importlib.util
-import re
 import traceback
 from pathlib import Path
 
 from . import optim
 from .errors import UserError
+from .literals import typed
 from .rope_scaling import SCALINGS, SETTINGS as ROPE_SETTINGS
 from .schedule import IN_FLOAT32, POSITIVE_IN_FLOAT32, finite, integer, positive
 
@@ -32,12 +32,6 @@ MODEL_DEFAULTS = {"dtype": "f32", "sample_batch": 1, "classifier_chunks": 0}
 # forward products the training step runs on E4M3 operands; fp8_grad, those whose products that
 # take the gradient to the input it runs on E5M2 gradients and E4M3 weights (passes/fp8.py)
 OPTIONAL = {"fp8": "", "fp8_grad": ""}
-# What --set reads as an integer: ASCII digits (int() would take 1_0, +1, " 1" and other scripts'
-# digits too); a leading '-' is read, so that a negative size is refused by its range.
-INTEGER = re.compile(r"-?[0-9]+")
-# ... and as a number: a decimal or scientific literal, or a word float() reads (nan, inf,
-# infinity), which the range checks then refuse as not finite.
-NUMBER = re.compile(r"[-+]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|nan|inf|infinity)", re.IGNORECASE)
 
 
 def load_model(path: Path):
@@ -104,25 +98,12 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
                 f"unknown --set key '{key}'"
             raise UserError(f"{unknown}; known keys: {', '.join(sorted(defaults))}")
         kind = type(defaults[key])
-        out[key] = _typed(text, kind)
+        out[key] = typed(text, kind)
         if out[key] is None:  # an integer key takes digits only: 1e30 or 2.5 is no layer count
             shown = text if len(text) <= 40 else text[:37] + "..."
             where = pair.source if isinstance(pair, Given) else f"--set {key}"
             raise UserError(f"{where}: {shown!r} is not {'an integer (digits only)' if kind is int else 'a number'}")
     return out
-
-
-def _typed(text: str, kind: type):
-    """--set's text as a value of `kind`, the type of the default it replaces; None where it is
-    not one (INTEGER and NUMBER say what an int and a float are)."""
-    if kind not in (int, float):
-        return text
-    if not (INTEGER if kind is int else NUMBER).fullmatch(text):
-        return None
-    try:
-        return kind(text)
-    except ValueError:  # more digits than int() converts (sys.set_int_max_str_digits)
-        return None
 
 
 def settings(module, model_path: Path, overrides: list[str]) -> tuple[dict, dict]:

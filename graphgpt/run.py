@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plan as plan_io
+from . import literals, plan as plan_io
 from .checkpoint import CheckpointDir, Layout, TrainingState, checkpoints_home, describe_weights, initial_weights
 from .data import SAMPLERS, default_corpus, load_dataset, load_tokens, make_sampler, split_heldout
 from .errors import REFUSALS, TERMINATIONS, ArgumentParser, Signalled, UserError, in_words
@@ -40,38 +40,38 @@ def parse_args(argv):
                       help="training data: a text file, a .bin of token ids from tools/prepare.py, or "
                            "its directory (train.bin; val.bin held out) (default: graphgpt's own source files)")
     data.add_argument("--val-data", type=Path, metavar="FILE", help="held-out data (text or .bin)")
-    data.add_argument("--val-fraction", type=float, metavar="F",
+    data.add_argument("--val-fraction", type=literals.number, metavar="F",
                       help="hold out the last F of the training data instead (as nanoGPT: 0.1)")
     data.add_argument("--sampler", choices=SAMPLERS, default="random",
                       help="random: every row starts at a random token, every step (default); "
                            "sequential: the seed's contiguous rows")
     train = p.add_argument_group("training")
-    train.add_argument("--steps", type=int, default=50,
+    train.add_argument("--steps", type=literals.integer, default=50,
                        help="optimizer updates to reach, counting those of a resumed run (default: 50)")
-    train.add_argument("--seed", type=int, help="seed of the initial weights, the data windows and sampling (default: 0)")
-    train.add_argument("--eval-every", type=int, default=0, metavar="N",
+    train.add_argument("--seed", type=literals.integer, help="seed of the initial weights, the data windows and sampling (default: 0)")
+    train.add_argument("--eval-every", type=literals.integer, default=0, metavar="N",
                        help="evaluate at step 0, every N steps and at the end (default: only at the "
                             "start and end, and only with held-out data)")
-    train.add_argument("--eval-batches", type=int, default=20, metavar="K",
+    train.add_argument("--eval-batches", type=literals.integer, default=20, metavar="K",
                        help="batches per split and evaluation (default: 20)")
     train.add_argument("--log", type=Path, metavar="FILE", help="append one JSON object per step here")
     lr = p.add_argument_group("learning-rate schedule", (
         "Each defaults to the plan's compiled value (decay_steps: to --steps); a resumed run keeps the "
         "schedule it was started with, changed only by these flags. The betas, eps, weight decay and "
         "clipping are constants of the compiled update: change them with tools/compile.py --set."))
-    lr.add_argument("--lr", type=float, metavar="LR", help="the rate after warmup")
-    lr.add_argument("--min-lr", type=float, metavar="LR", help="the rate at and after --decay-steps")
+    lr.add_argument("--lr", type=literals.number, metavar="LR", help="the rate after warmup")
+    lr.add_argument("--min-lr", type=literals.number, metavar="LR", help="the rate at and after --decay-steps")
     lr.add_argument("--lr-schedule", choices=("linear", "cosine"), help="the decay from --lr to --min-lr")
-    lr.add_argument("--warmup-steps", type=int, metavar="N", help="steps of linear warmup to --lr")
-    lr.add_argument("--decay-steps", type=int, metavar="N",
+    lr.add_argument("--warmup-steps", type=literals.integer, metavar="N", help="steps of linear warmup to --lr")
+    lr.add_argument("--decay-steps", type=literals.integer, metavar="N",
                     help="the step at which the rate reaches --min-lr (default: --steps, as nanoGPT's "
                          "lr_decay_iters = max_iters)")
     ckpt = p.add_argument_group("checkpoints")
     ckpt.add_argument("--save", type=Path, metavar="DIR",
                       help="write checkpoints of the whole training state here (at the end, and "
                            "every --save-every steps)")
-    ckpt.add_argument("--save-every", type=int, default=0, metavar="N", help="checkpoint every N steps")
-    ckpt.add_argument("--keep", type=int, default=3, metavar="K",
+    ckpt.add_argument("--save-every", type=literals.integer, default=0, metavar="N", help="checkpoint every N steps")
+    ckpt.add_argument("--keep", type=literals.integer, default=3, metavar="K",
                       help="checkpoints kept, newest first (default: 3; 0 keeps all)")
     ckpt.add_argument("--resume", type=Path, metavar="DIR",
                       help="continue from the latest checkpoint in DIR (and save there unless --save "
@@ -80,7 +80,7 @@ def parse_args(argv):
                       help="start from these weights only: a .safetensors file, a checkpoint, or a "
                            "Hugging Face GPT-2 directory (config.json, model.safetensors)")
     gen = p.add_argument_group("generation")
-    gen.add_argument("--generate", type=int, default=30, metavar="N", help="tokens to generate after training")
+    gen.add_argument("--generate", type=literals.integer, default=30, metavar="N", help="tokens to generate after training")
     gen.add_argument("--prompt", help="generation prompt (default: the first block of the training data)")
     add_sampling_arguments(gen)
     dev = p.add_argument_group("backend")

@@ -23,6 +23,7 @@ import argparse
 
 import numpy as np
 
+from . import literals
 from .schedule import DECODE_POSITION, NEXT_TOKEN
 
 
@@ -90,9 +91,9 @@ def pick(logits: np.ndarray, temperature: float, top_k: int, rng, top_p: float =
 
 def add_sampling_arguments(group) -> None:
     """--temperature, --top-k and --top-p, for every command that generates."""
-    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as the seed (default)")
-    group.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
-    group.add_argument("--top-p", type=float, default=1.0,
+    group.add_argument("--temperature", type=literals.number, default=0.0, help="0 = greedy, as the seed (default)")
+    group.add_argument("--top-k", type=literals.integer, default=0, help="sample from the k most likely tokens (0 = all)")
+    group.add_argument("--top-p", type=literals.number, default=1.0,
                        help="sample from the fewest most likely tokens whose probabilities reach p (1 = all)")
     group.add_argument("--kv-cache", action=argparse.BooleanOptionalAction, default=True,
                        help="decode one position per token against key/value caches (default); "
@@ -122,11 +123,11 @@ def parse_args(argv):
                    help="the weights: a checkpoint (or a directory of them), a .safetensors file, or a "
                         "Hugging Face GPT-2 or LLaMA directory")
     p.add_argument("--prompt", default="", help="the text to continue (default: none, start after end-of-text)")
-    p.add_argument("--tokens", type=int, default=100, metavar="N", help="tokens to generate (default 100)")
-    p.add_argument("--samples", type=int, default=1, metavar="K",
+    p.add_argument("--tokens", type=literals.integer, default=100, metavar="N", help="tokens to generate (default 100)")
+    p.add_argument("--samples", type=literals.integer, default=1, metavar="K",
                    help="independent samples (default 1), computed the plan's sample_batch at a time")
     add_sampling_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    p.add_argument("--seed", type=literals.integer, default=0, help="seed of the sampling (default 0)")
     p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
     args = p.parse_args(argv)
     for name in ("tokens", "samples"):

@@ -218,3 +218,19 @@ def test_a_path_the_user_may_not_reach_is_one_line(tmp_path, tiny_plan, corpus, 
         pytest.skip("this machine lets no process give up root's way past file modes")
     assert_user_error(proc, f"{locked}/", "permission denied")
     assert not any(locked.iterdir())
+
+
+@pytest.mark.parametrize("argv, flag, text", [
+    (["-m", "graphgpt.run", "--plan", "compiled", "--steps", "1_0"], "--steps", "1_0"),
+    (["-m", "graphgpt.run", "--plan", "compiled", "--eval-every", "\u0663"], "--eval-every", "\u0663"),
+    (["-m", "graphgpt.run", "--plan", "compiled", "--lr", "1_0e-3"], "--lr", "1_0e-3"),
+    (["-m", "graphgpt.sample", "--plan", "compiled", "--tokens", "+5"], "--tokens", "+5"),
+    ([str(ROOT / "tools" / "prepare.py"), "--val-fraction", "0.1_0"], "--val-fraction", "0.1_0"),
+    ([str(ROOT / "tools" / "bench.py"), "--plan", "compiled", "--steps", " 3"], "--steps", " 3")],
+    ids=["run int underscore", "run other script's digit", "run number underscore", "sample plus sign",
+         "prepare number", "bench space"])
+def test_a_flags_value_is_read_as_set_reads_one(argv, flag, text):
+    """An integer flag takes ASCII digits, a number flag a decimal or scientific literal, as --set
+    does (graphgpt/literals.py): int() and float() would take each of these."""
+    kind = "a number" if flag in ("--lr", "--val-fraction") else "an integer (digits only)"
+    assert_user_error(run_cli(*argv), f"argument {flag}: {text!r} is not {kind}")

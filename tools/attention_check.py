@@ -38,6 +38,7 @@ from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
+from graphgpt import literals  # noqa: E402
 
 SHAPES = [  # (label, B, H, T, D, dtype, dropout)
     ("124M", 16, 12, 1024, 64, "bf16", 0.0),
@@ -255,7 +256,7 @@ def kernel_choice(op: str, choice):
 
 def main(argv=None) -> int:
     p = ArgumentParser(prog="tools/attention_check.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeat", type=int, default=20, help="timed launches per kernel; the median is shown")
+    p.add_argument("--repeat", type=literals.integer, default=20, help="timed launches per kernel; the median is shown")
     p.add_argument("--only", nargs="*", help="shape labels to run (default: all)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch's timings")
     p.add_argument("--tiling", action="append", type=tiling_arg, metavar="M,W,C[/M,W,C/M,W,C]",

@@ -37,6 +37,7 @@ from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.fsutil import atomic_write_text  # noqa: E402
 from graphgpt.runtime import ArenaTooLarge, cuda_available, make_backend  # noqa: E402
 from graphgpt.train import init_params, program_inputs  # noqa: E402
+from graphgpt import literals  # noqa: E402
 from tools import llmc  # noqa: E402
 
 MIN_WARMUP = 2  # graphgpt captures its CUDA graph on the second step; torch.compile compiles on the first
@@ -49,10 +50,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "without its CUDA graph, and the same model and batch in PyTorch (eager, torch.compile, "
         "torch.compile with bf16 autocast)."))
     p.add_argument("--plan", type=Path, required=True, help="plan directory (tools/compile.py --out)")
-    p.add_argument("--steps", type=int, default=20, metavar="N", help="steps per timed block (default: 20)")
-    p.add_argument("--warmup", type=int, default=5, metavar="W",
+    p.add_argument("--steps", type=literals.integer, default=20, metavar="N", help="steps per timed block (default: 20)")
+    p.add_argument("--warmup", type=literals.integer, default=5, metavar="W",
                    help=f"untimed steps before timing, at least {MIN_WARMUP} (default: 5)")
-    p.add_argument("--repeat", type=int, default=5, metavar="R", help="timed blocks; the median is shown (default: 5)")
+    p.add_argument("--repeat", type=literals.integer, default=5, metavar="R", help="timed blocks; the median is shown (default: 5)")
     p.add_argument("--tf32", action="store_true", help="float32 matmuls on TF32 tensor cores, in graphgpt and torch")
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
                    help="time PyTorch too (default: when torch is importable)")

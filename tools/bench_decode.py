@@ -38,6 +38,7 @@ from graphgpt.fsutil import atomic_write_text  # noqa: E402
 from graphgpt.runtime import cuda_available, make_backend  # noqa: E402
 from graphgpt.sample import generate  # noqa: E402
 from graphgpt.train import init_params  # noqa: E402
+from graphgpt import literals  # noqa: E402
 from tools.bench import check_json_out  # noqa: E402
 
 
@@ -46,9 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "Time greedy generation with key/value caches on the GPU: graphgpt's decode program "
         "against PyTorch with a static KV cache, eager and under torch.compile."))
     p.add_argument("--plan", type=Path, required=True, help="plan directory (tools/compile.py --out)")
-    p.add_argument("--prompt", type=int, default=64, metavar="P", help="prompt tokens (default: 64)")
-    p.add_argument("--tokens", type=int, default=256, metavar="N", help="new tokens per sequence (default: 256)")
-    p.add_argument("--repeat", type=int, default=3, metavar="R", help="timed generations; the median is shown (default: 3)")
+    p.add_argument("--prompt", type=literals.integer, default=64, metavar="P", help="prompt tokens (default: 64)")
+    p.add_argument("--tokens", type=literals.integer, default=256, metavar="N", help="new tokens per sequence (default: 256)")
+    p.add_argument("--repeat", type=literals.integer, default=3, metavar="R", help="timed generations; the median is shown (default: 3)")
     p.add_argument("--windowed", action="store_true", help="also time graphgpt without the cache (slow)")
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True, help="time PyTorch too (default)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,

@@ -32,6 +32,7 @@ from graphgpt.ops.registry import Spec  # noqa: E402
 from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
+from graphgpt import literals  # noqa: E402
 
 TOLERANCE = {"bf16": 4e-3, "f32": 1e-5}  # the gradient's; bf16's is its rounding on store (2^-9 relative)
 SHAPES = [  # (label, rows, vocabulary, dtype)
@@ -163,9 +164,9 @@ def copy_matches(grad_bits: np.ndarray, copy: np.ndarray, factor: np.ndarray, dt
 
 def main(argv=None) -> int:
     p = ArgumentParser(prog="tools/cross_entropy_check.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeat", type=int, default=20, help="timed runs per variant; the median is shown")
+    p.add_argument("--repeat", type=literals.integer, default=20, help="timed runs per variant; the median is shown")
     p.add_argument("--only", nargs="*", help="shape labels to run (default: all)")
-    p.add_argument("--seed", type=int, default=None, help="the random logits' seed (default: a fresh one, printed)")
+    p.add_argument("--seed", type=literals.integer, default=None, help="the random logits' seed (default: a fresh one, printed)")
     args = p.parse_args(argv)
     p.require_gpu("this harness runs the kernels")
     import cupy as cp

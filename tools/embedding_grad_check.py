@@ -31,6 +31,7 @@ from graphgpt.families.embedding import lowering as embedding  # noqa: E402
 from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
+from graphgpt import literals  # noqa: E402
 
 ROWS, C, B, T = 50304, 768, 16, 1024
 TOLERANCE = 1e-5  # float32 sums of bf16 rows
@@ -68,8 +69,8 @@ def render(cp, sum_floats: int, max_rows: int):
 
 def main(argv=None) -> int:
     p = ArgumentParser(prog="tools/embedding_grad_check.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeat", type=int, default=20, help="timed runs per distribution; the median is shown")
-    p.add_argument("--seed", type=int, default=0, help="seed of the ids and gradient rows")
+    p.add_argument("--repeat", type=literals.integer, default=20, help="timed runs per distribution; the median is shown")
+    p.add_argument("--seed", type=literals.integer, default=0, help="seed of the ids and gradient rows")
     p.add_argument("--variants", nargs="*", default=[], metavar="FLOATS:ROWS",
                    help="other SUM_FLOATS:MAX_BLOCK_ROWS to render and time, e.g. 12288:32")
     args = p.parse_args(argv)

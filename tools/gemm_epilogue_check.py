@@ -34,6 +34,7 @@ from graphgpt.kernels.gemm import lower_matmul  # noqa: E402
 from graphgpt.families.elementwise.reference import GELU_C  # noqa: E402
 from graphgpt.plan import Buffer, Gemm, Launch  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
+from graphgpt import literals  # noqa: E402
 from tools.cross_entropy_check import from_float32 as from_f32, rel_err, to_float64 as to_f64  # noqa: E402
 
 TOLERANCE = {"bf16": 1e-2, "f32": 1e-5}
@@ -141,7 +142,7 @@ def cases(cp, blas, T: int, C: int, dtype: str, rng):
 
 def main() -> int:
     parser = ArgumentParser(prog="tools/gemm_epilogue_check.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--repeat", type=literals.integer, default=20)
     args = parser.parse_args()
     parser.require_gpu("this harness runs the kernels")
     import cupy as cp

@@ -41,6 +41,7 @@ from graphgpt.errors import ArgumentParser, Signalled, UserError, reported, stop
 from graphgpt.fsutil import fsync_dir, lock_exclusively, process_alive  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
+from graphgpt import literals  # noqa: E402
 
 CHUNK_BYTES = 4 << 20  # text encoded per piece: a worker holds some ten times that while encoding one
 WORKERS = min(8, os.cpu_count() or 1)
@@ -63,9 +64,9 @@ def main(argv=None) -> int:
     p.add_argument("text", type=Path, help="the UTF-8 text to tokenise")
     p.add_argument("--plan", type=Path, required=True, help="the compiled plan whose tokenizer to use")
     p.add_argument("--out", type=Path, required=True, help="directory for train.bin, val.bin and meta.json")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--val-fraction", type=literals.number, default=0.1,
                    help="the last fraction of the tokens held out as val.bin (default 0.1; 0: no val.bin)")
-    p.add_argument("--chunk-bytes", type=int, default=CHUNK_BYTES, help=argparse.SUPPRESS)
+    p.add_argument("--chunk-bytes", type=literals.integer, default=CHUNK_BYTES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sys.stdout = GuardedStdout(sys.stdout)  # `| head -1`: the work goes on, quietly
 

@@ -26,6 +26,7 @@ from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
 from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
+from graphgpt import literals  # noqa: E402
 from tools.attention_check import time_ms  # noqa: E402
 from tools.cross_entropy_check import from_float32  # noqa: E402
 
@@ -82,9 +83,9 @@ def check_shape(cp, label: str, rows: int, cols: int, dtype: str, transpose: boo
 
 def main(argv=None) -> int:
     p = ArgumentParser(prog="tools/quantize_check.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeat", type=int, default=20, help="timed runs per kernel; the median is shown")
+    p.add_argument("--repeat", type=literals.integer, default=20, help="timed runs per kernel; the median is shown")
     p.add_argument("--only", nargs="*", help="shape labels to run (default: all)")
-    p.add_argument("--seed", type=int, default=int(np.random.SeedSequence().generate_state(1)[0]),
+    p.add_argument("--seed", type=literals.integer, default=int(np.random.SeedSequence().generate_state(1)[0]),
                    help="the random x's seed (default: a fresh one, printed)")
     args = p.parse_args(argv)
     unknown = sorted(set(args.only or ()) - {s[0] for s in SHAPES})

@@ -31,6 +31,7 @@ from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.errors import ArgumentParser, reported  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.runtime import cuda_available  # noqa: E402
+from graphgpt import literals  # noqa: E402
 
 # What each machine trains: the compile's settings (the model's size and the update's constants)
 # and the run's (its length and learning-rate schedule).
@@ -51,7 +52,7 @@ def parse_args(argv):
                    help="where the plan and the logs go (default: runs/quickstart/)")
     p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto",
                    help="auto: the GPU when CuPy sees one (the full model), else NumPy (the small one)")
-    p.add_argument("--steps", type=int, metavar="N", help="training steps (default: 800 on the CPU, 1000 on a GPU)")
+    p.add_argument("--steps", type=literals.integer, metavar="N", help="training steps (default: 800 on the CPU, 1000 on a GPU)")
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be at least 1, got {args.steps}")

@@ -34,6 +34,7 @@ from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.monitor import MetricsLog, log_header, new_run_id  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
 from graphgpt.train import init_params  # noqa: E402
+from graphgpt import literals  # noqa: E402
 
 
 def parse_args(argv: list[str]):
@@ -43,12 +44,12 @@ def parse_args(argv: list[str]):
     p.add_argument("--plan", type=Path, required=True, help="a compiled plan directory (tools/compile.py)")
     p.add_argument("--data", type=Path, required=True,
                    help="the text, token file or prepared directory graphgpt.run trains on")
-    p.add_argument("--val-fraction", type=float,
+    p.add_argument("--val-fraction", type=literals.number,
                    help="the held-out tail of the data (default: a prepared directory's val.bin, else 0.1)")
-    p.add_argument("--steps", type=int, default=5000, help="training steps (default 5000)")
-    p.add_argument("--eval-every", type=int, default=250, help="steps between evaluations (default 250)")
-    p.add_argument("--eval-batches", type=int, default=200, help="batches of fixed windows per split (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="initial weights and windows, as graphgpt.run's --seed")
+    p.add_argument("--steps", type=literals.integer, default=5000, help="training steps (default 5000)")
+    p.add_argument("--eval-every", type=literals.integer, default=250, help="steps between evaluations (default 250)")
+    p.add_argument("--eval-batches", type=literals.integer, default=200, help="batches of fixed windows per split (default 200)")
+    p.add_argument("--seed", type=literals.integer, default=0, help="initial weights and windows, as graphgpt.run's --seed")
     p.add_argument("--log", type=Path, help="write the evaluations here, as graphgpt.run's --log (JSONL)")
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when PyTorch sees a GPU")
     p.add_argument("--no-compile", action="store_true", help="eager PyTorch instead of torch.compile")

@@ -23,6 +23,7 @@ from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.runtime import cuda_available  # noqa: E402
 from graphgpt.train import init_params  # noqa: E402
+from graphgpt import literals  # noqa: E402
 
 TRACED = 3  # steps traced; the middle one is shown
 
@@ -33,8 +34,8 @@ def parse_args(argv: list[str]):
         "idle time before it, then the kernels by name."))
     p.add_argument("--plan", type=Path, required=True, help="a compiled plan directory (tools/compile.py)")
     p.add_argument("--no-graph", action="store_true", help="launch by launch instead of the step's CUDA graph")
-    p.add_argument("--warmup", type=int, default=6, help="untraced steps first (the graph is captured on the second)")
-    p.add_argument("--top", type=int, default=20, help="kernel names listed by total time (default 20)")
+    p.add_argument("--warmup", type=literals.integer, default=6, help="untraced steps first (the graph is captured on the second)")
+    p.add_argument("--top", type=literals.integer, default=20, help="kernel names listed by total time (default 20)")
     args = p.parse_args(argv)
     if args.warmup < MIN_WARMUP:
         raise UserError(f"--warmup must be at least {MIN_WARMUP} (the step's CUDA graph is captured on the second "
