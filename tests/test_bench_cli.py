@@ -75,7 +75,7 @@ def plan_dir(tmp_path_factory):
     (["--steps", "0"], "--steps must be at least 1"),
     (["--repeat", "0"], "--repeat must be at least 1"),
     (["--warmup", "1"], "--warmup must be at least 2"),
-    (["--warmup", "x"], "invalid int value: 'x'"),
+    (["--warmup", "x"], "argument --warmup: 'x' is not an integer (digits only)"),
     (["--optimizer", "sgd"], "invalid choice: 'sgd'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])

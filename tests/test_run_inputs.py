@@ -57,7 +57,7 @@ def vocab_size(plan) -> int:
 # (what is wrong, extra arguments given a Ctx, a fragment of the one error line)
 CASES = [
     ("negative steps", lambda c: ["--steps", "-1"], "--steps must not be negative"),
-    ("steps not a number", lambda c: ["--steps", "ten"], "invalid int value"),
+    ("steps not a number", lambda c: ["--steps", "ten"], "'ten' is not an integer"),
     ("unknown option", lambda c: ["--stepz", "3"], "unrecognized arguments: --stepz"),
     ("negative seed", lambda c: ["--seed", "-1"], "--seed must not be negative"),
     ("temperature nan", lambda c: ["--temperature", "nan"], "--temperature must be a finite number >= 0"),
@@ -109,12 +109,12 @@ CASES = [
     ("lr negative", lambda c: ["--lr=-1e-3"], "--lr -0.001: lr must be a finite number > 0"),
     ("lr nan", lambda c: ["--lr", "nan"], "--lr nan: lr must be a finite number > 0"),
     ("lr inf", lambda c: ["--lr", "inf"], "--lr inf: lr must be a finite number > 0"),
-    ("lr not a number", lambda c: ["--lr", "fast"], "invalid float value: 'fast'"),
+    ("lr not a number", lambda c: ["--lr", "fast"], "argument --lr: 'fast' is not a number"),
     ("min-lr negative", lambda c: ["--min-lr=-1e-5"], "--min-lr -1e-05: min_lr must be a finite number with 0 <= min_lr"),
     ("min-lr above lr", lambda c: ["--lr", "1e-3", "--min-lr", "1e-2"], "min_lr <= lr (0.001)"),
     ("lr below the plan's min_lr", lambda c: ["--lr", "1e-6"], "min_lr=1e-05 (the plan's): min_lr must be"),
     ("decay-steps zero", lambda c: ["--decay-steps", "0"], "--decay-steps 0: decay_steps must be an integer >= 1"),
-    ("decay-steps not an integer", lambda c: ["--decay-steps", "1e4"], "invalid int value: '1e4'"),
+    ("decay-steps not an integer", lambda c: ["--decay-steps", "1e4"], "argument --decay-steps: '1e4' is not an integer"),
     ("warmup-steps negative", lambda c: ["--warmup-steps", "-1"], "--warmup-steps -1: warmup_steps must be an integer >= 0"),
     ("warmup as long as the decay", lambda c: ["--warmup-steps", "5", "--decay-steps", "5"], "< decay_steps (5)"),
     ("warmup as long as the run", lambda c: ["--warmup-steps", "3"], "< decay_steps (3)"),
