@@ -86,6 +86,11 @@ class Given(str):
         return given
 
 
+def _named(pair: str, as_set: str) -> str:
+    """How an error names where a KEY=VALUE setting came from: a Given's source, else `as_set`."""
+    return pair.source if isinstance(pair, Given) else as_set
+
+
 def parse_overrides(pairs: list[str], defaults: dict) -> dict:
     """--set key=value, typed like the default it replaces."""
     out = {}
@@ -101,7 +106,7 @@ def parse_overrides(pairs: list[str], defaults: dict) -> dict:
         out[key] = typed(text, kind)
         if out[key] is None:  # an integer key takes digits only: 1e30 or 2.5 is no layer count
             shown = text if len(text) <= 40 else text[:37] + "..."
-            where = pair.source if isinstance(pair, Given) else f"--set {key}"
+            where = _named(pair, f"--set {key}")
             raise UserError(f"{where}: {shown!r} is not {'an integer (digits only)' if kind is int else 'a number'}")
     return out
 
@@ -143,7 +148,7 @@ def _origin(overrides: list[str], config: dict, model_name: str):
     def origin(key: str) -> str:
         if key in given:
             pair = given[key]
-            return pair.source if isinstance(pair, Given) else f"--set {pair}"
+            return _named(pair, f"--set {pair}")
         if key in config:
             return f"{model_name}: CONFIG {key}={config[key]}"
         return f"{key}={({**MODEL_DEFAULTS, **optim.DEFAULTS})[key]} (the default)"
