@@ -28,6 +28,7 @@ from unittest import mock  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from graphgpt import literals  # noqa: E402
 from graphgpt.codegen import lower_plan  # noqa: E402
 from graphgpt.dtypes import DTYPES  # noqa: E402
 from graphgpt.families.attention import lowering as attention  # noqa: E402
@@ -38,7 +39,6 @@ from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.runtime.cuda_backend import device_dtype  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
-from graphgpt import literals  # noqa: E402
 
 SHAPES = [  # (label, B, H, T, D, dtype, dropout)
     ("124M", 16, 12, 1024, 64, "bf16", 0.0),

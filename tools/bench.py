@@ -31,13 +31,12 @@ from dataclasses import dataclass, field  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from graphgpt import jsontext, schedule  # noqa: E402
+from graphgpt import jsontext, literals, schedule  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.fsutil import atomic_write_text  # noqa: E402
 from graphgpt.runtime import ArenaTooLarge, cuda_available, make_backend  # noqa: E402
 from graphgpt.train import init_params, program_inputs  # noqa: E402
-from graphgpt import literals  # noqa: E402
 from tools import llmc  # noqa: E402
 
 MIN_WARMUP = 2  # graphgpt captures its CUDA graph on the second step; torch.compile compiles on the first

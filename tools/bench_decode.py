@@ -32,13 +32,12 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from graphgpt import plan as plan_io  # noqa: E402
+from graphgpt import literals, plan as plan_io  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.fsutil import atomic_write_text  # noqa: E402
 from graphgpt.runtime import cuda_available, make_backend  # noqa: E402
 from graphgpt.sample import generate  # noqa: E402
 from graphgpt.train import init_params  # noqa: E402
-from graphgpt import literals  # noqa: E402
 from tools.bench import check_json_out  # noqa: E402
 
 

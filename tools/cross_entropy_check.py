@@ -24,6 +24,7 @@ import statistics  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from graphgpt import literals  # noqa: E402
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.dtypes import DTYPES, E5M2  # noqa: E402
 from graphgpt.numpy_ops import BY_OP  # noqa: E402
@@ -32,7 +33,6 @@ from graphgpt.ops.registry import Spec  # noqa: E402
 from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
-from graphgpt import literals  # noqa: E402
 
 TOLERANCE = {"bf16": 4e-3, "f32": 1e-5}  # the gradient's; bf16's is its rounding on store (2^-9 relative)
 SHAPES = [  # (label, rows, vocabulary, dtype)

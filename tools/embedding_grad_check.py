@@ -26,12 +26,12 @@ import statistics  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from graphgpt import literals  # noqa: E402
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.families.embedding import lowering as embedding  # noqa: E402
 from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
-from graphgpt import literals  # noqa: E402
 
 ROWS, C, B, T = 50304, 768, 16, 1024
 TOLERANCE = 1e-5  # float32 sums of bf16 rows

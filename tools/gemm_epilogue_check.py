@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import statistics  # noqa: E402
 
+from graphgpt import literals  # noqa: E402
 from graphgpt.kernels.gemm import lower_matmul  # noqa: E402
 from graphgpt.families.elementwise.reference import GELU_C  # noqa: E402
 from graphgpt.plan import Buffer, Gemm, Launch  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
-from graphgpt import literals  # noqa: E402
 from tools.cross_entropy_check import from_float32 as from_f32, rel_err, to_float64 as to_f64  # noqa: E402
 
 TOLERANCE = {"bf16": 1e-2, "f32": 1e-5}

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import numpy as np  # noqa: E402
 
-from graphgpt import plan as plan_io  # noqa: E402
+from graphgpt import literals, plan as plan_io  # noqa: E402
 from graphgpt.data import (COUNT_FIELDS, META_FILE, TOKEN_FORMAT, TOKEN_FORMAT_VERSION, TRAIN_FILE,  # noqa: E402
                            VAL_FILE, encoded_pieces, heldout_cut, open_data, read_token_meta, token_dtype,
                            tokenizer_digest, unknown_note)
@@ -41,7 +41,6 @@ from graphgpt.errors import ArgumentParser, Signalled, UserError, reported, stop
 from graphgpt.fsutil import fsync_dir, lock_exclusively, process_alive  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
-from graphgpt import literals  # noqa: E402
 
 CHUNK_BYTES = 4 << 20  # text encoded per piece: a worker holds some ten times that while encoding one
 WORKERS = min(8, os.cpu_count() or 1)

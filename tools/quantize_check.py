@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import numpy as np  # noqa: E402
 
+from graphgpt import literals  # noqa: E402
 from graphgpt.codegen import NVRTC_OPTIONS, lower_plan  # noqa: E402
 from graphgpt.dtypes import DTYPES, E5M2, FP8  # noqa: E402
 from graphgpt.errors import ArgumentParser  # noqa: E402
@@ -26,7 +27,6 @@ from graphgpt.ops import REGISTRY  # noqa: E402
 from graphgpt.ops.registry import Spec  # noqa: E402
 from graphgpt.plan import Buffer, Launch, Program  # noqa: E402
 from graphgpt.target import DEFAULT  # noqa: E402
-from graphgpt import literals  # noqa: E402
 from tools.attention_check import time_ms  # noqa: E402
 from tools.cross_entropy_check import from_float32  # noqa: E402
 

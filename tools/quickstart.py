@@ -27,11 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from graphgpt import plan as plan_io  # noqa: E402
+from graphgpt import literals, plan as plan_io  # noqa: E402
 from graphgpt.errors import ArgumentParser, reported  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.runtime import cuda_available  # noqa: E402
-from graphgpt import literals  # noqa: E402
 
 # What each machine trains: the compile's settings (the model's size and the update's constants)
 # and the run's (its length and learning-rate schedule).

@@ -28,13 +28,12 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from graphgpt import plan as plan_io  # noqa: E402
+from graphgpt import literals, plan as plan_io  # noqa: E402
 from graphgpt.data import EVAL_STREAMS, RandomSampler, load_dataset, make_sampler, split_heldout  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.monitor import MetricsLog, log_header, new_run_id  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
 from graphgpt.train import init_params  # noqa: E402
-from graphgpt import literals  # noqa: E402
 
 
 def parse_args(argv: list[str]):

@@ -19,11 +19,10 @@ from collections import defaultdict  # noqa: E402
 
 from bench import MIN_WARMUP, GraphgptRunner, synthetic_batch  # noqa: E402
 
-from graphgpt import plan as plan_io  # noqa: E402
+from graphgpt import literals, plan as plan_io  # noqa: E402
 from graphgpt.errors import ArgumentParser, UserError, reported  # noqa: E402
 from graphgpt.runtime import cuda_available  # noqa: E402
 from graphgpt.train import init_params  # noqa: E402
-from graphgpt import literals  # noqa: E402
 
 TRACED = 3  # steps traced; the middle one is shown
 
