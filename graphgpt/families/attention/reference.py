@@ -21,13 +21,13 @@ def _split_qkv(xs):
 
 def grouped(x, h: int):
     """Key/value heads (B, Hkv, ..., D) as the H query heads read them: query head i reads head i // (H / Hkv)."""
-    return np.repeat(x, h // x.shape[1], axis=1)
+    return x if h == x.shape[1] else np.repeat(x, h // x.shape[1], axis=1)
 
 
 def _group_sums(x, hkv: int):
     """Per-query-head gradients (B, H, T, D) summed over each key/value head's group."""
     b, h, t, d = x.shape
-    return x.reshape(b, hkv, h // hkv, t, d).sum(2)
+    return x if h == hkv else x.reshape(b, hkv, h // hkv, t, d).sum(2)
 
 
 def _attention_probs(attrs, q, k, v, lse=None):
