@@ -19,9 +19,21 @@ from pathlib import Path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Replace `path` with `data`. The temporary name, `.NAME.PID.RANDOM.tmp`, carries the writer's
-    pid so that a cleaner can tell a killed writer's leftover from a live writer's file."""
+    """Replace `path` with `data`."""
     path = Path(path)
+    tmp = _written_beside(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def _written_beside(path: Path, data: bytes) -> str:
+    """A new file beside `path` holding `data`, fsynced, with the umask's mode: its name,
+    `.NAME.PID.RANDOM.tmp`, carries the writer's pid so that a cleaner can tell a killed writer's
+    leftover from a live writer's file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
@@ -30,11 +42,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    return tmp
 
 
 # What flock says on a filesystem that keeps no such locks (some network filesystems)
@@ -82,14 +93,8 @@ def atomic_create_text(path: str | os.PathLike, text: str) -> None:
     writer got there first, between a check that it was free and now (a link, unlike a rename,
     refuses an existing name)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    tmp = _written_beside(path, text.encode("utf-8"))
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
         os.link(tmp, path)
     finally:
         os.unlink(tmp)
