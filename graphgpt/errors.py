@@ -58,9 +58,10 @@ class ArgumentParser(argparse.ArgumentParser):
             self.error(f"no NVIDIA GPU visible to CuPy: {why}")
 
 
-def reported(work, *args) -> int:
+def reported(work, *args, kept: str = "") -> int:
     """Run a tool's `work(*args)` and give its exit status: a UserError is one line and 2, Ctrl-C
-    is 130, and otherwise `work`'s own status (0 for None)."""
+    is 130, SIGTERM or SIGHUP (once stop_on_termination is in force) 128 + the signal, its line
+    followed by `kept` (what the tool left as it was), and otherwise `work`'s own status (0 for None)."""
     try:
         return _signals_unmasked(work, *args)
     except REFUSALS as e:
@@ -69,6 +70,9 @@ def reported(work, *args) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Signalled as e:
+        print(f"terminated by {e.name}{kept}", file=sys.stderr)
+        return 128 + e.sig
 
 
 def _signals_unmasked(work, *args) -> int:

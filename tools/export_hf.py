@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from graphgpt import hf  # noqa: E402
 from graphgpt import plan as plan_io  # noqa: E402
 from graphgpt.checkpoint import load_weights  # noqa: E402
-from graphgpt.errors import ArgumentParser, Signalled, UserError, reported, stop_on_termination  # noqa: E402
+from graphgpt.errors import ArgumentParser, UserError, reported, stop_on_termination  # noqa: E402
 from graphgpt.fsutil import unwritable  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.plan import put_back, replace_dir, staging_beside  # noqa: E402
@@ -39,11 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="the directory to write")
     args = p.parse_args(argv)
     stop_on_termination()
-    try:
-        return reported(export, args.plan, args.weights, args.out)
-    except Signalled as e:
-        print(f"terminated by {e.name}: --out {args.out} left as it was", file=sys.stderr)
-        return 128 + e.sig
+    return reported(export, args.plan, args.weights, args.out, kept=f": --out {args.out} left as it was")
 
 
 def export(plan_dir: Path, weights_path: Path, out: Path) -> None:

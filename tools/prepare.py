@@ -37,7 +37,7 @@ from graphgpt import literals, plan as plan_io  # noqa: E402
 from graphgpt.data import (COUNT_FIELDS, META_FILE, TOKEN_FORMAT, TOKEN_FORMAT_VERSION, TRAIN_FILE,  # noqa: E402
                            VAL_FILE, encoded_pieces, heldout_cut, open_data, read_token_meta, token_dtype,
                            tokenizer_digest, unknown_note)
-from graphgpt.errors import ArgumentParser, Signalled, UserError, reported, stop_on_termination  # noqa: E402
+from graphgpt.errors import ArgumentParser, UserError, reported, stop_on_termination  # noqa: E402
 from graphgpt.fsutil import fsync_dir, lock_exclusively, process_alive  # noqa: E402
 from graphgpt.monitor import GuardedStdout  # noqa: E402
 from graphgpt.tokenizer import Tokenizer  # noqa: E402
@@ -70,11 +70,8 @@ def main(argv=None) -> int:
     sys.stdout = GuardedStdout(sys.stdout)  # `| head -1`: the work goes on, quietly
 
     stop_on_termination()
-    try:
-        return reported(prepare, args.text, args.plan, args.out, args.val_fraction, args.chunk_bytes)
-    except Signalled as e:
-        print(f"terminated by {e.name}: --out {args.out} left as it was", file=sys.stderr)
-        return 128 + e.sig
+    return reported(prepare, args.text, args.plan, args.out, args.val_fraction, args.chunk_bytes,
+                    kept=f": --out {args.out} left as it was")
 
 
 def prepare(text_path: Path, plan_dir: Path, out: Path, val_fraction: float, chunk_bytes: int) -> None:
